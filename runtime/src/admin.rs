@@ -1,0 +1,186 @@
+//! The admin listener of a stage: `/metrics` (Prometheus text format),
+//! `/healthz` (the process is alive) and `/readyz` (every readiness check passes).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Named readiness checks; the stage is ready when all of them are.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    checks: Arc<Mutex<BTreeMap<&'static str, bool>>>,
+}
+
+/// One readiness check, set by whoever owns it.
+#[derive(Debug, Clone)]
+pub struct ReadinessCheck {
+    name: &'static str,
+    checks: Arc<Mutex<BTreeMap<&'static str, bool>>>,
+}
+
+impl Readiness {
+    /// Adds a check that starts not ready.
+    #[must_use]
+    pub fn check(&self, name: &'static str) -> ReadinessCheck {
+        self.lock().insert(name, false);
+        ReadinessCheck {
+            name,
+            checks: Arc::clone(&self.checks),
+        }
+    }
+
+    /// Names of the checks that are not ready; empty when ready.
+    #[must_use]
+    pub fn pending(&self) -> Vec<&'static str> {
+        self.lock()
+            .iter()
+            .filter(|(_, ready)| !**ready)
+            .map(|(name, _)| *name)
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, bool>> {
+        self.checks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl ReadinessCheck {
+    /// Marks this check ready or not.
+    pub fn set(&self, ready: bool) {
+        self.checks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(self.name, ready);
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    registry: Registry,
+    readiness: Readiness,
+}
+
+/// A running admin listener.
+#[derive(Debug)]
+pub struct AdminServer {
+    /// The address it listens on (useful when bound to port 0).
+    pub local_addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Binds `addr` and serves until `shutdown` is cancelled.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn start(
+        addr: SocketAddr,
+        registry: Registry,
+        readiness: Readiness,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let app = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(ready))
+            .with_state(AdminState {
+                registry,
+                readiness,
+            });
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "admin listener failed");
+            }
+        });
+        Ok(Self { local_addr, task })
+    }
+
+    /// Waits for the listener to stop (after shutdown).
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let mut body = Vec::new();
+    let families = state.registry.gather();
+    match TextEncoder::new().encode(&families, &mut body) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            body,
+        )
+            .into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
+    let pending = state.readiness.pending();
+    if pending.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", pending.join(", ")),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readiness_metrics_and_health_are_served() -> anyhow::Result<()> {
+        let registry = Registry::new();
+        let counter = prometheus::IntCounter::new("si_test_total", "a test counter")?;
+        registry.register(Box::new(counter.clone()))?;
+        counter.inc_by(3);
+        let readiness = Readiness::default();
+        let kafka = readiness.check("kafka");
+        let shutdown = CancellationToken::new();
+        let server = AdminServer::start(
+            "127.0.0.1:0".parse()?,
+            registry,
+            readiness,
+            shutdown.clone(),
+        )
+        .await?;
+        let base = format!("http://{}", server.local_addr);
+
+        let health = reqwest::get(format!("{base}/healthz")).await?;
+        assert_eq!(health.status(), 200);
+
+        let not_ready = reqwest::get(format!("{base}/readyz")).await?;
+        assert_eq!(not_ready.status(), 503);
+        assert!(not_ready.text().await?.contains("kafka"));
+
+        kafka.set(true);
+        assert_eq!(reqwest::get(format!("{base}/readyz")).await?.status(), 200);
+
+        let metrics = reqwest::get(format!("{base}/metrics"))
+            .await?
+            .text()
+            .await?;
+        assert!(metrics.contains("si_test_total 3"), "{metrics}");
+
+        shutdown.cancel();
+        server.stopped().await;
+        Ok(())
+    }
+}

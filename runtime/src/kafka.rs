@@ -1,0 +1,106 @@
+//! Kafka client construction. Every client starts from the same base
+//! (bootstrap servers, the `KAFKA_*` pass-through for TLS/SASL, a client id
+//! naming the stage and instance), then gets the settings its role needs.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureProducer;
+
+use crate::config::KafkaArgs;
+
+/// The base client configuration: bootstrap servers, pass-through properties and a client id.
+#[must_use]
+pub fn client_config(kafka: &KafkaArgs, stage: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("client.id", format!("si-{stage}-{}", kafka.pod_name));
+    for (key, value) in kafka.properties() {
+        config.set(key, value);
+    }
+    config
+}
+
+/// A producer that never acknowledges what the cluster has not stored: idempotent,
+/// `acks=all`, unlimited in-flight retries within `delivery.timeout.ms`.
+#[must_use]
+pub fn durable_producer_config(kafka: &KafkaArgs, stage: &str) -> ClientConfig {
+    let mut config = client_config(kafka, stage);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "zstd")
+        .set("linger.ms", "2");
+    config
+}
+
+/// A consumer that only sees committed transactional data and never commits on its own.
+#[must_use]
+pub fn consumer_config(kafka: &KafkaArgs, stage: &str, group_id: &str) -> ClientConfig {
+    let mut config = client_config(kafka, stage);
+    config
+        .set("group.id", group_id)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    config
+}
+
+/// Creates a producer from `config`.
+///
+/// # Errors
+/// When librdkafka rejects the configuration.
+pub fn create_producer(config: &ClientConfig) -> anyhow::Result<FutureProducer> {
+    Ok(config.create()?)
+}
+
+/// Creates an admin client.
+///
+/// # Errors
+/// When librdkafka rejects the configuration.
+pub fn create_admin(
+    kafka: &KafkaArgs,
+    stage: &str,
+) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    Ok(client_config(kafka, stage).create()?)
+}
+
+/// What a metadata request says about the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterInfo {
+    /// Broker ids and addresses.
+    pub brokers: Vec<(i32, String)>,
+    /// The broker that answered the request.
+    pub answered_by: String,
+    /// The cluster id (KRaft clusters always have one).
+    pub cluster_id: Option<String>,
+    /// Number of topics visible.
+    pub topics: usize,
+}
+
+/// Asks the cluster for its metadata (a real round trip), off the async runtime.
+///
+/// # Errors
+/// When no broker answers within `timeout`.
+pub async fn cluster_info(kafka: &KafkaArgs, timeout: Duration) -> anyhow::Result<ClusterInfo> {
+    let config = client_config(kafka, "probe");
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create()?;
+        let metadata = consumer.fetch_metadata(None, timeout)?;
+        Ok(ClusterInfo {
+            brokers: metadata
+                .brokers()
+                .iter()
+                .map(|b| (b.id(), format!("{}:{}", b.host(), b.port())))
+                .collect(),
+            answered_by: metadata.orig_broker_name().to_owned(),
+            cluster_id: consumer.client().fetch_cluster_id(timeout),
+            topics: metadata.topics().len(),
+        })
+    })
+    .await?
+}

@@ -1,0 +1,316 @@
+//! Confluent-framed Avro: `0x00`, the 4-byte big-endian schema id, then the Avro datum.
+//!
+//! Encoding writes with the schema compiled into this binary and looks its id
+//! up in the registry without registering it (like Confluent's serializers with
+//! `auto.register.schemas=false`): schemas reach the registry only through
+//! `sictl schemas register`, where compatibility is checked. Decoding fetches the
+//! writer's schema by id (cached) and resolves it into the reader's compiled
+//! schema, so records written with older or newer compatible schemas decode.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::{Schema, from_value, to_value};
+use schema_registry_converter::async_impl::avro::AvroDecoder;
+use schema_registry_converter::avro_common::AvroSchema;
+
+use crate::AvroRecord;
+use crate::registry::{Registry, RegistryError, value_subject};
+
+const MAGIC: u8 = 0;
+const HEADER_LEN: usize = 5;
+
+/// Why a record could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The bytes are not Confluent-framed Avro (wrong magic byte, too short).
+    #[error("not Confluent-framed Avro: {0}")]
+    Framing(String),
+    /// The payload does not match its writer schema, or cannot be resolved into ours.
+    #[error("Avro data does not fit the schema: {0}")]
+    Avro(String),
+    /// Our schema is not registered for the topic; run `sictl schemas register`.
+    #[error(
+        "schema {file} is not registered under subject {subject}; run `sictl schemas register`"
+    )]
+    NotRegistered {
+        /// The subject looked up.
+        subject: String,
+        /// The schema file of the type.
+        file: &'static str,
+    },
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+impl CodecError {
+    /// Whether trying again later may succeed. Malformed data never will: it belongs
+    /// in a dead-letter topic. Registry trouble and missing registrations may.
+    #[must_use]
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Framing(_) | Self::Avro(_) => false,
+            Self::NotRegistered { .. } => true,
+            Self::Registry(e) => e.retriable,
+        }
+    }
+}
+
+/// Splits a Confluent frame into the schema id and the Avro datum.
+///
+/// # Errors
+/// When the bytes are too short or do not start with the magic byte.
+pub fn split_frame(bytes: &[u8]) -> Result<(u32, &[u8]), CodecError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(CodecError::Framing(format!(
+            "{} bytes, a frame needs at least {HEADER_LEN}",
+            bytes.len()
+        )));
+    }
+    if bytes[0] != MAGIC {
+        return Err(CodecError::Framing(format!(
+            "magic byte is {:#04x}, expected 0x00",
+            bytes[0]
+        )));
+    }
+    let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    Ok((id, &bytes[HEADER_LEN..]))
+}
+
+/// Prefixes an Avro datum with the Confluent header.
+#[must_use]
+pub fn frame(id: u32, datum: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + datum.len());
+    out.push(MAGIC);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(datum);
+    out
+}
+
+/// Encodes a record as a bare Avro datum with its compiled schema (no registry).
+///
+/// # Errors
+/// When the record does not fit its schema (a bug in the typed record).
+pub fn encode_datum<T: AvroRecord>(record: &T) -> Result<Vec<u8>, CodecError> {
+    let value = to_value(record).map_err(|e| CodecError::Avro(e.to_string()))?;
+    let value = value
+        .resolve(T::schema())
+        .map_err(|e| CodecError::Avro(format!("{}: {e}", T::SCHEMA_FILE)))?;
+    GenericDatumWriter::builder(T::schema())
+        .build()
+        .and_then(|writer| writer.write_value_to_vec(value))
+        .map_err(|e| CodecError::Avro(e.to_string()))
+}
+
+/// Decodes a bare Avro datum written with `writer` into `T`, resolving schemas.
+///
+/// # Errors
+/// When the datum does not match `writer` or cannot be resolved into `T`'s schema.
+pub fn decode_datum<T: AvroRecord>(writer: &Schema, datum: &[u8]) -> Result<T, CodecError> {
+    let reader = T::schema();
+    let value = read_value(
+        writer,
+        (!std::ptr::eq(writer, reader)).then_some(reader),
+        datum,
+    )?;
+    from_value::<T>(&value).map_err(|e| CodecError::Avro(format!("{}: {e}", T::SCHEMA_FILE)))
+}
+
+/// Reads one datum written with `writer`, resolved into `reader` when given.
+fn read_value(writer: &Schema, reader: Option<&Schema>, datum: &[u8]) -> Result<Value, CodecError> {
+    let mut input = datum;
+    let value = GenericDatumReader::builder(writer)
+        .maybe_reader_schema(reader)
+        .build()
+        .and_then(|r| r.read_value(&mut input))
+        .map_err(|e| CodecError::Avro(e.to_string()))?;
+    if !input.is_empty() {
+        return Err(CodecError::Avro(format!(
+            "{} bytes left after the datum",
+            input.len()
+        )));
+    }
+    Ok(value)
+}
+
+/// Encodes and decodes typed records in the Confluent wire format.
+///
+/// Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Codec {
+    registry: Registry,
+    decoder: Arc<AvroDecoder>,
+    /// Schema id of our compiled schema, per subject.
+    ids: Arc<RwLock<HashMap<String, u32>>>,
+    /// Whether a writer id's schema is exactly a type's compiled schema (then no resolution is needed).
+    same_schema: Arc<RwLock<HashMap<(u32, &'static str), bool>>>,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec")
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Codec {
+    /// A codec over `registry`.
+    #[must_use]
+    pub fn new(registry: Registry) -> Self {
+        let decoder = AvroDecoder::new(registry.settings().clone());
+        Self {
+            registry,
+            decoder: Arc::new(decoder),
+            ids: Arc::default(),
+            same_schema: Arc::default(),
+        }
+    }
+
+    /// The registry behind this codec.
+    #[must_use]
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The id under which `T`'s compiled schema is registered for `topic` (cached).
+    ///
+    /// # Errors
+    /// [`CodecError::NotRegistered`] when it is not registered; registry errors.
+    pub async fn schema_id<T: AvroRecord>(&self, topic: &str) -> Result<u32, CodecError> {
+        let subject = value_subject(topic);
+        if let Some(id) = self.read_ids().get(&subject) {
+            return Ok(*id);
+        }
+        let id = self
+            .registry
+            .lookup(&subject, T::SCHEMA_JSON)
+            .await?
+            .ok_or_else(|| CodecError::NotRegistered {
+                subject: subject.clone(),
+                file: T::SCHEMA_FILE,
+            })?;
+        self.ids
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(subject, id);
+        Ok(id)
+    }
+
+    fn read_ids(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, u32>> {
+        self.ids
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Encodes `record` for `topic`.
+    ///
+    /// # Errors
+    /// See [`Codec::schema_id`] and [`encode_datum`].
+    pub async fn encode<T: AvroRecord>(
+        &self,
+        topic: &str,
+        record: &T,
+    ) -> Result<Vec<u8>, CodecError> {
+        let id = self.schema_id::<T>(topic).await?;
+        Ok(frame(id, &encode_datum(record)?))
+    }
+
+    /// Decodes a Confluent-framed record into `T`.
+    ///
+    /// # Errors
+    /// Framing and Avro errors (permanent), registry errors (maybe retriable).
+    pub async fn decode<T: AvroRecord>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        let (id, datum) = split_frame(bytes)?;
+        let writer = self.writer_schema(id).await?;
+        let key = (id, T::SCHEMA_FILE);
+        let cached = self
+            .same_schema
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .copied();
+        let same = if let Some(same) = cached {
+            same
+        } else {
+            let same = writer.parsed.canonical_form() == T::schema().canonical_form();
+            self.same_schema
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key, same);
+            same
+        };
+        if same {
+            decode_datum::<T>(T::schema(), datum)
+        } else {
+            decode_datum::<T>(&writer.parsed, datum)
+        }
+    }
+
+    /// Decodes a Confluent-framed record into a generic Avro value with its writer schema.
+    ///
+    /// # Errors
+    /// Framing, Avro and registry errors.
+    pub async fn decode_value(&self, bytes: &[u8]) -> Result<(Value, Arc<AvroSchema>), CodecError> {
+        let (id, datum) = split_frame(bytes)?;
+        let writer = self.writer_schema(id).await?;
+        let value = read_value(&writer.parsed, None, datum)?;
+        Ok((value, writer))
+    }
+
+    async fn writer_schema(&self, id: u32) -> Result<Arc<AvroSchema>, CodecError> {
+        self.decoder.get_schema(id).await.map_err(|e| {
+            CodecError::Registry(RegistryError {
+                message: format!("fetching schema id {id}: {}", e.error),
+                status: None,
+                retriable: e.retriable,
+            })
+        })
+    }
+}
+
+/// Converts a decoded Avro value to plain JSON (unions unwrapped, enums as strings,
+/// bytes as UTF-8 when they are text, else base64-free arrays of numbers).
+#[must_use]
+pub fn value_to_json(value: Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        Value::Null => J::Null,
+        Value::Boolean(b) => J::Bool(b),
+        Value::Int(i) | Value::Date(i) | Value::TimeMillis(i) => J::from(i),
+        Value::Long(i)
+        | Value::TimeMicros(i)
+        | Value::TimestampMillis(i)
+        | Value::TimestampMicros(i)
+        | Value::TimestampNanos(i)
+        | Value::LocalTimestampMillis(i)
+        | Value::LocalTimestampMicros(i)
+        | Value::LocalTimestampNanos(i) => J::from(i),
+        Value::Float(f) => J::from(f),
+        Value::Double(f) => J::from(f),
+        Value::String(s) | Value::Enum(_, s) => J::String(s),
+        Value::Bytes(b) | Value::Fixed(_, b) => match String::from_utf8(b) {
+            Ok(text) => J::String(text),
+            Err(e) => J::from(e.into_bytes()),
+        },
+        Value::Union(_, inner) => value_to_json(*inner),
+        Value::Array(items) => J::Array(items.into_iter().map(value_to_json).collect()),
+        Value::Map(map) => J::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, value_to_json(v)))
+                .collect(),
+        ),
+        Value::Record(fields) => J::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k, value_to_json(v)))
+                .collect(),
+        ),
+        Value::Uuid(u) => J::String(u.to_string()),
+        other => J::String(format!("{other:?}")),
+    }
+}

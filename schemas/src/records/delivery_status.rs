@@ -1,0 +1,51 @@
+//! `twilio.delivery.v1`: `schemas/avro/delivery_status.avsc`.
+
+use serde::{Deserialize, Serialize};
+
+/// The single terminal outcome of one `OutboundOperation`, written by egress:
+/// every `operation_id` gets exactly one, so nothing is dropped silently.
+/// Keyed by conversation id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryStatus {
+    /// The `OutboundOperation` this is the outcome of.
+    pub operation_id: String,
+    /// Conversation of the operation; the Kafka key.
+    pub conversation_id: String,
+    /// How the operation ended.
+    pub outcome: DeliveryOutcome,
+    /// SID Twilio assigned when ACCEPTED.
+    pub twilio_sid: Option<String>,
+    /// SMS segments of the sent message, when known.
+    pub segments: Option<i32>,
+    /// Twilio error code of the last attempt, when there was one.
+    pub error_code: Option<i32>,
+    /// Twilio's error message, or egress's reason for BLOCKED and DEAD_LETTERED.
+    pub error_message: Option<String>,
+    /// Requests egress made to Twilio for this operation (0 when it never called Twilio).
+    pub attempts: i32,
+    /// The operation's `response_id`, copied for convenience.
+    pub response_id: Option<String>,
+    /// The operation's `part_index`, copied for convenience.
+    pub part_index: Option<i32>,
+    /// When egress reached the outcome (ms since the epoch).
+    pub at: i64,
+}
+
+crate::avro_record!(DeliveryStatus, "delivery_status.avsc");
+
+avro_enum! {
+    /// Terminal outcome of an outbound operation.
+    pub enum DeliveryOutcome (default Unknown) {
+        /// Twilio accepted the request (`twilio_sid` set); carrier delivery is
+        /// reported later as DELIVERY_UPDATED on `si.conversation.events.v1`.
+        Accepted = "ACCEPTED",
+        /// Twilio rejected it permanently (`error_code` set).
+        Failed = "FAILED",
+        /// Egress gave up; the operation is on `twilio.outbound.dlq.v1`.
+        DeadLettered = "DEAD_LETTERED",
+        /// Egress refused to send (consent re-check or policy) without calling Twilio.
+        Blocked = "BLOCKED",
+        /// A symbol newer than this build (the default).
+        Unknown = "UNKNOWN",
+    }
+}

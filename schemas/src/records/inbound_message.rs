@@ -1,0 +1,46 @@
+//! `si.inbound.v1`: `schemas/avro/inbound_message.avsc`.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Channel, MediaRef};
+
+/// A user message for the cognition layer, after consent and policy checks
+/// passed. Consent keywords (STOP, START, HELP…) are answered by the adapter
+/// and not forwarded. Exactly one record per user message (processor output,
+/// transactional: read with `read_committed`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundMessage {
+    /// Id of the user's message: the Twilio message SID (`IM…`, `SM…` or `MM…`).
+    /// Unique per message: the idempotency key, and the `in_reply_to` of the answer.
+    pub message_id: String,
+    /// Conversation to answer in (Twilio ConversationSid); the Kafka key.
+    pub conversation_id: String,
+    /// The Si session bound 1:1 to the conversation.
+    pub session_id: String,
+    /// Si user id for a registered user; `None` for visitors.
+    pub user_id: Option<String>,
+    /// Stable pseudonymous id of an unregistered visitor; `None` for registered users.
+    pub visitor_id: Option<String>,
+    /// True when the sender is a registered Si user (`user_id` is set).
+    pub registered: bool,
+    /// Channel the user wrote on; the reply goes back on it.
+    pub channel: Channel,
+    /// Locale to answer in, BCP 47 (e.g. `en`, `es-MX`).
+    pub locale: String,
+    /// Message text, unmodified; empty for a media-only message.
+    pub text: String,
+    /// Attached media in order; empty when none.
+    #[serde(default)]
+    pub media: Vec<MediaRef>,
+    /// When ingress received the message (ms since the epoch).
+    pub received_at: i64,
+    /// `event_id` of the `si.conversation.events.v1` event this message came from.
+    pub event_id: String,
+    /// True for the first message ever seen from this address on this channel;
+    /// the adapter sends its own welcome and consent notice separately.
+    pub first_contact: bool,
+    /// W3C Trace Context `traceparent` of the trace this record belongs to.
+    pub traceparent: Option<String>,
+}
+
+crate::avro_record!(InboundMessage, "inbound_message.avsc");

@@ -1,0 +1,96 @@
+//! `si.transcript.v1`: `schemas/avro/transcript_entry.avsc`.
+
+use serde::{Deserialize, Serialize};
+
+use super::MediaRef;
+
+/// One entry of a conversation's unified transcript: user and Si messages,
+/// final call utterances and system events in one stream per conversation,
+/// keyed by conversation id. Partition order, and `sequence`, is the
+/// transcript order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TranscriptEntry {
+    /// Deterministic id derived from the source event.
+    pub entry_id: String,
+    /// The conversation (Twilio ConversationSid); the Kafka key.
+    pub conversation_id: String,
+    /// The Si session bound 1:1 to the conversation.
+    pub session_id: String,
+    /// Position in the conversation's transcript: strictly increasing per
+    /// conversation, gaps allowed.
+    pub sequence: i64,
+    /// Kind of entry.
+    pub modality: Modality,
+    /// Direction relative to Si.
+    pub direction: Direction,
+    /// Who the entry is by.
+    pub speaker: TranscriptSpeaker,
+    /// Text of the message or utterance.
+    pub text: Option<String>,
+    /// Media of a message (references only); empty when none.
+    #[serde(default)]
+    pub media: Vec<MediaRef>,
+    /// The recording, for an entry announcing one.
+    pub recording: Option<RecordingRef>,
+    /// Call (`CA…`) of a VOICE entry or call-related SYSTEM entry.
+    pub call_sid: Option<String>,
+    /// Twilio message SID of a TEXT entry.
+    pub message_sid: Option<String>,
+    /// Locale of the text (BCP 47), when known.
+    pub locale: Option<String>,
+    /// When it was said or sent (ms since the epoch).
+    pub at: i64,
+}
+
+crate::avro_record!(TranscriptEntry, "transcript_entry.avsc");
+
+avro_enum! {
+    /// Kind of transcript entry.
+    pub enum Modality (default Unknown) {
+        /// An SMS, WhatsApp or chat message.
+        Text = "TEXT",
+        /// An utterance on a call.
+        Voice = "VOICE",
+        /// An event (call started or ended, recording available, conversation closed).
+        System = "SYSTEM",
+        /// A symbol newer than this build (the default).
+        Unknown = "UNKNOWN",
+    }
+}
+
+avro_enum! {
+    /// Direction relative to Si.
+    pub enum Direction (default Unknown) {
+        /// From the user.
+        Inbound = "INBOUND",
+        /// From Si.
+        Outbound = "OUTBOUND",
+        /// Not applicable (system entries), or a symbol newer than this build (the default).
+        Unknown = "UNKNOWN",
+    }
+}
+
+avro_enum! {
+    /// Who a transcript entry is by.
+    pub enum TranscriptSpeaker (default Unknown) {
+        /// The user.
+        User = "USER",
+        /// Si (text replies and its voice agent).
+        Si = "SI",
+        /// The adapter or Twilio (notices, call and recording events).
+        System = "SYSTEM",
+        /// A symbol newer than this build (the default).
+        Unknown = "UNKNOWN",
+    }
+}
+
+/// Reference to a call recording (audio is not stored in Kafka).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingRef {
+    /// Twilio Recording SID (`RE…`).
+    pub recording_sid: String,
+    /// `RecordingUrl`; fetching it requires the Twilio account's credentials.
+    pub url: Option<String>,
+    /// Duration in seconds.
+    pub duration_seconds: Option<i32>,
+}

@@ -1,0 +1,238 @@
+//! Support for integration tests against the real local stack (`dev/stack up`).
+//!
+//! Each test gets its own topic prefix, so tests never share topics, schema
+//! subjects or consumer groups, and can run in parallel against one broker.
+//! Waiting is always on a condition with a deadline, never a sleep.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message};
+use si_runtime::{KafkaArgs, RegistryArgs};
+use si_schemas::{AvroRecord, Codec, Registry};
+use sictl::topics_file::{Overrides, TopicsFile};
+
+/// The repository root (where `topics.yaml` is).
+#[must_use]
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// The Python of the oracle venv (`dev/pyenv`), or `SI_PYTHON`.
+///
+/// # Errors
+/// When neither exists: run `dev/pyenv` (the README's test command does).
+pub fn python() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("SI_PYTHON")
+        .map_or_else(|| repo_root().join(".cache/venv/bin/python"), PathBuf::from);
+    if path.exists() {
+        Ok(path)
+    } else {
+        bail!("no Python oracle venv at {}: run dev/pyenv", path.display())
+    }
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// An isolated slice of the local stack: its own topic prefix, with every topic of
+/// `topics.yaml` created (replication 1) and every value schema registered.
+pub struct TestEnv {
+    /// Kafka settings with this test's prefix.
+    pub kafka: KafkaArgs,
+    /// Registry settings.
+    pub registry: RegistryArgs,
+    /// A codec over the registry.
+    pub codec: Codec,
+    /// A durable producer (idempotent, acks=all).
+    pub producer: FutureProducer,
+}
+
+impl TestEnv {
+    /// Creates the topics and registers the schemas under a fresh prefix.
+    ///
+    /// # Errors
+    /// When the stack is not running (`dev/stack up`) or refuses.
+    pub async fn start() -> anyhow::Result<Self> {
+        let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let kafka = KafkaArgs {
+            bootstrap_servers: env_or("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+            topic_prefix: prefix,
+            pod_name: "test".to_owned(),
+        };
+        let registry = RegistryArgs {
+            url: env_or(
+                "SCHEMA_REGISTRY_URL",
+                "http://localhost:8081/apis/ccompat/v7",
+            ),
+            username: None,
+            password: None,
+        };
+        announce_stack(&kafka, &registry).await;
+        let root = repo_root();
+        let topics = TopicsFile::load(&root.join("topics.yaml"))?.resolve(&Overrides {
+            prefix: kafka.topic_prefix.clone(),
+            replication_factor: Some(1),
+        })?;
+        let admin = sictl::topics::admin(&kafka)?;
+        let plan = sictl::topics::plan(&admin, &topics, Duration::from_secs(15))
+            .await
+            .context("is the local stack running? (dev/stack up)")?;
+        sictl::topics::apply(&admin, &plan).await?;
+        let registry_client = Registry::new(registry.config())?;
+        let locals = sictl::schemas::load(&topics, &root.join("schemas/avro"))?;
+        sictl::schemas::register(&registry_client, &locals).await?;
+        let producer = si_runtime::kafka::durable_producer_config(&kafka, "test").create()?;
+        Ok(Self {
+            codec: Codec::new(registry_client),
+            kafka,
+            registry,
+            producer,
+        })
+    }
+
+    /// The full name of a topic of `topics.yaml`.
+    #[must_use]
+    pub fn topic(&self, name: &str) -> String {
+        self.kafka.topic(name)
+    }
+
+    /// Encodes and produces a record, waiting for the broker's acknowledgement.
+    ///
+    /// # Errors
+    /// When encoding or producing fails.
+    pub async fn produce<T: AvroRecord>(
+        &self,
+        topic: &str,
+        key: &str,
+        record: &T,
+    ) -> anyhow::Result<()> {
+        let topic = self.topic(topic);
+        let payload = self.codec.encode(&topic, record).await?;
+        self.producer
+            .send(
+                FutureRecord::to(&topic).key(key).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+        Ok(())
+    }
+
+    /// A read_committed consumer over every partition of `topic`, from the beginning.
+    ///
+    /// # Errors
+    /// When the consumer cannot be created.
+    pub async fn consumer(&self, topic: &str) -> anyhow::Result<StreamConsumer> {
+        let topic = self.topic(topic);
+        let mut config: ClientConfig = si_runtime::kafka::consumer_config(
+            &self.kafka,
+            "test",
+            &format!(
+                "{}reader-{}",
+                self.kafka.topic_prefix,
+                uuid::Uuid::new_v4().simple()
+            ),
+        );
+        config.set("auto.offset.reset", "earliest");
+        let consumer: StreamConsumer = config.create()?;
+        consumer.subscribe(&[&topic])?;
+        Ok(consumer)
+    }
+
+    /// Reads raw records from `topic` until `count` have arrived or `deadline` passes.
+    ///
+    /// # Errors
+    /// When fewer than `count` arrive in time.
+    pub async fn read_raw(
+        &self,
+        topic: &str,
+        count: usize,
+        deadline: Duration,
+    ) -> anyhow::Result<Vec<(Option<String>, Vec<u8>)>> {
+        let consumer = self.consumer(topic).await?;
+        let until = Instant::now() + deadline;
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "{} of {count} records on {topic} within {deadline:?}",
+                    out.len()
+                );
+            }
+            if let Ok(message) = tokio::time::timeout(left, consumer.recv()).await {
+                let message = message?;
+                out.push((
+                    message
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    message.payload().unwrap_or_default().to_vec(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads and decodes `count` records of `topic`.
+    ///
+    /// # Errors
+    /// When fewer arrive in time or one does not decode.
+    pub async fn read<T: AvroRecord>(
+        &self,
+        topic: &str,
+        count: usize,
+        deadline: Duration,
+    ) -> anyhow::Result<Vec<(Option<String>, T)>> {
+        let mut out = Vec::with_capacity(count);
+        for (key, payload) in self.read_raw(topic, count, deadline).await? {
+            out.push((key, self.codec.decode::<T>(&payload).await?));
+        }
+        Ok(out)
+    }
+}
+
+/// Logs, once per test process, what the tests talk to: the broker's cluster id and
+/// brokers, and the registry's name and version.
+async fn announce_stack(kafka: &KafkaArgs, registry: &RegistryArgs) {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    match si_runtime::kafka::cluster_info(kafka, Duration::from_secs(10)).await {
+        Ok(info) => eprintln!(
+            "[testkit] Kafka: cluster {} brokers {:?}",
+            info.cluster_id.as_deref().unwrap_or("?"),
+            info.brokers
+        ),
+        Err(e) => eprintln!(
+            "[testkit] Kafka not reachable at {}: {e:#}",
+            kafka.bootstrap_servers
+        ),
+    }
+    let info_url = registry
+        .url
+        .split("/apis/")
+        .next()
+        .map(|base| format!("{base}/apis/registry/v3/system/info"));
+    if let Some(url) = info_url {
+        match reqwest::get(&url).await {
+            Ok(response) => match response.json::<serde_json::Value>().await {
+                Ok(info) => eprintln!(
+                    "[testkit] schema registry: {} {} at {}",
+                    info["name"].as_str().unwrap_or("?"),
+                    info["version"].as_str().unwrap_or("?"),
+                    registry.url
+                ),
+                Err(e) => eprintln!("[testkit] schema registry at {}: {e}", registry.url),
+            },
+            Err(e) => eprintln!("[testkit] schema registry not reachable at {url}: {e}"),
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! `sictl`, the operator CLI of the Si Twilio channel, as a library so tests and
+//! other tools can drive the same code.
+
+pub mod schemas;
+pub mod tail;
+pub mod topics;
+pub mod topics_file;

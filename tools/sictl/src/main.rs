@@ -1,0 +1,209 @@
+//! `sictl`: apply topics, register and check schemas, tail topics.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use si_runtime::{KafkaArgs, RegistryArgs};
+use si_schemas::{Codec, Registry};
+use sictl::schemas::Verdict;
+use sictl::topics_file::{Overrides, ResolvedTopic, TopicsFile, default_path};
+
+/// Operator CLI of the Si Twilio channel.
+#[derive(Parser)]
+#[command(name = "sictl", version, about)]
+struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+
+    #[command(flatten)]
+    registry: RegistryArgs,
+
+    /// The topics file (default: topics.yaml of the checkout, else /etc/si/topics.yaml).
+    #[arg(long, env = "SI_TOPICS_FILE", global = true)]
+    topics_file: Option<PathBuf>,
+
+    /// Directory of the .avsc files (default: schemas/avro of the checkout, else /etc/si/schemas).
+    #[arg(long, env = "SI_SCHEMAS_DIR", global = true)]
+    schemas_dir: Option<PathBuf>,
+
+    /// Replication factor for every topic, overriding topics.yaml (local development: 1).
+    #[arg(long, env = "SI_REPLICATION_FACTOR", global = true)]
+    replication_factor: Option<i32>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Topics in the cluster.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Value schemas in the registry.
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
+    /// Prints a topic's records as JSON lines (topic name without the prefix).
+    Tail {
+        /// Topic name as in topics.yaml.
+        topic: String,
+        /// Start at the end instead of the beginning.
+        #[arg(long)]
+        from_end: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        max: Option<u64>,
+        /// Stop when nothing arrives for this long, e.g. `5s` (default: follow).
+        #[arg(long, value_parser = humantime_duration)]
+        idle_timeout: Option<Duration>,
+        /// Also show records of open or aborted transactions.
+        #[arg(long)]
+        read_uncommitted: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Creates missing topics, raises partition counts and corrects drifted configs. Never deletes.
+    Apply {
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemasCommand {
+    /// Registers every value schema (after a compatibility check) and sets each subject's level.
+    Register,
+    /// Checks the local schemas against the registry; non-zero exit on an incompatible one.
+    Check,
+}
+
+fn humantime_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+impl Cli {
+    fn topics(&self) -> anyhow::Result<Vec<ResolvedTopic>> {
+        let path = self
+            .topics_file
+            .clone()
+            .unwrap_or_else(|| default_path("topics.yaml", "/etc/si/topics.yaml"));
+        TopicsFile::load(&path)?.resolve(&Overrides {
+            prefix: self.kafka.topic_prefix.clone(),
+            replication_factor: self.replication_factor,
+        })
+    }
+
+    fn schemas_dir(&self) -> PathBuf {
+        self.schemas_dir
+            .clone()
+            .unwrap_or_else(|| default_path("schemas/avro", "/etc/si/schemas"))
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    si_runtime::telemetry::init(si_runtime::config::LogFormat::Text, "warn");
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("sictl: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Topics {
+            command: TopicsCommand::Apply { dry_run },
+        } => {
+            let topics = cli.topics()?;
+            let admin = sictl::topics::admin(&cli.kafka)?;
+            let plan = sictl::topics::plan(&admin, &topics, Duration::from_secs(15)).await?;
+            for warning in &plan.warnings {
+                println!("warning     {warning}");
+            }
+            for change in &plan.changes {
+                println!("{change}");
+            }
+            if plan.changes.is_empty() {
+                println!("no changes ({} topics up to date)", plan.unchanged.len());
+            } else if *dry_run {
+                println!(
+                    "{} changes planned (dry run: nothing applied)",
+                    plan.changes.len()
+                );
+            } else {
+                sictl::topics::apply(&admin, &plan).await?;
+                println!("{} changes applied", plan.changes.len());
+            }
+        }
+        Command::Schemas { command } => {
+            let locals = sictl::schemas::load(&cli.topics()?, &cli.schemas_dir())?;
+            let registry = Registry::new(cli.registry.config())?;
+            match command {
+                SchemasCommand::Register => {
+                    for r in sictl::schemas::register(&registry, &locals).await? {
+                        let state = if r.unchanged {
+                            "unchanged"
+                        } else {
+                            "registered"
+                        };
+                        println!("{state:<11} {} id={}", r.subject, r.id);
+                    }
+                }
+                SchemasCommand::Check => {
+                    let mut failed = false;
+                    for (subject, verdict) in sictl::schemas::check(&registry, &locals).await? {
+                        match verdict {
+                            Verdict::New => println!("new         {subject}"),
+                            Verdict::Unchanged => println!("unchanged   {subject}"),
+                            Verdict::Compatible => println!("compatible  {subject}"),
+                            Verdict::Incompatible(reasons) => {
+                                failed = true;
+                                println!("INCOMPATIBLE {subject}");
+                                for reason in reasons {
+                                    println!("  {reason}");
+                                }
+                            }
+                        }
+                    }
+                    if failed {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            }
+        }
+        Command::Tail {
+            topic,
+            from_end,
+            max,
+            idle_timeout,
+            read_uncommitted,
+        } => {
+            let codec = Codec::new(Registry::new(cli.registry.config())?);
+            let options = sictl::tail::TailOptions {
+                topic: cli.kafka.topic(topic),
+                from_end: *from_end,
+                max: *max,
+                idle_timeout: *idle_timeout,
+                read_uncommitted: *read_uncommitted,
+            };
+            let stdout = std::io::stdout();
+            sictl::tail::run(&cli.kafka, &codec, &options, &mut stdout.lock())
+                .await
+                .context("tail")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
