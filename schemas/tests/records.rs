@@ -842,7 +842,8 @@ fn roundtrip<T: AvroRecord + PartialEq + Debug>(record: &T) {
     let back: T = from_value(&decode_value(&bytes, schema, None)).expect("from_value, writer only");
     assert_eq!(&back, record, "{file}: writer-only round trip");
 
-    // apache-avro's schema-aware serde path must produce the same bytes and read them back.
+    // apache-avro's schema-aware serde path (GenericDatumWriter::write_ser, read_deser)
+    // must interoperate with the value path in both directions.
     let direct = GenericDatumWriter::builder(schema)
         .build()
         .expect("datum writer")
