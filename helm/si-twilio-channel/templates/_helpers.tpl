@@ -159,7 +159,7 @@ Secrets.
 
 {{- define "si.twilioSecretData" -}}
 {{- $t := .Values.twilio -}}
-{{- $values := dict "TWILIO_ACCOUNT_SID" $t.accountSid "TWILIO_AUTH_TOKEN" $t.authToken "TWILIO_AUTH_TOKEN_SECONDARY" $t.authTokenSecondary "TWILIO_API_KEY_SID" $t.apiKeySid "TWILIO_API_KEY_SECRET" $t.apiKeySecret -}}
+{{- $values := dict "TWILIO_ACCOUNT_SID" $t.accountSid "TWILIO_AUTH_TOKEN" $t.authToken "TWILIO_AUTH_TOKEN_SECONDARY" $t.authTokenSecondary "TWILIO_API_KEY_SID" $t.apiKeySid "TWILIO_API_KEY_SECRET" $t.apiKeySecret "TWILIO_WEBHOOK_SHARED_SECRET" $t.webhookSharedSecret -}}
 {{- $data := dict -}}
 {{- range $var, $value := $values -}}
 {{- if $value -}}

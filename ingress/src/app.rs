@@ -1,0 +1,557 @@
+//! The HTTP side: one route per webhook family, each request verified, stored
+//! and only then answered.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use si_catalog::Catalog;
+use si_schemas::Codec;
+use si_schemas::records::WebhookRoute;
+use tokio::sync::Semaphore;
+
+use crate::envelope::{self, Body, KEPT_HEADERS, query_param};
+use crate::metrics::Metrics;
+use crate::signature::{self, Algorithm, Payload, SignatureError};
+use crate::twiml::{self, VoiceSettings};
+
+/// Every webhook endpoint: path and route kind.
+pub const ROUTES: &[(&str, WebhookRoute)] = &[
+    (
+        "/twilio/conversations/events",
+        WebhookRoute::ConversationsPostEvent,
+    ),
+    (
+        "/twilio/conversations/pre-event",
+        WebhookRoute::ConversationsPreEvent,
+    ),
+    ("/twilio/messaging/inbound", WebhookRoute::MessagingInbound),
+    ("/twilio/messaging/status", WebhookRoute::MessagingStatus),
+    ("/twilio/voice/status", WebhookRoute::VoiceStatus),
+    ("/twilio/voice/answer", WebhookRoute::VoiceAnswer),
+    ("/twilio/voice/gather", WebhookRoute::VoiceGather),
+    ("/twilio/voice/recording", WebhookRoute::RecordingStatus),
+    ("/twilio/voice/transcription", WebhookRoute::Transcription),
+];
+
+/// A metric label for a route.
+#[must_use]
+pub fn route_label(route: WebhookRoute) -> &'static str {
+    match route {
+        WebhookRoute::ConversationsPostEvent => "conversations_post_event",
+        WebhookRoute::ConversationsPreEvent => "conversations_pre_event",
+        WebhookRoute::MessagingInbound => "messaging_inbound",
+        WebhookRoute::MessagingStatus => "messaging_status",
+        WebhookRoute::VoiceStatus => "voice_status",
+        WebhookRoute::VoiceAnswer => "voice_answer",
+        WebhookRoute::VoiceGather => "voice_gather",
+        WebhookRoute::RecordingStatus => "recording_status",
+        WebhookRoute::Transcription => "transcription",
+        WebhookRoute::Unknown => "unknown",
+    }
+}
+
+/// What the handlers share.
+pub struct AppState {
+    /// Durable producer (idempotent, acks=all).
+    pub producer: FutureProducer,
+    /// Encodes the envelope.
+    pub codec: Codec,
+    /// `twilio.webhooks.v1` with the environment's prefix.
+    pub topic: String,
+    /// The public base URL signatures are checked against.
+    pub public_base_url: String,
+    /// Auth Tokens (HMAC-SHA1).
+    pub auth_tokens: Vec<String>,
+    /// Webhook shared-key secrets (HMAC-SHA256).
+    pub shared_secrets: Vec<String>,
+    /// Deadline for Kafka's acknowledgement.
+    pub produce_timeout: Duration,
+    /// Deadline for storing a pre-event webhook.
+    pub pre_event_timeout: Duration,
+    /// Deadline for a whole request.
+    pub request_timeout: Duration,
+    /// Voice TwiML settings.
+    pub voice: VoiceSettings,
+    /// Locale when our URLs carry none.
+    pub default_locale: String,
+    /// Sheds load past the in-flight limit.
+    pub in_flight: Arc<Semaphore>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// Why a request is not accepted. The answer never reveals internals.
+#[derive(Debug)]
+pub enum Reject {
+    /// Body over the limit.
+    TooLarge,
+    /// Body cannot be read as its content type says.
+    Malformed(String),
+    /// Neither a form nor JSON.
+    UnsupportedMediaType,
+    /// Signature refused.
+    Forbidden(SignatureError),
+    /// Kafka did not acknowledge in time: Twilio should retry.
+    Unavailable,
+    /// Too many requests in flight.
+    Overloaded,
+    /// The whole request took too long.
+    Timeout,
+}
+
+impl Reject {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::Malformed(_) => "malformed",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Forbidden(_) => "forbidden",
+            Self::Unavailable => "unavailable",
+            Self::Overloaded => "overloaded",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        let retry_later = |message: &'static str| {
+            let mut response = (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        };
+        match self {
+            Self::TooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response()
+            }
+            Self::Malformed(reason) => (
+                StatusCode::BAD_REQUEST,
+                format!("malformed request: {reason}\n"),
+            )
+                .into_response(),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected application/x-www-form-urlencoded or application/json\n",
+            )
+                .into_response(),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "invalid signature\n").into_response(),
+            Self::Unavailable => retry_later("webhook not stored, retry later\n"),
+            Self::Overloaded => retry_later("overloaded, retry later\n"),
+            Self::Timeout => retry_later("timed out, retry later\n"),
+        }
+    }
+}
+
+/// The router: webhook routes behind load shedding and a request deadline.
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    let mut router = Router::new();
+    for (path, route) in ROUTES {
+        let route = *route;
+        router = router.route(
+            path,
+            post(move |state, uri, headers, body| handle(state, route, uri, headers, body)),
+        );
+    }
+    router
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), guard))
+        .with_state(state)
+}
+
+async fn not_found(State(state): State<Arc<AppState>>) -> Response {
+    state
+        .metrics
+        .requests
+        .with_label_values(&["none", "not_found"])
+        .inc();
+    (StatusCode::NOT_FOUND, "no webhook endpoint here\n").into_response()
+}
+
+/// Sheds load past the in-flight limit (before the body is read) and enforces
+/// the request deadline.
+async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
+        state
+            .metrics
+            .requests
+            .with_label_values(&["any", Reject::Overloaded.outcome()])
+            .inc();
+        return Reject::Overloaded.into_response();
+    };
+    state.metrics.in_flight.inc();
+    let response = tokio::time::timeout(state.request_timeout, next.run(request)).await;
+    state.metrics.in_flight.dec();
+    response.unwrap_or_else(|_| {
+        state
+            .metrics
+            .requests
+            .with_label_values(&["any", Reject::Timeout.outcome()])
+            .inc();
+        Reject::Timeout.into_response()
+    })
+}
+
+async fn handle(
+    State(state): State<Arc<AppState>>,
+    route: WebhookRoute,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let result = accept(&state, route, &uri, &headers, body).await;
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(reject) => reject.outcome(),
+    };
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route_label(route), outcome])
+        .inc();
+    match result {
+        Ok(response) => {
+            tracing::debug!(
+                route = route_label(route),
+                elapsed_ms = started.elapsed().as_millis(),
+                "webhook stored"
+            );
+            response
+        }
+        Err(reject) => {
+            match &reject {
+                Reject::Forbidden(reason) => {
+                    state
+                        .metrics
+                        .signature_failures
+                        .with_label_values(&[reason.label()])
+                        .inc();
+                    tracing::warn!(
+                        route = route_label(route),
+                        reason = reason.label(),
+                        "signature refused"
+                    );
+                }
+                Reject::Unavailable => {
+                    tracing::warn!(
+                        route = route_label(route),
+                        "webhook not stored; answered 503"
+                    );
+                }
+                other => tracing::info!(
+                    route = route_label(route),
+                    outcome = other.outcome(),
+                    "request refused"
+                ),
+            }
+            reject.into_response()
+        }
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Decodes `application/x-www-form-urlencoded` strictly: invalid percent-encoding
+/// or bytes that are not UTF-8 are malformed (never replaced).
+fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let decode = |part: &[u8]| -> Result<String, String> {
+        let mut at = 0;
+        while let Some(offset) = part[at..].iter().position(|&b| b == b'%') {
+            let escape_at = at + offset;
+            let digits = part
+                .get(escape_at + 1..escape_at + 3)
+                .ok_or_else(|| "truncated percent-encoding".to_owned())?;
+            if !digits.iter().all(u8::is_ascii_hexdigit) {
+                return Err(format!("bad percent-encoding at byte {escape_at}"));
+            }
+            at = escape_at + 3;
+        }
+        let spaced: Vec<u8> = part
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        percent_encoding::percent_decode(&spaced)
+            .decode_utf8()
+            .map(std::borrow::Cow::into_owned)
+            .map_err(|_| "not UTF-8".to_owned())
+    };
+    body.split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &[][..]),
+            };
+            Ok((decode(name)?, decode(value)?))
+        })
+        .collect()
+}
+
+fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Body, Reject> {
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match media_type.as_str() {
+        "application/x-www-form-urlencoded" => {
+            parse_form(bytes).map(Body::Form).map_err(Reject::Malformed)
+        }
+        "application/json" => {
+            let value: serde_json::Value = serde_json::from_slice(bytes)
+                .map_err(|e| Reject::Malformed(format!("invalid JSON: {e}")))?;
+            let object = value
+                .as_object()
+                .ok_or_else(|| Reject::Malformed("JSON body is not an object".to_owned()))?;
+            let fields = object
+                .iter()
+                .filter_map(|(k, v)| match v {
+                    serde_json::Value::String(s) => Some((k.clone(), s.clone())),
+                    serde_json::Value::Number(n) => Some((k.clone(), n.to_string())),
+                    serde_json::Value::Bool(b) => Some((k.clone(), b.to_string())),
+                    _ => None,
+                })
+                .collect();
+            Ok(Body::Json {
+                raw: bytes.to_vec(),
+                fields,
+            })
+        }
+        "" => Err(Reject::Malformed("missing Content-Type".to_owned())),
+        _ => Err(Reject::UnsupportedMediaType),
+    }
+}
+
+async fn accept(
+    state: &AppState,
+    route: WebhookRoute,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Reject> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Reject::TooLarge
+        } else {
+            Reject::Malformed(rejection.body_text())
+        }
+    })?;
+    let content_type = header_str(headers, header::CONTENT_TYPE.as_str()).unwrap_or_default();
+    let parsed = parse_body(content_type, &bytes)?;
+
+    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let public_url = format!("{}{path_and_query}", state.public_base_url);
+    let algorithm = Algorithm::from_settings_header(header_str(
+        headers,
+        "x-twilio-webhooks-signature-settings",
+    ));
+    let secrets: Vec<&str> = match algorithm {
+        Some(Algorithm::HmacSha256) => state.shared_secrets.iter().map(String::as_str).collect(),
+        _ => state.auth_tokens.iter().map(String::as_str).collect(),
+    };
+    let payload = match &parsed {
+        Body::Form(params) => Payload::Form(params),
+        Body::Json { raw, .. } => Payload::Raw(raw),
+    };
+    signature::verify(
+        &public_url,
+        payload,
+        header_str(headers, "x-twilio-signature"),
+        algorithm,
+        &secrets,
+    )
+    .map_err(Reject::Forbidden)?;
+
+    let query = uri.query();
+    let kept: BTreeMap<String, String> = KEPT_HEADERS
+        .iter()
+        .filter_map(|name| header_str(headers, name).map(|v| ((*name).to_owned(), v.to_owned())))
+        .collect();
+    let traceparent = header_str(headers, "traceparent").map(str::to_owned);
+    let received_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let (key, record) = envelope::envelope(&envelope::Request {
+        route,
+        body: &parsed,
+        query,
+        content_type,
+        headers: kept,
+        traceparent: traceparent.clone(),
+        received_at,
+    });
+
+    let deadline = if route == WebhookRoute::ConversationsPreEvent {
+        state.pre_event_timeout
+    } else {
+        state.produce_timeout
+    };
+    store(state, &key, &record, traceparent.as_deref(), deadline).await?;
+    Ok(answer(state, route, query, &parsed))
+}
+
+/// Writes the envelope and waits for Kafka's acknowledgement (acks=all), within `deadline`.
+async fn store(
+    state: &AppState,
+    key: &str,
+    record: &si_schemas::records::TwilioWebhook,
+    traceparent: Option<&str>,
+    deadline: Duration,
+) -> Result<(), Reject> {
+    let started = Instant::now();
+    let stored = tokio::time::timeout(deadline, async {
+        let payload = state
+            .codec
+            .encode(&state.topic, record)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "cannot encode the webhook envelope");
+            })?;
+        let mut headers = OwnedHeaders::new();
+        if let Some(traceparent) = traceparent {
+            headers = headers.insert(Header {
+                key: "traceparent",
+                value: Some(traceparent),
+            });
+        }
+        let kafka_record = FutureRecord::to(&state.topic)
+            .key(key)
+            .payload(&payload)
+            .headers(headers);
+        state
+            .producer
+            .send(kafka_record, Timeout::After(deadline))
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| {
+                tracing::warn!(%error, "Kafka did not acknowledge the webhook");
+            })
+    })
+    .await;
+    match stored {
+        Ok(Ok(())) => {
+            state
+                .metrics
+                .produce_seconds
+                .observe(started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Ok(Err(())) => Err(Reject::Unavailable),
+        Err(_) => {
+            tracing::warn!(
+                deadline_ms = deadline.as_millis(),
+                "Kafka acknowledgement past the deadline"
+            );
+            Err(Reject::Unavailable)
+        }
+    }
+}
+
+fn twiml_response(xml: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], xml).into_response()
+}
+
+/// The answer Twilio gets once the webhook is stored.
+fn answer(state: &AppState, route: WebhookRoute, query: Option<&str>, body: &Body) -> Response {
+    let conversation = query_param(query, "conversation");
+    let locale = query_param(query, "locale").unwrap_or_else(|| state.default_locale.clone());
+    let catalog = Catalog::builtin();
+    match route {
+        WebhookRoute::MessagingInbound => {
+            twiml_response("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>".to_owned())
+        }
+        WebhookRoute::VoiceAnswer => twiml_response(twiml::answer(
+            &state.voice,
+            catalog,
+            conversation.as_deref(),
+            &locale,
+        )),
+        WebhookRoute::VoiceGather => {
+            let choice = twiml::choice(
+                catalog,
+                &locale,
+                body.get("Digits"),
+                body.get("SpeechResult"),
+            );
+            twiml_response(twiml::after_choice(
+                &state.voice,
+                catalog,
+                conversation.as_deref(),
+                &locale,
+                choice,
+            ))
+        }
+        // Conversations pre-event: an empty 200 allows the action unchanged.
+        _ => StatusCode::OK.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_decode_strictly() {
+        assert_eq!(
+            parse_form(b"A=1&B=x+y%2Bz&C=&D").expect("valid"),
+            [
+                ("A".to_owned(), "1".to_owned()),
+                ("B".to_owned(), "x y+z".to_owned()),
+                ("C".to_owned(), String::new()),
+                ("D".to_owned(), String::new())
+            ]
+        );
+        assert_eq!(parse_form(b"Body=%E2%82%AC").expect("euro")[0].1, "€");
+        assert!(parse_form(b"Body=%FF").is_err(), "not UTF-8");
+        assert!(parse_form(b"Body=%G1").is_err(), "bad escape");
+        assert!(parse_form(b"Body=abc%2").is_err(), "truncated escape");
+        assert!(parse_form(b"Body=%").is_err(), "lone percent");
+        assert_eq!(
+            parse_form(b"Body=100%25").expect("escaped percent")[0].1,
+            "100%"
+        );
+    }
+
+    #[test]
+    fn bodies_by_content_type() {
+        assert!(matches!(
+            parse_body("application/x-www-form-urlencoded; charset=UTF-8", b"A=1"),
+            Ok(Body::Form(_))
+        ));
+        assert!(matches!(
+            parse_body("application/json", br#"{"A":"1","N":2}"#),
+            Ok(Body::Json { .. })
+        ));
+        assert!(matches!(
+            parse_body("application/json", b"{not json"),
+            Err(Reject::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_body("application/json", b"[1,2]"),
+            Err(Reject::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_body("text/plain", b"x"),
+            Err(Reject::UnsupportedMediaType)
+        ));
+        assert!(matches!(parse_body("", b"x"), Err(Reject::Malformed(_))));
+    }
+}

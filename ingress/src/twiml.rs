@@ -1,0 +1,291 @@
+//! TwiML for voice escalation: the recording disclosure with a consent prompt,
+//! and what follows the caller's choice. Texts come from the shared catalog, in
+//! the conversation's locale (our own call URLs carry `locale` and
+//! `conversation`; they are passed on to every callback URL we hand Twilio).
+
+use si_catalog::{Catalog, keys};
+
+/// How voice answers are put together.
+#[derive(Debug, Clone)]
+pub struct VoiceSettings {
+    /// The public base URL Twilio calls (no trailing slash).
+    pub public_base_url: String,
+    /// The media stream of the voice agent (`wss://…`); without one, an accepted call
+    /// is told Si cannot take calls and continues by text.
+    pub stream_url: Option<String>,
+    /// Seconds the consent prompt waits for an answer.
+    pub gather_timeout_secs: u32,
+}
+
+/// What the caller chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// Pressed 1 or said yes: record and continue.
+    Accept,
+    /// Pressed 2 or said no: no recording, continue by text.
+    Decline,
+    /// No (usable) answer: treated as a decline.
+    NoInput,
+}
+
+/// Escapes text for XML content and attribute values.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The query we pass on to our own callback URLs: `conversation` and `locale` only.
+fn carried_query(conversation: Option<&str>, locale: &str) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(conversation) = conversation {
+        query.append_pair("conversation", conversation);
+    }
+    query.append_pair("locale", locale);
+    query.finish()
+}
+
+fn say(catalog: &Catalog, key: &str, locale: &str) -> String {
+    let text = catalog.text(key, locale);
+    format!(
+        "<Say language=\"{}\">{}</Say>",
+        escape(text.say_language),
+        escape(text.text)
+    )
+}
+
+fn document(verbs: &str) -> String {
+    format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>{verbs}</Response>")
+}
+
+/// The answer to a call: the disclosure, then the consent prompt.
+#[must_use]
+pub fn answer(
+    settings: &VoiceSettings,
+    catalog: &Catalog,
+    conversation: Option<&str>,
+    locale: &str,
+) -> String {
+    let prompt = catalog.text(keys::VOICE_CONSENT_PROMPT, locale);
+    let action = format!(
+        "{}/twilio/voice/gather?{}",
+        settings.public_base_url,
+        carried_query(conversation, locale)
+    );
+    let hints: Vec<String> = catalog
+        .words(keys::VOICE_YES_WORDS, locale)
+        .into_iter()
+        .chain(catalog.words(keys::VOICE_NO_WORDS, locale))
+        .collect();
+    document(&format!(
+        "{disclosure}<Gather input=\"dtmf speech\" numDigits=\"1\" timeout=\"{timeout}\" \
+         language=\"{language}\" hints=\"{hints}\" actionOnEmptyResult=\"true\" \
+         action=\"{action}\" method=\"POST\">{prompt}</Gather>",
+        disclosure = say(catalog, keys::VOICE_DISCLOSURE, locale),
+        timeout = settings.gather_timeout_secs,
+        language = escape(prompt.say_language),
+        hints = escape(&hints.join(", ")),
+        action = escape(&action),
+        prompt = say(catalog, keys::VOICE_CONSENT_PROMPT, locale),
+    ))
+}
+
+/// Reads the caller's answer: keypad first, then speech. A "no" word wins over a
+/// "yes" word (no recording without a clear yes).
+#[must_use]
+pub fn choice(
+    catalog: &Catalog,
+    locale: &str,
+    digits: Option<&str>,
+    speech: Option<&str>,
+) -> Choice {
+    match digits.map(str::trim) {
+        Some("1") => return Choice::Accept,
+        Some("2") => return Choice::Decline,
+        _ => {}
+    }
+    let Some(speech) = speech else {
+        return Choice::NoInput;
+    };
+    let spoken: String = speech
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect();
+    let spoken = format!(
+        " {} ",
+        spoken.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    let said = |key| {
+        catalog
+            .words(key, locale)
+            .iter()
+            .any(|w| spoken.contains(&format!(" {w} ")))
+    };
+    if said(keys::VOICE_NO_WORDS) {
+        Choice::Decline
+    } else if said(keys::VOICE_YES_WORDS) {
+        Choice::Accept
+    } else {
+        Choice::NoInput
+    }
+}
+
+/// What the call does after the caller's choice.
+#[must_use]
+pub fn after_choice(
+    settings: &VoiceSettings,
+    catalog: &Catalog,
+    conversation: Option<&str>,
+    locale: &str,
+    choice: Choice,
+) -> String {
+    match choice {
+        Choice::Decline => document(&format!(
+            "{}<Hangup/>",
+            say(catalog, keys::VOICE_DECLINED, locale)
+        )),
+        Choice::NoInput => document(&format!(
+            "{}<Hangup/>",
+            say(catalog, keys::VOICE_NO_INPUT, locale)
+        )),
+        Choice::Accept => {
+            let Some(stream) = &settings.stream_url else {
+                return document(&format!(
+                    "{}<Hangup/>",
+                    say(catalog, keys::VOICE_UNAVAILABLE, locale)
+                ));
+            };
+            let query = carried_query(conversation, locale);
+            let recording_callback = format!(
+                "{}/twilio/voice/recording?{query}",
+                settings.public_base_url
+            );
+            let parameter = conversation.map_or_else(String::new, |c| {
+                format!("<Parameter name=\"conversation\" value=\"{}\"/>", escape(c))
+            });
+            document(&format!(
+                "{accepted}<Start><Recording recordingStatusCallback=\"{callback}\" \
+                 recordingStatusCallbackEvent=\"completed\"/></Start>\
+                 <Connect><Stream url=\"{stream}\">{parameter}<Parameter name=\"locale\" value=\"{locale}\"/></Stream></Connect>",
+                accepted = say(catalog, keys::VOICE_ACCEPTED, locale),
+                callback = escape(&recording_callback),
+                stream = escape(stream),
+                locale = escape(locale),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(stream: Option<&str>) -> VoiceSettings {
+        VoiceSettings {
+            public_base_url: "https://si.example.com".into(),
+            stream_url: stream.map(str::to_owned),
+            gather_timeout_secs: 6,
+        }
+    }
+
+    #[test]
+    fn the_answer_discloses_recording_and_asks_in_the_callers_language() {
+        let xml = answer(&settings(None), Catalog::builtin(), Some("CH1"), "es-MX");
+        assert!(xml.starts_with("<?xml"), "{xml}");
+        assert!(
+            xml.contains("<Say language=\"es-MX\">Hola, habla Si. Esta llamada se graba"),
+            "{xml}"
+        );
+        assert!(xml.contains("input=\"dtmf speech\""), "{xml}");
+        assert!(xml.contains("actionOnEmptyResult=\"true\""), "{xml}");
+        assert!(
+            xml.contains("action=\"https://si.example.com/twilio/voice/gather?conversation=CH1&amp;locale=es-MX\""),
+            "{xml}"
+        );
+    }
+
+    #[test]
+    fn a_locale_without_translation_falls_back_to_english() {
+        let xml = answer(&settings(None), Catalog::builtin(), None, "ja-JP");
+        assert!(
+            xml.contains("<Say language=\"en-US\">Hi, this is Si."),
+            "{xml}"
+        );
+    }
+
+    #[test]
+    fn keypad_and_speech_choices() {
+        let c = Catalog::builtin();
+        assert_eq!(choice(c, "en", Some("1"), None), Choice::Accept);
+        assert_eq!(choice(c, "en", Some("2"), Some("yes")), Choice::Decline);
+        assert_eq!(choice(c, "en", None, Some("Yes, please.")), Choice::Accept);
+        assert_eq!(choice(c, "en", None, Some("No.")), Choice::Decline);
+        assert_eq!(
+            choice(c, "en", None, Some("yes... no, actually")),
+            Choice::Decline
+        );
+        assert_eq!(choice(c, "es", None, Some("Sí, claro")), Choice::Accept);
+        assert_eq!(choice(c, "en", None, Some("nobody knows")), Choice::NoInput);
+        assert_eq!(choice(c, "en", Some("7"), None), Choice::NoInput);
+        assert_eq!(choice(c, "en", None, None), Choice::NoInput);
+    }
+
+    #[test]
+    fn declining_ends_the_call_politely_and_says_text_continues() {
+        let xml = after_choice(
+            &settings(Some("wss://voice")),
+            Catalog::builtin(),
+            Some("CH1"),
+            "en",
+            Choice::Decline,
+        );
+        assert!(xml.contains("continues by text message"), "{xml}");
+        assert!(xml.ends_with("<Hangup/></Response>"), "{xml}");
+        assert!(!xml.contains("<Recording"), "{xml}");
+    }
+
+    #[test]
+    fn accepting_records_and_connects_the_stream_with_the_conversation() {
+        let xml = after_choice(
+            &settings(Some("wss://voice.example/agent")),
+            Catalog::builtin(),
+            Some("CH1"),
+            "en",
+            Choice::Accept,
+        );
+        assert!(xml.contains("<Start><Recording recordingStatusCallback=\"https://si.example.com/twilio/voice/recording?conversation=CH1&amp;locale=en\""), "{xml}");
+        assert!(xml.contains("<Connect><Stream url=\"wss://voice.example/agent\"><Parameter name=\"conversation\" value=\"CH1\"/>"), "{xml}");
+        let without_agent = after_choice(
+            &settings(None),
+            Catalog::builtin(),
+            Some("CH1"),
+            "en",
+            Choice::Accept,
+        );
+        assert!(
+            without_agent.contains("Si cannot take calls") && !without_agent.contains("<Recording"),
+            "{without_agent}"
+        );
+    }
+
+    #[test]
+    fn text_is_escaped() {
+        assert_eq!(escape("a<b>&\"c'"), "a&lt;b&gt;&amp;&quot;c&apos;");
+    }
+}

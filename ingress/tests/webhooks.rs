@@ -1,0 +1,390 @@
+//! Ingress against the real local broker and registry.
+//!
+//! Requests go to 127.0.0.1 while signatures are made for the public URL
+//! `https://si.example.test`, as behind a TLS-terminating proxy.
+
+mod support;
+
+use std::time::Duration;
+
+use si_schemas::records::{TwilioWebhook, WebhookRoute};
+use si_schemas::topics;
+use support::{Ingress, PUBLIC, form_params, signed_form};
+
+#[tokio::test]
+async fn n_signed_webhooks_give_exactly_n_records_with_every_parameter_intact() -> anyhow::Result<()>
+{
+    let ingress = Ingress::start(&[]).await?;
+    let n = 40;
+    let mut sent = Vec::new();
+    for i in 0..n {
+        // Unicode, reserved characters, empty values and repeated names: all must survive.
+        let params = form_params(&[
+            ("MessageSid", &format!("SM{i:032}")),
+            ("AccountSid", "AC00000000000000000000000000000001"),
+            ("From", "whatsapp:+14155550100"),
+            ("To", "whatsapp:+14155550199"),
+            ("Body", &format!("Hola #{i} — ¿qué tal? 👋🏽 a+b=c&d 100%")),
+            ("NumMedia", "2"),
+            ("MediaUrl0", "https://api.twilio.com/media/ME1?x=1&y=2"),
+            ("MediaUrl0", "https://api.twilio.com/media/ME0"),
+            ("ProfileName", ""),
+        ]);
+        let path = if i % 2 == 0 {
+            "/twilio/messaging/inbound"
+        } else {
+            "/twilio/messaging/inbound?source=test&n=1"
+        };
+        let response = ingress.post_form(path, &params, support::TOKEN).await?;
+        assert_eq!(response.status(), 200, "{}", response.text().await?);
+        sent.push(params);
+    }
+    let records = ingress
+        .env
+        .read::<TwilioWebhook>(topics::WEBHOOKS, n, Duration::from_secs(30))
+        .await?;
+    assert_eq!(records.len(), n);
+    let mut received: Vec<_> = records.into_iter().map(|(_, r)| r).collect();
+    received.sort_by(|a, b| a.resource_sid.cmp(&b.resource_sid));
+    for (params, record) in sent.iter().zip(&received) {
+        let got: Vec<(String, String)> = record
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect();
+        assert_eq!(&got, params, "parameters preserved byte for byte, in order");
+        assert_eq!(record.route, WebhookRoute::MessagingInbound);
+        assert_eq!(record.event_type.as_deref(), Some("message.inbound"));
+    }
+    // Nothing extra arrived: exactly N.
+    let extra = ingress
+        .env
+        .read_raw(topics::WEBHOOKS, n + 1, Duration::from_secs(2))
+        .await;
+    assert!(extra.is_err(), "more than {n} records on the topic");
+    Ok(())
+}
+
+#[tokio::test]
+async fn rejected_requests_write_nothing() -> anyhow::Result<()> {
+    let ingress = Ingress::start(&["--max-body-bytes", "2048"]).await?;
+    let params = form_params(&[
+        ("MessageSid", "SM1"),
+        ("From", "+14155550100"),
+        ("Body", "hi"),
+    ]);
+
+    // Oversized: 413.
+    let big = form_params(&[("Body", &"x".repeat(4096)), ("From", "+1")]);
+    let response = ingress
+        .post_form("/twilio/messaging/inbound", &big, support::TOKEN)
+        .await?;
+    assert_eq!(response.status(), 413);
+
+    // Malformed form (bad percent-encoding), correctly signed over what we can parse: 400.
+    let response = ingress
+        .post_raw(
+            "/twilio/messaging/inbound",
+            "application/x-www-form-urlencoded",
+            b"Body=%ZZ&From=%2".to_vec(),
+            "sig",
+        )
+        .await?;
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await?.contains("percent-encoding"));
+
+    // Malformed JSON: 400.
+    let response = ingress
+        .post_raw(
+            "/twilio/conversations/events?bodySHA256=00",
+            "application/json",
+            b"{\"EventType\":".to_vec(),
+            "sig",
+        )
+        .await?;
+    assert_eq!(response.status(), 400);
+
+    // Unknown route: 404. Wrong content type: 415.
+    let response = ingress
+        .post_form("/twilio/nope", &params, support::TOKEN)
+        .await?;
+    assert_eq!(response.status(), 404);
+    let response = ingress
+        .post_raw(
+            "/twilio/messaging/inbound",
+            "text/plain",
+            b"hi".to_vec(),
+            "sig",
+        )
+        .await?;
+    assert_eq!(response.status(), 415);
+
+    // Bad signatures: 403 for a wrong token, a tampered parameter, a missing header.
+    let response = ingress
+        .post_form("/twilio/messaging/inbound", &params, "not-the-token")
+        .await?;
+    assert_eq!(response.status(), 403);
+    let (body, signature) = signed_form(
+        &format!("{PUBLIC}/twilio/messaging/inbound"),
+        &params,
+        support::TOKEN,
+    );
+    let tampered = body.replacen("hi", "hj", 1);
+    let response = ingress
+        .post_raw(
+            "/twilio/messaging/inbound",
+            "application/x-www-form-urlencoded",
+            tampered.into_bytes(),
+            &signature,
+        )
+        .await?;
+    assert_eq!(response.status(), 403);
+    let response = ingress
+        .client
+        .post(ingress.url("/twilio/messaging/inbound"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.clone())
+        .send()
+        .await?;
+    assert_eq!(response.status(), 403);
+    // Signed for one path, sent to another.
+    let response = ingress
+        .post_raw(
+            "/twilio/messaging/status",
+            "application/x-www-form-urlencoded",
+            body.into_bytes(),
+            &signature,
+        )
+        .await?;
+    assert_eq!(response.status(), 403);
+
+    // Then one good webhook: it must be the first and only record on the topic.
+    let marker = form_params(&[("MessageSid", "SMmarker"), ("From", "+14155550100")]);
+    let response = ingress
+        .post_form("/twilio/messaging/inbound", &marker, support::TOKEN)
+        .await?;
+    assert_eq!(response.status(), 200);
+    let records = ingress
+        .env
+        .read::<TwilioWebhook>(topics::WEBHOOKS, 1, Duration::from_secs(20))
+        .await?;
+    assert_eq!(records[0].1.resource_sid.as_deref(), Some("SMmarker"));
+    assert!(
+        ingress
+            .env
+            .read_raw(topics::WEBHOOKS, 2, Duration::from_secs(2))
+            .await
+            .is_err()
+    );
+
+    let metrics = ingress.metrics().await?;
+    for line in [
+        "si_ingress_signature_failures_total{reason=\"mismatch\"} 3",
+        "si_ingress_signature_failures_total{reason=\"missing\"} 1",
+        "si_ingress_requests_total{outcome=\"too_large\",route=\"messaging_inbound\"} 1",
+        "si_ingress_requests_total{outcome=\"not_found\",route=\"none\"} 1",
+        "si_ingress_requests_total{outcome=\"accepted\",route=\"messaging_inbound\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn idempotency_token_headers_and_keys_are_kept() -> anyhow::Result<()> {
+    let ingress = Ingress::start(&[]).await?;
+    let params = form_params(&[
+        ("EventType", "onMessageAdded"),
+        ("ConversationSid", "CH00000000000000000000000000000007"),
+        ("MessageSid", "IM1"),
+        ("Author", "+14155550100"),
+        ("Body", "hello"),
+    ]);
+    let url = format!("{PUBLIC}/twilio/conversations/events");
+    let (body, signature) = signed_form(&url, &params, support::TOKEN);
+    for _ in 0..2 {
+        // Twilio retries with the same token.
+        let response = ingress
+            .client
+            .post(ingress.url("/twilio/conversations/events"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", &signature)
+            .header("i-twilio-idempotency-token", "tok-123")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(body.clone())
+            .send()
+            .await?;
+        assert_eq!(response.status(), 200);
+    }
+    let records = ingress
+        .env
+        .read::<TwilioWebhook>(topics::WEBHOOKS, 2, Duration::from_secs(20))
+        .await?;
+    for (key, record) in records {
+        assert_eq!(key.as_deref(), Some("CH00000000000000000000000000000007"));
+        assert_eq!(record.idempotency_token.as_deref(), Some("tok-123"));
+        assert_eq!(record.event_type.as_deref(), Some("onMessageAdded"));
+        assert_eq!(
+            record.traceparent.as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert!(
+            !record.headers.contains_key("x-twilio-signature"),
+            "the signature is not kept"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn voice_answer_and_gather_return_localized_twiml_and_are_stored() -> anyhow::Result<()> {
+    let ingress = Ingress::start(&["--voice-stream-url", "wss://voice.example/agent"]).await?;
+    let call = form_params(&[
+        ("CallSid", "CA1"),
+        ("From", "+14155550199"),
+        ("To", "+5215555550100"),
+        ("Direction", "outbound-api"),
+    ]);
+    let response = ingress
+        .post_form(
+            "/twilio/voice/answer?conversation=CH42&locale=es-MX",
+            &call,
+            support::TOKEN,
+        )
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()?
+            .starts_with("text/xml")
+    );
+    let twiml = response.text().await?;
+    assert!(twiml.contains("Esta llamada se graba"), "{twiml}");
+    assert!(
+        twiml.contains("/twilio/voice/gather?conversation=CH42&amp;locale=es-MX"),
+        "{twiml}"
+    );
+
+    let mut declined = call.clone();
+    declined.push(("Digits".into(), "2".into()));
+    let response = ingress
+        .post_form(
+            "/twilio/voice/gather?conversation=CH42&locale=es-MX",
+            &declined,
+            support::TOKEN,
+        )
+        .await?;
+    let twiml = response.text().await?;
+    assert!(
+        twiml.contains("continúa por mensaje de texto") && twiml.contains("<Hangup/>"),
+        "{twiml}"
+    );
+
+    let mut accepted = call.clone();
+    accepted.push(("SpeechResult".into(), "Sí, claro.".into()));
+    let response = ingress
+        .post_form(
+            "/twilio/voice/gather?conversation=CH42&locale=es-MX",
+            &accepted,
+            support::TOKEN,
+        )
+        .await?;
+    let twiml = response.text().await?;
+    assert!(
+        twiml.contains("<Start><Recording") && twiml.contains("wss://voice.example/agent"),
+        "{twiml}"
+    );
+
+    let records = ingress
+        .env
+        .read::<TwilioWebhook>(topics::WEBHOOKS, 3, Duration::from_secs(20))
+        .await?;
+    for (key, record) in &records {
+        assert_eq!(
+            key.as_deref(),
+            Some("CH42"),
+            "keyed by the conversation our URL carries"
+        );
+        assert_eq!(record.conversation_hint.as_deref(), Some("CH42"));
+    }
+    let routes: Vec<_> = records.iter().map(|(_, r)| r.route).collect();
+    assert_eq!(
+        routes
+            .iter()
+            .filter(|r| **r == WebhookRoute::VoiceGather)
+            .count(),
+        2
+    );
+    assert!(records.iter().any(|(_, r)| {
+        r.params
+            .iter()
+            .any(|p| p.name == "Digits" && p.value == "2")
+    }));
+    Ok(())
+}
+
+#[tokio::test]
+async fn pre_event_webhooks_are_allowed_quickly_and_json_bodies_kept_raw() -> anyhow::Result<()> {
+    let ingress = Ingress::start(&[]).await?;
+    let params = form_params(&[
+        ("EventType", "onMessageAdd"),
+        ("ConversationSid", "CH1"),
+        ("Body", "hi"),
+        ("Author", "+1555"),
+    ]);
+    let started = std::time::Instant::now();
+    let response = ingress
+        .post_form("/twilio/conversations/pre-event", &params, support::TOKEN)
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.text().await?.is_empty(),
+        "an empty 200 allows the action"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let json = br#"{"EventType":"onMessageAdded","ConversationSid":"CH2","MessageSid":"IM2","Body":"caf\u00e9"}"#.to_vec();
+    let response = ingress
+        .post_json("/twilio/conversations/events", json.clone(), support::TOKEN)
+        .await?;
+    assert_eq!(response.status(), 200);
+    let records = ingress
+        .env
+        .read::<TwilioWebhook>(topics::WEBHOOKS, 2, Duration::from_secs(20))
+        .await?;
+    let stored = records
+        .iter()
+        .find(|(k, _)| k.as_deref() == Some("CH2"))
+        .map(|(_, r)| r);
+    assert_eq!(
+        stored.and_then(|r| r.body.clone()),
+        Some(json),
+        "raw body byte for byte"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn readiness_reports_kafka_and_schema() -> anyhow::Result<()> {
+    let ingress = Ingress::start(&[]).await?;
+    support::wait_for(Duration::from_secs(20), || async {
+        Ok(ingress
+            .client
+            .get(format!("http://{}/readyz", ingress.running.admin_addr))
+            .send()
+            .await?
+            .status()
+            == 200)
+    })
+    .await?;
+    let health = ingress
+        .client
+        .get(format!("http://{}/healthz", ingress.running.admin_addr))
+        .send()
+        .await?;
+    assert_eq!(health.status(), 200);
+    Ok(())
+}
