@@ -1,9 +1,8 @@
 //! With the broker stopped, a webhook gets 503 (never 2xx); once the broker is
 //! back, the same webhook sent again lands.
 //!
-//! This test stops the shared local broker, so it cannot run beside other tests:
-//! it is ignored in the parallel run and `dev/test` runs it on its own:
-//! `cargo test -p si-ingress --test broker_outage -- --ignored`.
+//! The test starts a private broker (a `dev/stack` instance on free ports) and
+//! stops that one, so it never disturbs the shared broker other tests use.
 
 mod support;
 
@@ -12,29 +11,59 @@ use std::time::Duration;
 
 use si_schemas::records::TwilioWebhook;
 use si_schemas::topics;
+use si_testkit::{TestEnv, free_port};
 use support::{Ingress, form_params};
 
-fn stack(args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new(si_testkit::repo_root().join("dev/stack"))
-        .args(args)
-        .status()?;
-    anyhow::ensure!(status.success(), "dev/stack {args:?} failed");
-    Ok(())
+/// A private single-node broker, removed when dropped.
+struct PrivateBroker {
+    instance: String,
+    port: u16,
+    controller_port: u16,
 }
 
-/// Brings the broker back even when an assertion fails midway.
-struct BrokerGuard;
+impl PrivateBroker {
+    fn start() -> anyhow::Result<Self> {
+        let broker = Self {
+            instance: format!("outage-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            port: free_port()?,
+            controller_port: free_port()?,
+        };
+        broker.stack(&["up", "kafka"])?;
+        Ok(broker)
+    }
 
-impl Drop for BrokerGuard {
+    fn bootstrap(&self) -> String {
+        format!("localhost:{}", self.port)
+    }
+
+    fn stack(&self, args: &[&str]) -> anyhow::Result<()> {
+        let status = Command::new(si_testkit::repo_root().join("dev/stack"))
+            .args(args)
+            .env("SI_STACK_INSTANCE", &self.instance)
+            .env("SI_KAFKA_PORT", self.port.to_string())
+            .env("SI_KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "dev/stack {args:?} (instance {}) failed",
+            self.instance
+        );
+        Ok(())
+    }
+}
+
+impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        let _ = stack(&["up", "kafka"]);
+        let _ = self.stack(&["reset"]);
     }
 }
 
 #[tokio::test]
-#[ignore = "stops the shared broker; dev/test runs it alone"]
 async fn a_webhook_is_never_acknowledged_while_kafka_is_down() -> anyhow::Result<()> {
-    let ingress = Ingress::start(&["--produce-timeout", "2s", "--request-timeout", "4s"]).await?;
+    let broker = PrivateBroker::start()?;
+    let env = TestEnv::start_on(&broker.bootstrap()).await?;
+    let ingress =
+        Ingress::start_with(env, &["--produce-timeout", "2s", "--request-timeout", "4s"]).await?;
     let params = form_params(&[
         ("MessageSid", "SMoutage"),
         ("From", "+14155550100"),
@@ -50,8 +79,7 @@ async fn a_webhook_is_never_acknowledged_while_kafka_is_down() -> anyhow::Result
         200
     );
 
-    let guard = BrokerGuard;
-    stack(&["down", "kafka"])?;
+    broker.stack(&["down", "kafka"])?;
     for _ in 0..3 {
         let response = ingress
             .post_form("/twilio/messaging/inbound", &params, support::TOKEN)
@@ -71,8 +99,7 @@ async fn a_webhook_is_never_acknowledged_while_kafka_is_down() -> anyhow::Result
     })
     .await?;
 
-    stack(&["up", "kafka"])?;
-    drop(guard);
+    broker.stack(&["up", "kafka"])?;
     // Twilio retries: the same webhook lands once the broker is back.
     support::wait_for(Duration::from_secs(60), || async {
         Ok(ingress
@@ -90,6 +117,17 @@ async fn a_webhook_is_never_acknowledged_while_kafka_is_down() -> anyhow::Result
         .iter()
         .filter_map(|(_, r)| r.resource_sid.clone())
         .collect();
-    assert!(sids.contains(&"SMoutage".to_owned()), "{sids:?}");
+    assert_eq!(
+        sids,
+        ["SMwarmup", "SMoutage"],
+        "the refused attempts left nothing behind"
+    );
+    let metrics = ingress.metrics().await?;
+    assert!(
+        metrics.contains(
+            "si_ingress_requests_total{outcome=\"unavailable\",route=\"messaging_inbound\"} 3"
+        ),
+        "{metrics}"
+    );
     Ok(())
 }

@@ -55,14 +55,24 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// Creates the topics and registers the schemas under a fresh prefix.
+    /// Creates the topics and registers the schemas under a fresh prefix, on the
+    /// broker of `KAFKA_BOOTSTRAP_SERVERS` (default `localhost:9092`).
     ///
     /// # Errors
     /// When the stack is not running (`dev/stack up`) or refuses.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_on(&env_or("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")).await
+    }
+
+    /// Like [`TestEnv::start`], against another broker (for example a private
+    /// `dev/stack` instance a test may stop).
+    ///
+    /// # Errors
+    /// When the broker or the registry is not reachable.
+    pub async fn start_on(bootstrap_servers: &str) -> anyhow::Result<Self> {
         let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let kafka = KafkaArgs {
-            bootstrap_servers: env_or("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+            bootstrap_servers: bootstrap_servers.to_owned(),
             topic_prefix: prefix,
             pod_name: "test".to_owned(),
         };
@@ -196,6 +206,16 @@ impl TestEnv {
         }
         Ok(out)
     }
+}
+
+/// A free TCP port on 127.0.0.1 (for a service a test starts).
+///
+/// # Errors
+/// When no port can be bound.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Logs, once per test process, what the tests talk to: the broker's cluster id and

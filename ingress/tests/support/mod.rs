@@ -46,7 +46,10 @@ pub struct Ingress {
 
 impl Ingress {
     pub async fn start(extra: &[&str]) -> anyhow::Result<Self> {
-        let env = TestEnv::start().await?;
+        Self::start_with(TestEnv::start().await?, extra).await
+    }
+
+    pub async fn start_with(env: TestEnv, extra: &[&str]) -> anyhow::Result<Self> {
         let mut args = vec![
             "si-ingress".to_owned(),
             "--public-base-url".into(),
