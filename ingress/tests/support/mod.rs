@@ -42,6 +42,8 @@ pub struct Ingress {
     pub running: Running,
     pub shutdown: CancellationToken,
     pub client: reqwest::Client,
+    /// Stops ingress when the test is done with it.
+    pub _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
 impl Ingress {
@@ -76,6 +78,7 @@ impl Ingress {
         Ok(Self {
             env,
             running,
+            _stop_on_drop: shutdown.clone().drop_guard(),
             shutdown,
             client: reqwest::Client::new(),
         })
@@ -146,11 +149,6 @@ impl Ingress {
     }
 }
 
-impl Drop for Ingress {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
 
 /// Waits for `condition` with a deadline, polling.
 pub async fn wait_for<F, Fut>(deadline: Duration, mut condition: F) -> anyhow::Result<()>
