@@ -38,32 +38,51 @@ async fn requests_past_the_in_flight_limit_are_shed_with_retry_after() -> anyhow
     let params = form_params(&[("MessageSid", "SM1"), ("From", "+14155550100")]);
     // The stalled request holds the only slot as soon as its headers are in.
     support::wait_for(Duration::from_secs(10), || async {
-        let response = ingress.post_form("/twilio/messaging/inbound", &params, support::TOKEN).await?;
+        let response = ingress
+            .post_form("/twilio/messaging/inbound", &params, support::TOKEN)
+            .await?;
         Ok(response.status() == 503
-            && response.headers().get("retry-after").is_some_and(|v| v == "1")
+            && response
+                .headers()
+                .get("retry-after")
+                .is_some_and(|v| v == "1")
             && response.text().await?.contains("overloaded"))
     })
     .await?;
     drop(holder);
     // Once the slot is free, webhooks are accepted again.
     support::wait_for(Duration::from_secs(10), || async {
-        Ok(ingress.post_form("/twilio/messaging/inbound", &params, support::TOKEN).await?.status() == 200)
+        Ok(ingress
+            .post_form("/twilio/messaging/inbound", &params, support::TOKEN)
+            .await?
+            .status()
+            == 200)
     })
     .await?;
     let metrics = ingress.metrics().await?;
-    assert!(metrics.contains("si_ingress_requests_total{outcome=\"overloaded\",route=\"any\"}"), "{metrics}");
+    assert!(
+        metrics.contains("si_ingress_requests_total{outcome=\"overloaded\",route=\"any\"}"),
+        "{metrics}"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn a_request_past_its_deadline_gets_503() -> anyhow::Result<()> {
-    let ingress = Ingress::start(&["--request-timeout", "1s", "--produce-timeout", "500ms"]).await?;
+    let ingress =
+        Ingress::start(&["--request-timeout", "1s", "--produce-timeout", "500ms"]).await?;
     let mut stalled = stalled_request(&ingress).await?;
     let started = Instant::now();
     let head = response_head(&mut stalled).await?;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
-    assert!(started.elapsed() < Duration::from_secs(5), "answered at the deadline, not later");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at the deadline, not later"
+    );
     Ok(())
 }
 
@@ -71,15 +90,30 @@ async fn a_request_past_its_deadline_gets_503() -> anyhow::Result<()> {
 async fn shutdown_drains_and_stops() -> anyhow::Result<()> {
     let ingress = Ingress::start(&["--drain-timeout", "5s"]).await?;
     let params = form_params(&[("MessageSid", "SM1"), ("From", "+14155550100")]);
-    assert_eq!(ingress.post_form("/twilio/messaging/inbound", &params, support::TOKEN).await?.status(), 200);
-    let Ingress { running, shutdown, env, .. } = ingress;
+    assert_eq!(
+        ingress
+            .post_form("/twilio/messaging/inbound", &params, support::TOKEN)
+            .await?
+            .status(),
+        200
+    );
+    let Ingress {
+        running,
+        shutdown,
+        env,
+        ..
+    } = ingress;
     shutdown.cancel();
     let started = Instant::now();
     tokio::time::timeout(Duration::from_secs(10), running.stopped()).await??;
     assert!(started.elapsed() < Duration::from_secs(10));
     // What was acknowledged is in Kafka.
     let records = env
-        .read::<si_schemas::records::TwilioWebhook>(si_schemas::topics::WEBHOOKS, 1, Duration::from_secs(20))
+        .read::<si_schemas::records::TwilioWebhook>(
+            si_schemas::topics::WEBHOOKS,
+            1,
+            Duration::from_secs(20),
+        )
         .await?;
     assert_eq!(records[0].1.resource_sid.as_deref(), Some("SM1"));
     Ok(())

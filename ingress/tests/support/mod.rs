@@ -149,7 +149,6 @@ impl Ingress {
     }
 }
 
-
 /// Waits for `condition` with a deadline, polling.
 pub async fn wait_for<F, Fut>(deadline: Duration, mut condition: F) -> anyhow::Result<()>
 where
