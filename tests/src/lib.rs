@@ -94,7 +94,7 @@ impl TestEnv {
         let plan = sictl::topics::plan(&admin, &topics, Duration::from_secs(15))
             .await
             .context("is the local stack running? (dev/stack up)")?;
-        sictl::topics::apply(&admin, &plan).await?;
+        sictl::topics::apply(&admin, &plan, Duration::from_secs(60)).await?;
         let registry_client = Registry::new(registry.config())?;
         let locals = sictl::schemas::load(&topics, &root.join("schemas/avro"))?;
         sictl::schemas::register(&registry_client, &locals).await?;

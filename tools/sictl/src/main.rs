@@ -144,7 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     plan.changes.len()
                 );
             } else {
-                sictl::topics::apply(&admin, &plan).await?;
+                sictl::topics::apply(&admin, &plan, Duration::from_secs(60)).await?;
                 println!("{} changes applied", plan.changes.len());
             }
         }

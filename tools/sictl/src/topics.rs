@@ -244,11 +244,62 @@ where
     }
 }
 
-/// Makes the changes of a plan.
+/// Makes the changes of a plan, and returns once the cluster shows them: topic
+/// creation and partition changes reach a broker's metadata shortly after the
+/// controller accepted them, and a caller (a second `apply`, a producer) must not
+/// see the old state.
 ///
 /// # Errors
-/// When the cluster refuses a change.
-pub async fn apply(admin: &Admin, plan: &Plan) -> anyhow::Result<()> {
+/// When the cluster refuses a change, or does not show it within `timeout`.
+pub async fn apply(admin: &Arc<Admin>, plan: &Plan, timeout: Duration) -> anyhow::Result<()> {
+    apply_changes(admin, plan).await?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let pending = not_yet_visible(admin, plan).await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "applied, but the cluster does not show it yet after {timeout:?}: {}",
+                pending.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The changes of `plan` the cluster's metadata and configs do not show yet.
+async fn not_yet_visible(admin: &Arc<Admin>, plan: &Plan) -> anyhow::Result<Vec<String>> {
+    let existing = existing_topics(admin, Duration::from_secs(10)).await?;
+    let mut pending = Vec::new();
+    for change in &plan.changes {
+        match change {
+            Change::Create(t)
+                if existing
+                    .get(&t.name)
+                    .is_none_or(|e| e.partitions < t.partitions) =>
+            {
+                pending.push(t.name.clone());
+            }
+            Change::AddPartitions { topic, to, .. }
+                if existing.get(topic).is_none_or(|e| e.partitions < *to) =>
+            {
+                pending.push(topic.clone());
+            }
+            Change::AlterConfigs { topic, drift, .. } => {
+                let (effective, _) = topic_configs(admin, topic).await?;
+                if drift.iter().any(|(k, (_, v))| effective.get(k) != Some(v)) {
+                    pending.push(topic.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(pending)
+}
+
+async fn apply_changes(admin: &Admin, plan: &Plan) -> anyhow::Result<()> {
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let creates: Vec<NewTopic<'_>> = plan
         .changes
