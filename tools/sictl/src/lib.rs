@@ -2,6 +2,7 @@
 //! other tools can drive the same code.
 
 pub mod schemas;
+pub mod segment;
 pub mod tail;
 pub mod topics;
 pub mod topics_file;

@@ -66,6 +66,8 @@ enum Command {
         #[arg(long)]
         read_uncommitted: bool,
     },
+    /// Shows how a text would be sent: encoding, segments and the parts, as the segment processor sends them.
+    Segment(Box<sictl::segment::SegmentCommand>),
 }
 
 #[derive(Subcommand)]
@@ -124,6 +126,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
+        Command::Segment(command) => command.run(&mut std::io::stdout().lock())?,
         Command::Topics {
             command: TopicsCommand::Apply { dry_run },
         } => {
