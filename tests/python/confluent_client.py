@@ -18,7 +18,7 @@ import json
 import sys
 
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry import SchemaRegistryClient, topic_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
@@ -113,7 +113,13 @@ def produce(args, registry):
     serializer = AvroSerializer(
         registry,
         schema_text,
-        conf={"auto.register.schemas": False, "use.latest.version": False},
+        conf={
+            "auto.register.schemas": False,
+            "use.latest.version": False,
+            # The contract is TopicNameStrategy (<topic>-value). Newer clients default
+            # to an "associated" strategy that asks a Confluent-only API first.
+            "subject.name.strategy": topic_subject_name_strategy,
+        },
     )
     producer = Producer({"bootstrap.servers": args.bootstrap, "enable.idempotence": True, "acks": "all"})
     failures = []
@@ -149,7 +155,7 @@ def main():
     parser.add_argument("--schema", help="the .avsc to write with (produce)")
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args()
-    registry = SchemaRegistryClient({"url": args.registry})
+    registry = SchemaRegistryClient({"url": args.registry, "timeout": 10})
     if args.command == "consume":
         consume(args, registry)
     else:

@@ -114,7 +114,7 @@ def read_records(topic, count, timeout_s=30.0, settle_s=0.0):
     Reads until `count` records arrived; then, if `settle_s` is set, keeps
     reading that long to catch any record beyond `count`.
     """
-    deserializer = AvroDeserializer(SchemaRegistryClient({"url": REGISTRY}))
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": REGISTRY, "timeout": 10}))
     consumer = Consumer(
         {
             "bootstrap.servers": BOOTSTRAP,
