@@ -25,12 +25,17 @@ pub fn client_config(kafka: &KafkaArgs, stage: &str) -> ClientConfig {
 
 /// A producer that never acknowledges what the cluster has not stored: idempotent,
 /// `acks=all`, unlimited in-flight retries within `delivery.timeout.ms`.
+///
+/// Keys are hashed with `murmur2_random`, the Java client's partitioner, so every
+/// producer of a co-partitioned topic (ours, and other teams' Java or Python
+/// clients writing e.g. `si.responses.v1`) puts one key in the same partition.
 #[must_use]
 pub fn durable_producer_config(kafka: &KafkaArgs, stage: &str) -> ClientConfig {
     let mut config = client_config(kafka, stage);
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        .set("partitioner", "murmur2_random")
         .set("compression.type", "zstd")
         .set("linger.ms", "2");
     config

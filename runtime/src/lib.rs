@@ -1,12 +1,24 @@
 //! The runtime every Si Twilio channel stage shares: typed configuration,
 //! Kafka client construction, the admin HTTP listener (`/metrics`, `/healthz`,
 //! `/readyz`), tracing setup with masked addresses, and graceful shutdown.
+//!
+//! Stream stages (normalize, consent, segment, …) implement
+//! [`processor::Processor`] and run on [`stream::run`]: exactly-once
+//! consume-transform-produce with Kafka transactions, keyed state in
+//! [`state::StateStore`]s backed by compacted changelogs, global tables
+//! ([`table::GlobalTable`]), dead letters ([`dlq`]) and [`metrics`].
 
 pub mod admin;
 pub mod config;
+pub mod dlq;
 pub mod kafka;
 pub mod mask;
+pub mod metrics;
+pub mod processor;
 pub mod shutdown;
+pub mod state;
+pub mod stream;
+pub mod table;
 pub mod telemetry;
 
 pub use admin::{AdminServer, Readiness};

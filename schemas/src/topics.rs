@@ -8,7 +8,7 @@
 use crate::AvroRecord;
 use crate::records::{
     ArchivalRequest, CognitionResponse, Command, ComplianceEvent, ConsentState, ConversationEvent,
-    DeadLetter, DeliveryStatus, IdentityRecord, InboundMessage, OutboundDeadLetter,
+    DeadLetter, DeliveryStatus, IdentityRecord, InboundMessage, NormalizeState, OutboundDeadLetter,
     OutboundOperation, ParticipantBinding, TranscriptEntry, TwilioWebhook,
 };
 
@@ -49,6 +49,9 @@ pub const PARTICIPANTS: &str = "si.participants.v1";
 pub const TRANSCRIPT: &str = "si.transcript.v1";
 /// Archival requests for closed conversations ([`ArchivalRequest`]); key: conversation id.
 pub const ARCHIVAL: &str = "si.archival.v1";
+/// Internal: the state changelog of normalize, compacted, co-partitioned with
+/// [`WEBHOOKS`] ([`NormalizeState`]); key: `seen|<dedup_key>` or `conv|<conversation id>`.
+pub const NORMALIZE_STATE: &str = "si.normalize.state.v1";
 
 /// Every topic, in the order of `topics.yaml`.
 pub const ALL: &[&str] = &[
@@ -68,6 +71,7 @@ pub const ALL: &[&str] = &[
     PARTICIPANTS,
     TRANSCRIPT,
     ARCHIVAL,
+    NORMALIZE_STATE,
 ];
 
 /// The value schema of a topic of [`ALL`]: `(file name under schemas/avro/, .avsc text)`;
@@ -93,6 +97,7 @@ pub fn value_schema(topic: &str) -> Option<(&'static str, &'static str)> {
         PARTICIPANTS => of::<ParticipantBinding>(),
         TRANSCRIPT => of::<TranscriptEntry>(),
         ARCHIVAL => of::<ArchivalRequest>(),
+        NORMALIZE_STATE => of::<NormalizeState>(),
         _ => None,
     }
 }

@@ -380,6 +380,7 @@ fn compiled_in_schemas_are_the_files() {
         check::<ParticipantBinding>(&files),
         check::<TranscriptEntry>(&files),
         check::<ArchivalRequest>(&files),
+        check::<NormalizeState>(&files),
     ];
     used.sort_unstable();
     let all: Vec<&str> = files.keys().map(String::as_str).collect();

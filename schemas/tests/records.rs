@@ -1018,6 +1018,72 @@ fn archival_request_round_trips() {
     roundtrip(&archival_min());
 }
 
+fn normalize_state_full() -> NormalizeState {
+    NormalizeState {
+        kind: NormalizeStateKind::Conversation,
+        seen_event: None,
+        conversation: Some(ConversationBinding {
+            conversation_id: s("CH00000000000000000000000000000001"),
+            session_id: s("0b6f2a4e-1c1d-8e2f-9a3b-4c5d6e7f8091"),
+            bound_at: T0,
+            last_event_at: T0 + 9,
+            state: Some(ConversationState::Inactive),
+            participants: vec![
+                BoundParticipant {
+                    participant_sid: some("MB00000000000000000000000000000001"),
+                    address: some("+14155550100"),
+                    channel: Channel::Whatsapp,
+                    proxy_address: some("+14155550199"),
+                    identity: None,
+                    locale: some("es-MX"),
+                },
+                BoundParticipant {
+                    participant_sid: None,
+                    address: None,
+                    channel: Channel::Chat,
+                    proxy_address: None,
+                    identity: some("alice"),
+                    locale: None,
+                },
+            ],
+        }),
+    }
+}
+
+fn normalize_state_seen() -> NormalizeState {
+    NormalizeState {
+        kind: NormalizeStateKind::SeenEvent,
+        seen_event: Some(SeenEvent {
+            event_id: s("5f0c-ev"),
+            webhook_id: s("wh-1"),
+            first_seen_at: T0,
+        }),
+        conversation: None,
+    }
+}
+
+fn normalize_state_min() -> NormalizeState {
+    NormalizeState {
+        kind: NormalizeStateKind::Unknown,
+        seen_event: None,
+        conversation: Some(ConversationBinding {
+            conversation_id: s("pm-1"),
+            session_id: s("s"),
+            bound_at: 0,
+            last_event_at: 0,
+            state: None,
+            participants: vec![],
+        }),
+    }
+}
+
+#[test]
+fn normalize_state_round_trips() {
+    roundtrip(&normalize_state_full());
+    roundtrip(&normalize_state_seen());
+    roundtrip(&normalize_state_min());
+}
+
 #[test]
 fn every_variant_of_every_enum_round_trips() {
     // Enum-heavy records, once per variant, so a wrong rename cannot hide.
@@ -1216,6 +1282,7 @@ fn rust_enums_carry_exactly_the_schema_symbols() {
         enum_matches::<Direction>(&schema),
         enum_matches::<TranscriptSpeaker>(&schema),
         enum_matches::<ArchivalReason>(&schema),
+        enum_matches::<NormalizeStateKind>(&schema),
     ];
     let missing: Vec<&String> = schema.keys().filter(|n| !covered.contains(n)).collect();
     assert!(

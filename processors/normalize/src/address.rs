@@ -1,0 +1,230 @@
+//! Twilio addresses: `whatsapp:+14155550100`, `+14155550100`, `client:alice`,
+//! a short code `12345`, a chat identity `alice`. Phone numbers are normalized
+//! to E.164 with the `phonenumber` crate (libphonenumber's metadata), the
+//! prefix becomes the [`Channel`].
+
+use si_schemas::records::Channel;
+
+/// An address taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    /// The channel the prefix (or its absence) says.
+    pub channel: Channel,
+    /// The phone number in E.164 (`+14155550100`); a short code keeps its digits;
+    /// `None` when the address is not a phone number.
+    pub e164: Option<String>,
+    /// The address without its channel prefix, as sent (a chat identity, for example).
+    pub bare: String,
+    /// The number's region (ISO 3166 alpha-2, e.g. `US`), when libphonenumber knows it.
+    pub region: Option<String>,
+}
+
+/// Most parsed addresses a thread keeps; the cache is dropped whole when full.
+const CACHE_LIMIT: usize = 50_000;
+
+thread_local! {
+    /// libphonenumber parsing costs microseconds and the same few addresses
+    /// recur in every conversation; parsing is a pure function, so caching it
+    /// cannot change any output.
+    static CACHE: std::cell::RefCell<std::collections::HashMap<String, Address>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+impl Address {
+    /// Parses a Twilio address. Never fails: what is not a phone number is kept as an identity.
+    #[must_use]
+    pub fn parse(raw: &str) -> Self {
+        if let Some(hit) = CACHE.with(|c| c.borrow().get(raw).cloned()) {
+            return hit;
+        }
+        let parsed = Self::parse_uncached(raw);
+        CACHE.with(|c| {
+            let mut cache = c.borrow_mut();
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(raw.to_owned(), parsed.clone());
+        });
+        parsed
+    }
+
+    fn parse_uncached(raw: &str) -> Self {
+        let raw = raw.trim();
+        let (prefix, bare) = match raw.split_once(':') {
+            Some((prefix, rest)) if !prefix.is_empty() && !prefix.starts_with('+') => {
+                (Some(prefix.to_ascii_lowercase()), rest.trim())
+            }
+            _ => (None, raw),
+        };
+        let phone = parse_phone(bare);
+        let channel = match prefix.as_deref() {
+            Some("whatsapp") => Channel::Whatsapp,
+            Some("sms" | "mms") => Channel::Sms,
+            Some("client") => Channel::Chat,
+            Some(_) => Channel::Unknown,
+            None if phone.is_some() => Channel::Sms,
+            None => Channel::Chat,
+        };
+        let (e164, region) = phone.map_or((None, None), |(e, r)| (Some(e), r));
+        Self {
+            channel,
+            e164,
+            bare: bare.to_owned(),
+            region,
+        }
+    }
+
+    /// Whether the address is a phone number (or short code).
+    #[must_use]
+    pub fn is_phone(&self) -> bool {
+        self.e164.is_some()
+    }
+}
+
+/// E.164 and region of a phone number; short codes (3 to 8 digits, no `+`) keep their digits.
+fn parse_phone(bare: &str) -> Option<(String, Option<String>)> {
+    if bare.is_empty() {
+        return None;
+    }
+    if bare.starts_with('+') {
+        let number = phonenumber::parse(None, bare).ok()?;
+        let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+        let region = number
+            .country()
+            .id()
+            .map(|id| id.as_ref().to_owned())
+            .or_else(|| region_of_calling_code(number.country().code()).map(str::to_owned));
+        return Some((e164, region));
+    }
+    if (3..=8).contains(&bare.len()) && bare.bytes().all(|b| b.is_ascii_digit()) {
+        return Some((bare.to_owned(), None));
+    }
+    None
+}
+
+/// The main region of a country calling code, for numbers libphonenumber cannot
+/// place (fictional ranges such as 555-01xx).
+fn region_of_calling_code(code: u16) -> Option<&'static str> {
+    Some(match code {
+        1 => "US",
+        7 => "RU",
+        33 => "FR",
+        34 => "ES",
+        39 => "IT",
+        44 => "GB",
+        49 => "DE",
+        52 => "MX",
+        55 => "BR",
+        81 => "JP",
+        91 => "IN",
+        _ => return None,
+    })
+}
+
+/// The locale usually spoken in a region (BCP 47 language-REGION), for the
+/// phone-country step of locale resolution; `None` when the region is not listed.
+#[must_use]
+pub fn locale_of_region(region: &str) -> Option<&'static str> {
+    Some(match region {
+        "US" => "en-US",
+        "GB" => "en-GB",
+        "CA" => "en-CA",
+        "AU" => "en-AU",
+        "NZ" => "en-NZ",
+        "IE" => "en-IE",
+        "IN" => "en-IN",
+        "ZA" => "en-ZA",
+        "NG" => "en-NG",
+        "SG" => "en-SG",
+        "PH" => "en-PH",
+        "MX" => "es-MX",
+        "ES" => "es-ES",
+        "AR" => "es-AR",
+        "CO" => "es-CO",
+        "CL" => "es-CL",
+        "PE" => "es-PE",
+        "VE" => "es-VE",
+        "BR" => "pt-BR",
+        "PT" => "pt-PT",
+        "FR" => "fr-FR",
+        "BE" => "fr-BE",
+        "DE" => "de-DE",
+        "AT" => "de-AT",
+        "CH" => "de-CH",
+        "IT" => "it-IT",
+        "NL" => "nl-NL",
+        "SE" => "sv-SE",
+        "NO" => "nb-NO",
+        "DK" => "da-DK",
+        "FI" => "fi-FI",
+        "PL" => "pl-PL",
+        "CZ" => "cs-CZ",
+        "GR" => "el-GR",
+        "TR" => "tr-TR",
+        "RU" => "ru-RU",
+        "UA" => "uk-UA",
+        "IL" => "he-IL",
+        "SA" => "ar-SA",
+        "AE" => "ar-AE",
+        "EG" => "ar-EG",
+        "JP" => "ja-JP",
+        "KR" => "ko-KR",
+        "CN" => "zh-CN",
+        "TW" => "zh-TW",
+        "HK" => "zh-HK",
+        "ID" => "id-ID",
+        "VN" => "vi-VN",
+        "TH" => "th-TH",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whatsapp_prefix_becomes_the_channel_and_the_number_e164() {
+        let a = Address::parse("whatsapp:+5215512345678");
+        assert_eq!(a.channel, Channel::Whatsapp);
+        assert_eq!(a.e164.as_deref(), Some("+5215512345678"));
+        assert_eq!(a.region.as_deref(), Some("MX"));
+    }
+
+    #[test]
+    fn plain_numbers_are_sms_and_formatting_is_removed() {
+        let a = Address::parse("+1 (415) 555-0100");
+        assert_eq!(a.channel, Channel::Sms);
+        assert_eq!(a.e164.as_deref(), Some("+14155550100"));
+        assert_eq!(a.region.as_deref(), Some("US"));
+        let uk = Address::parse("+44 7700 900123");
+        assert_eq!(uk.e164.as_deref(), Some("+447700900123"));
+        assert_eq!(uk.region.as_deref(), Some("GB"));
+        let de = Address::parse("sms:+49 30 1234567");
+        assert_eq!(de.e164.as_deref(), Some("+49301234567"));
+        assert_eq!(de.region.as_deref(), Some("DE"));
+    }
+
+    #[test]
+    fn identities_short_codes_and_other_channels() {
+        let chat = Address::parse("alice");
+        assert_eq!(chat.channel, Channel::Chat);
+        assert_eq!(chat.e164, None);
+        assert_eq!(chat.bare, "alice");
+        let client = Address::parse("client:bob");
+        assert_eq!(client.channel, Channel::Chat);
+        let short = Address::parse("12345");
+        assert_eq!(short.channel, Channel::Sms);
+        assert_eq!(short.e164.as_deref(), Some("12345"));
+        let other = Address::parse("messenger:1234567890");
+        assert_eq!(other.channel, Channel::Unknown);
+        assert_eq!(Address::parse("").e164, None);
+    }
+
+    #[test]
+    fn regions_map_to_locales() {
+        assert_eq!(locale_of_region("MX"), Some("es-MX"));
+        assert_eq!(locale_of_region("US"), Some("en-US"));
+        assert_eq!(locale_of_region("ZZ"), None);
+    }
+}

@@ -1,0 +1,21 @@
+//! `si-normalize`: Twilio webhooks to canonical conversation events, exactly once.
+
+use clap::Parser;
+use si_normalize::Config;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    si_runtime::telemetry::init(
+        config.common.service.log_format,
+        &config.common.service.log_level,
+    );
+    let shutdown = si_runtime::shutdown_token();
+    match si_normalize::run(config, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "si-normalize stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

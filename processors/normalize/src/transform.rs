@@ -1,0 +1,1850 @@
+//! The transform: one [`TwilioWebhook`] and the partition's state in, at most
+//! one [`ConversationEvent`] (plus participant directory entries) out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{IntCounterVec, Opts, Registry};
+use serde::Deserialize;
+use si_runtime::mask::Masked;
+use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
+use si_runtime::state::StateStore;
+use si_runtime::table::GlobalTable;
+use si_schemas::records::{
+    BoundParticipant, CallEvent, CallState, Channel, ConversationBinding, ConversationEvent,
+    ConversationEventType, ConversationState, DeliveryState, DeliveryUpdate, EventSource,
+    IdentityRecord, LocaleSource, MediaRef, MessageReceived, NormalizeState, NormalizeStateKind,
+    Participant, ParticipantBinding, ParticipantChange, RecordingAvailable, SeenEvent, StateChange,
+    TranscriptionEvent, TranscriptionSpeaker, TwilioWebhook, WebhookRoute,
+};
+use si_schemas::topics;
+
+use crate::address::{Address, locale_of_region};
+use crate::ids::{self, AddressHasher};
+use crate::params::Params;
+
+/// What the transform needs besides its input.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a Twilio event is remembered for de-duplication.
+    pub dedup_window: Duration,
+    /// How long a conversation's binding is kept after its last event.
+    pub session_ttl: Duration,
+    /// Locale when nothing better is known.
+    pub default_locale: String,
+    /// Conversations authors that are Si (their messages are MESSAGE_SENT).
+    pub si_authors: Vec<String>,
+    /// Keyed hashing of addresses (visitor ids, messaging conversation ids).
+    pub hasher: AddressHasher,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            dedup_window: Duration::from_secs(24 * 3600),
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+            default_locale: "en".into(),
+            si_authors: vec!["si".into(), "system".into()],
+            hasher: AddressHasher::new(b""),
+        }
+    }
+}
+
+/// Counters of the transform (no addresses or SIDs as labels).
+#[derive(Debug, Clone)]
+pub struct NormalizeMetrics {
+    /// Events written, by event type.
+    pub events: IntCounterVec,
+    /// Webhooks that produced no event: `duplicate` or why they were skipped.
+    pub dropped: IntCounterVec,
+}
+
+impl NormalizeMetrics {
+    /// Creates the counters and registers them in `registry`.
+    ///
+    /// # Errors
+    /// When they are registered twice.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let events = IntCounterVec::new(
+            Opts::new("si_normalize_events_total", "Conversation events written"),
+            &["event_type"],
+        )?;
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "si_normalize_dropped_total",
+                "Webhooks that yielded no event (duplicates, pre-events, unknown types)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(dropped.clone()))?;
+        Ok(Self { events, dropped })
+    }
+
+    /// Counters registered nowhere (tests, benches).
+    ///
+    /// # Panics
+    /// Never: the definitions are static.
+    #[must_use]
+    #[allow(clippy::expect_used)]
+    pub fn unregistered() -> Self {
+        Self::new(&Registry::new()).expect("fresh registry")
+    }
+}
+
+/// The normalize processor.
+#[derive(Debug, Clone)]
+pub struct Normalizer {
+    settings: Settings,
+    identity: GlobalTable<IdentityRecord>,
+    directory: GlobalTable<ParticipantBinding>,
+    metrics: NormalizeMetrics,
+}
+
+/// Which Twilio event a webhook is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    MessageAdded,
+    DeliveryUpdated,
+    ParticipantAdded,
+    ParticipantRemoved,
+    ConversationAdded,
+    ConversationStateUpdated,
+    MessagingInbound,
+    MessagingStatus,
+    CallStatus,
+    Gather,
+    Recording,
+    Transcription,
+}
+
+impl Kind {
+    /// The event-type part of the dedup key.
+    fn dedup_name(self) -> &'static str {
+        match self {
+            Self::MessageAdded => "onMessageAdded",
+            Self::DeliveryUpdated => "onDeliveryUpdated",
+            Self::ParticipantAdded => "onParticipantAdded",
+            Self::ParticipantRemoved => "onParticipantRemoved",
+            Self::ConversationAdded => "onConversationAdded",
+            Self::ConversationStateUpdated => "onConversationStateUpdated",
+            Self::MessagingInbound => "MessageInbound",
+            Self::MessagingStatus => "MessageStatus",
+            Self::CallStatus => "CallStatus",
+            Self::Gather => "Gather",
+            Self::Recording => "RecordingStatus",
+            Self::Transcription => "Transcription",
+        }
+    }
+
+    /// The parameter naming the status for status-like events (part of the dedup key).
+    fn status_param(self) -> Option<&'static str> {
+        match self {
+            Self::DeliveryUpdated => Some("Status"),
+            Self::ConversationStateUpdated => Some("StateTo"),
+            Self::MessagingStatus => Some("MessageStatus"),
+            Self::CallStatus => Some("CallStatus"),
+            Self::Recording => Some("RecordingStatus"),
+            Self::Transcription => Some("TranscriptionStatus"),
+            _ => None,
+        }
+    }
+}
+
+/// Why a webhook yields no event (a metric label).
+type Skip = &'static str;
+
+fn classify(webhook: &TwilioWebhook, params: &Params) -> Result<Kind, Skip> {
+    let event_type = params.get("EventType").or(webhook.event_type.as_deref());
+    Ok(match webhook.route {
+        WebhookRoute::ConversationsPostEvent => match event_type {
+            Some("onMessageAdded") => Kind::MessageAdded,
+            Some("onDeliveryUpdated") => Kind::DeliveryUpdated,
+            Some("onParticipantAdded") => Kind::ParticipantAdded,
+            Some("onParticipantRemoved") => Kind::ParticipantRemoved,
+            Some("onConversationAdded") => Kind::ConversationAdded,
+            Some("onConversationStateUpdated") => Kind::ConversationStateUpdated,
+            _ => return Err("unhandled_conversations_event"),
+        },
+        WebhookRoute::ConversationsPreEvent => return Err("pre_event"),
+        WebhookRoute::MessagingInbound => Kind::MessagingInbound,
+        WebhookRoute::MessagingStatus => Kind::MessagingStatus,
+        WebhookRoute::VoiceStatus | WebhookRoute::VoiceAnswer => Kind::CallStatus,
+        WebhookRoute::VoiceGather => Kind::Gather,
+        WebhookRoute::RecordingStatus => Kind::Recording,
+        WebhookRoute::Transcription => Kind::Transcription,
+        WebhookRoute::Unknown => return Err("unknown_route"),
+    })
+}
+
+/// The dedup key: the idempotency token when Twilio sent one, else resource SID +
+/// event type (+ status for status-like events); the webhook id when there is no SID.
+fn dedup_key(webhook: &TwilioWebhook, params: &Params, kind: Kind) -> String {
+    let token = webhook
+        .idempotency_token
+        .as_deref()
+        .or_else(|| {
+            webhook
+                .headers
+                .get("i-twilio-idempotency-token")
+                .map(String::as_str)
+        })
+        .filter(|t| !t.trim().is_empty());
+    if let Some(token) = token {
+        return token.to_owned();
+    }
+    let sid = match kind {
+        // Most specific SID of what the event is about.
+        Kind::DeliveryUpdated => params
+            .get("DeliveryReceiptSid")
+            .or_else(|| params.get("MessageSid")),
+        Kind::ParticipantAdded | Kind::ParticipantRemoved => params.get("ParticipantSid"),
+        Kind::ConversationAdded | Kind::ConversationStateUpdated => params.get("ConversationSid"),
+        Kind::Transcription => params.get("TranscriptionSid"),
+        _ => None,
+    }
+    .or(webhook.resource_sid.as_deref())
+    .or_else(|| {
+        [
+            "MessageSid",
+            "RecordingSid",
+            "CallSid",
+            "ParticipantSid",
+            "ConversationSid",
+        ]
+        .iter()
+        .find_map(|n| params.get(n))
+    });
+    let Some(sid) = sid else {
+        return format!("webhook:{}", webhook.webhook_id);
+    };
+    let mut key = format!("{sid}:{}", kind.dedup_name());
+    if let Some(status) = kind.status_param().and_then(|p| params.get(p)) {
+        key.push(':');
+        key.push_str(status);
+    }
+    if kind == Kind::Gather {
+        // Two gathers on one call differ by what was said.
+        let said = params
+            .get("SpeechResult")
+            .or_else(|| params.get("Digits"))
+            .unwrap_or("");
+        key.push(':');
+        key.push_str(&ids::event_id(said)[..8]);
+    }
+    key
+}
+
+fn seen_key(dedup_key: &str) -> String {
+    format!("seen|{dedup_key}")
+}
+
+fn conversation_key(conversation_id: &str) -> String {
+    format!("conv|{conversation_id}")
+}
+
+fn require<'a>(params: &'a Params, name: &str) -> Result<&'a str, ProcessError> {
+    params
+        .get(name)
+        .ok_or_else(|| ProcessError::Invalid(format!("required parameter {name} is missing")))
+}
+
+/// Twilio's ISO 8601 times (`2019-12-19T21:17:12.000Z`) in ms; `None` otherwise.
+fn parse_time(value: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339_weak(value.trim()).ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
+fn upper_symbol(value: &str) -> String {
+    value.trim().replace('-', "_").to_ascii_uppercase()
+}
+
+fn conversation_state(value: &str) -> ConversationState {
+    upper_symbol(value)
+        .parse()
+        .unwrap_or(ConversationState::Unknown)
+}
+
+/// Conversations `Media`: a JSON list of `{Sid, Filename, ContentType, Size}`.
+fn conversations_media(params: &Params) -> Result<Vec<MediaRef>, ProcessError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Media {
+        sid: Option<String>,
+        filename: Option<String>,
+        content_type: Option<String>,
+        size: Option<i64>,
+    }
+    let Some(json) = params.get("Media") else {
+        return Ok(Vec::new());
+    };
+    let items: Vec<Media> = serde_json::from_str(json)
+        .map_err(|e| ProcessError::Invalid(format!("Media is not a JSON list of media: {e}")))?;
+    Ok(items
+        .into_iter()
+        .map(|m| MediaRef {
+            sid: m.sid,
+            url: None,
+            content_type: m.content_type,
+            size_bytes: m.size,
+            filename: m.filename,
+        })
+        .collect())
+}
+
+/// Programmable Messaging media: `MediaUrl{N}` and `MediaContentType{N}` (at most 10).
+fn messaging_media(params: &Params) -> Vec<MediaRef> {
+    let declared = params.number::<usize>("NumMedia");
+    (0..declared.unwrap_or(10).min(10))
+        .map_while(|i| {
+            let url = params.get(&format!("MediaUrl{i}"))?;
+            Some(MediaRef {
+                sid: None,
+                url: Some(url.to_owned()),
+                content_type: params
+                    .get(&format!("MediaContentType{i}"))
+                    .map(str::to_owned),
+                size_bytes: None,
+                filename: None,
+            })
+        })
+        .collect()
+}
+
+/// A locale named in Conversations attributes (`{"locale": "es-MX"}`).
+fn attribute_locale(attributes: Option<&str>) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(attributes?).ok()?;
+    ["locale", "language", "lang"]
+        .iter()
+        .find_map(|k| value.get(k)?.as_str())
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && l.len() <= 35)
+        .map(str::to_owned)
+}
+
+/// Who an event is about, before identity resolution.
+#[derive(Debug, Clone, Default)]
+struct Party {
+    address: Option<Address>,
+    proxy: Option<Address>,
+    participant_sid: Option<String>,
+    identity: Option<String>,
+    attribute_locale: Option<String>,
+}
+
+impl Party {
+    fn from_bound(b: &BoundParticipant) -> Self {
+        Self {
+            address: b.address.as_deref().map(|a| Address {
+                channel: b.channel,
+                ..Address::parse(a)
+            }),
+            proxy: b.proxy_address.as_deref().map(Address::parse),
+            participant_sid: b.participant_sid.clone(),
+            identity: b.identity.clone(),
+            attribute_locale: b.locale.clone(),
+        }
+    }
+
+    fn channel(&self) -> Channel {
+        self.address.as_ref().map_or(Channel::Chat, |a| a.channel)
+    }
+
+    fn bound(&self) -> BoundParticipant {
+        BoundParticipant {
+            participant_sid: self.participant_sid.clone(),
+            address: self.address.as_ref().and_then(|a| a.e164.clone()),
+            channel: self.channel(),
+            proxy_address: self.proxy.as_ref().and_then(|p| p.e164.clone()),
+            identity: self.identity.clone(),
+            locale: self.attribute_locale.clone(),
+        }
+    }
+}
+
+/// Everything kind-specific of an event.
+struct Draft {
+    event_type: ConversationEventType,
+    source: EventSource,
+    channel: Option<Channel>,
+    conversation_id: String,
+    party: Option<Party>,
+    occurred_at: Option<i64>,
+    message: Option<MessageReceived>,
+    delivery: Option<DeliveryUpdate>,
+    participant_change: Option<ParticipantChange>,
+    state_change: Option<StateChange>,
+    call: Option<CallEvent>,
+    recording: Option<RecordingAvailable>,
+    transcription: Option<TranscriptionEvent>,
+    /// What the event does to the conversation's participants.
+    membership: Membership,
+}
+
+enum Membership {
+    None,
+    /// A participant joined (directory entry published).
+    Join,
+    /// A participant left (directory entry deactivated).
+    Leave,
+    /// A messaging user seen; joins when not known yet.
+    Seen,
+}
+
+impl Draft {
+    fn new(
+        event_type: ConversationEventType,
+        source: EventSource,
+        conversation_id: String,
+    ) -> Self {
+        Self {
+            event_type,
+            source,
+            channel: None,
+            conversation_id,
+            party: None,
+            occurred_at: None,
+            message: None,
+            delivery: None,
+            participant_change: None,
+            state_change: None,
+            call: None,
+            recording: None,
+            transcription: None,
+            membership: Membership::None,
+        }
+    }
+}
+
+impl Normalizer {
+    /// A normalizer over the identity table and the participant directory.
+    #[must_use]
+    pub fn new(
+        settings: Settings,
+        identity: GlobalTable<IdentityRecord>,
+        directory: GlobalTable<ParticipantBinding>,
+        metrics: NormalizeMetrics,
+    ) -> Self {
+        Self {
+            settings,
+            identity,
+            directory,
+            metrics,
+        }
+    }
+
+    /// The identity record of an address: its own channel's entry, else the
+    /// entry of the same number on SMS, then WhatsApp (one number is one person:
+    /// a caller is usually the SMS or WhatsApp user of the same number).
+    fn identity_of(&self, address: &Address) -> Option<Arc<IdentityRecord>> {
+        let e164 = address.e164.as_deref()?;
+        [address.channel, Channel::Sms, Channel::Whatsapp]
+            .into_iter()
+            .find_map(|channel| self.identity.get(&channel.address_key(e164)))
+    }
+
+    /// The active directory binding of (user, proxy), if any.
+    fn directory_conversation(&self, user: &Address, proxy: Option<&Address>) -> Option<String> {
+        let e164 = user.e164.as_deref()?;
+        let key = format!(
+            "{}|{}",
+            user.channel.address_key(e164),
+            proxy.and_then(|p| p.e164.as_deref()).unwrap_or("")
+        );
+        self.directory
+            .get(&key)
+            .filter(|b| b.active)
+            .map(|b| b.conversation_id.clone())
+    }
+
+    /// The conversation of a Programmable Messaging webhook; see the crate docs.
+    fn messaging_conversation(
+        &self,
+        webhook: &TwilioWebhook,
+        params: &Params,
+        user: &Address,
+        proxy: Option<&Address>,
+    ) -> String {
+        if let Some(hint) = webhook
+            .conversation_hint
+            .as_deref()
+            .filter(|h| !h.is_empty())
+        {
+            return hint.to_owned();
+        }
+        if let Some(sid) = params.get("ConversationSid") {
+            return sid.to_owned();
+        }
+        if let Some(bound) = self.directory_conversation(user, proxy) {
+            return bound;
+        }
+        self.settings.hasher.messaging_conversation(
+            user.channel.key_prefix(),
+            user.e164.as_deref().unwrap_or(&user.bare),
+            proxy.map_or("", |p| p.e164.as_deref().unwrap_or(&p.bare)),
+        )
+    }
+
+    fn call_conversation(webhook: &TwilioWebhook, call_sid: &str) -> String {
+        webhook
+            .conversation_hint
+            .as_deref()
+            .filter(|h| !h.is_empty())
+            .map_or_else(|| format!("call-{call_sid}"), str::to_owned)
+    }
+
+    fn find_party(
+        binding: &ConversationBinding,
+        sid: Option<&str>,
+        address: Option<&Address>,
+    ) -> Option<Party> {
+        binding
+            .participants
+            .iter()
+            .find(|b| {
+                sid.is_some_and(|s| b.participant_sid.as_deref() == Some(s))
+                    || address.is_some_and(|a| a.e164.is_some() && b.address == a.e164)
+                    || address.is_some_and(|a| {
+                        a.e164.is_none() && b.identity.as_deref() == Some(a.bare.as_str())
+                    })
+            })
+            .map(Party::from_bound)
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn draft(
+        &self,
+        kind: Kind,
+        webhook: &TwilioWebhook,
+        params: &Params,
+        state: &StateStore<NormalizeState>,
+    ) -> Result<Result<Draft, Skip>, ProcessError> {
+        use ConversationEventType as T;
+        let binding_of = |conversation: &str| {
+            state
+                .get(&conversation_key(conversation))
+                .and_then(|s| s.conversation.clone())
+        };
+        let draft = match kind {
+            Kind::MessageAdded => {
+                let conversation = require(params, "ConversationSid")?.to_owned();
+                let message_sid = require(params, "MessageSid")?.to_owned();
+                let binding = binding_of(&conversation);
+                let author = params.get("Author").map(Address::parse);
+                let source = params.get("Source").map(str::to_ascii_uppercase);
+                let from_user = match source.as_deref() {
+                    Some("SMS" | "WHATSAPP") => true,
+                    _ => author.as_ref().is_some_and(|a| {
+                        !self
+                            .settings
+                            .si_authors
+                            .iter()
+                            .any(|s| s.eq_ignore_ascii_case(&a.bare))
+                    }),
+                };
+                let mut draft = Draft::new(
+                    if from_user {
+                        T::MessageReceived
+                    } else {
+                        T::MessageSent
+                    },
+                    EventSource::Conversations,
+                    conversation,
+                );
+                let sid = params.get("ParticipantSid");
+                draft.party = if from_user {
+                    let known = binding
+                        .as_ref()
+                        .and_then(|b| Self::find_party(b, sid, author.as_ref()));
+                    Some(known.unwrap_or_else(|| {
+                        Party {
+                            address: author.clone(),
+                            participant_sid: sid.map(str::to_owned),
+                            identity: author
+                                .as_ref()
+                                .filter(|a| !a.is_phone())
+                                .map(|a| a.bare.clone()),
+                            ..Party::default()
+                        }
+                    }))
+                } else {
+                    binding
+                        .as_ref()
+                        .and_then(|b| b.participants.first())
+                        .map(Party::from_bound)
+                };
+                draft.channel = Some(match source.as_deref() {
+                    Some("SMS") => Channel::Sms,
+                    Some("WHATSAPP") => Channel::Whatsapp,
+                    Some("SDK") if from_user => Channel::Chat,
+                    _ => draft
+                        .party
+                        .as_ref()
+                        .map_or(Channel::Unknown, Party::channel),
+                });
+                draft.occurred_at = params.get("DateCreated").and_then(parse_time);
+                draft.message = Some(MessageReceived {
+                    message_sid,
+                    index: params.number("Index"),
+                    author: author.map(|a| a.e164.unwrap_or(a.bare)),
+                    body: params.get("Body").map(str::to_owned),
+                    media: conversations_media(params)?,
+                    attributes_json: params.get("Attributes").map(str::to_owned),
+                    num_segments: None,
+                });
+                draft
+            }
+            Kind::DeliveryUpdated => {
+                let conversation = require(params, "ConversationSid")?.to_owned();
+                let message_sid = require(params, "MessageSid")?.to_owned();
+                let status = require(params, "Status")?;
+                let binding = binding_of(&conversation);
+                let mut draft =
+                    Draft::new(T::DeliveryUpdated, EventSource::Conversations, conversation);
+                draft.party = binding
+                    .as_ref()
+                    .and_then(|b| Self::find_party(b, params.get("ParticipantSid"), None));
+                draft.channel = draft.party.as_ref().map(Party::channel);
+                draft.occurred_at = params
+                    .get("DateUpdated")
+                    .or_else(|| params.get("DateCreated"))
+                    .and_then(parse_time);
+                draft.delivery = Some(DeliveryUpdate {
+                    message_sid,
+                    channel_message_sid: params.get("ChannelMessageSid").map(str::to_owned),
+                    status: upper_symbol(status)
+                        .parse()
+                        .unwrap_or(DeliveryState::Unknown),
+                    error_code: params.number::<i32>("ErrorCode").filter(|c| *c != 0),
+                    error_message: params.get("ErrorMessage").map(str::to_owned),
+                });
+                draft
+            }
+            Kind::ParticipantAdded | Kind::ParticipantRemoved => {
+                let conversation = require(params, "ConversationSid")?.to_owned();
+                let participant_sid = require(params, "ParticipantSid")?.to_owned();
+                let address = params.get("MessagingBinding.Address").map(Address::parse);
+                let proxy = params
+                    .get("MessagingBinding.ProxyAddress")
+                    .map(Address::parse);
+                let identity = params.get("Identity").map(str::to_owned);
+                let joined = kind == Kind::ParticipantAdded;
+                let mut draft = Draft::new(
+                    if joined {
+                        T::ParticipantJoined
+                    } else {
+                        T::ParticipantLeft
+                    },
+                    EventSource::Conversations,
+                    conversation,
+                );
+                let known = binding_of(&draft.conversation_id)
+                    .and_then(|b| Self::find_party(&b, Some(&participant_sid), None));
+                let party = Party {
+                    address: address
+                        .clone()
+                        .or_else(|| known.as_ref().and_then(|k| k.address.clone())),
+                    proxy: proxy
+                        .clone()
+                        .or_else(|| known.as_ref().and_then(|k| k.proxy.clone())),
+                    participant_sid: Some(participant_sid.clone()),
+                    identity: identity.clone(),
+                    attribute_locale: attribute_locale(params.get("Attributes"))
+                        .or_else(|| known.and_then(|k| k.attribute_locale)),
+                };
+                draft.channel = Some(if party.address.is_none() && identity.is_some() {
+                    Channel::Chat
+                } else {
+                    party.channel()
+                });
+                draft.participant_change = Some(ParticipantChange {
+                    participant_sid,
+                    identity,
+                    address: party.address.as_ref().and_then(|a| a.e164.clone()),
+                    proxy_address: party.proxy.as_ref().and_then(|a| a.e164.clone()),
+                });
+                draft.party = Some(party);
+                draft.occurred_at = params.get("DateCreated").and_then(parse_time);
+                draft.membership = if joined {
+                    Membership::Join
+                } else {
+                    Membership::Leave
+                };
+                draft
+            }
+            Kind::ConversationAdded => {
+                let conversation = require(params, "ConversationSid")?.to_owned();
+                let mut draft = Draft::new(
+                    T::ConversationStarted,
+                    EventSource::Conversations,
+                    conversation,
+                );
+                draft.state_change = params.get("State").map(|s| StateChange {
+                    state_from: None,
+                    state_to: conversation_state(s),
+                    reason: None,
+                });
+                if let Some(address) = params.get("MessagingBinding.Address").map(Address::parse) {
+                    draft.channel = Some(address.channel);
+                    draft.party = Some(Party {
+                        address: Some(address),
+                        proxy: params
+                            .get("MessagingBinding.ProxyAddress")
+                            .map(Address::parse),
+                        ..Party::default()
+                    });
+                }
+                draft.occurred_at = params.get("DateCreated").and_then(parse_time);
+                draft
+            }
+            Kind::ConversationStateUpdated => {
+                let conversation = require(params, "ConversationSid")?.to_owned();
+                let to = require(params, "StateTo")?;
+                let mut draft = Draft::new(
+                    T::ConversationStateChanged,
+                    EventSource::Conversations,
+                    conversation,
+                );
+                draft.state_change = Some(StateChange {
+                    state_from: params.get("StateFrom").map(conversation_state),
+                    state_to: conversation_state(to),
+                    reason: params.get("Reason").map(str::to_owned),
+                });
+                draft.occurred_at = params
+                    .get("DateUpdated")
+                    .or_else(|| params.get("DateCreated"))
+                    .and_then(parse_time);
+                draft
+            }
+            Kind::MessagingInbound => {
+                let message_sid = params
+                    .get("MessageSid")
+                    .or_else(|| params.get("SmsMessageSid"))
+                    .ok_or_else(|| {
+                        ProcessError::Invalid("required parameter MessageSid is missing".into())
+                    })?
+                    .to_owned();
+                let user = Address::parse(require(params, "From")?);
+                if !user.is_phone() {
+                    return Err(ProcessError::Invalid(format!(
+                        "From {} is not a phone address",
+                        Masked(&user.bare)
+                    )));
+                }
+                let proxy = params.get("To").map(Address::parse);
+                let conversation =
+                    self.messaging_conversation(webhook, params, &user, proxy.as_ref());
+                let mut draft =
+                    Draft::new(T::MessageReceived, EventSource::Messaging, conversation);
+                draft.channel = Some(user.channel);
+                draft.message = Some(MessageReceived {
+                    message_sid,
+                    index: None,
+                    author: user.e164.clone(),
+                    body: params.get("Body").map(str::to_owned),
+                    media: messaging_media(params),
+                    attributes_json: None,
+                    num_segments: params.number("NumSegments"),
+                });
+                draft.party = Some(Party {
+                    address: Some(user),
+                    proxy,
+                    ..Party::default()
+                });
+                draft.membership = Membership::Seen;
+                draft
+            }
+            Kind::MessagingStatus => {
+                let message_sid = params
+                    .get("MessageSid")
+                    .or_else(|| params.get("SmsSid"))
+                    .ok_or_else(|| {
+                        ProcessError::Invalid("required parameter MessageSid is missing".into())
+                    })?
+                    .to_owned();
+                let status = params
+                    .get("MessageStatus")
+                    .or_else(|| params.get("SmsStatus"))
+                    .ok_or_else(|| {
+                        ProcessError::Invalid("required parameter MessageStatus is missing".into())
+                    })?;
+                // A status callback is about a message we sent: To is the user.
+                let user = Address::parse(require(params, "To")?);
+                let proxy = params.get("From").map(Address::parse);
+                let conversation =
+                    self.messaging_conversation(webhook, params, &user, proxy.as_ref());
+                let mut draft =
+                    Draft::new(T::DeliveryUpdated, EventSource::Messaging, conversation);
+                draft.channel = Some(user.channel);
+                draft.delivery = Some(DeliveryUpdate {
+                    message_sid,
+                    channel_message_sid: None,
+                    status: upper_symbol(status)
+                        .parse()
+                        .unwrap_or(DeliveryState::Unknown),
+                    error_code: params.number::<i32>("ErrorCode").filter(|c| *c != 0),
+                    error_message: params.get("ErrorMessage").map(str::to_owned),
+                });
+                draft.party = Some(Party {
+                    address: Some(user),
+                    proxy,
+                    ..Party::default()
+                });
+                draft.membership = Membership::Seen;
+                draft
+            }
+            Kind::CallStatus => {
+                let call_sid = require(params, "CallSid")?.to_owned();
+                let status = require(params, "CallStatus")?;
+                let direction = params.get("Direction").map(str::to_owned);
+                let inbound = direction.as_deref().is_none_or(|d| d == "inbound");
+                let (user, ours) = if inbound {
+                    ("From", "To")
+                } else {
+                    ("To", "From")
+                };
+                let mut draft = Draft::new(
+                    T::CallStatusChanged,
+                    EventSource::Voice,
+                    Self::call_conversation(webhook, &call_sid),
+                );
+                draft.channel = Some(Channel::Voice);
+                draft.party = params.get(user).map(|u| Party {
+                    address: Some(Address {
+                        channel: Channel::Voice,
+                        ..Address::parse(u)
+                    }),
+                    proxy: params.get(ours).map(Address::parse),
+                    ..Party::default()
+                });
+                draft.call = Some(CallEvent {
+                    call_sid,
+                    status: upper_symbol(status).parse().unwrap_or(CallState::Unknown),
+                    direction,
+                    duration_seconds: params
+                        .number("CallDuration")
+                        .or_else(|| params.number("Duration")),
+                    disclosure_accepted: None,
+                });
+                draft
+            }
+            Kind::Gather => {
+                let call_sid = require(params, "CallSid")?.to_owned();
+                let Some(text) = params.get("SpeechResult") else {
+                    return Ok(Err("gather_without_speech"));
+                };
+                let mut draft = Draft::new(
+                    T::Transcription,
+                    EventSource::Voice,
+                    Self::call_conversation(webhook, &call_sid),
+                );
+                draft.channel = Some(Channel::Voice);
+                draft.transcription = Some(TranscriptionEvent {
+                    call_sid,
+                    transcription_sid: None,
+                    text: text.to_owned(),
+                    speaker: TranscriptionSpeaker::User,
+                    sequence: None,
+                    is_final: true,
+                    confidence: params.number::<f64>("Confidence").filter(|c| c.is_finite()),
+                });
+                draft
+            }
+            Kind::Recording => {
+                let call_sid = require(params, "CallSid")?.to_owned();
+                let recording_sid = require(params, "RecordingSid")?.to_owned();
+                let mut draft = Draft::new(
+                    T::RecordingAvailable,
+                    EventSource::Voice,
+                    Self::call_conversation(webhook, &call_sid),
+                );
+                draft.channel = Some(Channel::Voice);
+                draft.recording = Some(RecordingAvailable {
+                    recording_sid,
+                    call_sid,
+                    url: params.get("RecordingUrl").map(str::to_owned),
+                    status: params.get("RecordingStatus").map(str::to_owned),
+                    duration_seconds: params.number("RecordingDuration"),
+                    channels: params.number("RecordingChannels"),
+                });
+                draft
+            }
+            Kind::Transcription => {
+                let call_sid = require(params, "CallSid")?.to_owned();
+                let Some(text) = params.get("TranscriptionText") else {
+                    return Ok(Err("transcription_without_text"));
+                };
+                let mut draft = Draft::new(
+                    T::Transcription,
+                    EventSource::Voice,
+                    Self::call_conversation(webhook, &call_sid),
+                );
+                draft.channel = Some(Channel::Voice);
+                draft.transcription = Some(TranscriptionEvent {
+                    call_sid,
+                    transcription_sid: params.get("TranscriptionSid").map(str::to_owned),
+                    text: text.to_owned(),
+                    speaker: TranscriptionSpeaker::Unknown,
+                    sequence: None,
+                    is_final: true,
+                    confidence: None,
+                });
+                draft
+            }
+        };
+        Ok(Ok(draft))
+    }
+
+    /// Identity and locale of a party.
+    fn resolve(&self, party: &Party) -> (Participant, String, LocaleSource) {
+        let identity = party.address.as_ref().and_then(|a| self.identity_of(a));
+        let e164 = party.address.as_ref().and_then(|a| a.e164.clone());
+        let pseudonym_source = e164
+            .clone()
+            .or_else(|| party.identity.as_ref().map(|i| format!("chat:{i}")))
+            .or_else(|| party.address.as_ref().map(|a| format!("chat:{}", a.bare)));
+        let participant = Participant {
+            address: e164,
+            channel: party.channel(),
+            user_id: identity.as_ref().map(|i| i.user_id.clone()),
+            visitor_id: if identity.is_some() {
+                None
+            } else {
+                pseudonym_source.map(|s| self.settings.hasher.visitor_id(&s))
+            },
+            registered: identity.is_some(),
+            participant_sid: party.participant_sid.clone(),
+            identity: party.identity.clone(),
+            proxy_address: party.proxy.as_ref().and_then(|p| p.e164.clone()),
+        };
+        let (locale, source) = if let Some(l) = &party.attribute_locale {
+            (l.clone(), LocaleSource::ParticipantAttribute)
+        } else if let Some(l) = identity
+            .as_ref()
+            .and_then(|i| i.locale.clone())
+            .filter(|l| !l.is_empty())
+        {
+            (l, LocaleSource::Identity)
+        } else if let Some(l) = party
+            .address
+            .as_ref()
+            .and_then(|a| a.region.as_deref())
+            .and_then(locale_of_region)
+        {
+            (l.to_owned(), LocaleSource::PhoneCountry)
+        } else {
+            (self.settings.default_locale.clone(), LocaleSource::Default)
+        };
+        (participant, locale, source)
+    }
+
+    fn directory_entry(
+        binding: &ConversationBinding,
+        participant: &BoundParticipant,
+        active: bool,
+        now: i64,
+    ) -> Option<Output> {
+        let address = participant.address.clone()?;
+        let entry = ParticipantBinding {
+            address,
+            channel: participant.channel,
+            proxy_address: participant.proxy_address.clone(),
+            conversation_id: binding.conversation_id.clone(),
+            session_id: binding.session_id.clone(),
+            participant_sid: participant.participant_sid.clone(),
+            active,
+            bound_at: binding.bound_at,
+            updated_at: now,
+        };
+        Some(Output::new(topics::PARTICIPANTS, entry.key(), entry))
+    }
+}
+
+impl Processor for Normalizer {
+    type Input = TwilioWebhook;
+    type State = NormalizeState;
+
+    fn process(
+        &mut self,
+        ctx: &RecordContext<'_>,
+        webhook: TwilioWebhook,
+        state: &mut StateStore<NormalizeState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        let params = Params::of(&webhook).map_err(ProcessError::Invalid)?;
+        let kind = match classify(&webhook, &params) {
+            Ok(kind) => kind,
+            Err(reason) => {
+                self.metrics.dropped.with_label_values(&[reason]).inc();
+                return Ok(Vec::new());
+            }
+        };
+        let dedup_key = dedup_key(&webhook, &params, kind);
+        let seen = seen_key(&dedup_key);
+        if let Some(first) = state.get(&seen).and_then(|s| s.seen_event.as_ref()) {
+            tracing::debug!(
+                event_id = %first.event_id,
+                webhook_id = %webhook.webhook_id,
+                "duplicate webhook ignored"
+            );
+            self.metrics.dropped.with_label_values(&["duplicate"]).inc();
+            return Ok(Vec::new());
+        }
+        let draft = match self.draft(kind, &webhook, &params, state)? {
+            Ok(draft) => draft,
+            Err(reason) => {
+                self.metrics.dropped.with_label_values(&[reason]).inc();
+                return Ok(Vec::new());
+            }
+        };
+        // Times written into records come from the webhook (when ingress received
+        // it), never from the record timestamp or the clock: a replay writes the
+        // same bytes. The store's TTLs run on the record timestamp.
+        let now = webhook.received_at;
+        let event_id = ids::event_id(&dedup_key);
+
+        // Session binding and participants.
+        let conv_key = conversation_key(&draft.conversation_id);
+        let mut binding = state
+            .get(&conv_key)
+            .and_then(|s| s.conversation.clone())
+            .unwrap_or_else(|| ConversationBinding {
+                conversation_id: draft.conversation_id.clone(),
+                session_id: ids::session_id(&draft.conversation_id),
+                bound_at: now,
+                last_event_at: now,
+                state: None,
+                participants: Vec::new(),
+            });
+        binding.last_event_at = now;
+        let mut outputs = Vec::with_capacity(2);
+        let mut directory = Vec::new();
+        if let Some(party) = &draft.party {
+            let bound = party.bound();
+            let position = binding.participants.iter().position(|p| {
+                (bound.participant_sid.is_some() && p.participant_sid == bound.participant_sid)
+                    || (bound.address.is_some()
+                        && p.address == bound.address
+                        && p.channel == bound.channel
+                        && p.proxy_address == bound.proxy_address)
+            });
+            match draft.membership {
+                Membership::Join => {
+                    match position {
+                        Some(i) => binding.participants[i] = bound.clone(),
+                        None => binding.participants.push(bound.clone()),
+                    }
+                    let active = binding.state != Some(ConversationState::Closed);
+                    directory.extend(Self::directory_entry(&binding, &bound, active, now));
+                }
+                Membership::Leave => {
+                    if let Some(i) = position {
+                        binding.participants.remove(i);
+                    }
+                    directory.extend(Self::directory_entry(&binding, &bound, false, now));
+                }
+                Membership::Seen if position.is_none() => {
+                    binding.participants.push(bound.clone());
+                    directory.extend(Self::directory_entry(&binding, &bound, true, now));
+                }
+                Membership::Seen | Membership::None => {}
+            }
+        }
+        if let Some(change) = &draft.state_change {
+            binding.state = Some(change.state_to);
+            if change.state_to == ConversationState::Closed {
+                for p in &binding.participants {
+                    directory.extend(Self::directory_entry(&binding, p, false, now));
+                }
+            }
+        } else if draft.event_type == ConversationEventType::ConversationStarted {
+            binding.state.get_or_insert(ConversationState::Active);
+        }
+
+        // Identity and locale: the event's party, else the conversation's first user.
+        let subject = draft
+            .party
+            .clone()
+            .or_else(|| binding.participants.first().map(Party::from_bound));
+        let (participant, locale, locale_source) = match &subject {
+            Some(party) => {
+                let (p, l, s) = self.resolve(party);
+                (draft.party.as_ref().map(|_| p), l, s)
+            }
+            None => (
+                None,
+                self.settings.default_locale.clone(),
+                LocaleSource::Default,
+            ),
+        };
+        let channel = draft
+            .channel
+            .or_else(|| subject.as_ref().map(Party::channel))
+            .unwrap_or(Channel::Unknown);
+
+        let event = ConversationEvent {
+            event_id: event_id.clone(),
+            conversation_id: draft.conversation_id.clone(),
+            session_id: binding.session_id.clone(),
+            event_type: draft.event_type,
+            channel,
+            source: draft.source,
+            occurred_at: draft.occurred_at.unwrap_or(webhook.received_at),
+            received_at: webhook.received_at,
+            participant,
+            locale,
+            locale_source,
+            account_sid: webhook
+                .account_sid
+                .clone()
+                .or_else(|| params.get("AccountSid").map(str::to_owned)),
+            webhook_id: webhook.webhook_id.clone(),
+            dedup_key: dedup_key.clone(),
+            traceparent: webhook
+                .traceparent
+                .clone()
+                .or_else(|| ctx.traceparent.map(str::to_owned)),
+            compliance: None,
+            message: draft.message,
+            delivery: draft.delivery,
+            participant_change: draft.participant_change,
+            state_change: draft.state_change,
+            call: draft.call,
+            recording: draft.recording,
+            transcription: draft.transcription,
+        };
+
+        // State: the binding (closed conversations are kept only as long as
+        // duplicates can still arrive) and the dedup marker.
+        let conversation_ttl = if binding.state == Some(ConversationState::Closed) {
+            self.settings.dedup_window
+        } else {
+            self.settings.session_ttl
+        };
+        state.put_with_ttl(
+            conv_key,
+            NormalizeState {
+                kind: NormalizeStateKind::Conversation,
+                seen_event: None,
+                conversation: Some(binding),
+            },
+            conversation_ttl,
+        );
+        state.put_with_ttl(
+            seen,
+            NormalizeState {
+                kind: NormalizeStateKind::SeenEvent,
+                seen_event: Some(SeenEvent {
+                    event_id,
+                    webhook_id: webhook.webhook_id.clone(),
+                    first_seen_at: now,
+                }),
+                conversation: None,
+            },
+            self.settings.dedup_window,
+        );
+
+        self.metrics
+            .events
+            .with_label_values(&[event.event_type.as_str()])
+            .inc();
+        let key = event.conversation_id.clone();
+        outputs.push(Output::new(topics::CONVERSATION_EVENTS, key, event));
+        outputs.extend(directory);
+        Ok(outputs)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! The transform for every event type, with fixtures built from the
+    //! parameter names in TWILIO.md. No broker.
+
+    use std::collections::BTreeMap;
+
+    use si_schemas::records::{DeliveryState, WebhookParam};
+
+    use super::*;
+
+    const T: i64 = 1_795_000_000_000;
+    const CH: &str = "CH00000000000000000000000000000001";
+    const USER_WA: &str = "whatsapp:+14155550100";
+    const PROXY_WA: &str = "whatsapp:+14155550199";
+
+    fn hook(route: WebhookRoute, token: Option<&str>, params: &[(&str, &str)]) -> TwilioWebhook {
+        TwilioWebhook {
+            webhook_id: format!("wh-{}", token.unwrap_or("none")),
+            received_at: T,
+            route,
+            event_type: params
+                .iter()
+                .find(|(k, _)| *k == "EventType")
+                .map(|(_, v)| (*v).to_owned()),
+            account_sid: Some("AC00000000000000000000000000000001".into()),
+            resource_sid: None,
+            idempotency_token: token.map(str::to_owned),
+            content_type: "application/x-www-form-urlencoded".into(),
+            params: params
+                .iter()
+                .map(|(n, v)| WebhookParam {
+                    name: (*n).to_owned(),
+                    value: (*v).to_owned(),
+                })
+                .collect(),
+            body: None,
+            query: None,
+            headers: BTreeMap::new(),
+            conversation_hint: None,
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        }
+    }
+
+    fn conv(event: &str, token: &str, params: &[(&str, &str)]) -> TwilioWebhook {
+        let mut all = vec![("EventType", event), ("ConversationSid", CH)];
+        all.extend_from_slice(params);
+        hook(WebhookRoute::ConversationsPostEvent, Some(token), &all)
+    }
+
+    fn normalizer() -> Normalizer {
+        let identity = GlobalTable::from_entries(
+            "si.identity.v1",
+            [(
+                "whatsapp:+14155550100".to_owned(),
+                IdentityRecord {
+                    address: "+14155550100".into(),
+                    channel: Channel::Whatsapp,
+                    user_id: "user-1".into(),
+                    display_name: None,
+                    locale: Some("pt-BR".into()),
+                    updated_at: T,
+                    attributes: BTreeMap::new(),
+                },
+            )],
+        );
+        let directory = GlobalTable::from_entries(
+            "si.participants.v1",
+            [(
+                "sms:+16285550100|+14155550199".to_owned(),
+                ParticipantBinding {
+                    address: "+16285550100".into(),
+                    channel: Channel::Sms,
+                    proxy_address: Some("+14155550199".into()),
+                    conversation_id: "CH00000000000000000000000000000077".into(),
+                    session_id: "s".into(),
+                    participant_sid: None,
+                    active: true,
+                    bound_at: T,
+                    updated_at: T,
+                },
+            )],
+        );
+        let settings = Settings {
+            hasher: AddressHasher::new(b"secret"),
+            ..Settings::default()
+        };
+        Normalizer::new(
+            settings,
+            identity,
+            directory,
+            NormalizeMetrics::unregistered(),
+        )
+    }
+
+    struct Run {
+        n: Normalizer,
+        store: StateStore<NormalizeState>,
+    }
+
+    impl Run {
+        fn new() -> Self {
+            let mut store = StateStore::new(Duration::from_secs(30 * 24 * 3600));
+            store.set_now(T);
+            Self {
+                n: normalizer(),
+                store,
+            }
+        }
+
+        fn outputs(&mut self, webhook: TwilioWebhook) -> Vec<Output> {
+            let ctx = RecordContext::for_test(topics::WEBHOOKS, self.store.now());
+            self.n.process(&ctx, webhook, &mut self.store).unwrap()
+        }
+
+        fn event(&mut self, webhook: TwilioWebhook) -> ConversationEvent {
+            let outputs = self.outputs(webhook);
+            assert_eq!(outputs[0].topic(), topics::CONVERSATION_EVENTS);
+            let event = outputs[0].record::<ConversationEvent>().unwrap().clone();
+            assert_eq!(
+                outputs[0].key(),
+                event.conversation_id,
+                "keyed by conversation"
+            );
+            event
+        }
+
+        fn directory(
+            &mut self,
+            webhook: TwilioWebhook,
+        ) -> (ConversationEvent, Vec<ParticipantBinding>) {
+            let outputs = self.outputs(webhook);
+            let event = outputs[0].record::<ConversationEvent>().unwrap().clone();
+            let bindings = outputs[1..]
+                .iter()
+                .map(|o| {
+                    assert_eq!(o.topic(), topics::PARTICIPANTS);
+                    let b = o.record::<ParticipantBinding>().unwrap().clone();
+                    assert_eq!(o.key(), b.key());
+                    b
+                })
+                .collect();
+            (event, bindings)
+        }
+    }
+
+    fn participant_added(token: &str, sid: &str, address: &str, attributes: &str) -> TwilioWebhook {
+        conv(
+            "onParticipantAdded",
+            token,
+            &[
+                ("ParticipantSid", sid),
+                ("MessagingBinding.Address", address),
+                ("MessagingBinding.ProxyAddress", PROXY_WA),
+                ("Attributes", attributes),
+                ("DateCreated", "2026-11-22T10:00:00.000Z"),
+            ],
+        )
+    }
+
+    #[test]
+    fn message_added_by_a_whatsapp_user_is_received_with_identity_media_and_ids() {
+        let mut run = Run::new();
+        let e = run.event(conv(
+            "onMessageAdded",
+            "tok-1",
+            &[
+                ("MessageSid", "IM00000000000000000000000000000001"),
+                ("Index", "3"),
+                ("Author", USER_WA),
+                ("ParticipantSid", "MB1"),
+                ("Source", "WHATSAPP"),
+                ("Body", " Hola Si 📞 "),
+                (
+                    "Media",
+                    r#"[{"Sid":"ME1","Filename":"a.jpg","ContentType":"image/jpeg","Size":48213}]"#,
+                ),
+                ("Attributes", "{}"),
+                ("DateCreated", "2026-11-22T10:00:00.000Z"),
+                ("RetryCount", "0"),
+            ],
+        ));
+        assert_eq!(e.event_type, ConversationEventType::MessageReceived);
+        assert_eq!(e.source, EventSource::Conversations);
+        assert_eq!(e.channel, Channel::Whatsapp);
+        assert_eq!(e.conversation_id, CH);
+        assert_eq!(e.session_id, ids::session_id(CH));
+        assert_eq!(e.dedup_key, "tok-1");
+        assert_eq!(e.event_id, ids::event_id("tok-1"));
+        assert_eq!(e.webhook_id, "wh-tok-1");
+        assert_eq!(e.received_at, T);
+        assert_eq!(e.occurred_at, parse_time("2026-11-22T10:00:00Z").unwrap());
+        assert_eq!(
+            e.account_sid.as_deref(),
+            Some("AC00000000000000000000000000000001")
+        );
+        assert!(e.traceparent.as_deref().unwrap().starts_with("00-4bf9"));
+        let p = e.participant.unwrap();
+        assert_eq!(p.address.as_deref(), Some("+14155550100"));
+        assert_eq!(p.channel, Channel::Whatsapp);
+        assert_eq!(p.user_id.as_deref(), Some("user-1"));
+        assert!(p.registered);
+        assert_eq!(p.visitor_id, None);
+        assert_eq!(
+            (e.locale.as_str(), e.locale_source),
+            ("pt-BR", LocaleSource::Identity)
+        );
+        let m = e.message.unwrap();
+        assert_eq!(m.message_sid, "IM00000000000000000000000000000001");
+        assert_eq!(m.index, Some(3));
+        assert_eq!(m.author.as_deref(), Some("+14155550100"));
+        assert_eq!(
+            m.body.as_deref(),
+            Some(" Hola Si 📞 "),
+            "body exactly as sent"
+        );
+        assert_eq!(
+            m.media,
+            vec![MediaRef {
+                sid: Some("ME1".into()),
+                url: None,
+                content_type: Some("image/jpeg".into()),
+                size_bytes: Some(48_213),
+                filename: Some("a.jpg".into()),
+            }]
+        );
+        assert!(e.delivery.is_none() && e.call.is_none() && e.state_change.is_none());
+    }
+
+    #[test]
+    fn message_added_by_si_is_sent_and_about_the_user_of_the_conversation() {
+        let mut run = Run::new();
+        run.outputs(participant_added(
+            "tok-p",
+            "MB1",
+            "+447700900123",
+            r#"{"locale":"en-GB"}"#,
+        ));
+        let e = run.event(conv(
+            "onMessageAdded",
+            "tok-2",
+            &[
+                ("MessageSid", "IM2"),
+                ("Author", "si"),
+                ("Source", "API"),
+                ("Body", "Hello!"),
+            ],
+        ));
+        assert_eq!(e.event_type, ConversationEventType::MessageSent);
+        assert_eq!(e.channel, Channel::Sms);
+        let p = e.participant.unwrap();
+        assert_eq!(p.address.as_deref(), Some("+447700900123"));
+        assert_eq!(p.participant_sid.as_deref(), Some("MB1"));
+        assert!(!p.registered);
+        assert!(p.visitor_id.unwrap().starts_with("v-"));
+        assert_eq!(
+            (e.locale.as_str(), e.locale_source),
+            ("en-GB", LocaleSource::ParticipantAttribute)
+        );
+        assert_eq!(e.message.unwrap().author.as_deref(), Some("si"));
+    }
+
+    #[test]
+    fn delivery_updated_carries_status_and_error() {
+        let mut run = Run::new();
+        run.outputs(participant_added("tok-p", "MB1", USER_WA, "{}"));
+        let e = run.event(conv(
+            "onDeliveryUpdated",
+            "tok-3",
+            &[
+                ("MessageSid", "IM2"),
+                ("ChannelMessageSid", "SM2"),
+                ("DeliveryReceiptSid", "DY2"),
+                ("ParticipantSid", "MB1"),
+                ("Status", "undelivered"),
+                ("ErrorCode", "30003"),
+            ],
+        ));
+        assert_eq!(e.event_type, ConversationEventType::DeliveryUpdated);
+        assert_eq!(e.channel, Channel::Whatsapp);
+        let d = e.delivery.unwrap();
+        assert_eq!(d.message_sid, "IM2");
+        assert_eq!(d.channel_message_sid.as_deref(), Some("SM2"));
+        assert_eq!(d.status, DeliveryState::Undelivered);
+        assert_eq!(d.error_code, Some(30003));
+        assert_eq!(e.participant.unwrap().user_id.as_deref(), Some("user-1"));
+    }
+
+    #[test]
+    fn participants_joining_and_leaving_update_the_directory() {
+        let mut run = Run::new();
+        let (e, bindings) = run.directory(participant_added(
+            "tok-a",
+            "MB9",
+            "whatsapp:+5215512345678",
+            r#"{"locale":"es-MX"}"#,
+        ));
+        assert_eq!(e.event_type, ConversationEventType::ParticipantJoined);
+        assert_eq!(e.channel, Channel::Whatsapp);
+        let change = e.participant_change.unwrap();
+        assert_eq!(change.participant_sid, "MB9");
+        assert_eq!(change.address.as_deref(), Some("+5215512345678"));
+        assert_eq!(change.proxy_address.as_deref(), Some("+14155550199"));
+        assert_eq!(
+            (e.locale.as_str(), e.locale_source),
+            ("es-MX", LocaleSource::ParticipantAttribute)
+        );
+        assert_eq!(bindings.len(), 1);
+        let b = &bindings[0];
+        assert_eq!(b.key(), "whatsapp:+5215512345678|+14155550199");
+        assert!(b.active);
+        assert_eq!(b.conversation_id, CH);
+        assert_eq!(b.session_id, e.session_id);
+        assert_eq!(b.participant_sid.as_deref(), Some("MB9"));
+
+        let (left, bindings) = run.directory(conv(
+            "onParticipantRemoved",
+            "tok-b",
+            &[("ParticipantSid", "MB9")],
+        ));
+        assert_eq!(left.event_type, ConversationEventType::ParticipantLeft);
+        assert_eq!(
+            left.participant_change.unwrap().address.as_deref(),
+            Some("+5215512345678"),
+            "known from state"
+        );
+        assert_eq!(bindings.len(), 1);
+        assert!(!bindings[0].active);
+        let state = run.store.get(&conversation_key(CH)).unwrap();
+        assert!(state.conversation.as_ref().unwrap().participants.is_empty());
+    }
+
+    #[test]
+    fn conversation_added_and_closed() {
+        let mut run = Run::new();
+        let e = run.event(conv("onConversationAdded", "tok-c", &[("State", "active")]));
+        assert_eq!(e.event_type, ConversationEventType::ConversationStarted);
+        assert_eq!(
+            e.state_change,
+            Some(StateChange {
+                state_from: None,
+                state_to: ConversationState::Active,
+                reason: None
+            })
+        );
+        assert_eq!(
+            (e.locale.as_str(), e.locale_source),
+            ("en", LocaleSource::Default)
+        );
+        run.outputs(participant_added("tok-p", "MB1", USER_WA, "{}"));
+        let (closed, bindings) = run.directory(conv(
+            "onConversationStateUpdated",
+            "tok-d",
+            &[
+                ("StateFrom", "inactive"),
+                ("StateTo", "closed"),
+                ("Reason", "TIMER"),
+            ],
+        ));
+        assert_eq!(
+            closed.event_type,
+            ConversationEventType::ConversationStateChanged
+        );
+        assert_eq!(
+            closed.state_change,
+            Some(StateChange {
+                state_from: Some(ConversationState::Inactive),
+                state_to: ConversationState::Closed,
+                reason: Some("TIMER".into())
+            })
+        );
+        assert!(closed.participant.is_none(), "a state change is by nobody");
+        assert_eq!(
+            closed.locale, "pt-BR",
+            "the conversation's user decides the locale"
+        );
+        assert_eq!(bindings.len(), 1);
+        assert!(
+            !bindings[0].active,
+            "closed: the directory entry is inactive"
+        );
+        // A closed conversation is kept only for the dedup window.
+        let expires = run.store.expires_at(&conversation_key(CH)).unwrap();
+        assert_eq!(expires, T + 24 * 3600 * 1000);
+    }
+
+    fn inbound(token: Option<&str>, sid: &str, from: &str) -> TwilioWebhook {
+        hook(
+            WebhookRoute::MessagingInbound,
+            token,
+            &[
+                ("MessageSid", sid),
+                ("AccountSid", "AC1"),
+                ("From", from),
+                ("To", "+14155550199"),
+                ("Body", "hola"),
+                ("NumMedia", "2"),
+                ("MediaUrl0", "https://api.twilio.com/m/0"),
+                ("MediaContentType0", "image/png"),
+                ("MediaUrl1", "https://api.twilio.com/m/1"),
+                ("MediaContentType1", "audio/ogg"),
+                ("NumSegments", "1"),
+                ("FromCountry", "MX"),
+            ],
+        )
+    }
+
+    #[test]
+    fn messaging_inbound_gets_a_derived_conversation_and_a_directory_entry() {
+        let mut run = Run::new();
+        let (e, bindings) = run.directory(inbound(Some("tok-m"), "SM1", "+5215512345678"));
+        assert_eq!(e.event_type, ConversationEventType::MessageReceived);
+        assert_eq!(e.source, EventSource::Messaging);
+        assert_eq!(e.channel, Channel::Sms);
+        assert!(
+            e.conversation_id.starts_with("pm-"),
+            "{}",
+            e.conversation_id
+        );
+        assert!(!e.conversation_id.contains("5512345678"));
+        assert_eq!(
+            (e.locale.as_str(), e.locale_source),
+            ("es-MX", LocaleSource::PhoneCountry)
+        );
+        let m = e.message.as_ref().unwrap();
+        assert_eq!(m.media.len(), 2);
+        assert_eq!(
+            m.media[1].url.as_deref(),
+            Some("https://api.twilio.com/m/1")
+        );
+        assert_eq!(m.media[1].content_type.as_deref(), Some("audio/ogg"));
+        assert_eq!(m.num_segments, Some(1));
+        assert_eq!(bindings.len(), 1);
+        assert_eq!(bindings[0].key(), "sms:+5215512345678|+14155550199");
+        assert_eq!(bindings[0].conversation_id, e.conversation_id);
+
+        // The next message of the pair: same conversation, no new directory entry.
+        let (again, bindings) = run.directory(inbound(Some("tok-n"), "SM2", "+5215512345678"));
+        assert_eq!(again.conversation_id, e.conversation_id);
+        assert_eq!(again.session_id, e.session_id);
+        assert!(bindings.is_empty());
+
+        // A status callback for our reply to that user lands in the same conversation.
+        let status = run.event(hook(
+            WebhookRoute::MessagingStatus,
+            None,
+            &[
+                ("MessageSid", "SM3"),
+                ("MessageStatus", "delivered"),
+                ("From", "+14155550199"),
+                ("To", "+5215512345678"),
+            ],
+        ));
+        assert_eq!(status.event_type, ConversationEventType::DeliveryUpdated);
+        assert_eq!(status.conversation_id, e.conversation_id);
+        assert_eq!(status.dedup_key, "SM3:MessageStatus:delivered");
+        assert_eq!(status.delivery.unwrap().status, DeliveryState::Delivered);
+    }
+
+    #[test]
+    fn messaging_uses_the_directory_and_the_callback_hint_first() {
+        let mut run = Run::new();
+        let e = run.event(inbound(None, "SM1", "+16285550100"));
+        assert_eq!(e.conversation_id, "CH00000000000000000000000000000077");
+        let mut hinted = inbound(None, "SM2", "+16285550100");
+        hinted.conversation_hint = Some("CH00000000000000000000000000000099".into());
+        assert_eq!(
+            run.event(hinted).conversation_id,
+            "CH00000000000000000000000000000099"
+        );
+        let wa = run.event(inbound(None, "SM3", USER_WA));
+        assert_eq!(wa.channel, Channel::Whatsapp);
+        assert_eq!(wa.participant.unwrap().user_id.as_deref(), Some("user-1"));
+    }
+
+    #[test]
+    fn call_status_gather_recording_and_transcription() {
+        let mut run = Run::new();
+        let mut call = hook(
+            WebhookRoute::VoiceStatus,
+            None,
+            &[
+                ("CallSid", "CA1"),
+                ("CallStatus", "in-progress"),
+                ("Direction", "outbound-api"),
+                ("From", "+14155550199"),
+                ("To", "+14155550100"),
+            ],
+        );
+        call.conversation_hint = Some(CH.into());
+        let e = run.event(call);
+        assert_eq!(e.event_type, ConversationEventType::CallStatusChanged);
+        assert_eq!((e.channel, e.source), (Channel::Voice, EventSource::Voice));
+        assert_eq!(e.conversation_id, CH);
+        assert_eq!(e.dedup_key, "CA1:CallStatus:in-progress");
+        let c = e.call.unwrap();
+        assert_eq!(
+            (c.call_sid.as_str(), c.status),
+            ("CA1", CallState::InProgress)
+        );
+        let p = e.participant.unwrap();
+        assert_eq!(
+            p.address.as_deref(),
+            Some("+14155550100"),
+            "the callee of an outbound call"
+        );
+        assert_eq!(
+            p.user_id.as_deref(),
+            Some("user-1"),
+            "found through the SMS/WhatsApp identity"
+        );
+        let done = run.event(hook(
+            WebhookRoute::VoiceStatus,
+            None,
+            &[
+                ("CallSid", "CA2"),
+                ("CallStatus", "no-answer"),
+                ("From", "+14155550100"),
+                ("CallDuration", "0"),
+            ],
+        ));
+        assert_eq!(
+            done.conversation_id, "call-CA2",
+            "no hint: the call is its own conversation"
+        );
+        assert_eq!(done.call.unwrap().status, CallState::NoAnswer);
+
+        let said = run.event(hook(
+            WebhookRoute::VoiceGather,
+            None,
+            &[
+                ("CallSid", "CA1"),
+                ("SpeechResult", "I want to talk"),
+                ("Confidence", "0.91"),
+            ],
+        ));
+        assert_eq!(said.event_type, ConversationEventType::Transcription);
+        let t = said.transcription.unwrap();
+        assert_eq!(
+            (t.text.as_str(), t.speaker, t.is_final),
+            ("I want to talk", TranscriptionSpeaker::User, true)
+        );
+        assert_eq!(t.confidence, Some(0.91));
+        let digits = run.outputs(hook(
+            WebhookRoute::VoiceGather,
+            None,
+            &[("CallSid", "CA1"), ("Digits", "1")],
+        ));
+        assert!(digits.is_empty(), "digits alone are no transcription");
+
+        let rec = run.event(hook(
+            WebhookRoute::RecordingStatus,
+            None,
+            &[
+                ("CallSid", "CA1"),
+                ("RecordingSid", "RE1"),
+                ("RecordingUrl", "https://api.twilio.com/rec/RE1"),
+                ("RecordingStatus", "completed"),
+                ("RecordingDuration", "40"),
+                ("RecordingChannels", "2"),
+            ],
+        ));
+        assert_eq!(rec.event_type, ConversationEventType::RecordingAvailable);
+        let r = rec.recording.unwrap();
+        assert_eq!(r.recording_sid, "RE1");
+        assert_eq!(r.url.as_deref(), Some("https://api.twilio.com/rec/RE1"));
+        assert_eq!((r.duration_seconds, r.channels), (Some(40), Some(2)));
+
+        let tr = run.event(hook(
+            WebhookRoute::Transcription,
+            None,
+            &[
+                ("CallSid", "CA1"),
+                ("TranscriptionSid", "TR1"),
+                ("TranscriptionText", "hello there"),
+                ("TranscriptionStatus", "completed"),
+                ("RecordingSid", "RE1"),
+            ],
+        ));
+        let t = tr.transcription.unwrap();
+        assert_eq!(t.transcription_sid.as_deref(), Some("TR1"));
+        assert_eq!(t.text, "hello there");
+        assert_eq!(tr.dedup_key, "TR1:Transcription:completed");
+    }
+
+    #[test]
+    fn retries_yield_one_event_within_the_window() {
+        let mut run = Run::new();
+        let first = run.outputs(inbound(Some("tok-r"), "SM1", "+14155550123"));
+        assert_eq!(first.len(), 2);
+        let mut retry = inbound(Some("tok-r"), "SM1", "+14155550123");
+        retry.webhook_id = "wh-retry".into();
+        assert!(run.outputs(retry).is_empty(), "same idempotency token");
+        // Without a token: SID + event type (+ status) is the key.
+        let s1 = hook(
+            WebhookRoute::MessagingStatus,
+            None,
+            &[
+                ("MessageSid", "SM9"),
+                ("MessageStatus", "sent"),
+                ("To", "+14155550123"),
+            ],
+        );
+        let events = |outputs: Vec<Output>| {
+            outputs
+                .iter()
+                .filter(|o| o.topic() == topics::CONVERSATION_EVENTS)
+                .count()
+        };
+        assert_eq!(events(run.outputs(s1.clone())), 1);
+        assert!(run.outputs(s1).is_empty());
+        let s2 = hook(
+            WebhookRoute::MessagingStatus,
+            None,
+            &[
+                ("MessageSid", "SM9"),
+                ("MessageStatus", "delivered"),
+                ("To", "+14155550123"),
+            ],
+        );
+        assert_eq!(
+            events(run.outputs(s2)),
+            1,
+            "another status is another event"
+        );
+        // After the window the event is new again (and has the same id).
+        run.store.set_now(T + 24 * 3600 * 1000 + 1);
+        let late = run.event(inbound(Some("tok-r"), "SM1", "+14155550123"));
+        assert_eq!(late.event_id, ids::event_id("tok-r"));
+    }
+
+    #[test]
+    fn pre_events_unknown_events_and_invalid_records() {
+        let mut run = Run::new();
+        let pre = hook(
+            WebhookRoute::ConversationsPreEvent,
+            Some("t1"),
+            &[("EventType", "onMessageAdd"), ("ConversationSid", CH)],
+        );
+        assert!(run.outputs(pre).is_empty());
+        assert!(run.outputs(conv("onUserUpdated", "t2", &[])).is_empty());
+        let ctx = RecordContext::for_test(topics::WEBHOOKS, T);
+        let missing = hook(
+            WebhookRoute::ConversationsPostEvent,
+            Some("t3"),
+            &[("EventType", "onMessageAdded")],
+        );
+        assert!(matches!(
+            run.n.process(&ctx, missing, &mut run.store),
+            Err(ProcessError::Invalid(m)) if m.contains("ConversationSid")
+        ));
+        let bad_media = conv(
+            "onMessageAdded",
+            "t4",
+            &[("MessageSid", "IM1"), ("Media", "[{")],
+        );
+        assert!(matches!(
+            run.n.process(&ctx, bad_media, &mut run.store),
+            Err(ProcessError::Invalid(_))
+        ));
+        let not_phone = hook(
+            WebhookRoute::MessagingInbound,
+            Some("t5"),
+            &[("MessageSid", "SM1"), ("From", "alice123")],
+        );
+        match run.n.process(&ctx, not_phone, &mut run.store) {
+            Err(ProcessError::Invalid(m)) => assert!(!m.contains("alice123"), "masked: {m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_webhooks_are_read_like_form_ones() {
+        let mut run = Run::new();
+        let mut w = hook(WebhookRoute::ConversationsPostEvent, Some("tok-j"), &[]);
+        w.content_type = "application/json".into();
+        w.body = Some(
+            format!(
+                r#"{{"EventType":"onParticipantAdded","ConversationSid":"{CH}","ParticipantSid":"MB5","MessagingBinding":{{"Address":"+14155550100","ProxyAddress":"+14155550199"}}}}"#
+            )
+            .into_bytes(),
+        );
+        let (e, bindings) = run.directory(w);
+        assert_eq!(e.event_type, ConversationEventType::ParticipantJoined);
+        assert_eq!(bindings[0].key(), "sms:+14155550100|+14155550199");
+        assert_eq!(
+            e.participant.unwrap().user_id.as_deref(),
+            Some("user-1"),
+            "the number's WhatsApp identity"
+        );
+    }
+}

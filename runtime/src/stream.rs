@@ -1,0 +1,1301 @@
+//! The exactly-once stream runner: consume, transform with a [`Processor`],
+//! produce, with Kafka transactions.
+//!
+//! # The loop
+//!
+//! One thread per stage instance (started with `spawn_blocking`, so the
+//! blocking librdkafka calls never run on an async worker) polls a consumer of
+//! the stage's input topics, decodes each record, calls the processor with the
+//! state store of the record's partition, encodes the outputs with the
+//! [`Codec`] (schema ids looked up, never registered) and hands them to a
+//! transactional producer. A transaction is a batch: it begins with the first
+//! record after a commit and is committed after `MAX_BATCH` records or
+//! `COMMIT_INTERVAL`, whichever comes first. The commit writes, atomically:
+//! the batch's outputs and dead letters, the changelog records of every state
+//! key the batch changed, and the consumer offsets (`send_offsets_to_transaction`
+//! with the consumer's group metadata). Readers use `read_committed`, so they
+//! see all of a batch or none of it.
+//!
+//! # Failures
+//!
+//! - A poison record (undecodable, schema mismatch, invalid, failed) is
+//!   dead-lettered to `si.deadletter.v1` inside the batch (see [`crate::dlq`]);
+//!   the loop goes on.
+//! - A retriable failure (registry unreachable, our schema not registered yet,
+//!   a transaction call that requires an abort, a delivery failure surfacing at
+//!   commit): the transaction is aborted, the state stores are rolled back to
+//!   the last commit, every assigned partition is rewound (seek) to its
+//!   committed offset, and the loop backs off (100 ms doubling to 5 s) and goes
+//!   on. Nothing of the aborted batch is visible to `read_committed` readers.
+//! - A fatal producer error (fenced by a newer instance, or any error librdkafka
+//!   marks fatal) or a failed abort: the runner returns an error and the binary
+//!   exits non-zero; Kubernetes restarts it and it resumes from the committed
+//!   offsets and changelog.
+//!
+//! # transactional.id and fencing
+//!
+//! Each instance has one transactional producer with
+//! `transactional.id = <SI_TOPIC_PREFIX>si-<stage>-<POD_NAME>`, and the consumer
+//! group is `<SI_TOPIC_PREFIX>si-<stage>` (the name the Helm chart's KEDA
+//! objects watch). Zombie fencing follows KIP-447: offsets are committed through
+//! the transaction together with the consumer group metadata (member id and
+//! generation), so once a rebalance has moved a partition away, a stale owner's
+//! `send_offsets_to_transaction` fails and its transaction can never commit.
+//! The transactional id therefore need not follow the partition: a per-pod id
+//! is enough, even though Deployment pod names change. The id still matters
+//! for fast recovery: a container restarted in the same pod keeps its
+//! `POD_NAME`, and its `init_transactions` aborts the transaction the crashed
+//! process left open at once. A new pod name leaves that transaction to expire
+//! after `TRANSACTION_TIMEOUT`; until then `read_committed` readers of the
+//! affected partitions wait (the last stable offset cannot pass it). Keep
+//! `TRANSACTION_TIMEOUT` short (default 60 s); it must exceed `COMMIT_INTERVAL`
+//! by a wide margin.
+//!
+//! # Rebalancing and state restore
+//!
+//! With one input topic the consumer uses the `cooperative-sticky` assignor:
+//! a rebalance revokes only the partitions that move, so the other partitions
+//! keep their in-memory state and go on processing. With several input topics
+//! the runner uses the eager `range` assignor, because state partition `p` must
+//! own partition `p` of every (co-partitioned) input, and only `range`
+//! guarantees that; an eager rebalance revokes and restores everything.
+//!
+//! - Before partitions are revoked (`pre_rebalance`), the open transaction is
+//!   committed (or aborted when the assignment was lost), then the revoked
+//!   partitions' stores are dropped.
+//! - After partitions are assigned (`post_rebalance`), the state of each new
+//!   partition is restored from its changelog partition, read with
+//!   `read_committed` from the beginning to its end, before `poll` returns and
+//!   so before any record of that partition is processed. Restore time is
+//!   bounded by the state size, which the TTL bounds; it must stay below
+//!   `max.poll.interval.ms` (`KAFKA_MAX_POLL_INTERVAL_MS`, default 5 minutes).
+//!
+//! `/readyz` reports `partitions` not ready until the first assignment is
+//! restored. Global tables ([`crate::table`]) have their own checks.
+//!
+//! # Shutdown
+//!
+//! When the token is cancelled the loop stops polling, commits the open
+//! transaction (aborting it if the commit fails) within `DRAIN_TIMEOUT`, and
+//! closes the consumer, which leaves the group so its partitions move at once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use si_schemas::records::DeadLetterErrorKind;
+use si_schemas::{Codec, CodecError, topics};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{Readiness, ReadinessCheck};
+use crate::config::KafkaArgs;
+use crate::dlq;
+use crate::metrics::StageMetrics;
+use crate::processor::{InputRecord, ProcessError, Processor, RecordContext};
+use crate::state::{EXPIRES_AT_HEADER, StateStore};
+
+/// The W3C trace context header carried from inputs to outputs.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// What a stage reads and where its state lives.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    /// Stage name (`normalize`): consumer group `si-<stage>`, transactional id
+    /// `si-<stage>-<POD_NAME>`, the `stage` of dead letters.
+    pub stage: &'static str,
+    /// Input topics as declared in `topics.yaml`; several must be co-partitioned.
+    pub inputs: Vec<&'static str>,
+    /// The stage's compacted changelog topic, with as many partitions as the inputs.
+    pub changelog: &'static str,
+    /// Default TTL of state entries.
+    pub state_ttl: Duration,
+}
+
+/// Settings of the stream runner; every stream stage accepts them.
+#[derive(Debug, Clone, Args)]
+pub struct StreamArgs {
+    /// Longest time a transaction stays open: a batch is committed after this
+    /// long, or after MAX_BATCH records.
+    #[arg(long, env = "COMMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
+
+    /// Most input records in one transaction.
+    #[arg(long, env = "MAX_BATCH", default_value_t = 500)]
+    pub max_batch: usize,
+
+    /// Kafka `transaction.timeout.ms`: how long the broker keeps a transaction of
+    /// a crashed instance open before aborting it (read_committed readers wait
+    /// that long). Far above COMMIT_INTERVAL.
+    #[arg(long, env = "TRANSACTION_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub transaction_timeout: Duration,
+
+    /// How often expired state entries are deleted (with changelog tombstones).
+    #[arg(long, env = "STATE_SWEEP_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub state_sweep_interval: Duration,
+}
+
+impl Default for StreamArgs {
+    fn default() -> Self {
+        Self {
+            commit_interval: Duration::from_millis(100),
+            max_batch: 500,
+            transaction_timeout: Duration::from_secs(60),
+            state_sweep_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl StreamArgs {
+    /// Cross-field checks, with a message naming the variables.
+    ///
+    /// # Errors
+    /// When the settings contradict each other.
+    pub fn validate(&self, drain_timeout: Duration) -> Result<(), String> {
+        if self.max_batch == 0 {
+            return Err("MAX_BATCH must be at least 1".into());
+        }
+        if self.commit_interval.is_zero() {
+            return Err("COMMIT_INTERVAL must be positive".into());
+        }
+        if self.transaction_timeout < self.commit_interval * 10
+            || self.transaction_timeout < Duration::from_secs(1)
+        {
+            return Err(format!(
+                "TRANSACTION_TIMEOUT ({:?}) must be at least 1s and 10 × COMMIT_INTERVAL ({:?})",
+                self.transaction_timeout, self.commit_interval
+            ));
+        }
+        if drain_timeout <= self.commit_interval {
+            return Err(format!(
+                "DRAIN_TIMEOUT ({drain_timeout:?}) must exceed COMMIT_INTERVAL ({:?})",
+                self.commit_interval
+            ));
+        }
+        if self.state_sweep_interval.is_zero() {
+            return Err("STATE_SWEEP_INTERVAL must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why the runner stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// A fatal Kafka error (fenced, or fatal per librdkafka); exit and restart.
+    #[error("fatal: {0}")]
+    Fatal(String),
+    /// Start-up failed (configuration, topics, Kafka unreachable).
+    #[error("start-up: {0}")]
+    Setup(String),
+    /// The drain did not finish within DRAIN_TIMEOUT.
+    #[error("shutdown did not finish within {0:?}")]
+    DrainTimeout(Duration),
+}
+
+impl From<KafkaError> for StreamError {
+    fn from(e: KafkaError) -> Self {
+        Self::Setup(e.to_string())
+    }
+}
+
+/// The consumer group of a stage: `<SI_TOPIC_PREFIX>si-<stage>`.
+#[must_use]
+pub fn group_id(kafka: &KafkaArgs, stage: &str) -> String {
+    format!("{}si-{stage}", kafka.topic_prefix)
+}
+
+/// The transactional id of a stage instance: `<SI_TOPIC_PREFIX>si-<stage>-<POD_NAME>`.
+#[must_use]
+pub fn transactional_id(kafka: &KafkaArgs, stage: &str) -> String {
+    format!("{}si-{stage}-{}", kafka.topic_prefix, kafka.pod_name)
+}
+
+/// Settings of the transactional producer of a stage instance.
+#[must_use]
+pub fn transactional_producer_config(
+    kafka: &KafkaArgs,
+    stage: &str,
+    transaction_timeout: Duration,
+) -> ClientConfig {
+    let mut config = crate::kafka::durable_producer_config(kafka, stage);
+    config
+        .set("transactional.id", transactional_id(kafka, stage))
+        .set(
+            "transaction.timeout.ms",
+            transaction_timeout.as_millis().to_string(),
+        )
+        .set("linger.ms", "5");
+    config
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What went wrong in one step of the loop.
+#[derive(Debug)]
+enum Step {
+    /// Abort, rewind, back off, go on.
+    Retry(&'static str, String),
+    /// Exit the process.
+    Fatal(String),
+}
+
+fn classify_kafka(call: &'static str, error: &KafkaError) -> Step {
+    match error {
+        KafkaError::Transaction(e) if e.is_fatal() => Step::Fatal(format!("{call}: {e}")),
+        _ => Step::Retry("transaction", format!("{call}: {error}")),
+    }
+}
+
+/// A transactional call, retried in place while librdkafka says it is retriable.
+fn txn_call(call: &'static str, f: impl Fn() -> KafkaResult<()>) -> Result<(), Step> {
+    let mut attempts = 0;
+    loop {
+        match f() {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e))
+                if e.is_retriable() && !e.txn_requires_abort() && !e.is_fatal() && attempts < 5 =>
+            {
+                attempts += 1;
+                tracing::warn!(call, error = %e, attempts, "retrying transactional call");
+            }
+            Err(error) => return Err(classify_kafka(call, &error)),
+        }
+    }
+}
+
+struct Txn {
+    started: Instant,
+    records: usize,
+    offsets: HashMap<(String, i32), i64>,
+}
+
+struct Core<P: Processor> {
+    stage: &'static str,
+    prefix: String,
+    inputs: Vec<(&'static str, String)>,
+    changelog: String,
+    state_ttl: Duration,
+    processor: P,
+    stores: BTreeMap<i32, StateStore<P::State>>,
+    producer: ThreadedProducer<DefaultProducerContext>,
+    codec: Codec,
+    handle: Handle,
+    metrics: StageMetrics,
+    txn: Option<Txn>,
+    rewind: bool,
+    fatal: Option<String>,
+    /// Set on a fatal error: nothing may be committed any more.
+    poisoned: bool,
+    call_timeout: Duration,
+    restore_config: ClientConfig,
+    partitions_ready: ReadinessCheck,
+    shutdown: CancellationToken,
+}
+
+impl<P: Processor> Core<P> {
+    fn declared(&self, full: &str) -> &'static str {
+        self.inputs
+            .iter()
+            .find(|(_, f)| f == full)
+            .map_or("unknown", |(d, _)| *d)
+    }
+
+    fn begin(&mut self) -> Result<(), Step> {
+        if self.txn.is_none() {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| classify_kafka("begin_transaction", &e))?;
+            self.txn = Some(Txn {
+                started: Instant::now(),
+                records: 0,
+                offsets: HashMap::new(),
+            });
+        }
+        Ok(())
+    }
+
+    fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        partition: Option<i32>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), Step> {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).key(key);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    // Back-pressure: the background thread is delivering.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((error, _)) => return Err(classify_kafka("produce", &error)),
+            }
+        }
+    }
+
+    fn encode_blocking<T: si_schemas::AvroRecord>(
+        &self,
+        topic: &str,
+        record: &T,
+    ) -> Result<Vec<u8>, CodecError> {
+        self.handle.block_on(self.codec.encode(topic, record))
+    }
+
+    fn dead_letter(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        kind: DeadLetterErrorKind,
+        reason: &str,
+    ) -> Result<(), Step> {
+        let record = dlq::dead_letter(self.stage, message, kind, reason, now_ms());
+        tracing::warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            kind = %kind,
+            reason = %record.reason,
+            "record dead-lettered"
+        );
+        let topic = format!("{}{}", self.prefix, topics::DEAD_LETTER);
+        let bytes = match self.encode_blocking(&topic, &record) {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_retriable() => return Err(Step::Retry("registry", e.to_string())),
+            Err(e) => return Err(Step::Fatal(format!("a dead letter does not encode: {e}"))),
+        };
+        self.send(
+            &topic,
+            message.key().unwrap_or_default(),
+            Some(&bytes),
+            None,
+            None,
+        )?;
+        self.metrics
+            .dead_letters
+            .with_label_values(&[kind.as_str()])
+            .inc();
+        Ok(())
+    }
+
+    fn classify_decode_error(&self, error: &CodecError, payload: &[u8]) -> DeadLetterErrorKind {
+        match error {
+            CodecError::Avro(_) => {
+                // Readable with its writer schema, but not as our type: a schema mismatch.
+                if self
+                    .handle
+                    .block_on(self.codec.decode_value(payload))
+                    .is_ok()
+                {
+                    DeadLetterErrorKind::SchemaMismatch
+                } else {
+                    DeadLetterErrorKind::Undecodable
+                }
+            }
+            _ => DeadLetterErrorKind::Undecodable,
+        }
+    }
+
+    fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), Step> {
+        let full_topic = message.topic();
+        let topic = self.declared(full_topic);
+        let partition = message.partition();
+        if !self.stores.contains_key(&partition) {
+            self.restore(&[partition])?;
+        }
+        self.begin()?;
+        if let Some(txn) = self.txn.as_mut() {
+            txn.offsets
+                .insert((full_topic.to_owned(), partition), message.offset() + 1);
+            txn.records += 1;
+        }
+        self.metrics.records_in.with_label_values(&[topic]).inc();
+        let Some(payload) = message.payload() else {
+            return self.dead_letter(
+                message,
+                DeadLetterErrorKind::Invalid,
+                "null value (tombstone) on an input topic",
+            );
+        };
+        let input = match self
+            .handle
+            .block_on(P::Input::decode(topic, payload, &self.codec))
+        {
+            Ok(input) => input,
+            Err(e) if e.is_retriable() => return Err(Step::Retry("registry", e.to_string())),
+            Err(e) => {
+                let kind = self.classify_decode_error(&e, payload);
+                return self.dead_letter(message, kind, &e.to_string());
+            }
+        };
+        let traceparent = message.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == TRACEPARENT_HEADER)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+        });
+        let timestamp_ms = message.timestamp().to_millis().unwrap_or_else(now_ms);
+        let ctx = RecordContext {
+            topic,
+            partition,
+            offset: message.offset(),
+            key: message.key(),
+            timestamp_ms,
+            traceparent,
+        };
+        let Some(store) = self.stores.get_mut(&partition) else {
+            return Err(Step::Fatal(format!("no state for partition {partition}")));
+        };
+        store.set_now(timestamp_ms);
+        let savepoint = store.savepoint();
+        let outputs = match self.processor.process(&ctx, input, store) {
+            Ok(outputs) => outputs,
+            Err(error) => {
+                store.rollback_to(savepoint);
+                let kind = match error {
+                    ProcessError::Invalid(_) => DeadLetterErrorKind::Invalid,
+                    ProcessError::Failed(_) => DeadLetterErrorKind::ProcessingFailed,
+                };
+                return self.dead_letter(message, kind, &error.to_string());
+            }
+        };
+        let mut encoded = Vec::with_capacity(outputs.len());
+        for output in &outputs {
+            let full = format!("{}{}", self.prefix, output.topic());
+            let bytes = match output.value() {
+                None => None,
+                Some(value) => match self.handle.block_on(value.encode(&self.codec, &full)) {
+                    Ok(bytes) => Some(bytes),
+                    Err(e) if e.is_retriable() => {
+                        return Err(Step::Retry("registry", e.to_string()));
+                    }
+                    Err(e) => {
+                        if let Some(store) = self.stores.get_mut(&partition) {
+                            store.rollback_to(savepoint);
+                        }
+                        return self.dead_letter(
+                            message,
+                            DeadLetterErrorKind::ProcessingFailed,
+                            &format!("an output for {} does not encode: {e}", output.topic()),
+                        );
+                    }
+                },
+            };
+            encoded.push((full, bytes));
+        }
+        for (output, (full, bytes)) in outputs.iter().zip(&encoded) {
+            let headers = traceparent.map(|tp| {
+                OwnedHeaders::new().insert(Header {
+                    key: TRACEPARENT_HEADER,
+                    value: Some(tp),
+                })
+            });
+            self.send(
+                full,
+                output.key().as_bytes(),
+                bytes.as_deref(),
+                None,
+                headers,
+            )?;
+            self.metrics
+                .records_out
+                .with_label_values(&[output.topic()])
+                .inc();
+        }
+        Ok(())
+    }
+
+    fn due(&self, args: &StreamArgs) -> bool {
+        self.txn.as_ref().is_some_and(|t| {
+            t.records >= args.max_batch || t.started.elapsed() >= args.commit_interval
+        })
+    }
+
+    fn poll_timeout(&self, args: &StreamArgs) -> Duration {
+        let idle = Duration::from_millis(100);
+        self.txn.as_ref().map_or(idle, |t| {
+            args.commit_interval
+                .saturating_sub(t.started.elapsed())
+                .min(idle)
+        })
+    }
+
+    /// Writes the changelog, sends the offsets and commits.
+    fn commit(&mut self, consumer: &BaseConsumer<StreamContext<P>>) -> Result<(), Step> {
+        let Some(txn) = self.txn.as_ref() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let records = txn.records;
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in &txn.offsets {
+            offsets
+                .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(|e| Step::Fatal(e.to_string()))?;
+        }
+        let mut writes = 0u64;
+        for (partition, store) in &self.stores {
+            for (key, value) in store.changes() {
+                match value {
+                    Some((value, expires_at)) => {
+                        let bytes = match self.encode_blocking(&self.changelog, &value) {
+                            Ok(bytes) => bytes,
+                            Err(e) if e.is_retriable() => {
+                                return Err(Step::Retry("registry", e.to_string()));
+                            }
+                            Err(e) => {
+                                return Err(Step::Fatal(format!("state does not encode: {e}")));
+                            }
+                        };
+                        let expires = expires_at.to_string();
+                        let headers = OwnedHeaders::new().insert(Header {
+                            key: EXPIRES_AT_HEADER,
+                            value: Some(&expires),
+                        });
+                        self.send(
+                            &self.changelog,
+                            key.as_bytes(),
+                            Some(&bytes),
+                            Some(*partition),
+                            Some(headers),
+                        )?;
+                    }
+                    None => {
+                        self.send(
+                            &self.changelog,
+                            key.as_bytes(),
+                            None,
+                            Some(*partition),
+                            None,
+                        )?;
+                    }
+                }
+                writes += 1;
+            }
+        }
+        if offsets.count() > 0 {
+            let metadata = consumer.group_metadata().ok_or_else(|| {
+                Step::Retry("transaction", "no consumer group metadata yet".to_owned())
+            })?;
+            let timeout = self.call_timeout;
+            txn_call("send_offsets_to_transaction", || {
+                self.producer
+                    .send_offsets_to_transaction(&offsets, &metadata, timeout)
+            })?;
+        }
+        let timeout = self.call_timeout;
+        txn_call("commit_transaction", || {
+            self.producer.commit_transaction(timeout)
+        })?;
+        for store in self.stores.values_mut() {
+            store.commit();
+        }
+        self.txn = None;
+        self.metrics.changelog_writes.inc_by(writes);
+        self.metrics
+            .transactions
+            .with_label_values(&["committed"])
+            .inc();
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        #[allow(clippy::cast_precision_loss)]
+        self.metrics.batch_records.observe(records as f64);
+        self.update_state_gauge();
+        Ok(())
+    }
+
+    /// Aborts the open transaction and rolls the stores back to the last commit.
+    fn abort(&mut self) -> Result<(), Step> {
+        if self.txn.take().is_some() {
+            self.producer
+                .abort_transaction(self.call_timeout)
+                .map_err(|e| Step::Fatal(format!("abort_transaction: {e}")))?;
+            self.metrics
+                .transactions
+                .with_label_values(&["aborted"])
+                .inc();
+        }
+        for store in self.stores.values_mut() {
+            store.rollback_to(0);
+        }
+        self.rewind = true;
+        Ok(())
+    }
+
+    /// Seeks every assigned partition back to its committed offset.
+    fn rewind(&mut self, consumer: &BaseConsumer<StreamContext<P>>) -> Result<(), Step> {
+        let assignment = consumer
+            .assignment()
+            .map_err(|e| Step::Fatal(format!("assignment: {e}")))?;
+        if assignment.count() > 0 {
+            let committed = consumer
+                .committed_offsets(assignment, self.call_timeout)
+                .map_err(|e| Step::Fatal(format!("committed offsets: {e}")))?;
+            for element in committed.elements() {
+                let offset = match element.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    _ => Offset::Beginning,
+                };
+                consumer
+                    .seek(
+                        element.topic(),
+                        element.partition(),
+                        offset,
+                        self.call_timeout,
+                    )
+                    .map_err(|e| {
+                        Step::Fatal(format!(
+                            "rewinding {} [{}]: {e}",
+                            element.topic(),
+                            element.partition()
+                        ))
+                    })?;
+            }
+        }
+        self.rewind = false;
+        Ok(())
+    }
+
+    /// Deletes expired state entries (their tombstones go into the open transaction).
+    fn sweep(&mut self) -> Result<(), Step> {
+        let now = now_ms();
+        if !self.stores.values().any(|s| s.has_expired(now)) {
+            return Ok(());
+        }
+        self.begin()?;
+        let mut expired = 0;
+        for store in self.stores.values_mut() {
+            expired += store.expire(now);
+        }
+        self.metrics.state_expired.inc_by(expired as u64);
+        tracing::debug!(expired, "expired state entries");
+        Ok(())
+    }
+
+    fn update_state_gauge(&self) {
+        let entries: usize = self.stores.values().map(StateStore::len).sum();
+        self.metrics
+            .state_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    /// Restores the stores of `partitions` from the changelog.
+    fn restore(&mut self, partitions: &[i32]) -> Result<(), Step> {
+        let started = Instant::now();
+        let consumer: BaseConsumer<crate::table::EndOfPartitionIsFine> = self
+            .restore_config
+            .create_with_context(crate::table::EndOfPartitionIsFine)
+            .map_err(|e| Step::Fatal(format!("restore consumer: {e}")))?;
+        let mut stores: BTreeMap<i32, StateStore<P::State>> = BTreeMap::new();
+        let mut high = HashMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for &p in partitions {
+            stores.insert(p, StateStore::new(self.state_ttl));
+            let (low, hi) =
+                retry_metadata(|| consumer.fetch_watermarks(&self.changelog, p, self.call_timeout))
+                    .map_err(|e| Step::Fatal(format!("changelog watermarks of [{p}]: {e}")))?;
+            if hi > low {
+                high.insert(p, hi);
+                assignment
+                    .add_partition_offset(&self.changelog, p, Offset::Beginning)
+                    .map_err(|e| Step::Fatal(e.to_string()))?;
+            }
+        }
+        let mut records = 0u64;
+        if assignment.count() > 0 {
+            consumer
+                .assign(&assignment)
+                .map_err(|e| Step::Fatal(format!("assigning the changelog: {e}")))?;
+            let mut pending: HashSet<i32> = high.keys().copied().collect();
+            while !pending.is_empty() {
+                if self.shutdown.is_cancelled() {
+                    return Err(Step::Fatal("shutdown during state restore".into()));
+                }
+                match consumer.poll(Duration::from_millis(200)) {
+                    None => {}
+                    Some(Err(KafkaError::PartitionEOF(p))) => {
+                        pending.remove(&p);
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "changelog consumer error during restore");
+                    }
+                    Some(Ok(message)) => {
+                        let p = message.partition();
+                        records += 1;
+                        let key =
+                            String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+                        let value = match message.payload() {
+                            None => None,
+                            Some(bytes) => {
+                                let expires_at = message
+                                    .headers()
+                                    .and_then(|h| {
+                                        h.iter()
+                                            .find(|h| h.key == EXPIRES_AT_HEADER)
+                                            .and_then(|h| h.value)
+                                            .and_then(|v| std::str::from_utf8(v).ok())
+                                            .and_then(|v| v.parse::<i64>().ok())
+                                    })
+                                    .unwrap_or(i64::MAX);
+                                match self.decode_state(bytes)? {
+                                    Some(value) => Some((value, expires_at)),
+                                    None => {
+                                        tracing::error!(
+                                            partition = p,
+                                            offset = message.offset(),
+                                            "changelog record does not decode; skipped"
+                                        );
+                                        continue;
+                                    }
+                                }
+                            }
+                        };
+                        if let Some(store) = stores.get_mut(&p) {
+                            store.restore(key, value);
+                        }
+                        if high.get(&p).is_some_and(|hi| message.offset() + 1 >= *hi) {
+                            pending.remove(&p);
+                        }
+                    }
+                }
+            }
+        }
+        let entries: usize = stores.values().map(StateStore::len).sum();
+        self.stores.extend(stores);
+        self.metrics.restored_records.inc_by(records);
+        self.metrics
+            .restore_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.update_state_gauge();
+        tracing::info!(
+            partitions = ?partitions,
+            records,
+            entries,
+            elapsed_ms = started.elapsed().as_millis(),
+            "state restored"
+        );
+        Ok(())
+    }
+
+    /// Decodes a changelog value, retrying while the registry is unreachable.
+    fn decode_state(&self, bytes: &[u8]) -> Result<Option<P::State>, Step> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.handle.block_on(self.codec.decode::<P::State>(bytes)) {
+                Ok(value) => return Ok(Some(value)),
+                Err(e) if e.is_retriable() => {
+                    if self.shutdown.is_cancelled() {
+                        return Err(Step::Fatal("shutdown during state restore".into()));
+                    }
+                    tracing::warn!(error = %e, "registry unavailable during restore; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "changelog value does not decode");
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// After a fatal error the open transaction may hold the offset of a record
+    /// that was not fully processed: it must never commit. Abort it (best
+    /// effort; the broker aborts it anyway when the transaction times out or the
+    /// next instance with this transactional id starts).
+    fn poison(&mut self) {
+        self.poisoned = true;
+        if self.txn.take().is_some() {
+            let _ = self.producer.abort_transaction(self.call_timeout);
+        }
+    }
+
+    fn on_revoke(&mut self, consumer: &BaseConsumer<StreamContext<P>>, tpl: &TopicPartitionList) {
+        if self.txn.is_some() && !self.poisoned {
+            let result = if consumer.assignment_lost() {
+                tracing::warn!("assignment lost: aborting the open transaction");
+                self.abort()
+            } else {
+                self.commit(consumer).or_else(|step| match step {
+                    Step::Retry(_, message) => {
+                        tracing::warn!(%message, "commit before revocation failed; aborting");
+                        self.abort()
+                    }
+                    fatal @ Step::Fatal(_) => Err(fatal),
+                })
+            };
+            if let Err(Step::Fatal(message) | Step::Retry(_, message)) = result {
+                self.fatal = Some(message);
+            }
+        }
+        let revoked: HashSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        for element in tpl.elements() {
+            let topic = self.declared(element.topic());
+            let _ = self
+                .metrics
+                .consumer_lag
+                .remove_label_values(&[topic, &element.partition().to_string()]);
+        }
+        self.stores.retain(|p, _| !revoked.contains(p));
+        self.update_state_gauge();
+        tracing::info!(partitions = ?revoked, "partitions revoked");
+    }
+
+    fn on_assign(&mut self, consumer: &BaseConsumer<StreamContext<P>>, tpl: &TopicPartitionList) {
+        let new: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .filter(|p| !self.stores.contains_key(p))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        tracing::info!(partitions = ?new, "partitions assigned");
+        if !new.is_empty() {
+            self.partitions_ready.set(false);
+            if let Err(Step::Fatal(message) | Step::Retry(_, message)) = self.restore(&new) {
+                self.fatal = Some(message);
+                return;
+            }
+        }
+        let assigned = consumer.assignment().map_or(0, |a| a.count());
+        self.metrics
+            .assigned_partitions
+            .set(i64::try_from(assigned).unwrap_or(0));
+        self.partitions_ready.set(true);
+    }
+}
+
+/// The consumer's context: rebalance callbacks and statistics (lag).
+struct StreamContext<P: Processor> {
+    core: Arc<Mutex<Core<P>>>,
+    metrics: StageMetrics,
+    prefix: String,
+}
+
+impl<P: Processor> ClientContext for StreamContext<P> {
+    fn stats(&self, statistics: Statistics) {
+        for (name, topic) in &statistics.topics {
+            let declared = name.strip_prefix(&self.prefix).unwrap_or(name);
+            for (partition, stats) in &topic.partitions {
+                if *partition >= 0 && stats.consumer_lag >= 0 && stats.fetch_state == "active" {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[declared, &partition.to_string()])
+                        .set(stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl<P: Processor> ConsumerContext for StreamContext<P> {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => lock(&self.core).on_revoke(consumer, tpl),
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(error) => tracing::error!(%error, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            lock(&self.core).on_assign(consumer, tpl);
+        }
+    }
+}
+
+/// Everything [`run`] needs besides the processor.
+#[derive(Debug, Clone)]
+pub struct StreamEnv {
+    /// Kafka settings (bootstrap, prefix, pod name, pass-through).
+    pub kafka: KafkaArgs,
+    /// Runner settings.
+    pub args: StreamArgs,
+    /// Graceful shutdown budget.
+    pub drain_timeout: Duration,
+    /// Registry codec.
+    pub codec: Codec,
+    /// Metrics of the stage.
+    pub metrics: StageMetrics,
+    /// Readiness of the stage (the runner adds `partitions`).
+    pub readiness: Readiness,
+}
+
+/// Retries a metadata call that fails transiently (leaders moving, a broker
+/// restarting) for up to 10 s.
+fn retry_metadata<T>(f: impl Fn() -> KafkaResult<T>) -> KafkaResult<T> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        match f() {
+            Ok(value) => return Ok(value),
+            Err(error) if Instant::now() < until => {
+                tracing::debug!(%error, "metadata call failed; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+fn partition_count(config: &ClientConfig, topic: &str, timeout: Duration) -> Result<usize, String> {
+    let probe: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+    let metadata = retry_metadata(|| probe.fetch_metadata(Some(topic), timeout))
+        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let count = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    if count == 0 {
+        return Err(format!(
+            "topic {topic} does not exist (run `sictl topics apply`)"
+        ));
+    }
+    Ok(count)
+}
+
+/// Runs `processor` over the spec's inputs until `shutdown`, exactly once.
+///
+/// # Errors
+/// [`StreamError::Setup`] when start-up fails, [`StreamError::Fatal`] on a fatal
+/// Kafka error (exit non-zero), [`StreamError::DrainTimeout`] when shutdown overran.
+pub async fn run<P: Processor>(
+    env: StreamEnv,
+    spec: StreamSpec,
+    processor: P,
+    shutdown: CancellationToken,
+) -> Result<(), StreamError> {
+    let StreamEnv {
+        kafka,
+        args,
+        drain_timeout,
+        codec,
+        metrics,
+        readiness,
+    } = env;
+    args.validate(drain_timeout).map_err(StreamError::Setup)?;
+    if spec.inputs.is_empty() {
+        return Err(StreamError::Setup("a stream needs an input topic".into()));
+    }
+    let partitions_ready = readiness.check("partitions");
+    let stage = spec.stage;
+    let inputs: Vec<(&'static str, String)> =
+        spec.inputs.iter().map(|t| (*t, kafka.topic(t))).collect();
+    let changelog = kafka.topic(spec.changelog);
+    let call_timeout = args.transaction_timeout.min(Duration::from_secs(30));
+
+    // Co-partitioning: the changelog has exactly the partitions of every input.
+    let probe_config = crate::kafka::client_config(&kafka, &format!("{stage}-probe"));
+    {
+        let topics: Vec<String> = inputs
+            .iter()
+            .map(|(_, f)| f.clone())
+            .chain([changelog.clone()])
+            .collect();
+        let config = probe_config.clone();
+        let counts = tokio::task::spawn_blocking(move || {
+            topics
+                .iter()
+                .map(|t| {
+                    partition_count(&config, t, Duration::from_secs(30)).map(|c| (t.clone(), c))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| StreamError::Setup(e.to_string()))?
+        .map_err(StreamError::Setup)?;
+        let expected = counts.last().map_or(0, |(_, c)| *c);
+        if let Some((topic, count)) = counts.iter().find(|(_, c)| *c != expected) {
+            return Err(StreamError::Setup(format!(
+                "{topic} has {count} partitions but the changelog {changelog} has {expected}: inputs and changelog must be co-partitioned"
+            )));
+        }
+    }
+
+    // The transactional producer; init_transactions fences an earlier instance
+    // with the same transactional.id and aborts what it left open.
+    let producer_config = transactional_producer_config(&kafka, stage, args.transaction_timeout);
+    let producer: ThreadedProducer<DefaultProducerContext> = producer_config
+        .create()
+        .map_err(|e| StreamError::Setup(format!("producer: {e}")))?;
+    let producer = tokio::task::spawn_blocking(move || {
+        producer
+            .init_transactions(Duration::from_secs(60))
+            .map(|()| producer)
+    })
+    .await
+    .map_err(|e| StreamError::Setup(e.to_string()))?
+    .map_err(|e| StreamError::Setup(format!("init_transactions: {e}")))?;
+    tracing::info!(
+        transactional_id = %transactional_id(&kafka, stage),
+        group = %group_id(&kafka, stage),
+        "transactional producer ready"
+    );
+
+    let mut restore_config = crate::kafka::client_config(&kafka, &format!("{stage}-restore"));
+    restore_config
+        .set(
+            "group.id",
+            format!("{}si-{stage}-restore", kafka.topic_prefix),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
+
+    let core = Arc::new(Mutex::new(Core {
+        stage,
+        prefix: kafka.topic_prefix.clone(),
+        inputs: inputs.clone(),
+        changelog,
+        state_ttl: spec.state_ttl,
+        processor,
+        stores: BTreeMap::new(),
+        producer,
+        codec,
+        handle: Handle::current(),
+        metrics: metrics.clone(),
+        txn: None,
+        rewind: false,
+        fatal: None,
+        poisoned: false,
+        call_timeout,
+        restore_config,
+        partitions_ready,
+        shutdown: shutdown.clone(),
+    }));
+
+    let mut consumer_config =
+        crate::kafka::consumer_config(&kafka, stage, &group_id(&kafka, stage));
+    consumer_config
+        .set("statistics.interval.ms", "10000")
+        .set("enable.partition.eof", "false");
+    if inputs.len() > 1 {
+        consumer_config.set("partition.assignment.strategy", "range");
+    }
+    let context = StreamContext {
+        core: Arc::clone(&core),
+        metrics,
+        prefix: kafka.topic_prefix.clone(),
+    };
+    let consumer: BaseConsumer<StreamContext<P>> = consumer_config
+        .create_with_context(context)
+        .map_err(|e| StreamError::Setup(format!("consumer: {e}")))?;
+    let input_names: Vec<String> = inputs.iter().map(|(_, f)| f.clone()).collect();
+    let loop_shutdown = shutdown.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        stream_loop(
+            &consumer,
+            &core,
+            &input_names,
+            &args,
+            drain_timeout,
+            &loop_shutdown,
+        )
+    });
+    tokio::pin!(task);
+    tokio::select! {
+        joined = &mut task => joined.map_err(|e| StreamError::Fatal(e.to_string()))?,
+        () = shutdown.cancelled() => {
+            // Leave a margin above the drain budget for closing the consumer.
+            match tokio::time::timeout(drain_timeout + Duration::from_secs(5), &mut task).await {
+                Ok(joined) => joined.map_err(|e| StreamError::Fatal(e.to_string()))?,
+                Err(_) => Err(StreamError::DrainTimeout(drain_timeout)),
+            }
+        }
+    }
+}
+
+fn stream_loop<P: Processor>(
+    consumer: &BaseConsumer<StreamContext<P>>,
+    core: &Mutex<Core<P>>,
+    inputs: &[String],
+    args: &StreamArgs,
+    drain_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), StreamError> {
+    let topics: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let result = consume(consumer, core, args, drain_timeout, shutdown);
+    if result.is_err() {
+        // The consumer is closed after this returns; its revoke callback must
+        // not commit what a fatal error interrupted.
+        lock(core).poison();
+    }
+    result
+}
+
+fn consume<P: Processor>(
+    consumer: &BaseConsumer<StreamContext<P>>,
+    core: &Mutex<Core<P>>,
+    args: &StreamArgs,
+    drain_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), StreamError> {
+    let mut backoff = Duration::ZERO;
+    let mut last_sweep = Instant::now();
+    while !shutdown.is_cancelled() {
+        {
+            let mut c = lock(core);
+            if let Some(message) = c.fatal.take() {
+                return Err(StreamError::Fatal(message));
+            }
+            if c.rewind {
+                c.rewind(consumer).map_err(fatal_error)?;
+            }
+        }
+        let timeout = lock(core).poll_timeout(args);
+        let polled = consumer.poll(timeout);
+        let mut c = lock(core);
+        if let Some(message) = c.fatal.take() {
+            return Err(StreamError::Fatal(message));
+        }
+        let mut step = match &polled {
+            None | Some(Err(KafkaError::PartitionEOF(_))) => Ok(()),
+            Some(Ok(message)) => c.process(message),
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                return Err(StreamError::Fatal(format!("consumer: {code}")));
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "consumer error");
+                Ok(())
+            }
+        };
+        if step.is_ok() && last_sweep.elapsed() >= args.state_sweep_interval {
+            last_sweep = Instant::now();
+            step = c.sweep();
+        }
+        if step.is_ok() && c.due(args) {
+            step = c.commit(consumer);
+        }
+        match step {
+            Ok(()) => backoff = Duration::ZERO,
+            Err(Step::Fatal(message)) => return Err(StreamError::Fatal(message)),
+            Err(Step::Retry(reason, message)) => {
+                tracing::warn!(reason, %message, "aborting the batch; it will be retried");
+                c.metrics.retries.with_label_values(&[reason]).inc();
+                c.abort().map_err(fatal_error)?;
+                c.rewind(consumer).map_err(fatal_error)?;
+                drop(c);
+                backoff = (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                let until = Instant::now() + backoff;
+                // Backing off (at most 5 s, far below max.poll.interval.ms); the
+                // shutdown token is checked every 20 ms.
+                while Instant::now() < until && !shutdown.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    drain(consumer, core, drain_timeout)
+}
+
+fn fatal_error(step: Step) -> StreamError {
+    match step {
+        Step::Fatal(message) | Step::Retry(_, message) => StreamError::Fatal(message),
+    }
+}
+
+fn drain<P: Processor>(
+    consumer: &BaseConsumer<StreamContext<P>>,
+    core: &Mutex<Core<P>>,
+    drain_timeout: Duration,
+) -> Result<(), StreamError> {
+    {
+        let mut c = lock(core);
+        c.call_timeout = c.call_timeout.min(drain_timeout);
+        if c.txn.is_some() {
+            match c.commit(consumer) {
+                Ok(()) => tracing::info!("open transaction committed on shutdown"),
+                Err(Step::Fatal(message)) => return Err(StreamError::Fatal(message)),
+                Err(Step::Retry(_, message)) => {
+                    tracing::warn!(%message, "commit on shutdown failed; aborting");
+                    c.abort().map_err(fatal_error)?;
+                }
+            }
+        }
+    }
+    // Leaving the group: the revoke callback runs here with nothing left to commit.
+    consumer.unsubscribe();
+    let until = Instant::now() + drain_timeout;
+    while Instant::now() < until && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+    tracing::info!("stream stopped");
+    Ok(())
+}
+
+/// Whether `error` (from a producer call) means this instance was fenced.
+#[must_use]
+pub fn is_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_the_documented_scheme() {
+        let kafka = KafkaArgs {
+            bootstrap_servers: "x:9092".into(),
+            topic_prefix: "staging.".into(),
+            pod_name: "si-normalize-7d9f-abcde".into(),
+        };
+        assert_eq!(group_id(&kafka, "normalize"), "staging.si-normalize");
+        assert_eq!(
+            transactional_id(&kafka, "normalize"),
+            "staging.si-normalize-si-normalize-7d9f-abcde"
+        );
+        let config = transactional_producer_config(&kafka, "normalize", Duration::from_secs(30));
+        assert_eq!(config.get("transaction.timeout.ms"), Some("30000"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn settings_are_checked_against_each_other() {
+        let ok = StreamArgs::default();
+        assert!(ok.validate(Duration::from_secs(20)).is_ok());
+        let short_txn = StreamArgs {
+            transaction_timeout: Duration::from_millis(500),
+            ..StreamArgs::default()
+        };
+        assert!(short_txn.validate(Duration::from_secs(20)).is_err());
+        let no_batch = StreamArgs {
+            max_batch: 0,
+            ..StreamArgs::default()
+        };
+        assert!(no_batch.validate(Duration::from_secs(20)).is_err());
+        assert!(ok.validate(Duration::from_millis(50)).is_err());
+    }
+}
