@@ -31,15 +31,7 @@ async fn run() -> anyhow::Result<()> {
     let ingress = Arc::new(Ingress::start(&["--max-in-flight", "4096"]).await?);
     support::wait_for(Duration::from_secs(30), || {
         let ingress = Arc::clone(&ingress);
-        async move {
-            Ok(ingress
-                .client
-                .get(format!("http://{}/readyz", ingress.running.admin_addr))
-                .send()
-                .await?
-                .status()
-                == 200)
-        }
+        async move { Ok(ingress.readyz().await? == 200) }
     })
     .await?;
 

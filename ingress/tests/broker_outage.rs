@@ -89,13 +89,7 @@ async fn a_webhook_is_never_acknowledged_while_kafka_is_down() -> anyhow::Result
     }
     // Readiness follows the broker.
     support::wait_for(Duration::from_secs(30), || async {
-        Ok(ingress
-            .client
-            .get(format!("http://{}/readyz", ingress.running.admin_addr))
-            .send()
-            .await?
-            .status()
-            == 503)
+        Ok(ingress.readyz().await? == 503)
     })
     .await?;
 

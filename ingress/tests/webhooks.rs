@@ -371,13 +371,7 @@ async fn pre_event_webhooks_are_allowed_quickly_and_json_bodies_kept_raw() -> an
 async fn readiness_reports_kafka_and_schema() -> anyhow::Result<()> {
     let ingress = Ingress::start(&[]).await?;
     support::wait_for(Duration::from_secs(20), || async {
-        Ok(ingress
-            .client
-            .get(format!("http://{}/readyz", ingress.running.admin_addr))
-            .send()
-            .await?
-            .status()
-            == 200)
+        Ok(ingress.readyz().await? == 200)
     })
     .await?;
     let health = ingress

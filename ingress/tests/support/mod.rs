@@ -138,6 +138,17 @@ impl Ingress {
             .await?)
     }
 
+    /// The status of `/readyz`.
+    pub async fn readyz(&self) -> anyhow::Result<u16> {
+        Ok(self
+            .client
+            .get(format!("http://{}/readyz", self.running.admin_addr))
+            .send()
+            .await?
+            .status()
+            .as_u16())
+    }
+
     pub async fn metrics(&self) -> anyhow::Result<String> {
         Ok(self
             .client
