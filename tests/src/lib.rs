@@ -15,6 +15,10 @@ use si_runtime::{KafkaArgs, RegistryArgs};
 use si_schemas::{AvroRecord, Codec, Registry};
 use sictl::topics_file::{Overrides, TopicsFile};
 
+pub mod process;
+
+pub use process::{StageProcess, stage_binary, wait_for};
+
 /// The repository root (where `topics.yaml` is).
 #[must_use]
 pub fn repo_root() -> PathBuf {

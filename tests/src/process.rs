@@ -1,0 +1,234 @@
+//! Stage binaries as child processes of a test: started with the test's
+//! Kafka prefix and registry, logging to a file, ready when `/readyz` says so,
+//! and killed when dropped (a failing test leaves no stray process behind).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::{TestEnv, free_port, repo_root};
+
+/// The path of a workspace binary (`si-ingress`, `si-normalize`, ...) built in
+/// the same profile as the running test.
+///
+/// `cargo test --workspace` builds every binary of the workspace before it runs
+/// the tests; for a single package, build the stages first
+/// (`cargo build --bins`).
+///
+/// # Errors
+/// When the binary has not been built.
+pub fn stage_binary(name: &str) -> anyhow::Result<PathBuf> {
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable outside a cargo target directory")?;
+    let path = profile_dir.join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        bail!(
+            "{} is not built: run `cargo build --bins` (cargo test --workspace builds it)",
+            path.display()
+        )
+    }
+}
+
+/// Where test children write their logs: `target/test-logs/<name>.log`.
+#[must_use]
+pub fn log_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| repo_root().join("target"), PathBuf::from)
+        .join("test-logs");
+    let _ = std::fs::create_dir_all(&dir);
+    dir.join(format!("{name}.log"))
+}
+
+/// A running stage binary, killed (SIGKILL) on drop unless stopped before.
+pub struct StageProcess {
+    name: String,
+    child: Option<Child>,
+    admin: String,
+    log: PathBuf,
+}
+
+impl StageProcess {
+    /// Starts `binary` against `env` (bootstrap servers, registry, topic
+    /// prefix), as pod `pod`, with its admin listener on a free port and the
+    /// extra environment `vars`. Short Kafka session and transaction timeouts
+    /// keep restarts in tests quick.
+    ///
+    /// # Errors
+    /// When the binary is missing or cannot be started.
+    pub fn spawn(
+        env: &TestEnv,
+        binary: &str,
+        pod: &str,
+        vars: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let admin = format!("127.0.0.1:{}", free_port()?);
+        let name = format!(
+            "{}-{binary}-{pod}",
+            env.kafka.topic_prefix.trim_end_matches('.')
+        );
+        let log = log_path(&name);
+        let file = std::fs::File::create(&log)?;
+        let mut command = Command::new(stage_binary(binary)?);
+        command
+            .env("KAFKA_BOOTSTRAP_SERVERS", &env.kafka.bootstrap_servers)
+            .env("SCHEMA_REGISTRY_URL", &env.registry.url)
+            .env("SI_TOPIC_PREFIX", &env.kafka.topic_prefix)
+            .env("POD_NAME", pod)
+            .env("ADMIN_ADDR", &admin)
+            .env("LOG_LEVEL", "info,librdkafka=warn,rdkafka=warn")
+            .env("KAFKA_SESSION_TIMEOUT_MS", "6000")
+            .env("KAFKA_HEARTBEAT_INTERVAL_MS", "1000")
+            .env("TRANSACTION_TIMEOUT", "10s")
+            .env("COMMIT_INTERVAL", "20ms");
+        for (key, value) in vars {
+            command.env(key, value);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        Ok(Self {
+            name,
+            child: Some(child),
+            admin,
+            log,
+        })
+    }
+
+    /// The admin listener (`host:port`).
+    #[must_use]
+    pub fn admin_addr(&self) -> &str {
+        &self.admin
+    }
+
+    /// The log file.
+    #[must_use]
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last `lines` lines of the log, for failure messages.
+    #[must_use]
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits until `/readyz` answers 200.
+    ///
+    /// # Errors
+    /// When the process exits or is not ready within `deadline` (with its log tail).
+    pub async fn ready(&mut self, deadline: Duration) -> anyhow::Result<()> {
+        let url = format!("http://{}/readyz", self.admin);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("{} exited with {status}:\n{}", self.name, self.log_tail(30));
+            }
+            if let Ok(response) = client.get(&url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                bail!(
+                    "{} not ready within {deadline:?}:\n{}",
+                    self.name,
+                    self.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no chance to clean up, like a node failure.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after `deadline`).
+    ///
+    /// # Errors
+    /// When the process does not exit in time or exits unsuccessfully.
+    pub fn terminate(&mut self, deadline: Duration) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(sent.success(), "kill -TERM failed");
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::ensure!(status.success(), "{} exited with {status}", self.name);
+                return Ok(());
+            }
+            if Instant::now() > until {
+                child.kill()?;
+                child.wait()?;
+                bail!("{} did not stop within {deadline:?} of SIGTERM", self.name);
+            }
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for StageProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until `condition` returns `Some`, polling every 50 ms.
+///
+/// # Errors
+/// When `deadline` passes first; the error names `what`.
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut condition: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(value) = condition().await? {
+            return Ok(value);
+        }
+        if Instant::now() > until {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
