@@ -7,9 +7,10 @@
 
 use crate::AvroRecord;
 use crate::records::{
-    ArchivalRequest, CognitionResponse, Command, ComplianceEvent, ConsentState, ConversationEvent,
-    DeadLetter, DeliveryStatus, IdentityRecord, InboundMessage, NormalizeState, OutboundDeadLetter,
-    OutboundOperation, ParticipantBinding, TranscriptEntry, TwilioWebhook,
+    ArchivalRequest, CognitionResponse, Command, ComplianceEvent, ConsentProcessorState,
+    ConsentState, ConversationEvent, DeadLetter, DeliveryStatus, EgressLedgerEntry, IdentityRecord,
+    InboundMessage, NormalizeState, OutboundDeadLetter, OutboundOperation, ParticipantBinding,
+    SegmentState, TranscriptEntry, TwilioWebhook,
 };
 
 /// Raw Twilio webhooks as received by ingress ([`TwilioWebhook`]); key: the
@@ -29,6 +30,9 @@ pub const OUTBOUND: &str = "twilio.outbound.v1";
 pub const DELIVERY: &str = "twilio.delivery.v1";
 /// Outbound operations egress gave up on ([`OutboundDeadLetter`]); key: sender key.
 pub const OUTBOUND_DLQ: &str = "twilio.outbound.dlq.v1";
+/// Internal: egress's dedup ledger, compacted, co-partitioned with [`OUTBOUND`]
+/// ([`EgressLedgerEntry`]); key: operation id.
+pub const EGRESS_LEDGER: &str = "twilio.egress.ledger.v1";
 /// Records a stage could not decode or process ([`DeadLetter`]); key: the original key.
 pub const DEAD_LETTER: &str = "si.deadletter.v1";
 /// Compliance audit log ([`ComplianceEvent`]); key: `<channel>:<E.164>`.
@@ -52,6 +56,14 @@ pub const ARCHIVAL: &str = "si.archival.v1";
 /// Internal: the state changelog of normalize, compacted, co-partitioned with
 /// [`WEBHOOKS`] ([`NormalizeState`]); key: `seen|<dedup_key>` or `conv|<conversation id>`.
 pub const NORMALIZE_STATE: &str = "si.normalize.state.v1";
+/// Internal: the state changelog of consent, compacted, co-partitioned with
+/// [`CONVERSATION_EVENTS`] and [`DELIVERY`] ([`ConsentProcessorState`]); key:
+/// `d|<channel>:<E.164>|<sender scope>` or `c|<conversation id>`.
+pub const CONSENT_STATE: &str = "si.consent.state.v1";
+/// Internal: the state changelog of segment, compacted, co-partitioned with
+/// [`CONVERSATION_EVENTS`] and [`RESPONSES`] ([`SegmentState`]); key:
+/// `seen|<response_id>` or `conv|<conversation id>`.
+pub const SEGMENT_STATE: &str = "si.segment.state.v1";
 
 /// Every topic, in the order of `topics.yaml`.
 pub const ALL: &[&str] = &[
@@ -63,6 +75,7 @@ pub const ALL: &[&str] = &[
     OUTBOUND,
     DELIVERY,
     OUTBOUND_DLQ,
+    EGRESS_LEDGER,
     DEAD_LETTER,
     COMPLIANCE,
     CONSENT,
@@ -72,6 +85,8 @@ pub const ALL: &[&str] = &[
     TRANSCRIPT,
     ARCHIVAL,
     NORMALIZE_STATE,
+    CONSENT_STATE,
+    SEGMENT_STATE,
 ];
 
 /// The value schema of a topic of [`ALL`]: `(file name under schemas/avro/, .avsc text)`;
@@ -90,6 +105,7 @@ pub fn value_schema(topic: &str) -> Option<(&'static str, &'static str)> {
         OUTBOUND => of::<OutboundOperation>(),
         DELIVERY => of::<DeliveryStatus>(),
         OUTBOUND_DLQ => of::<OutboundDeadLetter>(),
+        EGRESS_LEDGER => of::<EgressLedgerEntry>(),
         DEAD_LETTER => of::<DeadLetter>(),
         COMPLIANCE => of::<ComplianceEvent>(),
         CONSENT | CONSENT_REGISTRY => of::<ConsentState>(),
@@ -98,6 +114,8 @@ pub fn value_schema(topic: &str) -> Option<(&'static str, &'static str)> {
         TRANSCRIPT => of::<TranscriptEntry>(),
         ARCHIVAL => of::<ArchivalRequest>(),
         NORMALIZE_STATE => of::<NormalizeState>(),
+        CONSENT_STATE => of::<ConsentProcessorState>(),
+        SEGMENT_STATE => of::<SegmentState>(),
         _ => None,
     }
 }

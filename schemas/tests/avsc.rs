@@ -373,6 +373,7 @@ fn compiled_in_schemas_are_the_files() {
         check::<OutboundOperation>(&files),
         check::<DeliveryStatus>(&files),
         check::<OutboundDeadLetter>(&files),
+        check::<EgressLedgerEntry>(&files),
         check::<DeadLetter>(&files),
         check::<ComplianceEvent>(&files),
         check::<ConsentState>(&files),
@@ -381,6 +382,8 @@ fn compiled_in_schemas_are_the_files() {
         check::<TranscriptEntry>(&files),
         check::<ArchivalRequest>(&files),
         check::<NormalizeState>(&files),
+        check::<SegmentState>(&files),
+        check::<ConsentProcessorState>(&files),
     ];
     used.sort_unstable();
     let all: Vec<&str> = files.keys().map(String::as_str).collect();

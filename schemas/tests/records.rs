@@ -1085,6 +1085,94 @@ fn normalize_state_round_trips() {
 }
 
 #[test]
+fn consent_processor_state_round_trips() {
+    roundtrip(&ConsentProcessorState {
+        kind: ConsentProcessorStateKind::Decision,
+        decision: Some(ConsentState {
+            address: s("+14155550100"),
+            channel: Channel::Sms,
+            sender_scope: s("*"),
+            status: ConsentStatus::OptedOut,
+            source: ComplianceSource::Keyword,
+            decided_at: T0,
+            updated_at: T0 + 1,
+            keyword: some("Stop"),
+            event_ref: some("ev-1"),
+        }),
+        contact: None,
+    });
+    roundtrip(&ConsentProcessorState {
+        kind: ConsentProcessorStateKind::Contact,
+        decision: None,
+        contact: Some(ConversationContact {
+            conversation_id: s("CH00000000000000000000000000000001"),
+            address: s("+14155550100"),
+            channel: Channel::Whatsapp,
+            proxy_address: some("+14155550199"),
+            locale: some("es-MX"),
+            last_seen_at: T0,
+        }),
+    });
+    roundtrip(&ConsentProcessorState {
+        kind: ConsentProcessorStateKind::Unknown,
+        decision: None,
+        contact: None,
+    });
+}
+
+fn segment_state_conversation() -> SegmentState {
+    SegmentState {
+        kind: SegmentStateKind::Conversation,
+        seen_response: None,
+        conversation: Some(SegmentConversation {
+            conversation_id: s("pm-00000000000000000000000000000001"),
+            locale: some("es-MX"),
+            closed: true,
+            last_event_at: T0 + 9,
+            participants: vec![
+                SegmentParticipant {
+                    channel: Channel::Whatsapp,
+                    address: some("+14155550100"),
+                    proxy_address: some("+14155550199"),
+                    identity: None,
+                    participant_sid: some("MB00000000000000000000000000000001"),
+                    locale: some("es-MX"),
+                    last_inbound_at: Some(T0),
+                },
+                SegmentParticipant {
+                    channel: Channel::Chat,
+                    address: None,
+                    proxy_address: None,
+                    identity: some("alice"),
+                    participant_sid: None,
+                    locale: None,
+                    last_inbound_at: None,
+                },
+            ],
+        }),
+    }
+}
+
+fn segment_state_seen() -> SegmentState {
+    SegmentState {
+        kind: SegmentStateKind::SeenResponse,
+        seen_response: Some(SeenResponse {
+            response_id: s("r-1"),
+            first_seen_at: T0,
+            part_count: 3,
+            blocked: false,
+        }),
+        conversation: None,
+    }
+}
+
+#[test]
+fn segment_state_round_trips() {
+    roundtrip(&segment_state_conversation());
+    roundtrip(&segment_state_seen());
+}
+
+#[test]
 fn every_variant_of_every_enum_round_trips() {
     // Enum-heavy records, once per variant, so a wrong rename cannot hide.
     for &route in WebhookRoute::ALL {
@@ -1283,6 +1371,8 @@ fn rust_enums_carry_exactly_the_schema_symbols() {
         enum_matches::<TranscriptSpeaker>(&schema),
         enum_matches::<ArchivalReason>(&schema),
         enum_matches::<NormalizeStateKind>(&schema),
+        enum_matches::<ConsentProcessorStateKind>(&schema),
+        enum_matches::<SegmentStateKind>(&schema),
     ];
     let missing: Vec<&String> = schema.keys().filter(|n| !covered.contains(n)).collect();
     assert!(

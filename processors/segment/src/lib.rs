@@ -1,8 +1,10 @@
 //! Segmentation core of the Si Twilio channel: turns a cognition response into
 //! the messages Twilio will accept and a person reads well. Pure functions, no
-//! I/O: the segment processor calls [`plan`] per `si.responses.v1` record and
-//! turns each [`Part`] into one `twilio.outbound.v1` operation
-//! ([`Part::apply_to`]); `sictl segment` prints the same plan.
+//! I/O: the segment processor ([`stage`], binary `si-segment`) calls [`plan`]
+//! per `si.responses.v1` record and turns each [`Part`] into one
+//! `twilio.outbound.v1` operation ([`Part::apply_to`]); `sictl segment` prints
+//! the same plan. [`stage`] is the only module that touches Kafka (through the
+//! stream runner).
 //!
 //! ```
 //! use si_segment::{Response, SegmentConfig, Timing, plan};
@@ -62,6 +64,7 @@ pub mod gsm7;
 pub mod lookalike;
 mod plan;
 mod split;
+pub mod stage;
 pub mod window;
 
 pub use config::{MediaPlacement, Numbering, OverBudget, SegmentArgs, SegmentConfig};

@@ -1,4 +1,5 @@
-//! `sictl`: apply topics, register and check schemas, tail topics.
+//! `sictl`: apply topics, register and check schemas, tail topics, replay the
+//! outbound DLQ, simulate signed webhooks.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +69,46 @@ enum Command {
     },
     /// Shows how a text would be sent: encoding, segments and the parts, as the segment processor sends them.
     Segment(Box<sictl::segment::SegmentCommand>),
+    /// Posts webhooks to ingress as Twilio would, signed (development and tests).
+    Simulate {
+        #[command(subcommand)]
+        command: SimulateCommand,
+    },
+    /// The outbound dead-letter queue (twilio.outbound.dlq.v1).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SimulateCommand {
+    /// A user's SMS or WhatsApp message (Programmable Messaging inbound webhook).
+    Sms(Box<sictl::simulate::SimulateSms>),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Produces dead-lettered operations back to twilio.outbound.v1 (keyed by sender_key,
+    /// operation_id unchanged); prints one JSON line per operation.
+    Replay {
+        /// An operation to replay (repeatable).
+        #[arg(
+            long = "operation-id",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        operation_ids: Vec<String>,
+        /// Replay every operation on the DLQ.
+        #[arg(long)]
+        all: bool,
+        /// Only print what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Longest time to read the DLQ to its end, e.g. `30s`.
+        #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -127,6 +168,60 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Segment(command) => command.run(&mut std::io::stdout().lock())?,
+        Command::Simulate {
+            command: SimulateCommand::Sms(sms),
+        } => {
+            let posted = sms.run().await?;
+            println!(
+                "{}",
+                serde_json::json!({ "status": posted.status, "message_sid": posted.sid })
+            );
+            if !(200..300).contains(&posted.status) {
+                eprintln!("sictl: ingress answered {}", posted.status);
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    operation_ids,
+                    all,
+                    dry_run,
+                    timeout,
+                },
+        } => {
+            let codec = Codec::new(Registry::new(cli.registry.config())?);
+            let selection = if *all {
+                sictl::dlq::Selection::All
+            } else {
+                sictl::dlq::Selection::Ids(operation_ids.iter().cloned().collect())
+            };
+            let options = sictl::dlq::ReplayOptions {
+                selection,
+                dry_run: *dry_run,
+                timeout: *timeout,
+            };
+            let report = sictl::dlq::replay(&cli.kafka, &codec, &options)
+                .await
+                .context("dlq replay")?;
+            for replayed in &report.replayed {
+                println!("{}", serde_json::to_string(replayed)?);
+            }
+            let verb = if report.dry_run {
+                "would replay"
+            } else {
+                "replayed"
+            };
+            eprintln!(
+                "{verb} {} of {} dead letters",
+                report.replayed.len(),
+                report.read
+            );
+            if !report.missing.is_empty() {
+                eprintln!("sictl: not on the DLQ: {}", report.missing.join(", "));
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Topics {
             command: TopicsCommand::Apply { dry_run },
         } => {

@@ -1,0 +1,257 @@
+//! Configuration of `si-egress`: every field has a flag and an environment
+//! variable, and the Helm chart sets the same names (`stages.egress`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+use si_runtime::CommonConfig;
+
+use crate::rates::Rates;
+
+/// `si-egress`: performs the Twilio REST operations of `twilio.outbound.v1`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "si-egress", version, about)]
+pub struct Config {
+    /// Kafka, registry, admin listener, logs.
+    #[command(flatten)]
+    pub common: CommonConfig,
+    /// Twilio account, credentials and base URLs.
+    #[command(flatten)]
+    pub twilio: TwilioArgs,
+    /// Rate limits, retries, concurrency, backpressure, commits.
+    #[command(flatten)]
+    pub egress: EgressArgs,
+}
+
+/// How to reach Twilio.
+#[derive(Debug, Clone, Args)]
+pub struct TwilioArgs {
+    /// Twilio Account SID (AC…): part of every Programmable Messaging and Voice path.
+    #[arg(long, env = "TWILIO_ACCOUNT_SID")]
+    pub account_sid: String,
+
+    /// Auth Token of the account (HTTP Basic with the Account SID). Either this
+    /// or the API key pair is required; the API key wins when both are set.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+
+    /// API key SID (SK…), used with TWILIO_API_KEY_SECRET for HTTP Basic auth.
+    #[arg(long, env = "TWILIO_API_KEY_SID")]
+    pub api_key_sid: Option<String>,
+
+    /// API key secret.
+    #[arg(long, env = "TWILIO_API_KEY_SECRET", hide_env_values = true)]
+    pub api_key_secret: Option<String>,
+
+    /// Base URL of Programmable Messaging and Voice (`/2010-04-01/Accounts/…`).
+    #[arg(
+        long,
+        env = "TWILIO_API_BASE_URL",
+        default_value = "https://api.twilio.com"
+    )]
+    pub api_base_url: String,
+
+    /// Base URL of the Conversations API (`/v1/Conversations…`).
+    #[arg(
+        long,
+        env = "TWILIO_CONVERSATIONS_BASE_URL",
+        default_value = "https://conversations.twilio.com"
+    )]
+    pub conversations_base_url: String,
+
+    /// Public base URL of ingress; when set, Programmable Messaging sends get
+    /// `StatusCallback=<base>/twilio/messaging/status` (unless the operation sets one).
+    #[arg(long, env = "STATUS_CALLBACK_BASE_URL")]
+    pub status_callback_base_url: Option<String>,
+
+    /// Timeout of one Twilio request, connect to last byte.
+    #[arg(long, env = "TWILIO_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// TCP/TLS connect timeout of Twilio requests.
+    #[arg(long, env = "TWILIO_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+/// HTTP Basic credentials for Twilio.
+#[derive(Clone)]
+pub struct Credentials {
+    /// User: an API key SID or the Account SID.
+    pub user: String,
+    /// Password: the API key secret or the Auth Token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl TwilioArgs {
+    /// The credentials to use: the API key pair when complete, else the Auth Token.
+    ///
+    /// # Errors
+    /// When neither is configured, or only half of the key pair.
+    pub fn credentials(&self) -> Result<Credentials, String> {
+        match (&self.api_key_sid, &self.api_key_secret) {
+            (Some(sid), Some(secret)) if !sid.is_empty() && !secret.is_empty() => {
+                return Ok(Credentials {
+                    user: sid.clone(),
+                    password: secret.clone(),
+                });
+            }
+            (Some(sid), _) if !sid.is_empty() => {
+                return Err("TWILIO_API_KEY_SID is set but TWILIO_API_KEY_SECRET is not".into());
+            }
+            (_, Some(secret)) if !secret.is_empty() => {
+                return Err("TWILIO_API_KEY_SECRET is set but TWILIO_API_KEY_SID is not".into());
+            }
+            _ => {}
+        }
+        match &self.auth_token {
+            Some(token) if !token.is_empty() => Ok(Credentials {
+                user: self.account_sid.clone(),
+                password: token.clone(),
+            }),
+            _ => {
+                Err("set TWILIO_AUTH_TOKEN, or TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET".into())
+            }
+        }
+    }
+}
+
+/// Egress behaviour.
+#[derive(Debug, Clone, Args)]
+#[allow(clippy::struct_field_names)]
+pub struct EgressArgs {
+    /// Messages per second of a US/CA long code sender (`sms:+1…`, not toll-free).
+    #[arg(long, env = "EGRESS_RATE_LONG_CODE", default_value_t = 1.0)]
+    pub rate_long_code: f64,
+    /// Messages per second of a toll-free sender (`sms:+1800…`, 833–888).
+    #[arg(long, env = "EGRESS_RATE_TOLL_FREE", default_value_t = 3.0)]
+    pub rate_toll_free: f64,
+    /// Messages per second of a short code sender (`sms:` with 5–6 digits).
+    #[arg(long, env = "EGRESS_RATE_SHORT_CODE", default_value_t = 100.0)]
+    pub rate_short_code: f64,
+    /// Messages per second of a messaging service (`MG…`): the sum of its senders' rates.
+    #[arg(long, env = "EGRESS_RATE_MESSAGING_SERVICE", default_value_t = 10.0)]
+    pub rate_messaging_service: f64,
+    /// Messages per second of a WhatsApp sender (10–80 by tier; the lowest tier by default).
+    #[arg(long, env = "EGRESS_RATE_WHATSAPP", default_value_t = 10.0)]
+    pub rate_whatsapp: f64,
+    /// Calls per second of a voice sender (`voice:+…`).
+    #[arg(long, env = "EGRESS_RATE_VOICE", default_value_t = 1.0)]
+    pub rate_voice: f64,
+    /// Messages per second of any other sender (international long codes, unknown forms).
+    #[arg(long, env = "EGRESS_RATE_DEFAULT", default_value_t = 1.0)]
+    pub rate_default: f64,
+    /// Per-sender overrides, comma separated `<sender_key>=<messages per second>`,
+    /// e.g. `sms:+14155550100=10,MG0123…=50`.
+    #[arg(long, env = "EGRESS_SENDER_RATES", default_value = "")]
+    pub sender_rates: String,
+    /// Fraction of each configured rate egress actually uses (0 < h ≤ 1): a margin
+    /// for the jitter between our limiter and Twilio's clock.
+    #[arg(long, env = "EGRESS_RATE_HEADROOM", default_value_t = 0.97)]
+    pub rate_headroom: f64,
+
+    /// Account-wide cap on concurrent Twilio requests.
+    #[arg(long, env = "EGRESS_MAX_CONCURRENCY", default_value_t = 32)]
+    pub max_concurrency: usize,
+    /// Most operations one input partition may hold in memory (queued, waiting for
+    /// a retry, in flight, or finished but not committed); the partition is paused there.
+    #[arg(long, env = "EGRESS_MAX_PENDING_PER_PARTITION", default_value_t = 1000)]
+    pub max_pending_per_partition: usize,
+
+    /// Requests per operation before it is dead-lettered (retriable errors only).
+    #[arg(long, env = "EGRESS_MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with full jitter.
+    #[arg(long, env = "EGRESS_RETRY_BASE", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub retry_base: Duration,
+    /// Longest retry delay (also the pace of retries after a 401).
+    #[arg(long, env = "EGRESS_RETRY_MAX", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub retry_max: Duration,
+
+    /// Require an explicit opt-in at the consent re-check (otherwise only an
+    /// opt-out blocks).
+    #[arg(long, env = "EGRESS_REQUIRE_OPT_IN", default_value_t = false)]
+    pub require_opt_in: bool,
+
+    /// How often finished operations' statuses and offsets are committed.
+    #[arg(long, env = "COMMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
+    /// Kafka `transaction.timeout.ms` of the status producer.
+    #[arg(long, env = "TRANSACTION_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub transaction_timeout: Duration,
+}
+
+impl EgressArgs {
+    /// The configured rates.
+    ///
+    /// # Errors
+    /// When a rate or an override is not a positive number.
+    pub fn rates(&self) -> Result<Rates, String> {
+        let mut overrides = BTreeMap::new();
+        for item in self.sender_rates.split(',').map(str::trim) {
+            if item.is_empty() {
+                continue;
+            }
+            let (key, rate) = item
+                .rsplit_once('=')
+                .ok_or_else(|| format!("EGRESS_SENDER_RATES: `{item}` is not <sender>=<rate>"))?;
+            let rate: f64 = rate
+                .trim()
+                .parse()
+                .map_err(|_| format!("EGRESS_SENDER_RATES: `{rate}` is not a number"))?;
+            overrides.insert(key.trim().to_owned(), rate);
+        }
+        let rates = Rates {
+            long_code: self.rate_long_code,
+            toll_free: self.rate_toll_free,
+            short_code: self.rate_short_code,
+            messaging_service: self.rate_messaging_service,
+            whatsapp: self.rate_whatsapp,
+            voice: self.rate_voice,
+            default: self.rate_default,
+            overrides,
+            headroom: self.rate_headroom,
+        };
+        rates.validate()?;
+        Ok(rates)
+    }
+
+    /// Cross-field checks with a message naming the variables.
+    ///
+    /// # Errors
+    /// When the settings contradict each other.
+    pub fn validate(&self) -> Result<(), String> {
+        self.rates()?;
+        if self.max_concurrency == 0 {
+            return Err("EGRESS_MAX_CONCURRENCY must be at least 1".into());
+        }
+        if self.max_pending_per_partition == 0 {
+            return Err("EGRESS_MAX_PENDING_PER_PARTITION must be at least 1".into());
+        }
+        if self.max_attempts == 0 {
+            return Err("EGRESS_MAX_ATTEMPTS must be at least 1".into());
+        }
+        if self.retry_base.is_zero() || self.retry_max < self.retry_base {
+            return Err("EGRESS_RETRY_BASE must be positive and at most EGRESS_RETRY_MAX".into());
+        }
+        if self.commit_interval.is_zero()
+            || self.transaction_timeout < self.commit_interval * 10
+            || self.transaction_timeout < Duration::from_secs(1)
+        {
+            return Err(format!(
+                "TRANSACTION_TIMEOUT ({:?}) must be at least 1s and 10 × COMMIT_INTERVAL ({:?})",
+                self.transaction_timeout, self.commit_interval
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,216 @@
+//! `si-egress`: the only stage that talks to Twilio. It consumes
+//! `twilio.outbound.v1`, performs each operation with Twilio's REST API under
+//! per-sender rate limits and an account-wide concurrency cap, retries what is
+//! worth retrying, and ends every operation with exactly one status on
+//! `twilio.delivery.v1` (plus `twilio.outbound.dlq.v1` for what it gives up
+//! on), committed with the consumer offsets in Kafka transactions. A dedup
+//! ledger keeps a restart from resending what Twilio already accepted.
+//! See `egress/README.md` for the design and its guarantees.
+
+pub mod config;
+pub mod consumer;
+pub mod metrics;
+pub mod outcome;
+pub mod rates;
+pub mod sender;
+pub mod twilio;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, Producer, ThreadedProducer};
+use si_consent_gate::ConsentGate;
+use si_runtime::metrics::StageMetrics;
+use si_runtime::{AdminServer, Readiness};
+use si_schemas::{Codec, Registry, topics};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::consumer::{Core, CoreParts, EgressContext, LoopArgs, STAGE};
+use crate::metrics::EgressMetrics;
+use crate::sender::{Live, RetryPolicy, SendContext, Topics};
+use crate::twilio::{Endpoints, TwilioClient};
+
+fn partition_count(kafka: &si_runtime::KafkaArgs, topic: &str) -> anyhow::Result<usize> {
+    let probe: BaseConsumer = si_runtime::kafka::client_config(kafka, "egress-probe").create()?;
+    let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let count = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    anyhow::ensure!(
+        count > 0,
+        "topic {topic} does not exist (run `sictl topics apply`)"
+    );
+    Ok(count)
+}
+
+/// Runs egress until `shutdown`.
+///
+/// # Errors
+/// On invalid configuration, when Kafka or the registry cannot be reached at
+/// start-up, or on a fatal Kafka error.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.egress.validate().map_err(anyhow::Error::msg)?;
+    let credentials = config.twilio.credentials().map_err(anyhow::Error::msg)?;
+    let rates = config.egress.rates().map_err(anyhow::Error::msg)?;
+    let kafka = config.common.kafka.clone();
+    let metrics = StageMetrics::new(STAGE);
+    let egress_metrics = EgressMetrics::new(&metrics)?;
+    let readiness = Readiness::default();
+    let admin = AdminServer::start(
+        config.common.service.admin_addr,
+        metrics.registry().clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .context("admin listener")?;
+    let codec = Codec::new(Registry::new(config.common.registry.config())?);
+
+    let input = kafka.topic(topics::OUTBOUND);
+    let ledger = kafka.topic(topics::EGRESS_LEDGER);
+    {
+        let (k, i, l) = (kafka.clone(), input.clone(), ledger.clone());
+        let (inputs, ledgers) = tokio::task::spawn_blocking(move || {
+            Ok::<_, anyhow::Error>((partition_count(&k, &i)?, partition_count(&k, &l)?))
+        })
+        .await??;
+        anyhow::ensure!(
+            inputs == ledgers,
+            "{input} has {inputs} partitions but the ledger {ledger} has {ledgers}: they must be co-partitioned"
+        );
+    }
+
+    let gate = ConsentGate::start(
+        &kafka,
+        STAGE,
+        codec.clone(),
+        &readiness,
+        &metrics,
+        shutdown.clone(),
+    )
+    .await?;
+    tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        () = async { gate.local().loaded().await; gate.registry().loaded().await; } => {}
+    }
+    tracing::info!("consent tables loaded");
+
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        si_runtime::stream::transactional_producer_config(
+            &kafka,
+            STAGE,
+            config.egress.transaction_timeout,
+        )
+        .create()
+        .context("transactional producer")?;
+    let producer = tokio::task::spawn_blocking(move || {
+        producer
+            .init_transactions(Duration::from_secs(60))
+            .map(|()| producer)
+    })
+    .await?
+    .context("init_transactions")?;
+    let ledger_producer: FutureProducer =
+        si_runtime::kafka::durable_producer_config(&kafka, &format!("{STAGE}-ledger")).create()?;
+
+    let output_topics = Topics {
+        delivery: kafka.topic(topics::DELIVERY),
+        dlq: kafka.topic(topics::OUTBOUND_DLQ),
+        compliance: kafka.topic(topics::COMPLIANCE),
+        ledger: ledger.clone(),
+        dead_letter: kafka.topic(topics::DEAD_LETTER),
+    };
+    let live = Live::default();
+    let busy = Arc::new(AtomicUsize::new(0));
+    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let endpoints = Endpoints::new(&config.twilio);
+    let ctx = Arc::new(SendContext {
+        client: TwilioClient::new(&config.twilio, credentials)?,
+        endpoints: endpoints.clone(),
+        rates,
+        semaphore: Arc::new(Semaphore::new(config.egress.max_concurrency)),
+        gate: Some(gate),
+        require_opt_in: config.egress.require_opt_in,
+        retry: RetryPolicy {
+            max_attempts: config.egress.max_attempts,
+            base: config.egress.retry_base,
+            max: config.egress.retry_max,
+        },
+        metrics: egress_metrics.clone(),
+        live: live.clone(),
+        ledger_producer,
+        codec: codec.clone(),
+        topics: output_topics.clone(),
+        completions: done_tx,
+        busy: Arc::clone(&busy),
+        stopping: shutdown.clone(),
+    });
+    let dispatcher = tokio::spawn(sender::dispatch(Arc::clone(&ctx), jobs_rx));
+
+    let mut restore_config = si_runtime::kafka::client_config(&kafka, &format!("{STAGE}-restore"));
+    restore_config
+        .set(
+            "group.id",
+            format!("{}si-{STAGE}-restore", kafka.topic_prefix),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
+    let core = Arc::new(Mutex::new(Core::new(CoreParts {
+        producer,
+        live,
+        input,
+        topics: output_topics,
+        restore_config,
+        codec,
+        endpoints,
+        metrics: metrics.clone(),
+        egress_metrics,
+        jobs: jobs_tx,
+        call_timeout: config
+            .egress
+            .transaction_timeout
+            .min(Duration::from_secs(30)),
+        max_pending: config.egress.max_pending_per_partition,
+        partitions_ready: readiness.check("partitions"),
+        shutdown: shutdown.clone(),
+    })));
+    let mut consumer_config = si_runtime::kafka::consumer_config(
+        &kafka,
+        STAGE,
+        &si_runtime::stream::group_id(&kafka, STAGE),
+    );
+    consumer_config.set("enable.partition.eof", "false");
+    let consumer: BaseConsumer<EgressContext> = consumer_config
+        .create_with_context(EgressContext {
+            core: Arc::clone(&core),
+        })
+        .context("consumer")?;
+    let args = LoopArgs {
+        commit_interval: config.egress.commit_interval,
+        drain_timeout: config.common.service.drain_timeout,
+    };
+    let loop_shutdown = shutdown.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let result =
+            consumer::run_loop(&consumer, &core, &mut done_rx, &busy, args, &loop_shutdown);
+        drop(consumer);
+        result
+    })
+    .await
+    .context("egress loop")?;
+    // The loop ended (shutdown or a fatal error): stop the senders too.
+    shutdown.cancel();
+    dispatcher.abort();
+    admin.stopped().await;
+    result
+}

@@ -1,0 +1,321 @@
+//! Per-sender rate limits: the sender type follows from the sender key, its
+//! rate from configuration (with per-sender overrides).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+/// The kind of a sending identity, which sets its default throughput.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderType {
+    /// US/CA 10-digit long code (`sms:+1…`, not toll-free).
+    LongCode,
+    /// North American toll-free number (`sms:+1` 800, 833, 844, 855, 866, 877, 888).
+    TollFree,
+    /// Short code (`sms:` followed by 5–6 digits).
+    ShortCode,
+    /// Messaging service (`MG…`).
+    MessagingService,
+    /// WhatsApp sender (`whatsapp:+…`).
+    WhatsApp,
+    /// Voice caller id (`voice:+…`).
+    Voice,
+    /// Anything else (international long codes, unknown forms).
+    Other,
+}
+
+impl SenderType {
+    /// The type of a sender key (`OutboundOperation.sender_key`).
+    #[must_use]
+    pub fn of(sender_key: &str) -> Self {
+        if sender_key.starts_with("MG") {
+            return Self::MessagingService;
+        }
+        if sender_key.starts_with("whatsapp:") {
+            return Self::WhatsApp;
+        }
+        if sender_key.starts_with("voice:") {
+            return Self::Voice;
+        }
+        let Some(number) = sender_key.strip_prefix("sms:") else {
+            return Self::Other;
+        };
+        if !number.starts_with('+')
+            && (5..=6).contains(&number.len())
+            && number.chars().all(|c| c.is_ascii_digit())
+        {
+            return Self::ShortCode;
+        }
+        match number.strip_prefix("+1") {
+            Some(rest) if rest.len() == 10 => {
+                if ["800", "833", "844", "855", "866", "877", "888"]
+                    .iter()
+                    .any(|p| rest.starts_with(p))
+                {
+                    Self::TollFree
+                } else {
+                    Self::LongCode
+                }
+            }
+            _ => Self::Other,
+        }
+    }
+
+    /// A metric label value (never an address).
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::LongCode => "long_code",
+            Self::TollFree => "toll_free",
+            Self::ShortCode => "short_code",
+            Self::MessagingService => "messaging_service",
+            Self::WhatsApp => "whatsapp",
+            Self::Voice => "voice",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Messages per second by sender type, per-sender overrides, and the headroom.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rates {
+    /// [`SenderType::LongCode`].
+    pub long_code: f64,
+    /// [`SenderType::TollFree`].
+    pub toll_free: f64,
+    /// [`SenderType::ShortCode`].
+    pub short_code: f64,
+    /// [`SenderType::MessagingService`].
+    pub messaging_service: f64,
+    /// [`SenderType::WhatsApp`].
+    pub whatsapp: f64,
+    /// [`SenderType::Voice`].
+    pub voice: f64,
+    /// [`SenderType::Other`].
+    pub default: f64,
+    /// Exact sender keys with their own rate.
+    pub overrides: BTreeMap<String, f64>,
+    /// Fraction of the rate actually used.
+    pub headroom: f64,
+}
+
+impl Rates {
+    /// Checks every rate is a positive finite number and the headroom in (0, 1].
+    ///
+    /// # Errors
+    /// Naming the offending setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let named = [
+            ("EGRESS_RATE_LONG_CODE", self.long_code),
+            ("EGRESS_RATE_TOLL_FREE", self.toll_free),
+            ("EGRESS_RATE_SHORT_CODE", self.short_code),
+            ("EGRESS_RATE_MESSAGING_SERVICE", self.messaging_service),
+            ("EGRESS_RATE_WHATSAPP", self.whatsapp),
+            ("EGRESS_RATE_VOICE", self.voice),
+            ("EGRESS_RATE_DEFAULT", self.default),
+        ];
+        for (name, rate) in named
+            .into_iter()
+            .chain(self.overrides.values().map(|r| ("EGRESS_SENDER_RATES", *r)))
+        {
+            if !rate.is_finite() || rate <= 0.0 || rate > 100_000.0 {
+                return Err(format!("{name}: {rate} is not a rate in (0, 100000]"));
+            }
+        }
+        if !(self.headroom > 0.0 && self.headroom <= 1.0) {
+            return Err(format!(
+                "EGRESS_RATE_HEADROOM: {} is not in (0, 1]",
+                self.headroom
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configured messages per second of a sender.
+    #[must_use]
+    pub fn rate(&self, sender_key: &str) -> f64 {
+        if let Some(rate) = self.overrides.get(sender_key) {
+            return *rate;
+        }
+        match SenderType::of(sender_key) {
+            SenderType::LongCode => self.long_code,
+            SenderType::TollFree => self.toll_free,
+            SenderType::ShortCode => self.short_code,
+            SenderType::MessagingService => self.messaging_service,
+            SenderType::WhatsApp => self.whatsapp,
+            SenderType::Voice => self.voice,
+            SenderType::Other => self.default,
+        }
+    }
+
+    /// The interval between two sends of a sender: `1 / (rate × headroom)`.
+    #[must_use]
+    pub fn period(&self, sender_key: &str) -> Duration {
+        Duration::from_secs_f64(1.0 / (self.rate(sender_key) * self.headroom))
+    }
+
+    /// A limiter for one sender: one cell every [`Self::period`], burst 1, so no
+    /// window of one second ever holds more than the rate (a burst would).
+    #[must_use]
+    pub fn limiter(&self, sender_key: &str) -> DefaultDirectRateLimiter {
+        let quota = Quota::with_period(self.period(sender_key))
+            .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MIN));
+        RateLimiter::direct(quota)
+    }
+}
+
+/// A sliding one-second window over a sender's actual request starts: at
+/// most `floor(rate)` requests in any `1 s / headroom`. The limiter paces the
+/// cells; this guards the moment the request really leaves, so scheduling
+/// delays between a cell and its request cannot bunch requests together.
+#[derive(Debug)]
+pub struct SendWindow {
+    max: usize,
+    len: Duration,
+    sent: tokio::sync::Mutex<VecDeque<tokio::time::Instant>>,
+}
+
+impl SendWindow {
+    /// The window of a sender; `None` below one message per second (the
+    /// limiter's spacing is then over a second already).
+    #[must_use]
+    pub fn new(rates: &Rates, sender_key: &str) -> Option<Self> {
+        let rate = rates.rate(sender_key);
+        if rate < 1.0 {
+            return None;
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let max = rate.floor() as usize;
+        Some(Self {
+            max,
+            len: Duration::from_secs_f64(1.0 / rates.headroom),
+            sent: tokio::sync::Mutex::new(VecDeque::with_capacity(max)),
+        })
+    }
+
+    /// Waits until one more request fits the window and records it.
+    pub async fn admit(&self) {
+        let mut sent = self.sent.lock().await;
+        loop {
+            let now = tokio::time::Instant::now();
+            while sent
+                .front()
+                .is_some_and(|first| now.duration_since(*first) >= self.len)
+            {
+                sent.pop_front();
+            }
+            if sent.len() < self.max {
+                sent.push_back(now);
+                return;
+            }
+            let first = sent.front().copied().unwrap_or(now);
+            tokio::time::sleep_until(first + self.len).await;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn rates() -> Rates {
+        Rates {
+            long_code: 1.0,
+            toll_free: 3.0,
+            short_code: 100.0,
+            messaging_service: 10.0,
+            whatsapp: 80.0,
+            voice: 1.0,
+            default: 1.0,
+            overrides: BTreeMap::from([("sms:+14155550100".to_owned(), 10.0)]),
+            headroom: 1.0,
+        }
+    }
+
+    #[test]
+    fn sender_types_follow_the_key() {
+        assert_eq!(SenderType::of("sms:+14155550123"), SenderType::LongCode);
+        assert_eq!(SenderType::of("sms:+18885550123"), SenderType::TollFree);
+        assert_eq!(SenderType::of("sms:+18335550123"), SenderType::TollFree);
+        assert_eq!(SenderType::of("sms:12345"), SenderType::ShortCode);
+        assert_eq!(SenderType::of("sms:123456"), SenderType::ShortCode);
+        assert_eq!(
+            SenderType::of("MG0123456789abcdef0123456789abcdef"),
+            SenderType::MessagingService
+        );
+        assert_eq!(
+            SenderType::of("whatsapp:+14155550100"),
+            SenderType::WhatsApp
+        );
+        assert_eq!(SenderType::of("voice:+14155550100"), SenderType::Voice);
+        assert_eq!(SenderType::of("sms:+447700900123"), SenderType::Other);
+        assert_eq!(SenderType::of("nonsense"), SenderType::Other);
+    }
+
+    #[test]
+    fn rates_by_type_and_override() {
+        let r = rates();
+        assert!((r.rate("sms:+14155550123") - 1.0).abs() < f64::EPSILON);
+        assert!((r.rate("sms:+14155550100") - 10.0).abs() < f64::EPSILON);
+        assert!((r.rate("whatsapp:+14155550100") - 80.0).abs() < f64::EPSILON);
+        assert_eq!(r.period("sms:+14155550100"), Duration::from_millis(100));
+        let slower = Rates {
+            headroom: 0.5,
+            ..rates()
+        };
+        assert_eq!(
+            slower.period("sms:+14155550100"),
+            Duration::from_millis(200)
+        );
+    }
+
+    #[test]
+    fn bad_rates_are_refused() {
+        let mut r = rates();
+        r.whatsapp = 0.0;
+        assert!(r.validate().unwrap_err().contains("EGRESS_RATE_WHATSAPP"));
+        let mut r = rates();
+        r.headroom = 1.5;
+        assert!(r.validate().is_err());
+        let mut r = rates();
+        r.overrides.insert("x".into(), f64::NAN);
+        assert!(r.validate().is_err());
+        assert!(rates().validate().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_admits_the_rate_per_window() {
+        let r = rates();
+        let window = SendWindow::new(&r, "sms:+14155550100").unwrap();
+        let start = tokio::time::Instant::now();
+        for _ in 0..10 {
+            window.admit().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        window.admit().await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(1),
+            "the 11th waits for the window"
+        );
+        assert!(
+            SendWindow::new(
+                &Rates {
+                    long_code: 0.5,
+                    ..r
+                },
+                "sms:+14155550123"
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn the_limiter_allows_no_burst() {
+        let limiter = rates().limiter("sms:+14155550100");
+        assert!(limiter.check().is_ok());
+        assert!(limiter.check().is_err(), "a second cell at once is a burst");
+    }
+}

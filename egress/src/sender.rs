@@ -1,0 +1,776 @@
+//! The sending side: one task per sender holds that sender's queue, paces it
+//! with the sender's rate limiter and the account-wide concurrency cap, and
+//! runs attempts; an attempt re-checks consent, calls Twilio and, when the
+//! operation is final, records Twilio's answer in the ledger, encodes the
+//! terminal records and hands them to the Kafka loop for commit.
+//!
+//! Order: within a sender queue an operation is only started when no earlier
+//! operation of the same conversation is in flight or waiting for a retry, so
+//! a conversation's operations never overtake each other; other
+//! conversations of the same sender go on meanwhile.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use governor::DefaultDirectRateLimiter;
+use rand::Rng;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use si_consent_gate::{ConsentGate, Verdict};
+use si_schemas::records::{Channel, OperationKind, OutboundOperation};
+use si_schemas::{AvroRecord, Codec, CodecError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::EgressMetrics;
+use crate::outcome::{Final, terminal};
+use crate::rates::{Rates, SendWindow, SenderType};
+use crate::twilio::{Answer, Endpoints, TwilioClient, build_request};
+
+/// Params value marking the consent stage's own replies, which pass the re-check.
+pub const CONSENT_PURPOSE: &str = "consent";
+
+/// Milliseconds since the Unix epoch.
+#[must_use]
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The generation of each assigned input partition. A job carries the
+/// generation it was read in; once its partition is revoked (or reassigned),
+/// its job is dropped before any further attempt.
+#[derive(Debug, Clone, Default)]
+pub struct Live(Arc<Mutex<HashMap<i32, u64>>>);
+
+impl Live {
+    /// Whether `generation` is the current one of `partition`.
+    #[must_use]
+    pub fn is_current(&self, partition: i32, generation: u64) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&partition)
+            == Some(&generation)
+    }
+
+    /// Marks `partition` assigned in `generation`.
+    pub fn assign(&self, partition: i32, generation: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(partition, generation);
+    }
+
+    /// Marks `partition` revoked.
+    pub fn revoke(&self, partition: i32) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&partition);
+    }
+}
+
+/// One operation read from an input partition.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Input partition.
+    pub partition: i32,
+    /// Input offset.
+    pub offset: i64,
+    /// Assignment generation of the partition when read.
+    pub generation: u64,
+    /// The operation.
+    pub op: Arc<OutboundOperation>,
+    /// When egress first read it (ms since the epoch).
+    pub first_seen: i64,
+}
+
+/// One encoded output record.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// Full topic name.
+    pub topic: String,
+    /// Key.
+    pub key: String,
+    /// Confluent-framed Avro value.
+    pub payload: Vec<u8>,
+}
+
+/// A finished operation, ready for commit.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// Input partition.
+    pub partition: i32,
+    /// Input offset.
+    pub offset: i64,
+    /// Assignment generation of the partition when read.
+    pub generation: u64,
+    /// Status, DLQ and compliance records.
+    pub records: Vec<Encoded>,
+    /// The ledger key to tombstone in the commit, when a ledger entry exists.
+    pub ledger_key: Option<String>,
+}
+
+/// Full names of the topics egress writes.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// `twilio.delivery.v1`.
+    pub delivery: String,
+    /// `twilio.outbound.dlq.v1`.
+    pub dlq: String,
+    /// `si.compliance.v1`.
+    pub compliance: String,
+    /// `twilio.egress.ledger.v1`.
+    pub ledger: String,
+    /// `si.deadletter.v1`.
+    pub dead_letter: String,
+}
+
+/// Retry policy.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Requests per operation before it is dead-lettered.
+    pub max_attempts: u32,
+    /// First delay.
+    pub base: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `attempt` (1-based): exponential with
+    /// equal jitter (between half and all of `base × 2^(attempt-1)`, capped),
+    /// never shorter than Twilio's Retry-After.
+    #[must_use]
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.max);
+        let half = exp / 2;
+        let jitter =
+            rand::rng().random_range(0..=u64::try_from(half.as_millis()).unwrap_or(u64::MAX));
+        let delay = half + Duration::from_millis(jitter);
+        retry_after.map_or(delay, |after| delay.max(after))
+    }
+}
+
+/// Everything attempts need.
+pub struct SendContext {
+    /// Twilio client.
+    pub client: TwilioClient,
+    /// Base URLs and account.
+    pub endpoints: Endpoints,
+    /// Rate configuration.
+    pub rates: Rates,
+    /// Account-wide concurrency cap.
+    pub semaphore: Arc<Semaphore>,
+    /// Consent re-check; `None` only in tests.
+    pub gate: Option<ConsentGate>,
+    /// Whether the re-check requires an opt-in.
+    pub require_opt_in: bool,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Metrics.
+    pub metrics: EgressMetrics,
+    /// Current partition generations.
+    pub live: Live,
+    /// Non-transactional producer of ledger entries.
+    pub ledger_producer: FutureProducer,
+    /// Registry codec.
+    pub codec: Codec,
+    /// Output topics.
+    pub topics: Topics,
+    /// Where finished operations go.
+    pub completions: mpsc::UnboundedSender<Completion>,
+    /// Attempts and finishes in progress (the drain waits for zero).
+    pub busy: Arc<AtomicUsize>,
+    /// Stops starting attempts.
+    pub stopping: CancellationToken,
+}
+
+/// Whether an operation is re-checked against consent.
+#[must_use]
+pub fn needs_consent(op: &OutboundOperation) -> bool {
+    matches!(
+        op.kind,
+        OperationKind::SendMessage | OperationKind::SendConversationMessage
+    ) && op.to.is_some()
+        && op.params.get("si.purpose").map(String::as_str) != Some(CONSENT_PURPOSE)
+}
+
+/// Rate cells an operation takes: its SMS segments (Twilio paces long codes
+/// per segment), else one.
+#[must_use]
+pub fn cells(op: &OutboundOperation) -> u32 {
+    let message = matches!(
+        op.kind,
+        OperationKind::SendMessage | OperationKind::SendConversationMessage
+    );
+    if message && op.channel == Channel::Sms {
+        op.segments
+            .and_then(|s| u32::try_from(s).ok())
+            .unwrap_or(1)
+            .clamp(1, 10)
+    } else {
+        1
+    }
+}
+
+/// Encodes with the registry codec, retrying while the registry is unreachable.
+async fn encode<T: AvroRecord>(
+    ctx: &SendContext,
+    topic: &str,
+    record: &T,
+) -> Result<Vec<u8>, CodecError> {
+    encode_with(&ctx.codec, topic, record, &ctx.stopping).await
+}
+
+/// Encodes with `codec`, retrying retriable failures (until `stop`).
+///
+/// # Errors
+/// A permanent codec error, or a retriable one once `stop` is cancelled.
+pub async fn encode_with<T: AvroRecord>(
+    codec: &Codec,
+    topic: &str,
+    record: &T,
+    stop: &CancellationToken,
+) -> Result<Vec<u8>, CodecError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match codec.encode(topic, record).await {
+            Ok(bytes) => return Ok(bytes),
+            Err(error) if error.is_retriable() && !stop.is_cancelled() => {
+                tracing::warn!(%error, topic, "encoding failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// The encoded terminal records of `op`.
+///
+/// # Errors
+/// When a record cannot be encoded.
+pub async fn terminal_records(
+    codec: &Codec,
+    topics: &Topics,
+    op: &OutboundOperation,
+    end: &Final,
+    requests: u32,
+    first_seen: i64,
+    stop: &CancellationToken,
+) -> Result<Vec<Encoded>, CodecError> {
+    let t = terminal(op, end, requests, first_seen, now_ms());
+    let mut records = vec![Encoded {
+        topic: topics.delivery.clone(),
+        key: op.conversation_id.clone(),
+        payload: encode_with(codec, &topics.delivery, &t.status, stop).await?,
+    }];
+    if let Some(dl) = &t.dead_letter {
+        records.push(Encoded {
+            topic: topics.dlq.clone(),
+            key: op.sender_key.clone(),
+            payload: encode_with(codec, &topics.dlq, dl, stop).await?,
+        });
+    }
+    if let Some((key, event)) = &t.compliance {
+        records.push(Encoded {
+            topic: topics.compliance.clone(),
+            key: key.clone(),
+            payload: encode_with(codec, &topics.compliance, event, stop).await?,
+        });
+    }
+    Ok(records)
+}
+
+/// Ends `job` with `end`: ledger entry (for Twilio's answers), terminal records,
+/// completion to the Kafka loop.
+async fn finish(ctx: &SendContext, job: &Job, end: Final, requests: u32) {
+    let op = &job.op;
+    let code = end
+        .code()
+        .map_or_else(|| "none".to_owned(), |c| c.to_string());
+    let mut ledger_key = None;
+    if let Some(entry) = end.ledger_entry(op, requests, now_ms()) {
+        match encode(ctx, &ctx.topics.ledger, &entry).await {
+            Ok(payload) => {
+                let record = FutureRecord::to(&ctx.topics.ledger)
+                    .partition(job.partition)
+                    .key(&op.operation_id)
+                    .payload(&payload);
+                match ctx
+                    .ledger_producer
+                    .send(record, Duration::from_secs(30))
+                    .await
+                {
+                    Ok(_) => ledger_key = Some(op.operation_id.clone()),
+                    Err((error, _)) => tracing::error!(
+                        %error,
+                        operation_id = %op.operation_id,
+                        "ledger write failed; a restart before the commit would resend this operation"
+                    ),
+                }
+            }
+            Err(error) => tracing::error!(%error, "ledger entry cannot be encoded"),
+        }
+    }
+    match terminal_records(
+        &ctx.codec,
+        &ctx.topics,
+        op,
+        &end,
+        requests,
+        job.first_seen,
+        &ctx.stopping,
+    )
+    .await
+    {
+        Ok(records) => {
+            ctx.metrics
+                .operations
+                .with_label_values(&[end.label(), &code])
+                .inc();
+            let _ = ctx.completions.send(Completion {
+                partition: job.partition,
+                offset: job.offset,
+                generation: job.generation,
+                records,
+                ledger_key,
+            });
+        }
+        Err(error) => {
+            // Not committed: the operation is read again after a restart or
+            // rebalance (the ledger entry, if written, prevents a resend).
+            tracing::error!(%error, operation_id = %op.operation_id, "terminal records cannot be encoded");
+        }
+    }
+}
+
+/// What an attempt reports to its sender task.
+#[derive(Debug)]
+enum Attempted {
+    /// Finished (completion sent or dropped).
+    Done,
+    /// Try again later.
+    Retry {
+        requests: u32,
+        code: Option<i32>,
+        http_status: Option<u16>,
+        message: String,
+        retry_after: Option<Duration>,
+        auth: bool,
+    },
+}
+
+/// One attempt: consent re-check, request, classification.
+async fn attempt(
+    ctx: &SendContext,
+    job: &Job,
+    requests: u32,
+    window: Option<&SendWindow>,
+) -> Attempted {
+    let op = &job.op;
+    if needs_consent(op)
+        && let (Some(gate), Some(to)) = (&ctx.gate, op.to.as_deref())
+    {
+        let scope = crate::outcome::sender_scope(op);
+        if let Verdict::Blocked { status, .. } =
+            gate.check(op.channel, to, &scope, ctx.require_opt_in)
+        {
+            let end = Final::Blocked {
+                reason: format!("consent re-check before sending: {status}"),
+            };
+            finish(ctx, job, end, requests).await;
+            return Attempted::Done;
+        }
+    }
+    let request = match build_request(&ctx.endpoints, op) {
+        Ok(request) => request,
+        Err(error) => {
+            let end = Final::DeadLettered {
+                reason: error.0,
+                code: None,
+                http_status: None,
+            };
+            finish(ctx, job, end, requests).await;
+            return Attempted::Done;
+        }
+    };
+    if let Some(window) = window {
+        window.admit().await;
+    }
+    if op.not_after.is_some_and(|not_after| now_ms() > not_after) {
+        let end = Final::DeadLettered {
+            reason: "not_after passed while waiting for the rate limit".into(),
+            code: None,
+            http_status: None,
+        };
+        finish(ctx, job, end, requests).await;
+        return Attempted::Done;
+    }
+    let requests = requests + 1;
+    let kind = op.kind.as_str();
+    ctx.metrics.in_flight.inc();
+    let (answer, took) = ctx.client.send(&request, &op.operation_id).await;
+    ctx.metrics.in_flight.dec();
+    ctx.metrics
+        .latency
+        .with_label_values(&[kind])
+        .observe(took.as_secs_f64());
+    let code_label = |code: Option<i32>| code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+    match answer {
+        Answer::Accepted { sid, segments, .. } => {
+            ctx.metrics
+                .requests
+                .with_label_values(&[kind, "accepted", "none"])
+                .inc();
+            finish(ctx, job, Final::Accepted { sid, segments }, requests).await;
+            Attempted::Done
+        }
+        Answer::Permanent {
+            code,
+            http_status,
+            message,
+        } => {
+            ctx.metrics
+                .requests
+                .with_label_values(&[kind, "permanent", &code_label(code)])
+                .inc();
+            let end = Final::Failed {
+                code,
+                http_status: Some(i32::from(http_status)),
+                message,
+            };
+            finish(ctx, job, end, requests).await;
+            Attempted::Done
+        }
+        Answer::Retry {
+            code,
+            http_status,
+            message,
+            retry_after,
+            auth,
+        } => {
+            ctx.metrics
+                .requests
+                .with_label_values(&[kind, "retriable", &code_label(code)])
+                .inc();
+            Attempted::Retry {
+                requests,
+                code,
+                http_status,
+                message,
+                retry_after,
+                auth,
+            }
+        }
+    }
+}
+
+/// Runs `future` as tracked work: the drain waits until `busy` is zero.
+fn spawn_tracked(ctx: &Arc<SendContext>, future: impl Future<Output = ()> + Send + 'static) {
+    ctx.busy.fetch_add(1, Ordering::SeqCst);
+    let busy = Arc::clone(&ctx.busy);
+    tokio::spawn(async move {
+        future.await;
+        busy.fetch_sub(1, Ordering::SeqCst);
+    });
+}
+
+/// Routes jobs to per-sender tasks, creating them on first use.
+pub async fn dispatch(ctx: Arc<SendContext>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut senders: HashMap<String, mpsc::UnboundedSender<Job>> = HashMap::new();
+    while let Some(job) = jobs.recv().await {
+        let key = job.op.sender_key.clone();
+        let tx = senders.entry(key.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(sender_task(Arc::clone(&ctx), key, rx));
+            tx
+        });
+        if let Err(error) = tx.send(job) {
+            tracing::error!(%error, "sender task gone");
+        }
+    }
+}
+
+struct Entry {
+    job: Job,
+    /// Requests made so far.
+    requests: u32,
+    /// Attempts that count toward the limit (auth failures do not).
+    counted: u32,
+    ready_at: Option<Instant>,
+    in_flight: bool,
+}
+
+/// The first entry that may start now, and the earliest time a waiting one may.
+fn pick(queue: &VecDeque<Entry>, now: Instant) -> (Option<usize>, Option<Instant>) {
+    let mut blocked: HashSet<&str> = HashSet::new();
+    let mut wake: Option<Instant> = None;
+    for (i, entry) in queue.iter().enumerate() {
+        let conversation = entry.job.op.conversation_id.as_str();
+        if blocked.contains(conversation) {
+            continue;
+        }
+        if entry.in_flight {
+            blocked.insert(conversation);
+            continue;
+        }
+        if let Some(at) = entry.ready_at
+            && at > now
+        {
+            blocked.insert(conversation);
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+            continue;
+        }
+        return (Some(i), wake);
+    }
+    (None, wake)
+}
+
+async fn acquire(
+    limiter: &DefaultDirectRateLimiter,
+    semaphore: &Arc<Semaphore>,
+    cells: u32,
+) -> Option<(OwnedSemaphorePermit, Duration)> {
+    // The permit first: a cell is only taken when the request can go at once,
+    // so requests are never bunched behind the concurrency cap.
+    let permit = Arc::clone(semaphore).acquire_owned().await.ok()?;
+    let started = Instant::now();
+    for _ in 0..cells {
+        limiter.until_ready().await;
+    }
+    Some((permit, started.elapsed()))
+}
+
+async fn sender_task(
+    ctx: Arc<SendContext>,
+    sender_key: String,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
+    let limiter = ctx.rates.limiter(&sender_key);
+    let window = SendWindow::new(&ctx.rates, &sender_key).map(Arc::new);
+    let sender_type = SenderType::of(&sender_key).label();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<((u64, i64), Attempted)>();
+    let mut queue: VecDeque<Entry> = VecDeque::new();
+    let mut jobs_open = true;
+    loop {
+        queue.retain(|e| e.in_flight || ctx.live.is_current(e.job.partition, e.job.generation));
+        let now = Instant::now();
+        let (picked, wake) = pick(&queue, now);
+        if let Some(i) = picked
+            && let Some(not_after) = queue[i].job.op.not_after
+            && now_ms() > not_after
+        {
+            if let Some(entry) = queue.remove(i) {
+                let end = Final::DeadLettered {
+                    reason: "not_after passed before the operation could be sent".into(),
+                    code: None,
+                    http_status: None,
+                };
+                let c = Arc::clone(&ctx);
+                spawn_tracked(&ctx, async move {
+                    finish(&c, &entry.job, end, entry.requests).await
+                });
+            }
+            continue;
+        }
+        if !jobs_open && queue.is_empty() {
+            return;
+        }
+        let stopping = ctx.stopping.is_cancelled();
+        let cells = picked.map_or(1, |i| cells(&queue[i].job.op));
+        let sleep =
+            tokio::time::sleep_until(wake.unwrap_or(now + Duration::from_secs(3600)).into());
+        tokio::select! {
+            job = jobs.recv(), if jobs_open => match job {
+                Some(job) => queue.push_back(Entry { job, requests: 0, counted: 0, ready_at: None, in_flight: false }),
+                None => jobs_open = false,
+            },
+            Some((id, attempted)) = done_rx.recv() => {
+                let Some(i) = queue.iter().position(|e| (e.job.generation, e.job.offset) == id) else { continue };
+                match attempted {
+                    Attempted::Done => { queue.remove(i); }
+                    Attempted::Retry { requests, code, http_status, message, retry_after, auth } => {
+                        let entry = &mut queue[i];
+                        entry.in_flight = false;
+                        entry.requests = requests;
+                        if !auth {
+                            entry.counted += 1;
+                        }
+                        let delay = if auth { ctx.retry.max } else { ctx.retry.delay(entry.counted, retry_after) };
+                        let reason = if auth { "auth" } else if http_status == Some(429) || code == Some(20429) { "rate_limited" } else if http_status.is_some_and(|s| s >= 500) { "server_error" } else if http_status.is_none() { "network" } else { "slow_down" };
+                        let deadline_passes = entry.job.op.not_after.is_some_and(|na| {
+                            now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)) > na
+                        });
+                        if entry.counted >= ctx.retry.max_attempts || deadline_passes {
+                            let why = if deadline_passes { "not_after passes before the next retry" } else { "retries exhausted" };
+                            if let Some(entry) = queue.remove(i) {
+                                let end = Final::DeadLettered {
+                                    reason: format!("{why} after {requests} requests; last error: {message}"),
+                                    code,
+                                    http_status: http_status.map(i32::from),
+                                };
+                                let c = Arc::clone(&ctx);
+                                spawn_tracked(&ctx, async move { finish(&c, &entry.job, end, entry.requests).await });
+                            }
+                        } else {
+                            ctx.metrics.retries.with_label_values(&[reason]).inc();
+                            entry.ready_at = Some(Instant::now() + delay);
+                        }
+                    }
+                }
+            },
+            () = sleep, if wake.is_some() => {},
+            acquired = acquire(&limiter, &ctx.semaphore, cells), if picked.is_some() && !stopping => {
+                let Some((permit, waited)) = acquired else { return };
+                let Some(i) = picked else { continue };
+                ctx.metrics.limiter_wait.with_label_values(&[sender_type]).observe(waited.as_secs_f64());
+                let entry = &mut queue[i];
+                if !ctx.live.is_current(entry.job.partition, entry.job.generation) {
+                    continue;
+                }
+                entry.in_flight = true;
+                let job = entry.job.clone();
+                let requests = entry.requests;
+                let tx = done_tx.clone();
+                let c = Arc::clone(&ctx);
+                let window = window.clone();
+                spawn_tracked(&ctx, async move {
+                    let attempted = attempt(&c, &job, requests, window.as_deref()).await;
+                    drop(permit);
+                    let _ = tx.send(((job.generation, job.offset), attempted));
+                });
+            },
+            () = ctx.stopping.cancelled(), if !stopping => {},
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn op(conversation: &str) -> OutboundOperation {
+        OutboundOperation {
+            operation_id: "x".into(),
+            conversation_id: conversation.into(),
+            kind: OperationKind::SendMessage,
+            channel: Channel::Sms,
+            sender_key: "sms:+14155550199".into(),
+            to: Some("+14155550100".into()),
+            from: Some("+14155550199".into()),
+            messaging_service_sid: None,
+            body: Some("hi".into()),
+            media_urls: vec![],
+            content_sid: None,
+            content_variables_json: None,
+            response_id: None,
+            part_index: 0,
+            part_count: 1,
+            segments: Some(3),
+            encoding: None,
+            template_reason: None,
+            call: None,
+            params: BTreeMap::new(),
+            created_at: 0,
+            not_after: None,
+            traceparent: None,
+        }
+    }
+
+    fn entry(conversation: &str, offset: i64) -> Entry {
+        Entry {
+            job: Job {
+                partition: 0,
+                offset,
+                generation: 1,
+                op: Arc::new(op(conversation)),
+                first_seen: 0,
+            },
+            requests: 0,
+            counted: 0,
+            ready_at: None,
+            in_flight: false,
+        }
+    }
+
+    #[test]
+    fn a_waiting_conversation_is_not_overtaken() {
+        let now = Instant::now();
+        let mut q: VecDeque<Entry> = [entry("A", 0), entry("A", 1), entry("B", 2)].into();
+        assert_eq!(pick(&q, now), (Some(0), None));
+        q[0].ready_at = Some(now + Duration::from_secs(1));
+        let (picked, wake) = pick(&q, now);
+        assert_eq!(picked, Some(2), "A's second op must wait for A's first");
+        assert_eq!(wake, Some(now + Duration::from_secs(1)));
+        q[2].in_flight = true;
+        assert_eq!(pick(&q, now).0, None);
+        assert_eq!(pick(&q, now + Duration::from_secs(2)).0, Some(0));
+        q[0].ready_at = None;
+        q[0].in_flight = true;
+        assert_eq!(
+            pick(&q, now).0,
+            None,
+            "in flight blocks the conversation too"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_honours_retry_after() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        for _ in 0..50 {
+            let d1 = policy.delay(1, None);
+            assert!(
+                d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
+                "{d1:?}"
+            );
+            let d4 = policy.delay(4, None);
+            assert!(
+                d4 >= Duration::from_millis(400) && d4 <= Duration::from_millis(800),
+                "{d4:?}"
+            );
+            assert!(policy.delay(30, None) <= Duration::from_secs(2));
+            assert!(policy.delay(1, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+        }
+    }
+
+    #[test]
+    fn consent_and_cells() {
+        let mut o = op("A");
+        assert!(needs_consent(&o));
+        assert_eq!(cells(&o), 3);
+        o.params.insert("si.purpose".into(), CONSENT_PURPOSE.into());
+        assert!(!needs_consent(&o));
+        let mut close = op("A");
+        close.kind = OperationKind::CloseConversation;
+        assert!(!needs_consent(&close));
+        assert_eq!(cells(&close), 1);
+        let mut wa = op("A");
+        wa.channel = Channel::Whatsapp;
+        assert_eq!(cells(&wa), 1);
+    }
+
+    #[test]
+    fn live_generations() {
+        let live = Live::default();
+        live.assign(3, 7);
+        assert!(live.is_current(3, 7));
+        assert!(!live.is_current(3, 6));
+        live.revoke(3);
+        assert!(!live.is_current(3, 7));
+    }
+}

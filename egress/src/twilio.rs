@@ -1,0 +1,717 @@
+//! Twilio REST: the request each operation kind makes (shapes as Twilio's API
+//! defines them, see `../shared/TWILIO.md`), the pooled client, and what
+//! Twilio's answer means (accepted, retry, permanent failure).
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::RETRY_AFTER;
+use si_schemas::records::{Channel, OperationKind, OutboundOperation};
+
+use crate::config::{Credentials, TwilioArgs};
+
+/// Header carrying the operation id with every request (Twilio ignores it; the sandbox records it).
+pub const OPERATION_ID_HEADER: &str = "X-Si-Operation-Id";
+
+/// Operation params with this prefix are ours, never sent to Twilio (e.g. `si.purpose`).
+pub const INTERNAL_PARAM_PREFIX: &str = "si.";
+
+/// One form-encoded POST to Twilio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TwilioRequest {
+    /// Full URL.
+    pub url: String,
+    /// Form parameters in order; a name may repeat (`MediaUrl`, `StatusCallbackEvent`).
+    pub form: Vec<(String, String)>,
+}
+
+/// Why an operation cannot be turned into a request (it is dead-lettered).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidOperation(pub String);
+
+/// Base URLs, account and status callback, for building requests.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// Programmable Messaging and Voice base URL.
+    pub api_base: String,
+    /// Conversations base URL.
+    pub conversations_base: String,
+    /// Account SID in the Messaging and Voice paths.
+    pub account_sid: String,
+    /// Status callback for Programmable Messaging sends, if any.
+    pub status_callback: Option<String>,
+}
+
+impl Endpoints {
+    /// From configuration (trailing slashes dropped).
+    #[must_use]
+    pub fn new(args: &TwilioArgs) -> Self {
+        Self {
+            api_base: args.api_base_url.trim_end_matches('/').to_owned(),
+            conversations_base: args.conversations_base_url.trim_end_matches('/').to_owned(),
+            account_sid: args.account_sid.clone(),
+            status_callback: args
+                .status_callback_base_url
+                .as_deref()
+                .filter(|b| !b.is_empty())
+                .map(|b| format!("{}/twilio/messaging/status", b.trim_end_matches('/'))),
+        }
+    }
+}
+
+/// An address as Twilio wants it: `whatsapp:+1…` on WhatsApp, plain E.164 otherwise.
+fn address(channel: Channel, e164: &str) -> String {
+    if channel == Channel::Whatsapp && !e164.starts_with("whatsapp:") {
+        format!("whatsapp:{e164}")
+    } else {
+        e164.to_owned()
+    }
+}
+
+/// A path segment we put into a URL must be a plain SID-like token.
+fn path_sid<'a>(what: &str, value: &'a str) -> Result<&'a str, InvalidOperation> {
+    if !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        Ok(value)
+    } else {
+        Err(InvalidOperation(format!(
+            "{what} is not a valid Twilio SID for a URL path"
+        )))
+    }
+}
+
+fn required<'a>(what: &str, value: Option<&'a String>) -> Result<&'a str, InvalidOperation> {
+    value
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| InvalidOperation(format!("{what} is required")))
+}
+
+/// Appends the operation's params (except ours and those already set).
+fn extend_params(form: &mut Vec<(String, String)>, op: &OutboundOperation) {
+    for (name, value) in &op.params {
+        if name.starts_with(INTERNAL_PARAM_PREFIX) || form.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        form.push((name.clone(), value.clone()));
+    }
+}
+
+fn push(form: &mut Vec<(String, String)>, name: &str, value: impl Into<String>) {
+    form.push((name.to_owned(), value.into()));
+}
+
+/// Body, template and media of a message.
+fn message_content(
+    form: &mut Vec<(String, String)>,
+    op: &OutboundOperation,
+    media_as_urls: bool,
+) -> Result<(), InvalidOperation> {
+    if let Some(content_sid) = op.content_sid.as_deref().filter(|s| !s.is_empty()) {
+        push(form, "ContentSid", content_sid);
+        if let Some(vars) = op.content_variables_json.as_deref() {
+            if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(vars).is_err() {
+                return Err(InvalidOperation(
+                    "content_variables_json is not a JSON object".into(),
+                ));
+            }
+            push(form, "ContentVariables", vars);
+        }
+    } else if let Some(body) = op.body.as_deref() {
+        if body.chars().count() > 1600 {
+            return Err(InvalidOperation(
+                "body is over 1600 characters (Twilio 21617)".into(),
+            ));
+        }
+        push(form, "Body", body);
+    }
+    if op.media_urls.len() > 10 {
+        return Err(InvalidOperation("more than 10 media URLs".into()));
+    }
+    if !op.media_urls.is_empty() {
+        if !media_as_urls {
+            return Err(InvalidOperation(
+                "Conversations messages take MediaSid, not media URLs".into(),
+            ));
+        }
+        for url in &op.media_urls {
+            push(form, "MediaUrl", url.clone());
+        }
+    }
+    if !form
+        .iter()
+        .any(|(n, _)| n == "Body" || n == "ContentSid" || n == "MediaUrl")
+    {
+        return Err(InvalidOperation(
+            "a message needs a body, a content template or media".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The request an operation makes.
+///
+/// # Errors
+/// When the operation lacks what its kind needs, or its kind is unknown.
+pub fn build_request(
+    endpoints: &Endpoints,
+    op: &OutboundOperation,
+) -> Result<TwilioRequest, InvalidOperation> {
+    let mut form = Vec::new();
+    let url = match op.kind {
+        OperationKind::SendMessage => {
+            let to = required("to", op.to.as_ref())?;
+            push(&mut form, "To", address(op.channel, to));
+            if let Some(service) = op
+                .messaging_service_sid
+                .as_deref()
+                .filter(|s| !s.is_empty())
+            {
+                push(&mut form, "MessagingServiceSid", service);
+            } else {
+                let from = required("from or messaging_service_sid", op.from.as_ref())?;
+                push(&mut form, "From", address(op.channel, from));
+            }
+            message_content(&mut form, op, true)?;
+            if let Some(callback) = &endpoints.status_callback
+                && !op.params.contains_key("StatusCallback")
+            {
+                push(&mut form, "StatusCallback", callback.clone());
+            }
+            format!(
+                "{}/2010-04-01/Accounts/{}/Messages.json",
+                endpoints.api_base,
+                path_sid("account sid", &endpoints.account_sid)?
+            )
+        }
+        OperationKind::SendConversationMessage => {
+            message_content(&mut form, op, false)?;
+            format!(
+                "{}/v1/Conversations/{}/Messages",
+                endpoints.conversations_base,
+                path_sid("conversation_id", &op.conversation_id)?
+            )
+        }
+        OperationKind::CreateConversation => {
+            if let Some(service) = op
+                .messaging_service_sid
+                .as_deref()
+                .filter(|s| !s.is_empty())
+            {
+                push(&mut form, "MessagingServiceSid", service);
+            }
+            format!("{}/v1/Conversations", endpoints.conversations_base)
+        }
+        OperationKind::AddParticipant => {
+            let to = required("to", op.to.as_ref())?;
+            push(
+                &mut form,
+                "MessagingBinding.Address",
+                address(op.channel, to),
+            );
+            if let Some(from) = op.from.as_deref().filter(|s| !s.is_empty()) {
+                push(
+                    &mut form,
+                    "MessagingBinding.ProxyAddress",
+                    address(op.channel, from),
+                );
+            } else if !op.params.contains_key("MessagingBinding.ProxyAddress") {
+                return Err(InvalidOperation(
+                    "ADD_PARTICIPANT needs from or params[MessagingBinding.ProxyAddress]".into(),
+                ));
+            }
+            format!(
+                "{}/v1/Conversations/{}/Participants",
+                endpoints.conversations_base,
+                path_sid("conversation_id", &op.conversation_id)?
+            )
+        }
+        OperationKind::CloseConversation => {
+            push(&mut form, "State", "closed");
+            format!(
+                "{}/v1/Conversations/{}",
+                endpoints.conversations_base,
+                path_sid("conversation_id", &op.conversation_id)?
+            )
+        }
+        OperationKind::CreateCall => {
+            let call = op
+                .call
+                .as_ref()
+                .ok_or_else(|| InvalidOperation("CREATE_CALL needs call".into()))?;
+            push(&mut form, "To", required("to", op.to.as_ref())?);
+            push(&mut form, "From", required("from", op.from.as_ref())?);
+            push(&mut form, "Url", call.twiml_url.clone());
+            if let Some(callback) = &call.status_callback_url {
+                push(&mut form, "StatusCallback", callback.clone());
+                for event in ["initiated", "ringing", "answered", "completed"] {
+                    push(&mut form, "StatusCallbackEvent", event);
+                }
+            }
+            if call.record {
+                push(&mut form, "Record", "true");
+            }
+            if let Some(timeout) = call.timeout_seconds {
+                push(&mut form, "Timeout", timeout.to_string());
+            }
+            if let Some(detection) = &call.machine_detection {
+                push(&mut form, "MachineDetection", detection.clone());
+            }
+            format!(
+                "{}/2010-04-01/Accounts/{}/Calls.json",
+                endpoints.api_base,
+                path_sid("account sid", &endpoints.account_sid)?
+            )
+        }
+        OperationKind::Unknown => {
+            return Err(InvalidOperation(
+                "operation kind unknown to this egress version".into(),
+            ));
+        }
+    };
+    extend_params(&mut form, op);
+    Ok(TwilioRequest { url, form })
+}
+
+/// What Twilio's answer means for the operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// 2xx: the resource was created or updated.
+    Accepted {
+        /// The SID of the resource.
+        sid: Option<String>,
+        /// `num_segments` of a Programmable Messaging message.
+        segments: Option<i32>,
+        /// HTTP status.
+        http_status: u16,
+    },
+    /// Worth another attempt later (429, 5xx, slow-down codes, network errors).
+    Retry {
+        /// Twilio's code, if any.
+        code: Option<i32>,
+        /// HTTP status, if a response arrived.
+        http_status: Option<u16>,
+        /// Twilio's message or the network error, scrubbed.
+        message: String,
+        /// Retry-After, when Twilio sent one.
+        retry_after: Option<Duration>,
+        /// Bad credentials (401/20003): retried at the slowest pace without
+        /// spending attempts, so a credentials problem does not burn the queue.
+        auth: bool,
+    },
+    /// Permanent: never retried.
+    Permanent {
+        /// Twilio's code, if any.
+        code: Option<i32>,
+        /// HTTP status.
+        http_status: u16,
+        /// Twilio's message, scrubbed.
+        message: String,
+    },
+}
+
+/// Twilio codes that mean "slow down, try later" although the HTTP status is 4xx.
+const SLOW_DOWN_CODES: &[i32] = &[20429, 30001, 21611, 30022, 63018];
+
+/// Classifies an HTTP answer of Twilio.
+#[must_use]
+pub fn classify(http_status: u16, body: &[u8], retry_after: Option<Duration>) -> Answer {
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let field = |name: &str| json.as_ref().and_then(|j| j.get(name));
+    if (200..300).contains(&http_status) {
+        let sid = field("sid").and_then(|v| v.as_str()).map(str::to_owned);
+        let segments = field("num_segments").and_then(|v| match v {
+            serde_json::Value::String(s) => s.parse().ok(),
+            serde_json::Value::Number(n) => n.as_i64().and_then(|n| i32::try_from(n).ok()),
+            _ => None,
+        });
+        return Answer::Accepted {
+            sid,
+            segments,
+            http_status,
+        };
+    }
+    let code = field("code")
+        .and_then(serde_json::Value::as_i64)
+        .and_then(|c| i32::try_from(c).ok());
+    let message = si_runtime::dlq::scrub(
+        field("message")
+            .and_then(|v| v.as_str())
+            .unwrap_or("Twilio answered without an error body"),
+    );
+    let auth = http_status == 401 || code == Some(20003);
+    let retriable = http_status == 429
+        || http_status >= 500
+        || code == Some(20500)
+        || code.is_some_and(|c| SLOW_DOWN_CODES.contains(&c))
+        || auth;
+    if retriable {
+        Answer::Retry {
+            code,
+            http_status: Some(http_status),
+            message,
+            retry_after,
+            auth,
+        }
+    } else {
+        Answer::Permanent {
+            code,
+            http_status,
+            message,
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is ignored; the backoff applies).
+#[must_use]
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s.min(3600)))
+}
+
+/// The pooled HTTPS client with credentials and timeouts.
+#[derive(Clone, Debug)]
+pub struct TwilioClient {
+    http: reqwest::Client,
+    credentials: Credentials,
+}
+
+impl TwilioClient {
+    /// Builds the client.
+    ///
+    /// # Errors
+    /// When the TLS backend cannot be initialised.
+    pub fn new(args: &TwilioArgs, credentials: Credentials) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(args.request_timeout)
+            .connect_timeout(args.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("si-egress/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { http, credentials })
+    }
+
+    /// Sends one request; every failure is an [`Answer`] (network errors are retriable).
+    pub async fn send(&self, request: &TwilioRequest, operation_id: &str) -> (Answer, Duration) {
+        let started = Instant::now();
+        let sent = self
+            .http
+            .post(&request.url)
+            .basic_auth(&self.credentials.user, Some(&self.credentials.password))
+            .header(OPERATION_ID_HEADER, operation_id)
+            .form(&request.form)
+            .send()
+            .await;
+        let answer = match sent {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after);
+                match response.bytes().await {
+                    Ok(body) => classify(status, &body, retry_after),
+                    Err(error) => Answer::Retry {
+                        code: None,
+                        http_status: Some(status),
+                        message: format!("reading Twilio's answer: {}", error_kind(&error)),
+                        retry_after,
+                        auth: false,
+                    },
+                }
+            }
+            Err(error) => Answer::Retry {
+                code: None,
+                http_status: None,
+                message: format!("request to Twilio failed: {}", error_kind(&error)),
+                retry_after: None,
+                auth: false,
+            },
+        };
+        (answer, started.elapsed())
+    }
+}
+
+/// A description of a reqwest error without the URL (which holds the account SID).
+fn error_kind(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connect error"
+    } else if error.is_body() || error.is_decode() {
+        "body error"
+    } else if error.is_request() {
+        "request error"
+    } else {
+        "error"
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use si_schemas::records::CallRequest;
+
+    use super::*;
+
+    fn endpoints() -> Endpoints {
+        Endpoints {
+            api_base: "https://api.twilio.com".into(),
+            conversations_base: "https://conversations.twilio.com".into(),
+            account_sid: "AC123".into(),
+            status_callback: Some("https://si.example.com/twilio/messaging/status".into()),
+        }
+    }
+
+    pub(crate) fn op(kind: OperationKind) -> OutboundOperation {
+        OutboundOperation {
+            operation_id: "op-1".into(),
+            conversation_id: "CH0123".into(),
+            kind,
+            channel: Channel::Sms,
+            sender_key: "sms:+14155550199".into(),
+            to: Some("+14155550100".into()),
+            from: Some("+14155550199".into()),
+            messaging_service_sid: None,
+            body: Some("hello".into()),
+            media_urls: vec![],
+            content_sid: None,
+            content_variables_json: None,
+            response_id: None,
+            part_index: 0,
+            part_count: 1,
+            segments: Some(1),
+            encoding: None,
+            template_reason: None,
+            call: None,
+            params: BTreeMap::new(),
+            created_at: 0,
+            not_after: None,
+            traceparent: None,
+        }
+    }
+
+    fn pairs(form: &[(String, String)]) -> Vec<(&str, &str)> {
+        form.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+    }
+
+    #[test]
+    fn programmable_messaging_send() {
+        let mut o = op(OperationKind::SendMessage);
+        o.media_urls = vec!["https://m/1.png".into(), "https://m/2.png".into()];
+        o.params.insert("ValidityPeriod".into(), "600".into());
+        o.params.insert("si.purpose".into(), "consent".into());
+        let r = build_request(&endpoints(), &o).unwrap();
+        assert_eq!(
+            r.url,
+            "https://api.twilio.com/2010-04-01/Accounts/AC123/Messages.json"
+        );
+        assert_eq!(
+            pairs(&r.form),
+            vec![
+                ("To", "+14155550100"),
+                ("From", "+14155550199"),
+                ("Body", "hello"),
+                ("MediaUrl", "https://m/1.png"),
+                ("MediaUrl", "https://m/2.png"),
+                (
+                    "StatusCallback",
+                    "https://si.example.com/twilio/messaging/status"
+                ),
+                ("ValidityPeriod", "600"),
+            ]
+        );
+    }
+
+    #[test]
+    fn whatsapp_template_through_a_messaging_service() {
+        let mut o = op(OperationKind::SendMessage);
+        o.channel = Channel::Whatsapp;
+        o.messaging_service_sid = Some("MG1".into());
+        o.content_sid = Some("HX1".into());
+        o.content_variables_json = Some(r#"{"1":"Ana"}"#.into());
+        let r = build_request(&endpoints(), &o).unwrap();
+        assert_eq!(
+            &pairs(&r.form)[..4],
+            &[
+                ("To", "whatsapp:+14155550100"),
+                ("MessagingServiceSid", "MG1"),
+                ("ContentSid", "HX1"),
+                ("ContentVariables", r#"{"1":"Ana"}"#),
+            ]
+        );
+        assert!(
+            !r.form.iter().any(|(n, _)| n == "Body"),
+            "a template sends no Body"
+        );
+        o.content_variables_json = Some("[1]".into());
+        assert!(build_request(&endpoints(), &o).is_err());
+    }
+
+    #[test]
+    fn conversations_calls() {
+        let r = build_request(&endpoints(), &op(OperationKind::SendConversationMessage)).unwrap();
+        assert_eq!(
+            r.url,
+            "https://conversations.twilio.com/v1/Conversations/CH0123/Messages"
+        );
+        assert_eq!(pairs(&r.form), vec![("Body", "hello")]);
+
+        let mut create = op(OperationKind::CreateConversation);
+        create.messaging_service_sid = Some("MG1".into());
+        create.params.insert("FriendlyName".into(), "Si".into());
+        let r = build_request(&endpoints(), &create).unwrap();
+        assert_eq!(r.url, "https://conversations.twilio.com/v1/Conversations");
+        assert_eq!(
+            pairs(&r.form),
+            vec![("MessagingServiceSid", "MG1"), ("FriendlyName", "Si")]
+        );
+
+        let mut add = op(OperationKind::AddParticipant);
+        add.channel = Channel::Whatsapp;
+        let r = build_request(&endpoints(), &add).unwrap();
+        assert_eq!(
+            r.url,
+            "https://conversations.twilio.com/v1/Conversations/CH0123/Participants"
+        );
+        assert_eq!(
+            pairs(&r.form),
+            vec![
+                ("MessagingBinding.Address", "whatsapp:+14155550100"),
+                ("MessagingBinding.ProxyAddress", "whatsapp:+14155550199"),
+            ]
+        );
+
+        let r = build_request(&endpoints(), &op(OperationKind::CloseConversation)).unwrap();
+        assert_eq!(
+            r.url,
+            "https://conversations.twilio.com/v1/Conversations/CH0123"
+        );
+        assert_eq!(pairs(&r.form), vec![("State", "closed")]);
+    }
+
+    #[test]
+    fn calls() {
+        let mut o = op(OperationKind::CreateCall);
+        o.channel = Channel::Voice;
+        o.call = Some(CallRequest {
+            twiml_url: "https://si/twilio/voice/answer?c=CH1".into(),
+            status_callback_url: Some("https://si/twilio/voice/status".into()),
+            record: true,
+            timeout_seconds: Some(20),
+            machine_detection: Some("Enable".into()),
+        });
+        let r = build_request(&endpoints(), &o).unwrap();
+        assert_eq!(
+            r.url,
+            "https://api.twilio.com/2010-04-01/Accounts/AC123/Calls.json"
+        );
+        let f = pairs(&r.form);
+        assert!(f.contains(&("Url", "https://si/twilio/voice/answer?c=CH1")));
+        assert_eq!(
+            f.iter()
+                .filter(|(n, _)| *n == "StatusCallbackEvent")
+                .count(),
+            4
+        );
+        assert!(f.contains(&("Record", "true")));
+        assert!(f.contains(&("Timeout", "20")));
+        assert!(f.contains(&("MachineDetection", "Enable")));
+        o.call = None;
+        assert!(build_request(&endpoints(), &o).is_err());
+    }
+
+    #[test]
+    fn invalid_operations_are_refused() {
+        let mut o = op(OperationKind::SendMessage);
+        o.to = None;
+        assert!(build_request(&endpoints(), &o).is_err());
+        let mut o = op(OperationKind::SendMessage);
+        o.body = None;
+        assert!(build_request(&endpoints(), &o).is_err());
+        let mut o = op(OperationKind::SendMessage);
+        o.body = Some("x".repeat(1601));
+        assert!(
+            build_request(&endpoints(), &o)
+                .unwrap_err()
+                .0
+                .contains("21617")
+        );
+        let mut o = op(OperationKind::SendConversationMessage);
+        o.conversation_id = "../Accounts".into();
+        assert!(build_request(&endpoints(), &o).is_err());
+        let mut o = op(OperationKind::SendConversationMessage);
+        o.media_urls = vec!["https://m/1.png".into()];
+        assert!(build_request(&endpoints(), &o).is_err());
+        assert!(build_request(&endpoints(), &op(OperationKind::Unknown)).is_err());
+    }
+
+    #[test]
+    fn answers_are_classified() {
+        let ok = classify(201, br#"{"sid":"SM1","num_segments":"2"}"#, None);
+        assert_eq!(
+            ok,
+            Answer::Accepted {
+                sid: Some("SM1".into()),
+                segments: Some(2),
+                http_status: 201
+            }
+        );
+        let invalid = classify(
+            400,
+            br#"{"code":21211,"message":"Invalid 'To' Phone Number: +14155550100","status":400}"#,
+            None,
+        );
+        match invalid {
+            Answer::Permanent { code, message, .. } => {
+                assert_eq!(code, Some(21211));
+                assert!(!message.contains("4155550100"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify(429, br#"{"code":20429}"#, Some(Duration::from_secs(2))),
+            Answer::Retry {
+                code: Some(20429),
+                retry_after: Some(_),
+                auth: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(503, b"oops", None),
+            Answer::Retry { code: None, .. }
+        ));
+        assert!(matches!(
+            classify(400, br#"{"code":30001}"#, None),
+            Answer::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(401, br#"{"code":20003}"#, None),
+            Answer::Retry { auth: true, .. }
+        ));
+        for code in [21610, 21614, 21617, 21408, 30004] {
+            let body = format!(r#"{{"code":{code}}}"#);
+            assert!(
+                matches!(
+                    classify(400, body.as_bytes(), None),
+                    Answer::Permanent { .. }
+                ),
+                "{code}"
+            );
+        }
+        assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+}

@@ -1,0 +1,183 @@
+//! The consent stage: `si.conversation.events.v1` + `twilio.delivery.v1` →
+//! `si.inbound.v1`, `si.consent.v1`, `si.compliance.v1` and its own replies on
+//! `twilio.outbound.v1`, exactly once, on the shared stream runner
+//! ([`si_runtime::stream`]). The rules are in the crate's README.md; the logic
+//! is [`processor::ConsentProcessor`], the keywords [`keywords::Keywords`].
+
+pub mod keywords;
+pub mod processor;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser};
+use si_consent_gate::ConsentGate;
+use si_runtime::metrics::StageMetrics;
+use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
+use si_runtime::{AdminServer, CommonConfig, Readiness};
+use si_schemas::{Codec, Registry, topics};
+use tokio_util::sync::CancellationToken;
+
+pub use keywords::{KeywordKind, Keywords};
+pub use processor::{ConsentInput, ConsentMetrics, ConsentProcessor, Policy, ScopeMode, Settings};
+
+/// The stage name: consumer group `si-consent`, transactional ids
+/// `si-consent-<POD_NAME>`.
+pub const STAGE: &str = "consent";
+
+/// Settings of consent itself.
+#[derive(Debug, Clone, Args)]
+pub struct ConsentArgs {
+    /// `implied`: texting first is consent (the first message is forwarded and
+    /// answered with the welcome). `explicit`: an address is PENDING until it
+    /// sends an opt-in keyword (YES, START); its messages are not forwarded.
+    #[arg(long, env = "CONSENT_POLICY", value_enum, default_value = "implied")]
+    pub policy: Policy,
+
+    /// Sender scope of the decisions this stage records: `global` (`*`, a STOP
+    /// stops every Si sender) or `sender` (the Si address the user wrote to).
+    #[arg(long, env = "CONSENT_SCOPE", value_enum, default_value = "global")]
+    pub scope: ScopeMode,
+
+    /// Send the localized STOP confirmation. Turn off when Twilio's Advanced
+    /// Opt-Out already answers STOP for the sender.
+    #[arg(long, env = "CONSENT_STOP_REPLY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub stop_reply: bool,
+
+    /// Extra keywords per locale, `;`-separated entries
+    /// `<locale>:<opt_out|opt_in|help>=<WORD>|<WORD>`, locale `*` for all
+    /// (e.g. `es:opt_out=BAJA|ALTO;de:help=HILFE`).
+    #[arg(long, env = "CONSENT_EXTRA_KEYWORDS", default_value = "")]
+    pub extra_keywords: String,
+
+    /// How long the stage keeps a decision or a conversation's user in its
+    /// state after the last update (decisions stay in si.consent.v1 forever).
+    #[arg(long, env = "CONSENT_STATE_TTL", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub state_ttl: Duration,
+}
+
+/// Everything `si-consent` reads from flags and the environment.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "si-consent",
+    about = "Consent keywords, consent state, the inbound gate and the compliance audit trail, exactly once"
+)]
+pub struct Config {
+    /// Kafka, registry, admin listener, logs.
+    #[command(flatten)]
+    pub common: CommonConfig,
+    /// The stream runner.
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    /// Consent.
+    #[command(flatten)]
+    pub consent: ConsentArgs,
+}
+
+impl Config {
+    /// Cross-field checks and the processor's settings.
+    ///
+    /// # Errors
+    /// With a message naming the variable that is wrong.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        self.stream
+            .validate(self.common.service.drain_timeout)
+            .map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            self.consent.state_ttl > Duration::ZERO,
+            "CONSENT_STATE_TTL must be positive"
+        );
+        Ok(Settings {
+            policy: self.consent.policy,
+            scope: self.consent.scope,
+            stop_reply: self.consent.stop_reply,
+            keywords: Keywords::parse_extra(&self.consent.extra_keywords)?,
+            segment: si_segment::SegmentConfig::default(),
+            state_ttl: self.consent.state_ttl,
+        })
+    }
+}
+
+/// Runs consent until `shutdown`: admin listener, consent tables, then the stream.
+///
+/// # Errors
+/// On invalid configuration, when Kafka or the registry cannot be set up, and on
+/// fatal stream errors (the process should exit non-zero and be restarted).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let settings = config.settings()?;
+    let metrics = StageMetrics::new(STAGE);
+    let readiness = Readiness::default();
+    let admin_stop = shutdown.child_token();
+    let admin = start_admin(
+        config.common.service.admin_addr,
+        &metrics,
+        &readiness,
+        admin_stop.clone(),
+    )
+    .await?;
+    let result = run_stream(&config, settings, metrics, readiness, shutdown).await;
+    admin_stop.cancel();
+    admin.stopped().await;
+    result
+}
+
+async fn start_admin(
+    addr: SocketAddr,
+    metrics: &StageMetrics,
+    readiness: &Readiness,
+    stop: CancellationToken,
+) -> anyhow::Result<AdminServer> {
+    let admin = AdminServer::start(addr, metrics.registry().clone(), readiness.clone(), stop)
+        .await
+        .with_context(|| format!("binding the admin listener on {addr}"))?;
+    tracing::info!(addr = %admin.local_addr, "admin listening");
+    Ok(admin)
+}
+
+async fn run_stream(
+    config: &Config,
+    settings: Settings,
+    metrics: StageMetrics,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let kafka = &config.common.kafka;
+    let registry = Registry::new(config.common.registry.config())?;
+    let codec = Codec::new(registry);
+    let gate = ConsentGate::start(
+        kafka,
+        STAGE,
+        codec.clone(),
+        &readiness,
+        &metrics,
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the consent tables")?;
+    // Decisions made against half-loaded tables would send welcomes to known
+    // users and forward messages of users who opted out elsewhere.
+    tokio::select! {
+        () = async { gate.local().loaded().await; gate.registry().loaded().await; } => {}
+        () = shutdown.cancelled() => return Ok(()),
+    }
+    let state_ttl = settings.state_ttl;
+    let consent_metrics = ConsentMetrics::new(metrics.registry())?;
+    let processor = ConsentProcessor::new(settings, gate, consent_metrics);
+    let env = StreamEnv {
+        kafka: kafka.clone(),
+        args: config.stream.clone(),
+        drain_timeout: config.common.service.drain_timeout,
+        codec,
+        metrics,
+        readiness,
+    };
+    let spec = StreamSpec {
+        stage: STAGE,
+        inputs: vec![topics::CONVERSATION_EVENTS, topics::DELIVERY],
+        changelog: topics::CONSENT_STATE,
+        state_ttl,
+    };
+    stream::run(env, spec, processor, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,903 @@
+//! The consent processor: a pure function over (input record, partition state,
+//! consent tables) on the exactly-once runner. See the crate docs for the rules.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prometheus::{IntCounterVec, Opts, Registry};
+use sha2::{Digest, Sha256};
+use si_catalog::{Catalog, keys};
+use si_consent_gate::{ANY_SCOPE, ConsentGate, consent_key, has_consent, newest, verdict};
+use si_runtime::mask::mask_address;
+use si_runtime::processor::{InputRecord, Output, ProcessError, Processor, RecordContext};
+use si_runtime::state::StateStore;
+use si_schemas::records::{
+    Channel, ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentProcessorState,
+    ConsentProcessorStateKind, ConsentState, ConsentStatus, ConversationContact, ConversationEvent,
+    ConversationEventType, DeliveryOutcome, DeliveryStatus, InboundMessage, OperationKind,
+    OutboundOperation,
+};
+use si_schemas::{Codec, CodecError, topics};
+use si_segment::{Response, SegmentConfig, Timing, plan};
+
+use crate::keywords::{KeywordKind, Keywords, Matched};
+
+/// Twilio error: the recipient opted out (replied STOP at Twilio's level).
+pub const TWILIO_OPTED_OUT: i32 = 21610;
+
+/// `params["si.purpose"]` of every reply this stage sends; egress lets them
+/// through its consent re-check (the STOP confirmation must go out).
+pub const PURPOSE_PARAM: &str = "si.purpose";
+/// The value of [`PURPOSE_PARAM`].
+pub const PURPOSE: &str = "consent";
+
+/// Whether texting first counts as consent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// Texting first is consent: the first message is forwarded, with the welcome.
+    Implied,
+    /// Consent needs an opt-in keyword (YES, START): until then the address is
+    /// PENDING and its messages are not forwarded.
+    Explicit,
+}
+
+/// Which sender scope the stage's decisions are recorded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScopeMode {
+    /// `*`: a STOP to one Si number stops every Si sender.
+    Global,
+    /// The Si address the user wrote to (falls back to `*` when unknown).
+    Sender,
+}
+
+/// What the processor is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Implied or explicit consent.
+    pub policy: Policy,
+    /// Scope of recorded decisions.
+    pub scope: ScopeMode,
+    /// Send the localized STOP confirmation (off when Twilio's Advanced
+    /// Opt-Out already replies).
+    pub stop_reply: bool,
+    /// The keyword lists.
+    pub keywords: Keywords,
+    /// How replies are cut into messages.
+    pub segment: SegmentConfig,
+    /// How long state entries (decisions, conversation users) are kept after
+    /// their last update.
+    pub state_ttl: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            policy: Policy::Implied,
+            scope: ScopeMode::Global,
+            stop_reply: true,
+            keywords: Keywords::default(),
+            segment: SegmentConfig::default(),
+            state_ttl: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+/// The consent stage's inputs, decoded by topic.
+#[derive(Debug, Clone)]
+pub enum ConsentInput {
+    /// From `si.conversation.events.v1`.
+    Event(Box<ConversationEvent>),
+    /// From `twilio.delivery.v1`.
+    Delivery(Box<DeliveryStatus>),
+}
+
+impl InputRecord for ConsentInput {
+    async fn decode<'a>(
+        topic: &'a str,
+        bytes: &'a [u8],
+        codec: &'a Codec,
+    ) -> Result<Self, CodecError> {
+        if topic == topics::DELIVERY {
+            Ok(Self::Delivery(Box::new(codec.decode(bytes).await?)))
+        } else {
+            Ok(Self::Event(Box::new(codec.decode(bytes).await?)))
+        }
+    }
+}
+
+/// Counters of the consent stage (labels never carry addresses).
+#[derive(Debug, Clone)]
+pub struct ConsentMetrics {
+    /// What happened to inputs: `forwarded`, `blocked_inbound`, `opt_out`,
+    /// `opt_in`, `help`, `first_contact`, `twilio_opt_out`,
+    /// `unattributed_21610`, `reply_failed`.
+    pub outcomes: IntCounterVec,
+}
+
+impl ConsentMetrics {
+    /// Registers the counters in `registry`.
+    ///
+    /// # Errors
+    /// When a counter of the same name is already registered.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let outcomes = IntCounterVec::new(
+            Opts::new(
+                "si_consent_outcomes_total",
+                "Consent outcomes: messages forwarded or blocked, keywords, first contacts, Twilio opt-outs",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(outcomes.clone()))?;
+        Ok(Self { outcomes })
+    }
+
+    /// Counters in a registry of their own (tests).
+    ///
+    /// # Panics
+    /// Never: the registry is fresh.
+    #[must_use]
+    #[allow(clippy::expect_used)]
+    pub fn unregistered() -> Self {
+        Self::new(&Registry::new()).expect("fresh registry")
+    }
+
+    fn count(&self, outcome: &str) {
+        self.outcomes.with_label_values(&[outcome]).inc();
+    }
+}
+
+/// The consent stage's logic.
+#[derive(Debug)]
+pub struct ConsentProcessor {
+    settings: Settings,
+    gate: ConsentGate,
+    catalog: &'static Catalog,
+    metrics: ConsentMetrics,
+}
+
+/// The subject of a decision: who, on which channel, toward which scope.
+#[derive(Debug, Clone)]
+struct Subject {
+    address: String,
+    channel: Channel,
+    scope: String,
+    proxy: Option<String>,
+}
+
+/// One reply sent, for the audit record.
+#[derive(Debug, Default)]
+struct Reply {
+    outputs: Vec<Output>,
+    locale: Option<String>,
+    operation_ids: Vec<String>,
+    error: Option<String>,
+}
+
+fn uuid_of(domain: &str, value: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(domain.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(value.as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+/// The deterministic `event_id` of the compliance event of `kind` caused by
+/// `trigger` (a conversation event id or an operation id).
+#[must_use]
+pub fn compliance_event_id(kind: ComplianceEventKind, trigger: &str) -> String {
+    uuid_of("si.compliance", &format!("{}|{trigger}", kind.as_str()))
+}
+
+/// The deterministic `operation_id` of part `part` of the reply `purpose` to `trigger`.
+#[must_use]
+pub fn reply_operation_id(purpose: &str, trigger: &str, part: usize) -> String {
+    uuid_of("si.consent.reply", &format!("{purpose}|{trigger}|{part}"))
+}
+
+/// State key of a decision.
+#[must_use]
+pub fn decision_key(consent_key: &str) -> String {
+    format!("d|{consent_key}")
+}
+
+/// State key of a conversation's user.
+#[must_use]
+pub fn contact_key(conversation_id: &str) -> String {
+    format!("c|{conversation_id}")
+}
+
+impl ConsentProcessor {
+    /// A processor over `gate` (the adapter's and the registry's consent tables).
+    #[must_use]
+    pub fn new(settings: Settings, gate: ConsentGate, metrics: ConsentMetrics) -> Self {
+        Self {
+            settings,
+            gate,
+            catalog: Catalog::builtin(),
+            metrics,
+        }
+    }
+
+    fn scope_for(&self, proxy: Option<&str>) -> String {
+        match (self.settings.scope, proxy) {
+            (ScopeMode::Sender, Some(p)) if !p.is_empty() => p.to_owned(),
+            _ => ANY_SCOPE.to_owned(),
+        }
+    }
+
+    /// The stage's own decisions for the subject (its scope and `*`).
+    fn own_decisions(
+        &self,
+        subject: &Subject,
+        state: &StateStore<ConsentProcessorState>,
+    ) -> Vec<ConsentState> {
+        let mut scopes = vec![subject.scope.as_str()];
+        if subject.scope != ANY_SCOPE {
+            scopes.push(ANY_SCOPE);
+        }
+        scopes
+            .into_iter()
+            .filter_map(|scope| consent_key(subject.channel, &subject.address, scope))
+            .filter_map(|key| state.get(&decision_key(&key)))
+            .filter_map(|entry| entry.decision.clone())
+            .collect()
+    }
+
+    /// The decision in force and whether the adapter has any decision of its own
+    /// (state or `si.consent.v1`) for the subject.
+    fn effective(
+        &self,
+        subject: &Subject,
+        state: &StateStore<ConsentProcessorState>,
+    ) -> (Option<ConsentState>, bool) {
+        let own = self.own_decisions(subject, state);
+        let table = self
+            .gate
+            .effective(subject.channel, &subject.address, &subject.scope);
+        let mut seen = !own.is_empty();
+        if !seen {
+            let mut scopes = vec![subject.scope.as_str()];
+            if subject.scope != ANY_SCOPE {
+                scopes.push(ANY_SCOPE);
+            }
+            seen = scopes.into_iter().any(|scope| {
+                consent_key(subject.channel, &subject.address, scope)
+                    .is_some_and(|key| self.gate.local().get(&key).is_some())
+            });
+        }
+        let mut all = own;
+        all.extend(table.map(|d| (*d).clone()));
+        (newest(all.iter()).cloned(), seen)
+    }
+
+    /// Records a decision: state, `si.consent.v1`.
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        subject: &Subject,
+        status: ConsentStatus,
+        source: ComplianceSource,
+        decided_at: i64,
+        keyword: Option<&Matched>,
+        event_ref: &str,
+        state: &mut StateStore<ConsentProcessorState>,
+    ) -> Option<Output> {
+        let decision = ConsentState {
+            address: subject.address.clone(),
+            channel: subject.channel,
+            sender_scope: subject.scope.clone(),
+            status,
+            source,
+            decided_at,
+            updated_at: state.now(),
+            keyword: keyword.map(|k| k.as_sent.clone()),
+            event_ref: Some(event_ref.to_owned()),
+        };
+        let key = consent_key(subject.channel, &subject.address, &subject.scope)?;
+        state.put_with_ttl(
+            decision_key(&key),
+            ConsentProcessorState {
+                kind: ConsentProcessorStateKind::Decision,
+                decision: Some(decision.clone()),
+                contact: None,
+            },
+            self.settings.state_ttl,
+        );
+        tracing::info!(
+            address = %mask_address(&subject.address),
+            channel = %subject.channel,
+            scope = %subject.scope,
+            status = %status,
+            source = %source,
+            "consent decision"
+        );
+        Some(Output::new(topics::CONSENT, key, decision))
+    }
+
+    /// The reply `text_key` to the user of `event`, cut into operations.
+    fn reply(
+        &self,
+        ctx: &RecordContext<'_>,
+        event: &ConversationEvent,
+        subject: &Subject,
+        text_key: &str,
+        purpose: &str,
+    ) -> Reply {
+        let text = self.catalog.text(text_key, &event.locale);
+        let Some(proxy) = subject.proxy.as_deref().filter(|p| !p.is_empty()) else {
+            self.metrics.count("reply_failed");
+            return Reply {
+                error: Some("no sender address known for the conversation".into()),
+                ..Reply::default()
+            };
+        };
+        let response = Response {
+            locale: Some(text.locale),
+            ..Response::text(text.text, subject.channel)
+        };
+        let timing = Timing {
+            now_ms: ctx.timestamp_ms,
+            last_inbound_ms: Some(event.received_at),
+        };
+        let planned = match plan(&response, timing, &self.settings.segment) {
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics.count("reply_failed");
+                return Reply {
+                    error: Some(format!("planning the reply: {e}")),
+                    ..Reply::default()
+                };
+            }
+        };
+        let kind = if event.conversation_id.starts_with("pm-") {
+            OperationKind::SendMessage
+        } else {
+            OperationKind::SendConversationMessage
+        };
+        let sender_key = subject.channel.address_key(proxy);
+        let mut reply = Reply {
+            locale: Some(text.locale.to_owned()),
+            ..Reply::default()
+        };
+        for part in &planned.parts {
+            let operation_id = reply_operation_id(purpose, &event.event_id, part.index);
+            let mut op = OutboundOperation {
+                operation_id: operation_id.clone(),
+                conversation_id: event.conversation_id.clone(),
+                kind,
+                channel: subject.channel,
+                sender_key: sender_key.clone(),
+                to: Some(subject.address.clone()),
+                from: Some(proxy.to_owned()),
+                messaging_service_sid: None,
+                body: None,
+                media_urls: Vec::new(),
+                content_sid: None,
+                content_variables_json: None,
+                response_id: None,
+                part_index: 0,
+                part_count: 1,
+                segments: None,
+                encoding: None,
+                template_reason: None,
+                call: None,
+                params: BTreeMap::from([(PURPOSE_PARAM.to_owned(), PURPOSE.to_owned())]),
+                created_at: ctx.timestamp_ms,
+                not_after: None,
+                traceparent: event.traceparent.clone(),
+            };
+            part.apply_to(&mut op);
+            reply
+                .outputs
+                .push(Output::new(topics::OUTBOUND, sender_key.clone(), op));
+            reply.operation_ids.push(operation_id);
+        }
+        reply
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn compliance(
+        kind: ComplianceEventKind,
+        source: ComplianceSource,
+        subject: &Subject,
+        trigger: &str,
+        conversation_id: Option<&str>,
+        message_ref: Option<&str>,
+        keyword: Option<&Matched>,
+        at: i64,
+        reply: Option<&Reply>,
+        mut details: BTreeMap<String, String>,
+    ) -> Output {
+        if let Some(reply) = reply {
+            if !reply.operation_ids.is_empty() {
+                details.insert(
+                    "confirmation_operation_id".into(),
+                    reply.operation_ids.join(","),
+                );
+            }
+            if let Some(error) = &reply.error {
+                details.insert("confirmation_error".into(), error.clone());
+            }
+        }
+        let event = ComplianceEvent {
+            event_id: compliance_event_id(kind, trigger),
+            kind,
+            source,
+            address: subject.address.clone(),
+            channel: subject.channel,
+            sender_scope: Some(subject.scope.clone()),
+            conversation_id: conversation_id.map(str::to_owned),
+            message_ref: message_ref.map(str::to_owned),
+            keyword: keyword.map(|k| k.as_sent.clone()),
+            locale: reply.and_then(|r| r.locale.clone()),
+            at,
+            details,
+        };
+        Output::new(
+            topics::COMPLIANCE,
+            subject.channel.address_key(&subject.address),
+            event,
+        )
+    }
+
+    fn remember_contact(
+        &self,
+        event: &ConversationEvent,
+        state: &mut StateStore<ConsentProcessorState>,
+    ) {
+        let Some(participant) = &event.participant else {
+            return;
+        };
+        let channel = channel_of(event);
+        let address = match event.event_type {
+            ConversationEventType::MessageReceived => participant.address.clone(),
+            ConversationEventType::ParticipantJoined => event
+                .participant_change
+                .as_ref()
+                .and_then(|c| c.address.clone())
+                .or_else(|| participant.address.clone()),
+            _ => None,
+        };
+        let Some(address) = address.filter(|a| !a.is_empty()) else {
+            return;
+        };
+        if !has_consent(channel) {
+            return;
+        }
+        let proxy = participant.proxy_address.clone().or_else(|| {
+            event
+                .participant_change
+                .as_ref()
+                .and_then(|c| c.proxy_address.clone())
+        });
+        state.put_with_ttl(
+            contact_key(&event.conversation_id),
+            ConsentProcessorState {
+                kind: ConsentProcessorStateKind::Contact,
+                decision: None,
+                contact: Some(ConversationContact {
+                    conversation_id: event.conversation_id.clone(),
+                    address,
+                    channel,
+                    proxy_address: proxy,
+                    locale: Some(event.locale.clone()),
+                    last_seen_at: state.now(),
+                }),
+            },
+            self.settings.state_ttl,
+        );
+    }
+
+    fn forward(event: &ConversationEvent, first_contact: bool) -> Option<Output> {
+        let message = event.message.as_ref()?;
+        let participant = event.participant.as_ref();
+        let inbound = InboundMessage {
+            message_id: message.message_sid.clone(),
+            conversation_id: event.conversation_id.clone(),
+            session_id: event.session_id.clone(),
+            user_id: participant.and_then(|p| p.user_id.clone()),
+            visitor_id: participant.and_then(|p| p.visitor_id.clone()),
+            registered: participant.is_some_and(|p| p.registered),
+            channel: channel_of(event),
+            locale: event.locale.clone(),
+            text: message.body.clone().unwrap_or_default(),
+            media: message.media.clone(),
+            received_at: event.received_at,
+            event_id: event.event_id.clone(),
+            first_contact,
+            traceparent: event.traceparent.clone(),
+        };
+        Some(Output::new(
+            topics::INBOUND,
+            event.conversation_id.clone(),
+            inbound,
+        ))
+    }
+
+    fn on_event(
+        &self,
+        ctx: &RecordContext<'_>,
+        event: &ConversationEvent,
+        state: &mut StateStore<ConsentProcessorState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        self.remember_contact(event, state);
+        if event.event_type != ConversationEventType::MessageReceived {
+            return Ok(Vec::new());
+        }
+        let message = event.message.as_ref().ok_or_else(|| {
+            ProcessError::Invalid(format!(
+                "MESSAGE_RECEIVED event {} without a message",
+                event.event_id
+            ))
+        })?;
+        let channel = channel_of(event);
+        if !has_consent(channel) {
+            // Chat has no phone address and no consent state; voice is consented on the call.
+            self.metrics.count("forwarded");
+            return Ok(Self::forward(event, false).into_iter().collect());
+        }
+        let participant = event.participant.as_ref().ok_or_else(|| {
+            ProcessError::Invalid(format!(
+                "{channel} message {} without a participant",
+                message.message_sid
+            ))
+        })?;
+        let address = participant
+            .address
+            .clone()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| {
+                ProcessError::Invalid(format!(
+                    "{channel} message {} without a participant address",
+                    message.message_sid
+                ))
+            })?;
+        let subject = Subject {
+            scope: self.scope_for(participant.proxy_address.as_deref()),
+            address,
+            channel,
+            proxy: participant.proxy_address.clone(),
+        };
+        let (current, seen) = self.effective(&subject, state);
+        let status = current
+            .as_ref()
+            .map_or(ConsentStatus::Unknown, |d| d.status);
+        let keyword = self
+            .settings
+            .keywords
+            .classify(message.body.as_deref().unwrap_or_default(), &event.locale);
+        let trigger = event.event_id.as_str();
+        let msg_ref = Some(message.message_sid.as_str());
+        let conv = Some(event.conversation_id.as_str());
+        let at = event.occurred_at;
+        let mut out = Vec::new();
+
+        match keyword.as_ref().map(|k| k.kind) {
+            Some(KeywordKind::OptOut) => {
+                self.metrics.count("opt_out");
+                let id = compliance_event_id(ComplianceEventKind::OptOut, trigger);
+                let changed = status != ConsentStatus::OptedOut;
+                let mut details = BTreeMap::new();
+                if changed {
+                    out.extend(self.decide(
+                        &subject,
+                        ConsentStatus::OptedOut,
+                        ComplianceSource::Keyword,
+                        at,
+                        keyword.as_ref(),
+                        &id,
+                        state,
+                    ));
+                } else {
+                    details.insert("already_opted_out".into(), "true".into());
+                }
+                let reply = (changed && self.settings.stop_reply).then(|| {
+                    self.reply(ctx, event, &subject, keys::OPT_OUT_CONFIRMATION, "opt_out")
+                });
+                out.push(Self::compliance(
+                    ComplianceEventKind::OptOut,
+                    ComplianceSource::Keyword,
+                    &subject,
+                    trigger,
+                    conv,
+                    msg_ref,
+                    keyword.as_ref(),
+                    at,
+                    reply.as_ref(),
+                    details,
+                ));
+                out.extend(reply.into_iter().flat_map(|r| r.outputs));
+            }
+            Some(KeywordKind::OptIn) => {
+                self.metrics.count("opt_in");
+                let id = compliance_event_id(ComplianceEventKind::OptIn, trigger);
+                let mut details = BTreeMap::new();
+                if status == ConsentStatus::OptedIn {
+                    details.insert("already_opted_in".into(), "true".into());
+                } else {
+                    out.extend(self.decide(
+                        &subject,
+                        ConsentStatus::OptedIn,
+                        ComplianceSource::Keyword,
+                        at,
+                        keyword.as_ref(),
+                        &id,
+                        state,
+                    ));
+                }
+                let text_key = if seen {
+                    keys::OPT_IN_CONFIRMATION
+                } else {
+                    keys::WELCOME
+                };
+                let reply = self.reply(ctx, event, &subject, text_key, "opt_in");
+                out.push(Self::compliance(
+                    ComplianceEventKind::OptIn,
+                    ComplianceSource::Keyword,
+                    &subject,
+                    trigger,
+                    conv,
+                    msg_ref,
+                    keyword.as_ref(),
+                    at,
+                    Some(&reply),
+                    details,
+                ));
+                out.extend(reply.outputs);
+            }
+            Some(KeywordKind::Help) => {
+                self.metrics.count("help");
+                let reply = self.reply(ctx, event, &subject, keys::HELP, "help");
+                let details = BTreeMap::from([("consent_status".into(), status.to_string())]);
+                out.push(Self::compliance(
+                    ComplianceEventKind::Help,
+                    ComplianceSource::Keyword,
+                    &subject,
+                    trigger,
+                    conv,
+                    msg_ref,
+                    keyword.as_ref(),
+                    at,
+                    Some(&reply),
+                    details,
+                ));
+                out.extend(reply.outputs);
+            }
+            None if !seen && status != ConsentStatus::OptedOut => {
+                out.extend(self.first_contact(ctx, event, &subject, current.as_ref(), state));
+            }
+            None => {
+                let in_force = current.map(std::sync::Arc::new);
+                let require_opt_in = self.settings.policy == Policy::Explicit;
+                if verdict(in_force.clone(), require_opt_in).is_allowed() {
+                    self.metrics.count("forwarded");
+                    out.extend(Self::forward(event, false));
+                } else {
+                    self.metrics.count("blocked_inbound");
+                    let mut details =
+                        BTreeMap::from([("consent_status".into(), status.to_string())]);
+                    if let Some(reference) = in_force.as_ref().and_then(|d| d.event_ref.clone()) {
+                        details.insert("decision_ref".into(), reference);
+                    }
+                    let source = in_force
+                        .as_ref()
+                        .map_or(ComplianceSource::Unknown, |d| d.source);
+                    out.push(Self::compliance(
+                        ComplianceEventKind::BlockedInbound,
+                        source,
+                        &subject,
+                        trigger,
+                        conv,
+                        msg_ref,
+                        None,
+                        at,
+                        None,
+                        details,
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first message from an address the adapter has no decision for.
+    fn first_contact(
+        &self,
+        ctx: &RecordContext<'_>,
+        event: &ConversationEvent,
+        subject: &Subject,
+        registry: Option<&ConsentState>,
+        state: &mut StateStore<ConsentProcessorState>,
+    ) -> Vec<Output> {
+        let trigger = event.event_id.as_str();
+        let message_ref = event.message.as_ref().map(|m| m.message_sid.as_str());
+        let conv = Some(event.conversation_id.as_str());
+        let at = event.occurred_at;
+        let mut out = Vec::new();
+        self.metrics.count("first_contact");
+        let registry_opt_in = registry.filter(|d| d.status == ConsentStatus::OptedIn);
+        if registry_opt_in.is_some() || self.settings.policy == Policy::Implied {
+            // Texting first is consent (or the registry already has it, in which
+            // case the decision mirrors the registry's time and adds nothing newer).
+            let id = compliance_event_id(ComplianceEventKind::OptIn, trigger);
+            let decided_at = registry_opt_in.map_or(at, |d| d.decided_at);
+            out.extend(self.decide(
+                subject,
+                ConsentStatus::OptedIn,
+                ComplianceSource::FirstContact,
+                decided_at,
+                None,
+                &id,
+                state,
+            ));
+            let reply = self.reply(ctx, event, subject, keys::WELCOME, "welcome");
+            let mut details = BTreeMap::from([(
+                "policy".into(),
+                policy_name(self.settings.policy).to_owned(),
+            )]);
+            if let Some(reference) = registry_opt_in.and_then(|d| d.event_ref.clone()) {
+                details.insert("registry_ref".into(), reference);
+            }
+            out.push(Self::compliance(
+                ComplianceEventKind::OptIn,
+                ComplianceSource::FirstContact,
+                subject,
+                trigger,
+                conv,
+                message_ref,
+                None,
+                at,
+                Some(&reply),
+                details,
+            ));
+            out.extend(reply.outputs);
+            self.metrics.count("forwarded");
+            out.extend(Self::forward(event, true));
+        } else {
+            self.metrics.count("blocked_inbound");
+            let id = compliance_event_id(ComplianceEventKind::BlockedInbound, trigger);
+            out.extend(self.decide(
+                subject,
+                ConsentStatus::Pending,
+                ComplianceSource::FirstContact,
+                at,
+                None,
+                &id,
+                state,
+            ));
+            let reply = self.reply(
+                ctx,
+                event,
+                subject,
+                keys::CONSENT_REQUEST,
+                "consent_request",
+            );
+            let details = BTreeMap::from([
+                ("policy".into(), "explicit".into()),
+                ("reason".into(), "consent_required".into()),
+            ]);
+            out.push(Self::compliance(
+                ComplianceEventKind::BlockedInbound,
+                ComplianceSource::FirstContact,
+                subject,
+                trigger,
+                conv,
+                message_ref,
+                None,
+                at,
+                Some(&reply),
+                details,
+            ));
+            out.extend(reply.outputs);
+        }
+        out
+    }
+
+    fn on_delivery(
+        &self,
+        delivery: &DeliveryStatus,
+        state: &mut StateStore<ConsentProcessorState>,
+    ) -> Vec<Output> {
+        if delivery.outcome != DeliveryOutcome::Failed
+            || delivery.error_code != Some(TWILIO_OPTED_OUT)
+        {
+            return Vec::new();
+        }
+        let Some(contact) = state
+            .get(&contact_key(&delivery.conversation_id))
+            .and_then(|s| s.contact.clone())
+        else {
+            self.metrics.count("unattributed_21610");
+            tracing::warn!(
+                conversation_id = %delivery.conversation_id,
+                operation_id = %delivery.operation_id,
+                "Twilio 21610 for a conversation whose user is not known: opt-out not recorded"
+            );
+            return Vec::new();
+        };
+        let subject = Subject {
+            scope: self.scope_for(contact.proxy_address.as_deref()),
+            address: contact.address,
+            channel: contact.channel,
+            proxy: contact.proxy_address,
+        };
+        let (current, _) = self.effective(&subject, state);
+        if current.is_some_and(|d| d.status == ConsentStatus::OptedOut) {
+            return Vec::new();
+        }
+        self.metrics.count("twilio_opt_out");
+        let trigger = delivery.operation_id.as_str();
+        let id = compliance_event_id(ComplianceEventKind::OptOut, trigger);
+        let mut out = Vec::new();
+        out.extend(self.decide(
+            &subject,
+            ConsentStatus::OptedOut,
+            ComplianceSource::TwilioError,
+            delivery.at,
+            None,
+            &id,
+            state,
+        ));
+        let mut details =
+            BTreeMap::from([("twilio_error_code".into(), TWILIO_OPTED_OUT.to_string())]);
+        if let Some(sid) = &delivery.twilio_sid {
+            details.insert("twilio_sid".into(), sid.clone());
+        }
+        out.push(Self::compliance(
+            ComplianceEventKind::OptOut,
+            ComplianceSource::TwilioError,
+            &subject,
+            trigger,
+            Some(&delivery.conversation_id),
+            Some(&delivery.operation_id),
+            None,
+            delivery.at,
+            None,
+            details,
+        ));
+        out
+    }
+}
+
+fn policy_name(policy: Policy) -> &'static str {
+    match policy {
+        Policy::Implied => "implied",
+        Policy::Explicit => "explicit",
+    }
+}
+
+/// The participant's channel, else the event's.
+fn channel_of(event: &ConversationEvent) -> Channel {
+    event
+        .participant
+        .as_ref()
+        .map(|p| p.channel)
+        .filter(|c| *c != Channel::Unknown)
+        .unwrap_or(event.channel)
+}
+
+impl Processor for ConsentProcessor {
+    type Input = ConsentInput;
+    type State = ConsentProcessorState;
+
+    fn process(
+        &mut self,
+        ctx: &RecordContext<'_>,
+        input: ConsentInput,
+        state: &mut StateStore<ConsentProcessorState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        match input {
+            ConsentInput::Event(event) => self.on_event(ctx, &event, state),
+            ConsentInput::Delivery(delivery) => Ok(self.on_delivery(&delivery, state)),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "processor_tests.rs"]
+mod tests;

@@ -1,0 +1,778 @@
+//! Unit tests of the consent processor: RecordContext::for_test, a StateStore
+//! and in-memory consent tables.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use si_catalog::{Catalog, keys};
+use si_consent_gate::ConsentGate;
+use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
+use si_runtime::state::StateStore;
+use si_runtime::table::GlobalTable;
+use si_schemas::records::{
+    Channel, ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentProcessorState,
+    ConsentState, ConsentStatus, ConversationEvent, ConversationEventType, DeliveryOutcome,
+    DeliveryStatus, EventSource, InboundMessage, LocaleSource, MessageReceived, OperationKind,
+    OutboundOperation, Participant, ParticipantChange,
+};
+use si_schemas::topics;
+
+use super::*;
+use crate::keywords::Keywords;
+
+const USER: &str = "+14155550100";
+const OURS: &str = "+14155550199";
+const CONV: &str = "CH00000000000000000000000000000001";
+const T0: i64 = 1_795_000_000_000;
+
+fn event(n: u32, body: Option<&str>, locale: &str) -> ConversationEvent {
+    ConversationEvent {
+        event_id: format!("ev-{n}"),
+        conversation_id: CONV.into(),
+        session_id: "session-1".into(),
+        event_type: ConversationEventType::MessageReceived,
+        channel: Channel::Sms,
+        source: EventSource::Conversations,
+        occurred_at: T0 + i64::from(n) * 1_000,
+        received_at: T0 + i64::from(n) * 1_000,
+        participant: Some(Participant {
+            address: Some(USER.into()),
+            channel: Channel::Sms,
+            user_id: None,
+            visitor_id: Some("v-1".into()),
+            registered: false,
+            participant_sid: Some("MB1".into()),
+            identity: None,
+            proxy_address: Some(OURS.into()),
+        }),
+        locale: locale.into(),
+        locale_source: LocaleSource::PhoneCountry,
+        account_sid: Some("AC1".into()),
+        webhook_id: format!("wh-{n}"),
+        dedup_key: format!("tok-{n}"),
+        traceparent: None,
+        compliance: None,
+        message: Some(MessageReceived {
+            message_sid: format!("IM{n}"),
+            index: Some(i64::from(n)),
+            author: Some(USER.into()),
+            body: body.map(str::to_owned),
+            media: Vec::new(),
+            attributes_json: None,
+            num_segments: None,
+        }),
+        delivery: None,
+        participant_change: None,
+        state_change: None,
+        call: None,
+        recording: None,
+        transcription: None,
+    }
+}
+
+fn msg(n: u32, body: &str) -> ConversationEvent {
+    event(n, Some(body), "en")
+}
+
+fn entry(status: ConsentStatus, source: ComplianceSource, at: i64) -> ConsentState {
+    ConsentState {
+        address: USER.into(),
+        channel: Channel::Sms,
+        sender_scope: "*".into(),
+        status,
+        source,
+        decided_at: at,
+        updated_at: at,
+        keyword: None,
+        event_ref: Some(format!("ref-{at}")),
+    }
+}
+
+fn gate(local: Vec<ConsentState>, registry: Vec<ConsentState>) -> ConsentGate {
+    let table = |topic, entries: Vec<ConsentState>| {
+        GlobalTable::from_entries(topic, entries.into_iter().map(|e| (e.key(), e)))
+    };
+    ConsentGate::from_tables(
+        table(topics::CONSENT, local),
+        table(topics::CONSENT_REGISTRY, registry),
+    )
+}
+
+struct Harness {
+    processor: ConsentProcessor,
+    state: StateStore<ConsentProcessorState>,
+}
+
+impl Harness {
+    fn new(settings: Settings, gate: ConsentGate) -> Self {
+        Self {
+            processor: ConsentProcessor::new(settings, gate, ConsentMetrics::unregistered()),
+            state: StateStore::new(Duration::from_secs(86_400)),
+        }
+    }
+
+    fn default() -> Self {
+        Self::new(Settings::default(), gate(vec![], vec![]))
+    }
+
+    fn run(&mut self, input: ConsentInput, ts: i64) -> Result<Vec<Output>, ProcessError> {
+        let topic = match input {
+            ConsentInput::Event(_) => topics::CONVERSATION_EVENTS,
+            ConsentInput::Delivery(_) => topics::DELIVERY,
+        };
+        self.state.set_now(ts);
+        let ctx = RecordContext::for_test(topic, ts);
+        self.processor.process(&ctx, input, &mut self.state)
+    }
+
+    fn send(&mut self, event: ConversationEvent) -> Out {
+        let ts = event.received_at + 5;
+        Out(self.run(ConsentInput::Event(Box::new(event)), ts).unwrap())
+    }
+
+    fn deliver(&mut self, delivery: DeliveryStatus) -> Out {
+        let ts = delivery.at + 5;
+        Out(self
+            .run(ConsentInput::Delivery(Box::new(delivery)), ts)
+            .unwrap())
+    }
+}
+
+struct Out(Vec<Output>);
+
+impl Out {
+    fn of<T: si_schemas::AvroRecord>(&self, topic: &str) -> Vec<&T> {
+        self.0
+            .iter()
+            .filter(|o| o.topic() == topic)
+            .map(|o| o.record::<T>().unwrap())
+            .collect()
+    }
+    fn inbound(&self) -> Vec<&InboundMessage> {
+        self.of(topics::INBOUND)
+    }
+    fn consent(&self) -> Vec<&ConsentState> {
+        self.of(topics::CONSENT)
+    }
+    fn compliance(&self) -> Vec<&ComplianceEvent> {
+        self.of(topics::COMPLIANCE)
+    }
+    fn outbound(&self) -> Vec<&OutboundOperation> {
+        self.of(topics::OUTBOUND)
+    }
+    fn kinds(&self) -> Vec<ComplianceEventKind> {
+        self.compliance().iter().map(|c| c.kind).collect()
+    }
+    fn reply_text(&self) -> String {
+        self.outbound()
+            .iter()
+            .filter_map(|o| o.body.clone())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn text(key: &str, locale: &str) -> String {
+    // The reply goes through segment's normalization (trimmed; GSM-7 look-alikes).
+    let t = Catalog::builtin().text(key, locale).text;
+    si_segment::normalize(t, Channel::Sms, true).0
+}
+
+fn delivery(op: &str, outcome: DeliveryOutcome, code: Option<i32>, at: i64) -> DeliveryStatus {
+    DeliveryStatus {
+        operation_id: op.into(),
+        conversation_id: CONV.into(),
+        outcome,
+        twilio_sid: Some("SM1".into()),
+        segments: None,
+        error_code: code,
+        error_message: None,
+        attempts: 1,
+        response_id: Some("resp-1".into()),
+        part_index: Some(0),
+        at,
+    }
+}
+
+#[test]
+fn first_contact_implied_welcomes_records_opt_in_and_forwards() {
+    let mut h = Harness::default();
+    let out = h.send(msg(1, "hello"));
+    let inbound = out.inbound();
+    assert_eq!(inbound.len(), 1);
+    assert!(inbound[0].first_contact);
+    assert_eq!(inbound[0].text, "hello");
+    assert_eq!(inbound[0].visitor_id.as_deref(), Some("v-1"));
+    assert_eq!(inbound[0].locale, "en");
+    assert_eq!(inbound[0].event_id, "ev-1");
+    assert_eq!(inbound[0].message_id, "IM1");
+    let consent = out.consent();
+    assert_eq!(consent.len(), 1);
+    assert_eq!(
+        (consent[0].status, consent[0].source),
+        (ConsentStatus::OptedIn, ComplianceSource::FirstContact)
+    );
+    assert_eq!(consent[0].key(), "sms:+14155550100|*");
+    let c = out.compliance();
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::OptIn]);
+    assert_eq!(c[0].source, ComplianceSource::FirstContact);
+    assert_eq!(c[0].message_ref.as_deref(), Some("IM1"));
+    assert_eq!(c[0].locale.as_deref(), Some("en"));
+    assert_eq!(
+        c[0].event_id,
+        compliance_event_id(ComplianceEventKind::OptIn, "ev-1")
+    );
+    assert_eq!(out.reply_text(), text(keys::WELCOME, "en"));
+    let op = out.outbound()[0];
+    assert_eq!(
+        op.params.get("si.purpose").map(String::as_str),
+        Some("consent")
+    );
+    assert_eq!(op.sender_key, "sms:+14155550199");
+    assert_eq!(op.kind, OperationKind::SendConversationMessage);
+    assert_eq!(op.to.as_deref(), Some(USER));
+    assert_eq!(
+        c[0].details.get("confirmation_operation_id"),
+        Some(&op.operation_id)
+    );
+    // Outputs are keyed as the topics say.
+    for o in &out.0 {
+        let expected = match o.topic() {
+            t if t == topics::INBOUND => CONV,
+            t if t == topics::CONSENT => "sms:+14155550100|*",
+            t if t == topics::COMPLIANCE => "sms:+14155550100",
+            t if t == topics::OUTBOUND => "sms:+14155550199",
+            other => panic!("unexpected topic {other}"),
+        };
+        assert_eq!(o.key(), expected, "{}", o.topic());
+    }
+
+    // The second message is no first contact.
+    let out = h.send(msg(2, "how are you"));
+    assert_eq!(out.inbound().len(), 1);
+    assert!(!out.inbound()[0].first_contact);
+    assert!(out.consent().is_empty() && out.compliance().is_empty() && out.outbound().is_empty());
+}
+
+#[test]
+fn stop_blocks_then_start_reenables() {
+    let mut h = Harness::default();
+    h.send(msg(1, "hello"));
+
+    let out = h.send(msg(2, "Stop."));
+    assert!(out.inbound().is_empty(), "a keyword is never forwarded");
+    let consent = out.consent();
+    assert_eq!(consent.len(), 1);
+    assert_eq!(consent[0].status, ConsentStatus::OptedOut);
+    assert_eq!(consent[0].source, ComplianceSource::Keyword);
+    assert_eq!(consent[0].keyword.as_deref(), Some("Stop"));
+    assert_eq!(consent[0].decided_at, T0 + 2_000);
+    let c = out.compliance();
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::OptOut]);
+    assert_eq!(c[0].keyword.as_deref(), Some("Stop"));
+    assert_eq!(
+        consent[0].event_ref.as_deref(),
+        Some(c[0].event_id.as_str())
+    );
+    assert_eq!(out.outbound().len(), 1, "exactly one confirmation");
+    assert_eq!(out.reply_text(), text(keys::OPT_OUT_CONFIRMATION, "en"));
+
+    let out = h.send(msg(3, "are you there?"));
+    assert!(out.inbound().is_empty());
+    assert!(out.outbound().is_empty());
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::BlockedInbound]);
+    assert_eq!(out.compliance()[0].source, ComplianceSource::Keyword);
+    assert_eq!(
+        out.compliance()[0]
+            .details
+            .get("consent_status")
+            .map(String::as_str),
+        Some("OPTED_OUT")
+    );
+
+    let out = h.send(msg(4, "START"));
+    assert!(out.inbound().is_empty());
+    assert_eq!(out.consent()[0].status, ConsentStatus::OptedIn);
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::OptIn]);
+    assert_eq!(out.reply_text(), text(keys::OPT_IN_CONFIRMATION, "en"));
+
+    let out = h.send(msg(5, "back again"));
+    assert_eq!(out.inbound().len(), 1);
+    assert!(!out.inbound()[0].first_contact);
+
+    let count = |outcome: &str| {
+        h.processor
+            .metrics
+            .outcomes
+            .with_label_values(&[outcome])
+            .get()
+    };
+    assert_eq!(
+        [
+            count("first_contact"),
+            count("opt_out"),
+            count("blocked_inbound"),
+            count("opt_in"),
+            count("forwarded")
+        ],
+        [1, 1, 1, 1, 2]
+    );
+}
+
+#[test]
+fn a_repeated_stop_is_audited_but_neither_recorded_nor_answered_again() {
+    let mut h = Harness::default();
+    h.send(msg(1, "STOP"));
+    let out = h.send(msg(2, "stop"));
+    assert!(out.consent().is_empty());
+    assert!(out.outbound().is_empty());
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::OptOut]);
+    assert_eq!(
+        out.compliance()[0]
+            .details
+            .get("already_opted_out")
+            .map(String::as_str),
+        Some("true")
+    );
+}
+
+#[test]
+fn the_stop_confirmation_can_be_turned_off() {
+    let settings = Settings {
+        stop_reply: false,
+        ..Settings::default()
+    };
+    let mut h = Harness::new(settings, gate(vec![], vec![]));
+    let out = h.send(msg(1, "STOP"));
+    assert!(out.outbound().is_empty());
+    assert_eq!(out.consent()[0].status, ConsentStatus::OptedOut);
+    assert_eq!(
+        out.compliance()[0].locale,
+        None,
+        "no confirmation, no locale"
+    );
+}
+
+#[test]
+fn help_is_answered_even_when_opted_out_and_changes_nothing() {
+    let mut h = Harness::default();
+    h.send(msg(1, "hi"));
+    let out = h.send(msg(2, " help? "));
+    assert!(out.inbound().is_empty() && out.consent().is_empty());
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::Help]);
+    assert_eq!(out.compliance()[0].keyword.as_deref(), Some("help"));
+    assert_eq!(out.reply_text(), text(keys::HELP, "en"));
+
+    h.send(msg(3, "STOP"));
+    let out = h.send(msg(4, "INFO"));
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::Help]);
+    assert_eq!(out.reply_text(), text(keys::HELP, "en"));
+    assert!(out.consent().is_empty());
+}
+
+#[test]
+fn look_alikes_are_ordinary_messages() {
+    let mut h = Harness::default();
+    h.send(msg(1, "hi"));
+    let out = h.send(msg(2, "Stop by tomorrow"));
+    assert_eq!(out.inbound().len(), 1);
+    assert!(out.consent().is_empty() && out.compliance().is_empty());
+}
+
+#[test]
+fn explicit_policy_holds_messages_until_yes() {
+    let settings = Settings {
+        policy: Policy::Explicit,
+        ..Settings::default()
+    };
+    let mut h = Harness::new(settings, gate(vec![], vec![]));
+    let out = h.send(msg(1, "hello"));
+    assert!(out.inbound().is_empty());
+    assert_eq!(out.consent()[0].status, ConsentStatus::Pending);
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::BlockedInbound]);
+    assert_eq!(out.compliance()[0].source, ComplianceSource::FirstContact);
+    assert_eq!(out.reply_text(), text(keys::CONSENT_REQUEST, "en"));
+
+    let out = h.send(msg(2, "hello??"));
+    assert!(out.inbound().is_empty());
+    assert!(out.outbound().is_empty(), "the request is not repeated");
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::BlockedInbound]);
+
+    let out = h.send(msg(3, "Yes!"));
+    assert!(out.inbound().is_empty());
+    assert_eq!(out.consent()[0].status, ConsentStatus::OptedIn);
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::OptIn]);
+    assert_eq!(out.reply_text(), text(keys::OPT_IN_CONFIRMATION, "en"));
+
+    let out = h.send(msg(4, "what's the weather"));
+    assert_eq!(out.inbound().len(), 1);
+}
+
+#[test]
+fn an_opt_in_keyword_as_first_message_is_welcomed() {
+    let mut h = Harness::new(
+        Settings {
+            policy: Policy::Explicit,
+            ..Settings::default()
+        },
+        gate(vec![], vec![]),
+    );
+    let out = h.send(msg(1, "START"));
+    assert_eq!(out.consent()[0].status, ConsentStatus::OptedIn);
+    assert_eq!(out.reply_text(), text(keys::WELCOME, "en"));
+    assert!(out.inbound().is_empty());
+}
+
+#[test]
+fn replies_fall_back_to_the_default_language() {
+    for (locale, used) in [("de", "en"), ("pt-BR", "en"), ("es-MX", "es"), ("fr", "fr")] {
+        let mut h = Harness::default();
+        let out = h.send(event(1, Some("hola"), locale));
+        assert_eq!(out.reply_text(), text(keys::WELCOME, used), "{locale}");
+        assert_eq!(
+            out.compliance()[0].locale.as_deref(),
+            Some(used),
+            "{locale}"
+        );
+        let out = h.send(event(2, Some("STOP"), locale));
+        assert_eq!(
+            out.reply_text(),
+            text(keys::OPT_OUT_CONFIRMATION, used),
+            "{locale}"
+        );
+        assert_eq!(out.compliance()[0].locale.as_deref(), Some(used));
+    }
+}
+
+#[test]
+fn locale_keywords_apply() {
+    let mut h = Harness::default();
+    h.send(event(1, Some("hola"), "es-MX"));
+    let out = h.send(event(2, Some("Ayuda"), "es-MX"));
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::Help]);
+    assert_eq!(out.reply_text(), text(keys::HELP, "es"));
+
+    let settings = Settings {
+        keywords: Keywords::parse_extra("es:opt_out=BAJA").unwrap(),
+        ..Settings::default()
+    };
+    let mut h = Harness::new(settings, gate(vec![], vec![]));
+    let out = h.send(event(1, Some("baja"), "es-MX"));
+    assert_eq!(out.consent()[0].status, ConsentStatus::OptedOut);
+}
+
+#[test]
+fn a_newer_local_stop_beats_an_older_registry_opt_in() {
+    // The registry's opt-in (t0 + 500) is older than the STOP (t0 + 2000).
+    let registry = vec![entry(
+        ConsentStatus::OptedIn,
+        ComplianceSource::Registry,
+        T0 + 500,
+    )];
+    let mut h = Harness::new(Settings::default(), gate(vec![], registry));
+    h.send(msg(1, "hi"));
+    h.send(msg(2, "STOP"));
+    let out = h.send(msg(3, "hello?"));
+    assert!(out.inbound().is_empty());
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::BlockedInbound]);
+
+    // Also when the STOP is only in the consent table (another partition made it).
+    let local = vec![entry(
+        ConsentStatus::OptedOut,
+        ComplianceSource::Keyword,
+        T0 + 2_000,
+    )];
+    let registry = vec![entry(
+        ConsentStatus::OptedIn,
+        ComplianceSource::Registry,
+        T0 + 500,
+    )];
+    let mut h = Harness::new(Settings::default(), gate(local, registry));
+    let out = h.send(msg(3, "hello?"));
+    assert!(out.inbound().is_empty());
+    assert!(out.outbound().is_empty(), "a known address gets no welcome");
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::BlockedInbound]);
+}
+
+#[test]
+fn a_newer_registry_opt_in_beats_an_older_local_stop() {
+    // The registry's opt-in (t0 + 2500, e.g. on Si's website) is newer than the STOP (t0 + 2000).
+    let registry = vec![entry(
+        ConsentStatus::OptedIn,
+        ComplianceSource::Registry,
+        T0 + 2_500,
+    )];
+    let mut h = Harness::new(Settings::default(), gate(vec![], registry));
+    h.send(msg(1, "hi"));
+    h.send(msg(2, "STOP"));
+    let out = h.send(msg(3, "hello again"));
+    assert_eq!(out.inbound().len(), 1);
+
+    // And a newer registry opt-out beats an older local opt-in.
+    let registry = vec![entry(
+        ConsentStatus::OptedOut,
+        ComplianceSource::Registry,
+        T0 + 1_500,
+    )];
+    let mut h = Harness::new(Settings::default(), gate(vec![], registry));
+    let local_first = h.send(msg(0, "hi"));
+    assert!(
+        local_first.inbound().is_empty(),
+        "the registry opt-out is in force"
+    );
+    let out = h.send(msg(3, "hello again"));
+    assert!(out.inbound().is_empty());
+    assert_eq!(out.compliance()[0].source, ComplianceSource::Registry);
+}
+
+#[test]
+fn a_registry_opt_out_blocks_the_first_contact_without_a_welcome() {
+    let registry = vec![entry(
+        ConsentStatus::OptedOut,
+        ComplianceSource::Registry,
+        T0,
+    )];
+    let mut h = Harness::new(Settings::default(), gate(vec![], registry));
+    let out = h.send(msg(1, "hello"));
+    assert!(out.inbound().is_empty() && out.outbound().is_empty() && out.consent().is_empty());
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::BlockedInbound]);
+    // START still re-enables.
+    let out = h.send(msg(2, "start"));
+    assert_eq!(out.consent()[0].status, ConsentStatus::OptedIn);
+    let out = h.send(msg(3, "hello"));
+    assert_eq!(out.inbound().len(), 1);
+}
+
+#[test]
+fn a_registry_opt_in_counts_under_the_explicit_policy() {
+    let registry = vec![entry(
+        ConsentStatus::OptedIn,
+        ComplianceSource::Registry,
+        T0,
+    )];
+    let settings = Settings {
+        policy: Policy::Explicit,
+        ..Settings::default()
+    };
+    let mut h = Harness::new(settings, gate(vec![], registry));
+    let out = h.send(msg(1, "hello"));
+    assert_eq!(out.inbound().len(), 1);
+    assert!(out.inbound()[0].first_contact);
+    assert_eq!(
+        out.consent()[0].decided_at,
+        T0,
+        "mirrors the registry's decision time"
+    );
+    assert_eq!(out.reply_text(), text(keys::WELCOME, "en"));
+}
+
+#[test]
+fn twilio_21610_records_an_opt_out() {
+    let mut h = Harness::default();
+    h.send(msg(1, "hi"));
+    let out = h.deliver(delivery(
+        "op-1",
+        DeliveryOutcome::Failed,
+        Some(21_610),
+        T0 + 9_000,
+    ));
+    let consent = out.consent();
+    assert_eq!(consent.len(), 1);
+    assert_eq!(
+        (consent[0].status, consent[0].source),
+        (ConsentStatus::OptedOut, ComplianceSource::TwilioError)
+    );
+    assert_eq!(consent[0].decided_at, T0 + 9_000);
+    let c = out.compliance();
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::OptOut]);
+    assert_eq!(c[0].source, ComplianceSource::TwilioError);
+    assert_eq!(c[0].message_ref.as_deref(), Some("op-1"));
+    assert_eq!(
+        c[0].details.get("twilio_error_code").map(String::as_str),
+        Some("21610")
+    );
+    assert!(out.outbound().is_empty());
+
+    // Once opted out, further 21610s change nothing; messages are blocked.
+    let out = h.deliver(delivery(
+        "op-2",
+        DeliveryOutcome::Failed,
+        Some(21_610),
+        T0 + 9_500,
+    ));
+    assert!(out.0.is_empty());
+    let out = h.send(msg(10, "hello"));
+    assert!(out.inbound().is_empty());
+}
+
+#[test]
+fn other_delivery_outcomes_and_unknown_conversations_are_ignored() {
+    let mut h = Harness::default();
+    let out = h.deliver(delivery("op-0", DeliveryOutcome::Failed, Some(21_610), T0));
+    assert!(out.0.is_empty(), "no user known for the conversation");
+    h.send(msg(1, "hi"));
+    for (outcome, code) in [
+        (DeliveryOutcome::Failed, Some(30_003)),
+        (DeliveryOutcome::Failed, None),
+        (DeliveryOutcome::Accepted, None),
+        (DeliveryOutcome::Blocked, Some(21_610)),
+    ] {
+        let out = h.deliver(delivery("op-x", outcome, code, T0 + 5_000));
+        assert!(out.0.is_empty(), "{outcome:?} {code:?}");
+    }
+}
+
+#[test]
+fn a_participant_joining_is_enough_to_attribute_21610() {
+    let mut h = Harness::default();
+    let mut joined = event(1, None, "en");
+    joined.event_type = ConversationEventType::ParticipantJoined;
+    joined.message = None;
+    joined.participant_change = Some(ParticipantChange {
+        participant_sid: "MB1".into(),
+        identity: None,
+        address: Some(USER.into()),
+        proxy_address: Some(OURS.into()),
+    });
+    assert!(h.send(joined).0.is_empty());
+    let out = h.deliver(delivery(
+        "op-1",
+        DeliveryOutcome::Failed,
+        Some(21_610),
+        T0 + 9_000,
+    ));
+    assert_eq!(out.consent()[0].address, USER);
+}
+
+#[test]
+fn chat_messages_are_forwarded_without_consent() {
+    let mut h = Harness::default();
+    let mut e = msg(1, "STOP");
+    e.channel = Channel::Chat;
+    if let Some(p) = e.participant.as_mut() {
+        p.channel = Channel::Chat;
+        p.address = None;
+        p.identity = Some("user-1".into());
+    }
+    let out = h.send(e);
+    assert_eq!(out.inbound().len(), 1);
+    assert_eq!(out.inbound()[0].channel, Channel::Chat);
+    assert!(out.consent().is_empty() && out.compliance().is_empty());
+}
+
+#[test]
+fn sender_scope_and_programmable_messaging_replies() {
+    let settings = Settings {
+        scope: ScopeMode::Sender,
+        ..Settings::default()
+    };
+    let mut h = Harness::new(settings, gate(vec![], vec![]));
+    let mut e = msg(1, "STOP");
+    e.conversation_id = "pm-0123".into();
+    e.channel = Channel::Whatsapp;
+    if let Some(p) = e.participant.as_mut() {
+        p.channel = Channel::Whatsapp;
+    }
+    let out = h.send(e);
+    assert_eq!(out.consent()[0].key(), "whatsapp:+14155550100|+14155550199");
+    let op = out.outbound()[0];
+    assert_eq!(op.kind, OperationKind::SendMessage);
+    assert_eq!(op.sender_key, "whatsapp:+14155550199");
+    assert_eq!(op.channel, Channel::Whatsapp);
+    assert_eq!(op.from.as_deref(), Some(OURS));
+    assert!(
+        op.not_after.is_some(),
+        "WhatsApp free text is bound to the window"
+    );
+}
+
+#[test]
+fn without_a_sender_address_the_decision_still_counts() {
+    let mut h = Harness::default();
+    let mut e = msg(1, "STOP");
+    if let Some(p) = e.participant.as_mut() {
+        p.proxy_address = None;
+    }
+    let out = h.send(e);
+    assert_eq!(out.consent()[0].status, ConsentStatus::OptedOut);
+    assert!(out.outbound().is_empty());
+    assert!(
+        out.compliance()[0]
+            .details
+            .contains_key("confirmation_error")
+    );
+}
+
+#[test]
+fn replays_yield_identical_ids() {
+    let ids = || {
+        let mut h = Harness::default();
+        let mut all = Vec::new();
+        for (n, body) in [(1, "hi"), (2, "STOP"), (3, "x"), (4, "START")] {
+            let out = h.send(msg(n, body));
+            all.extend(out.compliance().iter().map(|c| c.event_id.clone()));
+            all.extend(out.outbound().iter().map(|o| o.operation_id.clone()));
+        }
+        all
+    };
+    let first = ids();
+    assert_eq!(first, ids());
+    let unique: std::collections::HashSet<_> = first.iter().collect();
+    assert_eq!(unique.len(), first.len());
+}
+
+#[test]
+fn bad_input_is_invalid() {
+    let mut h = Harness::default();
+    let mut no_message = msg(1, "hi");
+    no_message.message = None;
+    let err = h
+        .run(ConsentInput::Event(Box::new(no_message)), T0)
+        .unwrap_err();
+    assert!(matches!(err, ProcessError::Invalid(_)), "{err}");
+
+    let mut no_address = msg(2, "hi");
+    if let Some(p) = no_address.participant.as_mut() {
+        p.address = None;
+    }
+    let err = h
+        .run(ConsentInput::Event(Box::new(no_address)), T0)
+        .unwrap_err();
+    assert!(matches!(err, ProcessError::Invalid(_)), "{err}");
+    assert!(!err.to_string().contains(USER), "no raw number in errors");
+
+    let mut no_participant = msg(3, "hi");
+    no_participant.participant = None;
+    assert!(
+        h.run(ConsentInput::Event(Box::new(no_participant)), T0)
+            .is_err()
+    );
+}
+
+#[test]
+fn other_event_types_produce_nothing() {
+    let mut h = Harness::default();
+    let mut e = msg(1, "STOP");
+    e.event_type = ConversationEventType::MessageSent;
+    assert!(h.send(e).0.is_empty());
+}
+
+#[test]
+fn state_entries_are_written_for_decisions_and_contacts() {
+    let mut h = Harness::default();
+    h.send(msg(1, "STOP"));
+    let decision = h
+        .state
+        .get(&decision_key("sms:+14155550100|*"))
+        .and_then(|s| s.decision.clone())
+        .unwrap();
+    assert_eq!(decision.status, ConsentStatus::OptedOut);
+    let contact = h
+        .state
+        .get(&contact_key(CONV))
+        .and_then(|s| s.contact.clone())
+        .unwrap();
+    assert_eq!(contact.address, USER);
+    assert_eq!(contact.proxy_address.as_deref(), Some(OURS));
+}

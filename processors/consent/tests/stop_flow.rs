@@ -1,0 +1,349 @@
+//! Against the real broker and registry: the `si-consent` binary on a fresh
+//! topic prefix. A first message is welcomed and forwarded; STOP records
+//! OPTED_OUT on `si.consent.v1`, an OPT_OUT compliance event and one
+//! confirmation on `twilio.outbound.v1`; a message after STOP reaches nothing
+//! but a BLOCKED_INBOUND event; START re-enables. A Twilio 21610 delivery
+//! failure records an opt-out too.
+//!
+//! ```sh
+//! eval "$(dev/stack env)"; cargo test -p si-consent --test stop_flow -- --nocapture
+//! ```
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use si_schemas::AvroRecord;
+use si_schemas::records::{
+    Channel, ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentState, ConsentStatus,
+    ConversationEvent, ConversationEventType, DeliveryOutcome, DeliveryStatus, EventSource,
+    InboundMessage, LocaleSource, MessageReceived, OutboundOperation, Participant,
+};
+use si_schemas::topics;
+use si_testkit::TestEnv;
+
+const T0: i64 = 1_795_000_000_000;
+const OURS: &str = "+14155550199";
+
+fn message(conv: &str, user: &str, n: i64, body: &str) -> ConversationEvent {
+    ConversationEvent {
+        event_id: format!("{conv}-ev-{n}"),
+        conversation_id: conv.into(),
+        session_id: format!("session-{conv}"),
+        event_type: ConversationEventType::MessageReceived,
+        channel: Channel::Sms,
+        source: EventSource::Conversations,
+        occurred_at: T0 + n * 1_000,
+        received_at: T0 + n * 1_000,
+        participant: Some(Participant {
+            address: Some(user.into()),
+            channel: Channel::Sms,
+            user_id: Some("user-1".into()),
+            visitor_id: None,
+            registered: true,
+            participant_sid: Some("MB1".into()),
+            identity: None,
+            proxy_address: Some(OURS.into()),
+        }),
+        locale: "en-US".into(),
+        locale_source: LocaleSource::Identity,
+        account_sid: Some("AC1".into()),
+        webhook_id: format!("wh-{n}"),
+        dedup_key: format!("tok-{conv}-{n}"),
+        traceparent: None,
+        compliance: None,
+        message: Some(MessageReceived {
+            message_sid: format!("IM{n:032}"),
+            index: Some(n),
+            author: Some(user.into()),
+            body: Some(body.into()),
+            media: Vec::new(),
+            attributes_json: None,
+            num_segments: None,
+        }),
+        delivery: None,
+        participant_change: None,
+        state_change: None,
+        call: None,
+        recording: None,
+        transcription: None,
+    }
+}
+
+fn log_path(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("consent-tests");
+    let _ = std::fs::create_dir_all(&dir);
+    dir.join(format!("{name}.log"))
+}
+
+fn spawn_consent(env: &TestEnv, name: &str) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log_path(name))?;
+    Command::new(env!("CARGO_BIN_EXE_si-consent"))
+        .env("KAFKA_BOOTSTRAP_SERVERS", &env.kafka.bootstrap_servers)
+        .env("SCHEMA_REGISTRY_URL", &env.registry.url)
+        .env("SI_TOPIC_PREFIX", &env.kafka.topic_prefix)
+        .env("POD_NAME", name)
+        .env("ADMIN_ADDR", "127.0.0.1:0")
+        .env("LOG_LEVEL", "info,librdkafka=warn,rdkafka=warn")
+        .env("KAFKA_SESSION_TIMEOUT_MS", "6000")
+        .env("KAFKA_HEARTBEAT_INTERVAL_MS", "1000")
+        .env("TRANSACTION_TIMEOUT", "10s")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting si-consent")
+}
+
+fn terminate(child: &mut Child, deadline: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -TERM failed");
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > until {
+            child.kill()?;
+            bail!("si-consent did not stop within {deadline:?} of SIGTERM");
+        }
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+/// Every committed record of `topic` so far (read_committed, to the end of every partition).
+async fn read_all<T: AvroRecord>(env: &TestEnv, topic: &str) -> anyhow::Result<Vec<(String, T)>> {
+    let full = env.topic(topic);
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &env.kafka.bootstrap_servers)
+        .set("group.id", format!("{}reader-all", env.kafka.topic_prefix))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
+    let consumer: BaseConsumer = config.create()?;
+    let metadata = consumer.fetch_metadata(Some(&full), Duration::from_secs(10))?;
+    let partitions = metadata.topics()[0].partitions().len();
+    let mut tpl = TopicPartitionList::new();
+    let mut pending = std::collections::HashSet::new();
+    for p in 0..partitions {
+        let p = i32::try_from(p)?;
+        tpl.add_partition_offset(&full, p, Offset::Beginning)?;
+        pending.insert(p);
+    }
+    consumer.assign(&tpl)?;
+    let mut raw = Vec::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    while !pending.is_empty() {
+        anyhow::ensure!(Instant::now() < until, "reading {full} took over 60 s");
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                pending.remove(&p);
+            }
+            Some(Err(e)) => bail!("reading {full}: {e}"),
+            Some(Ok(m)) => raw.push((
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                m.payload().map(<[u8]>::to_vec),
+            )),
+        }
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (key, payload) in raw {
+        let payload = payload.context("unexpected tombstone")?;
+        out.push((key, env.codec.decode::<T>(&payload).await?));
+    }
+    Ok(out)
+}
+
+/// Waits until `topic` holds records satisfying `done`, or fails after `deadline`.
+async fn wait_for<T: AvroRecord>(
+    env: &TestEnv,
+    topic: &str,
+    child: &mut Child,
+    deadline: Duration,
+    done: impl Fn(&[(String, T)]) -> bool,
+) -> anyhow::Result<Vec<(String, T)>> {
+    let until = Instant::now() + deadline;
+    loop {
+        let records = read_all::<T>(env, topic).await?;
+        if done(&records) {
+            return Ok(records);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "si-consent exited with {status} (see {:?})",
+                log_path("stop-flow")
+            );
+        }
+        if Instant::now() > until {
+            bail!(
+                "{topic}: condition not met within {deadline:?} ({} records)",
+                records.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_blocks_and_start_reenables_against_the_broker() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let user = "+14155550100";
+    let conv = "CH00000000000000000000000000000001";
+    let mut child = spawn_consent(&env, "stop-flow")?;
+    let result = async {
+        for (n, body) in [
+            (1, "hello"),
+            (2, "STOP"),
+            (3, "are you there?"),
+            (4, "Start"),
+            (5, "back again"),
+        ] {
+            env.produce(
+                topics::CONVERSATION_EVENTS,
+                conv,
+                &message(conv, user, n, body),
+            )
+            .await?;
+        }
+        let deadline = Duration::from_secs(90);
+        let compliance =
+            wait_for::<ComplianceEvent>(&env, topics::COMPLIANCE, &mut child, deadline, |r| {
+                r.len() >= 4
+            })
+            .await?;
+        let kinds: Vec<_> = compliance.iter().map(|(_, c)| (c.kind, c.source)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (ComplianceEventKind::OptIn, ComplianceSource::FirstContact),
+                (ComplianceEventKind::OptOut, ComplianceSource::Keyword),
+                (
+                    ComplianceEventKind::BlockedInbound,
+                    ComplianceSource::Keyword
+                ),
+                (ComplianceEventKind::OptIn, ComplianceSource::Keyword),
+            ]
+        );
+        assert!(compliance.iter().all(|(k, _)| k == "sms:+14155550100"));
+        assert_eq!(compliance[1].1.keyword.as_deref(), Some("STOP"));
+        assert_eq!(
+            compliance[2].1.message_ref.as_deref(),
+            Some(format!("IM{:032}", 3).as_str())
+        );
+
+        let consent = wait_for::<ConsentState>(&env, topics::CONSENT, &mut child, deadline, |r| {
+            r.len() >= 3
+        })
+        .await?;
+        let statuses: Vec<_> = consent.iter().map(|(_, c)| c.status).collect();
+        assert_eq!(
+            statuses,
+            vec![
+                ConsentStatus::OptedIn,
+                ConsentStatus::OptedOut,
+                ConsentStatus::OptedIn
+            ]
+        );
+        assert!(consent.iter().all(|(k, _)| k == "sms:+14155550100|*"));
+
+        let inbound =
+            wait_for::<InboundMessage>(&env, topics::INBOUND, &mut child, deadline, |r| {
+                r.len() >= 2
+            })
+            .await?;
+        let texts: Vec<_> = inbound
+            .iter()
+            .map(|(_, m)| (m.text.as_str(), m.first_contact))
+            .collect();
+        assert_eq!(
+            texts,
+            vec![("hello", true), ("back again", false)],
+            "nothing after STOP, no keywords"
+        );
+
+        let outbound =
+            wait_for::<OutboundOperation>(&env, topics::OUTBOUND, &mut child, deadline, |r| {
+                r.len() >= 3
+            })
+            .await?;
+        let purposes: BTreeMap<_, _> = outbound
+            .iter()
+            .map(|(_, o)| (o.operation_id.clone(), o.params.get("si.purpose").cloned()))
+            .collect();
+        assert!(purposes.values().all(|p| p.as_deref() == Some("consent")));
+        assert!(
+            outbound
+                .iter()
+                .all(|(k, o)| k == "sms:+14155550199" && o.to.as_deref() == Some(user))
+        );
+        let confirmation = si_catalog::Catalog::builtin()
+            .text(si_catalog::keys::OPT_OUT_CONFIRMATION, "en-US")
+            .text;
+        let confirmation = si_segment::normalize(confirmation, Channel::Sms, true).0;
+        let confirmations = outbound
+            .iter()
+            .filter(|(_, o)| o.body.as_deref() == Some(confirmation.as_str()))
+            .count();
+        assert_eq!(confirmations, 1, "exactly one STOP confirmation");
+
+        // A Twilio 21610 on another conversation, once its user is known.
+        let conv2 = "CH00000000000000000000000000000002";
+        let user2 = "+14155550111";
+        env.produce(
+            topics::CONVERSATION_EVENTS,
+            conv2,
+            &message(conv2, user2, 10, "hi"),
+        )
+        .await?;
+        wait_for::<ConsentState>(&env, topics::CONSENT, &mut child, deadline, |r| {
+            r.iter().any(|(_, c)| c.address == user2)
+        })
+        .await?;
+        let failed = DeliveryStatus {
+            operation_id: "op-21610".into(),
+            conversation_id: conv2.into(),
+            outcome: DeliveryOutcome::Failed,
+            twilio_sid: None,
+            segments: None,
+            error_code: Some(21_610),
+            error_message: Some("Attempt to send to unsubscribed recipient".into()),
+            attempts: 1,
+            response_id: Some("resp-1".into()),
+            part_index: Some(0),
+            at: T0 + 20_000,
+        };
+        env.produce(topics::DELIVERY, conv2, &failed).await?;
+        let consent = wait_for::<ConsentState>(&env, topics::CONSENT, &mut child, deadline, |r| {
+            r.iter()
+                .any(|(_, c)| c.address == user2 && c.status == ConsentStatus::OptedOut)
+        })
+        .await?;
+        let last = &consent.iter().rfind(|(_, c)| c.address == user2).unwrap().1;
+        assert_eq!(last.source, ComplianceSource::TwilioError);
+        let compliance = read_all::<ComplianceEvent>(&env, topics::COMPLIANCE).await?;
+        assert!(
+            compliance
+                .iter()
+                .any(|(_, c)| c.kind == ComplianceEventKind::OptOut
+                    && c.source == ComplianceSource::TwilioError
+                    && c.message_ref.as_deref() == Some("op-21610"))
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    let status = terminate(&mut child, Duration::from_secs(30))?;
+    result?;
+    assert!(status.success(), "graceful shutdown exited with {status}");
+    Ok(())
+}

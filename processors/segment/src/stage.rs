@@ -1,0 +1,1439 @@
+//! The segment stage: `si.conversation.events.v1` + `si.responses.v1` →
+//! `twilio.outbound.v1` (+ `si.compliance.v1` for blocked responses), exactly
+//! once, on the shared stream runner ([`si_runtime::stream`]).
+//!
+//! Both inputs are keyed by conversation id and co-partitioned, so the instance
+//! that owns partition `p` sees every event and every response of the
+//! conversations of `p`, in partition order per topic, with the state of `p`.
+//!
+//! - An event updates what segment knows about its conversation (state key
+//!   `conv|<conversation id>`, kept `CONVERSATION_TTL` after the last relevant
+//!   event): its user participants on a text channel (SMS, WhatsApp, chat) with
+//!   their address, our address they talk to (proxy address), locale and the
+//!   time of their last inbound message (`MESSAGE_RECEIVED.occurred_at`, the
+//!   start of the WhatsApp window), and whether Twilio closed it. Events write
+//!   nothing else.
+//! - A response (`Segmenter::on_response`) is turned into one
+//!   [`OutboundOperation`] per part ([`crate::plan`]), in order, keyed by the
+//!   sender key, or blocked by the consent gate, or dead-lettered.
+//!
+//! See the crate README for the exact rules.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser};
+use prometheus::{IntCounterVec, Opts, Registry as MetricsRegistry};
+use sha2::{Digest, Sha256};
+use si_consent_gate::{ConsentGate, Verdict, has_consent};
+use si_runtime::mask::mask_address;
+use si_runtime::metrics::StageMetrics;
+use si_runtime::processor::{InputRecord, Output, ProcessError, Processor, RecordContext};
+use si_runtime::state::StateStore;
+use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
+use si_runtime::{AdminServer, CommonConfig, Readiness};
+use si_schemas::records::{
+    Channel, CognitionResponse, ComplianceEvent, ComplianceEventKind, ComplianceSource,
+    ConversationEvent, ConversationEventType, ConversationState, OperationKind, OutboundOperation,
+    SeenResponse, SegmentConversation, SegmentParticipant, SegmentState, SegmentStateKind,
+};
+use si_schemas::{Codec, CodecError, Registry, topics};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Response, SegmentArgs, SegmentConfig, Timing, plan};
+
+/// The stage name: consumer group `si-segment`, transactional ids
+/// `si-segment-<POD_NAME>`.
+pub const STAGE: &str = "segment";
+
+/// Conversation ids of Programmable Messaging start with this (normalize
+/// derives them); every other conversation is a Twilio Conversation.
+pub const PM_PREFIX: &str = "pm-";
+
+/// Settings of the stage itself (the segmentation settings are [`SegmentArgs`]).
+#[derive(Debug, Clone, Args)]
+pub struct StageArgs {
+    /// How long a handled response_id is remembered, so that a re-sent
+    /// response is delivered once (record time). Keep it at least as long as
+    /// si.responses.v1's retention (7 days) so a replay of the topic sends nothing twice.
+    #[arg(long, env = "RESPONSE_DEDUP_WINDOW", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub response_dedup_window: Duration,
+
+    /// How long a conversation's recipients, sender and last inbound times are
+    /// kept after its last event.
+    #[arg(long, env = "CONVERSATION_TTL", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub conversation_ttl: Duration,
+
+    /// Messaging Service SID (MG...) that Programmable Messaging replies are
+    /// sent through (MessagingServiceSid, sender key and consent scope). Unset:
+    /// they are sent From our address the user wrote to.
+    #[arg(long, env = "MESSAGING_SERVICE_SID")]
+    pub messaging_service_sid: Option<String>,
+
+    /// Send only to users who opted in explicitly (no consent entry, PENDING or
+    /// UNKNOWN block). Default: only an opt-out blocks (texting first is consent).
+    #[arg(long, env = "CONSENT_REQUIRE_OPT_IN", default_value_t = false, action = clap::ArgAction::Set)]
+    pub consent_require_opt_in: bool,
+}
+
+/// Everything `si-segment` reads from flags and the environment.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "si-segment",
+    about = "Cognition responses to ordered, consent-checked Twilio send operations, exactly once"
+)]
+pub struct Config {
+    /// Kafka, registry, admin listener, logs.
+    #[command(flatten)]
+    pub common: CommonConfig,
+    /// The stream runner.
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    /// The stage.
+    #[command(flatten)]
+    pub stage: StageArgs,
+    /// Segmentation.
+    #[command(flatten)]
+    pub segment: SegmentArgs,
+}
+
+impl Config {
+    /// Cross-field checks and the processor's settings.
+    ///
+    /// # Errors
+    /// With a message naming the variables that are wrong.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        self.stream
+            .validate(self.common.service.drain_timeout)
+            .map_err(anyhow::Error::msg)?;
+        let segment = self.segment.config()?;
+        let s = &self.stage;
+        anyhow::ensure!(
+            s.response_dedup_window > Duration::ZERO,
+            "RESPONSE_DEDUP_WINDOW must be positive"
+        );
+        anyhow::ensure!(
+            s.conversation_ttl > Duration::ZERO,
+            "CONVERSATION_TTL must be positive"
+        );
+        let messaging_service_sid = s
+            .messaging_service_sid
+            .as_deref()
+            .map(str::trim)
+            .filter(|sid| !sid.is_empty())
+            .map(str::to_owned);
+        if let Some(sid) = &messaging_service_sid {
+            anyhow::ensure!(
+                sid.starts_with("MG"),
+                "MESSAGING_SERVICE_SID must be a Messaging Service SID (MG...), got {sid:?}"
+            );
+        }
+        Ok(Settings {
+            segment,
+            dedup_window: s.response_dedup_window,
+            conversation_ttl: s.conversation_ttl,
+            messaging_service_sid,
+            require_opt_in: s.consent_require_opt_in,
+        })
+    }
+}
+
+/// What the processor needs besides its tables.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How parts are cut.
+    pub segment: SegmentConfig,
+    /// How long a handled response id is remembered.
+    pub dedup_window: Duration,
+    /// How long a conversation is remembered after its last event.
+    pub conversation_ttl: Duration,
+    /// Messaging Service for Programmable Messaging replies.
+    pub messaging_service_sid: Option<String>,
+    /// Whether the consent gate requires an explicit opt-in.
+    pub require_opt_in: bool,
+}
+
+impl Settings {
+    /// Defaults of every flag, for tests.
+    #[must_use]
+    pub fn for_test(segment: SegmentConfig) -> Self {
+        Self {
+            segment,
+            dedup_window: Duration::from_secs(7 * 24 * 3600),
+            conversation_ttl: Duration::from_secs(30 * 24 * 3600),
+            messaging_service_sid: None,
+            require_opt_in: false,
+        }
+    }
+}
+
+/// A record of either input topic.
+#[derive(Debug, Clone)]
+pub enum SegmentInput {
+    /// From `si.conversation.events.v1`.
+    Event(Box<ConversationEvent>),
+    /// From `si.responses.v1`.
+    Response(Box<CognitionResponse>),
+}
+
+impl InputRecord for SegmentInput {
+    async fn decode<'a>(
+        topic: &'a str,
+        bytes: &'a [u8],
+        codec: &'a Codec,
+    ) -> Result<Self, CodecError> {
+        if topic == topics::RESPONSES {
+            Ok(Self::Response(Box::new(codec.decode(bytes).await?)))
+        } else {
+            Ok(Self::Event(Box::new(codec.decode(bytes).await?)))
+        }
+    }
+}
+
+/// Counters of the stage (no addresses or SIDs in labels).
+#[derive(Debug, Clone)]
+pub struct SegmentMetrics {
+    /// Responses by outcome: `sent`, `template`, `blocked`, `duplicate`,
+    /// `unknown_conversation`, `closed_conversation`, `no_sender`, `failed`.
+    pub responses: IntCounterVec,
+    /// Operations written, by channel and kind.
+    pub parts: IntCounterVec,
+    /// SMS segments of the operations written, by encoding.
+    pub sms_segments: IntCounterVec,
+}
+
+impl SegmentMetrics {
+    /// Creates the counters and registers them in `registry`.
+    ///
+    /// # Errors
+    /// When they are registered twice.
+    pub fn new(registry: &MetricsRegistry) -> prometheus::Result<Self> {
+        let responses = IntCounterVec::new(
+            Opts::new(
+                "si_segment_responses_total",
+                "Cognition responses handled, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let parts = IntCounterVec::new(
+            Opts::new(
+                "si_segment_parts_total",
+                "Outbound operations written, by channel and kind",
+            ),
+            &["channel", "kind"],
+        )?;
+        let sms_segments = IntCounterVec::new(
+            Opts::new(
+                "si_segment_sms_segments_total",
+                "SMS segments of the operations written, by encoding",
+            ),
+            &["encoding"],
+        )?;
+        registry.register(Box::new(responses.clone()))?;
+        registry.register(Box::new(parts.clone()))?;
+        registry.register(Box::new(sms_segments.clone()))?;
+        Ok(Self {
+            responses,
+            parts,
+            sms_segments,
+        })
+    }
+
+    /// Counters registered nowhere (tests, benches).
+    ///
+    /// # Panics
+    /// Never: the definitions are static.
+    #[must_use]
+    #[allow(clippy::expect_used)]
+    pub fn unregistered() -> Self {
+        Self::new(&MetricsRegistry::new()).expect("fresh registry")
+    }
+
+    fn outcome(&self, outcome: &str) {
+        self.responses.with_label_values(&[outcome]).inc();
+    }
+}
+
+/// The state key of a conversation.
+#[must_use]
+pub fn conversation_key(conversation_id: &str) -> String {
+    format!("conv|{conversation_id}")
+}
+
+/// The state key of a handled response.
+#[must_use]
+pub fn seen_key(response_id: &str) -> String {
+    format!("seen|{response_id}")
+}
+
+/// The operation id of a part: `<response_id>:<part_index>`.
+#[must_use]
+pub fn operation_id(response_id: &str, part_index: usize) -> String {
+    format!("{response_id}:{part_index}")
+}
+
+/// The event id of a BLOCKED_OUTBOUND compliance event: a UUID from SHA-256
+/// of the response id and the recipient, the same on every replay.
+#[must_use]
+pub fn blocked_event_id(response_id: &str, channel: Channel, address: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"si.segment.blocked_outbound");
+    hasher.update([0u8]);
+    hasher.update(response_id.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(channel.address_key(address).as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+/// Where and how a response is sent.
+struct Route {
+    kind: OperationKind,
+    channel: Channel,
+    sender_key: String,
+    scope: String,
+    to: Option<String>,
+    from: Option<String>,
+    messaging_service_sid: Option<String>,
+}
+
+/// The segment processor.
+pub struct Segmenter {
+    settings: Settings,
+    gate: ConsentGate,
+    metrics: SegmentMetrics,
+}
+
+impl Segmenter {
+    /// A processor over `gate` (consent tables) with `settings`.
+    #[must_use]
+    pub fn new(settings: Settings, gate: ConsentGate, metrics: SegmentMetrics) -> Self {
+        Self {
+            settings,
+            gate,
+            metrics,
+        }
+    }
+
+    /// Learns from a conversation event; writes nothing but state.
+    fn on_event(
+        &self,
+        ctx: &RecordContext<'_>,
+        event: &ConversationEvent,
+        state: &mut StateStore<SegmentState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        if event.conversation_id.is_empty() {
+            return Err(ProcessError::Invalid(
+                "conversation event without conversation_id".into(),
+            ));
+        }
+        let key = conversation_key(&event.conversation_id);
+        let existing = conversation_of(state, &key);
+        let mut conversation = existing.clone().unwrap_or_else(|| SegmentConversation {
+            conversation_id: event.conversation_id.clone(),
+            locale: None,
+            closed: false,
+            last_event_at: ctx.timestamp_ms,
+            participants: Vec::new(),
+        });
+        let relevant = match event.event_type {
+            ConversationEventType::MessageReceived => {
+                let Some(p) = text_participant(event) else {
+                    return Ok(Vec::new());
+                };
+                let locale = Some(event.locale.clone()).filter(|l| !l.is_empty());
+                let entry = upsert(&mut conversation.participants, p);
+                entry.last_inbound_at = Some(
+                    entry
+                        .last_inbound_at
+                        .map_or(event.occurred_at, |t| t.max(event.occurred_at)),
+                );
+                if locale.is_some() {
+                    entry.locale.clone_from(&locale);
+                    conversation.locale = locale;
+                }
+                true
+            }
+            ConversationEventType::ParticipantJoined => {
+                let Some(p) = text_participant(event) else {
+                    return Ok(Vec::new());
+                };
+                upsert(&mut conversation.participants, p);
+                true
+            }
+            ConversationEventType::ParticipantLeft => {
+                let Some(p) = text_participant(event) else {
+                    return Ok(Vec::new());
+                };
+                let before = conversation.participants.len();
+                conversation.participants.retain(|q| !same(q, &p));
+                before != conversation.participants.len()
+            }
+            ConversationEventType::ConversationStarted
+            | ConversationEventType::ConversationStateChanged => {
+                // CLOSED is final at Twilio (a new conversation gets a new SID).
+                let closing = event
+                    .state_change
+                    .as_ref()
+                    .is_some_and(|s| s.state_to == ConversationState::Closed);
+                if closing {
+                    conversation.closed = true;
+                }
+                closing && existing.is_some()
+            }
+            _ => false,
+        };
+        if !relevant {
+            return Ok(Vec::new());
+        }
+        conversation.last_event_at = conversation.last_event_at.max(ctx.timestamp_ms);
+        state.put_with_ttl(
+            key,
+            SegmentState {
+                kind: SegmentStateKind::Conversation,
+                seen_response: None,
+                conversation: Some(conversation),
+            },
+            self.settings.conversation_ttl,
+        );
+        Ok(Vec::new())
+    }
+
+    /// Turns a response into operations, a compliance event, or an error
+    /// (dead letter).
+    fn on_response(
+        &self,
+        ctx: &RecordContext<'_>,
+        response: &CognitionResponse,
+        state: &mut StateStore<SegmentState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        if response.response_id.trim().is_empty() {
+            return Err(ProcessError::Invalid("response without response_id".into()));
+        }
+        if response.conversation_id.is_empty() {
+            return Err(ProcessError::Invalid(
+                "response without conversation_id".into(),
+            ));
+        }
+        let seen = seen_key(&response.response_id);
+        if state.get(&seen).is_some() {
+            self.metrics.outcome("duplicate");
+            tracing::debug!(
+                response_id = %response.response_id,
+                "response already handled: skipped"
+            );
+            return Ok(Vec::new());
+        }
+        let Some(conversation) =
+            conversation_of(state, &conversation_key(&response.conversation_id))
+        else {
+            self.metrics.outcome("unknown_conversation");
+            return Err(ProcessError::Failed(format!(
+                "unknown conversation {}: no si.conversation.events.v1 event of it seen \
+                 (within CONVERSATION_TTL), so its channel and recipient are unknown",
+                response.conversation_id
+            )));
+        };
+        if conversation.closed {
+            self.metrics.outcome("closed_conversation");
+            return Err(ProcessError::Failed(format!(
+                "conversation {} is closed at Twilio: nothing can be sent to it",
+                response.conversation_id
+            )));
+        }
+        let Some(primary) = primary(&conversation.participants) else {
+            self.metrics.outcome("no_recipient");
+            return Err(ProcessError::Failed(format!(
+                "conversation {} has no user participant on SMS, WhatsApp or chat",
+                response.conversation_id
+            )));
+        };
+        let route = self
+            .route(&response.conversation_id, primary)
+            .inspect_err(|_| self.metrics.outcome("no_sender"))?;
+        let locale = response
+            .locale
+            .clone()
+            .or_else(|| primary.locale.clone())
+            .or_else(|| conversation.locale.clone());
+        let now = ctx.timestamp_ms;
+
+        // The consent gate: every phone recipient the message would reach.
+        let recipients: Vec<&SegmentParticipant> = if route.kind == OperationKind::SendMessage {
+            vec![primary]
+        } else {
+            conversation.participants.iter().collect()
+        };
+        let mut blocked = Vec::new();
+        for p in recipients {
+            let Some(address) = p.address.as_deref().filter(|_| has_consent(p.channel)) else {
+                continue;
+            };
+            if let Verdict::Blocked { status, decision } = self.gate.check(
+                p.channel,
+                address,
+                &route.scope,
+                self.settings.require_opt_in,
+            ) {
+                tracing::info!(
+                    conversation_id = %response.conversation_id,
+                    response_id = %response.response_id,
+                    to = %mask_address(&p.channel.address_key(address)),
+                    status = %status,
+                    "response blocked by the consent gate"
+                );
+                let mut details = BTreeMap::new();
+                details.insert("stage".to_owned(), STAGE.to_owned());
+                details.insert("consent_status".to_owned(), status.as_str().to_owned());
+                details.insert(
+                    "require_opt_in".to_owned(),
+                    self.settings.require_opt_in.to_string(),
+                );
+                if let Some(d) = &decision {
+                    details.insert("decision_scope".to_owned(), d.sender_scope.clone());
+                    details.insert("decided_at".to_owned(), d.decided_at.to_string());
+                    if let Some(r) = &d.event_ref {
+                        details.insert("decision_ref".to_owned(), r.clone());
+                    }
+                }
+                let event = ComplianceEvent {
+                    event_id: blocked_event_id(&response.response_id, p.channel, address),
+                    kind: ComplianceEventKind::BlockedOutbound,
+                    source: decision
+                        .as_ref()
+                        .map_or(ComplianceSource::Unknown, |d| d.source),
+                    address: address.to_owned(),
+                    channel: p.channel,
+                    sender_scope: Some(route.scope.clone()),
+                    conversation_id: Some(response.conversation_id.clone()),
+                    message_ref: Some(response.response_id.clone()),
+                    keyword: None,
+                    locale: locale.clone(),
+                    at: now,
+                    details,
+                };
+                blocked.push(Output::new(
+                    topics::COMPLIANCE,
+                    p.channel.address_key(address),
+                    event,
+                ));
+            }
+        }
+        if !blocked.is_empty() {
+            self.metrics.outcome("blocked");
+            self.remember(state, &response.response_id, now, 0, true);
+            return Ok(blocked);
+        }
+
+        let request = Response {
+            text: &response.text,
+            media: &response.media,
+            channel: route.channel,
+            locale: locale.as_deref(),
+            hints: response.hints.as_ref(),
+        };
+        let timing = Timing {
+            now_ms: now,
+            last_inbound_ms: primary.last_inbound_at,
+        };
+        let plan = plan(&request, timing, &self.settings.segment).map_err(|e| {
+            self.metrics.outcome("failed");
+            match e {
+                Error::Empty | Error::MediaWithoutUrl { .. } => {
+                    ProcessError::Invalid(e.to_string())
+                }
+                _ => ProcessError::Failed(e.to_string()),
+            }
+        })?;
+        for warning in &plan.warnings {
+            tracing::info!(response_id = %response.response_id, warning, "segmentation");
+        }
+        let template = plan.parts.iter().any(|p| p.content_sid.is_some());
+        let mut outputs = Vec::with_capacity(plan.parts.len());
+        for part in &plan.parts {
+            let mut op = OutboundOperation {
+                operation_id: operation_id(&response.response_id, part.index),
+                conversation_id: response.conversation_id.clone(),
+                kind: route.kind,
+                channel: route.channel,
+                sender_key: route.sender_key.clone(),
+                to: route.to.clone(),
+                from: route.from.clone(),
+                messaging_service_sid: route.messaging_service_sid.clone(),
+                body: None,
+                media_urls: Vec::new(),
+                content_sid: None,
+                content_variables_json: None,
+                response_id: Some(response.response_id.clone()),
+                part_index: 0,
+                part_count: 1,
+                segments: None,
+                encoding: None,
+                template_reason: None,
+                call: None,
+                params: BTreeMap::new(),
+                created_at: now,
+                not_after: None,
+                traceparent: response.traceparent.clone(),
+            };
+            part.apply_to(&mut op);
+            self.metrics
+                .parts
+                .with_label_values(&[route.channel.key_prefix(), route.kind.as_str()])
+                .inc();
+            if let (Some(encoding), Some(segments)) = (part.encoding, part.segments) {
+                self.metrics
+                    .sms_segments
+                    .with_label_values(&[encoding.to_schema().as_str()])
+                    .inc_by(u64::try_from(segments).unwrap_or(0));
+            }
+            outputs.push(Output::new(topics::OUTBOUND, route.sender_key.clone(), op));
+        }
+        self.metrics
+            .outcome(if template { "template" } else { "sent" });
+        self.remember(
+            state,
+            &response.response_id,
+            now,
+            i32::try_from(outputs.len()).unwrap_or(i32::MAX),
+            false,
+        );
+        Ok(outputs)
+    }
+
+    fn remember(
+        &self,
+        state: &mut StateStore<SegmentState>,
+        response_id: &str,
+        now: i64,
+        part_count: i32,
+        blocked: bool,
+    ) {
+        state.put_with_ttl(
+            seen_key(response_id),
+            SegmentState {
+                kind: SegmentStateKind::SeenResponse,
+                seen_response: Some(SeenResponse {
+                    response_id: response_id.to_owned(),
+                    first_seen_at: now,
+                    part_count,
+                    blocked,
+                }),
+                conversation: None,
+            },
+            self.settings.dedup_window,
+        );
+    }
+
+    /// Operation kind, channel, addresses, sender key and consent scope.
+    fn route(
+        &self,
+        conversation_id: &str,
+        primary: &SegmentParticipant,
+    ) -> Result<Route, ProcessError> {
+        let channel = primary.channel;
+        let mg = self.settings.messaging_service_sid.clone();
+        let proxy = primary.proxy_address.clone();
+        let no_sender = || {
+            ProcessError::Failed(format!(
+                "conversation {conversation_id}: our sending address is unknown (no proxy \
+                 address seen) and MESSAGING_SERVICE_SID is not set"
+            ))
+        };
+        if conversation_id.starts_with(PM_PREFIX) {
+            let Some(to) = primary.address.clone().filter(|_| has_consent(channel)) else {
+                return Err(ProcessError::Failed(format!(
+                    "conversation {conversation_id}: a Programmable Messaging conversation \
+                     needs an SMS or WhatsApp recipient address"
+                )));
+            };
+            return match (mg, proxy) {
+                (Some(mg), _) => Ok(Route {
+                    kind: OperationKind::SendMessage,
+                    channel,
+                    sender_key: mg.clone(),
+                    scope: mg.clone(),
+                    to: Some(to),
+                    from: None,
+                    messaging_service_sid: Some(mg),
+                }),
+                (None, Some(from)) => Ok(Route {
+                    kind: OperationKind::SendMessage,
+                    channel,
+                    sender_key: channel.address_key(&from),
+                    scope: from.clone(),
+                    to: Some(to),
+                    from: Some(from),
+                    messaging_service_sid: None,
+                }),
+                (None, None) => Err(no_sender()),
+            };
+        }
+        // Conversations: Twilio sends through the participants' bindings; to/from
+        // name the primary recipient and our address for egress's consent re-check.
+        let (sender_key, scope) = match (channel, proxy.as_deref(), mg.as_deref()) {
+            (Channel::Chat, _, _) => (
+                format!("{}:{conversation_id}", Channel::Chat.key_prefix()),
+                si_consent_gate::ANY_SCOPE.to_owned(),
+            ),
+            (_, Some(from), _) => (channel.address_key(from), from.to_owned()),
+            (_, None, Some(mg)) => (mg.to_owned(), mg.to_owned()),
+            (_, None, None) => return Err(no_sender()),
+        };
+        Ok(Route {
+            kind: OperationKind::SendConversationMessage,
+            channel,
+            sender_key,
+            scope,
+            to: primary.address.clone(),
+            from: proxy,
+            messaging_service_sid: None,
+        })
+    }
+}
+
+impl Processor for Segmenter {
+    type Input = SegmentInput;
+    type State = SegmentState;
+
+    fn process(
+        &mut self,
+        ctx: &RecordContext<'_>,
+        input: SegmentInput,
+        state: &mut StateStore<SegmentState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        match input {
+            SegmentInput::Event(event) => self.on_event(ctx, &event, state),
+            SegmentInput::Response(response) => self.on_response(ctx, &response, state),
+        }
+    }
+}
+
+fn conversation_of(state: &StateStore<SegmentState>, key: &str) -> Option<SegmentConversation> {
+    state
+        .get(key)
+        .filter(|s| s.kind == SegmentStateKind::Conversation)
+        .and_then(|s| s.conversation.clone())
+}
+
+/// The event's participant when it is a user on a text channel.
+fn text_participant(event: &ConversationEvent) -> Option<SegmentParticipant> {
+    let p = event.participant.as_ref()?;
+    if !matches!(p.channel, Channel::Sms | Channel::Whatsapp | Channel::Chat) {
+        return None;
+    }
+    let change = event.participant_change.as_ref();
+    let address = p
+        .address
+        .clone()
+        .or_else(|| change.and_then(|c| c.address.clone()));
+    let identity = p
+        .identity
+        .clone()
+        .or_else(|| change.and_then(|c| c.identity.clone()));
+    if address.is_none() && identity.is_none() {
+        return None;
+    }
+    Some(SegmentParticipant {
+        channel: p.channel,
+        address,
+        proxy_address: p
+            .proxy_address
+            .clone()
+            .or_else(|| change.and_then(|c| c.proxy_address.clone())),
+        identity,
+        participant_sid: p
+            .participant_sid
+            .clone()
+            .or_else(|| change.map(|c| c.participant_sid.clone())),
+        locale: None,
+        last_inbound_at: None,
+    })
+}
+
+/// Whether two entries are the same participant: same channel and address
+/// (phone) or identity (chat).
+fn same(a: &SegmentParticipant, b: &SegmentParticipant) -> bool {
+    a.channel == b.channel
+        && match (&a.address, &b.address) {
+            (Some(x), Some(y)) => x == y,
+            (None, None) => a.identity.is_some() && a.identity == b.identity,
+            _ => false,
+        }
+}
+
+/// Adds `p` or merges what it knows into the existing entry; returns the entry.
+fn upsert(
+    participants: &mut Vec<SegmentParticipant>,
+    p: SegmentParticipant,
+) -> &mut SegmentParticipant {
+    let index = match participants.iter().position(|q| same(q, &p)) {
+        Some(i) => {
+            let q = &mut participants[i];
+            if p.proxy_address.is_some() {
+                q.proxy_address = p.proxy_address;
+            }
+            if p.identity.is_some() {
+                q.identity = p.identity;
+            }
+            if p.participant_sid.is_some() {
+                q.participant_sid = p.participant_sid;
+            }
+            i
+        }
+        None => {
+            participants.push(p);
+            participants.len() - 1
+        }
+    };
+    &mut participants[index]
+}
+
+/// The recipient a response is planned for: the participant who wrote last,
+/// else the first one seen.
+fn primary(participants: &[SegmentParticipant]) -> Option<&SegmentParticipant> {
+    participants
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, p)| (p.last_inbound_at, std::cmp::Reverse(*i)))
+        .map(|(_, p)| p)
+}
+
+/// Runs segment until `shutdown`: admin listener, consent tables, then the stream.
+///
+/// # Errors
+/// On invalid configuration, when Kafka or the registry cannot be set up, and on
+/// fatal stream errors (the process should exit non-zero and be restarted).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let settings = config.settings()?;
+    let metrics = StageMetrics::new(STAGE);
+    let readiness = Readiness::default();
+    let admin_stop = shutdown.child_token();
+    let addr: SocketAddr = config.common.service.admin_addr;
+    let admin = AdminServer::start(
+        addr,
+        metrics.registry().clone(),
+        readiness.clone(),
+        admin_stop.clone(),
+    )
+    .await
+    .with_context(|| format!("binding the admin listener on {addr}"))?;
+    tracing::info!(addr = %admin.local_addr, "admin listening");
+    let result = run_stream(&config, settings, metrics, readiness, shutdown).await;
+    admin_stop.cancel();
+    admin.stopped().await;
+    result
+}
+
+async fn run_stream(
+    config: &Config,
+    settings: Settings,
+    metrics: StageMetrics,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let kafka = &config.common.kafka;
+    let registry = Registry::new(config.common.registry.config())?;
+    let codec = Codec::new(registry);
+    let gate = ConsentGate::start(
+        kafka,
+        STAGE,
+        codec.clone(),
+        &readiness,
+        &metrics,
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the consent tables")?;
+    // Processing waits for the consent tables: a response gated against a
+    // half-loaded table could reach someone who opted out.
+    tokio::select! {
+        () = async { gate.local().loaded().await; gate.registry().loaded().await; } => {}
+        () = shutdown.cancelled() => return Ok(()),
+    }
+    let segment_metrics = SegmentMetrics::new(metrics.registry())?;
+    let conversation_ttl = settings.conversation_ttl;
+    let processor = Segmenter::new(settings, gate, segment_metrics);
+    let env = StreamEnv {
+        kafka: kafka.clone(),
+        args: config.stream.clone(),
+        drain_timeout: config.common.service.drain_timeout,
+        codec,
+        metrics,
+        readiness,
+    };
+    let spec = StreamSpec {
+        stage: STAGE,
+        inputs: vec![topics::CONVERSATION_EVENTS, topics::RESPONSES],
+        changelog: topics::SEGMENT_STATE,
+        state_ttl: conversation_ttl,
+    };
+    stream::run(env, spec, processor, shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use si_runtime::table::GlobalTable;
+    use si_schemas::records::{
+        ConsentState, ConsentStatus, EventSource, LocaleSource, MediaRef, Participant, StateChange,
+        TextEncoding,
+    };
+
+    use super::*;
+    use crate::WINDOW_CLOSED_REASON;
+    use crate::config::WhatsappTemplate;
+
+    const USER: &str = "+14155550100";
+    const OURS: &str = "+14155550199";
+    const H: i64 = 3_600_000;
+    const T0: i64 = 1_763_800_000_000;
+    const PM: &str = "pm-0123456789abcdef0123456789abcdef";
+    const CH: &str = "CH0123456789abcdef0123456789abcdef";
+
+    fn participant(channel: Channel) -> Participant {
+        Participant {
+            address: Some(USER.into()),
+            channel,
+            user_id: None,
+            visitor_id: Some("v-1".into()),
+            registered: false,
+            participant_sid: None,
+            identity: None,
+            proxy_address: Some(OURS.into()),
+        }
+    }
+
+    fn event(
+        conversation: &str,
+        event_type: ConversationEventType,
+        participant: Option<Participant>,
+        at: i64,
+    ) -> ConversationEvent {
+        ConversationEvent {
+            event_id: format!("e-{at}"),
+            conversation_id: conversation.into(),
+            session_id: "s-1".into(),
+            event_type,
+            channel: participant.as_ref().map_or(Channel::Unknown, |p| p.channel),
+            source: EventSource::Messaging,
+            occurred_at: at,
+            received_at: at,
+            participant,
+            locale: "en-US".into(),
+            locale_source: LocaleSource::PhoneCountry,
+            account_sid: None,
+            webhook_id: format!("w-{at}"),
+            dedup_key: format!("d-{at}"),
+            traceparent: None,
+            compliance: None,
+            message: None,
+            delivery: None,
+            participant_change: None,
+            state_change: None,
+            call: None,
+            recording: None,
+            transcription: None,
+        }
+    }
+
+    fn inbound(conversation: &str, channel: Channel, at: i64) -> ConversationEvent {
+        event(
+            conversation,
+            ConversationEventType::MessageReceived,
+            Some(participant(channel)),
+            at,
+        )
+    }
+
+    fn response(id: &str, conversation: &str, text: &str) -> CognitionResponse {
+        CognitionResponse {
+            response_id: id.into(),
+            conversation_id: conversation.into(),
+            session_id: "s-1".into(),
+            in_reply_to: None,
+            text: text.into(),
+            media: Vec::new(),
+            locale: None,
+            hints: None,
+            created_at: T0,
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        }
+    }
+
+    fn consent(scope: &str, status: ConsentStatus, at: i64) -> (String, ConsentState) {
+        let entry = ConsentState {
+            address: USER.into(),
+            channel: Channel::Sms,
+            sender_scope: scope.into(),
+            status,
+            source: ComplianceSource::Keyword,
+            decided_at: at,
+            updated_at: at,
+            keyword: Some("STOP".into()),
+            event_ref: Some("c-1".into()),
+        };
+        (entry.key(), entry)
+    }
+
+    fn gate(local: Vec<(String, ConsentState)>) -> ConsentGate {
+        ConsentGate::from_tables(
+            GlobalTable::from_entries(topics::CONSENT, local),
+            GlobalTable::from_entries(topics::CONSENT_REGISTRY, Vec::new()),
+        )
+    }
+
+    fn config() -> SegmentConfig {
+        SegmentConfig {
+            whatsapp_template: Some(WhatsappTemplate {
+                content_sid: "HX0123456789abcdef0123456789abcdef".into(),
+                variables_json: r#"{"1":"Si"}"#.into(),
+            }),
+            ..SegmentConfig::default()
+        }
+    }
+
+    struct Harness {
+        processor: Segmenter,
+        state: StateStore<SegmentState>,
+        metrics: SegmentMetrics,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Self::with(Settings::for_test(config()), gate(Vec::new()))
+        }
+
+        fn with(settings: Settings, gate: ConsentGate) -> Self {
+            let metrics = SegmentMetrics::unregistered();
+            Self {
+                processor: Segmenter::new(settings, gate, metrics.clone()),
+                state: StateStore::new(Duration::from_secs(30 * 24 * 3600)),
+                metrics,
+            }
+        }
+
+        fn feed(&mut self, input: SegmentInput, at: i64) -> Result<Vec<Output>, ProcessError> {
+            let topic = match input {
+                SegmentInput::Event(_) => topics::CONVERSATION_EVENTS,
+                SegmentInput::Response(_) => topics::RESPONSES,
+            };
+            self.state.set_now(at);
+            self.processor
+                .process(&RecordContext::for_test(topic, at), input, &mut self.state)
+        }
+
+        fn event(&mut self, event: ConversationEvent) {
+            let at = event.occurred_at;
+            let out = self.feed(SegmentInput::Event(Box::new(event)), at).unwrap();
+            assert!(out.is_empty(), "events write no records");
+        }
+
+        fn respond(
+            &mut self,
+            response: CognitionResponse,
+            at: i64,
+        ) -> Result<Vec<Output>, ProcessError> {
+            self.feed(SegmentInput::Response(Box::new(response)), at)
+        }
+
+        fn ops(&mut self, response: CognitionResponse, at: i64) -> Vec<OutboundOperation> {
+            let out = self.respond(response, at).unwrap();
+            out.iter()
+                .map(|o| {
+                    assert_eq!(o.topic(), topics::OUTBOUND);
+                    let op = o.record::<OutboundOperation>().unwrap().clone();
+                    assert_eq!(o.key(), op.sender_key, "keyed by sender_key");
+                    op
+                })
+                .collect()
+        }
+
+        fn outcome(&self, outcome: &str) -> u64 {
+            self.metrics.responses.with_label_values(&[outcome]).get()
+        }
+    }
+
+    #[test]
+    fn whatsapp_more_than_24_hours_after_the_last_inbound_is_a_template() {
+        let mut h = Harness::new();
+        h.event(inbound(PM, Channel::Whatsapp, T0));
+        let late = h.ops(response("r-late", PM, "Hello again!"), T0 + 25 * H);
+        assert_eq!(late.len(), 1);
+        let op = &late[0];
+        assert_eq!(op.kind, OperationKind::SendMessage);
+        assert_eq!(op.channel, Channel::Whatsapp);
+        assert_eq!(op.body, None);
+        assert_eq!(
+            op.content_sid.as_deref(),
+            Some("HX0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(op.content_variables_json.as_deref(), Some(r#"{"1":"Si"}"#));
+        assert_eq!(op.template_reason.as_deref(), Some(WINDOW_CLOSED_REASON));
+        assert_eq!((op.part_index, op.part_count), (0, 1));
+        assert_eq!(op.sender_key, format!("whatsapp:{OURS}"));
+        assert_eq!(h.outcome("template"), 1);
+
+        // Exactly 24 h is closed too; 1 ms before it is open.
+        let at_24h = h.ops(response("r-24h", PM, "Hi"), T0 + 24 * H);
+        assert!(at_24h[0].content_sid.is_some());
+        let inside = h.ops(response("r-in", PM, "Hi"), T0 + 24 * H - 1);
+        assert_eq!(inside[0].body.as_deref(), Some("Hi"));
+        assert_eq!(inside[0].content_sid, None);
+        assert_eq!(
+            inside[0].not_after,
+            Some(T0 + 24 * H),
+            "not sent after the close"
+        );
+    }
+
+    #[test]
+    fn whatsapp_within_the_window_is_free_text_and_a_new_inbound_reopens_it() {
+        let mut h = Harness::new();
+        h.event(inbound(PM, Channel::Whatsapp, T0));
+        let ops = h.ops(response("r-1", PM, "Sure, here you go."), T0 + H);
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].body.as_deref(), Some("Sure, here you go."));
+        assert_eq!(ops[0].template_reason, None);
+        assert_eq!(ops[0].encoding, None, "no SMS encoding on WhatsApp");
+
+        // The user writes again two days later: free text again.
+        h.event(inbound(PM, Channel::Whatsapp, T0 + 48 * H));
+        let ops = h.ops(response("r-2", PM, "Welcome back."), T0 + 49 * H);
+        assert_eq!(ops[0].body.as_deref(), Some("Welcome back."));
+        // An older inbound event replayed late does not move the window back.
+        h.event(inbound(PM, Channel::Whatsapp, T0));
+        let ops = h.ops(response("r-3", PM, "Still open."), T0 + 50 * H);
+        assert_eq!(ops[0].body.as_deref(), Some("Still open."));
+    }
+
+    #[test]
+    fn whatsapp_user_who_never_wrote_gets_the_template() {
+        let mut h = Harness::new();
+        let mut joined = event(
+            CH,
+            ConversationEventType::ParticipantJoined,
+            Some(participant(Channel::Whatsapp)),
+            T0,
+        );
+        joined.source = EventSource::Conversations;
+        h.event(joined);
+        let ops = h.ops(response("r-1", CH, "Hello"), T0 + 1);
+        assert_eq!(ops[0].kind, OperationKind::SendConversationMessage);
+        assert!(ops[0].content_sid.is_some());
+    }
+
+    #[test]
+    fn parts_come_in_order_numbered_with_deterministic_ids() {
+        let mut h = Harness::new();
+        h.event(inbound(PM, Channel::Sms, T0));
+        let text = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(60);
+        let ops = h.ops(response("r-long", PM, &text), T0 + 1000);
+        let n = ops.len();
+        assert!(n >= 3, "{n} parts");
+        for (i, op) in ops.iter().enumerate() {
+            assert_eq!(op.operation_id, format!("r-long:{i}"));
+            assert_eq!(op.response_id.as_deref(), Some("r-long"));
+            assert_eq!(op.part_index, i32::try_from(i).unwrap());
+            assert_eq!(op.part_count, i32::try_from(n).unwrap());
+            assert_eq!(op.kind, OperationKind::SendMessage);
+            assert_eq!(op.channel, Channel::Sms);
+            assert_eq!(op.sender_key, format!("sms:{OURS}"));
+            assert_eq!(op.to.as_deref(), Some(USER));
+            assert_eq!(op.from.as_deref(), Some(OURS));
+            assert_eq!(op.messaging_service_sid, None);
+            assert_eq!(op.encoding, Some(TextEncoding::Gsm7));
+            assert!(op.segments.unwrap() >= 1);
+            assert_eq!(op.created_at, T0 + 1000);
+            assert!(op.traceparent.is_some());
+            let body = op.body.as_deref().unwrap();
+            assert!(body.starts_with(&format!("({}/{n}) ", i + 1)), "{body}");
+        }
+        // Reassembled without numbering: the text.
+        let joined: Vec<String> = ops
+            .iter()
+            .map(|o| {
+                let b = o.body.as_deref().unwrap();
+                b[b.find(") ").unwrap() + 2..].to_owned()
+            })
+            .collect();
+        assert_eq!(joined.join(" "), text.trim());
+        assert_eq!(
+            h.metrics
+                .parts
+                .with_label_values(&["sms", "SEND_MESSAGE"])
+                .get(),
+            n as u64
+        );
+    }
+
+    #[test]
+    fn a_re_sent_response_id_is_sent_once() {
+        let mut h = Harness::new();
+        h.event(inbound(PM, Channel::Sms, T0));
+        assert_eq!(h.ops(response("r-1", PM, "Once."), T0 + 1).len(), 1);
+        let again = h
+            .respond(response("r-1", PM, "Once."), T0 + 60_000)
+            .unwrap();
+        assert!(again.is_empty());
+        assert_eq!(h.outcome("duplicate"), 1);
+        let seen = h.state.get(&seen_key("r-1")).unwrap();
+        assert_eq!(seen.kind, SegmentStateKind::SeenResponse);
+        assert_eq!(seen.seen_response.as_ref().unwrap().part_count, 1);
+        // Remembered for the dedup window, then forgotten.
+        assert_eq!(
+            h.state.expires_at(&seen_key("r-1")),
+            Some(T0 + 1 + 7 * 24 * H)
+        );
+        let much_later = T0 + 1 + 7 * 24 * H;
+        h.event(inbound(PM, Channel::Sms, much_later));
+        assert_eq!(h.ops(response("r-1", PM, "Once."), much_later + 1).len(), 1);
+    }
+
+    #[test]
+    fn an_opted_out_user_gets_nothing_and_a_blocked_outbound_event_is_written() {
+        let local = vec![consent("*", ConsentStatus::OptedOut, T0 - 1000)];
+        let mut h = Harness::with(Settings::for_test(config()), gate(local));
+        h.event(inbound(PM, Channel::Sms, T0));
+        let mut r = response("r-1", PM, "Hello");
+        r.locale = Some("es-MX".into());
+        let out = h.respond(r.clone(), T0 + 5).unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(out.iter().all(|o| o.topic() == topics::COMPLIANCE));
+        assert_eq!(out[0].key(), format!("sms:{USER}"));
+        let event = out[0].record::<ComplianceEvent>().unwrap();
+        assert_eq!(event.kind, ComplianceEventKind::BlockedOutbound);
+        assert_eq!(event.source, ComplianceSource::Keyword);
+        assert_eq!(event.address, USER);
+        assert_eq!(event.channel, Channel::Sms);
+        assert_eq!(event.sender_scope.as_deref(), Some(OURS));
+        assert_eq!(event.conversation_id.as_deref(), Some(PM));
+        assert_eq!(event.message_ref.as_deref(), Some("r-1"));
+        assert_eq!(event.locale.as_deref(), Some("es-MX"));
+        assert_eq!(event.at, T0 + 5);
+        assert_eq!(event.details["consent_status"], "OPTED_OUT");
+        assert_eq!(event.event_id, blocked_event_id("r-1", Channel::Sms, USER));
+        assert_ne!(event.event_id, blocked_event_id("r-2", Channel::Sms, USER));
+        assert_eq!(h.outcome("blocked"), 1);
+        // Re-sent: nothing at all, not even a second audit entry.
+        assert!(h.respond(r, T0 + 6).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_gate_uses_the_sender_scope_and_newest_decision() {
+        // Opted out of another sender only: allowed from ours.
+        let local = vec![consent("+15005550006", ConsentStatus::OptedOut, T0 - 10)];
+        let mut h = Harness::with(Settings::for_test(config()), gate(local));
+        h.event(inbound(PM, Channel::Sms, T0));
+        assert_eq!(h.ops(response("r-1", PM, "Hi"), T0 + 1).len(), 1);
+
+        // Opted out of ours, then opted in again later (newest wins).
+        let local = vec![
+            consent(OURS, ConsentStatus::OptedOut, T0 - 10),
+            consent("*", ConsentStatus::OptedIn, T0 - 5),
+        ];
+        let mut h = Harness::with(Settings::for_test(config()), gate(local));
+        h.event(inbound(PM, Channel::Sms, T0));
+        assert_eq!(h.ops(response("r-1", PM, "Hi"), T0 + 1).len(), 1);
+    }
+
+    #[test]
+    fn require_opt_in_blocks_users_without_a_decision() {
+        let mut settings = Settings::for_test(config());
+        settings.require_opt_in = true;
+        let mut h = Harness::with(settings, gate(Vec::new()));
+        h.event(inbound(PM, Channel::Sms, T0));
+        let out = h.respond(response("r-1", PM, "Hi"), T0 + 1).unwrap();
+        let event = out[0].record::<ComplianceEvent>().unwrap();
+        assert_eq!(event.details["consent_status"], "UNKNOWN");
+        assert_eq!(event.source, ComplianceSource::Unknown);
+    }
+
+    #[test]
+    fn a_response_for_an_unknown_conversation_is_dead_lettered() {
+        let mut h = Harness::new();
+        let err = h.respond(response("r-1", PM, "Hi"), T0).unwrap_err();
+        assert!(
+            matches!(&err, ProcessError::Failed(m) if m.contains("unknown conversation")),
+            "{err}"
+        );
+        assert_eq!(h.outcome("unknown_conversation"), 1);
+        assert!(h.state.get(&seen_key("r-1")).is_none(), "not remembered");
+    }
+
+    #[test]
+    fn bad_responses_are_dead_lettered_with_a_reason() {
+        let mut h = Harness::new();
+        h.event(inbound(PM, Channel::Sms, T0));
+        let err = h.respond(response(" ", PM, "Hi"), T0 + 1).unwrap_err();
+        assert!(matches!(err, ProcessError::Invalid(_)));
+        let err = h.respond(response("r-1", PM, "  "), T0 + 1).unwrap_err();
+        assert!(matches!(err, ProcessError::Invalid(m) if m.contains("nothing to send")));
+        let mut r = response("r-2", PM, "See this");
+        r.media = vec![MediaRef::default()];
+        let err = h.respond(r, T0 + 1).unwrap_err();
+        assert!(matches!(err, ProcessError::Invalid(m) if m.contains("no URL")));
+
+        // WhatsApp outside the window without a template configured.
+        let mut h = Harness::with(
+            Settings::for_test(SegmentConfig::default()),
+            gate(Vec::new()),
+        );
+        h.event(inbound(PM, Channel::Whatsapp, T0));
+        let err = h
+            .respond(response("r-3", PM, "Hi"), T0 + 30 * H)
+            .unwrap_err();
+        assert!(matches!(err, ProcessError::Failed(m) if m.contains("template")));
+    }
+
+    #[test]
+    fn a_closed_conversation_gets_nothing() {
+        let mut h = Harness::new();
+        let mut joined = event(
+            CH,
+            ConversationEventType::ParticipantJoined,
+            Some(participant(Channel::Sms)),
+            T0,
+        );
+        joined.source = EventSource::Conversations;
+        h.event(joined);
+        let mut closed = event(
+            CH,
+            ConversationEventType::ConversationStateChanged,
+            None,
+            T0 + 1,
+        );
+        closed.state_change = Some(StateChange {
+            state_from: Some(ConversationState::Active),
+            state_to: ConversationState::Closed,
+            reason: None,
+        });
+        h.event(closed);
+        let err = h.respond(response("r-1", CH, "Hi"), T0 + 2).unwrap_err();
+        assert!(matches!(err, ProcessError::Failed(m) if m.contains("closed")));
+    }
+
+    #[test]
+    fn conversations_send_to_the_conversation_and_pm_through_the_messaging_service() {
+        let mut h = Harness::new();
+        let mut joined = event(
+            CH,
+            ConversationEventType::ParticipantJoined,
+            Some(participant(Channel::Sms)),
+            T0,
+        );
+        joined.source = EventSource::Conversations;
+        h.event(joined);
+        let ops = h.ops(response("r-1", CH, "Hi"), T0 + 1);
+        assert_eq!(ops[0].kind, OperationKind::SendConversationMessage);
+        assert_eq!(ops[0].conversation_id, CH);
+        assert_eq!(ops[0].sender_key, format!("sms:{OURS}"));
+        assert_eq!(ops[0].to.as_deref(), Some(USER));
+
+        let mut settings = Settings::for_test(config());
+        settings.messaging_service_sid = Some("MG0123456789abcdef0123456789abcdef".into());
+        let mut h = Harness::with(settings, gate(Vec::new()));
+        let mut p = participant(Channel::Sms);
+        p.proxy_address = None;
+        h.event(event(
+            PM,
+            ConversationEventType::MessageReceived,
+            Some(p),
+            T0,
+        ));
+        let ops = h.ops(response("r-1", PM, "Hi"), T0 + 1);
+        assert_eq!(ops[0].kind, OperationKind::SendMessage);
+        assert_eq!(ops[0].sender_key, "MG0123456789abcdef0123456789abcdef");
+        assert_eq!(
+            ops[0].messaging_service_sid.as_deref(),
+            Some("MG0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(ops[0].from, None);
+    }
+
+    #[test]
+    fn no_sending_address_and_no_messaging_service_is_dead_lettered() {
+        let mut h = Harness::new();
+        let mut p = participant(Channel::Sms);
+        p.proxy_address = None;
+        h.event(event(
+            PM,
+            ConversationEventType::MessageReceived,
+            Some(p),
+            T0,
+        ));
+        let err = h.respond(response("r-1", PM, "Hi"), T0 + 1).unwrap_err();
+        assert!(matches!(err, ProcessError::Failed(m) if m.contains("MESSAGING_SERVICE_SID")));
+    }
+
+    #[test]
+    fn chat_participants_get_their_larger_limit_unnumbered() {
+        let mut h = Harness::new();
+        let chat = Participant {
+            address: None,
+            channel: Channel::Chat,
+            identity: Some("ana@example.com".into()),
+            proxy_address: None,
+            ..participant(Channel::Chat)
+        };
+        let mut e = event(CH, ConversationEventType::MessageReceived, Some(chat), T0);
+        e.source = EventSource::Conversations;
+        h.event(e);
+        let text = "word ".repeat(2000);
+        let ops = h.ops(response("r-1", CH, &text), T0 + 1);
+        assert_eq!(ops.len(), 1, "10 000 bytes fit one chat message");
+        assert_eq!(ops[0].channel, Channel::Chat);
+        assert_eq!(ops[0].sender_key, format!("chat:{CH}"));
+        assert_eq!(ops[0].segments, None);
+    }
+
+    #[test]
+    fn participants_who_left_are_forgotten_and_the_last_writer_is_the_recipient() {
+        let mut h = Harness::new();
+        h.event(inbound(CH, Channel::Sms, T0));
+        let mut other = participant(Channel::Whatsapp);
+        other.address = Some("+14155550111".into());
+        h.event(event(
+            CH,
+            ConversationEventType::MessageReceived,
+            Some(other.clone()),
+            T0 + 10,
+        ));
+        let ops = h.ops(response("r-1", CH, "Hi"), T0 + 20);
+        assert_eq!(ops[0].channel, Channel::Whatsapp);
+        assert_eq!(ops[0].to.as_deref(), Some("+14155550111"));
+        h.event(event(
+            CH,
+            ConversationEventType::ParticipantLeft,
+            Some(other),
+            T0 + 30,
+        ));
+        let ops = h.ops(response("r-2", CH, "Hi"), T0 + 40);
+        assert_eq!(ops[0].channel, Channel::Sms);
+        assert_eq!(ops[0].to.as_deref(), Some(USER));
+    }
+
+    #[test]
+    fn irrelevant_events_write_no_state() {
+        let mut h = Harness::new();
+        h.event(event(PM, ConversationEventType::DeliveryUpdated, None, T0));
+        let mut voice = inbound("call-CA1", Channel::Voice, T0);
+        voice.event_type = ConversationEventType::CallStatusChanged;
+        h.event(voice);
+        assert!(h.state.is_empty());
+        let err = h
+            .feed(
+                SegmentInput::Event(Box::new(inbound("", Channel::Sms, T0))),
+                T0,
+            )
+            .unwrap_err();
+        assert!(matches!(err, ProcessError::Invalid(_)));
+    }
+}

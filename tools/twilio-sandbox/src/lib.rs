@@ -1,0 +1,355 @@
+//! A local stand-in for the Twilio REST endpoints egress calls.
+//!
+//! Served on one port (both `api.twilio.com` and `conversations.twilio.com`
+//! paths):
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST /2010-04-01/Accounts/{AC}/Messages.json` | 201, a Message resource |
+//! | `POST /2010-04-01/Accounts/{AC}/Calls.json` | 201, a Call resource |
+//! | `POST /v1/Conversations` | 201, a Conversation |
+//! | `POST /v1/Conversations/{CH}` | 200, the Conversation (e.g. `State=closed`) |
+//! | `POST /v1/Conversations/{CH}/Messages` | 201, a Conversation Message |
+//! | `POST /v1/Conversations/{CH}/Participants` | 201, a Participant |
+//!
+//! Like Twilio it checks HTTP Basic auth (Account SID + Auth Token, or API key
+//! SID + secret; 401 with code 20003 otherwise) and the required parameters, and
+//! answers errors with Twilio's JSON `{code, message, more_info, status}`:
+//!
+//! | code | status | when |
+//! |---|---|---|
+//! | 20003 | 401 | bad or missing credentials, or another account in the path |
+//! | 20404 | 404 | unknown path or conversation |
+//! | 20004 | 405 | a method other than POST on a known path |
+//! | 20429 | 429 | past the per-sender rate, or an injected 429 |
+//! | 20500 | 500 | an injected server error |
+//! | 21604 | 400 | Messages: `To` missing |
+//! | 21603 | 400 | Messages: neither `From` nor `MessagingServiceSid` |
+//! | 21602 | 400 | Messages: none of `Body`, `MediaUrl`, `ContentSid` |
+//! | 21617 | 400 | Messages: `Body` over 1600 characters |
+//! | 21211 | 400 | `To` is not a valid number (see below) |
+//! | 21610 | 400 | `To` opted out (see below) |
+//! | 21201 / 21213 / 21205 | 400 | Calls: `To` / `From` / `Url` or `Twiml` missing |
+//! | 20001 | 400 | Conversations: a required parameter missing |
+//! | 50416 | 409 | Participants: the address/proxy pair is already in an active conversation |
+//!
+//! **Invalid numbers (21211)**: a `To` that is not E.164 (`+` and 8 to 15
+//! digits, after an optional `whatsapp:`/`sms:` prefix), Twilio's magic test
+//! number `+15005550001`, and every number in [`SandboxConfig::invalid_numbers`]
+//! (`SANDBOX_INVALID_NUMBERS`). **Opted out (21610)**: Twilio's magic number
+//! `+15005550004` and [`SandboxConfig::opted_out_numbers`].
+//!
+//! **Rate**: at most `per_sender` requests are let through per sender (`From`,
+//! else `MessagingServiceSid`; for Conversations the conversation's proxy
+//! address, else its messaging service, else its SID) in any sliding one-second
+//! window; past it 429 / 20429.
+//!
+//! **Faults** ([`Faults`]): each Twilio request after the auth check draws one
+//! number from a seeded generator: below `drop_rate` the request is processed
+//! (the message exists, callbacks follow) and then the connection is closed
+//! without an answer, the case that makes a retry duplicate; then
+//! `error_5xx_rate` answers 500 / 20500 and `rate_429` answers 429 / 20429
+//! without processing. `latency_ms` delays every answer.
+//!
+//! **Callbacks**: after a Message is accepted the sandbox posts `MessageStatus`
+//! `sent`, then `delivered` to the request's `StatusCallback` (or
+//! `{callback_url}/twilio/messaging/status`); after a Conversation message,
+//! `onDeliveryUpdated` (`sent`, `delivered`) per SMS/WhatsApp participant to
+//! `{callback_url}/twilio/conversations/events`. They are signed with
+//! `X-Twilio-Signature` exactly as Twilio signs (the signature code of the
+//! si-ingress crate) for the public URL ([`SandboxConfig::public_url`]), while
+//! posted to `callback_url`: ingress behind a proxy sees the same thing.
+//!
+//! **Control API** (no auth): `GET /_sandbox/requests` (JSON array of
+//! [`RequestRecord`]), `DELETE /_sandbox/requests` (clears requests and
+//! callbacks), `GET /_sandbox/callbacks`, `GET|PUT /_sandbox/faults`,
+//! `PUT /_sandbox/rate` `{"per_sender": 10}` (`null` = unlimited),
+//! `POST /_sandbox/inbound/sms` `{"from","to","body"}` (a signed inbound SMS to
+//! ingress).
+
+mod api;
+mod state;
+mod twilio;
+pub mod webhook;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+
+pub use state::{CallbackRecord, Faults, RequestRecord};
+pub use twilio::{is_e164, num_segments};
+pub use webhook::{InboundConversationMessage, InboundSms, Posted, Webhooks};
+
+use crate::state::Shared;
+
+/// Twilio's magic test number that is never valid (21211).
+pub const MAGIC_INVALID: &str = "+15005550001";
+/// Twilio's magic test number of a recipient that opted out (21610).
+pub const MAGIC_OPTED_OUT: &str = "+15005550004";
+
+/// How a sandbox is set up.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Where to listen (`127.0.0.1:0` picks a free port).
+    pub addr: SocketAddr,
+    /// The one account the sandbox knows (in paths and as Basic auth user).
+    pub account_sid: String,
+    /// Its Auth Token: Basic auth password, and the key callbacks are signed with.
+    pub auth_token: String,
+    /// An API key (SID, secret) also accepted for Basic auth.
+    pub api_key: Option<(String, String)>,
+    /// Requests per sender per second; `None` = unlimited.
+    pub rate_per_sender: Option<u32>,
+    /// Where callbacks and simulated inbound webhooks are posted: ingress's base
+    /// URL (e.g. `http://127.0.0.1:8080`). `None`: only requests that name a
+    /// `StatusCallback` get callbacks.
+    pub callback_url: Option<String>,
+    /// The public base URL ingress validates signatures against (its
+    /// `PUBLIC_BASE_URL`); defaults to `callback_url`. A `StatusCallback` under
+    /// this URL is posted to `callback_url` instead, signed as given.
+    pub public_url: Option<String>,
+    /// Numbers refused with 21211 besides malformed ones and `+15005550001`.
+    pub invalid_numbers: Vec<String>,
+    /// Numbers refused with 21610 besides `+15005550004`.
+    pub opted_out_numbers: Vec<String>,
+    /// Faults from the start.
+    pub faults: Faults,
+    /// Seed of the fault generator (same seed and request order, same faults).
+    pub seed: u64,
+    /// Whether accepted messages get status callbacks.
+    pub callbacks: bool,
+    /// How many request records are kept (oldest dropped first).
+    pub log_capacity: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            account_sid: "AC00000000000000000000000000000000".to_owned(),
+            auth_token: "sandbox-auth-token".to_owned(),
+            api_key: None,
+            rate_per_sender: None,
+            callback_url: None,
+            public_url: None,
+            invalid_numbers: Vec::new(),
+            opted_out_numbers: Vec::new(),
+            faults: Faults::default(),
+            seed: 0x5EED,
+            callbacks: true,
+            log_capacity: 200_000,
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// The webhook poster for `callback_url` (signed for `public_url`), if set.
+    #[must_use]
+    pub fn webhooks(&self) -> Option<Webhooks> {
+        let post = self.callback_url.as_deref()?;
+        Some(Webhooks::new(
+            post,
+            self.public_url.as_deref(),
+            &self.auth_token,
+            &self.account_sid,
+        ))
+    }
+}
+
+/// The sandbox server.
+pub struct Sandbox;
+
+impl Sandbox {
+    /// Binds the listener and serves in the background until
+    /// [`SandboxHandle::shutdown`] (or the handle is dropped).
+    ///
+    /// # Errors
+    /// When the address cannot be bound or the configuration is invalid.
+    pub async fn start(config: SandboxConfig) -> anyhow::Result<SandboxHandle> {
+        config
+            .faults
+            .validate()
+            .map_err(|e| anyhow::anyhow!("faults: {e}"))?;
+        if config.rate_per_sender == Some(0) {
+            anyhow::bail!("rate_per_sender must be at least 1 (or unset for no limit)");
+        }
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("binding {}", config.addr))?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let shared = Arc::new(Shared::new(config, tasks.clone(), shutdown.clone())?);
+        let router = api::router(shared.clone());
+        let stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "sandbox server stopped");
+            }
+        });
+        tracing::info!(%addr, "twilio sandbox listening");
+        Ok(SandboxHandle {
+            addr,
+            shared,
+            server: Some(server),
+            tasks,
+            _stop_on_drop: shutdown.clone().drop_guard(),
+            shutdown,
+        })
+    }
+}
+
+/// A running sandbox. Dropping it stops the server.
+pub struct SandboxHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    _stop_on_drop: DropGuard,
+}
+
+impl SandboxHandle {
+    /// `http://127.0.0.1:<port>`: the base URL for both the Messaging and the
+    /// Conversations API.
+    #[must_use]
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The account SID requests must use.
+    #[must_use]
+    pub fn account_sid(&self) -> &str {
+        &self.shared.config.account_sid
+    }
+
+    /// The Auth Token requests must use (and callbacks are signed with).
+    #[must_use]
+    pub fn auth_token(&self) -> &str {
+        &self.shared.config.auth_token
+    }
+
+    /// Every Twilio request so far (oldest first), including refused ones.
+    #[must_use]
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.requests(None)
+    }
+
+    /// Operations Twilio would have performed more than once: for each
+    /// `X-Si-Operation-Id` whose requests created or changed a resource (an
+    /// answer with a SID, dropped answers included) more than once, how often.
+    #[must_use]
+    pub fn duplicates(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut performed: std::collections::BTreeMap<String, usize> =
+            std::collections::BTreeMap::new();
+        for record in self.shared.requests(None) {
+            if let (Some(id), Some(_)) = (record.operation_id, record.sid) {
+                *performed.entry(id).or_default() += 1;
+            }
+        }
+        performed.retain(|_, n| *n > 1);
+        performed
+    }
+
+    /// Every callback posted so far, with ingress's answer.
+    #[must_use]
+    pub fn callbacks(&self) -> Vec<CallbackRecord> {
+        self.shared.callbacks()
+    }
+
+    /// Forgets the recorded requests and callbacks (sequence numbers go on).
+    pub fn clear(&self) {
+        self.shared.clear();
+    }
+
+    /// Replaces the fault settings.
+    ///
+    /// # Errors
+    /// When a rate is outside 0..=1 or the rates add up to more than 1.
+    pub fn set_faults(&self, faults: Faults) -> anyhow::Result<()> {
+        self.shared
+            .set_faults(faults)
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// The current fault settings.
+    #[must_use]
+    pub fn faults(&self) -> Faults {
+        self.shared.faults()
+    }
+
+    /// Sets the per-sender rate (requests per sliding second); `None` = unlimited.
+    ///
+    /// # Errors
+    /// For `Some(0)`.
+    pub fn set_rate(&self, per_sender: Option<u32>) -> anyhow::Result<()> {
+        self.shared
+            .set_rate(per_sender)
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// Posts a signed Programmable Messaging inbound webhook to
+    /// `{callback_url}/twilio/messaging/inbound`.
+    ///
+    /// # Errors
+    /// Without a `callback_url`, or when the request fails to be sent.
+    pub async fn post_inbound_sms(&self, sms: &InboundSms) -> anyhow::Result<Posted> {
+        self.webhooks()?.post_inbound_sms(sms).await
+    }
+
+    /// Posts a signed Conversations `onMessageAdded` (a user's message) to
+    /// `{callback_url}/twilio/conversations/events`. When the conversation is one
+    /// the sandbox created, missing fields (participant, messaging service,
+    /// source) are taken from it.
+    ///
+    /// # Errors
+    /// Without a `callback_url`, or when the request fails to be sent.
+    pub async fn post_inbound_conversation_message(
+        &self,
+        message: &InboundConversationMessage,
+    ) -> anyhow::Result<Posted> {
+        let message = self.shared.complete_inbound(message);
+        self.webhooks()?
+            .post_inbound_conversation_message(&message)
+            .await
+    }
+
+    fn webhooks(&self) -> anyhow::Result<&Webhooks> {
+        self.shared
+            .webhooks
+            .as_ref()
+            .context("the sandbox has no callback_url (SANDBOX_CALLBACK_URL)")
+    }
+
+    /// Stops serving, cancels pending callbacks and waits for both.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if let Some(mut server) = self.server.take() {
+            // Pooled keep-alive connections of clients may hold the graceful
+            // shutdown open; give them a moment, then stop regardless.
+            if tokio::time::timeout(Duration::from_secs(5), &mut server)
+                .await
+                .is_err()
+            {
+                tracing::warn!("sandbox connections still open at shutdown: closing them");
+                server.abort();
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+    }
+}
