@@ -160,6 +160,34 @@ impl TestEnv {
         Ok(consumer)
     }
 
+    /// Reads `topic` from the beginning until a record matches `predicate`
+    /// (called on every record in order, tombstones skipped) and returns it.
+    ///
+    /// # Errors
+    /// When no record matches within `deadline`, or one does not decode.
+    pub async fn find<T: AvroRecord>(
+        &self,
+        topic: &str,
+        deadline: Duration,
+        mut predicate: impl FnMut(&T) -> bool,
+    ) -> anyhow::Result<T> {
+        let consumer = self.consumer(topic).await?;
+        let until = Instant::now() + deadline;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let Ok(received) = tokio::time::timeout(left, consumer.recv()).await else {
+                bail!("no matching record on {topic} within {deadline:?}");
+            };
+            let message = received?;
+            if let Some(payload) = message.payload() {
+                let record = self.codec.decode::<T>(payload).await?;
+                if predicate(&record) {
+                    return Ok(record);
+                }
+            }
+        }
+    }
+
     /// Reads raw records from `topic` until `count` have arrived or `deadline` passes.
     ///
     /// # Errors

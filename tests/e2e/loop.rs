@@ -1,0 +1,208 @@
+//! The whole loop on the real broker: a signed inbound SMS goes through ingress,
+//! normalize, consent, the echo responder, segment and egress; the Twilio
+//! sandbox receives the reply and its delivery callback comes back through
+//! ingress and normalize as a DELIVERY_UPDATED event. Then STOP: a cognition
+//! response for the conversation is blocked at the consent gate (a
+//! BLOCKED_OUTBOUND compliance event, nothing on twilio.outbound.v1), and after
+//! START a new response goes through again.
+
+use std::time::Duration;
+
+use si_schemas::records::{
+    CognitionResponse, ComplianceEvent, ComplianceEventKind, ConsentState, ConsentStatus,
+    ConversationEvent, ConversationEventType, DeliveryState, InboundMessage, OutboundOperation,
+};
+use si_schemas::topics;
+use si_testkit::{StageProcess, TestEnv, free_port, wait_for};
+use twilio_sandbox::{InboundSms, RequestRecord, Sandbox, SandboxConfig, SandboxHandle};
+
+const USER: &str = "+14155550123";
+const SI_NUMBER: &str = "+14155550100";
+const TOKEN: &str = "loop-test-auth-token";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The Programmable Messaging sends the sandbox accepted for the user.
+fn sent_to_user(sandbox: &SandboxHandle) -> Vec<RequestRecord> {
+    sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.path.ends_with("/Messages.json")
+                && r.status < 300
+                && r.params.get("To").map(String::as_str) == Some(USER)
+        })
+        .collect()
+}
+
+async fn say(sandbox: &SandboxHandle, body: &str) -> anyhow::Result<()> {
+    let posted = sandbox
+        .post_inbound_sms(&InboundSms {
+            from: USER.into(),
+            to: SI_NUMBER.into(),
+            body: body.into(),
+            ..InboundSms::default()
+        })
+        .await?;
+    anyhow::ensure!(posted.status == 200, "ingress answered {}", posted.status);
+    Ok(())
+}
+
+async fn sent_body_containing(
+    sandbox: &SandboxHandle,
+    text: &str,
+) -> anyhow::Result<RequestRecord> {
+    wait_for(&format!("a send containing {text:?}"), DEADLINE, || async {
+        Ok(sent_to_user(sandbox)
+            .into_iter()
+            .find(|r| r.params.get("Body").is_some_and(|b| b.contains(text))))
+    })
+    .await
+}
+
+async fn consent_status(env: &TestEnv, want: ConsentStatus) -> anyhow::Result<ConsentState> {
+    env.find::<ConsentState>(topics::CONSENT, DEADLINE, |c| {
+        c.address == USER && c.status == want
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let ingress_url = format!("http://127.0.0.1:{}", free_port()?);
+    let sandbox = Sandbox::start(SandboxConfig {
+        auth_token: TOKEN.into(),
+        callback_url: Some(ingress_url.clone()),
+        ..SandboxConfig::default()
+    })
+    .await?;
+    let listen = ingress_url.trim_start_matches("http://").to_owned();
+    let base = sandbox.base_url();
+    let twilio = [
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("TWILIO_ACCOUNT_SID", sandbox.account_sid()),
+    ];
+    let mut stages = Vec::new();
+    for (binary, extra) in [
+        (
+            "si-ingress",
+            vec![
+                ("LISTEN_ADDR", listen.as_str()),
+                ("PUBLIC_BASE_URL", ingress_url.as_str()),
+            ],
+        ),
+        ("si-normalize", vec![("VISITOR_ID_SECRET", "loop-secret")]),
+        ("si-consent", vec![]),
+        ("si-echo-responder", vec![]),
+        ("si-segment", vec![]),
+        (
+            "si-egress",
+            vec![
+                ("TWILIO_API_BASE_URL", base.as_str()),
+                ("TWILIO_CONVERSATIONS_BASE_URL", base.as_str()),
+            ],
+        ),
+    ] {
+        let vars: Vec<(&str, &str)> = twilio.iter().copied().chain(extra).collect();
+        stages.push(StageProcess::spawn(&env, binary, "loop-0", &vars)?);
+    }
+    for stage in &mut stages {
+        stage.ready(DEADLINE).await?;
+    }
+
+    // 1. A user's text reaches cognition (echo) and the reply reaches Twilio.
+    say(&sandbox, "Hello Si").await?;
+    let reply = sent_body_containing(&sandbox, "Hello Si").await?;
+    assert_eq!(
+        reply.params.get("From").map(String::as_str),
+        Some(SI_NUMBER)
+    );
+    let inbound = env
+        .find::<InboundMessage>(topics::INBOUND, DEADLINE, |m| m.text == "Hello Si")
+        .await?;
+    assert!(
+        inbound.first_contact,
+        "the first message is a first contact"
+    );
+
+    // 2. Twilio's delivery callback comes back as a DELIVERY_UPDATED event.
+    let sid = reply
+        .sid
+        .clone()
+        .expect("the sandbox returns the message SID");
+    let delivered = env
+        .find::<ConversationEvent>(topics::CONVERSATION_EVENTS, DEADLINE, |e| {
+            e.event_type == ConversationEventType::DeliveryUpdated
+                && e.delivery
+                    .as_ref()
+                    .is_some_and(|d| d.message_sid == sid && d.status == DeliveryState::Delivered)
+        })
+        .await?;
+    assert_eq!(delivered.conversation_id, inbound.conversation_id);
+
+    // 3. STOP: in force, then a cognition response is blocked at the gate.
+    say(&sandbox, "STOP").await?;
+    consent_status(&env, ConsentStatus::OptedOut).await?;
+    let template = env
+        .find::<CognitionResponse>(topics::RESPONSES, DEADLINE, |r| {
+            r.in_reply_to.as_deref() == Some(inbound.message_id.as_str())
+        })
+        .await?;
+    let respond = |id: &str, text: &str| CognitionResponse {
+        response_id: id.into(),
+        text: text.into(),
+        in_reply_to: None,
+        ..template.clone()
+    };
+    let key = inbound.conversation_id.clone();
+    env.produce(
+        topics::RESPONSES,
+        &key,
+        &respond("r-after-stop", "Are you still there?"),
+    )
+    .await?;
+    let blocked = env
+        .find::<ComplianceEvent>(topics::COMPLIANCE, DEADLINE, |c| {
+            c.kind == ComplianceEventKind::BlockedOutbound
+                && c.message_ref.as_deref() == Some("r-after-stop")
+        })
+        .await?;
+    assert_eq!(blocked.address, USER);
+
+    // 4. START: a new response goes through, and the blocked one never did.
+    say(&sandbox, "START").await?;
+    consent_status(&env, ConsentStatus::OptedIn).await?;
+    env.produce(
+        topics::RESPONSES,
+        &key,
+        &respond("r-after-start", "Welcome back!"),
+    )
+    .await?;
+    sent_body_containing(&sandbox, "Welcome back!").await?;
+    // Segment handles one conversation's responses in order, so every operation
+    // for r-after-stop would be on twilio.outbound.v1 before r-after-start's.
+    let mut outbound = Vec::new();
+    env.find::<OutboundOperation>(topics::OUTBOUND, DEADLINE, |op| {
+        outbound.push(op.response_id.clone());
+        op.response_id.as_deref() == Some("r-after-start")
+    })
+    .await?;
+    assert!(
+        !outbound
+            .iter()
+            .any(|r| r.as_deref() == Some("r-after-stop")),
+        "a response to an opted-out user reached twilio.outbound.v1: {outbound:?}"
+    );
+    assert!(
+        !sent_to_user(&sandbox).iter().any(|r| r
+            .params
+            .get("Body")
+            .is_some_and(|b| b.contains("still there"))),
+        "the sandbox received a message sent after STOP"
+    );
+
+    for stage in &mut stages {
+        stage.terminate(Duration::from_secs(30))?;
+    }
+    Ok(())
+}
