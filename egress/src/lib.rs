@@ -98,7 +98,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .await?;
     tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
-        () = async { gate.local().loaded().await; gate.registry().loaded().await; } => {}
+        () = gate.loaded() => {}
     }
     tracing::info!("consent tables loaded");
 

@@ -176,6 +176,13 @@ impl ConsentGate {
         &self.registry
     }
 
+    /// Waits until both tables have been read to their end once. A stage that
+    /// gates must not decide against half-loaded tables.
+    pub async fn loaded(&self) {
+        self.local.loaded().await;
+        self.registry.loaded().await;
+    }
+
     /// Whether both tables have been read to their end once.
     #[must_use]
     pub fn is_loaded(&self) -> bool {

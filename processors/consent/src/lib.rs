@@ -158,7 +158,7 @@ async fn run_stream(
     // Decisions made against half-loaded tables would send welcomes to known
     // users and forward messages of users who opted out elsewhere.
     tokio::select! {
-        () = async { gate.local().loaded().await; gate.registry().loaded().await; } => {}
+        () = gate.loaded() => {}
         () = shutdown.cancelled() => return Ok(()),
     }
     let state_ttl = settings.state_ttl;

@@ -854,7 +854,7 @@ async fn run_stream(
     // Processing waits for the consent tables: a response gated against a
     // half-loaded table could reach someone who opted out.
     tokio::select! {
-        () = async { gate.local().loaded().await; gate.registry().loaded().await; } => {}
+        () = gate.loaded() => {}
         () = shutdown.cancelled() => return Ok(()),
     }
     let segment_metrics = SegmentMetrics::new(metrics.registry())?;
