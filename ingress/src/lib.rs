@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod signature;
 pub mod twiml;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,14 +129,26 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let task = tokio::spawn(async move {
         tracing::info!(%addr, admin = %admin_addr, "ingress listening");
         let stop = shutdown.clone();
-        axum::serve(listener, router)
+        let serve = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 stop.cancelled().await;
                 listening.set(false);
                 tracing::info!("draining: no new connections, finishing in-flight requests");
             })
-            .await
-            .context("serving webhooks")?;
+            .into_future();
+        // In-flight requests get the drain timeout; a connection that is still open
+        // after it (a stalled client) does not hold the pod past its grace period.
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain).await;
+        };
+        tokio::select! {
+            served = serve => served.context("serving webhooks")?,
+            () = deadline => tracing::warn!(
+                ?drain,
+                "drain timeout passed with connections still open; closing them"
+            ),
+        }
         let flushed = tokio::task::spawn_blocking(move || producer.flush(drain)).await?;
         if let Err(error) = flushed {
             tracing::warn!(%error, "producer flush on shutdown");

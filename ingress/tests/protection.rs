@@ -118,3 +118,23 @@ async fn shutdown_drains_and_stops() -> anyhow::Result<()> {
     assert_eq!(records[0].1.resource_sid.as_deref(), Some("SM1"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_stalled_client_does_not_hold_shutdown() -> anyhow::Result<()> {
+    // The stalled request would be answered (and its connection closed) only at the
+    // 14 s request deadline; shutdown must not wait for it.
+    let ingress = Ingress::start(&["--drain-timeout", "2s", "--request-timeout", "14s"]).await?;
+    let _stalled = stalled_request(&ingress).await?;
+    let Ingress {
+        running, shutdown, ..
+    } = ingress;
+    shutdown.cancel();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), running.stopped()).await??;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(14),
+        "stopped without waiting for the stalled request's deadline: {took:?}"
+    );
+    Ok(())
+}

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -109,9 +110,15 @@ impl AdminServer {
         Ok(Self { local_addr, task })
     }
 
-    /// Waits for the listener to stop (after shutdown).
-    pub async fn stopped(self) {
-        let _ = self.task.await;
+    /// Waits for the listener to stop (after shutdown). A scrape still open after a
+    /// few seconds is cut off rather than holding the process.
+    pub async fn stopped(mut self) {
+        if tokio::time::timeout(Duration::from_secs(3), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
     }
 }
 

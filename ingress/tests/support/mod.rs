@@ -47,8 +47,16 @@ pub struct Ingress {
 }
 
 impl Ingress {
+    /// Starts ingress and waits until it reports ready, as a load balancer would
+    /// before routing Twilio to it (on a busy machine the first broker and registry
+    /// round trips can outlast a short produce timeout).
     pub async fn start(extra: &[&str]) -> anyhow::Result<Self> {
-        Self::start_with(TestEnv::start().await?, extra).await
+        let ingress = Self::start_with(TestEnv::start().await?, extra).await?;
+        wait_for(Duration::from_secs(60), || async {
+            Ok(ingress.readyz().await? == 200)
+        })
+        .await?;
+        Ok(ingress)
     }
 
     pub async fn start_with(env: TestEnv, extra: &[&str]) -> anyhow::Result<Self> {
