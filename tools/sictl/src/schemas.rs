@@ -92,14 +92,58 @@ pub fn incompatibilities(level: &str, new: &Schema, olds: &[(u32, Schema)]) -> V
 }
 
 /// Whether two schema texts are the same JSON (the registry may re-format; docs and
-/// defaults count, unlike Avro's canonical form).
+/// defaults count, unlike Avro's canonical form). A nested named type that repeats its
+/// enclosing namespace means the same as one that leaves it out, and registries differ
+/// in which they store (Apicurio drops it), so such namespaces are ignored.
 fn same_json(a: &str, b: &str) -> bool {
     match (
         serde_json::from_str::<serde_json::Value>(a),
         serde_json::from_str::<serde_json::Value>(b),
     ) {
-        (Ok(a), Ok(b)) => a == b,
+        (Ok(mut a), Ok(mut b)) => {
+            drop_inherited_namespaces(&mut a, None);
+            drop_inherited_namespaces(&mut b, None);
+            a == b
+        }
         _ => a.trim() == b.trim(),
+    }
+}
+
+/// Removes every `namespace` equal to the one its type would inherit anyway.
+fn drop_inherited_namespaces(value: &mut serde_json::Value, enclosing: Option<&str>) {
+    match value {
+        serde_json::Value::Object(object) => {
+            let declared = object
+                .get("namespace")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned);
+            let named = matches!(
+                object.get("type").and_then(serde_json::Value::as_str),
+                Some("record" | "enum" | "fixed" | "error")
+            );
+            // A dotted name carries its own namespace, which its members inherit.
+            let from_name = object
+                .get("name")
+                .and_then(serde_json::Value::as_str)
+                .filter(|_| named)
+                .and_then(|name| name.rsplit_once('.'))
+                .map(|(namespace, _)| namespace.to_owned());
+            if named && declared.is_some() && declared.as_deref() == enclosing {
+                object.remove("namespace");
+            }
+            let inner = from_name
+                .or(declared)
+                .or_else(|| enclosing.map(str::to_owned));
+            for (_, child) in object.iter_mut() {
+                drop_inherited_namespaces(child, inner.as_deref());
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                drop_inherited_namespaces(item, enclosing);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -224,6 +268,23 @@ pub async fn register(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_enclosing_namespace_is_the_same_schema_and_a_different_one_is_not() {
+        let stored = r#"{"type":"record","name":"Outer","namespace":"a.b","fields":[
+            {"name":"inner","type":{"type":"record","name":"Inner","fields":[]}}]}"#;
+        let repeated = r#"{"type":"record","name":"Outer","namespace":"a.b","fields":[
+            {"name":"inner","type":{"type":"record","name":"Inner","namespace":"a.b","fields":[]}}]}"#;
+        let moved = r#"{"type":"record","name":"Outer","namespace":"a.b","fields":[
+            {"name":"inner","type":{"type":"record","name":"Inner","namespace":"a.c","fields":[]}}]}"#;
+        assert!(same_json(stored, repeated));
+        assert!(!same_json(stored, moved));
+        // The top-level namespace is never dropped.
+        assert!(!same_json(
+            stored,
+            &stored.replace(r#","namespace":"a.b""#, "")
+        ));
+    }
 
     fn schema(fields: &str) -> Schema {
         Schema::parse_str(&format!(
