@@ -56,8 +56,13 @@ pub struct RegistryError {
 
 impl RegistryError {
     fn from_src(context: &str, error: &SRCError) -> Self {
+        let cause = error
+            .cause
+            .as_deref()
+            .map(|cause| format!(" ({cause})"))
+            .unwrap_or_default();
         Self {
-            message: format!("{context}: {}", error.error),
+            message: format!("{context}: {}{cause}", error.error),
             status: None,
             retriable: error.retriable,
         }
@@ -68,6 +73,32 @@ impl RegistryError {
             message: format!("{context}: {error}"),
             status: error.status().map(|s| s.as_u16()),
             retriable: error.is_timeout() || error.is_connect() || error.is_request(),
+        }
+    }
+}
+
+/// How often one registry call is tried when it fails with network trouble or a 5xx.
+const ATTEMPTS: u32 = 3;
+
+/// Runs a registry call, trying again (after 250 ms, then 500 ms) while it fails in a
+/// way that may pass. Every call here is idempotent: registering a schema the subject
+/// already has returns its id.
+async fn retrying<T, F, Fut>(mut call: F) -> Result<T, RegistryError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RegistryError>>,
+{
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(error) if error.retriable && attempt < ATTEMPTS => {
+                tracing::debug!(%error, attempt, "schema registry call failed; trying again");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            result => return result,
         }
     }
 }
@@ -177,6 +208,21 @@ impl Registry {
         context: &str,
         request: reqwest::RequestBuilder,
     ) -> Result<Option<T>, RegistryError> {
+        retrying(|| async {
+            let attempt = request.try_clone().ok_or_else(|| RegistryError {
+                message: format!("{context}: the request cannot be repeated"),
+                status: None,
+                retriable: false,
+            })?;
+            Self::send_once(context, attempt).await
+        })
+        .await
+    }
+
+    async fn send_once<T: for<'de> Deserialize<'de>>(
+        context: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Option<T>, RegistryError> {
         let response = request
             .send()
             .await
@@ -206,11 +252,14 @@ impl Registry {
     /// # Errors
     /// When the registry refuses the schema (incompatible, invalid) or cannot be reached.
     pub async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
-        let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_owned());
-        post_schema(&self.settings, subject.to_owned(), supplied)
-            .await
-            .map(|registered| registered.id)
-            .map_err(|e| RegistryError::from_src(&format!("registering {subject}"), &e))
+        retrying(|| async {
+            let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_owned());
+            post_schema(&self.settings, subject.to_owned(), supplied)
+                .await
+                .map(|registered| registered.id)
+                .map_err(|e| RegistryError::from_src(&format!("registering {subject}"), &e))
+        })
+        .await
     }
 
     /// Looks up the id of `schema` under `subject` without registering it.
@@ -234,10 +283,13 @@ impl Registry {
     /// # Errors
     /// When the id is unknown or the registry cannot be reached.
     pub async fn schema_by_id(&self, id: u32) -> Result<String, RegistryError> {
-        get_schema_by_id(id, &self.settings)
-            .await
-            .map(|registered| registered.schema)
-            .map_err(|e| RegistryError::from_src(&format!("fetching schema id {id}"), &e))
+        retrying(|| async {
+            get_schema_by_id(id, &self.settings)
+                .await
+                .map(|registered| registered.schema)
+                .map_err(|e| RegistryError::from_src(&format!("fetching schema id {id}"), &e))
+        })
+        .await
     }
 
     /// Every registered version of `subject`, oldest first; empty when the subject is unknown.
@@ -245,10 +297,16 @@ impl Registry {
     /// # Errors
     /// When the registry cannot be reached.
     pub async fn versions(&self, subject: &str) -> Result<Vec<RegisteredVersion>, RegistryError> {
-        let numbers = match get_all_versions(&self.settings, subject.to_owned()).await {
-            Ok(numbers) => numbers,
-            Err(e) if e.error.contains("404") || e.error.contains("40401") => return Ok(Vec::new()),
-            Err(e) => return Err(RegistryError::from_src(&format!("listing {subject}"), &e)),
+        let listed = retrying(|| async {
+            match get_all_versions(&self.settings, subject.to_owned()).await {
+                Ok(numbers) => Ok(Some(numbers)),
+                Err(e) if e.error.contains("404") || e.error.contains("40401") => Ok(None),
+                Err(e) => Err(RegistryError::from_src(&format!("listing {subject}"), &e)),
+            }
+        })
+        .await?;
+        let Some(numbers) = listed else {
+            return Ok(Vec::new());
         };
         let mut versions = Vec::with_capacity(numbers.len());
         for number in numbers {
@@ -317,5 +375,56 @@ impl Registry {
                 .await?
                 .is_none_or(|a| a.is_compatible),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn failure(retriable: bool) -> RegistryError {
+        RegistryError {
+            message: "boom".into(),
+            status: None,
+            retriable,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_tried_again_until_the_call_passes() {
+        let calls = AtomicU32::new(0);
+        let result = retrying(|| async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err(failure(true))
+            } else {
+                Ok(7)
+            }
+        })
+        .await;
+        assert_eq!(result.expect("third attempt passes"), 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_after_three_attempts_and_permanent_errors_are_not_retried() {
+        let calls = AtomicU32::new(0);
+        let result: Result<(), _> = retrying(|| async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(failure(true))
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), ATTEMPTS);
+
+        calls.store(0, Ordering::SeqCst);
+        let result: Result<(), _> = retrying(|| async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(failure(false))
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }
