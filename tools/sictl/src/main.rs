@@ -1,5 +1,5 @@
 //! `sictl`: apply topics, register and check schemas, tail topics, replay the
-//! outbound DLQ, simulate signed webhooks.
+//! outbound DLQ, show and record consent, simulate signed webhooks.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         command: SimulateCommand,
     },
+    /// Consent: the decision in force for an address, and decisions operators record.
+    Consent {
+        #[command(subcommand)]
+        command: ConsentCommand,
+    },
     /// The outbound dead-letter queue (twilio.outbound.dlq.v1).
     Dlq {
         #[command(subcommand)]
@@ -85,6 +90,41 @@ enum Command {
 enum SimulateCommand {
     /// A user's SMS or WhatsApp message (Programmable Messaging inbound webhook).
     Sms(Box<sictl::simulate::SimulateSms>),
+}
+
+#[derive(Subcommand)]
+enum ConsentCommand {
+    /// Prints, as JSON, the decision in force for an address and every entry behind it
+    /// (si.consent.v1 and si.consent.registry.v1, for the scope and for *).
+    Show {
+        #[command(flatten)]
+        subject: sictl::consent::Subject,
+        /// Longest time to read both tables to their end, e.g. `30s`.
+        #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+        timeout: Duration,
+    },
+    /// Records an operator's decision (compliance source API): the entry on
+    /// si.consent.v1 and an OPT_IN / OPT_OUT event on si.compliance.v1, in one transaction.
+    /// Every stage honours it at once; the user's next keyword overrides it.
+    Set {
+        #[command(flatten)]
+        subject: sictl::consent::Subject,
+        /// The decision.
+        #[arg(long, value_enum)]
+        status: sictl::consent::ConsentDecision,
+        /// Who decided (an operator, a ticket); kept in the compliance event.
+        #[arg(long)]
+        issued_by: String,
+        /// Why, e.g. "asked by e-mail, ticket 4711"; kept in the compliance event.
+        #[arg(long)]
+        reason: Option<String>,
+        /// The compliance event id (default: a new UUID; reuse one to make a retry idempotent downstream).
+        #[arg(long)]
+        event_id: Option<String>,
+        /// Longest time for the transaction, e.g. `30s`.
+        #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +219,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !(200..300).contains(&posted.status) {
                 eprintln!("sictl: ingress answered {}", posted.status);
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Consent { command } => {
+            let codec = Codec::new(Registry::new(cli.registry.config())?);
+            match command {
+                ConsentCommand::Show { subject, timeout } => {
+                    let shown = sictl::consent::show(&cli.kafka, &codec, subject, *timeout)
+                        .await
+                        .context("consent show")?;
+                    println!("{}", serde_json::to_string_pretty(&shown)?);
+                }
+                ConsentCommand::Set {
+                    subject,
+                    status,
+                    issued_by,
+                    reason,
+                    event_id,
+                    timeout,
+                } => {
+                    let decision = sictl::consent::Decision {
+                        subject: subject.clone(),
+                        status: *status,
+                        issued_by: issued_by.clone(),
+                        reason: reason.clone(),
+                        decided_at: sictl::consent::now_ms(),
+                        event_id: event_id
+                            .clone()
+                            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                    };
+                    let recorded = sictl::consent::record(&cli.kafka, &codec, &decision, *timeout)
+                        .await
+                        .context("consent set")?;
+                    println!("{}", serde_json::to_string(&recorded)?);
+                }
             }
         }
         Command::Dlq {
