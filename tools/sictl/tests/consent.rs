@@ -2,7 +2,8 @@
 //! registry: an operator's decision lands on both topics with source API, is in
 //! force at once, and a newer registry decision overrides it.
 
-use std::process::Command;
+mod support;
+
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -14,21 +15,9 @@ use si_testkit::TestEnv;
 
 const USER: &str = "+14155550100";
 
-/// Runs the real binary against `env`: (success, stdout, stderr).
+/// `sictl consent args…` against `env`.
 fn sictl(env: &TestEnv, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
-    let output = Command::new(env!("CARGO_BIN_EXE_sictl"))
-        .env("KAFKA_BOOTSTRAP_SERVERS", &env.kafka.bootstrap_servers)
-        .env("SCHEMA_REGISTRY_URL", &env.registry.url)
-        .env("SI_TOPIC_PREFIX", &env.kafka.topic_prefix)
-        .arg("consent")
-        .args(args)
-        .output()
-        .context("running sictl")?;
-    Ok((
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    support::sictl(env, &[&["consent"], args].concat())
 }
 
 fn show(env: &TestEnv) -> anyhow::Result<serde_json::Value> {

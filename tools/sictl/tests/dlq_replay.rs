@@ -1,11 +1,11 @@
 //! `sictl dlq replay` against the real local broker: the chosen dead letters go
 //! back to twilio.outbound.v1 unchanged, keyed by sender, once each.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use si_schemas::records::{Channel, OperationKind, OutboundDeadLetter, OutboundOperation};
 use si_schemas::topics;
 use si_testkit::TestEnv;
@@ -57,22 +57,6 @@ fn options(selection: Selection, dry_run: bool) -> ReplayOptions {
         dry_run,
         timeout: Duration::from_secs(30),
     }
-}
-
-/// Runs the real binary against `env`.
-fn sictl(env: &TestEnv, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
-    let output = Command::new(env!("CARGO_BIN_EXE_sictl"))
-        .env("KAFKA_BOOTSTRAP_SERVERS", &env.kafka.bootstrap_servers)
-        .env("SCHEMA_REGISTRY_URL", &env.registry.url)
-        .env("SI_TOPIC_PREFIX", &env.kafka.topic_prefix)
-        .args(args)
-        .output()
-        .context("running sictl")?;
-    Ok((
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
 }
 
 #[tokio::test]
@@ -151,10 +135,10 @@ async fn chosen_dead_letters_are_replayed_once_keyed_by_sender() -> anyhow::Resu
     );
 
     // The binary: an unknown id fails and replays nothing; --all --dry-run lists each once.
-    let (ok, _, stderr) = sictl(&env, &["dlq", "replay", "--operation-id", "op-nope"])?;
+    let (ok, _, stderr) = support::sictl(&env, &["dlq", "replay", "--operation-id", "op-nope"])?;
     assert!(!ok);
     assert!(stderr.contains("op-nope"), "{stderr}");
-    let (ok, stdout, stderr) = sictl(&env, &["dlq", "replay", "--all", "--dry-run"])?;
+    let (ok, stdout, stderr) = support::sictl(&env, &["dlq", "replay", "--all", "--dry-run"])?;
     assert!(ok, "{stderr}");
     let lines: Vec<serde_json::Value> = stdout
         .lines()
@@ -167,9 +151,9 @@ async fn chosen_dead_letters_are_replayed_once_keyed_by_sender() -> anyhow::Resu
         .collect();
     assert_eq!(ids.len(), n);
     assert!(lines.iter().all(|l| l["error_code"] == 21211));
-    let (ok, _, stderr) = sictl(&env, &["dlq", "replay"])?;
+    let (ok, _, stderr) = support::sictl(&env, &["dlq", "replay"])?;
     assert!(!ok, "a selection is required: {stderr}");
-    let (ok, _, _) = sictl(&env, &["dlq", "replay", "--all", "--operation-id", "op-1"])?;
+    let (ok, _, _) = support::sictl(&env, &["dlq", "replay", "--all", "--operation-id", "op-1"])?;
     assert!(!ok, "--all and --operation-id exclude each other");
     Ok(())
 }
