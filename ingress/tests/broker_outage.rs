@@ -132,3 +132,77 @@ async fn a_webhook_is_never_acknowledged_while_kafka_is_down() -> anyhow::Result
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_produce_stuck_on_a_dead_broker_past_the_drain_timeout()
+-> anyhow::Result<()> {
+    let broker = PrivateBroker::start()?;
+    let env = TestEnv::start_on(&broker.bootstrap()).await?;
+    let ingress = Ingress::start_with(
+        env,
+        &[
+            "--produce-timeout",
+            "12s",
+            "--request-timeout",
+            "14s",
+            "--drain-timeout",
+            "1s",
+        ],
+    )
+    .await?;
+    let warmup = form_params(&[("MessageSid", "SMwarmup"), ("From", "+14155550100")]);
+    let status = ingress
+        .post_form("/twilio/messaging/inbound", &warmup, support::TOKEN)
+        .await?
+        .status();
+    assert_eq!(status, 200);
+
+    broker.stack(&["down", "kafka"])?;
+    let Ingress {
+        running,
+        shutdown,
+        client,
+        ..
+    } = ingress;
+    let params = form_params(&[("MessageSid", "SMstuck"), ("From", "+14155550100")]);
+    let (body, signature) = support::signed_form(
+        &format!("{}/twilio/messaging/inbound", support::PUBLIC),
+        &params,
+        support::TOKEN,
+    );
+    let url = format!("http://{}/twilio/messaging/inbound", running.addr);
+    let metrics_url = format!("http://{}/metrics", running.admin_addr);
+    let stuck = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("x-twilio-signature", signature)
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    // The webhook is in the handler, waiting for Kafka's acknowledgement.
+    support::wait_for(Duration::from_secs(10), || async {
+        let metrics = client.get(&metrics_url).send().await?.text().await?;
+        Ok(metrics.contains("si_ingress_in_flight 1"))
+    })
+    .await?;
+
+    shutdown.cancel();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), running.stopped()).await??;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "stopped at the drain timeout, not at the 12 s produce timeout: {took:?}"
+    );
+    // Whatever the stuck request got, it was never a 2xx: Twilio will retry it.
+    if let Ok(Ok(status)) = stuck.await {
+        assert_ne!(status / 100, 2, "a webhook was acknowledged without Kafka");
+    }
+    Ok(())
+}
