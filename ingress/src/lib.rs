@@ -136,8 +136,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 tracing::info!("draining: no new connections, finishing in-flight requests");
             })
             .into_future();
-        // In-flight requests get the drain timeout; a connection that is still open
-        // after it (a stalled client) does not hold the pod past its grace period.
+        // In-flight requests get the drain timeout; one still running after it (a
+        // produce stuck on an unreachable broker) does not hold the pod past its
+        // grace period. It has not been answered 2xx, so Twilio retries it.
         let deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(drain).await;
@@ -146,7 +147,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             served = serve => served.context("serving webhooks")?,
             () = deadline => tracing::warn!(
                 ?drain,
-                "drain timeout passed with connections still open; closing them"
+                "drain timeout passed with requests still in flight; stopping without them"
             ),
         }
         let flushed = tokio::task::spawn_blocking(move || producer.flush(drain)).await?;
