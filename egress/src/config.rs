@@ -159,9 +159,16 @@ pub struct EgressArgs {
     #[arg(long, env = "EGRESS_RATE_HEADROOM", default_value_t = 0.97)]
     pub rate_headroom: f64,
 
-    /// Account-wide cap on concurrent Twilio requests.
+    /// Cap on concurrent Twilio requests of one egress replica (the account-wide
+    /// figure is this × replicas). Taken after a sender's rate cells, so a
+    /// message waiting for a slow sender never holds one.
     #[arg(long, env = "EGRESS_MAX_CONCURRENCY", default_value_t = 32)]
     pub max_concurrency: usize,
+    /// How long a sender with nothing queued keeps its task and limiter before
+    /// they are reclaimed (at least two of its rate periods). Keeps memory flat
+    /// however many distinct senders (chat conversations) pass through.
+    #[arg(long, env = "EGRESS_SENDER_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub sender_idle_timeout: Duration,
     /// Most operations one input partition may hold in memory (queued, waiting for
     /// a retry, in flight, or finished but not committed); the partition is paused there.
     #[arg(long, env = "EGRESS_MAX_PENDING_PER_PARTITION", default_value_t = 1000)]
@@ -233,6 +240,9 @@ impl EgressArgs {
         self.rates()?;
         if self.max_concurrency == 0 {
             return Err("EGRESS_MAX_CONCURRENCY must be at least 1".into());
+        }
+        if self.sender_idle_timeout.is_zero() {
+            return Err("EGRESS_SENDER_IDLE_TIMEOUT must be positive".into());
         }
         if self.max_pending_per_partition == 0 {
             return Err("EGRESS_MAX_PENDING_PER_PARTITION must be at least 1".into());

@@ -34,6 +34,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use si_runtime::admin::ReadinessCheck;
+use si_runtime::kafka::retry_transactional;
 use si_runtime::metrics::StageMetrics;
 use si_schemas::Codec;
 use si_schemas::records::{DeadLetterErrorKind, EgressLedgerEntry, OutboundOperation};
@@ -50,6 +51,10 @@ use crate::twilio::{Endpoints, build_request};
 
 /// Stage name.
 pub const STAGE: &str = "egress";
+
+/// How often a retriable transactional call (a timed-out commit, say) is made
+/// again in place before the transaction is aborted.
+const TXN_RETRIES: u32 = 5;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -413,7 +418,10 @@ impl Core {
                     return;
                 }
                 tracing::warn!(%error, "commit failed; aborting and retrying at the next interval");
-                if let Err(abort) = self.producer.abort_transaction(self.call_timeout) {
+                let aborted = retry_transactional("abort_transaction", TXN_RETRIES, || {
+                    self.producer.abort_transaction(self.call_timeout)
+                });
+                if let Err(abort) = aborted {
                     self.fatal = Some(format!("abort_transaction: {abort}"));
                 }
             }
@@ -457,9 +465,13 @@ impl Core {
         let metadata = consumer
             .group_metadata()
             .ok_or_else(|| KafkaError::Subscription("no consumer group metadata".into()))?;
-        self.producer
-            .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout)?;
-        self.producer.commit_transaction(self.call_timeout)
+        retry_transactional("send_offsets_to_transaction", TXN_RETRIES, || {
+            self.producer
+                .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout)
+        })?;
+        retry_transactional("commit_transaction", TXN_RETRIES, || {
+            self.producer.commit_transaction(self.call_timeout)
+        })
     }
 
     fn send(&self, mut record: BaseRecord<'_, str, [u8]>) -> Result<(), KafkaError> {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod consumer;
 pub mod metrics;
 pub mod outcome;
+pub mod pace;
 pub mod rates;
 pub mod sender;
 pub mod twilio;
@@ -152,6 +153,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         completions: done_tx,
         busy: Arc::clone(&busy),
         stopping: shutdown.clone(),
+        idle_timeout: config.egress.sender_idle_timeout,
     });
     let dispatcher = tokio::spawn(sender::dispatch(Arc::clone(&ctx), jobs_rx));
 

@@ -21,6 +21,8 @@ pub struct EgressMetrics {
     pub queue_depth: IntGauge,
     /// Twilio requests in flight.
     pub in_flight: IntGauge,
+    /// Sender tasks alive (one per sender with recent work).
+    pub senders: IntGauge,
     /// Paused input partitions (backpressure).
     pub paused_partitions: IntGauge,
     /// Operations ended from the ledger instead of calling Twilio again.
@@ -95,6 +97,10 @@ impl EgressMetrics {
                 "Operations held in memory: queued, waiting for a retry, in flight or not yet committed",
             )?,
             in_flight: gauge("si_egress_in_flight", "Twilio requests in flight")?,
+            senders: gauge(
+                "si_egress_senders",
+                "Sender tasks alive (senders with work in the last EGRESS_SENDER_IDLE_TIMEOUT)",
+            )?,
             paused_partitions: gauge(
                 "si_egress_paused_partitions",
                 "Input partitions paused because their operations fill the queue",

@@ -14,17 +14,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use governor::DefaultDirectRateLimiter;
 use rand::Rng;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use si_consent_gate::{ConsentGate, Verdict};
+use si_runtime::mask::Masked;
 use si_schemas::records::{Channel, OperationKind, OutboundOperation};
 use si_schemas::{AvroRecord, Codec, CodecError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::EgressMetrics;
 use crate::outcome::{Final, terminal};
+use crate::pace::{Pacer, Ready};
 use crate::rates::{Rates, SendWindow, SenderType};
 use crate::twilio::{Answer, Endpoints, TwilioClient, build_request};
 
@@ -190,6 +191,8 @@ pub struct SendContext {
     pub busy: Arc<AtomicUsize>,
     /// Stops starting attempts.
     pub stopping: CancellationToken,
+    /// How long an idle sender keeps its task (see `EGRESS_SENDER_IDLE_TIMEOUT`).
+    pub idle_timeout: Duration,
 }
 
 /// Whether an operation is re-checked against consent.
@@ -296,6 +299,7 @@ async fn finish(ctx: &SendContext, job: &Job, end: Final, requests: u32) {
     let code = end
         .code()
         .map_or_else(|| "none".to_owned(), |c| c.to_string());
+    log_failure(op, &end, requests);
     let mut ledger_key = None;
     if let Some(entry) = end.ledger_entry(op, requests, now_ms()) {
         match encode(ctx, &ctx.topics.ledger, &entry).await {
@@ -349,6 +353,35 @@ async fn finish(ctx: &SendContext, job: &Job, end: Final, requests: u32) {
             // rebalance (the ledger entry, if written, prevents a resend).
             tracing::error!(%error, operation_id = %op.operation_id, "terminal records cannot be encoded");
         }
+    }
+}
+
+/// Logs an operation that did not end accepted, once, at its end: Twilio's
+/// code and the masked address, never Twilio's message text (it can quote the
+/// number).
+fn log_failure(op: &OutboundOperation, end: &Final, requests: u32) {
+    let to = op.to.as_deref().map(Masked);
+    let kind = op.kind.as_str();
+    match end {
+        Final::Accepted { .. } => {}
+        Final::Failed {
+            code, http_status, ..
+        } => tracing::warn!(
+            operation_id = %op.operation_id, kind, to = ?to.map(|m| m.to_string()),
+            error_code = ?code, http_status = ?http_status, requests,
+            "Twilio refused the operation"
+        ),
+        Final::DeadLettered {
+            code, http_status, ..
+        } => tracing::warn!(
+            operation_id = %op.operation_id, kind, to = ?to.map(|m| m.to_string()),
+            error_code = ?code, http_status = ?http_status, requests,
+            "operation dead-lettered"
+        ),
+        Final::Blocked { .. } => tracing::info!(
+            operation_id = %op.operation_id, kind, to = ?to.map(|m| m.to_string()),
+            "operation blocked by the consent re-check"
+        ),
     }
 }
 
@@ -483,19 +516,55 @@ fn spawn_tracked(ctx: &Arc<SendContext>, future: impl Future<Output = ()> + Send
     });
 }
 
-/// Routes jobs to per-sender tasks, creating them on first use.
+/// A sender task as the dispatcher sees it.
+struct SenderHandle {
+    jobs: mpsc::UnboundedSender<Job>,
+    /// Jobs handed to the task so far.
+    sent: u64,
+}
+
+/// A sender task reporting that it has been idle: it had received `received`
+/// jobs and holds none.
+struct Idle {
+    sender_key: String,
+    received: u64,
+}
+
+/// Routes jobs to per-sender tasks, creating them on first use and reclaiming
+/// them once idle.
+///
+/// Reclaiming is a handshake, so no job is ever sent to a task that is about
+/// to end: the idle task reports how many jobs it received; the dispatcher,
+/// which alone sends them, drops the task's channel only when that is every
+/// job it sent. The task then sees its channel closed with an empty queue and
+/// ends. A job for that sender arriving later starts a fresh task.
 pub async fn dispatch(ctx: Arc<SendContext>, mut jobs: mpsc::UnboundedReceiver<Job>) {
-    let mut senders: HashMap<String, mpsc::UnboundedSender<Job>> = HashMap::new();
-    while let Some(job) = jobs.recv().await {
-        let key = job.op.sender_key.clone();
-        let tx = senders.entry(key.clone()).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(sender_task(Arc::clone(&ctx), key, rx));
-            tx
-        });
-        if let Err(error) = tx.send(job) {
-            tracing::error!(%error, "sender task gone");
+    let mut senders: HashMap<String, SenderHandle> = HashMap::new();
+    let (idle_tx, mut idle_rx) = mpsc::unbounded_channel::<Idle>();
+    loop {
+        tokio::select! {
+            job = jobs.recv() => {
+                let Some(job) = job else { break };
+                let key = job.op.sender_key.clone();
+                let handle = senders.entry(key.clone()).or_insert_with(|| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    tokio::spawn(sender_task(Arc::clone(&ctx), key, rx, idle_tx.clone()));
+                    SenderHandle { jobs: tx, sent: 0 }
+                });
+                handle.sent += 1;
+                if let Err(error) = handle.jobs.send(job) {
+                    tracing::error!(%error, "sender task gone");
+                }
+            }
+            Some(idle) = idle_rx.recv() => {
+                if senders.get(&idle.sender_key).is_some_and(|h| h.sent == idle.received) {
+                    senders.remove(&idle.sender_key);
+                }
+            }
         }
+        ctx.metrics
+            .senders
+            .set(i64::try_from(senders.len()).unwrap_or(i64::MAX));
     }
 }
 
@@ -534,27 +603,17 @@ fn pick(queue: &VecDeque<Entry>, now: Instant) -> (Option<usize>, Option<Instant
     (None, wake)
 }
 
-async fn acquire(
-    limiter: &DefaultDirectRateLimiter,
-    semaphore: &Arc<Semaphore>,
-    cells: u32,
-) -> Option<(OwnedSemaphorePermit, Duration)> {
-    // The permit first: a cell is only taken when the request can go at once,
-    // so requests are never bunched behind the concurrency cap.
-    let permit = Arc::clone(semaphore).acquire_owned().await.ok()?;
-    let started = Instant::now();
-    for _ in 0..cells {
-        limiter.until_ready().await;
-    }
-    Some((permit, started.elapsed()))
-}
-
 async fn sender_task(
     ctx: Arc<SendContext>,
     sender_key: String,
     mut jobs: mpsc::UnboundedReceiver<Job>,
+    idle: mpsc::UnboundedSender<Idle>,
 ) {
-    let limiter = ctx.rates.limiter(&sender_key);
+    let idle_after = ctx.idle_timeout.max(ctx.rates.period(&sender_key) * 2);
+    let mut received: u64 = 0;
+    let mut last_activity = Instant::now();
+    let mut idle_reported = false;
+    let mut pacer = Pacer::new(ctx.rates.limiter(&sender_key), Arc::clone(&ctx.semaphore));
     let window = SendWindow::new(&ctx.rates, &sender_key).map(Arc::new);
     let sender_type = SenderType::of(&sender_key).label();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<((u64, i64), Attempted)>();
@@ -588,12 +647,24 @@ async fn sender_task(
         let cells = picked.map_or(1, |i| cells(&queue[i].job.op));
         let sleep =
             tokio::time::sleep_until(wake.unwrap_or(now + Duration::from_secs(3600)).into());
+        let may_idle = queue.is_empty() && jobs_open && !idle_reported && pacer.is_settled();
+        let idle_at = tokio::time::sleep_until((last_activity + idle_after).into());
         tokio::select! {
             job = jobs.recv(), if jobs_open => match job {
-                Some(job) => queue.push_back(Entry { job, requests: 0, counted: 0, ready_at: None, in_flight: false }),
+                Some(job) => {
+                    received += 1;
+                    idle_reported = false;
+                    last_activity = Instant::now();
+                    queue.push_back(Entry { job, requests: 0, counted: 0, ready_at: None, in_flight: false });
+                }
                 None => jobs_open = false,
             },
+            () = idle_at, if may_idle => {
+                idle_reported = true;
+                let _ = idle.send(Idle { sender_key: sender_key.clone(), received });
+            },
             Some((id, attempted)) = done_rx.recv() => {
+                last_activity = Instant::now();
                 let Some(i) = queue.iter().position(|e| (e.job.generation, e.job.offset) == id) else { continue };
                 match attempted {
                     Attempted::Done => { queue.remove(i); }
@@ -628,8 +699,8 @@ async fn sender_task(
                 }
             },
             () = sleep, if wake.is_some() => {},
-            acquired = acquire(&limiter, &ctx.semaphore, cells), if picked.is_some() && !stopping => {
-                let Some((permit, waited)) = acquired else { return };
+            ready = pacer.ready(cells), if picked.is_some() && !stopping => {
+                let Some(Ready { permit, waited }) = ready else { return };
                 let Some(i) = picked else { continue };
                 ctx.metrics.limiter_wait.with_label_values(&[sender_type]).observe(waited.as_secs_f64());
                 let entry = &mut queue[i];

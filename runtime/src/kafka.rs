@@ -8,6 +8,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::FutureProducer;
 
 use crate::config::KafkaArgs;
@@ -108,4 +109,34 @@ pub async fn cluster_info(kafka: &KafkaArgs, timeout: Duration) -> anyhow::Resul
         })
     })
     .await?
+}
+
+/// Calls a transactional producer API again in place while librdkafka says its
+/// error is retriable and needs no abort, at most `attempts` extra times. A
+/// timed-out `commit_transaction` or `send_offsets_to_transaction` must be
+/// retried this way: aborting instead conflicts with the call still in
+/// progress. Other errors are returned at once.
+///
+/// # Errors
+/// The last error, once it is not retriable or the attempts are spent.
+pub fn retry_transactional(
+    call: &str,
+    attempts: u32,
+    f: impl Fn() -> KafkaResult<()>,
+) -> KafkaResult<()> {
+    let mut tried = 0;
+    loop {
+        match f() {
+            Err(KafkaError::Transaction(e))
+                if e.is_retriable()
+                    && !e.txn_requires_abort()
+                    && !e.is_fatal()
+                    && tried < attempts =>
+            {
+                tried += 1;
+                tracing::warn!(call, error = %e, attempt = tried, "retrying transactional call");
+            }
+            result => return result,
+        }
+    }
 }

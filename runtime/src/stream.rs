@@ -264,19 +264,7 @@ fn classify_kafka(call: &'static str, error: &KafkaError) -> Step {
 
 /// A transactional call, retried in place while librdkafka says it is retriable.
 fn txn_call(call: &'static str, f: impl Fn() -> KafkaResult<()>) -> Result<(), Step> {
-    let mut attempts = 0;
-    loop {
-        match f() {
-            Ok(()) => return Ok(()),
-            Err(KafkaError::Transaction(e))
-                if e.is_retriable() && !e.txn_requires_abort() && !e.is_fatal() && attempts < 5 =>
-            {
-                attempts += 1;
-                tracing::warn!(call, error = %e, attempts, "retrying transactional call");
-            }
-            Err(error) => return Err(classify_kafka(call, &error)),
-        }
-    }
+    crate::kafka::retry_transactional(call, 5, f).map_err(|error| classify_kafka(call, &error))
 }
 
 struct Txn {
