@@ -192,3 +192,80 @@ async fn busy_long_codes_do_not_delay_a_short_code() -> anyhow::Result<()> {
     sandbox.shutdown().await;
     Ok(())
 }
+
+async fn senders_gauge(admin: &str) -> anyhow::Result<i64> {
+    let body = reqwest::get(format!("http://{admin}/metrics"))
+        .await?
+        .text()
+        .await?;
+    body.lines()
+        .find(|l| l.starts_with("si_egress_senders"))
+        .and_then(|l| l.rsplit(' ').next())
+        .ok_or_else(|| anyhow::anyhow!("no si_egress_senders in /metrics"))?
+        .parse()
+        .map_err(Into::into)
+}
+
+async fn wait_for_senders(admin: &str, expected: i64) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = senders_gauge(admin).await;
+        if now.as_ref().is_ok_and(|n| *n == expected) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "si_egress_senders stayed at {now:?}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sender tasks end once idle, and a sender that comes back gets a new one:
+/// memory does not grow with the number of distinct senders, and no job is
+/// lost to a task that is ending.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_senders_are_reclaimed_and_come_back() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let sandbox = sandbox().await?;
+    let admin = format!("127.0.0.1:{}", si_testkit::free_port()?);
+    let egress = Egress::spawn(
+        &env,
+        &sandbox,
+        "idle",
+        &[
+            ("ADMIN_ADDR", admin.as_str()),
+            ("EGRESS_SENDER_IDLE_TIMEOUT", "1s"),
+            ("EGRESS_RATE_LONG_CODE", "20"),
+        ],
+    )?;
+    let numbers: Vec<String> = (0..40)
+        .map(|i| format!("+1415555{:04}", 4_000 + i))
+        .collect();
+    let first: Vec<OutboundOperation> = numbers
+        .iter()
+        .enumerate()
+        .map(|(i, n)| op(&format!("idle-a-{i}"), &format!("CHI{i:031}"), n))
+        .collect();
+    produce_ops(&env, &first).await?;
+    let _ = statuses(&env, first.len(), Duration::from_secs(60)).await?;
+    wait_for_senders(&admin, 0).await?;
+    // The same senders again: new tasks, every operation sent.
+    let again: Vec<OutboundOperation> = numbers
+        .iter()
+        .enumerate()
+        .map(|(i, n)| op(&format!("idle-b-{i}"), &format!("CHI{i:031}"), n))
+        .collect();
+    produce_ops(&env, &again).await?;
+    let by_id = statuses(&env, first.len() + again.len(), Duration::from_secs(60)).await?;
+    assert!(
+        again
+            .iter()
+            .all(|o| by_id[&o.operation_id].outcome == DeliveryOutcome::Accepted)
+    );
+    wait_for_senders(&admin, 0).await?;
+    assert_eq!(sandbox.requests().len(), first.len() + again.len());
+    egress.stop().await?;
+    sandbox.shutdown().await;
+    Ok(())
+}
