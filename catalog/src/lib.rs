@@ -5,6 +5,12 @@
 //! out. A lookup falls back from the exact locale (`es-MX`) to its language
 //! (`es`) to the default (`en`), and says which locale it used, so callers can
 //! record it (and set the TwiML `<Say language>` to match the text).
+//!
+//! The consent words (keywords and revocation phrase rules) of every language
+//! live beside them in `catalog/consent/<language>.yaml` ([`consent`]); every
+//! language with texts must have them.
+
+pub mod consent;
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;

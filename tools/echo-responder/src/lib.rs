@@ -240,6 +240,7 @@ mod tests {
             received_at: 1,
             event_id: "e-1".into(),
             first_contact: true,
+            possible_revocation: false,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         }
     }
