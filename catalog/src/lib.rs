@@ -49,6 +49,9 @@ pub mod keys {
     pub const INACTIVITY_WARNING: &str = "messaging.inactivity_warning";
     /// Messaging: the conversation closed; how to come back.
     pub const CLOSING: &str = "messaging.closing";
+    /// Messaging: for cognition (and the dev echo responder) to add to its
+    /// answer to a message flagged `possible_revocation`: how to opt out.
+    pub const REVOCATION_CLARIFICATION: &str = "messaging.revocation_clarification";
 
     /// Every key; the default locale must define all of them.
     pub const ALL: &[&str] = &[
@@ -67,6 +70,7 @@ pub mod keys {
         CONSENT_REQUEST,
         INACTIVITY_WARNING,
         CLOSING,
+        REVOCATION_CLARIFICATION,
     ];
 }
 
