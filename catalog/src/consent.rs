@@ -73,6 +73,11 @@ pub struct RevocationWords {
     /// Polite and empty words allowed around a revocation (`please`, `me`).
     #[serde(default)]
     pub filler: Vec<String>,
+    /// Words that refer to something the conversation named (`it`, `that`):
+    /// a short revocation with one of them is flagged, not acted on
+    /// (`cancel that` may be about a reminder).
+    #[serde(default)]
+    pub contextual: Vec<String>,
 }
 
 /// The consent words of one language.
@@ -156,7 +161,7 @@ impl ConsentWords {
         }
         let k = &self.keywords;
         let r = &self.revocation;
-        let lists: [(&str, &Vec<String>); 9] = [
+        let lists: [(&str, &Vec<String>); 10] = [
             ("keywords.opt_out", &k.opt_out),
             ("keywords.opt_in", &k.opt_in),
             ("keywords.help", &k.help),
@@ -166,6 +171,7 @@ impl ConsentWords {
             ("revocation.negations", &r.negations),
             ("revocation.messages", &r.messages),
             ("revocation.filler", &r.filler),
+            ("revocation.contextual", &r.contextual),
         ];
         for (name, list) in lists {
             if list.iter().any(|w| w.trim().is_empty()) {

@@ -526,6 +526,20 @@ fn a_longer_message_with_a_revocation_word_is_flagged_and_forwarded() {
 }
 
 #[test]
+fn a_short_revocation_about_that_is_flagged_not_acted_on() {
+    let mut h = Harness::default();
+    h.send(msg(1, "remind me to call mum at 5"));
+    let out = h.send(msg(2, "Cancel that"));
+    assert_eq!(out.inbound().len(), 1);
+    assert!(out.inbound()[0].possible_revocation);
+    assert!(out.consent().is_empty() && out.outbound().is_empty());
+    let c = out.compliance();
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::PossibleRevocation]);
+    assert_eq!(detail(c[0], "rule"), Some("revocation_contextual"));
+    assert_eq!(c[0].keyword.as_deref(), Some("cancel that"));
+}
+
+#[test]
 fn a_flagged_message_of_an_opted_out_user_is_blocked_with_the_rule() {
     let mut h = Harness::default();
     h.send(msg(1, "STOP"));

@@ -21,7 +21,10 @@
 //!   it holds a revocation. Its only meaning is revocation: `opt out`, `STOP ALL`,
 //!   `please stop`, `stop texting me`, `unsubscribe me`, `I want to cancel my
 //!   subscription`.
-//! - **Flag** (forwarded to cognition with `possible_revocation`), within one
+//! - **Flag** (forwarded to cognition with `possible_revocation`): the
+//!   whole message would be an opt-out but names its object by a
+//!   *contextual* word ([`Rule::Contextual`]: `cancel that`, `stop it`,
+//!   which may be about a reminder rather than Si's messages); or, within one
 //!   clause: the clause alone
 //!   would be an opt-out ([`Rule::Clause`]: `Please stop, I'm at work`); or a
 //!   term appears ([`Rule::Term`]: `how do I unsubscribe from the reminders
@@ -57,6 +60,10 @@ pub enum Action {
 pub enum Rule {
     /// The whole message is a revocation phrase.
     Phrase,
+    /// The whole message would be a revocation phrase but refers to something
+    /// by a contextual word (`cancel that`, `stop it`): it may be about
+    /// something else than Si's messages.
+    Contextual,
     /// One clause of the message is a revocation phrase.
     Clause,
     /// A word that means revocation on its own.
@@ -71,6 +78,7 @@ impl Rule {
     pub const fn name(self) -> &'static str {
         match self {
             Self::Phrase => "revocation_phrase",
+            Self::Contextual => "revocation_contextual",
             Self::Clause => "revocation_clause",
             Self::Term => "revocation_term",
             Self::NearMessages => "revocation_near_messages",
@@ -82,7 +90,7 @@ impl Rule {
     pub const fn action(self) -> Action {
         match self {
             Self::Phrase => Action::OptOut,
-            Self::Clause | Self::Term | Self::NearMessages => Action::Flag,
+            Self::Contextual | Self::Clause | Self::Term | Self::NearMessages => Action::Flag,
         }
     }
 }
@@ -104,7 +112,8 @@ pub struct Revocation {
     /// the verb up to the word about messages).
     pub matched: String,
     /// For [`Rule::Phrase`], the message as sent without surrounding
-    /// whitespace and punctuation (short by definition); else `matched`.
+    /// whitespace and punctuation (short by definition); else `matched`
+    /// (a flag keeps the matched words, not the message).
     pub as_sent: String,
 }
 
@@ -134,6 +143,7 @@ enum Category {
     Negation,
     Messages,
     Filler,
+    Contextual,
 }
 
 /// One entry (or an unknown word) found in a run of words.
@@ -161,6 +171,7 @@ impl Language {
             (&r.negations, Category::Negation),
             (&r.messages, Category::Messages),
             (&r.filler, Category::Filler),
+            (&r.contextual, Category::Contextual),
         ]
         .into_iter()
         .flat_map(|(list, category)| {
@@ -217,20 +228,33 @@ impl Language {
     }
 
     /// Whether `all` (the words of a message, cut into `clauses`) is a
-    /// revocation phrase: short, every word known, a revocation in a clause.
-    fn is_phrase(&self, all: &[&str], clauses: &[Vec<&str>]) -> bool {
+    /// revocation phrase (short, every word known, a revocation in a clause),
+    /// and if so whether it refers to something by a contextual word
+    /// (`cancel that`: [`Rule::Contextual`]).
+    fn phrase(&self, all: &[&str], clauses: &[Vec<&str>]) -> Option<Rule> {
         if all.is_empty() || all.len() > self.max_words {
-            return false;
+            return None;
         }
-        self.pieces(all).iter().all(|p| p.category.is_some())
+        let pieces = self.pieces(all);
+        let revocation = pieces.iter().all(|p| p.category.is_some())
             && clauses
                 .iter()
-                .any(|c| Self::has_revocation(&self.pieces(c)))
+                .any(|c| Self::has_revocation(&self.pieces(c)));
+        revocation.then(|| {
+            if pieces
+                .iter()
+                .any(|p| p.category == Some(Category::Contextual))
+            {
+                Rule::Contextual
+            } else {
+                Rule::Phrase
+            }
+        })
     }
 
     /// The flag rule that matches `clause`, with the matched words.
     fn flag(&self, clause: &[&str]) -> Option<(Rule, String)> {
-        if self.is_phrase(clause, &[clause.to_vec()]) {
+        if self.phrase(clause, &[clause.to_vec()]).is_some() {
             return Some((Rule::Clause, clause.join(" ")));
         }
         let pieces = self.pieces(clause);
@@ -350,12 +374,26 @@ impl RevocationRules {
             .filter(|c| !c.is_empty())
             .collect();
         let languages = self.by_priority(locale);
-        if let Some(language) = languages.iter().find(|l| l.is_phrase(&all, &clauses)) {
+        let phrases: Vec<(&Language, Rule)> = languages
+            .iter()
+            .filter_map(|l| l.phrase(&all, &clauses).map(|rule| (*l, rule)))
+            .collect();
+        // A plain phrase in any language wins over a contextual one.
+        let phrase = phrases
+            .iter()
+            .find(|(_, rule)| *rule == Rule::Phrase)
+            .or_else(|| phrases.first());
+        if let Some((language, rule)) = phrase {
+            let matched = all.join(" ");
             return Some(Revocation {
-                rule: Rule::Phrase,
+                rule: *rule,
                 language: language.language.clone(),
-                matched: all.join(" "),
-                as_sent: trim(text).to_owned(),
+                as_sent: if *rule == Rule::Phrase {
+                    trim(text).to_owned()
+                } else {
+                    matched.clone()
+                },
+                matched,
             });
         }
         languages.iter().find_map(|language| {

@@ -26,7 +26,6 @@ fn revocation_phrases_opt_out_in_every_conversation() {
         ("Stop texting me!!! 😡", "en"),
         ("unsubscribe me", "en"),
         ("Unsubscribe me please 🙏", "en"),
-        ("stop it please", "en"),
         ("I want to unsubscribe", "en"),
         ("I want to cancel my subscription", "en"),
         ("don't text me anymore", "en"),
@@ -76,6 +75,11 @@ fn revocation_phrases_opt_out_in_every_conversation() {
 #[test]
 fn longer_messages_with_a_revocation_are_flagged() {
     let table: &[(&str, Rule, &str)] = &[
+        ("stop it please", Rule::Contextual, "stop it please"),
+        ("Cancel that.", Rule::Contextual, "cancel that"),
+        ("end this", Rule::Contextual, "end this"),
+        ("arrête ça", Rule::Contextual, "arrete ca"),
+        ("cancela eso", Rule::Contextual, "cancela eso"),
         ("Please stop, I'm at work", Rule::Clause, "please stop"),
         (
             "I quit my job today, so please stop texting me during the day",
