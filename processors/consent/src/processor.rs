@@ -191,7 +191,7 @@ impl Said {
         Self {
             kind: m.kind,
             as_sent: m.as_sent.clone(),
-            rule: "keyword",
+            rule: KEYWORD_RULE,
             matched: m.folded.clone(),
             language: m.language.clone(),
             reply_locale: m.reply_locale(locale),
@@ -220,6 +220,54 @@ impl Said {
             details.insert("rule_language".into(), language.clone());
         }
         details
+    }
+}
+
+/// `details.rule` of a keyword.
+const KEYWORD_RULE: &str = "keyword";
+
+/// A user message being decided on, with what is known about its sender.
+struct Received<'a, 'c> {
+    ctx: &'a RecordContext<'c>,
+    event: &'a ConversationEvent,
+    message_ref: &'a str,
+    subject: Subject,
+    /// The status in force before this message.
+    status: ConsentStatus,
+    /// Whether the adapter has any decision of its own for the subject.
+    seen: bool,
+}
+
+impl Received<'_, '_> {
+    fn trigger(&self) -> &str {
+        &self.event.event_id
+    }
+
+    fn at(&self) -> i64 {
+        self.event.occurred_at
+    }
+
+    /// The compliance event of `kind` about this message.
+    fn compliance(
+        &self,
+        kind: ComplianceEventKind,
+        source: ComplianceSource,
+        keyword: Option<&str>,
+        reply: Option<&Reply>,
+        details: BTreeMap<String, String>,
+    ) -> Output {
+        ConsentProcessor::compliance(
+            kind,
+            source,
+            &self.subject,
+            self.trigger(),
+            Some(&self.event.conversation_id),
+            Some(self.message_ref),
+            keyword,
+            self.at(),
+            reply,
+            details,
+        )
     }
 }
 
@@ -630,185 +678,216 @@ impl ConsentProcessor {
             proxy: participant.proxy_address.clone(),
         };
         let (current, seen) = self.effective(&subject, state);
-        let status = current
-            .as_ref()
-            .map_or(ConsentStatus::Unknown, |d| d.status);
-        let body = message.body.as_deref().unwrap_or_default();
-        let keyword = self.settings.keywords.classify(body, &event.locale);
-        let revocation = if keyword.is_none() {
-            self.settings.revocation.assess(body, &event.locale)
-        } else {
-            None
+        let (said, flagged) = self.classify(message.body.as_deref().unwrap_or_default(), event);
+        let received = Received {
+            ctx,
+            event,
+            message_ref: message.message_sid.as_str(),
+            subject,
+            status: current
+                .as_ref()
+                .map_or(ConsentStatus::Unknown, |d| d.status),
+            seen,
         };
-        let said = keyword
-            .as_ref()
-            .map(|m| Said::keyword(m, &event.locale))
-            .or_else(|| {
-                revocation
-                    .as_ref()
-                    .filter(|r| r.action() == Action::OptOut)
-                    .map(|r| Said::revocation(r, &event.locale))
-            });
-        let flagged = revocation.filter(|r| r.action() == Action::Flag);
-        let version = self.settings.revocation.version();
-        let trigger = event.event_id.as_str();
-        let msg_ref = Some(message.message_sid.as_str());
-        let conv = Some(event.conversation_id.as_str());
-        let at = event.occurred_at;
-        let mut out = Vec::new();
+        Ok(match said {
+            Some(said) => match said.kind {
+                KeywordKind::OptOut => self.opt_out(&received, &said, state),
+                KeywordKind::OptIn => self.opt_in(&received, &said, state),
+                KeywordKind::Help => self.help(&received, &said),
+            },
+            None if !seen && received.status != ConsentStatus::OptedOut => self.first_contact(
+                ctx,
+                event,
+                &received.subject,
+                current.as_ref(),
+                flagged.as_ref(),
+                state,
+            ),
+            None => self.other_message(&received, current, flagged.as_ref()),
+        })
+    }
 
-        let keyword = said.as_ref().map(|k| k.as_sent.as_str());
-        match said.as_ref().map(|said| (said.kind, said)) {
-            Some((KeywordKind::OptOut, said)) => {
-                self.metrics.count(if said.rule == "keyword" {
-                    "opt_out"
-                } else {
-                    "revocation_phrase"
-                });
-                let id = compliance_event_id(ComplianceEventKind::OptOut, trigger);
-                let changed = status != ConsentStatus::OptedOut;
-                let mut details = said.details(version);
-                if changed {
-                    out.extend(self.decide(
-                        &subject,
-                        ConsentStatus::OptedOut,
-                        ComplianceSource::Keyword,
-                        at,
-                        keyword,
-                        &id,
-                        state,
-                    ));
-                } else {
-                    details.insert("already_opted_out".into(), "true".into());
-                }
-                let reply = (changed && self.settings.stop_reply).then(|| {
-                    self.reply(
-                        ctx,
-                        event,
-                        &subject,
-                        keys::OPT_OUT_CONFIRMATION,
-                        &said.reply_locale,
-                        "opt_out",
-                    )
-                });
-                out.push(Self::compliance(
-                    ComplianceEventKind::OptOut,
-                    ComplianceSource::Keyword,
-                    &subject,
-                    trigger,
-                    conv,
-                    msg_ref,
-                    keyword,
-                    at,
-                    reply.as_ref(),
-                    details,
-                ));
-                out.extend(reply.into_iter().flat_map(|r| r.outputs));
-            }
-            Some((KeywordKind::OptIn, said)) => {
-                self.metrics.count("opt_in");
-                let id = compliance_event_id(ComplianceEventKind::OptIn, trigger);
-                let mut details = said.details(version);
-                if status == ConsentStatus::OptedIn {
-                    details.insert("already_opted_in".into(), "true".into());
-                } else {
-                    out.extend(self.decide(
-                        &subject,
-                        ConsentStatus::OptedIn,
-                        ComplianceSource::Keyword,
-                        at,
-                        keyword,
-                        &id,
-                        state,
-                    ));
-                }
-                let text_key = if seen {
-                    keys::OPT_IN_CONFIRMATION
-                } else {
-                    keys::WELCOME
-                };
-                let reply =
-                    self.reply(ctx, event, &subject, text_key, &said.reply_locale, "opt_in");
-                out.push(Self::compliance(
-                    ComplianceEventKind::OptIn,
-                    ComplianceSource::Keyword,
-                    &subject,
-                    trigger,
-                    conv,
-                    msg_ref,
-                    keyword,
-                    at,
-                    Some(&reply),
-                    details,
-                ));
-                out.extend(reply.outputs);
-            }
-            Some((KeywordKind::Help, said)) => {
-                self.metrics.count("help");
-                let reply =
-                    self.reply(ctx, event, &subject, keys::HELP, &said.reply_locale, "help");
-                let mut details = said.details(version);
-                details.insert("consent_status".into(), status.to_string());
-                out.push(Self::compliance(
-                    ComplianceEventKind::Help,
-                    ComplianceSource::Keyword,
-                    &subject,
-                    trigger,
-                    conv,
-                    msg_ref,
-                    keyword,
-                    at,
-                    Some(&reply),
-                    details,
-                ));
-                out.extend(reply.outputs);
-            }
-            None if !seen && status != ConsentStatus::OptedOut => {
-                out.extend(self.first_contact(
-                    ctx,
-                    event,
-                    &subject,
-                    current.as_ref(),
-                    flagged.as_ref(),
-                    state,
-                ));
-            }
-            None => {
-                let in_force = current.map(std::sync::Arc::new);
-                let require_opt_in = self.settings.policy == Policy::Explicit;
-                if verdict(in_force.clone(), require_opt_in).is_allowed() {
-                    self.metrics.count("forwarded");
-                    out.extend(Self::forward(event, false, flagged.is_some()));
-                    out.extend(self.possible_revocation(event, &subject, flagged.as_ref(), status));
-                } else {
-                    self.metrics.count("blocked_inbound");
-                    let mut details =
-                        BTreeMap::from([("consent_status".into(), status.to_string())]);
-                    if let Some(reference) = in_force.as_ref().and_then(|d| d.event_ref.clone()) {
-                        details.insert("decision_ref".into(), reference);
-                    }
-                    if let Some(flag) = &flagged {
-                        details.extend(flag_details(flag, version));
-                    }
-                    let source = in_force
-                        .as_ref()
-                        .map_or(ComplianceSource::Unknown, |d| d.source);
-                    out.push(Self::compliance(
-                        ComplianceEventKind::BlockedInbound,
-                        source,
-                        &subject,
-                        trigger,
-                        conv,
-                        msg_ref,
-                        None,
-                        at,
-                        None,
-                        details,
-                    ));
-                }
-            }
+    /// The consent words in `body`: a keyword or a revocation phrase to act
+    /// on, else a revocation to flag.
+    fn classify(
+        &self,
+        body: &str,
+        event: &ConversationEvent,
+    ) -> (Option<Said>, Option<Revocation>) {
+        let locale = event.locale.as_str();
+        if let Some(keyword) = self.settings.keywords.classify(body, locale) {
+            return (Some(Said::keyword(&keyword, locale)), None);
         }
-        Ok(out)
+        match self.settings.revocation.assess(body, locale) {
+            Some(r) if r.action() == Action::OptOut => (Some(Said::revocation(&r, locale)), None),
+            flagged => (None, flagged),
+        }
+    }
+
+    /// An opt-out keyword or revocation phrase.
+    fn opt_out(
+        &self,
+        received: &Received<'_, '_>,
+        said: &Said,
+        state: &mut StateStore<ConsentProcessorState>,
+    ) -> Vec<Output> {
+        self.metrics.count(if said.rule == KEYWORD_RULE {
+            "opt_out"
+        } else {
+            "revocation_phrase"
+        });
+        let mut out = Vec::new();
+        let trigger = received.trigger();
+        let id = compliance_event_id(ComplianceEventKind::OptOut, trigger);
+        let changed = received.status != ConsentStatus::OptedOut;
+        let mut details = said.details(self.settings.revocation.version());
+        if changed {
+            out.extend(self.decide(
+                &received.subject,
+                ConsentStatus::OptedOut,
+                ComplianceSource::Keyword,
+                received.at(),
+                Some(&said.as_sent),
+                &id,
+                state,
+            ));
+        } else {
+            details.insert("already_opted_out".into(), "true".into());
+        }
+        let reply = (changed && self.settings.stop_reply).then(|| {
+            self.reply(
+                received.ctx,
+                received.event,
+                &received.subject,
+                keys::OPT_OUT_CONFIRMATION,
+                &said.reply_locale,
+                "opt_out",
+            )
+        });
+        out.push(received.compliance(
+            ComplianceEventKind::OptOut,
+            ComplianceSource::Keyword,
+            Some(&said.as_sent),
+            reply.as_ref(),
+            details,
+        ));
+        out.extend(reply.into_iter().flat_map(|r| r.outputs));
+        out
+    }
+
+    /// An opt-in keyword.
+    fn opt_in(
+        &self,
+        received: &Received<'_, '_>,
+        said: &Said,
+        state: &mut StateStore<ConsentProcessorState>,
+    ) -> Vec<Output> {
+        self.metrics.count("opt_in");
+        let mut out = Vec::new();
+        let id = compliance_event_id(ComplianceEventKind::OptIn, received.trigger());
+        let mut details = said.details(self.settings.revocation.version());
+        if received.status == ConsentStatus::OptedIn {
+            details.insert("already_opted_in".into(), "true".into());
+        } else {
+            out.extend(self.decide(
+                &received.subject,
+                ConsentStatus::OptedIn,
+                ComplianceSource::Keyword,
+                received.at(),
+                Some(&said.as_sent),
+                &id,
+                state,
+            ));
+        }
+        let text_key = if received.seen {
+            keys::OPT_IN_CONFIRMATION
+        } else {
+            keys::WELCOME
+        };
+        let reply = self.reply(
+            received.ctx,
+            received.event,
+            &received.subject,
+            text_key,
+            &said.reply_locale,
+            "opt_in",
+        );
+        out.push(received.compliance(
+            ComplianceEventKind::OptIn,
+            ComplianceSource::Keyword,
+            Some(&said.as_sent),
+            Some(&reply),
+            details,
+        ));
+        out.extend(reply.outputs);
+        out
+    }
+
+    /// A help keyword: answered, also to opted-out users; nothing recorded.
+    fn help(&self, received: &Received<'_, '_>, said: &Said) -> Vec<Output> {
+        self.metrics.count("help");
+        let reply = self.reply(
+            received.ctx,
+            received.event,
+            &received.subject,
+            keys::HELP,
+            &said.reply_locale,
+            "help",
+        );
+        let mut details = said.details(self.settings.revocation.version());
+        details.insert("consent_status".into(), received.status.to_string());
+        let mut out = vec![received.compliance(
+            ComplianceEventKind::Help,
+            ComplianceSource::Keyword,
+            Some(&said.as_sent),
+            Some(&reply),
+            details,
+        )];
+        out.extend(reply.outputs);
+        out
+    }
+
+    /// Any other message of a known address: forwarded (flagged when it may
+    /// revoke consent) or blocked by the decision in force.
+    fn other_message(
+        &self,
+        received: &Received<'_, '_>,
+        current: Option<ConsentState>,
+        flagged: Option<&Revocation>,
+    ) -> Vec<Output> {
+        let in_force = current.map(std::sync::Arc::new);
+        let require_opt_in = self.settings.policy == Policy::Explicit;
+        if verdict(in_force.clone(), require_opt_in).is_allowed() {
+            self.metrics.count("forwarded");
+            let mut out: Vec<Output> = Self::forward(received.event, false, flagged.is_some())
+                .into_iter()
+                .collect();
+            out.extend(self.possible_revocation(
+                received.event,
+                &received.subject,
+                flagged,
+                received.status,
+            ));
+            return out;
+        }
+        self.metrics.count("blocked_inbound");
+        let mut details = BTreeMap::from([("consent_status".into(), received.status.to_string())]);
+        if let Some(reference) = in_force.as_ref().and_then(|d| d.event_ref.clone()) {
+            details.insert("decision_ref".into(), reference);
+        }
+        if let Some(flag) = flagged {
+            details.extend(flag_details(flag, self.settings.revocation.version()));
+        }
+        let source = in_force
+            .as_ref()
+            .map_or(ComplianceSource::Unknown, |d| d.source);
+        vec![received.compliance(
+            ComplianceEventKind::BlockedInbound,
+            source,
+            None,
+            None,
+            details,
+        )]
     }
 
     /// The first message from an address the adapter has no decision for.
