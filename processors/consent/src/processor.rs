@@ -1000,6 +1000,13 @@ impl ConsentProcessor {
     ) -> Option<Output> {
         let flag = flagged?;
         self.metrics.count("possible_revocation");
+        tracing::info!(
+            address = %mask_address(&subject.address),
+            channel = %subject.channel,
+            rule = %flag.rule,
+            language = %flag.language,
+            "possible revocation forwarded to cognition, flagged"
+        );
         let mut details = flag_details(flag, self.settings.revocation.version());
         details.insert("consent_status".into(), status.to_string());
         details.insert("action".into(), "forwarded_flagged".into());
