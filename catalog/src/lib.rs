@@ -5,6 +5,12 @@
 //! out. A lookup falls back from the exact locale (`es-MX`) to its language
 //! (`es`) to the default (`en`), and says which locale it used, so callers can
 //! record it (and set the TwiML `<Say language>` to match the text).
+//!
+//! The consent words (keywords and revocation phrase rules) of every language
+//! live beside them in `catalog/consent/<language>.yaml` ([`consent`]); every
+//! language with texts must have them.
+
+pub mod consent;
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -43,6 +49,9 @@ pub mod keys {
     pub const INACTIVITY_WARNING: &str = "messaging.inactivity_warning";
     /// Messaging: the conversation closed; how to come back.
     pub const CLOSING: &str = "messaging.closing";
+    /// Messaging: for cognition (and the dev echo responder) to add to its
+    /// answer to a message flagged `possible_revocation`: how to opt out.
+    pub const REVOCATION_CLARIFICATION: &str = "messaging.revocation_clarification";
 
     /// Every key; the default locale must define all of them.
     pub const ALL: &[&str] = &[
@@ -61,6 +70,7 @@ pub mod keys {
         CONSENT_REQUEST,
         INACTIVITY_WARNING,
         CLOSING,
+        REVOCATION_CLARIFICATION,
     ];
 }
 

@@ -314,6 +314,7 @@ fn inbound_full() -> InboundMessage {
         received_at: T0,
         event_id: s("evt-7f3a"),
         first_contact: true,
+        possible_revocation: true,
         traceparent: some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
     }
 }
@@ -333,6 +334,7 @@ fn inbound_min() -> InboundMessage {
         received_at: 0,
         event_id: s("e"),
         first_contact: false,
+        possible_revocation: false,
         traceparent: None,
     }
 }

@@ -1,31 +1,37 @@
 //! Consent keywords: which messages are an opt-out, an opt-in or a help request.
 //!
 //! A keyword counts only as the **whole message**: the text is trimmed of
-//! surrounding whitespace, punctuation and symbols (anything that is not a
-//! letter or a digit), upper-cased, and compared with the keyword lists.
-//! `"  Stop! "` is STOP; `"Stop by tomorrow"`, `"STOPP"`, `"S.T.O.P"` and
-//! `"don't stop"` are not keywords.
+//! surrounding whitespace, punctuation, symbols and emoji (anything that is not
+//! a letter or a digit), folded ([`crate::fold`]: NFKC, look-alike letters,
+//! case folding, accents) and compared with the keyword lists, folded alike.
+//! `"  Stop! "`, `ＳＴＯＰ` and `ЅТОР` (Cyrillic) are STOP; `"Stop by tomorrow"`,
+//! `"STOPP"`, `"S.T.O.P"` and `"don't stop"` are not keywords (messages of
+//! several words are for the revocation rules, [`crate::revocation`]).
 //!
-//! Built in, for every locale (Twilio's lists, see `../shared/TWILIO.md`):
+//! The lists are the catalog's, per language (`catalog/consent/<lang>.yaml`),
+//! and each language's keywords are recognised **whatever the conversation's
+//! locale** (`ARRÊT` on a +1 number is an opt-out), except the words a file
+//! lists as `local_only` (Spanish `SÍ`, which elsewhere is Si's own name). A
+//! match says which language the word belongs to, so the reply goes out in
+//! it; a word of several languages (STOP is in every list) is answered in the
+//! conversation's locale when that is one of them, else in the first of them
+//! (English first, then by language code).
 //!
-//! | kind | keywords |
-//! |---|---|
-//! | opt-out | STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, REVOKE, OPTOUT |
-//! | opt-in | START, YES, UNSTOP |
-//! | help | HELP, INFO |
-//!
-//! Built in per language (the catalog's texts ask for them): `es` AYUDA (help),
-//! SÍ and SI (opt-in); `fr` AIDE (help), OUI (opt-in), ARRET and ARRÊT
-//! (opt-out, as Canadian carriers use them). Further keywords per locale come
-//! from `CONSENT_EXTRA_KEYWORDS` ([`Keywords::parse_extra`]). A locale's extras
-//! apply to messages whose locale has that language (`es` covers `es-MX`); a
-//! region (`es-MX`) applies to that region only; `*` applies to every locale.
+//! Further keywords come from `CONSENT_EXTRA_KEYWORDS` ([`Keywords::parse_extra`]).
+//! A locale's extras apply to messages whose locale has that language (`es`
+//! covers `es-MX`); a region (`es-MX`) applies to that region only; `*` applies
+//! to every locale. Extras are answered in the conversation's locale.
 //! When a word is both an opt-out and something else, opt-out wins.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// What a keyword asks for.
+use si_catalog::DEFAULT_LOCALE;
+use si_catalog::consent::ConsentWords;
+
+use crate::fold::{fold, trim};
+
+/// What a keyword asks for. Ordered by precedence: opt-out wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KeywordKind {
     /// Stop all messages (STOP and equivalents).
@@ -63,33 +69,6 @@ impl fmt::Display for KeywordKind {
     }
 }
 
-/// Twilio's opt-out keywords.
-pub const OPT_OUT: &[&str] = &[
-    "STOP",
-    "STOPALL",
-    "UNSUBSCRIBE",
-    "CANCEL",
-    "END",
-    "QUIT",
-    "REVOKE",
-    "OPTOUT",
-];
-/// Twilio's opt-in keywords.
-pub const OPT_IN: &[&str] = &["START", "YES", "UNSTOP"];
-/// Twilio's help keywords.
-pub const HELP: &[&str] = &["HELP", "INFO"];
-
-/// Built-in keywords per language, on top of Twilio's.
-const BUILTIN_LOCALE: &[(&str, KeywordKind, &str)] = &[
-    ("es", KeywordKind::Help, "AYUDA"),
-    ("es", KeywordKind::OptIn, "SÍ"),
-    ("es", KeywordKind::OptIn, "SI"),
-    ("fr", KeywordKind::Help, "AIDE"),
-    ("fr", KeywordKind::OptIn, "OUI"),
-    ("fr", KeywordKind::OptOut, "ARRET"),
-    ("fr", KeywordKind::OptOut, "ARRÊT"),
-];
-
 /// A keyword found in a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Matched {
@@ -98,6 +77,20 @@ pub struct Matched {
     /// The keyword exactly as the user sent it, without the surrounding
     /// whitespace and punctuation (e.g. `Stop`).
     pub as_sent: String,
+    /// The folded form that matched (e.g. `stop`).
+    pub folded: String,
+    /// The language the word belongs to when the reply should be in it rather
+    /// than in the conversation's locale (`fr` for `ARRÊT` in an `en-US`
+    /// conversation); `None`: the conversation's locale.
+    pub language: Option<String>,
+}
+
+impl Matched {
+    /// The locale to answer in, for a conversation in `locale`.
+    #[must_use]
+    pub fn reply_locale(&self, locale: &str) -> String {
+        self.language.clone().unwrap_or_else(|| locale.to_owned())
+    }
 }
 
 /// `CONSENT_EXTRA_KEYWORDS` does not parse.
@@ -105,36 +98,72 @@ pub struct Matched {
 #[error("CONSENT_EXTRA_KEYWORDS: {0}")]
 pub struct KeywordsError(String);
 
-/// The keyword lists: global ones and per locale.
+/// Where a keyword is recognised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scope {
+    /// In every conversation.
+    Everywhere,
+    /// In conversations of this language (`es`) or region (`es-MX`).
+    Locale(String),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    kind: KeywordKind,
+    /// The catalog language, `None` for extras.
+    language: Option<String>,
+    scope: Scope,
+}
+
+/// The keyword lists, by folded word.
 #[derive(Debug, Clone)]
 pub struct Keywords {
-    /// Locale (`*`, a language `es` or a region `es-MX`) → word → kind.
-    by_locale: BTreeMap<String, BTreeMap<String, KeywordKind>>,
+    words: BTreeMap<String, Vec<Entry>>,
 }
 
 impl Default for Keywords {
+    /// The catalog's keywords of every language.
     fn default() -> Self {
-        let mut keywords = Self {
-            by_locale: BTreeMap::new(),
-        };
-        for (words, kind) in [
-            (OPT_OUT, KeywordKind::OptOut),
-            (OPT_IN, KeywordKind::OptIn),
-            (HELP, KeywordKind::Help),
-        ] {
-            for word in words {
-                keywords.add("*", kind, word);
-            }
-        }
-        for (locale, kind, word) in BUILTIN_LOCALE {
-            keywords.add(locale, *kind, word);
-        }
-        keywords
+        Self::from_catalog(ConsentWords::builtin())
     }
 }
 
 impl Keywords {
-    /// The built-in lists plus the extras of `spec` (`CONSENT_EXTRA_KEYWORDS`):
+    /// The keywords of `languages` (one entry per catalog language).
+    #[must_use]
+    pub fn from_catalog(languages: &[ConsentWords]) -> Self {
+        let mut keywords = Self {
+            words: BTreeMap::new(),
+        };
+        for words in languages {
+            let local: Vec<String> = words.local_only.iter().map(|w| fold(w)).collect();
+            for (list, kind) in [
+                (&words.keywords.opt_out, KeywordKind::OptOut),
+                (&words.keywords.opt_in, KeywordKind::OptIn),
+                (&words.keywords.help, KeywordKind::Help),
+            ] {
+                for word in list {
+                    let folded = fold(trim(word));
+                    let scope = if local.contains(&folded) {
+                        Scope::Locale(words.language.clone())
+                    } else {
+                        Scope::Everywhere
+                    };
+                    keywords.add(
+                        folded,
+                        Entry {
+                            kind,
+                            language: Some(words.language.clone()),
+                            scope,
+                        },
+                    );
+                }
+            }
+        }
+        keywords
+    }
+
+    /// The catalog's keywords plus the extras of `spec` (`CONSENT_EXTRA_KEYWORDS`):
     /// entries separated by `;`, each `<locale>:<kind>=<word>|<word>...`, kind
     /// one of `opt_out`, `opt_in`, `help`, locale `*` for every locale. Example:
     /// `es:opt_out=BAJA|ALTO;de:opt_out=STOPP;de:help=HILFE;*:opt_out=UNSUB`.
@@ -161,18 +190,30 @@ impl Keywords {
                     kind.trim()
                 ))
             })?;
+            let scope = if locale == "*" {
+                Scope::Everywhere
+            } else {
+                Scope::Locale(normalize_locale(locale))
+            };
             let mut any = false;
             for word in words.split('|') {
-                let word = canonical(word);
+                let word = fold(trim(word));
                 if word.is_empty() {
                     continue;
                 }
-                if word.chars().any(char::is_whitespace) {
+                if word.chars().any(|c| !c.is_alphanumeric()) {
                     return Err(KeywordsError(format!(
-                        "`{word}` in `{entry}` has inner whitespace; keywords are one word"
+                        "`{word}` in `{entry}` is not one word; keywords are one word"
                     )));
                 }
-                keywords.add(locale, kind, &word);
+                keywords.add(
+                    word,
+                    Entry {
+                        kind,
+                        language: None,
+                        scope: scope.clone(),
+                    },
+                );
                 any = true;
             }
             if !any {
@@ -182,78 +223,69 @@ impl Keywords {
         Ok(keywords)
     }
 
-    fn add(&mut self, locale: &str, kind: KeywordKind, word: &str) {
-        let locale = if locale == "*" {
-            "*".to_owned()
-        } else {
-            normalize_locale(locale)
-        };
-        let words = self.by_locale.entry(locale).or_default();
-        let word = canonical(word);
-        // Opt-out wins when a word is listed twice.
-        let kind = match words.get(&word) {
-            Some(KeywordKind::OptOut) => KeywordKind::OptOut,
-            _ => kind,
-        };
-        words.insert(word, kind);
+    fn add(&mut self, folded: String, entry: Entry) {
+        self.words.entry(folded).or_default().push(entry);
+    }
+
+    /// The entries of `folded` that apply to a conversation in `locale`.
+    fn applicable<'a>(&'a self, folded: &str, locale: &'a str) -> impl Iterator<Item = &'a Entry> {
+        let language = locale.split('-').next().unwrap_or_default();
+        self.words
+            .get(folded)
+            .into_iter()
+            .flatten()
+            .filter(move |e| match &e.scope {
+                Scope::Everywhere => true,
+                Scope::Locale(l) => l == language || l == locale,
+            })
     }
 
     /// The keyword `text` is, for a message in `locale`; `None` when the text
     /// is not exactly one keyword.
     #[must_use]
     pub fn classify(&self, text: &str, locale: &str) -> Option<Matched> {
-        let as_sent = strip(text);
+        let as_sent = trim(text);
         if as_sent.is_empty() {
             return None;
         }
-        let word = canonical(as_sent);
+        let folded = fold(as_sent);
+        let folded = trim(&folded);
         let locale = normalize_locale(locale);
+        let kind = self.applicable(folded, &locale).map(|e| e.kind).min()?;
         let language = locale.split('-').next().unwrap_or_default();
-        let mut found: Option<KeywordKind> = None;
-        for scope in ["*", language, locale.as_str()] {
-            if let Some(kind) = self.by_locale.get(scope).and_then(|w| w.get(&word)) {
-                found = Some(match found {
-                    Some(KeywordKind::OptOut) => KeywordKind::OptOut,
-                    _ => *kind,
-                });
-            }
-        }
-        found.map(|kind| Matched {
+        let mut languages: Vec<Option<&str>> = self
+            .applicable(folded, &locale)
+            .filter(|e| e.kind == kind)
+            .map(|e| e.language.as_deref())
+            .collect();
+        let language = if languages.iter().any(|l| l.is_none_or(|l| l == language)) {
+            None
+        } else {
+            languages.sort_by_key(|l| (*l != Some(DEFAULT_LOCALE), *l));
+            languages.first().copied().flatten().map(str::to_owned)
+        };
+        Some(Matched {
             kind,
             as_sent: as_sent.to_owned(),
+            folded: folded.to_owned(),
+            language,
         })
     }
 
-    /// Every keyword of `kind` that applies to `locale`, sorted.
+    /// Every keyword (folded) of `kind` that applies to `locale`, sorted.
     #[must_use]
     pub fn words(&self, kind: KeywordKind, locale: &str) -> Vec<String> {
         let locale = normalize_locale(locale);
-        let language = locale.split('-').next().unwrap_or_default().to_owned();
-        let mut out: Vec<String> = ["*", language.as_str(), locale.as_str()]
-            .iter()
-            .filter_map(|scope| self.by_locale.get(*scope))
-            .flat_map(|words| words.iter())
-            .filter(|(_, k)| **k == kind)
-            .map(|(w, _)| w.clone())
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
+        self.words
+            .keys()
+            .filter(|w| self.applicable(w, &locale).any(|e| e.kind == kind))
+            .cloned()
+            .collect()
     }
 }
 
-/// The text without surrounding whitespace, punctuation and symbols.
-fn strip(text: &str) -> &str {
-    text.trim_matches(|c: char| !c.is_alphanumeric())
-}
-
-/// Upper case, for comparison.
-fn canonical(word: &str) -> String {
-    strip(word).to_uppercase()
-}
-
 /// `es_mx`, `ES-MX` → `es-MX`.
-fn normalize_locale(locale: &str) -> String {
+pub(crate) fn normalize_locale(locale: &str) -> String {
     let mut parts = locale.trim().split(['-', '_']);
     let language = parts.next().unwrap_or_default().to_ascii_lowercase();
     match parts.next() {
@@ -270,58 +302,168 @@ mod tests {
 
     use KeywordKind::{Help, OptIn, OptOut};
 
+    const LOCALES: &[&str] = &["en", "en-US", "es", "es-MX", "fr-CA", "de", "pt-BR"];
+
     fn kind(text: &str, locale: &str) -> Option<KeywordKind> {
         Keywords::default().classify(text, locale).map(|m| m.kind)
     }
 
-    #[test]
-    fn every_twilio_keyword_in_every_spelling() {
-        let table: &[(&str, KeywordKind)] = &[
-            ("STOP", OptOut),
-            ("STOPALL", OptOut),
-            ("UNSUBSCRIBE", OptOut),
-            ("CANCEL", OptOut),
-            ("END", OptOut),
-            ("QUIT", OptOut),
-            ("REVOKE", OptOut),
-            ("OPTOUT", OptOut),
-            ("START", OptIn),
-            ("YES", OptIn),
-            ("UNSTOP", OptIn),
-            ("HELP", Help),
-            ("INFO", Help),
+    /// `word` with every letter that has a look-alike in `script` (a range of
+    /// code points) replaced by it; `None` when no letter has one.
+    fn look_alike(word: &str, script: std::ops::RangeInclusive<u32>) -> Option<String> {
+        let mut changed = false;
+        let out = word
+            .chars()
+            .map(|c| {
+                script
+                    .clone()
+                    .filter_map(char::from_u32)
+                    .find(|l| crate::fold::latin_look_alike(*l) == Some(c))
+                    .inspect(|_| changed = true)
+                    .unwrap_or(c)
+            })
+            .collect();
+        changed.then_some(out)
+    }
+
+    /// Full-width forms of ASCII letters.
+    fn full_width(word: &str) -> String {
+        word.chars()
+            .map(|c| {
+                if c.is_ascii_graphic() {
+                    char::from_u32(u32::from(c) - 0x21 + 0xFF01).unwrap_or(c)
+                } else {
+                    c
+                }
+            })
+            .collect()
+    }
+
+    /// Every spelling a user may send of `word`.
+    fn spellings(word: &str) -> Vec<String> {
+        let upper = word.to_uppercase();
+        let lower = word.to_lowercase();
+        let mut title: String = lower.chars().take(1).flat_map(char::to_uppercase).collect();
+        title.extend(lower.chars().skip(1));
+        let mut out = vec![
+            upper.clone(),
+            lower.clone(),
+            title.clone(),
+            format!("  {upper}  "),
+            format!("{lower}."),
+            format!("{title}!"),
+            format!("\"{upper}\""),
+            format!("\t{lower}?\n"),
+            format!("¡{title}!"),
+            format!("{upper} 🙏"),
+            format!("🛑 {lower} 🛑"),
+            format!("({lower})"),
+            format!("**{title}**"),
+            full_width(&upper),
+            full_width(&lower),
+            format!("{}！", full_width(&title)),
         ];
-        assert_eq!(
-            table.len(),
-            OPT_OUT.len() + OPT_IN.len() + HELP.len(),
-            "every keyword has a row"
-        );
-        for (word, expected) in table {
-            let lower = word.to_lowercase();
-            let mut title = word[..1].to_owned();
-            title.push_str(&lower[1..]);
-            for text in [
-                (*word).to_owned(),
-                lower.clone(),
-                title.clone(),
-                format!("  {word}  "),
-                format!("{lower}."),
-                format!("{title}!"),
-                format!("\"{word}\""),
-                format!("\t{lower}?\n"),
-                format!("¡{title}!"),
-                format!("{word} 🙏"),
-                format!("({lower})"),
+        // Cyrillic and Greek look-alike letters, in capitals and small letters.
+        for script in [0x400..=0x52F, 0x370..=0x3FF] {
+            out.extend(look_alike(&upper, script.clone()));
+            out.extend(look_alike(&lower, script.clone()));
+            if let Some(mixed) = look_alike(&upper[..1], script) {
+                out.push(format!("{mixed}{}", &upper[1..]));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_keyword_of_every_language_in_every_spelling() {
+        let languages = ConsentWords::builtin();
+        let keywords = Keywords::default();
+        let mut checked = 0;
+        for words in languages {
+            for (list, listed) in [
+                (&words.keywords.opt_out, OptOut),
+                (&words.keywords.opt_in, OptIn),
+                (&words.keywords.help, Help),
             ] {
-                for locale in ["en", "es-MX", "fr", "de", "pt-BR"] {
-                    assert_eq!(kind(&text, locale), Some(*expected), "{text:?} in {locale}");
+                for word in list {
+                    let local = words.local_only.contains(word);
+                    for text in spellings(word) {
+                        for locale in LOCALES {
+                            let applies = !local || locale.starts_with(&words.language);
+                            let found = keywords.classify(&text, locale);
+                            if applies {
+                                let found = found.unwrap_or_else(|| {
+                                    panic!("{text:?} ({} {word}) in {locale}", words.language)
+                                });
+                                assert_eq!(found.kind, listed, "{text:?} in {locale}");
+                                assert_eq!(found.as_sent, crate::fold::trim(&text));
+                            } else {
+                                assert_eq!(found, None, "{text:?} is local to {}", words.language);
+                            }
+                            checked += 1;
+                        }
+                    }
                 }
             }
+        }
+        assert!(checked > 5_000, "{checked}");
+    }
+
+    #[test]
+    fn the_issue_s_examples() {
+        // Full width.
+        assert_eq!(kind("ＳＴＯＰ", "en-US"), Some(OptOut));
+        // ARRET and ARRÊT on a +1 number (locale from the phone number).
+        for text in ["ARRET", "ARRÊT", "arrêt", "Arrêt!"] {
+            let m = Keywords::default().classify(text, "en-US").expect(text);
+            assert_eq!(m.kind, OptOut);
+            assert_eq!(
+                m.language.as_deref(),
+                Some("fr"),
+                "{text}: answered in French"
+            );
+            assert_eq!(m.reply_locale("en-US"), "fr");
         }
     }
 
     #[test]
-    fn look_alikes_are_not_keywords() {
+    fn the_reply_goes_in_the_language_of_the_word() {
+        let keywords = Keywords::default();
+        let language = |text: &str, locale: &str| {
+            keywords
+                .classify(text, locale)
+                .map(|m| m.reply_locale(locale))
+        };
+        // A word of several languages: the conversation's when it is one of them.
+        assert_eq!(language("STOP", "es-MX").as_deref(), Some("es-MX"));
+        assert_eq!(language("STOP", "fr-CA").as_deref(), Some("fr-CA"));
+        assert_eq!(language("STOP", "en-US").as_deref(), Some("en-US"));
+        // ...else English first.
+        assert_eq!(language("STOP", "de").as_deref(), Some("en"));
+        // A word of one language: that language.
+        assert_eq!(language("AYUDA", "en-US").as_deref(), Some("es"));
+        assert_eq!(language("aide", "es").as_deref(), Some("fr"));
+        assert_eq!(language("OUI", "de-AT").as_deref(), Some("fr"));
+        assert_eq!(language("Baja", "en").as_deref(), Some("es"));
+        assert_eq!(language("baja", "es-AR").as_deref(), Some("es-AR"));
+    }
+
+    #[test]
+    fn local_only_words_are_keywords_in_their_language_only() {
+        let table: &[(&str, &str, Option<KeywordKind>)] = &[
+            ("Sí", "es-MX", Some(OptIn)),
+            ("si", "es", Some(OptIn)),
+            ("SI", "en", None),
+            ("Si", "fr", None),
+            ("Sí", "de", None),
+        ];
+        for (text, locale, expected) in table {
+            assert_eq!(kind(text, locale), *expected, "{text:?} in {locale}");
+        }
+    }
+
+    #[test]
+    fn other_texts_are_not_keywords() {
         for text in [
             "Stop by tomorrow",
             "stop it",
@@ -356,62 +498,41 @@ mod tests {
             "   ",
             "!!!",
             "🛑",
-            "AYUDA",
-            "OUI",
-            "ARRET",
         ] {
-            assert_eq!(kind(text, "en"), None, "{text:?} is not a keyword in en");
+            for locale in LOCALES {
+                assert_eq!(kind(text, locale), None, "{text:?} in {locale}");
+            }
         }
-    }
-
-    #[test]
-    fn built_in_locale_keywords_apply_to_their_language_only() {
-        let table: &[(&str, &str, Option<KeywordKind>)] = &[
-            ("AYUDA", "es", Some(Help)),
-            ("ayuda", "es-MX", Some(Help)),
-            ("Sí", "es-MX", Some(OptIn)),
-            ("si", "es", Some(OptIn)),
-            ("Si", "en", None),
-            ("Sí", "fr", None),
-            ("aide", "fr-CA", Some(Help)),
-            ("Oui!", "fr", Some(OptIn)),
-            ("arrêt", "fr-CA", Some(OptOut)),
-            ("ARRET", "fr", Some(OptOut)),
-            ("arret", "es", None),
-            ("STOP", "es", Some(OptOut)),
-        ];
-        for (text, locale, expected) in table {
-            assert_eq!(kind(text, locale), *expected, "{text:?} in {locale}");
-        }
-    }
-
-    #[test]
-    fn the_keyword_is_reported_as_sent() {
-        let m = Keywords::default()
-            .classify("  Stop!! ", "en")
-            .expect("keyword");
-        assert_eq!(m.as_sent, "Stop");
-        assert_eq!(m.kind, OptOut);
     }
 
     #[test]
     fn extra_keywords_per_locale() {
         let keywords = Keywords::parse_extra(
-            " es:opt_out=BAJA|alto ; de:opt_out=STOPP; de:help=Hilfe;*:opt_in=go;es-MX:help=AUXILIO;",
+            " es:opt_out=DETENTE|alto ; de:opt_out=STOPP; de:help=Hilfe;*:opt_in=go;es-MX:help=AUXILIO;",
         )
         .expect("parses");
         let kind = |text: &str, locale: &str| keywords.classify(text, locale).map(|m| m.kind);
-        assert_eq!(kind("baja", "es"), Some(OptOut));
-        assert_eq!(kind("Alto.", "es-AR"), Some(OptOut));
-        assert_eq!(kind("baja", "en"), None);
+        assert_eq!(kind("detente", "es"), Some(OptOut));
+        assert_eq!(kind("Detente.", "es-AR"), Some(OptOut));
+        assert_eq!(kind("detente", "en"), None);
         assert_eq!(kind("stopp", "de-AT"), Some(OptOut));
+        assert_eq!(
+            kind("ＳＴＯＰＰ", "de"),
+            Some(OptOut),
+            "extras are folded too"
+        );
         assert_eq!(kind("STOPP", "en"), None);
         assert_eq!(kind("hilfe", "de"), Some(Help));
         assert_eq!(kind("GO", "pt-BR"), Some(OptIn));
         assert_eq!(kind("auxilio", "es-MX"), Some(Help));
         assert_eq!(kind("auxilio", "es"), None);
-        assert_eq!(kind("STOP", "de"), Some(OptOut), "built-ins stay");
-        assert!(keywords.words(OptOut, "es").contains(&"BAJA".to_owned()));
+        assert_eq!(kind("STOP", "de"), Some(OptOut), "the catalog's stay");
+        assert!(keywords.words(OptOut, "es").contains(&"detente".to_owned()));
+        let extra = keywords.classify("stopp", "de").expect("extra");
+        assert_eq!(
+            extra.language, None,
+            "extras are answered in the conversation's locale"
+        );
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! `si.inbound.v1`, `si.consent.v1`, `si.compliance.v1` and its own replies on
 //! `twilio.outbound.v1`, exactly once, on the shared stream runner
 //! ([`si_runtime::stream`]). The rules are in the crate's README.md; the logic
-//! is [`processor::ConsentProcessor`], the keywords [`keywords::Keywords`].
+//! is [`processor::ConsentProcessor`], the keywords [`keywords::Keywords`],
+//! revocation by other words [`revocation::RevocationRules`].
 
+pub mod fold;
 pub mod keywords;
 pub mod processor;
+pub mod revocation;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use keywords::{KeywordKind, Keywords};
 pub use processor::{ConsentInput, ConsentMetrics, ConsentProcessor, Policy, ScopeMode, Settings};
+pub use revocation::{Action, Revocation, RevocationRules, Rule};
 
 /// The stage name: consumer group `si-consent`, transactional ids
 /// `si-consent-<POD_NAME>`.
@@ -93,6 +97,7 @@ impl Config {
             scope: self.consent.scope,
             stop_reply: self.consent.stop_reply,
             keywords: Keywords::parse_extra(&self.consent.extra_keywords)?,
+            revocation: RevocationRules::default(),
             segment: si_segment::SegmentConfig::default(),
             state_ttl: self.consent.state_ttl,
         })

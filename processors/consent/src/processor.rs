@@ -21,6 +21,7 @@ use si_schemas::{Codec, CodecError, topics};
 use si_segment::{Response, SegmentConfig, Timing, plan};
 
 use crate::keywords::{KeywordKind, Keywords, Matched};
+use crate::revocation::{Action, Revocation, RevocationRules};
 
 /// Twilio error: the recipient opted out (replied STOP at Twilio's level).
 pub const TWILIO_OPTED_OUT: i32 = 21610;
@@ -62,6 +63,8 @@ pub struct Settings {
     pub stop_reply: bool,
     /// The keyword lists.
     pub keywords: Keywords,
+    /// The revocation phrase rules.
+    pub revocation: RevocationRules,
     /// How replies are cut into messages.
     pub segment: SegmentConfig,
     /// How long state entries (decisions, conversation users) are kept after
@@ -76,6 +79,7 @@ impl Default for Settings {
             scope: ScopeMode::Global,
             stop_reply: true,
             keywords: Keywords::default(),
+            revocation: RevocationRules::default(),
             segment: SegmentConfig::default(),
             state_ttl: Duration::from_secs(30 * 86_400),
         }
@@ -108,9 +112,10 @@ impl InputRecord for ConsentInput {
 /// Counters of the consent stage (labels never carry addresses).
 #[derive(Debug, Clone)]
 pub struct ConsentMetrics {
-    /// What happened to inputs: `forwarded`, `blocked_inbound`, `opt_out`,
-    /// `opt_in`, `help`, `first_contact`, `twilio_opt_out`,
-    /// `unattributed_21610`, `reply_failed`.
+    /// What happened to inputs: `forwarded`, `blocked_inbound`, `opt_out`
+    /// (keyword), `revocation_phrase` (opt-out by a phrase), `possible_revocation`
+    /// (flagged and forwarded), `opt_in`, `help`, `first_contact`,
+    /// `twilio_opt_out`, `unattributed_21610`, `reply_failed`.
     pub outcomes: IntCounterVec,
 }
 
@@ -162,6 +167,108 @@ struct Subject {
     channel: Channel,
     scope: String,
     proxy: Option<String>,
+}
+
+/// The consent words in a message that a decision rests on: a keyword or a
+/// revocation phrase.
+#[derive(Debug, Clone)]
+struct Said {
+    kind: KeywordKind,
+    /// As the user sent it (for the decision's and the audit's `keyword`).
+    as_sent: String,
+    /// `keyword` or the revocation rule's name.
+    rule: &'static str,
+    /// The folded words that matched.
+    matched: String,
+    /// The language of the words, when known.
+    language: Option<String>,
+    /// The locale the reply goes out in.
+    reply_locale: String,
+}
+
+impl Said {
+    fn keyword(m: &Matched, locale: &str) -> Self {
+        Self {
+            kind: m.kind,
+            as_sent: m.as_sent.clone(),
+            rule: KEYWORD_RULE,
+            matched: m.folded.clone(),
+            language: m.language.clone(),
+            reply_locale: m.reply_locale(locale),
+        }
+    }
+
+    fn revocation(r: &Revocation, locale: &str) -> Self {
+        Self {
+            kind: KeywordKind::OptOut,
+            as_sent: r.as_sent.clone(),
+            rule: r.rule.name(),
+            matched: r.matched.clone(),
+            language: Some(r.language.clone()),
+            reply_locale: r.reply_locale(locale),
+        }
+    }
+
+    /// The audit details that say why.
+    fn details(&self, version: &str) -> BTreeMap<String, String> {
+        let mut details = BTreeMap::from([
+            ("rule".to_owned(), self.rule.to_owned()),
+            ("matched".to_owned(), self.matched.clone()),
+            ("consent_words_version".to_owned(), version.to_owned()),
+        ]);
+        if let Some(language) = &self.language {
+            details.insert("rule_language".into(), language.clone());
+        }
+        details
+    }
+}
+
+/// `details.rule` of a keyword.
+const KEYWORD_RULE: &str = "keyword";
+
+/// A user message being decided on, with what is known about its sender.
+struct Received<'a, 'c> {
+    ctx: &'a RecordContext<'c>,
+    event: &'a ConversationEvent,
+    message_ref: &'a str,
+    subject: Subject,
+    /// The status in force before this message.
+    status: ConsentStatus,
+    /// Whether the adapter has any decision of its own for the subject.
+    seen: bool,
+}
+
+impl Received<'_, '_> {
+    fn trigger(&self) -> &str {
+        &self.event.event_id
+    }
+
+    fn at(&self) -> i64 {
+        self.event.occurred_at
+    }
+
+    /// The compliance event of `kind` about this message.
+    fn compliance(
+        &self,
+        kind: ComplianceEventKind,
+        source: ComplianceSource,
+        keyword: Option<&str>,
+        reply: Option<&Reply>,
+        details: BTreeMap<String, String>,
+    ) -> Output {
+        ConsentProcessor::compliance(
+            kind,
+            source,
+            &self.subject,
+            self.trigger(),
+            Some(&self.event.conversation_id),
+            Some(self.message_ref),
+            keyword,
+            self.at(),
+            reply,
+            details,
+        )
+    }
 }
 
 /// One reply sent, for the audit record.
@@ -283,7 +390,7 @@ impl ConsentProcessor {
         status: ConsentStatus,
         source: ComplianceSource,
         decided_at: i64,
-        keyword: Option<&Matched>,
+        keyword: Option<&str>,
         event_ref: &str,
         state: &mut StateStore<ConsentProcessorState>,
     ) -> Option<Output> {
@@ -295,7 +402,7 @@ impl ConsentProcessor {
             source,
             decided_at,
             updated_at: state.now(),
-            keyword: keyword.map(|k| k.as_sent.clone()),
+            keyword: keyword.map(str::to_owned),
             event_ref: Some(event_ref.to_owned()),
         };
         let key = consent_key(subject.channel, &subject.address, &subject.scope)?;
@@ -319,16 +426,18 @@ impl ConsentProcessor {
         Some(Output::new(topics::CONSENT, key, decision))
     }
 
-    /// The reply `text_key` to the user of `event`, cut into operations.
+    /// The reply `text_key` in `locale` to the user of `event`, cut into operations.
+    #[allow(clippy::too_many_arguments)]
     fn reply(
         &self,
         ctx: &RecordContext<'_>,
         event: &ConversationEvent,
         subject: &Subject,
         text_key: &str,
+        locale: &str,
         purpose: &str,
     ) -> Reply {
-        let text = self.catalog.text(text_key, &event.locale);
+        let text = self.catalog.text(text_key, locale);
         let Some(proxy) = subject.proxy.as_deref().filter(|p| !p.is_empty()) else {
             self.metrics.count("reply_failed");
             return Reply {
@@ -408,7 +517,7 @@ impl ConsentProcessor {
         trigger: &str,
         conversation_id: Option<&str>,
         message_ref: Option<&str>,
-        keyword: Option<&Matched>,
+        keyword: Option<&str>,
         at: i64,
         reply: Option<&Reply>,
         mut details: BTreeMap<String, String>,
@@ -433,7 +542,7 @@ impl ConsentProcessor {
             sender_scope: Some(subject.scope.clone()),
             conversation_id: conversation_id.map(str::to_owned),
             message_ref: message_ref.map(str::to_owned),
-            keyword: keyword.map(|k| k.as_sent.clone()),
+            keyword: keyword.map(str::to_owned),
             locale: reply.and_then(|r| r.locale.clone()),
             at,
             details,
@@ -493,7 +602,11 @@ impl ConsentProcessor {
         );
     }
 
-    fn forward(event: &ConversationEvent, first_contact: bool) -> Option<Output> {
+    fn forward(
+        event: &ConversationEvent,
+        first_contact: bool,
+        possible_revocation: bool,
+    ) -> Option<Output> {
         let message = event.message.as_ref()?;
         let participant = event.participant.as_ref();
         let inbound = InboundMessage {
@@ -510,6 +623,7 @@ impl ConsentProcessor {
             received_at: event.received_at,
             event_id: event.event_id.clone(),
             first_contact,
+            possible_revocation,
             traceparent: event.traceparent.clone(),
         };
         Some(Output::new(
@@ -539,7 +653,7 @@ impl ConsentProcessor {
         if !has_consent(channel) {
             // Chat has no phone address and no consent state; voice is consented on the call.
             self.metrics.count("forwarded");
-            return Ok(Self::forward(event, false).into_iter().collect());
+            return Ok(Self::forward(event, false, false).into_iter().collect());
         }
         let participant = event.participant.as_ref().ok_or_else(|| {
             ProcessError::Invalid(format!(
@@ -564,145 +678,216 @@ impl ConsentProcessor {
             proxy: participant.proxy_address.clone(),
         };
         let (current, seen) = self.effective(&subject, state);
-        let status = current
-            .as_ref()
-            .map_or(ConsentStatus::Unknown, |d| d.status);
-        let keyword = self
-            .settings
-            .keywords
-            .classify(message.body.as_deref().unwrap_or_default(), &event.locale);
-        let trigger = event.event_id.as_str();
-        let msg_ref = Some(message.message_sid.as_str());
-        let conv = Some(event.conversation_id.as_str());
-        let at = event.occurred_at;
-        let mut out = Vec::new();
+        let (said, flagged) = self.classify(message.body.as_deref().unwrap_or_default(), event);
+        let received = Received {
+            ctx,
+            event,
+            message_ref: message.message_sid.as_str(),
+            subject,
+            status: current
+                .as_ref()
+                .map_or(ConsentStatus::Unknown, |d| d.status),
+            seen,
+        };
+        Ok(match said {
+            Some(said) => match said.kind {
+                KeywordKind::OptOut => self.opt_out(&received, &said, state),
+                KeywordKind::OptIn => self.opt_in(&received, &said, state),
+                KeywordKind::Help => self.help(&received, &said),
+            },
+            None if !seen && received.status != ConsentStatus::OptedOut => self.first_contact(
+                ctx,
+                event,
+                &received.subject,
+                current.as_ref(),
+                flagged.as_ref(),
+                state,
+            ),
+            None => self.other_message(&received, current, flagged.as_ref()),
+        })
+    }
 
-        match keyword.as_ref().map(|k| k.kind) {
-            Some(KeywordKind::OptOut) => {
-                self.metrics.count("opt_out");
-                let id = compliance_event_id(ComplianceEventKind::OptOut, trigger);
-                let changed = status != ConsentStatus::OptedOut;
-                let mut details = BTreeMap::new();
-                if changed {
-                    out.extend(self.decide(
-                        &subject,
-                        ConsentStatus::OptedOut,
-                        ComplianceSource::Keyword,
-                        at,
-                        keyword.as_ref(),
-                        &id,
-                        state,
-                    ));
-                } else {
-                    details.insert("already_opted_out".into(), "true".into());
-                }
-                let reply = (changed && self.settings.stop_reply).then(|| {
-                    self.reply(ctx, event, &subject, keys::OPT_OUT_CONFIRMATION, "opt_out")
-                });
-                out.push(Self::compliance(
-                    ComplianceEventKind::OptOut,
-                    ComplianceSource::Keyword,
-                    &subject,
-                    trigger,
-                    conv,
-                    msg_ref,
-                    keyword.as_ref(),
-                    at,
-                    reply.as_ref(),
-                    details,
-                ));
-                out.extend(reply.into_iter().flat_map(|r| r.outputs));
-            }
-            Some(KeywordKind::OptIn) => {
-                self.metrics.count("opt_in");
-                let id = compliance_event_id(ComplianceEventKind::OptIn, trigger);
-                let mut details = BTreeMap::new();
-                if status == ConsentStatus::OptedIn {
-                    details.insert("already_opted_in".into(), "true".into());
-                } else {
-                    out.extend(self.decide(
-                        &subject,
-                        ConsentStatus::OptedIn,
-                        ComplianceSource::Keyword,
-                        at,
-                        keyword.as_ref(),
-                        &id,
-                        state,
-                    ));
-                }
-                let text_key = if seen {
-                    keys::OPT_IN_CONFIRMATION
-                } else {
-                    keys::WELCOME
-                };
-                let reply = self.reply(ctx, event, &subject, text_key, "opt_in");
-                out.push(Self::compliance(
-                    ComplianceEventKind::OptIn,
-                    ComplianceSource::Keyword,
-                    &subject,
-                    trigger,
-                    conv,
-                    msg_ref,
-                    keyword.as_ref(),
-                    at,
-                    Some(&reply),
-                    details,
-                ));
-                out.extend(reply.outputs);
-            }
-            Some(KeywordKind::Help) => {
-                self.metrics.count("help");
-                let reply = self.reply(ctx, event, &subject, keys::HELP, "help");
-                let details = BTreeMap::from([("consent_status".into(), status.to_string())]);
-                out.push(Self::compliance(
-                    ComplianceEventKind::Help,
-                    ComplianceSource::Keyword,
-                    &subject,
-                    trigger,
-                    conv,
-                    msg_ref,
-                    keyword.as_ref(),
-                    at,
-                    Some(&reply),
-                    details,
-                ));
-                out.extend(reply.outputs);
-            }
-            None if !seen && status != ConsentStatus::OptedOut => {
-                out.extend(self.first_contact(ctx, event, &subject, current.as_ref(), state));
-            }
-            None => {
-                let in_force = current.map(std::sync::Arc::new);
-                let require_opt_in = self.settings.policy == Policy::Explicit;
-                if verdict(in_force.clone(), require_opt_in).is_allowed() {
-                    self.metrics.count("forwarded");
-                    out.extend(Self::forward(event, false));
-                } else {
-                    self.metrics.count("blocked_inbound");
-                    let mut details =
-                        BTreeMap::from([("consent_status".into(), status.to_string())]);
-                    if let Some(reference) = in_force.as_ref().and_then(|d| d.event_ref.clone()) {
-                        details.insert("decision_ref".into(), reference);
-                    }
-                    let source = in_force
-                        .as_ref()
-                        .map_or(ComplianceSource::Unknown, |d| d.source);
-                    out.push(Self::compliance(
-                        ComplianceEventKind::BlockedInbound,
-                        source,
-                        &subject,
-                        trigger,
-                        conv,
-                        msg_ref,
-                        None,
-                        at,
-                        None,
-                        details,
-                    ));
-                }
-            }
+    /// The consent words in `body`: a keyword or a revocation phrase to act
+    /// on, else a revocation to flag.
+    fn classify(
+        &self,
+        body: &str,
+        event: &ConversationEvent,
+    ) -> (Option<Said>, Option<Revocation>) {
+        let locale = event.locale.as_str();
+        if let Some(keyword) = self.settings.keywords.classify(body, locale) {
+            return (Some(Said::keyword(&keyword, locale)), None);
         }
-        Ok(out)
+        match self.settings.revocation.assess(body, locale) {
+            Some(r) if r.action() == Action::OptOut => (Some(Said::revocation(&r, locale)), None),
+            flagged => (None, flagged),
+        }
+    }
+
+    /// An opt-out keyword or revocation phrase.
+    fn opt_out(
+        &self,
+        received: &Received<'_, '_>,
+        said: &Said,
+        state: &mut StateStore<ConsentProcessorState>,
+    ) -> Vec<Output> {
+        self.metrics.count(if said.rule == KEYWORD_RULE {
+            "opt_out"
+        } else {
+            "revocation_phrase"
+        });
+        let mut out = Vec::new();
+        let trigger = received.trigger();
+        let id = compliance_event_id(ComplianceEventKind::OptOut, trigger);
+        let changed = received.status != ConsentStatus::OptedOut;
+        let mut details = said.details(self.settings.revocation.version());
+        if changed {
+            out.extend(self.decide(
+                &received.subject,
+                ConsentStatus::OptedOut,
+                ComplianceSource::Keyword,
+                received.at(),
+                Some(&said.as_sent),
+                &id,
+                state,
+            ));
+        } else {
+            details.insert("already_opted_out".into(), "true".into());
+        }
+        let reply = (changed && self.settings.stop_reply).then(|| {
+            self.reply(
+                received.ctx,
+                received.event,
+                &received.subject,
+                keys::OPT_OUT_CONFIRMATION,
+                &said.reply_locale,
+                "opt_out",
+            )
+        });
+        out.push(received.compliance(
+            ComplianceEventKind::OptOut,
+            ComplianceSource::Keyword,
+            Some(&said.as_sent),
+            reply.as_ref(),
+            details,
+        ));
+        out.extend(reply.into_iter().flat_map(|r| r.outputs));
+        out
+    }
+
+    /// An opt-in keyword.
+    fn opt_in(
+        &self,
+        received: &Received<'_, '_>,
+        said: &Said,
+        state: &mut StateStore<ConsentProcessorState>,
+    ) -> Vec<Output> {
+        self.metrics.count("opt_in");
+        let mut out = Vec::new();
+        let id = compliance_event_id(ComplianceEventKind::OptIn, received.trigger());
+        let mut details = said.details(self.settings.revocation.version());
+        if received.status == ConsentStatus::OptedIn {
+            details.insert("already_opted_in".into(), "true".into());
+        } else {
+            out.extend(self.decide(
+                &received.subject,
+                ConsentStatus::OptedIn,
+                ComplianceSource::Keyword,
+                received.at(),
+                Some(&said.as_sent),
+                &id,
+                state,
+            ));
+        }
+        let text_key = if received.seen {
+            keys::OPT_IN_CONFIRMATION
+        } else {
+            keys::WELCOME
+        };
+        let reply = self.reply(
+            received.ctx,
+            received.event,
+            &received.subject,
+            text_key,
+            &said.reply_locale,
+            "opt_in",
+        );
+        out.push(received.compliance(
+            ComplianceEventKind::OptIn,
+            ComplianceSource::Keyword,
+            Some(&said.as_sent),
+            Some(&reply),
+            details,
+        ));
+        out.extend(reply.outputs);
+        out
+    }
+
+    /// A help keyword: answered, also to opted-out users; nothing recorded.
+    fn help(&self, received: &Received<'_, '_>, said: &Said) -> Vec<Output> {
+        self.metrics.count("help");
+        let reply = self.reply(
+            received.ctx,
+            received.event,
+            &received.subject,
+            keys::HELP,
+            &said.reply_locale,
+            "help",
+        );
+        let mut details = said.details(self.settings.revocation.version());
+        details.insert("consent_status".into(), received.status.to_string());
+        let mut out = vec![received.compliance(
+            ComplianceEventKind::Help,
+            ComplianceSource::Keyword,
+            Some(&said.as_sent),
+            Some(&reply),
+            details,
+        )];
+        out.extend(reply.outputs);
+        out
+    }
+
+    /// Any other message of a known address: forwarded (flagged when it may
+    /// revoke consent) or blocked by the decision in force.
+    fn other_message(
+        &self,
+        received: &Received<'_, '_>,
+        current: Option<ConsentState>,
+        flagged: Option<&Revocation>,
+    ) -> Vec<Output> {
+        let in_force = current.map(std::sync::Arc::new);
+        let require_opt_in = self.settings.policy == Policy::Explicit;
+        if verdict(in_force.clone(), require_opt_in).is_allowed() {
+            self.metrics.count("forwarded");
+            let mut out: Vec<Output> = Self::forward(received.event, false, flagged.is_some())
+                .into_iter()
+                .collect();
+            out.extend(self.possible_revocation(
+                received.event,
+                &received.subject,
+                flagged,
+                received.status,
+            ));
+            return out;
+        }
+        self.metrics.count("blocked_inbound");
+        let mut details = BTreeMap::from([("consent_status".into(), received.status.to_string())]);
+        if let Some(reference) = in_force.as_ref().and_then(|d| d.event_ref.clone()) {
+            details.insert("decision_ref".into(), reference);
+        }
+        if let Some(flag) = flagged {
+            details.extend(flag_details(flag, self.settings.revocation.version()));
+        }
+        let source = in_force
+            .as_ref()
+            .map_or(ComplianceSource::Unknown, |d| d.source);
+        vec![received.compliance(
+            ComplianceEventKind::BlockedInbound,
+            source,
+            None,
+            None,
+            details,
+        )]
     }
 
     /// The first message from an address the adapter has no decision for.
@@ -712,6 +897,7 @@ impl ConsentProcessor {
         event: &ConversationEvent,
         subject: &Subject,
         registry: Option<&ConsentState>,
+        flagged: Option<&Revocation>,
         state: &mut StateStore<ConsentProcessorState>,
     ) -> Vec<Output> {
         let trigger = event.event_id.as_str();
@@ -735,7 +921,7 @@ impl ConsentProcessor {
                 &id,
                 state,
             ));
-            let reply = self.reply(ctx, event, subject, keys::WELCOME, "welcome");
+            let reply = self.reply(ctx, event, subject, keys::WELCOME, &event.locale, "welcome");
             let mut details = BTreeMap::from([(
                 "policy".into(),
                 policy_name(self.settings.policy).to_owned(),
@@ -757,7 +943,9 @@ impl ConsentProcessor {
             ));
             out.extend(reply.outputs);
             self.metrics.count("forwarded");
-            out.extend(Self::forward(event, true));
+            out.extend(Self::forward(event, true, flagged.is_some()));
+            let status = ConsentStatus::OptedIn;
+            out.extend(self.possible_revocation(event, subject, flagged, status));
         } else {
             self.metrics.count("blocked_inbound");
             let id = compliance_event_id(ComplianceEventKind::BlockedInbound, trigger);
@@ -775,12 +963,16 @@ impl ConsentProcessor {
                 event,
                 subject,
                 keys::CONSENT_REQUEST,
+                &event.locale,
                 "consent_request",
             );
-            let details = BTreeMap::from([
+            let mut details = BTreeMap::from([
                 ("policy".into(), "explicit".into()),
                 ("reason".into(), "consent_required".into()),
             ]);
+            if let Some(flag) = flagged {
+                details.extend(flag_details(flag, self.settings.revocation.version()));
+            }
             out.push(Self::compliance(
                 ComplianceEventKind::BlockedInbound,
                 ComplianceSource::FirstContact,
@@ -796,6 +988,40 @@ impl ConsentProcessor {
             out.extend(reply.outputs);
         }
         out
+    }
+
+    /// The audit record of a message forwarded with `possible_revocation`.
+    fn possible_revocation(
+        &self,
+        event: &ConversationEvent,
+        subject: &Subject,
+        flagged: Option<&Revocation>,
+        status: ConsentStatus,
+    ) -> Option<Output> {
+        let flag = flagged?;
+        self.metrics.count("possible_revocation");
+        tracing::info!(
+            address = %mask_address(&subject.address),
+            channel = %subject.channel,
+            rule = %flag.rule,
+            language = %flag.language,
+            "possible revocation forwarded to cognition, flagged"
+        );
+        let mut details = flag_details(flag, self.settings.revocation.version());
+        details.insert("consent_status".into(), status.to_string());
+        details.insert("action".into(), "forwarded_flagged".into());
+        Some(Self::compliance(
+            ComplianceEventKind::PossibleRevocation,
+            ComplianceSource::Keyword,
+            subject,
+            &event.event_id,
+            Some(&event.conversation_id),
+            event.message.as_ref().map(|m| m.message_sid.as_str()),
+            Some(&flag.as_sent),
+            event.occurred_at,
+            None,
+            details,
+        ))
     }
 
     fn on_delivery(
@@ -862,6 +1088,16 @@ impl ConsentProcessor {
         ));
         out
     }
+}
+
+/// The audit details of a flagged (not acted on) revocation.
+fn flag_details(flag: &Revocation, version: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("rule".to_owned(), flag.rule.name().to_owned()),
+        ("matched".to_owned(), flag.matched.clone()),
+        ("rule_language".to_owned(), flag.language.clone()),
+        ("consent_words_version".to_owned(), version.to_owned()),
+    ])
 }
 
 fn policy_name(policy: Policy) -> &'static str {

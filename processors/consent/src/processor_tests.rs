@@ -375,9 +375,196 @@ fn help_is_answered_even_when_opted_out_and_changes_nothing() {
 fn look_alikes_are_ordinary_messages() {
     let mut h = Harness::default();
     h.send(msg(1, "hi"));
-    let out = h.send(msg(2, "Stop by tomorrow"));
+    for (n, body) in [
+        "Stop by tomorrow",
+        "cancel my order",
+        "The end of the movie was great",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = h.send(msg(2 + u32::try_from(n).unwrap(), body));
+        assert_eq!(out.inbound().len(), 1, "{body}");
+        assert!(!out.inbound()[0].possible_revocation, "{body}");
+        assert!(
+            out.consent().is_empty() && out.compliance().is_empty(),
+            "{body}"
+        );
+        assert!(out.outbound().is_empty(), "{body}");
+    }
+}
+
+fn detail<'a>(event: &'a ComplianceEvent, key: &str) -> Option<&'a str> {
+    event.details.get(key).map(String::as_str)
+}
+
+#[test]
+fn a_full_width_stop_opts_out() {
+    let mut h = Harness::default();
+    h.send(msg(1, "hello"));
+    let out = h.send(msg(2, "ＳＴＯＰ"));
+    assert!(out.inbound().is_empty());
+    assert_eq!(out.consent()[0].status, ConsentStatus::OptedOut);
+    assert_eq!(out.consent()[0].keyword.as_deref(), Some("ＳＴＯＰ"));
+    let c = out.compliance();
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::OptOut]);
+    assert_eq!(detail(c[0], "rule"), Some("keyword"));
+    assert_eq!(detail(c[0], "matched"), Some("stop"));
+    assert_eq!(out.outbound().len(), 1);
+}
+
+#[test]
+fn a_french_opt_out_on_an_english_number_is_answered_in_french() {
+    let mut h = Harness::default();
+    h.send(event(1, Some("bonjour"), "en-US"));
+    let out = h.send(event(2, Some("ARRÊT"), "en-US"));
+    assert!(out.inbound().is_empty());
+    assert_eq!(out.consent()[0].status, ConsentStatus::OptedOut);
+    let c = out.compliance();
+    assert_eq!(c[0].kind, ComplianceEventKind::OptOut);
+    assert_eq!(c[0].locale.as_deref(), Some("fr"));
+    assert_eq!(detail(c[0], "rule_language"), Some("fr"));
+    assert_eq!(detail(c[0], "matched"), Some("arret"));
+    assert_eq!(out.reply_text(), text(keys::OPT_OUT_CONFIRMATION, "fr"));
+}
+
+#[test]
+fn a_revocation_phrase_opts_out_with_one_confirmation() {
+    let mut h = Harness::default();
+    h.send(msg(1, "hello"));
+    let out = h.send(msg(2, "Please stop texting me!"));
+    assert!(
+        out.inbound().is_empty(),
+        "a revocation phrase is not forwarded"
+    );
+    let consent = out.consent();
+    assert_eq!(consent.len(), 1);
+    assert_eq!(consent[0].status, ConsentStatus::OptedOut);
+    assert_eq!(
+        consent[0].keyword.as_deref(),
+        Some("Please stop texting me")
+    );
+    let c = out.compliance();
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::OptOut]);
+    assert_eq!(c[0].source, ComplianceSource::Keyword);
+    assert_eq!(c[0].keyword.as_deref(), Some("Please stop texting me"));
+    assert_eq!(detail(c[0], "rule"), Some("revocation_phrase"));
+    assert_eq!(detail(c[0], "matched"), Some("please stop texting me"));
+    assert_eq!(detail(c[0], "rule_language"), Some("en"));
+    assert_eq!(
+        detail(c[0], "consent_words_version"),
+        Some(RevocationRules::default().version())
+    );
+    assert_eq!(out.outbound().len(), 1, "exactly one confirmation");
+    assert_eq!(out.reply_text(), text(keys::OPT_OUT_CONFIRMATION, "en"));
+    let count = |outcome: &str| {
+        h.processor
+            .metrics
+            .outcomes
+            .with_label_values(&[outcome])
+            .get()
+    };
+    assert_eq!(count("revocation_phrase"), 1);
+
+    // Nothing more goes out; a second phrase is audited, not answered.
+    let out = h.send(msg(3, "unsubscribe me"));
+    assert!(out.outbound().is_empty() && out.consent().is_empty());
+    assert_eq!(
+        detail(out.compliance()[0], "already_opted_out"),
+        Some("true")
+    );
+    let out = h.send(msg(4, "hello?"));
+    assert!(out.inbound().is_empty() && out.outbound().is_empty());
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::BlockedInbound]);
+}
+
+#[test]
+fn a_spanish_phrase_is_answered_in_spanish() {
+    let mut h = Harness::default();
+    h.send(event(1, Some("hola"), "en-US"));
+    let out = h.send(event(2, Some("No me escriban más, por favor"), "en-US"));
+    assert_eq!(out.consent()[0].status, ConsentStatus::OptedOut);
+    assert_eq!(out.compliance()[0].locale.as_deref(), Some("es"));
+    assert_eq!(out.reply_text(), text(keys::OPT_OUT_CONFIRMATION, "es"));
+}
+
+#[test]
+fn a_longer_message_with_a_revocation_word_is_flagged_and_forwarded() {
+    let mut h = Harness::default();
+    h.send(msg(1, "hello"));
+    let body = "Thanks for the recipe. Can you stop sending me reminders every morning?";
+    let out = h.send(msg(2, body));
+    let inbound = out.inbound();
+    assert_eq!(inbound.len(), 1, "forwarded to cognition");
+    assert!(inbound[0].possible_revocation);
+    assert_eq!(inbound[0].text, body, "unmodified");
+    assert!(out.consent().is_empty(), "no decision");
+    assert!(out.outbound().is_empty(), "the adapter does not answer");
+    let c = out.compliance();
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::PossibleRevocation]);
+    assert_eq!(c[0].source, ComplianceSource::Keyword);
+    assert_eq!(c[0].keyword.as_deref(), Some("stop sending"));
+    assert_eq!(c[0].message_ref.as_deref(), Some("IM2"));
+    assert_eq!(detail(c[0], "rule"), Some("revocation_near_messages"));
+    assert_eq!(detail(c[0], "consent_status"), Some("OPTED_IN"));
+    assert_eq!(detail(c[0], "action"), Some("forwarded_flagged"));
+    assert_eq!(
+        c[0].event_id,
+        compliance_event_id(ComplianceEventKind::PossibleRevocation, "ev-2")
+    );
+
+    // Still opted in: the next message is ordinary.
+    let out = h.send(msg(3, "what's for dinner?"));
     assert_eq!(out.inbound().len(), 1);
-    assert!(out.consent().is_empty() && out.compliance().is_empty());
+    assert!(!out.inbound()[0].possible_revocation);
+    assert!(out.compliance().is_empty());
+
+    // Until they confirm with STOP.
+    let out = h.send(msg(4, "STOP"));
+    assert_eq!(out.consent()[0].status, ConsentStatus::OptedOut);
+    assert_eq!(out.outbound().len(), 1);
+}
+
+#[test]
+fn a_short_revocation_about_that_is_flagged_not_acted_on() {
+    let mut h = Harness::default();
+    h.send(msg(1, "remind me to call mum at 5"));
+    let out = h.send(msg(2, "Cancel that"));
+    assert_eq!(out.inbound().len(), 1);
+    assert!(out.inbound()[0].possible_revocation);
+    assert!(out.consent().is_empty() && out.outbound().is_empty());
+    let c = out.compliance();
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::PossibleRevocation]);
+    assert_eq!(detail(c[0], "rule"), Some("revocation_contextual"));
+    assert_eq!(c[0].keyword.as_deref(), Some("cancel that"));
+}
+
+#[test]
+fn a_flagged_message_of_an_opted_out_user_is_blocked_with_the_rule() {
+    let mut h = Harness::default();
+    h.send(msg(1, "STOP"));
+    let out = h.send(msg(2, "why do you still send me messages, stop texting me"));
+    assert!(out.inbound().is_empty());
+    let c = out.compliance();
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::BlockedInbound]);
+    assert_eq!(detail(c[0], "rule"), Some("revocation_clause"));
+    assert_eq!(detail(c[0], "matched"), Some("stop texting me"));
+}
+
+#[test]
+fn a_flagged_first_message_is_welcomed_and_forwarded_flagged() {
+    let mut h = Harness::default();
+    let out = h.send(msg(1, "hi, who is this? please stop texting me at night"));
+    assert_eq!(out.inbound().len(), 1);
+    assert!(out.inbound()[0].first_contact && out.inbound()[0].possible_revocation);
+    assert_eq!(
+        out.kinds(),
+        vec![
+            ComplianceEventKind::OptIn,
+            ComplianceEventKind::PossibleRevocation
+        ]
+    );
+    assert_eq!(out.reply_text(), text(keys::WELCOME, "en"));
 }
 
 #[test]

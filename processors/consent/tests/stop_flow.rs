@@ -5,6 +5,11 @@
 //! but a BLOCKED_INBOUND event; START re-enables. A Twilio 21610 delivery
 //! failure records an opt-out too.
 //!
+//! Revocation by other words: a revocation phrase ("Please stop texting me")
+//! gets exactly one confirmation and nothing after; a longer message with a
+//! revocation word is forwarded flagged `possible_revocation` and the user
+//! keeps being served until they send STOP; the compliance trail has both.
+//!
 //! ```sh
 //! eval "$(dev/stack env)"; cargo test -p si-consent --test stop_flow -- --nocapture
 //! ```
@@ -181,8 +186,8 @@ async fn wait_for<T: AvroRecord>(
         }
         if let Some(status) = child.try_wait()? {
             bail!(
-                "si-consent exited with {status} (see {:?})",
-                log_path("stop-flow")
+                "si-consent exited with {status} (see the logs in {:?})",
+                log_path("any").parent()
             );
         }
         if Instant::now() > until {
@@ -339,6 +344,207 @@ async fn stop_blocks_and_start_reenables_against_the_broker() -> anyhow::Result<
                     && c.source == ComplianceSource::TwilioError
                     && c.message_ref.as_deref() == Some("op-21610"))
         );
+        anyhow::Ok(())
+    }
+    .await;
+    let status = terminate(&mut child, Duration::from_secs(30))?;
+    result?;
+    assert!(status.success(), "graceful shutdown exited with {status}");
+    Ok(())
+}
+
+/// The compliance events about `address`, in order.
+fn trail(records: &[(String, ComplianceEvent)], address: &str) -> Vec<ComplianceEvent> {
+    records
+        .iter()
+        .filter(|(_, c)| c.address == address)
+        .map(|(_, c)| c.clone())
+        .collect()
+}
+
+fn opt_out_confirmation(locale: &str) -> String {
+    let text = si_catalog::Catalog::builtin()
+        .text(si_catalog::keys::OPT_OUT_CONFIRMATION, locale)
+        .text;
+    si_segment::normalize(text, Channel::Sms, true).0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_phrases_opt_out_and_longer_messages_are_flagged_against_the_broker()
+-> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let mut child = spawn_consent(&env, "revocation-flow")?;
+    // A: a revocation phrase. B: a longer message, then STOP. C: French on a +1 number.
+    let (conv_a, user_a) = ("CH000000000000000000000000000000A1", "+14155550121");
+    let (conv_b, user_b) = ("CH000000000000000000000000000000B1", "+14155550122");
+    let (conv_c, user_c) = ("CH000000000000000000000000000000C1", "+14155550123");
+    let flagged_text = "Thanks for the recipe. Can you stop sending me reminders every morning?";
+    let result = async {
+        let script: &[(&str, &str, i64, &str)] = &[
+            (conv_a, user_a, 1, "hello"),
+            (conv_a, user_a, 2, "Please stop texting me!"),
+            (conv_a, user_a, 3, "are you still there?"),
+            (conv_b, user_b, 1, "hi"),
+            (conv_b, user_b, 2, flagged_text),
+            (conv_b, user_b, 3, "and what about dessert?"),
+            (conv_b, user_b, 4, "STOP"),
+            (conv_b, user_b, 5, "hello?"),
+            (conv_c, user_c, 1, "bonjour"),
+            (conv_c, user_c, 2, "ARRÊT"),
+        ];
+        for (conv, user, n, body) in script {
+            env.produce(
+                topics::CONVERSATION_EVENTS,
+                conv,
+                &message(conv, user, *n, body),
+            )
+            .await?;
+        }
+        let deadline = Duration::from_secs(90);
+        let compliance =
+            wait_for::<ComplianceEvent>(&env, topics::COMPLIANCE, &mut child, deadline, |r| {
+                r.len() >= 9
+            })
+            .await?;
+        let kinds = |address: &str| -> Vec<(ComplianceEventKind, Option<String>)> {
+            trail(&compliance, address)
+                .into_iter()
+                .map(|c| (c.kind, c.details.get("rule").cloned()))
+                .collect()
+        };
+        let rule = |r: &str| Some(r.to_owned());
+
+        // A: the phrase opted out at once; the message after it is blocked.
+        assert_eq!(
+            kinds(user_a),
+            vec![
+                (ComplianceEventKind::OptIn, None),
+                (ComplianceEventKind::OptOut, rule("revocation_phrase")),
+                (ComplianceEventKind::BlockedInbound, None),
+            ]
+        );
+        let a = trail(&compliance, user_a);
+        assert_eq!(a[1].keyword.as_deref(), Some("Please stop texting me"));
+        assert_eq!(
+            a[1].details.get("matched").map(String::as_str),
+            Some("please stop texting me")
+        );
+
+        // B: flagged and served, then STOP.
+        assert_eq!(
+            kinds(user_b),
+            vec![
+                (ComplianceEventKind::OptIn, None),
+                (
+                    ComplianceEventKind::PossibleRevocation,
+                    rule("revocation_near_messages")
+                ),
+                (ComplianceEventKind::OptOut, rule("keyword")),
+                (ComplianceEventKind::BlockedInbound, None),
+            ]
+        );
+        let b = trail(&compliance, user_b);
+        assert_eq!(b[1].keyword.as_deref(), Some("stop sending"));
+        assert_eq!(
+            b[1].message_ref.as_deref(),
+            Some(format!("IM{:032}", 2).as_str())
+        );
+
+        // C: ARRÊT is an opt-out in an en-US conversation, confirmed in French.
+        assert_eq!(
+            kinds(user_c),
+            vec![
+                (ComplianceEventKind::OptIn, None),
+                (ComplianceEventKind::OptOut, rule("keyword")),
+            ]
+        );
+        assert_eq!(trail(&compliance, user_c)[1].locale.as_deref(), Some("fr"));
+
+        let inbound =
+            wait_for::<InboundMessage>(&env, topics::INBOUND, &mut child, deadline, |r| {
+                r.len() >= 5
+            })
+            .await?;
+        let forwarded = |conv: &str| -> Vec<(String, bool)> {
+            inbound
+                .iter()
+                .filter(|(k, _)| k == conv)
+                .map(|(_, m)| (m.text.clone(), m.possible_revocation))
+                .collect()
+        };
+        assert_eq!(
+            forwarded(conv_a),
+            vec![("hello".to_owned(), false)],
+            "nothing reaches cognition after the phrase"
+        );
+        assert_eq!(
+            forwarded(conv_b),
+            vec![
+                ("hi".to_owned(), false),
+                (flagged_text.to_owned(), true),
+                ("and what about dessert?".to_owned(), false),
+            ],
+            "flagged to cognition, served until STOP"
+        );
+        assert_eq!(forwarded(conv_c), vec![("bonjour".to_owned(), false)]);
+
+        // B stayed opted in until the STOP: its decisions are the welcome's and the STOP's.
+        let consent = wait_for::<ConsentState>(&env, topics::CONSENT, &mut child, deadline, |r| {
+            r.len() >= 6
+        })
+        .await?;
+        let decisions = |address: &str| -> Vec<(ConsentStatus, Option<String>)> {
+            consent
+                .iter()
+                .filter(|(_, c)| c.address == address)
+                .map(|(_, c)| (c.status, c.keyword.clone()))
+                .collect()
+        };
+        assert_eq!(
+            decisions(user_b),
+            vec![
+                (ConsentStatus::OptedIn, None),
+                (ConsentStatus::OptedOut, Some("STOP".to_owned())),
+            ]
+        );
+        assert_eq!(
+            decisions(user_a),
+            vec![
+                (ConsentStatus::OptedIn, None),
+                (
+                    ConsentStatus::OptedOut,
+                    Some("Please stop texting me".to_owned())
+                ),
+            ]
+        );
+
+        // Replies: per user the welcome and exactly one confirmation, nothing else.
+        let outbound =
+            wait_for::<OutboundOperation>(&env, topics::OUTBOUND, &mut child, deadline, |r| {
+                r.len() >= 6
+            })
+            .await?;
+        let bodies = |user: &str| -> Vec<String> {
+            outbound
+                .iter()
+                .filter(|(_, o)| o.to.as_deref() == Some(user))
+                .filter_map(|(_, o)| o.body.clone())
+                .collect()
+        };
+        for (user, locale) in [(user_a, "en-US"), (user_b, "en-US"), (user_c, "fr")] {
+            let sent = bodies(user);
+            assert_eq!(
+                sent.len(),
+                2,
+                "{user}: the welcome and one confirmation: {sent:?}"
+            );
+            let confirmation = opt_out_confirmation(locale);
+            assert_eq!(
+                sent.iter().filter(|b| **b == confirmation).count(),
+                1,
+                "{user}: exactly one confirmation in {locale}: {sent:?}"
+            );
+        }
         anyhow::Ok(())
     }
     .await;

@@ -81,7 +81,8 @@ avro_enum! {
 avro_enum! {
     /// Where a compliance decision or event came from.
     pub enum ComplianceSource (default Unknown) {
-        /// A consent keyword in an inbound message (STOP, START, HELP and their equivalents).
+        /// A consent keyword or a revocation phrase in an inbound message (STOP,
+        /// START, HELP and their equivalents; `opt out`, `please stop`…).
         Keyword = "KEYWORD",
         /// The upstream Consent Registry.
         Registry = "REGISTRY",

@@ -30,7 +30,8 @@ pub struct ComplianceEvent {
     pub conversation_id: Option<String>,
     /// What triggered it: a message SID, an `operation_id` or a `response_id`.
     pub message_ref: Option<String>,
-    /// The keyword exactly as the user sent it (e.g. `Stop`).
+    /// The keyword or revocation phrase exactly as the user sent it (e.g.
+    /// `Stop`, `opt out`); for `POSSIBLE_REVOCATION` the matched words, folded.
     pub keyword: Option<String>,
     /// Locale of the confirmation sent to the user, if one was sent (BCP 47).
     pub locale: Option<String>,
@@ -60,6 +61,10 @@ avro_enum! {
         RecordingDisclosed = "RECORDING_DISCLOSED",
         /// The caller declined recording.
         RecordingDeclined = "RECORDING_DECLINED",
+        /// An inbound message may revoke consent (a revocation word in a
+        /// longer message) and was forwarded with `possible_revocation` set,
+        /// not acted on.
+        PossibleRevocation = "POSSIBLE_REVOCATION",
         /// A symbol newer than this build (the default).
         Unknown = "UNKNOWN",
     }

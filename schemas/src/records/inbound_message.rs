@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use super::{Channel, MediaRef};
 
 /// A user message for the cognition layer, after consent and policy checks
-/// passed. Consent keywords (STOP, START, HELP…) are answered by the adapter
-/// and not forwarded. Exactly one record per user message (processor output,
+/// passed. Consent keywords (STOP, START, HELP…) and revocation phrases (opt
+/// out, please stop…) are answered by the adapter and not forwarded. Exactly one record per user message (processor output,
 /// transactional: read with `read_committed`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboundMessage {
@@ -39,6 +39,12 @@ pub struct InboundMessage {
     /// True for the first message ever seen from this address on this channel;
     /// the adapter sends its own welcome and consent notice separately.
     pub first_contact: bool,
+    /// True when the message may revoke consent (a revocation word in a
+    /// longer message): the user is still opted in; answer, and say how to
+    /// opt out (reply STOP) if that is what they meant. The compliance event
+    /// `POSSIBLE_REVOCATION` has the matched rule.
+    #[serde(default)]
+    pub possible_revocation: bool,
     /// W3C Trace Context `traceparent` of the trace this record belongs to.
     pub traceparent: Option<String>,
 }

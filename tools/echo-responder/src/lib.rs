@@ -9,7 +9,11 @@
 //!   message yields the same id and segment drops the repeat;
 //! - `in_reply_to`: the `message_id`; `text`: `ECHO_PREFIX` + the user's text
 //!   (or `(media)` when the message had only media); `locale` and `session_id`
-//!   copied; `created_at` the input record's timestamp.
+//!   copied; `created_at` the input record's timestamp;
+//! - a message flagged `possible_revocation` (it may revoke consent) gets the
+//!   catalog's `messaging.revocation_clarification` after the echo, in its
+//!   locale ("If you want no more messages from Si, reply STOP."), as the
+//!   cognition layer is asked to do.
 //!
 //! The runner needs a state type and a changelog co-partitioned with the input.
 //! The echo responder keeps no state: it names its output type as the state
@@ -88,12 +92,19 @@ impl Echo {
         } else {
             message.text.as_str()
         };
+        let mut text = format!("{}{said}", self.prefix);
+        if message.possible_revocation {
+            let clarification = si_catalog::Catalog::builtin()
+                .text(si_catalog::keys::REVOCATION_CLARIFICATION, &message.locale);
+            text.push_str("\n\n");
+            text.push_str(clarification.text);
+        }
         CognitionResponse {
             response_id: format!("echo-{}", message.message_id),
             conversation_id: message.conversation_id.clone(),
             session_id: message.session_id.clone(),
             in_reply_to: Some(message.message_id.clone()),
-            text: format!("{}{said}", self.prefix),
+            text,
             media: Vec::new(),
             locale: Some(message.locale.clone()).filter(|l| !l.is_empty()),
             hints: None,
@@ -240,6 +251,7 @@ mod tests {
             received_at: 1,
             event_id: "e-1".into(),
             first_contact: true,
+            possible_revocation: false,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         }
     }
@@ -275,6 +287,25 @@ mod tests {
                 .map(|r| &r.response_id),
             Some(&response.response_id)
         );
+    }
+
+    #[test]
+    fn a_possible_revocation_gets_the_clarification_in_the_message_locale() {
+        let echo = Echo::new("Echo: ");
+        let mut message = inbound("¿Pueden dejar de mandarme recordatorios cada mañana?");
+        assert!(!echo.answer(&message, 0).text.contains("STOP"));
+        message.possible_revocation = true;
+        let text = echo.answer(&message, 0).text;
+        let clarification = si_catalog::Catalog::builtin()
+            .text(si_catalog::keys::REVOCATION_CLARIFICATION, "es")
+            .text;
+        assert_eq!(
+            text,
+            format!(
+                "Echo: ¿Pueden dejar de mandarme recordatorios cada mañana?\n\n{clarification}"
+            )
+        );
+        assert!(clarification.contains("STOP"), "{clarification}");
     }
 
     #[test]

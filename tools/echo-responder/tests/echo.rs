@@ -28,6 +28,7 @@ fn inbound(i: usize) -> InboundMessage {
         received_at: 1_700_000_000_000,
         event_id: format!("e-{i}"),
         first_contact: i < 3,
+        possible_revocation: false,
         traceparent: None,
     }
 }
