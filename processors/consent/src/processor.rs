@@ -14,8 +14,8 @@ use si_runtime::state::StateStore;
 use si_schemas::records::{
     Channel, ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentProcessorState,
     ConsentProcessorStateKind, ConsentState, ConsentStatus, ConversationContact, ConversationEvent,
-    ConversationEventType, DeliveryOutcome, DeliveryStatus, InboundMessage, OperationKind,
-    OutboundOperation,
+    ConversationEventType, DeliveryOutcome, DeliveryStatus, InboundMessage, InboundPurpose,
+    OperationKind, OutboundOperation,
 };
 use si_schemas::{Codec, CodecError, topics};
 use si_segment::{Response, SegmentConfig, Timing, plan};
@@ -511,6 +511,7 @@ impl ConsentProcessor {
             event_id: event.event_id.clone(),
             first_contact,
             traceparent: event.traceparent.clone(),
+            purpose: InboundPurpose::UserMessage,
         };
         Some(Output::new(
             topics::INBOUND,
