@@ -1149,12 +1149,21 @@ fn retry_metadata<T>(f: impl Fn() -> KafkaResult<T>) -> KafkaResult<T> {
 
 fn partition_count(config: &ClientConfig, topic: &str, timeout: Duration) -> Result<usize, String> {
     let probe: BaseConsumer = config.create().map_err(|e| e.to_string())?;
-    let metadata = retry_metadata(|| probe.fetch_metadata(Some(topic), timeout))
-        .map_err(|e| format!("metadata of {topic}: {e}"))?;
-    let count = metadata
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len());
+    // A topic created a moment ago (the echo responder creates its changelog
+    // at start) may not be in every broker's metadata yet: look again for a while.
+    let until = Instant::now() + Duration::from_secs(10);
+    let count = loop {
+        let metadata = retry_metadata(|| probe.fetch_metadata(Some(topic), timeout))
+            .map_err(|e| format!("metadata of {topic}: {e}"))?;
+        let count = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len());
+        if count > 0 || Instant::now() >= until {
+            break count;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     if count == 0 {
         return Err(format!(
             "topic {topic} does not exist (run `sictl topics apply`)"
