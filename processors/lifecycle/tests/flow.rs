@@ -325,3 +325,55 @@ async fn a_silent_responder_delays_the_closure_by_the_summary_timeout_only() -> 
     lifecycle.terminate(Duration::from_secs(30))?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sictl_command_close_closes_at_once_with_the_given_summary() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let mut lifecycle = spawn_lifecycle(&env)?;
+    lifecycle.ready(DEADLINE).await?;
+    let conv = "CH00000000000000000000000000000d04";
+    let opened = now_ms();
+    env.produce(topics::CONVERSATION_EVENTS, conv, &message(conv, 1))
+        .await?;
+    // Once lifecycle holds the conversation (its warning is out), close it by hand.
+    records_until::<CognitionResponse>(&env, topics::RESPONSES, conv, is_warning).await?;
+    let sictl = si_testkit::process::stage_binary("sictl")?;
+    let output = std::process::Command::new(sictl)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &env.kafka.bootstrap_servers)
+        .env("SCHEMA_REGISTRY_URL", &env.registry.url)
+        .env("SI_TOPIC_PREFIX", &env.kafka.topic_prefix)
+        .args([
+            "command",
+            "close",
+            "--conversation",
+            conv,
+            "--reason",
+            "USER_REQUEST",
+            "--summary",
+            "You booked Tuesday at 10.",
+        ])
+        .output()?;
+    assert!(
+        output.status.success(),
+        "sictl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let responses =
+        records_until::<CognitionResponse>(&env, topics::RESPONSES, conv, is_closing).await?;
+    let closing = responses.last().unwrap();
+    assert!(closing.text.starts_with("You booked Tuesday at 10.\n\n"));
+    assert!(
+        closing.created_at < opened + CLOSE_MS,
+        "closed on command, not by inactivity"
+    );
+    let archived = env
+        .find::<ArchivalRequest>(topics::ARCHIVAL, DEADLINE, |a| a.conversation_id == conv)
+        .await?;
+    assert_eq!(archived.reason, ArchivalReason::UserRequest);
+    assert_eq!(
+        archived.summary.as_deref(),
+        Some("You booked Tuesday at 10.")
+    );
+    lifecycle.terminate(Duration::from_secs(30))?;
+    Ok(())
+}
