@@ -444,19 +444,21 @@ impl Normalizer {
             .find_map(|channel| self.identity.get(&channel.address_key(e164)))
     }
 
-    /// The active directory binding of (user, proxy), if any.
-    fn directory_conversation(&self, user: &Address, proxy: Option<&Address>) -> Option<String> {
+    /// The directory binding of (user, proxy), if any.
+    fn directory_binding(
+        &self,
+        user: &Address,
+        proxy: Option<&Address>,
+    ) -> Option<Arc<ParticipantBinding>> {
         let e164 = user.e164.as_deref()?;
         let key = format!(
             "{}|{}",
             user.channel.address_key(e164),
             proxy.and_then(|p| p.e164.as_deref()).unwrap_or("")
         );
-        self.directory
-            .get(&key)
-            .filter(|b| b.active)
-            .map(|b| b.conversation_id.clone())
+        self.directory.get(&key)
     }
+
 
     /// The conversation of a Programmable Messaging webhook; see the crate docs.
     fn messaging_conversation(
@@ -476,14 +478,28 @@ impl Normalizer {
         if let Some(sid) = params.get("ConversationSid") {
             return sid.to_owned();
         }
-        if let Some(bound) = self.directory_conversation(user, proxy) {
-            return bound;
+        let binding = self.directory_binding(user, proxy);
+        if let Some(bound) = binding.as_ref().filter(|b| b.active) {
+            return bound.conversation_id.clone();
         }
-        self.settings.hasher.messaging_conversation(
+        let (channel, user, proxy) = (
             user.channel.key_prefix(),
             user.e164.as_deref().unwrap_or(&user.bare),
             proxy.map_or("", |p| p.e164.as_deref().unwrap_or(&p.bare)),
-        )
+        );
+        match binding {
+            // Lifecycle closed the pair's previous conversation (and marked the
+            // binding inactive): the next message starts a new conversation,
+            // with a new id and so a new session.
+            Some(closed) if closed.conversation_id.starts_with("pm-") => self
+                .settings
+                .hasher
+                .messaging_conversation_after(channel, user, proxy, closed.updated_at),
+            _ => self
+                .settings
+                .hasher
+                .messaging_conversation(channel, user, proxy),
+        }
     }
 
     fn call_conversation(webhook: &TwilioWebhook, call_sid: &str) -> String {
@@ -1561,6 +1577,47 @@ mod tests {
                 ("FromCountry", "MX"),
             ],
         )
+    }
+
+    #[test]
+    fn after_lifecycle_closed_the_pair_the_next_message_opens_a_new_conversation() {
+        let hasher = AddressHasher::new(b"secret");
+        let user = "+5215512345678";
+        let old = hasher.messaging_conversation("sms", user, "+14155550199");
+        let closed = ParticipantBinding {
+            address: user.into(),
+            channel: Channel::Sms,
+            proxy_address: Some("+14155550199".into()),
+            conversation_id: old.clone(),
+            session_id: ids::session_id(&old),
+            participant_sid: None,
+            active: false,
+            bound_at: T - 60_000,
+            updated_at: T - 1_000,
+        };
+        let directory = GlobalTable::from_entries("si.participants.v1", [(closed.key(), closed)]);
+        let n = Normalizer::new(
+            Settings {
+                hasher: AddressHasher::new(b"secret"),
+                ..Settings::default()
+            },
+            GlobalTable::from_entries("si.identity.v1", []),
+            directory,
+            NormalizeMetrics::unregistered(),
+        );
+        let mut run = Run::new();
+        run.n = n;
+        let (e, bindings) = run.directory(inbound(Some("tok-r"), "SM9", user));
+        assert_ne!(e.conversation_id, old, "not the closed conversation");
+        assert_eq!(
+            e.conversation_id,
+            hasher.messaging_conversation_after("sms", user, "+14155550199", T - 1_000)
+        );
+        assert_ne!(e.session_id, ids::session_id(&old), "a new session");
+        assert_eq!(e.session_id, ids::session_id(&e.conversation_id));
+        assert_eq!(bindings.len(), 1);
+        assert!(bindings[0].active);
+        assert_eq!(bindings[0].conversation_id, e.conversation_id);
     }
 
     #[test]
