@@ -43,6 +43,8 @@ pub mod keys {
     pub const INACTIVITY_WARNING: &str = "messaging.inactivity_warning";
     /// Messaging: the conversation closed; how to come back.
     pub const CLOSING: &str = "messaging.closing";
+    /// Messaging: the user wrote again after a closure (a new conversation).
+    pub const WELCOME_BACK: &str = "messaging.welcome_back";
 
     /// Every key; the default locale must define all of them.
     pub const ALL: &[&str] = &[
@@ -61,6 +63,7 @@ pub mod keys {
         CONSENT_REQUEST,
         INACTIVITY_WARNING,
         CLOSING,
+        WELCOME_BACK,
     ];
 }
 

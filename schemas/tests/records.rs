@@ -689,6 +689,7 @@ fn binding_full() -> ParticipantBinding {
         active: true,
         bound_at: T0 - 86_400_000,
         updated_at: T0,
+        previous_conversation_id: some("pm-0123456789abcdef0123456789abcdef"),
     }
 }
 
@@ -703,6 +704,7 @@ fn binding_min() -> ParticipantBinding {
         active: false,
         bound_at: 0,
         updated_at: 0,
+        previous_conversation_id: None,
     }
 }
 

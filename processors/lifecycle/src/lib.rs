@@ -35,7 +35,10 @@
 //! segment's sender key, so it queues behind the closing message's parts),
 //! the participant directory entry set inactive, the archival request, the
 //! state deleted. Twilio closing a conversation itself archives it
-//! (`TWILIO_CLOSED`) without a closing message.
+//! (`TWILIO_CLOSED`) without a closing message. The first message of a
+//! conversation whose user came back after a closure (the participant
+//! directory, read as a global table, holds the closed conversation for the
+//! pair, or the new one naming it) gets the localized welcome-back.
 
 pub mod processor;
 
@@ -46,7 +49,9 @@ use anyhow::Context;
 use clap::{Args, Parser};
 use si_runtime::metrics::StageMetrics;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
+use si_runtime::table::GlobalTable;
 use si_runtime::{AdminServer, CommonConfig, Readiness};
+use si_schemas::records::ParticipantBinding;
 use si_schemas::{Codec, Registry, topics};
 use tokio_util::sync::CancellationToken;
 
@@ -192,9 +197,26 @@ async fn run_stream(
 ) -> anyhow::Result<()> {
     let kafka = &config.common.kafka;
     let codec = Codec::new(Registry::new(config.common.registry.config())?);
+    // The participant directory tells a re-entry (a user back after a closure)
+    // from a first contact.
+    let directory = GlobalTable::<ParticipantBinding>::start(
+        kafka,
+        STAGE,
+        topics::PARTICIPANTS,
+        codec.clone(),
+        &readiness,
+        &metrics,
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the participant directory")?;
+    tokio::select! {
+        () = directory.loaded() => {}
+        () = shutdown.cancelled() => return Ok(()),
+    }
     let state_ttl = settings.state_ttl;
     let lifecycle_metrics = LifecycleMetrics::new(metrics.registry())?;
-    let processor = LifecycleProcessor::new(settings, lifecycle_metrics);
+    let processor = LifecycleProcessor::new(settings, directory, lifecycle_metrics);
     let env = StreamEnv {
         kafka: kafka.clone(),
         args: config.stream.clone(),

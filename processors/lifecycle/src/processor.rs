@@ -11,6 +11,7 @@ use si_runtime::processor::{
     InputRecord, Output, ProcessError, Processor, RecordContext, TimerContext,
 };
 use si_runtime::state::StateStore;
+use si_runtime::table::GlobalTable;
 use si_schemas::records::{
     ArchivalReason, ArchivalRequest, Channel, CognitionResponse, Command, CommandKind,
     ConversationEvent, ConversationEventType, ConversationState, DeliveryStatus, InboundMessage,
@@ -142,7 +143,8 @@ impl InputRecord for LifecycleInput {
 /// (one state entry per open conversation).
 #[derive(Debug, Clone)]
 pub struct LifecycleMetrics {
-    /// Conversations opened, by `origin` (`inbound`).
+    /// Conversations opened, by `origin` (`inbound`; `reentry`: the user came
+    /// back after a closure and got the welcome-back).
     pub opened: IntCounterVec,
     /// Inactivity warnings sent (`kind` = `warning`), closures cancelled by a
     /// reply (`kind` = `closure_cancelled`).
@@ -269,23 +271,64 @@ fn reason_label(reason: ArchivalReason) -> &'static str {
     }
 }
 
+/// The response id of the welcome-back of a conversation opened at `opened_at`.
+#[must_use]
+pub fn welcome_back_id(conversation_id: &str, opened_at: i64) -> String {
+    format!("{ID_PREFIX}welcome-back-{conversation_id}-{opened_at}")
+}
+
 /// The lifecycle stage's logic.
-#[derive(Debug)]
 pub struct LifecycleProcessor {
     settings: Settings,
     catalog: &'static Catalog,
     metrics: LifecycleMetrics,
+    directory: GlobalTable<ParticipantBinding>,
+}
+
+impl std::fmt::Debug for LifecycleProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LifecycleProcessor")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LifecycleProcessor {
-    /// A processor with `settings`, counting into `metrics`.
+    /// A processor with `settings` over the participant directory, counting into `metrics`.
     #[must_use]
-    pub fn new(settings: Settings, metrics: LifecycleMetrics) -> Self {
+    pub fn new(
+        settings: Settings,
+        directory: GlobalTable<ParticipantBinding>,
+        metrics: LifecycleMetrics,
+    ) -> Self {
         Self {
             settings,
             catalog: Catalog::builtin(),
             metrics,
+            directory,
         }
+    }
+
+    /// Whether the first message of `conversation` comes from a user whose
+    /// previous conversation through the same number was closed: the
+    /// directory entry of the pair is the closed one (inactive), or already
+    /// the new one naming the closed one (normalize wrote it first).
+    fn is_reentry(&self, conversation: &LifecycleState) -> bool {
+        let Some(address) = conversation.address.as_deref() else {
+            return false;
+        };
+        let key = format!(
+            "{}|{}",
+            conversation.channel.address_key(address),
+            conversation.proxy_address.as_deref().unwrap_or("")
+        );
+        self.directory.get(&key).is_some_and(|b| {
+            if b.conversation_id == conversation.conversation_id {
+                b.previous_conversation_id.is_some()
+            } else {
+                !b.active
+            }
+        })
     }
 
     fn save(&self, state: &mut StateStore<LifecycleState>, conversation: LifecycleState) {
@@ -359,27 +402,25 @@ impl LifecycleProcessor {
             .as_ref()
             .map(|m| m.media.clone())
             .unwrap_or_default();
-        let mut conversation = existing.unwrap_or_else(|| {
-            self.metrics.opened.with_label_values(&["inbound"]).inc();
-            LifecycleState {
-                conversation_id: event.conversation_id.clone(),
-                session_id: event.session_id.clone(),
-                channel: event.channel,
-                address: None,
-                proxy_address: None,
-                locale: event.locale.clone(),
-                phase: LifecyclePhase::Open,
-                opened_at: now,
-                last_activity_at: now,
-                close_reason: None,
-                closing_started_at: None,
-                summary_request_id: None,
-                summary: None,
-                closing_response_id: None,
-                first_sequence: None,
-                last_sequence: None,
-                media: Vec::new(),
-            }
+        let opened = existing.is_none();
+        let mut conversation = existing.unwrap_or_else(|| LifecycleState {
+            conversation_id: event.conversation_id.clone(),
+            session_id: event.session_id.clone(),
+            channel: event.channel,
+            address: None,
+            proxy_address: None,
+            locale: event.locale.clone(),
+            phase: LifecyclePhase::Open,
+            opened_at: now,
+            last_activity_at: now,
+            close_reason: None,
+            closing_started_at: None,
+            summary_request_id: None,
+            summary: None,
+            closing_response_id: None,
+            first_sequence: None,
+            last_sequence: None,
+            media: Vec::new(),
         });
         if let Some(p) = participant {
             if p.address.is_some() {
@@ -396,6 +437,15 @@ impl LifecycleProcessor {
         for item in media {
             if conversation.media.len() < MAX_MEDIA {
                 conversation.media.push(item);
+            }
+        }
+        let mut outputs = Vec::new();
+        if opened {
+            let reentry = self.is_reentry(&conversation);
+            let origin = if reentry { "reentry" } else { "inbound" };
+            self.metrics.opened.with_label_values(&[origin]).inc();
+            if reentry {
+                outputs.push(self.welcome_back(now, &conversation));
             }
         }
         match conversation.phase {
@@ -428,7 +478,30 @@ impl LifecycleProcessor {
                 self.activity(now, conversation, state);
             }
         }
-        Vec::new()
+        outputs
+    }
+
+    /// The short welcome-back of a user who comes back after a closure.
+    fn welcome_back(&self, now: i64, conversation: &LifecycleState) -> Output {
+        let text = self.catalog.text(keys::WELCOME_BACK, &conversation.locale);
+        let response = CognitionResponse {
+            response_id: welcome_back_id(&conversation.conversation_id, conversation.opened_at),
+            conversation_id: conversation.conversation_id.clone(),
+            session_id: conversation.session_id.clone(),
+            in_reply_to: None,
+            text: text.text.to_owned(),
+            media: Vec::new(),
+            locale: Some(text.locale.to_owned()),
+            hints: None,
+            created_at: now,
+            traceparent: None,
+            purpose: ResponsePurpose::Reply,
+        };
+        Output::new(
+            topics::RESPONSES,
+            conversation.conversation_id.clone(),
+            response,
+        )
     }
 
     /// A message in either direction at `at`: a new idle period.
@@ -703,6 +776,7 @@ impl LifecycleProcessor {
                 active: false,
                 bound_at: conversation.opened_at,
                 updated_at: now,
+                previous_conversation_id: None,
             };
             outputs.push(Output::new(topics::PARTICIPANTS, binding.key(), binding));
         }

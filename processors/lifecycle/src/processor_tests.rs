@@ -139,8 +139,20 @@ struct Harness {
 
 impl Harness {
     fn new(settings: Settings) -> Self {
+        Self::with_directory(settings, Vec::new())
+    }
+
+    fn with_directory(settings: Settings, entries: Vec<ParticipantBinding>) -> Self {
+        let directory = GlobalTable::from_entries(
+            topics::PARTICIPANTS,
+            entries.into_iter().map(|b| (b.key(), b)),
+        );
         Self {
-            processor: LifecycleProcessor::new(settings, LifecycleMetrics::unregistered()),
+            processor: LifecycleProcessor::new(
+                settings,
+                directory,
+                LifecycleMetrics::unregistered(),
+            ),
             store: StateStore::new(Duration::from_secs(3600)),
         }
     }
@@ -588,4 +600,50 @@ fn settings_are_checked() {
         ..settings()
     };
     assert!(short_ttl.validate().is_err());
+}
+
+fn binding(conversation_id: &str, active: bool, previous: Option<&str>) -> ParticipantBinding {
+    ParticipantBinding {
+        address: USER.into(),
+        channel: Channel::Sms,
+        proxy_address: Some(OURS.into()),
+        conversation_id: conversation_id.into(),
+        session_id: "s".into(),
+        participant_sid: None,
+        active,
+        bound_at: T0 - 100_000,
+        updated_at: T0 - 1_000,
+        previous_conversation_id: previous.map(str::to_owned),
+    }
+}
+
+#[test]
+fn a_user_back_after_a_closure_gets_the_welcome_back_once() {
+    let new = "pm-new";
+    for directory in [
+        vec![binding("pm-old", false, None)],
+        vec![binding(new, true, Some("pm-old"))],
+    ] {
+        let mut h = Harness::with_directory(settings(), directory);
+        let out = h.event(message(new, T0, Vec::new()), T0);
+        let texts = only::<CognitionResponse>(&out, topics::RESPONSES);
+        assert_eq!(texts.len(), 1, "{out:?}");
+        assert_eq!(texts[0].response_id, welcome_back_id(new, T0));
+        assert_eq!(
+            texts[0].text,
+            Catalog::builtin().text(keys::WELCOME_BACK, "es").text
+        );
+        assert!(h.event(message(new, T0 + 1, Vec::new()), T0 + 1).is_empty());
+        assert_eq!(h.count(&h.processor.metrics.opened, &["reentry"]), 1);
+    }
+    // A first contact, or a pair whose conversation is still open elsewhere: no welcome-back.
+    for directory in [
+        Vec::new(),
+        vec![binding("pm-other", true, None)],
+        vec![binding(new, true, None)],
+    ] {
+        let mut h = Harness::with_directory(settings(), directory);
+        assert!(h.event(message(new, T0, Vec::new()), T0).is_empty());
+        assert_eq!(h.count(&h.processor.metrics.opened, &["inbound"]), 1);
+    }
 }

@@ -49,7 +49,7 @@ fn conversation_id(i: usize) -> String {
     format!("CH{i:032}")
 }
 
-fn first_message(conv: &str) -> ConversationEvent {
+fn first_message(i: usize, conv: &str) -> ConversationEvent {
     ConversationEvent {
         event_id: format!("{conv}-ev"),
         conversation_id: conv.into(),
@@ -60,7 +60,9 @@ fn first_message(conv: &str) -> ConversationEvent {
         occurred_at: now_ms(),
         received_at: now_ms(),
         participant: Some(Participant {
-            address: Some("+14155550100".into()),
+            // One user per conversation (Twilio: one active conversation per
+            // address and proxy address).
+            address: Some(format!("+1415{i:07}")),
             channel: Channel::Whatsapp,
             user_id: Some("u-1".into()),
             visitor_id: None,
@@ -227,8 +229,13 @@ async fn sigkill_at_random_moments_neither_skips_nor_repeats_a_warning_or_a_clos
     for (i, chunk) in chunks.iter().enumerate() {
         // New conversations arrive while earlier ones warn and close.
         for conv in *chunk {
-            env.produce(topics::CONVERSATION_EVENTS, conv, &first_message(conv))
-                .await?;
+            let index = ids.iter().position(|c| c == conv).unwrap();
+            env.produce(
+                topics::CONVERSATION_EVENTS,
+                conv,
+                &first_message(index, conv),
+            )
+            .await?;
         }
         let mut child = spawn(&env)?;
         // Once this instance fires timers, a random moment later: between

@@ -6,6 +6,8 @@
 //!   with the echo responder's summary, a `CLOSE_CONVERSATION` operation and
 //!   one archival request; its state is gone afterwards.
 //! - A reply between the warning and the closure cancels the closure.
+//! - The user's next message after the closure, in a new conversation, gets
+//!   the welcome-back.
 //! - With the responder silent, the closure still happens on time with the
 //!   catalog's text, and without a delivery status the closing grace ends it.
 //!
@@ -281,6 +283,24 @@ async fn quiet_conversations_are_warned_once_and_closed_with_the_summary_unless_
     assert!(
         early.is_empty(),
         "the conversation that replied was closed as if it had not: {early:#?}"
+    );
+
+    // The user writes again: Twilio opens a new conversation; lifecycle
+    // greets the user back (once) instead of treating it as a first contact.
+    let again = "CH00000000000000000000000000000a05";
+    env.produce(topics::CONVERSATION_EVENTS, again, &message(again, 1))
+        .await?;
+    let welcomed = records_until::<CognitionResponse>(&env, topics::RESPONSES, again, |r| {
+        r.response_id.starts_with("lifecycle-welcome-back-")
+    })
+    .await?;
+    assert_eq!(
+        welcomed.last().unwrap().text,
+        Catalog::builtin().text(keys::WELCOME_BACK, "en").text
+    );
+    assert_eq!(
+        welcomed.last().unwrap().session_id,
+        format!("session-{again}")
     );
 
     lifecycle.terminate(Duration::from_secs(30))?;

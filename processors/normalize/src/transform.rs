@@ -459,7 +459,6 @@ impl Normalizer {
         self.directory.get(&key)
     }
 
-
     /// The conversation of a Programmable Messaging webhook; see the crate docs.
     fn messaging_conversation(
         &self,
@@ -956,13 +955,14 @@ impl Normalizer {
     }
 
     fn directory_entry(
+        &self,
         binding: &ConversationBinding,
         participant: &BoundParticipant,
         active: bool,
         now: i64,
     ) -> Option<Output> {
         let address = participant.address.clone()?;
-        let entry = ParticipantBinding {
+        let mut entry = ParticipantBinding {
             address,
             channel: participant.channel,
             proxy_address: participant.proxy_address.clone(),
@@ -972,7 +972,18 @@ impl Normalizer {
             active,
             bound_at: binding.bound_at,
             updated_at: now,
+            previous_conversation_id: None,
         };
+        // A re-entry: the entry this one replaces was a closed conversation.
+        entry.previous_conversation_id = self.directory.get(&entry.key()).and_then(|before| {
+            if before.conversation_id == entry.conversation_id {
+                before.previous_conversation_id.clone()
+            } else if before.active {
+                None
+            } else {
+                Some(before.conversation_id.clone())
+            }
+        });
         Some(Output::new(topics::PARTICIPANTS, entry.key(), entry))
     }
 }
@@ -1051,17 +1062,17 @@ impl Processor for Normalizer {
                         None => binding.participants.push(bound.clone()),
                     }
                     let active = binding.state != Some(ConversationState::Closed);
-                    directory.extend(Self::directory_entry(&binding, &bound, active, now));
+                    directory.extend(self.directory_entry(&binding, &bound, active, now));
                 }
                 Membership::Leave => {
                     if let Some(i) = position {
                         binding.participants.remove(i);
                     }
-                    directory.extend(Self::directory_entry(&binding, &bound, false, now));
+                    directory.extend(self.directory_entry(&binding, &bound, false, now));
                 }
                 Membership::Seen if position.is_none() => {
                     binding.participants.push(bound.clone());
-                    directory.extend(Self::directory_entry(&binding, &bound, true, now));
+                    directory.extend(self.directory_entry(&binding, &bound, true, now));
                 }
                 Membership::Seen | Membership::None => {}
             }
@@ -1070,7 +1081,7 @@ impl Processor for Normalizer {
             binding.state = Some(change.state_to);
             if change.state_to == ConversationState::Closed {
                 for p in &binding.participants {
-                    directory.extend(Self::directory_entry(&binding, p, false, now));
+                    directory.extend(self.directory_entry(&binding, p, false, now));
                 }
             }
         } else if draft.event_type == ConversationEventType::ConversationStarted {
@@ -1252,6 +1263,7 @@ mod tests {
                     active: true,
                     bound_at: T,
                     updated_at: T,
+                    previous_conversation_id: None,
                 },
             )],
         );
@@ -1594,6 +1606,7 @@ mod tests {
             active: false,
             bound_at: T - 60_000,
             updated_at: T - 1_000,
+            previous_conversation_id: None,
         };
         let directory = GlobalTable::from_entries("si.participants.v1", [(closed.key(), closed)]);
         let n = Normalizer::new(
@@ -1618,6 +1631,11 @@ mod tests {
         assert_eq!(bindings.len(), 1);
         assert!(bindings[0].active);
         assert_eq!(bindings[0].conversation_id, e.conversation_id);
+        assert_eq!(
+            bindings[0].previous_conversation_id.as_deref(),
+            Some(old.as_str()),
+            "the new entry names the closed conversation (a re-entry)"
+        );
     }
 
     #[test]
