@@ -52,6 +52,8 @@ pub mod keys {
     /// Messaging: for cognition (and the dev echo responder) to add to its
     /// answer to a message flagged `possible_revocation`: how to opt out.
     pub const REVOCATION_CLARIFICATION: &str = "messaging.revocation_clarification";
+    /// Messaging: the user wrote again after a closure (a new conversation).
+    pub const WELCOME_BACK: &str = "messaging.welcome_back";
 
     /// Every key; the default locale must define all of them.
     pub const ALL: &[&str] = &[
@@ -71,6 +73,7 @@ pub mod keys {
         INACTIVITY_WARNING,
         CLOSING,
         REVOCATION_CLARIFICATION,
+        WELCOME_BACK,
     ];
 }
 

@@ -44,6 +44,9 @@ pub struct StageMetrics {
     pub table_entries: IntGaugeVec,
     /// Retriable failures that rolled a batch back (`registry`, `transaction`, …).
     pub retries: IntCounterVec,
+    /// State timers handled, by outcome (`fired`, `failed`); counted per
+    /// attempt, so a firing whose transaction aborted counts again when it is retried.
+    pub timers: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -88,6 +91,11 @@ impl StageMetrics {
             "si_retries_total",
             "Retriable failures that rolled a batch back",
             &["reason"],
+        );
+        let timers = counter_vec(
+            "si_state_timers_total",
+            "State timers handled, by outcome",
+            &["outcome"],
         );
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
@@ -175,6 +183,7 @@ impl StageMetrics {
             assigned_partitions,
             table_entries,
             retries,
+            timers,
         }
     }
 

@@ -18,6 +18,10 @@
 //!   no randomness. A replay after a crash then writes the same records.
 //! - Bad input is an [`ProcessError`], never a panic: the runner dead-letters
 //!   the record and goes on.
+//! - Work that must happen later, without an input record (an inactivity
+//!   warning, a scheduled call), is a timer on a state entry
+//!   ([`StateStore::set_timer`]); the runner calls [`Processor::on_timer`] when
+//!   it is due, in a transaction like any record.
 
 use std::any::Any;
 use std::fmt;
@@ -65,6 +69,21 @@ impl<'a> RecordContext<'a> {
     pub fn key_str(&self) -> Option<&'a str> {
         self.key.and_then(|k| std::str::from_utf8(k).ok())
     }
+}
+
+/// Why [`Processor::on_timer`] is called: the timer of `key` in the store of
+/// `partition` was due.
+#[derive(Debug, Clone, Copy)]
+pub struct TimerContext<'a> {
+    /// Partition of the store the timer was set in.
+    pub partition: i32,
+    /// The key whose timer fired (already removed from the entry).
+    pub key: &'a str,
+    /// When the timer was set to fire (ms since the epoch).
+    pub due_at_ms: i64,
+    /// The wall clock when it fired (ms since the epoch), at or after
+    /// `due_at_ms`; also [`StateStore::now`] during the call.
+    pub now_ms: i64,
 }
 
 /// Why a processor refused a record. Both variants dead-letter the record;
@@ -210,4 +229,22 @@ pub trait Processor: Send + 'static {
         input: Self::Input,
         state: &mut StateStore<Self::State>,
     ) -> Result<Vec<Output>, ProcessError>;
+
+    /// Handles a due timer: the timer of `ctx.key` has been removed from its
+    /// entry before the call (set it again to re-arm). Outputs and state changes
+    /// commit in one transaction with the timer's removal, so a timer fires
+    /// exactly once. The default does nothing.
+    ///
+    /// # Errors
+    /// [`ProcessError`] when the timer cannot be handled: the runner rolls back
+    /// the call's state changes, logs and counts it, and drops the timer (it
+    /// would fail the same way again).
+    fn on_timer(
+        &mut self,
+        ctx: &TimerContext<'_>,
+        state: &mut StateStore<Self::State>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        let _ = (ctx, state);
+        Ok(Vec::new())
+    }
 }

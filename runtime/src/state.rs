@@ -23,6 +23,18 @@
 //! expiry has passed by the wall clock (`STATE_SWEEP_INTERVAL`), deletes them
 //! and writes their tombstones, so memory and the changelog stay bounded.
 //!
+//! # Timers
+//!
+//! An entry can carry one timer: a wall-clock time (ms since the epoch) at
+//! which the runner calls the processor's
+//! [`crate::processor::Processor::on_timer`] for that key. The timer is part of
+//! the entry: it is written to the changelog with it (header `si-timer-at`),
+//! restored with it, rolled back with it, and dropped when the entry is
+//! deleted or swept. `put` keeps the entry's timer; [`StateStore::set_timer`]
+//! and [`StateStore::cancel_timer`] change it. Set the entry's TTL beyond its
+//! timer: an entry swept at its expiry takes its timer with it. See
+//! [`crate::stream`] for when timers fire and why each fires exactly once.
+//!
 //! # Transactions
 //!
 //! Every change is recorded in an undo log until the runner commits. When a
@@ -30,31 +42,48 @@
 //! a processor returns an error for one record, the runner rolls back that
 //! record's changes only.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 /// Name of the changelog header carrying an entry's expiry (ms since the epoch, decimal).
 pub const EXPIRES_AT_HEADER: &str = "si-expires-at";
 
+/// Name of the changelog header carrying an entry's timer (ms since the epoch,
+/// decimal); absent when the entry has no timer.
+pub const TIMER_AT_HEADER: &str = "si-timer-at";
+
 #[derive(Debug, Clone)]
 struct Entry<V> {
     value: V,
     expires_at: i64,
+    timer_at: Option<i64>,
+}
+
+/// A stored entry as the changelog carries it: value, expiry, timer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored<V> {
+    /// The value.
+    pub value: V,
+    /// When the entry expires (ms since the epoch).
+    pub expires_at: i64,
+    /// When its timer fires (ms since the epoch), if it has one.
+    pub timer_at: Option<i64>,
 }
 
 /// The state of one input partition of a processor.
 #[derive(Debug)]
 pub struct StateStore<V> {
     entries: HashMap<String, Entry<V>>,
+    /// Index of the entries' timers: (due time, key).
+    timers: BTreeSet<(i64, String)>,
     /// Previous entries of every key changed since the last commit, oldest first.
     undo: Vec<(String, Option<Entry<V>>)>,
     now_ms: i64,
     default_ttl_ms: i64,
 }
 
-/// A change to write to the changelog: the key, and the value with its expiry
-/// (`None` for a delete).
-pub type Change<V> = (String, Option<(V, i64)>);
+/// A change to write to the changelog: the key, and the entry (`None` for a delete).
+pub type Change<V> = (String, Option<Stored<V>>);
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -66,6 +95,7 @@ impl<V: Clone> StateStore<V> {
     pub fn new(default_ttl: Duration) -> Self {
         Self {
             entries: HashMap::new(),
+            timers: BTreeSet::new(),
             undo: Vec::new(),
             now_ms: 0,
             default_ttl_ms: millis(default_ttl),
@@ -111,17 +141,96 @@ impl<V: Clone> StateStore<V> {
     }
 
     fn put_until(&mut self, key: String, value: V, expires_at: i64) {
-        let old = self
-            .entries
-            .insert(key.clone(), Entry { value, expires_at });
+        let timer_at = self.entries.get(&key).and_then(|e| e.timer_at);
+        let old = self.replace(
+            key.clone(),
+            Some(Entry {
+                value,
+                expires_at,
+                timer_at,
+            }),
+        );
         self.undo.push((key, old));
     }
 
-    /// Removes `key` (a tombstone in the changelog).
-    pub fn delete(&mut self, key: &str) {
-        if let Some(old) = self.entries.remove(key) {
-            self.undo.push((key.to_owned(), Some(old)));
+    /// Puts or removes the entry of `key`, keeping the timer index in step;
+    /// returns the previous entry. Every change of `entries` goes through here.
+    fn replace(&mut self, key: String, entry: Option<Entry<V>>) -> Option<Entry<V>> {
+        let old = match entry {
+            Some(entry) => {
+                if let Some(at) = entry.timer_at {
+                    self.timers.insert((at, key.clone()));
+                }
+                self.entries.insert(key.clone(), entry)
+            }
+            None => self.entries.remove(&key),
+        };
+        if let Some(at) = old.as_ref().and_then(|e| e.timer_at) {
+            let still = self.entries.get(&key).and_then(|e| e.timer_at) == Some(at);
+            if !still {
+                self.timers.remove(&(at, key));
+            }
         }
+        old
+    }
+
+    /// Removes `key` (a tombstone in the changelog), with its timer.
+    pub fn delete(&mut self, key: &str) {
+        if self.entries.contains_key(key) {
+            let old = self.replace(key.to_owned(), None);
+            self.undo.push((key.to_owned(), old));
+        }
+    }
+
+    /// Sets the timer of `key` to fire at `at_ms` (wall clock, ms since the
+    /// epoch), replacing an earlier one. Returns false, and sets nothing, when
+    /// the key has no entry: a timer belongs to an entry.
+    pub fn set_timer(&mut self, key: &str, at_ms: i64) -> bool {
+        let Some(entry) = self.entries.get(key) else {
+            return false;
+        };
+        if entry.timer_at == Some(at_ms) {
+            return true;
+        }
+        let mut entry = entry.clone();
+        entry.timer_at = Some(at_ms);
+        let old = self.replace(key.to_owned(), Some(entry));
+        self.undo.push((key.to_owned(), old));
+        true
+    }
+
+    /// Removes the timer of `key`; returns when it was due, if it had one.
+    pub fn cancel_timer(&mut self, key: &str) -> Option<i64> {
+        let entry = self.entries.get(key)?;
+        let at = entry.timer_at?;
+        let mut entry = entry.clone();
+        entry.timer_at = None;
+        let old = self.replace(key.to_owned(), Some(entry));
+        self.undo.push((key.to_owned(), old));
+        Some(at)
+    }
+
+    /// When the timer of `key` fires, if it has one.
+    #[must_use]
+    pub fn timer(&self, key: &str) -> Option<i64> {
+        self.entries.get(key).and_then(|e| e.timer_at)
+    }
+
+    /// The keys whose timers are due at `wall_now_ms`, earliest first, at most `limit`.
+    #[must_use]
+    pub fn due_timers(&self, wall_now_ms: i64, limit: usize) -> Vec<String> {
+        self.timers
+            .iter()
+            .take_while(|(at, _)| *at <= wall_now_ms)
+            .take(limit)
+            .map(|(_, key)| key.clone())
+            .collect()
+    }
+
+    /// Number of timers set.
+    #[must_use]
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
     }
 
     /// Number of entries held (live or awaiting the sweep).
@@ -153,14 +262,7 @@ impl<V: Clone> StateStore<V> {
             let Some((key, old)) = self.undo.pop() else {
                 break;
             };
-            match old {
-                Some(entry) => {
-                    self.entries.insert(key, entry);
-                }
-                None => {
-                    self.entries.remove(&key);
-                }
-            }
+            self.replace(key, old);
         }
     }
 
@@ -172,10 +274,11 @@ impl<V: Clone> StateStore<V> {
         let mut out = Vec::new();
         for (key, _) in &self.undo {
             if seen.insert(key.as_str()) {
-                let current = self
-                    .entries
-                    .get(key)
-                    .map(|e| (e.value.clone(), e.expires_at));
+                let current = self.entries.get(key).map(|e| Stored {
+                    value: e.value.clone(),
+                    expires_at: e.expires_at,
+                    timer_at: e.timer_at,
+                });
                 out.push((key.clone(), current));
             }
         }
@@ -209,15 +312,13 @@ impl<V: Clone> StateStore<V> {
     }
 
     /// Applies one changelog record during restore (no undo, no changelog write).
-    pub(crate) fn restore(&mut self, key: String, value: Option<(V, i64)>) {
-        match value {
-            Some((value, expires_at)) => {
-                self.entries.insert(key, Entry { value, expires_at });
-            }
-            None => {
-                self.entries.remove(&key);
-            }
-        }
+    pub(crate) fn restore(&mut self, key: String, value: Option<Stored<V>>) {
+        let entry = value.map(|s| Entry {
+            value: s.value,
+            expires_at: s.expires_at,
+            timer_at: s.timer_at,
+        });
+        self.replace(key, entry);
     }
 }
 
@@ -274,7 +375,7 @@ mod tests {
         let changes = store.changes();
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].0, "a");
-        assert_eq!(changes[0].1.as_ref().map(|(v, _)| *v), Some(1));
+        assert_eq!(changes[0].1.as_ref().map(|s| s.value), Some(1));
     }
 
     #[test]
@@ -289,7 +390,14 @@ mod tests {
         assert_eq!(
             changes,
             vec![
-                ("a".to_owned(), Some((2, 5 + 3_600_000))),
+                (
+                    "a".to_owned(),
+                    Some(Stored {
+                        value: 2,
+                        expires_at: 5 + 3_600_000,
+                        timer_at: None
+                    })
+                ),
                 ("b".to_owned(), None)
             ]
         );
@@ -314,11 +422,85 @@ mod tests {
     #[test]
     fn restore_applies_puts_and_tombstones_without_changes() {
         let mut store = StateStore::new(HOUR);
-        store.restore("a".into(), Some((1, i64::MAX)));
-        store.restore("b".into(), Some((2, i64::MAX)));
+        let stored = |value| {
+            Some(Stored {
+                value,
+                expires_at: i64::MAX,
+                timer_at: None,
+            })
+        };
+        store.restore("a".into(), stored(1));
+        store.restore("b".into(), stored(2));
         store.restore("a".into(), None);
         assert_eq!(store.get("a"), None);
         assert_eq!(store.get("b"), Some(&2));
         assert!(!store.is_dirty());
+    }
+
+    #[test]
+    fn timers_belong_to_entries_and_survive_puts() {
+        let mut store = StateStore::new(HOUR);
+        assert!(!store.set_timer("a", 10), "no entry, no timer");
+        store.put("a", 1);
+        assert!(store.set_timer("a", 10));
+        store.put("a", 2);
+        assert_eq!(store.timer("a"), Some(10), "a put keeps the timer");
+        store.put("b", 1);
+        store.set_timer("b", 5);
+        assert_eq!(store.due_timers(9, 10), vec!["b".to_owned()]);
+        assert_eq!(
+            store.due_timers(10, 10),
+            vec!["b".to_owned(), "a".to_owned()]
+        );
+        assert_eq!(store.due_timers(10, 1), vec!["b".to_owned()]);
+        store.set_timer("b", 20);
+        assert_eq!(store.due_timers(10, 10), vec!["a".to_owned()], "re-armed");
+        assert_eq!(store.cancel_timer("a"), Some(10));
+        assert_eq!(store.cancel_timer("a"), None);
+        store.delete("b");
+        assert!(store.due_timers(i64::MAX, 10).is_empty());
+        assert_eq!(store.timer_count(), 0);
+    }
+
+    #[test]
+    fn timer_changes_go_to_the_changelog_and_roll_back() {
+        let mut store = StateStore::new(HOUR);
+        store.put("a", 1);
+        store.set_timer("a", 100);
+        store.commit();
+        let sp = store.savepoint();
+        assert_eq!(store.cancel_timer("a"), Some(100));
+        assert_eq!(
+            store.changes()[0].1.as_ref().map(|s| s.timer_at),
+            Some(None)
+        );
+        store.rollback_to(sp);
+        assert_eq!(
+            store.timer("a"),
+            Some(100),
+            "an aborted firing leaves the timer set"
+        );
+        assert_eq!(store.due_timers(100, 10), vec!["a".to_owned()]);
+        store.set_timer("a", 200);
+        store.delete("a");
+        store.rollback_to(sp);
+        assert_eq!(store.due_timers(i64::MAX, 10), vec!["a".to_owned()]);
+        assert_eq!(store.timer("a"), Some(100));
+    }
+
+    #[test]
+    fn restore_brings_timers_back() {
+        let mut store: StateStore<i32> = StateStore::new(HOUR);
+        store.restore(
+            "a".into(),
+            Some(Stored {
+                value: 1,
+                expires_at: i64::MAX,
+                timer_at: Some(7),
+            }),
+        );
+        assert_eq!(store.due_timers(7, 10), vec!["a".to_owned()]);
+        store.restore("a".into(), None);
+        assert!(store.due_timers(i64::MAX, 10).is_empty());
     }
 }

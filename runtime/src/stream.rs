@@ -32,6 +32,38 @@
 //!   exits non-zero; Kubernetes restarts it and it resumes from the committed
 //!   offsets and changelog.
 //!
+//! # Timers
+//!
+//! A processor sets a timer on a state entry ([`StateStore::set_timer`]: a
+//! wall-clock time per key, at most one per key). Every `TIMER_INTERVAL` the
+//! loop looks for timers due by the wall clock in the stores of its assigned
+//! partitions (at most `MAX_BATCH` per tick, earliest first) and, for each,
+//! removes the timer from its entry and calls [`Processor::on_timer`] with the
+//! store's "now" set to the wall clock. The outputs go into the open
+//! transaction like the outputs of a record, and the timer's removal is a state
+//! change written to the changelog (header `si-timer-at` carries a timer) in
+//! that same transaction.
+//!
+//! Why a timer fires exactly once: its removal from the state and the outputs
+//! of its firing commit atomically. If the transaction commits, the changelog
+//! says "no timer" (or the re-armed one), so neither this instance nor the next
+//! owner of the partition (which restores the changelog) fires it again. If it
+//! aborts (a retriable error, a crash, SIGKILL), nothing of the firing is
+//! visible to `read_committed` readers, the store is rolled back (in memory,
+//! or by restoring the changelog after a restart) with the timer still set, and
+//! it fires again at the next tick. A zombie (an instance whose partitions
+//! were moved away by a rebalance it has not noticed) cannot commit a firing
+//! either: a transaction that fired timers always sends consumer offsets for
+//! the timers' partitions (the current positions, which re-commit what is
+//! already committed), so the group coordinator rejects it for its stale
+//! generation, exactly as it rejects a zombie's record batch.
+//!
+//! Timers are late, never early: they fire at the first tick at or after their
+//! time, so up to `TIMER_INTERVAL` (plus a commit) after it, and after a
+//! restart or rebalance as soon as the partition is restored. Records and
+//! timers of a partition are handled one at a time by the same thread, so a
+//! processor sees them in a single order.
+//!
 //! # transactional.id and fencing
 //!
 //! Each instance has one transactional producer with
@@ -99,8 +131,8 @@ use crate::admin::{Readiness, ReadinessCheck};
 use crate::config::KafkaArgs;
 use crate::dlq;
 use crate::metrics::StageMetrics;
-use crate::processor::{InputRecord, ProcessError, Processor, RecordContext};
-use crate::state::{EXPIRES_AT_HEADER, StateStore};
+use crate::processor::{InputRecord, Output, ProcessError, Processor, RecordContext, TimerContext};
+use crate::state::{EXPIRES_AT_HEADER, StateStore, Stored, TIMER_AT_HEADER};
 
 /// The W3C trace context header carried from inputs to outputs.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
@@ -140,6 +172,11 @@ pub struct StreamArgs {
     /// How often expired state entries are deleted (with changelog tombstones).
     #[arg(long, env = "STATE_SWEEP_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     pub state_sweep_interval: Duration,
+
+    /// How often due state timers are looked for and fired; a timer fires at
+    /// most this long (plus a commit) after its time.
+    #[arg(long, env = "TIMER_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub timer_interval: Duration,
 }
 
 impl Default for StreamArgs {
@@ -149,6 +186,7 @@ impl Default for StreamArgs {
             max_batch: 500,
             transaction_timeout: Duration::from_secs(60),
             state_sweep_interval: Duration::from_secs(60),
+            timer_interval: Duration::from_secs(1),
         }
     }
 }
@@ -181,6 +219,9 @@ impl StreamArgs {
         }
         if self.state_sweep_interval.is_zero() {
             return Err("STATE_SWEEP_INTERVAL must be positive".into());
+        }
+        if self.timer_interval.is_zero() {
+            return Err("TIMER_INTERVAL must be positive".into());
         }
         Ok(())
     }
@@ -271,6 +312,8 @@ struct Txn {
     started: Instant,
     records: usize,
     offsets: HashMap<(String, i32), i64>,
+    /// Partitions whose timers fired in this transaction.
+    timer_partitions: HashSet<i32>,
 }
 
 struct Core<P: Processor> {
@@ -313,6 +356,7 @@ impl<P: Processor> Core<P> {
                 started: Instant::now(),
                 records: 0,
                 offsets: HashMap::new(),
+                timer_partitions: HashSet::new(),
             });
         }
         Ok(())
@@ -473,8 +517,26 @@ impl<P: Processor> Core<P> {
                 return self.dead_letter(message, kind, &error.to_string());
             }
         };
+        match self.emit(&outputs, traceparent)? {
+            None => Ok(()),
+            Some(reason) => {
+                if let Some(store) = self.stores.get_mut(&partition) {
+                    store.rollback_to(savepoint);
+                }
+                self.dead_letter(message, DeadLetterErrorKind::ProcessingFailed, &reason)
+            }
+        }
+    }
+
+    /// Encodes `outputs` and sends them into the open transaction. Returns the
+    /// reason when an output does not encode (nothing is sent then).
+    fn emit(
+        &mut self,
+        outputs: &[Output],
+        traceparent: Option<&str>,
+    ) -> Result<Option<String>, Step> {
         let mut encoded = Vec::with_capacity(outputs.len());
-        for output in &outputs {
+        for output in outputs {
             let full = format!("{}{}", self.prefix, output.topic());
             let bytes = match output.value() {
                 None => None,
@@ -484,14 +546,10 @@ impl<P: Processor> Core<P> {
                         return Err(Step::Retry("registry", e.to_string()));
                     }
                     Err(e) => {
-                        if let Some(store) = self.stores.get_mut(&partition) {
-                            store.rollback_to(savepoint);
-                        }
-                        return self.dead_letter(
-                            message,
-                            DeadLetterErrorKind::ProcessingFailed,
-                            &format!("an output for {} does not encode: {e}", output.topic()),
-                        );
+                        return Ok(Some(format!(
+                            "an output for {} does not encode: {e}",
+                            output.topic()
+                        )));
                     }
                 },
             };
@@ -516,7 +574,62 @@ impl<P: Processor> Core<P> {
                 .with_label_values(&[output.topic()])
                 .inc();
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// Fires the timers due by the wall clock, at most `limit`; returns how
+    /// many fired (see the module docs).
+    fn fire_timers(&mut self, limit: usize) -> Result<usize, Step> {
+        let now = now_ms();
+        let mut due: Vec<(i32, String)> = Vec::new();
+        for (partition, store) in &self.stores {
+            let left = limit.saturating_sub(due.len());
+            due.extend(
+                store
+                    .due_timers(now, left)
+                    .into_iter()
+                    .map(|key| (*partition, key)),
+            );
+        }
+        if due.is_empty() {
+            return Ok(0);
+        }
+        self.begin()?;
+        let fired = due.len();
+        for (partition, key) in due {
+            let Some(store) = self.stores.get_mut(&partition) else {
+                continue;
+            };
+            store.set_now(now);
+            let Some(due_at_ms) = store.cancel_timer(&key) else {
+                continue;
+            };
+            if let Some(txn) = self.txn.as_mut() {
+                txn.timer_partitions.insert(partition);
+            }
+            let savepoint = store.savepoint();
+            let ctx = TimerContext {
+                partition,
+                key: &key,
+                due_at_ms,
+                now_ms: now,
+            };
+            let failure = match self.processor.on_timer(&ctx, store) {
+                Ok(outputs) => self.emit(&outputs, None)?,
+                Err(error) => Some(error.to_string()),
+            };
+            let outcome = if let Some(reason) = failure {
+                if let Some(store) = self.stores.get_mut(&partition) {
+                    store.rollback_to(savepoint);
+                }
+                tracing::error!(partition, %reason, "a timer failed; it is dropped");
+                "failed"
+            } else {
+                "fired"
+            };
+            self.metrics.timers.with_label_values(&[outcome]).inc();
+        }
+        Ok(fired)
     }
 
     fn due(&self, args: &StreamArgs) -> bool {
@@ -547,11 +660,18 @@ impl<P: Processor> Core<P> {
                 .add_partition_offset(topic, *partition, Offset::Offset(*offset))
                 .map_err(|e| Step::Fatal(e.to_string()))?;
         }
+        if !txn.timer_partitions.is_empty() {
+            self.add_timer_offsets(consumer, &txn.timer_partitions, &mut offsets)?;
+        }
         let mut writes = 0u64;
         for (partition, store) in &self.stores {
             for (key, value) in store.changes() {
                 match value {
-                    Some((value, expires_at)) => {
+                    Some(Stored {
+                        value,
+                        expires_at,
+                        timer_at,
+                    }) => {
                         let bytes = match self.encode_blocking(&self.changelog, &value) {
                             Ok(bytes) => bytes,
                             Err(e) if e.is_retriable() => {
@@ -562,10 +682,16 @@ impl<P: Processor> Core<P> {
                             }
                         };
                         let expires = expires_at.to_string();
-                        let headers = OwnedHeaders::new().insert(Header {
+                        let mut headers = OwnedHeaders::new().insert(Header {
                             key: EXPIRES_AT_HEADER,
                             value: Some(&expires),
                         });
+                        if let Some(at) = timer_at {
+                            headers = headers.insert(Header {
+                                key: TIMER_AT_HEADER,
+                                value: Some(&at.to_string()),
+                            });
+                        }
                         self.send(
                             &self.changelog,
                             key.as_bytes(),
@@ -616,6 +742,57 @@ impl<P: Processor> Core<P> {
         #[allow(clippy::cast_precision_loss)]
         self.metrics.batch_records.observe(records as f64);
         self.update_state_gauge();
+        Ok(())
+    }
+
+    /// Adds, for every input partition whose timers fired and which has no
+    /// record in the transaction, its current position: re-committing it
+    /// changes nothing, but makes the group coordinator check this instance's
+    /// generation, so a zombie's firing never commits.
+    fn add_timer_offsets(
+        &self,
+        consumer: &BaseConsumer<StreamContext<P>>,
+        partitions: &HashSet<i32>,
+        offsets: &mut TopicPartitionList,
+    ) -> Result<(), Step> {
+        let position = consumer
+            .position()
+            .map_err(|e| Step::Retry("transaction", format!("position: {e}")))?;
+        let mut missing = TopicPartitionList::new();
+        for element in position.elements() {
+            if !partitions.contains(&element.partition())
+                || offsets
+                    .find_partition(element.topic(), element.partition())
+                    .is_some()
+            {
+                continue;
+            }
+            match element.offset() {
+                Offset::Offset(o) => offsets
+                    .add_partition_offset(element.topic(), element.partition(), Offset::Offset(o))
+                    .map_err(|e| Step::Fatal(e.to_string()))?,
+                _ => {
+                    missing.add_partition(element.topic(), element.partition());
+                }
+            }
+        }
+        if offsets.count() == 0 && missing.count() > 0 {
+            // Nothing consumed here since the assignment: the committed offsets.
+            let committed = consumer
+                .committed_offsets(missing, self.call_timeout)
+                .map_err(|e| Step::Retry("transaction", format!("committed offsets: {e}")))?;
+            for element in committed.elements() {
+                if let Offset::Offset(o) = element.offset() {
+                    offsets
+                        .add_partition_offset(
+                            element.topic(),
+                            element.partition(),
+                            Offset::Offset(o),
+                        )
+                        .map_err(|e| Step::Fatal(e.to_string()))?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -742,18 +919,23 @@ impl<P: Processor> Core<P> {
                         let value = match message.payload() {
                             None => None,
                             Some(bytes) => {
-                                let expires_at = message
-                                    .headers()
-                                    .and_then(|h| {
+                                let header = |name: &str| {
+                                    message.headers().and_then(|h| {
                                         h.iter()
-                                            .find(|h| h.key == EXPIRES_AT_HEADER)
+                                            .find(|h| h.key == name)
                                             .and_then(|h| h.value)
                                             .and_then(|v| std::str::from_utf8(v).ok())
                                             .and_then(|v| v.parse::<i64>().ok())
                                     })
-                                    .unwrap_or(i64::MAX);
+                                };
+                                let expires_at = header(EXPIRES_AT_HEADER).unwrap_or(i64::MAX);
+                                let timer_at = header(TIMER_AT_HEADER);
                                 match self.decode_state(bytes)? {
-                                    Some(value) => Some((value, expires_at)),
+                                    Some(value) => Some(Stored {
+                                        value,
+                                        expires_at,
+                                        timer_at,
+                                    }),
                                     None => {
                                         tracing::error!(
                                             partition = p,
@@ -955,12 +1137,21 @@ fn retry_metadata<T>(f: impl Fn() -> KafkaResult<T>) -> KafkaResult<T> {
 
 fn partition_count(config: &ClientConfig, topic: &str, timeout: Duration) -> Result<usize, String> {
     let probe: BaseConsumer = config.create().map_err(|e| e.to_string())?;
-    let metadata = retry_metadata(|| probe.fetch_metadata(Some(topic), timeout))
-        .map_err(|e| format!("metadata of {topic}: {e}"))?;
-    let count = metadata
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len());
+    // A topic created a moment ago (the echo responder creates its changelog
+    // at start) may not be in every broker's metadata yet: look again for a while.
+    let until = Instant::now() + Duration::from_secs(10);
+    let count = loop {
+        let metadata = retry_metadata(|| probe.fetch_metadata(Some(topic), timeout))
+            .map_err(|e| format!("metadata of {topic}: {e}"))?;
+        let count = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len());
+        if count > 0 || Instant::now() >= until {
+            break count;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     if count == 0 {
         return Err(format!(
             "topic {topic} does not exist (run `sictl topics apply`)"
@@ -1149,6 +1340,7 @@ fn consume<P: Processor>(
 ) -> Result<(), StreamError> {
     let mut backoff = Duration::ZERO;
     let mut last_sweep = Instant::now();
+    let mut last_timers = Instant::now();
     while !shutdown.is_cancelled() {
         {
             let mut c = lock(core);
@@ -1176,6 +1368,14 @@ fn consume<P: Processor>(
                 Ok(())
             }
         };
+        if step.is_ok() && last_timers.elapsed() >= args.timer_interval {
+            step = c.fire_timers(args.max_batch).map(|fired| {
+                // A full batch means more may be due: look again at once.
+                if fired < args.max_batch {
+                    last_timers = Instant::now();
+                }
+            });
+        }
         if step.is_ok() && last_sweep.elapsed() >= args.state_sweep_interval {
             last_sweep = Instant::now();
             step = c.sweep();

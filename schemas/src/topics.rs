@@ -9,8 +9,8 @@ use crate::AvroRecord;
 use crate::records::{
     ArchivalRequest, CognitionResponse, Command, ComplianceEvent, ConsentProcessorState,
     ConsentState, ConversationEvent, DeadLetter, DeliveryStatus, EgressLedgerEntry, IdentityRecord,
-    InboundMessage, NormalizeState, OutboundDeadLetter, OutboundOperation, ParticipantBinding,
-    SegmentState, TranscriptEntry, TwilioWebhook,
+    InboundMessage, LifecycleState, NormalizeState, OutboundDeadLetter, OutboundOperation,
+    ParticipantBinding, SegmentState, TranscriptEntry, TwilioWebhook,
 };
 
 /// Raw Twilio webhooks as received by ingress ([`TwilioWebhook`]); key: the
@@ -64,6 +64,10 @@ pub const CONSENT_STATE: &str = "si.consent.state.v1";
 /// [`CONVERSATION_EVENTS`] and [`RESPONSES`] ([`SegmentState`]); key:
 /// `seen|<response_id>` or `conv|<conversation id>`.
 pub const SEGMENT_STATE: &str = "si.segment.state.v1";
+/// Internal: the state changelog of lifecycle, compacted, co-partitioned with
+/// [`CONVERSATION_EVENTS`], [`RESPONSES`], [`COMMANDS`], [`DELIVERY`] and
+/// [`TRANSCRIPT`] ([`LifecycleState`]); key: `conv|<conversation id>`.
+pub const LIFECYCLE_STATE: &str = "si.lifecycle.state.v1";
 
 /// Every topic, in the order of `topics.yaml`.
 pub const ALL: &[&str] = &[
@@ -87,6 +91,7 @@ pub const ALL: &[&str] = &[
     NORMALIZE_STATE,
     CONSENT_STATE,
     SEGMENT_STATE,
+    LIFECYCLE_STATE,
 ];
 
 /// The value schema of a topic of [`ALL`]: `(file name under schemas/avro/, .avsc text)`;
@@ -116,6 +121,7 @@ pub fn value_schema(topic: &str) -> Option<(&'static str, &'static str)> {
         NORMALIZE_STATE => of::<NormalizeState>(),
         CONSENT_STATE => of::<ConsentProcessorState>(),
         SEGMENT_STATE => of::<SegmentState>(),
+        LIFECYCLE_STATE => of::<LifecycleState>(),
         _ => None,
     }
 }

@@ -384,6 +384,7 @@ fn compiled_in_schemas_are_the_files() {
         check::<NormalizeState>(&files),
         check::<SegmentState>(&files),
         check::<ConsentProcessorState>(&files),
+        check::<LifecycleState>(&files),
     ];
     used.sort_unstable();
     let all: Vec<&str> = files.keys().map(String::as_str).collect();

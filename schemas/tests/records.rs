@@ -316,6 +316,7 @@ fn inbound_full() -> InboundMessage {
         first_contact: true,
         possible_revocation: true,
         traceparent: some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        purpose: InboundPurpose::SummaryRequest,
     }
 }
 
@@ -336,6 +337,7 @@ fn inbound_min() -> InboundMessage {
         first_contact: false,
         possible_revocation: false,
         traceparent: None,
+        purpose: InboundPurpose::UserMessage,
     }
 }
 
@@ -359,6 +361,7 @@ fn response_full() -> CognitionResponse {
         }),
         created_at: T0,
         traceparent: some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        purpose: ResponsePurpose::Summary,
     }
 }
 
@@ -374,6 +377,7 @@ fn response_min() -> CognitionResponse {
         hints: None,
         created_at: 0,
         traceparent: None,
+        purpose: ResponsePurpose::Reply,
     }
 }
 
@@ -687,6 +691,7 @@ fn binding_full() -> ParticipantBinding {
         active: true,
         bound_at: T0 - 86_400_000,
         updated_at: T0,
+        previous_conversation_id: some("pm-0123456789abcdef0123456789abcdef"),
     }
 }
 
@@ -701,6 +706,7 @@ fn binding_min() -> ParticipantBinding {
         active: false,
         bound_at: 0,
         updated_at: 0,
+        previous_conversation_id: None,
     }
 }
 
@@ -770,6 +776,8 @@ fn archival_full() -> ArchivalRequest {
         last_sequence: Some(42),
         retention_class: some("standard"),
         requested_at: T0 + 5,
+        opened_at: Some(T0 - 60_000),
+        media: vec![media_full()],
     }
 }
 
@@ -786,6 +794,8 @@ fn archival_min() -> ArchivalRequest {
         last_sequence: None,
         retention_class: None,
         requested_at: 0,
+        opened_at: None,
+        media: vec![],
     }
 }
 
@@ -1168,6 +1178,56 @@ fn segment_state_seen() -> SegmentState {
     }
 }
 
+fn lifecycle_state_full() -> LifecycleState {
+    LifecycleState {
+        conversation_id: s("CH00000000000000000000000000000001"),
+        session_id: s("sess-1"),
+        channel: Channel::Whatsapp,
+        address: some("+14155550100"),
+        proxy_address: some("+14155550199"),
+        locale: s("es-MX"),
+        phase: LifecyclePhase::Closing,
+        opened_at: T0,
+        last_activity_at: T0 + 1,
+        close_reason: Some(ArchivalReason::UserRequest),
+        closing_started_at: Some(T0 + 2),
+        summary_request_id: some("lifecycle-summary-1"),
+        summary: some("We talked."),
+        closing_response_id: some("lifecycle-closing-1"),
+        first_sequence: Some(1),
+        last_sequence: Some(9),
+        media: vec![media_full(), media_min()],
+    }
+}
+
+fn lifecycle_state_min() -> LifecycleState {
+    LifecycleState {
+        conversation_id: s("CH1"),
+        session_id: s("sess-1"),
+        channel: Channel::Sms,
+        address: None,
+        proxy_address: None,
+        locale: s("en"),
+        phase: LifecyclePhase::Open,
+        opened_at: 0,
+        last_activity_at: 0,
+        close_reason: None,
+        closing_started_at: None,
+        summary_request_id: None,
+        summary: None,
+        closing_response_id: None,
+        first_sequence: None,
+        last_sequence: None,
+        media: vec![],
+    }
+}
+
+#[test]
+fn lifecycle_state_round_trips() {
+    roundtrip(&lifecycle_state_full());
+    roundtrip(&lifecycle_state_min());
+}
+
 #[test]
 fn segment_state_round_trips() {
     roundtrip(&segment_state_conversation());
@@ -1375,6 +1435,9 @@ fn rust_enums_carry_exactly_the_schema_symbols() {
         enum_matches::<NormalizeStateKind>(&schema),
         enum_matches::<ConsentProcessorStateKind>(&schema),
         enum_matches::<SegmentStateKind>(&schema),
+        enum_matches::<InboundPurpose>(&schema),
+        enum_matches::<ResponsePurpose>(&schema),
+        enum_matches::<LifecyclePhase>(&schema),
     ];
     let missing: Vec<&String> = schema.keys().filter(|n| !covered.contains(n)).collect();
     assert!(

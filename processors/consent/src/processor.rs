@@ -14,8 +14,8 @@ use si_runtime::state::StateStore;
 use si_schemas::records::{
     Channel, ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentProcessorState,
     ConsentProcessorStateKind, ConsentState, ConsentStatus, ConversationContact, ConversationEvent,
-    ConversationEventType, DeliveryOutcome, DeliveryStatus, InboundMessage, OperationKind,
-    OutboundOperation,
+    ConversationEventType, DeliveryOutcome, DeliveryStatus, InboundMessage, InboundPurpose,
+    OperationKind, OutboundOperation,
 };
 use si_schemas::{Codec, CodecError, topics};
 use si_segment::{Response, SegmentConfig, Timing, plan};
@@ -625,6 +625,7 @@ impl ConsentProcessor {
             first_contact,
             possible_revocation,
             traceparent: event.traceparent.clone(),
+            purpose: InboundPurpose::UserMessage,
         };
         Some(Output::new(
             topics::INBOUND,

@@ -84,6 +84,21 @@ impl AddressHasher {
     pub fn messaging_conversation(&self, channel: &str, user: &str, proxy: &str) -> String {
         format!("pm-{}", self.hex(&["pm", channel, user, proxy]))
     }
+
+    /// The conversation id of a Programmable Messaging pair whose previous
+    /// conversation closed at `closed_at` (ms since the epoch): a new id, so
+    /// the re-entry is a new conversation with a new session.
+    #[must_use]
+    pub fn messaging_conversation_after(
+        &self,
+        channel: &str,
+        user: &str,
+        proxy: &str,
+        closed_at: i64,
+    ) -> String {
+        let epoch = closed_at.to_string();
+        format!("pm-{}", self.hex(&["pm", channel, user, proxy, &epoch]))
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +126,13 @@ mod tests {
         assert!(!v.contains("4155550100"));
         let c = a.messaging_conversation("sms", "+14155550100", "+14155550199");
         assert!(c.starts_with("pm-"));
+        let after = a.messaging_conversation_after("sms", "+14155550100", "+14155550199", 5);
+        assert!(after.starts_with("pm-") && after.len() == c.len());
+        assert_ne!(after, c);
+        assert_ne!(
+            after,
+            a.messaging_conversation_after("sms", "+14155550100", "+14155550199", 6)
+        );
         assert_ne!(
             c,
             a.messaging_conversation("whatsapp", "+14155550100", "+14155550199")

@@ -40,7 +40,10 @@
 //!   instance and after every restart, without the number in it. The user is
 //!   `From` for inbound messages and `To` for status callbacks. The first
 //!   webhook of such a pair publishes the directory entry, so other stages
-//!   (and egress replies) find the conversation.
+//!   (and egress replies) find the conversation. Once lifecycle has closed
+//!   the pair's conversation (its directory entry is inactive), the derived id
+//!   also covers the closure time (`updated_at` of that entry): the next
+//!   message opens a new conversation, and so a new session.
 //! - Voice, recordings, transcriptions: `conversation_hint`, else
 //!   `call-<CallSid>` (linking calls to messaging conversations is the
 //!   voice-link stage's job).

@@ -444,18 +444,19 @@ impl Normalizer {
             .find_map(|channel| self.identity.get(&channel.address_key(e164)))
     }
 
-    /// The active directory binding of (user, proxy), if any.
-    fn directory_conversation(&self, user: &Address, proxy: Option<&Address>) -> Option<String> {
+    /// The directory binding of (user, proxy), if any.
+    fn directory_binding(
+        &self,
+        user: &Address,
+        proxy: Option<&Address>,
+    ) -> Option<Arc<ParticipantBinding>> {
         let e164 = user.e164.as_deref()?;
         let key = format!(
             "{}|{}",
             user.channel.address_key(e164),
             proxy.and_then(|p| p.e164.as_deref()).unwrap_or("")
         );
-        self.directory
-            .get(&key)
-            .filter(|b| b.active)
-            .map(|b| b.conversation_id.clone())
+        self.directory.get(&key)
     }
 
     /// The conversation of a Programmable Messaging webhook; see the crate docs.
@@ -476,14 +477,28 @@ impl Normalizer {
         if let Some(sid) = params.get("ConversationSid") {
             return sid.to_owned();
         }
-        if let Some(bound) = self.directory_conversation(user, proxy) {
-            return bound;
+        let binding = self.directory_binding(user, proxy);
+        if let Some(bound) = binding.as_ref().filter(|b| b.active) {
+            return bound.conversation_id.clone();
         }
-        self.settings.hasher.messaging_conversation(
+        let (channel, user, proxy) = (
             user.channel.key_prefix(),
             user.e164.as_deref().unwrap_or(&user.bare),
             proxy.map_or("", |p| p.e164.as_deref().unwrap_or(&p.bare)),
-        )
+        );
+        match binding {
+            // Lifecycle closed the pair's previous conversation (and marked the
+            // binding inactive): the next message starts a new conversation,
+            // with a new id and so a new session.
+            Some(closed) if closed.conversation_id.starts_with("pm-") => self
+                .settings
+                .hasher
+                .messaging_conversation_after(channel, user, proxy, closed.updated_at),
+            _ => self
+                .settings
+                .hasher
+                .messaging_conversation(channel, user, proxy),
+        }
     }
 
     fn call_conversation(webhook: &TwilioWebhook, call_sid: &str) -> String {
@@ -940,13 +955,14 @@ impl Normalizer {
     }
 
     fn directory_entry(
+        &self,
         binding: &ConversationBinding,
         participant: &BoundParticipant,
         active: bool,
         now: i64,
     ) -> Option<Output> {
         let address = participant.address.clone()?;
-        let entry = ParticipantBinding {
+        let mut entry = ParticipantBinding {
             address,
             channel: participant.channel,
             proxy_address: participant.proxy_address.clone(),
@@ -956,7 +972,18 @@ impl Normalizer {
             active,
             bound_at: binding.bound_at,
             updated_at: now,
+            previous_conversation_id: None,
         };
+        // A re-entry: the entry this one replaces was a closed conversation.
+        entry.previous_conversation_id = self.directory.get(&entry.key()).and_then(|before| {
+            if before.conversation_id == entry.conversation_id {
+                before.previous_conversation_id.clone()
+            } else if before.active {
+                None
+            } else {
+                Some(before.conversation_id.clone())
+            }
+        });
         Some(Output::new(topics::PARTICIPANTS, entry.key(), entry))
     }
 }
@@ -1035,17 +1062,17 @@ impl Processor for Normalizer {
                         None => binding.participants.push(bound.clone()),
                     }
                     let active = binding.state != Some(ConversationState::Closed);
-                    directory.extend(Self::directory_entry(&binding, &bound, active, now));
+                    directory.extend(self.directory_entry(&binding, &bound, active, now));
                 }
                 Membership::Leave => {
                     if let Some(i) = position {
                         binding.participants.remove(i);
                     }
-                    directory.extend(Self::directory_entry(&binding, &bound, false, now));
+                    directory.extend(self.directory_entry(&binding, &bound, false, now));
                 }
                 Membership::Seen if position.is_none() => {
                     binding.participants.push(bound.clone());
-                    directory.extend(Self::directory_entry(&binding, &bound, true, now));
+                    directory.extend(self.directory_entry(&binding, &bound, true, now));
                 }
                 Membership::Seen | Membership::None => {}
             }
@@ -1054,7 +1081,7 @@ impl Processor for Normalizer {
             binding.state = Some(change.state_to);
             if change.state_to == ConversationState::Closed {
                 for p in &binding.participants {
-                    directory.extend(Self::directory_entry(&binding, p, false, now));
+                    directory.extend(self.directory_entry(&binding, p, false, now));
                 }
             }
         } else if draft.event_type == ConversationEventType::ConversationStarted {
@@ -1236,6 +1263,7 @@ mod tests {
                     active: true,
                     bound_at: T,
                     updated_at: T,
+                    previous_conversation_id: None,
                 },
             )],
         );
@@ -1561,6 +1589,53 @@ mod tests {
                 ("FromCountry", "MX"),
             ],
         )
+    }
+
+    #[test]
+    fn after_lifecycle_closed_the_pair_the_next_message_opens_a_new_conversation() {
+        let hasher = AddressHasher::new(b"secret");
+        let user = "+5215512345678";
+        let old = hasher.messaging_conversation("sms", user, "+14155550199");
+        let closed = ParticipantBinding {
+            address: user.into(),
+            channel: Channel::Sms,
+            proxy_address: Some("+14155550199".into()),
+            conversation_id: old.clone(),
+            session_id: ids::session_id(&old),
+            participant_sid: None,
+            active: false,
+            bound_at: T - 60_000,
+            updated_at: T - 1_000,
+            previous_conversation_id: None,
+        };
+        let directory = GlobalTable::from_entries("si.participants.v1", [(closed.key(), closed)]);
+        let n = Normalizer::new(
+            Settings {
+                hasher: AddressHasher::new(b"secret"),
+                ..Settings::default()
+            },
+            GlobalTable::from_entries("si.identity.v1", []),
+            directory,
+            NormalizeMetrics::unregistered(),
+        );
+        let mut run = Run::new();
+        run.n = n;
+        let (e, bindings) = run.directory(inbound(Some("tok-r"), "SM9", user));
+        assert_ne!(e.conversation_id, old, "not the closed conversation");
+        assert_eq!(
+            e.conversation_id,
+            hasher.messaging_conversation_after("sms", user, "+14155550199", T - 1_000)
+        );
+        assert_ne!(e.session_id, ids::session_id(&old), "a new session");
+        assert_eq!(e.session_id, ids::session_id(&e.conversation_id));
+        assert_eq!(bindings.len(), 1);
+        assert!(bindings[0].active);
+        assert_eq!(bindings[0].conversation_id, e.conversation_id);
+        assert_eq!(
+            bindings[0].previous_conversation_id.as_deref(),
+            Some(old.as_str()),
+            "the new entry names the closed conversation (a re-entry)"
+        );
     }
 
     #[test]

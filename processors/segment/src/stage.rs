@@ -37,7 +37,8 @@ use si_runtime::{AdminServer, CommonConfig, Readiness};
 use si_schemas::records::{
     Channel, CognitionResponse, ComplianceEvent, ComplianceEventKind, ComplianceSource,
     ConversationEvent, ConversationEventType, ConversationState, OperationKind, OutboundOperation,
-    SeenResponse, SegmentConversation, SegmentParticipant, SegmentState, SegmentStateKind,
+    ResponsePurpose, SeenResponse, SegmentConversation, SegmentParticipant, SegmentState,
+    SegmentStateKind,
 };
 use si_schemas::{Codec, CodecError, Registry, topics};
 use tokio_util::sync::CancellationToken;
@@ -196,7 +197,8 @@ impl InputRecord for SegmentInput {
 #[derive(Debug, Clone)]
 pub struct SegmentMetrics {
     /// Responses by outcome: `sent`, `template`, `blocked`, `duplicate`,
-    /// `unknown_conversation`, `closed_conversation`, `no_sender`, `failed`.
+    /// `unknown_conversation`, `closed_conversation`, `no_sender`, `failed`,
+    /// `not_for_user` (a summary for lifecycle).
     pub responses: IntCounterVec,
     /// Operations written, by channel and kind.
     pub parts: IntCounterVec,
@@ -420,6 +422,12 @@ impl Segmenter {
             return Err(ProcessError::Invalid(
                 "response without conversation_id".into(),
             ));
+        }
+        if response.purpose != ResponsePurpose::Reply {
+            // A summary for lifecycle (or a purpose newer than this build):
+            // never sent to the user as such.
+            self.metrics.outcome("not_for_user");
+            return Ok(Vec::new());
         }
         let seen = seen_key(&response.response_id);
         if state.get(&seen).is_some() {
@@ -965,6 +973,7 @@ mod tests {
             hints: None,
             created_at: T0,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            purpose: ResponsePurpose::Reply,
         }
     }
 
@@ -1291,6 +1300,20 @@ mod tests {
             .respond(response("r-3", PM, "Hi"), T0 + 30 * H)
             .unwrap_err();
         assert!(matches!(err, ProcessError::Failed(m) if m.contains("template")));
+    }
+
+    #[test]
+    fn a_summary_for_lifecycle_is_not_sent_to_the_user() {
+        let mut h = Harness::new();
+        h.event(inbound("CH1", Channel::Sms, 1_000));
+        let summary = CognitionResponse {
+            purpose: ResponsePurpose::Summary,
+            in_reply_to: Some("lifecycle-summary-1".into()),
+            ..response("r-sum", "CH1", "We talked about the weather.")
+        };
+        assert!(h.ops(summary, 2_000).is_empty());
+        assert_eq!(h.outcome("not_for_user"), 1);
+        assert_eq!(h.ops(response("r-1", "CH1", "hi"), 3_000).len(), 1);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use si_schemas::records::{
     Channel, CognitionResponse, ComplianceEvent, ComplianceEventKind, ComplianceSource,
     ConsentState, ConsentStatus, ConversationEvent, ConversationEventType, DeadLetter, EventSource,
-    LocaleSource, OperationKind, OutboundOperation, Participant, SegmentState,
+    LocaleSource, OperationKind, OutboundOperation, Participant, ResponsePurpose, SegmentState,
 };
 use si_schemas::topics;
 use si_testkit::TestEnv;
@@ -92,6 +92,7 @@ fn response(id: &str, conversation: &str, text: &str) -> CognitionResponse {
         hints: None,
         created_at: now_ms(),
         traceparent: None,
+        purpose: ResponsePurpose::Reply,
     }
 }
 

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::MediaRef;
+
 /// Asks transcript storage to archive a closed conversation: its entries on
 /// `transcript_topic` from `first_sequence` to `last_sequence`, with the closing
 /// summary. One per conversation closure, written by lifecycle.
@@ -29,6 +31,11 @@ pub struct ArchivalRequest {
     pub retention_class: Option<String>,
     /// When lifecycle requested the archival (ms since the epoch).
     pub requested_at: i64,
+    /// When the conversation opened (the first message lifecycle saw).
+    pub opened_at: Option<i64>,
+    /// Media the user sent in the conversation, oldest first, at most 100.
+    #[serde(default)]
+    pub media: Vec<MediaRef>,
 }
 
 crate::avro_record!(ArchivalRequest, "archival_request.avsc");

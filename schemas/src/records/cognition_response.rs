@@ -34,6 +34,10 @@ pub struct CognitionResponse {
     /// W3C Trace Context `traceparent`, ideally continuing the trace of the
     /// `InboundMessage` answered.
     pub traceparent: Option<String>,
+    /// What the response is: a reply for the user, or the summary lifecycle
+    /// asked for (never sent to the user as such).
+    #[serde(default = "ResponsePurpose::reply")]
+    pub purpose: ResponsePurpose,
 }
 
 crate::avro_record!(CognitionResponse, "cognition_response.avsc");
@@ -52,6 +56,27 @@ pub struct SegmentationHints {
     /// Whether the adapter may shorten the text (marked with an ellipsis) to
     /// respect `max_parts`; when false or `None` the whole text is sent.
     pub allow_truncation: Option<bool>,
+}
+
+avro_enum! {
+    /// What a [`CognitionResponse`] is.
+    pub enum ResponsePurpose (default Unknown) {
+        /// A message for the user: segmented, consent-gated and sent.
+        Reply = "REPLY",
+        /// The answer to a summary request (`in_reply_to` names it): lifecycle
+        /// puts it in the closing message; segment does not send it.
+        Summary = "SUMMARY",
+        /// A symbol newer than this build (the default); not sent.
+        Unknown = "UNKNOWN",
+    }
+}
+
+impl ResponsePurpose {
+    /// The field default: records written before the field existed are replies.
+    #[must_use]
+    pub const fn reply() -> Self {
+        Self::Reply
+    }
 }
 
 avro_enum! {

@@ -47,6 +47,32 @@ pub struct InboundMessage {
     pub possible_revocation: bool,
     /// W3C Trace Context `traceparent` of the trace this record belongs to.
     pub traceparent: Option<String>,
+    /// What is asked of the cognition layer: answer the user, or summarize the
+    /// conversation for its closing message.
+    #[serde(default = "InboundPurpose::user_message")]
+    pub purpose: InboundPurpose,
 }
 
 crate::avro_record!(InboundMessage, "inbound_message.avsc");
+
+avro_enum! {
+    /// Why the adapter sends an [`InboundMessage`] to the cognition layer.
+    pub enum InboundPurpose (default Unknown) {
+        /// The user wrote; the answer is sent to the user.
+        UserMessage = "USER_MESSAGE",
+        /// Lifecycle asks for a final summary of the conversation (text empty);
+        /// answer with a `CognitionResponse` of purpose SUMMARY whose
+        /// `in_reply_to` is this `message_id`.
+        SummaryRequest = "SUMMARY_REQUEST",
+        /// A symbol newer than this build (the default); ignore the record.
+        Unknown = "UNKNOWN",
+    }
+}
+
+impl InboundPurpose {
+    /// The field default: records written before the field existed are user messages.
+    #[must_use]
+    pub const fn user_message() -> Self {
+        Self::UserMessage
+    }
+}

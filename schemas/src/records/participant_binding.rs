@@ -28,6 +28,9 @@ pub struct ParticipantBinding {
     pub bound_at: i64,
     /// When this entry was written (ms since the epoch).
     pub updated_at: i64,
+    /// The conversation the address was bound to through this proxy before
+    /// this one, when that one had been closed (a re-entry); `None` otherwise.
+    pub previous_conversation_id: Option<String>,
 }
 
 crate::avro_record!(ParticipantBinding, "participant_binding.avsc");

@@ -14,6 +14,11 @@
 //!   catalog's `messaging.revocation_clarification` after the echo, in its
 //!   locale ("If you want no more messages from Si, reply STOP."), as the
 //!   cognition layer is asked to do.
+//! - a lifecycle summary request (`purpose` `SUMMARY_REQUEST`) gets a
+//!   response of `purpose` `SUMMARY` (`summary-<message_id>`) whose text is
+//!   `ECHO_SUMMARY` (a stand-in for a real summary), so closure with a
+//!   summary runs locally; `ECHO_SUMMARY` empty leaves them unanswered (to
+//!   see the summary timeout). Purposes newer than this build get no answer.
 //!
 //! The runner needs a state type and a changelog co-partitioned with the input.
 //! The echo responder keeps no state: it names its output type as the state
@@ -34,7 +39,7 @@ use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
 use si_runtime::state::StateStore;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
 use si_runtime::{AdminServer, CommonConfig, KafkaArgs, Readiness};
-use si_schemas::records::{CognitionResponse, InboundMessage};
+use si_schemas::records::{CognitionResponse, InboundMessage, InboundPurpose, ResponsePurpose};
 use si_schemas::{Codec, Registry, topics};
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +54,14 @@ pub struct EchoArgs {
     /// Put before the user's text in every answer.
     #[arg(long, env = "ECHO_PREFIX", default_value = "Echo: ")]
     pub echo_prefix: String,
+
+    /// The answer to every lifecycle summary request; empty: leave them unanswered.
+    #[arg(
+        long,
+        env = "ECHO_SUMMARY",
+        default_value = "Summary from the echo responder: you chatted with Si by text."
+    )]
+    pub echo_summary: String,
 }
 
 /// Configuration of `si-echo-responder`.
@@ -73,6 +86,7 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Echo {
     prefix: String,
+    summary: Option<String>,
 }
 
 impl Echo {
@@ -81,7 +95,27 @@ impl Echo {
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
+            summary: None,
         }
+    }
+
+    /// Also answers summary requests with `summary` (none when empty).
+    #[must_use]
+    pub fn with_summary(mut self, summary: &str) -> Self {
+        self.summary = Some(summary.to_owned()).filter(|s| !s.trim().is_empty());
+        self
+    }
+
+    /// The summary answering a summary request, when configured.
+    #[must_use]
+    pub fn summarize(&self, request: &InboundMessage, now_ms: i64) -> Option<CognitionResponse> {
+        let text = self.summary.clone()?;
+        Some(CognitionResponse {
+            response_id: format!("summary-{}", request.message_id),
+            text,
+            purpose: ResponsePurpose::Summary,
+            ..self.answer(request, now_ms)
+        })
     }
 
     /// The answer to `message`, at `now_ms`.
@@ -110,6 +144,7 @@ impl Echo {
             hints: None,
             created_at: now_ms,
             traceparent: message.traceparent.clone(),
+            purpose: ResponsePurpose::Reply,
         }
     }
 }
@@ -130,7 +165,14 @@ impl Processor for Echo {
                 "message_id and conversation_id are required".into(),
             ));
         }
-        let response = self.answer(&input, ctx.timestamp_ms);
+        let response = match input.purpose {
+            InboundPurpose::UserMessage => self.answer(&input, ctx.timestamp_ms),
+            InboundPurpose::SummaryRequest => match self.summarize(&input, ctx.timestamp_ms) {
+                Some(summary) => summary,
+                None => return Ok(Vec::new()),
+            },
+            InboundPurpose::Unknown => return Ok(Vec::new()),
+        };
         let key = response.conversation_id.clone();
         Ok(vec![Output::new(topics::RESPONSES, key, response)])
     }
@@ -221,7 +263,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             changelog: CHANGELOG,
             state_ttl: Duration::from_secs(3600),
         };
-        stream::run(env, spec, Echo::new(&config.echo.echo_prefix), shutdown).await?;
+        let echo = Echo::new(&config.echo.echo_prefix).with_summary(&config.echo.echo_summary);
+        stream::run(env, spec, echo, shutdown).await?;
         anyhow::Ok(())
     }
     .await;
@@ -253,7 +296,43 @@ mod tests {
             first_contact: true,
             possible_revocation: false,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            purpose: InboundPurpose::UserMessage,
         }
+    }
+
+    #[test]
+    fn summary_requests_get_a_summary_or_nothing() {
+        let request = InboundMessage {
+            message_id: "lifecycle-summary-1".into(),
+            text: String::new(),
+            purpose: InboundPurpose::SummaryRequest,
+            ..inbound("")
+        };
+        let ctx = RecordContext::for_test(topics::INBOUND, 42);
+        let mut state = StateStore::new(Duration::from_secs(60));
+        let mut echo = Echo::new("Echo: ").with_summary("We chatted.");
+        let outputs = echo.process(&ctx, request.clone(), &mut state).expect("ok");
+        let summary = outputs[0].record::<CognitionResponse>().expect("response");
+        assert_eq!(summary.purpose, ResponsePurpose::Summary);
+        assert_eq!(summary.in_reply_to.as_deref(), Some("lifecycle-summary-1"));
+        assert_eq!(summary.text, "We chatted.");
+        assert_eq!(outputs[0].key(), "pm-abc");
+        let mut silent = Echo::new("Echo: ").with_summary("");
+        assert!(
+            silent
+                .process(&ctx, request, &mut state)
+                .expect("ok")
+                .is_empty()
+        );
+        let newer = InboundMessage {
+            purpose: InboundPurpose::Unknown,
+            ..inbound("?")
+        };
+        assert!(
+            echo.process(&ctx, newer, &mut state)
+                .expect("ok")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use si_schemas::records::{Channel, CognitionResponse, InboundMessage};
+use si_schemas::records::{Channel, CognitionResponse, InboundMessage, InboundPurpose};
 use si_schemas::topics;
 use si_testkit::TestEnv;
 use si_testkit::process::StageProcess;
@@ -30,6 +30,7 @@ fn inbound(i: usize) -> InboundMessage {
         first_contact: i < 3,
         possible_revocation: false,
         traceparent: None,
+        purpose: InboundPurpose::UserMessage,
     }
 }
 

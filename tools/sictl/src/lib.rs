@@ -1,6 +1,7 @@
 //! `sictl`, the operator CLI of the Si Twilio channel, as a library so tests and
 //! other tools can drive the same code.
 
+pub mod command;
 pub mod consent;
 pub mod dlq;
 pub mod schemas;

@@ -84,6 +84,19 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Issues a command on si.commands.v1 by hand (`sictl command close ...`).
+    #[command(name = "command")]
+    Issue {
+        #[command(subcommand)]
+        command: CommandCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CommandCommand {
+    /// CLOSE_CONVERSATION: lifecycle sends the closing message (with the
+    /// summary given, or one it asks cognition for), closes and archives.
+    Close(sictl::command::Close),
 }
 
 #[derive(Subcommand)]
@@ -254,6 +267,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{}", serde_json::to_string(&recorded)?);
                 }
             }
+        }
+        Command::Issue {
+            command: CommandCommand::Close(close),
+        } => {
+            let codec = Codec::new(Registry::new(cli.registry.config())?);
+            let command = close.command(sictl::consent::now_ms());
+            sictl::command::issue(&cli.kafka, &codec, &command)
+                .await
+                .context("command close")?;
+            println!(
+                "{}",
+                serde_json::json!({ "command_id": command.command_id, "conversation_id": command.conversation_id })
+            );
         }
         Command::Dlq {
             command:

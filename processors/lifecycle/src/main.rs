@@ -1,0 +1,22 @@
+//! `si-lifecycle`: inactivity warnings, closure with a summary, Twilio close
+//! and archival requests, exactly once.
+
+use clap::Parser;
+use si_lifecycle::Config;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    si_runtime::telemetry::init(
+        config.common.service.log_format,
+        &config.common.service.log_level,
+    );
+    let shutdown = si_runtime::shutdown_token();
+    match si_lifecycle::run(config, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "si-lifecycle stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

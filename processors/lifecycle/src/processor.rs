@@ -1,0 +1,974 @@
+//! The lifecycle processor: a pure function over (input record or due timer,
+//! partition state) on the exactly-once runner. The rules are in the crate
+//! docs; the phases are [`LifecyclePhase`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use si_catalog::{Catalog, keys};
+use si_runtime::processor::{
+    InputRecord, Output, ProcessError, Processor, RecordContext, TimerContext,
+};
+use si_runtime::state::StateStore;
+use si_runtime::table::GlobalTable;
+use si_schemas::records::{
+    ArchivalReason, ArchivalRequest, Channel, CognitionResponse, Command, CommandKind,
+    ConversationEvent, ConversationEventType, ConversationState, DeliveryStatus, InboundMessage,
+    InboundPurpose, LifecyclePhase, LifecycleState, OperationKind, OutboundOperation,
+    ParticipantBinding, ResponsePurpose, TranscriptEntry,
+};
+use si_schemas::{Codec, CodecError, topics};
+
+/// Prefix of every id lifecycle makes (responses, summary requests,
+/// operations): lifecycle recognises its own responses on `si.responses.v1` by it.
+pub const ID_PREFIX: &str = "lifecycle-";
+
+/// Conversation ids of Programmable Messaging conversations start with this
+/// (normalize derives them); the others are Twilio Conversations.
+pub const PM_PREFIX: &str = "pm-";
+
+/// `Command::params` key of a summary the issuer of `CLOSE_CONVERSATION` already has.
+pub const SUMMARY_PARAM: &str = "summary";
+
+/// `Command::reason` that marks a close the user asked for (`USER_REQUEST`).
+pub const USER_REQUEST_REASON: &str = "USER_REQUEST";
+
+/// Most media references kept per conversation for the archival request.
+pub const MAX_MEDIA: usize = 100;
+
+/// `params["si.purpose"]` of the operations lifecycle writes itself.
+pub const PURPOSE_PARAM: &str = "si.purpose";
+/// The value of [`PURPOSE_PARAM`].
+pub const PURPOSE: &str = "lifecycle";
+
+/// What the processor is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Quiet time after the last message before the warning.
+    pub warn_after: Duration,
+    /// Quiet time after the last message before the closure.
+    pub close_after: Duration,
+    /// How long to wait for the cognition layer's summary.
+    pub summary_timeout: Duration,
+    /// How long to wait for the closing message's delivery status before
+    /// closing at Twilio and archiving anyway.
+    pub closing_grace: Duration,
+    /// TTL of a conversation's state after its last change.
+    pub state_ttl: Duration,
+    /// Messaging Service SID to name as sender of a Conversations close when
+    /// our own address is not known.
+    pub messaging_service_sid: Option<String>,
+    /// `retention_class` of the archival requests (`None`: the archive's default).
+    pub retention_class: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            warn_after: Duration::from_secs(25 * 60),
+            close_after: Duration::from_secs(30 * 60),
+            summary_timeout: Duration::from_secs(10),
+            closing_grace: Duration::from_secs(30),
+            state_ttl: Duration::from_secs(7 * 86_400),
+            messaging_service_sid: None,
+            retention_class: None,
+        }
+    }
+}
+
+impl Settings {
+    /// Cross-field checks, naming the variables.
+    ///
+    /// # Errors
+    /// When the durations contradict each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.warn_after.is_zero() || self.close_after <= self.warn_after {
+            return Err(format!(
+                "LIFECYCLE_WARN_AFTER ({:?}) must be positive and below LIFECYCLE_CLOSE_AFTER ({:?})",
+                self.warn_after, self.close_after
+            ));
+        }
+        if self.summary_timeout.is_zero() || self.closing_grace.is_zero() {
+            return Err(
+                "LIFECYCLE_SUMMARY_TIMEOUT and LIFECYCLE_CLOSING_GRACE must be positive".into(),
+            );
+        }
+        let longest = self.close_after + self.summary_timeout + self.closing_grace;
+        if self.state_ttl <= longest {
+            return Err(format!(
+                "LIFECYCLE_STATE_TTL ({:?}) must exceed LIFECYCLE_CLOSE_AFTER + \
+                 LIFECYCLE_SUMMARY_TIMEOUT + LIFECYCLE_CLOSING_GRACE ({longest:?}): a state \
+                 entry takes its timers with it when it expires",
+                self.state_ttl
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The lifecycle stage's inputs, decoded by topic.
+#[derive(Debug, Clone)]
+pub enum LifecycleInput {
+    /// From `si.conversation.events.v1`: user messages, Twilio closing a conversation.
+    Event(Box<ConversationEvent>),
+    /// From `si.responses.v1`: Si's replies (activity) and summaries.
+    Response(Box<CognitionResponse>),
+    /// From `si.commands.v1`: `CLOSE_CONVERSATION`.
+    Command(Box<Command>),
+    /// From `twilio.delivery.v1`: the closing message went out.
+    Delivery(Box<DeliveryStatus>),
+    /// From `si.transcript.v1`: the conversation's sequence range.
+    Transcript(Box<TranscriptEntry>),
+}
+
+impl InputRecord for LifecycleInput {
+    async fn decode<'a>(
+        topic: &'a str,
+        bytes: &'a [u8],
+        codec: &'a Codec,
+    ) -> Result<Self, CodecError> {
+        Ok(match topic {
+            topics::RESPONSES => Self::Response(Box::new(codec.decode(bytes).await?)),
+            topics::COMMANDS => Self::Command(Box::new(codec.decode(bytes).await?)),
+            topics::DELIVERY => Self::Delivery(Box::new(codec.decode(bytes).await?)),
+            topics::TRANSCRIPT => Self::Transcript(Box::new(codec.decode(bytes).await?)),
+            _ => Self::Event(Box::new(codec.decode(bytes).await?)),
+        })
+    }
+}
+
+/// Counters of the lifecycle stage (labels never carry addresses, SIDs or
+/// conversation ids). Open conversations are `si_state_entries{stage="lifecycle"}`
+/// (one state entry per open conversation).
+#[derive(Debug, Clone)]
+pub struct LifecycleMetrics {
+    /// Conversations opened, by `origin` (`inbound`; `reentry`: the user came
+    /// back after a closure and got the welcome-back).
+    pub opened: IntCounterVec,
+    /// Inactivity warnings sent (`kind` = `warning`), closures cancelled by a
+    /// reply (`kind` = `closure_cancelled`).
+    pub inactivity: IntCounterVec,
+    /// Conversations closed and archived, by `reason` (`inactivity`,
+    /// `user_request`, `command`, `twilio_closed`).
+    pub closed: IntCounterVec,
+    /// Summaries by `outcome`: `received`, `timed_out`, `provided` (with the command).
+    pub summaries: IntCounterVec,
+    /// Archival requests written.
+    pub archival_requests: IntCounter,
+    /// Commands by `kind` and `outcome` (`closing`, `unknown_conversation`,
+    /// `already_closing`, `ignored`).
+    pub commands: IntCounterVec,
+}
+
+impl LifecycleMetrics {
+    /// Registers the counters in `registry`.
+    ///
+    /// # Errors
+    /// When a counter of the same name is already registered.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let vec = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        Ok(Self {
+            opened: vec(
+                "si_lifecycle_conversations_opened_total",
+                "Conversations opened, by origin",
+                &["origin"],
+            )?,
+            inactivity: vec(
+                "si_lifecycle_inactivity_total",
+                "Inactivity warnings sent and closures cancelled by a reply",
+                &["kind"],
+            )?,
+            closed: vec(
+                "si_lifecycle_conversations_closed_total",
+                "Conversations closed, by reason",
+                &["reason"],
+            )?,
+            summaries: vec(
+                "si_lifecycle_summaries_total",
+                "Closing summaries: received from cognition, timed out, provided with the command",
+                &["outcome"],
+            )?,
+            archival_requests: {
+                let metric = IntCounter::new(
+                    "si_lifecycle_archival_requests_total",
+                    "Archival requests written",
+                )?;
+                registry.register(Box::new(metric.clone()))?;
+                metric
+            },
+            commands: vec(
+                "si_lifecycle_commands_total",
+                "Commands handled, by kind and outcome",
+                &["kind", "outcome"],
+            )?,
+        })
+    }
+
+    /// Counters in a registry of their own (tests).
+    ///
+    /// # Panics
+    /// Never: the registry is fresh.
+    #[must_use]
+    #[allow(clippy::expect_used)]
+    pub fn unregistered() -> Self {
+        Self::new(&Registry::new()).expect("fresh registry")
+    }
+}
+
+/// The state key of a conversation.
+#[must_use]
+pub fn conversation_key(conversation_id: &str) -> String {
+    format!("conv|{conversation_id}")
+}
+
+/// The response id of the warning of the idle period that began at `last_activity_at`.
+#[must_use]
+pub fn warning_id(conversation_id: &str, last_activity_at: i64) -> String {
+    format!("{ID_PREFIX}warning-{conversation_id}-{last_activity_at}")
+}
+
+/// The message id of the summary request of the closure of the conversation
+/// opened at `opened_at`.
+#[must_use]
+pub fn summary_request_id(conversation_id: &str, opened_at: i64) -> String {
+    format!("{ID_PREFIX}summary-{conversation_id}-{opened_at}")
+}
+
+/// The response id of the closing message.
+#[must_use]
+pub fn closing_id(conversation_id: &str, opened_at: i64) -> String {
+    format!("{ID_PREFIX}closing-{conversation_id}-{opened_at}")
+}
+
+/// The operation id of the Twilio close.
+#[must_use]
+pub fn close_operation_id(conversation_id: &str, opened_at: i64) -> String {
+    format!("{ID_PREFIX}close-{conversation_id}-{opened_at}")
+}
+
+/// The archival request id.
+#[must_use]
+pub fn archival_id(conversation_id: &str, opened_at: i64) -> String {
+    format!("{ID_PREFIX}archival-{conversation_id}-{opened_at}")
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn reason_label(reason: ArchivalReason) -> &'static str {
+    match reason {
+        ArchivalReason::Inactivity => "inactivity",
+        ArchivalReason::UserRequest => "user_request",
+        ArchivalReason::Command => "command",
+        ArchivalReason::TwilioClosed => "twilio_closed",
+        ArchivalReason::Unknown => "unknown",
+    }
+}
+
+/// The response id of the welcome-back of a conversation opened at `opened_at`.
+#[must_use]
+pub fn welcome_back_id(conversation_id: &str, opened_at: i64) -> String {
+    format!("{ID_PREFIX}welcome-back-{conversation_id}-{opened_at}")
+}
+
+/// The lifecycle stage's logic.
+pub struct LifecycleProcessor {
+    settings: Settings,
+    catalog: &'static Catalog,
+    metrics: LifecycleMetrics,
+    directory: GlobalTable<ParticipantBinding>,
+}
+
+impl std::fmt::Debug for LifecycleProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LifecycleProcessor")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LifecycleProcessor {
+    /// A processor with `settings` over the participant directory, counting into `metrics`.
+    #[must_use]
+    pub fn new(
+        settings: Settings,
+        directory: GlobalTable<ParticipantBinding>,
+        metrics: LifecycleMetrics,
+    ) -> Self {
+        Self {
+            settings,
+            catalog: Catalog::builtin(),
+            metrics,
+            directory,
+        }
+    }
+
+    /// Whether the first message of `conversation` comes from a user whose
+    /// previous conversation through the same number was closed: the
+    /// directory entry of the pair is the closed one (inactive), or already
+    /// the new one naming the closed one (normalize wrote it first).
+    fn is_reentry(&self, conversation: &LifecycleState) -> bool {
+        let Some(address) = conversation.address.as_deref() else {
+            return false;
+        };
+        let key = format!(
+            "{}|{}",
+            conversation.channel.address_key(address),
+            conversation.proxy_address.as_deref().unwrap_or("")
+        );
+        self.directory.get(&key).is_some_and(|b| {
+            if b.conversation_id == conversation.conversation_id {
+                b.previous_conversation_id.is_some()
+            } else {
+                !b.active
+            }
+        })
+    }
+
+    fn save(&self, state: &mut StateStore<LifecycleState>, conversation: LifecycleState) {
+        state.put_with_ttl(
+            conversation_key(&conversation.conversation_id),
+            conversation,
+            self.settings.state_ttl,
+        );
+    }
+
+    /// Saves `conversation` with its timer at `at`.
+    fn save_with_timer(
+        &self,
+        state: &mut StateStore<LifecycleState>,
+        conversation: LifecycleState,
+        at: i64,
+    ) {
+        let key = conversation_key(&conversation.conversation_id);
+        self.save(state, conversation);
+        state.set_timer(&key, at);
+    }
+
+    fn on_event(
+        &self,
+        ctx: &RecordContext<'_>,
+        event: &ConversationEvent,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        if event.conversation_id.is_empty() {
+            return Err(ProcessError::Invalid(
+                "conversation event without conversation_id".into(),
+            ));
+        }
+        let key = conversation_key(&event.conversation_id);
+        let existing = state.get(&key).cloned();
+        match event.event_type {
+            ConversationEventType::MessageReceived => {
+                Ok(self.on_user_message(ctx, event, existing, state))
+            }
+            ConversationEventType::ConversationStateChanged
+            | ConversationEventType::ConversationStarted => {
+                let closed = event
+                    .state_change
+                    .as_ref()
+                    .is_some_and(|s| s.state_to == ConversationState::Closed);
+                match existing {
+                    // Closed at Twilio (its timer, the console, the API): nothing
+                    // can be sent any more; archive and forget.
+                    Some(mut conversation) if closed => {
+                        conversation.close_reason = Some(ArchivalReason::TwilioClosed);
+                        Ok(self.finish(ctx.timestamp_ms, conversation, false, state))
+                    }
+                    _ => Ok(Vec::new()),
+                }
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn on_user_message(
+        &self,
+        ctx: &RecordContext<'_>,
+        event: &ConversationEvent,
+        existing: Option<LifecycleState>,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Vec<Output> {
+        let now = ctx.timestamp_ms;
+        let participant = event.participant.as_ref();
+        let media = event
+            .message
+            .as_ref()
+            .map(|m| m.media.clone())
+            .unwrap_or_default();
+        let opened = existing.is_none();
+        let mut conversation = existing.unwrap_or_else(|| LifecycleState {
+            conversation_id: event.conversation_id.clone(),
+            session_id: event.session_id.clone(),
+            channel: event.channel,
+            address: None,
+            proxy_address: None,
+            locale: event.locale.clone(),
+            phase: LifecyclePhase::Open,
+            opened_at: now,
+            last_activity_at: now,
+            close_reason: None,
+            closing_started_at: None,
+            summary_request_id: None,
+            summary: None,
+            closing_response_id: None,
+            first_sequence: None,
+            last_sequence: None,
+            media: Vec::new(),
+        });
+        if let Some(p) = participant {
+            if p.address.is_some() {
+                conversation.address.clone_from(&p.address);
+                conversation.channel = p.channel;
+            }
+            if p.proxy_address.is_some() {
+                conversation.proxy_address.clone_from(&p.proxy_address);
+            }
+        }
+        if !event.locale.is_empty() {
+            conversation.locale.clone_from(&event.locale);
+        }
+        for item in media {
+            if conversation.media.len() < MAX_MEDIA {
+                conversation.media.push(item);
+            }
+        }
+        let mut outputs = Vec::new();
+        if opened {
+            let reentry = self.is_reentry(&conversation);
+            let origin = if reentry { "reentry" } else { "inbound" };
+            self.metrics.opened.with_label_values(&[origin]).inc();
+            if reentry {
+                outputs.push(self.welcome_back(now, &conversation));
+            }
+        }
+        match conversation.phase {
+            LifecyclePhase::Summarizing
+                if conversation.close_reason == Some(ArchivalReason::Inactivity) =>
+            {
+                // The user came back before the closing message went out.
+                self.metrics
+                    .inactivity
+                    .with_label_values(&["closure_cancelled"])
+                    .inc();
+                conversation.close_reason = None;
+                conversation.closing_started_at = None;
+                conversation.summary_request_id = None;
+                conversation.summary = None;
+                self.activity(now, conversation, state);
+            }
+            LifecyclePhase::Summarizing | LifecyclePhase::Closing => {
+                // Closing on request, or the closing message is out: the
+                // message still belongs to this conversation's record.
+                self.save(state, conversation);
+            }
+            LifecyclePhase::Open | LifecyclePhase::Warned | LifecyclePhase::Unknown => {
+                if conversation.phase == LifecyclePhase::Warned {
+                    self.metrics
+                        .inactivity
+                        .with_label_values(&["closure_cancelled"])
+                        .inc();
+                }
+                self.activity(now, conversation, state);
+            }
+        }
+        outputs
+    }
+
+    /// The short welcome-back of a user who comes back after a closure.
+    fn welcome_back(&self, now: i64, conversation: &LifecycleState) -> Output {
+        let text = self.catalog.text(keys::WELCOME_BACK, &conversation.locale);
+        let response = CognitionResponse {
+            response_id: welcome_back_id(&conversation.conversation_id, conversation.opened_at),
+            conversation_id: conversation.conversation_id.clone(),
+            session_id: conversation.session_id.clone(),
+            in_reply_to: None,
+            text: text.text.to_owned(),
+            media: Vec::new(),
+            locale: Some(text.locale.to_owned()),
+            hints: None,
+            created_at: now,
+            traceparent: None,
+            purpose: ResponsePurpose::Reply,
+        };
+        Output::new(
+            topics::RESPONSES,
+            conversation.conversation_id.clone(),
+            response,
+        )
+    }
+
+    /// A message in either direction at `at`: a new idle period.
+    fn activity(
+        &self,
+        at: i64,
+        mut conversation: LifecycleState,
+        state: &mut StateStore<LifecycleState>,
+    ) {
+        conversation.phase = LifecyclePhase::Open;
+        conversation.last_activity_at = conversation.last_activity_at.max(at);
+        let warn_at = conversation
+            .last_activity_at
+            .saturating_add(millis(self.settings.warn_after));
+        self.save_with_timer(state, conversation, warn_at);
+    }
+
+    fn on_response(
+        &self,
+        ctx: &RecordContext<'_>,
+        response: &CognitionResponse,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Vec<Output> {
+        if response.response_id.starts_with(ID_PREFIX) {
+            return Vec::new(); // our own warning or closing message
+        }
+        let key = conversation_key(&response.conversation_id);
+        let Some(conversation) = state.get(&key).cloned() else {
+            return Vec::new();
+        };
+        match response.purpose {
+            ResponsePurpose::Summary => {
+                let answers = conversation.phase == LifecyclePhase::Summarizing
+                    && response.in_reply_to.is_some()
+                    && response.in_reply_to == conversation.summary_request_id;
+                if !answers {
+                    return Vec::new(); // late, or for another closure
+                }
+                self.metrics
+                    .summaries
+                    .with_label_values(&["received"])
+                    .inc();
+                let mut conversation = conversation;
+                conversation.summary =
+                    Some(response.text.trim().to_owned()).filter(|s| !s.is_empty());
+                self.send_closing(ctx.timestamp_ms, conversation, state)
+            }
+            ResponsePurpose::Reply => {
+                if matches!(
+                    conversation.phase,
+                    LifecyclePhase::Open | LifecyclePhase::Warned
+                ) {
+                    self.activity(ctx.timestamp_ms, conversation, state);
+                }
+                Vec::new()
+            }
+            ResponsePurpose::Unknown => Vec::new(),
+        }
+    }
+
+    fn on_command(
+        &self,
+        ctx: &RecordContext<'_>,
+        command: &Command,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        let count = |kind: &str, outcome: &str| {
+            self.metrics
+                .commands
+                .with_label_values(&[kind, outcome])
+                .inc();
+        };
+        match command.kind {
+            CommandKind::CloseConversation => {}
+            CommandKind::EscalateToVoice => {
+                // voice-link's.
+                return Ok(Vec::new());
+            }
+            CommandKind::StartConversation => {
+                count("start_conversation", "not_supported");
+                return Err(ProcessError::Failed(
+                    "START_CONVERSATION is not supported by this lifecycle version".into(),
+                ));
+            }
+            CommandKind::Unknown => {
+                return Err(ProcessError::Invalid(
+                    "a command kind newer than this build".into(),
+                ));
+            }
+        }
+        if command.conversation_id.is_empty() {
+            return Err(ProcessError::Invalid(
+                "CLOSE_CONVERSATION without conversation_id".into(),
+            ));
+        }
+        let key = conversation_key(&command.conversation_id);
+        let Some(mut conversation) = state.get(&key).cloned() else {
+            // Already closed (a re-sent command), or never seen by lifecycle.
+            count("close_conversation", "unknown_conversation");
+            return Ok(Vec::new());
+        };
+        if !matches!(
+            conversation.phase,
+            LifecyclePhase::Open | LifecyclePhase::Warned
+        ) {
+            if conversation.phase == LifecyclePhase::Summarizing {
+                // An explicit close: a reply no longer cancels it.
+                conversation.close_reason = Some(close_reason(command));
+                self.save(state, conversation);
+            }
+            count("close_conversation", "already_closing");
+            return Ok(Vec::new());
+        }
+        count("close_conversation", "closing");
+        conversation.close_reason = Some(close_reason(command));
+        conversation.closing_started_at = Some(ctx.timestamp_ms);
+        let summary = command
+            .params
+            .get(SUMMARY_PARAM)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty());
+        if let Some(summary) = summary {
+            self.metrics
+                .summaries
+                .with_label_values(&["provided"])
+                .inc();
+            conversation.summary = Some(summary);
+            return Ok(self.send_closing(ctx.timestamp_ms, conversation, state));
+        }
+        Ok(self.request_summary(ctx.timestamp_ms, conversation, state))
+    }
+
+    fn on_delivery(
+        &self,
+        ctx: &RecordContext<'_>,
+        delivery: &DeliveryStatus,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Vec<Output> {
+        let Some(response_id) = delivery.response_id.as_deref() else {
+            return Vec::new();
+        };
+        let key = conversation_key(&delivery.conversation_id);
+        let Some(conversation) = state.get(&key).cloned() else {
+            return Vec::new();
+        };
+        // Egress reports each part of the closing message once; the first
+        // report means segment has queued every part ahead of anything we
+        // write now for the same sender.
+        if conversation.phase == LifecyclePhase::Closing
+            && conversation.closing_response_id.as_deref() == Some(response_id)
+        {
+            return self.finish(ctx.timestamp_ms, conversation, true, state);
+        }
+        Vec::new()
+    }
+
+    fn on_transcript(&self, entry: &TranscriptEntry, state: &mut StateStore<LifecycleState>) {
+        let key = conversation_key(&entry.conversation_id);
+        let Some(mut conversation) = state.get(&key).cloned() else {
+            return;
+        };
+        let first = conversation
+            .first_sequence
+            .map_or(entry.sequence, |s| s.min(entry.sequence));
+        let last = conversation
+            .last_sequence
+            .map_or(entry.sequence, |s| s.max(entry.sequence));
+        conversation.first_sequence = Some(first);
+        conversation.last_sequence = Some(last);
+        // Keeps the entry's timer (put keeps it).
+        self.save(state, conversation);
+    }
+
+    /// Asks cognition for a summary and waits at most the summary timeout.
+    fn request_summary(
+        &self,
+        now: i64,
+        mut conversation: LifecycleState,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Vec<Output> {
+        let id = summary_request_id(&conversation.conversation_id, conversation.opened_at);
+        let request = InboundMessage {
+            message_id: id.clone(),
+            conversation_id: conversation.conversation_id.clone(),
+            session_id: conversation.session_id.clone(),
+            user_id: None,
+            visitor_id: None,
+            registered: false,
+            channel: conversation.channel,
+            locale: conversation.locale.clone(),
+            text: String::new(),
+            media: Vec::new(),
+            received_at: now,
+            event_id: id.clone(),
+            first_contact: false,
+            possible_revocation: false,
+            traceparent: None,
+            purpose: InboundPurpose::SummaryRequest,
+        };
+        let key = conversation.conversation_id.clone();
+        conversation.phase = LifecyclePhase::Summarizing;
+        conversation.summary_request_id = Some(id);
+        let deadline = now.saturating_add(millis(self.settings.summary_timeout));
+        self.save_with_timer(state, conversation, deadline);
+        vec![Output::new(topics::INBOUND, key, request)]
+    }
+
+    /// Sends the closing message (summary, if any, and the re-entry text)
+    /// through segment, like any reply, and waits for its delivery status.
+    fn send_closing(
+        &self,
+        now: i64,
+        mut conversation: LifecycleState,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Vec<Output> {
+        let closing = self.catalog.text(keys::CLOSING, &conversation.locale);
+        let text = match conversation.summary.as_deref() {
+            Some(summary) => format!("{summary}\n\n{}", closing.text),
+            None => closing.text.to_owned(),
+        };
+        let id = closing_id(&conversation.conversation_id, conversation.opened_at);
+        let response = CognitionResponse {
+            response_id: id.clone(),
+            conversation_id: conversation.conversation_id.clone(),
+            session_id: conversation.session_id.clone(),
+            in_reply_to: None,
+            text,
+            media: Vec::new(),
+            locale: Some(closing.locale.to_owned()),
+            hints: None,
+            created_at: now,
+            traceparent: None,
+            purpose: ResponsePurpose::Reply,
+        };
+        let key = conversation.conversation_id.clone();
+        conversation.phase = LifecyclePhase::Closing;
+        conversation.closing_response_id = Some(id);
+        conversation.summary_request_id = None;
+        let deadline = now.saturating_add(millis(self.settings.closing_grace));
+        self.save_with_timer(state, conversation, deadline);
+        vec![Output::new(topics::RESPONSES, key, response)]
+    }
+
+    /// Releases the conversation: the Twilio close (Conversations, unless
+    /// Twilio closed it), the directory entry deactivated, the archival
+    /// request, and the state dropped.
+    fn finish(
+        &self,
+        now: i64,
+        conversation: LifecycleState,
+        close_at_twilio: bool,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Vec<Output> {
+        let reason = conversation.close_reason.unwrap_or(ArchivalReason::Unknown);
+        let mut outputs = Vec::new();
+        if close_at_twilio && !conversation.conversation_id.starts_with(PM_PREFIX) {
+            match self.close_operation(now, &conversation) {
+                Some(op) => outputs.push(Output::new(topics::OUTBOUND, op.sender_key.clone(), op)),
+                None => tracing::warn!(
+                    conversation = %conversation.conversation_id,
+                    "no sender known to close the conversation at Twilio (set MESSAGING_SERVICE_SID)"
+                ),
+            }
+        }
+        if let Some(address) = conversation.address.clone() {
+            let binding = ParticipantBinding {
+                address,
+                channel: conversation.channel,
+                proxy_address: conversation.proxy_address.clone(),
+                conversation_id: conversation.conversation_id.clone(),
+                session_id: conversation.session_id.clone(),
+                participant_sid: None,
+                active: false,
+                bound_at: conversation.opened_at,
+                updated_at: now,
+                previous_conversation_id: None,
+            };
+            outputs.push(Output::new(topics::PARTICIPANTS, binding.key(), binding));
+        }
+        let request = ArchivalRequest {
+            request_id: archival_id(&conversation.conversation_id, conversation.opened_at),
+            conversation_id: conversation.conversation_id.clone(),
+            session_id: conversation.session_id.clone(),
+            closed_at: now,
+            reason,
+            summary: conversation.summary.clone(),
+            transcript_topic: topics::TRANSCRIPT.to_owned(),
+            first_sequence: conversation.first_sequence,
+            last_sequence: conversation.last_sequence,
+            retention_class: self.settings.retention_class.clone(),
+            requested_at: now,
+            opened_at: Some(conversation.opened_at),
+            media: conversation.media.clone(),
+        };
+        outputs.push(Output::new(
+            topics::ARCHIVAL,
+            conversation.conversation_id.clone(),
+            request,
+        ));
+        state.delete(&conversation_key(&conversation.conversation_id));
+        self.metrics
+            .closed
+            .with_label_values(&[reason_label(reason)])
+            .inc();
+        self.metrics.archival_requests.inc();
+        tracing::info!(
+            conversation = %conversation.conversation_id,
+            reason = reason_label(reason),
+            "conversation closed and archived"
+        );
+        outputs
+    }
+
+    /// The `CLOSE_CONVERSATION` operation, sent with the sender key segment
+    /// uses for the conversation's messages (so it queues behind them).
+    fn close_operation(&self, now: i64, c: &LifecycleState) -> Option<OutboundOperation> {
+        let sender_key = match (c.channel, c.proxy_address.as_deref()) {
+            (Channel::Chat, _) => format!("{}:{}", Channel::Chat.key_prefix(), c.conversation_id),
+            (_, Some(proxy)) => c.channel.address_key(proxy),
+            (_, None) => self.settings.messaging_service_sid.clone()?,
+        };
+        Some(OutboundOperation {
+            operation_id: close_operation_id(&c.conversation_id, c.opened_at),
+            conversation_id: c.conversation_id.clone(),
+            kind: OperationKind::CloseConversation,
+            channel: c.channel,
+            sender_key,
+            to: None,
+            from: None,
+            messaging_service_sid: None,
+            body: None,
+            media_urls: Vec::new(),
+            content_sid: None,
+            content_variables_json: None,
+            response_id: None,
+            part_index: 0,
+            part_count: 1,
+            segments: None,
+            encoding: None,
+            template_reason: None,
+            call: None,
+            params: BTreeMap::from([(PURPOSE_PARAM.to_owned(), PURPOSE.to_owned())]),
+            created_at: now,
+            not_after: None,
+            traceparent: None,
+        })
+    }
+
+    fn warning_text(&self, locale: &str) -> (String, String) {
+        let text = self.catalog.text(keys::INACTIVITY_WARNING, locale);
+        let left = self.settings.close_after - self.settings.warn_after;
+        let minutes = left.as_secs().div_ceil(60).max(1);
+        (
+            text.text.replace("{minutes}", &minutes.to_string()),
+            text.locale.to_owned(),
+        )
+    }
+}
+
+fn close_reason(command: &Command) -> ArchivalReason {
+    if command
+        .reason
+        .as_deref()
+        .is_some_and(|r| r.trim().eq_ignore_ascii_case(USER_REQUEST_REASON))
+    {
+        ArchivalReason::UserRequest
+    } else {
+        ArchivalReason::Command
+    }
+}
+
+impl Processor for LifecycleProcessor {
+    type Input = LifecycleInput;
+    type State = LifecycleState;
+
+    fn process(
+        &mut self,
+        ctx: &RecordContext<'_>,
+        input: LifecycleInput,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        match input {
+            LifecycleInput::Event(event) => self.on_event(ctx, &event, state),
+            LifecycleInput::Response(response) => Ok(self.on_response(ctx, &response, state)),
+            LifecycleInput::Command(command) => self.on_command(ctx, &command, state),
+            LifecycleInput::Delivery(delivery) => Ok(self.on_delivery(ctx, &delivery, state)),
+            LifecycleInput::Transcript(entry) => {
+                self.on_transcript(&entry, state);
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn on_timer(
+        &mut self,
+        ctx: &TimerContext<'_>,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        let Some(mut conversation) = state.get(ctx.key).cloned() else {
+            return Ok(Vec::new());
+        };
+        let now = ctx.now_ms;
+        match conversation.phase {
+            LifecyclePhase::Open => {
+                let warn_at = conversation
+                    .last_activity_at
+                    .saturating_add(millis(self.settings.warn_after));
+                if now < warn_at {
+                    state.set_timer(ctx.key, warn_at);
+                    return Ok(Vec::new());
+                }
+                let (text, locale) = self.warning_text(&conversation.locale);
+                let warning = CognitionResponse {
+                    response_id: warning_id(
+                        &conversation.conversation_id,
+                        conversation.last_activity_at,
+                    ),
+                    conversation_id: conversation.conversation_id.clone(),
+                    session_id: conversation.session_id.clone(),
+                    in_reply_to: None,
+                    text,
+                    media: Vec::new(),
+                    locale: Some(locale),
+                    hints: None,
+                    created_at: now,
+                    traceparent: None,
+                    purpose: ResponsePurpose::Reply,
+                };
+                self.metrics
+                    .inactivity
+                    .with_label_values(&["warning"])
+                    .inc();
+                let key = conversation.conversation_id.clone();
+                let close_at = conversation
+                    .last_activity_at
+                    .saturating_add(millis(self.settings.close_after));
+                conversation.phase = LifecyclePhase::Warned;
+                self.save_with_timer(state, conversation, close_at);
+                Ok(vec![Output::new(topics::RESPONSES, key, warning)])
+            }
+            LifecyclePhase::Warned => {
+                let close_at = conversation
+                    .last_activity_at
+                    .saturating_add(millis(self.settings.close_after));
+                if now < close_at {
+                    state.set_timer(ctx.key, close_at);
+                    return Ok(Vec::new());
+                }
+                conversation.close_reason = Some(ArchivalReason::Inactivity);
+                conversation.closing_started_at = Some(now);
+                Ok(self.request_summary(now, conversation, state))
+            }
+            LifecyclePhase::Summarizing => {
+                self.metrics
+                    .summaries
+                    .with_label_values(&["timed_out"])
+                    .inc();
+                Ok(self.send_closing(now, conversation, state))
+            }
+            LifecyclePhase::Closing => Ok(self.finish(now, conversation, true, state)),
+            LifecyclePhase::Unknown => Err(ProcessError::Failed(
+                "a lifecycle phase newer than this build".into(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "processor_tests.rs"]
+mod tests;

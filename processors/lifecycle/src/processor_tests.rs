@@ -1,0 +1,649 @@
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use si_schemas::records::{
+    DeliveryOutcome, EventSource, LocaleSource, MediaRef, MessageReceived, Participant, StateChange,
+};
+
+use super::*;
+
+const T0: i64 = 1_795_000_000_000;
+const CH: &str = "CH00000000000000000000000000000001";
+const USER: &str = "+14155550100";
+const OURS: &str = "+14155550199";
+const WARN: i64 = 20_000;
+const CLOSE: i64 = 40_000;
+const SUMMARY: i64 = 5_000;
+const GRACE: i64 = 7_000;
+
+fn settings() -> Settings {
+    Settings {
+        warn_after: Duration::from_millis(20_000),
+        close_after: Duration::from_millis(40_000),
+        summary_timeout: Duration::from_millis(5_000),
+        closing_grace: Duration::from_millis(7_000),
+        state_ttl: Duration::from_secs(3600),
+        messaging_service_sid: None,
+        retention_class: Some("standard".into()),
+    }
+}
+
+fn message(conv: &str, n: i64, media: Vec<MediaRef>) -> ConversationEvent {
+    ConversationEvent {
+        event_id: format!("ev-{n}"),
+        conversation_id: conv.into(),
+        session_id: format!("session-{conv}"),
+        event_type: ConversationEventType::MessageReceived,
+        channel: Channel::Sms,
+        source: EventSource::Conversations,
+        occurred_at: n,
+        received_at: n,
+        participant: Some(Participant {
+            address: Some(USER.into()),
+            channel: Channel::Sms,
+            user_id: None,
+            visitor_id: Some("v-1".into()),
+            registered: false,
+            participant_sid: None,
+            identity: None,
+            proxy_address: Some(OURS.into()),
+        }),
+        locale: "es".into(),
+        locale_source: LocaleSource::PhoneCountry,
+        account_sid: None,
+        webhook_id: format!("wh-{n}"),
+        dedup_key: format!("d-{n}"),
+        traceparent: None,
+        compliance: None,
+        message: Some(MessageReceived {
+            message_sid: format!("IM{n}"),
+            index: None,
+            author: Some(USER.into()),
+            body: Some("hola".into()),
+            media,
+            attributes_json: None,
+            num_segments: None,
+        }),
+        delivery: None,
+        participant_change: None,
+        state_change: None,
+        call: None,
+        recording: None,
+        transcription: None,
+    }
+}
+
+fn response(
+    id: &str,
+    conv: &str,
+    purpose: ResponsePurpose,
+    in_reply_to: Option<&str>,
+) -> CognitionResponse {
+    CognitionResponse {
+        response_id: id.into(),
+        conversation_id: conv.into(),
+        session_id: format!("session-{conv}"),
+        in_reply_to: in_reply_to.map(str::to_owned),
+        text: "Hablamos de tu cita del martes.".into(),
+        media: Vec::new(),
+        locale: None,
+        hints: None,
+        created_at: 0,
+        traceparent: None,
+        purpose,
+    }
+}
+
+fn close_command(conv: &str, reason: Option<&str>, summary: Option<&str>) -> Command {
+    Command {
+        command_id: "cmd-1".into(),
+        conversation_id: conv.into(),
+        session_id: None,
+        kind: CommandKind::CloseConversation,
+        address: None,
+        channel: None,
+        locale: None,
+        reason: reason.map(str::to_owned),
+        issued_by: "test".into(),
+        issued_at: 0,
+        params: summary
+            .map(|s| BTreeMap::from([(SUMMARY_PARAM.to_owned(), s.to_owned())]))
+            .unwrap_or_default(),
+    }
+}
+
+fn delivery(conv: &str, response_id: &str) -> DeliveryStatus {
+    DeliveryStatus {
+        operation_id: format!("{response_id}-0"),
+        conversation_id: conv.into(),
+        outcome: DeliveryOutcome::Accepted,
+        twilio_sid: Some("IM9".into()),
+        segments: None,
+        error_code: None,
+        error_message: None,
+        attempts: 1,
+        response_id: Some(response_id.into()),
+        part_index: Some(0),
+        at: 0,
+    }
+}
+
+/// The processor, one partition's store, and a wall clock driving timers as
+/// the runner does.
+struct Harness {
+    processor: LifecycleProcessor,
+    store: StateStore<LifecycleState>,
+}
+
+impl Harness {
+    fn new(settings: Settings) -> Self {
+        Self::with_directory(settings, Vec::new())
+    }
+
+    fn with_directory(settings: Settings, entries: Vec<ParticipantBinding>) -> Self {
+        let directory = GlobalTable::from_entries(
+            topics::PARTICIPANTS,
+            entries.into_iter().map(|b| (b.key(), b)),
+        );
+        Self {
+            processor: LifecycleProcessor::new(
+                settings,
+                directory,
+                LifecycleMetrics::unregistered(),
+            ),
+            store: StateStore::new(Duration::from_secs(3600)),
+        }
+    }
+
+    fn feed(
+        &mut self,
+        topic: &str,
+        input: LifecycleInput,
+        at: i64,
+    ) -> Result<Vec<Output>, ProcessError> {
+        self.store.set_now(at);
+        let ctx = RecordContext::for_test(topic, at);
+        self.processor.process(&ctx, input, &mut self.store)
+    }
+
+    fn event(&mut self, event: ConversationEvent, at: i64) -> Vec<Output> {
+        self.feed(
+            topics::CONVERSATION_EVENTS,
+            LifecycleInput::Event(Box::new(event)),
+            at,
+        )
+        .unwrap()
+    }
+
+    fn respond(&mut self, response: CognitionResponse, at: i64) -> Vec<Output> {
+        self.feed(
+            topics::RESPONSES,
+            LifecycleInput::Response(Box::new(response)),
+            at,
+        )
+        .unwrap()
+    }
+
+    fn command(&mut self, command: Command, at: i64) -> Result<Vec<Output>, ProcessError> {
+        self.feed(
+            topics::COMMANDS,
+            LifecycleInput::Command(Box::new(command)),
+            at,
+        )
+    }
+
+    fn deliver(&mut self, status: DeliveryStatus, at: i64) -> Vec<Output> {
+        self.feed(
+            topics::DELIVERY,
+            LifecycleInput::Delivery(Box::new(status)),
+            at,
+        )
+        .unwrap()
+    }
+
+    /// Fires every timer due at `now`, as the runner does.
+    fn tick(&mut self, now: i64) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        for key in self.store.due_timers(now, usize::MAX) {
+            self.store.set_now(now);
+            let due_at_ms = self.store.cancel_timer(&key).unwrap();
+            let ctx = TimerContext {
+                partition: 0,
+                key: &key,
+                due_at_ms,
+                now_ms: now,
+            };
+            outputs.extend(self.processor.on_timer(&ctx, &mut self.store).unwrap());
+        }
+        outputs
+    }
+
+    fn conversation(&self, conv: &str) -> Option<LifecycleState> {
+        self.store.get(&conversation_key(conv)).cloned()
+    }
+
+    fn timer(&self, conv: &str) -> Option<i64> {
+        self.store.timer(&conversation_key(conv))
+    }
+
+    fn count(&self, vec: &IntCounterVec, labels: &[&str]) -> u64 {
+        vec.with_label_values(labels).get()
+    }
+}
+
+fn only<'a, T: si_schemas::AvroRecord>(outputs: &'a [Output], topic: &str) -> Vec<&'a T> {
+    outputs
+        .iter()
+        .filter(|o| o.topic() == topic)
+        .map(|o| o.record::<T>().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_quiet_conversation_is_warned_once_then_closed_with_the_summary_and_archived() {
+    let mut h = Harness::new(settings());
+    let picture = MediaRef {
+        sid: Some("ME1".into()),
+        url: None,
+        content_type: Some("image/jpeg".into()),
+        size_bytes: None,
+        filename: None,
+    };
+    assert!(
+        h.event(message(CH, T0, vec![picture.clone()]), T0)
+            .is_empty()
+    );
+    assert_eq!(h.timer(CH), Some(T0 + WARN));
+    assert!(h.tick(T0 + WARN - 1).is_empty(), "not early");
+
+    let warned = h.tick(T0 + WARN);
+    let warnings = only::<CognitionResponse>(&warned, topics::RESPONSES);
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(warned[0].key(), CH);
+    assert_eq!(warnings[0].response_id, warning_id(CH, T0));
+    assert_eq!(warnings[0].purpose, ResponsePurpose::Reply);
+    assert_eq!(warnings[0].locale.as_deref(), Some("es"));
+    assert!(
+        warnings[0].text.contains('1'),
+        "minutes left: {}",
+        warnings[0].text
+    );
+    assert!(!warnings[0].text.contains("{minutes}"));
+    assert_eq!(h.conversation(CH).unwrap().phase, LifecyclePhase::Warned);
+    assert_eq!(h.timer(CH), Some(T0 + CLOSE));
+    assert!(
+        h.tick(T0 + CLOSE - 1).is_empty(),
+        "one warning per idle period"
+    );
+    // Our own warning coming back on si.responses.v1 is not activity.
+    assert!(h.respond(warnings[0].clone(), T0 + WARN + 5).is_empty());
+    assert_eq!(h.timer(CH), Some(T0 + CLOSE));
+
+    let closing = h.tick(T0 + CLOSE);
+    let requests = only::<InboundMessage>(&closing, topics::INBOUND);
+    assert_eq!(requests.len(), 1);
+    let request = requests[0];
+    assert_eq!(request.purpose, InboundPurpose::SummaryRequest);
+    assert_eq!(request.message_id, summary_request_id(CH, T0));
+    assert_eq!(request.session_id, format!("session-{CH}"));
+    assert_eq!(h.timer(CH), Some(T0 + CLOSE + SUMMARY));
+
+    let summary = response(
+        "summary-1",
+        CH,
+        ResponsePurpose::Summary,
+        Some(&request.message_id),
+    );
+    let sent = h.respond(summary, T0 + CLOSE + 100);
+    let closings = only::<CognitionResponse>(&sent, topics::RESPONSES);
+    assert_eq!(closings.len(), 1);
+    let closing_text = Catalog::builtin().text(keys::CLOSING, "es").text;
+    assert_eq!(
+        closings[0].text,
+        format!("Hablamos de tu cita del martes.\n\n{closing_text}")
+    );
+    assert_eq!(closings[0].response_id, closing_id(CH, T0));
+    assert_eq!(h.count(&h.processor.metrics.summaries, &["received"]), 1);
+    assert_eq!(h.conversation(CH).unwrap().phase, LifecyclePhase::Closing);
+    assert_eq!(h.timer(CH), Some(T0 + CLOSE + 100 + GRACE));
+
+    // Another message's delivery changes nothing; the closing message's ends it.
+    assert!(
+        h.deliver(delivery(CH, "echo-IM1"), T0 + CLOSE + 150)
+            .is_empty()
+    );
+    let done = h.deliver(delivery(CH, &closing_id(CH, T0)), T0 + CLOSE + 200);
+    let ops = only::<OutboundOperation>(&done, topics::OUTBOUND);
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0].kind, OperationKind::CloseConversation);
+    assert_eq!(ops[0].sender_key, format!("sms:{OURS}"));
+    assert_eq!(ops[0].operation_id, close_operation_id(CH, T0));
+    let bindings = only::<ParticipantBinding>(&done, topics::PARTICIPANTS);
+    assert_eq!(bindings.len(), 1);
+    assert!(!bindings[0].active);
+    assert_eq!(bindings[0].key(), format!("sms:{USER}|{OURS}"));
+    let archived = only::<ArchivalRequest>(&done, topics::ARCHIVAL);
+    assert_eq!(archived.len(), 1);
+    let a = archived[0];
+    assert_eq!(a.request_id, archival_id(CH, T0));
+    assert_eq!(a.reason, ArchivalReason::Inactivity);
+    assert_eq!(
+        a.summary.as_deref(),
+        Some("Hablamos de tu cita del martes.")
+    );
+    assert_eq!(a.opened_at, Some(T0));
+    assert_eq!(a.closed_at, T0 + CLOSE + 200);
+    assert_eq!(a.media, vec![picture]);
+    assert_eq!(a.retention_class.as_deref(), Some("standard"));
+    assert!(h.conversation(CH).is_none(), "state dropped after archival");
+    assert!(h.store.due_timers(i64::MAX, 10).is_empty(), "no timer left");
+    assert_eq!(h.count(&h.processor.metrics.closed, &["inactivity"]), 1);
+}
+
+#[test]
+fn a_reply_between_warning_and_closure_cancels_the_closure() {
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    assert_eq!(
+        only::<CognitionResponse>(&h.tick(T0 + WARN), topics::RESPONSES).len(),
+        1
+    );
+    let back = T0 + WARN + 1_000;
+    assert!(h.event(message(CH, back, Vec::new()), back).is_empty());
+    assert_eq!(h.conversation(CH).unwrap().phase, LifecyclePhase::Open);
+    assert!(h.tick(T0 + CLOSE).is_empty(), "the closure is cancelled");
+    assert_eq!(h.timer(CH), Some(back + WARN));
+    // A new idle period gets its own warning.
+    let again = only::<CognitionResponse>(&h.tick(back + WARN), topics::RESPONSES)
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].response_id, warning_id(CH, back));
+    assert_eq!(
+        h.count(&h.processor.metrics.inactivity, &["closure_cancelled"]),
+        1
+    );
+}
+
+#[test]
+fn si_replies_are_activity_and_reset_the_timers() {
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    let reply = response("echo-IM1", CH, ResponsePurpose::Reply, Some("IM1"));
+    h.respond(reply, T0 + 10_000);
+    assert_eq!(h.timer(CH), Some(T0 + 10_000 + WARN));
+    // A reply for a conversation lifecycle does not know opens nothing.
+    h.respond(response("x", "CH2", ResponsePurpose::Reply, None), T0);
+    assert!(h.conversation("CH2").is_none());
+}
+
+#[test]
+fn a_silent_responder_still_closes_on_time_with_the_catalog_text() {
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    h.tick(T0 + WARN);
+    h.tick(T0 + CLOSE);
+    let closing = h.tick(T0 + CLOSE + SUMMARY);
+    let texts = only::<CognitionResponse>(&closing, topics::RESPONSES);
+    assert_eq!(texts.len(), 1);
+    assert_eq!(
+        texts[0].text,
+        Catalog::builtin().text(keys::CLOSING, "es").text
+    );
+    assert_eq!(h.count(&h.processor.metrics.summaries, &["timed_out"]), 1);
+    // A late summary is ignored.
+    let late = response(
+        "late",
+        CH,
+        ResponsePurpose::Summary,
+        Some(&summary_request_id(CH, T0)),
+    );
+    assert!(h.respond(late, T0 + CLOSE + SUMMARY + 1).is_empty());
+    // No delivery status (consent blocked it, say): the grace ends it.
+    let done = h.tick(T0 + CLOSE + SUMMARY + GRACE);
+    assert_eq!(only::<ArchivalRequest>(&done, topics::ARCHIVAL).len(), 1);
+    assert_eq!(only::<OutboundOperation>(&done, topics::OUTBOUND).len(), 1);
+    assert!(h.conversation(CH).is_none());
+}
+
+#[test]
+fn a_user_message_while_summarizing_for_inactivity_cancels_the_closure() {
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    h.tick(T0 + WARN);
+    h.tick(T0 + CLOSE);
+    let back = T0 + CLOSE + 1_000;
+    h.event(message(CH, back, Vec::new()), back);
+    let c = h.conversation(CH).unwrap();
+    assert_eq!(c.phase, LifecyclePhase::Open);
+    assert_eq!(c.close_reason, None);
+    assert_eq!(h.timer(CH), Some(back + WARN));
+    let summary = response(
+        "s",
+        CH,
+        ResponsePurpose::Summary,
+        Some(&summary_request_id(CH, T0)),
+    );
+    assert!(
+        h.respond(summary, back + 1).is_empty(),
+        "the summary came too late"
+    );
+}
+
+#[test]
+fn a_close_command_with_a_summary_closes_at_once_as_the_user_asked() {
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    let out = h
+        .command(
+            close_command(CH, Some("USER_REQUEST"), Some("Done: booked.")),
+            T0 + 1_000,
+        )
+        .unwrap();
+    let texts = only::<CognitionResponse>(&out, topics::RESPONSES);
+    assert_eq!(texts.len(), 1);
+    assert!(texts[0].text.starts_with("Done: booked.\n\n"));
+    assert!(only::<InboundMessage>(&out, topics::INBOUND).is_empty());
+    let done = h.deliver(delivery(CH, &closing_id(CH, T0)), T0 + 2_000);
+    let archived = only::<ArchivalRequest>(&done, topics::ARCHIVAL);
+    assert_eq!(archived[0].reason, ArchivalReason::UserRequest);
+    // The issuer re-sends the command: nothing happens twice.
+    let again = h
+        .command(close_command(CH, None, None), T0 + 3_000)
+        .unwrap();
+    assert!(again.is_empty());
+    assert_eq!(
+        h.count(
+            &h.processor.metrics.commands,
+            &["close_conversation", "unknown_conversation"]
+        ),
+        1
+    );
+}
+
+#[test]
+fn a_close_command_without_a_summary_asks_for_one_and_a_reply_does_not_cancel_it() {
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    let out = h
+        .command(close_command(CH, None, None), T0 + 1_000)
+        .unwrap();
+    assert_eq!(only::<InboundMessage>(&out, topics::INBOUND).len(), 1);
+    h.event(message(CH, T0 + 1_500, Vec::new()), T0 + 1_500);
+    let c = h.conversation(CH).unwrap();
+    assert_eq!(c.phase, LifecyclePhase::Summarizing);
+    assert_eq!(c.close_reason, Some(ArchivalReason::Command));
+    assert_eq!(h.timer(CH), Some(T0 + 1_000 + SUMMARY));
+}
+
+#[test]
+fn programmable_messaging_conversations_are_not_closed_at_twilio() {
+    let mut h = Harness::new(settings());
+    let pm = "pm-0123456789abcdef";
+    h.event(message(pm, T0, Vec::new()), T0);
+    h.command(close_command(pm, None, Some("s")), T0 + 1)
+        .unwrap();
+    let done = h.deliver(delivery(pm, &closing_id(pm, T0)), T0 + 2);
+    assert!(only::<OutboundOperation>(&done, topics::OUTBOUND).is_empty());
+    assert_eq!(only::<ArchivalRequest>(&done, topics::ARCHIVAL).len(), 1);
+    // The same id opens a fresh conversation afterwards, with its own ids.
+    h.event(message(pm, T0 + 10, Vec::new()), T0 + 10);
+    assert_eq!(h.conversation(pm).unwrap().opened_at, T0 + 10);
+    assert_ne!(archival_id(pm, T0), archival_id(pm, T0 + 10));
+}
+
+#[test]
+fn twilio_closing_the_conversation_archives_it_without_a_message() {
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    let closed = ConversationEvent {
+        event_type: ConversationEventType::ConversationStateChanged,
+        participant: None,
+        message: None,
+        state_change: Some(StateChange {
+            state_from: Some(ConversationState::Active),
+            state_to: ConversationState::Closed,
+            reason: Some("TIMER".into()),
+        }),
+        ..message(CH, T0 + 5, Vec::new())
+    };
+    let out = h.event(closed.clone(), T0 + 5);
+    assert_eq!(
+        out.len(),
+        2,
+        "directory entry and archival request: {out:?}"
+    );
+    let archived = only::<ArchivalRequest>(&out, topics::ARCHIVAL);
+    assert_eq!(archived[0].reason, ArchivalReason::TwilioClosed);
+    assert!(only::<CognitionResponse>(&out, topics::RESPONSES).is_empty());
+    assert!(h.conversation(CH).is_none());
+    // Our own close echoing back later finds nothing to do.
+    assert!(h.event(closed, T0 + 6).is_empty());
+}
+
+#[test]
+fn commands_for_others_are_ignored_and_unknown_ones_refused() {
+    let mut h = Harness::new(settings());
+    let escalate = Command {
+        kind: CommandKind::EscalateToVoice,
+        ..close_command(CH, None, None)
+    };
+    assert!(h.command(escalate, T0).unwrap().is_empty());
+    let start = Command {
+        kind: CommandKind::StartConversation,
+        ..close_command(CH, None, None)
+    };
+    assert!(matches!(h.command(start, T0), Err(ProcessError::Failed(_))));
+    let newer = Command {
+        kind: CommandKind::Unknown,
+        ..close_command(CH, None, None)
+    };
+    assert!(matches!(
+        h.command(newer, T0),
+        Err(ProcessError::Invalid(_))
+    ));
+}
+
+#[test]
+fn transcript_entries_give_the_archived_range_and_keep_the_timer() {
+    use si_schemas::records::{Direction, Modality, TranscriptSpeaker};
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    for sequence in [3, 4, 9] {
+        let entry = TranscriptEntry {
+            entry_id: format!("e{sequence}"),
+            conversation_id: CH.into(),
+            session_id: "s".into(),
+            sequence,
+            modality: Modality::Text,
+            direction: Direction::Inbound,
+            speaker: TranscriptSpeaker::User,
+            text: None,
+            media: Vec::new(),
+            recording: None,
+            call_sid: None,
+            message_sid: None,
+            locale: None,
+            at: T0,
+        };
+        h.feed(
+            topics::TRANSCRIPT,
+            LifecycleInput::Transcript(Box::new(entry)),
+            T0 + 1,
+        )
+        .unwrap();
+    }
+    assert_eq!(h.timer(CH), Some(T0 + WARN));
+    h.command(close_command(CH, None, Some("s")), T0 + 2)
+        .unwrap();
+    let done = h.tick(T0 + 2 + GRACE);
+    let archived = only::<ArchivalRequest>(&done, topics::ARCHIVAL);
+    assert_eq!(
+        (archived[0].first_sequence, archived[0].last_sequence),
+        (Some(3), Some(9))
+    );
+}
+
+#[test]
+fn settings_are_checked() {
+    assert!(settings().validate().is_ok());
+    let backwards = Settings {
+        warn_after: Duration::from_secs(50),
+        ..settings()
+    };
+    assert!(backwards.validate().is_err());
+    let short_ttl = Settings {
+        state_ttl: Duration::from_secs(30),
+        ..settings()
+    };
+    assert!(short_ttl.validate().is_err());
+}
+
+fn binding(conversation_id: &str, active: bool, previous: Option<&str>) -> ParticipantBinding {
+    ParticipantBinding {
+        address: USER.into(),
+        channel: Channel::Sms,
+        proxy_address: Some(OURS.into()),
+        conversation_id: conversation_id.into(),
+        session_id: "s".into(),
+        participant_sid: None,
+        active,
+        bound_at: T0 - 100_000,
+        updated_at: T0 - 1_000,
+        previous_conversation_id: previous.map(str::to_owned),
+    }
+}
+
+#[test]
+fn a_user_back_after_a_closure_gets_the_welcome_back_once() {
+    let new = "pm-new";
+    for directory in [
+        vec![binding("pm-old", false, None)],
+        vec![binding(new, true, Some("pm-old"))],
+    ] {
+        let mut h = Harness::with_directory(settings(), directory);
+        let out = h.event(message(new, T0, Vec::new()), T0);
+        let texts = only::<CognitionResponse>(&out, topics::RESPONSES);
+        assert_eq!(texts.len(), 1, "{out:?}");
+        assert_eq!(texts[0].response_id, welcome_back_id(new, T0));
+        assert_eq!(
+            texts[0].text,
+            Catalog::builtin().text(keys::WELCOME_BACK, "es").text
+        );
+        assert!(h.event(message(new, T0 + 1, Vec::new()), T0 + 1).is_empty());
+        assert_eq!(h.count(&h.processor.metrics.opened, &["reentry"]), 1);
+    }
+    // A first contact, or a pair whose conversation is still open elsewhere: no welcome-back.
+    for directory in [
+        Vec::new(),
+        vec![binding("pm-other", true, None)],
+        vec![binding(new, true, None)],
+    ] {
+        let mut h = Harness::with_directory(settings(), directory);
+        assert!(h.event(message(new, T0, Vec::new()), T0).is_empty());
+        assert_eq!(h.count(&h.processor.metrics.opened, &["inbound"]), 1);
+    }
+}

@@ -1,0 +1,245 @@
+//! State timers against the real broker: a timer set by one runner instance
+//! survives its shutdown, fires once in the next instance (restored from the
+//! changelog), and does not fire again in a third.
+//!
+//! ```sh
+//! eval "$(dev/stack env)"; cargo test -p si-runtime --test timers -- --nocapture
+//! ```
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::Message;
+use si_runtime::Readiness;
+use si_runtime::metrics::StageMetrics;
+use si_runtime::processor::{Output, ProcessError, Processor, RecordContext, TimerContext};
+use si_runtime::state::StateStore;
+use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
+use si_schemas::records::{
+    ArchivalReason, ArchivalRequest, Channel, Command, CommandKind, LifecyclePhase, LifecycleState,
+};
+use si_schemas::topics;
+use si_testkit::TestEnv;
+use tokio_util::sync::CancellationToken;
+
+const DELAY_MS: i64 = 8_000;
+
+/// On a command `arm`: keeps an entry with a timer `DELAY_MS` ahead and says
+/// `armed-<key>`; on `mark`: says `mark-<key>-<command id>`; on the timer:
+/// says `fired-<key>`. Everything it says goes to `si.archival.v1`.
+struct Alarm;
+
+fn say(key: &str, what: String) -> Output {
+    let record = ArchivalRequest {
+        request_id: what,
+        conversation_id: key.to_owned(),
+        session_id: "s".into(),
+        closed_at: 0,
+        reason: ArchivalReason::Command,
+        summary: None,
+        transcript_topic: topics::TRANSCRIPT.into(),
+        first_sequence: None,
+        last_sequence: None,
+        retention_class: None,
+        requested_at: 0,
+        opened_at: None,
+        media: Vec::new(),
+    };
+    Output::new(topics::ARCHIVAL, key.to_owned(), record)
+}
+
+fn entry(key: &str) -> LifecycleState {
+    LifecycleState {
+        conversation_id: key.into(),
+        session_id: "s".into(),
+        channel: Channel::Sms,
+        address: None,
+        proxy_address: None,
+        locale: "en".into(),
+        phase: LifecyclePhase::Open,
+        opened_at: 0,
+        last_activity_at: 0,
+        close_reason: None,
+        closing_started_at: None,
+        summary_request_id: None,
+        summary: None,
+        closing_response_id: None,
+        first_sequence: None,
+        last_sequence: None,
+        media: Vec::new(),
+    }
+}
+
+impl Processor for Alarm {
+    type Input = Command;
+    type State = LifecycleState;
+
+    fn process(
+        &mut self,
+        ctx: &RecordContext<'_>,
+        input: Command,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        let key = input.conversation_id.clone();
+        match input.command_id.as_str() {
+            "arm" => {
+                state.put(key.clone(), entry(&key));
+                assert!(state.set_timer(&key, ctx.timestamp_ms + DELAY_MS));
+                Ok(vec![say(&key, format!("armed-{key}"))])
+            }
+            other => Ok(vec![say(&key, format!("mark-{key}-{other}"))]),
+        }
+    }
+
+    fn on_timer(
+        &mut self,
+        ctx: &TimerContext<'_>,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        assert!(
+            ctx.now_ms >= ctx.due_at_ms,
+            "a timer fires late, never early"
+        );
+        assert_eq!(state.timer(ctx.key), None, "removed before the call");
+        Ok(vec![say(ctx.key, format!("fired-{}", ctx.key))])
+    }
+}
+
+fn command(id: &str, key: &str) -> Command {
+    Command {
+        command_id: id.into(),
+        conversation_id: key.into(),
+        session_id: None,
+        kind: CommandKind::Unknown,
+        address: None,
+        channel: None,
+        locale: None,
+        reason: None,
+        issued_by: "test".into(),
+        issued_at: 0,
+        params: BTreeMap::new(),
+    }
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+struct Runner {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), stream::StreamError>>,
+}
+
+fn start(env: &TestEnv) -> Runner {
+    let shutdown = CancellationToken::new();
+    let stream_env = StreamEnv {
+        kafka: env.kafka.clone(),
+        args: StreamArgs {
+            commit_interval: Duration::from_millis(20),
+            transaction_timeout: Duration::from_secs(10),
+            timer_interval: Duration::from_millis(100),
+            ..StreamArgs::default()
+        },
+        drain_timeout: Duration::from_secs(5),
+        codec: env.codec.clone(),
+        metrics: StageMetrics::new("timer-test"),
+        readiness: Readiness::default(),
+    };
+    let spec = StreamSpec {
+        stage: "timer-test",
+        inputs: vec![topics::COMMANDS],
+        changelog: topics::LIFECYCLE_STATE,
+        state_ttl: Duration::from_secs(3600),
+    };
+    let task = tokio::spawn(stream::run(stream_env, spec, Alarm, shutdown.clone()));
+    Runner { shutdown, task }
+}
+
+impl Runner {
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await??;
+        Ok(())
+    }
+}
+
+/// Every `request_id` on `si.archival.v1` (committed) up to and including `last`.
+async fn said_until(env: &TestEnv, last: &str) -> anyhow::Result<Vec<String>> {
+    let consumer = env.consumer(topics::ARCHIVAL).await?;
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut said = Vec::new();
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let Ok(message) = tokio::time::timeout(left, consumer.recv()).await else {
+            anyhow::bail!("{last} not seen within 60 s; seen: {said:?}");
+        };
+        let message = message?;
+        let record: ArchivalRequest = env.codec.decode(message.payload().unwrap()).await?;
+        said.push(record.request_id.clone());
+        if record.request_id == last {
+            return Ok(said);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_survives_a_restart_and_fires_exactly_once() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let key = "conv-1";
+
+    // Instance A arms the timer and stops before it is due.
+    let a = start(&env);
+    let armed_at = now_ms();
+    env.produce(topics::COMMANDS, key, &command("arm", key))
+        .await?;
+    let said = said_until(&env, &format!("armed-{key}")).await?;
+    assert_eq!(said, vec![format!("armed-{key}")]);
+    a.stop().await?;
+    assert!(
+        now_ms() < armed_at + DELAY_MS,
+        "instance A ran past the timer's time: the test would not test a restart"
+    );
+
+    // Instance B restores the entry with its timer and fires it, once.
+    let b = start(&env);
+    let said = said_until(&env, &format!("fired-{key}")).await?;
+    assert!(now_ms() >= armed_at + DELAY_MS, "fired early");
+    env.produce(topics::COMMANDS, key, &command("m1", key))
+        .await?;
+    let said_b = said_until(&env, &format!("mark-{key}-m1")).await?;
+    b.stop().await?;
+    assert_eq!(said.len() + 1, said_b.len(), "{said_b:?}");
+
+    // Instance C restores the entry without the timer: nothing fires again.
+    // (C checks timers in the loop iteration that restored the partition, so
+    // a timer wrongly restored would fire before C handles m3.)
+    let c = start(&env);
+    env.produce(topics::COMMANDS, key, &command("m2", key))
+        .await?;
+    said_until(&env, &format!("mark-{key}-m2")).await?;
+    env.produce(topics::COMMANDS, key, &command("m3", key))
+        .await?;
+    let all = said_until(&env, &format!("mark-{key}-m3")).await?;
+    c.stop().await?;
+    let fired = all.iter().filter(|s| s.starts_with("fired-")).count();
+    assert_eq!(fired, 1, "fired {fired} times: {all:?}");
+    assert_eq!(
+        all,
+        vec![
+            format!("armed-{key}"),
+            format!("fired-{key}"),
+            format!("mark-{key}-m1"),
+            format!("mark-{key}-m2"),
+            format!("mark-{key}-m3"),
+        ]
+    );
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! `sictl command`: issues a command on `si.commands.v1` by hand, as session
+//! orchestration or the cognition layer would (for operators and the demo).
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use clap::Args;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use si_runtime::KafkaArgs;
+use si_schemas::records::{Command, CommandKind};
+use si_schemas::{Codec, topics};
+
+/// `sictl command close`.
+#[derive(Debug, Clone, Args)]
+pub struct Close {
+    /// The conversation to close (Twilio ConversationSid or pm-… id).
+    #[arg(long)]
+    pub conversation: String,
+    /// `USER_REQUEST` when the user asked to end it (archived with that
+    /// reason), else a free-text reason for the audit.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// The final summary, when the issuer has one (no summary request is made then).
+    #[arg(long)]
+    pub summary: Option<String>,
+    /// Who issues the command (kept for the audit).
+    #[arg(long, default_value = "sictl")]
+    pub issued_by: String,
+    /// The command id (default: a new UUID; reuse one to retry idempotently).
+    #[arg(long)]
+    pub command_id: Option<String>,
+}
+
+impl Close {
+    /// The command record.
+    #[must_use]
+    pub fn command(&self, now_ms: i64) -> Command {
+        let mut params = BTreeMap::new();
+        if let Some(summary) = self.summary.as_deref().filter(|s| !s.trim().is_empty()) {
+            params.insert("summary".to_owned(), summary.to_owned());
+        }
+        Command {
+            command_id: self
+                .command_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            conversation_id: self.conversation.clone(),
+            session_id: None,
+            kind: CommandKind::CloseConversation,
+            address: None,
+            channel: None,
+            locale: None,
+            reason: self.reason.clone(),
+            issued_by: self.issued_by.clone(),
+            issued_at: now_ms,
+            params,
+        }
+    }
+}
+
+/// Produces `command` on `si.commands.v1`, keyed by its conversation id, and
+/// waits for the broker's acknowledgement.
+///
+/// # Errors
+/// When the command is invalid, does not encode or is not acknowledged.
+pub async fn issue(kafka: &KafkaArgs, codec: &Codec, command: &Command) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !command.conversation_id.trim().is_empty(),
+        "--conversation must not be empty"
+    );
+    let topic = kafka.topic(topics::COMMANDS);
+    let payload = codec.encode(&topic, command).await?;
+    let producer: FutureProducer = si_runtime::kafka::durable_producer_config(kafka, "sictl")
+        .create()
+        .context("creating the producer")?;
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key(&command.conversation_id)
+                .payload(&payload),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_close_carries_the_reason_and_the_summary_param() {
+        let close = Close {
+            conversation: "CH1".into(),
+            reason: Some("USER_REQUEST".into()),
+            summary: Some("Booked for Tuesday.".into()),
+            issued_by: "ops".into(),
+            command_id: Some("c-1".into()),
+        };
+        let command = close.command(5);
+        assert_eq!(command.kind, CommandKind::CloseConversation);
+        assert_eq!(command.conversation_id, "CH1");
+        assert_eq!(command.command_id, "c-1");
+        assert_eq!(command.reason.as_deref(), Some("USER_REQUEST"));
+        assert_eq!(
+            command.params.get("summary").map(String::as_str),
+            Some("Booked for Tuesday.")
+        );
+        let bare = Close {
+            summary: Some("  ".into()),
+            command_id: None,
+            ..close
+        };
+        let command = bare.command(5);
+        assert!(command.params.is_empty());
+        assert!(!command.command_id.is_empty());
+    }
+}
