@@ -15,6 +15,7 @@ import uuid
 import pytest
 import requests
 from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -62,7 +63,14 @@ def prefix():
     sictl = binary("sictl")
     for args in (["topics", "apply"], ["schemas", "register"]):
         subprocess.run([sictl, *args], cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
-    return value
+    yield value
+    # Delete this test's topics: thousands of leftover partitions on the one
+    # local broker stall every produce of later tests.
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(value)]
+    if mine:
+        for future in admin.delete_topics(mine, operation_timeout=30).values():
+            future.result()
 
 
 class Ingress:

@@ -58,6 +58,54 @@ pub struct TestEnv {
     pub producer: FutureProducer,
 }
 
+/// Deletes this test's topics when it ends (passed or failed), so a long test
+/// run does not pile up thousands of partitions on the one local broker
+/// (which then stalls every produce). `SI_KEEP_TEST_TOPICS=1` keeps them for
+/// a post-mortem.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::env::var_os("SI_KEEP_TEST_TOPICS").is_some() {
+            return;
+        }
+        let kafka = self.kafka.clone();
+        // A thread of its own: drop may run inside a runtime, and block_on
+        // cannot nest there.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(delete_topics_with_prefix(&kafka))
+        });
+        if let Ok(Err(e)) = cleanup.join() {
+            eprintln!(
+                "test topics {}* not deleted: {e:#}",
+                self.kafka.topic_prefix
+            );
+        }
+    }
+}
+
+async fn delete_topics_with_prefix(kafka: &KafkaArgs) -> anyhow::Result<()> {
+    use rdkafka::admin::AdminOptions;
+    let admin = sictl::topics::admin(kafka)?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(5))
+        .context("listing topics")?;
+    let names: Vec<&str> = metadata
+        .topics()
+        .iter()
+        .map(rdkafka::metadata::MetadataTopic::name)
+        .filter(|name| name.starts_with(&kafka.topic_prefix))
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    admin.delete_topics(&names, &options).await?;
+    Ok(())
+}
+
 impl TestEnv {
     /// Creates the topics and registers the schemas under a fresh prefix, on the
     /// broker of `KAFKA_BOOTSTRAP_SERVERS` (default `localhost:9092`).
