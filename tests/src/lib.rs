@@ -68,19 +68,28 @@ impl Drop for TestEnv {
             return;
         }
         let kafka = self.kafka.clone();
-        // A thread of its own: drop may run inside a runtime, and block_on
-        // cannot nest there.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+        // A thread of its own (drop may run inside a runtime, and block_on
+        // cannot nest there), waited for at most 20 s: a test never hangs
+        // on its clean-up.
+        let (done, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .build()?;
-            runtime.block_on(delete_topics_with_prefix(&kafka))
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(delete_topics_with_prefix(&kafka)));
+            let _ = done.send(result);
         });
-        if let Ok(Err(e)) = cleanup.join() {
-            eprintln!(
+        match outcome.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!(
                 "test topics {}* not deleted: {e:#}",
                 self.kafka.topic_prefix
-            );
+            ),
+            Err(_) => eprintln!(
+                "test topics {}* not deleted within 20 s",
+                self.kafka.topic_prefix
+            ),
         }
     }
 }
