@@ -109,6 +109,24 @@ impl<V> GlobalTable<V> {
             .cloned()
     }
 
+    /// The entry with the smallest key among those `matches` accepts: a scan
+    /// of the whole table, for rare lookups by a value (a user id in the
+    /// identity table). The smallest key makes the answer the same on every
+    /// replica and every replay.
+    #[must_use]
+    pub fn find_first(&self, mut matches: impl FnMut(&V) -> bool) -> Option<(String, Arc<V>)> {
+        let entries = self
+            .inner
+            .entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        entries
+            .iter()
+            .filter(|(_, v)| matches(v))
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+    }
+
     /// Number of entries.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -315,5 +333,20 @@ mod tests {
         table.apply("a".into(), None);
         assert_eq!(table.get("a"), None);
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn find_first_takes_the_smallest_matching_key() {
+        let table = GlobalTable::from_entries(
+            "t",
+            [
+                ("c".to_owned(), 7),
+                ("b".to_owned(), 7),
+                ("a".to_owned(), 1),
+            ],
+        );
+        let (key, value) = table.find_first(|v| *v == 7).expect("two match");
+        assert_eq!((key.as_str(), *value), ("b", 7));
+        assert_eq!(table.find_first(|v| *v == 9), None);
     }
 }

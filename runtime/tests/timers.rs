@@ -69,6 +69,8 @@ fn entry(key: &str) -> LifecycleState {
         first_sequence: None,
         last_sequence: None,
         media: Vec::new(),
+        programmable_messaging: false,
+        opening_text: None,
     }
 }
 

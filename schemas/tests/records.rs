@@ -1161,6 +1161,7 @@ fn segment_state_conversation() -> SegmentState {
                     last_inbound_at: None,
                 },
             ],
+            programmable_messaging: true,
         }),
     }
 }
@@ -1197,6 +1198,8 @@ fn lifecycle_state_full() -> LifecycleState {
         first_sequence: Some(1),
         last_sequence: Some(9),
         media: vec![media_full(), media_min()],
+        programmable_messaging: true,
+        opening_text: some("Hi, this is Si."),
     }
 }
 
@@ -1219,6 +1222,8 @@ fn lifecycle_state_min() -> LifecycleState {
         first_sequence: None,
         last_sequence: None,
         media: vec![],
+        programmable_messaging: false,
+        opening_text: None,
     }
 }
 

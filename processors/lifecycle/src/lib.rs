@@ -47,15 +47,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser};
+use si_consent_gate::ConsentGate;
 use si_runtime::metrics::StageMetrics;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
 use si_runtime::table::GlobalTable;
 use si_runtime::{AdminServer, CommonConfig, Readiness};
-use si_schemas::records::ParticipantBinding;
+use si_schemas::records::{IdentityRecord, ParticipantBinding};
 use si_schemas::{Codec, Registry, topics};
 use tokio_util::sync::CancellationToken;
 
-pub use processor::{LifecycleInput, LifecycleMetrics, LifecycleProcessor, Settings};
+pub use processor::{LifecycleInput, LifecycleMetrics, LifecycleProcessor, Settings, StartMode};
 
 /// The stage name: consumer group `si-lifecycle`, transactional ids
 /// `si-lifecycle-<POD_NAME>`.
@@ -105,6 +106,22 @@ pub struct LifecycleArgs {
     /// `retention_class` of the archival requests; empty: the archive's default.
     #[arg(long, env = "LIFECYCLE_RETENTION_CLASS", default_value = "")]
     pub retention_class: String,
+
+    /// How a conversation Si starts (`START_CONVERSATION`) is opened:
+    /// `messaging` (Programmable Messaging: just send) or `conversations`
+    /// (create the Twilio conversation, add the participant, send into it).
+    #[arg(long, env = "LIFECYCLE_START_MODE", value_enum, default_value_t = StartMode::Messaging)]
+    pub start_mode: StartMode,
+
+    /// Our number (E.164) a conversation Si starts sends from, unless the
+    /// command's `params["from"]` names one; empty: every start must name it.
+    #[arg(long, env = "LIFECYCLE_START_FROM", default_value = "")]
+    pub start_from: String,
+
+    /// The explicit consent policy, as for segment: Si starts a conversation
+    /// only with a user who opted in (not merely one who never opted out).
+    #[arg(long, env = "CONSENT_REQUIRE_OPT_IN", default_value_t = false, action = clap::ArgAction::Set)]
+    pub consent_require_opt_in: bool,
 }
 
 /// Everything `si-lifecycle` reads from flags and the environment.
@@ -146,6 +163,9 @@ impl Config {
                 .clone()
                 .filter(|s| !s.trim().is_empty()),
             retention_class: Some(args.retention_class.trim().to_owned()).filter(|s| !s.is_empty()),
+            start_mode: args.start_mode,
+            start_from: Some(args.start_from.trim().to_owned()).filter(|s| !s.is_empty()),
+            require_opt_in: args.consent_require_opt_in,
         };
         settings.validate().map_err(anyhow::Error::msg)?;
         Ok(settings)
@@ -214,9 +234,32 @@ async fn run_stream(
         () = directory.loaded() => {}
         () = shutdown.cancelled() => return Ok(()),
     }
+    // Si-started conversations: consent (both tables) and user ids to addresses.
+    let gate = ConsentGate::start(
+        kafka,
+        STAGE,
+        codec.clone(),
+        &readiness,
+        &metrics,
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the consent tables")?;
+    let identity = GlobalTable::<IdentityRecord>::start(
+        kafka,
+        STAGE,
+        topics::IDENTITY,
+        codec.clone(),
+        &readiness,
+        &metrics,
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the identity table")?;
     let state_ttl = settings.state_ttl;
     let lifecycle_metrics = LifecycleMetrics::new(metrics.registry())?;
-    let processor = LifecycleProcessor::new(settings, directory, lifecycle_metrics);
+    let processor = LifecycleProcessor::new(settings, directory, lifecycle_metrics)
+        .with_outreach(gate, identity);
     let env = StreamEnv {
         kafka: kafka.clone(),
         args: config.stream.clone(),

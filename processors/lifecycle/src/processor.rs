@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use si_catalog::{Catalog, keys};
+use si_consent_gate::ConsentGate;
 use si_runtime::processor::{
     InputRecord, Output, ProcessError, Processor, RecordContext, TimerContext,
 };
@@ -14,9 +15,9 @@ use si_runtime::state::StateStore;
 use si_runtime::table::GlobalTable;
 use si_schemas::records::{
     ArchivalReason, ArchivalRequest, Channel, CognitionResponse, Command, CommandKind,
-    ConversationEvent, ConversationEventType, ConversationState, DeliveryStatus, InboundMessage,
-    InboundPurpose, LifecyclePhase, LifecycleState, OperationKind, OutboundOperation,
-    ParticipantBinding, ResponsePurpose, TranscriptEntry,
+    ConversationEvent, ConversationEventType, ConversationState, DeliveryStatus, EventSource,
+    IdentityRecord, InboundMessage, InboundPurpose, LifecyclePhase, LifecycleState, OperationKind,
+    OutboundOperation, ParticipantBinding, ResponsePurpose, TranscriptEntry,
 };
 use si_schemas::{Codec, CodecError, topics};
 
@@ -61,6 +62,13 @@ pub struct Settings {
     pub messaging_service_sid: Option<String>,
     /// `retention_class` of the archival requests (`None`: the archive's default).
     pub retention_class: Option<String>,
+    /// How conversations Si starts are opened at Twilio.
+    pub start_mode: StartMode,
+    /// Our address conversations Si starts send from, unless the command names one.
+    pub start_from: Option<String>,
+    /// The explicit consent policy (`CONSENT_REQUIRE_OPT_IN`): Si starts a
+    /// conversation only with users who opted in.
+    pub require_opt_in: bool,
 }
 
 impl Default for Settings {
@@ -73,6 +81,9 @@ impl Default for Settings {
             state_ttl: Duration::from_secs(7 * 86_400),
             messaging_service_sid: None,
             retention_class: None,
+            start_mode: StartMode::Messaging,
+            start_from: None,
+            require_opt_in: false,
         }
     }
 }
@@ -144,7 +155,7 @@ impl InputRecord for LifecycleInput {
 #[derive(Debug, Clone)]
 pub struct LifecycleMetrics {
     /// Conversations opened, by `origin` (`inbound`; `reentry`: the user came
-    /// back after a closure and got the welcome-back).
+    /// back after a closure and got the welcome-back; `si`: Si started it).
     pub opened: IntCounterVec,
     /// Inactivity warnings sent (`kind` = `warning`), closures cancelled by a
     /// reply (`kind` = `closure_cancelled`).
@@ -159,6 +170,10 @@ pub struct LifecycleMetrics {
     /// Commands by `kind` and `outcome` (`closing`, `unknown_conversation`,
     /// `already_closing`, `ignored`).
     pub commands: IntCounterVec,
+    /// `START_CONVERSATION` commands by `outcome`: `started`, `joined` (the
+    /// user's active conversation), `refused_opted_out`,
+    /// `refused_not_opted_in`, `unknown_user`, `duplicate`.
+    pub starts: IntCounterVec,
 }
 
 impl LifecycleMetrics {
@@ -205,6 +220,11 @@ impl LifecycleMetrics {
                 "si_lifecycle_commands_total",
                 "Commands handled, by kind and outcome",
                 &["kind", "outcome"],
+            )?,
+            starts: vec(
+                "si_lifecycle_starts_total",
+                "START_CONVERSATION commands, by outcome",
+                &["outcome"],
             )?,
         })
     }
@@ -283,6 +303,8 @@ pub struct LifecycleProcessor {
     catalog: &'static Catalog,
     metrics: LifecycleMetrics,
     directory: GlobalTable<ParticipantBinding>,
+    gate: ConsentGate,
+    identity: GlobalTable<IdentityRecord>,
 }
 
 impl std::fmt::Debug for LifecycleProcessor {
@@ -306,7 +328,25 @@ impl LifecycleProcessor {
             catalog: Catalog::builtin(),
             metrics,
             directory,
+            gate: ConsentGate::from_tables(
+                GlobalTable::from_entries(topics::CONSENT, []),
+                GlobalTable::from_entries(topics::CONSENT_REGISTRY, []),
+            ),
+            identity: GlobalTable::from_entries(topics::IDENTITY, []),
         }
+    }
+
+    /// Checks consent for `START_CONVERSATION` with `gate` and resolves user
+    /// ids in `identity` (without them: nobody has consented or is known).
+    #[must_use]
+    pub fn with_outreach(
+        mut self,
+        gate: ConsentGate,
+        identity: GlobalTable<IdentityRecord>,
+    ) -> Self {
+        self.gate = gate;
+        self.identity = identity;
+        self
     }
 
     /// Whether the first message of `conversation` comes from a user whose
@@ -368,6 +408,11 @@ impl LifecycleProcessor {
             ConversationEventType::MessageReceived => {
                 Ok(self.on_user_message(ctx, event, existing, state))
             }
+            ConversationEventType::ParticipantJoined
+                if event.event_id.starts_with(START_EVENT_PREFIX) =>
+            {
+                Ok(self.on_started(ctx, event, state))
+            }
             ConversationEventType::ConversationStateChanged
             | ConversationEventType::ConversationStarted => {
                 let closed = event
@@ -421,6 +466,9 @@ impl LifecycleProcessor {
             first_sequence: None,
             last_sequence: None,
             media: Vec::new(),
+            programmable_messaging: event.conversation_id.starts_with(PM_PREFIX)
+                || event.source == EventSource::Messaging,
+            opening_text: None,
         });
         if let Some(p) = participant {
             if p.address.is_some() {
@@ -580,12 +628,7 @@ impl LifecycleProcessor {
                 // voice-link's.
                 return Ok(Vec::new());
             }
-            CommandKind::StartConversation => {
-                count("start_conversation", "not_supported");
-                return Err(ProcessError::Failed(
-                    "START_CONVERSATION is not supported by this lifecycle version".into(),
-                ));
-            }
+            CommandKind::StartConversation => return self.on_start(ctx, command, state),
             CommandKind::Unknown => {
                 return Err(ProcessError::Invalid(
                     "a command kind newer than this build".into(),
@@ -757,7 +800,9 @@ impl LifecycleProcessor {
     ) -> Vec<Output> {
         let reason = conversation.close_reason.unwrap_or(ArchivalReason::Unknown);
         let mut outputs = Vec::new();
-        if close_at_twilio && !conversation.conversation_id.starts_with(PM_PREFIX) {
+        let messaging = conversation.programmable_messaging
+            || conversation.conversation_id.starts_with(PM_PREFIX);
+        if close_at_twilio && !messaging {
             match self.close_operation(now, &conversation) {
                 Some(op) => outputs.push(Output::new(topics::OUTBOUND, op.sender_key.clone(), op)),
                 None => tracing::warn!(
@@ -968,6 +1013,10 @@ impl Processor for LifecycleProcessor {
         }
     }
 }
+
+#[path = "start.rs"]
+mod start;
+pub use start::{FROM_PARAM, START_EVENT_PREFIX, StartMode, TEXT_PARAM, USER_PARAM, start_id};
 
 #[cfg(test)]
 #[path = "processor_tests.rs"]

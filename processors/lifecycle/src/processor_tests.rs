@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use si_schemas::records::{
-    DeliveryOutcome, EventSource, LocaleSource, MediaRef, MessageReceived, Participant, StateChange,
+    ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentState, ConsentStatus,
+    DeliveryOutcome, EventSource, LocaleSource, MediaRef, MessageReceived, Participant,
+    StateChange,
 };
 
 use super::*;
@@ -27,6 +29,7 @@ fn settings() -> Settings {
         state_ttl: Duration::from_secs(3600),
         messaging_service_sid: None,
         retention_class: Some("standard".into()),
+        ..Settings::default()
     }
 }
 
@@ -532,11 +535,15 @@ fn commands_for_others_are_ignored_and_unknown_ones_refused() {
         ..close_command(CH, None, None)
     };
     assert!(h.command(escalate, T0).unwrap().is_empty());
+    // A start without a session to bind is refused as invalid.
     let start = Command {
         kind: CommandKind::StartConversation,
         ..close_command(CH, None, None)
     };
-    assert!(matches!(h.command(start, T0), Err(ProcessError::Failed(_))));
+    assert!(matches!(
+        h.command(start, T0),
+        Err(ProcessError::Invalid(_))
+    ));
     let newer = Command {
         kind: CommandKind::Unknown,
         ..close_command(CH, None, None)
@@ -646,4 +653,390 @@ fn a_user_back_after_a_closure_gets_the_welcome_back_once() {
         assert!(h.event(message(new, T0, Vec::new()), T0).is_empty());
         assert_eq!(h.count(&h.processor.metrics.opened, &["inbound"]), 1);
     }
+}
+
+// ---- START_CONVERSATION ----
+
+const NEW: &str = "outreach-0001";
+
+fn start_command(params: &[(&str, &str)], address: Option<&str>) -> Command {
+    Command {
+        command_id: "start-1".into(),
+        conversation_id: NEW.into(),
+        session_id: Some("session-new".into()),
+        kind: CommandKind::StartConversation,
+        address: address.map(str::to_owned),
+        channel: Some(Channel::Sms),
+        locale: None,
+        reason: None,
+        issued_by: "session-orchestration".into(),
+        issued_at: 0,
+        params: params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+fn consent(status: ConsentStatus, scope: &str) -> ConsentState {
+    ConsentState {
+        address: USER.into(),
+        channel: Channel::Sms,
+        sender_scope: scope.into(),
+        status,
+        source: ComplianceSource::Keyword,
+        decided_at: T0 - 1000,
+        updated_at: T0 - 1000,
+        event_ref: Some("ev-stop".into()),
+        keyword: Some("STOP".into()),
+    }
+}
+
+fn identity(user_id: &str, channel: Channel, locale: &str) -> IdentityRecord {
+    IdentityRecord {
+        address: USER.into(),
+        channel,
+        user_id: user_id.into(),
+        display_name: None,
+        locale: Some(locale.into()),
+        updated_at: T0 - 5000,
+        attributes: BTreeMap::new(),
+    }
+}
+
+impl Harness {
+    fn outreach(
+        settings: Settings,
+        directory: Vec<ParticipantBinding>,
+        consent: Vec<ConsentState>,
+        identities: Vec<IdentityRecord>,
+    ) -> Self {
+        let directory = GlobalTable::from_entries(
+            topics::PARTICIPANTS,
+            directory.into_iter().map(|b| (b.key(), b)),
+        );
+        let local = GlobalTable::from_entries(
+            topics::CONSENT,
+            consent.into_iter().map(|c| {
+                let key =
+                    si_consent_gate::consent_key(c.channel, &c.address, &c.sender_scope).unwrap();
+                (key, c)
+            }),
+        );
+        let registry = GlobalTable::from_entries(topics::CONSENT_REGISTRY, []);
+        let identity = GlobalTable::from_entries(
+            topics::IDENTITY,
+            identities
+                .into_iter()
+                .map(|r| (r.channel.address_key(&r.address), r)),
+        );
+        Self {
+            processor: LifecycleProcessor::new(
+                settings,
+                directory,
+                LifecycleMetrics::unregistered(),
+            )
+            .with_outreach(ConsentGate::from_tables(local, registry), identity),
+            store: StateStore::new(Duration::from_secs(3600)),
+        }
+    }
+}
+
+fn start_settings(mode: StartMode) -> Settings {
+    Settings {
+        start_mode: mode,
+        start_from: Some(OURS.into()),
+        ..settings()
+    }
+}
+
+/// Feeds the outputs' own events on `si.conversation.events.v1` back, as
+/// the runner would once they are committed.
+fn read_back(h: &mut Harness, outputs: &[Output], at: i64) -> Vec<Output> {
+    let events: Vec<ConversationEvent> =
+        only::<ConversationEvent>(outputs, topics::CONVERSATION_EVENTS)
+            .into_iter()
+            .cloned()
+            .collect();
+    events.into_iter().flat_map(|e| h.event(e, at)).collect()
+}
+
+#[test]
+fn a_start_in_messaging_mode_binds_the_session_and_sends_the_opening_once_segment_can_route_it() {
+    let mut h = Harness::outreach(start_settings(StartMode::Messaging), vec![], vec![], vec![]);
+    let out = h
+        .command(
+            start_command(&[(TEXT_PARAM, "Your order shipped.")], Some(USER)),
+            T0,
+        )
+        .unwrap();
+    // No Twilio conversation in messaging mode, and no text before the event is read back.
+    assert!(only::<OutboundOperation>(&out, topics::OUTBOUND).is_empty());
+    assert!(only::<CognitionResponse>(&out, topics::RESPONSES).is_empty());
+    let bindings = only::<ParticipantBinding>(&out, topics::PARTICIPANTS);
+    assert_eq!(bindings.len(), 1);
+    assert!(bindings[0].active);
+    assert_eq!(bindings[0].conversation_id, NEW);
+    assert_eq!(bindings[0].session_id, "session-new");
+    assert_eq!(bindings[0].proxy_address.as_deref(), Some(OURS));
+    let events = only::<ConversationEvent>(&out, topics::CONVERSATION_EVENTS);
+    assert_eq!(events.len(), 2);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.source == EventSource::Messaging && e.session_id == "session-new")
+    );
+    let status = only::<DeliveryStatus>(&out, topics::DELIVERY);
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].outcome, DeliveryOutcome::Accepted);
+    assert_eq!(status[0].operation_id, start_id("start", "start-1"));
+
+    let opened = read_back(&mut h, &out, T0 + 50);
+    let texts = only::<CognitionResponse>(&opened, topics::RESPONSES);
+    assert_eq!(texts.len(), 1, "one opening: {opened:#?}");
+    assert_eq!(texts[0].text, "Your order shipped.");
+    assert_eq!(texts[0].conversation_id, NEW);
+    assert_eq!(texts[0].session_id, "session-new");
+    // Read back again (a replay): nothing more.
+    assert!(read_back(&mut h, &out, T0 + 60).is_empty());
+    let state = h.conversation(NEW).unwrap();
+    assert!(state.programmable_messaging && state.opening_text.is_none());
+    assert_eq!(
+        h.timer(NEW),
+        Some(T0 + 50 + WARN),
+        "the idle period starts with the opening"
+    );
+    assert_eq!(h.count(&h.processor.metrics.starts, &["started"]), 1);
+
+    // A re-sent command changes nothing.
+    let again = h
+        .command(
+            start_command(&[(TEXT_PARAM, "Your order shipped.")], Some(USER)),
+            T0 + 70,
+        )
+        .unwrap();
+    assert!(again.is_empty());
+    assert_eq!(h.count(&h.processor.metrics.starts, &["duplicate"]), 1);
+}
+
+#[test]
+fn a_start_in_conversations_mode_creates_adds_and_then_sends_in_order_on_one_sender() {
+    let mut h = Harness::outreach(
+        start_settings(StartMode::Conversations),
+        vec![],
+        vec![],
+        vec![],
+    );
+    let out = h.command(start_command(&[], Some(USER)), T0).unwrap();
+    let ops = only::<OutboundOperation>(&out, topics::OUTBOUND);
+    let kinds: Vec<_> = ops.iter().map(|o| o.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            OperationKind::CreateConversation,
+            OperationKind::AddParticipant
+        ]
+    );
+    assert_eq!(
+        ops[0].params.get("UniqueName").map(String::as_str),
+        Some(NEW)
+    );
+    assert_eq!(ops[1].to.as_deref(), Some(USER));
+    assert_eq!(ops[1].from.as_deref(), Some(OURS));
+    assert!(
+        ops.iter()
+            .all(|o| o.conversation_id == NEW && o.sender_key == "sms:+14155550199")
+    );
+    let opened = read_back(&mut h, &out, T0 + 10);
+    let texts = only::<CognitionResponse>(&opened, topics::RESPONSES);
+    assert_eq!(texts.len(), 1);
+    // No text given: the catalog's welcome.
+    assert_eq!(
+        texts[0].text,
+        Catalog::builtin().text(keys::WELCOME, "en").text
+    );
+    // Closing it later closes it at Twilio (not a messaging conversation).
+    assert!(!h.conversation(NEW).unwrap().programmable_messaging);
+}
+
+#[test]
+fn a_start_for_an_opted_out_user_sends_nothing_and_records_why() {
+    let mut h = Harness::outreach(
+        start_settings(StartMode::Conversations),
+        vec![],
+        vec![consent(ConsentStatus::OptedOut, OURS)],
+        vec![],
+    );
+    let out = h.command(start_command(&[], Some(USER)), T0).unwrap();
+    assert!(only::<OutboundOperation>(&out, topics::OUTBOUND).is_empty());
+    assert!(only::<CognitionResponse>(&out, topics::RESPONSES).is_empty());
+    assert!(only::<ParticipantBinding>(&out, topics::PARTICIPANTS).is_empty());
+    assert!(h.conversation(NEW).is_none());
+    let blocked = only::<ComplianceEvent>(&out, topics::COMPLIANCE);
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(blocked[0].kind, ComplianceEventKind::BlockedOutbound);
+    assert_eq!(
+        blocked[0].details.get("consent_status").map(String::as_str),
+        Some("OPTED_OUT")
+    );
+    assert_eq!(blocked[0].conversation_id.as_deref(), Some(NEW));
+    let status = only::<DeliveryStatus>(&out, topics::DELIVERY);
+    assert_eq!(status[0].outcome, DeliveryOutcome::Blocked);
+    assert!(
+        status[0]
+            .error_message
+            .as_deref()
+            .unwrap()
+            .contains("opted out")
+    );
+    assert_eq!(
+        h.count(&h.processor.metrics.starts, &["refused_opted_out"]),
+        1
+    );
+}
+
+#[test]
+fn under_the_explicit_policy_only_an_opted_in_user_is_started() {
+    let explicit = Settings {
+        require_opt_in: true,
+        ..start_settings(StartMode::Messaging)
+    };
+    let mut never = Harness::outreach(explicit.clone(), vec![], vec![], vec![]);
+    let out = never.command(start_command(&[], Some(USER)), T0).unwrap();
+    assert_eq!(
+        only::<DeliveryStatus>(&out, topics::DELIVERY)[0].outcome,
+        DeliveryOutcome::Blocked
+    );
+    assert_eq!(only::<ComplianceEvent>(&out, topics::COMPLIANCE).len(), 1);
+    assert_eq!(
+        never.count(&never.processor.metrics.starts, &["refused_not_opted_in"]),
+        1
+    );
+
+    let mut opted_in = Harness::outreach(
+        explicit,
+        vec![],
+        vec![consent(ConsentStatus::OptedIn, "*")],
+        vec![],
+    );
+    let out = opted_in
+        .command(start_command(&[], Some(USER)), T0)
+        .unwrap();
+    assert_eq!(
+        only::<DeliveryStatus>(&out, topics::DELIVERY)[0].outcome,
+        DeliveryOutcome::Accepted
+    );
+}
+
+#[test]
+fn a_start_by_user_id_resolves_the_address_and_locale_of_the_channel() {
+    let mut h = Harness::outreach(
+        start_settings(StartMode::Messaging),
+        vec![],
+        vec![],
+        vec![
+            identity("u-9", Channel::Whatsapp, "fr-CA"),
+            identity("u-7", Channel::Sms, "es"),
+        ],
+    );
+    let out = h
+        .command(start_command(&[(USER_PARAM, "u-7")], None), T0)
+        .unwrap();
+    let bindings = only::<ParticipantBinding>(&out, topics::PARTICIPANTS);
+    assert_eq!(bindings[0].address, USER);
+    let opened = read_back(&mut h, &out, T0 + 10);
+    let texts = only::<CognitionResponse>(&opened, topics::RESPONSES);
+    assert_eq!(
+        texts[0].text,
+        Catalog::builtin().text(keys::WELCOME, "es").text
+    );
+
+    // A user with no address on the channel: refused, nothing sent.
+    let mut unknown = Harness::outreach(
+        start_settings(StartMode::Messaging),
+        vec![],
+        vec![],
+        vec![identity("u-9", Channel::Whatsapp, "fr-CA")],
+    );
+    let out = unknown
+        .command(start_command(&[(USER_PARAM, "u-9")], None), T0)
+        .unwrap();
+    assert_eq!(out.len(), 1, "only the status: {out:#?}");
+    assert_eq!(
+        only::<DeliveryStatus>(&out, topics::DELIVERY)[0].outcome,
+        DeliveryOutcome::Blocked
+    );
+    assert_eq!(
+        unknown.count(&unknown.processor.metrics.starts, &["unknown_user"]),
+        1
+    );
+}
+
+#[test]
+fn a_start_for_a_user_with_an_active_conversation_joins_it() {
+    let active = ParticipantBinding {
+        active: true,
+        ..binding("pm-existing", true, None)
+    };
+    let mut h = Harness::outreach(
+        start_settings(StartMode::Conversations),
+        vec![active],
+        vec![],
+        vec![],
+    );
+    let out = h
+        .command(
+            start_command(&[(TEXT_PARAM, "One more thing.")], Some(USER)),
+            T0,
+        )
+        .unwrap();
+    assert!(
+        only::<OutboundOperation>(&out, topics::OUTBOUND).is_empty(),
+        "no second conversation"
+    );
+    assert!(only::<ConversationEvent>(&out, topics::CONVERSATION_EVENTS).is_empty());
+    let texts = only::<CognitionResponse>(&out, topics::RESPONSES);
+    assert_eq!(texts.len(), 1);
+    assert_eq!(texts[0].conversation_id, "pm-existing");
+    assert_eq!(texts[0].text, "One more thing.");
+    let status = only::<DeliveryStatus>(&out, topics::DELIVERY);
+    assert_eq!(status[0].conversation_id, "pm-existing");
+    assert!(h.conversation(NEW).is_none());
+    assert_eq!(h.count(&h.processor.metrics.starts, &["joined"]), 1);
+}
+
+#[test]
+fn malformed_starts_are_invalid() {
+    let mut h = Harness::outreach(
+        Settings {
+            start_from: None,
+            ..settings()
+        },
+        vec![],
+        vec![],
+        vec![],
+    );
+    // No sending address anywhere.
+    assert!(matches!(
+        h.command(start_command(&[], Some(USER)), T0),
+        Err(ProcessError::Invalid(_))
+    ));
+    // Not E.164; neither address nor user; a voice start.
+    let mut h = Harness::outreach(start_settings(StartMode::Messaging), vec![], vec![], vec![]);
+    assert!(matches!(
+        h.command(start_command(&[], Some("4155550100")), T0),
+        Err(ProcessError::Invalid(_))
+    ));
+    assert!(matches!(
+        h.command(start_command(&[], None), T0),
+        Err(ProcessError::Invalid(_))
+    ));
+    let voice = Command {
+        channel: Some(Channel::Voice),
+        ..start_command(&[], Some(USER))
+    };
+    assert!(matches!(
+        h.command(voice, T0),
+        Err(ProcessError::Invalid(_))
+    ));
 }

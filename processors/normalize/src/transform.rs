@@ -459,6 +459,16 @@ impl Normalizer {
         self.directory.get(&key)
     }
 
+    /// The session of a conversation Si started: lifecycle bound the pair to
+    /// the conversation and the issuer's session in the directory before the
+    /// user's first message, so that message joins that session.
+    fn directory_session(&self, draft: &Draft) -> Option<String> {
+        let party = draft.party.as_ref()?;
+        let bound = self.directory_binding(party.address.as_ref()?, party.proxy.as_ref())?;
+        (bound.active && bound.conversation_id == draft.conversation_id)
+            .then(|| bound.session_id.clone())
+    }
+
     /// The conversation of a Programmable Messaging webhook; see the crate docs.
     fn messaging_conversation(
         &self,
@@ -1037,7 +1047,9 @@ impl Processor for Normalizer {
             .and_then(|s| s.conversation.clone())
             .unwrap_or_else(|| ConversationBinding {
                 conversation_id: draft.conversation_id.clone(),
-                session_id: ids::session_id(&draft.conversation_id),
+                session_id: self
+                    .directory_session(&draft)
+                    .unwrap_or_else(|| ids::session_id(&draft.conversation_id)),
                 bound_at: now,
                 last_event_at: now,
                 state: None,
@@ -1636,6 +1648,37 @@ mod tests {
             Some(old.as_str()),
             "the new entry names the closed conversation (a re-entry)"
         );
+    }
+
+    #[test]
+    fn a_reply_to_a_conversation_si_started_joins_it_and_its_session() {
+        // Lifecycle bound the pair to the issuer's conversation id and session.
+        let user = "+5215512345678";
+        let started = ParticipantBinding {
+            address: user.into(),
+            channel: Channel::Sms,
+            proxy_address: Some("+14155550199".into()),
+            conversation_id: "outreach-0001".into(),
+            session_id: "session-from-the-command".into(),
+            participant_sid: None,
+            active: true,
+            bound_at: T - 60_000,
+            updated_at: T - 60_000,
+            previous_conversation_id: None,
+        };
+        let directory = GlobalTable::from_entries("si.participants.v1", [(started.key(), started)]);
+        let mut run = Run::new();
+        run.n = Normalizer::new(
+            Settings::default(),
+            GlobalTable::from_entries("si.identity.v1", []),
+            directory,
+            NormalizeMetrics::unregistered(),
+        );
+        let (e, _) = run.directory(inbound(Some("tok-s"), "SM7", user));
+        assert_eq!(e.conversation_id, "outreach-0001");
+        assert_eq!(e.session_id, "session-from-the-command");
+        let (again, _) = run.directory(inbound(Some("tok-t"), "SM8", user));
+        assert_eq!(again.session_id, "session-from-the-command");
     }
 
     #[test]

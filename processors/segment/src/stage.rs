@@ -36,9 +36,9 @@ use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
 use si_runtime::{AdminServer, CommonConfig, Readiness};
 use si_schemas::records::{
     Channel, CognitionResponse, ComplianceEvent, ComplianceEventKind, ComplianceSource,
-    ConversationEvent, ConversationEventType, ConversationState, OperationKind, OutboundOperation,
-    ResponsePurpose, SeenResponse, SegmentConversation, SegmentParticipant, SegmentState,
-    SegmentStateKind,
+    ConversationEvent, ConversationEventType, ConversationState, EventSource, OperationKind,
+    OutboundOperation, ResponsePurpose, SeenResponse, SegmentConversation, SegmentParticipant,
+    SegmentState, SegmentStateKind,
 };
 use si_schemas::{Codec, CodecError, Registry, topics};
 use tokio_util::sync::CancellationToken;
@@ -343,7 +343,11 @@ impl Segmenter {
             closed: false,
             last_event_at: ctx.timestamp_ms,
             participants: Vec::new(),
+            programmable_messaging: false,
         });
+        if event.source == EventSource::Messaging {
+            conversation.programmable_messaging = true;
+        }
         let relevant = match event.event_type {
             ConversationEventType::MessageReceived => {
                 let Some(p) = text_participant(event) else {
@@ -463,7 +467,7 @@ impl Segmenter {
             )));
         };
         let route = self
-            .route(&response.conversation_id, primary)
+            .route(&conversation, primary)
             .inspect_err(|_| self.metrics.outcome("no_sender"))?;
         let locale = response
             .locale
@@ -642,9 +646,10 @@ impl Segmenter {
     /// Operation kind, channel, addresses, sender key and consent scope.
     fn route(
         &self,
-        conversation_id: &str,
+        conversation: &SegmentConversation,
         primary: &SegmentParticipant,
     ) -> Result<Route, ProcessError> {
+        let conversation_id = conversation.conversation_id.as_str();
         let channel = primary.channel;
         let mg = self.settings.messaging_service_sid.clone();
         let proxy = primary.proxy_address.clone();
@@ -654,7 +659,7 @@ impl Segmenter {
                  address seen) and MESSAGING_SERVICE_SID is not set"
             ))
         };
-        if conversation_id.starts_with(PM_PREFIX) {
+        if conversation_id.starts_with(PM_PREFIX) || conversation.programmable_messaging {
             let Some(to) = primary.address.clone().filter(|_| has_consent(channel)) else {
                 return Err(ProcessError::Failed(format!(
                     "conversation {conversation_id}: a Programmable Messaging conversation \
@@ -1137,6 +1142,38 @@ mod tests {
         let ops = h.ops(response("r-1", CH, "Hello"), T0 + 1);
         assert_eq!(ops[0].kind, OperationKind::SendConversationMessage);
         assert!(ops[0].content_sid.is_some());
+    }
+
+    #[test]
+    fn a_conversation_si_started_in_messaging_mode_is_sent_as_messages_whatever_its_id() {
+        // Lifecycle names the conversation with the issuer's id and reports
+        // the participant with source MESSAGING.
+        let started = "outreach-0001";
+        let mut h = Harness::new();
+        h.event(event(
+            started,
+            ConversationEventType::ParticipantJoined,
+            Some(participant(Channel::Sms)),
+            T0,
+        ));
+        let ops = h.ops(response("r-1", started, "Your order shipped."), T0 + 1);
+        assert_eq!(ops[0].kind, OperationKind::SendMessage);
+        assert_eq!(ops[0].to.as_deref(), Some(USER));
+        assert_eq!(ops[0].from.as_deref(), Some(OURS));
+        assert_eq!(ops[0].conversation_id, started);
+
+        // The same id reported by Conversations is a Conversations message.
+        let mut h = Harness::new();
+        let mut joined = event(
+            started,
+            ConversationEventType::ParticipantJoined,
+            Some(participant(Channel::Sms)),
+            T0,
+        );
+        joined.source = EventSource::Conversations;
+        h.event(joined);
+        let ops = h.ops(response("r-1", started, "Your order shipped."), T0 + 1);
+        assert_eq!(ops[0].kind, OperationKind::SendConversationMessage);
     }
 
     #[test]

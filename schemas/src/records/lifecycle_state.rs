@@ -45,6 +45,13 @@ pub struct LifecycleState {
     /// Media the user sent, oldest first, at most 100.
     #[serde(default)]
     pub media: Vec<MediaRef>,
+    /// A Programmable Messaging conversation (nothing to close at Twilio).
+    #[serde(default)]
+    pub programmable_messaging: bool,
+    /// The opening text of a conversation Si started, until lifecycle reads
+    /// back its own participant event.
+    #[serde(default)]
+    pub opening_text: Option<String>,
 }
 
 crate::avro_record!(LifecycleState, "lifecycle_state.avsc");

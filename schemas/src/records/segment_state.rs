@@ -61,6 +61,10 @@ pub struct SegmentConversation {
     /// The user participants with a text channel, in the order first seen.
     #[serde(default)]
     pub participants: Vec<SegmentParticipant>,
+    /// Its events come from Programmable Messaging: replies are Messages API
+    /// sends whatever the id looks like (a conversation Si started).
+    #[serde(default)]
+    pub programmable_messaging: bool,
 }
 
 /// A user participant (not Si) of a conversation with a text channel.

@@ -1,0 +1,553 @@
+//! `START_CONVERSATION`: Si reaches out (see the crate docs for the rules).
+//!
+//! The command is keyed by the id the issuer chose for the new conversation,
+//! so the conversation's state lives in the command's partition from the
+//! start. The opening text waits in the state until lifecycle reads back its
+//! own `PARTICIPANT_JOINED` event: segment reads the same event topic, and
+//! learns the recipient from that event before the text reaches it.
+
+use std::collections::BTreeMap;
+
+use si_catalog::keys;
+use si_consent_gate::Verdict;
+use si_runtime::mask::mask_address;
+use si_runtime::processor::{Output, ProcessError, RecordContext};
+use si_runtime::state::StateStore;
+use si_schemas::records::{
+    Channel, CognitionResponse, Command, ComplianceEvent, ComplianceEventKind, ComplianceSource,
+    ConsentStatus, ConversationEvent, ConversationEventType, ConversationState, DeliveryOutcome,
+    DeliveryStatus, EventSource, LifecyclePhase, LifecycleState, LocaleSource, OperationKind,
+    OutboundOperation, Participant, ParticipantBinding, ResponsePurpose, StateChange,
+};
+use si_schemas::topics;
+
+use super::{ID_PREFIX, LifecycleProcessor, PURPOSE, PURPOSE_PARAM, conversation_key, millis};
+
+/// `Command::params` key: the Si user to reach (resolved to an address of
+/// the command's channel in `si.identity.v1`) when `address` is not set.
+pub const USER_PARAM: &str = "user_id";
+/// `Command::params` key: the opening text (default: the catalog's welcome).
+pub const TEXT_PARAM: &str = "text";
+/// `Command::params` key: our address to send from (default `LIFECYCLE_START_FROM`).
+pub const FROM_PARAM: &str = "from";
+
+/// Prefix of the events lifecycle writes for a conversation Si started.
+pub const START_EVENT_PREFIX: &str = "lifecycle-start-";
+
+/// How lifecycle opens a conversation Si starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StartMode {
+    /// Programmable Messaging: just send (the Messages API).
+    #[default]
+    Messaging,
+    /// Twilio Conversations: create the conversation (UniqueName = the
+    /// command's conversation id), add the participant, send into it.
+    Conversations,
+}
+
+/// The operation id / status id of the command `command_id`'s `step`.
+#[must_use]
+pub fn start_id(step: &str, command_id: &str) -> String {
+    format!("{ID_PREFIX}{step}-{command_id}")
+}
+
+/// Why a start did not open a conversation, for the status record and the counter.
+struct Refusal {
+    outcome: &'static str,
+    reason: String,
+    compliance: Option<Output>,
+}
+
+impl LifecycleProcessor {
+    pub(super) fn on_start(
+        &self,
+        ctx: &RecordContext<'_>,
+        command: &Command,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        let count = |outcome: &str| self.metrics.starts.with_label_values(&[outcome]).inc();
+        let now = ctx.timestamp_ms;
+        let id = command.conversation_id.trim();
+        if id.is_empty() {
+            return Err(ProcessError::Invalid(
+                "START_CONVERSATION without conversation_id (the id of the new conversation)"
+                    .into(),
+            ));
+        }
+        let session_id = command
+            .session_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                ProcessError::Invalid(
+                    "START_CONVERSATION without session_id (the Si session to bind)".into(),
+                )
+            })?
+            .to_owned();
+        let channel = command.channel.unwrap_or(Channel::Sms);
+        if !matches!(channel, Channel::Sms | Channel::Whatsapp) {
+            return Err(ProcessError::Invalid(format!(
+                "START_CONVERSATION on {channel:?}: only SMS and WHATSAPP can be started"
+            )));
+        }
+        if state.get(&conversation_key(id)).is_some() {
+            // A re-sent command, or an id already open: nothing new to do.
+            count("duplicate");
+            return Ok(Vec::new());
+        }
+        let from = command
+            .params
+            .get(FROM_PARAM)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .or_else(|| self.settings.start_from.clone())
+            .ok_or_else(|| {
+                ProcessError::Invalid(
+                    "START_CONVERSATION: no address to send from (params[from] or \
+                     LIFECYCLE_START_FROM)"
+                        .into(),
+                )
+            })?;
+        if !is_e164(&from) {
+            return Err(ProcessError::Invalid(
+                "START_CONVERSATION: the sending address is not E.164".into(),
+            ));
+        }
+        let (address, identity_locale) = match self.recipient(command, channel)? {
+            Ok(found) => found,
+            Err(refusal) => return Ok(self.refuse(now, command, id, refusal)),
+        };
+        let locale = command
+            .locale
+            .clone()
+            .or(identity_locale)
+            .filter(|l| !l.trim().is_empty())
+            .unwrap_or_else(|| si_catalog::DEFAULT_LOCALE.to_owned());
+        let text = command
+            .params
+            .get(TEXT_PARAM)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| self.catalog.text(keys::WELCOME, &locale).text.to_owned());
+
+        // Joining: one active conversation per address and our number.
+        let directory_key = format!("{}|{from}", channel.address_key(&address));
+        if let Some(active) = self.directory.get(&directory_key).filter(|b| b.active) {
+            count("joined");
+            let opening = self.opening(
+                &start_id("opening", &command.command_id),
+                &active.conversation_id,
+                &active.session_id,
+                text,
+                &locale,
+                now,
+            );
+            let status = self.start_status(
+                now,
+                command,
+                &active.conversation_id,
+                DeliveryOutcome::Accepted,
+                Some(format!(
+                    "joined the active conversation {} of the user",
+                    active.conversation_id
+                )),
+            );
+            return Ok(vec![opening, status]);
+        }
+
+        let scope = match self.settings.start_mode {
+            StartMode::Messaging => self
+                .settings
+                .messaging_service_sid
+                .clone()
+                .unwrap_or_else(|| from.clone()),
+            StartMode::Conversations => from.clone(),
+        };
+        if let Verdict::Blocked { status, decision } =
+            self.gate
+                .check(channel, &address, &scope, self.settings.require_opt_in)
+        {
+            let (outcome, reason) = if status == ConsentStatus::OptedOut {
+                ("refused_opted_out", "the user opted out")
+            } else {
+                (
+                    "refused_not_opted_in",
+                    "the user never opted in (explicit consent policy)",
+                )
+            };
+            let mut details = BTreeMap::from([
+                ("stage".to_owned(), "lifecycle".to_owned()),
+                ("command_id".to_owned(), command.command_id.clone()),
+                ("issued_by".to_owned(), command.issued_by.clone()),
+                ("consent_status".to_owned(), status.as_str().to_owned()),
+                (
+                    "require_opt_in".to_owned(),
+                    self.settings.require_opt_in.to_string(),
+                ),
+            ]);
+            if let Some(d) = &decision {
+                details.insert("decision_scope".to_owned(), d.sender_scope.clone());
+                details.insert("decided_at".to_owned(), d.decided_at.to_string());
+            }
+            let event = ComplianceEvent {
+                event_id: start_id("blocked", &command.command_id),
+                kind: ComplianceEventKind::BlockedOutbound,
+                source: decision
+                    .as_ref()
+                    .map_or(ComplianceSource::Unknown, |d| d.source),
+                address: address.clone(),
+                channel,
+                sender_scope: Some(scope),
+                conversation_id: Some(id.to_owned()),
+                message_ref: Some(command.command_id.clone()),
+                keyword: None,
+                locale: Some(locale),
+                at: now,
+                details,
+            };
+            let refusal = Refusal {
+                outcome,
+                reason: reason.to_owned(),
+                compliance: Some(Output::new(
+                    topics::COMPLIANCE,
+                    channel.address_key(&address),
+                    event,
+                )),
+            };
+            tracing::info!(
+                command_id = %command.command_id,
+                to = %mask_address(&channel.address_key(&address)),
+                outcome,
+                "START_CONVERSATION refused by the consent gate"
+            );
+            return Ok(self.refuse(now, command, id, refusal));
+        }
+
+        count("started");
+        self.metrics.opened.with_label_values(&["si"]).inc();
+        let messaging = self.settings.start_mode == StartMode::Messaging;
+        let mut outputs = Vec::with_capacity(6);
+        if !messaging {
+            outputs.extend(self.conversation_setup(now, command, id, channel, &address, &from));
+        }
+        let binding = ParticipantBinding {
+            address: address.clone(),
+            channel,
+            proxy_address: Some(from.clone()),
+            conversation_id: id.to_owned(),
+            session_id: session_id.clone(),
+            participant_sid: None,
+            active: true,
+            bound_at: now,
+            updated_at: now,
+            previous_conversation_id: None,
+        };
+        outputs.push(Output::new(topics::PARTICIPANTS, binding.key(), binding));
+        let source = if messaging {
+            EventSource::Messaging
+        } else {
+            EventSource::Conversations
+        };
+        let participant = Participant {
+            address: Some(address.clone()),
+            channel,
+            user_id: command.params.get(USER_PARAM).cloned(),
+            visitor_id: None,
+            registered: command.params.contains_key(USER_PARAM),
+            participant_sid: None,
+            identity: None,
+            proxy_address: Some(from.clone()),
+        };
+        let event = |step: &str, event_type, state_change| ConversationEvent {
+            event_id: format!("{START_EVENT_PREFIX}{step}-{}", command.command_id),
+            conversation_id: id.to_owned(),
+            session_id: session_id.clone(),
+            event_type,
+            channel,
+            source,
+            occurred_at: now,
+            received_at: now,
+            participant: Some(participant.clone()),
+            locale: locale.clone(),
+            locale_source: if command.locale.is_some() {
+                LocaleSource::Default
+            } else {
+                LocaleSource::Identity
+            },
+            account_sid: None,
+            webhook_id: String::new(),
+            dedup_key: format!("{START_EVENT_PREFIX}{step}-{}", command.command_id),
+            traceparent: None,
+            compliance: None,
+            message: None,
+            delivery: None,
+            participant_change: None,
+            state_change,
+            call: None,
+            recording: None,
+            transcription: None,
+        };
+        outputs.push(Output::new(
+            topics::CONVERSATION_EVENTS,
+            id.to_owned(),
+            event(
+                "started",
+                ConversationEventType::ConversationStarted,
+                Some(StateChange {
+                    state_from: None,
+                    state_to: ConversationState::Active,
+                    reason: Some("START_CONVERSATION".into()),
+                }),
+            ),
+        ));
+        outputs.push(Output::new(
+            topics::CONVERSATION_EVENTS,
+            id.to_owned(),
+            event("joined", ConversationEventType::ParticipantJoined, None),
+        ));
+        outputs.push(self.start_status(now, command, id, DeliveryOutcome::Accepted, None));
+        let conversation = LifecycleState {
+            conversation_id: id.to_owned(),
+            session_id,
+            channel,
+            address: Some(address),
+            proxy_address: Some(from),
+            locale,
+            phase: LifecyclePhase::Open,
+            opened_at: now,
+            last_activity_at: now,
+            close_reason: None,
+            closing_started_at: None,
+            summary_request_id: None,
+            summary: None,
+            closing_response_id: None,
+            first_sequence: None,
+            last_sequence: None,
+            media: Vec::new(),
+            programmable_messaging: messaging,
+            opening_text: Some(text),
+        };
+        let warn_at = now.saturating_add(millis(self.settings.warn_after));
+        self.save_with_timer(state, conversation, warn_at);
+        tracing::info!(
+            conversation = %id,
+            command_id = %command.command_id,
+            mode = ?self.settings.start_mode,
+            "conversation started by Si"
+        );
+        Ok(outputs)
+    }
+
+    /// Lifecycle read back its own participant event of a conversation Si
+    /// started: segment has it too, so the opening text can go.
+    pub(super) fn on_started(
+        &self,
+        ctx: &RecordContext<'_>,
+        event: &ConversationEvent,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Vec<Output> {
+        let key = conversation_key(&event.conversation_id);
+        let Some(mut conversation) = state.get(&key).cloned() else {
+            return Vec::new();
+        };
+        let Some(text) = conversation.opening_text.take() else {
+            return Vec::new(); // already sent (a replayed event)
+        };
+        let command_id = event
+            .event_id
+            .strip_prefix(START_EVENT_PREFIX)
+            .and_then(|rest| rest.strip_prefix("joined-"))
+            .unwrap_or(&event.event_id);
+        let opening = self.opening(
+            &start_id("opening", command_id),
+            &conversation.conversation_id,
+            &conversation.session_id,
+            text,
+            &conversation.locale.clone(),
+            ctx.timestamp_ms,
+        );
+        self.activity(ctx.timestamp_ms, conversation, state);
+        vec![opening]
+    }
+
+    /// The user's address: the command's, or the user's on the channel in
+    /// the identity table (with the user's locale).
+    #[allow(clippy::type_complexity)]
+    fn recipient(
+        &self,
+        command: &Command,
+        channel: Channel,
+    ) -> Result<Result<(String, Option<String>), Refusal>, ProcessError> {
+        if let Some(address) = command
+            .address
+            .as_deref()
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            if !is_e164(address) {
+                return Err(ProcessError::Invalid(
+                    "START_CONVERSATION: address is not E.164".into(),
+                ));
+            }
+            return Ok(Ok((address.to_owned(), None)));
+        }
+        let Some(user) = command
+            .params
+            .get(USER_PARAM)
+            .map(|u| u.trim())
+            .filter(|u| !u.is_empty())
+        else {
+            return Err(ProcessError::Invalid(
+                "START_CONVERSATION needs address or params[user_id]".into(),
+            ));
+        };
+        Ok(
+            match self
+                .identity
+                .find_first(|r| r.user_id == user && r.channel == channel)
+            {
+                Some((_, record)) => Ok((record.address.clone(), record.locale.clone())),
+                None => Err(Refusal {
+                    outcome: "unknown_user",
+                    reason: format!(
+                        "no {} address for the user in si.identity.v1",
+                        channel.key_prefix()
+                    ),
+                    compliance: None,
+                }),
+            },
+        )
+    }
+
+    fn refuse(&self, now: i64, command: &Command, id: &str, refusal: Refusal) -> Vec<Output> {
+        self.metrics
+            .starts
+            .with_label_values(&[refusal.outcome])
+            .inc();
+        let mut outputs: Vec<Output> = refusal.compliance.into_iter().collect();
+        outputs.push(self.start_status(
+            now,
+            command,
+            id,
+            DeliveryOutcome::Blocked,
+            Some(refusal.reason),
+        ));
+        outputs
+    }
+
+    /// The answer to the issuer on `twilio.delivery.v1`, keyed by the
+    /// command's conversation id: `operation_id` `lifecycle-start-<command_id>`.
+    fn start_status(
+        &self,
+        now: i64,
+        command: &Command,
+        conversation_id: &str,
+        outcome: DeliveryOutcome,
+        message: Option<String>,
+    ) -> Output {
+        let status = DeliveryStatus {
+            operation_id: start_id("start", &command.command_id),
+            conversation_id: conversation_id.to_owned(),
+            outcome,
+            twilio_sid: None,
+            segments: None,
+            error_code: None,
+            error_message: message,
+            attempts: 0,
+            response_id: None,
+            part_index: None,
+            at: now,
+        };
+        Output::new(topics::DELIVERY, command.conversation_id.clone(), status)
+    }
+
+    fn opening(
+        &self,
+        response_id: &str,
+        conversation_id: &str,
+        session_id: &str,
+        text: String,
+        locale: &str,
+        now: i64,
+    ) -> Output {
+        let response = CognitionResponse {
+            response_id: response_id.to_owned(),
+            conversation_id: conversation_id.to_owned(),
+            session_id: session_id.to_owned(),
+            in_reply_to: None,
+            text,
+            media: Vec::new(),
+            locale: Some(locale.to_owned()),
+            hints: None,
+            created_at: now,
+            traceparent: None,
+            purpose: ResponsePurpose::Reply,
+        };
+        Output::new(topics::RESPONSES, conversation_id.to_owned(), response)
+    }
+
+    /// Conversations mode: create the conversation (UniqueName = `id`) and
+    /// add the participant, both with the sender key segment uses for the
+    /// conversation's messages, so they reach Twilio before the opening text.
+    fn conversation_setup(
+        &self,
+        now: i64,
+        command: &Command,
+        id: &str,
+        channel: Channel,
+        address: &str,
+        from: &str,
+    ) -> Vec<Output> {
+        let sender_key = channel.address_key(from);
+        let op = |step: &str, kind, params: BTreeMap<String, String>| OutboundOperation {
+            operation_id: start_id(step, &command.command_id),
+            conversation_id: id.to_owned(),
+            kind,
+            channel,
+            sender_key: sender_key.clone(),
+            to: (kind == OperationKind::AddParticipant).then(|| address.to_owned()),
+            from: (kind == OperationKind::AddParticipant).then(|| from.to_owned()),
+            messaging_service_sid: (kind == OperationKind::CreateConversation)
+                .then(|| self.settings.messaging_service_sid.clone())
+                .flatten(),
+            body: None,
+            media_urls: Vec::new(),
+            content_sid: None,
+            content_variables_json: None,
+            response_id: None,
+            part_index: 0,
+            part_count: 1,
+            segments: None,
+            encoding: None,
+            template_reason: None,
+            call: None,
+            params,
+            created_at: now,
+            not_after: None,
+            traceparent: None,
+        };
+        let ours = || BTreeMap::from([(PURPOSE_PARAM.to_owned(), PURPOSE.to_owned())]);
+        let mut create = ours();
+        create.insert("UniqueName".to_owned(), id.to_owned());
+        vec![
+            Output::new(
+                topics::OUTBOUND,
+                sender_key.clone(),
+                op("create", OperationKind::CreateConversation, create),
+            ),
+            Output::new(
+                topics::OUTBOUND,
+                sender_key.clone(),
+                op("add", OperationKind::AddParticipant, ours()),
+            ),
+        ]
+    }
+}
+
+/// `+` and 7 to 15 digits.
+fn is_e164(address: &str) -> bool {
+    address
+        .strip_prefix('+')
+        .is_some_and(|d| (7..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+}
