@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use si_runtime::KafkaArgs;
-use si_schemas::records::{Command, CommandKind};
+use si_schemas::records::{Channel, Command, CommandKind};
 use si_schemas::{Codec, topics};
 
 /// `sictl command close`.
@@ -51,6 +51,96 @@ impl Close {
             channel: None,
             locale: None,
             reason: self.reason.clone(),
+            issued_by: self.issued_by.clone(),
+            issued_at: now_ms,
+            params,
+        }
+    }
+}
+
+/// `sictl command start`.
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["user", "address"])))]
+pub struct Start {
+    /// The Si user to reach: lifecycle finds the user's address on the
+    /// channel in si.identity.v1.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The address to reach (E.164).
+    #[arg(long)]
+    pub address: Option<String>,
+    /// The channel.
+    #[arg(long, value_enum, default_value = "sms")]
+    pub channel: StartChannel,
+    /// The new conversation's id (default: `si-` and a new UUID); in
+    /// Conversations mode also its UniqueName at Twilio.
+    #[arg(long)]
+    pub conversation: Option<String>,
+    /// The Si session to bind (default: `session-` and the conversation id).
+    #[arg(long)]
+    pub session: Option<String>,
+    /// The opening text (default: the catalog's welcome in the user's locale).
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Our number to send from (default: lifecycle's LIFECYCLE_START_FROM).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Locale of the opening (default: the user's, else English).
+    #[arg(long)]
+    pub locale: Option<String>,
+    /// Who issues the command (kept for the audit).
+    #[arg(long, default_value = "sictl")]
+    pub issued_by: String,
+    /// The command id (default: a new UUID; reuse one to retry idempotently).
+    #[arg(long)]
+    pub command_id: Option<String>,
+}
+
+/// Channels a conversation can be started on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StartChannel {
+    /// SMS.
+    Sms,
+    /// WhatsApp.
+    Whatsapp,
+}
+
+impl Start {
+    /// The command record.
+    #[must_use]
+    pub fn command(&self, now_ms: i64) -> Command {
+        let conversation = self
+            .conversation
+            .clone()
+            .unwrap_or_else(|| format!("si-{}", uuid::Uuid::new_v4().simple()));
+        let mut params = BTreeMap::new();
+        let mut set = |name: &str, value: Option<&String>| {
+            if let Some(v) = value.filter(|v| !v.trim().is_empty()) {
+                params.insert(name.to_owned(), v.trim().to_owned());
+            }
+        };
+        set("user_id", self.user.as_ref());
+        set("text", self.text.as_ref());
+        set("from", self.from.as_ref());
+        Command {
+            command_id: self
+                .command_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            session_id: Some(
+                self.session
+                    .clone()
+                    .unwrap_or_else(|| format!("session-{conversation}")),
+            ),
+            conversation_id: conversation,
+            kind: CommandKind::StartConversation,
+            address: self.address.clone(),
+            channel: Some(match self.channel {
+                StartChannel::Sms => Channel::Sms,
+                StartChannel::Whatsapp => Channel::Whatsapp,
+            }),
+            locale: self.locale.clone(),
+            reason: None,
             issued_by: self.issued_by.clone(),
             issued_at: now_ms,
             params,
@@ -115,5 +205,41 @@ mod tests {
         let command = bare.command(5);
         assert!(command.params.is_empty());
         assert!(!command.command_id.is_empty());
+    }
+
+    #[test]
+    fn a_start_names_the_user_or_the_address_and_binds_a_session() {
+        let start = Start {
+            user: Some("u-7".into()),
+            address: None,
+            channel: StartChannel::Whatsapp,
+            conversation: Some("outreach-1".into()),
+            session: None,
+            text: Some("Your order shipped.".into()),
+            from: None,
+            locale: None,
+            issued_by: "ops".into(),
+            command_id: Some("c-2".into()),
+        };
+        let command = start.command(5);
+        assert_eq!(command.kind, CommandKind::StartConversation);
+        assert_eq!(command.conversation_id, "outreach-1");
+        assert_eq!(command.session_id.as_deref(), Some("session-outreach-1"));
+        assert_eq!(command.channel, Some(Channel::Whatsapp));
+        assert_eq!(
+            command.params.get("user_id").map(String::as_str),
+            Some("u-7")
+        );
+        assert_eq!(
+            command.params.get("text").map(String::as_str),
+            Some("Your order shipped.")
+        );
+        assert!(!command.params.contains_key("from"));
+        let fresh = Start {
+            conversation: None,
+            ..start
+        }
+        .command(5);
+        assert!(fresh.conversation_id.starts_with("si-"));
     }
 }

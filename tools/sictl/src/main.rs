@@ -97,6 +97,9 @@ enum CommandCommand {
     /// CLOSE_CONVERSATION: lifecycle sends the closing message (with the
     /// summary given, or one it asks cognition for), closes and archives.
     Close(sictl::command::Close),
+    /// START_CONVERSATION: lifecycle checks consent, opens the conversation
+    /// (or joins the user's active one) and sends the opening text.
+    Start(Box<sictl::command::Start>),
 }
 
 #[derive(Subcommand)]
@@ -267,6 +270,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{}", serde_json::to_string(&recorded)?);
                 }
             }
+        }
+        Command::Issue {
+            command: CommandCommand::Start(start),
+        } => {
+            let codec = Codec::new(Registry::new(cli.registry.config())?);
+            let command = start.command(sictl::consent::now_ms());
+            sictl::command::issue(&cli.kafka, &codec, &command)
+                .await
+                .context("command start")?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "command_id": command.command_id,
+                    "conversation_id": command.conversation_id,
+                    "session_id": command.session_id,
+                    "status": "the outcome is on twilio.delivery.v1 as operation_id lifecycle-start-<command_id>"
+                })
+            );
         }
         Command::Issue {
             command: CommandCommand::Close(close),

@@ -682,7 +682,7 @@ fn update_conversation(shared: &Shared, sid: &str, form: &Form) -> Result<Create
     Ok(Created {
         status: StatusCode::OK,
         body: conversation_json(shared, &conversation),
-        sid: sid.to_owned(),
+        sid: conversation.sid.clone(),
         callbacks: Vec::new(),
     })
 }
@@ -696,9 +696,11 @@ fn conversation_message(
     let body = form.get("Body");
     let media = form.get("MediaSid");
     let content = form.get("ContentSid");
-    if shared.conversation(sid).is_none() {
-        return Err(TwilioError::not_found(&conversation_path(sid)));
-    }
+    // The path may name the conversation by its UniqueName.
+    let sid = &shared
+        .conversation(sid)
+        .ok_or_else(|| TwilioError::not_found(&conversation_path(sid)))?
+        .sid;
     if body.is_none() && media.is_none() && content.is_none() {
         return Err(missing("Body"));
     }
@@ -837,9 +839,11 @@ fn delivery_params(
 }
 
 fn add_participant(shared: &Shared, sid: &str, form: &Form) -> Result<Created, TwilioError> {
-    if shared.conversation(sid).is_none() {
-        return Err(TwilioError::not_found(&conversation_path(sid)));
-    }
+    // The path may name the conversation by its UniqueName.
+    let sid = &shared
+        .conversation(sid)
+        .ok_or_else(|| TwilioError::not_found(&conversation_path(sid)))?
+        .sid;
     let address = form.get("MessagingBinding.Address");
     let proxy = form.get("MessagingBinding.ProxyAddress");
     let identity = form.get("Identity");

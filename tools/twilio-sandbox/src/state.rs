@@ -322,8 +322,12 @@ impl Shared {
         Some(now)
     }
 
+    /// The conversation of `sid`, which may also be its UniqueName (as
+    /// Twilio accepts in every `/v1/Conversations/{sid}` path).
     pub fn conversation(&self, sid: &str) -> Option<Conversation> {
-        self.lock().conversations.get(sid).cloned()
+        let inner = self.lock();
+        let sid = resolve_conversation(&inner.conversations, sid)?;
+        inner.conversations.get(&sid).cloned()
     }
 
     pub fn insert_conversation(&self, conversation: Conversation) {
@@ -339,7 +343,8 @@ impl Shared {
         change: impl FnOnce(&mut Conversation) -> T,
     ) -> Option<(Conversation, T)> {
         let mut inner = self.lock();
-        let conversation = inner.conversations.get_mut(sid)?;
+        let sid = resolve_conversation(&inner.conversations, sid)?;
+        let conversation = inner.conversations.get_mut(&sid)?;
         let out = change(conversation);
         Some((conversation.clone(), out))
     }
@@ -387,4 +392,18 @@ impl Shared {
         out.chat_service_sid = Some(conversation.chat_service_sid.clone());
         out
     }
+}
+
+/// The SID of the conversation `sid_or_name` names: its SID, or its UniqueName.
+fn resolve_conversation(
+    conversations: &HashMap<String, Conversation>,
+    sid_or_name: &str,
+) -> Option<String> {
+    if conversations.contains_key(sid_or_name) {
+        return Some(sid_or_name.to_owned());
+    }
+    conversations
+        .values()
+        .find(|c| c.unique_name.as_deref() == Some(sid_or_name))
+        .map(|c| c.sid.clone())
 }

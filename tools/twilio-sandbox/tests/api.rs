@@ -474,6 +474,53 @@ async fn conversations_create_participants_messages_and_close() -> anyhow::Resul
     Ok(())
 }
 
+#[tokio::test]
+async fn a_conversation_can_be_named_by_its_unique_name_in_every_path() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(config()).await?;
+    let client = Client::new(&sandbox);
+    let (status, created) = client
+        .post("/v1/Conversations", &[("UniqueName", "outreach-0001")])
+        .await?;
+    assert_eq!(status, 201, "{created}");
+    let ch = created["sid"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(created["unique_name"], "outreach-0001");
+    let (status, participant) = client
+        .post(
+            "/v1/Conversations/outreach-0001/Participants",
+            &[
+                ("MessagingBinding.Address", USER),
+                ("MessagingBinding.ProxyAddress", OURS),
+            ],
+        )
+        .await?;
+    assert_eq!(status, 201, "{participant}");
+    assert_eq!(participant["conversation_sid"], ch.as_str());
+    let (status, message) = client
+        .post(
+            "/v1/Conversations/outreach-0001/Messages",
+            &[("Body", "hi")],
+        )
+        .await?;
+    assert_eq!(status, 201, "{message}");
+    assert_eq!(message["conversation_sid"], ch.as_str());
+    let (status, closed) = client
+        .post("/v1/Conversations/outreach-0001", &[("State", "closed")])
+        .await?;
+    assert_eq!(status, 200, "{closed}");
+    assert_eq!(closed["sid"], ch.as_str());
+    assert_error(
+        &client
+            .post(
+                "/v1/Conversations/outreach-0002/Messages",
+                &[("Body", "hi")],
+            )
+            .await?,
+        404,
+        20404,
+    );
+    Ok(())
+}
+
 /// Counts, per sender, the most requests let through in any one-second window.
 fn max_per_second(times: &[i64]) -> usize {
     let mut best = 0;
