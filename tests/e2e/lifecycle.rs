@@ -5,11 +5,24 @@
 //! message with the echo responder's summary; one archival request is
 //! written; the user's next text opens a new conversation with a new session
 //! and is greeted back.
+//!
+//! Si starting conversations (`START_CONVERSATION`): in messaging mode an
+//! opted-out user gets nothing (a BLOCKED status and a compliance event say
+//! why) while an opted-in one gets the opening text and their reply joins
+//! the started conversation and its session; in Conversations mode the
+//! conversation is created, the participant added and the opening sent, in
+//! that order, all naming the conversation by its UniqueName.
 
 use std::time::Duration;
 
 use si_catalog::{Catalog, keys};
-use si_schemas::records::{ArchivalReason, ArchivalRequest, InboundMessage};
+use std::collections::BTreeMap;
+
+use si_schemas::records::{
+    ArchivalReason, ArchivalRequest, Channel, Command, CommandKind, ComplianceEvent,
+    ComplianceEventKind, ComplianceSource, ConsentState, ConsentStatus, DeliveryOutcome,
+    DeliveryStatus, InboundMessage,
+};
 use si_schemas::topics;
 use si_testkit::{StageProcess, TestEnv, free_port, wait_for};
 use twilio_sandbox::{InboundSms, RequestRecord, Sandbox, SandboxConfig, SandboxHandle};
@@ -171,6 +184,233 @@ async fn quiet_warned_closed_with_a_summary_archived_and_welcomed_back() -> anyh
         "the first-contact welcome only once: {sent:#?}"
     );
 
+    for stage in &mut stages {
+        stage.terminate(Duration::from_secs(30))?;
+    }
+    Ok(())
+}
+
+const OPTED_OUT: &str = "+14155550125";
+
+fn start(command_id: &str, conversation: &str, to: &str, text: &str) -> Command {
+    Command {
+        command_id: command_id.into(),
+        conversation_id: conversation.into(),
+        session_id: Some(format!("session-{conversation}")),
+        kind: CommandKind::StartConversation,
+        address: Some(to.into()),
+        channel: Some(Channel::Sms),
+        locale: None,
+        reason: None,
+        issued_by: "e2e".into(),
+        issued_at: 0,
+        params: BTreeMap::from([("text".to_owned(), text.to_owned())]),
+    }
+}
+
+/// Spawns `stages` (binary, extra variables) against `env` and the sandbox,
+/// and waits until every one is ready.
+async fn spawn_all(
+    env: &TestEnv,
+    sandbox: &SandboxHandle,
+    stages: Vec<(&str, Vec<(&str, &str)>)>,
+) -> anyhow::Result<Vec<StageProcess>> {
+    let base = sandbox.base_url();
+    let common = [
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("TWILIO_ACCOUNT_SID", sandbox.account_sid()),
+        ("TWILIO_API_BASE_URL", base.as_str()),
+        ("TWILIO_CONVERSATIONS_BASE_URL", base.as_str()),
+    ];
+    let mut running = Vec::new();
+    for (binary, extra) in stages {
+        let vars: Vec<(&str, &str)> = common.iter().copied().chain(extra).collect();
+        running.push(StageProcess::spawn(env, binary, "start-0", &vars)?);
+    }
+    for stage in &mut running {
+        stage.ready(DEADLINE).await?;
+    }
+    Ok(running)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn si_starts_a_conversation_only_with_a_user_who_may_be_reached() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let ingress_url = format!("http://127.0.0.1:{}", free_port()?);
+    let sandbox = Sandbox::start(SandboxConfig {
+        auth_token: TOKEN.into(),
+        callback_url: Some(ingress_url.clone()),
+        ..SandboxConfig::default()
+    })
+    .await?;
+    // The second user opted out earlier.
+    let stop = ConsentState {
+        address: OPTED_OUT.into(),
+        channel: Channel::Sms,
+        sender_scope: "*".into(),
+        status: ConsentStatus::OptedOut,
+        source: ComplianceSource::Keyword,
+        decided_at: 1,
+        updated_at: 1,
+        keyword: Some("STOP".into()),
+        event_ref: None,
+    };
+    env.produce(topics::CONSENT, &stop.key(), &stop).await?;
+    let listen = ingress_url.trim_start_matches("http://").to_owned();
+    let mut stages = spawn_all(
+        &env,
+        &sandbox,
+        vec![
+            (
+                "si-ingress",
+                vec![
+                    ("LISTEN_ADDR", listen.as_str()),
+                    ("PUBLIC_BASE_URL", ingress_url.as_str()),
+                ],
+            ),
+            ("si-normalize", vec![("VISITOR_ID_SECRET", "start-secret")]),
+            ("si-consent", vec![]),
+            ("si-echo-responder", vec![]),
+            ("si-segment", vec![]),
+            ("si-egress", vec![]),
+            (
+                "si-lifecycle",
+                vec![
+                    ("LIFECYCLE_START_FROM", SI_NUMBER),
+                    ("TIMER_INTERVAL", "100ms"),
+                ],
+            ),
+        ],
+    )
+    .await?;
+
+    let refused = start("cmd-out", "outreach-out", OPTED_OUT, "Your order shipped.");
+    env.produce(topics::COMMANDS, &refused.conversation_id, &refused)
+        .await?;
+    let opening = "Hi, this is Si: your order shipped. Any questions?";
+    let started = start("cmd-in", "outreach-in", USER, opening);
+    env.produce(topics::COMMANDS, &started.conversation_id, &started)
+        .await?;
+
+    // The refusal: a status for the issuer and the audit record, nothing sent.
+    let status = env
+        .find::<DeliveryStatus>(topics::DELIVERY, DEADLINE, |d| {
+            d.operation_id == "lifecycle-start-cmd-out"
+        })
+        .await?;
+    assert_eq!(status.outcome, DeliveryOutcome::Blocked, "{status:#?}");
+    let audit = env
+        .find::<ComplianceEvent>(topics::COMPLIANCE, DEADLINE, |e| {
+            e.message_ref.as_deref() == Some("cmd-out")
+        })
+        .await?;
+    assert_eq!(audit.kind, ComplianceEventKind::BlockedOutbound);
+    assert_eq!(audit.address, OPTED_OUT);
+
+    // The start: the opening reaches the user from our number.
+    let sent = received(&sandbox, opening).await?;
+    assert_eq!(sent, [opening], "the opening first and alone");
+    let status = env
+        .find::<DeliveryStatus>(topics::DELIVERY, DEADLINE, |d| {
+            d.operation_id == "lifecycle-start-cmd-in"
+        })
+        .await?;
+    assert_eq!(status.outcome, DeliveryOutcome::Accepted);
+
+    // The user's reply joins the started conversation and its session.
+    say(&sandbox, "Where is it now?").await?;
+    received(&sandbox, "Echo: Where is it now?").await?;
+    let reply = env
+        .find::<InboundMessage>(topics::INBOUND, DEADLINE, |m| m.text == "Where is it now?")
+        .await?;
+    assert_eq!(reply.conversation_id, "outreach-in");
+    assert_eq!(reply.session_id, "session-outreach-in");
+
+    let to_opted_out = sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.params.get("To").map(String::as_str) == Some(OPTED_OUT))
+        .count();
+    assert_eq!(to_opted_out, 0, "nothing reached the opted-out user");
+    for stage in &mut stages {
+        stage.terminate(Duration::from_secs(30))?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_conversations_mode_a_start_creates_adds_and_sends_in_that_order() -> anyhow::Result<()>
+{
+    let env = TestEnv::start().await?;
+    let sandbox = Sandbox::start(SandboxConfig {
+        auth_token: TOKEN.into(),
+        ..SandboxConfig::default()
+    })
+    .await?;
+    let mut stages = spawn_all(
+        &env,
+        &sandbox,
+        vec![
+            ("si-segment", vec![]),
+            ("si-egress", vec![]),
+            (
+                "si-lifecycle",
+                vec![
+                    ("LIFECYCLE_START_MODE", "conversations"),
+                    ("LIFECYCLE_START_FROM", SI_NUMBER),
+                ],
+            ),
+        ],
+    )
+    .await?;
+    let opening = "Hi, this is Si. Your appointment is tomorrow at 10.";
+    let command = start("cmd-conv", "outreach-conv", USER, opening);
+    env.produce(topics::COMMANDS, &command.conversation_id, &command)
+        .await?;
+    let requests = wait_for("the opening at Twilio", DEADLINE, || async {
+        let requests: Vec<RequestRecord> = sandbox
+            .requests()
+            .into_iter()
+            .filter(|r| r.status < 300)
+            .collect();
+        Ok(requests
+            .iter()
+            .any(|r| r.path.ends_with("/Messages"))
+            .then_some(requests))
+    })
+    .await?;
+    let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/Conversations",
+            "/v1/Conversations/outreach-conv/Participants",
+            "/v1/Conversations/outreach-conv/Messages",
+        ],
+        "{requests:#?}"
+    );
+    assert_eq!(
+        requests[0].params.get("UniqueName").map(String::as_str),
+        Some("outreach-conv")
+    );
+    assert_eq!(
+        requests[1]
+            .params
+            .get("MessagingBinding.Address")
+            .map(String::as_str),
+        Some(USER)
+    );
+    assert_eq!(
+        requests[1]
+            .params
+            .get("MessagingBinding.ProxyAddress")
+            .map(String::as_str),
+        Some(SI_NUMBER)
+    );
+    assert_eq!(
+        requests[2].params.get("Body").map(String::as_str),
+        Some(opening)
+    );
     for stage in &mut stages {
         stage.terminate(Duration::from_secs(30))?;
     }
