@@ -39,6 +39,11 @@
 //! conversation whose user came back after a closure (the participant
 //! directory, read as a global table, holds the closed conversation for the
 //! pair, or the new one naming it) gets the localized welcome-back.
+//!
+//! `START_CONVERSATION` (Si reaches out) is in [`processor`]'s `start`
+//! module: identity and consent tables read whole, the conversation opened
+//! under the issuer's id (or the user's active one joined), the opening text
+//! sent once lifecycle reads back its own `PARTICIPANT_JOINED` event.
 
 pub mod processor;
 
