@@ -411,6 +411,12 @@ async fn in_conversations_mode_a_start_creates_adds_and_sends_in_that_order() ->
         requests[2].params.get("Body").map(String::as_str),
         Some(opening)
     );
+    // Each one as Twilio's OpenAPI description allows.
+    let oai = si_testkit::openapi::TwilioOpenApi::load()?;
+    for request in &requests {
+        oai.check_post(&request.path, &request.all_params, &[])
+            .map_err(|violations| anyhow::anyhow!("{violations:#?}"))?;
+    }
     for stage in &mut stages {
         stage.terminate(Duration::from_secs(30))?;
     }

@@ -15,6 +15,7 @@ use si_runtime::{KafkaArgs, RegistryArgs};
 use si_schemas::{AvroRecord, Codec, Registry};
 use sictl::topics_file::{Overrides, TopicsFile};
 
+pub mod openapi;
 pub mod process;
 
 pub use process::{StageProcess, stage_binary, wait_for};
