@@ -99,8 +99,12 @@ fn operations() -> Vec<(&'static str, OutboundOperation)> {
     create.to = None;
     create.from = None;
     create.messaging_service_sid = Some("MG00000000000000000000000000000001".into());
-    create.params.insert("UniqueName".into(), "outreach-0001".into());
-    create.params.insert("si.purpose".into(), "lifecycle".into());
+    create
+        .params
+        .insert("UniqueName".into(), "outreach-0001".into());
+    create
+        .params
+        .insert("si.purpose".into(), "lifecycle".into());
     all.push(("create a conversation with a UniqueName", create));
     let mut add = op(OperationKind::AddParticipant);
     add.body = None;
@@ -139,7 +143,12 @@ fn the_oracle_refuses_malformed_requests() {
     assert!(violations[0].contains("Frm"), "{violations:?}");
     let no_to = strings(&[("From", OURS), ("Body", "hi")]);
     let violations = oai.check_post(messages, &no_to, &[]).unwrap_err();
-    assert!(violations.iter().any(|v| v.contains("required parameter To")), "{violations:?}");
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.contains("required parameter To")),
+        "{violations:?}"
+    );
     let bad_enum = strings(&[("To", USER), ("Body", "hi"), ("ScheduleType", "sometime")]);
     let violations = oai.check_post(messages, &bad_enum, &[]).unwrap_err();
     assert!(violations[0].contains("ScheduleType"), "{violations:?}");
@@ -153,12 +162,19 @@ fn the_oracle_refuses_malformed_requests() {
     let violations = oai.check_post(calls, &bad_flag, &[]).unwrap_err();
     assert!(violations[0].contains("Record"), "{violations:?}");
     let state = strings(&[("State", "open")]);
-    assert!(oai.check_post("/v1/Conversations/CH1", &state, &[]).is_err());
+    assert!(
+        oai.check_post("/v1/Conversations/CH1", &state, &[])
+            .is_err()
+    );
     assert!(oai.check_post("/v1/Nope", &[], &[]).is_err());
     let header = strings(&[("X-Twilio-Webhook-Enabled", "maybe")]);
     assert!(
-        oai.check_post("/v1/Conversations/CH1/Messages", &strings(&[("Body", "x")]), &header)
-            .is_err()
+        oai.check_post(
+            "/v1/Conversations/CH1/Messages",
+            &strings(&[("Body", "x")]),
+            &header
+        )
+        .is_err()
     );
 }
 
@@ -167,8 +183,8 @@ fn every_request_egress_builds_is_one_twilio_describes() {
     let oai = TwilioOpenApi::load().unwrap();
     let mut failures = Vec::new();
     for (what, operation) in operations() {
-        let request = build_request(&endpoints(), &operation)
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let request =
+            build_request(&endpoints(), &operation).unwrap_or_else(|e| panic!("{what}: {e}"));
         if let Err(violations) = oai.check_post(path(&request.url), &request.form, &[]) {
             failures.push(format!("{what}: {violations:#?}"));
         }

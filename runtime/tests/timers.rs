@@ -71,6 +71,7 @@ fn entry(key: &str) -> LifecycleState {
         media: Vec::new(),
         programmable_messaging: false,
         opening_text: None,
+        conversation_sid: None,
     }
 }
 

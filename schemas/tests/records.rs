@@ -1200,6 +1200,7 @@ fn lifecycle_state_full() -> LifecycleState {
         media: vec![media_full(), media_min()],
         programmable_messaging: true,
         opening_text: some("Hi, this is Si."),
+        conversation_sid: some("CH00000000000000000000000000000002"),
     }
 }
 
@@ -1224,6 +1225,7 @@ fn lifecycle_state_min() -> LifecycleState {
         media: vec![],
         programmable_messaging: false,
         opening_text: None,
+        conversation_sid: None,
     }
 }
 

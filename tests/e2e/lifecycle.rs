@@ -342,15 +342,27 @@ async fn si_starts_a_conversation_only_with_a_user_who_may_be_reached() -> anyho
 async fn in_conversations_mode_a_start_creates_adds_and_sends_in_that_order() -> anyhow::Result<()>
 {
     let env = TestEnv::start().await?;
+    let ingress_url = format!("http://127.0.0.1:{}", free_port()?);
     let sandbox = Sandbox::start(SandboxConfig {
         auth_token: TOKEN.into(),
+        callback_url: Some(ingress_url.clone()),
         ..SandboxConfig::default()
     })
     .await?;
+    let listen = ingress_url.trim_start_matches("http://").to_owned();
     let mut stages = spawn_all(
         &env,
         &sandbox,
         vec![
+            (
+                "si-ingress",
+                vec![
+                    ("LISTEN_ADDR", listen.as_str()),
+                    ("PUBLIC_BASE_URL", ingress_url.as_str()),
+                ],
+            ),
+            ("si-normalize", vec![("VISITOR_ID_SECRET", "start-secret")]),
+            ("si-consent", vec![]),
             ("si-segment", vec![]),
             ("si-egress", vec![]),
             (
@@ -417,6 +429,30 @@ async fn in_conversations_mode_a_start_creates_adds_and_sends_in_that_order() ->
         oai.check_post(&request.path, &request.all_params, &[])
             .map_err(|violations| anyhow::anyhow!("{violations:#?}"))?;
     }
+
+    // The user answers; Twilio reports it under the ConversationSid it
+    // created, and the message is filed under the started id and session.
+    let created = env
+        .find::<DeliveryStatus>(topics::DELIVERY, DEADLINE, |d| {
+            d.operation_id == "lifecycle-create-cmd-conv"
+        })
+        .await?;
+    let sid = created.twilio_sid.clone().unwrap_or_default();
+    assert!(sid.starts_with("CH"), "{created:#?}");
+    let posted = sandbox
+        .post_inbound_conversation_message(&twilio_sandbox::InboundConversationMessage {
+            conversation_sid: sid,
+            author: USER.into(),
+            body: "See you then".into(),
+            ..twilio_sandbox::InboundConversationMessage::default()
+        })
+        .await?;
+    assert_eq!(posted.status, 200);
+    let reply = env
+        .find::<InboundMessage>(topics::INBOUND, DEADLINE, |m| m.text == "See you then")
+        .await?;
+    assert_eq!(reply.conversation_id, "outreach-conv");
+    assert_eq!(reply.session_id, "session-outreach-conv");
     for stage in &mut stages {
         stage.terminate(Duration::from_secs(30))?;
     }

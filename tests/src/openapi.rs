@@ -38,7 +38,10 @@ impl TwilioOpenApi {
                 let root = repo_root().join(".cache/twilio-oai");
                 let mut versions: Vec<PathBuf> = std::fs::read_dir(&root)
                     .with_context(|| {
-                        format!("no Twilio OpenAPI description in {}: run dev/twilio-oai", root.display())
+                        format!(
+                            "no Twilio OpenAPI description in {}: run dev/twilio-oai",
+                            root.display()
+                        )
                     })?
                     .filter_map(|e| e.ok().map(|e| e.path()))
                     .collect();
@@ -80,7 +83,9 @@ impl TwilioOpenApi {
                 .and_then(|(_, item)| item.get("post"))
                 .map(|op| (spec, op))
         }) else {
-            return Err(vec![format!("POST {path}: no such operation in Twilio's description")]);
+            return Err(vec![format!(
+                "POST {path}: no such operation in Twilio's description"
+            )]);
         };
         let mut violations = Vec::new();
         let schema = operation
@@ -106,7 +111,9 @@ impl TwilioOpenApi {
             .filter_map(Value::as_str)
         {
             if !form.iter().any(|(n, _)| n == required) {
-                violations.push(format!("POST {path}: required parameter {required} is missing"));
+                violations.push(format!(
+                    "POST {path}: required parameter {required} is missing"
+                ));
             }
         }
         let described_headers: Vec<&Value> = operation
@@ -221,6 +228,9 @@ mod tests {
             "/2010-04-01/Accounts/{AccountSid}/Calls/{Sid}.json",
             "/2010-04-01/Accounts/AC1/Calls/CA1.json"
         ));
-        assert!(!matches_template("/v1/Conversations", "/v1/Conversations/CH1"));
+        assert!(!matches_template(
+            "/v1/Conversations",
+            "/v1/Conversations/CH1"
+        ));
     }
 }

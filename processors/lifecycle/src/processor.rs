@@ -469,6 +469,7 @@ impl LifecycleProcessor {
             programmable_messaging: event.conversation_id.starts_with(PM_PREFIX)
                 || event.source == EventSource::Messaging,
             opening_text: None,
+            conversation_sid: None,
         });
         if let Some(p) = participant {
             if p.address.is_some() {
@@ -683,6 +684,9 @@ impl LifecycleProcessor {
         delivery: &DeliveryStatus,
         state: &mut StateStore<LifecycleState>,
     ) -> Vec<Output> {
+        if delivery.operation_id.starts_with(CREATE_OPERATION_PREFIX) {
+            return self.on_created(ctx, delivery, state);
+        }
         let Some(response_id) = delivery.response_id.as_deref() else {
             return Vec::new();
         };
@@ -813,7 +817,7 @@ impl LifecycleProcessor {
         }
         if let Some(address) = conversation.address.clone() {
             let binding = ParticipantBinding {
-                address,
+                address: address.clone(),
                 channel: conversation.channel,
                 proxy_address: conversation.proxy_address.clone(),
                 conversation_id: conversation.conversation_id.clone(),
@@ -825,6 +829,14 @@ impl LifecycleProcessor {
                 previous_conversation_id: None,
             };
             outputs.push(Output::new(topics::PARTICIPANTS, binding.key(), binding));
+            if let Some(sid) = conversation.conversation_sid.as_deref() {
+                let alias = start::alias_binding(&conversation, sid, address, false, now);
+                outputs.push(Output::new(
+                    topics::PARTICIPANTS,
+                    ParticipantBinding::alias_key(sid),
+                    alias,
+                ));
+            }
         }
         let request = ArchivalRequest {
             request_id: archival_id(&conversation.conversation_id, conversation.opened_at),
@@ -1017,6 +1029,9 @@ impl Processor for LifecycleProcessor {
 #[path = "start.rs"]
 mod start;
 pub use start::{FROM_PARAM, START_EVENT_PREFIX, StartMode, TEXT_PARAM, USER_PARAM, start_id};
+
+/// Operation ids of the `CREATE_CONVERSATION` of a start begin with this.
+const CREATE_OPERATION_PREFIX: &str = "lifecycle-create-";
 
 #[cfg(test)]
 #[path = "processor_tests.rs"]

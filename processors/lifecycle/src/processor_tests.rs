@@ -1040,3 +1040,66 @@ fn malformed_starts_are_invalid() {
         Err(ProcessError::Invalid(_))
     ));
 }
+
+#[test]
+fn once_twilio_created_a_started_conversation_its_sid_is_aliased_until_closure() {
+    let mut h = Harness::outreach(
+        start_settings(StartMode::Conversations),
+        vec![],
+        vec![],
+        vec![],
+    );
+    let out = h.command(start_command(&[], Some(USER)), T0).unwrap();
+    read_back(&mut h, &out, T0 + 10);
+    let created = DeliveryStatus {
+        operation_id: start_id("create", "start-1"),
+        conversation_id: NEW.into(),
+        outcome: DeliveryOutcome::Accepted,
+        twilio_sid: Some(CH.into()),
+        segments: None,
+        error_code: None,
+        error_message: None,
+        attempts: 1,
+        response_id: None,
+        part_index: None,
+        at: T0 + 20,
+    };
+    let out = h.deliver(created.clone(), T0 + 20);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].key(), format!("alias:{CH}"));
+    let alias = out[0].record::<ParticipantBinding>().unwrap();
+    assert!(alias.active);
+    assert_eq!(alias.conversation_id, NEW);
+    assert_eq!(alias.session_id, "session-new");
+    assert_eq!(
+        h.conversation(NEW).unwrap().conversation_sid.as_deref(),
+        Some(CH)
+    );
+    assert!(h.deliver(created, T0 + 30).is_empty(), "a repeated status");
+    assert_eq!(h.timer(NEW), Some(T0 + 10 + WARN), "the idle timer is kept");
+
+    // Closure releases the alias with the pair.
+    let closing = h
+        .command(close_command(NEW, None, Some("Done.")), T0 + 40)
+        .unwrap();
+    let response = only::<CognitionResponse>(&closing, topics::RESPONSES)[0]
+        .response_id
+        .clone();
+    let finished = h.deliver(delivery(NEW, &response), T0 + 50);
+    let entries: Vec<(&str, bool)> = finished
+        .iter()
+        .filter(|o| o.topic() == topics::PARTICIPANTS)
+        .map(|o| (o.key(), o.record::<ParticipantBinding>().unwrap().active))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("sms:+14155550100|+14155550199", false),
+            (&*format!("alias:{CH}"), false)
+        ]
+    );
+    assert_eq!(
+        only::<OutboundOperation>(&finished, topics::OUTBOUND)[0].kind,
+        OperationKind::CloseConversation
+    );
+}

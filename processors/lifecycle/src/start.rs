@@ -327,6 +327,7 @@ impl LifecycleProcessor {
             media: Vec::new(),
             programmable_messaging: messaging,
             opening_text: Some(text),
+            conversation_sid: None,
         };
         let warn_at = now.saturating_add(millis(self.settings.warn_after));
         self.save_with_timer(state, conversation, warn_at);
@@ -369,6 +370,42 @@ impl LifecycleProcessor {
         );
         self.activity(ctx.timestamp_ms, conversation, state);
         vec![opening]
+    }
+
+    /// Twilio created the conversation Si started in Conversations mode:
+    /// the directory's alias entry maps its ConversationSid to the id Si
+    /// started it under, so normalize files the user's replies (which Twilio
+    /// reports by SID) under that id and its session.
+    pub(super) fn on_created(
+        &self,
+        ctx: &RecordContext<'_>,
+        delivery: &DeliveryStatus,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Vec<Output> {
+        let key = conversation_key(&delivery.conversation_id);
+        let Some(mut conversation) = state.get(&key).cloned() else {
+            return Vec::new();
+        };
+        let (Some(sid), Some(address)) = (
+            delivery
+                .twilio_sid
+                .clone()
+                .filter(|_| delivery.outcome == DeliveryOutcome::Accepted),
+            conversation.address.clone(),
+        ) else {
+            return Vec::new();
+        };
+        if conversation.conversation_sid.as_deref() == Some(sid.as_str()) {
+            return Vec::new(); // a repeated status
+        }
+        let alias = alias_binding(&conversation, &sid, address, true, ctx.timestamp_ms);
+        conversation.conversation_sid = Some(sid.clone());
+        self.save(state, conversation);
+        vec![Output::new(
+            topics::PARTICIPANTS,
+            ParticipantBinding::alias_key(&sid),
+            alias,
+        )]
     }
 
     /// The user's address: the command's, or the user's on the channel in
@@ -550,4 +587,26 @@ fn is_e164(address: &str) -> bool {
     address
         .strip_prefix('+')
         .is_some_and(|d| (7..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The directory's alias entry of `sid` for `conversation`.
+pub(super) fn alias_binding(
+    conversation: &LifecycleState,
+    sid: &str,
+    address: String,
+    active: bool,
+    now: i64,
+) -> ParticipantBinding {
+    ParticipantBinding {
+        address,
+        channel: conversation.channel,
+        proxy_address: conversation.proxy_address.clone(),
+        conversation_id: conversation.conversation_id.clone(),
+        session_id: conversation.session_id.clone(),
+        participant_sid: Some(sid.to_owned()),
+        active,
+        bound_at: conversation.opened_at,
+        updated_at: now,
+        previous_conversation_id: None,
+    }
 }

@@ -469,6 +469,25 @@ impl Normalizer {
             .then(|| bound.session_id.clone())
     }
 
+    /// The conversation a Twilio ConversationSid is filed under: the id Si
+    /// started it under when lifecycle aliased it in the directory
+    /// (`alias:<sid>`, active), else the SID itself.
+    fn conversation_of_sid(&self, sid: &str) -> String {
+        self.directory
+            .get(&ParticipantBinding::alias_key(sid))
+            .filter(|a| a.active)
+            .map_or_else(|| sid.to_owned(), |a| a.conversation_id.clone())
+    }
+
+    /// The session Si started an aliased Twilio Conversation with.
+    fn alias_session(&self, params: &Params, conversation_id: &str) -> Option<String> {
+        let sid = params.get("ConversationSid")?;
+        self.directory
+            .get(&ParticipantBinding::alias_key(sid))
+            .filter(|a| a.active && a.conversation_id == conversation_id)
+            .map(|a| a.session_id.clone())
+    }
+
     /// The conversation of a Programmable Messaging webhook; see the crate docs.
     fn messaging_conversation(
         &self,
@@ -485,7 +504,7 @@ impl Normalizer {
             return hint.to_owned();
         }
         if let Some(sid) = params.get("ConversationSid") {
-            return sid.to_owned();
+            return self.conversation_of_sid(sid);
         }
         let binding = self.directory_binding(user, proxy);
         if let Some(bound) = binding.as_ref().filter(|b| b.active) {
@@ -553,7 +572,7 @@ impl Normalizer {
         };
         let draft = match kind {
             Kind::MessageAdded => {
-                let conversation = require(params, "ConversationSid")?.to_owned();
+                let conversation = self.conversation_of_sid(require(params, "ConversationSid")?);
                 let message_sid = require(params, "MessageSid")?.to_owned();
                 let binding = binding_of(&conversation);
                 let author = params.get("Author").map(Address::parse);
@@ -621,7 +640,7 @@ impl Normalizer {
                 draft
             }
             Kind::DeliveryUpdated => {
-                let conversation = require(params, "ConversationSid")?.to_owned();
+                let conversation = self.conversation_of_sid(require(params, "ConversationSid")?);
                 let message_sid = require(params, "MessageSid")?.to_owned();
                 let status = require(params, "Status")?;
                 let binding = binding_of(&conversation);
@@ -647,7 +666,7 @@ impl Normalizer {
                 draft
             }
             Kind::ParticipantAdded | Kind::ParticipantRemoved => {
-                let conversation = require(params, "ConversationSid")?.to_owned();
+                let conversation = self.conversation_of_sid(require(params, "ConversationSid")?);
                 let participant_sid = require(params, "ParticipantSid")?.to_owned();
                 let address = params.get("MessagingBinding.Address").map(Address::parse);
                 let proxy = params
@@ -699,7 +718,7 @@ impl Normalizer {
                 draft
             }
             Kind::ConversationAdded => {
-                let conversation = require(params, "ConversationSid")?.to_owned();
+                let conversation = self.conversation_of_sid(require(params, "ConversationSid")?);
                 let mut draft = Draft::new(
                     T::ConversationStarted,
                     EventSource::Conversations,
@@ -724,7 +743,7 @@ impl Normalizer {
                 draft
             }
             Kind::ConversationStateUpdated => {
-                let conversation = require(params, "ConversationSid")?.to_owned();
+                let conversation = self.conversation_of_sid(require(params, "ConversationSid")?);
                 let to = require(params, "StateTo")?;
                 let mut draft = Draft::new(
                     T::ConversationStateChanged,
@@ -1049,6 +1068,7 @@ impl Processor for Normalizer {
                 conversation_id: draft.conversation_id.clone(),
                 session_id: self
                     .directory_session(&draft)
+                    .or_else(|| self.alias_session(&params, &draft.conversation_id))
                     .unwrap_or_else(|| ids::session_id(&draft.conversation_id)),
                 bound_at: now,
                 last_event_at: now,
@@ -1679,6 +1699,47 @@ mod tests {
         assert_eq!(e.session_id, "session-from-the-command");
         let (again, _) = run.directory(inbound(Some("tok-t"), "SM8", user));
         assert_eq!(again.session_id, "session-from-the-command");
+    }
+
+    #[test]
+    fn a_conversation_si_started_under_another_id_is_filed_under_it() {
+        // Lifecycle aliased the ConversationSid Twilio created to the id and
+        // session Si started the conversation with.
+        let alias = ParticipantBinding {
+            address: "+14155550100".into(),
+            channel: Channel::Sms,
+            proxy_address: Some("+14155550199".into()),
+            conversation_id: "outreach-0001".into(),
+            session_id: "session-from-the-command".into(),
+            participant_sid: Some(CH.into()),
+            active: true,
+            bound_at: T - 60_000,
+            updated_at: T - 50_000,
+            previous_conversation_id: None,
+        };
+        let directory = GlobalTable::from_entries(
+            "si.participants.v1",
+            [(ParticipantBinding::alias_key(CH), alias)],
+        );
+        let mut run = Run::new();
+        run.n = Normalizer::new(
+            Settings::default(),
+            GlobalTable::from_entries("si.identity.v1", []),
+            directory,
+            NormalizeMetrics::unregistered(),
+        );
+        let e = run.event(conv(
+            "onMessageAdded",
+            "tok-a",
+            &[
+                ("MessageSid", "IM1"),
+                ("Author", "+14155550100"),
+                ("Body", "Thanks!"),
+                ("Source", "SMS"),
+            ],
+        ));
+        assert_eq!(e.conversation_id, "outreach-0001");
+        assert_eq!(e.session_id, "session-from-the-command");
     }
 
     #[test]

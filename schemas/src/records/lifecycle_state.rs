@@ -52,6 +52,10 @@ pub struct LifecycleState {
     /// back its own participant event.
     #[serde(default)]
     pub opening_text: Option<String>,
+    /// The ConversationSid of a conversation Si started in Conversations
+    /// mode, once created (aliased to the id in the directory).
+    #[serde(default)]
+    pub conversation_sid: Option<String>,
 }
 
 crate::avro_record!(LifecycleState, "lifecycle_state.avsc");

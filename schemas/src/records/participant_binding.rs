@@ -45,4 +45,12 @@ impl ParticipantBinding {
             self.proxy_address.as_deref().unwrap_or("")
         )
     }
+
+    /// The key of the alias entry of a Twilio Conversation Si started under
+    /// another id (its UniqueName): `alias:<ConversationSid>`. The entry's
+    /// `conversation_id` and `session_id` are the ones Si started it with.
+    #[must_use]
+    pub fn alias_key(conversation_sid: &str) -> String {
+        format!("alias:{conversation_sid}")
+    }
 }
