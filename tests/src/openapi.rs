@@ -188,10 +188,10 @@ fn check_value(spec: &Value, schema: &Value, value: &str) -> Option<String> {
         Some("array") => schema.get("items").map_or(schema, |i| resolve(spec, i)),
         _ => schema,
     };
-    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
-        if !values.iter().any(|v| v.as_str() == Some(value)) {
-            return Some(format!("not one of {values:?}"));
-        }
+    if let Some(values) = schema.get("enum").and_then(Value::as_array)
+        && !values.iter().any(|v| v.as_str() == Some(value))
+    {
+        return Some(format!("not one of {values:?}"));
     }
     match schema.get("type").and_then(Value::as_str) {
         Some("integer") if value.parse::<i64>().is_err() => Some("not an integer".into()),
