@@ -153,6 +153,10 @@ fn message_content(
     Ok(())
 }
 
+/// `params` name of the call an `END_CALL` hangs up (ours: never sent as a
+/// form parameter).
+pub const CALL_SID_PARAM: &str = "si.call_sid";
+
 /// The request an operation makes.
 ///
 /// # Errors
@@ -265,6 +269,18 @@ pub fn build_request(
                 "{}/2010-04-01/Accounts/{}/Calls.json",
                 endpoints.api_base,
                 path_sid("account sid", &endpoints.account_sid)?
+            )
+        }
+        OperationKind::EndCall => {
+            let call_sid = op.params.get(CALL_SID_PARAM).ok_or_else(|| {
+                InvalidOperation(format!("END_CALL needs params[{CALL_SID_PARAM}]"))
+            })?;
+            push(&mut form, "Status", "completed");
+            format!(
+                "{}/2010-04-01/Accounts/{}/Calls/{}.json",
+                endpoints.api_base,
+                path_sid("account sid", &endpoints.account_sid)?,
+                path_sid("call sid", call_sid)?
             )
         }
         OperationKind::Unknown => {
@@ -630,6 +646,27 @@ mod tests {
         assert!(f.contains(&("MachineDetection", "Enable")));
         o.call = None;
         assert!(build_request(&endpoints(), &o).is_err());
+    }
+
+    #[test]
+    fn ending_a_call_posts_completed_to_the_call() {
+        let mut o = op(OperationKind::EndCall);
+        o.channel = Channel::Voice;
+        o.body = None;
+        o.params.insert(
+            CALL_SID_PARAM.into(),
+            "CA0123456789abcdef0123456789abcdef".into(),
+        );
+        let r = build_request(&endpoints(), &o).unwrap();
+        assert_eq!(
+            r.url,
+            "https://api.twilio.com/2010-04-01/Accounts/AC123/Calls/CA0123456789abcdef0123456789abcdef.json"
+        );
+        assert_eq!(pairs(&r.form), vec![("Status", "completed")]);
+        o.params.insert(CALL_SID_PARAM.into(), "../Messages".into());
+        assert!(build_request(&endpoints(), &o).is_err(), "not a SID");
+        o.params.clear();
+        assert!(build_request(&endpoints(), &o).is_err(), "no call named");
     }
 
     #[test]

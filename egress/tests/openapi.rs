@@ -129,6 +129,14 @@ fn operations() -> Vec<(&'static str, OutboundOperation)> {
         machine_detection: Some("Enable".into()),
     });
     all.push(("a call with every option", call));
+    let mut end = op(OperationKind::EndCall);
+    end.channel = Channel::Voice;
+    end.body = None;
+    end.params.insert(
+        si_egress::twilio::CALL_SID_PARAM.into(),
+        "CA00000000000000000000000000000001".into(),
+    );
+    all.push(("end a call", end));
     all
 }
 

@@ -72,6 +72,7 @@ fn entry(key: &str) -> LifecycleState {
         programmable_messaging: false,
         opening_text: None,
         conversation_sid: None,
+        active_call_sid: None,
     }
 }
 

@@ -1201,6 +1201,7 @@ fn lifecycle_state_full() -> LifecycleState {
         programmable_messaging: true,
         opening_text: some("Hi, this is Si."),
         conversation_sid: some("CH00000000000000000000000000000002"),
+        active_call_sid: some("CA00000000000000000000000000000003"),
     }
 }
 
@@ -1226,6 +1227,7 @@ fn lifecycle_state_min() -> LifecycleState {
         programmable_messaging: false,
         opening_text: None,
         conversation_sid: None,
+        active_call_sid: None,
     }
 }
 

@@ -14,10 +14,10 @@ use si_runtime::processor::{
 use si_runtime::state::StateStore;
 use si_runtime::table::GlobalTable;
 use si_schemas::records::{
-    ArchivalReason, ArchivalRequest, Channel, CognitionResponse, Command, CommandKind,
-    ConversationEvent, ConversationEventType, ConversationState, DeliveryStatus, EventSource,
-    IdentityRecord, InboundMessage, InboundPurpose, LifecyclePhase, LifecycleState, OperationKind,
-    OutboundOperation, ParticipantBinding, ResponsePurpose, TranscriptEntry,
+    ArchivalReason, ArchivalRequest, CallEvent, CallState, Channel, CognitionResponse, Command,
+    CommandKind, ConversationEvent, ConversationEventType, ConversationState, DeliveryStatus,
+    EventSource, IdentityRecord, InboundMessage, InboundPurpose, LifecyclePhase, LifecycleState,
+    OperationKind, OutboundOperation, ParticipantBinding, ResponsePurpose, TranscriptEntry,
 };
 use si_schemas::{Codec, CodecError, topics};
 
@@ -413,6 +413,12 @@ impl LifecycleProcessor {
             {
                 Ok(self.on_started(ctx, event, state))
             }
+            ConversationEventType::CallStatusChanged => {
+                if let (Some(conversation), Some(call)) = (existing, event.call.as_ref()) {
+                    self.on_call(ctx.timestamp_ms, conversation, call, state);
+                }
+                Ok(Vec::new())
+            }
             ConversationEventType::ConversationStateChanged
             | ConversationEventType::ConversationStarted => {
                 let closed = event
@@ -470,6 +476,7 @@ impl LifecycleProcessor {
                 || event.source == EventSource::Messaging,
             opening_text: None,
             conversation_sid: None,
+            active_call_sid: None,
         });
         if let Some(p) = participant {
             if p.address.is_some() {
@@ -705,6 +712,36 @@ impl LifecycleProcessor {
         Vec::new()
     }
 
+    /// A call of the conversation changed status: remember the one still
+    /// active (closure hangs it up); a live call is activity.
+    fn on_call(
+        &self,
+        now: i64,
+        mut conversation: LifecycleState,
+        call: &CallEvent,
+        state: &mut StateStore<LifecycleState>,
+    ) {
+        let live = matches!(
+            call.status,
+            CallState::Queued | CallState::Ringing | CallState::InProgress
+        );
+        if live {
+            conversation.active_call_sid = Some(call.call_sid.clone());
+        } else if conversation.active_call_sid.as_deref() == Some(call.call_sid.as_str()) {
+            conversation.active_call_sid = None;
+        }
+        if live
+            && matches!(
+                conversation.phase,
+                LifecyclePhase::Open | LifecyclePhase::Warned
+            )
+        {
+            self.activity(now, conversation, state);
+        } else {
+            self.save(state, conversation);
+        }
+    }
+
     fn on_transcript(&self, entry: &TranscriptEntry, state: &mut StateStore<LifecycleState>) {
         let key = conversation_key(&entry.conversation_id);
         let Some(mut conversation) = state.get(&key).cloned() else {
@@ -806,6 +843,15 @@ impl LifecycleProcessor {
         let mut outputs = Vec::new();
         let messaging = conversation.programmable_messaging
             || conversation.conversation_id.starts_with(PM_PREFIX);
+        if let Some(call_sid) = conversation.active_call_sid.as_deref() {
+            match self.end_call_operation(now, &conversation, call_sid) {
+                Some(op) => outputs.push(Output::new(topics::OUTBOUND, op.sender_key.clone(), op)),
+                None => tracing::warn!(
+                    conversation = %conversation.conversation_id,
+                    "no number of ours known to end the conversation's call"
+                ),
+            }
+        }
         if close_at_twilio && !messaging {
             match self.close_operation(now, &conversation) {
                 Some(op) => outputs.push(Output::new(topics::OUTBOUND, op.sender_key.clone(), op)),
@@ -880,31 +926,35 @@ impl LifecycleProcessor {
             (_, Some(proxy)) => c.channel.address_key(proxy),
             (_, None) => self.settings.messaging_service_sid.clone()?,
         };
-        Some(OutboundOperation {
-            operation_id: close_operation_id(&c.conversation_id, c.opened_at),
-            conversation_id: c.conversation_id.clone(),
-            kind: OperationKind::CloseConversation,
-            channel: c.channel,
+        Some(operation(
+            close_operation_id(&c.conversation_id, c.opened_at),
+            &c.conversation_id,
+            OperationKind::CloseConversation,
+            c.channel,
             sender_key,
-            to: None,
-            from: None,
-            messaging_service_sid: None,
-            body: None,
-            media_urls: Vec::new(),
-            content_sid: None,
-            content_variables_json: None,
-            response_id: None,
-            part_index: 0,
-            part_count: 1,
-            segments: None,
-            encoding: None,
-            template_reason: None,
-            call: None,
-            params: BTreeMap::from([(PURPOSE_PARAM.to_owned(), PURPOSE.to_owned())]),
-            created_at: now,
-            not_after: None,
-            traceparent: None,
-        })
+            now,
+        ))
+    }
+
+    /// `END_CALL` for the conversation's live call, from our number.
+    fn end_call_operation(
+        &self,
+        now: i64,
+        c: &LifecycleState,
+        call_sid: &str,
+    ) -> Option<OutboundOperation> {
+        let ours = c.proxy_address.as_deref()?;
+        let mut op = operation(
+            format!("{ID_PREFIX}end-call-{}-{}", c.conversation_id, c.opened_at),
+            &c.conversation_id,
+            OperationKind::EndCall,
+            Channel::Voice,
+            Channel::Voice.address_key(ours),
+            now,
+        );
+        op.params
+            .insert(CALL_SID_PARAM.to_owned(), call_sid.to_owned());
+        Some(op)
     }
 
     fn warning_text(&self, locale: &str) -> (String, String) {
@@ -915,6 +965,45 @@ impl LifecycleProcessor {
             text.text.replace("{minutes}", &minutes.to_string()),
             text.locale.to_owned(),
         )
+    }
+}
+
+/// `params` name of the call an `END_CALL` hangs up (egress reads it).
+pub const CALL_SID_PARAM: &str = "si.call_sid";
+
+/// An operation of lifecycle's own (`params["si.purpose"]` = `lifecycle`).
+pub(crate) fn operation(
+    operation_id: String,
+    conversation_id: &str,
+    kind: OperationKind,
+    channel: Channel,
+    sender_key: String,
+    now: i64,
+) -> OutboundOperation {
+    OutboundOperation {
+        operation_id,
+        conversation_id: conversation_id.to_owned(),
+        kind,
+        channel,
+        sender_key,
+        to: None,
+        from: None,
+        messaging_service_sid: None,
+        body: None,
+        media_urls: Vec::new(),
+        content_sid: None,
+        content_variables_json: None,
+        response_id: None,
+        part_index: 0,
+        part_count: 1,
+        segments: None,
+        encoding: None,
+        template_reason: None,
+        call: None,
+        params: BTreeMap::from([(PURPOSE_PARAM.to_owned(), PURPOSE.to_owned())]),
+        created_at: now,
+        not_after: None,
+        traceparent: None,
     }
 }
 

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use si_schemas::records::{
-    ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentState, ConsentStatus,
-    DeliveryOutcome, EventSource, LocaleSource, MediaRef, MessageReceived, Participant,
-    StateChange,
+    CallEvent, CallState, ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentState,
+    ConsentStatus, DeliveryOutcome, EventSource, LocaleSource, MediaRef, MessageReceived,
+    Participant, StateChange,
 };
 
 use super::*;
@@ -1102,4 +1102,80 @@ fn once_twilio_created_a_started_conversation_its_sid_is_aliased_until_closure()
         only::<OutboundOperation>(&finished, topics::OUTBOUND)[0].kind,
         OperationKind::CloseConversation
     );
+}
+
+fn call_event(conv: &str, n: i64, call_sid: &str, status: CallState) -> ConversationEvent {
+    ConversationEvent {
+        event_type: ConversationEventType::CallStatusChanged,
+        message: None,
+        call: Some(CallEvent {
+            call_sid: call_sid.into(),
+            status,
+            direction: Some("inbound".into()),
+            duration_seconds: None,
+            disclosure_accepted: None,
+        }),
+        ..message(conv, n, Vec::new())
+    }
+}
+
+/// Closes `conv` with a given summary and returns what its release wrote.
+fn close_now(h: &mut Harness, conv: &str, at: i64) -> Vec<Output> {
+    let closing = h
+        .command(close_command(conv, None, Some("Done.")), at)
+        .unwrap();
+    let response = only::<CognitionResponse>(&closing, topics::RESPONSES)[0]
+        .response_id
+        .clone();
+    h.deliver(delivery(conv, &response), at + 10)
+}
+
+#[test]
+fn a_call_still_live_at_closure_is_hung_up_and_one_that_ended_is_not() {
+    const CALL: &str = "CA00000000000000000000000000000001";
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    h.event(
+        call_event(CH, T0 + 5_000, CALL, CallState::InProgress),
+        T0 + 5_000,
+    );
+    let state = h.conversation(CH).unwrap();
+    assert_eq!(state.active_call_sid.as_deref(), Some(CALL));
+    assert_eq!(
+        h.timer(CH),
+        Some(T0 + 5_000 + WARN),
+        "a live call is activity"
+    );
+    let released = close_now(&mut h, CH, T0 + 6_000);
+    let ops = only::<OutboundOperation>(&released, topics::OUTBOUND);
+    let kinds: Vec<_> = ops.iter().map(|o| o.kind).collect();
+    assert_eq!(
+        kinds,
+        [OperationKind::EndCall, OperationKind::CloseConversation]
+    );
+    assert_eq!(
+        ops[0].params.get(CALL_SID_PARAM).map(String::as_str),
+        Some(CALL)
+    );
+    assert_eq!(ops[0].sender_key, format!("voice:{OURS}"));
+    assert_eq!(ops[0].channel, Channel::Voice);
+
+    // A call that completed before the closure is left alone.
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    h.event(
+        call_event(CH, T0 + 1_000, CALL, CallState::Ringing),
+        T0 + 1_000,
+    );
+    h.event(
+        call_event(CH, T0 + 2_000, CALL, CallState::Completed),
+        T0 + 2_000,
+    );
+    assert_eq!(h.conversation(CH).unwrap().active_call_sid, None);
+    let released = close_now(&mut h, CH, T0 + 3_000);
+    let kinds: Vec<_> = only::<OutboundOperation>(&released, topics::OUTBOUND)
+        .iter()
+        .map(|o| o.kind)
+        .collect();
+    assert_eq!(kinds, [OperationKind::CloseConversation]);
 }

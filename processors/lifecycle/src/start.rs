@@ -17,11 +17,11 @@ use si_schemas::records::{
     Channel, CognitionResponse, Command, ComplianceEvent, ComplianceEventKind, ComplianceSource,
     ConsentStatus, ConversationEvent, ConversationEventType, ConversationState, DeliveryOutcome,
     DeliveryStatus, EventSource, LifecyclePhase, LifecycleState, LocaleSource, OperationKind,
-    OutboundOperation, Participant, ParticipantBinding, ResponsePurpose, StateChange,
+    Participant, ParticipantBinding, ResponsePurpose, StateChange,
 };
 use si_schemas::topics;
 
-use super::{ID_PREFIX, LifecycleProcessor, PURPOSE, PURPOSE_PARAM, conversation_key, millis};
+use super::{ID_PREFIX, LifecycleProcessor, conversation_key, millis, operation};
 
 /// `Command::params` key: the Si user to reach (resolved to an address of
 /// the command's channel in `si.identity.v1`) when `address` is not set.
@@ -328,6 +328,7 @@ impl LifecycleProcessor {
             programmable_messaging: messaging,
             opening_text: Some(text),
             conversation_sid: None,
+            active_call_sid: None,
         };
         let warn_at = now.saturating_add(millis(self.settings.warn_after));
         self.save_with_timer(state, conversation, warn_at);
@@ -537,47 +538,31 @@ impl LifecycleProcessor {
         from: &str,
     ) -> Vec<Output> {
         let sender_key = channel.address_key(from);
-        let op = |step: &str, kind, params: BTreeMap<String, String>| OutboundOperation {
-            operation_id: start_id(step, &command.command_id),
-            conversation_id: id.to_owned(),
-            kind,
+        let mut create = operation(
+            start_id("create", &command.command_id),
+            id,
+            OperationKind::CreateConversation,
             channel,
-            sender_key: sender_key.clone(),
-            to: (kind == OperationKind::AddParticipant).then(|| address.to_owned()),
-            from: (kind == OperationKind::AddParticipant).then(|| from.to_owned()),
-            messaging_service_sid: (kind == OperationKind::CreateConversation)
-                .then(|| self.settings.messaging_service_sid.clone())
-                .flatten(),
-            body: None,
-            media_urls: Vec::new(),
-            content_sid: None,
-            content_variables_json: None,
-            response_id: None,
-            part_index: 0,
-            part_count: 1,
-            segments: None,
-            encoding: None,
-            template_reason: None,
-            call: None,
-            params,
-            created_at: now,
-            not_after: None,
-            traceparent: None,
-        };
-        let ours = || BTreeMap::from([(PURPOSE_PARAM.to_owned(), PURPOSE.to_owned())]);
-        let mut create = ours();
-        create.insert("UniqueName".to_owned(), id.to_owned());
+            sender_key.clone(),
+            now,
+        );
+        create.params.insert("UniqueName".to_owned(), id.to_owned());
+        create
+            .messaging_service_sid
+            .clone_from(&self.settings.messaging_service_sid);
+        let mut add = operation(
+            start_id("add", &command.command_id),
+            id,
+            OperationKind::AddParticipant,
+            channel,
+            sender_key.clone(),
+            now,
+        );
+        add.to = Some(address.to_owned());
+        add.from = Some(from.to_owned());
         vec![
-            Output::new(
-                topics::OUTBOUND,
-                sender_key.clone(),
-                op("create", OperationKind::CreateConversation, create),
-            ),
-            Output::new(
-                topics::OUTBOUND,
-                sender_key.clone(),
-                op("add", OperationKind::AddParticipant, ours()),
-            ),
+            Output::new(topics::OUTBOUND, sender_key.clone(), create),
+            Output::new(topics::OUTBOUND, sender_key, add),
         ]
     }
 }

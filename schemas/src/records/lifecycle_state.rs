@@ -56,6 +56,10 @@ pub struct LifecycleState {
     /// mode, once created (aliased to the id in the directory).
     #[serde(default)]
     pub conversation_sid: Option<String>,
+    /// A call of the conversation still queued, ringing or in progress:
+    /// closure hangs it up.
+    #[serde(default)]
+    pub active_call_sid: Option<String>,
 }
 
 crate::avro_record!(LifecycleState, "lifecycle_state.avsc");

@@ -85,6 +85,9 @@ avro_enum! {
         CloseConversation = "CLOSE_CONVERSATION",
         /// `POST …/Calls.json` with `call`.
         CreateCall = "CREATE_CALL",
+        /// `POST …/Calls/{CallSid}.json` with `Status=completed`: hang up the
+        /// call `params["si.call_sid"]`.
+        EndCall = "END_CALL",
         /// A symbol newer than this build (the default); dead-lettered.
         Unknown = "UNKNOWN",
     }

@@ -138,6 +138,7 @@ async fn inbound_sms(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
 enum Endpoint {
     Messages { account: String },
     Calls { account: String },
+    UpdateCall { account: String, sid: String },
     CreateConversation,
     UpdateConversation(String),
     ConversationMessages(String),
@@ -154,6 +155,12 @@ impl Endpoint {
             [API_VERSION, "Accounts", account, "Calls.json"] => Some(Self::Calls {
                 account: (*account).to_owned(),
             }),
+            [API_VERSION, "Accounts", account, "Calls", call] => {
+                call.strip_suffix(".json").map(|sid| Self::UpdateCall {
+                    account: (*account).to_owned(),
+                    sid: sid.to_owned(),
+                })
+            }
             ["v1", "Conversations"] => Some(Self::CreateConversation),
             ["v1", "Conversations", sid] => Some(Self::UpdateConversation((*sid).to_owned())),
             ["v1", "Conversations", sid, "Messages"] => {
@@ -168,7 +175,9 @@ impl Endpoint {
 
     fn account(&self) -> Option<&str> {
         match self {
-            Self::Messages { account } | Self::Calls { account } => Some(account),
+            Self::Messages { account }
+            | Self::Calls { account }
+            | Self::UpdateCall { account, .. } => Some(account),
             _ => None,
         }
     }
@@ -341,6 +350,7 @@ fn sender_of(shared: &Shared, endpoint: &Endpoint, form: &Form) -> Option<String
             .or_else(|| form.get("MessagingServiceSid"))
             .map(str::to_owned),
         Endpoint::Calls { .. } => form.get("From").map(str::to_owned),
+        Endpoint::UpdateCall { .. } => None,
         Endpoint::CreateConversation => form.get("MessagingServiceSid").map(str::to_owned),
         Endpoint::Participants(_) => form.get("MessagingBinding.ProxyAddress").map(str::to_owned),
         Endpoint::ConversationMessages(sid) | Endpoint::UpdateConversation(sid) => Some(
@@ -395,6 +405,7 @@ fn execute(
     match endpoint {
         Endpoint::Messages { .. } => create_message(shared, form),
         Endpoint::Calls { .. } => create_call(shared, form),
+        Endpoint::UpdateCall { sid, .. } => update_call(shared, sid, form),
         Endpoint::CreateConversation => create_conversation(shared, form),
         Endpoint::UpdateConversation(sid) => update_conversation(shared, sid, form),
         Endpoint::ConversationMessages(sid) => {
@@ -591,6 +602,45 @@ fn create_call(shared: &Shared, form: &Form) -> Result<Created, TwilioError> {
             "uri": format!("/{API_VERSION}/Accounts/{account}/Calls/{call_sid}.json"),
         }),
         sid: call_sid,
+        callbacks: Vec::new(),
+    })
+}
+
+/// Hangs up (`Status=completed` or `canceled`) a call: the sandbox keeps no
+/// calls, so any well-formed Call SID is taken as one in progress.
+fn update_call(shared: &Shared, call_sid: &str, form: &Form) -> Result<Created, TwilioError> {
+    let account = &shared.config.account_sid;
+    let uri = format!("/{API_VERSION}/Accounts/{account}/Calls/{call_sid}.json");
+    if !(call_sid.len() == 34 && call_sid.starts_with("CA")) {
+        return Err(TwilioError::not_found(&uri));
+    }
+    let status = match form.get("Status") {
+        Some(status @ ("completed" | "canceled")) => status,
+        Some(_) => {
+            return Err(TwilioError::bad_request(
+                21218,
+                "Invalid Status: use completed or canceled",
+            ));
+        }
+        None => {
+            return Err(TwilioError::bad_request(
+                20001,
+                "Status, Url or Twiml is required to update a call",
+            ));
+        }
+    };
+    let now = rfc2822(now_ms());
+    Ok(Created {
+        status: StatusCode::OK,
+        body: json!({
+            "account_sid": account,
+            "api_version": API_VERSION,
+            "date_updated": now,
+            "sid": call_sid,
+            "status": status,
+            "uri": uri,
+        }),
+        sid: call_sid.to_owned(),
         callbacks: Vec::new(),
     })
 }

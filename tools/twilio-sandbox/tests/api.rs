@@ -475,6 +475,31 @@ async fn conversations_create_participants_messages_and_close() -> anyhow::Resul
 }
 
 #[tokio::test]
+async fn a_call_is_hung_up_with_status_completed() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(config()).await?;
+    let client = Client::new(&sandbox);
+    let call =
+        format!("/2010-04-01/Accounts/{ACCOUNT}/Calls/CA0123456789abcdef0123456789abcdef.json");
+    let (status, ended) = client.post(&call, &[("Status", "completed")]).await?;
+    assert_eq!(status, 200, "{ended}");
+    assert_eq!(ended["status"], "completed");
+    assert_eq!(ended["sid"], "CA0123456789abcdef0123456789abcdef");
+    assert_error(
+        &client.post(&call, &[("Status", "ringing")]).await?,
+        400,
+        21218,
+    );
+    assert_error(&client.post(&call, &[]).await?, 400, 20001);
+    let nope = format!("/2010-04-01/Accounts/{ACCOUNT}/Calls/CAnope.json");
+    assert_error(
+        &client.post(&nope, &[("Status", "completed")]).await?,
+        404,
+        20404,
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_conversation_can_be_named_by_its_unique_name_in_every_path() -> anyhow::Result<()> {
     let sandbox = Sandbox::start(config()).await?;
     let client = Client::new(&sandbox);
