@@ -212,7 +212,7 @@ pub fn terminal(
                 out.compliance = Some((
                     format!("{}:{to}", channel.as_str().to_ascii_lowercase()),
                     ComplianceEvent {
-                        event_id: format!("egress-21610-{}", op.operation_id),
+                        event_id: si_consent_gate::twilio_opt_out_event_id(&op.operation_id),
                         kind: ComplianceEventKind::OptOut,
                         source: ComplianceSource::TwilioError,
                         address: to.to_owned(),

@@ -46,6 +46,7 @@ fn say(key: &str, what: String) -> Output {
         requested_at: 0,
         opened_at: None,
         media: Vec::new(),
+        compliance_event_ids: Vec::new(),
     };
     Output::new(topics::ARCHIVAL, key.to_owned(), record)
 }
@@ -73,6 +74,7 @@ fn entry(key: &str) -> LifecycleState {
         opening_text: None,
         conversation_sid: None,
         active_call_sid: None,
+        compliance_event_ids: Vec::new(),
     }
 }
 

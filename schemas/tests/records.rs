@@ -196,6 +196,10 @@ fn event_full() -> ConversationEvent {
             is_final: true,
             confidence: Some(0.875),
         }),
+        compliance_record: Some(ComplianceRecordRef {
+            event_id: s("3f2b1c9e-0000-4000-8000-000000000001"),
+            kind: s("OPT_OUT"),
+        }),
     }
 }
 
@@ -224,6 +228,7 @@ fn event_min() -> ConversationEvent {
         call: None,
         recording: None,
         transcription: None,
+        compliance_record: None,
     }
 }
 
@@ -778,6 +783,7 @@ fn archival_full() -> ArchivalRequest {
         requested_at: T0 + 5,
         opened_at: Some(T0 - 60_000),
         media: vec![media_full()],
+        compliance_event_ids: Vec::new(),
     }
 }
 
@@ -796,6 +802,7 @@ fn archival_min() -> ArchivalRequest {
         requested_at: 0,
         opened_at: None,
         media: vec![],
+        compliance_event_ids: Vec::new(),
     }
 }
 
@@ -1202,6 +1209,7 @@ fn lifecycle_state_full() -> LifecycleState {
         opening_text: some("Hi, this is Si."),
         conversation_sid: some("CH00000000000000000000000000000002"),
         active_call_sid: some("CA00000000000000000000000000000003"),
+        compliance_event_ids: vec![s("c-1"), s("egress-21610-op-1")],
     }
 }
 
@@ -1228,6 +1236,7 @@ fn lifecycle_state_min() -> LifecycleState {
         opening_text: None,
         conversation_sid: None,
         active_call_sid: None,
+        compliance_event_ids: vec![],
     }
 }
 

@@ -75,6 +75,7 @@ fn conversation_event(n: u32) -> ConversationEvent {
             is_final: false,
             confidence: Some(0.875),
         }),
+        compliance_record: None,
     }
 }
 

@@ -156,6 +156,20 @@ async fn quiet_warned_closed_with_a_summary_archived_and_welcomed_back() -> anyh
     assert_eq!(archived.reason, ArchivalReason::Inactivity);
     assert_eq!(archived.session_id, first.session_id);
     assert_eq!(archived.summary.as_deref(), Some(SUMMARY));
+    // It names the compliance events about the conversation (the first
+    // contact's opt-in), which are on si.compliance.v1.
+    let first_id = archived
+        .compliance_event_ids
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no compliance event named: {archived:#?}"))?;
+    let named = env
+        .find::<ComplianceEvent>(topics::COMPLIANCE, DEADLINE, |e| e.event_id == first_id)
+        .await?;
+    assert_eq!(
+        named.conversation_id.as_deref(),
+        Some(first.conversation_id.as_str())
+    );
 
     // The user comes back: a new conversation and session, greeted back.
     say(&sandbox, "I'm back").await?;

@@ -21,6 +21,10 @@
 //! Chat participants have no phone address and no consent state; voice is
 //! consented on the call itself: both are always allowed here.
 
+pub mod recorded;
+
+pub use recorded::{RECORDED_EVENT_PREFIX, twilio_opt_out_event_id, with_recorded};
+
 use std::sync::Arc;
 
 use si_runtime::Readiness;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use prometheus::{IntCounterVec, Opts, Registry};
 use sha2::{Digest, Sha256};
 use si_catalog::{Catalog, keys};
-use si_consent_gate::{ANY_SCOPE, ConsentGate, consent_key, has_consent, newest, verdict};
+use si_consent_gate::{
+    ANY_SCOPE, ConsentGate, consent_key, has_consent, newest, verdict, with_recorded,
+};
 use si_runtime::mask::mask_address;
 use si_runtime::processor::{InputRecord, Output, ProcessError, Processor, RecordContext};
 use si_runtime::state::StateStore;
@@ -1129,7 +1131,11 @@ impl Processor for ConsentProcessor {
         state: &mut StateStore<ConsentProcessorState>,
     ) -> Result<Vec<Output>, ProcessError> {
         match input {
-            ConsentInput::Event(event) => self.on_event(ctx, &event, state),
+            // Compliance events about the conversation are also named on
+            // its own topic (COMPLIANCE_RECORDED), for its archive.
+            ConsentInput::Event(event) => self
+                .on_event(ctx, &event, state)
+                .map(|outputs| with_recorded(outputs, &event.session_id, ctx.timestamp_ms)),
             ConsentInput::Delivery(delivery) => Ok(self.on_delivery(&delivery, state)),
         }
     }

@@ -68,6 +68,7 @@ fn event(n: u32, body: Option<&str>, locale: &str) -> ConversationEvent {
         call: None,
         recording: None,
         transcription: None,
+        compliance_record: None,
     }
 }
 
@@ -236,10 +237,25 @@ fn first_contact_implied_welcomes_records_opt_in_and_forwards() {
         c[0].details.get("confirmation_operation_id"),
         Some(&op.operation_id)
     );
+    // The opt-in is named on the conversation's own topic, for its archive.
+    let recorded: Vec<&ConversationEvent> = out
+        .0
+        .iter()
+        .filter_map(|o| o.record::<ConversationEvent>())
+        .collect();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(
+        recorded[0]
+            .compliance_record
+            .as_ref()
+            .map(|r| r.event_id.as_str()),
+        Some(c[0].event_id.as_str())
+    );
+    assert_eq!(recorded[0].session_id, msg(1, "hello").session_id);
     // Outputs are keyed as the topics say.
     for o in &out.0 {
         let expected = match o.topic() {
-            t if t == topics::INBOUND => CONV,
+            t if t == topics::INBOUND || t == topics::CONVERSATION_EVENTS => CONV,
             t if t == topics::CONSENT => "sms:+14155550100|*",
             t if t == topics::COMPLIANCE => "sms:+14155550100",
             t if t == topics::OUTBOUND => "sms:+14155550199",

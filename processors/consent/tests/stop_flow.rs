@@ -79,6 +79,7 @@ fn message(conv: &str, user: &str, n: i64, body: &str) -> ConversationEvent {
         call: None,
         recording: None,
         transcription: None,
+        compliance_record: None,
     }
 }
 

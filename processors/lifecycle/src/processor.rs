@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use si_catalog::{Catalog, keys};
-use si_consent_gate::ConsentGate;
+use si_consent_gate::{ConsentGate, twilio_opt_out_event_id};
 use si_runtime::processor::{
     InputRecord, Output, ProcessError, Processor, RecordContext, TimerContext,
 };
@@ -15,9 +15,10 @@ use si_runtime::state::StateStore;
 use si_runtime::table::GlobalTable;
 use si_schemas::records::{
     ArchivalReason, ArchivalRequest, CallEvent, CallState, Channel, CognitionResponse, Command,
-    CommandKind, ConversationEvent, ConversationEventType, ConversationState, DeliveryStatus,
-    EventSource, IdentityRecord, InboundMessage, InboundPurpose, LifecyclePhase, LifecycleState,
-    OperationKind, OutboundOperation, ParticipantBinding, ResponsePurpose, TranscriptEntry,
+    CommandKind, ConversationEvent, ConversationEventType, ConversationState, DeliveryOutcome,
+    DeliveryStatus, EventSource, IdentityRecord, InboundMessage, InboundPurpose, LifecyclePhase,
+    LifecycleState, OperationKind, OutboundOperation, ParticipantBinding, ResponsePurpose,
+    TranscriptEntry,
 };
 use si_schemas::{Codec, CodecError, topics};
 
@@ -37,6 +38,12 @@ pub const USER_REQUEST_REASON: &str = "USER_REQUEST";
 
 /// Most media references kept per conversation for the archival request.
 pub const MAX_MEDIA: usize = 100;
+
+/// Most compliance event ids kept per conversation for the archival request.
+pub const MAX_COMPLIANCE_IDS: usize = 1000;
+
+/// Twilio's error for a send to a user who opted out at the carrier.
+const TWILIO_OPTED_OUT: i32 = 21610;
 
 /// `params["si.purpose"]` of the operations lifecycle writes itself.
 pub const PURPOSE_PARAM: &str = "si.purpose";
@@ -413,6 +420,14 @@ impl LifecycleProcessor {
             {
                 Ok(self.on_started(ctx, event, state))
             }
+            ConversationEventType::ComplianceRecorded => {
+                if let (Some(conversation), Some(record)) =
+                    (existing, event.compliance_record.as_ref())
+                {
+                    self.remember_compliance(conversation, &record.event_id, state);
+                }
+                Ok(Vec::new())
+            }
             ConversationEventType::CallStatusChanged => {
                 if let (Some(conversation), Some(call)) = (existing, event.call.as_ref()) {
                     self.on_call(ctx.timestamp_ms, conversation, call, state);
@@ -477,6 +492,7 @@ impl LifecycleProcessor {
             opening_text: None,
             conversation_sid: None,
             active_call_sid: None,
+            compliance_event_ids: Vec::new(),
         });
         if let Some(p) = participant {
             if p.address.is_some() {
@@ -694,6 +710,16 @@ impl LifecycleProcessor {
         if delivery.operation_id.starts_with(CREATE_OPERATION_PREFIX) {
             return self.on_created(ctx, delivery, state);
         }
+        if delivery.outcome == DeliveryOutcome::Failed
+            && delivery.error_code == Some(TWILIO_OPTED_OUT)
+            && let Some(conversation) = state
+                .get(&conversation_key(&delivery.conversation_id))
+                .cloned()
+        {
+            // Egress recorded the carrier's opt-out (21610) about this conversation.
+            let id = twilio_opt_out_event_id(&delivery.operation_id);
+            self.remember_compliance(conversation, &id, state);
+        }
         let Some(response_id) = delivery.response_id.as_deref() else {
             return Vec::new();
         };
@@ -740,6 +766,27 @@ impl LifecycleProcessor {
         } else {
             self.save(state, conversation);
         }
+    }
+
+    /// Names a compliance event recorded about the conversation in its
+    /// archival request (once; at most [`MAX_COMPLIANCE_IDS`]).
+    fn remember_compliance(
+        &self,
+        mut conversation: LifecycleState,
+        event_id: &str,
+        state: &mut StateStore<LifecycleState>,
+    ) {
+        if conversation.compliance_event_ids.len() >= MAX_COMPLIANCE_IDS
+            || conversation
+                .compliance_event_ids
+                .iter()
+                .any(|e| e == event_id)
+        {
+            return;
+        }
+        conversation.compliance_event_ids.push(event_id.to_owned());
+        // Keeps the entry's timer (put keeps it).
+        self.save(state, conversation);
     }
 
     fn on_transcript(&self, entry: &TranscriptEntry, state: &mut StateStore<LifecycleState>) {
@@ -898,6 +945,7 @@ impl LifecycleProcessor {
             requested_at: now,
             opened_at: Some(conversation.opened_at),
             media: conversation.media.clone(),
+            compliance_event_ids: conversation.compliance_event_ids.clone(),
         };
         outputs.push(Output::new(
             topics::ARCHIVAL,

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use si_schemas::records::{
-    CallEvent, CallState, ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentState,
-    ConsentStatus, DeliveryOutcome, EventSource, LocaleSource, MediaRef, MessageReceived,
-    Participant, StateChange,
+    CallEvent, CallState, ComplianceEvent, ComplianceEventKind, ComplianceRecordRef,
+    ComplianceSource, ConsentState, ConsentStatus, DeliveryOutcome, EventSource, LocaleSource,
+    MediaRef, MessageReceived, Participant, StateChange,
 };
 
 use super::*;
@@ -75,6 +75,7 @@ fn message(conv: &str, n: i64, media: Vec<MediaRef>) -> ConversationEvent {
         call: None,
         recording: None,
         transcription: None,
+        compliance_record: None,
     }
 }
 
@@ -1178,4 +1179,40 @@ fn a_call_still_live_at_closure_is_hung_up_and_one_that_ended_is_not() {
         .map(|o| o.kind)
         .collect();
     assert_eq!(kinds, [OperationKind::CloseConversation]);
+}
+
+#[test]
+fn the_archival_request_names_the_compliance_events_recorded_about_the_conversation() {
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    let recorded = |conv: &str, n: i64, id: &str| ConversationEvent {
+        event_id: format!("compliance-{id}"),
+        event_type: ConversationEventType::ComplianceRecorded,
+        message: None,
+        participant: None,
+        compliance_record: Some(ComplianceRecordRef {
+            event_id: id.into(),
+            kind: "BLOCKED_OUTBOUND".into(),
+        }),
+        ..message(conv, n, Vec::new())
+    };
+    h.event(recorded(CH, T0 + 1, "c-1"), T0 + 1);
+    h.event(recorded(CH, T0 + 2, "c-1"), T0 + 2); // replayed: named once
+    assert_eq!(h.timer(CH), Some(T0 + WARN), "a record is not activity");
+    // The carrier refused a send with 21610: egress recorded an opt-out.
+    let refused = DeliveryStatus {
+        outcome: DeliveryOutcome::Failed,
+        error_code: Some(21610),
+        twilio_sid: None,
+        ..delivery(CH, "r-9")
+    };
+    h.deliver(refused, T0 + 3);
+    // Another conversation's record is not this one's.
+    h.event(recorded("CH-other", T0 + 4, "c-2"), T0 + 4);
+    let released = close_now(&mut h, CH, T0 + 5);
+    let archival = only::<ArchivalRequest>(&released, topics::ARCHIVAL);
+    assert_eq!(
+        archival[0].compliance_event_ids,
+        ["c-1", "egress-21610-r-9-0"]
+    );
 }

@@ -287,6 +287,7 @@ impl LifecycleProcessor {
             call: None,
             recording: None,
             transcription: None,
+            compliance_record: None,
         };
         outputs.push(Output::new(
             topics::CONVERSATION_EVENTS,
@@ -329,6 +330,7 @@ impl LifecycleProcessor {
             opening_text: Some(text),
             conversation_sid: None,
             active_call_sid: None,
+            compliance_event_ids: Vec::new(),
         };
         let warn_at = now.saturating_add(millis(self.settings.warn_after));
         self.save_with_timer(state, conversation, warn_at);

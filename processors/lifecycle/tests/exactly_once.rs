@@ -93,6 +93,7 @@ fn first_message(i: usize, conv: &str) -> ConversationEvent {
         call: None,
         recording: None,
         transcription: None,
+        compliance_record: None,
     }
 }
 

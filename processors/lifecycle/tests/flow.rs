@@ -95,6 +95,7 @@ fn message(conv: &str, n: u32) -> ConversationEvent {
         call: None,
         recording: None,
         transcription: None,
+        compliance_record: None,
     }
 }
 

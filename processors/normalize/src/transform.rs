@@ -1171,6 +1171,7 @@ impl Processor for Normalizer {
             call: draft.call,
             recording: draft.recording,
             transcription: draft.transcription,
+            compliance_record: None,
         };
 
         // State: the binding (closed conversations are kept only as long as

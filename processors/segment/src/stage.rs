@@ -540,7 +540,12 @@ impl Segmenter {
         if !blocked.is_empty() {
             self.metrics.outcome("blocked");
             self.remember(state, &response.response_id, now, 0, true);
-            return Ok(blocked);
+            // Named on the conversation's own topic too, for its archive.
+            return Ok(si_consent_gate::with_recorded(
+                blocked,
+                &response.session_id,
+                now,
+            ));
         }
 
         let request = Response {
@@ -954,6 +959,7 @@ mod tests {
             call: None,
             recording: None,
             transcription: None,
+            compliance_record: None,
         }
     }
 
@@ -1251,9 +1257,24 @@ mod tests {
         let mut r = response("r-1", PM, "Hello");
         r.locale = Some("es-MX".into());
         let out = h.respond(r.clone(), T0 + 5).unwrap();
-        assert_eq!(out.len(), 1);
-        assert!(out.iter().all(|o| o.topic() == topics::COMPLIANCE));
+        assert_eq!(out.len(), 2, "the audit event and its reference");
+        assert_eq!(out[0].topic(), topics::COMPLIANCE);
         assert_eq!(out[0].key(), format!("sms:{USER}"));
+        // Named on the conversation's own topic, for its archive.
+        assert_eq!(out[1].topic(), topics::CONVERSATION_EVENTS);
+        assert_eq!(out[1].key(), PM);
+        let recorded = out[1].record::<ConversationEvent>().unwrap();
+        assert_eq!(
+            recorded.event_type,
+            ConversationEventType::ComplianceRecorded
+        );
+        assert_eq!(
+            recorded
+                .compliance_record
+                .as_ref()
+                .map(|r| r.event_id.clone()),
+            Some(blocked_event_id("r-1", Channel::Sms, USER))
+        );
         let event = out[0].record::<ComplianceEvent>().unwrap();
         assert_eq!(event.kind, ComplianceEventKind::BlockedOutbound);
         assert_eq!(event.source, ComplianceSource::Keyword);

@@ -77,6 +77,7 @@ fn inbound(
         call: None,
         recording: None,
         transcription: None,
+        compliance_record: None,
     }
 }
 

@@ -36,6 +36,10 @@ pub struct ArchivalRequest {
     /// Media the user sent in the conversation, oldest first, at most 100.
     #[serde(default)]
     pub media: Vec<MediaRef>,
+    /// `event_id`s of the compliance events recorded about the conversation
+    /// while it was open, oldest first, at most 1000.
+    #[serde(default)]
+    pub compliance_event_ids: Vec<String>,
 }
 
 crate::avro_record!(ArchivalRequest, "archival_request.avsc");

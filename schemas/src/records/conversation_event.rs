@@ -67,6 +67,19 @@ pub struct ConversationEvent {
     pub recording: Option<RecordingAvailable>,
     /// Set for TRANSCRIPTION.
     pub transcription: Option<TranscriptionEvent>,
+    /// Set for COMPLIANCE_RECORDED.
+    #[serde(default)]
+    pub compliance_record: Option<ComplianceRecordRef>,
+}
+
+/// A compliance event about the conversation, by reference (the record is on
+/// `si.compliance.v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComplianceRecordRef {
+    /// The `event_id` of the `ComplianceEvent`.
+    pub event_id: String,
+    /// Its kind, as the `ComplianceEventKind` symbol.
+    pub kind: String,
 }
 
 crate::avro_record!(ConversationEvent, "conversation_event.avsc");
@@ -94,6 +107,9 @@ avro_enum! {
         RecordingAvailable = "RECORDING_AVAILABLE",
         /// Text recognised on a call (`transcription`).
         Transcription = "TRANSCRIPTION",
+        /// The adapter recorded a compliance event about the conversation
+        /// (`compliance_record`).
+        ComplianceRecorded = "COMPLIANCE_RECORDED",
         /// Not classified, or a symbol newer than this build (the default); skip it.
         Unknown = "UNKNOWN",
     }

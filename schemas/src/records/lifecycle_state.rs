@@ -60,6 +60,10 @@ pub struct LifecycleState {
     /// closure hangs it up.
     #[serde(default)]
     pub active_call_sid: Option<String>,
+    /// Compliance events recorded about the conversation, oldest first, at
+    /// most 1000 (for the archival request).
+    #[serde(default)]
+    pub compliance_event_ids: Vec<String>,
 }
 
 crate::avro_record!(LifecycleState, "lifecycle_state.avsc");
