@@ -469,6 +469,9 @@ impl Core {
             self.producer
                 .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout)
         })?;
+        // Nothing outstanding, so commit_transaction's own flush does not
+        // wait out a 100 ms poll (see si_runtime::kafka::wait_delivered).
+        si_runtime::kafka::wait_delivered(&self.producer, self.call_timeout);
         retry_transactional("commit_transaction", TXN_RETRIES, || {
             self.producer.commit_transaction(self.call_timeout)
         })
