@@ -127,6 +127,12 @@ pub struct LifecycleArgs {
     /// only with a user who opted in (not merely one who never opted out).
     #[arg(long, env = "CONSENT_REQUIRE_OPT_IN", default_value_t = false, action = clap::ArgAction::Set)]
     pub consent_require_opt_in: bool,
+
+    /// How long after a started conversation's participant event the
+    /// opening goes out: segment reads that event from another topic than
+    /// the opening, and must have handled it first.
+    #[arg(long, env = "LIFECYCLE_OPENING_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub opening_delay: Duration,
 }
 
 /// Everything `si-lifecycle` reads from flags and the environment.
@@ -171,6 +177,7 @@ impl Config {
             start_mode: args.start_mode,
             start_from: Some(args.start_from.trim().to_owned()).filter(|s| !s.is_empty()),
             require_opt_in: args.consent_require_opt_in,
+            opening_delay: args.opening_delay,
         };
         settings.validate().map_err(anyhow::Error::msg)?;
         Ok(settings)

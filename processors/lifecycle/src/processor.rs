@@ -76,6 +76,10 @@ pub struct Settings {
     /// The explicit consent policy (`CONSENT_REQUIRE_OPT_IN`): Si starts a
     /// conversation only with users who opted in.
     pub require_opt_in: bool,
+    /// How long after lifecycle reads back its own `PARTICIPANT_JOINED` the
+    /// opening of a started conversation goes out: segment reads the event
+    /// from another topic than the opening and must have handled it first.
+    pub opening_delay: Duration,
 }
 
 impl Default for Settings {
@@ -91,6 +95,7 @@ impl Default for Settings {
             start_mode: StartMode::Messaging,
             start_from: None,
             require_opt_in: false,
+            opening_delay: Duration::from_secs(1),
         }
     }
 }
@@ -1098,6 +1103,10 @@ impl Processor for LifecycleProcessor {
             return Ok(Vec::new());
         };
         let now = ctx.now_ms;
+        if conversation.opening_text.is_some() {
+            // A started conversation: the opening's delay is over.
+            return Ok(self.send_opening(now, conversation, state));
+        }
         match conversation.phase {
             LifecyclePhase::Open => {
                 let warn_at = conversation

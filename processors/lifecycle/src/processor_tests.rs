@@ -759,8 +759,16 @@ fn read_back(h: &mut Harness, outputs: &[Output], at: i64) -> Vec<Output> {
             .into_iter()
             .cloned()
             .collect();
-    events.into_iter().flat_map(|e| h.event(e, at)).collect()
+    let mut out: Vec<Output> = events.into_iter().flat_map(|e| h.event(e, at)).collect();
+    assert!(
+        only::<CognitionResponse>(&out, topics::RESPONSES).is_empty(),
+        "no opening before segment had its chance to read the event"
+    );
+    out.extend(h.tick(at + OPENING_DELAY));
+    out
 }
+
+const OPENING_DELAY: i64 = 1_000;
 
 #[test]
 fn a_start_in_messaging_mode_binds_the_session_and_sends_the_opening_once_segment_can_route_it() {
@@ -804,7 +812,7 @@ fn a_start_in_messaging_mode_binds_the_session_and_sends_the_opening_once_segmen
     assert!(state.programmable_messaging && state.opening_text.is_none());
     assert_eq!(
         h.timer(NEW),
-        Some(T0 + 50 + WARN),
+        Some(T0 + 50 + OPENING_DELAY + WARN),
         "the idle period starts with the opening"
     );
     assert_eq!(h.count(&h.processor.metrics.starts, &["started"]), 1);
@@ -1077,7 +1085,11 @@ fn once_twilio_created_a_started_conversation_its_sid_is_aliased_until_closure()
         Some(CH)
     );
     assert!(h.deliver(created, T0 + 30).is_empty(), "a repeated status");
-    assert_eq!(h.timer(NEW), Some(T0 + 10 + WARN), "the idle timer is kept");
+    assert_eq!(
+        h.timer(NEW),
+        Some(T0 + 10 + OPENING_DELAY + WARN),
+        "the idle timer is kept"
+    );
 
     // Closure releases the alias with the pair.
     let closing = h

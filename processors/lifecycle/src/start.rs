@@ -332,8 +332,8 @@ impl LifecycleProcessor {
             active_call_sid: None,
             compliance_event_ids: Vec::new(),
         };
-        let warn_at = now.saturating_add(millis(self.settings.warn_after));
-        self.save_with_timer(state, conversation, warn_at);
+        // No timer yet: reading back PARTICIPANT_JOINED arms the opening's.
+        self.save(state, conversation);
         tracing::info!(
             conversation = %id,
             command_id = %command.command_id,
@@ -344,7 +344,8 @@ impl LifecycleProcessor {
     }
 
     /// Lifecycle read back its own participant event of a conversation Si
-    /// started: segment has it too, so the opening text can go.
+    /// started: segment reads the same topic, so after `opening_delay` (its
+    /// processing lag, at most in practice) the opening can go.
     pub(super) fn on_started(
         &self,
         ctx: &RecordContext<'_>,
@@ -352,26 +353,36 @@ impl LifecycleProcessor {
         state: &mut StateStore<LifecycleState>,
     ) -> Vec<Output> {
         let key = conversation_key(&event.conversation_id);
-        let Some(mut conversation) = state.get(&key).cloned() else {
+        let waiting = state.get(&key).is_some_and(|c| c.opening_text.is_some());
+        if waiting && state.timer(&key).is_none() {
+            let delay = millis(self.settings.opening_delay);
+            state.set_timer(&key, ctx.timestamp_ms.saturating_add(delay));
+        }
+        Vec::new()
+    }
+
+    /// Sends the opening of a started conversation; its idle period begins.
+    pub(super) fn send_opening(
+        &self,
+        now: i64,
+        mut conversation: LifecycleState,
+        state: &mut StateStore<LifecycleState>,
+    ) -> Vec<Output> {
+        let Some(text) = conversation.opening_text.take() else {
             return Vec::new();
         };
-        let Some(text) = conversation.opening_text.take() else {
-            return Vec::new(); // already sent (a replayed event)
-        };
-        let command_id = event
-            .event_id
-            .strip_prefix(START_EVENT_PREFIX)
-            .and_then(|rest| rest.strip_prefix("joined-"))
-            .unwrap_or(&event.event_id);
         let opening = self.opening(
-            &start_id("opening", command_id),
+            &format!(
+                "{ID_PREFIX}opening-{}-{}",
+                conversation.conversation_id, conversation.opened_at
+            ),
             &conversation.conversation_id,
             &conversation.session_id,
             text,
             &conversation.locale.clone(),
-            ctx.timestamp_ms,
+            now,
         );
-        self.activity(ctx.timestamp_ms, conversation, state);
+        self.activity(now, conversation, state);
         vec![opening]
     }
 
