@@ -122,6 +122,29 @@ impl AdminServer {
     }
 }
 
+/// Runs `work` with the admin listener (metrics, health, readiness) serving
+/// on `addr`, then stops the listener: the shape of every stage's `run`.
+///
+/// # Errors
+/// When `addr` cannot be bound, or what `work` returns.
+pub async fn with_admin<T>(
+    addr: SocketAddr,
+    registry: Registry,
+    readiness: Readiness,
+    shutdown: &CancellationToken,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let stop = shutdown.child_token();
+    let admin = AdminServer::start(addr, registry, readiness, stop.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the admin listener on {addr}: {e}"))?;
+    tracing::info!(addr = %admin.local_addr, "admin listening");
+    let result = work.await;
+    stop.cancel();
+    admin.stopped().await;
+    result
+}
+
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let mut body = Vec::new();
     let families = state.registry.gather();

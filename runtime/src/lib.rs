@@ -21,6 +21,6 @@ pub mod stream;
 pub mod table;
 pub mod telemetry;
 
-pub use admin::{AdminServer, Readiness};
+pub use admin::{AdminServer, Readiness, with_admin};
 pub use config::{CommonConfig, KafkaArgs, RegistryArgs, ServiceArgs};
 pub use shutdown::shutdown_token;

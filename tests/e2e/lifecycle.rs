@@ -81,51 +81,38 @@ async fn quiet_warned_closed_with_a_summary_archived_and_welcomed_back() -> anyh
     })
     .await?;
     let listen = ingress_url.trim_start_matches("http://").to_owned();
-    let base = sandbox.base_url();
-    let twilio = [
-        ("TWILIO_AUTH_TOKEN", TOKEN),
-        ("TWILIO_ACCOUNT_SID", sandbox.account_sid()),
-    ];
-    let mut stages = Vec::new();
-    for (binary, extra) in [
-        (
-            "si-ingress",
-            vec![
-                ("LISTEN_ADDR", listen.as_str()),
-                ("PUBLIC_BASE_URL", ingress_url.as_str()),
-            ],
-        ),
-        (
-            "si-normalize",
-            vec![("VISITOR_ID_SECRET", "lifecycle-secret")],
-        ),
-        ("si-consent", vec![]),
-        ("si-echo-responder", vec![("ECHO_SUMMARY", SUMMARY)]),
-        ("si-segment", vec![]),
-        (
-            "si-egress",
-            vec![
-                ("TWILIO_API_BASE_URL", base.as_str()),
-                ("TWILIO_CONVERSATIONS_BASE_URL", base.as_str()),
-            ],
-        ),
-        (
-            "si-lifecycle",
-            vec![
-                ("LIFECYCLE_WARN_AFTER", "4s"),
-                ("LIFECYCLE_CLOSE_AFTER", "8s"),
-                ("LIFECYCLE_SUMMARY_TIMEOUT", "5s"),
-                ("LIFECYCLE_CLOSING_GRACE", "10s"),
-                ("TIMER_INTERVAL", "100ms"),
-            ],
-        ),
-    ] {
-        let vars: Vec<(&str, &str)> = twilio.iter().copied().chain(extra).collect();
-        stages.push(StageProcess::spawn(&env, binary, "lifecycle-0", &vars)?);
-    }
-    for stage in &mut stages {
-        stage.ready(DEADLINE).await?;
-    }
+    let mut stages = spawn_all(
+        &env,
+        &sandbox,
+        vec![
+            (
+                "si-ingress",
+                vec![
+                    ("LISTEN_ADDR", listen.as_str()),
+                    ("PUBLIC_BASE_URL", ingress_url.as_str()),
+                ],
+            ),
+            (
+                "si-normalize",
+                vec![("VISITOR_ID_SECRET", "lifecycle-secret")],
+            ),
+            ("si-consent", vec![]),
+            ("si-echo-responder", vec![("ECHO_SUMMARY", SUMMARY)]),
+            ("si-segment", vec![]),
+            ("si-egress", vec![]),
+            (
+                "si-lifecycle",
+                vec![
+                    ("LIFECYCLE_WARN_AFTER", "4s"),
+                    ("LIFECYCLE_CLOSE_AFTER", "8s"),
+                    ("LIFECYCLE_SUMMARY_TIMEOUT", "5s"),
+                    ("LIFECYCLE_CLOSING_GRACE", "10s"),
+                    ("TIMER_INTERVAL", "100ms"),
+                ],
+            ),
+        ],
+    )
+    .await?;
     let catalog = Catalog::builtin();
     let warning_start = "Are you still there?";
     let closing = catalog.text(keys::CLOSING, "en").text;
@@ -239,7 +226,7 @@ async fn spawn_all(
     let mut running = Vec::new();
     for (binary, extra) in stages {
         let vars: Vec<(&str, &str)> = common.iter().copied().chain(extra).collect();
-        running.push(StageProcess::spawn(env, binary, "start-0", &vars)?);
+        running.push(StageProcess::spawn(env, binary, "lifecycle-0", &vars)?);
     }
     for stage in &mut running {
         stage.ready(DEADLINE).await?;

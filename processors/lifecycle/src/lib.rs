@@ -47,7 +47,6 @@
 
 pub mod processor;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -56,7 +55,7 @@ use si_consent_gate::ConsentGate;
 use si_runtime::metrics::StageMetrics;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
 use si_runtime::table::GlobalTable;
-use si_runtime::{AdminServer, CommonConfig, Readiness};
+use si_runtime::{CommonConfig, Readiness, with_admin};
 use si_schemas::records::{IdentityRecord, ParticipantBinding};
 use si_schemas::{Codec, Registry, topics};
 use tokio_util::sync::CancellationToken;
@@ -193,31 +192,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let settings = config.settings()?;
     let metrics = StageMetrics::new(STAGE);
     let readiness = Readiness::default();
-    let admin_stop = shutdown.child_token();
-    let admin = start_admin(
+    with_admin(
         config.common.service.admin_addr,
-        &metrics,
-        &readiness,
-        admin_stop.clone(),
+        metrics.registry().clone(),
+        readiness.clone(),
+        &shutdown.clone(),
+        run_stream(&config, settings, metrics, readiness, shutdown),
     )
-    .await?;
-    let result = run_stream(&config, settings, metrics, readiness, shutdown).await;
-    admin_stop.cancel();
-    admin.stopped().await;
-    result
-}
-
-async fn start_admin(
-    addr: SocketAddr,
-    metrics: &StageMetrics,
-    readiness: &Readiness,
-    stop: CancellationToken,
-) -> anyhow::Result<AdminServer> {
-    let admin = AdminServer::start(addr, metrics.registry().clone(), readiness.clone(), stop)
-        .await
-        .with_context(|| format!("binding the admin listener on {addr}"))?;
-    tracing::info!(addr = %admin.local_addr, "admin listening");
-    Ok(admin)
+    .await
 }
 
 async fn run_stream(

@@ -80,7 +80,6 @@ pub mod ids;
 pub mod params;
 pub mod transform;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -88,7 +87,7 @@ use clap::{Args, Parser};
 use si_runtime::metrics::StageMetrics;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
 use si_runtime::table::GlobalTable;
-use si_runtime::{AdminServer, CommonConfig, Readiness};
+use si_runtime::{CommonConfig, Readiness, with_admin};
 use si_schemas::records::{IdentityRecord, ParticipantBinding};
 use si_schemas::{Codec, Registry, topics};
 use tokio_util::sync::CancellationToken;
@@ -215,32 +214,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let metrics = StageMetrics::new(STAGE);
     let readiness = Readiness::default();
-    // The admin listener outlives the stream until the process stops.
-    let admin_stop = shutdown.child_token();
-    let admin = start_admin(
+    with_admin(
         config.common.service.admin_addr,
-        &metrics,
-        &readiness,
-        admin_stop.clone(),
+        metrics.registry().clone(),
+        readiness.clone(),
+        &shutdown.clone(),
+        run_stream(&config, metrics, readiness, shutdown),
     )
-    .await?;
-    let result = run_stream(&config, metrics, readiness, shutdown).await;
-    admin_stop.cancel();
-    admin.stopped().await;
-    result
-}
-
-async fn start_admin(
-    addr: SocketAddr,
-    metrics: &StageMetrics,
-    readiness: &Readiness,
-    stop: CancellationToken,
-) -> anyhow::Result<AdminServer> {
-    let admin = AdminServer::start(addr, metrics.registry().clone(), readiness.clone(), stop)
-        .await
-        .with_context(|| format!("binding the admin listener on {addr}"))?;
-    tracing::info!(addr = %admin.local_addr, "admin listening");
-    Ok(admin)
+    .await
 }
 
 async fn run_stream(

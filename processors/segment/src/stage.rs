@@ -20,7 +20,6 @@
 //! See the crate README for the exact rules.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -33,7 +32,7 @@ use si_runtime::metrics::StageMetrics;
 use si_runtime::processor::{InputRecord, Output, ProcessError, Processor, RecordContext};
 use si_runtime::state::StateStore;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
-use si_runtime::{AdminServer, CommonConfig, Readiness};
+use si_runtime::{CommonConfig, Readiness};
 use si_schemas::records::{
     Channel, CognitionResponse, ComplianceEvent, ComplianceEventKind, ComplianceSource,
     ConversationEvent, ConversationEventType, ConversationState, EventSource, OperationKind,
@@ -832,21 +831,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let settings = config.settings()?;
     let metrics = StageMetrics::new(STAGE);
     let readiness = Readiness::default();
-    let admin_stop = shutdown.child_token();
-    let addr: SocketAddr = config.common.service.admin_addr;
-    let admin = AdminServer::start(
-        addr,
+    si_runtime::with_admin(
+        config.common.service.admin_addr,
         metrics.registry().clone(),
         readiness.clone(),
-        admin_stop.clone(),
+        &shutdown.clone(),
+        run_stream(&config, settings, metrics, readiness, shutdown),
     )
     .await
-    .with_context(|| format!("binding the admin listener on {addr}"))?;
-    tracing::info!(addr = %admin.local_addr, "admin listening");
-    let result = run_stream(&config, settings, metrics, readiness, shutdown).await;
-    admin_stop.cancel();
-    admin.stopped().await;
-    result
 }
 
 async fn run_stream(
