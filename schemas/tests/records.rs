@@ -1170,6 +1170,7 @@ fn segment_state_conversation() -> SegmentState {
             ],
             programmable_messaging: true,
         }),
+        pending: None,
     }
 }
 
@@ -1183,6 +1184,11 @@ fn segment_state_seen() -> SegmentState {
             blocked: false,
         }),
         conversation: None,
+        pending: Some(SegmentPending {
+            conversation_id: s("pm-00000000000000000000000000000009"),
+            parked_at: T0,
+            responses_json: vec![s("{}")],
+        }),
     }
 }
 

@@ -29,15 +29,17 @@ use sha2::{Digest, Sha256};
 use si_consent_gate::{ConsentGate, Verdict, has_consent};
 use si_runtime::mask::mask_address;
 use si_runtime::metrics::StageMetrics;
-use si_runtime::processor::{InputRecord, Output, ProcessError, Processor, RecordContext};
+use si_runtime::processor::{
+    InputRecord, Output, ProcessError, Processor, RecordContext, TimerContext,
+};
 use si_runtime::state::StateStore;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
 use si_runtime::{CommonConfig, Readiness};
 use si_schemas::records::{
     Channel, CognitionResponse, ComplianceEvent, ComplianceEventKind, ComplianceSource,
-    ConversationEvent, ConversationEventType, ConversationState, EventSource, OperationKind,
-    OutboundOperation, ResponsePurpose, SeenResponse, SegmentConversation, SegmentParticipant,
-    SegmentState, SegmentStateKind,
+    ConversationEvent, ConversationEventType, ConversationState, DeadLetter, DeadLetterErrorKind,
+    EventSource, OperationKind, OutboundOperation, ResponsePurpose, SeenResponse,
+    SegmentConversation, SegmentParticipant, SegmentPending, SegmentState, SegmentStateKind,
 };
 use si_schemas::{Codec, CodecError, Registry, topics};
 use tokio_util::sync::CancellationToken;
@@ -404,10 +406,96 @@ impl Segmenter {
                 kind: SegmentStateKind::Conversation,
                 seen_response: None,
                 conversation: Some(conversation),
+                pending: None,
             },
             self.settings.conversation_ttl,
         );
+        Ok(self.release(ctx, &event.conversation_id, state))
+    }
+
+    /// Keeps a response whose conversation segment has not seen yet, until
+    /// the conversation's first event ([`Self::release`]) or for
+    /// [`PARK_TIMEOUT_MS`], after which it is dead-lettered.
+    fn park(
+        &self,
+        now: i64,
+        response: &CognitionResponse,
+        state: &mut StateStore<SegmentState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        let key = pending_key(&response.conversation_id);
+        let existing = state.get(&key).and_then(|s| s.pending.clone());
+        let first = existing.is_none();
+        let mut pending = existing.unwrap_or_else(|| SegmentPending {
+            conversation_id: response.conversation_id.clone(),
+            parked_at: now,
+            responses_json: Vec::new(),
+        });
+        if pending.responses_json.len() >= MAX_PARKED {
+            self.metrics.outcome("unknown_conversation");
+            return Err(ProcessError::Failed(format!(
+                "unknown conversation {}: {MAX_PARKED} responses already wait for its first \
+                 si.conversation.events.v1 event",
+                response.conversation_id
+            )));
+        }
+        let json = serde_json::to_string(response)
+            .map_err(|e| ProcessError::Failed(format!("a response does not park: {e}")))?;
+        pending.responses_json.push(json);
+        state.put_with_ttl(
+            key.clone(),
+            SegmentState {
+                kind: SegmentStateKind::PendingResponses,
+                seen_response: None,
+                conversation: None,
+                pending: Some(pending),
+            },
+            Duration::from_millis(u64::try_from(PARK_TIMEOUT_MS * 2).unwrap_or(u64::MAX)),
+        );
+        if first {
+            state.set_timer(&key, now.saturating_add(PARK_TIMEOUT_MS));
+        }
+        self.metrics.outcome("parked");
         Ok(Vec::new())
+    }
+
+    /// The conversation is known now: its parked responses go through as if
+    /// they had just arrived (one that still fails is dead-lettered).
+    fn release(
+        &self,
+        ctx: &RecordContext<'_>,
+        conversation_id: &str,
+        state: &mut StateStore<SegmentState>,
+    ) -> Vec<Output> {
+        let key = pending_key(conversation_id);
+        let Some(pending) = state.get(&key).and_then(|s| s.pending.clone()) else {
+            return Vec::new();
+        };
+        state.delete(&key);
+        let mut outputs = Vec::new();
+        for json in &pending.responses_json {
+            let response = match serde_json::from_str::<CognitionResponse>(json) {
+                Ok(r) => r,
+                Err(e) => {
+                    outputs.push(parked_dead_letter(
+                        conversation_id,
+                        json,
+                        &format!("a parked response does not read back: {e}"),
+                        ctx.timestamp_ms,
+                    ));
+                    continue;
+                }
+            };
+            match self.on_response(ctx, &response, state) {
+                Ok(more) => outputs.extend(more),
+                Err(e) => outputs.push(parked_dead_letter(
+                    conversation_id,
+                    json,
+                    &e.to_string(),
+                    ctx.timestamp_ms,
+                )),
+            }
+        }
+        outputs
     }
 
     /// Turns a response into operations, a compliance event, or an error
@@ -444,12 +532,9 @@ impl Segmenter {
         let Some(conversation) =
             conversation_of(state, &conversation_key(&response.conversation_id))
         else {
-            self.metrics.outcome("unknown_conversation");
-            return Err(ProcessError::Failed(format!(
-                "unknown conversation {}: no si.conversation.events.v1 event of it seen \
-                 (within CONVERSATION_TTL), so its channel and recipient are unknown",
-                response.conversation_id
-            )));
+            // The events and the responses of a conversation come from two
+            // topics read in no guaranteed order: wait for its first event.
+            return self.park(ctx.timestamp_ms, response, state);
         };
         if conversation.closed {
             self.metrics.outcome("closed_conversation");
@@ -642,6 +727,7 @@ impl Segmenter {
                     blocked,
                 }),
                 conversation: None,
+                pending: None,
             },
             self.settings.dedup_window,
         );
@@ -719,6 +805,32 @@ impl Processor for Segmenter {
     type Input = SegmentInput;
     type State = SegmentState;
 
+    /// Parked responses whose conversation never showed up are dead-lettered.
+    fn on_timer(
+        &mut self,
+        ctx: &TimerContext<'_>,
+        state: &mut StateStore<SegmentState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        let Some(pending) = state.get(ctx.key).and_then(|s| s.pending.clone()) else {
+            return Ok(Vec::new());
+        };
+        state.delete(ctx.key);
+        let reason = format!(
+            "unknown conversation {}: no si.conversation.events.v1 event of it within {} s, so \
+             its channel and recipient are unknown",
+            pending.conversation_id,
+            PARK_TIMEOUT_MS / 1000
+        );
+        Ok(pending
+            .responses_json
+            .iter()
+            .map(|json| {
+                self.metrics.outcome("unknown_conversation");
+                parked_dead_letter(&pending.conversation_id, json, &reason, ctx.now_ms)
+            })
+            .collect())
+    }
+
     fn process(
         &mut self,
         ctx: &RecordContext<'_>,
@@ -730,6 +842,36 @@ impl Processor for Segmenter {
             SegmentInput::Response(response) => self.on_response(ctx, &response, state),
         }
     }
+}
+
+/// How long a response waits for its conversation's first event.
+pub const PARK_TIMEOUT_MS: i64 = 30_000;
+/// Most responses parked per conversation.
+pub const MAX_PARKED: usize = 100;
+
+/// State key of a conversation's parked responses.
+#[must_use]
+pub fn pending_key(conversation_id: &str) -> String {
+    format!("pending|{conversation_id}")
+}
+
+/// The dead letter of a parked response (no Kafka coordinates: it was
+/// consumed, then parked; the response is in the header `si-response-json`).
+fn parked_dead_letter(conversation_id: &str, json: &str, reason: &str, now: i64) -> Output {
+    let record = DeadLetter {
+        stage: STAGE.to_owned(),
+        source_topic: topics::RESPONSES.to_owned(),
+        source_partition: -1,
+        source_offset: -1,
+        reason: reason.to_owned(),
+        error_kind: DeadLetterErrorKind::ProcessingFailed,
+        original_key: Some(conversation_id.as_bytes().to_vec()),
+        original_value: None,
+        headers: BTreeMap::from([("si-response-json".to_owned(), json.to_owned())]),
+        at: now,
+    };
+    tracing::warn!(conversation_id, %reason, "parked response dead-lettered");
+    Output::new(topics::DEAD_LETTER, conversation_id.to_owned(), record)
 }
 
 fn conversation_of(state: &StateStore<SegmentState>, key: &str) -> Option<SegmentConversation> {
@@ -1316,15 +1458,58 @@ mod tests {
     }
 
     #[test]
-    fn a_response_for_an_unknown_conversation_is_dead_lettered() {
+    fn a_response_ahead_of_its_conversation_waits_for_it_or_is_dead_lettered() {
         let mut h = Harness::new();
-        let err = h.respond(response("r-1", PM, "Hi"), T0).unwrap_err();
+        assert!(h.respond(response("r-1", PM, "Hi"), T0).unwrap().is_empty());
+        assert_eq!(h.outcome("parked"), 1);
+        assert!(h.state.get(&seen_key("r-1")).is_none(), "not handled yet");
+        // The conversation's first event releases it.
+        let event = inbound(PM, Channel::Sms, T0 + 5);
+        let released = h
+            .feed(SegmentInput::Event(Box::new(event)), T0 + 5)
+            .unwrap();
+        let ops: Vec<&OutboundOperation> = released
+            .iter()
+            .filter_map(|o| o.record::<OutboundOperation>())
+            .collect();
+        assert_eq!(ops.len(), 1, "{released:#?}");
+        assert_eq!(ops[0].body.as_deref(), Some("Hi"));
+        assert!(h.state.get(&pending_key(PM)).is_none());
+        assert!(h.state.get(&seen_key("r-1")).is_some());
+
+        // A conversation that never shows up: dead-lettered after the park timeout.
         assert!(
-            matches!(&err, ProcessError::Failed(m) if m.contains("unknown conversation")),
-            "{err}"
+            h.respond(response("r-2", CH, "Hi"), T0 + 10)
+                .unwrap()
+                .is_empty()
         );
+        let key = pending_key(CH);
+        assert!(
+            h.state
+                .due_timers(T0 + 9 + PARK_TIMEOUT_MS, usize::MAX)
+                .is_empty()
+        );
+        let due = h.state.due_timers(T0 + 10 + PARK_TIMEOUT_MS, usize::MAX);
+        assert_eq!(due, vec![key.clone()]);
+        let due_at_ms = h.state.cancel_timer(&key).unwrap();
+        let ctx = TimerContext {
+            partition: 0,
+            key: &key,
+            due_at_ms,
+            now_ms: T0 + 10 + PARK_TIMEOUT_MS,
+        };
+        let dead = h.processor.on_timer(&ctx, &mut h.state).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].topic(), topics::DEAD_LETTER);
+        let letter = dead[0].record::<DeadLetter>().unwrap();
+        assert!(
+            letter.reason.contains("unknown conversation"),
+            "{}",
+            letter.reason
+        );
+        assert!(letter.headers["si-response-json"].contains("r-2"));
         assert_eq!(h.outcome("unknown_conversation"), 1);
-        assert!(h.state.get(&seen_key("r-1")).is_none(), "not remembered");
+        assert!(h.state.get(&key).is_none());
     }
 
     #[test]

@@ -16,6 +16,22 @@ pub struct SegmentState {
     pub seen_response: Option<SeenResponse>,
     /// Set for CONVERSATION.
     pub conversation: Option<SegmentConversation>,
+    /// Set for PENDING_RESPONSES.
+    #[serde(default)]
+    pub pending: Option<SegmentPending>,
+}
+
+/// Responses that arrived before any event of their conversation, parked
+/// until its first event (key `pending|<conversation id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentPending {
+    /// The conversation.
+    pub conversation_id: String,
+    /// Record time of the first parked response (ms since the epoch).
+    pub parked_at: i64,
+    /// The parked `CognitionResponse` records as JSON, oldest first.
+    #[serde(default)]
+    pub responses_json: Vec<String>,
 }
 
 crate::avro_record!(SegmentState, "segment_state.avsc");
@@ -27,6 +43,8 @@ avro_enum! {
         SeenResponse = "SEEN_RESPONSE",
         /// A conversation's recipients and sender (`conversation`).
         Conversation = "CONVERSATION",
+        /// Responses waiting for their conversation's first event (`pending`).
+        PendingResponses = "PENDING_RESPONSES",
         /// A symbol newer than this build (the default); ignored.
         Unknown = "UNKNOWN",
     }
