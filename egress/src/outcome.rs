@@ -169,6 +169,9 @@ pub fn terminal(
         attempts,
         response_id: op.response_id.clone(),
         part_index: Some(op.part_index),
+        part_count: Some(op.part_count),
+        kind: Some(op.kind),
+        body: None,
         at: now,
     };
     let dead_letter = |reason: String, code: Option<i32>, http_status: Option<i32>| {
@@ -191,6 +194,8 @@ pub fn terminal(
         Final::Accepted { sid, segments } => {
             status.twilio_sid.clone_from(sid);
             status.segments = segments.or(op.segments);
+            // What Twilio accepted is what the transcript shows.
+            status.body.clone_from(&op.body);
         }
         Final::Failed {
             code,
@@ -301,6 +306,13 @@ mod tests {
         assert_eq!(t.status.twilio_sid.as_deref(), Some("SM1"));
         assert_eq!(t.status.segments, Some(1));
         assert_eq!(t.status.attempts, 2);
+        assert_eq!(
+            t.status.body,
+            op().body,
+            "the text as sent, for the transcript"
+        );
+        assert_eq!(t.status.kind, Some(op().kind));
+        assert_eq!(t.status.part_count, Some(op().part_count));
         assert!(t.dead_letter.is_none() && t.compliance.is_none());
     }
 

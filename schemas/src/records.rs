@@ -214,6 +214,7 @@ mod participant_binding;
 mod segment_state;
 mod transcript_entry;
 mod twilio_webhook;
+mod voice_link_state;
 
 pub use archival_request::*;
 pub use cognition_response::*;
@@ -236,3 +237,4 @@ pub use participant_binding::*;
 pub use segment_state::*;
 pub use transcript_entry::*;
 pub use twilio_webhook::*;
+pub use voice_link_state::*;

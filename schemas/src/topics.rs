@@ -10,7 +10,7 @@ use crate::records::{
     ArchivalRequest, CognitionResponse, Command, ComplianceEvent, ConsentProcessorState,
     ConsentState, ConversationEvent, DeadLetter, DeliveryStatus, EgressLedgerEntry, IdentityRecord,
     InboundMessage, LifecycleState, NormalizeState, OutboundDeadLetter, OutboundOperation,
-    ParticipantBinding, SegmentState, TranscriptEntry, TwilioWebhook,
+    ParticipantBinding, SegmentState, TranscriptEntry, TwilioWebhook, VoiceLinkState,
 };
 
 /// Raw Twilio webhooks as received by ingress ([`TwilioWebhook`]); key: the
@@ -68,6 +68,10 @@ pub const SEGMENT_STATE: &str = "si.segment.state.v1";
 /// [`CONVERSATION_EVENTS`], [`RESPONSES`], [`COMMANDS`], [`DELIVERY`] and
 /// [`TRANSCRIPT`] ([`LifecycleState`]); key: `conv|<conversation id>`.
 pub const LIFECYCLE_STATE: &str = "si.lifecycle.state.v1";
+/// Internal: the state changelog of voice-link, compacted, co-partitioned with
+/// [`CONVERSATION_EVENTS`], [`COMMANDS`] and [`DELIVERY`] ([`VoiceLinkState`]);
+/// key: `conv|<conversation id>`.
+pub const VOICE_LINK_STATE: &str = "si.voicelink.state.v1";
 
 /// Every topic, in the order of `topics.yaml`.
 pub const ALL: &[&str] = &[
@@ -92,6 +96,7 @@ pub const ALL: &[&str] = &[
     CONSENT_STATE,
     SEGMENT_STATE,
     LIFECYCLE_STATE,
+    VOICE_LINK_STATE,
 ];
 
 /// The value schema of a topic of [`ALL`]: `(file name under schemas/avro/, .avsc text)`;
@@ -122,6 +127,7 @@ pub fn value_schema(topic: &str) -> Option<(&'static str, &'static str)> {
         CONSENT_STATE => of::<ConsentProcessorState>(),
         SEGMENT_STATE => of::<SegmentState>(),
         LIFECYCLE_STATE => of::<LifecycleState>(),
+        VOICE_LINK_STATE => of::<VoiceLinkState>(),
         _ => None,
     }
 }

@@ -516,6 +516,9 @@ fn delivery_full() -> DeliveryStatus {
         attempts: 1,
         response_id: some("resp-1"),
         part_index: Some(0),
+        part_count: Some(2),
+        kind: Some(OperationKind::SendMessage),
+        body: Some("Hello".into()),
         at: T0,
     }
 }
@@ -532,6 +535,9 @@ fn delivery_min() -> DeliveryStatus {
         attempts: 0,
         response_id: None,
         part_index: None,
+        part_count: None,
+        kind: None,
+        body: None,
         at: 0,
     }
 }
@@ -735,6 +741,11 @@ fn transcript_full() -> TranscriptEntry {
         message_sid: some("IM00000000000000000000000000000001"),
         locale: some("en"),
         at: T0,
+        entry_kind: Some(TranscriptEntryKind::CallEnded),
+        channel: Some(Channel::Voice),
+        call_outcome: Some("connected".into()),
+        call_duration_seconds: Some(42),
+        source_sid: Some("CA1".into()),
     }
 }
 
@@ -754,6 +765,11 @@ fn transcript_min() -> TranscriptEntry {
         message_sid: None,
         locale: None,
         at: 0,
+        entry_kind: None,
+        channel: None,
+        call_outcome: None,
+        call_duration_seconds: None,
+        source_sid: None,
     }
 }
 
@@ -1192,6 +1208,74 @@ fn segment_state_seen() -> SegmentState {
     }
 }
 
+fn voice_link_state_full() -> VoiceLinkState {
+    VoiceLinkState {
+        conversation_id: s("CH00000000000000000000000000000001"),
+        session_id: s("sess-1"),
+        channel: Channel::Sms,
+        address: some("+14155550100"),
+        proxy_address: some("+14155550199"),
+        locale: s("fr"),
+        time_zone: some("Europe/Paris"),
+        next_sequence: 7,
+        last_activity_at: T0,
+        scheduled: Some(ScheduledCall {
+            command_id: s("cmd-1"),
+            due_at: T0 + 5000,
+            requested_at: T0,
+            to: s("+14155550100"),
+            from: s("+14155550199"),
+            locale: s("fr"),
+        }),
+        calls: vec![VoiceLinkCall {
+            call_sid: some("CA00000000000000000000000000000003"),
+            operation_id: some("voice-call-cmd-1"),
+            command_id: some("cmd-1"),
+            inbound: false,
+            requested_at: T0,
+            answered_at: Some(T0 + 1),
+            disclosure: some("ACCEPTED"),
+            status: s("COMPLETED"),
+            outcome: some("connected"),
+            locale: s("fr"),
+        }],
+        outbound: vec![PendingOutbound {
+            message_id: s("r-1"),
+            part_count: 2,
+            parts: vec![OutboundPartOutcome {
+                index: 0,
+                accepted: true,
+                text: some("Bonjour"),
+                sid: some("SM1"),
+                at: T0,
+            }],
+        }],
+    }
+}
+
+fn voice_link_state_min() -> VoiceLinkState {
+    VoiceLinkState {
+        conversation_id: s("CH1"),
+        session_id: s("sess-1"),
+        channel: Channel::Voice,
+        address: None,
+        proxy_address: None,
+        locale: s("en"),
+        time_zone: None,
+        next_sequence: 1,
+        last_activity_at: 0,
+        scheduled: None,
+        calls: vec![],
+        outbound: vec![],
+    }
+}
+
+#[test]
+fn voice_link_state_round_trips() {
+    roundtrip(&voice_link_state_full());
+    roundtrip(&voice_link_state_min());
+}
+
 fn lifecycle_state_full() -> LifecycleState {
     LifecycleState {
         conversation_id: s("CH00000000000000000000000000000001"),
@@ -1462,6 +1546,7 @@ fn rust_enums_carry_exactly_the_schema_symbols() {
         enum_matches::<InboundPurpose>(&schema),
         enum_matches::<ResponsePurpose>(&schema),
         enum_matches::<LifecyclePhase>(&schema),
+        enum_matches::<TranscriptEntryKind>(&schema),
     ];
     let missing: Vec<&String> = schema.keys().filter(|n| !covered.contains(n)).collect();
     assert!(

@@ -192,6 +192,9 @@ fn delivery(op: &str, outcome: DeliveryOutcome, code: Option<i32>, at: i64) -> D
         attempts: 1,
         response_id: Some("resp-1".into()),
         part_index: Some(0),
+        part_count: None,
+        kind: None,
+        body: None,
         at,
     }
 }

@@ -327,6 +327,9 @@ async fn stop_blocks_and_start_reenables_against_the_broker() -> anyhow::Result<
             attempts: 1,
             response_id: Some("resp-1".into()),
             part_index: Some(0),
+            part_count: None,
+            kind: None,
+            body: None,
             at: T0 + 20_000,
         };
         env.produce(topics::DELIVERY, conv2, &failed).await?;

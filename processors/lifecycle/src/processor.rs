@@ -653,7 +653,7 @@ impl LifecycleProcessor {
         };
         match command.kind {
             CommandKind::CloseConversation => {}
-            CommandKind::EscalateToVoice => {
+            CommandKind::EscalateToVoice | CommandKind::EndCall => {
                 // voice-link's.
                 return Ok(Vec::new());
             }

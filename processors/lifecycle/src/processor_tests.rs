@@ -130,6 +130,9 @@ fn delivery(conv: &str, response_id: &str) -> DeliveryStatus {
         attempts: 1,
         response_id: Some(response_id.into()),
         part_index: Some(0),
+        part_count: None,
+        kind: None,
+        body: None,
         at: 0,
     }
 }
@@ -576,6 +579,11 @@ fn transcript_entries_give_the_archived_range_and_keep_the_timer() {
             message_sid: None,
             locale: None,
             at: T0,
+            entry_kind: None,
+            channel: None,
+            call_outcome: None,
+            call_duration_seconds: None,
+            source_sid: None,
         };
         h.feed(
             topics::TRANSCRIPT,
@@ -1071,6 +1079,9 @@ fn once_twilio_created_a_started_conversation_its_sid_is_aliased_until_closure()
         attempts: 1,
         response_id: None,
         part_index: None,
+        part_count: None,
+        kind: None,
+        body: None,
         at: T0 + 20,
     };
     let out = h.deliver(created.clone(), T0 + 20);

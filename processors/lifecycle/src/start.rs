@@ -497,19 +497,13 @@ impl LifecycleProcessor {
         outcome: DeliveryOutcome,
         message: Option<String>,
     ) -> Output {
-        let status = DeliveryStatus {
-            operation_id: start_id("start", &command.command_id),
-            conversation_id: conversation_id.to_owned(),
+        let status = DeliveryStatus::command_answer(
+            start_id("start", &command.command_id),
+            conversation_id.to_owned(),
             outcome,
-            twilio_sid: None,
-            segments: None,
-            error_code: None,
-            error_message: message,
-            attempts: 0,
-            response_id: None,
-            part_index: None,
-            at: now,
-        };
+            message,
+            now,
+        );
         Output::new(topics::DELIVERY, command.conversation_id.clone(), status)
     }
 

@@ -218,6 +218,9 @@ async fn quiet_conversations_are_warned_once_and_closed_with_the_summary_unless_
         attempts: 1,
         response_id: Some(closing.response_id.clone()),
         part_index: Some(0),
+        part_count: None,
+        kind: None,
+        body: None,
         at: now_ms(),
     };
     env.produce(topics::DELIVERY, quiet, &status).await?;

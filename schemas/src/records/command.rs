@@ -52,6 +52,8 @@ avro_enum! {
         StartConversation = "START_CONVERSATION",
         /// Close the conversation (final summary and archival follow).
         CloseConversation = "CLOSE_CONVERSATION",
+        /// Hang up the conversation's active call (voice-link).
+        EndCall = "END_CALL",
         /// A symbol newer than this build (the default); dead-lettered.
         Unknown = "UNKNOWN",
     }

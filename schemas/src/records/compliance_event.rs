@@ -57,14 +57,16 @@ avro_enum! {
         BlockedInbound = "BLOCKED_INBOUND",
         /// A message was not sent because the recipient has not consented.
         BlockedOutbound = "BLOCKED_OUTBOUND",
-        /// The call recording disclosure was played and accepted.
+        /// The call recording disclosure was played to the caller.
         RecordingDisclosed = "RECORDING_DISCLOSED",
-        /// The caller declined recording.
+        /// The caller declined recording, or gave no answer (`details.answer`).
         RecordingDeclined = "RECORDING_DECLINED",
         /// An inbound message may revoke consent (a revocation word in a
         /// longer message) and was forwarded with `possible_revocation` set,
         /// not acted on.
         PossibleRevocation = "POSSIBLE_REVOCATION",
+        /// The caller accepted recording and transcription.
+        RecordingAccepted = "RECORDING_ACCEPTED",
         /// A symbol newer than this build (the default).
         Unknown = "UNKNOWN",
     }

@@ -27,11 +27,50 @@ pub struct DeliveryStatus {
     pub response_id: Option<String>,
     /// The operation's `part_index`, copied for convenience.
     pub part_index: Option<i32>,
+    /// The operation's `part_count`, copied (null in older records).
+    #[serde(default)]
+    pub part_count: Option<i32>,
+    /// The operation's kind, copied (null in older records and command answers).
+    #[serde(default)]
+    pub kind: Option<super::OperationKind>,
+    /// The text sent in this operation, exactly as sent.
+    #[serde(default)]
+    pub body: Option<String>,
     /// When egress reached the outcome (ms since the epoch).
     pub at: i64,
 }
 
 crate::avro_record!(DeliveryStatus, "delivery_status.avsc");
+
+impl DeliveryStatus {
+    /// The answer to a command (not an operation) on `twilio.delivery.v1`:
+    /// `operation_id` is the stage's id for the command, nothing was sent.
+    #[must_use]
+    pub fn command_answer(
+        operation_id: String,
+        conversation_id: String,
+        outcome: DeliveryOutcome,
+        message: Option<String>,
+        at: i64,
+    ) -> Self {
+        Self {
+            operation_id,
+            conversation_id,
+            outcome,
+            twilio_sid: None,
+            segments: None,
+            error_code: None,
+            error_message: message,
+            attempts: 0,
+            response_id: None,
+            part_index: None,
+            part_count: None,
+            kind: None,
+            body: None,
+            at,
+        }
+    }
+}
 
 avro_enum! {
     /// Terminal outcome of an outbound operation.

@@ -40,9 +40,44 @@ pub struct TranscriptEntry {
     pub locale: Option<String>,
     /// When it was said or sent (ms since the epoch).
     pub at: i64,
+    /// What the entry records (null in older entries).
+    #[serde(default)]
+    pub entry_kind: Option<TranscriptEntryKind>,
+    /// Channel the entry happened on (null in older entries).
+    #[serde(default)]
+    pub channel: Option<super::Channel>,
+    /// CALL_ENDED: how the call ended (`connected`, `declined`, `no_answer`,
+    /// `busy`, `failed`, `canceled`, `machine`, `ended`).
+    #[serde(default)]
+    pub call_outcome: Option<String>,
+    /// CALL_ENDED: the call's duration (0 when it never connected).
+    #[serde(default)]
+    pub call_duration_seconds: Option<i32>,
+    /// The Twilio SID the entry comes from (message, call, recording or
+    /// transcription), for audit.
+    #[serde(default)]
+    pub source_sid: Option<String>,
 }
 
 crate::avro_record!(TranscriptEntry, "transcript_entry.avsc");
+
+avro_enum! {
+    /// What a transcript entry records.
+    pub enum TranscriptEntryKind (default Unknown) {
+        /// An inbound message, or an outbound one Twilio accepted (one per response).
+        Message = "MESSAGE",
+        /// A call was answered.
+        CallStarted = "CALL_STARTED",
+        /// A call ended (or never connected).
+        CallEnded = "CALL_ENDED",
+        /// A call recording is available.
+        Recording = "RECORDING",
+        /// A transcribed utterance on a call.
+        Utterance = "UTTERANCE",
+        /// A symbol newer than this build (the default).
+        Unknown = "UNKNOWN",
+    }
+}
 
 avro_enum! {
     /// Kind of transcript entry.
