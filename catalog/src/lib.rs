@@ -54,6 +54,16 @@ pub mod keys {
     pub const REVOCATION_CLARIFICATION: &str = "messaging.revocation_clarification";
     /// Messaging: the user wrote again after a closure (a new conversation).
     pub const WELCOME_BACK: &str = "messaging.welcome_back";
+    /// Messaging: Si is calling the user now (escalation to voice).
+    pub const CALLING_NOW: &str = "messaging.calling_now";
+    /// Messaging: when Si will call (`{time}`: local time, `{zone}`: the time zone).
+    pub const CALL_SCHEDULED: &str = "messaging.call_scheduled";
+    /// Messaging: the caller declined recording or did not answer the
+    /// prompt; the conversation continues by text.
+    pub const CALL_CONTINUES_BY_TEXT: &str = "messaging.call_continues_by_text";
+    /// Messaging: the call was not answered (no answer, busy, failed, a
+    /// machine): continue by text or ask for another call.
+    pub const CALL_MISSED: &str = "messaging.call_missed";
 
     /// Every key; the default locale must define all of them.
     pub const ALL: &[&str] = &[
@@ -74,6 +84,10 @@ pub mod keys {
         CLOSING,
         REVOCATION_CLARIFICATION,
         WELCOME_BACK,
+        CALLING_NOW,
+        CALL_SCHEDULED,
+        CALL_CONTINUES_BY_TEXT,
+        CALL_MISSED,
     ];
 }
 

@@ -1,0 +1,719 @@
+#![allow(clippy::unwrap_used)]
+
+use si_schemas::records::{
+    ConsentState, EventSource, LocaleSource, MessageReceived, Participant, RecordingAvailable,
+    TranscriptionEvent,
+};
+
+use super::*;
+
+/// 2026-12-03 18:00:00 UTC: 13:00 in New York, 19:00 in Paris.
+const T0: i64 = 1_796_320_800_000;
+const CH: &str = "CH00000000000000000000000000000001";
+const USER: &str = "+14155550100";
+const OURS: &str = "+14155550199";
+const CALL: &str = "CA00000000000000000000000000000009";
+
+fn settings() -> Settings {
+    Settings {
+        public_base_url: "https://si.example.com".into(),
+        voice_from: None,
+        ring_timeout_secs: 25,
+        machine_detection: Some("Enable".into()),
+        quiet_window: QuietWindow::parse("21:00-08:00").unwrap(),
+        default_zone: TimeZone::UTC,
+        require_opt_in: false,
+        messaging_service_sid: None,
+        state_ttl: Duration::from_secs(3600),
+    }
+}
+
+fn event(n: i64, event_type: ConversationEventType, channel: Channel) -> ConversationEvent {
+    ConversationEvent {
+        event_id: format!("ev-{n}"),
+        conversation_id: CH.into(),
+        session_id: "session-1".into(),
+        event_type,
+        channel,
+        source: EventSource::Messaging,
+        occurred_at: n,
+        received_at: n,
+        participant: Some(Participant {
+            address: Some(USER.into()),
+            channel,
+            user_id: None,
+            visitor_id: Some("v-1".into()),
+            registered: false,
+            participant_sid: None,
+            identity: None,
+            proxy_address: Some(OURS.into()),
+        }),
+        locale: "fr".into(),
+        locale_source: LocaleSource::PhoneCountry,
+        account_sid: None,
+        webhook_id: format!("wh-{n}"),
+        dedup_key: format!("d-{n}"),
+        traceparent: None,
+        compliance: None,
+        message: None,
+        delivery: None,
+        participant_change: None,
+        state_change: None,
+        call: None,
+        recording: None,
+        transcription: None,
+        compliance_record: None,
+    }
+}
+
+fn text(n: i64, body: &str) -> ConversationEvent {
+    ConversationEvent {
+        message: Some(MessageReceived {
+            message_sid: format!("SM{n}"),
+            index: None,
+            author: Some(USER.into()),
+            body: Some(body.into()),
+            media: Vec::new(),
+            attributes_json: None,
+            num_segments: Some(1),
+        }),
+        ..event(n, ConversationEventType::MessageReceived, Channel::Sms)
+    }
+}
+
+fn call(n: i64, status: CallState, accepted: Option<bool>, direction: &str) -> ConversationEvent {
+    ConversationEvent {
+        call: Some(CallEvent {
+            call_sid: CALL.into(),
+            status,
+            direction: Some(direction.into()),
+            duration_seconds: (status == CallState::Completed).then_some(42),
+            disclosure_accepted: accepted,
+        }),
+        ..event(n, ConversationEventType::CallStatusChanged, Channel::Voice)
+    }
+}
+
+fn command(id: &str, kind: CommandKind, params: &[(&str, &str)]) -> Command {
+    Command {
+        command_id: id.into(),
+        conversation_id: CH.into(),
+        session_id: None,
+        kind,
+        address: None,
+        channel: None,
+        locale: None,
+        reason: None,
+        issued_by: "test".into(),
+        issued_at: T0,
+        params: params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+fn delivered(operation: &str, kind: OperationKind, sid: &str) -> DeliveryStatus {
+    DeliveryStatus {
+        operation_id: operation.into(),
+        conversation_id: CH.into(),
+        outcome: DeliveryOutcome::Accepted,
+        twilio_sid: Some(sid.into()),
+        segments: None,
+        error_code: None,
+        error_message: None,
+        attempts: 1,
+        response_id: None,
+        part_index: Some(0),
+        part_count: Some(1),
+        kind: Some(kind),
+        body: None,
+        at: T0,
+    }
+}
+
+fn opted_out() -> ConsentState {
+    ConsentState {
+        address: USER.into(),
+        channel: Channel::Sms,
+        sender_scope: OURS.into(),
+        status: ConsentStatus::OptedOut,
+        source: ComplianceSource::Keyword,
+        decided_at: T0 - 1000,
+        updated_at: T0 - 1000,
+        event_ref: None,
+        keyword: Some("STOP".into()),
+    }
+}
+
+struct Harness {
+    processor: VoiceLinkProcessor,
+    store: StateStore<VoiceLinkState>,
+}
+
+impl Harness {
+    fn new(settings: Settings, consent: Vec<ConsentState>) -> Self {
+        let local = GlobalTable::from_entries(
+            topics::CONSENT,
+            consent.into_iter().map(|c| {
+                let key =
+                    si_consent_gate::consent_key(c.channel, &c.address, &c.sender_scope).unwrap();
+                (key, c)
+            }),
+        );
+        let registry = GlobalTable::from_entries(topics::CONSENT_REGISTRY, []);
+        let identity = GlobalTable::from_entries(topics::IDENTITY, []);
+        Self {
+            processor: VoiceLinkProcessor::new(
+                settings,
+                ConsentGate::from_tables(local, registry),
+                identity,
+                VoiceLinkMetrics::unregistered(),
+            ),
+            store: StateStore::new(Duration::from_secs(3600)),
+        }
+    }
+
+    fn feed(&mut self, topic: &str, input: VoiceLinkInput, at: i64) -> Vec<Output> {
+        self.try_feed(topic, input, at).unwrap()
+    }
+
+    fn try_feed(
+        &mut self,
+        topic: &str,
+        input: VoiceLinkInput,
+        at: i64,
+    ) -> Result<Vec<Output>, ProcessError> {
+        self.store.set_now(at);
+        let ctx = RecordContext::for_test(topic, at);
+        self.processor.process(&ctx, input, &mut self.store)
+    }
+
+    fn event(&mut self, event: ConversationEvent, at: i64) -> Vec<Output> {
+        self.feed(
+            topics::CONVERSATION_EVENTS,
+            VoiceLinkInput::Event(Box::new(event)),
+            at,
+        )
+    }
+
+    fn command(&mut self, command: Command, at: i64) -> Vec<Output> {
+        self.feed(
+            topics::COMMANDS,
+            VoiceLinkInput::Command(Box::new(command)),
+            at,
+        )
+    }
+
+    fn deliver(&mut self, status: DeliveryStatus, at: i64) -> Vec<Output> {
+        self.feed(
+            topics::DELIVERY,
+            VoiceLinkInput::Delivery(Box::new(status)),
+            at,
+        )
+    }
+
+    fn tick(&mut self, now: i64) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        for key in self.store.due_timers(now, usize::MAX) {
+            self.store.set_now(now);
+            let due_at_ms = self.store.cancel_timer(&key).unwrap();
+            let ctx = TimerContext {
+                partition: 0,
+                key: &key,
+                due_at_ms,
+                now_ms: now,
+            };
+            outputs.extend(self.processor.on_timer(&ctx, &mut self.store).unwrap());
+        }
+        outputs
+    }
+
+    fn escalations(&self, outcome: &str) -> u64 {
+        self.processor
+            .metrics
+            .escalations
+            .with_label_values(&[outcome])
+            .get()
+    }
+}
+
+fn of<T: si_schemas::AvroRecord + Clone>(outputs: &[Output]) -> Vec<T> {
+    outputs
+        .iter()
+        .filter_map(|o| o.record::<T>())
+        .cloned()
+        .collect()
+}
+
+fn ops(outputs: &[Output]) -> Vec<OutboundOperation> {
+    of(outputs)
+}
+
+fn texts(outputs: &[Output]) -> Vec<CognitionResponse> {
+    of(outputs)
+}
+
+fn entries(outputs: &[Output]) -> Vec<TranscriptEntry> {
+    of(outputs)
+}
+
+fn compliance(outputs: &[Output]) -> Vec<ComplianceEvent> {
+    of(outputs)
+}
+
+fn statuses(outputs: &[Output]) -> Vec<DeliveryStatus> {
+    of(outputs)
+}
+
+#[test]
+fn an_escalation_places_the_call_and_tells_the_user_by_text() {
+    let mut h = Harness::new(settings(), Vec::new());
+    let out = h.event(text(T0, "Can you call me?"), T0);
+    let inbound = entries(&out);
+    assert_eq!(inbound.len(), 1);
+    assert_eq!(inbound[0].sequence, 1);
+    assert_eq!(inbound[0].entry_kind, Some(TranscriptEntryKind::Message));
+    assert_eq!(inbound[0].text.as_deref(), Some("Can you call me?"));
+
+    let out = h.command(command("cmd-1", CommandKind::EscalateToVoice, &[]), T0 + 10);
+    let op = &ops(&out)[0];
+    assert_eq!(op.kind, OperationKind::CreateCall);
+    assert_eq!(op.operation_id, call_operation_id("cmd-1"));
+    assert_eq!(op.to.as_deref(), Some(USER));
+    assert_eq!(op.from.as_deref(), Some(OURS), "the conversation's number");
+    assert_eq!(op.sender_key, format!("voice:{OURS}"));
+    let request = op.call.as_ref().unwrap();
+    assert_eq!(
+        request.twiml_url,
+        format!("https://si.example.com/twilio/voice/answer?conversation={CH}&locale=fr")
+    );
+    assert_eq!(
+        request.status_callback_url.as_deref(),
+        Some(
+            format!("https://si.example.com/twilio/voice/status?conversation={CH}&locale=fr")
+                .as_str()
+        )
+    );
+    assert_eq!(request.timeout_seconds, Some(25));
+    assert_eq!(request.machine_detection.as_deref(), Some("Enable"));
+    let said = texts(&out);
+    assert_eq!(said.len(), 1);
+    assert!(
+        said[0].text.starts_with("Si vous appelle"),
+        "{}",
+        said[0].text
+    );
+    assert_eq!(said[0].session_id, "session-1");
+    assert_eq!(statuses(&out)[0].outcome, DeliveryOutcome::Accepted);
+    assert_eq!(h.escalations("requested"), 1);
+
+    // The same command again: nothing new.
+    let again = h.command(command("cmd-1", CommandKind::EscalateToVoice, &[]), T0 + 20);
+    assert!(again.is_empty(), "{again:#?}");
+}
+
+#[test]
+fn an_accepted_call_is_on_the_record_and_in_the_transcript_in_order() {
+    let mut h = Harness::new(settings(), Vec::new());
+    let mut transcript = entries(&h.event(text(T0, "Call me"), T0));
+    h.command(command("cmd-1", CommandKind::EscalateToVoice, &[]), T0 + 1);
+    // Si's reply, in two parts, accepted by Twilio.
+    for (index, part) in ["Sure,", "calling you now."].iter().enumerate() {
+        let status = DeliveryStatus {
+            response_id: Some("r-1".into()),
+            part_index: Some(i32::try_from(index).unwrap()),
+            part_count: Some(2),
+            body: Some((*part).into()),
+            ..delivered(
+                &format!("r-1-{index}"),
+                OperationKind::SendMessage,
+                &format!("SM{index}"),
+            )
+        };
+        transcript.extend(entries(&h.deliver(status, T0 + 2)));
+    }
+    assert!(
+        h.deliver(
+            delivered(&call_operation_id("cmd-1"), OperationKind::CreateCall, CALL),
+            T0 + 3
+        )
+        .is_empty()
+    );
+    let mut records = Vec::new();
+    for (at, ev) in [
+        (
+            T0 + 4,
+            call(T0 + 4, CallState::Ringing, None, "outbound-api"),
+        ),
+        (
+            T0 + 5,
+            call(T0 + 5, CallState::InProgress, None, "outbound-api"),
+        ),
+        (
+            T0 + 6,
+            call(T0 + 6, CallState::InProgress, Some(true), "outbound-api"),
+        ),
+    ] {
+        let out = h.event(ev, at);
+        transcript.extend(entries(&out));
+        records.extend(compliance(&out));
+    }
+    let utterance = ConversationEvent {
+        transcription: Some(TranscriptionEvent {
+            call_sid: CALL.into(),
+            transcription_sid: Some("GT1".into()),
+            text: "I need to move my appointment".into(),
+            speaker: TranscriptionSpeaker::User,
+            sequence: Some(1),
+            is_final: true,
+            confidence: Some(0.9),
+        }),
+        ..event(T0 + 7, ConversationEventType::Transcription, Channel::Voice)
+    };
+    transcript.extend(entries(&h.event(utterance.clone(), T0 + 7)));
+    let interim = ConversationEvent {
+        event_id: "ev-interim".into(),
+        transcription: Some(TranscriptionEvent {
+            is_final: false,
+            ..utterance.transcription.clone().unwrap()
+        }),
+        ..utterance
+    };
+    assert!(
+        entries(&h.event(interim, T0 + 7)).is_empty(),
+        "interim text never"
+    );
+    let end = h.event(
+        call(T0 + 8, CallState::Completed, None, "outbound-api"),
+        T0 + 8,
+    );
+    transcript.extend(entries(&end));
+    assert!(texts(&end).is_empty(), "a connected call needs no text");
+    let recording = ConversationEvent {
+        recording: Some(RecordingAvailable {
+            recording_sid: "RE1".into(),
+            call_sid: CALL.into(),
+            url: Some("https://api.twilio.com/rec/RE1".into()),
+            status: Some("completed".into()),
+            duration_seconds: Some(40),
+            channels: Some(1),
+        }),
+        ..event(
+            T0 + 9,
+            ConversationEventType::RecordingAvailable,
+            Channel::Voice,
+        )
+    };
+    transcript.extend(entries(&h.event(recording, T0 + 9)));
+
+    let kinds: Vec<TranscriptEntryKind> =
+        transcript.iter().map(|e| e.entry_kind.unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            TranscriptEntryKind::Message,
+            TranscriptEntryKind::Message,
+            TranscriptEntryKind::CallStarted,
+            TranscriptEntryKind::Utterance,
+            TranscriptEntryKind::CallEnded,
+            TranscriptEntryKind::Recording,
+        ]
+    );
+    let sequences: Vec<i64> = transcript.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        transcript[1].text.as_deref(),
+        Some("Sure, calling you now.")
+    );
+    assert_eq!(transcript[1].speaker, TranscriptSpeaker::Si);
+    assert_eq!(transcript[1].message_sid.as_deref(), Some("SM0"));
+    assert_eq!(transcript[3].speaker, TranscriptSpeaker::User);
+    assert_eq!(transcript[4].call_outcome.as_deref(), Some("connected"));
+    assert_eq!(transcript[4].call_duration_seconds, Some(42));
+    assert_eq!(
+        transcript[5].recording.as_ref().unwrap().recording_sid,
+        "RE1"
+    );
+    assert!(
+        transcript
+            .iter()
+            .all(|e| e.conversation_id == CH && e.session_id == "session-1")
+    );
+    let kinds: Vec<ComplianceEventKind> = records.iter().map(|c| c.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            ComplianceEventKind::RecordingDisclosed,
+            ComplianceEventKind::RecordingAccepted
+        ]
+    );
+    assert!(
+        records
+            .iter()
+            .all(|c| c.conversation_id.as_deref() == Some(CH)
+                && c.message_ref.as_deref() == Some(CALL)
+                && c.locale.as_deref() == Some("fr"))
+    );
+    assert_eq!(h.escalations("connected"), 1);
+}
+
+#[test]
+fn a_declined_recording_continues_the_conversation_by_text() {
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(text(T0, "Call me"), T0);
+    h.command(command("cmd-1", CommandKind::EscalateToVoice, &[]), T0 + 1);
+    h.deliver(
+        delivered(&call_operation_id("cmd-1"), OperationKind::CreateCall, CALL),
+        T0 + 2,
+    );
+    let out = h.event(
+        call(T0 + 3, CallState::InProgress, Some(false), "outbound-api"),
+        T0 + 3,
+    );
+    let kinds: Vec<ComplianceEventKind> = compliance(&out).iter().map(|c| c.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            ComplianceEventKind::RecordingDisclosed,
+            ComplianceEventKind::RecordingDeclined
+        ]
+    );
+    let said = texts(&out);
+    assert_eq!(said.len(), 1);
+    assert!(said[0].text.contains("par écrit"), "{}", said[0].text);
+    let end = h.event(
+        call(T0 + 9, CallState::Completed, None, "outbound-api"),
+        T0 + 9,
+    );
+    assert_eq!(entries(&end)[0].call_outcome.as_deref(), Some("declined"));
+    assert!(texts(&end).is_empty(), "told once");
+}
+
+#[test]
+fn an_unanswered_call_ends_with_an_offer_to_continue_by_text() {
+    for (status, outcome) in [
+        (CallState::NoAnswer, "no_answer"),
+        (CallState::Busy, "busy"),
+        (CallState::Failed, "failed"),
+    ] {
+        let mut h = Harness::new(settings(), Vec::new());
+        h.event(text(T0, "Call me"), T0);
+        h.command(command("cmd-1", CommandKind::EscalateToVoice, &[]), T0 + 1);
+        h.deliver(
+            delivered(&call_operation_id("cmd-1"), OperationKind::CreateCall, CALL),
+            T0 + 2,
+        );
+        h.event(
+            call(T0 + 3, CallState::Ringing, None, "outbound-api"),
+            T0 + 3,
+        );
+        let out = h.event(call(T0 + 30, status, None, "outbound-api"), T0 + 30);
+        let end = entries(&out);
+        assert_eq!(
+            end.len(),
+            1,
+            "no start marker for a call that never connected"
+        );
+        assert_eq!(end[0].call_outcome.as_deref(), Some(outcome));
+        assert_eq!(end[0].call_duration_seconds, Some(0));
+        assert!(texts(&out)[0].text.contains("joindre"), "{status:?}");
+        assert_eq!(h.escalations(outcome), 1);
+    }
+}
+
+#[test]
+fn twilio_refusing_the_call_is_a_failed_escalation() {
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(text(T0, "Call me"), T0);
+    h.command(command("cmd-1", CommandKind::EscalateToVoice, &[]), T0 + 1);
+    let refused = DeliveryStatus {
+        outcome: DeliveryOutcome::Failed,
+        twilio_sid: None,
+        error_code: Some(21215),
+        ..delivered(&call_operation_id("cmd-1"), OperationKind::CreateCall, "")
+    };
+    let out = h.deliver(refused, T0 + 2);
+    assert_eq!(entries(&out)[0].call_outcome.as_deref(), Some("failed"));
+    assert_eq!(texts(&out).len(), 1);
+    assert_eq!(h.escalations("failed"), 1);
+}
+
+#[test]
+fn no_call_to_a_user_who_opted_out_and_never_silence() {
+    let mut h = Harness::new(settings(), vec![opted_out()]);
+    h.event(text(T0, "hello"), T0);
+    let out = h.command(command("cmd-1", CommandKind::EscalateToVoice, &[]), T0 + 1);
+    assert!(ops(&out).is_empty());
+    assert!(texts(&out).is_empty());
+    let blocked = compliance(&out);
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(blocked[0].kind, ComplianceEventKind::BlockedOutbound);
+    assert_eq!(blocked[0].details["operation"], "CREATE_CALL");
+    let status = &statuses(&out)[0];
+    assert_eq!(status.outcome, DeliveryOutcome::Blocked);
+    assert_eq!(status.operation_id, command_status_id("cmd-1"));
+    assert_eq!(h.escalations("blocked"), 1);
+
+    // An unknown conversation: a FAILED answer.
+    let mut h = Harness::new(settings(), Vec::new());
+    let out = h.command(command("cmd-2", CommandKind::EscalateToVoice, &[]), T0);
+    let status = &statuses(&out)[0];
+    assert_eq!(status.outcome, DeliveryOutcome::Failed);
+    assert!(
+        status
+            .error_message
+            .as_deref()
+            .unwrap()
+            .contains("unknown conversation")
+    );
+}
+
+#[test]
+fn a_scheduled_call_is_placed_once_at_its_time() {
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(text(T0, "Call me in a bit"), T0);
+    let at = Timestamp::from_millisecond(T0 + 5_000).unwrap().to_string();
+    let out = h.command(
+        command("cmd-1", CommandKind::EscalateToVoice, &[(AT_PARAM, &at)]),
+        T0 + 1,
+    );
+    assert!(ops(&out).is_empty(), "not yet");
+    let said = texts(&out);
+    assert!(
+        said[0].text.contains("13:00") && said[0].text.contains("America/New_York"),
+        "{}",
+        said[0].text
+    );
+    assert_eq!(h.store.timer(&conversation_key(CH)), Some(T0 + 5_000));
+    assert!(h.tick(T0 + 4_999).is_empty());
+    let placed = h.tick(T0 + 5_000);
+    assert_eq!(ops(&placed).len(), 1);
+    assert_eq!(ops(&placed)[0].operation_id, call_operation_id("cmd-1"));
+    assert!(h.tick(T0 + 60_000).is_empty(), "once");
+    // Re-sent after it was placed: still once.
+    assert!(
+        h.command(
+            command("cmd-1", CommandKind::EscalateToVoice, &[(AT_PARAM, &at)]),
+            T0 + 6_000
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn a_call_in_the_quiet_window_moves_to_its_end_and_the_user_is_told() {
+    let mut h = Harness::new(settings(), Vec::new());
+    let french = |n| ConversationEvent {
+        participant: Some(Participant {
+            address: Some("+33612345678".into()),
+            ..text(n, "x").participant.unwrap()
+        }),
+        ..text(n, "Appelez-moi")
+    };
+    // 22:30 in Paris.
+    let now = T0 + 210 * 60 * 1000;
+    h.event(french(now), now);
+    let out = h.command(command("cmd-1", CommandKind::EscalateToVoice, &[]), now);
+    assert!(ops(&out).is_empty(), "not at night");
+    let said = texts(&out);
+    assert!(
+        said[0].text.contains("08:00") && said[0].text.contains("Europe/Paris"),
+        "{}",
+        said[0].text
+    );
+    let due = h.store.timer(&conversation_key(CH)).unwrap();
+    assert_eq!(
+        Timestamp::from_millisecond(due).unwrap().to_string(),
+        "2026-12-04T07:00:00Z"
+    );
+    assert!(h.tick(due - 1).is_empty());
+    let out = h.tick(due);
+    assert_eq!(ops(&out)[0].to.as_deref(), Some("+33612345678"));
+}
+
+#[test]
+fn end_call_hangs_up_the_live_call_or_cancels_a_scheduled_one() {
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(text(T0, "Call me"), T0);
+    h.command(command("cmd-1", CommandKind::EscalateToVoice, &[]), T0 + 1);
+    h.deliver(
+        delivered(&call_operation_id("cmd-1"), OperationKind::CreateCall, CALL),
+        T0 + 2,
+    );
+    h.event(
+        call(T0 + 3, CallState::InProgress, Some(true), "outbound-api"),
+        T0 + 3,
+    );
+    let out = h.command(command("cmd-2", CommandKind::EndCall, &[]), T0 + 4);
+    let end = &ops(&out)[0];
+    assert_eq!(end.kind, OperationKind::EndCall);
+    assert_eq!(end.params[CALL_SID_PARAM], CALL);
+    assert_eq!(end.sender_key, format!("voice:{OURS}"));
+
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(text(T0, "Call me"), T0);
+    let at = Timestamp::from_millisecond(T0 + 60_000)
+        .unwrap()
+        .to_string();
+    h.command(
+        command("cmd-1", CommandKind::EscalateToVoice, &[(AT_PARAM, &at)]),
+        T0 + 1,
+    );
+    let out = h.command(command("cmd-2", CommandKind::EndCall, &[]), T0 + 2);
+    assert!(ops(&out).is_empty());
+    assert_eq!(statuses(&out)[0].outcome, DeliveryOutcome::Accepted);
+    assert!(h.tick(T0 + 60_000).is_empty(), "cancelled");
+}
+
+#[test]
+fn an_inbound_call_joins_the_conversation_transcript() {
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(text(T0, "I'll call you"), T0);
+    let out = h.event(call(T0 + 1, CallState::InProgress, None, "inbound"), T0 + 1);
+    let started = entries(&out);
+    assert_eq!(
+        started[0].entry_kind,
+        Some(TranscriptEntryKind::CallStarted)
+    );
+    assert_eq!(started[0].direction, Direction::Inbound);
+    assert_eq!(started[0].sequence, 2);
+    let out = h.event(
+        call(T0 + 60, CallState::Completed, None, "inbound"),
+        T0 + 60,
+    );
+    assert_eq!(entries(&out)[0].call_outcome.as_deref(), Some("ended"));
+    assert!(texts(&out).is_empty(), "the user hung up: no offer");
+    // The conversation's texts still go to SMS.
+    let state = h.store.get(&conversation_key(CH)).unwrap();
+    assert_eq!(state.channel, Channel::Sms);
+    assert_eq!(state.address.as_deref(), Some(USER));
+}
+
+#[test]
+fn a_response_with_a_failed_part_records_what_twilio_accepted() {
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(text(T0, "hi"), T0);
+    let part = |index: i32, outcome| DeliveryStatus {
+        outcome,
+        response_id: Some("r-1".into()),
+        part_index: Some(index),
+        part_count: Some(2),
+        body: (outcome == DeliveryOutcome::Accepted).then(|| format!("part {index}")),
+        ..delivered(&format!("r-1-{index}"), OperationKind::SendMessage, "SM1")
+    };
+    assert!(entries(&h.deliver(part(1, DeliveryOutcome::Failed), T0 + 1)).is_empty());
+    let done = entries(&h.deliver(part(0, DeliveryOutcome::Accepted), T0 + 2));
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].text.as_deref(), Some("part 0"));
+    // A repeated status is not a second entry.
+    assert!(entries(&h.deliver(part(0, DeliveryOutcome::Accepted), T0 + 3)).is_empty());
+    // Every part failed: no entry.
+    let none = DeliveryStatus {
+        response_id: Some("r-2".into()),
+        part_count: Some(1),
+        outcome: DeliveryOutcome::Failed,
+        ..delivered("r-2-0", OperationKind::SendMessage, "")
+    };
+    assert!(entries(&h.deliver(none, T0 + 4)).is_empty());
+}
