@@ -70,6 +70,7 @@
 mod api;
 mod state;
 mod twilio;
+pub mod twiml;
 pub mod webhook;
 
 use std::net::SocketAddr;
