@@ -68,6 +68,9 @@
 //! ingress).
 
 mod api;
+pub mod calls;
+mod client;
+mod player;
 mod state;
 mod twilio;
 pub mod twiml;
@@ -82,10 +85,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
+pub use calls::{
+    CallError, CallOutcomes, CallRecord, CallStep, GatherAnswer, Outcome, Speaker, Utterance,
+};
+pub use client::SandboxClient;
+pub use player::{APPLICATION_ERROR, InboundCall};
 pub use state::{CallbackRecord, Faults, RequestRecord};
 pub use twilio::{is_e164, num_segments};
 pub use webhook::{InboundConversationMessage, InboundSms, Posted, Webhooks};
 
+use crate::calls::Control;
 use crate::state::Shared;
 
 /// Twilio's magic test number that is never valid (21211).
@@ -126,6 +135,8 @@ pub struct SandboxConfig {
     pub callbacks: bool,
     /// How many request records are kept (oldest dropped first).
     pub log_capacity: usize,
+    /// What happens when a created call rings (default: a person answers).
+    pub call_outcomes: CallOutcomes,
 }
 
 impl Default for SandboxConfig {
@@ -144,6 +155,10 @@ impl Default for SandboxConfig {
             seed: 0x5EED,
             callbacks: true,
             log_capacity: 200_000,
+            call_outcomes: CallOutcomes {
+                default: Some(Outcome::Answer),
+                ..CallOutcomes::default()
+            },
         }
     }
 }
@@ -327,6 +342,102 @@ impl SandboxHandle {
         self.webhooks()?
             .post_inbound_conversation_message(&message)
             .await
+    }
+
+    /// Every call created or placed (oldest first), with what it did so far.
+    #[must_use]
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.shared.calls.list()
+    }
+
+    /// One call.
+    #[must_use]
+    pub fn call(&self, sid: &str) -> Option<CallRecord> {
+        self.shared.calls.get(sid)
+    }
+
+    /// Waits (woken by every change of the call, no polling) until `condition`
+    /// holds for it.
+    ///
+    /// # Errors
+    /// When `timeout` passes first, with the call's last state.
+    pub async fn wait_for_call(
+        &self,
+        sid: &str,
+        timeout: Duration,
+        condition: impl FnMut(&CallRecord) -> bool,
+    ) -> anyhow::Result<CallRecord> {
+        self.shared
+            .calls
+            .wait(sid, timeout, condition)
+            .await
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "timed out after {timeout:?} waiting for call {sid}: {:?}",
+                    self.call(sid)
+                )
+            })
+    }
+
+    /// How a ringing call ends (when no outcome is set for it).
+    ///
+    /// # Errors
+    /// When the call is unknown or over.
+    pub fn ring(&self, sid: &str, outcome: Outcome) -> anyhow::Result<()> {
+        self.control(sid, Control::Ring(outcome))
+    }
+
+    /// Answers the call's current gather, or its next one if it is not
+    /// gathering yet: digits, a phrase, or silence.
+    ///
+    /// # Errors
+    /// When the call is unknown or over.
+    pub fn answer_gather(&self, sid: &str, answer: GatherAnswer) -> anyhow::Result<()> {
+        self.control(sid, Control::Gather(answer))
+    }
+
+    /// Someone speaks on the call: a `transcription-content` callback when a
+    /// real-time transcription of that track runs.
+    ///
+    /// # Errors
+    /// When the call is unknown or over.
+    pub fn say(&self, sid: &str, speaker: Speaker, text: &str) -> anyhow::Result<()> {
+        self.control(sid, Control::Say(speaker, text.to_owned()))
+    }
+
+    /// The callee hangs up.
+    ///
+    /// # Errors
+    /// When the call is unknown or over.
+    pub fn hang_up(&self, sid: &str) -> anyhow::Result<()> {
+        self.control(sid, Control::HangUp)
+    }
+
+    fn control(&self, sid: &str, control: Control) -> anyhow::Result<()> {
+        self.shared
+            .calls
+            .send(sid, control)
+            .map_err(|e| anyhow::anyhow!("call {sid}: {e}"))
+    }
+
+    /// How new calls ring.
+    #[must_use]
+    pub fn call_outcomes(&self) -> CallOutcomes {
+        self.shared.calls.outcomes()
+    }
+
+    /// Sets how new calls ring.
+    pub fn set_call_outcomes(&self, outcomes: CallOutcomes) {
+        self.shared.calls.set_outcomes(outcomes);
+    }
+
+    /// Places an inbound call to ingress's voice answer URL and plays it;
+    /// returns its Call SID.
+    ///
+    /// # Errors
+    /// Without a URL (no `callback_url` either), or past the live call limit.
+    pub fn place_inbound_call(&self, call: &InboundCall) -> anyhow::Result<String> {
+        player::place_inbound(&self.shared, call)
     }
 
     fn webhooks(&self) -> anyhow::Result<&Webhooks> {

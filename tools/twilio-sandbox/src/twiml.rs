@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::webhook::Method as HttpMethod;
+
 /// Twilio's error for a document that cannot be parsed.
 pub const DOCUMENT_PARSE_FAILURE: u32 = 12100;
 /// Twilio's error for a document that is XML but not valid TwiML.
@@ -135,14 +137,6 @@ impl Element {
             },
         )
     }
-}
-
-/// How Twilio requests an action or redirect URL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum HttpMethod {
-    Get,
-    Post,
 }
 
 /// `<Gather>`.
