@@ -232,7 +232,8 @@ impl CallRecord {
         }
     }
 
-    /// Whether the call is over.
+    /// Whether the call is over, its closing callbacks (status, recording,
+    /// transcription) posted.
     #[must_use]
     pub fn ended(&self) -> bool {
         self.ended_ms.is_some()

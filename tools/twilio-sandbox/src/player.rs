@@ -650,7 +650,8 @@ impl Player {
         }
     }
 
-    /// The end: transcription stopped, the call's final status, the recording.
+    /// The end: transcription stopped, the call's final status, the recording;
+    /// then the record says the call is over.
     async fn finish(&mut self, status: &'static str) {
         let duration = self.answered.map_or(0, |at| at.elapsed().as_secs());
         if let Some(mut active) = self.transcription.take() {
@@ -671,7 +672,6 @@ impl Player {
             r.gathering = false;
             r.connected = false;
             r.duration_secs = Some(duration);
-            r.ended_ms = Some(now_ms());
         });
         tracing::info!(call = %self.spec.sid, status, duration, "call ended");
         let mut extra = vec![
@@ -698,6 +698,8 @@ impl Player {
             let params = self.recording_params(&active, "completed");
             self.request(&callback, active.method, params).await;
         }
+        // Over only now: whoever waits for the end finds every callback posted.
+        self.update(|r| r.ended_ms = Some(now_ms()));
     }
 
     async fn status_callback(&mut self, event: &str, status: &str) {
