@@ -1,6 +1,6 @@
 //! The calls the sandbox keeps: what each one did so far (its [`CallRecord`]),
 //! and the inbox through which the control API and the REST API steer a call
-//! while [`crate::player`] plays it.
+//! while the player (`src/player.rs`) plays it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};

@@ -6,7 +6,8 @@
 //! | request | answer |
 //! |---|---|
 //! | `POST /2010-04-01/Accounts/{AC}/Messages.json` | 201, a Message resource |
-//! | `POST /2010-04-01/Accounts/{AC}/Calls.json` | 201, a Call resource |
+//! | `POST /2010-04-01/Accounts/{AC}/Calls.json` | 201, a Call resource; the call is then played (below) |
+//! | `POST /2010-04-01/Accounts/{AC}/Calls/{CA}.json` | 200; `Status=completed` hangs up a playing call, `canceled` cancels a ringing one (21220 once it is over) |
 //! | `POST /v1/Conversations` | 201, a Conversation |
 //! | `POST /v1/Conversations/{CH}` | 200, the Conversation (e.g. `State=closed`) |
 //! | `POST /v1/Conversations/{CH}/Messages` | 201, a Conversation Message |
@@ -60,12 +61,55 @@
 //! si-ingress crate) for the public URL ([`SandboxConfig::public_url`]), while
 //! posted to `callback_url`: ingress behind a proxy sees the same thing.
 //!
+//! **Calls** ([`CallRecord`], `src/player.rs`): a created call rings, then
+//! ends as its outcome says ([`CallOutcomes`]: a default, per `To` number;
+//! [`SandboxConfig::call_outcomes`], `SANDBOX_CALL_OUTCOME`, `PUT
+//! /_sandbox/call-outcomes`; without one it rings until `POST
+//! /_sandbox/calls/{CA}/ring` or its `Timeout`, then `no-answer`). Status
+//! callbacks go to `StatusCallback` for the asked `StatusCallbackEvent`s
+//! (`completed` always), in Twilio's order and parameters (`CallStatus`
+//! `initiated`, `ringing`, `in-progress`, then `completed`/`busy`/`no-answer`/
+//! `failed`/`canceled`; `SequenceNumber` from 0, `CallbackSource`,
+//! `Timestamp`, `CallDuration` and `Duration` at the end, `AnsweredBy` with
+//! `MachineDetection`). Answered, the call fetches `Url` signed (voice request
+//! parameters) and executes the TwiML (parsed with roxmltree, `src/twiml.rs`):
+//!
+//! | verb | what the sandbox does |
+//! |---|---|
+//! | `<Say>` | noted in the call's `heard` |
+//! | `<Gather>` (nested `<Say>`) | waits for an answer (`POST /_sandbox/calls/{CA}/gather`: digits, a phrase, silence; answers given early wait for it) or `timeout`; posts `Digits` or `SpeechResult`+`Confidence` to `action` (silence only with `actionOnEmptyResult`, else the next verb) and plays what comes back; a machine hears silence |
+//! | `<Pause length>` | waits (hang-ups still heard) |
+//! | `<Redirect>` | fetches the URL and plays it |
+//! | `<Start><Recording>` | a recording `RE…`: `in-progress`/`completed` to `recordingStatusCallback` as asked (`Record=true` on create too) |
+//! | `<Start><Transcription>` | `transcription-started`, one `transcription-content` per utterance of a covered track (`POST /_sandbox/calls/{CA}/say`; user = `inbound_track`, si = `outbound_track`; `TranscriptionData` `{"transcript","confidence"}`, `Final`, `SequenceId`), `transcription-stopped` at the end, to `statusCallbackUrl` |
+//! | `<Connect><Stream>` | connected to the agent (url and parameters in the record) until hung up |
+//! | `<Hangup/>`, end of document | hangs up |
+//!
+//! A document that does not parse (12100), a verb the sandbox does not play
+//! (12200) or an answer URL that fails (11200) is an error in the call's record
+//! and log; the callee hears "An application error has occurred" and the call
+//! ends `completed`. At the end: transcription stopped, the `completed`
+//! callback, the recording's; only then the record says `ended_ms`. Inbound
+//! calls ([`InboundCall`], `POST /_sandbox/inbound/call`, `sictl simulate
+//! call`) post the voice request (`Direction=inbound`, `CallStatus=ringing`) to
+//! `{public_url}/twilio/voice/answer` and `completed` to `/twilio/voice/status`.
+//! With `callbacks: false` calls are kept but not played.
+//!
 //! **Control API** (no auth): `GET /_sandbox/requests` (JSON array of
 //! [`RequestRecord`]), `DELETE /_sandbox/requests` (clears requests and
 //! callbacks), `GET /_sandbox/callbacks`, `GET|PUT /_sandbox/faults`,
 //! `PUT /_sandbox/rate` `{"per_sender": 10}` (`null` = unlimited),
 //! `POST /_sandbox/inbound/sms` `{"from","to","body"}` (a signed inbound SMS to
-//! ingress).
+//! ingress); calls: `GET /_sandbox/calls` (array of [`CallRecord`]),
+//! `GET /_sandbox/calls/{CA}`, `POST /_sandbox/calls/{CA}/ring`
+//! `{"outcome":"answer|machine|busy|no-answer|failed"}`,
+//! `POST /_sandbox/calls/{CA}/gather` `{"digits":"1"}` | `{"speech":"yes","confidence":0.9}` | `{}` (silence),
+//! `POST /_sandbox/calls/{CA}/say` `{"speaker":"user|si","text":"..."}`,
+//! `POST /_sandbox/calls/{CA}/hangup` (202 with the record; 404 unknown, 409
+//! over), `GET|PUT /_sandbox/call-outcomes` `{"default":"answer","by_number":{"+1…":"busy"}}`,
+//! `POST /_sandbox/inbound/call` `{"from","to","url"?,"status_callback"?,"answers"?:[…]}`
+//! (201 `{"call_sid"}`). [`SandboxClient`] calls it from Rust; the same
+//! controls exist in-process on [`SandboxHandle`].
 
 mod api;
 pub mod calls;
