@@ -106,6 +106,9 @@ enum CommandCommand {
 enum SimulateCommand {
     /// A user's SMS or WhatsApp message (Programmable Messaging inbound webhook).
     Sms(Box<sictl::simulate::SimulateSms>),
+    /// A call to one of our numbers, played as Twilio would (voice request,
+    /// TwiML, gather answer, utterances, hang-up); prints what happened.
+    Call(Box<sictl::simulate::SimulateCall>),
 }
 
 #[derive(Subcommand)]
@@ -234,6 +237,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             if !(200..300).contains(&posted.status) {
                 eprintln!("sictl: ingress answered {}", posted.status);
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Simulate {
+            command: SimulateCommand::Call(call),
+        } => {
+            let ended = call.run(&mut std::io::stdout().lock()).await?;
+            if !ended.errors.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
         }

@@ -95,3 +95,97 @@ async fn a_simulated_sms_is_accepted_and_stored() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&refused.stdout).contains("403"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_simulated_call_is_played_against_ingress() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let config = si_ingress::Config::from_args([
+        "si-ingress",
+        "--public-base-url",
+        PUBLIC,
+        "--twilio-auth-token",
+        TOKEN,
+        "--voice-stream-url",
+        "wss://voice.example.test/agent",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--kafka-bootstrap-servers",
+        &env.kafka.bootstrap_servers,
+        "--topic-prefix",
+        &env.kafka.topic_prefix,
+        "--schema-registry-url",
+        &env.registry.url,
+    ])?;
+    let running = si_ingress::start(config, shutdown).await?;
+    let ingress = format!("http://{}", running.addr);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_sictl"))
+            .env_remove("TWILIO_AUTH_TOKEN")
+            .args([
+                "simulate",
+                "call",
+                "--from",
+                "+14155550100",
+                "--to",
+                "+14155550199",
+                "--press",
+                "1",
+                "--utterance",
+                "hello Si",
+                "--hangup-after",
+                "0s",
+                "--ingress",
+                &ingress,
+                "--public-url",
+                PUBLIC,
+                "--auth-token",
+                TOKEN,
+            ])
+            .output()
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("twiml  Gather"), "{stdout}");
+    assert!(stdout.contains("twiml  Connect"), "{stdout}");
+    assert!(stdout.contains("said   \"hello Si\""), "{stdout}");
+    assert!(stdout.trim_end().ends_with("completed (0 s)"), "{stdout}");
+    assert!(
+        !stdout.contains("+14155550100"),
+        "numbers are masked: {stdout}"
+    );
+    // Every webhook ingress got was accepted: answer, gather, status, recording.
+    for path in ["answer", "gather", "status", "recording"] {
+        assert!(
+            stdout.contains(&format!("/twilio/voice/{path}")),
+            "{path}: {stdout}"
+        );
+    }
+    assert!(
+        stdout
+            .lines()
+            .filter(|l| l.contains("webhook"))
+            .all(|l| l.ends_with("-> 200")),
+        "{stdout}"
+    );
+
+    // And ingress stored them: the voice answer among them.
+    let records = env
+        .read::<TwilioWebhook>(topics::WEBHOOKS, 4, Duration::from_secs(30))
+        .await?;
+    assert!(
+        records
+            .iter()
+            .any(|(_, r)| r.route == WebhookRoute::VoiceAnswer),
+        "{records:?}"
+    );
+    Ok(())
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,11 +15,17 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use si_runtime::mask::mask_address;
 use subtle::ConstantTimeEq as _;
+use tokio::sync::mpsc;
 
+use crate::calls::{
+    CallOutcomes, CallRecord, Control, ControlError, GatherAnswer, MAX_LIVE_CALLS, Outcome, Speaker,
+};
+use crate::player::{self, CallSpec, InboundCall};
 use crate::state::{
     CallbackRecord, Conversation, Fault, Faults, Participant, RequestRecord, Shared, now_ms,
 };
 use crate::twilio::{TwilioError, bare_number, is_e164, iso8601, num_segments, rfc2822, sid};
+use crate::webhook::Method as WebhookMethod;
 use crate::webhook::{
     CONVERSATIONS_EVENTS_PATH, DEFAULT_CHAT_SERVICE, InboundConversationMessage, InboundSms,
     MESSAGING_STATUS_PATH, conversation_message_params,
@@ -40,6 +46,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/_sandbox/faults", get(get_faults).put(put_faults))
         .route("/_sandbox/rate", get(get_rate).put(put_rate))
         .route("/_sandbox/inbound/sms", post(inbound_sms))
+        .route("/_sandbox/inbound/call", post(inbound_call))
+        .route("/_sandbox/calls", get(list_calls))
+        .route("/_sandbox/calls/{sid}", get(get_call))
+        .route("/_sandbox/calls/{sid}/ring", post(ring_call))
+        .route("/_sandbox/calls/{sid}/gather", post(gather_call))
+        .route("/_sandbox/calls/{sid}/say", post(say_call))
+        .route("/_sandbox/calls/{sid}/hangup", post(hang_up_call))
+        .route(
+            "/_sandbox/call-outcomes",
+            get(get_call_outcomes).put(put_call_outcomes),
+        )
         .route("/_sandbox/healthz", get(|| async { "ok" }))
         .fallback(twilio_request)
         .with_state(shared)
@@ -128,6 +145,116 @@ async fn inbound_sms(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
             axum::Json(json!({ "error": format!("{error:#}") })),
         )
             .into_response(),
+    }
+}
+
+// ---------------------------------------------------------------- calls
+
+async fn inbound_call(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let call: InboundCall = match serde_json::from_slice(&body) {
+        Ok(call) => call,
+        Err(error) => return control_error(error.to_string()),
+    };
+    match player::place_inbound(&shared, &call) {
+        Ok(call_sid) => (
+            StatusCode::CREATED,
+            axum::Json(json!({ "call_sid": call_sid })),
+        )
+            .into_response(),
+        Err(error) => control_error(format!("{error:#}")),
+    }
+}
+
+async fn list_calls(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.calls.list()).into_response()
+}
+
+fn no_call(error: &ControlError) -> Response {
+    let status = match error {
+        ControlError::NotFound => StatusCode::NOT_FOUND,
+        ControlError::Ended => StatusCode::CONFLICT,
+        ControlError::Busy => StatusCode::TOO_MANY_REQUESTS,
+    };
+    (status, axum::Json(json!({ "error": error.to_string() }))).into_response()
+}
+
+async fn get_call(State(shared): State<Arc<Shared>>, Path(sid): Path<String>) -> Response {
+    match shared.calls.get(&sid) {
+        Some(call) => axum::Json(call).into_response(),
+        None => no_call(&ControlError::NotFound),
+    }
+}
+
+/// Hands `control` to the call and answers with its record.
+fn steer(shared: &Shared, sid: &str, control: Control) -> Response {
+    match shared.calls.send(sid, control) {
+        Ok(()) => (StatusCode::ACCEPTED, axum::Json(shared.calls.get(sid))).into_response(),
+        Err(error) => no_call(&error),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ring {
+    outcome: Outcome,
+}
+
+async fn ring_call(
+    State(shared): State<Arc<Shared>>,
+    Path(sid): Path<String>,
+    body: Bytes,
+) -> Response {
+    match serde_json::from_slice::<Ring>(&body) {
+        Ok(ring) => steer(&shared, &sid, Control::Ring(ring.outcome)),
+        Err(error) => control_error(error.to_string()),
+    }
+}
+
+async fn gather_call(
+    State(shared): State<Arc<Shared>>,
+    Path(sid): Path<String>,
+    body: Bytes,
+) -> Response {
+    let body = if body.is_empty() { &b"{}"[..] } else { &body };
+    match serde_json::from_slice::<GatherAnswer>(body) {
+        Ok(answer) => steer(&shared, &sid, Control::Gather(answer)),
+        Err(error) => control_error(error.to_string()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Say {
+    speaker: Speaker,
+    text: String,
+}
+
+async fn say_call(
+    State(shared): State<Arc<Shared>>,
+    Path(sid): Path<String>,
+    body: Bytes,
+) -> Response {
+    match serde_json::from_slice::<Say>(&body) {
+        Ok(say) => steer(&shared, &sid, Control::Say(say.speaker, say.text)),
+        Err(error) => control_error(error.to_string()),
+    }
+}
+
+async fn hang_up_call(State(shared): State<Arc<Shared>>, Path(sid): Path<String>) -> Response {
+    steer(&shared, &sid, Control::HangUp)
+}
+
+async fn get_call_outcomes(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.calls.outcomes()).into_response()
+}
+
+async fn put_call_outcomes(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<CallOutcomes>(&body) {
+        Ok(outcomes) => {
+            shared.calls.set_outcomes(outcomes);
+            axum::Json(shared.calls.outcomes()).into_response()
+        }
+        Err(error) => control_error(error.to_string()),
     }
 }
 
@@ -228,6 +355,8 @@ struct Created {
     body: Value,
     sid: String,
     callbacks: Vec<Callback>,
+    /// A created call to play, with its inbox.
+    play: Option<(CallSpec, mpsc::Receiver<Control>)>,
 }
 
 async fn twilio_request(
@@ -303,6 +432,9 @@ async fn twilio_request(
             record.sid = Some(created.sid.clone());
             if !created.callbacks.is_empty() {
                 schedule_callbacks(&shared, created.callbacks);
+            }
+            if let Some((spec, inbox)) = created.play {
+                player::spawn(&shared, spec, inbox);
             }
             (created.status, axum::Json(created.body)).into_response()
         }
@@ -536,6 +668,7 @@ fn create_message(shared: &Shared, form: &Form) -> Result<Created, TwilioError> 
         body: body_json,
         sid: message_sid,
         callbacks,
+        play: None,
     })
 }
 
@@ -583,9 +716,56 @@ fn create_call(shared: &Shared, form: &Form) -> Result<Created, TwilioError> {
         ));
     }
     check_to(shared, to)?;
+    if shared.calls.live() >= MAX_LIVE_CALLS {
+        return Err(TwilioError::too_many_requests());
+    }
+    let timeout_secs = match form.get("Timeout") {
+        None => 60,
+        Some(t) => t
+            .trim()
+            .parse()
+            .map_err(|_| TwilioError::bad_request(21216, "Timeout must be a number of seconds"))?,
+    };
     let account = &shared.config.account_sid;
     let call_sid = sid("CA");
     let now = rfc2822(now_ms());
+    // Twilio takes the events as repeated parameters or space-separated.
+    let events = form
+        .values("StatusCallbackEvent")
+        .iter()
+        .flat_map(|v| v.split([' ', ',']))
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let method = |name: &str| match form.get(name) {
+        Some(m) if m.eq_ignore_ascii_case("GET") => WebhookMethod::Get,
+        _ => WebhookMethod::Post,
+    };
+    let spec = CallSpec {
+        sid: call_sid.clone(),
+        from: from.to_owned(),
+        to: to.to_owned(),
+        direction: "outbound-api",
+        url: form.get("Url").map(str::to_owned),
+        method: method("Method"),
+        twiml: form.get("Twiml").map(str::to_owned),
+        status_callback: form.get("StatusCallback").map(str::to_owned),
+        events,
+        timeout_secs,
+        machine_detection: form
+            .get("MachineDetection")
+            .is_some_and(|m| !m.eq_ignore_ascii_case("none")),
+        record: form
+            .get("Record")
+            .is_some_and(|r| r.eq_ignore_ascii_case("true"))
+            .then(|| form.get("RecordingStatusCallback").map(str::to_owned)),
+    };
+    let record = CallRecord::new(&call_sid, spec.direction, from, to, spec.url.as_deref());
+    // Calls play when the sandbox posts callbacks at all.
+    let play = shared
+        .calls
+        .insert(record, shared.config.callbacks)
+        .map(|inbox| (spec, inbox));
     Ok(Created {
         status: StatusCode::CREATED,
         body: json!({
@@ -603,11 +783,13 @@ fn create_call(shared: &Shared, form: &Form) -> Result<Created, TwilioError> {
         }),
         sid: call_sid,
         callbacks: Vec::new(),
+        play,
     })
 }
 
-/// Hangs up (`Status=completed` or `canceled`) a call: the sandbox keeps no
-/// calls, so any well-formed Call SID is taken as one in progress.
+/// Hangs up (`Status=completed`) or cancels (`Status=canceled`) a call. A
+/// call the sandbox plays ends (its closing callbacks follow); one it does not
+/// know is taken as in progress if its SID is well-formed.
 fn update_call(shared: &Shared, call_sid: &str, form: &Form) -> Result<Created, TwilioError> {
     let account = &shared.config.account_sid;
     let uri = format!("/{API_VERSION}/Accounts/{account}/Calls/{call_sid}.json");
@@ -629,6 +811,28 @@ fn update_call(shared: &Shared, call_sid: &str, form: &Form) -> Result<Created, 
             ));
         }
     };
+    if let Some(call) = shared.calls.get(call_sid) {
+        if call.ended() {
+            return Err(TwilioError::bad_request(
+                21220,
+                "Call is not in-progress. Cannot redirect.",
+            ));
+        }
+        // A call that is only kept (callbacks off) just ends.
+        match shared.calls.send(call_sid, Control::End(status.to_owned())) {
+            Ok(()) => {}
+            Err(ControlError::Ended) => {
+                shared.calls.update(call_sid, |r| {
+                    r.status = status.to_owned();
+                    r.ended_ms = Some(now_ms());
+                    r.duration_secs = Some(0);
+                });
+            }
+            Err(ControlError::NotFound | ControlError::Busy) => {
+                return Err(TwilioError::server_error());
+            }
+        }
+    }
     let now = rfc2822(now_ms());
     Ok(Created {
         status: StatusCode::OK,
@@ -642,6 +846,7 @@ fn update_call(shared: &Shared, call_sid: &str, form: &Form) -> Result<Created, 
         }),
         sid: call_sid.to_owned(),
         callbacks: Vec::new(),
+        play: None,
     })
 }
 
@@ -706,6 +911,7 @@ fn create_conversation(shared: &Shared, form: &Form) -> Result<Created, TwilioEr
         body,
         sid,
         callbacks: Vec::new(),
+        play: None,
     })
 }
 
@@ -734,6 +940,7 @@ fn update_conversation(shared: &Shared, sid: &str, form: &Form) -> Result<Create
         body: conversation_json(shared, &conversation),
         sid: conversation.sid.clone(),
         callbacks: Vec::new(),
+        play: None,
     })
 }
 
@@ -853,6 +1060,7 @@ fn conversation_message(
         body: body_json,
         sid: message_sid,
         callbacks,
+        play: None,
     })
 }
 
@@ -962,6 +1170,7 @@ fn add_participant(shared: &Shared, sid: &str, form: &Form) -> Result<Created, T
         }),
         sid: participant.sid,
         callbacks: Vec::new(),
+        play: None,
     })
 }
 

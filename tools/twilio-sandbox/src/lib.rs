@@ -6,7 +6,8 @@
 //! | request | answer |
 //! |---|---|
 //! | `POST /2010-04-01/Accounts/{AC}/Messages.json` | 201, a Message resource |
-//! | `POST /2010-04-01/Accounts/{AC}/Calls.json` | 201, a Call resource |
+//! | `POST /2010-04-01/Accounts/{AC}/Calls.json` | 201, a Call resource; the call is then played (below) |
+//! | `POST /2010-04-01/Accounts/{AC}/Calls/{CA}.json` | 200; `Status=completed` hangs up a playing call, `canceled` cancels a ringing one (21220 once it is over) |
 //! | `POST /v1/Conversations` | 201, a Conversation |
 //! | `POST /v1/Conversations/{CH}` | 200, the Conversation (e.g. `State=closed`) |
 //! | `POST /v1/Conversations/{CH}/Messages` | 201, a Conversation Message |
@@ -60,16 +61,63 @@
 //! si-ingress crate) for the public URL ([`SandboxConfig::public_url`]), while
 //! posted to `callback_url`: ingress behind a proxy sees the same thing.
 //!
+//! **Calls** ([`CallRecord`], `src/player.rs`): a created call rings, then
+//! ends as its outcome says ([`CallOutcomes`]: a default, per `To` number;
+//! [`SandboxConfig::call_outcomes`], `SANDBOX_CALL_OUTCOME`, `PUT
+//! /_sandbox/call-outcomes`; without one it rings until `POST
+//! /_sandbox/calls/{CA}/ring` or its `Timeout`, then `no-answer`). Status
+//! callbacks go to `StatusCallback` for the asked `StatusCallbackEvent`s
+//! (`completed` always), in Twilio's order and parameters (`CallStatus`
+//! `initiated`, `ringing`, `in-progress`, then `completed`/`busy`/`no-answer`/
+//! `failed`/`canceled`; `SequenceNumber` from 0, `CallbackSource`,
+//! `Timestamp`, `CallDuration` and `Duration` at the end, `AnsweredBy` with
+//! `MachineDetection`). Answered, the call fetches `Url` signed (voice request
+//! parameters) and executes the TwiML (parsed with roxmltree, `src/twiml.rs`):
+//!
+//! | verb | what the sandbox does |
+//! |---|---|
+//! | `<Say>` | noted in the call's `heard` |
+//! | `<Gather>` (nested `<Say>`) | waits for an answer (`POST /_sandbox/calls/{CA}/gather`: digits, a phrase, silence; answers given early wait for it) or `timeout`; posts `Digits` or `SpeechResult`+`Confidence` to `action` (silence only with `actionOnEmptyResult`, else the next verb) and plays what comes back; a machine hears silence |
+//! | `<Pause length>` | waits (hang-ups still heard) |
+//! | `<Redirect>` | fetches the URL and plays it |
+//! | `<Start><Recording>` | a recording `RE…`: `in-progress`/`completed` to `recordingStatusCallback` as asked (`Record=true` on create too) |
+//! | `<Start><Transcription>` | `transcription-started`, one `transcription-content` per utterance of a covered track (`POST /_sandbox/calls/{CA}/say`; user = `inbound_track`, si = `outbound_track`; `TranscriptionData` `{"transcript","confidence"}`, `Final`, `SequenceId`), `transcription-stopped` at the end, to `statusCallbackUrl` |
+//! | `<Connect><Stream>` | connected to the agent (url and parameters in the record) until hung up |
+//! | `<Hangup/>`, end of document | hangs up |
+//!
+//! A document that does not parse (12100), a verb the sandbox does not play
+//! (12200) or an answer URL that fails (11200) is an error in the call's record
+//! and log; the callee hears "An application error has occurred" and the call
+//! ends `completed`. At the end: transcription stopped, the `completed`
+//! callback, the recording's; only then the record says `ended_ms`. Inbound
+//! calls ([`InboundCall`], `POST /_sandbox/inbound/call`, `sictl simulate
+//! call`) post the voice request (`Direction=inbound`, `CallStatus=ringing`) to
+//! `{public_url}/twilio/voice/answer` and `completed` to `/twilio/voice/status`.
+//! With `callbacks: false` calls are kept but not played.
+//!
 //! **Control API** (no auth): `GET /_sandbox/requests` (JSON array of
 //! [`RequestRecord`]), `DELETE /_sandbox/requests` (clears requests and
 //! callbacks), `GET /_sandbox/callbacks`, `GET|PUT /_sandbox/faults`,
 //! `PUT /_sandbox/rate` `{"per_sender": 10}` (`null` = unlimited),
 //! `POST /_sandbox/inbound/sms` `{"from","to","body"}` (a signed inbound SMS to
-//! ingress).
+//! ingress); calls: `GET /_sandbox/calls` (array of [`CallRecord`]),
+//! `GET /_sandbox/calls/{CA}`, `POST /_sandbox/calls/{CA}/ring`
+//! `{"outcome":"answer|machine|busy|no-answer|failed"}`,
+//! `POST /_sandbox/calls/{CA}/gather` `{"digits":"1"}` | `{"speech":"yes","confidence":0.9}` | `{}` (silence),
+//! `POST /_sandbox/calls/{CA}/say` `{"speaker":"user|si","text":"..."}`,
+//! `POST /_sandbox/calls/{CA}/hangup` (202 with the record; 404 unknown, 409
+//! over), `GET|PUT /_sandbox/call-outcomes` `{"default":"answer","by_number":{"+1…":"busy"}}`,
+//! `POST /_sandbox/inbound/call` `{"from","to","url"?,"status_callback"?,"answers"?:[…]}`
+//! (201 `{"call_sid"}`). [`SandboxClient`] calls it from Rust; the same
+//! controls exist in-process on [`SandboxHandle`].
 
 mod api;
+pub mod calls;
+mod client;
+mod player;
 mod state;
 mod twilio;
+pub mod twiml;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -81,10 +129,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
+pub use calls::{
+    CallError, CallOutcomes, CallRecord, CallStep, GatherAnswer, Outcome, Speaker, Utterance,
+};
+pub use client::SandboxClient;
+pub use player::{APPLICATION_ERROR, InboundCall};
 pub use state::{CallbackRecord, Faults, RequestRecord};
 pub use twilio::{is_e164, num_segments};
 pub use webhook::{InboundConversationMessage, InboundSms, Posted, Webhooks};
 
+use crate::calls::Control;
 use crate::state::Shared;
 
 /// Twilio's magic test number that is never valid (21211).
@@ -125,6 +179,8 @@ pub struct SandboxConfig {
     pub callbacks: bool,
     /// How many request records are kept (oldest dropped first).
     pub log_capacity: usize,
+    /// What happens when a created call rings (default: a person answers).
+    pub call_outcomes: CallOutcomes,
 }
 
 impl Default for SandboxConfig {
@@ -143,6 +199,10 @@ impl Default for SandboxConfig {
             seed: 0x5EED,
             callbacks: true,
             log_capacity: 200_000,
+            call_outcomes: CallOutcomes {
+                default: Some(Outcome::Answer),
+                ..CallOutcomes::default()
+            },
         }
     }
 }
@@ -326,6 +386,102 @@ impl SandboxHandle {
         self.webhooks()?
             .post_inbound_conversation_message(&message)
             .await
+    }
+
+    /// Every call created or placed (oldest first), with what it did so far.
+    #[must_use]
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.shared.calls.list()
+    }
+
+    /// One call.
+    #[must_use]
+    pub fn call(&self, sid: &str) -> Option<CallRecord> {
+        self.shared.calls.get(sid)
+    }
+
+    /// Waits (woken by every change of the call, no polling) until `condition`
+    /// holds for it.
+    ///
+    /// # Errors
+    /// When `timeout` passes first, with the call's last state.
+    pub async fn wait_for_call(
+        &self,
+        sid: &str,
+        timeout: Duration,
+        condition: impl FnMut(&CallRecord) -> bool,
+    ) -> anyhow::Result<CallRecord> {
+        self.shared
+            .calls
+            .wait(sid, timeout, condition)
+            .await
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "timed out after {timeout:?} waiting for call {sid}: {:?}",
+                    self.call(sid)
+                )
+            })
+    }
+
+    /// How a ringing call ends (when no outcome is set for it).
+    ///
+    /// # Errors
+    /// When the call is unknown or over.
+    pub fn ring(&self, sid: &str, outcome: Outcome) -> anyhow::Result<()> {
+        self.control(sid, Control::Ring(outcome))
+    }
+
+    /// Answers the call's current gather, or its next one if it is not
+    /// gathering yet: digits, a phrase, or silence.
+    ///
+    /// # Errors
+    /// When the call is unknown or over.
+    pub fn answer_gather(&self, sid: &str, answer: GatherAnswer) -> anyhow::Result<()> {
+        self.control(sid, Control::Gather(answer))
+    }
+
+    /// Someone speaks on the call: a `transcription-content` callback when a
+    /// real-time transcription of that track runs.
+    ///
+    /// # Errors
+    /// When the call is unknown or over.
+    pub fn say(&self, sid: &str, speaker: Speaker, text: &str) -> anyhow::Result<()> {
+        self.control(sid, Control::Say(speaker, text.to_owned()))
+    }
+
+    /// The callee hangs up.
+    ///
+    /// # Errors
+    /// When the call is unknown or over.
+    pub fn hang_up(&self, sid: &str) -> anyhow::Result<()> {
+        self.control(sid, Control::HangUp)
+    }
+
+    fn control(&self, sid: &str, control: Control) -> anyhow::Result<()> {
+        self.shared
+            .calls
+            .send(sid, control)
+            .map_err(|e| anyhow::anyhow!("call {sid}: {e}"))
+    }
+
+    /// How new calls ring.
+    #[must_use]
+    pub fn call_outcomes(&self) -> CallOutcomes {
+        self.shared.calls.outcomes()
+    }
+
+    /// Sets how new calls ring.
+    pub fn set_call_outcomes(&self, outcomes: CallOutcomes) {
+        self.shared.calls.set_outcomes(outcomes);
+    }
+
+    /// Places an inbound call to ingress's voice answer URL and plays it;
+    /// returns its Call SID.
+    ///
+    /// # Errors
+    /// Without a URL (no `callback_url` either), or past the live call limit.
+    pub fn place_inbound_call(&self, call: &InboundCall) -> anyhow::Result<String> {
+        player::place_inbound(&self.shared, call)
     }
 
     fn webhooks(&self) -> anyhow::Result<&Webhooks> {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use si_runtime::config::LogFormat;
-use twilio_sandbox::{Faults, Sandbox, SandboxConfig};
+use twilio_sandbox::{CallOutcomes, Faults, Outcome, Sandbox, SandboxConfig};
 
 /// A local stand-in for the Twilio REST endpoints egress calls.
 #[derive(Debug, Parser)]
@@ -69,6 +69,10 @@ struct Args {
     /// Delay before every answer, in milliseconds.
     #[arg(long, env = "SANDBOX_LATENCY_MS", default_value_t = 0)]
     latency_ms: u64,
+    /// What happens when a created call rings: answer, machine, busy, no-answer,
+    /// failed, or ring (rings until told through the control API, or its Timeout).
+    #[arg(long, env = "SANDBOX_CALL_OUTCOME", default_value = "answer")]
+    call_outcome: String,
     /// Seed of the fault generator.
     #[arg(long, env = "SANDBOX_SEED", default_value_t = 0x5EED)]
     seed: u64,
@@ -102,6 +106,23 @@ async fn main() -> std::process::ExitCode {
         },
         seed: args.seed,
         ..SandboxConfig::default()
+    };
+    let call_outcome = match args.call_outcome.trim() {
+        "ring" => None,
+        outcome => match outcome.parse::<Outcome>() {
+            Ok(outcome) => Some(outcome),
+            Err(error) => {
+                eprintln!("si-twilio-sandbox: SANDBOX_CALL_OUTCOME: {error} (or ring)");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+    };
+    let config = SandboxConfig {
+        call_outcomes: CallOutcomes {
+            default: call_outcome,
+            ..CallOutcomes::default()
+        },
+        ..config
     };
     let shutdown = si_runtime::shutdown_token();
     match Sandbox::start(config).await {

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::SandboxConfig;
+use crate::calls::Calls;
 use crate::webhook::{InboundConversationMessage, Webhooks};
 
 /// Injected faults. Rates are probabilities per request (0 to 1, together at most 1).
@@ -162,6 +163,8 @@ pub struct Shared {
     pub opted_out: HashSet<String>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
+    /// The calls created or placed, and the inboxes of those playing.
+    pub calls: Calls,
     inner: Mutex<Inner>,
 }
 
@@ -198,6 +201,7 @@ impl Shared {
             conversations: HashMap::new(),
         };
         Ok(Self {
+            calls: Calls::new(config.call_outcomes.clone()),
             webhooks,
             poster,
             invalid,

@@ -17,11 +17,22 @@ use crate::twilio::{iso8601, num_segments, sid};
 pub const MESSAGING_INBOUND_PATH: &str = "/twilio/messaging/inbound";
 /// Path of ingress's Programmable Messaging status callback.
 pub const MESSAGING_STATUS_PATH: &str = "/twilio/messaging/status";
+/// Path of ingress's voice answer URL (a number's voice webhook).
+pub const VOICE_ANSWER_PATH: &str = "/twilio/voice/answer";
+/// Path of ingress's call status callback.
+pub const VOICE_STATUS_PATH: &str = "/twilio/voice/status";
 /// Path of ingress's Conversations post-event webhook.
 pub const CONVERSATIONS_EVENTS_PATH: &str = "/twilio/conversations/events";
 
 /// Attempts per webhook (Twilio retries failed deliveries too).
 const ATTEMPTS: u32 = 3;
+
+/// How a webhook is requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
 
 /// `X-Twilio-Signature` for a form request to `url` with `params`.
 #[must_use]
@@ -143,41 +154,84 @@ impl Webhooks {
         signed_url: &str,
         params: &[(String, String)],
     ) -> anyhow::Result<u16> {
-        let url = self.post_url_for(signed_url);
-        let signature = sign(&self.auth_token, signed_url, params);
-        let body = form_urlencoded::Serializer::new(String::new())
+        self.request_signed(Method::Post, signed_url, params)
+            .await
+            .map(|(status, _)| status)
+    }
+
+    /// Requests the URL Twilio would call, signed as Twilio signs it: a POST
+    /// carries `params` as its form body (signed with them); a GET carries them
+    /// in the query string (the signature covers that full URL alone). Returns
+    /// the status and the body (the TwiML, for a voice request). Retries as
+    /// [`Self::post_signed`].
+    ///
+    /// # Errors
+    /// When no answer came after the retries.
+    pub async fn request_signed(
+        &self,
+        method: Method,
+        signed_url: &str,
+        params: &[(String, String)],
+    ) -> anyhow::Result<(u16, String)> {
+        let encoded = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params)
             .finish();
+        let (signed_url, body, signed_params) = match method {
+            Method::Post => (signed_url.to_owned(), encoded, params),
+            Method::Get if encoded.is_empty() => (signed_url.to_owned(), String::new(), &[][..]),
+            Method::Get => {
+                let separator = if signed_url.contains('?') { '&' } else { '?' };
+                (
+                    format!("{signed_url}{separator}{encoded}"),
+                    String::new(),
+                    &[][..],
+                )
+            }
+        };
+        let url = self.post_url_for(&signed_url);
+        let signature = sign(&self.auth_token, &signed_url, signed_params);
         let token = format!("sandbox-{}", uuid::Uuid::new_v4().simple());
         let mut last_error = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
             }
-            let sent = self
-                .client
-                .post(&url)
-                .header("content-type", "application/x-www-form-urlencoded")
+            let request = match method {
+                Method::Post => self
+                    .client
+                    .post(&url)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body.clone()),
+                Method::Get => self.client.get(&url),
+            };
+            let sent = request
                 .header("x-twilio-signature", &signature)
                 .header("i-twilio-idempotency-token", &token)
                 .header("user-agent", "TwilioProxy/1.1 (si-twilio-sandbox)")
-                .body(body.clone())
                 .send()
                 .await;
             match sent {
                 Ok(response) if response.status().is_server_error() => {
                     last_error = Some(anyhow::anyhow!("{url} answered {}", response.status()));
                     if attempt + 1 == ATTEMPTS {
-                        return Ok(response.status().as_u16());
+                        let status = response.status().as_u16();
+                        return Ok((status, response.text().await.unwrap_or_default()));
                     }
                 }
-                Ok(response) => return Ok(response.status().as_u16()),
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let text = response
+                        .text()
+                        .await
+                        .with_context(|| format!("reading the answer of {url}"))?;
+                    return Ok((status, text));
+                }
                 Err(error) => last_error = Some(anyhow::Error::new(error)),
             }
         }
         Err(last_error
             .unwrap_or_else(|| anyhow::anyhow!("no attempt made"))
-            .context(format!("posting a webhook to {url}")))
+            .context(format!("requesting {url}")))
     }
 
     /// Posts a user's Programmable Messaging message to
