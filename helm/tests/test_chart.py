@@ -54,8 +54,7 @@ def test_there_are_ci_cases_beyond_the_defaults():
 
 def test_default_enables_only_the_finished_stages():
     deployments = render().of_kind("Deployment")
-    assert sorted(stage_name(d) for d in deployments) == [
-        "consent", "egress", "ingress", "lifecycle", "normalize", "segment"]
+    assert sorted(stage_name(d) for d in deployments) == sorted(ALL_STAGES)
 
 
 def test_everything_on_renders_every_stage_from_one_template():
@@ -556,7 +555,7 @@ def test_notes_warn_about_missing_settings(tmp_path):
     notes = render_notes(tmp_path)
     assert "PUBLIC_BASE_URL is not set" in notes
     assert "no Twilio credentials" in notes
-    assert re.search(r"ingress +enabled", notes) and re.search(r"voice-link +disabled", notes)
+    assert re.search(r"ingress +enabled", notes) and re.search(r"voice-link +enabled", notes)
     configured = render_notes(tmp_path / "b", "-f", str(CHART_DIR / "ci" / "everything-on.yaml"))
     assert "WARNING" not in configured
     assert "https://si.example.com" in configured

@@ -257,6 +257,10 @@ The env list of a stage or of the setup Job. Takes a stage context plus
 {{- $public := get (include "si.stageConfig" (dict "root" $root "stage" $root.Values.stages.ingress) | fromJson) "PUBLIC_BASE_URL" -}}
 {{- if $public }}{{ $_ := set $cfg "STATUS_CALLBACK_BASE_URL" $public }}{{ end -}}
 {{- end -}}
+{{- if and (eq .name "voice-link") (not (hasKey $cfg "PUBLIC_BASE_URL")) -}}
+{{- $public := get (include "si.stageConfig" (dict "root" $root "stage" $root.Values.stages.ingress) | fromJson) "PUBLIC_BASE_URL" -}}
+{{- if $public }}{{ $_ := set $cfg "PUBLIC_BASE_URL" $public }}{{ end -}}
+{{- end -}}
 {{- range $name, $value := $cfg -}}
 {{- $_ := set $env $name (dict "name" $name "value" $value) -}}
 {{- end -}}

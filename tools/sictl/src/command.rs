@@ -58,6 +58,100 @@ impl Close {
     }
 }
 
+/// `sictl command escalate`.
+#[derive(Debug, Clone, Args)]
+pub struct Escalate {
+    /// The conversation whose user Si calls (Twilio ConversationSid or pm-… id).
+    #[arg(long)]
+    pub conversation: String,
+    /// When to call (RFC 3339, e.g. 2026-12-03T18:30:00Z); default: now.
+    /// A time in the user's quiet hours moves to their end.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Another number to call than the user's (E.164).
+    #[arg(long)]
+    pub address: Option<String>,
+    /// Our number to call from (default: VOICE_FROM, else the conversation's).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Locale of the call's prompts and texts (default: the conversation's).
+    #[arg(long)]
+    pub locale: Option<String>,
+    /// Who issues the command (kept for the audit).
+    #[arg(long, default_value = "sictl")]
+    pub issued_by: String,
+    /// The command id (default: a new UUID; reuse one to retry idempotently).
+    #[arg(long)]
+    pub command_id: Option<String>,
+}
+
+impl Escalate {
+    /// The command record.
+    ///
+    /// # Errors
+    /// When `--at` is not an RFC 3339 time.
+    pub fn command(&self, now_ms: i64) -> anyhow::Result<Command> {
+        let mut params = BTreeMap::new();
+        if let Some(at) = self.at.as_deref() {
+            let parsed: jiff::Timestamp = at
+                .trim()
+                .parse()
+                .with_context(|| format!("--at {at:?}: expected an RFC 3339 time"))?;
+            params.insert("at".to_owned(), parsed.to_string());
+        }
+        if let Some(from) = &self.from {
+            params.insert("from".to_owned(), from.clone());
+        }
+        Ok(Command {
+            command_id: self
+                .command_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            conversation_id: self.conversation.clone(),
+            session_id: None,
+            kind: CommandKind::EscalateToVoice,
+            address: self.address.clone(),
+            channel: None,
+            locale: self.locale.clone(),
+            reason: None,
+            issued_by: self.issued_by.clone(),
+            issued_at: now_ms,
+            params,
+        })
+    }
+}
+
+/// `sictl command end-call`.
+#[derive(Debug, Clone, Args)]
+pub struct EndCall {
+    /// The conversation whose call ends (or whose scheduled call is cancelled).
+    #[arg(long)]
+    pub conversation: String,
+    /// Who issues the command (kept for the audit).
+    #[arg(long, default_value = "sictl")]
+    pub issued_by: String,
+}
+
+impl EndCall {
+    /// The command record.
+    #[must_use]
+    pub fn command(&self, now_ms: i64) -> Command {
+        Command {
+            command_id: uuid::Uuid::new_v4().to_string(),
+            conversation_id: self.conversation.clone(),
+            session_id: None,
+            kind: CommandKind::EndCall,
+            address: None,
+            channel: None,
+            locale: None,
+            reason: None,
+            issued_by: self.issued_by.clone(),
+            issued_at: now_ms,
+            params: BTreeMap::new(),
+        }
+    }
+}
+
 /// `sictl command start`.
 #[derive(Debug, Clone, Args)]
 #[command(group(clap::ArgGroup::new("who").required(true).args(["user", "address"])))]
@@ -178,6 +272,36 @@ pub async fn issue(kafka: &KafkaArgs, codec: &Codec, command: &Command) -> anyho
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_escalation_carries_its_time_and_number() {
+        let escalate = Escalate {
+            conversation: "pm-1".into(),
+            at: Some("2026-12-03T19:30:00+01:00".into()),
+            address: None,
+            from: Some("+14155550100".into()),
+            locale: Some("fr".into()),
+            issued_by: "ops".into(),
+            command_id: Some("c-1".into()),
+        };
+        let command = escalate.command(5).expect("valid");
+        assert_eq!(command.kind, CommandKind::EscalateToVoice);
+        assert_eq!(command.conversation_id, "pm-1");
+        assert_eq!(command.params["at"], "2026-12-03T18:30:00Z");
+        assert_eq!(command.params["from"], "+14155550100");
+        assert_eq!(command.locale.as_deref(), Some("fr"));
+        let bad = Escalate {
+            at: Some("tonight".into()),
+            ..escalate
+        };
+        let error = bad.command(5).expect_err("not a time");
+        assert!(error.to_string().contains("RFC 3339"), "{error}");
+        let end = EndCall {
+            conversation: "pm-1".into(),
+            issued_by: "ops".into(),
+        };
+        assert_eq!(end.command(5).kind, CommandKind::EndCall);
+    }
 
     #[test]
     fn a_close_carries_the_reason_and_the_summary_param() {

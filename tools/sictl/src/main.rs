@@ -100,6 +100,12 @@ enum CommandCommand {
     /// START_CONVERSATION: lifecycle checks consent, opens the conversation
     /// (or joins the user's active one) and sends the opening text.
     Start(Box<sictl::command::Start>),
+    /// ESCALATE_TO_VOICE: voice-link checks consent and the quiet hours,
+    /// then calls the conversation's user (now, or at --at).
+    Escalate(Box<sictl::command::Escalate>),
+    /// END_CALL: voice-link hangs up the conversation's call, or cancels
+    /// its scheduled call.
+    EndCall(sictl::command::EndCall),
 }
 
 #[derive(Subcommand)]
@@ -298,6 +304,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "session_id": command.session_id,
                     "status": "the outcome is on twilio.delivery.v1 as operation_id lifecycle-start-<command_id>"
                 })
+            );
+        }
+        Command::Issue {
+            command: CommandCommand::Escalate(escalate),
+        } => {
+            let codec = Codec::new(Registry::new(cli.registry.config())?);
+            let command = escalate.command(sictl::consent::now_ms())?;
+            sictl::command::issue(&cli.kafka, &codec, &command)
+                .await
+                .context("command escalate")?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "command_id": command.command_id,
+                    "conversation_id": command.conversation_id,
+                    "status": "the outcome is on twilio.delivery.v1 as operation_id voice-command-<command_id>"
+                })
+            );
+        }
+        Command::Issue {
+            command: CommandCommand::EndCall(end),
+        } => {
+            let codec = Codec::new(Registry::new(cli.registry.config())?);
+            let command = end.command(sictl::consent::now_ms());
+            sictl::command::issue(&cli.kafka, &codec, &command)
+                .await
+                .context("command end-call")?;
+            println!(
+                "{}",
+                serde_json::json!({ "command_id": command.command_id, "conversation_id": command.conversation_id })
             );
         }
         Command::Issue {
