@@ -870,6 +870,7 @@ impl Normalizer {
                         .number("CallDuration")
                         .or_else(|| params.number("Duration")),
                     disclosure_accepted: None,
+                    disclosure: None,
                 });
                 draft
             }
