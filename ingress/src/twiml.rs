@@ -3,6 +3,8 @@
 //! the conversation's locale (our own call URLs carry `locale` and
 //! `conversation`; they are passed on to every callback URL we hand Twilio).
 
+/// The caller's answer, read by the rule normalize also reports on the event.
+pub use si_catalog::voice::{Choice, choice};
 use si_catalog::{Catalog, keys};
 
 /// How voice answers are put together.
@@ -15,17 +17,6 @@ pub struct VoiceSettings {
     pub stream_url: Option<String>,
     /// Seconds the consent prompt waits for an answer.
     pub gather_timeout_secs: u32,
-}
-
-/// What the caller chose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Choice {
-    /// Pressed 1 or said yes: record and continue.
-    Accept,
-    /// Pressed 2 or said no: no recording, continue by text.
-    Decline,
-    /// No (usable) answer: treated as a decline.
-    NoInput,
 }
 
 /// Escapes text for XML content and attribute values.
@@ -97,53 +88,6 @@ pub fn answer(
         action = escape(&action),
         prompt = say(catalog, keys::VOICE_CONSENT_PROMPT, locale),
     ))
-}
-
-/// Reads the caller's answer: keypad first, then speech. A "no" word wins over a
-/// "yes" word (no recording without a clear yes).
-#[must_use]
-pub fn choice(
-    catalog: &Catalog,
-    locale: &str,
-    digits: Option<&str>,
-    speech: Option<&str>,
-) -> Choice {
-    match digits.map(str::trim) {
-        Some("1") => return Choice::Accept,
-        Some("2") => return Choice::Decline,
-        _ => {}
-    }
-    let Some(speech) = speech else {
-        return Choice::NoInput;
-    };
-    let spoken: String = speech
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c == '\'' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect();
-    let spoken = format!(
-        " {} ",
-        spoken.split_whitespace().collect::<Vec<_>>().join(" ")
-    );
-    let said = |key| {
-        catalog
-            .words(key, locale)
-            .iter()
-            .any(|w| spoken.contains(&format!(" {w} ")))
-    };
-    if said(keys::VOICE_NO_WORDS) {
-        Choice::Decline
-    } else if said(keys::VOICE_YES_WORDS) {
-        Choice::Accept
-    } else {
-        Choice::NoInput
-    }
 }
 
 /// What the call does after the caller's choice.
