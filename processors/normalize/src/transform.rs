@@ -119,7 +119,10 @@ enum Kind {
     CallAnswer,
     Gather,
     Recording,
+    /// A recording transcription (`TranscriptionText`).
     Transcription,
+    /// A real-time transcription callback (`TranscriptionEvent`).
+    RealtimeTranscription,
 }
 
 impl Kind {
@@ -139,6 +142,7 @@ impl Kind {
             Self::Gather => "Gather",
             Self::Recording => "RecordingStatus",
             Self::Transcription => "Transcription",
+            Self::RealtimeTranscription => "RealtimeTranscription",
         }
     }
 
@@ -178,6 +182,9 @@ fn classify(webhook: &TwilioWebhook, params: &Params) -> Result<Kind, Skip> {
         WebhookRoute::VoiceAnswer => Kind::CallAnswer,
         WebhookRoute::VoiceGather => Kind::Gather,
         WebhookRoute::RecordingStatus => Kind::Recording,
+        WebhookRoute::Transcription if params.get("TranscriptionEvent").is_some() => {
+            Kind::RealtimeTranscription
+        }
         WebhookRoute::Transcription => Kind::Transcription,
         WebhookRoute::Unknown => return Err("unknown_route"),
     })
@@ -206,7 +213,7 @@ fn dedup_key(webhook: &TwilioWebhook, params: &Params, kind: Kind) -> String {
             .or_else(|| params.get("MessageSid")),
         Kind::ParticipantAdded | Kind::ParticipantRemoved => params.get("ParticipantSid"),
         Kind::ConversationAdded | Kind::ConversationStateUpdated => params.get("ConversationSid"),
-        Kind::Transcription => params.get("TranscriptionSid"),
+        Kind::Transcription | Kind::RealtimeTranscription => params.get("TranscriptionSid"),
         _ => None,
     }
     .or(webhook.resource_sid.as_deref())
@@ -228,6 +235,14 @@ fn dedup_key(webhook: &TwilioWebhook, params: &Params, kind: Kind) -> String {
     if let Some(status) = kind.status_param().and_then(|p| params.get(p)) {
         key.push(':');
         key.push_str(status);
+    }
+    if kind == Kind::RealtimeTranscription {
+        // One TranscriptionSid covers the whole call: each callback is one
+        // event of it, numbered by SequenceId.
+        for part in [params.get("TranscriptionEvent"), params.get("SequenceId")] {
+            key.push(':');
+            key.push_str(part.unwrap_or(""));
+        }
     }
     if kind == Kind::Gather {
         // Two gathers on one call differ by what was said.
@@ -848,7 +863,8 @@ impl Normalizer {
             | Kind::CallAnswer
             | Kind::Gather
             | Kind::Recording
-            | Kind::Transcription => return self.voice_draft(kind, webhook, params),
+            | Kind::Transcription
+            | Kind::RealtimeTranscription => return self.voice_draft(kind, webhook, params),
         };
         Ok(Ok(draft))
     }
@@ -1136,7 +1152,9 @@ mod tests {
 
     use std::collections::BTreeMap;
 
-    use si_schemas::records::{CallState, DeliveryState, RecordingDisclosure, WebhookParam};
+    use si_schemas::records::{
+        CallState, DeliveryState, RecordingDisclosure, TranscriptionSpeaker, WebhookParam,
+    };
 
     use super::*;
 
@@ -1936,6 +1954,122 @@ mod tests {
             assert_eq!(e.conversation_id, CH);
             assert_eq!(e.channel, Channel::Voice);
         }
+    }
+
+    fn realtime(event: &str, track: &str, seq: &str, final_: &str, data: &str) -> TwilioWebhook {
+        let mut params = vec![
+            ("AccountSid", "AC00000000000000000000000000000001"),
+            ("CallSid", "CA7"),
+            ("TranscriptionSid", "GT7"),
+            ("Timestamp", "2026-11-22T10:00:01.500Z"),
+            ("SequenceId", seq),
+            ("TranscriptionEvent", event),
+            ("LanguageCode", "en-US"),
+        ];
+        if event == "transcription-content" {
+            params.extend([
+                ("Track", track),
+                ("TranscriptionData", data),
+                ("Final", final_),
+            ]);
+        }
+        let mut w = hook(WebhookRoute::Transcription, None, &params);
+        w.query = Some(format!("conversation={CH}&locale=en"));
+        w.conversation_hint = Some(CH.into());
+        w
+    }
+
+    #[test]
+    fn realtime_transcription_utterances_are_transcription_events_by_speaker() {
+        let mut run = Run::new();
+        let started = realtime("transcription-started", "", "1", "", "");
+        assert!(run.outputs(started).is_empty(), "started: no event");
+        let user = run.event(realtime(
+            "transcription-content",
+            "inbound_track",
+            "2",
+            "true",
+            r#"{"transcript":"I'd like to move my appointment","confidence":0.93}"#,
+        ));
+        assert_eq!(user.event_type, ConversationEventType::Transcription);
+        assert_eq!(
+            (user.channel, user.source),
+            (Channel::Voice, EventSource::Voice)
+        );
+        assert_eq!(user.conversation_id, CH);
+        assert_eq!(
+            user.occurred_at,
+            parse_time("2026-11-22T10:00:01.500Z").unwrap()
+        );
+        assert_eq!(
+            user.dedup_key,
+            "GT7:RealtimeTranscription:transcription-content:2"
+        );
+        let t = user.transcription.unwrap();
+        assert_eq!(t.call_sid, "CA7");
+        assert_eq!(t.transcription_sid.as_deref(), Some("GT7"));
+        assert_eq!(t.text, "I'd like to move my appointment");
+        assert_eq!(t.speaker, TranscriptionSpeaker::User);
+        assert_eq!(
+            (t.sequence, t.is_final, t.confidence),
+            (Some(2), true, Some(0.93))
+        );
+
+        let agent = run.event(realtime(
+            "transcription-content",
+            "outbound_track",
+            "3",
+            "true",
+            r#"{"transcript":"Sure, which day works for you?"}"#,
+        ));
+        let t = agent.transcription.unwrap();
+        assert_eq!(t.speaker, TranscriptionSpeaker::Agent);
+        assert_eq!((t.sequence, t.confidence), (Some(3), None));
+        assert_ne!(agent.event_id, user.event_id, "one event per utterance");
+
+        let partial = realtime(
+            "transcription-content",
+            "inbound_track",
+            "4",
+            "false",
+            r#"{"transcript":"Tues","confidence":0.4}"#,
+        );
+        assert!(run.outputs(partial).is_empty(), "partial results: no event");
+        let empty = realtime(
+            "transcription-content",
+            "inbound_track",
+            "5",
+            "true",
+            r#"{"transcript":" "}"#,
+        );
+        assert!(run.outputs(empty).is_empty(), "nothing said: no event");
+        let stopped = realtime("transcription-stopped", "", "6", "", "");
+        assert!(run.outputs(stopped).is_empty(), "stopped: no event");
+        // A retry of an utterance (no idempotency token) is recognised.
+        let retry = realtime(
+            "transcription-content",
+            "inbound_track",
+            "2",
+            "true",
+            r#"{"transcript":"I'd like to move my appointment","confidence":0.93}"#,
+        );
+        assert!(run.outputs(retry).is_empty(), "duplicate");
+        let broken = realtime("transcription-content", "inbound_track", "7", "true", "{");
+        let ctx = RecordContext::for_test(topics::WEBHOOKS, T);
+        assert!(matches!(
+            run.n.process(&ctx, broken, &mut run.store),
+            Err(ProcessError::Invalid(m)) if m.contains("TranscriptionData")
+        ));
+        let dropped = |reason: &str| run.n.metrics.dropped.with_label_values(&[reason]).get();
+        assert_eq!(
+            (
+                dropped("transcription_started"),
+                dropped("transcription_partial"),
+                dropped("transcription_stopped")
+            ),
+            (1, 1, 1),
+            "skips are counted by reason"
+        );
     }
 
     #[test]

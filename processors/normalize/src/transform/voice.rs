@@ -1,6 +1,7 @@
 //! Voice webhooks: call answers and status callbacks, the caller's answer to
 //! the recording disclosure, recordings and transcriptions.
 
+use serde::Deserialize;
 use si_catalog::Catalog;
 use si_catalog::voice::{self, Choice};
 use si_runtime::processor::ProcessError;
@@ -9,7 +10,7 @@ use si_schemas::records::{
     RecordingDisclosure, TranscriptionEvent, TranscriptionSpeaker, TwilioWebhook,
 };
 
-use super::{Draft, Kind, Normalizer, Party, Skip, require, upper_symbol};
+use super::{Draft, Kind, Normalizer, Party, Skip, parse_time, require, upper_symbol};
 use crate::address::Address;
 use crate::params::Params;
 
@@ -102,6 +103,16 @@ impl Normalizer {
                 });
                 draft
             }
+            Kind::RealtimeTranscription => {
+                let utterance = match realtime_utterance(params, call_sid)? {
+                    Ok(u) => u,
+                    Err(skip) => return Ok(Err(skip)),
+                };
+                let mut draft = Draft::new(T::Transcription, EventSource::Voice, conversation);
+                draft.occurred_at = params.get("Timestamp").and_then(parse_time);
+                draft.transcription = Some(utterance);
+                draft
+            }
             _ => unreachable!("voice_draft is only called for voice kinds"),
         };
         draft.channel = Some(Channel::Voice);
@@ -124,6 +135,63 @@ impl Normalizer {
             params.get("SpeechResult"),
         )
     }
+}
+
+/// An utterance of Twilio's real-time transcription (`<Start><Transcription>`):
+/// a `transcription-content` callback with `Final=true`, its `TranscriptionData`
+/// JSON `{"transcript", "confidence"}`, the `Track` it was heard on
+/// (`inbound_track`: the user; `outbound_track`: what the call played, Si's
+/// voice agent) and its `SequenceId`. Started, stopped and error callbacks and
+/// partial results (only sent with `partialResults`, which our TwiML leaves
+/// off) are skipped.
+fn realtime_utterance(
+    params: &Params,
+    call_sid: String,
+) -> Result<Result<TranscriptionEvent, Skip>, ProcessError> {
+    #[derive(Deserialize)]
+    struct Data {
+        transcript: Option<String>,
+        confidence: Option<f64>,
+    }
+    match params.get("TranscriptionEvent") {
+        Some("transcription-content") => {}
+        Some("transcription-started") => return Ok(Err("transcription_started")),
+        Some("transcription-stopped") => return Ok(Err("transcription_stopped")),
+        Some("transcription-error") => return Ok(Err("transcription_error")),
+        _ => return Ok(Err("transcription_event_unknown")),
+    }
+    if !params
+        .get("Final")
+        .is_some_and(|f| f.trim().eq_ignore_ascii_case("true"))
+    {
+        return Ok(Err("transcription_partial"));
+    }
+    let Some(json) = params.get("TranscriptionData") else {
+        return Err(ProcessError::Invalid(
+            "transcription-content without TranscriptionData".into(),
+        ));
+    };
+    let data: Data = serde_json::from_str(json).map_err(|e| {
+        ProcessError::Invalid(format!("TranscriptionData is not the expected JSON: {e}"))
+    })?;
+    let Some(text) = data.transcript.filter(|t| !t.trim().is_empty()) else {
+        return Ok(Err("transcription_without_text"));
+    };
+    Ok(Ok(TranscriptionEvent {
+        call_sid,
+        transcription_sid: params.get("TranscriptionSid").map(str::to_owned),
+        text,
+        speaker: match params.get("Track") {
+            Some("inbound_track") => TranscriptionSpeaker::User,
+            Some("outbound_track") => TranscriptionSpeaker::Agent,
+            _ => TranscriptionSpeaker::Unknown,
+        },
+        sequence: params.number("SequenceId"),
+        is_final: true,
+        confidence: data
+            .confidence
+            .filter(|c| c.is_finite() && (0.0..=1.0).contains(c)),
+    }))
 }
 
 fn call_state(status: &str) -> CallState {
