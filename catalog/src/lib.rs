@@ -8,9 +8,12 @@
 //!
 //! The consent words (keywords and revocation phrase rules) of every language
 //! live beside them in `catalog/consent/<language>.yaml` ([`consent`]); every
-//! language with texts must have them.
+//! language with texts must have them. How a caller's spoken or keyed answer
+//! to the recording disclosure is read from the voice word lists is
+//! [`voice::choice`], shared by ingress (the TwiML) and normalize (the event).
 
 pub mod consent;
+pub mod voice;
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;

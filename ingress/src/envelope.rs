@@ -73,7 +73,12 @@ pub fn event_type(route: WebhookRoute, body: &Body) -> Option<String> {
         WebhookRoute::VoiceAnswer => Some("call.answer".to_owned()),
         WebhookRoute::VoiceGather => Some("call.gather".to_owned()),
         WebhookRoute::RecordingStatus => with_status("recording.status", "RecordingStatus"),
-        WebhookRoute::Transcription => with_status("transcription", "TranscriptionStatus"),
+        // Recording transcriptions report a TranscriptionStatus, real-time
+        // transcriptions a TranscriptionEvent (transcription-content, ...).
+        WebhookRoute::Transcription => match body.get("TranscriptionStatus") {
+            Some(_) => with_status("transcription", "TranscriptionStatus"),
+            None => with_status("transcription", "TranscriptionEvent"),
+        },
         WebhookRoute::Unknown => None,
     }
 }
@@ -250,6 +255,23 @@ mod tests {
         assert_eq!(
             event_type(WebhookRoute::VoiceStatus, &call).as_deref(),
             Some("call.status.in-progress")
+        );
+        let realtime = form(&[
+            ("CallSid", "CA1"),
+            ("TranscriptionSid", "GT1"),
+            ("TranscriptionEvent", "transcription-content"),
+        ]);
+        assert_eq!(
+            event_type(WebhookRoute::Transcription, &realtime).as_deref(),
+            Some("transcription.transcription-content")
+        );
+        let recorded = form(&[
+            ("TranscriptionSid", "TR1"),
+            ("TranscriptionStatus", "completed"),
+        ]);
+        assert_eq!(
+            event_type(WebhookRoute::Transcription, &recorded).as_deref(),
+            Some("transcription.completed")
         );
     }
 

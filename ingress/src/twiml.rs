@@ -1,8 +1,13 @@
 //! TwiML for voice escalation: the recording disclosure with a consent prompt,
-//! and what follows the caller's choice. Texts come from the shared catalog, in
+//! and what follows the caller's choice (accept: `<Start><Recording>`,
+//! `<Start><Transcription>` for Twilio's real-time transcription of both
+//! tracks, and the voice agent's stream; decline or silence: nothing is
+//! recorded or transcribed, a goodbye and `<Hangup/>`). Texts come from the shared catalog, in
 //! the conversation's locale (our own call URLs carry `locale` and
 //! `conversation`; they are passed on to every callback URL we hand Twilio).
 
+/// The caller's answer, read by the rule normalize also reports on the event.
+pub use si_catalog::voice::{Choice, choice};
 use si_catalog::{Catalog, keys};
 
 /// How voice answers are put together.
@@ -15,17 +20,6 @@ pub struct VoiceSettings {
     pub stream_url: Option<String>,
     /// Seconds the consent prompt waits for an answer.
     pub gather_timeout_secs: u32,
-}
-
-/// What the caller chose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Choice {
-    /// Pressed 1 or said yes: record and continue.
-    Accept,
-    /// Pressed 2 or said no: no recording, continue by text.
-    Decline,
-    /// No (usable) answer: treated as a decline.
-    NoInput,
 }
 
 /// Escapes text for XML content and attribute values.
@@ -99,53 +93,6 @@ pub fn answer(
     ))
 }
 
-/// Reads the caller's answer: keypad first, then speech. A "no" word wins over a
-/// "yes" word (no recording without a clear yes).
-#[must_use]
-pub fn choice(
-    catalog: &Catalog,
-    locale: &str,
-    digits: Option<&str>,
-    speech: Option<&str>,
-) -> Choice {
-    match digits.map(str::trim) {
-        Some("1") => return Choice::Accept,
-        Some("2") => return Choice::Decline,
-        _ => {}
-    }
-    let Some(speech) = speech else {
-        return Choice::NoInput;
-    };
-    let spoken: String = speech
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c == '\'' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect();
-    let spoken = format!(
-        " {} ",
-        spoken.split_whitespace().collect::<Vec<_>>().join(" ")
-    );
-    let said = |key| {
-        catalog
-            .words(key, locale)
-            .iter()
-            .any(|w| spoken.contains(&format!(" {w} ")))
-    };
-    if said(keys::VOICE_NO_WORDS) {
-        Choice::Decline
-    } else if said(keys::VOICE_YES_WORDS) {
-        Choice::Accept
-    } else {
-        Choice::NoInput
-    }
-}
-
 /// What the call does after the caller's choice.
 #[must_use]
 pub fn after_choice(
@@ -176,15 +123,28 @@ pub fn after_choice(
                 "{}/twilio/voice/recording?{query}",
                 settings.public_base_url
             );
+            let transcription_callback = format!(
+                "{}/twilio/voice/transcription?{query}",
+                settings.public_base_url
+            );
+            // The caller is recognised in the language the consent prompt
+            // was spoken (and its speech gathered) in.
+            let language = catalog
+                .text(keys::VOICE_CONSENT_PROMPT, locale)
+                .say_language;
             let parameter = conversation.map_or_else(String::new, |c| {
                 format!("<Parameter name=\"conversation\" value=\"{}\"/>", escape(c))
             });
             document(&format!(
                 "{accepted}<Start><Recording recordingStatusCallback=\"{callback}\" \
                  recordingStatusCallbackEvent=\"completed\"/></Start>\
+                 <Start><Transcription statusCallbackUrl=\"{transcription}\" \
+                 track=\"both_tracks\" languageCode=\"{language}\"/></Start>\
                  <Connect><Stream url=\"{stream}\">{parameter}<Parameter name=\"locale\" value=\"{locale}\"/></Stream></Connect>",
                 accepted = say(catalog, keys::VOICE_ACCEPTED, locale),
                 callback = escape(&recording_callback),
+                transcription = escape(&transcription_callback),
+                language = escape(language),
                 stream = escape(stream),
                 locale = escape(locale),
             ))
@@ -258,6 +218,29 @@ mod tests {
         assert!(xml.contains("continues by text message"), "{xml}");
         assert!(xml.ends_with("<Hangup/></Response>"), "{xml}");
         assert!(!xml.contains("<Recording"), "{xml}");
+        assert!(
+            !xml.contains("<Start"),
+            "nothing recorded or transcribed: {xml}"
+        );
+    }
+
+    #[test]
+    fn silence_ends_the_call_without_recording_or_transcribing() {
+        let c = Catalog::builtin();
+        let silence = choice(c, "fr", None, None);
+        assert_eq!(silence, Choice::NoInput);
+        let xml = after_choice(
+            &settings(Some("wss://voice")),
+            c,
+            Some("CH1"),
+            "fr",
+            silence,
+        );
+        assert!(xml.ends_with("<Hangup/></Response>"), "{xml}");
+        assert!(
+            !xml.contains("<Start") && !xml.contains("<Transcription") && !xml.contains("<Stream"),
+            "{xml}"
+        );
     }
 
     #[test]
@@ -271,6 +254,33 @@ mod tests {
         );
         assert!(xml.contains("<Start><Recording recordingStatusCallback=\"https://si.example.com/twilio/voice/recording?conversation=CH1&amp;locale=en\""), "{xml}");
         assert!(xml.contains("<Connect><Stream url=\"wss://voice.example/agent\"><Parameter name=\"conversation\" value=\"CH1\"/>"), "{xml}");
+        assert!(
+            xml.contains(
+                "<Start><Transcription statusCallbackUrl=\"https://si.example.com/twilio/voice/transcription?conversation=CH1&amp;locale=en\" \
+                 track=\"both_tracks\" languageCode=\"en-US\"/></Start>"
+            ),
+            "{xml}"
+        );
+        let recording = xml.find("<Recording").unwrap_or(usize::MAX);
+        let transcription = xml.find("<Transcription").unwrap_or(usize::MAX);
+        let stream = xml.find("<Connect>").unwrap_or(0);
+        assert!(
+            recording < stream && transcription < stream,
+            "both start before the call connects: {xml}"
+        );
+        let spanish = after_choice(
+            &settings(Some("wss://voice.example/agent")),
+            Catalog::builtin(),
+            None,
+            "es-MX",
+            Choice::Accept,
+        );
+        assert!(
+            spanish.contains(
+                "transcription?locale=es-MX\" track=\"both_tracks\" languageCode=\"es-MX\""
+            ),
+            "{spanish}"
+        );
         let without_agent = after_choice(
             &settings(None),
             Catalog::builtin(),
@@ -279,7 +289,9 @@ mod tests {
             Choice::Accept,
         );
         assert!(
-            without_agent.contains("Si cannot take calls") && !without_agent.contains("<Recording"),
+            without_agent.contains("Si cannot take calls")
+                && !without_agent.contains("<Recording")
+                && !without_agent.contains("<Transcription"),
             "{without_agent}"
         );
     }

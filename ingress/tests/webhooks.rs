@@ -297,10 +297,45 @@ async fn voice_answer_and_gather_return_localized_twiml_and_are_stored() -> anyh
         twiml.contains("<Start><Recording") && twiml.contains("wss://voice.example/agent"),
         "{twiml}"
     );
+    // Real-time transcription starts too; its callbacks come back to our
+    // transcription route, signed over the URL we handed Twilio.
+    let callback = twiml
+        .split("<Transcription statusCallbackUrl=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .ok_or_else(|| anyhow::anyhow!("no <Transcription> in {twiml}"))?
+        .replace("&amp;", "&");
+    let path = callback
+        .strip_prefix(support::PUBLIC)
+        .ok_or_else(|| anyhow::anyhow!("{callback} is not under the public base URL"))?;
+    assert_eq!(
+        path,
+        "/twilio/voice/transcription?conversation=CH42&locale=es-MX"
+    );
+    assert!(twiml.contains("track=\"both_tracks\""), "{twiml}");
+    let utterance = form_params(&[
+        ("AccountSid", "AC1"),
+        ("CallSid", "CA1"),
+        ("TranscriptionSid", "GT1"),
+        ("Timestamp", "2026-11-22T10:00:01.000Z"),
+        ("SequenceId", "2"),
+        ("TranscriptionEvent", "transcription-content"),
+        ("LanguageCode", "es-MX"),
+        ("Track", "inbound_track"),
+        (
+            "TranscriptionData",
+            r#"{"transcript":"Hola, quiero cambiar mi cita","confidence":0.93}"#,
+        ),
+        ("Final", "true"),
+    ]);
+    let response = ingress.post_form(path, &utterance, support::TOKEN).await?;
+    assert_eq!(response.status(), 200);
+    let forged = ingress.post_form(path, &utterance, "not-the-token").await?;
+    assert_eq!(forged.status(), 403);
 
     let records = ingress
         .env
-        .read::<TwilioWebhook>(topics::WEBHOOKS, 3, Duration::from_secs(20))
+        .read::<TwilioWebhook>(topics::WEBHOOKS, 4, Duration::from_secs(20))
         .await?;
     for (key, record) in &records {
         assert_eq!(
@@ -322,6 +357,11 @@ async fn voice_answer_and_gather_return_localized_twiml_and_are_stored() -> anyh
         r.params
             .iter()
             .any(|p| p.name == "Digits" && p.value == "2")
+    }));
+    assert!(records.iter().any(|(_, r)| {
+        r.route == WebhookRoute::Transcription
+            && r.event_type.as_deref() == Some("transcription.transcription-content")
+            && r.resource_sid.as_deref() == Some("GT1")
     }));
     Ok(())
 }

@@ -178,6 +178,7 @@ fn event_full() -> ConversationEvent {
             direction: some("outbound-api"),
             duration_seconds: Some(0),
             disclosure_accepted: Some(false),
+            disclosure: Some(RecordingDisclosure::Declined),
         }),
         recording: Some(RecordingAvailable {
             recording_sid: s("RE00000000000000000000000000000001"),
@@ -282,6 +283,7 @@ fn event_min_payloads() -> ConversationEvent {
             direction: None,
             duration_seconds: None,
             disclosure_accepted: None,
+            disclosure: None,
         }),
         recording: Some(RecordingAvailable {
             recording_sid: s("RE1"),
@@ -1372,6 +1374,7 @@ fn every_variant_of_every_enum_round_trips() {
             }),
             call: Some(CallEvent {
                 status: nth::<CallState>(i),
+                disclosure: Some(nth::<RecordingDisclosure>(i)),
                 ..event_min_payloads().call.unwrap()
             }),
             transcription: Some(TranscriptionEvent {
@@ -1528,6 +1531,7 @@ fn rust_enums_carry_exactly_the_schema_symbols() {
         enum_matches::<DeliveryState>(&schema),
         enum_matches::<ConversationState>(&schema),
         enum_matches::<CallState>(&schema),
+        enum_matches::<RecordingDisclosure>(&schema),
         enum_matches::<TranscriptionSpeaker>(&schema),
         enum_matches::<Priority>(&schema),
         enum_matches::<CommandKind>(&schema),

@@ -1138,6 +1138,7 @@ fn call_event(conv: &str, n: i64, call_sid: &str, status: CallState) -> Conversa
             direction: Some("inbound".into()),
             duration_seconds: None,
             disclosure_accepted: None,
+            disclosure: None,
         }),
         ..message(conv, n, Vec::new())
     }

@@ -19,14 +19,27 @@
 //! | `onConversationStateUpdated` | `CONVERSATION_STATE_CHANGED` (closed: directory entries inactive) |
 //! | Messaging inbound | `MESSAGE_RECEIVED` (media as `MediaUrl{N}` references) |
 //! | Messaging status callback | `DELIVERY_UPDATED` |
-//! | Voice status / answer | `CALL_STATUS_CHANGED` |
-//! | `<Gather>` with `SpeechResult` | `TRANSCRIPTION` (speaker USER) |
+//! | Voice status callback | `CALL_STATUS_CHANGED` (`disclosure` null) |
+//! | Voice answer | `CALL_STATUS_CHANGED`, `disclosure` DISCLOSED (ingress served the disclosure and consent prompt on it) |
+//! | `<Gather>` of the consent prompt | `CALL_STATUS_CHANGED` (status `CallStatus`, else IN_PROGRESS), `disclosure` ACCEPTED / DECLINED / NO_INPUT and `disclosure_accepted` true / false / false |
 //! | Recording status | `RECORDING_AVAILABLE` |
-//! | Transcription callback | `TRANSCRIPTION` |
+//! | Recording transcription callback (`TranscriptionText`) | `TRANSCRIPTION` (speaker UNKNOWN) |
+//! | Real-time transcription `transcription-content`, `Final=true` | `TRANSCRIPTION`: `TranscriptionData.transcript` as text, speaker USER (`inbound_track`) or AGENT (`outbound_track`), `SequenceId` as sequence, confidence, `Timestamp` as `occurred_at` |
+//!
+//! The gather's answer is read by [`si_catalog::voice::choice`], the function
+//! ingress chose the TwiML with, over the same `Digits`, `SpeechResult` and
+//! `locale` of our gather URL: the event says ACCEPTED exactly when ingress
+//! started the recording. Silence (neither `Digits` nor `SpeechResult`) is
+//! NO_INPUT.
 //!
 //! Pre-event webhooks (ingress answers them; the post-event follows), other
-//! Conversations event types, digit-only gathers and transcription callbacks
-//! without text yield no event (counted in `si_normalize_dropped_total`).
+//! Conversations event types, transcription callbacks without text, and
+//! real-time transcription callbacks other than final content (started,
+//! stopped, error, partial results) yield no event (counted in
+//! `si_normalize_dropped_total` by reason, e.g. `transcription_started`,
+//! `transcription_partial`). The dedup key of a real-time transcription
+//! callback without idempotency token is its TranscriptionSid, event and
+//! `SequenceId` (one TranscriptionSid covers a whole call).
 //! Media are references (SID, URL, content type, size), never bytes.
 //!
 //! # Conversation of a webhook

@@ -11,15 +11,17 @@ use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
 use si_runtime::state::StateStore;
 use si_runtime::table::GlobalTable;
 use si_schemas::records::{
-    BoundParticipant, CallEvent, CallState, Channel, ConversationBinding, ConversationEvent,
+    BoundParticipant, CallEvent, Channel, ConversationBinding, ConversationEvent,
     ConversationEventType, ConversationState, DeliveryState, DeliveryUpdate, EventSource,
     IdentityRecord, LocaleSource, MediaRef, MessageReceived, NormalizeState, NormalizeStateKind,
     Participant, ParticipantBinding, ParticipantChange, RecordingAvailable, SeenEvent, StateChange,
-    TranscriptionEvent, TranscriptionSpeaker, TwilioWebhook, WebhookRoute,
+    TranscriptionEvent, TwilioWebhook, WebhookRoute,
 };
 use si_schemas::topics;
 
 use crate::address::{Address, locale_of_region};
+
+mod voice;
 use crate::ids::{self, AddressHasher};
 use crate::params::Params;
 
@@ -113,9 +115,14 @@ enum Kind {
     MessagingInbound,
     MessagingStatus,
     CallStatus,
+    /// The answer webhook of a call (ingress served the disclosure on it).
+    CallAnswer,
     Gather,
     Recording,
+    /// A recording transcription (`TranscriptionText`).
     Transcription,
+    /// A real-time transcription callback (`TranscriptionEvent`).
+    RealtimeTranscription,
 }
 
 impl Kind {
@@ -131,9 +138,11 @@ impl Kind {
             Self::MessagingInbound => "MessageInbound",
             Self::MessagingStatus => "MessageStatus",
             Self::CallStatus => "CallStatus",
+            Self::CallAnswer => "CallAnswer",
             Self::Gather => "Gather",
             Self::Recording => "RecordingStatus",
             Self::Transcription => "Transcription",
+            Self::RealtimeTranscription => "RealtimeTranscription",
         }
     }
 
@@ -169,9 +178,13 @@ fn classify(webhook: &TwilioWebhook, params: &Params) -> Result<Kind, Skip> {
         WebhookRoute::ConversationsPreEvent => return Err("pre_event"),
         WebhookRoute::MessagingInbound => Kind::MessagingInbound,
         WebhookRoute::MessagingStatus => Kind::MessagingStatus,
-        WebhookRoute::VoiceStatus | WebhookRoute::VoiceAnswer => Kind::CallStatus,
+        WebhookRoute::VoiceStatus => Kind::CallStatus,
+        WebhookRoute::VoiceAnswer => Kind::CallAnswer,
         WebhookRoute::VoiceGather => Kind::Gather,
         WebhookRoute::RecordingStatus => Kind::Recording,
+        WebhookRoute::Transcription if params.get("TranscriptionEvent").is_some() => {
+            Kind::RealtimeTranscription
+        }
         WebhookRoute::Transcription => Kind::Transcription,
         WebhookRoute::Unknown => return Err("unknown_route"),
     })
@@ -200,7 +213,7 @@ fn dedup_key(webhook: &TwilioWebhook, params: &Params, kind: Kind) -> String {
             .or_else(|| params.get("MessageSid")),
         Kind::ParticipantAdded | Kind::ParticipantRemoved => params.get("ParticipantSid"),
         Kind::ConversationAdded | Kind::ConversationStateUpdated => params.get("ConversationSid"),
-        Kind::Transcription => params.get("TranscriptionSid"),
+        Kind::Transcription | Kind::RealtimeTranscription => params.get("TranscriptionSid"),
         _ => None,
     }
     .or(webhook.resource_sid.as_deref())
@@ -222,6 +235,14 @@ fn dedup_key(webhook: &TwilioWebhook, params: &Params, kind: Kind) -> String {
     if let Some(status) = kind.status_param().and_then(|p| params.get(p)) {
         key.push(':');
         key.push_str(status);
+    }
+    if kind == Kind::RealtimeTranscription {
+        // One TranscriptionSid covers the whole call: each callback is one
+        // event of it, numbered by SequenceId.
+        for part in [params.get("TranscriptionEvent"), params.get("SequenceId")] {
+            key.push(':');
+            key.push_str(part.unwrap_or(""));
+        }
     }
     if kind == Kind::Gather {
         // Two gathers on one call differ by what was said.
@@ -838,104 +859,12 @@ impl Normalizer {
                 draft.membership = Membership::Seen;
                 draft
             }
-            Kind::CallStatus => {
-                let call_sid = require(params, "CallSid")?.to_owned();
-                let status = require(params, "CallStatus")?;
-                let direction = params.get("Direction").map(str::to_owned);
-                let inbound = direction.as_deref().is_none_or(|d| d == "inbound");
-                let (user, ours) = if inbound {
-                    ("From", "To")
-                } else {
-                    ("To", "From")
-                };
-                let mut draft = Draft::new(
-                    T::CallStatusChanged,
-                    EventSource::Voice,
-                    Self::call_conversation(webhook, &call_sid),
-                );
-                draft.channel = Some(Channel::Voice);
-                draft.party = params.get(user).map(|u| Party {
-                    address: Some(Address {
-                        channel: Channel::Voice,
-                        ..Address::parse(u)
-                    }),
-                    proxy: params.get(ours).map(Address::parse),
-                    ..Party::default()
-                });
-                draft.call = Some(CallEvent {
-                    call_sid,
-                    status: upper_symbol(status).parse().unwrap_or(CallState::Unknown),
-                    direction,
-                    duration_seconds: params
-                        .number("CallDuration")
-                        .or_else(|| params.number("Duration")),
-                    disclosure_accepted: None,
-                });
-                draft
-            }
-            Kind::Gather => {
-                let call_sid = require(params, "CallSid")?.to_owned();
-                let Some(text) = params.get("SpeechResult") else {
-                    return Ok(Err("gather_without_speech"));
-                };
-                let mut draft = Draft::new(
-                    T::Transcription,
-                    EventSource::Voice,
-                    Self::call_conversation(webhook, &call_sid),
-                );
-                draft.channel = Some(Channel::Voice);
-                draft.transcription = Some(TranscriptionEvent {
-                    call_sid,
-                    transcription_sid: None,
-                    text: text.to_owned(),
-                    speaker: TranscriptionSpeaker::User,
-                    sequence: None,
-                    is_final: true,
-                    confidence: params.number::<f64>("Confidence").filter(|c| c.is_finite()),
-                });
-                draft
-            }
-            Kind::Recording => {
-                let call_sid = require(params, "CallSid")?.to_owned();
-                let recording_sid = require(params, "RecordingSid")?.to_owned();
-                let mut draft = Draft::new(
-                    T::RecordingAvailable,
-                    EventSource::Voice,
-                    Self::call_conversation(webhook, &call_sid),
-                );
-                draft.channel = Some(Channel::Voice);
-                draft.recording = Some(RecordingAvailable {
-                    recording_sid,
-                    call_sid,
-                    url: params.get("RecordingUrl").map(str::to_owned),
-                    status: params.get("RecordingStatus").map(str::to_owned),
-                    duration_seconds: params.number("RecordingDuration"),
-                    channels: params.number("RecordingChannels"),
-                });
-                draft
-            }
-            Kind::Transcription => {
-                let call_sid = require(params, "CallSid")?.to_owned();
-                let Some(text) = params.get("TranscriptionText") else {
-                    return Ok(Err("transcription_without_text"));
-                };
-                let mut draft = Draft::new(
-                    T::Transcription,
-                    EventSource::Voice,
-                    Self::call_conversation(webhook, &call_sid),
-                );
-                draft.channel = Some(Channel::Voice);
-                draft.transcription = Some(TranscriptionEvent {
-                    call_sid,
-                    transcription_sid: params.get("TranscriptionSid").map(str::to_owned),
-                    text: text.to_owned(),
-                    speaker: TranscriptionSpeaker::Unknown,
-                    sequence: None,
-                    is_final: true,
-                    confidence: None,
-                });
-                draft
-            }
+            Kind::CallStatus
+            | Kind::CallAnswer
+            | Kind::Gather
+            | Kind::Recording
+            | Kind::Transcription
+            | Kind::RealtimeTranscription => return self.voice_draft(kind, webhook, params),
         };
         Ok(Ok(draft))
     }
@@ -1223,7 +1152,9 @@ mod tests {
 
     use std::collections::BTreeMap;
 
-    use si_schemas::records::{DeliveryState, WebhookParam};
+    use si_schemas::records::{
+        CallState, DeliveryState, RecordingDisclosure, TranscriptionSpeaker, WebhookParam,
+    };
 
     use super::*;
 
@@ -1863,28 +1794,30 @@ mod tests {
         );
         assert_eq!(done.call.unwrap().status, CallState::NoAnswer);
 
-        let said = run.event(hook(
-            WebhookRoute::VoiceGather,
-            None,
-            &[
-                ("CallSid", "CA1"),
-                ("SpeechResult", "I want to talk"),
-                ("Confidence", "0.91"),
-            ],
-        ));
-        assert_eq!(said.event_type, ConversationEventType::Transcription);
-        let t = said.transcription.unwrap();
-        assert_eq!(
-            (t.text.as_str(), t.speaker, t.is_final),
-            ("I want to talk", TranscriptionSpeaker::User, true)
-        );
-        assert_eq!(t.confidence, Some(0.91));
-        let digits = run.outputs(hook(
+        let mut gather = hook(
             WebhookRoute::VoiceGather,
             None,
             &[("CallSid", "CA1"), ("Digits", "1")],
-        ));
-        assert!(digits.is_empty(), "digits alone are no transcription");
+        );
+        gather.conversation_hint = Some(CH.into());
+        let accepted = run.event(gather);
+        assert_eq!(
+            accepted.event_type,
+            ConversationEventType::CallStatusChanged
+        );
+        assert_eq!(accepted.conversation_id, CH);
+        let c = accepted.call.unwrap();
+        assert_eq!(c.disclosure, Some(RecordingDisclosure::Accepted));
+        assert_eq!(c.disclosure_accepted, Some(true));
+        assert_eq!(
+            c.status,
+            CallState::InProgress,
+            "a gather is on a live call"
+        );
+        assert!(
+            accepted.transcription.is_none(),
+            "the answer is no utterance"
+        );
 
         let rec = run.event(hook(
             WebhookRoute::RecordingStatus,
@@ -1919,6 +1852,224 @@ mod tests {
         assert_eq!(t.transcription_sid.as_deref(), Some("TR1"));
         assert_eq!(t.text, "hello there");
         assert_eq!(tr.dedup_key, "TR1:Transcription:completed");
+    }
+
+    /// A voice webhook of call `CA7` (outbound, on conversation `CH`) with
+    /// our URL's query.
+    fn voice(route: WebhookRoute, query: &str, params: &[(&str, &str)]) -> TwilioWebhook {
+        let mut all = vec![
+            ("CallSid", "CA7"),
+            ("Direction", "outbound-api"),
+            ("From", "+14155550199"),
+            ("To", "+14155550100"),
+        ];
+        all.extend_from_slice(params);
+        let mut w = hook(route, None, &all);
+        w.query = Some(query.to_owned());
+        w.conversation_hint = Some(CH.into());
+        w
+    }
+
+    fn disclosure(e: &ConversationEvent) -> (Option<RecordingDisclosure>, Option<bool>) {
+        assert_eq!(e.event_type, ConversationEventType::CallStatusChanged);
+        let c = e.call.as_ref().unwrap();
+        (c.disclosure, c.disclosure_accepted)
+    }
+
+    #[test]
+    fn the_answer_webhook_is_the_disclosure_and_does_not_hide_the_answered_status() {
+        let mut run = Run::new();
+        let q = "conversation=CH00000000000000000000000000000001&locale=en";
+        let answer = run.event(voice(
+            WebhookRoute::VoiceAnswer,
+            q,
+            &[("CallStatus", "in-progress")],
+        ));
+        assert_eq!(
+            disclosure(&answer),
+            (Some(RecordingDisclosure::Disclosed), None)
+        );
+        assert_eq!(answer.call.as_ref().unwrap().status, CallState::InProgress);
+        assert_eq!(answer.dedup_key, "CA7:CallAnswer");
+        // The status callback "answered" has the same CallStatus: another event.
+        let answered = run.event(voice(
+            WebhookRoute::VoiceStatus,
+            q,
+            &[("CallStatus", "in-progress")],
+        ));
+        assert_eq!(disclosure(&answered), (None, None));
+        assert_ne!(answered.event_id, answer.event_id);
+        assert_eq!(answered.session_id, answer.session_id);
+    }
+
+    #[test]
+    fn gather_answers_in_english_and_french_decide_the_disclosure_as_ingress_did() {
+        use RecordingDisclosure::{Accepted, Declined, NoInput};
+        type Said<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(&str, Said<'_>, RecordingDisclosure)] = &[
+            ("en", &[("Digits", "1")], Accepted),
+            ("en", &[("Digits", "2")], Declined),
+            (
+                "en",
+                &[("SpeechResult", "Yes, please."), ("Confidence", "0.9")],
+                Accepted,
+            ),
+            ("en", &[("SpeechResult", "yes... no, actually")], Declined),
+            ("en", &[("SpeechResult", "I want to talk")], NoInput),
+            ("en", &[("Digits", "7")], NoInput),
+            ("en", &[], NoInput),
+            ("fr-CA", &[("SpeechResult", "Oui, d’accord")], Accepted),
+            ("fr-CA", &[("SpeechResult", "Non merci")], Declined),
+            ("fr-CA", &[("SpeechResult", "yes")], NoInput),
+            (
+                "fr-CA",
+                &[("Digits", "1"), ("SpeechResult", "non")],
+                Accepted,
+            ),
+            ("fr-CA", &[], NoInput),
+        ];
+        for (i, (locale, said, expected)) in cases.iter().enumerate() {
+            let mut run = Run::new();
+            let query = format!("conversation={CH}&locale={locale}");
+            let w = voice(WebhookRoute::VoiceGather, &query, said);
+            let digits = said.iter().find(|(k, _)| *k == "Digits").map(|(_, v)| *v);
+            let speech = said
+                .iter()
+                .find(|(k, _)| *k == "SpeechResult")
+                .map(|(_, v)| *v);
+            let ingress =
+                si_catalog::voice::choice(si_catalog::Catalog::builtin(), locale, digits, speech);
+            let e = run.event(w);
+            let accepted = *expected == Accepted;
+            assert_eq!(
+                disclosure(&e),
+                (Some(*expected), Some(accepted)),
+                "case {i}: {locale} {said:?}"
+            );
+            assert_eq!(
+                accepted,
+                ingress == si_catalog::voice::Choice::Accept,
+                "case {i}: the TwiML ingress served agrees"
+            );
+            assert_eq!(e.conversation_id, CH);
+            assert_eq!(e.channel, Channel::Voice);
+        }
+    }
+
+    fn realtime(event: &str, track: &str, seq: &str, final_: &str, data: &str) -> TwilioWebhook {
+        let mut params = vec![
+            ("AccountSid", "AC00000000000000000000000000000001"),
+            ("CallSid", "CA7"),
+            ("TranscriptionSid", "GT7"),
+            ("Timestamp", "2026-11-22T10:00:01.500Z"),
+            ("SequenceId", seq),
+            ("TranscriptionEvent", event),
+            ("LanguageCode", "en-US"),
+        ];
+        if event == "transcription-content" {
+            params.extend([
+                ("Track", track),
+                ("TranscriptionData", data),
+                ("Final", final_),
+            ]);
+        }
+        let mut w = hook(WebhookRoute::Transcription, None, &params);
+        w.query = Some(format!("conversation={CH}&locale=en"));
+        w.conversation_hint = Some(CH.into());
+        w
+    }
+
+    #[test]
+    fn realtime_transcription_utterances_are_transcription_events_by_speaker() {
+        let mut run = Run::new();
+        let started = realtime("transcription-started", "", "1", "", "");
+        assert!(run.outputs(started).is_empty(), "started: no event");
+        let user = run.event(realtime(
+            "transcription-content",
+            "inbound_track",
+            "2",
+            "true",
+            r#"{"transcript":"I'd like to move my appointment","confidence":0.93}"#,
+        ));
+        assert_eq!(user.event_type, ConversationEventType::Transcription);
+        assert_eq!(
+            (user.channel, user.source),
+            (Channel::Voice, EventSource::Voice)
+        );
+        assert_eq!(user.conversation_id, CH);
+        assert_eq!(
+            user.occurred_at,
+            parse_time("2026-11-22T10:00:01.500Z").unwrap()
+        );
+        assert_eq!(
+            user.dedup_key,
+            "GT7:RealtimeTranscription:transcription-content:2"
+        );
+        let t = user.transcription.unwrap();
+        assert_eq!(t.call_sid, "CA7");
+        assert_eq!(t.transcription_sid.as_deref(), Some("GT7"));
+        assert_eq!(t.text, "I'd like to move my appointment");
+        assert_eq!(t.speaker, TranscriptionSpeaker::User);
+        assert_eq!(
+            (t.sequence, t.is_final, t.confidence),
+            (Some(2), true, Some(0.93))
+        );
+
+        let agent = run.event(realtime(
+            "transcription-content",
+            "outbound_track",
+            "3",
+            "true",
+            r#"{"transcript":"Sure, which day works for you?"}"#,
+        ));
+        let t = agent.transcription.unwrap();
+        assert_eq!(t.speaker, TranscriptionSpeaker::Agent);
+        assert_eq!((t.sequence, t.confidence), (Some(3), None));
+        assert_ne!(agent.event_id, user.event_id, "one event per utterance");
+
+        let partial = realtime(
+            "transcription-content",
+            "inbound_track",
+            "4",
+            "false",
+            r#"{"transcript":"Tues","confidence":0.4}"#,
+        );
+        assert!(run.outputs(partial).is_empty(), "partial results: no event");
+        let empty = realtime(
+            "transcription-content",
+            "inbound_track",
+            "5",
+            "true",
+            r#"{"transcript":" "}"#,
+        );
+        assert!(run.outputs(empty).is_empty(), "nothing said: no event");
+        let stopped = realtime("transcription-stopped", "", "6", "", "");
+        assert!(run.outputs(stopped).is_empty(), "stopped: no event");
+        // A retry of an utterance (no idempotency token) is recognised.
+        let retry = realtime(
+            "transcription-content",
+            "inbound_track",
+            "2",
+            "true",
+            r#"{"transcript":"I'd like to move my appointment","confidence":0.93}"#,
+        );
+        assert!(run.outputs(retry).is_empty(), "duplicate");
+        let broken = realtime("transcription-content", "inbound_track", "7", "true", "{");
+        let ctx = RecordContext::for_test(topics::WEBHOOKS, T);
+        assert!(matches!(
+            run.n.process(&ctx, broken, &mut run.store),
+            Err(ProcessError::Invalid(m)) if m.contains("TranscriptionData")
+        ));
+        let dropped = |reason: &str| run.n.metrics.dropped.with_label_values(&[reason]).get();
+        assert_eq!(
+            (
+                dropped("transcription_started"),
+                dropped("transcription_partial"),
+                dropped("transcription_stopped")
+            ),
+            (1, 1, 1),
+            "skips are counted by reason"
+        );
     }
 
     #[test]

@@ -315,6 +315,30 @@ pub struct CallEvent {
     pub duration_seconds: Option<i32>,
     /// Whether the caller accepted the recording disclosure; `None` until asked.
     pub disclosure_accepted: Option<bool>,
+    /// The recording-disclosure step this event reports; `None` for status
+    /// callbacks that are not about the disclosure.
+    #[serde(default)]
+    pub disclosure: Option<RecordingDisclosure>,
+}
+
+avro_enum! {
+    /// Where a call is in the recording disclosure.
+    pub enum RecordingDisclosure (default Unknown) {
+        /// The disclosure and the consent prompt were played (the answer
+        /// webhook ingress served them on).
+        Disclosed = "DISCLOSED",
+        /// The caller accepted (keypad 1 or a yes word): recording and
+        /// real-time transcription start.
+        Accepted = "ACCEPTED",
+        /// The caller declined (keypad 2 or a no word; a no word wins): nothing
+        /// is recorded or transcribed and the call ends.
+        Declined = "DECLINED",
+        /// No usable answer (silence, another key, unrecognised speech):
+        /// treated as a decline.
+        NoInput = "NO_INPUT",
+        /// A symbol newer than this build (the default).
+        Unknown = "UNKNOWN",
+    }
 }
 
 /// A call recording changed status (usually: completed and ready to fetch).

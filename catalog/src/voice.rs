@@ -1,0 +1,112 @@
+//! The caller's answer to the recording disclosure, read one way everywhere.
+//!
+//! Ingress decides the call's next TwiML with [`choice`] (record and connect,
+//! or say goodbye); normalize reports the same answer on the call's event
+//! (`CallEvent.disclosure`). Both call this function with the same inputs (the
+//! gather's `Digits` and `SpeechResult` and the `locale` our gather URL
+//! carries), so the event can never say "accepted" for a call that was not
+//! recorded, or the other way round.
+
+use crate::{Catalog, keys};
+
+/// What the caller chose at the consent prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// Pressed 1 or said a yes word: record and continue.
+    Accept,
+    /// Pressed 2 or said a no word: no recording, continue by text.
+    Decline,
+    /// No (usable) answer: treated as a decline.
+    NoInput,
+}
+
+/// Reads the caller's answer: keypad first (1 accepts, 2 declines), then
+/// speech against the locale's `voice.yes_words` and `voice.no_words`, whole
+/// words, case-insensitive. A no word wins over a yes word (no recording
+/// without a clear yes). Anything else, including silence, is
+/// [`Choice::NoInput`].
+#[must_use]
+pub fn choice(
+    catalog: &Catalog,
+    locale: &str,
+    digits: Option<&str>,
+    speech: Option<&str>,
+) -> Choice {
+    match digits.map(str::trim) {
+        Some("1") => return Choice::Accept,
+        Some("2") => return Choice::Decline,
+        _ => {}
+    }
+    let Some(speech) = speech else {
+        return Choice::NoInput;
+    };
+    let spoken: String = speech
+        .to_lowercase()
+        .chars()
+        .map(|c| match c {
+            // Speech recognition may write a typographic apostrophe (d’accord).
+            '\'' | '\u{2019}' => '\'',
+            c if c.is_alphanumeric() => c,
+            _ => ' ',
+        })
+        .collect();
+    let spoken = format!(
+        " {} ",
+        spoken.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    let said = |key| {
+        catalog
+            .words(key, locale)
+            .iter()
+            .any(|w| spoken.contains(&format!(" {w} ")))
+    };
+    if said(keys::VOICE_NO_WORDS) {
+        Choice::Decline
+    } else if said(keys::VOICE_YES_WORDS) {
+        Choice::Accept
+    } else {
+        Choice::NoInput
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keypad_and_speech_choices() {
+        let c = Catalog::builtin();
+        assert_eq!(choice(c, "en", Some("1"), None), Choice::Accept);
+        assert_eq!(choice(c, "en", Some(" 1 "), None), Choice::Accept);
+        assert_eq!(choice(c, "en", Some("2"), Some("yes")), Choice::Decline);
+        assert_eq!(choice(c, "en", None, Some("Yes, please.")), Choice::Accept);
+        assert_eq!(choice(c, "en", None, Some("No.")), Choice::Decline);
+        assert_eq!(
+            choice(c, "en", None, Some("yes... no, actually")),
+            Choice::Decline
+        );
+        assert_eq!(choice(c, "en", None, Some("I don't")), Choice::Decline);
+        assert_eq!(choice(c, "es", None, Some("Sí, claro")), Choice::Accept);
+        assert_eq!(choice(c, "en", None, Some("nobody knows")), Choice::NoInput);
+        assert_eq!(choice(c, "en", Some("7"), None), Choice::NoInput);
+        assert_eq!(choice(c, "en", None, None), Choice::NoInput);
+    }
+
+    #[test]
+    fn french_answers_with_either_apostrophe() {
+        let c = Catalog::builtin();
+        assert_eq!(choice(c, "fr-CA", None, Some("Oui.")), Choice::Accept);
+        assert_eq!(choice(c, "fr", None, Some("D'accord")), Choice::Accept);
+        assert_eq!(
+            choice(c, "fr", None, Some("D\u{2019}accord !")),
+            Choice::Accept
+        );
+        assert_eq!(choice(c, "fr", None, Some("Non merci")), Choice::Decline);
+        assert_eq!(choice(c, "fr", None, Some("oui… non")), Choice::Decline);
+        assert_eq!(
+            choice(c, "fr", None, Some("yes")),
+            Choice::NoInput,
+            "words of the call's language only"
+        );
+    }
+}
