@@ -20,9 +20,9 @@ use si_schemas::records::{
     CallEvent, CallRequest, CallState, Channel, CognitionResponse, Command, CommandKind,
     ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentStatus, ConversationEvent,
     ConversationEventType, DeliveryOutcome, DeliveryStatus, Direction, IdentityRecord, Modality,
-    OperationKind, OutboundOperation, OutboundPartOutcome, PendingOutbound, RecordingRef,
-    ResponsePurpose, ScheduledCall, TranscriptEntry, TranscriptEntryKind, TranscriptSpeaker,
-    TranscriptionSpeaker, VoiceLinkCall, VoiceLinkState,
+    OperationKind, OutboundOperation, OutboundPartOutcome, PendingOutbound, RecordingDisclosure,
+    RecordingRef, ResponsePurpose, ScheduledCall, TranscriptEntry, TranscriptEntryKind,
+    TranscriptSpeaker, TranscriptionSpeaker, VoiceLinkCall, VoiceLinkState,
 };
 use si_schemas::{Codec, CodecError, topics};
 
@@ -189,7 +189,6 @@ enum Answer {
     Disclosed,
     Accepted,
     Declined,
-    #[allow(dead_code)] // normalize does not tell silence from a "no" yet
     NoInput,
 }
 
@@ -214,10 +213,17 @@ impl Answer {
 }
 
 fn answer_of(call: &CallEvent) -> Option<Answer> {
-    match call.disclosure_accepted {
-        Some(true) => Some(Answer::Accepted),
-        Some(false) => Some(Answer::Declined),
-        None => None,
+    match call.disclosure {
+        Some(RecordingDisclosure::Disclosed) => Some(Answer::Disclosed),
+        Some(RecordingDisclosure::Accepted) => Some(Answer::Accepted),
+        Some(RecordingDisclosure::Declined) => Some(Answer::Declined),
+        Some(RecordingDisclosure::NoInput) => Some(Answer::NoInput),
+        // Records without the step (older normalize): the boolean.
+        Some(RecordingDisclosure::Unknown) | None => match call.disclosure_accepted {
+            Some(true) => Some(Answer::Accepted),
+            Some(false) => Some(Answer::Declined),
+            None => None,
+        },
     }
 }
 
@@ -407,13 +413,7 @@ impl VoiceLinkProcessor {
                 .as_str()
                 .clone_into(&mut conversation.calls[index].status);
         }
-        let answer = answer_of(call).or_else(|| {
-            // Ingress answers the answer webhook with the disclosure: an
-            // event that is not a gather answer and finds the call in
-            // progress without an answer yet means the prompt was played.
-            (call.status == CallState::InProgress && conversation.calls[index].disclosure.is_none())
-                .then_some(Answer::Disclosed)
-        });
+        let answer = answer_of(call);
         let connected = matches!(call.status, CallState::InProgress) || answer.is_some();
         if connected && conversation.calls[index].answered_at.is_none() {
             conversation.calls[index].answered_at = Some(now);

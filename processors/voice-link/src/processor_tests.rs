@@ -81,14 +81,24 @@ fn text(n: i64, body: &str) -> ConversationEvent {
     }
 }
 
-fn call(n: i64, status: CallState, accepted: Option<bool>, direction: &str) -> ConversationEvent {
+fn call(
+    n: i64,
+    status: CallState,
+    disclosure: Option<RecordingDisclosure>,
+    direction: &str,
+) -> ConversationEvent {
     ConversationEvent {
         call: Some(CallEvent {
             call_sid: CALL.into(),
             status,
             direction: Some(direction.into()),
             duration_seconds: (status == CallState::Completed).then_some(42),
-            disclosure_accepted: accepted,
+            disclosure_accepted: match disclosure {
+                Some(RecordingDisclosure::Accepted) => Some(true),
+                Some(RecordingDisclosure::Declined | RecordingDisclosure::NoInput) => Some(false),
+                _ => None,
+            },
+            disclosure,
         }),
         ..event(n, ConversationEventType::CallStatusChanged, Channel::Voice)
     }
@@ -348,11 +358,21 @@ fn an_accepted_call_is_on_the_record_and_in_the_transcript_in_order() {
         ),
         (
             T0 + 5,
-            call(T0 + 5, CallState::InProgress, None, "outbound-api"),
+            call(
+                T0 + 5,
+                CallState::InProgress,
+                Some(RecordingDisclosure::Disclosed),
+                "outbound-api",
+            ),
         ),
         (
             T0 + 6,
-            call(T0 + 6, CallState::InProgress, Some(true), "outbound-api"),
+            call(
+                T0 + 6,
+                CallState::InProgress,
+                Some(RecordingDisclosure::Accepted),
+                "outbound-api",
+            ),
         ),
     ] {
         let out = h.event(ev, at);
@@ -460,34 +480,62 @@ fn an_accepted_call_is_on_the_record_and_in_the_transcript_in_order() {
 
 #[test]
 fn a_declined_recording_continues_the_conversation_by_text() {
-    let mut h = Harness::new(settings(), Vec::new());
-    h.event(text(T0, "Call me"), T0);
-    h.command(command("cmd-1", CommandKind::EscalateToVoice, &[]), T0 + 1);
-    h.deliver(
-        delivered(&call_operation_id("cmd-1"), OperationKind::CreateCall, CALL),
-        T0 + 2,
-    );
-    let out = h.event(
-        call(T0 + 3, CallState::InProgress, Some(false), "outbound-api"),
-        T0 + 3,
-    );
-    let kinds: Vec<ComplianceEventKind> = compliance(&out).iter().map(|c| c.kind).collect();
-    assert_eq!(
-        kinds,
-        [
-            ComplianceEventKind::RecordingDisclosed,
-            ComplianceEventKind::RecordingDeclined
-        ]
-    );
-    let said = texts(&out);
-    assert_eq!(said.len(), 1);
-    assert!(said[0].text.contains("par écrit"), "{}", said[0].text);
-    let end = h.event(
-        call(T0 + 9, CallState::Completed, None, "outbound-api"),
-        T0 + 9,
-    );
-    assert_eq!(entries(&end)[0].call_outcome.as_deref(), Some("declined"));
-    assert!(texts(&end).is_empty(), "told once");
+    for answer in [RecordingDisclosure::Declined, RecordingDisclosure::NoInput] {
+        let mut h = Harness::new(settings(), Vec::new());
+        h.event(text(T0, "Call me"), T0);
+        h.command(command("cmd-1", CommandKind::EscalateToVoice, &[]), T0 + 1);
+        h.deliver(
+            delivered(&call_operation_id("cmd-1"), OperationKind::CreateCall, CALL),
+            T0 + 2,
+        );
+        let played = h.event(
+            call(
+                T0 + 3,
+                CallState::InProgress,
+                Some(RecordingDisclosure::Disclosed),
+                "outbound-api",
+            ),
+            T0 + 3,
+        );
+        let out = h.event(
+            call(T0 + 4, CallState::InProgress, Some(answer), "outbound-api"),
+            T0 + 4,
+        );
+        let records: Vec<ComplianceEvent> = compliance(&played)
+            .into_iter()
+            .chain(compliance(&out))
+            .collect();
+        let kinds: Vec<ComplianceEventKind> = records.iter().map(|c| c.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                ComplianceEventKind::RecordingDisclosed,
+                ComplianceEventKind::RecordingDeclined
+            ]
+        );
+        assert_eq!(records[1].details["answer"], answer.as_str());
+        let said = texts(&out);
+        assert_eq!(said.len(), 1);
+        assert!(said[0].text.contains("par écrit"), "{}", said[0].text);
+        let end = h.event(
+            call(T0 + 9, CallState::Completed, None, "outbound-api"),
+            T0 + 9,
+        );
+        assert_eq!(entries(&end)[0].call_outcome.as_deref(), Some("declined"));
+        assert!(texts(&end).is_empty(), "told once");
+        assert_eq!(
+            h.processor
+                .metrics
+                .recording_consent
+                .with_label_values(&[if answer == RecordingDisclosure::Declined {
+                    "declined"
+                } else {
+                    "no_input"
+                }])
+                .get(),
+            1
+        );
+    }
 }
 
 #[test]
@@ -642,7 +690,12 @@ fn end_call_hangs_up_the_live_call_or_cancels_a_scheduled_one() {
         T0 + 2,
     );
     h.event(
-        call(T0 + 3, CallState::InProgress, Some(true), "outbound-api"),
+        call(
+            T0 + 3,
+            CallState::InProgress,
+            Some(RecordingDisclosure::Accepted),
+            "outbound-api",
+        ),
         T0 + 3,
     );
     let out = h.command(command("cmd-2", CommandKind::EndCall, &[]), T0 + 4);
