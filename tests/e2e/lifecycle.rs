@@ -223,15 +223,7 @@ async fn spawn_all(
         ("TWILIO_API_BASE_URL", base.as_str()),
         ("TWILIO_CONVERSATIONS_BASE_URL", base.as_str()),
     ];
-    let mut running = Vec::new();
-    for (binary, extra) in stages {
-        let vars: Vec<(&str, &str)> = common.iter().copied().chain(extra).collect();
-        running.push(StageProcess::spawn(env, binary, "lifecycle-0", &vars)?);
-    }
-    for stage in &mut running {
-        stage.ready(DEADLINE).await?;
-    }
-    Ok(running)
+    si_testkit::spawn_ready(env, "lifecycle-0", &common, stages, DEADLINE).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

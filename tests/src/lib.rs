@@ -18,7 +18,7 @@ use sictl::topics_file::{Overrides, TopicsFile};
 pub mod openapi;
 pub mod process;
 
-pub use process::{StageProcess, stage_binary, wait_for};
+pub use process::{StageProcess, spawn_ready, stage_binary, wait_for};
 
 /// The repository root (where `topics.yaml` is).
 #[must_use]
@@ -244,6 +244,40 @@ impl TestEnv {
                 }
             }
         }
+    }
+
+    /// Reads `topic` from the beginning, keeping the records `keep` accepts,
+    /// until `done` holds for the kept ones; returns them in topic order.
+    ///
+    /// # Errors
+    /// When `done` does not hold within `deadline` (with how many were kept),
+    /// or a record does not decode.
+    pub async fn collect<T: AvroRecord>(
+        &self,
+        topic: &str,
+        deadline: Duration,
+        mut keep: impl FnMut(&T) -> bool,
+        mut done: impl FnMut(&[T]) -> bool,
+    ) -> anyhow::Result<Vec<T>> {
+        let consumer = self.consumer(topic).await?;
+        let until = Instant::now() + deadline;
+        let mut kept = Vec::new();
+        while !done(&kept) {
+            let left = until.saturating_duration_since(Instant::now());
+            let Ok(received) = tokio::time::timeout(left, consumer.recv()).await else {
+                bail!(
+                    "{topic}: the {} records kept within {deadline:?} are not all that was expected",
+                    kept.len()
+                );
+            };
+            if let Some(payload) = received?.payload() {
+                let record = self.codec.decode::<T>(payload).await?;
+                if keep(&record) {
+                    kept.push(record);
+                }
+            }
+        }
+        Ok(kept)
     }
 
     /// Reads raw records from `topic` until `count` have arrived or `deadline` passes.

@@ -55,6 +55,29 @@ pub struct StageProcess {
     log: PathBuf,
 }
 
+/// Spawns `stages` (binary, extra variables, after the `common` ones) as pod
+/// `pod` against `env`, and waits until every one is ready.
+///
+/// # Errors
+/// When one cannot start or is not ready within `deadline`.
+pub async fn spawn_ready(
+    env: &TestEnv,
+    pod: &str,
+    common: &[(&str, &str)],
+    stages: Vec<(&str, Vec<(&str, &str)>)>,
+    deadline: Duration,
+) -> anyhow::Result<Vec<StageProcess>> {
+    let mut running = Vec::new();
+    for (binary, extra) in stages {
+        let vars: Vec<(&str, &str)> = common.iter().copied().chain(extra).collect();
+        running.push(StageProcess::spawn(env, binary, pod, &vars)?);
+    }
+    for stage in &mut running {
+        stage.ready(deadline).await?;
+    }
+    Ok(running)
+}
+
 impl StageProcess {
     /// Starts `binary` against `env` (bootstrap servers, registry, topic
     /// prefix), as pod `pod`, with its admin listener on a free port and the
