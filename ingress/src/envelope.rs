@@ -104,8 +104,16 @@ pub fn resource_sid(route: WebhookRoute, body: &Body) -> Option<String> {
 }
 
 /// The Kafka key: the ConversationSid, else the conversation id our own callback
-/// URLs carry, else the user's address (the sender of inbound traffic, the
-/// recipient of status callbacks), else the resource SID. normalize re-keys by
+/// URLs carry, else, for every voice webhook (call status, answer, gather,
+/// recording, transcription), the CallSid, else the user's address (the sender
+/// of inbound traffic, the recipient of status callbacks), else the resource
+/// SID. normalize re-keys by conversation.
+///
+/// Voice by CallSid: an inbound call's callbacks carry no conversation (Twilio
+/// calls the number's URLs, and ingress answers before normalize linked the
+/// call), and recording and transcription callbacks carry no caller either.
+/// The CallSid is the one thing all of them carry, so one call's webhooks stay
+/// in one partition, in order, where normalize keeps the call's link to its
 /// conversation.
 #[must_use]
 pub fn key(route: WebhookRoute, body: &Body, conversation_hint: Option<&str>) -> String {
@@ -116,14 +124,12 @@ pub fn key(route: WebhookRoute, body: &Body, conversation_hint: Option<&str>) ->
         return hint.to_owned();
     }
     let user = match route {
+        WebhookRoute::VoiceStatus
+        | WebhookRoute::VoiceAnswer
+        | WebhookRoute::VoiceGather
+        | WebhookRoute::RecordingStatus
+        | WebhookRoute::Transcription => body.get("CallSid"),
         WebhookRoute::MessagingStatus => body.get("To"),
-        WebhookRoute::VoiceStatus | WebhookRoute::VoiceAnswer | WebhookRoute::VoiceGather => {
-            // Our calls are outbound: the user is `To`; inbound calls have the user in `From`.
-            match body.get("Direction") {
-                Some(d) if d.starts_with("outbound") => body.get("To"),
-                _ => body.get("From"),
-            }
-        }
         _ => body.get("From").or_else(|| body.get("Author")),
     };
     user.map(str::to_owned)
@@ -228,7 +234,18 @@ mod tests {
             ("To", "+1555"),
             ("Direction", "outbound-api"),
         ]);
-        assert_eq!(key(WebhookRoute::VoiceStatus, &call, None), "+1555");
+        assert_eq!(key(WebhookRoute::VoiceStatus, &call, Some("CH9")), "CH9");
+        // Without our conversation: every webhook of one call by its CallSid.
+        assert_eq!(key(WebhookRoute::VoiceStatus, &call, None), "CA1");
+        assert_eq!(key(WebhookRoute::VoiceAnswer, &call, None), "CA1");
+        assert_eq!(key(WebhookRoute::VoiceGather, &call, None), "CA1");
+        let recording = form(&[("CallSid", "CA1"), ("RecordingSid", "RE1")]);
+        assert_eq!(key(WebhookRoute::RecordingStatus, &recording, None), "CA1");
+        let transcription = form(&[("CallSid", "CA1"), ("TranscriptionSid", "GT1")]);
+        assert_eq!(
+            key(WebhookRoute::Transcription, &transcription, None),
+            "CA1"
+        );
         assert_eq!(
             key(
                 WebhookRoute::RecordingStatus,

@@ -1119,6 +1119,10 @@ fn normalize_state_round_trips() {
     roundtrip(&normalize_state_full());
     roundtrip(&normalize_state_seen());
     roundtrip(&normalize_state_min());
+    roundtrip(&NormalizeState {
+        kind: NormalizeStateKind::Call,
+        ..normalize_state_full()
+    });
 }
 
 #[test]

@@ -57,9 +57,16 @@
 //!   the pair's conversation (its directory entry is inactive), the derived id
 //!   also covers the closure time (`updated_at` of that entry): the next
 //!   message opens a new conversation, and so a new session.
-//! - Voice, recordings, transcriptions: `conversation_hint`, else
-//!   `call-<CallSid>` (linking calls to messaging conversations is the
-//!   voice-link stage's job).
+//! - Voice (answers, gathers, status, recordings, transcriptions): one
+//!   conversation and session per call, bound on the call's first webhook in
+//!   state (`call|<CallSid>`): our URL's `conversation_hint` (calls voice-link
+//!   placed), else the call's binding, else the caller's active SMS/WhatsApp
+//!   conversation with the called number from the participant directory (an
+//!   inbound call joins the text conversation and its session), else
+//!   `call-<CallSid>` with a new session. Ingress keys voice webhooks without
+//!   a conversation by CallSid, so a call's later callbacks (which may name
+//!   neither caller nor conversation) reach the partition holding its binding.
+//!   See `transform/voice.rs` for why this lives in state, not in the TwiML.
 //!
 //! # Sessions
 //!

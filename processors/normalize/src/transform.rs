@@ -401,6 +401,11 @@ struct Draft {
     transcription: Option<TranscriptionEvent>,
     /// What the event does to the conversation's participants.
     membership: Membership,
+    /// The session of the conversation when the webhook's context knows it
+    /// (a call linked to a text conversation); else the conversation's own.
+    session: Option<String>,
+    /// The call whose link to the conversation the event renews.
+    call_sid: Option<String>,
 }
 
 enum Membership {
@@ -434,6 +439,8 @@ impl Draft {
             recording: None,
             transcription: None,
             membership: Membership::None,
+            session: None,
+            call_sid: None,
         }
     }
 }
@@ -549,14 +556,6 @@ impl Normalizer {
                 .hasher
                 .messaging_conversation(channel, user, proxy),
         }
-    }
-
-    fn call_conversation(webhook: &TwilioWebhook, call_sid: &str) -> String {
-        webhook
-            .conversation_hint
-            .as_deref()
-            .filter(|h| !h.is_empty())
-            .map_or_else(|| format!("call-{call_sid}"), str::to_owned)
     }
 
     fn find_party(
@@ -864,7 +863,7 @@ impl Normalizer {
             | Kind::Gather
             | Kind::Recording
             | Kind::Transcription
-            | Kind::RealtimeTranscription => return self.voice_draft(kind, webhook, params),
+            | Kind::RealtimeTranscription => return self.voice_draft(kind, webhook, params, state),
         };
         Ok(Ok(draft))
     }
@@ -995,8 +994,10 @@ impl Processor for Normalizer {
             .and_then(|s| s.conversation.clone())
             .unwrap_or_else(|| ConversationBinding {
                 conversation_id: draft.conversation_id.clone(),
-                session_id: self
-                    .directory_session(&draft)
+                session_id: draft
+                    .session
+                    .clone()
+                    .or_else(|| self.directory_session(&draft))
                     .or_else(|| self.alias_session(&params, &draft.conversation_id))
                     .unwrap_or_else(|| ids::session_id(&draft.conversation_id)),
                 bound_at: now,
@@ -1110,6 +1111,32 @@ impl Processor for Normalizer {
         } else {
             self.settings.session_ttl
         };
+        if let Some(call_sid) = &draft.call_sid {
+            // The call's link, renewed on every event of the call.
+            let key = voice::call_key(call_sid);
+            let previous = state.get(&key).and_then(|s| s.conversation.clone());
+            let participants = match (&draft.party, previous.as_ref()) {
+                (Some(party), _) => vec![party.bound()],
+                (None, Some(p)) => p.participants.clone(),
+                (None, None) => Vec::new(),
+            };
+            state.put_with_ttl(
+                key,
+                NormalizeState {
+                    kind: NormalizeStateKind::Call,
+                    seen_event: None,
+                    conversation: Some(ConversationBinding {
+                        conversation_id: binding.conversation_id.clone(),
+                        session_id: binding.session_id.clone(),
+                        bound_at: previous.as_ref().map_or(now, |p| p.bound_at),
+                        last_event_at: now,
+                        state: None,
+                        participants,
+                    }),
+                },
+                voice::CALL_BINDING_TTL,
+            );
+        }
         state.put_with_ttl(
             conv_key,
             NormalizeState {
@@ -1153,7 +1180,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use si_schemas::records::{
-        CallState, DeliveryState, RecordingDisclosure, TranscriptionSpeaker, WebhookParam,
+        CallState, DeliveryState, LocaleSource, RecordingDisclosure, TranscriptionSpeaker,
+        WebhookParam,
     };
 
     use super::*;
@@ -2069,6 +2097,265 @@ mod tests {
             ),
             (1, 1, 1),
             "skips are counted by reason"
+        );
+    }
+
+    /// A webhook of an inbound call `call` from `caller` to our number, as
+    /// Twilio sends it to the URLs of the number: no conversation in the URL.
+    fn inbound_call(
+        route: WebhookRoute,
+        call: &str,
+        caller: &str,
+        extra: &[(&str, &str)],
+    ) -> TwilioWebhook {
+        let mut params = vec![
+            ("CallSid", call),
+            ("AccountSid", "AC00000000000000000000000000000001"),
+        ];
+        if matches!(
+            route,
+            WebhookRoute::VoiceAnswer | WebhookRoute::VoiceGather | WebhookRoute::VoiceStatus
+        ) {
+            params.extend([
+                ("From", caller),
+                ("To", "+14155550199"),
+                ("Direction", "inbound"),
+            ]);
+        }
+        params.extend_from_slice(extra);
+        let mut w = hook(route, None, &params);
+        // Ingress's answer TwiML carries the locale (never a conversation) on.
+        w.query = (route != WebhookRoute::VoiceAnswer && route != WebhookRoute::VoiceStatus)
+            .then(|| "locale=en".to_owned());
+        w
+    }
+
+    /// Every later webhook of a call, by kind.
+    fn rest_of_call(call: &str, caller: &str) -> Vec<TwilioWebhook> {
+        vec![
+            inbound_call(
+                WebhookRoute::VoiceGather,
+                call,
+                caller,
+                &[("CallStatus", "in-progress"), ("SpeechResult", "yes")],
+            ),
+            inbound_call(
+                WebhookRoute::VoiceStatus,
+                call,
+                caller,
+                &[("CallStatus", "completed"), ("CallDuration", "61")],
+            ),
+            inbound_call(
+                WebhookRoute::RecordingStatus,
+                call,
+                caller,
+                &[
+                    ("RecordingSid", "RE9"),
+                    ("RecordingStatus", "completed"),
+                    ("RecordingDuration", "58"),
+                ],
+            ),
+            inbound_call(
+                WebhookRoute::Transcription,
+                call,
+                caller,
+                &[
+                    ("TranscriptionSid", "GT9"),
+                    ("TranscriptionEvent", "transcription-content"),
+                    ("SequenceId", "1"),
+                    ("Track", "inbound_track"),
+                    ("Final", "true"),
+                    (
+                        "TranscriptionData",
+                        r#"{"transcript":"It's about my order","confidence":0.9}"#,
+                    ),
+                ],
+            ),
+        ]
+    }
+
+    #[test]
+    fn an_inbound_call_from_a_texting_number_joins_its_conversation_and_session() {
+        let mut run = Run::new();
+        let user = "+5215512345678";
+        let (text, bindings) = run.directory(inbound(Some("tok-sms"), "SM1", user));
+        for b in bindings {
+            run.n.directory.apply(b.key(), Some(b));
+        }
+        // The call's webhooks are keyed by CallSid: another partition, whose
+        // state knows nothing of the text conversation.
+        let mut other_partition = StateStore::new(Duration::from_secs(30 * 24 * 3600));
+        other_partition.set_now(T);
+        run.store = other_partition;
+
+        let answer = run.event(inbound_call(
+            WebhookRoute::VoiceAnswer,
+            "CA9",
+            user,
+            &[("CallStatus", "ringing")],
+        ));
+        assert_eq!(answer.conversation_id, text.conversation_id);
+        assert_eq!(answer.session_id, text.session_id);
+        assert_eq!(
+            disclosure(&answer),
+            (Some(RecordingDisclosure::Disclosed), None)
+        );
+        let caller = answer.participant.clone().unwrap();
+        assert_eq!(caller.channel, Channel::Voice);
+        assert_eq!(
+            caller.visitor_id,
+            text.participant.clone().unwrap().visitor_id,
+            "the same person"
+        );
+
+        // Lifecycle closes the text conversation mid-call: the call stays.
+        let mut closed = run
+            .n
+            .directory
+            .get("sms:+5215512345678|+14155550199")
+            .unwrap()
+            .as_ref()
+            .clone();
+        closed.active = false;
+        run.n.directory.apply(closed.key(), Some(closed));
+
+        for w in rest_of_call("CA9", user) {
+            let route = w.route;
+            let e = run.event(w);
+            assert_eq!(e.conversation_id, text.conversation_id, "{route:?}");
+            assert_eq!(e.session_id, text.session_id, "{route:?}");
+            assert_eq!(
+                e.participant.as_ref().and_then(|p| p.visitor_id.clone()),
+                caller.visitor_id,
+                "{route:?}: about the caller"
+            );
+            match route {
+                WebhookRoute::VoiceGather => {
+                    assert_eq!(
+                        disclosure(&e),
+                        (Some(RecordingDisclosure::Accepted), Some(true))
+                    );
+                }
+                WebhookRoute::Transcription => {
+                    assert_eq!(e.transcription.unwrap().speaker, TranscriptionSpeaker::User);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_caller_gets_a_conversation_and_session_of_the_call() {
+        let mut run = Run::new();
+        let caller = "+447700900123";
+        let answer = run.event(inbound_call(
+            WebhookRoute::VoiceAnswer,
+            "CA10",
+            caller,
+            &[("CallStatus", "ringing")],
+        ));
+        assert_eq!(answer.conversation_id, "call-CA10");
+        assert_eq!(answer.session_id, ids::session_id("call-CA10"));
+        let p = answer.participant.unwrap();
+        assert!(!p.registered);
+        assert_eq!(
+            p.visitor_id.as_deref(),
+            Some(AddressHasher::new(b"secret").visitor_id(caller).as_str()),
+            "the visitor id texts from the number get"
+        );
+        assert_eq!(
+            (answer.locale.as_str(), answer.locale_source),
+            ("en-GB", LocaleSource::PhoneCountry)
+        );
+        for w in rest_of_call("CA10", caller) {
+            let route = w.route;
+            let e = run.event(w);
+            assert_eq!(
+                (e.conversation_id.as_str(), e.session_id.as_str()),
+                ("call-CA10", answer.session_id.as_str()),
+                "{route:?}"
+            );
+        }
+        // Another call of the same caller is another conversation.
+        let again = run.event(inbound_call(
+            WebhookRoute::VoiceAnswer,
+            "CA11",
+            caller,
+            &[("CallStatus", "ringing")],
+        ));
+        assert_eq!(again.conversation_id, "call-CA11");
+    }
+
+    #[test]
+    fn an_outbound_call_carries_its_conversations_session() {
+        // Si started the conversation (lifecycle bound the pair to the
+        // issuer's session); voice-link calls the user on it.
+        let user = "+5215512345678";
+        let started = ParticipantBinding {
+            address: user.into(),
+            channel: Channel::Whatsapp,
+            proxy_address: Some("+14155550199".into()),
+            conversation_id: "outreach-0001".into(),
+            session_id: "session-from-the-command".into(),
+            participant_sid: None,
+            active: true,
+            bound_at: T - 60_000,
+            updated_at: T - 60_000,
+            previous_conversation_id: None,
+        };
+        let mut run = Run::new();
+        run.n.directory.apply(started.key(), Some(started));
+        let ours = |route: WebhookRoute, extra: &[(&str, &str)]| {
+            let mut params = vec![("CallSid", "CA12")];
+            if route != WebhookRoute::RecordingStatus && route != WebhookRoute::Transcription {
+                params.extend([
+                    ("From", "+14155550199"),
+                    ("To", user),
+                    ("Direction", "outbound-api"),
+                ]);
+            }
+            params.extend_from_slice(extra);
+            let mut w = hook(route, None, &params);
+            w.query = Some("conversation=outreach-0001&locale=es-MX".into());
+            w.conversation_hint = Some("outreach-0001".into());
+            w
+        };
+        let events = [
+            ours(WebhookRoute::VoiceStatus, &[("CallStatus", "ringing")]),
+            ours(WebhookRoute::VoiceAnswer, &[("CallStatus", "in-progress")]),
+            ours(WebhookRoute::VoiceGather, &[("SpeechResult", "Sí, claro")]),
+            ours(WebhookRoute::VoiceStatus, &[("CallStatus", "in-progress")]),
+            ours(
+                WebhookRoute::RecordingStatus,
+                &[("RecordingSid", "RE12"), ("RecordingStatus", "completed")],
+            ),
+            ours(
+                WebhookRoute::VoiceStatus,
+                &[("CallStatus", "completed"), ("CallDuration", "90")],
+            ),
+        ];
+        let mut disclosures = Vec::new();
+        for w in events {
+            let e = run.event(w);
+            assert_eq!(e.conversation_id, "outreach-0001");
+            assert_eq!(e.session_id, "session-from-the-command");
+            assert_eq!(
+                e.participant.as_ref().unwrap().address.as_deref(),
+                Some(user),
+                "the callee"
+            );
+            disclosures.push(e.call.and_then(|c| c.disclosure));
+        }
+        assert_eq!(
+            disclosures,
+            [
+                None,
+                Some(RecordingDisclosure::Disclosed),
+                Some(RecordingDisclosure::Accepted),
+                None,
+                None,
+                None
+            ]
         );
     }
 

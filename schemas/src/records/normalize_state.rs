@@ -14,7 +14,7 @@ pub struct NormalizeState {
     pub kind: NormalizeStateKind,
     /// Set for SEEN_EVENT.
     pub seen_event: Option<SeenEvent>,
-    /// Set for CONVERSATION.
+    /// Set for CONVERSATION and CALL.
     pub conversation: Option<ConversationBinding>,
 }
 
@@ -27,6 +27,9 @@ avro_enum! {
         SeenEvent = "SEEN_EVENT",
         /// A conversation's session binding and participants (`conversation`).
         Conversation = "CONVERSATION",
+        /// The conversation and session a call's events go to, and the
+        /// call's user (`conversation`, key `call|<CallSid>`).
+        Call = "CALL",
         /// A symbol newer than this build (the default); ignored.
         Unknown = "UNKNOWN",
     }

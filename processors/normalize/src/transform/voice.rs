@@ -1,18 +1,53 @@
 //! Voice webhooks: call answers and status callbacks, the caller's answer to
 //! the recording disclosure, recordings and transcriptions.
+//!
+//! # The conversation of a call
+//!
+//! Every event of a call goes to one conversation and session, decided on
+//! the call's first webhook and kept in the partition's state under
+//! `call|<CallSid>` (kind CALL, for [`CALL_BINDING_TTL`] after the call's
+//! last event):
+//!
+//! 1. the conversation our own URL carries (`conversation_hint`: calls
+//!    voice-link placed, and every callback URL of our TwiML once a call has
+//!    one); its session is the one the call is bound to, else the one the
+//!    user's directory entry for that conversation names, else the alias
+//!    entry's, else the derived one;
+//! 2. the call's binding, when an earlier webhook of the call made one;
+//! 3. the user's active SMS or WhatsApp conversation with the number of the
+//!    call, from the participant directory (`<channel>:<user>|<our number>`,
+//!    the most recently updated of the two): an inbound call from someone
+//!    who is texting Si joins that conversation and its session;
+//! 4. else a conversation of its own, `call-<CallSid>`, with a new session
+//!    (the caller still gets the visitor id of their number, as for text).
+//!
+//! Why a binding in normalize's state rather than the conversation in the
+//! TwiML: ingress answers the call's first webhook before normalize has seen
+//! it, so the TwiML of an inbound call cannot name a conversation yet, and
+//! Twilio's recording and real-time transcription callbacks name neither the
+//! caller nor the number. Ingress keys every voice webhook without a
+//! conversation by its CallSid, so all of one call's webhooks reach the
+//! partition that holds its binding, in order. The binding is sticky: a text
+//! conversation closed mid-call does not split the call.
 
 use serde::Deserialize;
 use si_catalog::Catalog;
 use si_catalog::voice::{self, Choice};
 use si_runtime::processor::ProcessError;
 use si_schemas::records::{
-    CallEvent, CallState, Channel, ConversationEventType as T, EventSource, RecordingAvailable,
-    RecordingDisclosure, TranscriptionEvent, TranscriptionSpeaker, TwilioWebhook,
+    CallEvent, CallState, Channel, ConversationBinding, ConversationEventType as T, EventSource,
+    RecordingAvailable, RecordingDisclosure, TranscriptionEvent, TranscriptionSpeaker,
+    TwilioWebhook,
 };
 
 use super::{Draft, Kind, Normalizer, Party, Skip, parse_time, require, upper_symbol};
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::address::Address;
 use crate::params::Params;
+use si_runtime::state::StateStore;
+use si_schemas::records::{NormalizeState, ParticipantBinding};
 
 /// The first value of `name` in a raw query string.
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
@@ -38,9 +73,22 @@ impl Normalizer {
         kind: Kind,
         webhook: &TwilioWebhook,
         params: &Params,
+        state: &StateStore<NormalizeState>,
     ) -> Result<Result<Draft, Skip>, ProcessError> {
         let call_sid = require(params, "CallSid")?.to_owned();
-        let conversation = Self::call_conversation(webhook, &call_sid);
+        let bound = state
+            .get(&call_key(&call_sid))
+            .and_then(|s| s.conversation.as_ref());
+        // The call's user: from this webhook, else (recording and
+        // transcription callbacks) the one its first webhook named.
+        let party = call_party(params).or_else(|| {
+            bound
+                .and_then(|b| b.participants.first())
+                .map(Party::from_bound)
+        });
+        let link = self.call_link(webhook, bound, party.as_ref(), &call_sid);
+        let linked_call = call_sid.clone();
+        let conversation = link.conversation_id;
         let mut draft = match kind {
             Kind::CallStatus | Kind::CallAnswer => {
                 let mut draft = Draft::new(T::CallStatusChanged, EventSource::Voice, conversation);
@@ -116,8 +164,86 @@ impl Normalizer {
             _ => unreachable!("voice_draft is only called for voice kinds"),
         };
         draft.channel = Some(Channel::Voice);
-        draft.party = call_party(params);
+        draft.party = party;
+        draft.session = link.session_id;
+        draft.call_sid = Some(linked_call);
         Ok(Ok(draft))
+    }
+
+    /// The conversation and session of a call's webhook; see the module docs.
+    fn call_link(
+        &self,
+        webhook: &TwilioWebhook,
+        bound: Option<&ConversationBinding>,
+        party: Option<&Party>,
+        call_sid: &str,
+    ) -> CallLink {
+        let hint = webhook
+            .conversation_hint
+            .as_deref()
+            .filter(|h| !h.is_empty());
+        if let Some(hint) = hint {
+            let session = bound
+                .filter(|b| b.conversation_id == hint)
+                .map(|b| b.session_id.clone())
+                .or_else(|| {
+                    party
+                        .and_then(|p| self.text_binding(p, Some(hint)))
+                        .map(|b| b.session_id.clone())
+                })
+                .or_else(|| {
+                    self.directory
+                        .get(&ParticipantBinding::alias_key(hint))
+                        .filter(|a| a.active && a.conversation_id == hint)
+                        .map(|a| a.session_id.clone())
+                });
+            return CallLink {
+                conversation_id: hint.to_owned(),
+                session_id: session,
+            };
+        }
+        if let Some(b) = bound {
+            return CallLink {
+                conversation_id: b.conversation_id.clone(),
+                session_id: Some(b.session_id.clone()),
+            };
+        }
+        if let Some(b) = party.and_then(|p| self.text_binding(p, None)) {
+            return CallLink {
+                conversation_id: b.conversation_id.clone(),
+                session_id: Some(b.session_id.clone()),
+            };
+        }
+        CallLink {
+            conversation_id: format!("call-{call_sid}"),
+            session_id: None,
+        }
+    }
+
+    /// The active directory entry of the call's user on SMS or WhatsApp with
+    /// the number of the call (the most recently updated of the two), limited
+    /// to `conversation` when given.
+    fn text_binding(
+        &self,
+        party: &Party,
+        conversation: Option<&str>,
+    ) -> Option<Arc<ParticipantBinding>> {
+        let e164 = party.address.as_ref()?.e164.as_deref()?;
+        let ours = party
+            .proxy
+            .as_ref()
+            .and_then(|p| p.e164.as_deref())
+            .unwrap_or("");
+        [Channel::Sms, Channel::Whatsapp]
+            .into_iter()
+            .filter_map(|c| {
+                self.directory
+                    .get(&format!("{}|{ours}", c.address_key(e164)))
+            })
+            .filter(|b| b.active && conversation.is_none_or(|c| b.conversation_id == c))
+            .max_by(|a, b| {
+                (a.updated_at, &a.conversation_id).cmp(&(b.updated_at, &b.conversation_id))
+            })
     }
 
     /// The caller's answer at the consent prompt, read exactly as ingress read
@@ -192,6 +318,23 @@ fn realtime_utterance(
             .confidence
             .filter(|c| c.is_finite() && (0.0..=1.0).contains(c)),
     }))
+}
+
+/// How long a call's link to its conversation is kept after the call's last
+/// webhook: Twilio ends a call after at most 24 hours, and the recording and
+/// transcription callbacks follow within minutes.
+pub(super) const CALL_BINDING_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The state key of a call's link to its conversation.
+pub(super) fn call_key(call_sid: &str) -> String {
+    format!("call|{call_sid}")
+}
+
+/// Where a call's events go.
+struct CallLink {
+    conversation_id: String,
+    /// `None`: the conversation's own (state, directory, derived).
+    session_id: Option<String>,
 }
 
 fn call_state(status: &str) -> CallState {
