@@ -11,21 +11,24 @@
 //!   verb in the TwiML the call got), a declined compliance event, and a text
 //!   saying the conversation continues by text;
 //! - a call scheduled 5 s ahead is placed once, not before its time, also
-//!   when voice-link is killed with SIGKILL in between.
+//!   when voice-link is killed with SIGKILL in between;
+//! - a user who is texting calls Si: every event of the call carries the
+//!   text conversation's id and session, and the transcript has the call.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use si_catalog::{Catalog, keys};
 use si_schemas::records::{
-    Command, CommandKind, ComplianceEvent, ComplianceEventKind, InboundMessage, TranscriptEntry,
-    TranscriptEntryKind, TranscriptSpeaker,
+    Command, CommandKind, ComplianceEvent, ComplianceEventKind, ConversationEvent,
+    ConversationEventType, Direction, InboundMessage, TranscriptEntry, TranscriptEntryKind,
+    TranscriptSpeaker,
 };
 use si_schemas::topics;
 use si_testkit::{StageProcess, TestEnv, free_port, spawn_ready, wait_for};
 use twilio_sandbox::{
-    CallRecord, GatherAnswer, InboundSms, RequestRecord, Sandbox, SandboxConfig, SandboxHandle,
-    Speaker,
+    CallRecord, GatherAnswer, InboundCall, InboundSms, RequestRecord, Sandbox, SandboxConfig,
+    SandboxHandle, Speaker,
 };
 
 const SI_NUMBER: &str = "+14155550100";
@@ -406,6 +409,77 @@ async fn a_call_scheduled_ahead_is_placed_once_also_across_a_sigkill() -> anyhow
         .count();
     assert_eq!(calls, 1, "placed once");
     drop(restarted);
+    drop(p.stages);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_from_a_texting_user_joins_the_conversation() -> anyhow::Result<()> {
+    const USER: &str = "+14155550135";
+    let p = Pipeline::start().await?;
+    let (conversation, session) = p.text(USER, "I'll call you now").await?;
+    let sid = p.sandbox.place_inbound_call(&InboundCall {
+        from: USER.into(),
+        to: SI_NUMBER.into(),
+        url: None,
+        status_callback: None,
+        answers: vec![GatherAnswer::digits("1")],
+    })?;
+    p.sandbox
+        .wait_for_call(&sid, DEADLINE, |c| c.connected)
+        .await?;
+    p.sandbox.say(&sid, Speaker::User, "Here I am")?;
+    p.sandbox
+        .wait_for_call(&sid, DEADLINE, |c| !c.utterances.is_empty())
+        .await?;
+    p.sandbox.hang_up(&sid)?;
+    p.sandbox
+        .wait_for_call(&sid, DEADLINE, CallRecord::ended)
+        .await?;
+
+    // Every event of the call (answer, consent, status, utterance, recording)
+    // is filed under the text conversation and its session.
+    let of_call = |e: &ConversationEvent| {
+        e.call.as_ref().is_some_and(|c| c.call_sid == sid)
+            || e.transcription.as_ref().is_some_and(|t| t.call_sid == sid)
+            || e.recording.as_ref().is_some_and(|r| r.call_sid == sid)
+    };
+    let events = p
+        .env
+        .collect::<ConversationEvent>(topics::CONVERSATION_EVENTS, DEADLINE, of_call, |kept| {
+            kept.iter()
+                .any(|e| e.event_type == ConversationEventType::RecordingAvailable)
+                && kept
+                    .iter()
+                    .any(|e| e.event_type == ConversationEventType::Transcription)
+        })
+        .await?;
+    for event in &events {
+        assert_eq!(event.conversation_id, conversation, "{event:#?}");
+        assert_eq!(event.session_id, session, "{event:#?}");
+    }
+    let transcript = p
+        .env
+        .collect::<TranscriptEntry>(
+            topics::TRANSCRIPT,
+            DEADLINE,
+            |e| e.conversation_id == conversation,
+            |kept| {
+                kept.iter()
+                    .any(|e| e.entry_kind == Some(TranscriptEntryKind::CallEnded))
+            },
+        )
+        .await?;
+    let started = transcript
+        .iter()
+        .find(|e| e.entry_kind == Some(TranscriptEntryKind::CallStarted))
+        .expect("a call start");
+    assert_eq!(started.direction, Direction::Inbound);
+    assert!(
+        transcript
+            .iter()
+            .any(|e| e.text.as_deref() == Some("Here I am"))
+    );
     drop(p.stages);
     Ok(())
 }
