@@ -179,6 +179,7 @@ fn event_full() -> ConversationEvent {
             duration_seconds: Some(0),
             disclosure_accepted: Some(false),
             disclosure: Some(RecordingDisclosure::Declined),
+            answered_by: Some("human".into()),
         }),
         recording: Some(RecordingAvailable {
             recording_sid: s("RE00000000000000000000000000000001"),
@@ -284,6 +285,7 @@ fn event_min_payloads() -> ConversationEvent {
             duration_seconds: None,
             disclosure_accepted: None,
             disclosure: None,
+            answered_by: None,
         }),
         recording: Some(RecordingAvailable {
             recording_sid: s("RE1"),
@@ -1379,6 +1381,7 @@ fn every_variant_of_every_enum_round_trips() {
             call: Some(CallEvent {
                 status: nth::<CallState>(i),
                 disclosure: Some(nth::<RecordingDisclosure>(i)),
+                answered_by: None,
                 ..event_min_payloads().call.unwrap()
             }),
             transcription: Some(TranscriptionEvent {

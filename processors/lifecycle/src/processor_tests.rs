@@ -1139,6 +1139,7 @@ fn call_event(conv: &str, n: i64, call_sid: &str, status: CallState) -> Conversa
             duration_seconds: None,
             disclosure_accepted: None,
             disclosure: None,
+            answered_by: None,
         }),
         ..message(conv, n, Vec::new())
     }

@@ -1782,6 +1782,7 @@ mod tests {
                 ("Direction", "outbound-api"),
                 ("From", "+14155550199"),
                 ("To", "+14155550100"),
+                ("AnsweredBy", "human"),
             ],
         );
         call.conversation_hint = Some(CH.into());
@@ -1795,6 +1796,7 @@ mod tests {
             (c.call_sid.as_str(), c.status),
             ("CA1", CallState::InProgress)
         );
+        assert_eq!(c.answered_by.as_deref(), Some("human"));
         let p = e.participant.unwrap();
         assert_eq!(
             p.address.as_deref(),

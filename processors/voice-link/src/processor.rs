@@ -413,6 +413,25 @@ impl VoiceLinkProcessor {
                 .as_str()
                 .clone_into(&mut conversation.calls[index].status);
         }
+        if conversation.calls[index].outcome.is_some() {
+            return outputs; // over (a machine was hung up on): late callbacks
+        }
+        let machine = call
+            .answered_by
+            .as_deref()
+            .is_some_and(|a| a.starts_with("machine") || a == "fax");
+        if machine && !conversation.calls[index].inbound {
+            // Answering-machine detection: hang up, and offer the user to
+            // continue by text or ask again.
+            outputs.push(self.hang_up(
+                now,
+                conversation,
+                format!("{ID_PREFIX}end-machine-{}", call.call_sid),
+                call.call_sid.clone(),
+            ));
+            outputs.extend(self.on_end(now, event, call, "machine", index, conversation));
+            return outputs;
+        }
         let answer = answer_of(call);
         let connected = matches!(call.status, CallState::InProgress) || answer.is_some();
         if connected && conversation.calls[index].answered_at.is_none() {
@@ -1053,6 +1072,28 @@ impl VoiceLinkProcessor {
                 },
             );
         };
+        let end = self.hang_up(
+            now,
+            &conversation,
+            format!("{ID_PREFIX}end-{}", command.command_id),
+            call_sid,
+        );
+        conversation.last_activity_at = now;
+        self.save(state, conversation);
+        vec![
+            end,
+            self.status(now, command, DeliveryOutcome::Accepted, None),
+        ]
+    }
+
+    /// The `END_CALL` of `call_sid`, keyed as the calls of our number are.
+    fn hang_up(
+        &self,
+        now: i64,
+        conversation: &VoiceLinkState,
+        operation_id: String,
+        call_sid: String,
+    ) -> Output {
         let from = self
             .settings
             .voice_from
@@ -1060,19 +1101,14 @@ impl VoiceLinkProcessor {
             .or_else(|| conversation.proxy_address.clone())
             .unwrap_or_default();
         let mut op = operation(
-            format!("{ID_PREFIX}end-{}", command.command_id),
+            operation_id,
             &conversation.conversation_id,
             OperationKind::EndCall,
             Channel::Voice.address_key(&from),
             now,
         );
         op.params.insert(CALL_SID_PARAM.to_owned(), call_sid);
-        conversation.last_activity_at = now;
-        self.save(state, conversation);
-        vec![
-            Output::new(topics::OUTBOUND, op.sender_key.clone(), op),
-            self.status(now, command, DeliveryOutcome::Accepted, None),
-        ]
+        Output::new(topics::OUTBOUND, op.sender_key.clone(), op)
     }
 
     fn refuse(&self, now: i64, command: &Command, refusal: Refusal) -> Vec<Output> {

@@ -99,6 +99,7 @@ fn call(
                 _ => None,
             },
             disclosure,
+            answered_by: None,
         }),
         ..event(n, ConversationEventType::CallStatusChanged, Channel::Voice)
     }
@@ -769,4 +770,52 @@ fn a_response_with_a_failed_part_records_what_twilio_accepted() {
         ..delivered("r-2-0", OperationKind::SendMessage, "")
     };
     assert!(entries(&h.deliver(none, T0 + 4)).is_empty());
+}
+
+#[test]
+fn an_answering_machine_is_hung_up_on_and_the_user_offered_text() {
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(text(T0, "Call me"), T0);
+    h.command(command("cmd-1", CommandKind::EscalateToVoice, &[]), T0 + 1);
+    h.deliver(
+        delivered(&call_operation_id("cmd-1"), OperationKind::CreateCall, CALL),
+        T0 + 2,
+    );
+    let mut machine = call(
+        T0 + 3,
+        CallState::InProgress,
+        Some(RecordingDisclosure::Disclosed),
+        "outbound-api",
+    );
+    if let Some(c) = machine.call.as_mut() {
+        c.answered_by = Some("machine_start".into());
+    }
+    let out = h.event(machine, T0 + 3);
+    let hang_up = &ops(&out)[0];
+    assert_eq!(hang_up.kind, OperationKind::EndCall);
+    assert_eq!(hang_up.params[CALL_SID_PARAM], CALL);
+    let end = entries(&out);
+    assert_eq!(end.len(), 1, "no start marker for a machine: {end:#?}");
+    assert_eq!(end[0].call_outcome.as_deref(), Some("machine"));
+    assert!(texts(&out)[0].text.contains("joindre"));
+    assert!(compliance(&out).is_empty(), "nobody heard the disclosure");
+    // The machine's silence and the completed callback change nothing.
+    let late = h.event(
+        call(
+            T0 + 9,
+            CallState::InProgress,
+            Some(RecordingDisclosure::NoInput),
+            "outbound-api",
+        ),
+        T0 + 9,
+    );
+    assert!(late.is_empty(), "{late:#?}");
+    assert!(
+        h.event(
+            call(T0 + 10, CallState::Completed, None, "outbound-api"),
+            T0 + 10
+        )
+        .is_empty()
+    );
+    assert_eq!(h.escalations("machine"), 1);
 }

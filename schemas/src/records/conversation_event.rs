@@ -319,6 +319,9 @@ pub struct CallEvent {
     /// callbacks that are not about the disclosure.
     #[serde(default)]
     pub disclosure: Option<RecordingDisclosure>,
+    /// Twilio's `AnsweredBy` (answering-machine detection), when requested.
+    #[serde(default)]
+    pub answered_by: Option<String>,
 }
 
 avro_enum! {

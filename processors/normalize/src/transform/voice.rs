@@ -104,6 +104,7 @@ impl Normalizer {
                     // and the consent prompt.
                     disclosure: (kind == Kind::CallAnswer)
                         .then_some(RecordingDisclosure::Disclosed),
+                    answered_by: params.get("AnsweredBy").map(str::to_owned),
                 });
                 draft
             }
@@ -119,6 +120,7 @@ impl Normalizer {
                     duration_seconds: None,
                     disclosure_accepted: Some(choice == Choice::Accept),
                     disclosure: Some(disclosure_of(choice)),
+                    answered_by: None,
                 });
                 draft
             }
