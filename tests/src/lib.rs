@@ -8,8 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use std::collections::HashSet;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, Message};
 use si_runtime::{KafkaArgs, RegistryArgs};
 use si_schemas::{AvroRecord, Codec, Registry};
@@ -278,6 +282,61 @@ impl TestEnv {
             }
         }
         Ok(kept)
+    }
+
+    /// Every committed record of `topic` (read_committed, from the beginning
+    /// to the end of every partition as it is now), with its key.
+    ///
+    /// # Errors
+    /// When the topic cannot be read within 60 s or a record does not decode.
+    pub async fn read_all<T: AvroRecord>(&self, topic: &str) -> anyhow::Result<Vec<(String, T)>> {
+        let full = self.topic(topic);
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.kafka.bootstrap_servers)
+            .set("group.id", format!("{}reader-all", self.kafka.topic_prefix))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true");
+        let consumer: BaseConsumer = config.create()?;
+        let metadata = consumer.fetch_metadata(Some(&full), Duration::from_secs(10))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len());
+        let mut assignment = TopicPartitionList::new();
+        let mut pending = HashSet::new();
+        for p in 0..partitions {
+            let p = i32::try_from(p)?;
+            assignment.add_partition_offset(&full, p, Offset::Beginning)?;
+            pending.insert(p);
+        }
+        consumer.assign(&assignment)?;
+        let mut raw = Vec::new();
+        let until = Instant::now() + Duration::from_secs(60);
+        while !pending.is_empty() {
+            anyhow::ensure!(Instant::now() < until, "reading {full} took over 60 s");
+            match consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    pending.remove(&p);
+                }
+                Some(Err(e)) => bail!("reading {full}: {e}"),
+                Some(Ok(m)) => {
+                    if let Some(payload) = m.payload() {
+                        raw.push((
+                            String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                            payload.to_vec(),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        for (key, bytes) in raw {
+            out.push((key, self.codec.decode::<T>(&bytes).await?));
+        }
+        Ok(out)
     }
 
     /// Reads raw records from `topic` until `count` have arrived or `deadline` passes.

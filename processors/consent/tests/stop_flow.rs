@@ -22,9 +22,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use si_schemas::AvroRecord;
 use si_schemas::records::{
     Channel, ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentState, ConsentStatus,
@@ -126,51 +123,6 @@ fn terminate(child: &mut Child, deadline: Duration) -> anyhow::Result<std::proce
     }
 }
 
-/// Every committed record of `topic` so far (read_committed, to the end of every partition).
-async fn read_all<T: AvroRecord>(env: &TestEnv, topic: &str) -> anyhow::Result<Vec<(String, T)>> {
-    let full = env.topic(topic);
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &env.kafka.bootstrap_servers)
-        .set("group.id", format!("{}reader-all", env.kafka.topic_prefix))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = config.create()?;
-    let metadata = consumer.fetch_metadata(Some(&full), Duration::from_secs(10))?;
-    let partitions = metadata.topics()[0].partitions().len();
-    let mut tpl = TopicPartitionList::new();
-    let mut pending = std::collections::HashSet::new();
-    for p in 0..partitions {
-        let p = i32::try_from(p)?;
-        tpl.add_partition_offset(&full, p, Offset::Beginning)?;
-        pending.insert(p);
-    }
-    consumer.assign(&tpl)?;
-    let mut raw = Vec::new();
-    let until = Instant::now() + Duration::from_secs(60);
-    while !pending.is_empty() {
-        anyhow::ensure!(Instant::now() < until, "reading {full} took over 60 s");
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                pending.remove(&p);
-            }
-            Some(Err(e)) => bail!("reading {full}: {e}"),
-            Some(Ok(m)) => raw.push((
-                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                m.payload().map(<[u8]>::to_vec),
-            )),
-        }
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    for (key, payload) in raw {
-        let payload = payload.context("unexpected tombstone")?;
-        out.push((key, env.codec.decode::<T>(&payload).await?));
-    }
-    Ok(out)
-}
-
 /// Waits until `topic` holds records satisfying `done`, or fails after `deadline`.
 async fn wait_for<T: AvroRecord>(
     env: &TestEnv,
@@ -181,7 +133,7 @@ async fn wait_for<T: AvroRecord>(
 ) -> anyhow::Result<Vec<(String, T)>> {
     let until = Instant::now() + deadline;
     loop {
-        let records = read_all::<T>(env, topic).await?;
+        let records = env.read_all::<T>(topic).await?;
         if done(&records) {
             return Ok(records);
         }
@@ -340,7 +292,7 @@ async fn stop_blocks_and_start_reenables_against_the_broker() -> anyhow::Result<
         .await?;
         let last = &consent.iter().rfind(|(_, c)| c.address == user2).unwrap().1;
         assert_eq!(last.source, ComplianceSource::TwilioError);
-        let compliance = read_all::<ComplianceEvent>(&env, topics::COMPLIANCE).await?;
+        let compliance = env.read_all::<ComplianceEvent>(topics::COMPLIANCE).await?;
         assert!(
             compliance
                 .iter()

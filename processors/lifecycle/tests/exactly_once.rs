@@ -20,10 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use si_schemas::AvroRecord;
+use rdkafka::Message;
 use si_schemas::records::{
     ArchivalRequest, Channel, CognitionResponse, ConversationEvent, ConversationEventType,
     EventSource, InboundMessage, InboundPurpose, LocaleSource, MessageReceived, OperationKind,
@@ -113,54 +110,6 @@ fn spawn(env: &TestEnv) -> anyhow::Result<StageProcess> {
             ("TIMER_INTERVAL", "50ms"),
         ],
     )
-}
-
-/// Every committed record of `topic` (read_committed, to the end of every partition).
-async fn read_all<T: AvroRecord>(env: &TestEnv, topic: &str) -> anyhow::Result<Vec<(String, T)>> {
-    let full = env.topic(topic);
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &env.kafka.bootstrap_servers)
-        .set("group.id", format!("{}reader-all", env.kafka.topic_prefix))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = config.create()?;
-    let metadata = consumer.fetch_metadata(Some(&full), Duration::from_secs(10))?;
-    let partitions = metadata.topics()[0].partitions().len();
-    let mut tpl = TopicPartitionList::new();
-    let mut pending = HashSet::new();
-    for p in 0..partitions {
-        let p = i32::try_from(p)?;
-        tpl.add_partition_offset(&full, p, Offset::Beginning)?;
-        pending.insert(p);
-    }
-    consumer.assign(&tpl)?;
-    let mut raw = Vec::new();
-    let until = Instant::now() + Duration::from_secs(60);
-    while !pending.is_empty() {
-        anyhow::ensure!(Instant::now() < until, "reading {full} took over 60 s");
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                pending.remove(&p);
-            }
-            Some(Err(e)) => bail!("reading {full}: {e}"),
-            Some(Ok(m)) => {
-                if let Some(payload) = m.payload() {
-                    raw.push((
-                        String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                        payload.to_vec(),
-                    ));
-                }
-            }
-        }
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    for (key, bytes) in raw {
-        out.push((key, env.codec.decode::<T>(&bytes).await?));
-    }
-    Ok(out)
 }
 
 /// `si_state_timers_total{outcome="fired"}` of a running stage.
@@ -274,7 +223,7 @@ async fn sigkill_at_random_moments_neither_skips_nor_repeats_a_warning_or_a_clos
     last.terminate(Duration::from_secs(30))?;
     eprintln!("[kill test] all archived after {:?}", started.elapsed());
 
-    let responses = read_all::<CognitionResponse>(&env, topics::RESPONSES).await?;
+    let responses = env.read_all::<CognitionResponse>(topics::RESPONSES).await?;
     let warnings = per_conversation(
         &ids,
         responses
@@ -291,7 +240,7 @@ async fn sigkill_at_random_moments_neither_skips_nor_repeats_a_warning_or_a_clos
             .map(|(_, r)| r.conversation_id.as_str()),
     );
     assert_once("closing messages", &closings);
-    let requests = read_all::<InboundMessage>(&env, topics::INBOUND).await?;
+    let requests = env.read_all::<InboundMessage>(topics::INBOUND).await?;
     assert_once(
         "summary requests",
         &per_conversation(
@@ -302,7 +251,7 @@ async fn sigkill_at_random_moments_neither_skips_nor_repeats_a_warning_or_a_clos
                 .map(|(_, m)| m.conversation_id.as_str()),
         ),
     );
-    let operations = read_all::<OutboundOperation>(&env, topics::OUTBOUND).await?;
+    let operations = env.read_all::<OutboundOperation>(topics::OUTBOUND).await?;
     assert_once(
         "Twilio closes",
         &per_conversation(
@@ -313,7 +262,7 @@ async fn sigkill_at_random_moments_neither_skips_nor_repeats_a_warning_or_a_clos
                 .map(|(_, op)| op.conversation_id.as_str()),
         ),
     );
-    let archival = read_all::<ArchivalRequest>(&env, topics::ARCHIVAL).await?;
+    let archival = env.read_all::<ArchivalRequest>(topics::ARCHIVAL).await?;
     assert_once(
         "archival requests",
         &per_conversation(
