@@ -1,8 +1,11 @@
-"""The chart's monitoring: the Grafana dashboards of files/dashboards/.
+"""The chart's monitoring: the PrometheusRule built from files/alerts.yaml and
+the Grafana dashboards of files/dashboards/.
 
-The metric names the dashboards query must be metrics the stages export: the
-list is read from the Rust sources (every "si_..." name given to a prometheus
-constructor outside tests), so a renamed or removed metric fails here.
+The metric names the dashboards and the rules query must be metrics the
+stages export: the list is read from the Rust sources (every "si_..." name
+given to a prometheus constructor outside tests), so a renamed or removed
+metric fails here. `promtool check rules` / `promtool test rules` (in
+dev/helm-check) check the rules' syntax and behaviour.
 """
 from __future__ import annotations
 
@@ -11,10 +14,16 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import CHART_DIR, REPO_ROOT, render, values_args
 
+ALERTS_FILE = CHART_DIR / "files" / "alerts.yaml"
+ALERTS = yaml.safe_load(ALERTS_FILE.read_text())
+ALERT_RULES = [r for g in ALERTS["groups"] for r in g["rules"]]
 DASHBOARD_FILES = sorted((CHART_DIR / "files" / "dashboards").glob("*.json"))
+RUNBOOKS = REPO_ROOT / "docs" / "runbooks"
+RUNBOOK_BASE = "https://runbooks.example.com/si"
 FULLNAME = "si-si-twilio-channel"
 
 # Series that come from Prometheus itself (the scrape) and kube-state-metrics.
@@ -161,3 +170,73 @@ def test_dashboards_configmap_namespace_labels_and_folder():
     cm = render(*values_args("everything-on")).named("ConfigMap", f"{FULLNAME}-dashboards")
     assert cm["metadata"]["namespace"] == "monitoring"
     assert cm["metadata"]["annotations"] == {"grafana_folder": "Si"}
+
+
+# --------------------------------------------------------------------------
+# Alert rules
+# --------------------------------------------------------------------------
+
+def test_every_alert_has_severity_summary_description_and_runbook():
+    names = [r["alert"] for r in ALERT_RULES]
+    assert len(names) == len(set(names))
+    for rule in ALERT_RULES:
+        assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+        url = rule["annotations"]["runbook_url"]
+        assert url.startswith("RUNBOOK_BASE_URL/"), rule["alert"]
+        playbook = RUNBOOKS / url.removeprefix("RUNBOOK_BASE_URL/")
+        assert playbook.is_file(), f"{rule['alert']}: no playbook {playbook}"
+        assert rule["alert"] in playbook.read_text(), f"{playbook.name} does not name {rule['alert']}"
+
+
+def test_alert_expressions_use_exported_metrics():
+    for rule in ALERT_RULES:
+        missing = sorted(n for n in metric_names(rule["expr"]) if not known(n))
+        assert not missing, f"{rule['alert']}: {missing}"
+
+
+def test_every_alert_has_a_promtool_test():
+    tests = yaml.safe_load((REPO_ROOT / "helm" / "tests" / "alerts_test.yaml").read_text())
+    tested: dict[str, set[bool]] = {}
+    for group in tests["tests"]:
+        for case in group["alert_rule_test"]:
+            tested.setdefault(case["alertname"], set()).add(bool(case.get("exp_alerts")))
+    assert tested == {r["alert"]: {True, False} for r in ALERT_RULES}
+
+
+def test_prometheus_rule_only_when_enabled():
+    assert render().of_kind("PrometheusRule") == []
+    r = render("--set", "monitoring.prometheusRule.enabled=true",
+               "--set", f"monitoring.prometheusRule.runbookBaseUrl={RUNBOOK_BASE}/")
+    rule = r.named("PrometheusRule", FULLNAME)
+    groups = rule["spec"]["groups"]
+    assert [g["name"] for g in groups] == [g["name"] for g in ALERTS["groups"]]
+    rendered = {r["alert"]: r for g in groups for r in g["rules"]}
+    assert set(rendered) == {r["alert"] for r in ALERT_RULES}
+    for name, r in rendered.items():
+        assert r["annotations"]["runbook_url"].startswith(f"{RUNBOOK_BASE}/"), name
+        assert "RUNBOOK_BASE_URL" not in json.dumps(r), name
+    assert 'up{job="si-twilio-channel"}' in rendered["SiStageDown"]["expr"]
+    assert f'deployment=~"{FULLNAME}-.+"' in rendered["SiStageNotReady"]["expr"]
+
+
+def test_prometheus_rule_follows_release_names():
+    r = render("--set", "monitoring.prometheusRule.enabled=true",
+               "--set", f"monitoring.prometheusRule.runbookBaseUrl={RUNBOOK_BASE}",
+               "--set", "nameOverride=channel", "--set", "fullnameOverride=prod-channel")
+    rules = {x["alert"]: x for g in r.named("PrometheusRule", "prod-channel")["spec"]["groups"] for x in g["rules"]}
+    assert 'up{job="channel"}' in rules["SiStageDown"]["expr"]
+    assert 'deployment=~"prod-channel-.+"' in rules["SiStageUnavailable"]["expr"]
+    assert rules["SiDeadLetters"]["annotations"]["runbook_url"] == f"{RUNBOOK_BASE}/dlq-replay.md"
+
+
+def test_prometheus_rule_needs_a_runbook_base_url():
+    r = render("--set", "monitoring.prometheusRule.enabled=true")
+    assert r.returncode != 0 and "runbookBaseUrl is required" in r.stderr
+
+
+def test_service_monitor_job_is_the_chart_name():
+    sm = render(*values_args("everything-on")).of_kind("ServiceMonitor")[0]
+    assert sm["spec"]["jobLabel"] == "app.kubernetes.io/name"
+    services = render(*values_args("everything-on")).of_kind("Service")
+    assert {s["metadata"]["labels"]["app.kubernetes.io/name"] for s in services} == {"si-twilio-channel"}
