@@ -560,6 +560,26 @@ def test_notes_warn_about_missing_settings(tmp_path):
     assert "WARNING" not in configured
     assert "https://si.example.com" in configured
     assert re.search(r"consent +enabled .*KEDA", configured)
+    assert "PrometheusRule si-si-twilio-channel" in configured
+    assert "dashboards in ConfigMap si-si-twilio-channel-dashboards" in configured
+    unscraped = render_notes(tmp_path / "c", "--set", "monitoring.dashboards.enabled=true")
+    assert "serviceMonitor.enabled is false" in unscraped
+
+
+def test_values_yaml_has_no_duplicate_keys():
+    # PyYAML keeps the last of two equal keys silently (a stale
+    # `voice-link: enabled: false` once hid above the real one).
+    class Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
+        duplicates = {k for k in keys if keys.count(k) > 1}
+        assert not duplicates, f"duplicate keys {duplicates} at line {node.start_mark.line + 1}"
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    yaml.load((CHART_DIR / "values.yaml").read_text(), Loader=Strict)
 
 
 # --------------------------------------------------------------------------
