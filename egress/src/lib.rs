@@ -186,6 +186,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         partitions_ready: readiness.check("partitions"),
         shutdown: shutdown.clone(),
     })));
+    // `partitions` was the last check: /readyz now reports what is pending.
+    readiness.started();
     let mut consumer_config = si_runtime::kafka::consumer_config(
         &kafka,
         STAGE,

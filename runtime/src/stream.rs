@@ -104,8 +104,9 @@
 //!   bounded by the state size, which the TTL bounds; it must stay below
 //!   `max.poll.interval.ms` (`KAFKA_MAX_POLL_INTERVAL_MS`, default 5 minutes).
 //!
-//! `/readyz` reports `partitions` not ready until the first assignment is
-//! restored. Global tables ([`crate::table`]) have their own checks.
+//! `/readyz` reports `starting` until the runner registered `partitions`, and
+//! `partitions` not ready until the first assignment is restored. Global
+//! tables ([`crate::table`]) have their own checks, registered before [`run`].
 //!
 //! # Shutdown
 //!
@@ -1121,7 +1122,8 @@ pub struct StreamEnv {
     pub codec: Codec,
     /// Metrics of the stage.
     pub metrics: StageMetrics,
-    /// Readiness of the stage (the runner adds `partitions`).
+    /// Readiness of the stage (the runner adds `partitions`, then calls
+    /// [`Readiness::started`]: register any other check before calling [`run`]).
     pub readiness: Readiness,
 }
 
@@ -1190,6 +1192,9 @@ pub async fn run<P: Processor>(
         return Err(StreamError::Setup("a stream needs an input topic".into()));
     }
     let partitions_ready = readiness.check("partitions");
+    // The last check a stream stage registers: from here on /readyz reports
+    // what is pending instead of `starting`.
+    readiness.started();
     let stage = spec.stage;
     let inputs: Vec<(&'static str, String)> =
         spec.inputs.iter().map(|t| (*t, kafka.topic(t))).collect();
