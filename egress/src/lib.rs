@@ -58,6 +58,7 @@ fn partition_count(kafka: &si_runtime::KafkaArgs, topic: &str) -> anyhow::Result
 /// start-up, or on a fatal Kafka error.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.egress.validate().map_err(anyhow::Error::msg)?;
+    config.group.validate().map_err(anyhow::Error::msg)?;
     let credentials = config.twilio.credentials().map_err(anyhow::Error::msg)?;
     let rates = config.egress.rates().map_err(anyhow::Error::msg)?;
     let kafka = config.common.kafka.clone();
@@ -194,6 +195,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &si_runtime::stream::group_id(&kafka, STAGE),
     );
     consumer_config.set("enable.partition.eof", "false");
+    si_runtime::kafka::join_group(
+        &mut consumer_config,
+        &config.group,
+        &si_runtime::stream::transactional_id(&kafka, STAGE),
+    );
     let consumer: BaseConsumer<EgressContext> = consumer_config
         .create_with_context(EgressContext {
             core: Arc::clone(&core),

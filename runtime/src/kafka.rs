@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::FutureProducer;
 
-use crate::config::KafkaArgs;
+use crate::config::{GroupArgs, KafkaArgs};
 
 /// The base client configuration: bootstrap servers, pass-through properties and a client id.
 #[must_use]
@@ -54,6 +54,23 @@ pub fn consumer_config(kafka: &KafkaArgs, stage: &str, group_id: &str) -> Client
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky");
     config
+}
+
+/// Makes `config` (a [`consumer_config`]) a member of a stage's consumer group
+/// as `group` says: its session timeout (heartbeats every fifth of it) and,
+/// with static membership, `group.instance.id` = `instance_id`. A
+/// `KAFKA_SESSION_TIMEOUT_MS` / `KAFKA_HEARTBEAT_INTERVAL_MS` pass-through wins.
+pub fn join_group(config: &mut ClientConfig, group: &GroupArgs, instance_id: &str) {
+    let session = group.session_timeout.as_millis();
+    if config.get("session.timeout.ms").is_none() {
+        config.set("session.timeout.ms", session.to_string());
+        if config.get("heartbeat.interval.ms").is_none() {
+            config.set("heartbeat.interval.ms", (session / 5).max(100).to_string());
+        }
+    }
+    if group.static_membership {
+        config.set("group.instance.id", instance_id);
+    }
 }
 
 /// Waits, in 1 ms steps and at most `timeout`, until every record `producer`
@@ -154,5 +171,55 @@ pub fn retry_transactional(
             }
             result => return result,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka() -> KafkaArgs {
+        KafkaArgs {
+            bootstrap_servers: "x:9092".into(),
+            topic_prefix: String::new(),
+            pod_name: "pod-0".into(),
+        }
+    }
+
+    #[test]
+    fn a_group_member_gets_the_session_timeout_and_static_id_asked_for() {
+        let mut dynamic = consumer_config(&kafka(), "egress", "si-egress");
+        join_group(&mut dynamic, &GroupArgs::default(), "si-egress-pod-0");
+        assert_eq!(dynamic.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(dynamic.get("heartbeat.interval.ms"), Some("2000"));
+        assert_eq!(dynamic.get("group.instance.id"), None);
+
+        let mut fixed = consumer_config(&kafka(), "egress", "si-egress");
+        fixed.set("session.timeout.ms", "6000");
+        let group = GroupArgs {
+            session_timeout: Duration::from_secs(30),
+            static_membership: true,
+        };
+        join_group(&mut fixed, &group, "si-egress-pod-0");
+        assert_eq!(
+            fixed.get("session.timeout.ms"),
+            Some("6000"),
+            "the pass-through wins"
+        );
+        assert_eq!(fixed.get("group.instance.id"), Some("si-egress-pod-0"));
+    }
+
+    #[test]
+    fn a_session_timeout_the_broker_refuses_is_refused_at_start() {
+        let short = GroupArgs {
+            session_timeout: Duration::from_secs(2),
+            ..GroupArgs::default()
+        };
+        assert!(
+            short
+                .validate()
+                .is_err_and(|e| e.contains("SESSION_TIMEOUT"))
+        );
+        assert!(GroupArgs::default().validate().is_ok());
     }
 }

@@ -85,6 +85,16 @@
 //! `TRANSACTION_TIMEOUT` short (default 60 s); it must exceed `COMMIT_INTERVAL`
 //! by a wide margin.
 //!
+//! # Group membership after a crash
+//!
+//! A crashed instance's partitions wait for its session to expire
+//! (`SESSION_TIMEOUT`, default 10 s). With `STATIC_MEMBERSHIP` the consumer's
+//! `group.instance.id` is the transactional id, so a process restarted under
+//! the same `POD_NAME` replaces the dead member without a rebalance and its
+//! `init_transactions` aborts what the dead one left open: it processes again
+//! within seconds. A static member does not leave the group on shutdown, so
+//! it suits stable names only (see [`crate::config::GroupArgs`]).
+//!
 //! # Rebalancing and state restore
 //!
 //! With one input topic the consumer uses the `cooperative-sticky` assignor:
@@ -131,7 +141,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Readiness, ReadinessCheck};
-use crate::config::KafkaArgs;
+use crate::config::{GroupArgs, KafkaArgs};
 use crate::dlq;
 use crate::metrics::StageMetrics;
 use crate::processor::{InputRecord, Output, ProcessError, Processor, RecordContext, TimerContext};
@@ -180,6 +190,10 @@ pub struct StreamArgs {
     /// most this long (plus a commit) after its time.
     #[arg(long, env = "TIMER_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub timer_interval: Duration,
+
+    /// Consumer-group membership (session timeout, static membership).
+    #[command(flatten)]
+    pub group: GroupArgs,
 }
 
 impl Default for StreamArgs {
@@ -190,6 +204,7 @@ impl Default for StreamArgs {
             transaction_timeout: Duration::from_secs(60),
             state_sweep_interval: Duration::from_secs(60),
             timer_interval: Duration::from_secs(1),
+            group: GroupArgs::default(),
         }
     }
 }
@@ -226,7 +241,7 @@ impl StreamArgs {
         if self.timer_interval.is_zero() {
             return Err("TIMER_INTERVAL must be positive".into());
         }
-        Ok(())
+        self.group.validate()
     }
 }
 
@@ -1287,6 +1302,11 @@ pub async fn run<P: Processor>(
     consumer_config
         .set("statistics.interval.ms", "10000")
         .set("enable.partition.eof", "false");
+    crate::kafka::join_group(
+        &mut consumer_config,
+        &args.group,
+        &transactional_id(&kafka, stage),
+    );
     if inputs.len() > 1 {
         consumer_config.set("partition.assignment.strategy", "range");
     }
