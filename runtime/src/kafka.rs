@@ -73,6 +73,75 @@ pub fn join_group(config: &mut ClientConfig, group: &GroupArgs, instance_id: &st
     }
 }
 
+/// How long a stage waits at start for the topics it needs to appear in the
+/// cluster's metadata: on a fresh stack a topic created a moment ago (by
+/// `sictl topics apply`, or a changelog the stage created itself) may not be
+/// listed by every broker yet.
+pub const TOPIC_WAIT: Duration = Duration::from_secs(60);
+
+/// The partition count of each of `topics`, asked of the cluster with
+/// `lookup` until every one has partitions: a failed request and an empty
+/// answer (the topic not, or not yet, in metadata) are both asked again every
+/// `step` until `deadline`. The error names the topics still missing.
+///
+/// # Errors
+/// When a topic is still missing at the deadline.
+pub fn wait_for_topics(
+    topics: &[String],
+    deadline: Duration,
+    step: Duration,
+    mut lookup: impl FnMut(&str) -> KafkaResult<usize>,
+) -> Result<Vec<usize>, String> {
+    let until = std::time::Instant::now() + deadline;
+    let mut counts = vec![0; topics.len()];
+    loop {
+        let mut last_error = None;
+        for (topic, count) in topics.iter().zip(counts.iter_mut()) {
+            if *count == 0 {
+                match lookup(topic) {
+                    Ok(n) => *count = n,
+                    Err(error) => last_error = Some(format!("{topic}: {error}")),
+                }
+            }
+        }
+        let missing: Vec<&str> = topics
+            .iter()
+            .zip(&counts)
+            .filter(|(_, c)| **c == 0)
+            .map(|(t, _)| t.as_str())
+            .collect();
+        if missing.is_empty() {
+            return Ok(counts);
+        }
+        if std::time::Instant::now() >= until {
+            return Err(format!(
+                "waited {deadline:?} for topic(s) {} to appear in the cluster's metadata (run `sictl topics apply`){}",
+                missing.join(", "),
+                last_error.map_or_else(String::new, |e| format!("; last error: {e}"))
+            ));
+        }
+        tracing::info!(topics = %missing.join(", "), "waiting for topics to appear in metadata");
+        std::thread::sleep(step);
+    }
+}
+
+/// [`wait_for_topics`] against the cluster, with a probe client from
+/// `config`, blocking (call it from `spawn_blocking`).
+///
+/// # Errors
+/// When the probe cannot be created or a topic is still missing after [`TOPIC_WAIT`].
+pub fn topic_partitions(config: &ClientConfig, topics: &[String]) -> Result<Vec<usize>, String> {
+    let probe: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+    wait_for_topics(topics, TOPIC_WAIT, Duration::from_millis(200), |topic| {
+        let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        Ok(metadata
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len()))
+    })
+}
+
 /// Waits, in 1 ms steps and at most `timeout`, until every record `producer`
 /// holds is acknowledged. Call it before `commit_transaction`: that call
 /// flushes first, and rust-rdkafka's flush waits in 100 ms polls of an event
@@ -207,6 +276,49 @@ mod tests {
             "the pass-through wins"
         );
         assert_eq!(fixed.get("group.instance.id"), Some("si-egress-pod-0"));
+    }
+
+    #[test]
+    fn topics_are_looked_up_again_until_they_appear() {
+        let topics = vec!["a".to_owned(), "b".to_owned()];
+        let mut asked = Vec::new();
+        let mut b_answers = vec![
+            Ok(0),
+            Err(KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure,
+            )),
+            Ok(3),
+        ]
+        .into_iter();
+        let counts = wait_for_topics(&topics, Duration::from_secs(5), Duration::ZERO, |t| {
+            asked.push(t.to_owned());
+            if t == "a" {
+                Ok(3)
+            } else {
+                b_answers.next().unwrap_or(Ok(0))
+            }
+        });
+        assert_eq!(counts, Ok(vec![3, 3]));
+        // `a` once; `b` after an empty answer and an error.
+        assert_eq!(asked, ["a", "b", "b", "b"]);
+    }
+
+    #[test]
+    fn a_topic_that_never_appears_fails_at_the_deadline_naming_it() {
+        let topics = vec!["present".to_owned(), "si.echo.state.v1".to_owned()];
+        let started = std::time::Instant::now();
+        let result = wait_for_topics(
+            &topics,
+            Duration::from_millis(200),
+            Duration::from_millis(10),
+            |t| Ok(usize::from(t == "present")),
+        );
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        let error = result.expect_err("still missing");
+        assert!(
+            error.contains("si.echo.state.v1") && !error.contains("present,"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1158,31 +1158,6 @@ fn retry_metadata<T>(f: impl Fn() -> KafkaResult<T>) -> KafkaResult<T> {
     }
 }
 
-fn partition_count(config: &ClientConfig, topic: &str, timeout: Duration) -> Result<usize, String> {
-    let probe: BaseConsumer = config.create().map_err(|e| e.to_string())?;
-    // A topic created a moment ago (the echo responder creates its changelog
-    // at start) may not be in every broker's metadata yet: look again for a while.
-    let until = Instant::now() + Duration::from_secs(10);
-    let count = loop {
-        let metadata = retry_metadata(|| probe.fetch_metadata(Some(topic), timeout))
-            .map_err(|e| format!("metadata of {topic}: {e}"))?;
-        let count = metadata
-            .topics()
-            .first()
-            .map_or(0, |t| t.partitions().len());
-        if count > 0 || Instant::now() >= until {
-            break count;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    if count == 0 {
-        return Err(format!(
-            "topic {topic} does not exist (run `sictl topics apply`)"
-        ));
-    }
-    Ok(count)
-}
-
 /// Runs `processor` over the spec's inputs until `shutdown`, exactly once.
 ///
 /// # Errors
@@ -1226,12 +1201,8 @@ pub async fn run<P: Processor>(
             .collect();
         let config = probe_config.clone();
         let counts = tokio::task::spawn_blocking(move || {
-            topics
-                .iter()
-                .map(|t| {
-                    partition_count(&config, t, Duration::from_secs(30)).map(|c| (t.clone(), c))
-                })
-                .collect::<Result<Vec<_>, _>>()
+            crate::kafka::topic_partitions(&config, &topics)
+                .map(|counts| topics.into_iter().zip(counts).collect::<Vec<_>>())
         })
         .await
         .map_err(|e| StreamError::Setup(e.to_string()))?
