@@ -22,6 +22,9 @@ pub struct Config {
     /// Rate limits, retries, concurrency, backpressure, commits.
     #[command(flatten)]
     pub egress: EgressArgs,
+    /// Consumer-group membership (session timeout, static membership).
+    #[command(flatten)]
+    pub group: si_runtime::GroupArgs,
 }
 
 /// How to reach Twilio.

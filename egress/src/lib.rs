@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, Producer, ThreadedProducer};
 use si_consent_gate::ConsentGate;
 use si_runtime::metrics::StageMetrics;
@@ -37,20 +37,6 @@ use crate::metrics::EgressMetrics;
 use crate::sender::{Live, RetryPolicy, SendContext, Topics};
 use crate::twilio::{Endpoints, TwilioClient};
 
-fn partition_count(kafka: &si_runtime::KafkaArgs, topic: &str) -> anyhow::Result<usize> {
-    let probe: BaseConsumer = si_runtime::kafka::client_config(kafka, "egress-probe").create()?;
-    let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(30))?;
-    let count = metadata
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len());
-    anyhow::ensure!(
-        count > 0,
-        "topic {topic} does not exist (run `sictl topics apply`)"
-    );
-    Ok(count)
-}
-
 /// Runs egress until `shutdown`.
 ///
 /// # Errors
@@ -58,6 +44,7 @@ fn partition_count(kafka: &si_runtime::KafkaArgs, topic: &str) -> anyhow::Result
 /// start-up, or on a fatal Kafka error.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.egress.validate().map_err(anyhow::Error::msg)?;
+    config.group.validate().map_err(anyhow::Error::msg)?;
     let credentials = config.twilio.credentials().map_err(anyhow::Error::msg)?;
     let rates = config.egress.rates().map_err(anyhow::Error::msg)?;
     let kafka = config.common.kafka.clone();
@@ -77,11 +64,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let input = kafka.topic(topics::OUTBOUND);
     let ledger = kafka.topic(topics::EGRESS_LEDGER);
     {
-        let (k, i, l) = (kafka.clone(), input.clone(), ledger.clone());
-        let (inputs, ledgers) = tokio::task::spawn_blocking(move || {
-            Ok::<_, anyhow::Error>((partition_count(&k, &i)?, partition_count(&k, &l)?))
+        // Every topic egress reads or writes, waited for with a deadline.
+        let needed: Vec<String> = [
+            topics::OUTBOUND,
+            topics::EGRESS_LEDGER,
+            topics::DELIVERY,
+            topics::OUTBOUND_DLQ,
+            topics::COMPLIANCE,
+            topics::DEAD_LETTER,
+        ]
+        .iter()
+        .map(|t| kafka.topic(t))
+        .collect();
+        let config = si_runtime::kafka::client_config(&kafka, "egress-probe");
+        let counts = tokio::task::spawn_blocking(move || {
+            si_runtime::kafka::topic_partitions(&config, &needed)
         })
-        .await??;
+        .await?
+        .map_err(anyhow::Error::msg)?;
+        let (inputs, ledgers) = (counts[0], counts[1]);
         anyhow::ensure!(
             inputs == ledgers,
             "{input} has {inputs} partitions but the ledger {ledger} has {ledgers}: they must be co-partitioned"
@@ -186,12 +187,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         partitions_ready: readiness.check("partitions"),
         shutdown: shutdown.clone(),
     })));
+    // `partitions` was the last check: /readyz now reports what is pending.
+    readiness.started();
     let mut consumer_config = si_runtime::kafka::consumer_config(
         &kafka,
         STAGE,
         &si_runtime::stream::group_id(&kafka, STAGE),
     );
     consumer_config.set("enable.partition.eof", "false");
+    si_runtime::kafka::join_group(
+        &mut consumer_config,
+        &config.group,
+        &si_runtime::stream::transactional_id(&kafka, STAGE),
+    );
     let consumer: BaseConsumer<EgressContext> = consumer_config
         .create_with_context(EgressContext {
             core: Arc::clone(&core),

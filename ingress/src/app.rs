@@ -170,7 +170,39 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), guard))
+        .layer(middleware::from_fn_with_state(
+            (Arc::clone(&state), max_body_bytes),
+            refuse_oversized,
+        ))
         .with_state(state)
+}
+
+/// Answers 413 at once when the declared `Content-Length` is above the body
+/// limit, before a request slot is taken or a byte of the body is read (the
+/// body limit alone would wait for a body the client may never send).
+async fn refuse_oversized(
+    State((state, max_body_bytes)): State<(Arc<AppState>, usize)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| usize::try_from(n).map_or(true, |n| n > max_body_bytes)) {
+        let route = ROUTES
+            .iter()
+            .find(|(path, _)| *path == request.uri().path())
+            .map_or("none", |(_, route)| route_label(*route));
+        state
+            .metrics
+            .requests
+            .with_label_values(&[route, Reject::TooLarge.outcome()])
+            .inc();
+        return Reject::TooLarge.into_response();
+    }
+    next.run(request).await
 }
 
 async fn not_found(State(state): State<Arc<AppState>>) -> Response {

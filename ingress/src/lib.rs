@@ -61,11 +61,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let registry = prometheus::Registry::new();
     let metrics = Metrics::register(&registry)?;
     let readiness = Readiness::default();
-    // Every check exists before the admin listener answers, so /readyz cannot
-    // report ready before the webhook listener is bound.
+    // Every check exists before the admin listener answers (and `started` says
+    // so), so /readyz cannot report ready before the webhook listener is bound.
     let listening = readiness.check("listening");
     let broker = readiness.check("kafka");
     let schema = readiness.check("schema");
+    readiness.started();
     let admin = AdminServer::start(
         config.common.service.admin_addr,
         registry,

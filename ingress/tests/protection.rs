@@ -68,6 +68,29 @@ async fn requests_past_the_in_flight_limit_are_shed_with_retry_after() -> anyhow
 }
 
 #[tokio::test]
+async fn an_oversized_content_length_gets_413_before_the_body_is_read() -> anyhow::Result<()> {
+    let ingress = Ingress::start(&["--max-body-bytes", "1000", "--request-timeout", "10s"]).await?;
+    let mut stream = TcpStream::connect(ingress.running.addr).await?;
+    // Headers only: the body is never sent.
+    stream
+        .write_all(
+            b"POST /twilio/messaging/inbound HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\nX-Twilio-Signature: x\r\n\
+              Content-Length: 10000000\r\n\r\n",
+        )
+        .await?;
+    let started = Instant::now();
+    let head = response_head(&mut stream).await?;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "413 after {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_request_past_its_deadline_gets_503() -> anyhow::Result<()> {
     let ingress =
         Ingress::start(&["--request-timeout", "1s", "--produce-timeout", "500ms"]).await?;

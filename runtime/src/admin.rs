@@ -16,9 +16,27 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Named readiness checks; the stage is ready when all of them are.
-#[derive(Debug, Clone, Default)]
+///
+/// A new `Readiness` holds one check, [`STARTING`], that is not ready: the
+/// admin listener usually answers before the stage has registered what it
+/// waits for (tables loading, `partitions`), and an empty set of checks must
+/// not read as ready. Whoever registers the last check calls
+/// [`Readiness::started`] ([`crate::stream::run`] does, after `partitions`).
+#[derive(Debug, Clone)]
 pub struct Readiness {
     checks: Arc<Mutex<BTreeMap<&'static str, bool>>>,
+}
+
+/// The check every stage starts with: cleared by [`Readiness::started`] once
+/// the stage's own checks exist.
+pub const STARTING: &str = "starting";
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            checks: Arc::new(Mutex::new(BTreeMap::from([(STARTING, false)]))),
+        }
+    }
 }
 
 /// One readiness check, set by whoever owns it.
@@ -37,6 +55,12 @@ impl Readiness {
             name,
             checks: Arc::clone(&self.checks),
         }
+    }
+
+    /// Says that every check the stage waits for is registered: clears
+    /// [`STARTING`]. Checks added afterwards still count.
+    pub fn started(&self) {
+        self.lock().insert(STARTING, true);
     }
 
     /// Names of the checks that are not ready; empty when ready.
@@ -175,6 +199,21 @@ async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_stage_is_not_ready_before_it_registered_its_checks() {
+        let readiness = Readiness::default();
+        assert_eq!(readiness.pending(), vec![STARTING]);
+        // A check that is ready at once does not make the stage ready while
+        // it may still register others.
+        readiness.check("table:a").set(true);
+        assert_eq!(readiness.pending(), vec![STARTING]);
+        let partitions = readiness.check("partitions");
+        readiness.started();
+        assert_eq!(readiness.pending(), vec!["partitions"]);
+        partitions.set(true);
+        assert!(readiness.pending().is_empty());
+    }
+
     #[tokio::test]
     async fn readiness_metrics_and_health_are_served() -> anyhow::Result<()> {
         let registry = Registry::new();
@@ -182,12 +221,11 @@ mod tests {
         registry.register(Box::new(counter.clone()))?;
         counter.inc_by(3);
         let readiness = Readiness::default();
-        let kafka = readiness.check("kafka");
         let shutdown = CancellationToken::new();
         let server = AdminServer::start(
             "127.0.0.1:0".parse()?,
             registry,
-            readiness,
+            readiness.clone(),
             shutdown.clone(),
         )
         .await?;
@@ -196,9 +234,16 @@ mod tests {
         let health = reqwest::get(format!("{base}/healthz")).await?;
         assert_eq!(health.status(), 200);
 
+        // Before the stage registered anything: not ready, and says why.
+        let starting = reqwest::get(format!("{base}/readyz")).await?;
+        assert_eq!(starting.status(), 503);
+        assert_eq!(starting.text().await?, "not ready: starting\n");
+
+        let kafka = readiness.check("kafka");
+        readiness.started();
         let not_ready = reqwest::get(format!("{base}/readyz")).await?;
         assert_eq!(not_ready.status(), 503);
-        assert!(not_ready.text().await?.contains("kafka"));
+        assert_eq!(not_ready.text().await?, "not ready: kafka\n");
 
         kafka.set(true);
         assert_eq!(reqwest::get(format!("{base}/readyz")).await?.status(), 200);

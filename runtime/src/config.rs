@@ -59,6 +59,58 @@ impl KafkaArgs {
     }
 }
 
+/// How a stage's consumer-group member is declared dead and replaced, which
+/// decides how long its partitions stall after a crash (SIGKILL, OOM, a lost
+/// node). A member that leaves cleanly (SIGTERM) hands its partitions over at
+/// once whatever these say, unless it is a static member.
+#[derive(Debug, Clone, Args)]
+pub struct GroupArgs {
+    /// Kafka consumer-group session timeout (`session.timeout.ms`): how long
+    /// the group waits for a member that stopped heartbeating before moving
+    /// its partitions to the others. librdkafka heartbeats from its own
+    /// thread (every fifth of this), so a busy or draining stage is not taken
+    /// for dead. The broker accepts 6s to 30min (`group.min/max.session.timeout.ms`).
+    #[arg(long, env = "SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub session_timeout: Duration,
+
+    /// Static group membership: `group.instance.id` =
+    /// `<SI_TOPIC_PREFIX>si-<stage>-<POD_NAME>`. A process restarted under the
+    /// same POD_NAME within SESSION_TIMEOUT takes its partitions back at once,
+    /// without a rebalance. Only for stable pod names (a StatefulSet, a VM, the
+    /// local stack): a static member does not leave the group on shutdown, so
+    /// a name that never comes back (a Deployment's replaced pod) holds its
+    /// partitions for a whole SESSION_TIMEOUT.
+    #[arg(long, env = "STATIC_MEMBERSHIP", default_value_t = false)]
+    pub static_membership: bool,
+}
+
+impl Default for GroupArgs {
+    fn default() -> Self {
+        Self {
+            session_timeout: Duration::from_secs(10),
+            static_membership: false,
+        }
+    }
+}
+
+impl GroupArgs {
+    /// Checks the settings against the broker's default bounds.
+    ///
+    /// # Errors
+    /// When SESSION_TIMEOUT is outside what a default broker accepts.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.session_timeout < Duration::from_secs(6)
+            || self.session_timeout > Duration::from_secs(1800)
+        {
+            return Err(format!(
+                "SESSION_TIMEOUT ({:?}) must be within 6s..30min (the broker's group.min/max.session.timeout.ms)",
+                self.session_timeout
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// How to reach the schema registry.
 #[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::FutureProducer;
 
-use crate::config::KafkaArgs;
+use crate::config::{GroupArgs, KafkaArgs};
 
 /// The base client configuration: bootstrap servers, pass-through properties and a client id.
 #[must_use]
@@ -54,6 +54,92 @@ pub fn consumer_config(kafka: &KafkaArgs, stage: &str, group_id: &str) -> Client
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky");
     config
+}
+
+/// Makes `config` (a [`consumer_config`]) a member of a stage's consumer group
+/// as `group` says: its session timeout (heartbeats every fifth of it) and,
+/// with static membership, `group.instance.id` = `instance_id`. A
+/// `KAFKA_SESSION_TIMEOUT_MS` / `KAFKA_HEARTBEAT_INTERVAL_MS` pass-through wins.
+pub fn join_group(config: &mut ClientConfig, group: &GroupArgs, instance_id: &str) {
+    let session = group.session_timeout.as_millis();
+    if config.get("session.timeout.ms").is_none() {
+        config.set("session.timeout.ms", session.to_string());
+        if config.get("heartbeat.interval.ms").is_none() {
+            config.set("heartbeat.interval.ms", (session / 5).max(100).to_string());
+        }
+    }
+    if group.static_membership {
+        config.set("group.instance.id", instance_id);
+    }
+}
+
+/// How long a stage waits at start for the topics it needs to appear in the
+/// cluster's metadata: on a fresh stack a topic created a moment ago (by
+/// `sictl topics apply`, or a changelog the stage created itself) may not be
+/// listed by every broker yet.
+pub const TOPIC_WAIT: Duration = Duration::from_secs(60);
+
+/// The partition count of each of `topics`, asked of the cluster with
+/// `lookup` until every one has partitions: a failed request and an empty
+/// answer (the topic not, or not yet, in metadata) are both asked again every
+/// `step` until `deadline`. The error names the topics still missing.
+///
+/// # Errors
+/// When a topic is still missing at the deadline.
+pub fn wait_for_topics(
+    topics: &[String],
+    deadline: Duration,
+    step: Duration,
+    mut lookup: impl FnMut(&str) -> KafkaResult<usize>,
+) -> Result<Vec<usize>, String> {
+    let until = std::time::Instant::now() + deadline;
+    let mut counts = vec![0; topics.len()];
+    loop {
+        let mut last_error = None;
+        for (topic, count) in topics.iter().zip(counts.iter_mut()) {
+            if *count == 0 {
+                match lookup(topic) {
+                    Ok(n) => *count = n,
+                    Err(error) => last_error = Some(format!("{topic}: {error}")),
+                }
+            }
+        }
+        let missing: Vec<&str> = topics
+            .iter()
+            .zip(&counts)
+            .filter(|(_, c)| **c == 0)
+            .map(|(t, _)| t.as_str())
+            .collect();
+        if missing.is_empty() {
+            return Ok(counts);
+        }
+        if std::time::Instant::now() >= until {
+            return Err(format!(
+                "waited {deadline:?} for topic(s) {} to appear in the cluster's metadata (run `sictl topics apply`){}",
+                missing.join(", "),
+                last_error.map_or_else(String::new, |e| format!("; last error: {e}"))
+            ));
+        }
+        tracing::info!(topics = %missing.join(", "), "waiting for topics to appear in metadata");
+        std::thread::sleep(step);
+    }
+}
+
+/// [`wait_for_topics`] against the cluster, with a probe client from
+/// `config`, blocking (call it from `spawn_blocking`).
+///
+/// # Errors
+/// When the probe cannot be created or a topic is still missing after [`TOPIC_WAIT`].
+pub fn topic_partitions(config: &ClientConfig, topics: &[String]) -> Result<Vec<usize>, String> {
+    let probe: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+    wait_for_topics(topics, TOPIC_WAIT, Duration::from_millis(200), |topic| {
+        let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        Ok(metadata
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len()))
+    })
 }
 
 /// Waits, in 1 ms steps and at most `timeout`, until every record `producer`
@@ -154,5 +240,98 @@ pub fn retry_transactional(
             }
             result => return result,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka() -> KafkaArgs {
+        KafkaArgs {
+            bootstrap_servers: "x:9092".into(),
+            topic_prefix: String::new(),
+            pod_name: "pod-0".into(),
+        }
+    }
+
+    #[test]
+    fn a_group_member_gets_the_session_timeout_and_static_id_asked_for() {
+        let mut dynamic = consumer_config(&kafka(), "egress", "si-egress");
+        join_group(&mut dynamic, &GroupArgs::default(), "si-egress-pod-0");
+        assert_eq!(dynamic.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(dynamic.get("heartbeat.interval.ms"), Some("2000"));
+        assert_eq!(dynamic.get("group.instance.id"), None);
+
+        let mut fixed = consumer_config(&kafka(), "egress", "si-egress");
+        fixed.set("session.timeout.ms", "6000");
+        let group = GroupArgs {
+            session_timeout: Duration::from_secs(30),
+            static_membership: true,
+        };
+        join_group(&mut fixed, &group, "si-egress-pod-0");
+        assert_eq!(
+            fixed.get("session.timeout.ms"),
+            Some("6000"),
+            "the pass-through wins"
+        );
+        assert_eq!(fixed.get("group.instance.id"), Some("si-egress-pod-0"));
+    }
+
+    #[test]
+    fn topics_are_looked_up_again_until_they_appear() {
+        let topics = vec!["a".to_owned(), "b".to_owned()];
+        let mut asked = Vec::new();
+        let mut b_answers = vec![
+            Ok(0),
+            Err(KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure,
+            )),
+            Ok(3),
+        ]
+        .into_iter();
+        let counts = wait_for_topics(&topics, Duration::from_secs(5), Duration::ZERO, |t| {
+            asked.push(t.to_owned());
+            if t == "a" {
+                Ok(3)
+            } else {
+                b_answers.next().unwrap_or(Ok(0))
+            }
+        });
+        assert_eq!(counts, Ok(vec![3, 3]));
+        // `a` once; `b` after an empty answer and an error.
+        assert_eq!(asked, ["a", "b", "b", "b"]);
+    }
+
+    #[test]
+    fn a_topic_that_never_appears_fails_at_the_deadline_naming_it() {
+        let topics = vec!["present".to_owned(), "si.echo.state.v1".to_owned()];
+        let started = std::time::Instant::now();
+        let result = wait_for_topics(
+            &topics,
+            Duration::from_millis(200),
+            Duration::from_millis(10),
+            |t| Ok(usize::from(t == "present")),
+        );
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        let error = result.expect_err("still missing");
+        assert!(
+            error.contains("si.echo.state.v1") && !error.contains("present,"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_session_timeout_the_broker_refuses_is_refused_at_start() {
+        let short = GroupArgs {
+            session_timeout: Duration::from_secs(2),
+            ..GroupArgs::default()
+        };
+        assert!(
+            short
+                .validate()
+                .is_err_and(|e| e.contains("SESSION_TIMEOUT"))
+        );
+        assert!(GroupArgs::default().validate().is_ok());
     }
 }

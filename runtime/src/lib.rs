@@ -22,5 +22,5 @@ pub mod table;
 pub mod telemetry;
 
 pub use admin::{AdminServer, Readiness, with_admin};
-pub use config::{CommonConfig, KafkaArgs, RegistryArgs, ServiceArgs};
+pub use config::{CommonConfig, GroupArgs, KafkaArgs, RegistryArgs, ServiceArgs};
 pub use shutdown::shutdown_token;

@@ -85,6 +85,16 @@
 //! `TRANSACTION_TIMEOUT` short (default 60 s); it must exceed `COMMIT_INTERVAL`
 //! by a wide margin.
 //!
+//! # Group membership after a crash
+//!
+//! A crashed instance's partitions wait for its session to expire
+//! (`SESSION_TIMEOUT`, default 10 s). With `STATIC_MEMBERSHIP` the consumer's
+//! `group.instance.id` is the transactional id, so a process restarted under
+//! the same `POD_NAME` replaces the dead member without a rebalance and its
+//! `init_transactions` aborts what the dead one left open: it processes again
+//! within seconds. A static member does not leave the group on shutdown, so
+//! it suits stable names only (see [`crate::config::GroupArgs`]).
+//!
 //! # Rebalancing and state restore
 //!
 //! With one input topic the consumer uses the `cooperative-sticky` assignor:
@@ -104,8 +114,9 @@
 //!   bounded by the state size, which the TTL bounds; it must stay below
 //!   `max.poll.interval.ms` (`KAFKA_MAX_POLL_INTERVAL_MS`, default 5 minutes).
 //!
-//! `/readyz` reports `partitions` not ready until the first assignment is
-//! restored. Global tables ([`crate::table`]) have their own checks.
+//! `/readyz` reports `starting` until the runner registered `partitions`, and
+//! `partitions` not ready until the first assignment is restored. Global
+//! tables ([`crate::table`]) have their own checks, registered before [`run`].
 //!
 //! # Shutdown
 //!
@@ -130,7 +141,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Readiness, ReadinessCheck};
-use crate::config::KafkaArgs;
+use crate::config::{GroupArgs, KafkaArgs};
 use crate::dlq;
 use crate::metrics::StageMetrics;
 use crate::processor::{InputRecord, Output, ProcessError, Processor, RecordContext, TimerContext};
@@ -179,6 +190,10 @@ pub struct StreamArgs {
     /// most this long (plus a commit) after its time.
     #[arg(long, env = "TIMER_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub timer_interval: Duration,
+
+    /// Consumer-group membership (session timeout, static membership).
+    #[command(flatten)]
+    pub group: GroupArgs,
 }
 
 impl Default for StreamArgs {
@@ -189,6 +204,7 @@ impl Default for StreamArgs {
             transaction_timeout: Duration::from_secs(60),
             state_sweep_interval: Duration::from_secs(60),
             timer_interval: Duration::from_secs(1),
+            group: GroupArgs::default(),
         }
     }
 }
@@ -225,7 +241,7 @@ impl StreamArgs {
         if self.timer_interval.is_zero() {
             return Err("TIMER_INTERVAL must be positive".into());
         }
-        Ok(())
+        self.group.validate()
     }
 }
 
@@ -1121,7 +1137,8 @@ pub struct StreamEnv {
     pub codec: Codec,
     /// Metrics of the stage.
     pub metrics: StageMetrics,
-    /// Readiness of the stage (the runner adds `partitions`).
+    /// Readiness of the stage (the runner adds `partitions`, then calls
+    /// [`Readiness::started`]: register any other check before calling [`run`]).
     pub readiness: Readiness,
 }
 
@@ -1139,31 +1156,6 @@ fn retry_metadata<T>(f: impl Fn() -> KafkaResult<T>) -> KafkaResult<T> {
             Err(error) => return Err(error),
         }
     }
-}
-
-fn partition_count(config: &ClientConfig, topic: &str, timeout: Duration) -> Result<usize, String> {
-    let probe: BaseConsumer = config.create().map_err(|e| e.to_string())?;
-    // A topic created a moment ago (the echo responder creates its changelog
-    // at start) may not be in every broker's metadata yet: look again for a while.
-    let until = Instant::now() + Duration::from_secs(10);
-    let count = loop {
-        let metadata = retry_metadata(|| probe.fetch_metadata(Some(topic), timeout))
-            .map_err(|e| format!("metadata of {topic}: {e}"))?;
-        let count = metadata
-            .topics()
-            .first()
-            .map_or(0, |t| t.partitions().len());
-        if count > 0 || Instant::now() >= until {
-            break count;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    if count == 0 {
-        return Err(format!(
-            "topic {topic} does not exist (run `sictl topics apply`)"
-        ));
-    }
-    Ok(count)
 }
 
 /// Runs `processor` over the spec's inputs until `shutdown`, exactly once.
@@ -1190,6 +1182,9 @@ pub async fn run<P: Processor>(
         return Err(StreamError::Setup("a stream needs an input topic".into()));
     }
     let partitions_ready = readiness.check("partitions");
+    // The last check a stream stage registers: from here on /readyz reports
+    // what is pending instead of `starting`.
+    readiness.started();
     let stage = spec.stage;
     let inputs: Vec<(&'static str, String)> =
         spec.inputs.iter().map(|t| (*t, kafka.topic(t))).collect();
@@ -1206,12 +1201,8 @@ pub async fn run<P: Processor>(
             .collect();
         let config = probe_config.clone();
         let counts = tokio::task::spawn_blocking(move || {
-            topics
-                .iter()
-                .map(|t| {
-                    partition_count(&config, t, Duration::from_secs(30)).map(|c| (t.clone(), c))
-                })
-                .collect::<Result<Vec<_>, _>>()
+            crate::kafka::topic_partitions(&config, &topics)
+                .map(|counts| topics.into_iter().zip(counts).collect::<Vec<_>>())
         })
         .await
         .map_err(|e| StreamError::Setup(e.to_string()))?
@@ -1282,6 +1273,11 @@ pub async fn run<P: Processor>(
     consumer_config
         .set("statistics.interval.ms", "10000")
         .set("enable.partition.eof", "false");
+    crate::kafka::join_group(
+        &mut consumer_config,
+        &args.group,
+        &transactional_id(&kafka, stage),
+    );
     if inputs.len() > 1 {
         consumer_config.set("partition.assignment.strategy", "range");
     }

@@ -215,17 +215,9 @@ impl<V: AvroRecord> GlobalTable<V> {
             let consumer_metadata = tokio::task::spawn_blocking({
                 let config = crate::kafka::client_config(kafka, &format!("{stage}-table"));
                 move || -> anyhow::Result<i32> {
-                    let probe: rdkafka::consumer::BaseConsumer = config.create()?;
-                    let metadata = probe.fetch_metadata(Some(&full), Duration::from_secs(30))?;
-                    let count = metadata
-                        .topics()
-                        .first()
-                        .map_or(0, |t| t.partitions().len());
-                    anyhow::ensure!(
-                        count > 0,
-                        "topic {full} does not exist (sictl topics apply)"
-                    );
-                    Ok(i32::try_from(count)?)
+                    let counts = crate::kafka::topic_partitions(&config, &[full])
+                        .map_err(anyhow::Error::msg)?;
+                    Ok(i32::try_from(counts[0])?)
                 }
             });
             consumer_metadata.await??

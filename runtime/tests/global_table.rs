@@ -63,6 +63,7 @@ async fn a_table_loads_fully_before_it_is_ready_and_then_follows_updates() -> an
         shutdown.clone(),
     )
     .await?;
+    readiness.started();
     tokio::time::timeout(Duration::from_secs(30), table.loaded()).await?;
     assert!(readiness.pending().is_empty(), "{:?}", readiness.pending());
     assert_eq!(table.len(), 199, "200 entries, one tombstoned");
@@ -100,6 +101,7 @@ async fn an_empty_table_is_loaded_at_once() -> anyhow::Result<()> {
         CancellationToken::new(),
     )
     .await?;
+    readiness.started();
     assert!(!readiness.pending().is_empty() || table.is_loaded());
     tokio::time::timeout(Duration::from_secs(30), table.loaded()).await?;
     assert!(table.is_empty());

@@ -360,10 +360,12 @@ Takes a stage context.
 {{- if le $grace $drain -}}
 {{- fail (printf "stages.%s: terminationGracePeriodSeconds (%v) must be larger than DRAIN_TIMEOUT (%vs), or Kubernetes kills the stage mid-drain" $name $grace $drain) -}}
 {{- end -}}
-{{- with get $cfg "KAFKA_SESSION_TIMEOUT_MS" -}}
-{{- if le (float64 .) (mulf $drain 1000.0) -}}
-{{- fail (printf "stages.%s: DRAIN_TIMEOUT (%vs) must be shorter than KAFKA_SESSION_TIMEOUT_MS (%vms)" $name $drain .) -}}
+{{- if hasKey $cfg "KAFKA_SESSION_TIMEOUT_MS" -}}
+{{- fail (printf "stages.%s: set SESSION_TIMEOUT (humantime, e.g. 10s) instead of KAFKA_SESSION_TIMEOUT_MS: one knob, checked by the binaries" $name) -}}
 {{- end -}}
+{{- $session := include "si.durationSeconds" (get $cfg "SESSION_TIMEOUT" | default "10s") | float64 -}}
+{{- if or (lt $session 6.0) (gt $session 1800.0) -}}
+{{- fail (printf "stages.%s: SESSION_TIMEOUT (%vs) must be within 6s..30min (the broker's group.min/max.session.timeout.ms)" $name $session) -}}
 {{- end -}}
 {{- include "si.validateEnvSources" (dict "where" (printf "stages.%s" $name) "config" $stage.config "extraEnv" $stage.extraEnv) -}}
 {{- $_ := include "si.stagePorts" . -}}

@@ -32,7 +32,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser};
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use si_runtime::metrics::StageMetrics;
 use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
@@ -187,19 +186,11 @@ pub async fn ensure_changelog(kafka: &KafkaArgs) -> anyhow::Result<()> {
     let changelog = kafka.topic(CHANGELOG);
     let config = si_runtime::kafka::client_config(kafka, STAGE);
     let probe_input = input.clone();
-    let partitions = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-        let consumer: BaseConsumer = config.create()?;
-        let metadata = consumer.fetch_metadata(Some(&probe_input), Duration::from_secs(30))?;
-        Ok(metadata
-            .topics()
-            .first()
-            .map_or(0, |t| t.partitions().len()))
+    let partitions = tokio::task::spawn_blocking(move || {
+        si_runtime::kafka::topic_partitions(&config, &[probe_input])
     })
-    .await??;
-    anyhow::ensure!(
-        partitions > 0,
-        "topic {input} does not exist (run `sictl topics apply`)"
-    );
+    .await?
+    .map_err(anyhow::Error::msg)?[0];
     let admin = si_runtime::kafka::create_admin(kafka, STAGE)?;
     let topic = NewTopic::new(
         &changelog,
