@@ -38,6 +38,82 @@ use tokio_util::sync::CancellationToken;
 /// The sender scope that covers every Si sender.
 pub const ANY_SCOPE: &str = "*";
 
+/// Who sends a conversation's messages: one sender identity per number,
+/// derived here only, so consent's replies, segment's responses and
+/// lifecycle's operations for one user share one partition of
+/// `twilio.outbound.v1` and one limiter in egress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sender {
+    /// The operation's `sender_key` (the outbound topic's key, egress's limiter).
+    pub key: String,
+    /// The consent scope sends are checked against.
+    pub scope: String,
+    /// `From` of the request, when it names our address.
+    pub from: Option<String>,
+    /// `MessagingServiceSid` of the request, when a Messaging Service sends.
+    pub messaging_service_sid: Option<String>,
+}
+
+/// The sender of a conversation's messages on `channel`:
+///
+/// - Programmable Messaging (`programmable_messaging`): the Messaging Service
+///   when one is configured (`messaging_service_sid`), else our address the
+///   user wrote to (`proxy`);
+/// - Conversations: chat participants per conversation; otherwise our
+///   address, else the Messaging Service (named only as the key: Twilio sends
+///   through the participants' bindings).
+///
+/// `None` when no sender is known.
+#[must_use]
+pub fn sender(
+    channel: Channel,
+    conversation_id: &str,
+    programmable_messaging: bool,
+    proxy: Option<&str>,
+    messaging_service_sid: Option<&str>,
+) -> Option<Sender> {
+    let proxy = proxy.filter(|p| !p.is_empty());
+    let mg = messaging_service_sid.filter(|m| !m.is_empty());
+    if programmable_messaging {
+        return match (mg, proxy) {
+            (Some(mg), _) => Some(Sender {
+                key: mg.to_owned(),
+                scope: mg.to_owned(),
+                from: None,
+                messaging_service_sid: Some(mg.to_owned()),
+            }),
+            (None, Some(from)) => Some(Sender {
+                key: channel.address_key(from),
+                scope: from.to_owned(),
+                from: Some(from.to_owned()),
+                messaging_service_sid: None,
+            }),
+            (None, None) => None,
+        };
+    }
+    match (channel, proxy, mg) {
+        (Channel::Chat, _, _) => Some(Sender {
+            key: format!("{}:{conversation_id}", Channel::Chat.key_prefix()),
+            scope: ANY_SCOPE.to_owned(),
+            from: None,
+            messaging_service_sid: None,
+        }),
+        (_, Some(from), _) => Some(Sender {
+            key: channel.address_key(from),
+            scope: from.to_owned(),
+            from: Some(from.to_owned()),
+            messaging_service_sid: None,
+        }),
+        (_, None, Some(mg)) => Some(Sender {
+            key: mg.to_owned(),
+            scope: mg.to_owned(),
+            from: None,
+            messaging_service_sid: None,
+        }),
+        (_, None, None) => None,
+    }
+}
+
 /// The key of a consent entry, `<channel>:<E.164>|<scope>`; `None` for channels
 /// without consent state (chat, voice, unknown).
 #[must_use]
@@ -247,6 +323,33 @@ mod tests {
 
     const USER: &str = "+14155550100";
     const NUMBER: &str = "+14155550199";
+
+    #[test]
+    fn one_sender_per_number_and_service() {
+        const MG: &str = "MG0123456789abcdef0123456789abcdef";
+        let pm = |proxy, mg| sender(Channel::Sms, "pm-1", true, proxy, mg);
+        let via_service = pm(Some(NUMBER), Some(MG)).expect("a sender");
+        assert_eq!(via_service.key, MG);
+        assert_eq!(via_service.messaging_service_sid.as_deref(), Some(MG));
+        assert_eq!(via_service.from, None);
+        let via_number = pm(Some(NUMBER), None).expect("a sender");
+        assert_eq!(via_number.key, format!("sms:{NUMBER}"));
+        assert_eq!(via_number.from.as_deref(), Some(NUMBER));
+        assert_eq!(pm(None, None), None);
+        let conversations = sender(Channel::Whatsapp, "CH1", false, Some(NUMBER), Some(MG));
+        assert_eq!(
+            conversations.map(|s| s.key),
+            Some(format!("whatsapp:{NUMBER}")),
+            "Conversations send through our address"
+        );
+        let chat = sender(Channel::Chat, "CH1", false, None, None).expect("a sender");
+        assert_eq!(
+            (chat.key.as_str(), chat.scope.as_str()),
+            ("chat:CH1", ANY_SCOPE)
+        );
+        let no_number = sender(Channel::Sms, "CH1", false, None, Some(MG)).expect("a sender");
+        assert_eq!((no_number.key.as_str(), no_number.from), (MG, None));
+    }
 
     fn entry(
         scope: &str,

@@ -58,6 +58,11 @@ pub struct ConsentArgs {
     /// state after the last update (decisions stay in si.consent.v1 forever).
     #[arg(long, env = "CONSENT_STATE_TTL", default_value = "30days", value_parser = humantime::parse_duration)]
     pub state_ttl: Duration,
+
+    /// Messaging Service SID Programmable Messaging replies go out through,
+    /// as segment's responses (set it as for segment): one sender per number.
+    #[arg(long, env = "MESSAGING_SERVICE_SID")]
+    pub messaging_service_sid: Option<String>,
 }
 
 /// Everything `si-consent` reads from flags and the environment.
@@ -99,6 +104,11 @@ impl Config {
             revocation: RevocationRules::default(),
             segment: si_segment::SegmentConfig::default(),
             state_ttl: self.consent.state_ttl,
+            messaging_service_sid: self
+                .consent
+                .messaging_service_sid
+                .clone()
+                .filter(|s| !s.trim().is_empty()),
         })
     }
 }

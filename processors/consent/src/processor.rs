@@ -72,6 +72,9 @@ pub struct Settings {
     /// How long state entries (decisions, conversation users) are kept after
     /// their last update.
     pub state_ttl: Duration,
+    /// The Messaging Service Programmable Messaging replies go out through
+    /// (as segment's responses), if any.
+    pub messaging_service_sid: Option<String>,
 }
 
 impl Default for Settings {
@@ -84,6 +87,7 @@ impl Default for Settings {
             revocation: RevocationRules::default(),
             segment: SegmentConfig::default(),
             state_ttl: Duration::from_secs(30 * 86_400),
+            messaging_service_sid: None,
         }
     }
 }
@@ -465,12 +469,27 @@ impl ConsentProcessor {
                 };
             }
         };
-        let kind = if event.conversation_id.starts_with("pm-") {
+        let programmable_messaging = event.conversation_id.starts_with("pm-");
+        let kind = if programmable_messaging {
             OperationKind::SendMessage
         } else {
             OperationKind::SendConversationMessage
         };
-        let sender_key = subject.channel.address_key(proxy);
+        // The sender segment uses for the same conversation: one per number.
+        let Some(sender) = si_consent_gate::sender(
+            subject.channel,
+            &event.conversation_id,
+            programmable_messaging,
+            Some(proxy),
+            self.settings.messaging_service_sid.as_deref(),
+        ) else {
+            self.metrics.count("reply_failed");
+            return Reply {
+                error: Some("no sender known for the conversation".into()),
+                ..Reply::default()
+            };
+        };
+        let sender_key = sender.key.clone();
         let mut reply = Reply {
             locale: Some(text.locale.to_owned()),
             ..Reply::default()
@@ -484,8 +503,8 @@ impl ConsentProcessor {
                 channel: subject.channel,
                 sender_key: sender_key.clone(),
                 to: Some(subject.address.clone()),
-                from: Some(proxy.to_owned()),
-                messaging_service_sid: None,
+                from: sender.from.clone(),
+                messaging_service_sid: sender.messaging_service_sid.clone(),
                 body: None,
                 media_urls: Vec::new(),
                 content_sid: None,

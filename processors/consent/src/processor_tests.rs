@@ -894,6 +894,39 @@ fn sender_scope_and_programmable_messaging_replies() {
 }
 
 #[test]
+fn a_reply_goes_out_through_the_sender_segment_uses() {
+    const MG: &str = "MG0123456789abcdef0123456789abcdef";
+    let settings = Settings {
+        messaging_service_sid: Some(MG.into()),
+        ..Settings::default()
+    };
+    let mut h = Harness::new(settings, gate(vec![], vec![]));
+    let mut e = msg(1, "STOP");
+    e.conversation_id = "pm-0123".into();
+    let out = h.send(e.clone());
+    let op = out.outbound()[0];
+    // The same sender key as segment's responses for this conversation, so
+    // the confirmation and the replies share one partition and one limiter.
+    let segment_sender =
+        si_consent_gate::sender(Channel::Sms, &e.conversation_id, true, Some(OURS), Some(MG))
+            .unwrap();
+    assert_eq!(op.sender_key, segment_sender.key);
+    assert_eq!(op.sender_key, MG);
+    assert_eq!(op.messaging_service_sid.as_deref(), Some(MG));
+    assert_eq!(op.from, None);
+    // A Conversations conversation sends through our address as before.
+    let mut h = Harness::new(
+        Settings {
+            messaging_service_sid: Some(MG.into()),
+            ..Settings::default()
+        },
+        gate(vec![], vec![]),
+    );
+    let out = h.send(msg(2, "STOP"));
+    assert_eq!(out.outbound()[0].sender_key, format!("sms:{OURS}"));
+}
+
+#[test]
 fn without_a_sender_address_the_decision_still_counts() {
     let mut h = Harness::default();
     let mut e = msg(1, "STOP");

@@ -749,46 +749,40 @@ impl Segmenter {
                  address seen) and MESSAGING_SERVICE_SID is not set"
             ))
         };
-        if conversation_id.starts_with(PM_PREFIX) || conversation.programmable_messaging {
+        let pm = conversation_id.starts_with(PM_PREFIX) || conversation.programmable_messaging;
+        // One sender identity per number, as consent's replies use.
+        let find_sender = || {
+            si_consent_gate::sender(
+                channel,
+                conversation_id,
+                pm,
+                proxy.as_deref(),
+                mg.as_deref(),
+            )
+            .ok_or_else(no_sender)
+        };
+        if pm {
             let Some(to) = primary.address.clone().filter(|_| has_consent(channel)) else {
                 return Err(ProcessError::Failed(format!(
                     "conversation {conversation_id}: a Programmable Messaging conversation \
                      needs an SMS or WhatsApp recipient address"
                 )));
             };
-            return match (mg, proxy) {
-                (Some(mg), _) => Ok(Route {
-                    kind: OperationKind::SendMessage,
-                    channel,
-                    sender_key: mg.clone(),
-                    scope: mg.clone(),
-                    to: Some(to),
-                    from: None,
-                    messaging_service_sid: Some(mg),
-                }),
-                (None, Some(from)) => Ok(Route {
-                    kind: OperationKind::SendMessage,
-                    channel,
-                    sender_key: channel.address_key(&from),
-                    scope: from.clone(),
-                    to: Some(to),
-                    from: Some(from),
-                    messaging_service_sid: None,
-                }),
-                (None, None) => Err(no_sender()),
-            };
+            let sender = find_sender()?;
+            return Ok(Route {
+                kind: OperationKind::SendMessage,
+                channel,
+                sender_key: sender.key,
+                scope: sender.scope,
+                to: Some(to),
+                from: sender.from,
+                messaging_service_sid: sender.messaging_service_sid,
+            });
         }
+        let sender = find_sender()?;
         // Conversations: Twilio sends through the participants' bindings; to/from
         // name the primary recipient and our address for egress's consent re-check.
-        let (sender_key, scope) = match (channel, proxy.as_deref(), mg.as_deref()) {
-            (Channel::Chat, _, _) => (
-                format!("{}:{conversation_id}", Channel::Chat.key_prefix()),
-                si_consent_gate::ANY_SCOPE.to_owned(),
-            ),
-            (_, Some(from), _) => (channel.address_key(from), from.to_owned()),
-            (_, None, Some(mg)) => (mg.to_owned(), mg.to_owned()),
-            (_, None, None) => return Err(no_sender()),
-        };
+        let (sender_key, scope) = (sender.key, sender.scope);
         Ok(Route {
             kind: OperationKind::SendConversationMessage,
             channel,
