@@ -192,7 +192,8 @@ pub struct EgressArgs {
     #[arg(long, env = "EGRESS_REQUIRE_OPT_IN", default_value_t = false)]
     pub require_opt_in: bool,
 
-    /// How often finished operations' statuses and offsets are committed.
+    /// The longest time finished operations wait for their statuses and
+    /// offsets to commit under load (a drained input commits at once).
     #[arg(long, env = "COMMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub commit_interval: Duration,
     /// Kafka `transaction.timeout.ms` of the status producer.

@@ -652,6 +652,7 @@ pub fn run_loop(
     let input = lock(core).input.clone();
     consumer.subscribe(&[&input])?;
     let mut last_commit = Instant::now();
+    let mut completed = false;
     while !shutdown.is_cancelled() {
         if let Some(fatal) = lock(core).fatal.take() {
             anyhow::bail!(fatal);
@@ -666,14 +667,20 @@ pub fn run_loop(
             Some(Err(error)) => tracing::warn!(%error, "consumer error"),
             None => {}
         }
+        let drained = polled.is_none();
         drop(polled);
         while let Ok(done) = completions.try_recv() {
             c.on_completion(done);
+            completed = true;
         }
         c.backpressure(consumer);
-        if last_commit.elapsed() >= args.commit_interval {
+        // Commit as soon as the input is drained and something finished (low
+        // load: a status is readable at once), at the latest every
+        // COMMIT_INTERVAL (high load: one transaction for many).
+        if (completed && drained) || last_commit.elapsed() >= args.commit_interval {
             c.commit(consumer, None);
             last_commit = Instant::now();
+            completed = false;
         }
     }
     // Drain: no new attempts start; wait for those running, commit what finished.
