@@ -172,6 +172,8 @@ pub fn terminal(
         part_count: Some(op.part_count),
         kind: Some(op.kind),
         body: None,
+        resend_of: op.params.get(si_schemas::records::RESEND_OF_PARAM).cloned(),
+        remediation: None,
         at: now,
     };
     let dead_letter = |reason: String, code: Option<i32>, http_status: Option<i32>| {

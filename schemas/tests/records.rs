@@ -523,6 +523,17 @@ fn delivery_full() -> DeliveryStatus {
         part_count: Some(2),
         kind: Some(OperationKind::SendMessage),
         body: Some("Hello".into()),
+        resend_of: some("op-resp-1-0"),
+        remediation: Some(Remediation {
+            origin_operation_id: s("op-resp-1-0"),
+            attempt: 2,
+            action: RemediationAction::FallbackChannel,
+            next_operation_id: some("op-resp-1-0#2"),
+            channel: Some(Channel::Sms),
+            not_before: Some(T0 + 1),
+            terminal: false,
+            reason: s("63024: fallback"),
+        }),
         at: T0,
     }
 }
@@ -542,6 +553,8 @@ fn delivery_min() -> DeliveryStatus {
         part_count: None,
         kind: None,
         body: None,
+        resend_of: None,
+        remediation: None,
         at: 0,
     }
 }
@@ -1195,6 +1208,8 @@ fn segment_state_conversation() -> SegmentState {
             programmable_messaging: true,
         }),
         pending: None,
+        sent: None,
+        failure: None,
     }
 }
 
@@ -1212,6 +1227,22 @@ fn segment_state_seen() -> SegmentState {
             conversation_id: s("pm-00000000000000000000000000000009"),
             parked_at: T0,
             responses_json: vec![s("{}")],
+        }),
+        sent: Some(SegmentSent {
+            operation_id: s("r-1:0#1"),
+            origin_operation_id: s("r-1:0"),
+            attempt: 1,
+            operation_json: s("{}"),
+            urgent: true,
+            twilio_sid: some("SM00000000000000000000000000000001"),
+            steps_used: [(s("63016"), 1)].into_iter().collect(),
+            not_before: Some(T0 + 60_000),
+        }),
+        failure: Some(SegmentDeliveryFailure {
+            message_sid: s("SM00000000000000000000000000000002"),
+            error_code: Some(30003),
+            error_message: some("Unreachable destination handset"),
+            at: T0,
         }),
     }
 }
@@ -1416,6 +1447,16 @@ fn every_variant_of_every_enum_round_trips() {
     for &outcome in DeliveryOutcome::ALL {
         roundtrip(&DeliveryStatus {
             outcome,
+            ..delivery_min()
+        });
+    }
+    for (i, &action) in RemediationAction::ALL.iter().enumerate() {
+        roundtrip(&DeliveryStatus {
+            remediation: Some(Remediation {
+                action,
+                channel: Some(nth::<Channel>(i)),
+                ..delivery_full().remediation.unwrap()
+            }),
             ..delivery_min()
         });
     }

@@ -195,6 +195,8 @@ fn delivery(op: &str, outcome: DeliveryOutcome, code: Option<i32>, at: i64) -> D
         part_count: None,
         kind: None,
         body: None,
+        resend_of: None,
+        remediation: None,
         at,
     }
 }

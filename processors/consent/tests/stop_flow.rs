@@ -282,6 +282,8 @@ async fn stop_blocks_and_start_reenables_against_the_broker() -> anyhow::Result<
             part_count: None,
             kind: None,
             body: None,
+            resend_of: None,
+            remediation: None,
             at: T0 + 20_000,
         };
         env.produce(topics::DELIVERY, conv2, &failed).await?;

@@ -133,6 +133,8 @@ fn delivery(conv: &str, response_id: &str) -> DeliveryStatus {
         part_count: None,
         kind: None,
         body: None,
+        resend_of: None,
+        remediation: None,
         at: 0,
     }
 }
@@ -1082,6 +1084,8 @@ fn once_twilio_created_a_started_conversation_its_sid_is_aliased_until_closure()
         part_count: None,
         kind: None,
         body: None,
+        resend_of: None,
+        remediation: None,
         at: T0 + 20,
     };
     let out = h.deliver(created.clone(), T0 + 20);

@@ -574,12 +574,7 @@ impl LifecycleProcessor {
     }
 }
 
-/// `+` and 7 to 15 digits.
-fn is_e164(address: &str) -> bool {
-    address
-        .strip_prefix('+')
-        .is_some_and(|d| (7..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
-}
+use si_schemas::records::is_e164;
 
 /// The directory's alias entry of `sid` for `conversation`.
 pub(super) fn alias_binding(

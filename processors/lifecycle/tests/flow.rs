@@ -221,6 +221,8 @@ async fn quiet_conversations_are_warned_once_and_closed_with_the_summary_unless_
         part_count: None,
         kind: None,
         body: None,
+        resend_of: None,
+        remediation: None,
         at: now_ms(),
     };
     env.produce(topics::DELIVERY, quiet, &status).await?;

@@ -63,6 +63,7 @@ pub mod encoding;
 pub mod gsm7;
 pub mod lookalike;
 mod plan;
+pub mod remedy;
 mod split;
 pub mod stage;
 pub mod window;

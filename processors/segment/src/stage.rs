@@ -20,6 +20,7 @@
 //! See the crate README for the exact rules.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -37,14 +38,18 @@ use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
 use si_runtime::{CommonConfig, Readiness};
 use si_schemas::records::{
     Channel, CognitionResponse, ComplianceEvent, ComplianceEventKind, ComplianceSource,
-    ConversationEvent, ConversationEventType, ConversationState, DeadLetter, DeadLetterErrorKind,
-    EventSource, OperationKind, OutboundOperation, ResponsePurpose, SeenResponse,
-    SegmentConversation, SegmentParticipant, SegmentPending, SegmentState, SegmentStateKind,
+    ConsentState, ConsentStatus, ConversationEvent, ConversationEventType, ConversationState,
+    DeadLetter, DeadLetterErrorKind, DeliveryStatus, EventSource, OperationKind, OutboundOperation,
+    PRIORITY_PARAM, Priority, ResponsePurpose, SeenResponse, SegmentConversation,
+    SegmentParticipant, SegmentPending, SegmentState, SegmentStateKind,
 };
 use si_schemas::{Codec, CodecError, Registry, topics};
 use tokio_util::sync::CancellationToken;
 
+use crate::remedy::Policy;
 use crate::{Error, Response, SegmentArgs, SegmentConfig, Timing, plan};
+
+mod remediation;
 
 /// The stage name: consumer group `si-segment`, transactional ids
 /// `si-segment-<POD_NAME>`.
@@ -78,6 +83,30 @@ pub struct StageArgs {
     /// UNKNOWN block). Default: only an opt-out blocks (texting first is consent).
     #[arg(long, env = "CONSENT_REQUIRE_OPT_IN", default_value_t = false, action = clap::ArgAction::Set)]
     pub consent_require_opt_in: bool,
+
+    /// Delivery remediation: what to do, by Twilio error code, when a message
+    /// fails after Twilio accepted it (or egress could not send it). Rules
+    /// `CODE=STEP[,STEP…]` separated by `;`; steps `retry:<delay>[*<n>]`,
+    /// `template`, `fallback` (urgent messages only), `give_up`; `*` is the rule
+    /// for other codes. Empty: no remediation (nothing is tracked).
+    #[arg(long, env = "REMEDIATION_POLICY", default_value = crate::remedy::DEFAULT_POLICY)]
+    pub remediation_policy: String,
+
+    /// Most remediation decisions per message (retries, template, fallback).
+    #[arg(long, env = "REMEDIATION_MAX", default_value_t = 5)]
+    pub remediation_max: u32,
+
+    /// How long a sent message is remembered for remediation: a failure
+    /// reported later is only recorded. Twilio's messages expire after their
+    /// validity period (4 hours by default), so reports come within it.
+    #[arg(long, env = "REMEDIATION_WINDOW", default_value = "6h", value_parser = humantime::parse_duration)]
+    pub remediation_window: Duration,
+
+    /// The SMS sender urgent WhatsApp messages fall back to: an E.164 number or
+    /// a Messaging Service SID (MG…). Unset: MESSAGING_SERVICE_SID, else the
+    /// WhatsApp sender's own number (a number enabled for both).
+    #[arg(long, env = "SMS_FALLBACK_FROM")]
+    pub sms_fallback_from: Option<String>,
 }
 
 /// Everything `si-segment` reads from flags and the environment.
@@ -132,12 +161,33 @@ impl Config {
                 "MESSAGING_SERVICE_SID must be a Messaging Service SID (MG...), got {sid:?}"
             );
         }
+        let remediation = Policy::parse(&s.remediation_policy, s.remediation_max)
+            .map_err(|e| anyhow::anyhow!("REMEDIATION_POLICY: {e}"))?;
+        anyhow::ensure!(
+            s.remediation_window > Duration::ZERO,
+            "REMEDIATION_WINDOW must be positive"
+        );
+        let sms_fallback_from = s
+            .sms_fallback_from
+            .as_deref()
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned);
+        if let Some(from) = &sms_fallback_from {
+            anyhow::ensure!(
+                from.starts_with("MG") || si_schemas::records::is_e164(from),
+                "SMS_FALLBACK_FROM must be an E.164 number or a Messaging Service SID (MG...), got {from:?}"
+            );
+        }
         Ok(Settings {
             segment,
             dedup_window: s.response_dedup_window,
             conversation_ttl: s.conversation_ttl,
             messaging_service_sid,
             require_opt_in: s.consent_require_opt_in,
+            remediation,
+            remediation_window: s.remediation_window,
+            sms_fallback_from,
         })
     }
 }
@@ -155,6 +205,12 @@ pub struct Settings {
     pub messaging_service_sid: Option<String>,
     /// Whether the consent gate requires an explicit opt-in.
     pub require_opt_in: bool,
+    /// Delivery remediation.
+    pub remediation: Policy,
+    /// How long a sent message is remembered for remediation.
+    pub remediation_window: Duration,
+    /// The SMS sender of fallbacks (E.164 or MG…).
+    pub sms_fallback_from: Option<String>,
 }
 
 impl Settings {
@@ -167,6 +223,10 @@ impl Settings {
             conversation_ttl: Duration::from_secs(30 * 24 * 3600),
             messaging_service_sid: None,
             require_opt_in: false,
+            remediation: Policy::parse(crate::remedy::DEFAULT_POLICY, 5)
+                .unwrap_or_else(|e| unreachable!("the default policy parses: {e}")),
+            remediation_window: Duration::from_secs(6 * 3600),
+            sms_fallback_from: None,
         }
     }
 }
@@ -178,6 +238,8 @@ pub enum SegmentInput {
     Event(Box<ConversationEvent>),
     /// From `si.responses.v1`.
     Response(Box<CognitionResponse>),
+    /// From `twilio.delivery.v1` (egress's statuses, for delivery remediation).
+    Status(Box<DeliveryStatus>),
 }
 
 impl InputRecord for SegmentInput {
@@ -188,6 +250,8 @@ impl InputRecord for SegmentInput {
     ) -> Result<Self, CodecError> {
         if topic == topics::RESPONSES {
             Ok(Self::Response(Box::new(codec.decode(bytes).await?)))
+        } else if topic == topics::DELIVERY {
+            Ok(Self::Status(Box::new(codec.decode(bytes).await?)))
         } else {
             Ok(Self::Event(Box::new(codec.decode(bytes).await?)))
         }
@@ -205,6 +269,8 @@ pub struct SegmentMetrics {
     pub parts: IntCounterVec,
     /// SMS segments of the operations written, by encoding.
     pub sms_segments: IntCounterVec,
+    /// Delivery remediation decisions, by action and Twilio error code.
+    pub remediations: IntCounterVec,
 }
 
 impl SegmentMetrics {
@@ -234,6 +300,14 @@ impl SegmentMetrics {
             ),
             &["encoding"],
         )?;
+        let remediations = IntCounterVec::new(
+            Opts::new(
+                "si_segment_remediations_total",
+                "Delivery remediation decisions, by action (retry_later, template, fallback, give_up, recovered, blocked) and Twilio error code",
+            ),
+            &["action", "code"],
+        )?;
+        registry.register(Box::new(remediations.clone()))?;
         registry.register(Box::new(responses.clone()))?;
         registry.register(Box::new(parts.clone()))?;
         registry.register(Box::new(sms_segments.clone()))?;
@@ -241,6 +315,7 @@ impl SegmentMetrics {
             responses,
             parts,
             sms_segments,
+            remediations,
         })
     }
 
@@ -306,6 +381,18 @@ struct Route {
     messaging_service_sid: Option<String>,
 }
 
+/// A message the consent gate refused: what its BLOCKED_OUTBOUND event names.
+struct Refusal<'a> {
+    /// The response id (or the operation id of a resend).
+    message_ref: &'a str,
+    conversation_id: &'a str,
+    channel: Channel,
+    address: &'a str,
+    scope: &'a str,
+    locale: Option<&'a str>,
+    now: i64,
+}
+
 /// The segment processor.
 pub struct Segmenter {
     settings: Settings,
@@ -334,6 +421,19 @@ impl Segmenter {
         if event.conversation_id.is_empty() {
             return Err(ProcessError::Invalid(
                 "conversation event without conversation_id".into(),
+            ));
+        }
+        if event.event_type == ConversationEventType::DeliveryUpdated {
+            let Some(d) = &event.delivery else {
+                return Ok(Vec::new());
+            };
+            return Ok(self.on_delivery_report(
+                ctx.timestamp_ms,
+                &d.message_sid,
+                d.status,
+                d.error_code,
+                d.error_message.as_deref(),
+                state,
             ));
         }
         let key = conversation_key(&event.conversation_id);
@@ -407,6 +507,8 @@ impl Segmenter {
                 seen_response: None,
                 conversation: Some(conversation),
                 pending: None,
+                sent: None,
+                failure: None,
             },
             self.settings.conversation_ttl,
         );
@@ -448,6 +550,8 @@ impl Segmenter {
                 seen_response: None,
                 conversation: None,
                 pending: Some(pending),
+                sent: None,
+                failure: None,
             },
             Duration::from_millis(u64::try_from(PARK_TIMEOUT_MS * 2).unwrap_or(u64::MAX)),
         );
@@ -577,47 +681,18 @@ impl Segmenter {
                 &route.scope,
                 self.settings.require_opt_in,
             ) {
-                tracing::info!(
-                    conversation_id = %response.conversation_id,
-                    response_id = %response.response_id,
-                    to = %mask_address(&p.channel.address_key(address)),
-                    status = %status,
-                    "response blocked by the consent gate"
-                );
-                let mut details = BTreeMap::new();
-                details.insert("stage".to_owned(), STAGE.to_owned());
-                details.insert("consent_status".to_owned(), status.as_str().to_owned());
-                details.insert(
-                    "require_opt_in".to_owned(),
-                    self.settings.require_opt_in.to_string(),
-                );
-                if let Some(d) = &decision {
-                    details.insert("decision_scope".to_owned(), d.sender_scope.clone());
-                    details.insert("decided_at".to_owned(), d.decided_at.to_string());
-                    if let Some(r) = &d.event_ref {
-                        details.insert("decision_ref".to_owned(), r.clone());
-                    }
-                }
-                let event = ComplianceEvent {
-                    event_id: blocked_event_id(&response.response_id, p.channel, address),
-                    kind: ComplianceEventKind::BlockedOutbound,
-                    source: decision
-                        .as_ref()
-                        .map_or(ComplianceSource::Unknown, |d| d.source),
-                    address: address.to_owned(),
-                    channel: p.channel,
-                    sender_scope: Some(route.scope.clone()),
-                    conversation_id: Some(response.conversation_id.clone()),
-                    message_ref: Some(response.response_id.clone()),
-                    keyword: None,
-                    locale: locale.clone(),
-                    at: now,
-                    details,
-                };
-                blocked.push(Output::new(
-                    topics::COMPLIANCE,
-                    p.channel.address_key(address),
-                    event,
+                blocked.push(self.blocked_outbound(
+                    &Refusal {
+                        message_ref: &response.response_id,
+                        conversation_id: &response.conversation_id,
+                        channel: p.channel,
+                        address,
+                        scope: &route.scope,
+                        locale: locale.as_deref(),
+                        now,
+                    },
+                    status,
+                    decision.as_ref(),
                 ));
             }
         }
@@ -684,6 +759,17 @@ impl Segmenter {
                 traceparent: response.traceparent.clone(),
             };
             part.apply_to(&mut op);
+            if let Some(priority) = response
+                .hints
+                .as_ref()
+                .map(|h| h.priority)
+                .filter(|p| *p != Priority::Normal)
+            {
+                op.params
+                    .insert(PRIORITY_PARAM.to_owned(), priority.as_str().to_owned());
+            }
+            let origin = op.operation_id.clone();
+            self.track(state, &op, &origin, 0, BTreeMap::new());
             self.metrics
                 .parts
                 .with_label_values(&[route.channel.key_prefix(), route.kind.as_str()])
@@ -708,6 +794,55 @@ impl Segmenter {
         Ok(outputs)
     }
 
+    /// The BLOCKED_OUTBOUND compliance event of a refused message.
+    fn blocked_outbound(
+        &self,
+        refusal: &Refusal<'_>,
+        status: ConsentStatus,
+        decision: Option<&Arc<ConsentState>>,
+    ) -> Output {
+        tracing::info!(
+            conversation_id = %refusal.conversation_id,
+            message_ref = %refusal.message_ref,
+            to = %mask_address(&refusal.channel.address_key(refusal.address)),
+            status = %status,
+            "message blocked by the consent gate"
+        );
+        let mut details = BTreeMap::new();
+        details.insert("stage".to_owned(), STAGE.to_owned());
+        details.insert("consent_status".to_owned(), status.as_str().to_owned());
+        details.insert(
+            "require_opt_in".to_owned(),
+            self.settings.require_opt_in.to_string(),
+        );
+        if let Some(d) = decision {
+            details.insert("decision_scope".to_owned(), d.sender_scope.clone());
+            details.insert("decided_at".to_owned(), d.decided_at.to_string());
+            if let Some(r) = &d.event_ref {
+                details.insert("decision_ref".to_owned(), r.clone());
+            }
+        }
+        let event = ComplianceEvent {
+            event_id: blocked_event_id(refusal.message_ref, refusal.channel, refusal.address),
+            kind: ComplianceEventKind::BlockedOutbound,
+            source: decision.map_or(ComplianceSource::Unknown, |d| d.source),
+            address: refusal.address.to_owned(),
+            channel: refusal.channel,
+            sender_scope: Some(refusal.scope.to_owned()),
+            conversation_id: Some(refusal.conversation_id.to_owned()),
+            message_ref: Some(refusal.message_ref.to_owned()),
+            keyword: None,
+            locale: refusal.locale.map(str::to_owned),
+            at: refusal.now,
+            details,
+        };
+        Output::new(
+            topics::COMPLIANCE,
+            refusal.channel.address_key(refusal.address),
+            event,
+        )
+    }
+
     fn remember(
         &self,
         state: &mut StateStore<SegmentState>,
@@ -728,6 +863,8 @@ impl Segmenter {
                 }),
                 conversation: None,
                 pending: None,
+                sent: None,
+                failure: None,
             },
             self.settings.dedup_window,
         );
@@ -805,6 +942,9 @@ impl Processor for Segmenter {
         ctx: &TimerContext<'_>,
         state: &mut StateStore<SegmentState>,
     ) -> Result<Vec<Output>, ProcessError> {
+        if ctx.key.starts_with("retry|") {
+            return Ok(self.on_retry_timer(ctx.now_ms, ctx.key, state));
+        }
         let Some(pending) = state.get(ctx.key).and_then(|s| s.pending.clone()) else {
             return Ok(Vec::new());
         };
@@ -834,6 +974,7 @@ impl Processor for Segmenter {
         match input {
             SegmentInput::Event(event) => self.on_event(ctx, &event, state),
             SegmentInput::Response(response) => self.on_response(ctx, &response, state),
+            SegmentInput::Status(status) => Ok(self.on_status(ctx.timestamp_ms, &status, state)),
         }
     }
 }
@@ -1016,7 +1157,11 @@ async fn run_stream(
     };
     let spec = StreamSpec {
         stage: STAGE,
-        inputs: vec![topics::CONVERSATION_EVENTS, topics::RESPONSES],
+        inputs: vec![
+            topics::CONVERSATION_EVENTS,
+            topics::RESPONSES,
+            topics::DELIVERY,
+        ],
         changelog: topics::SEGMENT_STATE,
         state_ttl: conversation_ttl,
     };
@@ -1029,8 +1174,9 @@ async fn run_stream(
 mod tests {
     use si_runtime::table::GlobalTable;
     use si_schemas::records::{
-        ConsentState, ConsentStatus, EventSource, LocaleSource, MediaRef, Participant, StateChange,
-        TextEncoding,
+        ConsentState, ConsentStatus, DeliveryOutcome, DeliveryState, DeliveryUpdate, EventSource,
+        LocaleSource, MediaRef, Participant, RESEND_OF_PARAM, RemediationAction, SegmentationHints,
+        StateChange, TextEncoding,
     };
 
     use super::*;
@@ -1172,6 +1318,7 @@ mod tests {
             let topic = match input {
                 SegmentInput::Event(_) => topics::CONVERSATION_EVENTS,
                 SegmentInput::Response(_) => topics::RESPONSES,
+                SegmentInput::Status(_) => topics::DELIVERY,
             };
             self.state.set_now(at);
             self.processor
@@ -1687,5 +1834,367 @@ mod tests {
             )
             .unwrap_err();
         assert!(matches!(err, ProcessError::Invalid(_)));
+    }
+
+    // ------------------------------------------------------- remediation
+
+    fn accepted(op: &OutboundOperation, sid: &str) -> SegmentInput {
+        SegmentInput::Status(Box::new(DeliveryStatus {
+            operation_id: op.operation_id.clone(),
+            conversation_id: op.conversation_id.clone(),
+            outcome: DeliveryOutcome::Accepted,
+            twilio_sid: Some(sid.into()),
+            segments: None,
+            error_code: None,
+            error_message: None,
+            attempts: 1,
+            response_id: op.response_id.clone(),
+            part_index: Some(op.part_index),
+            part_count: Some(op.part_count),
+            kind: Some(op.kind),
+            body: op.body.clone(),
+            resend_of: op.params.get(RESEND_OF_PARAM).cloned(),
+            remediation: None,
+            at: T0,
+        }))
+    }
+
+    fn report(
+        conversation: &str,
+        sid: &str,
+        status: DeliveryState,
+        code: Option<i32>,
+    ) -> SegmentInput {
+        let mut e = event(
+            conversation,
+            ConversationEventType::DeliveryUpdated,
+            None,
+            T0,
+        );
+        e.delivery = Some(DeliveryUpdate {
+            message_sid: sid.into(),
+            channel_message_sid: None,
+            status,
+            error_code: code,
+            error_message: code.map(|c| format!("error {c} for {USER}")),
+        });
+        SegmentInput::Event(Box::new(e))
+    }
+
+    fn urgent(mut r: CognitionResponse) -> CognitionResponse {
+        r.hints = Some(SegmentationHints {
+            max_parts: None,
+            keep_paragraphs: None,
+            priority: Priority::High,
+            allow_truncation: None,
+        });
+        r
+    }
+
+    fn split(out: &[Output]) -> (Vec<DeliveryStatus>, Vec<OutboundOperation>) {
+        let statuses = out
+            .iter()
+            .filter(|o| o.topic() == topics::DELIVERY)
+            .map(|o| o.record::<DeliveryStatus>().unwrap().clone())
+            .collect();
+        let ops = out
+            .iter()
+            .filter(|o| o.topic() == topics::OUTBOUND)
+            .map(|o| o.record::<OutboundOperation>().unwrap().clone())
+            .collect();
+        (statuses, ops)
+    }
+
+    #[test]
+    fn whatsapp_63016_is_resent_as_the_template_and_its_delivery_ends_the_chain() {
+        let mut h = Harness::new();
+        h.event(inbound(PM, Channel::Whatsapp, T0));
+        let op = h.ops(response("r-1", PM, "Hello"), T0 + 10).remove(0);
+        assert!(op.content_sid.is_none());
+        assert!(h.feed(accepted(&op, "SM1"), T0 + 20).unwrap().is_empty());
+        // Twilio reports it undelivered: outside the window.
+        let out = h
+            .feed(
+                report(PM, "SM1", DeliveryState::Undelivered, Some(63016)),
+                T0 + 30,
+            )
+            .unwrap();
+        let (statuses, ops) = split(&out);
+        assert_eq!(statuses.len(), 1);
+        let r = statuses[0].remediation.clone().unwrap();
+        assert_eq!(r.action, RemediationAction::ResendAsTemplate);
+        assert_eq!(r.origin_operation_id, "r-1:0");
+        assert_eq!(r.next_operation_id.as_deref(), Some("r-1:0#1"));
+        assert!(!r.terminal);
+        assert_eq!(statuses[0].operation_id, "r-1:0");
+        assert_eq!(statuses[0].outcome, DeliveryOutcome::Failed);
+        assert_eq!(statuses[0].error_code, Some(63016));
+        assert!(
+            !statuses[0].error_message.as_deref().unwrap().contains(USER),
+            "Twilio's text is scrubbed"
+        );
+        assert_eq!(ops.len(), 1);
+        let template = &ops[0];
+        assert_eq!(template.operation_id, "r-1:0#1");
+        assert_eq!(
+            template.content_sid.as_deref(),
+            Some("HX0123456789abcdef0123456789abcdef")
+        );
+        assert!(template.body.is_none());
+        assert_eq!(template.params[RESEND_OF_PARAM], "r-1:0");
+        assert_eq!(
+            template.sender_key, op.sender_key,
+            "same sender, same partition"
+        );
+        // A repeated report of the first attempt does nothing more.
+        assert!(
+            h.feed(
+                report(PM, "SM1", DeliveryState::Undelivered, Some(63016)),
+                T0 + 31
+            )
+            .unwrap()
+            .iter()
+            .all(|o| o.topic() != topics::OUTBOUND)
+        );
+        // The template is delivered: the chain ends RECOVERED.
+        assert!(
+            h.feed(accepted(template, "SM2"), T0 + 40)
+                .unwrap()
+                .is_empty()
+        );
+        let out = h
+            .feed(report(PM, "SM2", DeliveryState::Delivered, None), T0 + 50)
+            .unwrap();
+        let (statuses, ops) = split(&out);
+        assert!(ops.is_empty());
+        let r = statuses[0].remediation.clone().unwrap();
+        assert_eq!(r.action, RemediationAction::Recovered);
+        assert!(r.terminal);
+        assert_eq!(statuses[0].operation_id, "r-1:0#1");
+        assert_eq!(statuses[0].resend_of.as_deref(), Some("r-1:0"));
+        assert!(
+            h.state.get(&remediation::sid_key("SM2")).is_none(),
+            "forgotten"
+        );
+    }
+
+    #[test]
+    fn an_urgent_whatsapp_message_falls_back_to_sms_and_a_normal_one_gives_up() {
+        let mut h = Harness::new();
+        h.event(inbound(PM, Channel::Whatsapp, T0));
+        let op = h
+            .ops(urgent(response("r-1", PM, "Your code is 1234")), T0 + 10)
+            .remove(0);
+        assert_eq!(op.params[PRIORITY_PARAM], "HIGH");
+        h.feed(accepted(&op, "SM1"), T0 + 20).unwrap();
+        let out = h
+            .feed(
+                report(PM, "SM1", DeliveryState::Failed, Some(63024)),
+                T0 + 30,
+            )
+            .unwrap();
+        let (statuses, ops) = split(&out);
+        assert_eq!(
+            statuses[0].remediation.as_ref().unwrap().action,
+            RemediationAction::FallbackChannel
+        );
+        assert_eq!(
+            statuses[0].remediation.as_ref().unwrap().channel,
+            Some(Channel::Sms)
+        );
+        let sms = &ops[0];
+        assert_eq!(sms.channel, Channel::Sms);
+        assert_eq!(sms.kind, OperationKind::SendMessage);
+        assert_eq!(sms.to.as_deref(), Some(USER));
+        assert_eq!(sms.from.as_deref(), Some(OURS));
+        assert_eq!(sms.sender_key, format!("sms:{OURS}"));
+        assert_eq!(sms.body.as_deref(), Some("Your code is 1234"));
+        assert_eq!(sms.segments, Some(1));
+        assert_eq!(sms.operation_id, "r-1:0#1");
+
+        let op = h.ops(response("r-2", PM, "Later"), T0 + 40).remove(0);
+        h.feed(accepted(&op, "SM3"), T0 + 50).unwrap();
+        let out = h
+            .feed(
+                report(PM, "SM3", DeliveryState::Failed, Some(63024)),
+                T0 + 60,
+            )
+            .unwrap();
+        let (statuses, ops) = split(&out);
+        assert!(ops.is_empty());
+        let r = statuses[0].remediation.clone().unwrap();
+        assert_eq!(r.action, RemediationAction::GiveUp);
+        assert!(r.terminal);
+        assert!(r.reason.contains("not urgent"), "{}", r.reason);
+    }
+
+    #[test]
+    fn a_fallback_to_an_sms_opted_out_user_is_blocked() {
+        let local = vec![consent("*", ConsentStatus::OptedOut, T0 - 1000)];
+        let mut h = Harness::with(Settings::for_test(config()), gate(local));
+        h.event(inbound(PM, Channel::Whatsapp, T0));
+        let op = h
+            .ops(urgent(response("r-1", PM, "Urgent")), T0 + 10)
+            .remove(0);
+        h.feed(accepted(&op, "SM1"), T0 + 20).unwrap();
+        let out = h
+            .feed(
+                report(PM, "SM1", DeliveryState::Failed, Some(63024)),
+                T0 + 30,
+            )
+            .unwrap();
+        let (statuses, ops) = split(&out);
+        assert!(ops.is_empty(), "no SMS to an opted-out user");
+        let r = statuses[0].remediation.clone().unwrap();
+        assert_eq!(r.action, RemediationAction::GiveUp);
+        assert!(r.reason.contains("consent"), "{}", r.reason);
+        let blocked = out
+            .iter()
+            .find(|o| o.topic() == topics::COMPLIANCE)
+            .and_then(|o| o.record::<ComplianceEvent>())
+            .unwrap();
+        assert_eq!(blocked.kind, ComplianceEventKind::BlockedOutbound);
+        assert_eq!(blocked.channel, Channel::Sms);
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_on_a_timer_with_the_consent_gate_again() {
+        let mut h = Harness::new();
+        h.event(inbound(PM, Channel::Sms, T0));
+        let op = h.ops(response("r-1", PM, "Hello"), T0 + 10).remove(0);
+        h.feed(accepted(&op, "SM1"), T0 + 20).unwrap();
+        let out = h
+            .feed(
+                report(PM, "SM1", DeliveryState::Undelivered, Some(30001)),
+                T0 + 30,
+            )
+            .unwrap();
+        let (statuses, ops) = split(&out);
+        assert!(ops.is_empty(), "nothing before the delay");
+        let r = statuses[0].remediation.clone().unwrap();
+        assert_eq!(r.action, RemediationAction::RetryLater);
+        assert_eq!(r.not_before, Some(T0 + 30 + 60_000));
+        let key = remediation::retry_key("r-1:0#1");
+        assert!(h.state.due_timers(T0 + 30 + 59_999, usize::MAX).is_empty());
+        assert_eq!(
+            h.state.due_timers(T0 + 30 + 60_000, usize::MAX),
+            vec![key.clone()]
+        );
+        let due_at_ms = h.state.cancel_timer(&key).unwrap();
+        let ctx = TimerContext {
+            partition: 0,
+            key: &key,
+            due_at_ms,
+            now_ms: T0 + 30 + 60_000,
+        };
+        let out = h.processor.on_timer(&ctx, &mut h.state).unwrap();
+        let (_, ops) = split(&out);
+        assert_eq!(ops[0].operation_id, "r-1:0#1");
+        assert_eq!(ops[0].body.as_deref(), Some("Hello"));
+        assert_eq!(ops[0].params[RESEND_OF_PARAM], "r-1:0");
+        // Three retries (the default rule for 30001), then it gives up.
+        let mut last = ops[0].clone();
+        for n in 2..=4 {
+            h.feed(accepted(&last, &format!("SM{n}")), T0).unwrap();
+            let out = h
+                .feed(
+                    report(
+                        PM,
+                        &format!("SM{n}"),
+                        DeliveryState::Undelivered,
+                        Some(30001),
+                    ),
+                    T0,
+                )
+                .unwrap();
+            let (statuses, _) = split(&out);
+            let r = statuses[0].remediation.clone().unwrap();
+            if n == 4 {
+                assert_eq!(r.action, RemediationAction::GiveUp, "{}", r.reason);
+                break;
+            }
+            assert_eq!(r.action, RemediationAction::RetryLater);
+            let key = remediation::retry_key(&format!("r-1:0#{n}"));
+            let due_at_ms = h.state.cancel_timer(&key).unwrap();
+            let ctx = TimerContext {
+                partition: 0,
+                key: &key,
+                due_at_ms,
+                now_ms: due_at_ms,
+            };
+            last = split(&h.processor.on_timer(&ctx, &mut h.state).unwrap())
+                .1
+                .remove(0);
+        }
+    }
+
+    #[test]
+    fn a_failure_report_ahead_of_egress_status_waits_for_it() {
+        let mut h = Harness::new();
+        h.event(inbound(PM, Channel::Whatsapp, T0));
+        let op = h.ops(response("r-1", PM, "Hello"), T0 + 10).remove(0);
+        assert!(
+            h.feed(
+                report(PM, "SM1", DeliveryState::Undelivered, Some(63016)),
+                T0 + 15
+            )
+            .unwrap()
+            .is_empty()
+        );
+        let out = h.feed(accepted(&op, "SM1"), T0 + 20).unwrap();
+        let (statuses, ops) = split(&out);
+        assert_eq!(
+            statuses[0].remediation.as_ref().unwrap().action,
+            RemediationAction::ResendAsTemplate
+        );
+        assert_eq!(ops.len(), 1);
+    }
+
+    #[test]
+    fn egress_failures_are_remedied_and_remediation_records_are_not() {
+        let mut h = Harness::new();
+        h.event(inbound(PM, Channel::Whatsapp, T0));
+        let op = h
+            .ops(urgent(response("r-1", PM, "Hello")), T0 + 10)
+            .remove(0);
+        let SegmentInput::Status(mut failed) = accepted(&op, "SM1") else {
+            unreachable!()
+        };
+        failed.outcome = DeliveryOutcome::DeadLettered;
+        failed.twilio_sid = None;
+        let out = h
+            .feed(SegmentInput::Status(failed.clone()), T0 + 20)
+            .unwrap();
+        let (statuses, ops) = split(&out);
+        assert_eq!(
+            statuses[0].remediation.as_ref().unwrap().action,
+            RemediationAction::FallbackChannel
+        );
+        assert_eq!(ops[0].channel, Channel::Sms);
+        // Its own records come back on its input: ignored.
+        let again = SegmentInput::Status(Box::new(statuses[0].clone()));
+        assert!(h.feed(again, T0 + 21).unwrap().is_empty());
+        assert_eq!(
+            h.metrics
+                .remediations
+                .with_label_values(&["fallback", "none"])
+                .get(),
+            1
+        );
+    }
+
+    #[test]
+    fn without_a_policy_nothing_is_tracked() {
+        let mut settings = Settings::for_test(config());
+        settings.remediation = crate::remedy::Policy::parse("", 5).unwrap();
+        let mut h = Harness::with(settings, gate(Vec::new()));
+        h.event(inbound(PM, Channel::Sms, T0));
+        let op = h.ops(response("r-1", PM, "Hello"), T0 + 10).remove(0);
+        assert!(
+            h.state
+                .get(&remediation::op_key(&op.operation_id))
+                .is_none()
+        );
+        assert!(h.feed(accepted(&op, "SM1"), T0 + 20).unwrap().is_empty());
     }
 }

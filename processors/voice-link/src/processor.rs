@@ -633,6 +633,11 @@ impl VoiceLinkProcessor {
         state: &mut StateStore<VoiceLinkState>,
     ) -> Vec<Output> {
         let now = ctx.timestamp_ms;
+        // Segment's remediation records and the resends they lead to repeat a
+        // message the transcript already has.
+        if status.remediation.is_some() || status.resend_of.is_some() {
+            return Vec::new();
+        }
         let key = conversation_key(&status.conversation_id);
         let Some(mut conversation) = state.get(&key).cloned() else {
             return Vec::new();
@@ -1577,11 +1582,7 @@ fn operation(
     }
 }
 
-fn is_e164(address: &str) -> bool {
-    address.strip_prefix('+').is_some_and(|digits| {
-        (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
-    })
-}
+use si_schemas::records::is_e164;
 
 #[cfg(test)]
 #[path = "processor_tests.rs"]

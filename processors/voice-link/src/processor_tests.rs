@@ -139,6 +139,8 @@ fn delivered(operation: &str, kind: OperationKind, sid: &str) -> DeliveryStatus 
         part_count: Some(1),
         kind: Some(kind),
         body: None,
+        resend_of: None,
+        remediation: None,
         at: T0,
     }
 }
@@ -336,6 +338,8 @@ fn an_accepted_call_is_on_the_record_and_in_the_transcript_in_order() {
             part_index: Some(i32::try_from(index).unwrap()),
             part_count: Some(2),
             body: Some((*part).into()),
+            resend_of: None,
+            remediation: None,
             ..delivered(
                 &format!("r-1-{index}"),
                 OperationKind::SendMessage,
@@ -754,6 +758,8 @@ fn a_response_with_a_failed_part_records_what_twilio_accepted() {
         part_index: Some(index),
         part_count: Some(2),
         body: (outcome == DeliveryOutcome::Accepted).then(|| format!("part {index}")),
+        resend_of: None,
+        remediation: None,
         ..delivered(&format!("r-1-{index}"), OperationKind::SendMessage, "SM1")
     };
     assert!(entries(&h.deliver(part(1, DeliveryOutcome::Failed), T0 + 1)).is_empty());

@@ -244,6 +244,8 @@ impl Conv {
             part_count: Some(1),
             kind: Some(kind),
             body: None,
+            resend_of: None,
+            remediation: None,
             at: now_ms(),
         }
     }
@@ -256,6 +258,8 @@ impl Conv {
                 part_index: Some(i32::try_from(index).unwrap()),
                 part_count: Some(i32::try_from(REPLY.len()).unwrap()),
                 body: Some(REPLY[index].into()),
+                resend_of: None,
+                remediation: None,
                 ..self.delivered(
                     format!("{}:{index}", self.response_id),
                     OperationKind::SendMessage,

@@ -98,3 +98,14 @@ avro_enum! {
         Unknown = "UNKNOWN",
     }
 }
+
+/// Whether `address` is an E.164 number as addresses are stored here (no
+/// channel prefix): `+`, a non-zero digit, 7 to 15 digits in all.
+#[must_use]
+pub fn is_e164(address: &str) -> bool {
+    address.strip_prefix('+').is_some_and(|digits| {
+        (7..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0')
+    })
+}

@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 /// The single terminal outcome of one `OutboundOperation`, written by egress:
-/// every `operation_id` gets exactly one, so nothing is dropped silently.
-/// Keyed by conversation id.
+/// every `operation_id` gets exactly one with `remediation` `None`, so nothing
+/// is dropped silently. Segment's delivery remediation writes further records
+/// (`remediation` set), one per decision. Keyed by conversation id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryStatus {
     /// The `OutboundOperation` this is the outcome of.
@@ -36,8 +37,56 @@ pub struct DeliveryStatus {
     /// The text sent in this operation, exactly as sent.
     #[serde(default)]
     pub body: Option<String>,
+    /// For a resend by segment's remediation: the chain's first operation.
+    #[serde(default)]
+    pub resend_of: Option<String>,
+    /// Set only on segment's remediation records.
+    #[serde(default)]
+    pub remediation: Option<Remediation>,
     /// When egress reached the outcome (ms since the epoch).
     pub at: i64,
+}
+
+/// A decision of segment's delivery remediation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Remediation {
+    /// The first operation of the chain.
+    pub origin_operation_id: String,
+    /// Remediations decided in the chain so far, this one included.
+    pub attempt: i32,
+    /// The decision.
+    pub action: RemediationAction,
+    /// The resend's operation id.
+    #[serde(default)]
+    pub next_operation_id: Option<String>,
+    /// Channel of the resend.
+    #[serde(default)]
+    pub channel: Option<super::Channel>,
+    /// RETRY_LATER: when the resend is written (ms since the epoch).
+    #[serde(default)]
+    pub not_before: Option<i64>,
+    /// The chain's last record.
+    pub terminal: bool,
+    /// Why, for people.
+    pub reason: String,
+}
+
+avro_enum! {
+    /// What delivery remediation decided.
+    pub enum RemediationAction (default Unknown) {
+        /// The same message again after a delay.
+        RetryLater = "RETRY_LATER",
+        /// The approved WhatsApp template instead of the text.
+        ResendAsTemplate = "RESEND_AS_TEMPLATE",
+        /// An urgent message on the user's other channel.
+        FallbackChannel = "FALLBACK_CHANNEL",
+        /// Nothing more is tried (terminal).
+        GiveUp = "GIVE_UP",
+        /// A resend of the chain was delivered (terminal).
+        Recovered = "RECOVERED",
+        /// A symbol newer than this build (the default).
+        Unknown = "UNKNOWN",
+    }
 }
 
 crate::avro_record!(DeliveryStatus, "delivery_status.avsc");
@@ -67,6 +116,8 @@ impl DeliveryStatus {
             part_count: None,
             kind: None,
             body: None,
+            resend_of: None,
+            remediation: None,
             at,
         }
     }

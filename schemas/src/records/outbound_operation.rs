@@ -120,3 +120,11 @@ pub struct CallRequest {
     /// `MachineDetection` value (`Enable` or `DetectMessageEnd`).
     pub machine_detection: Option<String>,
 }
+
+/// `params` entry naming the sending priority of a message (`LOW`, `NORMAL`,
+/// `HIGH`); `HIGH` makes it urgent for delivery remediation. Never sent to Twilio.
+pub const PRIORITY_PARAM: &str = "si.priority";
+
+/// `params` entry of a resend by delivery remediation: the `operation_id` of
+/// the chain's first operation. Never sent to Twilio.
+pub const RESEND_OF_PARAM: &str = "si.resend_of";

@@ -19,6 +19,67 @@ pub struct SegmentState {
     /// Set for PENDING_RESPONSES.
     #[serde(default)]
     pub pending: Option<SegmentPending>,
+    /// Set for SENT_OPERATION.
+    #[serde(default)]
+    pub sent: Option<SegmentSent>,
+    /// Set for DELIVERY_FAILURE.
+    #[serde(default)]
+    pub failure: Option<SegmentDeliveryFailure>,
+}
+
+impl SegmentState {
+    /// An entry of `kind` with no payload yet.
+    #[must_use]
+    pub fn empty(kind: SegmentStateKind) -> Self {
+        Self {
+            kind,
+            seen_response: None,
+            conversation: None,
+            pending: None,
+            sent: None,
+            failure: None,
+        }
+    }
+}
+
+/// A message segment wrote (or a resend of it), kept for delivery remediation
+/// (keys `op|<operation id>`, then `sid|<Twilio SID>`; `retry|<operation id>`
+/// for a resend waiting for its time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentSent {
+    /// This attempt's operation id.
+    pub operation_id: String,
+    /// The chain's first operation.
+    pub origin_operation_id: String,
+    /// Remediations decided in the chain before this attempt (0: the original).
+    pub attempt: i32,
+    /// The `OutboundOperation` as written, as JSON.
+    pub operation_json: String,
+    /// The response asked for priority HIGH.
+    #[serde(default)]
+    pub urgent: bool,
+    /// The SID Twilio gave the attempt, once egress reported it.
+    #[serde(default)]
+    pub twilio_sid: Option<String>,
+    /// Policy steps used per error code (`*` for the default rule).
+    #[serde(default)]
+    pub steps_used: std::collections::BTreeMap<String, i32>,
+    /// For a resend waiting: when it is written (ms since the epoch).
+    #[serde(default)]
+    pub not_before: Option<i64>,
+}
+
+/// A failed delivery report ahead of egress's status naming its SID (key `dlr|<SID>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentDeliveryFailure {
+    /// The SID the report is about.
+    pub message_sid: String,
+    /// Twilio's error code.
+    pub error_code: Option<i32>,
+    /// Twilio's error text.
+    pub error_message: Option<String>,
+    /// Record time of the report (ms since the epoch).
+    pub at: i64,
 }
 
 /// Responses that arrived before any event of their conversation, parked
@@ -45,6 +106,10 @@ avro_enum! {
         Conversation = "CONVERSATION",
         /// Responses waiting for their conversation's first event (`pending`).
         PendingResponses = "PENDING_RESPONSES",
+        /// A message kept for delivery remediation (`sent`).
+        SentOperation = "SENT_OPERATION",
+        /// A failure report ahead of egress's status (`failure`).
+        DeliveryFailure = "DELIVERY_FAILURE",
         /// A symbol newer than this build (the default); ignored.
         Unknown = "UNKNOWN",
     }

@@ -34,7 +34,7 @@
 //! | 20001 | 400 | Conversations: a required parameter missing |
 //! | 50416 | 409 | Participants: the address/proxy pair is already in an active conversation |
 //!
-//! **Invalid numbers (21211)**: a `To` that is not E.164 (`+` and 8 to 15
+//! **Invalid numbers (21211)**: a `To` that is not E.164 (`+` and 7 to 15
 //! digits, after an optional `whatsapp:`/`sms:` prefix), Twilio's magic test
 //! number `+15005550001`, and every number in [`SandboxConfig::invalid_numbers`]
 //! (`SANDBOX_INVALID_NUMBERS`). **Opted out (21610)**: Twilio's magic number

@@ -78,16 +78,10 @@ pub fn sid(prefix: &str) -> String {
 }
 
 /// Whether `address` (after an optional `whatsapp:`/`sms:`/`mms:` prefix) is
-/// E.164: `+`, a non-zero digit, 8 to 15 digits in all.
+/// E.164 (`si_schemas::records::is_e164`).
 #[must_use]
 pub fn is_e164(address: &str) -> bool {
-    let number = bare_number(address);
-    let Some(digits) = number.strip_prefix('+') else {
-        return false;
-    };
-    (8..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
+    si_schemas::records::is_e164(bare_number(address))
 }
 
 /// The number without a channel prefix.
@@ -210,7 +204,7 @@ mod tests {
         assert!(is_e164("+14155550100"));
         assert!(is_e164("whatsapp:+5215512345678"));
         assert!(!is_e164("4155550100"));
-        assert!(!is_e164("+1415555"));
+        assert!(!is_e164("+141555"));
         assert!(!is_e164("+0123456789"));
         assert!(!is_e164("+1415555010a"));
         assert!(!is_e164("+1234567890123456"));
