@@ -1599,6 +1599,7 @@ fn rust_enums_carry_exactly_the_schema_symbols() {
         enum_matches::<ResponsePurpose>(&schema),
         enum_matches::<LifecyclePhase>(&schema),
         enum_matches::<TranscriptEntryKind>(&schema),
+        enum_matches::<RemediationAction>(&schema),
     ];
     let missing: Vec<&String> = schema.keys().filter(|n| !covered.contains(n)).collect();
     assert!(
