@@ -59,6 +59,19 @@ impl Endpoints {
     }
 }
 
+/// The status callback URL of a message: the configured one with the
+/// operation's conversation and id, so ingress keys the callbacks by the
+/// conversation the message belongs to (whatever its addresses: an SMS
+/// fallback of a WhatsApp conversation reports to that conversation) and
+/// the report names its operation.
+fn status_callback(base: &str, op: &OutboundOperation) -> String {
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("conversation", &op.conversation_id)
+        .append_pair("operation", &op.operation_id)
+        .finish();
+    format!("{base}?{query}")
+}
+
 /// An address as Twilio wants it: `whatsapp:+1…` on WhatsApp, plain E.164 otherwise.
 fn address(channel: Channel, e164: &str) -> String {
     if channel == Channel::Whatsapp && !e164.starts_with("whatsapp:") {
@@ -184,7 +197,7 @@ pub fn build_request(
             if let Some(callback) = &endpoints.status_callback
                 && !op.params.contains_key("StatusCallback")
             {
-                push(&mut form, "StatusCallback", callback.clone());
+                push(&mut form, "StatusCallback", status_callback(callback, op));
             }
             format!(
                 "{}/2010-04-01/Accounts/{}/Messages.json",
@@ -543,7 +556,7 @@ mod tests {
                 ("MediaUrl", "https://m/2.png"),
                 (
                     "StatusCallback",
-                    "https://si.example.com/twilio/messaging/status"
+                    "https://si.example.com/twilio/messaging/status?conversation=CH0123&operation=op-1"
                 ),
                 ("ValidityPeriod", "600"),
             ]

@@ -1209,7 +1209,7 @@ fn segment_state_conversation() -> SegmentState {
         }),
         pending: None,
         sent: None,
-        failure: None,
+        report: None,
     }
 }
 
@@ -1238,8 +1238,9 @@ fn segment_state_seen() -> SegmentState {
             steps_used: [(s("63016"), 1)].into_iter().collect(),
             not_before: Some(T0 + 60_000),
         }),
-        failure: Some(SegmentDeliveryFailure {
+        report: Some(SegmentDeliveryReport {
             message_sid: s("SM00000000000000000000000000000002"),
+            delivered: false,
             error_code: Some(30003),
             error_message: some("Unreachable destination handset"),
             at: T0,

@@ -508,7 +508,7 @@ impl Segmenter {
                 conversation: Some(conversation),
                 pending: None,
                 sent: None,
-                failure: None,
+                report: None,
             },
             self.settings.conversation_ttl,
         );
@@ -551,7 +551,7 @@ impl Segmenter {
                 conversation: None,
                 pending: Some(pending),
                 sent: None,
-                failure: None,
+                report: None,
             },
             Duration::from_millis(u64::try_from(PARK_TIMEOUT_MS * 2).unwrap_or(u64::MAX)),
         );
@@ -864,7 +864,7 @@ impl Segmenter {
                 conversation: None,
                 pending: None,
                 sent: None,
-                failure: None,
+                report: None,
             },
             self.settings.dedup_window,
         );
@@ -2148,6 +2148,33 @@ mod tests {
             RemediationAction::ResendAsTemplate
         );
         assert_eq!(ops.len(), 1);
+    }
+
+    #[test]
+    fn a_resend_delivered_before_egress_status_is_read_still_recovers() {
+        let mut h = Harness::new();
+        h.event(inbound(PM, Channel::Whatsapp, T0));
+        let op = h.ops(response("r-1", PM, "Hello"), T0 + 10).remove(0);
+        h.feed(accepted(&op, "SM1"), T0 + 20).unwrap();
+        let out = h
+            .feed(
+                report(PM, "SM1", DeliveryState::Undelivered, Some(63016)),
+                T0 + 30,
+            )
+            .unwrap();
+        let template = split(&out).1.remove(0);
+        assert!(
+            h.feed(report(PM, "SM2", DeliveryState::Delivered, None), T0 + 40)
+                .unwrap()
+                .is_empty()
+        );
+        let out = h.feed(accepted(&template, "SM2"), T0 + 50).unwrap();
+        let (statuses, _) = split(&out);
+        assert_eq!(
+            statuses[0].remediation.as_ref().unwrap().action,
+            RemediationAction::Recovered
+        );
+        assert!(h.state.get(&remediation::early_key("SM2")).is_none());
     }
 
     #[test]

@@ -22,9 +22,9 @@ pub struct SegmentState {
     /// Set for SENT_OPERATION.
     #[serde(default)]
     pub sent: Option<SegmentSent>,
-    /// Set for DELIVERY_FAILURE.
+    /// Set for DELIVERY_REPORT.
     #[serde(default)]
-    pub failure: Option<SegmentDeliveryFailure>,
+    pub report: Option<SegmentDeliveryReport>,
 }
 
 impl SegmentState {
@@ -37,7 +37,7 @@ impl SegmentState {
             conversation: None,
             pending: None,
             sent: None,
-            failure: None,
+            report: None,
         }
     }
 }
@@ -69,11 +69,14 @@ pub struct SegmentSent {
     pub not_before: Option<i64>,
 }
 
-/// A failed delivery report ahead of egress's status naming its SID (key `dlr|<SID>`).
+/// A final delivery report ahead of egress's status naming its SID (key `dlr|<SID>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SegmentDeliveryFailure {
+pub struct SegmentDeliveryReport {
     /// The SID the report is about.
     pub message_sid: String,
+    /// Delivered or read; false for failed or undelivered.
+    #[serde(default)]
+    pub delivered: bool,
     /// Twilio's error code.
     pub error_code: Option<i32>,
     /// Twilio's error text.
@@ -108,8 +111,8 @@ avro_enum! {
         PendingResponses = "PENDING_RESPONSES",
         /// A message kept for delivery remediation (`sent`).
         SentOperation = "SENT_OPERATION",
-        /// A failure report ahead of egress's status (`failure`).
-        DeliveryFailure = "DELIVERY_FAILURE",
+        /// A final delivery report ahead of egress's status (`report`).
+        DeliveryReport = "DELIVERY_REPORT",
         /// A symbol newer than this build (the default); ignored.
         Unknown = "UNKNOWN",
     }

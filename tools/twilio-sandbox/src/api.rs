@@ -22,7 +22,8 @@ use crate::calls::{
 };
 use crate::player::{self, CallSpec, InboundCall};
 use crate::state::{
-    CallbackRecord, Conversation, Fault, Faults, Participant, RequestRecord, Shared, now_ms,
+    CallbackRecord, Conversation, DeliveryFailure, Fault, Faults, Participant, RequestRecord,
+    Shared, now_ms,
 };
 use crate::twilio::{TwilioError, bare_number, is_e164, iso8601, num_segments, rfc2822, sid};
 use crate::webhook::Method as WebhookMethod;
@@ -53,6 +54,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/_sandbox/calls/{sid}/gather", post(gather_call))
         .route("/_sandbox/calls/{sid}/say", post(say_call))
         .route("/_sandbox/calls/{sid}/hangup", post(hang_up_call))
+        .route(
+            "/_sandbox/delivery-failures",
+            get(get_delivery_failures).put(put_delivery_failures),
+        )
         .route(
             "/_sandbox/call-outcomes",
             get(get_call_outcomes).put(put_call_outcomes),
@@ -242,6 +247,23 @@ async fn say_call(
 
 async fn hang_up_call(State(shared): State<Arc<Shared>>, Path(sid): Path<String>) -> Response {
     steer(&shared, &sid, Control::HangUp)
+}
+
+async fn get_delivery_failures(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.delivery_failures()).into_response()
+}
+
+async fn put_delivery_failures(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Vec<DeliveryFailure>>(&body) {
+        Ok(failures) => {
+            if let Some(error) = failures.iter().find_map(|f| f.validate().err()) {
+                return control_error(error);
+            }
+            shared.set_delivery_failures(failures);
+            axum::Json(shared.delivery_failures()).into_response()
+        }
+        Err(error) => control_error(error.to_string()),
+    }
 }
 
 async fn get_call_outcomes(State(shared): State<Arc<Shared>>) -> Response {
@@ -653,12 +675,21 @@ fn create_message(shared: &Shared, form: &Form) -> Result<Created, TwilioError> 
             .as_ref()
             .map(|w| format!("{}{MESSAGING_STATUS_PATH}", w.public_base()))
     });
+    let failure = shared.delivery_failure(to, content.is_some());
+    let last = failure.as_ref().map_or("delivered", |f| f.status.as_str());
     let callbacks = match (shared.config.callbacks, target) {
-        (true, Some(signed_url)) => ["sent", "delivered"]
+        (true, Some(signed_url)) => ["sent", last]
             .iter()
-            .map(|status| Callback {
-                signed_url: signed_url.clone(),
-                params: message_status_params(account, &message_sid, to, from, service, status),
+            .map(|status| {
+                let mut params =
+                    message_status_params(account, &message_sid, to, from, service, status);
+                if let Some(f) = failure.as_ref().filter(|_| *status == last) {
+                    params.push(("ErrorCode".to_owned(), f.error_code.to_string()));
+                }
+                Callback {
+                    signed_url: signed_url.clone(),
+                    params,
+                }
             })
             .collect(),
         _ => Vec::new(),

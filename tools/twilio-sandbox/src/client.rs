@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::calls::{CallOutcomes, CallRecord, GatherAnswer, Outcome, Speaker};
 use crate::player::InboundCall;
+use crate::state::DeliveryFailure;
 
 /// The control API of a sandbox at `base_url`.
 #[derive(Debug, Clone)]
@@ -135,6 +136,20 @@ impl SandboxClient {
         )
         .await
         .map(drop)
+    }
+
+    /// Replaces the delivery failures.
+    ///
+    /// # Errors
+    /// When the sandbox does not answer or refuses them.
+    pub async fn set_delivery_failures(&self, failures: &[DeliveryFailure]) -> anyhow::Result<()> {
+        let request = self
+            .http
+            .put(format!("{}/_sandbox/delivery-failures", self.base))
+            .json(failures);
+        self.send::<Vec<DeliveryFailure>>(request, "setting delivery failures")
+            .await
+            .map(drop)
     }
 
     /// How new calls ring.

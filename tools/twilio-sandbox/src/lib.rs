@@ -54,7 +54,11 @@
 //!
 //! **Callbacks**: after a Message is accepted the sandbox posts `MessageStatus`
 //! `sent`, then `delivered` to the request's `StatusCallback` (or
-//! `{callback_url}/twilio/messaging/status`); after a Conversation message,
+//! `{callback_url}/twilio/messaging/status`), or `sent`, then `undelivered`
+//! or `failed` with `ErrorCode` for a `To` named in the delivery failures
+//! ([`DeliveryFailure`], [`SandboxConfig::delivery_failures`], `GET|PUT
+//! /_sandbox/delivery-failures`; `free_text_only` lets a template through,
+//! as WhatsApp's 63016 does); after a Conversation message,
 //! `onDeliveryUpdated` (`sent`, `delivered`) per SMS/WhatsApp participant to
 //! `{callback_url}/twilio/conversations/events`. They are signed with
 //! `X-Twilio-Signature` exactly as Twilio signs (the signature code of the
@@ -106,7 +110,9 @@
 //! `POST /_sandbox/calls/{CA}/gather` `{"digits":"1"}` | `{"speech":"yes","confidence":0.9}` | `{}` (silence),
 //! `POST /_sandbox/calls/{CA}/say` `{"speaker":"user|si","text":"..."}`,
 //! `POST /_sandbox/calls/{CA}/hangup` (202 with the record; 404 unknown, 409
-//! over), `GET|PUT /_sandbox/call-outcomes` `{"default":"answer","by_number":{"+1…":"busy"}}`,
+//! over), `GET|PUT /_sandbox/delivery-failures` (JSON array of
+//! [`DeliveryFailure`] `{"to","error_code","status"?,"free_text_only"?}`),
+//! `GET|PUT /_sandbox/call-outcomes` `{"default":"answer","by_number":{"+1…":"busy"}}`,
 //! `POST /_sandbox/inbound/call` `{"from","to","url"?,"status_callback"?,"answers"?:[…]}`
 //! (201 `{"call_sid"}`). [`SandboxClient`] calls it from Rust; the same
 //! controls exist in-process on [`SandboxHandle`].
@@ -134,7 +140,7 @@ pub use calls::{
 };
 pub use client::SandboxClient;
 pub use player::{APPLICATION_ERROR, InboundCall};
-pub use state::{CallbackRecord, Faults, RequestRecord};
+pub use state::{CallbackRecord, DeliveryFailure, Faults, RequestRecord};
 pub use twilio::{is_e164, num_segments};
 pub use webhook::{InboundConversationMessage, InboundSms, Posted, Webhooks};
 
@@ -181,6 +187,8 @@ pub struct SandboxConfig {
     pub log_capacity: usize,
     /// What happens when a created call rings (default: a person answers).
     pub call_outcomes: CallOutcomes,
+    /// Messages whose delivery fails after they were accepted.
+    pub delivery_failures: Vec<DeliveryFailure>,
 }
 
 impl Default for SandboxConfig {
@@ -203,6 +211,7 @@ impl Default for SandboxConfig {
                 default: Some(Outcome::Answer),
                 ..CallOutcomes::default()
             },
+            delivery_failures: Vec::new(),
         }
     }
 }
@@ -462,6 +471,17 @@ impl SandboxHandle {
             .calls
             .send(sid, control)
             .map_err(|e| anyhow::anyhow!("call {sid}: {e}"))
+    }
+
+    /// The delivery failures in force.
+    #[must_use]
+    pub fn delivery_failures(&self) -> Vec<DeliveryFailure> {
+        self.shared.delivery_failures()
+    }
+
+    /// Replaces the delivery failures (for messages created from now on).
+    pub fn set_delivery_failures(&self, failures: Vec<DeliveryFailure>) {
+        self.shared.set_delivery_failures(failures);
     }
 
     /// How new calls ring.

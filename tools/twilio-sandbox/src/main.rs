@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use si_runtime::config::LogFormat;
-use twilio_sandbox::{CallOutcomes, Faults, Outcome, Sandbox, SandboxConfig};
+use twilio_sandbox::{CallOutcomes, DeliveryFailure, Faults, Outcome, Sandbox, SandboxConfig};
 
 /// A local stand-in for the Twilio REST endpoints egress calls.
 #[derive(Debug, Parser)]
@@ -73,6 +73,11 @@ struct Args {
     /// failed, or ring (rings until told through the control API, or its Timeout).
     #[arg(long, env = "SANDBOX_CALL_OUTCOME", default_value = "answer")]
     call_outcome: String,
+    /// Deliveries that fail after the message was accepted, as JSON:
+    /// `[{"to":"whatsapp:+14155550100","error_code":63016,"free_text_only":true}]`
+    /// (`status` `undelivered` by default, or `failed`).
+    #[arg(long, env = "SANDBOX_DELIVERY_FAILURES", default_value = "[]")]
+    delivery_failures: String,
     /// Seed of the fault generator.
     #[arg(long, env = "SANDBOX_SEED", default_value_t = 0x5EED)]
     seed: u64,
@@ -117,7 +122,23 @@ async fn main() -> std::process::ExitCode {
             }
         },
     };
+    let delivery_failures =
+        match serde_json::from_str::<Vec<DeliveryFailure>>(&args.delivery_failures)
+            .map_err(|e| e.to_string())
+            .and_then(|failures| {
+                failures
+                    .iter()
+                    .try_for_each(DeliveryFailure::validate)
+                    .map(|()| failures)
+            }) {
+            Ok(failures) => failures,
+            Err(error) => {
+                eprintln!("si-twilio-sandbox: SANDBOX_DELIVERY_FAILURES: {error}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
     let config = SandboxConfig {
+        delivery_failures,
         call_outcomes: CallOutcomes {
             default: call_outcome,
             ..CallOutcomes::default()

@@ -30,6 +30,45 @@ pub struct Faults {
     pub drop_rate: f64,
 }
 
+/// A delivery that fails after the message was accepted, as a carrier or
+/// WhatsApp reports it: the status callbacks say `sent`, then `status` with
+/// `ErrorCode` instead of `delivered`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryFailure {
+    /// The `To` it applies to, as sent (`+14155550100`, `whatsapp:+14155550100`).
+    pub to: String,
+    /// Twilio's error code (e.g. 63016 outside the WhatsApp window, 30003
+    /// unreachable handset, 63024 invalid recipient).
+    pub error_code: u32,
+    /// `undelivered` (the default) or `failed`.
+    #[serde(default = "DeliveryFailure::undelivered")]
+    pub status: String,
+    /// Only messages with a `Body` or media fail; a template (`ContentSid`)
+    /// is delivered (how 63016 behaves).
+    #[serde(default)]
+    pub free_text_only: bool,
+}
+
+impl DeliveryFailure {
+    fn undelivered() -> String {
+        "undelivered".to_owned()
+    }
+
+    /// Checks the status.
+    ///
+    /// # Errors
+    /// A status other than `undelivered` or `failed`.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.status.as_str() {
+            "undelivered" | "failed" => Ok(()),
+            other => Err(format!(
+                "delivery failure status must be undelivered or failed, got {other:?}"
+            )),
+        }
+    }
+}
+
 impl Faults {
     /// Checks the rates.
     ///
@@ -151,6 +190,7 @@ struct Inner {
     rate: Option<u32>,
     windows: HashMap<String, VecDeque<i64>>,
     conversations: HashMap<String, Conversation>,
+    delivery_failures: Vec<DeliveryFailure>,
 }
 
 /// State shared by the handlers and the handle.
@@ -199,6 +239,7 @@ impl Shared {
             rate: config.rate_per_sender,
             windows: HashMap::new(),
             conversations: HashMap::new(),
+            delivery_failures: config.delivery_failures.clone(),
         };
         Ok(Self {
             calls: Calls::new(config.call_outcomes.clone()),
@@ -218,6 +259,25 @@ impl Shared {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The configured delivery failures.
+    pub fn delivery_failures(&self) -> Vec<DeliveryFailure> {
+        self.lock().delivery_failures.clone()
+    }
+
+    /// Replaces the delivery failures.
+    pub fn set_delivery_failures(&self, failures: Vec<DeliveryFailure>) {
+        self.lock().delivery_failures = failures;
+    }
+
+    /// How a message to `to` ends: `None` delivered, else the failure.
+    pub fn delivery_failure(&self, to: &str, template: bool) -> Option<DeliveryFailure> {
+        self.lock()
+            .delivery_failures
+            .iter()
+            .find(|f| f.to == to && !(f.free_text_only && template))
+            .cloned()
     }
 
     pub fn next_seq(&self) -> u64 {

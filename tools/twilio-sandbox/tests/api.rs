@@ -1026,3 +1026,79 @@ async fn concurrent_senders_never_exceed_the_rate_in_any_second() -> anyhow::Res
     assert!(log.iter().any(|r| r.error_code == Some(20429)));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_configured_delivery_failure_reports_undelivered_with_its_code() -> anyhow::Result<()> {
+    let (receiver, url) = start_receiver().await?;
+    let wa_user = format!("whatsapp:{USER}");
+    let sandbox = Sandbox::start(SandboxConfig {
+        callbacks: true,
+        callback_url: Some(url.clone()),
+        public_url: Some(PUBLIC.into()),
+        delivery_failures: vec![twilio_sandbox::DeliveryFailure {
+            to: wa_user.clone(),
+            error_code: 63016,
+            status: "undelivered".into(),
+            free_text_only: true,
+        }],
+        ..config()
+    })
+    .await?;
+    let client = Client::new(&sandbox);
+    let wa_ours = format!("whatsapp:{OURS}");
+    let (_, text) = client
+        .send_sms(&[("To", &wa_user), ("From", &wa_ours), ("Body", "hi")])
+        .await?;
+    let (_, template) = client
+        .send_sms(&[
+            ("To", &wa_user),
+            ("From", &wa_ours),
+            ("ContentSid", "HX0123456789abcdef0123456789abcdef"),
+        ])
+        .await?;
+    let got = wait_for("four callbacks", Duration::from_secs(10), || {
+        let received = receiver.received();
+        async move { Ok((received.len() >= 4).then_some(received)) }
+    })
+    .await?;
+    let ends = |sid: &str| -> Vec<(String, Option<String>)> {
+        got.iter()
+            .filter(|(_, p, _)| param(p, "MessageSid") == Some(sid))
+            .map(|(_, p, _)| {
+                (
+                    param(p, "MessageStatus").unwrap_or_default().to_owned(),
+                    param(p, "ErrorCode").map(str::to_owned),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        ends(text["sid"].as_str().unwrap_or_default()),
+        [
+            ("sent".to_owned(), None),
+            ("undelivered".to_owned(), Some("63016".to_owned()))
+        ]
+    );
+    assert_eq!(
+        ends(template["sid"].as_str().unwrap_or_default()),
+        [("sent".to_owned(), None), ("delivered".to_owned(), None)],
+        "a template is delivered outside the window"
+    );
+
+    // The control API replaces them, and refuses a bad status.
+    let http = reqwest::Client::new();
+    let put = |body: Value| {
+        http.put(format!("{}/_sandbox/delivery-failures", sandbox.base_url()))
+            .json(&body)
+            .send()
+    };
+    let bad = put(serde_json::json!([{"to": USER, "error_code": 30003, "status": "lost"}])).await?;
+    assert_eq!(bad.status().as_u16(), 400);
+    let ok =
+        put(serde_json::json!([{"to": USER, "error_code": 30003, "status": "failed"}])).await?;
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(sandbox.delivery_failures()[0].error_code, 30003);
+    assert_eq!(sandbox.delivery_failures()[0].status, "failed");
+    sandbox.shutdown().await;
+    Ok(())
+}

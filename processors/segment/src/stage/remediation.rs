@@ -14,7 +14,7 @@
 //! | `op|<operation id>` | sent, egress has not answered yet |
 //! | `sid|<Twilio SID>` | accepted by Twilio, delivery pending |
 //! | `retry|<operation id>` | a resend waiting for its time (a timer) |
-//! | `dlr|<Twilio SID>` | a failure report read before egress's status named the SID ([`EARLY_FAILURE_TTL`]) |
+//! | `dlr|<Twilio SID>` | a final delivery report read before egress's status named the SID ([`EARLY_REPORT_TTL`]) |
 //!
 //! A chain's resends are `<first operation id>#<n>`; the same inputs give the
 //! same ids, so a replay after a crash writes the same records.
@@ -28,15 +28,15 @@ use si_runtime::state::StateStore;
 use si_schemas::records::{
     Channel, DeliveryOutcome, DeliveryState, DeliveryStatus, OperationKind, OutboundOperation,
     PRIORITY_PARAM, Priority, RESEND_OF_PARAM, Remediation, RemediationAction,
-    SegmentDeliveryFailure, SegmentSent, SegmentState, SegmentStateKind,
+    SegmentDeliveryReport, SegmentSent, SegmentState, SegmentStateKind,
 };
 use si_schemas::topics;
 
 use super::{Refusal, Segmenter};
 use crate::remedy::{Situation, Step};
 
-/// How long a failure report waits for egress's status naming its SID.
-pub const EARLY_FAILURE_TTL: Duration = Duration::from_secs(600);
+/// How long a final delivery report waits for egress's status naming its SID.
+pub const EARLY_REPORT_TTL: Duration = Duration::from_secs(600);
 
 /// State key of a message egress has not answered yet.
 #[must_use]
@@ -162,16 +162,15 @@ impl Segmenter {
                 let Some(sid) = status.twilio_sid.clone().filter(|s| !s.is_empty()) else {
                     return Vec::new();
                 };
-                if let Some(early) = state.get(&early_key(&sid)).and_then(|s| s.failure.clone()) {
+                if let Some(early) = state.get(&early_key(&sid)).and_then(|s| s.report.clone()) {
                     state.delete(&early_key(&sid));
                     sent.twilio_sid = Some(sid);
-                    return self.on_failure(
-                        Failure {
-                            sent,
-                            code: early.error_code,
-                            message: early.error_message.as_deref(),
-                            now,
-                        },
+                    return self.conclude(
+                        sent,
+                        early.delivered,
+                        early.error_code,
+                        early.error_message.as_deref(),
+                        now,
                         state,
                     );
                 }
@@ -206,8 +205,8 @@ impl Segmenter {
         }
     }
 
-    /// A delivery report of a message: a failure is acted on, a delivery ends
-    /// the chain (RECOVERED when it was a resend).
+    /// A delivery report of a message: a final one concludes it, or waits
+    /// for egress's status when that has not been read yet.
     pub(super) fn on_delivery_report(
         &self,
         now: i64,
@@ -220,68 +219,80 @@ impl Segmenter {
         if !self.remediates() || sid.is_empty() {
             return Vec::new();
         }
-        let key = sid_key(sid);
-        match report {
-            DeliveryState::Failed | DeliveryState::Undelivered => {
-                let Some(sent) = take_sent(state, &key) else {
-                    // Egress's status naming the SID may not be read yet.
-                    state.put_with_ttl(
-                        early_key(sid),
-                        SegmentState {
-                            failure: Some(SegmentDeliveryFailure {
-                                message_sid: sid.to_owned(),
-                                error_code: code,
-                                error_message: message.map(str::to_owned),
-                                at: now,
-                            }),
-                            ..SegmentState::empty(SegmentStateKind::DeliveryFailure)
-                        },
-                        EARLY_FAILURE_TTL,
-                    );
-                    return Vec::new();
-                };
-                self.on_failure(
-                    Failure {
-                        sent,
-                        code,
-                        message,
-                        now,
-                    },
-                    state,
-                )
-            }
-            DeliveryState::Delivered | DeliveryState::Read => {
-                let Some(sent) = take_sent(state, &key) else {
-                    return Vec::new();
-                };
-                if sent.attempt == 0 {
-                    return Vec::new();
-                }
-                let Ok(op) = serde_json::from_str::<OutboundOperation>(&sent.operation_json) else {
-                    return Vec::new();
-                };
-                self.count("recovered", None);
-                vec![record(
-                    &op,
-                    &sent,
-                    DeliveryOutcome::Accepted,
-                    None,
-                    None,
-                    Remediation {
-                        origin_operation_id: sent.origin_operation_id.clone(),
-                        attempt: sent.attempt,
-                        action: RemediationAction::Recovered,
-                        next_operation_id: None,
-                        channel: Some(op.channel),
-                        not_before: None,
-                        terminal: true,
-                        reason: format!("resend {} delivered", sent.attempt),
-                    },
+        let delivered = match report {
+            DeliveryState::Failed | DeliveryState::Undelivered => false,
+            DeliveryState::Delivered | DeliveryState::Read => true,
+            _ => return Vec::new(),
+        };
+        let Some(sent) = take_sent(state, &sid_key(sid)) else {
+            // Egress's status naming the SID may not be read yet (or the
+            // message is not segment's: the entry expires unused).
+            state.put_with_ttl(
+                early_key(sid),
+                SegmentState {
+                    report: Some(SegmentDeliveryReport {
+                        message_sid: sid.to_owned(),
+                        delivered,
+                        error_code: code,
+                        error_message: message.map(str::to_owned),
+                        at: now,
+                    }),
+                    ..SegmentState::empty(SegmentStateKind::DeliveryReport)
+                },
+                EARLY_REPORT_TTL,
+            );
+            return Vec::new();
+        };
+        self.conclude(sent, delivered, code, message, now, state)
+    }
+
+    /// A final report of `sent`: a failure is acted on, a delivery ends the
+    /// chain (RECOVERED when it was a resend).
+    fn conclude(
+        &self,
+        sent: SegmentSent,
+        delivered: bool,
+        code: Option<i32>,
+        message: Option<&str>,
+        now: i64,
+        state: &mut StateStore<SegmentState>,
+    ) -> Vec<Output> {
+        if !delivered {
+            return self.on_failure(
+                Failure {
+                    sent,
+                    code,
+                    message,
                     now,
-                )]
-            }
-            _ => Vec::new(),
+                },
+                state,
+            );
         }
+        if sent.attempt == 0 {
+            return Vec::new();
+        }
+        let Ok(op) = serde_json::from_str::<OutboundOperation>(&sent.operation_json) else {
+            return Vec::new();
+        };
+        self.count("recovered", None);
+        vec![record(
+            &op,
+            &sent,
+            DeliveryOutcome::Accepted,
+            None,
+            None,
+            Remediation {
+                origin_operation_id: sent.origin_operation_id.clone(),
+                attempt: sent.attempt,
+                action: RemediationAction::Recovered,
+                next_operation_id: None,
+                channel: Some(op.channel),
+                not_before: None,
+                terminal: true,
+                reason: format!("resend {} delivered", sent.attempt),
+            },
+            now,
+        )]
     }
 
     /// A resend whose time has come.
