@@ -57,6 +57,7 @@
 //! `hard_max_parts` the text is always truncated, so no response floods a user.
 //! Media-only parts do not count as text parts.
 
+pub mod billing;
 mod breaks;
 pub mod config;
 pub mod encoding;

@@ -78,7 +78,9 @@ pub struct Part {
     pub media_urls: Vec<String>,
     /// SMS encoding of `body`; `None` on other channels or without a body.
     pub encoding: Option<Encoding>,
-    /// SMS segments of `body`; `None` on other channels or without a body.
+    /// SMS segments Twilio bills for `body` sent as this one message (its
+    /// segment calculator's count, [`crate::encoding`]); `None` on other
+    /// channels or without a body. Becomes `OutboundOperation.segments`.
     pub segments: Option<usize>,
     /// Template Content SID when a template is sent instead of text.
     pub content_sid: Option<String>,
@@ -128,9 +130,13 @@ pub struct Plan {
     pub smart_encoded: bool,
     /// SMS: encoding of the normalized text as a whole.
     pub encoding: Option<Encoding>,
-    /// SMS: segments of the normalized text sent as one message (ignoring limits).
+    /// SMS: segments Twilio would bill for the normalized text sent as one
+    /// message (ignoring limits); what is sent is `parts`, so this is only a
+    /// comparison.
     pub text_segments: Option<usize>,
-    /// SMS: segments of all parts together (what the response costs).
+    /// SMS: what the response costs: the sum of the parts' `segments`, each part
+    /// billed as its own message (numbering included), so it can exceed
+    /// `text_segments`.
     pub total_segments: Option<usize>,
     /// The text needed more than its budget and was sent whole anyway.
     pub over_budget: bool,
