@@ -70,7 +70,7 @@ pub mod window;
 
 pub use config::{MediaPlacement, Numbering, OverBudget, SegmentArgs, SegmentConfig};
 pub use encoding::{Encoding, Measurement, measure};
-pub use plan::{Part, Plan, Response, Timing, normalize, plan};
+pub use plan::{Part, Plan, Response, Timing, Trimmed, normalize, plan};
 pub use window::{WINDOW_CLOSED_REASON, WindowState, whatsapp_window};
 
 /// Why a response cannot be turned into parts. None is retriable: the same

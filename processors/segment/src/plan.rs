@@ -117,6 +117,35 @@ impl Part {
     }
 }
 
+/// Whitespace the pipeline drops from the ends of a response text: a message
+/// neither starts nor ends with blanks (step 1 of the normalized text).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Trimmed {
+    /// Characters dropped before the first non-whitespace cluster.
+    pub leading: usize,
+    /// Characters dropped after the last non-whitespace cluster.
+    pub trailing: usize,
+}
+
+impl Trimmed {
+    /// What trimming drops from `text`.
+    #[must_use]
+    pub fn of(text: &str) -> Self {
+        let start = breaks::skip_ws(text, 0);
+        let end = breaks::trim_end(text, start, text.len());
+        Self {
+            leading: text[..start].chars().count(),
+            trailing: text[end..].chars().count(),
+        }
+    }
+
+    /// Whether anything was dropped.
+    #[must_use]
+    pub const fn any(self) -> bool {
+        self.leading + self.trailing > 0
+    }
+}
+
 /// The parts of a response and how they came about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Plan {
@@ -126,6 +155,8 @@ pub struct Plan {
     pub parts: Vec<Part>,
     /// The text the parts are cut from ([`crate`] docs: "Normalized text").
     pub normalized_text: String,
+    /// Whitespace at the ends of the response text that is not sent.
+    pub trimmed: Trimmed,
     /// Look-alike replacement was applied.
     pub smart_encoded: bool,
     /// SMS: encoding of the normalized text as a whole.
@@ -170,6 +201,7 @@ pub fn plan(
         encoding: whole.map(|m| m.encoding),
         text_segments: whole.map(|m| m.segments),
         normalized_text: String::new(),
+        trimmed: Trimmed::of(response.text),
         smart_encoded,
         total_segments: None,
         over_budget: false,
