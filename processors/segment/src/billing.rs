@@ -25,7 +25,8 @@
 //! - a skin-tone modifier joins only an `E_Base` emoji of Unicode 10
 //!   (`E_BASE`, GB10); today it extends anything;
 //! - a character that extends a cluster today but was unassigned or not a mark
-//!   in Unicode 10 (`NEWER_EXTEND`) is a unit of its own.
+//!   in Unicode 10 (`NEWER_EXTEND`) is a unit of its own;
+//! - only the Prepend characters of Unicode 10 (`PREPEND`) join what follows.
 //!
 //! So a surrogate pair and a GSM-7 escape sequence are never split (they are
 //! one character), a flag, a keycap and most ZWJ emoji sequences are one unit,
@@ -33,8 +34,9 @@
 //! joins across today's cluster boundaries, which no real message has: a ZWJ
 //! followed by a `Glue_After_Zwj` emoji after a non-emoji (`a‍♀`), U+11A3A
 //! (Prepend in Unicode 10, no longer), and the four spacing marks U+1CF2,
-//! U+1CF3, U+11720, U+11721 (Unicode 10 extended with them, today does not). `tests/oracles.rs` compares every code point below U+3000 and in
-//! the emoji blocks with the calculator.
+//! U+1CF3, U+11720, U+11721 (Unicode 10 extended with them, today does not).
+//! `tests/oracles.rs` compares the units of every code point of the BMP and
+//! plane 1, in the contexts where the rules differ, with the calculator's.
 //!
 //! Facts from Unicode 10.0 `emoji-data.txt` (`E_Base`, `Glue_After_Zwj`,
 //! `E_Base_GAZ`) and UAX #29 revisions 31 (Unicode 10) and 43 (Unicode 15.1),
