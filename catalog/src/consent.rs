@@ -118,7 +118,7 @@ impl ConsentWords {
         let mut out: Vec<Self> = Vec::new();
         for (index, text) in files.iter().enumerate() {
             let mut words: Self =
-                serde_yaml::from_str(text).map_err(|e| ConsentWordsError::Parse {
+                serde_norway::from_str(text).map_err(|e| ConsentWordsError::Parse {
                     index,
                     message: e.to_string(),
                 })?;

@@ -179,10 +179,11 @@ impl Catalog {
     pub fn from_yaml(files: &[&str]) -> Result<Self, CatalogError> {
         let mut locales = BTreeMap::new();
         for (index, text) in files.iter().enumerate() {
-            let file: LocaleFile = serde_yaml::from_str(text).map_err(|e| CatalogError::Parse {
-                index,
-                message: e.to_string(),
-            })?;
+            let file: LocaleFile =
+                serde_norway::from_str(text).map_err(|e| CatalogError::Parse {
+                    index,
+                    message: e.to_string(),
+                })?;
             let locale = normalize(&file.locale);
             if let Some(key) = file
                 .messages

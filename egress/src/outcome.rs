@@ -195,6 +195,8 @@ pub fn terminal(
     match end {
         Final::Accepted { sid, segments } => {
             status.twilio_sid.clone_from(sid);
+            // Twilio's num_segments when it answered with one, else what segment
+            // computed for this part (DeliveryStatus.segments documents both).
             status.segments = segments.or(op.segments);
             // What Twilio accepted is what the transcript shows.
             status.body.clone_from(&op.body);

@@ -72,7 +72,7 @@ fn root() -> &'static str {
 fn load() -> TopicsFile {
     let path = format!("{}/topics.yaml", root());
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn avsc_files() -> BTreeSet<String> {

@@ -13,20 +13,27 @@
 //! An extension character costs two septets (escape + code); a character outside
 //! the Basic Multilingual Plane costs two UTF-16 units (a surrogate pair).
 //!
-//! Concatenated segments are packed the way Twilio's own segment calculator
-//! (`sms-segments-calculator`, TwilioDevEd/message-segment-calculator) packs
-//! them: a whole grapheme cluster goes into the current segment if it fits, else
-//! it starts the next one. So an escape pair, a surrogate pair, a flag or a ZWJ
-//! emoji sequence is never split across segments, and a segment may stay short of
-//! 153/67 units. Only a grapheme cluster longer than a whole segment (which cannot
-//! fit anywhere) is packed character by character, still never splitting an
-//! escape or surrogate pair.
+//! The segment count is what Twilio bills for the text sent as one message, as
+//! Twilio's own segment calculator (`sms-segments-calculator`,
+//! TwilioDevEd/message-segment-calculator) counts it: concatenated segments are
+//! packed unit by unit, a unit going into the current segment if it fits, else
+//! starting the next one. The units are the calculator's grapheme clusters
+//! (module `billing`): Unicode 10 clusters, with CR and LF apart. So an escape
+//! pair, a surrogate pair, a flag or a family emoji never straddles two
+//! segments (a segment may stay short of 153/67), while CR LF and an Indic
+//! conjunct may, although the splitter never cuts a *part* inside them. Only a
+//! unit longer than a whole segment (which cannot fit anywhere) is packed
+//! character by character, still never splitting an escape or surrogate pair.
+//!
+//! That count is per message. A response split into parts is several messages:
+//! each part is billed its own count ([`Measurement::segments`] of its body), and
+//! the response costs their sum, not the count of its whole text.
 
 use serde::Serialize;
 use si_schemas::records::TextEncoding;
 use unicode_segmentation::UnicodeSegmentation;
 
-use crate::gsm7;
+use crate::{billing, gsm7};
 
 /// GSM-7 septets in a single-segment message.
 pub const GSM7_SINGLE: usize = 160;
@@ -104,7 +111,8 @@ pub struct Measurement {
     pub encoding: Encoding,
     /// Septets (GSM-7) or UTF-16 units (UCS-2).
     pub units: usize,
-    /// SMS segments; 0 for an empty body.
+    /// SMS segments Twilio bills for this text sent as one message (its segment
+    /// calculator's count, see the module docs); 0 for an empty body.
     pub segments: usize,
     /// Length in UTF-16 units (what Twilio's 1600-character limit is checked against here).
     pub utf16_len: usize,
@@ -264,6 +272,13 @@ impl Meter {
             self.push_char_cluster(c);
             return;
         }
+        for unit in billing::units(g) {
+            self.push_unit(unit);
+        }
+    }
+
+    /// Adds one unit of Twilio's segment packing (`billing::units`).
+    fn push_unit(&mut self, g: &str) {
         let mut utf16 = 0;
         let mut septets = Some(0);
         for c in g.chars() {
@@ -372,6 +387,75 @@ mod tests {
             checked += 1;
         }
         assert_eq!(checked, 22_590, "characters in the ranges of is_simple");
+    }
+
+    fn segments(text: &str) -> (Encoding, usize) {
+        let m = measure(text);
+        (m.encoding, m.segments)
+    }
+
+    // The expected counts are those of Twilio's segment calculator
+    // (sms-segments-calculator 1.3.0); tests/oracles.rs asks it for the same texts.
+
+    #[test]
+    fn crlf_at_a_segment_boundary_is_split_as_twilio_does() {
+        let a = |n| "a".repeat(n);
+        // 152 + CR = 153 septets, LF + 152 = 153: two segments (was three with
+        // CR LF kept together).
+        assert_eq!(
+            segments(&format!("{}\r\n{}", a(152), a(152))),
+            (Encoding::Gsm7, 2)
+        );
+        assert_eq!(segments(&format!("{}\r\n", a(158))), (Encoding::Gsm7, 1));
+        let ya = |n| "я".repeat(n);
+        assert_eq!(
+            segments(&format!("{}\r\n{}", ya(66), ya(66))),
+            (Encoding::Ucs2, 2)
+        );
+    }
+
+    #[test]
+    fn a_conjunct_at_a_segment_boundary_is_split_as_twilio_does() {
+        let a = |n| "a".repeat(n);
+        // क्ष is one cluster (3 units) today; Twilio packs क् (units 66-67) and ष
+        // (68) apart: 67 + 66 units, two segments (was three).
+        assert_eq!(
+            segments(&format!("{}क्ष{}", a(65), a(65))),
+            (Encoding::Ucs2, 2)
+        );
+        // ❤️‍🔥 likewise: ❤️‍ ends segment 1, 🔥 starts segment 2.
+        assert_eq!(
+            segments(&format!("{}❤️‍🔥{}", a(64), a(65))),
+            (Encoding::Ucs2, 2)
+        );
+    }
+
+    #[test]
+    fn surrogate_pairs_escapes_and_flags_never_straddle_segments() {
+        let a = |n| "a".repeat(n);
+        // 😀 would take units 67 and 68: it moves to segment 2, 66 + 67 + 1.
+        assert_eq!(
+            segments(&format!("{}😀{}", a(66), a(66))),
+            (Encoding::Ucs2, 3)
+        );
+        assert_eq!(
+            segments(&format!("{}😀{}", a(65), a(67))),
+            (Encoding::Ucs2, 2)
+        );
+        // € (escape + code) would take septets 153 and 154.
+        assert_eq!(
+            segments(&format!("{}€{}", a(152), a(152))),
+            (Encoding::Gsm7, 3)
+        );
+        assert_eq!(
+            segments(&format!("{}€{}", a(151), a(153))),
+            (Encoding::Gsm7, 2)
+        );
+        // A flag is one unit for Twilio (a Unicode 10 cluster), not two pairs.
+        assert_eq!(
+            segments(&format!("{}🇫🇷{}", a(65), a(64))),
+            (Encoding::Ucs2, 3)
+        );
     }
 
     #[test]

@@ -57,6 +57,7 @@
 //! `hard_max_parts` the text is always truncated, so no response floods a user.
 //! Media-only parts do not count as text parts.
 
+pub mod billing;
 mod breaks;
 pub mod config;
 pub mod encoding;
@@ -70,7 +71,7 @@ pub mod window;
 
 pub use config::{MediaPlacement, Numbering, OverBudget, SegmentArgs, SegmentConfig};
 pub use encoding::{Encoding, Measurement, measure};
-pub use plan::{Part, Plan, Response, Timing, normalize, plan};
+pub use plan::{Part, Plan, Response, Timing, Trimmed, normalize, plan};
 pub use window::{WINDOW_CLOSED_REASON, WindowState, whatsapp_window};
 
 /// Why a response cannot be turned into parts. None is retriable: the same

@@ -78,7 +78,9 @@ pub struct Part {
     pub media_urls: Vec<String>,
     /// SMS encoding of `body`; `None` on other channels or without a body.
     pub encoding: Option<Encoding>,
-    /// SMS segments of `body`; `None` on other channels or without a body.
+    /// SMS segments Twilio bills for `body` sent as this one message (its
+    /// segment calculator's count, [`crate::encoding`]); `None` on other
+    /// channels or without a body. Becomes `OutboundOperation.segments`.
     pub segments: Option<usize>,
     /// Template Content SID when a template is sent instead of text.
     pub content_sid: Option<String>,
@@ -115,6 +117,35 @@ impl Part {
     }
 }
 
+/// Whitespace the pipeline drops from the ends of a response text: a message
+/// neither starts nor ends with blanks (step 1 of the normalized text).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Trimmed {
+    /// Characters dropped before the first non-whitespace cluster.
+    pub leading: usize,
+    /// Characters dropped after the last non-whitespace cluster.
+    pub trailing: usize,
+}
+
+impl Trimmed {
+    /// What trimming drops from `text`.
+    #[must_use]
+    pub fn of(text: &str) -> Self {
+        let start = breaks::skip_ws(text, 0);
+        let end = breaks::trim_end(text, start, text.len());
+        Self {
+            leading: text[..start].chars().count(),
+            trailing: text[end..].chars().count(),
+        }
+    }
+
+    /// Whether anything was dropped.
+    #[must_use]
+    pub const fn any(self) -> bool {
+        self.leading + self.trailing > 0
+    }
+}
+
 /// The parts of a response and how they came about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Plan {
@@ -124,13 +155,19 @@ pub struct Plan {
     pub parts: Vec<Part>,
     /// The text the parts are cut from ([`crate`] docs: "Normalized text").
     pub normalized_text: String,
+    /// Whitespace at the ends of the response text that is not sent.
+    pub trimmed: Trimmed,
     /// Look-alike replacement was applied.
     pub smart_encoded: bool,
     /// SMS: encoding of the normalized text as a whole.
     pub encoding: Option<Encoding>,
-    /// SMS: segments of the normalized text sent as one message (ignoring limits).
+    /// SMS: segments Twilio would bill for the normalized text sent as one
+    /// message (ignoring limits); what is sent is `parts`, so this is only a
+    /// comparison.
     pub text_segments: Option<usize>,
-    /// SMS: segments of all parts together (what the response costs).
+    /// SMS: what the response costs: the sum of the parts' `segments`, each part
+    /// billed as its own message (numbering included), so it can exceed
+    /// `text_segments`.
     pub total_segments: Option<usize>,
     /// The text needed more than its budget and was sent whole anyway.
     pub over_budget: bool,
@@ -164,6 +201,7 @@ pub fn plan(
         encoding: whole.map(|m| m.encoding),
         text_segments: whole.map(|m| m.segments),
         normalized_text: String::new(),
+        trimmed: Trimmed::of(response.text),
         smart_encoded,
         total_segments: None,
         over_budget: false,

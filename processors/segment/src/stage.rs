@@ -267,7 +267,8 @@ pub struct SegmentMetrics {
     pub responses: IntCounterVec,
     /// Operations written, by channel and kind.
     pub parts: IntCounterVec,
-    /// SMS segments of the operations written, by encoding.
+    /// SMS segments Twilio bills for the operations written, by encoding: the sum
+    /// of the parts' `segments`, each part a message of its own.
     pub sms_segments: IntCounterVec,
     /// Delivery remediation decisions, by action and Twilio error code.
     pub remediations: IntCounterVec,
@@ -296,7 +297,7 @@ impl SegmentMetrics {
         let sms_segments = IntCounterVec::new(
             Opts::new(
                 "si_segment_sms_segments_total",
-                "SMS segments of the operations written, by encoding",
+                "SMS segments Twilio bills for the operations written (each part counted as its own message), by encoding",
             ),
             &["encoding"],
         )?;

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use si_schemas::records::{Channel, SegmentationHints};
 use si_segment::{
-    Encoding, Numbering, OverBudget, Plan, Response, SegmentConfig, Timing, measure, plan,
+    Encoding, Numbering, OverBudget, Plan, Response, SegmentConfig, Timing, billing, measure, plan,
 };
 use unicode_segmentation::UnicodeSegmentation;
 
@@ -42,8 +42,11 @@ fn reference(text: &str) -> (Encoding, usize, usize) {
     if units <= single {
         return (encoding, units, 1);
     }
+    // The packing units are Twilio's calculator's (Unicode 10 grapheme clusters,
+    // CR and LF apart); `billing::text_units` is checked against the calculator
+    // itself in tests/oracles.rs.
     let mut items = Vec::new();
-    for g in text.graphemes(true) {
+    for g in billing::text_units(text) {
         let size: usize = g.chars().map(cost).sum();
         if size <= concat {
             items.push(size);

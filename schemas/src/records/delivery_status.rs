@@ -16,7 +16,10 @@ pub struct DeliveryStatus {
     pub outcome: DeliveryOutcome,
     /// SID Twilio assigned when ACCEPTED.
     pub twilio_sid: Option<String>,
-    /// SMS segments of the sent message, when known.
+    /// SMS segments of the sent message (one part of a response): Twilio's own
+    /// `num_segments` when its answer carried one, else segment's count for the
+    /// part (`OutboundOperation.segments`); `None` when the message was not
+    /// accepted or is not an SMS.
     pub segments: Option<i32>,
     /// Twilio error code of the last attempt, when there was one.
     pub error_code: Option<i32>,

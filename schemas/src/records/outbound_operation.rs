@@ -48,7 +48,11 @@ pub struct OutboundOperation {
     pub part_index: i32,
     /// Number of parts the response was split into; 1 for single operations.
     pub part_count: i32,
-    /// SMS segments this part takes (computed by segment); `None` for non-SMS.
+    /// SMS segments Twilio bills for this part's body, sent as a message of its
+    /// own: computed by segment the way Twilio's segment calculator counts
+    /// (`si_segment::measure`). A response in several parts costs the sum of its
+    /// parts' segments, not the count of its whole text. `None` for non-SMS and
+    /// for parts without a body. Egress paces long codes by it.
     pub segments: Option<i32>,
     /// SMS encoding of `body`; `None` for other channels.
     pub encoding: Option<TextEncoding>,

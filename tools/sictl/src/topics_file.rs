@@ -25,8 +25,8 @@ pub struct Defaults {
     /// Schema registry compatibility level.
     pub compatibility: Option<String>,
     /// Kafka topic configs.
-    #[serde(default)]
-    pub configs: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default, deserialize_with = "configs_without_duplicates")]
+    pub configs: BTreeMap<String, serde_norway::Value>,
 }
 
 /// One topic as declared.
@@ -39,8 +39,8 @@ pub struct TopicSpec {
     /// Replication factor (else the default).
     pub replication_factor: Option<i32>,
     /// Kafka topic configs (merged over the defaults).
-    #[serde(default)]
-    pub configs: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default, deserialize_with = "configs_without_duplicates")]
+    pub configs: BTreeMap<String, serde_norway::Value>,
     /// What the key is.
     #[serde(default)]
     pub key: String,
@@ -77,11 +77,31 @@ pub struct Overrides {
     pub replication_factor: Option<i32>,
 }
 
-fn yaml_to_string(value: &serde_yaml::Value) -> anyhow::Result<String> {
+/// A config map, refusing a key given twice (a plain `BTreeMap` would keep the
+/// last one silently; YAML's own `Mapping` refuses duplicates).
+fn configs_without_duplicates<'de, D>(
+    deserializer: D,
+) -> Result<BTreeMap<String, serde_norway::Value>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error as _;
+    serde_norway::Mapping::deserialize(deserializer)?
+        .into_iter()
+        .map(|(key, value)| match key {
+            serde_norway::Value::String(key) => Ok((key, value)),
+            other => Err(D::Error::custom(format!(
+                "topic config names must be strings, found {other:?}"
+            ))),
+        })
+        .collect()
+}
+
+fn yaml_to_string(value: &serde_norway::Value) -> anyhow::Result<String> {
     Ok(match value {
-        serde_yaml::Value::String(s) => s.clone(),
-        serde_yaml::Value::Number(n) => n.to_string(),
-        serde_yaml::Value::Bool(b) => b.to_string(),
+        serde_norway::Value::String(s) => s.clone(),
+        serde_norway::Value::Number(n) => n.to_string(),
+        serde_norway::Value::Bool(b) => b.to_string(),
         other => bail!("topic config values must be scalars, found {other:?}"),
     })
 }
@@ -95,7 +115,7 @@ impl TopicsFile {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let file: Self =
-            serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            serde_norway::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let mut seen = std::collections::HashSet::new();
         for topic in &file.topics {
             if !seen.insert(&topic.name) {
@@ -190,7 +210,7 @@ topics:
 
     #[test]
     fn defaults_and_overrides_resolve() -> anyhow::Result<()> {
-        let file: TopicsFile = serde_yaml::from_str(SAMPLE)?;
+        let file: TopicsFile = serde_norway::from_str(SAMPLE)?;
         let plain = file.resolve(&Overrides::default())?;
         assert_eq!(plain[0].replication_factor, 3);
         assert_eq!(plain[0].configs["retention.ms"], "604800000");
@@ -209,5 +229,17 @@ topics:
             "lowered to fit rf=1"
         );
         Ok(())
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        // A key given twice is a mistake (the second would silently win).
+        let twice_in_configs = "topics:\n  - name: a.v1\n    partitions: 1\n    configs: {retention.ms: 1, retention.ms: 2}\n    value_schema: a.avsc\n";
+        let twice_in_topic = "topics:\n  - name: a.v1\n    partitions: 1\n    partitions: 2\n    value_schema: a.avsc\n";
+        for text in [twice_in_configs, twice_in_topic] {
+            let err = serde_norway::from_str::<TopicsFile>(text)
+                .expect_err("a duplicate key must not parse");
+            assert!(err.to_string().contains("duplicate"), "{err}");
+        }
     }
 }
