@@ -349,3 +349,61 @@ async fn accept_error(error: &io::Error) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::Wake;
+
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        header_read_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 1,
+    };
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn kind(tracker: &Tracker, cx: &Context<'_>) -> Option<Timeout> {
+        tracker.deadline(cx).map(|(_, timeout)| timeout)
+    }
+
+    #[test]
+    fn the_deadline_follows_the_connection_phase() {
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(Arc::clone(&flag));
+        let cx = Context::from_waker(&waker);
+        let tracker = Tracker::new(LIMITS);
+        // A new connection must send its head in time.
+        assert_eq!(kind(&tracker, &cx), Some(Timeout::Header));
+        tracker.bytes_read();
+        assert_eq!(kind(&tracker, &cx), Some(Timeout::Header));
+        // While the router has the request: no deadline, and the task is woken
+        // when the request is done so that the idle deadline gets armed.
+        tracker.busy();
+        tracker.bytes_read();
+        assert_eq!(kind(&tracker, &cx), None);
+        assert!(!flag.0.load(Ordering::SeqCst));
+        tracker.idle();
+        assert!(
+            flag.0.load(Ordering::SeqCst),
+            "woken when the request was done"
+        );
+        let (idle_until, timeout) = tracker.deadline(&cx).expect("idle deadline");
+        assert_eq!(timeout, Timeout::Idle);
+        assert!(idle_until >= Instant::now() + Duration::from_secs(59));
+        // The next request's first byte starts its header deadline.
+        tracker.bytes_read();
+        let (head_until, timeout) = tracker.deadline(&cx).expect("header deadline");
+        assert_eq!(timeout, Timeout::Header);
+        assert!(head_until <= Instant::now() + LIMITS.header_read_timeout);
+    }
+}
