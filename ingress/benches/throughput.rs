@@ -28,7 +28,8 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let total = env_usize("WEBHOOKS", 10_000);
     let concurrency = env_usize("CONCURRENCY", 64);
-    let ingress = Arc::new(Ingress::start(&["--max-in-flight", "4096"]).await?);
+    let ingress =
+        Arc::new(Ingress::start(&["--max-in-flight", "4096", "--max-connections", "4096"]).await?);
     support::wait_for(Duration::from_secs(30), || {
         let ingress = Arc::clone(&ingress);
         async move { Ok(ingress.readyz().await? == 200) }

@@ -55,6 +55,24 @@ pub struct Config {
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
 
+    /// Connections open at once; further ones wait in the accept backlog until
+    /// one closes. At least `MAX_IN_FLIGHT`.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Deadline for a request head (request line and headers), from the
+    /// connection's start or a request's first byte; a slower client is
+    /// disconnected.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A keep-alive connection with no new request for this long is closed.
+    /// Keep it above the idle timeout of the load balancer in front (60 s for
+    /// an AWS ALB and nginx), so the balancer closes first and never sends a
+    /// request on a connection ingress is closing.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
     /// Deadline for a whole request (below Twilio's 15 s).
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
@@ -127,6 +145,16 @@ impl Config {
         if self.max_in_flight == 0 || self.max_body_bytes == 0 {
             bail!("MAX_IN_FLIGHT and MAX_BODY_BYTES must be positive");
         }
+        if self.max_connections < self.max_in_flight {
+            bail!(
+                "MAX_CONNECTIONS ({}) must be at least MAX_IN_FLIGHT ({}): each request needs a connection",
+                self.max_connections,
+                self.max_in_flight
+            );
+        }
+        if self.header_read_timeout.is_zero() || self.idle_timeout.is_zero() {
+            bail!("HEADER_READ_TIMEOUT and IDLE_TIMEOUT must be positive");
+        }
         if let Some(url) = &self.voice_stream_url
             && !url.starts_with("wss://")
             && !url.starts_with("ws://")
@@ -192,6 +220,16 @@ mod tests {
         assert!(error.to_string().contains("REQUEST_TIMEOUT"), "{error}");
         let error = parse(&["--pre-event-timeout", "5s"]).expect_err("at Twilio's limit");
         assert!(error.to_string().contains("PRE_EVENT_TIMEOUT"), "{error}");
+    }
+
+    #[test]
+    fn connection_limits_must_be_usable() {
+        let error = parse(&["--max-in-flight", "64", "--max-connections", "32"])
+            .expect_err("fewer connections than requests in flight");
+        assert!(error.to_string().contains("MAX_CONNECTIONS"), "{error}");
+        let error = parse(&["--idle-timeout", "0s"]).expect_err("no idle time at all");
+        assert!(error.to_string().contains("IDLE_TIMEOUT"), "{error}");
+        assert!(parse(&["--header-read-timeout", "0s"]).is_err());
     }
 
     #[test]

@@ -11,10 +11,10 @@ pub mod app;
 pub mod config;
 pub mod envelope;
 pub mod metrics;
+pub mod server;
 pub mod signature;
 pub mod twiml;
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,8 +107,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         },
         default_locale: config.default_locale.clone(),
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
-        metrics,
+        metrics: metrics.clone(),
     });
+    let connection_metrics = metrics;
 
     watch_readiness(
         broker,
@@ -124,28 +125,34 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_context(|| format!("binding {}", config.listen_addr))?;
     let addr = listener.local_addr()?;
     let router = app::router(state, config.max_body_bytes);
+    let limits = server::Limits {
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections,
+    };
     let drain = config.common.service.drain_timeout;
     let admin_addr = admin.local_addr;
     listening.set(true);
     let task = tokio::spawn(async move {
         tracing::info!(%addr, admin = %admin_addr, "ingress listening");
-        let stop = shutdown.clone();
-        let serve = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                stop.cancelled().await;
-                listening.set(false);
-                tracing::info!("draining: no new connections, finishing in-flight requests");
-            })
-            .into_future();
+        let serve = server::serve(
+            listener,
+            router,
+            limits,
+            connection_metrics,
+            shutdown.clone(),
+        );
         // In-flight requests get the drain timeout; one still running after it (a
         // produce stuck on an unreachable broker) does not hold the pod past its
         // grace period. It has not been answered 2xx, so Twilio retries it.
         let deadline = async {
             shutdown.cancelled().await;
+            listening.set(false);
+            tracing::info!("draining: no new connections, finishing in-flight requests");
             tokio::time::sleep(drain).await;
         };
         tokio::select! {
-            served = serve => served.context("serving webhooks")?,
+            () = serve => {}
             () = deadline => tracing::warn!(
                 ?drain,
                 "drain timeout passed with requests still in flight; stopping without them"

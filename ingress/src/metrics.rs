@@ -1,7 +1,7 @@
 //! Prometheus metrics of ingress. Labels are routes, outcomes and reasons only:
 //! never an address or a SID.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The ingress metrics.
 #[derive(Clone)]
@@ -14,6 +14,14 @@ pub struct Metrics {
     pub produce_seconds: Histogram,
     /// Requests being handled.
     pub in_flight: IntGauge,
+    /// Webhook connections open.
+    pub connections_open: IntGauge,
+    /// Webhook connections accepted.
+    pub connections_accepted: IntCounter,
+    /// Times the accept loop waited for a free slot (`MAX_CONNECTIONS` open).
+    pub connections_waited: IntCounter,
+    /// Connections closed by a timeout, by timeout (`header_read`, `idle`).
+    pub connection_timeouts: IntCounterVec,
 }
 
 impl Metrics {
@@ -46,7 +54,30 @@ impl Metrics {
             ]),
         )?;
         let in_flight = IntGauge::new("si_ingress_in_flight", "Webhook requests being handled")?;
+        let connections_open = IntGauge::new(
+            "si_ingress_connections_open",
+            "Webhook connections open (at most MAX_CONNECTIONS)",
+        )?;
+        let connections_accepted = IntCounter::new(
+            "si_ingress_connections_accepted_total",
+            "Webhook connections accepted",
+        )?;
+        let connections_waited = IntCounter::new(
+            "si_ingress_connections_waited_total",
+            "Times MAX_CONNECTIONS connections were open and further ones waited in the accept backlog",
+        )?;
+        let connection_timeouts = IntCounterVec::new(
+            Opts::new(
+                "si_ingress_connection_timeouts_total",
+                "Connections closed for a slow request head (header_read) or idling past IDLE_TIMEOUT (idle)",
+            ),
+            &["timeout"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_accepted.clone()))?;
+        registry.register(Box::new(connections_waited.clone()))?;
+        registry.register(Box::new(connection_timeouts.clone()))?;
         registry.register(Box::new(signature_failures.clone()))?;
         registry.register(Box::new(produce_seconds.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -55,6 +86,10 @@ impl Metrics {
             signature_failures,
             produce_seconds,
             in_flight,
+            connections_open,
+            connections_accepted,
+            connections_waited,
+            connection_timeouts,
         })
     }
 }

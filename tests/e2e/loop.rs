@@ -4,7 +4,14 @@
 //! ingress and normalize as a DELIVERY_UPDATED event. Then STOP: a cognition
 //! response for the conversation is blocked at the consent gate (a
 //! BLOCKED_OUTBOUND compliance event, nothing on twilio.outbound.v1), and after
-//! START a new response goes through again.
+//! START a new response goes through again. A second user writes on WhatsApp
+//! and gets the reply there; a third user's number is refused by Twilio
+//! (21211, with a message that quotes it).
+//!
+//! Every stage logs at trace level, as JSON as in production, and egress
+//! authenticates with an API key: at the end (after shutdown) no stage's log
+//! may hold the Auth Token, the API key secret (as written or in a Basic
+//! credential) or any of the four phone numbers unmasked, in any form.
 
 use std::time::Duration;
 
@@ -13,25 +20,37 @@ use si_schemas::records::{
     ConversationEvent, ConversationEventType, DeliveryState, InboundMessage, OutboundOperation,
 };
 use si_schemas::topics;
-use si_testkit::{StageProcess, TestEnv, free_port, wait_for};
+use si_testkit::{LeakDetector, StageProcess, TestEnv, free_port, wait_for};
 use twilio_sandbox::{InboundSms, RequestRecord, Sandbox, SandboxConfig, SandboxHandle};
 
 const USER: &str = "+14155550123";
+/// A second user, on WhatsApp.
+const WHATSAPP_USER: &str = "+14155550177";
+/// A third user, whose number Twilio refuses for sending (21211, a message
+/// that quotes the number).
+const INVALID_USER: &str = "+14155550188";
 const SI_NUMBER: &str = "+14155550100";
 const TOKEN: &str = "loop-test-auth-token";
+const API_KEY_SID: &str = "SK0000000000000000000000000000loop";
+const API_KEY_SECRET: &str = "loop-test-api-key-secret";
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// The Programmable Messaging sends the sandbox accepted for the user.
-fn sent_to_user(sandbox: &SandboxHandle) -> Vec<RequestRecord> {
+/// The Programmable Messaging sends the sandbox accepted for `to`.
+fn sent_to(sandbox: &SandboxHandle, to: &str) -> Vec<RequestRecord> {
     sandbox
         .requests()
         .into_iter()
         .filter(|r| {
             r.path.ends_with("/Messages.json")
                 && r.status < 300
-                && r.params.get("To").map(String::as_str) == Some(USER)
+                && r.params.get("To").map(String::as_str) == Some(to)
         })
         .collect()
+}
+
+/// The Programmable Messaging sends the sandbox accepted for the user.
+fn sent_to_user(sandbox: &SandboxHandle) -> Vec<RequestRecord> {
+    sent_to(sandbox, USER)
 }
 
 async fn say(sandbox: &SandboxHandle, body: &str) -> anyhow::Result<()> {
@@ -73,14 +92,18 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
     let sandbox = Sandbox::start(SandboxConfig {
         auth_token: TOKEN.into(),
         callback_url: Some(ingress_url.clone()),
+        api_key: Some((API_KEY_SID.into(), API_KEY_SECRET.into())),
+        invalid_numbers: vec![INVALID_USER.into()],
         ..SandboxConfig::default()
     })
     .await?;
     let listen = ingress_url.trim_start_matches("http://").to_owned();
     let base = sandbox.base_url();
-    let twilio = [
+    let common = [
         ("TWILIO_AUTH_TOKEN", TOKEN),
         ("TWILIO_ACCOUNT_SID", sandbox.account_sid()),
+        ("LOG_LEVEL", "trace"),
+        ("LOG_FORMAT", "json"),
     ];
     let mut stages = Vec::new();
     for (binary, extra) in [
@@ -100,10 +123,12 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
             vec![
                 ("TWILIO_API_BASE_URL", base.as_str()),
                 ("TWILIO_CONVERSATIONS_BASE_URL", base.as_str()),
+                ("TWILIO_API_KEY_SID", API_KEY_SID),
+                ("TWILIO_API_KEY_SECRET", API_KEY_SECRET),
             ],
         ),
     ] {
-        let vars: Vec<(&str, &str)> = twilio.iter().copied().chain(extra).collect();
+        let vars: Vec<(&str, &str)> = common.iter().copied().chain(extra).collect();
         stages.push(StageProcess::spawn(&env, binary, "loop-0", &vars)?);
     }
     for stage in &mut stages {
@@ -139,6 +164,44 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
         })
         .await?;
     assert_eq!(delivered.conversation_id, inbound.conversation_id);
+
+    // 2b. A second user writes on WhatsApp and gets the reply there.
+    let whatsapp_user = format!("whatsapp:{WHATSAPP_USER}");
+    let posted = sandbox
+        .post_inbound_sms(&InboundSms {
+            from: whatsapp_user.clone(),
+            to: format!("whatsapp:{SI_NUMBER}"),
+            body: "Hola Si".into(),
+            profile_name: Some("Ana".into()),
+            ..InboundSms::default()
+        })
+        .await?;
+    anyhow::ensure!(posted.status == 200, "ingress answered {}", posted.status);
+    wait_for("the WhatsApp reply", DEADLINE, || async {
+        Ok(sent_to(&sandbox, &whatsapp_user)
+            .into_iter()
+            .find(|r| r.params.get("Body").is_some_and(|b| b.contains("Hola Si"))))
+    })
+    .await?;
+
+    // 2c. A reply to a number Twilio refuses: egress's failure path runs.
+    let posted = sandbox
+        .post_inbound_sms(&InboundSms {
+            from: INVALID_USER.into(),
+            to: SI_NUMBER.into(),
+            body: "Hi from a landline".into(),
+            ..InboundSms::default()
+        })
+        .await?;
+    anyhow::ensure!(posted.status == 200, "ingress answered {}", posted.status);
+    wait_for("the refused send", DEADLINE, || async {
+        Ok(sandbox.requests().into_iter().find(|r| {
+            r.path.ends_with("/Messages.json")
+                && r.status == 400
+                && r.params.get("To").map(String::as_str) == Some(INVALID_USER)
+        }))
+    })
+    .await?;
 
     // 3. STOP: in force, then a cognition response is blocked at the gate.
     say(&sandbox, "STOP").await?;
@@ -204,5 +267,42 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
     for stage in &mut stages {
         stage.terminate(Duration::from_secs(30))?;
     }
+    logs_hold_no_secret_and_no_number(&stages, sandbox.account_sid())
+}
+
+/// Every stage's log (start to shutdown, at trace level) is free of
+/// credentials and unmasked phone numbers.
+fn logs_hold_no_secret_and_no_number(
+    stages: &[StageProcess],
+    account_sid: &str,
+) -> anyhow::Result<()> {
+    let detector = LeakDetector::default()
+        .secret("the Auth Token", TOKEN, Some(account_sid))
+        .secret("the API key secret", API_KEY_SECRET, Some(API_KEY_SID))
+        .number("the user's number", USER)
+        .number("the WhatsApp user's number", WHATSAPP_USER)
+        .number("the refused user's number", INVALID_USER)
+        .number("Si's number", SI_NUMBER);
+    let mut leaks = Vec::new();
+    for stage in stages {
+        let text = std::fs::read_to_string(stage.log())?;
+        // The scan means something only if the stage logged verbosely.
+        anyhow::ensure!(
+            text.contains(r#""level":"DEBUG""#),
+            "{} has no debug line",
+            stage.log().display()
+        );
+        leaks.extend(detector.scan_file(stage.log())?);
+    }
+    assert!(
+        leaks.is_empty(),
+        "{} log lines hold a secret or an unmasked number:\n{}",
+        leaks.len(),
+        leaks
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     Ok(())
 }

@@ -19,9 +19,11 @@ use si_runtime::{KafkaArgs, RegistryArgs};
 use si_schemas::{AvroRecord, Codec, Registry};
 use sictl::topics_file::{Overrides, TopicsFile};
 
+pub mod leaks;
 pub mod openapi;
 pub mod process;
 
+pub use leaks::{Leak, LeakDetector};
 pub use process::{StageProcess, spawn_ready, stage_binary, wait_for};
 
 /// The repository root (where `topics.yaml` is).

@@ -13,7 +13,6 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
-use si_runtime::mask::mask_address;
 use subtle::ConstantTimeEq as _;
 use tokio::sync::mpsc;
 
@@ -571,16 +570,14 @@ fn execute(
     }
 }
 
-/// Refuses a `To` that is malformed, invalid or opted out.
+/// Refuses a `To` that is malformed, invalid or opted out. Like Twilio, the
+/// 21211 message quotes the number as given: a client must not log it.
 fn check_to(shared: &Shared, to: &str) -> Result<(), TwilioError> {
     let bare = bare_number(to);
     if !is_e164(to) || shared.invalid.contains(bare) || shared.invalid.contains(to) {
         return Err(TwilioError::bad_request(
             21211,
-            format!(
-                "The 'To' number {} is not a valid phone number.",
-                mask_address(to)
-            ),
+            format!("The 'To' number {to} is not a valid phone number."),
         ));
     }
     if shared.opted_out.contains(bare) || shared.opted_out.contains(to) {
