@@ -187,6 +187,21 @@ pub struct EgressArgs {
     #[arg(long, env = "EGRESS_RETRY_MAX", default_value = "60s", value_parser = humantime::parse_duration)]
     pub retry_max: Duration,
 
+    /// Circuit breakers (per sender and per channel): the share of failed
+    /// Twilio requests (5xx, no answer) in EGRESS_CIRCUIT_WINDOW that opens one.
+    #[arg(long, env = "EGRESS_CIRCUIT_FAILURE_RATE", default_value_t = 0.5)]
+    pub circuit_failure_rate: f64,
+    /// Requests in the window before a breaker may open; 0 turns breakers off.
+    #[arg(long, env = "EGRESS_CIRCUIT_MIN_REQUESTS", default_value_t = 10)]
+    pub circuit_min_requests: u32,
+    /// How far back request outcomes count for the breakers.
+    #[arg(long, env = "EGRESS_CIRCUIT_WINDOW", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub circuit_window: Duration,
+    /// How long an open breaker holds sends before one probe request (doubling
+    /// after each failed probe, up to 8 ×).
+    #[arg(long, env = "EGRESS_CIRCUIT_OPEN_FOR", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub circuit_open_for: Duration,
+
     /// Require an explicit opt-in at the consent re-check (otherwise only an
     /// opt-out blocks).
     #[arg(long, env = "EGRESS_REQUIRE_OPT_IN", default_value_t = false)]
@@ -202,6 +217,17 @@ pub struct EgressArgs {
 }
 
 impl EgressArgs {
+    /// The circuit breaker settings.
+    #[must_use]
+    pub fn circuits(&self) -> crate::circuit::CircuitConfig {
+        crate::circuit::CircuitConfig {
+            failure_rate: self.circuit_failure_rate,
+            min_requests: self.circuit_min_requests,
+            window: self.circuit_window,
+            open_for: self.circuit_open_for,
+        }
+    }
+
     /// The configured rates.
     ///
     /// # Errors
@@ -253,6 +279,14 @@ impl EgressArgs {
         }
         if self.max_attempts == 0 {
             return Err("EGRESS_MAX_ATTEMPTS must be at least 1".into());
+        }
+        if !(self.circuit_failure_rate > 0.0 && self.circuit_failure_rate <= 1.0) {
+            return Err("EGRESS_CIRCUIT_FAILURE_RATE must be above 0 and at most 1".into());
+        }
+        if self.circuit_window.is_zero() || self.circuit_open_for.is_zero() {
+            return Err(
+                "EGRESS_CIRCUIT_WINDOW and EGRESS_CIRCUIT_OPEN_FOR must be positive".into(),
+            );
         }
         if self.retry_base.is_zero() || self.retry_max < self.retry_base {
             return Err("EGRESS_RETRY_BASE must be positive and at most EGRESS_RETRY_MAX".into());

@@ -7,6 +7,7 @@
 //! ledger keeps a restart from resending what Twilio already accepted.
 //! See `egress/README.md` for the design and its guarantees.
 
+pub mod circuit;
 pub mod config;
 pub mod consumer;
 pub mod metrics;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
+use crate::circuit::Circuits;
 use crate::consumer::{Core, CoreParts, EgressContext, LoopArgs, STAGE};
 use crate::metrics::EgressMetrics;
 use crate::sender::{Live, RetryPolicy, SendContext, Topics};
@@ -155,6 +157,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         busy: Arc::clone(&busy),
         stopping: shutdown.clone(),
         idle_timeout: config.egress.sender_idle_timeout,
+        circuits: Circuits::new(config.egress.circuits(), egress_metrics.clone()),
     });
     let dispatcher = tokio::spawn(sender::dispatch(Arc::clone(&ctx), jobs_rx));
 

@@ -1,7 +1,7 @@
 //! Egress metrics, registered on the stage's registry (label values are
 //! outcomes, codes, kinds and sender types; never an address or a SID).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use si_runtime::metrics::StageMetrics;
 
 /// Egress's own metrics.
@@ -27,6 +27,11 @@ pub struct EgressMetrics {
     pub paused_partitions: IntGauge,
     /// Operations ended from the ledger instead of calling Twilio again.
     pub ledger_hits: prometheus::IntCounter,
+    /// Breakers not closed: `si_egress_circuits_open{scope, channel}` (scope
+    /// `sender` or `channel`).
+    pub circuits_open: IntGaugeVec,
+    /// Breaker state changes: `si_egress_circuit_transitions_total{scope, channel, to}`.
+    pub circuit_transitions: IntCounterVec,
 }
 
 impl EgressMetrics {
@@ -106,6 +111,22 @@ impl EgressMetrics {
                 "Input partitions paused because their operations fill the queue",
             )?,
             ledger_hits,
+            circuits_open: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "si_egress_circuits_open",
+                        "Circuit breakers open or half-open, by scope (sender, channel) and channel",
+                    ),
+                    &["scope", "channel"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            circuit_transitions: counter_vec(
+                "si_egress_circuit_transitions_total",
+                "Circuit breaker state changes, by scope, channel and new state (open, half_open, closed)",
+                &["scope", "channel", "to"],
+            )?,
         })
     }
 }

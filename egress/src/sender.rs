@@ -18,11 +18,12 @@ use rand::Rng;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use si_consent_gate::{ConsentGate, Verdict};
 use si_runtime::mask::Masked;
-use si_schemas::records::{Channel, OperationKind, OutboundOperation};
+use si_schemas::records::{Channel, OperationKind, OutboundOperation, PRIORITY_PARAM, Priority};
 use si_schemas::{AvroRecord, Codec, CodecError};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::circuit::{Admit, Circuits};
 use crate::metrics::EgressMetrics;
 use crate::outcome::{Final, terminal};
 use crate::pace::{Pacer, Ready};
@@ -193,6 +194,8 @@ pub struct SendContext {
     pub stopping: CancellationToken,
     /// How long an idle sender keeps its task (see `EGRESS_SENDER_IDLE_TIMEOUT`).
     pub idle_timeout: Duration,
+    /// Per-channel circuit breakers (and the settings of the per-sender ones).
+    pub circuits: Circuits,
 }
 
 /// Whether an operation is re-checked against consent.
@@ -203,6 +206,14 @@ pub fn needs_consent(op: &OutboundOperation) -> bool {
         OperationKind::SendMessage | OperationKind::SendConversationMessage
     ) && op.to.is_some()
         && op.params.get("si.purpose").map(String::as_str) != Some(CONSENT_PURPOSE)
+}
+
+/// Whether an operation may skip a held queue: an urgent (priority HIGH)
+/// WhatsApp message, which delivery remediation can send by SMS instead.
+#[must_use]
+pub fn is_urgent_with_fallback(op: &OutboundOperation) -> bool {
+    op.channel == Channel::Whatsapp
+        && op.params.get(PRIORITY_PARAM).map(String::as_str) == Some(Priority::High.as_str())
 }
 
 /// Rate cells an operation takes: its SMS segments (Twilio paces long codes
@@ -401,13 +412,15 @@ enum Attempted {
     },
 }
 
-/// One attempt: consent re-check, request, classification.
+/// One attempt: consent re-check, request, classification; with what the
+/// answer says about Twilio's health for the circuit breakers (`None`: no
+/// request, or an answer that says nothing about it).
 async fn attempt(
     ctx: &SendContext,
     job: &Job,
     requests: u32,
     window: Option<&SendWindow>,
-) -> Attempted {
+) -> (Attempted, Option<bool>) {
     let op = &job.op;
     if needs_consent(op)
         && let (Some(gate), Some(to)) = (&ctx.gate, op.to.as_deref())
@@ -420,7 +433,7 @@ async fn attempt(
                 reason: format!("consent re-check before sending: {status}"),
             };
             finish(ctx, job, end, requests).await;
-            return Attempted::Done;
+            return (Attempted::Done, None);
         }
     }
     let request = match build_request(&ctx.endpoints, op) {
@@ -432,7 +445,7 @@ async fn attempt(
                 http_status: None,
             };
             finish(ctx, job, end, requests).await;
-            return Attempted::Done;
+            return (Attempted::Done, None);
         }
     };
     if let Some(window) = window {
@@ -445,7 +458,7 @@ async fn attempt(
             http_status: None,
         };
         finish(ctx, job, end, requests).await;
-        return Attempted::Done;
+        return (Attempted::Done, None);
     }
     let requests = requests + 1;
     let kind = op.kind.as_str();
@@ -464,7 +477,7 @@ async fn attempt(
                 .with_label_values(&[kind, "accepted", "none"])
                 .inc();
             finish(ctx, job, Final::Accepted { sid, segments }, requests).await;
-            Attempted::Done
+            (Attempted::Done, Some(true))
         }
         Answer::Permanent {
             code,
@@ -481,7 +494,8 @@ async fn attempt(
                 message,
             };
             finish(ctx, job, end, requests).await;
-            Attempted::Done
+            // Twilio answered: the request was wrong, Twilio works.
+            (Attempted::Done, Some(true))
         }
         Answer::Retry {
             code,
@@ -494,14 +508,20 @@ async fn attempt(
                 .requests
                 .with_label_values(&[kind, "retriable", &code_label(code)])
                 .inc();
-            Attempted::Retry {
-                requests,
-                code,
-                http_status,
-                message,
-                retry_after,
-                auth,
-            }
+            // 5xx or no answer: Twilio (or the way to it) is failing; 429 and
+            // 401 have their own handling.
+            let health = (!auth && http_status.is_none_or(|s| s >= 500)).then_some(false);
+            (
+                Attempted::Retry {
+                    requests,
+                    code,
+                    http_status,
+                    message,
+                    retry_after,
+                    auth,
+                },
+                health,
+            )
         }
     }
 }
@@ -616,13 +636,45 @@ async fn sender_task(
     let mut pacer = Pacer::new(ctx.rates.limiter(&sender_key), Arc::clone(&ctx.semaphore));
     let window = SendWindow::new(&ctx.rates, &sender_key).map(Arc::new);
     let sender_type = SenderType::of(&sender_key).label();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<((u64, i64), Attempted)>();
+    let (done_tx, mut done_rx) =
+        mpsc::unbounded_channel::<((u64, i64), Channel, Attempted, Option<bool>)>();
     let mut queue: VecDeque<Entry> = VecDeque::new();
     let mut jobs_open = true;
+    let mut breaker = ctx.circuits.sender_breaker();
+    let mut channel: Option<Channel> = None;
     loop {
         queue.retain(|e| e.in_flight || ctx.live.is_current(e.job.partition, e.job.generation));
         let now = Instant::now();
-        let (picked, wake) = pick(&queue, now);
+        let (mut picked, mut wake) = pick(&queue, now);
+        // The circuit breakers: while Twilio fails, hold the queue; an urgent
+        // WhatsApp message goes to delivery remediation (its SMS fallback).
+        if let Some(i) = picked {
+            let op_channel = queue[i].job.op.channel;
+            if let Admit::WaitUntil(until) = ctx.circuits.check(&breaker, op_channel, now) {
+                let urgent = queue
+                    .iter()
+                    .position(|e| !e.in_flight && is_urgent_with_fallback(&e.job.op));
+                if let Some(u) = urgent {
+                    if let Some(entry) = queue.remove(u) {
+                        let end = Final::DeadLettered {
+                            reason: "circuit open: Twilio requests for this sender or channel \
+                                     are failing; an urgent message is handed to delivery \
+                                     remediation (its fallback channel)"
+                                .into(),
+                            code: None,
+                            http_status: None,
+                        };
+                        let c = Arc::clone(&ctx);
+                        spawn_tracked(&ctx, async move {
+                            finish(&c, &entry.job, end, entry.requests).await;
+                        });
+                    }
+                    continue;
+                }
+                picked = None;
+                wake = Some(wake.map_or(until, |w| w.min(until)));
+            }
+        }
         if let Some(i) = picked
             && let Some(not_after) = queue[i].job.op.not_after
             && now_ms() > not_after
@@ -641,6 +693,7 @@ async fn sender_task(
             continue;
         }
         if !jobs_open && queue.is_empty() {
+            ctx.circuits.forget(&breaker, channel);
             return;
         }
         let stopping = ctx.stopping.is_cancelled();
@@ -663,8 +716,9 @@ async fn sender_task(
                 idle_reported = true;
                 let _ = idle.send(Idle { sender_key: sender_key.clone(), received });
             },
-            Some((id, attempted)) = done_rx.recv() => {
+            Some((id, op_channel, attempted, health)) = done_rx.recv() => {
                 last_activity = Instant::now();
+                ctx.circuits.record(&mut breaker, op_channel, last_activity, health);
                 let Some(i) = queue.iter().position(|e| (e.job.generation, e.job.offset) == id) else { continue };
                 match attempted {
                     Attempted::Done => { queue.remove(i); }
@@ -700,7 +754,10 @@ async fn sender_task(
             },
             () = sleep, if wake.is_some() => {},
             ready = pacer.ready(cells), if picked.is_some() && !stopping => {
-                let Some(Ready { permit, waited }) = ready else { return };
+                let Some(Ready { permit, waited }) = ready else {
+                    ctx.circuits.forget(&breaker, channel);
+                    return;
+                };
                 let Some(i) = picked else { continue };
                 ctx.metrics.limiter_wait.with_label_values(&[sender_type]).observe(waited.as_secs_f64());
                 let entry = &mut queue[i];
@@ -710,13 +767,16 @@ async fn sender_task(
                 entry.in_flight = true;
                 let job = entry.job.clone();
                 let requests = entry.requests;
+                let op_channel = job.op.channel;
+                channel = Some(op_channel);
+                ctx.circuits.begin(&mut breaker, op_channel, Instant::now());
                 let tx = done_tx.clone();
                 let c = Arc::clone(&ctx);
                 let window = window.clone();
                 spawn_tracked(&ctx, async move {
-                    let attempted = attempt(&c, &job, requests, window.as_deref()).await;
+                    let (attempted, health) = attempt(&c, &job, requests, window.as_deref()).await;
                     drop(permit);
-                    let _ = tx.send(((job.generation, job.offset), attempted));
+                    let _ = tx.send(((job.generation, job.offset), op_channel, attempted, health));
                 });
             },
             () = ctx.stopping.cancelled(), if !stopping => {},

@@ -143,6 +143,8 @@ async fn faults_end_every_operation_exactly_once() -> anyhow::Result<()> {
         ("EGRESS_MAX_ATTEMPTS", "30"),
         ("EGRESS_RETRY_MAX", "300ms"),
         ("TWILIO_REQUEST_TIMEOUT", "3s"),
+        // Retries under random faults, not the breakers (tests/circuit.rs).
+        ("EGRESS_CIRCUIT_MIN_REQUESTS", "0"),
     ];
     let egress = Egress::spawn(&env, &sandbox, "faults", &extra)?;
     let by_id = statuses(&env, ops.len(), Duration::from_secs(120)).await?;
