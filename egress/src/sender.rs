@@ -23,11 +23,12 @@ use si_schemas::{AvroRecord, Codec, CodecError};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{self, Admit, AuthGate, Hold, Probe};
 use crate::metrics::EgressMetrics;
 use crate::outcome::{Final, terminal};
 use crate::pace::{Pacer, Ready};
 use crate::rates::{Rates, SendWindow, SenderType};
-use crate::twilio::{Answer, Endpoints, TwilioClient, build_request};
+use crate::twilio::{Answer, Endpoints, Sent, TwilioClient, build_request};
 
 /// Params value marking the consent stage's own replies, which pass the re-check.
 pub const CONSENT_PURPOSE: &str = "consent";
@@ -163,6 +164,8 @@ impl RetryPolicy {
 pub struct SendContext {
     /// Twilio client.
     pub client: TwilioClient,
+    /// The hold every sender respects while Twilio refuses the credentials.
+    pub auth: Arc<AuthGate>,
     /// Base URLs and account.
     pub endpoints: Endpoints,
     /// Rate configuration.
@@ -401,12 +404,14 @@ enum Attempted {
     },
 }
 
-/// One attempt: consent re-check, request, classification.
+/// One attempt: consent re-check, request, classification. `probe` when
+/// the attempt is the one probe of rejected credentials (see [`AuthGate`]).
 async fn attempt(
     ctx: &SendContext,
     job: &Job,
     requests: u32,
     window: Option<&SendWindow>,
+    probe: Option<Probe>,
 ) -> Attempted {
     let op = &job.op;
     if needs_consent(op)
@@ -450,8 +455,18 @@ async fn attempt(
     let requests = requests + 1;
     let kind = op.kind.as_str();
     ctx.metrics.in_flight.inc();
-    let (answer, took) = ctx.client.send(&request, &op.operation_id).await;
+    let Sent {
+        answer,
+        took,
+        generation,
+    } = ctx.client.send(&request, &op.operation_id).await;
     ctx.metrics.in_flight.dec();
+    ctx.auth.observe(
+        auth::Verdict::of(&answer),
+        generation,
+        probe,
+        Instant::now(),
+    );
     ctx.metrics
         .latency
         .with_label_values(&[kind])
@@ -619,6 +634,7 @@ async fn sender_task(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<((u64, i64), Attempted)>();
     let mut queue: VecDeque<Entry> = VecDeque::new();
     let mut jobs_open = true;
+    let mut auth_changes = ctx.auth.subscribe();
     loop {
         queue.retain(|e| e.in_flight || ctx.live.is_current(e.job.partition, e.job.generation));
         let now = Instant::now();
@@ -644,6 +660,26 @@ async fn sender_task(
             return;
         }
         let stopping = ctx.stopping.is_cancelled();
+        // While Twilio refuses the credentials nothing starts, except the
+        // probe; a held operation still ends at its `not_after`.
+        let held = match ctx.auth.hold(now) {
+            Hold::Open => None,
+            Hold::Until(probe_at) => Some(probe_at),
+        };
+        let held_wake = held.and_then(|probe_at| {
+            let expiry = picked
+                .and_then(|i| queue[i].job.op.not_after)
+                .map(|not_after| {
+                    let left = u64::try_from(not_after.saturating_sub(now_ms())).unwrap_or(0);
+                    now + Duration::from_millis(left + 1)
+                });
+            match (probe_at, expiry) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        });
+        let held_sleep =
+            tokio::time::sleep_until(held_wake.unwrap_or(now + Duration::from_secs(3600)).into());
         let cells = picked.map_or(1, |i| cells(&queue[i].job.op));
         let sleep =
             tokio::time::sleep_until(wake.unwrap_or(now + Duration::from_secs(3600)).into());
@@ -675,7 +711,8 @@ async fn sender_task(
                         if !auth {
                             entry.counted += 1;
                         }
-                        let delay = if auth { ctx.retry.max } else { ctx.retry.delay(entry.counted, retry_after) };
+                        // A 401 waits at the shared gate, not on its own timer.
+                        let delay = if auth { Duration::ZERO } else { ctx.retry.delay(entry.counted, retry_after) };
                         let reason = if auth { "auth" } else if http_status == Some(429) || code == Some(20429) { "rate_limited" } else if http_status.is_some_and(|s| s >= 500) { "server_error" } else if http_status.is_none() { "network" } else { "slow_down" };
                         let deadline_passes = entry.job.op.not_after.is_some_and(|na| {
                             now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)) > na
@@ -699,7 +736,9 @@ async fn sender_task(
                 }
             },
             () = sleep, if wake.is_some() => {},
-            ready = pacer.ready(cells), if picked.is_some() && !stopping => {
+            Ok(()) = auth_changes.changed() => {},
+            () = held_sleep, if picked.is_some() && held_wake.is_some() => {},
+            ready = pacer.ready(cells), if picked.is_some() && !stopping && held.is_none() => {
                 let Some(Ready { permit, waited }) = ready else { return };
                 let Some(i) = picked else { continue };
                 ctx.metrics.limiter_wait.with_label_values(&[sender_type]).observe(waited.as_secs_f64());
@@ -707,6 +746,13 @@ async fn sender_task(
                 if !ctx.live.is_current(entry.job.partition, entry.job.generation) {
                     continue;
                 }
+                let probe = match ctx.auth.admit(Instant::now()) {
+                    Admit::Open => None,
+                    Admit::Probe(probe) => Some(probe),
+                    // Another sender's request was refused meanwhile: the
+                    // cells are spent, the operation waits at the gate.
+                    Admit::Held => continue,
+                };
                 entry.in_flight = true;
                 let job = entry.job.clone();
                 let requests = entry.requests;
@@ -714,7 +760,7 @@ async fn sender_task(
                 let c = Arc::clone(&ctx);
                 let window = window.clone();
                 spawn_tracked(&ctx, async move {
-                    let attempted = attempt(&c, &job, requests, window.as_deref()).await;
+                    let attempted = attempt(&c, &job, requests, window.as_deref(), probe).await;
                     drop(permit);
                     let _ = tx.send(((job.generation, job.offset), attempted));
                 });
