@@ -96,6 +96,24 @@ pub struct TwilioArgs {
     /// credentials are loaded).
     #[arg(long, env = "TWILIO_AUTH_PROBE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub auth_probe_interval: Duration,
+
+    /// How often a cheap authenticated GET (TWILIO_HEALTH_PATH) checks that
+    /// Twilio is reachable and the credentials work; `0s` turns it off.
+    /// Reported by `si_egress_twilio_reachable` and on /readyz, never
+    /// failing readiness.
+    #[arg(long, env = "TWILIO_HEALTH_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+
+    /// The health check's path under TWILIO_API_BASE_URL (`{AccountSid}` is
+    /// replaced). The Account resource needs the Auth Token or a Main API
+    /// key; with a Standard key use e.g.
+    /// `/2010-04-01/Accounts/{AccountSid}/Messages.json?PageSize=1`.
+    #[arg(
+        long,
+        env = "TWILIO_HEALTH_PATH",
+        default_value = "/2010-04-01/Accounts/{AccountSid}.json"
+    )]
+    pub health_path: String,
 }
 
 impl TwilioArgs {
@@ -134,6 +152,9 @@ impl TwilioArgs {
         }
         if self.auth_probe_interval.is_zero() {
             return Err("TWILIO_AUTH_PROBE_INTERVAL must be positive".into());
+        }
+        if !self.health_path.starts_with('/') {
+            return Err("TWILIO_HEALTH_PATH must start with /".into());
         }
         Ok(())
     }

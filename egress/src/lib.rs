@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod consumer;
 pub mod credentials;
+pub mod health;
 pub mod metrics;
 pub mod outcome;
 pub mod pace;
@@ -75,8 +76,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .context("admin listener")?;
     tracing::info!(addr = %admin.local_addr, "admin listening");
 
-    // Credentials: a hold while Twilio refuses them, and reloads from the
-    // directory.
+    // Credentials: a hold while Twilio refuses them, reloads from the
+    // directory, and the health check, all before Kafka is ready.
     let reload = Arc::new(Notify::new());
     let auth = Arc::new(AuthGate::new(
         Arc::clone(&credentials),
@@ -98,6 +99,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ));
     }
     let client = TwilioClient::new(&config.twilio, credentials)?;
+    if !config.twilio.health_interval.is_zero() {
+        tokio::spawn(health::run(
+            client.clone(),
+            health::url(&config.twilio),
+            config.twilio.health_interval,
+            Arc::clone(&auth),
+            health::HealthMetrics::register(&metrics)?,
+            readiness.detail("twilio"),
+            shutdown.clone(),
+        ));
+    }
     let codec = Codec::new(Registry::new(config.common.registry.config())?);
 
     let input = kafka.topic(topics::OUTBOUND);

@@ -477,6 +477,33 @@ impl TwilioClient {
             generation: current.generation,
         }
     }
+
+    /// An authenticated GET of `url` (the health check): the HTTP status, or
+    /// what kept the request from an answer; and the credentials generation.
+    pub async fn get_status(&self, url: &str) -> (Result<u16, &'static str>, u64) {
+        let current = self.credentials.current();
+        let result = self
+            .http
+            .get(url)
+            .basic_auth(
+                &current.credentials.user,
+                Some(&current.credentials.password),
+            )
+            .send()
+            .await;
+        let status = match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                // Read the body so the connection goes back to the pool.
+                match response.bytes().await {
+                    Ok(_) => Ok(status),
+                    Err(error) => Err(error_kind(&error)),
+                }
+            }
+            Err(error) => Err(error_kind(&error)),
+        };
+        (status, current.generation)
+    }
 }
 
 /// A description of a reqwest error without the URL (which holds the account SID).

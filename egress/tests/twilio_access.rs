@@ -1,7 +1,8 @@
 //! Egress and Twilio's side of the door: credentials Twilio refuses (held
 //! operations, a metric, one log line, a rotation picked up from the
-//! credentials directory without a restart). Real broker and registry, the
-//! in-process sandbox, egress as a child process.
+//! credentials directory without a restart) and the connectivity health
+//! check (gauge and /readyz detail, never unready). Real broker and registry,
+//! the in-process sandbox, egress as a child process.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -221,5 +222,95 @@ async fn refused_credentials_hold_operations_until_the_secret_is_rotated() -> an
     egress.stop().await?;
     sandbox.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twilio_health_is_reported_without_making_the_pod_unready() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let sandbox = sandbox().await?;
+    let admin = format!("127.0.0.1:{}", si_testkit::free_port()?);
+    let egress = Egress::spawn(
+        &env,
+        &sandbox,
+        "health",
+        &[
+            ("TWILIO_HEALTH_INTERVAL", "300ms"),
+            ("TWILIO_REQUEST_TIMEOUT", "2s"),
+            ("ADMIN_ADDR", &admin),
+        ],
+    )?;
+    let readyz = format!("http://{admin}/readyz");
+    wait_for(
+        "ready and Twilio reachable",
+        Duration::from_secs(90),
+        || {
+            let url = readyz.clone();
+            async move {
+                let Ok((status, body)) = get(&url).await else {
+                    return Ok(None);
+                };
+                Ok(
+                    (status == 200 && body.contains("twilio: reachable, credentials accepted"))
+                        .then_some(()),
+                )
+            }
+        },
+    )
+    .await?;
+    assert_eq!(
+        metric(&admin, "si_egress_twilio_reachable").await?,
+        Some(1.0)
+    );
+    let reads = sandbox.reads();
+    assert!(
+        reads
+            .iter()
+            .any(|r| r.status == 200 && r.path.ends_with(".json")),
+        "the sandbox saw the account fetch: {reads:?}"
+    );
+    assert!(sandbox.requests().is_empty(), "a read is not an operation");
+
+    // Twilio goes away.
+    sandbox.shutdown().await;
+    let body = wait_for(
+        "Twilio reported unreachable",
+        Duration::from_secs(60),
+        || {
+            let url = readyz.clone();
+            let admin = admin.clone();
+            async move {
+                let reachable = metric(&admin, "si_egress_twilio_reachable").await?;
+                let (status, body) = get(&url).await?;
+                anyhow::ensure!(status == 200, "egress became unready: {status} {body}");
+                Ok(
+                    (reachable == Some(0.0) && body.contains("twilio: unreachable"))
+                        .then_some(body),
+                )
+            }
+        },
+    )
+    .await?;
+    eprintln!("[health] /readyz with Twilio gone: {body:?}");
+    // Still ready (and alive) a few checks later.
+    wait_for("a few more failed checks", Duration::from_secs(30), || {
+        let admin = admin.clone();
+        async move {
+            let (_, text) = get(&format!("http://{admin}/metrics")).await?;
+            let failed = series(
+                &text,
+                "si_egress_twilio_health_checks_total",
+                "result=\"unreachable\"",
+            )
+            .unwrap_or(0.0);
+            Ok((failed >= 3.0).then_some(()))
+        }
+    })
+    .await?;
+    let (status, _) = get(&readyz).await?;
+    assert_eq!(status, 200, "a Twilio outage never makes egress unready");
+    let (status, _) = get(&format!("http://{admin}/healthz")).await?;
+    assert_eq!(status, 200);
+    egress.stop().await?;
     Ok(())
 }
