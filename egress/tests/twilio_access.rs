@@ -83,6 +83,7 @@ async fn wait_for_metric(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_credentials_hold_operations_until_the_secret_is_rotated() -> anyhow::Result<()> {
+    let started = Instant::now();
     let env = TestEnv::start().await?;
     let sandbox = sandbox().await?;
     let dir = secret_dir(&env)?;
@@ -171,7 +172,10 @@ async fn refused_credentials_hold_operations_until_the_secret_is_rotated() -> an
     );
     // One line for the refusal, however many requests were refused.
     assert_eq!(egress.log_lines("Twilio refuses egress's credentials"), 1);
-    assert_eq!(egress.log_lines("Twilio still refuses"), 0);
+    // Then at most one line a minute (none unless this machine is so slow
+    // that the refusals have lasted that long).
+    let minutes = usize::try_from(started.elapsed().as_secs() / 60)?;
+    assert!(egress.log_lines("Twilio still refuses") <= minutes);
     assert_eq!(
         egress.log_lines("a-token-twilio-refuses"),
         0,
