@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntGauge};
+use si_runtime::admin::ReadinessDetail;
 use tokio::sync::{Notify, watch};
 
 use crate::credentials::CredentialStore;
@@ -94,13 +95,32 @@ impl Verdict {
     }
 }
 
-/// The gate's metrics.
+/// How the gate reports: metrics and a `/readyz` line.
 #[derive(Debug, Clone)]
 pub struct AuthMetrics {
     /// `si_egress_twilio_auth_failures_total`.
     pub failures: IntCounter,
     /// `si_egress_twilio_credentials_rejected`.
     pub rejected: IntGauge,
+    /// `twilio-credentials: ...` on `/readyz` (informational: refused
+    /// credentials never make the pod unready).
+    pub readyz: Option<ReadinessDetail>,
+}
+
+impl AuthMetrics {
+    fn report(&self, rejected: bool, probe_interval: Duration) {
+        self.rejected.set(i64::from(rejected));
+        if let Some(readyz) = &self.readyz {
+            readyz.set(if rejected {
+                format!(
+                    "refused by Twilio (401); operations held, one probe every {}",
+                    humantime::format_duration(probe_interval)
+                )
+            } else {
+                "not refused".to_owned()
+            });
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -172,7 +192,7 @@ impl AuthGate {
         reload: Arc<Notify>,
         metrics: AuthMetrics,
     ) -> Self {
-        metrics.rejected.set(0);
+        metrics.report(false, probe_interval);
         Self {
             state: Mutex::new(None),
             changes: watch::Sender::new(0),
@@ -244,7 +264,7 @@ impl AuthGate {
             Verdict::Accepted => {
                 if state.as_ref().is_some_and(|r| generation >= r.generation) {
                     if let Some(r) = state.take() {
-                        self.metrics.rejected.set(0);
+                        self.metrics.report(false, self.probe_interval);
                         tracing::info!(
                             rejected_for = ?now.saturating_duration_since(r.since),
                             refused_requests = r.refused,
@@ -291,7 +311,7 @@ impl AuthGate {
                     refused: 1,
                     log,
                 });
-                self.metrics.rejected.set(1);
+                self.metrics.report(true, self.probe_interval);
                 let dir = self.store.dir();
                 tracing::warn!(
                     kind = self.store.current().credentials.kind.as_str(),
@@ -414,6 +434,7 @@ mod tests {
         let metrics = AuthMetrics {
             failures: IntCounter::new("f", "f").unwrap(),
             rejected: IntGauge::new("r", "r").unwrap(),
+            readyz: None,
         };
         let reload = Arc::new(Notify::new());
         let gate = Arc::new(AuthGate::new(

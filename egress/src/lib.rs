@@ -86,6 +86,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         AuthMetrics {
             failures: egress_metrics.auth_failures.clone(),
             rejected: egress_metrics.credentials_rejected.clone(),
+            readyz: Some(readiness.detail("twilio-credentials")),
         },
     ));
     if credentials.dir().is_some() {

@@ -153,6 +153,14 @@ async fn refused_credentials_hold_operations_until_the_secret_is_rotated() -> an
         .await?,
         1.0
     );
+    // Shown on /readyz, which stays 200: every replica shares the
+    // credentials, so taking pods out of service would help nothing.
+    let (status, body) = get(&format!("http://{admin}/readyz")).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("twilio-credentials: refused by Twilio (401); operations held"),
+        "{body}"
+    );
     let failures = metric(&admin, "si_egress_twilio_auth_failures_total")
         .await?
         .unwrap_or(0.0);
@@ -216,6 +224,8 @@ async fn refused_credentials_hold_operations_until_the_secret_is_rotated() -> an
         |v| v == 0.0,
     )
     .await?;
+    let (_, body) = get(&format!("http://{admin}/readyz")).await?;
+    assert!(body.contains("twilio-credentials: not refused"), "{body}");
     assert_eq!(egress.log_lines("Twilio credentials changed"), 1);
     assert_eq!(egress.log_lines("accepts egress's credentials again"), 1);
     assert_eq!(
