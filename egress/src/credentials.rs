@@ -436,6 +436,78 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refusal_makes_the_loop_reload_at_once_and_tell_the_gate() {
+        use prometheus::{IntCounter, IntGauge};
+
+        use crate::auth::{AuthMetrics, Hold, Verdict};
+
+        let dir = temp_dir("loop");
+        write(&dir, AUTH_TOKEN_FILE, "old");
+        let store = Arc::new(
+            CredentialStore::load(Source {
+                account_sid: ACCOUNT.into(),
+                dir: Some(dir.clone()),
+                env: Err("no env".into()),
+            })
+            .await
+            .unwrap(),
+        );
+        let wanted = Arc::new(Notify::new());
+        let gate = Arc::new(AuthGate::new(
+            Arc::clone(&store),
+            Duration::from_secs(3600),
+            Arc::clone(&wanted),
+            AuthMetrics {
+                failures: IntCounter::new("f", "f").unwrap(),
+                rejected: IntGauge::new("r", "r").unwrap(),
+                readyz: None,
+            },
+        ));
+        let stage = si_runtime::metrics::StageMetrics::new("egress");
+        let metrics = EgressMetrics::new(&stage).unwrap();
+        let shutdown = CancellationToken::new();
+        // An hour between scheduled reloads: only the refusal can trigger one.
+        let task = tokio::spawn(reload_loop(
+            Arc::clone(&store),
+            Arc::clone(&gate),
+            wanted,
+            Duration::from_secs(3600),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        let mut changes = gate.subscribe();
+        write(&dir, AUTH_TOKEN_FILE, "new");
+        let refused_at = Instant::now();
+        gate.observe(Verdict::Rejected, 1, None, refused_at);
+        assert!(matches!(gate.hold(refused_at), Hold::Until(Some(_))));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while store.generation() != 2 {
+                changes.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("reloaded and the gate told");
+        let took = refused_at.elapsed();
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert_eq!(store.current().credentials.password, "new");
+        assert_eq!(
+            gate.hold(Instant::now()),
+            Hold::Open,
+            "the new credentials may be probed at once"
+        );
+        assert_eq!(
+            metrics
+                .credential_reloads
+                .with_label_values(&["changed"])
+                .get(),
+            1
+        );
+        shutdown.cancel();
+        task.await.unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
     async fn start_up_needs_credentials_somewhere() {
         let dir = temp_dir("empty");
         let error = CredentialStore::load(Source {
