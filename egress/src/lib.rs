@@ -61,6 +61,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         credentials_dir = ?credentials.dir(),
         "Twilio credentials loaded"
     );
+    if let Some(dir) = credentials.dir()
+        && !tokio::fs::metadata(dir).await.is_ok_and(|m| m.is_dir())
+    {
+        tracing::warn!(
+            credentials_dir = %dir.display(),
+            "TWILIO_CREDENTIALS_DIR is not a directory (yet): the environment's credentials apply until it holds some"
+        );
+    }
     let rates = config.egress.rates().map_err(anyhow::Error::msg)?;
     let kafka = config.common.kafka.clone();
     let metrics = StageMetrics::new(STAGE);
