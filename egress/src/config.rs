@@ -2,11 +2,13 @@
 //! variable, and the Helm chart sets the same names (`stages.egress`).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser};
 use si_runtime::CommonConfig;
 
+use crate::credentials::Source;
 use crate::rates::Rates;
 
 /// `si-egress`: performs the Twilio REST operations of `twilio.outbound.v1`.
@@ -35,7 +37,8 @@ pub struct TwilioArgs {
     pub account_sid: String,
 
     /// Auth Token of the account (HTTP Basic with the Account SID). Either this
-    /// or the API key pair is required; the API key wins when both are set.
+    /// or the API key pair is required (here or in TWILIO_CREDENTIALS_DIR);
+    /// the API key wins when both are set.
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
 
@@ -75,56 +78,85 @@ pub struct TwilioArgs {
     /// TCP/TLS connect timeout of Twilio requests.
     #[arg(long, env = "TWILIO_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
-}
 
-/// HTTP Basic credentials for Twilio.
-#[derive(Clone)]
-pub struct Credentials {
-    /// User: an API key SID or the Account SID.
-    pub user: String,
-    /// Password: the API key secret or the Auth Token.
-    pub password: String,
-}
+    /// A directory holding the credentials as files (a mounted Kubernetes
+    /// Secret): `auth-token`, or `api-key-sid` and `api-key-secret`. They win
+    /// over the environment's and are read again every
+    /// TWILIO_CREDENTIALS_RELOAD_INTERVAL (and soon after a 401), so a
+    /// rotated secret is used without a restart.
+    #[arg(long, env = "TWILIO_CREDENTIALS_DIR")]
+    pub credentials_dir: Option<PathBuf>,
 
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("user", &self.user)
-            .field("password", &"<redacted>")
-            .finish()
-    }
+    /// How often TWILIO_CREDENTIALS_DIR is read again.
+    #[arg(long, env = "TWILIO_CREDENTIALS_RELOAD_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub credentials_reload_interval: Duration,
+
+    /// While Twilio refuses the credentials (401), every sender holds its
+    /// operations and one request probes this often (at once when new
+    /// credentials are loaded).
+    #[arg(long, env = "TWILIO_AUTH_PROBE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub auth_probe_interval: Duration,
+
+    /// How often a cheap authenticated GET (TWILIO_HEALTH_PATH) checks that
+    /// Twilio is reachable and the credentials work; `0s` turns it off.
+    /// Reported by `si_egress_twilio_reachable` and on /readyz, never
+    /// failing readiness.
+    #[arg(long, env = "TWILIO_HEALTH_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+
+    /// The health check's path under TWILIO_API_BASE_URL (`{AccountSid}` is
+    /// replaced). The Account resource needs the Auth Token or a Main API
+    /// key; with a Standard key use e.g.
+    /// `/2010-04-01/Accounts/{AccountSid}/Messages.json?PageSize=1`.
+    #[arg(
+        long,
+        env = "TWILIO_HEALTH_PATH",
+        default_value = "/2010-04-01/Accounts/{AccountSid}.json"
+    )]
+    pub health_path: String,
 }
 
 impl TwilioArgs {
-    /// The credentials to use: the API key pair when complete, else the Auth Token.
+    /// Where the credentials come from: `TWILIO_CREDENTIALS_DIR` when set
+    /// (re-read on an interval), else (and as fallback) the environment's:
+    /// the API key pair when complete, else the Auth Token.
+    #[must_use]
+    pub fn credential_source(&self) -> Source {
+        Source {
+            account_sid: self.account_sid.clone(),
+            dir: self
+                .credentials_dir
+                .clone()
+                .filter(|d| !d.as_os_str().is_empty()),
+            env: crate::credentials::choose(
+                &self.account_sid,
+                self.auth_token.as_deref(),
+                self.api_key_sid.as_deref(),
+                self.api_key_secret.as_deref(),
+                [
+                    "TWILIO_AUTH_TOKEN",
+                    "TWILIO_API_KEY_SID",
+                    "TWILIO_API_KEY_SECRET",
+                ],
+            ),
+        }
+    }
+
+    /// Cross-field checks with a message naming the variables.
     ///
     /// # Errors
-    /// When neither is configured, or only half of the key pair.
-    pub fn credentials(&self) -> Result<Credentials, String> {
-        match (&self.api_key_sid, &self.api_key_secret) {
-            (Some(sid), Some(secret)) if !sid.is_empty() && !secret.is_empty() => {
-                return Ok(Credentials {
-                    user: sid.clone(),
-                    password: secret.clone(),
-                });
-            }
-            (Some(sid), _) if !sid.is_empty() => {
-                return Err("TWILIO_API_KEY_SID is set but TWILIO_API_KEY_SECRET is not".into());
-            }
-            (_, Some(secret)) if !secret.is_empty() => {
-                return Err("TWILIO_API_KEY_SECRET is set but TWILIO_API_KEY_SID is not".into());
-            }
-            _ => {}
+    /// When the settings contradict each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.credentials_reload_interval.is_zero() {
+            return Err("TWILIO_CREDENTIALS_RELOAD_INTERVAL must be positive".into());
         }
-        match &self.auth_token {
-            Some(token) if !token.is_empty() => Ok(Credentials {
-                user: self.account_sid.clone(),
-                password: token.clone(),
-            }),
-            _ => {
-                Err("set TWILIO_AUTH_TOKEN, or TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET".into())
-            }
+        if self.auth_probe_interval.is_zero() {
+            return Err("TWILIO_AUTH_PROBE_INTERVAL must be positive".into());
         }
+        if !self.health_path.starts_with('/') {
+            return Err("TWILIO_HEALTH_PATH must start with /".into());
+        }
+        Ok(())
     }
 }
 
@@ -183,7 +215,7 @@ pub struct EgressArgs {
     /// First retry delay; doubles per attempt, with full jitter.
     #[arg(long, env = "EGRESS_RETRY_BASE", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub retry_base: Duration,
-    /// Longest retry delay (also the pace of retries after a 401).
+    /// Longest retry delay.
     #[arg(long, env = "EGRESS_RETRY_MAX", default_value = "60s", value_parser = humantime::parse_duration)]
     pub retry_max: Duration,
 

@@ -7,9 +7,12 @@
 //! ledger keeps a restart from resending what Twilio already accepted.
 //! See `egress/README.md` for the design and its guarantees.
 
+pub mod auth;
 pub mod circuit;
 pub mod config;
 pub mod consumer;
+pub mod credentials;
+pub mod health;
 pub mod metrics;
 pub mod outcome;
 pub mod pace;
@@ -28,13 +31,15 @@ use si_consent_gate::ConsentGate;
 use si_runtime::metrics::StageMetrics;
 use si_runtime::{AdminServer, Readiness};
 use si_schemas::{Codec, Registry, topics};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
+use crate::auth::{AuthGate, AuthMetrics};
 use crate::circuit::Circuits;
 use crate::consumer::{Core, CoreParts, EgressContext, LoopArgs, STAGE};
+use crate::credentials::CredentialStore;
 use crate::metrics::EgressMetrics;
 use crate::sender::{Live, RetryPolicy, SendContext, Topics};
 use crate::twilio::{Endpoints, TwilioClient};
@@ -47,7 +52,25 @@ use crate::twilio::{Endpoints, TwilioClient};
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.egress.validate().map_err(anyhow::Error::msg)?;
     config.group.validate().map_err(anyhow::Error::msg)?;
-    let credentials = config.twilio.credentials().map_err(anyhow::Error::msg)?;
+    config.twilio.validate().map_err(anyhow::Error::msg)?;
+    let credentials = Arc::new(
+        CredentialStore::load(config.twilio.credential_source())
+            .await
+            .map_err(anyhow::Error::msg)?,
+    );
+    tracing::info!(
+        kind = credentials.current().credentials.kind.as_str(),
+        credentials_dir = ?credentials.dir(),
+        "Twilio credentials loaded"
+    );
+    if let Some(dir) = credentials.dir()
+        && !tokio::fs::metadata(dir).await.is_ok_and(|m| m.is_dir())
+    {
+        tracing::warn!(
+            credentials_dir = %dir.display(),
+            "TWILIO_CREDENTIALS_DIR is not a directory (yet): the environment's credentials apply until it holds some"
+        );
+    }
     let rates = config.egress.rates().map_err(anyhow::Error::msg)?;
     let kafka = config.common.kafka.clone();
     let metrics = StageMetrics::new(STAGE);
@@ -61,6 +84,43 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .await
     .context("admin listener")?;
+    tracing::info!(addr = %admin.local_addr, "admin listening");
+
+    // Credentials: a hold while Twilio refuses them, reloads from the
+    // directory, and the health check, all before Kafka is ready.
+    let reload = Arc::new(Notify::new());
+    let auth = Arc::new(AuthGate::new(
+        Arc::clone(&credentials),
+        config.twilio.auth_probe_interval,
+        Arc::clone(&reload),
+        AuthMetrics {
+            failures: egress_metrics.auth_failures.clone(),
+            rejected: egress_metrics.credentials_rejected.clone(),
+            readyz: Some(readiness.detail("twilio-credentials")),
+        },
+    ));
+    if credentials.dir().is_some() {
+        tokio::spawn(credentials::reload_loop(
+            Arc::clone(&credentials),
+            Arc::clone(&auth),
+            reload,
+            config.twilio.credentials_reload_interval,
+            egress_metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let client = TwilioClient::new(&config.twilio, credentials)?;
+    if !config.twilio.health_interval.is_zero() {
+        tokio::spawn(health::run(
+            client.clone(),
+            health::url(&config.twilio),
+            config.twilio.health_interval,
+            Arc::clone(&auth),
+            health::HealthMetrics::register(&metrics)?,
+            readiness.detail("twilio"),
+            shutdown.clone(),
+        ));
+    }
     let codec = Codec::new(Registry::new(config.common.registry.config())?);
 
     let input = kafka.topic(topics::OUTBOUND);
@@ -137,7 +197,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let endpoints = Endpoints::new(&config.twilio);
     let ctx = Arc::new(SendContext {
-        client: TwilioClient::new(&config.twilio, credentials)?,
+        client,
+        auth,
         endpoints: endpoints.clone(),
         rates,
         semaphore: Arc::new(Semaphore::new(config.egress.max_concurrency)),

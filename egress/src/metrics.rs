@@ -32,6 +32,15 @@ pub struct EgressMetrics {
     pub circuits_open: IntGaugeVec,
     /// Breaker state changes: `si_egress_circuit_transitions_total{scope, channel, to}`.
     pub circuit_transitions: IntCounterVec,
+    /// Requests Twilio refused for their credentials (401 / 20003):
+    /// `si_egress_twilio_auth_failures_total`.
+    pub auth_failures: prometheus::IntCounter,
+    /// 1 while Twilio refuses the current credentials (operations held), else 0:
+    /// `si_egress_twilio_credentials_rejected`.
+    pub credentials_rejected: IntGauge,
+    /// Credential reloads by result (`changed`, `unchanged`, `error`):
+    /// `si_egress_twilio_credential_reloads_total{result}`.
+    pub credential_reloads: IntCounterVec,
 }
 
 impl EgressMetrics {
@@ -67,6 +76,11 @@ impl EgressMetrics {
             "Operations ended with the ledger's recorded Twilio answer instead of a new request",
         )?;
         registry.register(Box::new(ledger_hits.clone()))?;
+        let auth_failures = prometheus::IntCounter::new(
+            "si_egress_twilio_auth_failures_total",
+            "Twilio requests refused for their credentials (HTTP 401 / error 20003)",
+        )?;
+        registry.register(Box::new(auth_failures.clone()))?;
         Ok(Self {
             operations: counter_vec(
                 "si_egress_operations_total",
@@ -126,6 +140,16 @@ impl EgressMetrics {
                 "si_egress_circuit_transitions_total",
                 "Circuit breaker state changes, by scope, channel and new state (open, half_open, closed)",
                 &["scope", "channel", "to"],
+            )?,
+            auth_failures,
+            credentials_rejected: gauge(
+                "si_egress_twilio_credentials_rejected",
+                "1 while Twilio refuses egress's current credentials and operations are held, else 0",
+            )?,
+            credential_reloads: counter_vec(
+                "si_egress_twilio_credential_reloads_total",
+                "Reloads of the Twilio credentials (TWILIO_CREDENTIALS_DIR), by result: changed, unchanged, error",
+                &["result"],
             )?,
         })
     }

@@ -23,12 +23,13 @@ use si_schemas::{AvroRecord, Codec, CodecError};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::circuit::{Admit, Circuits};
+use crate::auth::{self, Admit, AuthGate, Hold, Probe};
+use crate::circuit::{self, Circuits};
 use crate::metrics::EgressMetrics;
 use crate::outcome::{Final, terminal};
 use crate::pace::{Pacer, Ready};
 use crate::rates::{Rates, SendWindow, SenderType};
-use crate::twilio::{Answer, Endpoints, TwilioClient, build_request};
+use crate::twilio::{Answer, Endpoints, Sent, TwilioClient, build_request};
 
 /// Params value marking the consent stage's own replies, which pass the re-check.
 pub const CONSENT_PURPOSE: &str = "consent";
@@ -164,6 +165,8 @@ impl RetryPolicy {
 pub struct SendContext {
     /// Twilio client.
     pub client: TwilioClient,
+    /// The hold every sender respects while Twilio refuses the credentials.
+    pub auth: Arc<AuthGate>,
     /// Base URLs and account.
     pub endpoints: Endpoints,
     /// Rate configuration.
@@ -414,12 +417,14 @@ enum Attempted {
 
 /// One attempt: consent re-check, request, classification; with what the
 /// answer says about Twilio's health for the circuit breakers (`None`: no
-/// request, or an answer that says nothing about it).
+/// request, or an answer that says nothing about it). `probe` when the
+/// attempt is the one probe of rejected credentials (see [`AuthGate`]).
 async fn attempt(
     ctx: &SendContext,
     job: &Job,
     requests: u32,
     window: Option<&SendWindow>,
+    probe: Option<Probe>,
 ) -> (Attempted, Option<bool>) {
     let op = &job.op;
     if needs_consent(op)
@@ -463,8 +468,18 @@ async fn attempt(
     let requests = requests + 1;
     let kind = op.kind.as_str();
     ctx.metrics.in_flight.inc();
-    let (answer, took) = ctx.client.send(&request, &op.operation_id).await;
+    let Sent {
+        answer,
+        took,
+        generation,
+    } = ctx.client.send(&request, &op.operation_id).await;
     ctx.metrics.in_flight.dec();
+    ctx.auth.observe(
+        auth::Verdict::of(&answer),
+        generation,
+        probe,
+        Instant::now(),
+    );
     ctx.metrics
         .latency
         .with_label_values(&[kind])
@@ -642,6 +657,7 @@ async fn sender_task(
     let mut jobs_open = true;
     let mut breaker = ctx.circuits.sender_breaker();
     let mut channel: Option<Channel> = None;
+    let mut auth_changes = ctx.auth.subscribe();
     loop {
         queue.retain(|e| e.in_flight || ctx.live.is_current(e.job.partition, e.job.generation));
         let now = Instant::now();
@@ -650,7 +666,8 @@ async fn sender_task(
         // WhatsApp message goes to delivery remediation (its SMS fallback).
         if let Some(i) = picked {
             let op_channel = queue[i].job.op.channel;
-            if let Admit::WaitUntil(until) = ctx.circuits.check(&breaker, op_channel, now) {
+            if let circuit::Admit::WaitUntil(until) = ctx.circuits.check(&breaker, op_channel, now)
+            {
                 let urgent = queue
                     .iter()
                     .position(|e| !e.in_flight && is_urgent_with_fallback(&e.job.op));
@@ -697,6 +714,26 @@ async fn sender_task(
             return;
         }
         let stopping = ctx.stopping.is_cancelled();
+        // While Twilio refuses the credentials nothing starts, except the
+        // probe; a held operation still ends at its `not_after`.
+        let held = match ctx.auth.hold(now) {
+            Hold::Open => None,
+            Hold::Until(probe_at) => Some(probe_at),
+        };
+        let held_wake = held.and_then(|probe_at| {
+            let expiry = picked
+                .and_then(|i| queue[i].job.op.not_after)
+                .map(|not_after| {
+                    let left = u64::try_from(not_after.saturating_sub(now_ms())).unwrap_or(0);
+                    now + Duration::from_millis(left + 1)
+                });
+            match (probe_at, expiry) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        });
+        let held_sleep =
+            tokio::time::sleep_until(held_wake.unwrap_or(now + Duration::from_secs(3600)).into());
         let cells = picked.map_or(1, |i| cells(&queue[i].job.op));
         let sleep =
             tokio::time::sleep_until(wake.unwrap_or(now + Duration::from_secs(3600)).into());
@@ -729,7 +766,8 @@ async fn sender_task(
                         if !auth {
                             entry.counted += 1;
                         }
-                        let delay = if auth { ctx.retry.max } else { ctx.retry.delay(entry.counted, retry_after) };
+                        // A 401 waits at the shared gate, not on its own timer.
+                        let delay = if auth { Duration::ZERO } else { ctx.retry.delay(entry.counted, retry_after) };
                         let reason = if auth { "auth" } else if http_status == Some(429) || code == Some(20429) { "rate_limited" } else if http_status.is_some_and(|s| s >= 500) { "server_error" } else if http_status.is_none() { "network" } else { "slow_down" };
                         let deadline_passes = entry.job.op.not_after.is_some_and(|na| {
                             now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)) > na
@@ -753,7 +791,9 @@ async fn sender_task(
                 }
             },
             () = sleep, if wake.is_some() => {},
-            ready = pacer.ready(cells), if picked.is_some() && !stopping => {
+            Ok(()) = auth_changes.changed() => {},
+            () = held_sleep, if picked.is_some() && held_wake.is_some() => {},
+            ready = pacer.ready(cells), if picked.is_some() && !stopping && held.is_none() => {
                 let Some(Ready { permit, waited }) = ready else {
                     ctx.circuits.forget(&breaker, channel);
                     return;
@@ -764,6 +804,13 @@ async fn sender_task(
                 if !ctx.live.is_current(entry.job.partition, entry.job.generation) {
                     continue;
                 }
+                let probe = match ctx.auth.admit(Instant::now()) {
+                    Admit::Open => None,
+                    Admit::Probe(probe) => Some(probe),
+                    // Another sender's request was refused meanwhile: the
+                    // cells are spent, the operation waits at the gate.
+                    Admit::Held => continue,
+                };
                 entry.in_flight = true;
                 let job = entry.job.clone();
                 let requests = entry.requests;
@@ -774,7 +821,8 @@ async fn sender_task(
                 let c = Arc::clone(&ctx);
                 let window = window.clone();
                 spawn_tracked(&ctx, async move {
-                    let (attempted, health) = attempt(&c, &job, requests, window.as_deref()).await;
+                    let (attempted, health) =
+                        attempt(&c, &job, requests, window.as_deref(), probe).await;
                     drop(permit);
                     let _ = tx.send(((job.generation, job.offset), op_channel, attempted, health));
                 });

@@ -2,12 +2,14 @@
 //! defines them, see `../shared/TWILIO.md`), the pooled client, and what
 //! Twilio's answer means (accepted, retry, permanent failure).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::RETRY_AFTER;
 use si_schemas::records::{Channel, OperationKind, OutboundOperation};
 
-use crate::config::{Credentials, TwilioArgs};
+use crate::config::TwilioArgs;
+use crate::credentials::CredentialStore;
 
 /// Header carrying the operation id with every request (Twilio ignores it; the sandbox records it).
 pub const OPERATION_ID_HEADER: &str = "X-Si-Operation-Id";
@@ -409,15 +411,27 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 #[derive(Clone, Debug)]
 pub struct TwilioClient {
     http: reqwest::Client,
-    credentials: Credentials,
+    credentials: Arc<CredentialStore>,
+}
+
+/// A request's answer, how long it took and the generation of the
+/// credentials it was made with.
+#[derive(Debug)]
+pub struct Sent {
+    /// What Twilio's answer means.
+    pub answer: Answer,
+    /// From sending to the last byte of the answer.
+    pub took: Duration,
+    /// See [`crate::credentials::Current::generation`].
+    pub generation: u64,
 }
 
 impl TwilioClient {
-    /// Builds the client.
+    /// Builds the client; every request takes the store's current credentials.
     ///
     /// # Errors
     /// When the TLS backend cannot be initialised.
-    pub fn new(args: &TwilioArgs, credentials: Credentials) -> anyhow::Result<Self> {
+    pub fn new(args: &TwilioArgs, credentials: Arc<CredentialStore>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(args.request_timeout)
             .connect_timeout(args.connect_timeout)
@@ -429,12 +443,16 @@ impl TwilioClient {
     }
 
     /// Sends one request; every failure is an [`Answer`] (network errors are retriable).
-    pub async fn send(&self, request: &TwilioRequest, operation_id: &str) -> (Answer, Duration) {
+    pub async fn send(&self, request: &TwilioRequest, operation_id: &str) -> Sent {
+        let current = self.credentials.current();
         let started = Instant::now();
         let sent = self
             .http
             .post(&request.url)
-            .basic_auth(&self.credentials.user, Some(&self.credentials.password))
+            .basic_auth(
+                &current.credentials.user,
+                Some(&current.credentials.password),
+            )
             .header(OPERATION_ID_HEADER, operation_id)
             .form(&request.form)
             .send()
@@ -466,7 +484,38 @@ impl TwilioClient {
                 auth: false,
             },
         };
-        (answer, started.elapsed())
+        Sent {
+            answer,
+            took: started.elapsed(),
+            generation: current.generation,
+        }
+    }
+
+    /// An authenticated GET of `url` (the health check): the HTTP status, or
+    /// what kept the request from an answer; and the credentials generation.
+    pub async fn get_status(&self, url: &str) -> (Result<u16, &'static str>, u64) {
+        let current = self.credentials.current();
+        let result = self
+            .http
+            .get(url)
+            .basic_auth(
+                &current.credentials.user,
+                Some(&current.credentials.password),
+            )
+            .send()
+            .await;
+        let status = match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                // Read the body so the connection goes back to the pool.
+                match response.bytes().await {
+                    Ok(_) => Ok(status),
+                    Err(error) => Err(error_kind(&error)),
+                }
+            }
+            Err(error) => Err(error_kind(&error)),
+        };
+        (status, current.generation)
     }
 }
 

@@ -237,6 +237,46 @@ def test_kafka_sasl_and_tls_wiring():
     assert not [s for s in other.of_kind("Secret") if s["metadata"]["name"] == f"{FULLNAME}-kafka"]
 
 
+def test_egress_mounts_the_twilio_secret_as_files_it_rereads(rendered, case):
+    """egress reads rotated credentials from the mounted Secret (no subPath,
+    so the kubelet updates the files in place); the file names are fixed,
+    the keys follow twilio.secretKeys; no other stage gets the mount."""
+    existing = (ci_values(case).get("twilio") or {}).get("existingSecret")
+    for d in rendered.of_kind("Deployment"):
+        spec = d["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["name"]: m for m in spec["containers"][0].get("volumeMounts", [])}
+        env = env_of(spec["containers"][0])
+        if stage_name(d) != "egress":
+            assert "twilio-credentials" not in volumes and "TWILIO_CREDENTIALS_DIR" not in env
+            continue
+        secret = volumes["twilio-credentials"]["secret"]
+        assert secret["secretName"] == (existing or f"{FULLNAME}-twilio")
+        assert secret["optional"] is True and secret["defaultMode"] == 0o440
+        keys = VALUES["twilio"]["secretKeys"]
+        assert secret["items"] == [
+            {"key": keys["TWILIO_AUTH_TOKEN"], "path": "auth-token"},
+            {"key": keys["TWILIO_API_KEY_SID"], "path": "api-key-sid"},
+            {"key": keys["TWILIO_API_KEY_SECRET"], "path": "api-key-secret"},
+        ]
+        mount = mounts["twilio-credentials"]
+        assert mount["readOnly"] is True and "subPath" not in mount
+        assert env["TWILIO_CREDENTIALS_DIR"]["value"] == mount["mountPath"] == "/etc/si/twilio"
+
+
+def test_the_twilio_credentials_mount_follows_values():
+    r = render("--set", "twilio.secretKeys.TWILIO_AUTH_TOKEN=token",
+               "--set", "stages.egress.twilioCredentialsMount.mountPath=/run/twilio")
+    spec = r.named("Deployment", f"{FULLNAME}-egress")["spec"]["template"]["spec"]
+    items = {v["name"]: v for v in spec["volumes"]}["twilio-credentials"]["secret"]["items"]
+    assert items[0] == {"key": "token", "path": "auth-token"}
+    assert env_of(spec["containers"][0])["TWILIO_CREDENTIALS_DIR"]["value"] == "/run/twilio"
+    off = render("--set", "stages.egress.twilioCredentialsMount.enabled=false")
+    spec = off.named("Deployment", f"{FULLNAME}-egress")["spec"]["template"]["spec"]
+    assert "twilio-credentials" not in {v["name"] for v in spec["volumes"]}
+    assert "TWILIO_CREDENTIALS_DIR" not in env_of(spec["containers"][0])
+
+
 def test_secret_checksum_rolls_pods_when_a_credential_changes():
     def checksum(*args):
         d = render(*args).named("Deployment", f"{FULLNAME}-ingress")

@@ -1,5 +1,7 @@
 //! The admin listener of a stage: `/metrics` (Prometheus text format),
-//! `/healthz` (the process is alive) and `/readyz` (every readiness check passes).
+//! `/healthz` (the process is alive) and `/readyz` (every readiness check
+//! passes; informational details, such as whether Twilio answers, are listed
+//! below the verdict without changing it).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,9 +24,14 @@ use tokio_util::sync::CancellationToken;
 /// waits for (tables loading, `partitions`), and an empty set of checks must
 /// not read as ready. Whoever registers the last check calls
 /// [`Readiness::started`] ([`crate::stream::run`] does, after `partitions`).
+///
+/// Besides checks, a stage may publish [`ReadinessDetail`]s: lines shown on
+/// `/readyz` that never make the stage unready (for example whether a remote
+/// API answers: an outage there must not take healthy pods out of service).
 #[derive(Debug, Clone)]
 pub struct Readiness {
     checks: Arc<Mutex<BTreeMap<&'static str, bool>>>,
+    details: Arc<Mutex<BTreeMap<&'static str, String>>>,
 }
 
 /// The check every stage starts with: cleared by [`Readiness::started`] once
@@ -35,6 +42,7 @@ impl Default for Readiness {
     fn default() -> Self {
         Self {
             checks: Arc::new(Mutex::new(BTreeMap::from([(STARTING, false)]))),
+            details: Arc::default(),
         }
     }
 }
@@ -44,6 +52,14 @@ impl Default for Readiness {
 pub struct ReadinessCheck {
     name: &'static str,
     checks: Arc<Mutex<BTreeMap<&'static str, bool>>>,
+}
+
+/// One informational line of `/readyz` (`name: value`), set by whoever owns
+/// it; it never gates readiness.
+#[derive(Debug, Clone)]
+pub struct ReadinessDetail {
+    name: &'static str,
+    details: Arc<Mutex<BTreeMap<&'static str, String>>>,
 }
 
 impl Readiness {
@@ -73,6 +89,26 @@ impl Readiness {
             .collect()
     }
 
+    /// Adds an informational detail (shown once set; never gates readiness).
+    #[must_use]
+    pub fn detail(&self, name: &'static str) -> ReadinessDetail {
+        ReadinessDetail {
+            name,
+            details: Arc::clone(&self.details),
+        }
+    }
+
+    /// The details set so far, by name.
+    #[must_use]
+    pub fn details(&self) -> Vec<(&'static str, String)> {
+        self.details
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(name, value)| (*name, value.clone()))
+            .collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, bool>> {
         self.checks.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -85,6 +121,16 @@ impl ReadinessCheck {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(self.name, ready);
+    }
+}
+
+impl ReadinessDetail {
+    /// Replaces the detail's value.
+    pub fn set(&self, value: impl Into<String>) {
+        self.details
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(self.name, value.into());
     }
 }
 
@@ -183,16 +229,22 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
+/// `ready` or `not ready: <pending checks>`, then one `name: value` line per
+/// detail. Only the checks decide the status code.
 async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
     let pending = state.readiness.pending();
-    if pending.is_empty() {
+    let (status, mut body) = if pending.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {}\n", pending.join(", ")),
         )
+    };
+    for (name, value) in state.readiness.details() {
+        body.push_str(&format!("{name}: {value}\n"));
     }
+    (status, body)
 }
 
 #[cfg(test)]
@@ -247,6 +299,23 @@ mod tests {
 
         kafka.set(true);
         assert_eq!(reqwest::get(format!("{base}/readyz")).await?.status(), 200);
+
+        // A detail is shown but never gates: the stage stays ready however
+        // bad the news in it.
+        let remote = readiness.detail("remote");
+        remote.set("unreachable (connect error)");
+        let detailed = reqwest::get(format!("{base}/readyz")).await?;
+        assert_eq!(detailed.status(), 200);
+        assert_eq!(
+            detailed.text().await?,
+            "ready\nremote: unreachable (connect error)\n"
+        );
+        remote.set("reachable");
+        assert_eq!(
+            reqwest::get(format!("{base}/readyz")).await?.text().await?,
+            "ready\nremote: reachable\n"
+        );
+        assert!(readiness.pending().is_empty());
 
         let metrics = reqwest::get(format!("{base}/metrics"))
             .await?

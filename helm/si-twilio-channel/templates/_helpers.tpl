@@ -244,6 +244,9 @@ The env list of a stage or of the setup Job. Takes a stage context plus
 {{- $_ := set $env "SCHEMA_REGISTRY_USERNAME" (include "si.secretKeyRef" (dict "var" "SCHEMA_REGISTRY_USERNAME" "name" $regSecret "key" $reg.usernameKey) | fromJson) -}}
 {{- $_ := set $env "SCHEMA_REGISTRY_PASSWORD" (include "si.secretKeyRef" (dict "var" "SCHEMA_REGISTRY_PASSWORD" "name" $regSecret "key" $reg.passwordKey) | fromJson) -}}
 {{- end -}}
+{{- if include "si.twilioCredentialsMounted" . -}}
+{{- $_ := set $env "TWILIO_CREDENTIALS_DIR" (dict "name" "TWILIO_CREDENTIALS_DIR" "value" $stage.twilioCredentialsMount.mountPath) -}}
+{{- end -}}
 {{- range $var, $mode := ($stage.twilioEnv | default dict) -}}
 {{- $key := get $root.Values.twilio.secretKeys $var -}}
 {{- if not $key -}}

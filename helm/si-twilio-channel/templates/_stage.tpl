@@ -128,10 +128,21 @@ spec:
       {{- end }}
 {{- end -}}
 
-{{/* Volume mounts of a stage or the setup Job: /tmp, the Kafka CA, extras. */}}
+{{/* Whether the stage mounts the Twilio Secret as files (stages.<stage>.twilioCredentialsMount). */}}
+{{- define "si.twilioCredentialsMounted" -}}
+{{- $m := .stage.twilioCredentialsMount -}}
+{{- if and $m $m.enabled }}true{{ end -}}
+{{- end -}}
+
+{{/* Volume mounts of a stage or the setup Job: /tmp, the Kafka CA, the Twilio credentials, extras. */}}
 {{- define "si.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if include "si.twilioCredentialsMounted" . }}
+- name: twilio-credentials
+  mountPath: {{ .stage.twilioCredentialsMount.mountPath }}
+  readOnly: true
+{{- end }}
 {{- if include "si.kafkaCaMounted" .root }}
 - name: kafka-tls
   mountPath: {{ .root.Values.kafka.tls.mountPath }}
@@ -149,6 +160,25 @@ spec:
 - name: tmp
   emptyDir:
     sizeLimit: {{ .root.Values.tmpVolume.sizeLimit }}
+{{- if include "si.twilioCredentialsMounted" . }}
+{{- /* The file names are what the binary reads (egress/src/credentials.rs),
+whatever the keys are called in the Secret. Optional: a key that is absent
+(the unused half of token vs. API key) is just no file. No subPath, so the
+kubelet swaps rotated values in place. */}}
+{{- $keys := .root.Values.twilio.secretKeys }}
+- name: twilio-credentials
+  secret:
+    secretName: {{ include "si.twilioSecretName" .root }}
+    optional: true
+    defaultMode: 288 # 0440: readable by the pod's fsGroup only
+    items:
+      - key: {{ $keys.TWILIO_AUTH_TOKEN }}
+        path: auth-token
+      - key: {{ $keys.TWILIO_API_KEY_SID }}
+        path: api-key-sid
+      - key: {{ $keys.TWILIO_API_KEY_SECRET }}
+        path: api-key-secret
+{{- end }}
 {{- if include "si.kafkaCaMounted" .root }}
 - name: kafka-tls
   secret:

@@ -43,6 +43,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(list_requests).delete(clear_requests),
         )
         .route("/_sandbox/callbacks", get(list_callbacks))
+        .route("/_sandbox/reads", get(list_reads))
         .route("/_sandbox/faults", get(get_faults).put(put_faults))
         .route("/_sandbox/rate", get(get_rate).put(put_rate))
         .route("/_sandbox/inbound/sms", post(inbound_sms))
@@ -80,6 +81,10 @@ async fn list_requests(State(shared): State<Arc<Shared>>, Query(since): Query<Si
 async fn clear_requests(State(shared): State<Arc<Shared>>) -> StatusCode {
     shared.clear();
     StatusCode::NO_CONTENT
+}
+
+async fn list_reads(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.reads()).into_response()
 }
 
 async fn list_callbacks(State(shared): State<Arc<Shared>>) -> Response {
@@ -389,6 +394,9 @@ async fn twilio_request(
 ) -> Response {
     let seq = shared.next_seq();
     let at_ms = now_ms();
+    if let Some(account) = account_fetch(uri.path()) {
+        return fetch_account(&shared, &method, &headers, account, seq, at_ms);
+    }
     let form = Form::parse(&body);
     let endpoint = Endpoint::parse(uri.path());
     let sender = endpoint
@@ -482,6 +490,89 @@ async fn twilio_request(
     }
     shared.record(record);
     response
+}
+
+/// The account of `GET /2010-04-01/Accounts/{AC}.json`.
+fn account_fetch(path: &str) -> Option<&str> {
+    path.strip_prefix("/2010-04-01/Accounts/")?
+        .strip_suffix(".json")
+        .filter(|account| !account.is_empty() && !account.contains('/'))
+}
+
+/// The Account resource (what egress's health check fetches): auth checked
+/// as for every request, Twilio's JSON shape. Kept in the reads log, not the
+/// request log (which holds what operations did); no faults are drawn.
+fn fetch_account(
+    shared: &Shared,
+    method: &Method,
+    headers: &HeaderMap,
+    account: &str,
+    seq: u64,
+    at_ms: i64,
+) -> Response {
+    let result = if *method == Method::GET {
+        authenticate(shared, headers, Some(account)).map(|()| account_json(shared))
+    } else {
+        Err(TwilioError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            20004,
+            "Method not allowed",
+        ))
+    };
+    let (status, error_code) = match &result {
+        Ok(_) => (StatusCode::OK, None),
+        Err(error) => (error.status, Some(error.code)),
+    };
+    shared.record_read(RequestRecord {
+        seq,
+        at_ms,
+        method: method.to_string(),
+        path: format!("/{API_VERSION}/Accounts/{account}.json"),
+        params: BTreeMap::new(),
+        all_params: Vec::new(),
+        operation_id: None,
+        sender: None,
+        status: status.as_u16(),
+        error_code,
+        sid: result.is_ok().then(|| account.to_owned()),
+        injected: false,
+    });
+    match result {
+        Ok(body) => (status, axum::Json(body)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Twilio's Account resource for the sandbox's account. The real one
+/// carries the Auth Token; the sandbox never echoes a secret.
+fn account_json(shared: &Shared) -> Value {
+    let account = &shared.config.account_sid;
+    let base = format!("/{API_VERSION}/Accounts/{account}");
+    let created = rfc2822(0);
+    let mut subresources = serde_json::Map::new();
+    for (name, path) in [
+        ("calls", "Calls"),
+        ("messages", "Messages"),
+        ("recordings", "Recordings"),
+        ("incoming_phone_numbers", "IncomingPhoneNumbers"),
+        ("keys", "Keys"),
+        ("balance", "Balance"),
+        ("usage", "Usage"),
+    ] {
+        subresources.insert(name.to_owned(), json!(format!("{base}/{path}.json")));
+    }
+    json!({
+        "auth_token": "(not shown by the sandbox)",
+        "date_created": created,
+        "date_updated": created,
+        "friendly_name": "Si sandbox account",
+        "owner_account_sid": account,
+        "sid": account,
+        "status": "active",
+        "subresource_uris": subresources,
+        "type": "Full",
+        "uri": format!("{base}.json"),
+    })
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -1273,6 +1364,9 @@ mod tests {
             Some(Endpoint::Participants("CH1".into()))
         );
         assert_eq!(Endpoint::parse("/2010-04-01/Accounts/AC1/Other.json"), None);
+        assert_eq!(account_fetch("/2010-04-01/Accounts/AC1.json"), Some("AC1"));
+        assert_eq!(account_fetch("/2010-04-01/Accounts/AC1/Calls.json"), None);
+        assert_eq!(account_fetch("/2010-04-01/Accounts/.json"), None);
         assert_eq!(Endpoint::parse("/"), None);
     }
 

@@ -12,6 +12,7 @@
 //! | `POST /v1/Conversations/{CH}` | 200, the Conversation (e.g. `State=closed`) |
 //! | `POST /v1/Conversations/{CH}/Messages` | 201, a Conversation Message |
 //! | `POST /v1/Conversations/{CH}/Participants` | 201, a Participant |
+//! | `GET /2010-04-01/Accounts/{AC}.json` | 200, the Account resource (a health check; in the reads log, not the request log; no faults) |
 //!
 //! Like Twilio it checks HTTP Basic auth (Account SID + Auth Token, or API key
 //! SID + secret; 401 with code 20003 otherwise) and the required parameters, and
@@ -100,8 +101,8 @@
 //! With `callbacks: false` calls are kept but not played.
 //!
 //! **Control API** (no auth): `GET /_sandbox/requests` (JSON array of
-//! [`RequestRecord`]), `DELETE /_sandbox/requests` (clears requests and
-//! callbacks), `GET /_sandbox/callbacks`, `GET|PUT /_sandbox/faults`,
+//! [`RequestRecord`]), `DELETE /_sandbox/requests` (clears requests, reads and
+//! callbacks), `GET /_sandbox/reads` (the Account fetches), `GET /_sandbox/callbacks`, `GET|PUT /_sandbox/faults`,
 //! `PUT /_sandbox/rate` `{"per_sender": 10}` (`null` = unlimited),
 //! `POST /_sandbox/inbound/sms` `{"from","to","body"}` (a signed inbound SMS to
 //! ingress); calls: `GET /_sandbox/calls` (array of [`CallRecord`]),
@@ -332,6 +333,13 @@ impl SandboxHandle {
         }
         performed.retain(|_, n| *n > 1);
         performed
+    }
+
+    /// Reads so far (`GET /2010-04-01/Accounts/{AC}.json`, egress's health
+    /// check), kept apart from [`SandboxHandle::requests`].
+    #[must_use]
+    pub fn reads(&self) -> Vec<RequestRecord> {
+        self.shared.reads()
     }
 
     /// Every callback posted so far, with ingress's answer.

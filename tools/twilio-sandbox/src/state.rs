@@ -182,6 +182,7 @@ impl Conversation {
 
 struct Inner {
     log: VecDeque<RequestRecord>,
+    reads: VecDeque<RequestRecord>,
     callbacks: Vec<CallbackRecord>,
     seq: u64,
     callback_seq: u64,
@@ -231,6 +232,7 @@ impl Shared {
             .unwrap_or_else(|| Webhooks::direct(&config.auth_token, &config.account_sid));
         let inner = Inner {
             log: VecDeque::new(),
+            reads: VecDeque::new(),
             callbacks: Vec::new(),
             seq: 0,
             callback_seq: 0,
@@ -295,6 +297,20 @@ impl Shared {
         inner.log.push_back(record);
     }
 
+    /// Records a read (a GET that changes nothing, such as the Account fetch).
+    pub fn record_read(&self, record: RequestRecord) {
+        let capacity = self.config.log_capacity.max(1);
+        let mut inner = self.lock();
+        while inner.reads.len() >= capacity {
+            inner.reads.pop_front();
+        }
+        inner.reads.push_back(record);
+    }
+
+    pub fn reads(&self) -> Vec<RequestRecord> {
+        self.lock().reads.iter().cloned().collect()
+    }
+
     pub fn requests(&self, since: Option<u64>) -> Vec<RequestRecord> {
         let inner = self.lock();
         let mut out: Vec<RequestRecord> = inner
@@ -321,6 +337,7 @@ impl Shared {
     pub fn clear(&self) {
         let mut inner = self.lock();
         inner.log.clear();
+        inner.reads.clear();
         inner.callbacks.clear();
     }
 

@@ -1102,3 +1102,67 @@ async fn a_configured_delivery_failure_reports_undelivered_with_its_code() -> an
     sandbox.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_account_fetch_checks_auth_and_answers_twilios_shape() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(config()).await?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/2010-04-01/Accounts/{ACCOUNT}.json", sandbox.base_url());
+    let get = |user: &'static str, password: &'static str| {
+        let request = http.get(&url).basic_auth(user, Some(password));
+        async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            anyhow::Ok((status, response.json::<Value>().await?))
+        }
+    };
+
+    let (status, account) = get(ACCOUNT, TOKEN).await?;
+    assert_eq!(status, 200, "{account}");
+    assert_eq!(account["sid"], ACCOUNT);
+    assert_eq!(account["status"], "active");
+    assert_eq!(account["type"], "Full");
+    assert_eq!(
+        account["uri"],
+        format!("/2010-04-01/Accounts/{ACCOUNT}.json")
+    );
+    assert!(account["subresource_uris"]["messages"].is_string());
+    assert!(
+        !account.to_string().contains(TOKEN),
+        "the sandbox never echoes the token"
+    );
+    let (status, _) = get("SK22222222222222222222222222222222", "key-secret").await?;
+    assert_eq!(status, 200, "the API key is accepted too");
+
+    assert_error(&get(ACCOUNT, "wrong").await?, 401, 20003);
+    let other = http
+        .get(format!(
+            "{}/2010-04-01/Accounts/AC99999999999999999999999999999999.json",
+            sandbox.base_url()
+        ))
+        .basic_auth(ACCOUNT, Some(TOKEN))
+        .send()
+        .await?;
+    assert_eq!(other.status(), 401, "another account");
+    let post = http
+        .post(&url)
+        .basic_auth(ACCOUNT, Some(TOKEN))
+        .send()
+        .await?;
+    assert_eq!(post.status(), 405);
+
+    // Reads have their own log: the request log stays what operations did.
+    assert!(sandbox.requests().is_empty());
+    let reads = sandbox.reads();
+    let statuses: Vec<u16> = reads.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 401, 401, 405]);
+    let listed: Vec<Value> = http
+        .get(format!("{}/_sandbox/reads", sandbox.base_url()))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(listed.len(), 5);
+    sandbox.shutdown().await;
+    Ok(())
+}
