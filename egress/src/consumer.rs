@@ -228,7 +228,7 @@ impl Core {
         let decoded = match message.payload() {
             None => Err("tombstone on twilio.outbound.v1".to_owned()),
             Some(payload) => {
-                let mut backoff = Duration::from_millis(100);
+                let mut backoff = si_runtime::backoff::Backoff::brief();
                 loop {
                     match self
                         .handle
@@ -237,8 +237,7 @@ impl Core {
                         Ok(op) => break Ok(op),
                         Err(error) if error.is_retriable() && !self.shutdown.is_cancelled() => {
                             tracing::warn!(%error, partition, offset, "decoding failed; retrying");
-                            std::thread::sleep(backoff);
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            std::thread::sleep(backoff.next_delay());
                         }
                         Err(error) if error.is_retriable() => return,
                         Err(error) => break Err(error.to_string()),

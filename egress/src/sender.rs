@@ -256,14 +256,13 @@ pub async fn encode_with<T: AvroRecord>(
     record: &T,
     stop: &CancellationToken,
 ) -> Result<Vec<u8>, CodecError> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = si_runtime::backoff::Backoff::brief();
     loop {
         match codec.encode(topic, record).await {
             Ok(bytes) => return Ok(bytes),
             Err(error) if error.is_retriable() && !stop.is_cancelled() => {
                 tracing::warn!(%error, topic, "encoding failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(error) => return Err(error),
         }

@@ -9,6 +9,7 @@
 //! ([`table::GlobalTable`]), dead letters ([`dlq`]) and [`metrics`].
 
 pub mod admin;
+pub mod backoff;
 pub mod config;
 pub mod dlq;
 pub mod kafka;

@@ -998,7 +998,7 @@ impl<P: Processor> Core<P> {
 
     /// Decodes a changelog value, retrying while the registry is unreachable.
     fn decode_state(&self, bytes: &[u8]) -> Result<Option<P::State>, Step> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = crate::backoff::Backoff::brief();
         loop {
             match self.handle.block_on(self.codec.decode::<P::State>(bytes)) {
                 Ok(value) => return Ok(Some(value)),
@@ -1007,8 +1007,7 @@ impl<P: Processor> Core<P> {
                         return Err(Step::Fatal("shutdown during state restore".into()));
                     }
                     tracing::warn!(error = %e, "registry unavailable during restore; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    std::thread::sleep(backoff.next_delay());
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "changelog value does not decode");
@@ -1340,7 +1339,7 @@ fn consume<P: Processor>(
     drain_timeout: Duration,
     shutdown: &CancellationToken,
 ) -> Result<(), StreamError> {
-    let mut backoff = Duration::ZERO;
+    let mut backoff = crate::backoff::Backoff::brief();
     let mut last_sweep = Instant::now();
     let mut last_timers = Instant::now();
     while !shutdown.is_cancelled() {
@@ -1388,7 +1387,7 @@ fn consume<P: Processor>(
             step = c.commit(consumer);
         }
         match step {
-            Ok(()) => backoff = Duration::ZERO,
+            Ok(()) => backoff.reset(),
             Err(Step::Fatal(message)) => return Err(StreamError::Fatal(message)),
             Err(Step::Retry(reason, message)) => {
                 tracing::warn!(reason, %message, "aborting the batch; it will be retried");
@@ -1396,8 +1395,7 @@ fn consume<P: Processor>(
                 c.abort().map_err(fatal_error)?;
                 c.rewind(consumer).map_err(fatal_error)?;
                 drop(c);
-                backoff = (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
-                let until = Instant::now() + backoff;
+                let until = Instant::now() + backoff.next_delay();
                 // Backing off (at most 5 s, far below max.poll.interval.ms); the
                 // shutdown token is checked every 20 ms.
                 while Instant::now() < until && !shutdown.is_cancelled() {

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -297,16 +296,15 @@ async fn decode_with_retry<V: AvroRecord>(
     bytes: &[u8],
     shutdown: &CancellationToken,
 ) -> Option<Result<V, si_schemas::CodecError>> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = crate::backoff::Backoff::brief();
     loop {
         match codec.decode::<V>(bytes).await {
             Err(error) if error.is_retriable() => {
                 tracing::warn!(%error, "schema registry unavailable; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             other => return Some(other),
         }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use si_schemas::records::{Channel, DeliveryStatus, OperationKind, OutboundOperation};
 use si_schemas::topics;
@@ -139,12 +139,11 @@ pub async fn wait_for(
     deadline: Duration,
     mut f: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
-    let until = Instant::now() + deadline;
-    while !f() {
-        anyhow::ensure!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
+    si_testkit::wait_for(what, deadline, || {
+        let done = f();
+        async move { Ok(done.then_some(())) }
+    })
+    .await
 }
 
 /// Reads `count` statuses and checks every operation has exactly one.

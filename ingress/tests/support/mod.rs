@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::Digest;
 use si_ingress::signature::{self, Algorithm};
@@ -174,15 +174,10 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
 {
-    let until = Instant::now() + deadline;
-    loop {
-        if condition().await.unwrap_or(false) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < until,
-            "condition not met within {deadline:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // An error counts as "not yet" (the broker may be down on purpose).
+    si_testkit::wait_for("the condition", deadline, || {
+        let check = condition();
+        async move { Ok(check.await.unwrap_or(false).then_some(())) }
+    })
+    .await
 }

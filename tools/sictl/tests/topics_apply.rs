@@ -224,15 +224,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !condition().await? {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "condition not met within 20s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
+    si_testkit::wait_for("the condition", Duration::from_secs(20), || {
+        let check = condition();
+        async move { Ok(check.await?.then_some(())) }
+    })
+    .await
 }
 
 fn tempdir() -> anyhow::Result<std::path::PathBuf> {
