@@ -13,7 +13,7 @@ use si_schemas::records::{
     DeliveryStatus, InboundMessage, OutboundOperation,
 };
 use si_schemas::topics;
-use si_testkit::{StageProcess, TestEnv, free_port, wait_for};
+use si_testkit::{TestEnv, free_port, wait_for};
 use twilio_sandbox::{InboundSms, RequestRecord, Sandbox, SandboxConfig, SandboxHandle};
 
 const USER: &str = "+14155550144";
@@ -67,36 +67,36 @@ async fn consent_replies_and_responses_share_one_sender_and_its_order() -> anyho
         ("TWILIO_ACCOUNT_SID", sandbox.account_sid()),
         ("MESSAGING_SERVICE_SID", SERVICE),
     ];
-    let mut stages = Vec::new();
-    for (binary, extra) in [
-        (
-            "si-ingress",
-            vec![
-                ("LISTEN_ADDR", listen.as_str()),
-                ("PUBLIC_BASE_URL", ingress_url.as_str()),
-            ],
-        ),
-        ("si-normalize", vec![("VISITOR_ID_SECRET", "one-sender")]),
-        ("si-consent", vec![]),
-        ("si-echo-responder", vec![]),
-        ("si-segment", vec![]),
-        (
-            "si-egress",
-            vec![
-                ("TWILIO_API_BASE_URL", base.as_str()),
-                ("TWILIO_CONVERSATIONS_BASE_URL", base.as_str()),
-                // One message a second for the service: a shared limiter shows.
-                ("EGRESS_RATE_MESSAGING_SERVICE", "1"),
-                ("EGRESS_RATE_HEADROOM", "1"),
-            ],
-        ),
-    ] {
-        let vars: Vec<(&str, &str)> = common.iter().copied().chain(extra).collect();
-        stages.push(StageProcess::spawn(&env, binary, "one-0", &vars)?);
-    }
-    for stage in &mut stages {
-        stage.ready(DEADLINE).await?;
-    }
+    let mut stages = si_testkit::spawn_ready(
+        &env,
+        "one-0",
+        &common,
+        vec![
+            (
+                "si-ingress",
+                vec![
+                    ("LISTEN_ADDR", listen.as_str()),
+                    ("PUBLIC_BASE_URL", ingress_url.as_str()),
+                ],
+            ),
+            ("si-normalize", vec![("VISITOR_ID_SECRET", "one-sender")]),
+            ("si-consent", vec![]),
+            ("si-echo-responder", vec![]),
+            ("si-segment", vec![]),
+            (
+                "si-egress",
+                vec![
+                    ("TWILIO_API_BASE_URL", base.as_str()),
+                    ("TWILIO_CONVERSATIONS_BASE_URL", base.as_str()),
+                    // One message a second for the service: a shared limiter shows.
+                    ("EGRESS_RATE_MESSAGING_SERVICE", "1"),
+                    ("EGRESS_RATE_HEADROOM", "1"),
+                ],
+            ),
+        ],
+        DEADLINE,
+    )
+    .await?;
 
     // First contact: the welcome (consent) and the echo (segment) together;
     // then cognition answers twice more and the user sends STOP at once

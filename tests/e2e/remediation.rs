@@ -19,7 +19,7 @@ use si_schemas::records::{
     OutboundOperation, Priority, RemediationAction, ResponsePurpose, SegmentationHints,
 };
 use si_schemas::topics;
-use si_testkit::{StageProcess, TestEnv, free_port, wait_for};
+use si_testkit::{TestEnv, free_port, wait_for};
 use twilio_sandbox::{
     DeliveryFailure, InboundSms, RequestRecord, Sandbox, SandboxConfig, SandboxHandle,
 };
@@ -143,38 +143,38 @@ async fn failed_deliveries_are_resent_as_template_fall_back_to_sms_or_stop_at_co
         ("TWILIO_AUTH_TOKEN", TOKEN),
         ("TWILIO_ACCOUNT_SID", sandbox.account_sid()),
     ];
-    let mut stages = Vec::new();
-    for (binary, extra) in [
-        (
-            "si-ingress",
-            vec![
-                ("LISTEN_ADDR", listen.as_str()),
-                ("PUBLIC_BASE_URL", ingress_url.as_str()),
-            ],
-        ),
-        ("si-normalize", vec![("VISITOR_ID_SECRET", "remedy-secret")]),
-        ("si-consent", vec![]),
-        (
-            "si-segment",
-            vec![("SEGMENT_WHATSAPP_TEMPLATE_SID", TEMPLATE)],
-        ),
-        (
-            "si-egress",
-            vec![
-                ("TWILIO_API_BASE_URL", base.as_str()),
-                ("TWILIO_CONVERSATIONS_BASE_URL", base.as_str()),
-                // Reports name the operation's conversation: an SMS fallback
-                // of a WhatsApp conversation reports to that conversation.
-                ("STATUS_CALLBACK_BASE_URL", ingress_url.as_str()),
-            ],
-        ),
-    ] {
-        let vars: Vec<(&str, &str)> = twilio.iter().copied().chain(extra).collect();
-        stages.push(StageProcess::spawn(&env, binary, "remedy-0", &vars)?);
-    }
-    for stage in &mut stages {
-        stage.ready(DEADLINE).await?;
-    }
+    let mut stages = si_testkit::spawn_ready(
+        &env,
+        "remedy-0",
+        &twilio,
+        vec![
+            (
+                "si-ingress",
+                vec![
+                    ("LISTEN_ADDR", listen.as_str()),
+                    ("PUBLIC_BASE_URL", ingress_url.as_str()),
+                ],
+            ),
+            ("si-normalize", vec![("VISITOR_ID_SECRET", "remedy-secret")]),
+            ("si-consent", vec![]),
+            (
+                "si-segment",
+                vec![("SEGMENT_WHATSAPP_TEMPLATE_SID", TEMPLATE)],
+            ),
+            (
+                "si-egress",
+                vec![
+                    ("TWILIO_API_BASE_URL", base.as_str()),
+                    ("TWILIO_CONVERSATIONS_BASE_URL", base.as_str()),
+                    // Reports name the operation's conversation: an SMS fallback
+                    // of a WhatsApp conversation reports to that conversation.
+                    ("STATUS_CALLBACK_BASE_URL", ingress_url.as_str()),
+                ],
+            ),
+        ],
+        DEADLINE,
+    )
+    .await?;
 
     // The third user opts out of SMS first.
     say(&sandbox, OPTED_OUT_OF_SMS, SI_NUMBER, "STOP").await?;

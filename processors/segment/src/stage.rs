@@ -149,12 +149,7 @@ impl Config {
             s.conversation_ttl > Duration::ZERO,
             "CONVERSATION_TTL must be positive"
         );
-        let messaging_service_sid = s
-            .messaging_service_sid
-            .as_deref()
-            .map(str::trim)
-            .filter(|sid| !sid.is_empty())
-            .map(str::to_owned);
+        let messaging_service_sid = non_empty(s.messaging_service_sid.as_deref());
         if let Some(sid) = &messaging_service_sid {
             anyhow::ensure!(
                 sid.starts_with("MG"),
@@ -167,12 +162,7 @@ impl Config {
             s.remediation_window > Duration::ZERO,
             "REMEDIATION_WINDOW must be positive"
         );
-        let sms_fallback_from = s
-            .sms_fallback_from
-            .as_deref()
-            .map(str::trim)
-            .filter(|f| !f.is_empty())
-            .map(str::to_owned);
+        let sms_fallback_from = non_empty(s.sms_fallback_from.as_deref());
         if let Some(from) = &sms_fallback_from {
             anyhow::ensure!(
                 from.starts_with("MG") || si_schemas::records::is_e164(from),
@@ -190,6 +180,14 @@ impl Config {
             sms_fallback_from,
         })
     }
+}
+
+/// A setting trimmed, `None` when empty.
+fn non_empty(value: Option<&str>) -> Option<String> {
+    value
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
 }
 
 /// What the processor needs besides its tables.
@@ -1906,6 +1904,26 @@ mod tests {
         (statuses, ops)
     }
 
+    /// A user writes on `channel`, `response` is sent as SM1 and reported
+    /// undelivered with `code`: the message and what segment wrote then.
+    fn failed_once(
+        h: &mut Harness,
+        channel: Channel,
+        response: CognitionResponse,
+        code: i32,
+    ) -> (OutboundOperation, Vec<Output>) {
+        h.event(inbound(PM, channel, T0));
+        let op = h.ops(response, T0 + 10).remove(0);
+        assert!(h.feed(accepted(&op, "SM1"), T0 + 20).unwrap().is_empty());
+        let out = h
+            .feed(
+                report(PM, "SM1", DeliveryState::Undelivered, Some(code)),
+                T0 + 30,
+            )
+            .unwrap();
+        (op, out)
+    }
+
     #[test]
     fn whatsapp_63016_is_resent_as_the_template_and_its_delivery_ends_the_chain() {
         let mut h = Harness::new();
@@ -2061,15 +2079,7 @@ mod tests {
     #[test]
     fn a_transient_failure_is_retried_on_a_timer_with_the_consent_gate_again() {
         let mut h = Harness::new();
-        h.event(inbound(PM, Channel::Sms, T0));
-        let op = h.ops(response("r-1", PM, "Hello"), T0 + 10).remove(0);
-        h.feed(accepted(&op, "SM1"), T0 + 20).unwrap();
-        let out = h
-            .feed(
-                report(PM, "SM1", DeliveryState::Undelivered, Some(30001)),
-                T0 + 30,
-            )
-            .unwrap();
+        let (_, out) = failed_once(&mut h, Channel::Sms, response("r-1", PM, "Hello"), 30001);
         let (statuses, ops) = split(&out);
         assert!(ops.is_empty(), "nothing before the delay");
         let r = statuses[0].remediation.clone().unwrap();
@@ -2154,15 +2164,12 @@ mod tests {
     #[test]
     fn a_resend_delivered_before_egress_status_is_read_still_recovers() {
         let mut h = Harness::new();
-        h.event(inbound(PM, Channel::Whatsapp, T0));
-        let op = h.ops(response("r-1", PM, "Hello"), T0 + 10).remove(0);
-        h.feed(accepted(&op, "SM1"), T0 + 20).unwrap();
-        let out = h
-            .feed(
-                report(PM, "SM1", DeliveryState::Undelivered, Some(63016)),
-                T0 + 30,
-            )
-            .unwrap();
+        let (_, out) = failed_once(
+            &mut h,
+            Channel::Whatsapp,
+            response("r-1", PM, "Hello"),
+            63016,
+        );
         let template = split(&out).1.remove(0);
         assert!(
             h.feed(report(PM, "SM2", DeliveryState::Delivered, None), T0 + 40)

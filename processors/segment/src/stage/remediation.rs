@@ -410,14 +410,15 @@ impl Segmenter {
                     code,
                     message,
                     Remediation {
-                        origin_operation_id: sent.origin_operation_id.clone(),
-                        attempt,
-                        action: RemediationAction::RetryLater,
-                        next_operation_id: Some(next_id),
-                        channel: Some(op.channel),
                         not_before: Some(at),
-                        terminal: false,
-                        reason: decision.reason,
+                        ..resend_decision(
+                            &sent,
+                            attempt,
+                            RemediationAction::RetryLater,
+                            next_id,
+                            op.channel,
+                            decision.reason,
+                        )
                     },
                     now,
                 )];
@@ -458,16 +459,14 @@ impl Segmenter {
             DeliveryOutcome::Failed,
             code,
             message,
-            Remediation {
-                origin_operation_id: sent.origin_operation_id.clone(),
+            resend_decision(
+                &sent,
                 attempt,
                 action,
-                next_operation_id: Some(next_id),
-                channel: Some(resend.channel),
-                not_before: None,
-                terminal: false,
-                reason: decision.reason,
-            },
+                next_id,
+                resend.channel,
+                decision.reason,
+            ),
             now,
         );
         let Ok(resend_json) = serde_json::to_string(&resend) else {
@@ -629,6 +628,27 @@ impl Segmenter {
                 &code.map_or_else(|| "none".to_owned(), |c| c.to_string()),
             ])
             .inc();
+    }
+}
+
+/// The non-terminal decision to resend `sent`'s chain as `next_id`.
+fn resend_decision(
+    sent: &SegmentSent,
+    attempt: i32,
+    action: RemediationAction,
+    next_id: String,
+    channel: Channel,
+    reason: String,
+) -> Remediation {
+    Remediation {
+        origin_operation_id: sent.origin_operation_id.clone(),
+        attempt,
+        action,
+        next_operation_id: Some(next_id),
+        channel: Some(channel),
+        not_before: None,
+        terminal: false,
+        reason,
     }
 }
 
