@@ -322,3 +322,94 @@ async fn a_missing_topic_fails_with_the_fix() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_service_dropping_messages_fails_and_missing_events_only_warn() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let sandbox = healthy_twilio().await?;
+
+    // Conversations without onDeliveryUpdated: a warning, the exit code stays 0.
+    sandbox.set_conversations_webhooks(ConversationsWebhooks {
+        post_webhook_url: Some(format!("{PUBLIC}/twilio/conversations/events")),
+        filters: vec![
+            "onMessageAdded".into(),
+            "onConversationStateUpdated".into(),
+            "onParticipantAdded".into(),
+        ],
+        ..ConversationsWebhooks::default()
+    })?;
+    let run = doctor(&env, &sandbox, TOKEN, &[]).await?;
+    assert!(run.ok, "a warning alone does not fail:\n{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!(
+            "warn  twilio.conversations       {ACCOUNT}: filters lack onDeliveryUpdated: those events are never sent\n      fix: curl -X POST '{}/v1/Configuration/Webhooks'",
+            sandbox.base_url()
+        )),
+        "{}",
+        run.stdout
+    );
+
+    // The service's inbound URL cleared: messages to its numbers are dropped.
+    sandbox.set_messaging_services(vec![serde_json::from_value::<MessagingService>(
+        serde_json::json!({
+            "friendly_name": "Si",
+            "status_callback": format!("{PUBLIC}/twilio/messaging/status"),
+            "phone_numbers": [SERVICE_NUMBER],
+        }),
+    )?])?;
+    let run = doctor(&env, &sandbox, TOKEN, &[]).await?;
+    assert!(!run.ok, "{}", run.stdout);
+    let failed = failures(&run.stdout);
+    assert_eq!(failed.len(), 1, "{}", run.stdout);
+    assert!(
+        failed[0].starts_with(&format!(
+            "FAIL  twilio.messaging-services  MG00000000000000000000000000000001 (Si): inbound_request_url is empty: messages to its senders are dropped, expected {PUBLIC}/twilio/messaging/inbound"
+        )),
+        "{}",
+        failed[0]
+    );
+    assert!(
+        failed[0].contains(&format!(
+            "fix: curl -X POST '{}/v1/Services/MG00000000000000000000000000000001' -u \"$TWILIO_ACCOUNT_SID:$TWILIO_AUTH_TOKEN\" --data-urlencode 'InboundRequestUrl={PUBLIC}/twilio/messaging/inbound' --data-urlencode 'InboundMethod=POST'",
+            sandbox.base_url()
+        )),
+        "{}",
+        failed[0]
+    );
+
+    // Limited to one number and a service the account lacks, without
+    // Conversations: only the unknown service fails, the rest is not read.
+    let run = doctor(
+        &env,
+        &sandbox,
+        TOKEN,
+        &[
+            "--number",
+            SMS_NUMBER,
+            "--messaging-service",
+            "MG00000000000000000000000000000009",
+            "--skip-conversations",
+        ],
+    )
+    .await?;
+    assert!(
+        !run.ok,
+        "an unknown service named is a failure:\n{}",
+        run.stdout
+    );
+    assert_eq!(
+        failures(&run.stdout),
+        [format!(
+            "FAIL  twilio.messaging-services  MG00000000000000000000000000000009: not a Messaging Service of account {ACCOUNT}\n      fix: check --messaging-service, or the account (TWILIO_ACCOUNT_SID)"
+        )],
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains(SERVICE_NUMBER), "{}", run.stdout);
+    assert!(
+        !run.stdout.contains("twilio.conversations"),
+        "{}",
+        run.stdout
+    );
+    Ok(())
+}

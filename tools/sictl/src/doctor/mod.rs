@@ -562,4 +562,25 @@ mod tests {
         assert!(text.ends_with("1 ok, 0 warn, 1 FAIL\n"), "{text}");
         Ok(())
     }
+
+    #[test]
+    fn every_runbook_a_fix_names_exists() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let sources = [include_str!("mod.rs"), include_str!("twilio.rs")];
+        let mut named = 0;
+        for source in sources {
+            for (at, _) in source.match_indices("docs/runbooks/") {
+                let name: String = source[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || "/-._".contains(*c))
+                    .collect();
+                let name = name.trim_end_matches('.');
+                if name.ends_with(".md") {
+                    named += 1;
+                    assert!(root.join(name).is_file(), "{name} does not exist");
+                }
+            }
+        }
+        assert!(named >= 4, "the fixes name the runbooks ({named} found)");
+    }
 }
