@@ -1359,3 +1359,53 @@ async fn the_account_setup_is_listed_in_twilios_shapes_with_paging() -> anyhow::
     sandbox.shutdown().await;
     Ok(())
 }
+
+/// The reads answer with Twilio's field names: every field is one Twilio's
+/// OpenAPI description declares (the 2010 API and Conversations; Messaging's
+/// description is not among the files `dev/twilio-oai` keeps).
+#[tokio::test]
+async fn the_reads_use_the_field_names_of_twilios_description() -> anyhow::Result<()> {
+    use twilio_sandbox::{ConversationsWebhooks, PhoneNumber};
+    let oai = si_testkit::openapi::TwilioOpenApi::load()?;
+    let sandbox = Sandbox::start(config()).await?;
+    sandbox.set_phone_numbers(vec![serde_json::from_value::<PhoneNumber>(
+        serde_json::json!({
+            "phone_number": "+14155550101",
+            "sms_url": "https://si.example.test/twilio/messaging/inbound",
+            "voice_url": "https://si.example.test/twilio/voice/answer",
+        }),
+    )?])?;
+    sandbox.set_conversations_webhooks(ConversationsWebhooks {
+        post_webhook_url: Some("https://si.example.test/twilio/conversations/events".into()),
+        filters: vec!["onMessageAdded".into()],
+        ..ConversationsWebhooks::default()
+    })?;
+    let http = reqwest::Client::new();
+    for path in [
+        format!("/2010-04-01/Accounts/{ACCOUNT}.json"),
+        format!("/2010-04-01/Accounts/{ACCOUNT}/IncomingPhoneNumbers.json"),
+        "/v1/Configuration/Webhooks".to_owned(),
+    ] {
+        let body: Value = http
+            .get(format!("{}{path}", sandbox.base_url()))
+            .basic_auth(ACCOUNT, Some(TOKEN))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if let Err(violations) = oai.check_get_response(&path, &body) {
+            panic!("{path}: {violations:#?}\n{body:#}");
+        }
+    }
+    // The oracle would notice a field of our own invention.
+    let invented = serde_json::json!({"incoming_phone_numbers": [{"sms_url": "", "smsUrl": ""}]});
+    let path = format!("/2010-04-01/Accounts/{ACCOUNT}/IncomingPhoneNumbers.json");
+    assert_eq!(
+        oai.check_get_response(&path, &invented),
+        Err(vec![format!(
+            "GET {path}.incoming_phone_numbers[]: field smsUrl is not described"
+        )])
+    );
+    sandbox.shutdown().await;
+    Ok(())
+}
