@@ -245,7 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 registry: &cli.registry,
                 topics: cli.topics(),
                 schemas_dir: cli.schemas_dir(),
-                twilio: args,
+                args,
             })
             .await;
             if args.json {

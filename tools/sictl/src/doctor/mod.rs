@@ -250,14 +250,14 @@ pub struct Deployment<'a> {
     pub topics: anyhow::Result<Vec<ResolvedTopic>>,
     /// The committed schemas directory.
     pub schemas_dir: PathBuf,
-    /// Twilio.
-    pub twilio: &'a DoctorArgs,
+    /// The doctor's own settings (Twilio, deadlines).
+    pub args: &'a DoctorArgs,
 }
 
 /// Runs every check.
 pub async fn run(deployment: Deployment<'_>) -> Report {
     let mut report = Report::default();
-    let timeout = deployment.twilio.timeout;
+    let timeout = deployment.args.timeout;
     let kafka_ok = check_kafka(&mut report, deployment.kafka, timeout).await;
     let topics = match deployment.topics {
         Ok(topics) => Some(topics),
@@ -285,7 +285,7 @@ pub async fn run(deployment: Deployment<'_>) -> Report {
         )
         .await;
     }
-    twilio::check(&mut report, deployment.twilio).await;
+    twilio::check(&mut report, deployment.args).await;
     report
 }
 

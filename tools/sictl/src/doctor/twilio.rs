@@ -119,7 +119,7 @@ impl Twilio {
             .basic_auth(&self.credentials.user, Some(&self.credentials.secret))
             .send()
             .await
-            .map_err(|e| Refusal::Unreachable(format!("{e:#}")))?;
+            .map_err(|e| Refusal::Unreachable(causes(&e)))?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
@@ -154,6 +154,22 @@ impl Twilio {
         }
         Ok(items)
     }
+}
+
+/// An error with its causes (reqwest's own message leaves out why a
+/// connection failed).
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// `/path?query` of a relative or absolute link.
