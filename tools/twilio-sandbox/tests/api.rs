@@ -1409,3 +1409,56 @@ async fn the_reads_use_the_field_names_of_twilios_description() -> anyhow::Resul
     sandbox.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_client_sets_the_account_setup_over_http() -> anyhow::Result<()> {
+    use twilio_sandbox::{ConversationsWebhooks, MessagingService, PhoneNumber, SandboxClient};
+    let sandbox = Sandbox::start(config()).await?;
+    let client = SandboxClient::new(&sandbox.base_url());
+    let numbers: Vec<PhoneNumber> = serde_json::from_value(
+        serde_json::json!([{"phone_number": "+14155550107", "sms_method": "GET"}]),
+    )?;
+    let stored = client.set_phone_numbers(&numbers).await?;
+    assert_eq!(
+        stored[0].sid.as_deref(),
+        Some("PN00000000000000000000014155550107")
+    );
+    assert_eq!(sandbox.phone_numbers(), stored);
+    let refused: Vec<PhoneNumber> = serde_json::from_value(
+        serde_json::json!([{"phone_number": "+14155550107", "sms_method": "PUT"}]),
+    )?;
+    let error = client
+        .set_phone_numbers(&refused)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        error.as_deref().is_some_and(|e| e.contains("400")),
+        "{error:?}"
+    );
+    assert_eq!(
+        sandbox.phone_numbers(),
+        stored,
+        "a refused setup changes nothing"
+    );
+
+    let services: Vec<MessagingService> = serde_json::from_value(
+        serde_json::json!([{"sid": "MG0123456789abcdef0123456789abcdef", "use_inbound_webhook_on_number": true}]),
+    )?;
+    let stored = client.set_messaging_services(&services).await?;
+    assert_eq!(stored, services);
+    assert_eq!(sandbox.messaging_services(), services);
+
+    let webhooks = ConversationsWebhooks {
+        pre_webhook_url: Some("https://elsewhere.example.test/pre".into()),
+        target: "flex".into(),
+        ..ConversationsWebhooks::default()
+    };
+    assert_eq!(
+        client.set_conversations_webhooks(&webhooks).await?,
+        webhooks
+    );
+    assert_eq!(sandbox.conversations_webhooks(), webhooks);
+    sandbox.shutdown().await;
+    Ok(())
+}
