@@ -1,7 +1,8 @@
 //! Twilio's OpenAPI description (twilio-oai) as the oracle for the shape of
 //! our REST requests: the path must be one Twilio describes for POST, every
 //! form parameter one its request body declares, every required one present,
-//! and every value of an enumerated parameter one of its values.
+//! and every value of an enumerated parameter one of its values. For the
+//! sandbox's answers to reads: every field one Twilio's response declares.
 //!
 //! The description is fetched by `dev/twilio-oai` (the test command runs it)
 //! into `.cache/twilio-oai/<version>`; `SI_TWILIO_OAI_DIR` names another
@@ -145,6 +146,83 @@ impl TwilioOpenApi {
         } else {
             Err(violations)
         }
+    }
+}
+
+impl TwilioOpenApi {
+    /// Checks the JSON answer to `GET path` (no host, no query): every field
+    /// is one the 200 response of Twilio's description declares, and so is
+    /// every field of the objects in its lists and of a list's `meta`.
+    ///
+    /// # Errors
+    /// Every undeclared field, in words; a path Twilio does not describe.
+    pub fn check_get_response(&self, path: &str, body: &Value) -> Result<(), Violations> {
+        let Some((spec, operation)) = self.specs.iter().find_map(|spec| {
+            let paths = spec.get("paths")?.as_object()?;
+            paths
+                .iter()
+                .find(|(template, _)| matches_template(template, path))
+                .and_then(|(_, item)| item.get("get"))
+                .map(|op| (spec, op))
+        }) else {
+            return Err(vec![format!(
+                "GET {path}: no such operation in Twilio's description"
+            )]);
+        };
+        let Some(schema) = operation
+            .pointer("/responses/200/content/application~1json/schema")
+            .map(|s| resolve(spec, s))
+        else {
+            return Err(vec![format!("GET {path}: no JSON 200 response described")]);
+        };
+        let mut violations = Vec::new();
+        undeclared_fields(spec, schema, body, &format!("GET {path}"), &mut violations);
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(violations)
+        }
+    }
+}
+
+/// Adds a violation for every field of `body` that `schema` does not declare,
+/// looking into arrays of objects and nested objects with declared properties.
+fn undeclared_fields(
+    spec: &Value,
+    schema: &Value,
+    body: &Value,
+    at: &str,
+    violations: &mut Violations,
+) {
+    let schema = resolve(spec, schema);
+    match body {
+        Value::Object(fields) => {
+            let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+                return;
+            };
+            for (name, value) in fields {
+                match properties.get(name) {
+                    Some(property) => {
+                        undeclared_fields(
+                            spec,
+                            property,
+                            value,
+                            &format!("{at}.{name}"),
+                            violations,
+                        );
+                    }
+                    None => violations.push(format!("{at}: field {name} is not described")),
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for item in items {
+                    undeclared_fields(spec, item_schema, item, &format!("{at}[]"), violations);
+                }
+            }
+        }
+        _ => {}
     }
 }
 

@@ -84,6 +84,12 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Checks what the deployment needs: Kafka and the registry reachable,
+    /// topics and schemas as declared, Twilio credentials valid, and the
+    /// webhook URLs of our numbers, Messaging Services and Conversations at
+    /// Twilio pointing at PUBLIC_BASE_URL (read-only). One line per finding
+    /// (ok/warn/FAIL) with the fix; non-zero exit when any check fails.
+    Doctor(Box<sictl::doctor::DoctorArgs>),
     /// Issues a command on si.commands.v1 by hand (`sictl command close ...`).
     #[command(name = "command")]
     Issue {
@@ -233,6 +239,27 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Segment(command) => command.run(&mut std::io::stdout().lock())?,
+        Command::Doctor(args) => {
+            let report = sictl::doctor::run(sictl::doctor::Deployment {
+                kafka: &cli.kafka,
+                registry: &cli.registry,
+                topics: cli.topics(),
+                schemas_dir: cli.schemas_dir(),
+                args,
+            })
+            .await;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": !report.failed(), "checks": report.checks })
+                );
+            } else {
+                report.write_text(&mut std::io::stdout().lock())?;
+            }
+            if report.failed() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Simulate {
             command: SimulateCommand::Sms(sms),
         } => {

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::mpsc;
 
+use crate::account::{self, ConversationsWebhooks, MessagingService, Page, PhoneNumber, Read};
 use crate::calls::{
     CallOutcomes, CallRecord, Control, ControlError, GatherAnswer, MAX_LIVE_CALLS, Outcome, Speaker,
 };
@@ -61,6 +62,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/_sandbox/call-outcomes",
             get(get_call_outcomes).put(put_call_outcomes),
+        )
+        .route(
+            "/_sandbox/phone-numbers",
+            get(get_phone_numbers).put(put_phone_numbers),
+        )
+        .route(
+            "/_sandbox/messaging-services",
+            get(get_messaging_services).put(put_messaging_services),
+        )
+        .route(
+            "/_sandbox/conversations-webhooks",
+            get(get_conversations_webhooks).put(put_conversations_webhooks),
         )
         .route("/_sandbox/healthz", get(|| async { "ok" }))
         .fallback(twilio_request)
@@ -284,6 +297,50 @@ async fn put_call_outcomes(State(shared): State<Arc<Shared>>, body: Bytes) -> Re
     }
 }
 
+// ---------------------------------------------------------------- account setup
+
+async fn get_phone_numbers(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.phone_numbers()).into_response()
+}
+
+async fn put_phone_numbers(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Vec<PhoneNumber>>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|numbers| shared.set_phone_numbers(numbers))
+    {
+        Ok(()) => axum::Json(shared.phone_numbers()).into_response(),
+        Err(error) => control_error(error),
+    }
+}
+
+async fn get_messaging_services(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.messaging_services()).into_response()
+}
+
+async fn put_messaging_services(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Vec<MessagingService>>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|services| shared.set_messaging_services(services))
+    {
+        Ok(()) => axum::Json(shared.messaging_services()).into_response(),
+        Err(error) => control_error(error),
+    }
+}
+
+async fn get_conversations_webhooks(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.conversations_webhooks()).into_response()
+}
+
+async fn put_conversations_webhooks(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<ConversationsWebhooks>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|webhooks| shared.set_conversations_webhooks(webhooks))
+    {
+        Ok(()) => axum::Json(shared.conversations_webhooks()).into_response(),
+        Err(error) => control_error(error),
+    }
+}
+
 // ---------------------------------------------------------------- Twilio API
 
 /// The endpoints the sandbox serves.
@@ -394,8 +451,8 @@ async fn twilio_request(
 ) -> Response {
     let seq = shared.next_seq();
     let at_ms = now_ms();
-    if let Some(account) = account_fetch(uri.path()) {
-        return fetch_account(&shared, &method, &headers, account, seq, at_ms);
+    if let Some(read) = Read::parse(uri.path()) {
+        return serve_read(&shared, &method, &headers, &uri, &read, seq, at_ms);
     }
     let form = Form::parse(&body);
     let endpoint = Endpoint::parse(uri.path());
@@ -492,26 +549,23 @@ async fn twilio_request(
     response
 }
 
-/// The account of `GET /2010-04-01/Accounts/{AC}.json`.
-fn account_fetch(path: &str) -> Option<&str> {
-    path.strip_prefix("/2010-04-01/Accounts/")?
-        .strip_suffix(".json")
-        .filter(|account| !account.is_empty() && !account.contains('/'))
-}
-
-/// The Account resource (what egress's health check fetches): auth checked
-/// as for every request, Twilio's JSON shape. Kept in the reads log, not the
-/// request log (which holds what operations did); no faults are drawn.
-fn fetch_account(
+/// A read-only request (`GET` of the Account resource, the phone numbers,
+/// the Messaging Services and their numbers, the Conversations webhooks):
+/// auth checked as for every request, Twilio's JSON shapes and list
+/// envelopes. Kept in the reads log, not the request log (which holds what
+/// operations did); no faults are drawn.
+fn serve_read(
     shared: &Shared,
     method: &Method,
     headers: &HeaderMap,
-    account: &str,
+    uri: &Uri,
+    read: &Read,
     seq: u64,
     at_ms: i64,
 ) -> Response {
     let result = if *method == Method::GET {
-        authenticate(shared, headers, Some(account)).map(|()| account_json(shared))
+        authenticate(shared, headers, read.account())
+            .and_then(|()| read_json(shared, headers, uri, read))
     } else {
         Err(TwilioError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -527,20 +581,80 @@ fn fetch_account(
         seq,
         at_ms,
         method: method.to_string(),
-        path: format!("/{API_VERSION}/Accounts/{account}.json"),
-        params: BTreeMap::new(),
+        path: uri.path().to_owned(),
+        params: form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect(),
         all_params: Vec::new(),
         operation_id: None,
         sender: None,
         status: status.as_u16(),
         error_code,
-        sid: result.is_ok().then(|| account.to_owned()),
+        sid: match (read, &result) {
+            (Read::Account(account), Ok(_)) => Some(account.clone()),
+            _ => None,
+        },
         injected: false,
     });
     match result {
         Ok(body) => (status, axum::Json(body)).into_response(),
         Err(error) => error.into_response(),
     }
+}
+
+fn read_json(
+    shared: &Shared,
+    headers: &HeaderMap,
+    uri: &Uri,
+    read: &Read,
+) -> Result<Value, TwilioError> {
+    let account = shared.config.account_sid.as_str();
+    // v1 lists link their pages absolutely: on the sandbox's own address.
+    let own_base = || {
+        format!(
+            "http://{}",
+            header_str(headers, header::HOST.as_str()).unwrap_or("127.0.0.1")
+        )
+    };
+    Ok(match read {
+        Read::Account(_) => account_json(shared),
+        Read::PhoneNumbers(_) => {
+            let page = Page::from_query(uri.query())?;
+            let numbers: Vec<Value> = shared
+                .phone_numbers()
+                .iter()
+                .map(|n| account::phone_number_json(account, n))
+                .collect();
+            account::v2010_list(uri.path(), "incoming_phone_numbers", page, &numbers)
+        }
+        Read::Services => {
+            let page = Page::from_query(uri.query())?;
+            let services: Vec<Value> = shared
+                .messaging_services()
+                .iter()
+                .map(|s| account::service_json(account, s))
+                .collect();
+            account::v1_list(&own_base(), uri.path(), "services", page, &services)
+        }
+        Read::ServicePhoneNumbers(sid) => {
+            let page = Page::from_query(uri.query())?;
+            let service = shared
+                .messaging_services()
+                .into_iter()
+                .find(|s| s.sid.as_deref() == Some(sid.as_str()))
+                .ok_or_else(|| TwilioError::not_found(uri.path()))?;
+            let known = shared.phone_numbers();
+            let numbers: Vec<Value> = service
+                .phone_numbers
+                .iter()
+                .map(|n| account::service_number_json(account, sid, n, &known))
+                .collect();
+            account::v1_list(&own_base(), uri.path(), "phone_numbers", page, &numbers)
+        }
+        Read::ConversationsWebhooks => {
+            account::conversations_webhooks_json(account, &shared.conversations_webhooks())
+        }
+    })
 }
 
 /// Twilio's Account resource for the sandbox's account. The real one
@@ -1364,9 +1478,6 @@ mod tests {
             Some(Endpoint::Participants("CH1".into()))
         );
         assert_eq!(Endpoint::parse("/2010-04-01/Accounts/AC1/Other.json"), None);
-        assert_eq!(account_fetch("/2010-04-01/Accounts/AC1.json"), Some("AC1"));
-        assert_eq!(account_fetch("/2010-04-01/Accounts/AC1/Calls.json"), None);
-        assert_eq!(account_fetch("/2010-04-01/Accounts/.json"), None);
         assert_eq!(Endpoint::parse("/"), None);
     }
 

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::account::{ConversationsWebhooks, MessagingService, PhoneNumber};
 use crate::calls::{CallOutcomes, CallRecord, GatherAnswer, Outcome, Speaker};
 use crate::player::InboundCall;
 use crate::state::DeliveryFailure;
@@ -150,6 +151,60 @@ impl SandboxClient {
         self.send::<Vec<DeliveryFailure>>(request, "setting delivery failures")
             .await
             .map(drop)
+    }
+
+    async fn put<T: Serialize + DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &T,
+        what: &str,
+    ) -> anyhow::Result<T> {
+        let request = self.http.put(format!("{}{path}", self.base)).json(body);
+        self.send(request, what).await
+    }
+
+    /// Replaces the account's phone numbers; returns them with their SIDs.
+    ///
+    /// # Errors
+    /// When the sandbox does not answer or refuses them (not E.164, twice).
+    pub async fn set_phone_numbers(
+        &self,
+        numbers: &Vec<PhoneNumber>,
+    ) -> anyhow::Result<Vec<PhoneNumber>> {
+        self.put("/_sandbox/phone-numbers", numbers, "setting phone numbers")
+            .await
+    }
+
+    /// Replaces the account's Messaging Services; returns them with their SIDs.
+    ///
+    /// # Errors
+    /// When the sandbox does not answer or refuses them.
+    pub async fn set_messaging_services(
+        &self,
+        services: &Vec<MessagingService>,
+    ) -> anyhow::Result<Vec<MessagingService>> {
+        self.put(
+            "/_sandbox/messaging-services",
+            services,
+            "setting messaging services",
+        )
+        .await
+    }
+
+    /// Replaces the account's Conversations webhooks.
+    ///
+    /// # Errors
+    /// When the sandbox does not answer or refuses them.
+    pub async fn set_conversations_webhooks(
+        &self,
+        webhooks: &ConversationsWebhooks,
+    ) -> anyhow::Result<ConversationsWebhooks> {
+        self.put(
+            "/_sandbox/conversations-webhooks",
+            webhooks,
+            "setting conversations webhooks",
+        )
+        .await
     }
 
     /// How new calls ring.

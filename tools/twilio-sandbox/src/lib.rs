@@ -12,7 +12,26 @@
 //! | `POST /v1/Conversations/{CH}` | 200, the Conversation (e.g. `State=closed`) |
 //! | `POST /v1/Conversations/{CH}/Messages` | 201, a Conversation Message |
 //! | `POST /v1/Conversations/{CH}/Participants` | 201, a Participant |
-//! | `GET /2010-04-01/Accounts/{AC}.json` | 200, the Account resource (a health check; in the reads log, not the request log; no faults) |
+//! | `GET /2010-04-01/Accounts/{AC}.json` | 200, the Account resource (a health check) |
+//! | `GET /2010-04-01/Accounts/{AC}/IncomingPhoneNumbers.json` | 200, the account's numbers ([`PhoneNumber`]: `sms_url`, `voice_url`, `status_callback`, methods, app/trunk SIDs), paged |
+//! | `GET /v1/Services` (Messaging) | 200, the Messaging Services ([`MessagingService`]: `inbound_request_url`, `status_callback`, `use_inbound_webhook_on_number`), paged |
+//! | `GET /v1/Services/{MG}/PhoneNumbers` (Messaging) | 200, the service's numbers, paged (20404 for an unknown service) |
+//! | `GET /v1/Configuration/Webhooks` (Conversations) | 200, the account's Conversations webhooks ([`ConversationsWebhooks`]: `post_webhook_url`, `pre_webhook_url`, `method`, `filters`, `target`) |
+//!
+//! The `GET`s are reads: the auth check applies, no faults are drawn, and
+//! they go to the reads log, not the request log (which holds what
+//! operations did). Lists take `PageSize` (1 to 1000, default 50) and `Page`
+//! and answer Twilio's envelopes: the 2010 API's `start`, `end`, `page`,
+//! `page_size`, `uri`, `first_page_uri`, `next_page_uri`,
+//! `previous_page_uri` (relative); the v1 APIs' `meta` with `page`,
+//! `page_size`, `key`, `url`, `first_page_url`, `next_page_url`,
+//! `previous_page_url` (absolute, on the sandbox's own address). Messaging's
+//! `/v1/Services` and Conversations' share the path; the sandbox's is
+//! Messaging's. What the reads report is set with
+//! [`SandboxConfig::phone_numbers`], [`SandboxConfig::messaging_services`]
+//! and [`SandboxConfig::conversations_webhooks`] (`SANDBOX_PHONE_NUMBERS`,
+//! `SANDBOX_MESSAGING_SERVICES`, `SANDBOX_CONVERSATIONS_WEBHOOKS`, JSON) or
+//! the control API below; `sictl doctor` compares them with `PUBLIC_BASE_URL`.
 //!
 //! Like Twilio it checks HTTP Basic auth (Account SID + Auth Token, or API key
 //! SID + secret; 401 with code 20003 otherwise) and the required parameters, and
@@ -22,7 +41,8 @@
 //! |---|---|---|
 //! | 20003 | 401 | bad or missing credentials, or another account in the path |
 //! | 20404 | 404 | unknown path or conversation |
-//! | 20004 | 405 | a method other than POST on a known path |
+//! | 20004 | 405 | a method other than POST on a known path (other than GET on a read) |
+//! | 20001 | 400 | a list's `PageSize` outside 1..=1000, or `Page` not a number |
 //! | 20429 | 429 | past the per-sender rate, or an injected 429 |
 //! | 20500 | 500 | an injected server error |
 //! | 21604 | 400 | Messages: `To` missing |
@@ -102,7 +122,7 @@
 //!
 //! **Control API** (no auth): `GET /_sandbox/requests` (JSON array of
 //! [`RequestRecord`]), `DELETE /_sandbox/requests` (clears requests, reads and
-//! callbacks), `GET /_sandbox/reads` (the Account fetches), `GET /_sandbox/callbacks`, `GET|PUT /_sandbox/faults`,
+//! callbacks), `GET /_sandbox/reads` (the reads: Account fetches, lists), `GET /_sandbox/callbacks`, `GET|PUT /_sandbox/faults`,
 //! `PUT /_sandbox/rate` `{"per_sender": 10}` (`null` = unlimited),
 //! `POST /_sandbox/inbound/sms` `{"from","to","body"}` (a signed inbound SMS to
 //! ingress); calls: `GET /_sandbox/calls` (array of [`CallRecord`]),
@@ -115,9 +135,17 @@
 //! [`DeliveryFailure`] `{"to","error_code","status"?,"free_text_only"?}`),
 //! `GET|PUT /_sandbox/call-outcomes` `{"default":"answer","by_number":{"+1…":"busy"}}`,
 //! `POST /_sandbox/inbound/call` `{"from","to","url"?,"status_callback"?,"answers"?:[…]}`
-//! (201 `{"call_sid"}`). [`SandboxClient`] calls it from Rust; the same
+//! (201 `{"call_sid"}`); the account's webhook setup, in Twilio's field
+//! names (SIDs derived when left out: `PN` and the number's digits, `MG` and
+//! the position, zero-padded): `GET|PUT /_sandbox/phone-numbers` (JSON array
+//! of [`PhoneNumber`] `{"phone_number","sms_url"?,"sms_method"?,"voice_url"?,"voice_method"?,"status_callback"?,"sms_application_sid"?,"voice_application_sid"?,"trunk_sid"?,"voice_capable"?,"sid"?}`),
+//! `GET|PUT /_sandbox/messaging-services` (JSON array of [`MessagingService`]
+//! `{"sid"?,"friendly_name"?,"inbound_request_url"?,"inbound_method"?,"fallback_url"?,"status_callback"?,"use_inbound_webhook_on_number"?,"phone_numbers"?:["+1…"]}`),
+//! `GET|PUT /_sandbox/conversations-webhooks` ([`ConversationsWebhooks`]
+//! `{"post_webhook_url"?,"pre_webhook_url"?,"method"?,"filters"?,"target"?}`). [`SandboxClient`] calls it from Rust; the same
 //! controls exist in-process on [`SandboxHandle`].
 
+pub mod account;
 mod api;
 pub mod calls;
 mod client;
@@ -136,6 +164,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
+pub use account::{ConversationsWebhooks, MessagingService, PhoneNumber};
 pub use calls::{
     CallError, CallOutcomes, CallRecord, CallStep, GatherAnswer, Outcome, Speaker, Utterance,
 };
@@ -190,6 +219,13 @@ pub struct SandboxConfig {
     pub call_outcomes: CallOutcomes,
     /// Messages whose delivery fails after they were accepted.
     pub delivery_failures: Vec<DeliveryFailure>,
+    /// The account's phone numbers and their webhook URLs
+    /// (`IncomingPhoneNumbers.json`).
+    pub phone_numbers: Vec<PhoneNumber>,
+    /// The account's Messaging Services (`/v1/Services`).
+    pub messaging_services: Vec<MessagingService>,
+    /// The account's Conversations webhooks (`/v1/Configuration/Webhooks`).
+    pub conversations_webhooks: ConversationsWebhooks,
 }
 
 impl Default for SandboxConfig {
@@ -213,6 +249,9 @@ impl Default for SandboxConfig {
                 ..CallOutcomes::default()
             },
             delivery_failures: Vec::new(),
+            phone_numbers: Vec::new(),
+            messaging_services: Vec::new(),
+            conversations_webhooks: ConversationsWebhooks::default(),
         }
     }
 }
@@ -335,8 +374,9 @@ impl SandboxHandle {
         performed
     }
 
-    /// Reads so far (`GET /2010-04-01/Accounts/{AC}.json`, egress's health
-    /// check), kept apart from [`SandboxHandle::requests`].
+    /// Reads so far (the `GET`s: the Account resource egress's health check
+    /// fetches, the lists `sictl doctor` reads), kept apart from
+    /// [`SandboxHandle::requests`].
     #[must_use]
     pub fn reads(&self) -> Vec<RequestRecord> {
         self.shared.reads()
@@ -490,6 +530,57 @@ impl SandboxHandle {
     /// Replaces the delivery failures (for messages created from now on).
     pub fn set_delivery_failures(&self, failures: Vec<DeliveryFailure>) {
         self.shared.set_delivery_failures(failures);
+    }
+
+    /// The account's phone numbers (SIDs filled in).
+    #[must_use]
+    pub fn phone_numbers(&self) -> Vec<PhoneNumber> {
+        self.shared.phone_numbers()
+    }
+
+    /// Replaces the account's phone numbers.
+    ///
+    /// # Errors
+    /// A number that is not E.164 or listed twice, a method other than GET/POST.
+    pub fn set_phone_numbers(&self, numbers: Vec<PhoneNumber>) -> anyhow::Result<()> {
+        self.shared
+            .set_phone_numbers(numbers)
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// The account's Messaging Services (SIDs filled in).
+    #[must_use]
+    pub fn messaging_services(&self) -> Vec<MessagingService> {
+        self.shared.messaging_services()
+    }
+
+    /// Replaces the account's Messaging Services.
+    ///
+    /// # Errors
+    /// A method other than GET/POST, a number that is not E.164.
+    pub fn set_messaging_services(&self, services: Vec<MessagingService>) -> anyhow::Result<()> {
+        self.shared
+            .set_messaging_services(services)
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// The account's Conversations webhooks.
+    #[must_use]
+    pub fn conversations_webhooks(&self) -> ConversationsWebhooks {
+        self.shared.conversations_webhooks()
+    }
+
+    /// Replaces the account's Conversations webhooks.
+    ///
+    /// # Errors
+    /// A method other than GET/POST, a target other than webhook/flex.
+    pub fn set_conversations_webhooks(
+        &self,
+        webhooks: ConversationsWebhooks,
+    ) -> anyhow::Result<()> {
+        self.shared
+            .set_conversations_webhooks(webhooks)
+            .map_err(|e| anyhow::anyhow!(e))
     }
 
     /// How new calls ring.

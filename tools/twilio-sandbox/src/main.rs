@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use si_runtime::config::LogFormat;
-use twilio_sandbox::{CallOutcomes, DeliveryFailure, Faults, Outcome, Sandbox, SandboxConfig};
+use twilio_sandbox::{
+    CallOutcomes, ConversationsWebhooks, DeliveryFailure, Faults, MessagingService, Outcome,
+    PhoneNumber, Sandbox, SandboxConfig,
+};
 
 /// A local stand-in for the Twilio REST endpoints egress calls.
 #[derive(Debug, Parser)]
@@ -78,6 +81,18 @@ struct Args {
     /// (`status` `undelivered` by default, or `failed`).
     #[arg(long, env = "SANDBOX_DELIVERY_FAILURES", default_value = "[]")]
     delivery_failures: String,
+    /// The account's phone numbers and their webhook URLs, as JSON:
+    /// `[{"phone_number":"+14155550100","sms_url":"https://si.example.com/twilio/messaging/inbound","voice_url":"…"}]`.
+    #[arg(long, env = "SANDBOX_PHONE_NUMBERS", default_value = "[]")]
+    phone_numbers: String,
+    /// The account's Messaging Services, as JSON:
+    /// `[{"inbound_request_url":"…","status_callback":"…","phone_numbers":["+1…"]}]`.
+    #[arg(long, env = "SANDBOX_MESSAGING_SERVICES", default_value = "[]")]
+    messaging_services: String,
+    /// The account's Conversations webhooks, as JSON:
+    /// `{"post_webhook_url":"…","filters":["onMessageAdded","onDeliveryUpdated"]}`.
+    #[arg(long, env = "SANDBOX_CONVERSATIONS_WEBHOOKS", default_value = "{}")]
+    conversations_webhooks: String,
     /// Seed of the fault generator.
     #[arg(long, env = "SANDBOX_SEED", default_value_t = 0x5EED)]
     seed: u64,
@@ -137,8 +152,27 @@ async fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
+    let account = (|| -> Result<_, String> {
+        let numbers: Vec<PhoneNumber> = serde_json::from_str(&args.phone_numbers)
+            .map_err(|e| format!("SANDBOX_PHONE_NUMBERS: {e}"))?;
+        let services: Vec<MessagingService> = serde_json::from_str(&args.messaging_services)
+            .map_err(|e| format!("SANDBOX_MESSAGING_SERVICES: {e}"))?;
+        let webhooks: ConversationsWebhooks = serde_json::from_str(&args.conversations_webhooks)
+            .map_err(|e| format!("SANDBOX_CONVERSATIONS_WEBHOOKS: {e}"))?;
+        Ok((numbers, services, webhooks))
+    })();
+    let (phone_numbers, messaging_services, conversations_webhooks) = match account {
+        Ok(account) => account,
+        Err(error) => {
+            eprintln!("si-twilio-sandbox: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let config = SandboxConfig {
         delivery_failures,
+        phone_numbers,
+        messaging_services,
+        conversations_webhooks,
         call_outcomes: CallOutcomes {
             default: call_outcome,
             ..CallOutcomes::default()

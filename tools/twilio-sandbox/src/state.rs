@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::SandboxConfig;
+use crate::account::{self, ConversationsWebhooks, MessagingService, PhoneNumber};
 use crate::calls::Calls;
 use crate::webhook::{InboundConversationMessage, Webhooks};
 
@@ -192,6 +193,9 @@ struct Inner {
     windows: HashMap<String, VecDeque<i64>>,
     conversations: HashMap<String, Conversation>,
     delivery_failures: Vec<DeliveryFailure>,
+    phone_numbers: Vec<PhoneNumber>,
+    messaging_services: Vec<MessagingService>,
+    conversations_webhooks: ConversationsWebhooks,
 }
 
 /// State shared by the handlers and the handle.
@@ -242,6 +246,15 @@ impl Shared {
             windows: HashMap::new(),
             conversations: HashMap::new(),
             delivery_failures: config.delivery_failures.clone(),
+            phone_numbers: account::normalize_numbers(config.phone_numbers.clone())
+                .map_err(|e| anyhow::anyhow!("phone_numbers: {e}"))?,
+            messaging_services: account::normalize_services(config.messaging_services.clone())
+                .map_err(|e| anyhow::anyhow!("messaging_services: {e}"))?,
+            conversations_webhooks: {
+                account::validate_conversations(&config.conversations_webhooks)
+                    .map_err(|e| anyhow::anyhow!("conversations_webhooks: {e}"))?;
+                config.conversations_webhooks.clone()
+            },
         };
         Ok(Self {
             calls: Calls::new(config.call_outcomes.clone()),
@@ -280,6 +293,43 @@ impl Shared {
             .iter()
             .find(|f| f.to == to && !(f.free_text_only && template))
             .cloned()
+    }
+
+    /// The account's phone numbers (SIDs filled in).
+    pub fn phone_numbers(&self) -> Vec<PhoneNumber> {
+        self.lock().phone_numbers.clone()
+    }
+
+    /// Replaces the phone numbers.
+    pub fn set_phone_numbers(&self, numbers: Vec<PhoneNumber>) -> Result<(), String> {
+        self.lock().phone_numbers = account::normalize_numbers(numbers)?;
+        Ok(())
+    }
+
+    /// The account's Messaging Services (SIDs filled in).
+    pub fn messaging_services(&self) -> Vec<MessagingService> {
+        self.lock().messaging_services.clone()
+    }
+
+    /// Replaces the Messaging Services.
+    pub fn set_messaging_services(&self, services: Vec<MessagingService>) -> Result<(), String> {
+        self.lock().messaging_services = account::normalize_services(services)?;
+        Ok(())
+    }
+
+    /// The account's Conversations webhooks.
+    pub fn conversations_webhooks(&self) -> ConversationsWebhooks {
+        self.lock().conversations_webhooks.clone()
+    }
+
+    /// Replaces the Conversations webhooks.
+    pub fn set_conversations_webhooks(
+        &self,
+        webhooks: ConversationsWebhooks,
+    ) -> Result<(), String> {
+        account::validate_conversations(&webhooks)?;
+        self.lock().conversations_webhooks = webhooks;
+        Ok(())
     }
 
     pub fn next_seq(&self) -> u64 {
