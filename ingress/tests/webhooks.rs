@@ -422,3 +422,64 @@ async fn readiness_reports_kafka_and_schema() -> anyhow::Result<()> {
     assert_eq!(health.status(), 200);
     Ok(())
 }
+
+/// The Auth Token rotation of the credential-compromise playbook: while the
+/// new token is primary and the old one secondary, Twilio's webhooks signed
+/// with either are accepted and stored (none dropped, whichever token Twilio
+/// signs with during its switch), and one signed with a third token is not.
+#[tokio::test]
+async fn during_a_token_rotation_webhooks_signed_with_either_token_are_kept() -> anyhow::Result<()>
+{
+    let ingress = Ingress::start(&[]).await?;
+    let mut kept = Vec::new();
+    for (i, token) in [
+        support::TOKEN,
+        support::SECONDARY,
+        support::TOKEN,
+        support::SECONDARY,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let sid = format!("SM{i:032}");
+        let params = form_params(&[
+            ("MessageSid", &sid),
+            ("AccountSid", "AC00000000000000000000000000000001"),
+            ("From", "+14155550100"),
+            ("To", "+14155550199"),
+            ("Body", "during the rotation"),
+        ]);
+        let response = ingress
+            .post_form("/twilio/messaging/inbound", &params, token)
+            .await?;
+        assert_eq!(response.status(), 200, "signed with token #{i}");
+        kept.push(sid);
+    }
+    let forged = form_params(&[
+        ("MessageSid", "SM99999999999999999999999999999999"),
+        ("AccountSid", "AC00000000000000000000000000000001"),
+        ("From", "+14155550100"),
+        ("To", "+14155550199"),
+        ("Body", "forged"),
+    ]);
+    let response = ingress
+        .post_form("/twilio/messaging/inbound", &forged, "a-leaked-old-token")
+        .await?;
+    assert_eq!(response.status(), 403);
+    let records = ingress
+        .env
+        .read::<TwilioWebhook>(topics::WEBHOOKS, kept.len(), Duration::from_secs(30))
+        .await?;
+    let mut stored: Vec<String> = records
+        .into_iter()
+        .filter_map(|(_, r)| r.resource_sid)
+        .collect();
+    stored.sort();
+    assert_eq!(stored, kept, "every webhook of the rotation stored once");
+    let extra = ingress
+        .env
+        .read_raw(topics::WEBHOOKS, kept.len() + 1, Duration::from_secs(2))
+        .await;
+    assert!(extra.is_err(), "the forged webhook was stored");
+    Ok(())
+}
