@@ -4,6 +4,7 @@
 pub mod command;
 pub mod consent;
 pub mod dlq;
+pub mod report;
 pub mod schemas;
 pub mod segment;
 pub mod simulate;

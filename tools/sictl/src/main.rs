@@ -84,6 +84,10 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// What the channel did in a time range, read from the topics: messages
+    /// sent and delivered, delivery rate by channel, remediation decisions,
+    /// opt-outs and opt-ins per day, segments and estimated cost, escalations.
+    Report(Box<sictl::report::ReportCommand>),
     /// Issues a command on si.commands.v1 by hand (`sictl command close ...`).
     #[command(name = "command")]
     Issue {
@@ -252,6 +256,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ended = call.run(&mut std::io::stdout().lock()).await?;
             if !ended.errors.is_empty() {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Report(command) => {
+            let codec = Codec::new(Registry::new(cli.registry.config())?);
+            let report = sictl::report::run(&cli.kafka, &codec, command, sictl::consent::now_ms())
+                .await
+                .context("report")?;
+            if command.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", sictl::report::render(&report));
             }
         }
         Command::Consent { command } => {
