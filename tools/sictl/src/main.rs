@@ -224,7 +224,13 @@ impl Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    si_runtime::telemetry::init(si_runtime::config::LogFormat::Text, "warn");
+    // Logs go to stderr: stdout is the commands' output (JSON for --json).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     match run(cli).await {
         Ok(code) => code,
         Err(error) => {
