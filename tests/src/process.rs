@@ -37,6 +37,23 @@ pub fn stage_binary(name: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Runs the built `sictl` (see [`stage_binary`]) with `args` against
+/// `env`'s slice of the stack (its brokers, registry and topic prefix) and
+/// waits for it to exit.
+///
+/// # Errors
+/// When the binary is missing or cannot be started.
+pub fn sictl(env: &TestEnv, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Command::new(stage_binary("sictl")?)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &env.kafka.bootstrap_servers)
+        .env("SCHEMA_REGISTRY_URL", &env.registry.url)
+        .env("SI_TOPIC_PREFIX", &env.kafka.topic_prefix)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running sictl")
+}
+
 /// Where test children write their logs: `target/test-logs/<name>.log`.
 #[must_use]
 pub fn log_path(name: &str) -> PathBuf {
