@@ -540,7 +540,18 @@ async fn read_range<T: AvroRecord>(
     let probe_topic = topic.clone();
     let bounds = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let probe: BaseConsumer = probe_config.create()?;
-        bounds(&probe, &probe_topic, from)
+        // Leaders moving (a new topic, a broker restarting) fail a call for
+        // a moment: retry for up to 10 s.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match bounds(&probe, &probe_topic, from) {
+                Err(error) if std::time::Instant::now() < until => {
+                    tracing::debug!(error = format!("{error:#}"), "partition bounds; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                result => return result,
+            }
+        }
     })
     .await?
     .with_context(|| format!("finding where {topic} holds {}", rfc3339(from)))?;
