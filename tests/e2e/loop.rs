@@ -124,7 +124,7 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
         ("si-normalize", vec![("VISITOR_ID_SECRET", "loop-secret")]),
         ("si-consent", vec![]),
         ("si-echo-responder", vec![]),
-        ("si-segment", vec![]),
+        ("si-segment", vec![("PRICE_TABLE", PRICES)]),
         (
             "si-egress",
             vec![
@@ -273,6 +273,58 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
 
     // 5. `sictl report` over the test's records counts what happened here.
     report_counts_what_the_test_did(&env, &sandbox).await?;
+
+    // 6. Segment's channel metrics count its own replies Twilio accepted
+    // (Hello Si and Welcome back! by SMS from our long code, Hola Si on
+    // WhatsApp; not consent's texts, not the refused one), all delivered.
+    let segment = stages
+        .iter()
+        .find(|s| s.log().to_string_lossy().contains("si-segment"))
+        .context("the segment stage")?;
+    wait_for("segment's three delivered reports", DEADLINE, || async {
+        let delivered = segment
+            .metric_sum("si_segment_deliveries_total", &[r#"status="delivered""#])
+            .await?;
+        Ok((delivered >= 3.0).then_some(()))
+    })
+    .await?;
+    let sum =
+        |name: &'static str, labels: &'static [&'static str]| segment.metric_sum(name, labels);
+    assert_eq!(sum("si_segment_deliveries_total", &[]).await?, 3.0);
+    assert_eq!(
+        sum(
+            "si_segment_sent_total",
+            &[r#"channel="sms""#, r#"sender_class="long_code""#]
+        )
+        .await?,
+        2.0
+    );
+    assert_eq!(
+        sum(
+            "si_segment_sent_total",
+            &[r#"channel="whatsapp""#, r#"sender_class="whatsapp""#]
+        )
+        .await?,
+        1.0
+    );
+    assert_eq!(
+        sum("si_segment_time_to_delivered_seconds_count", &[]).await?,
+        3.0
+    );
+    assert_eq!(
+        sum("si_segment_segments_per_message_count", &[]).await?,
+        3.0
+    );
+    let sms_usd = sum(
+        "si_segment_estimated_cost_usd_total",
+        &[r#"channel="sms""#, r#"country="US""#],
+    )
+    .await?;
+    let sms_segments = sum("si_segment_segments_per_message_sum", &[r#"channel="sms""#]).await?;
+    assert!(
+        (sms_usd - 0.0083 * sms_segments).abs() < 1e-9,
+        "{sms_usd} for {sms_segments} segments"
+    );
 
     for stage in &mut stages {
         stage.terminate(Duration::from_secs(30))?;

@@ -151,6 +151,30 @@ impl StageProcess {
         &self.admin
     }
 
+    /// The sum of the samples of metric `name` (a histogram's `_count` or
+    /// `_sum` by that name) whose labels include every one of `labels`
+    /// (written `key="value"`), from the stage's `/metrics`.
+    ///
+    /// # Errors
+    /// When the admin listener does not answer.
+    pub async fn metric_sum(&self, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(name)?;
+                let (labelled, value) = rest.rsplit_once(' ')?;
+                // `name` itself, not a longer name it begins.
+                let this = labelled.is_empty() || labelled.starts_with('{');
+                (this && labels.iter().all(|l| labelled.contains(l)))
+                    .then(|| value.parse::<f64>().ok())?
+            })
+            .sum())
+    }
+
     /// The log file.
     #[must_use]
     pub fn log(&self) -> &Path {
