@@ -6,76 +6,9 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-/// The kind of a sending identity, which sets its default throughput.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SenderType {
-    /// US/CA 10-digit long code (`sms:+1…`, not toll-free).
-    LongCode,
-    /// North American toll-free number (`sms:+1` 800, 833, 844, 855, 866, 877, 888).
-    TollFree,
-    /// Short code (`sms:` followed by 5–6 digits).
-    ShortCode,
-    /// Messaging service (`MG…`).
-    MessagingService,
-    /// WhatsApp sender (`whatsapp:+…`).
-    WhatsApp,
-    /// Voice caller id (`voice:+…`).
-    Voice,
-    /// Anything else (international long codes, unknown forms).
-    Other,
-}
-
-impl SenderType {
-    /// The type of a sender key (`OutboundOperation.sender_key`).
-    #[must_use]
-    pub fn of(sender_key: &str) -> Self {
-        if sender_key.starts_with("MG") {
-            return Self::MessagingService;
-        }
-        if sender_key.starts_with("whatsapp:") {
-            return Self::WhatsApp;
-        }
-        if sender_key.starts_with("voice:") {
-            return Self::Voice;
-        }
-        let Some(number) = sender_key.strip_prefix("sms:") else {
-            return Self::Other;
-        };
-        if !number.starts_with('+')
-            && (5..=6).contains(&number.len())
-            && number.chars().all(|c| c.is_ascii_digit())
-        {
-            return Self::ShortCode;
-        }
-        match number.strip_prefix("+1") {
-            Some(rest) if rest.len() == 10 => {
-                if ["800", "833", "844", "855", "866", "877", "888"]
-                    .iter()
-                    .any(|p| rest.starts_with(p))
-                {
-                    Self::TollFree
-                } else {
-                    Self::LongCode
-                }
-            }
-            _ => Self::Other,
-        }
-    }
-
-    /// A metric label value (never an address).
-    #[must_use]
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::LongCode => "long_code",
-            Self::TollFree => "toll_free",
-            Self::ShortCode => "short_code",
-            Self::MessagingService => "messaging_service",
-            Self::WhatsApp => "whatsapp",
-            Self::Voice => "voice",
-            Self::Other => "other",
-        }
-    }
-}
+/// The kind of a sending identity, which sets its default throughput
+/// (shared with segment's delivery metrics).
+pub use si_consent_gate::SenderClass as SenderType;
 
 /// Messages per second by sender type, per-sender overrides, and the headroom.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,7 +78,7 @@ impl Rates {
             SenderType::MessagingService => self.messaging_service,
             SenderType::WhatsApp => self.whatsapp,
             SenderType::Voice => self.voice,
-            SenderType::Other => self.default,
+            SenderType::Chat | SenderType::Other => self.default,
         }
     }
 
@@ -232,26 +165,6 @@ mod tests {
             overrides: BTreeMap::from([("sms:+14155550100".to_owned(), 10.0)]),
             headroom: 1.0,
         }
-    }
-
-    #[test]
-    fn sender_types_follow_the_key() {
-        assert_eq!(SenderType::of("sms:+14155550123"), SenderType::LongCode);
-        assert_eq!(SenderType::of("sms:+18885550123"), SenderType::TollFree);
-        assert_eq!(SenderType::of("sms:+18335550123"), SenderType::TollFree);
-        assert_eq!(SenderType::of("sms:12345"), SenderType::ShortCode);
-        assert_eq!(SenderType::of("sms:123456"), SenderType::ShortCode);
-        assert_eq!(
-            SenderType::of("MG0123456789abcdef0123456789abcdef"),
-            SenderType::MessagingService
-        );
-        assert_eq!(
-            SenderType::of("whatsapp:+14155550100"),
-            SenderType::WhatsApp
-        );
-        assert_eq!(SenderType::of("voice:+14155550100"), SenderType::Voice);
-        assert_eq!(SenderType::of("sms:+447700900123"), SenderType::Other);
-        assert_eq!(SenderType::of("nonsense"), SenderType::Other);
     }
 
     #[test]

@@ -1237,6 +1237,7 @@ fn segment_state_seen() -> SegmentState {
             twilio_sid: some("SM00000000000000000000000000000001"),
             steps_used: [(s("63016"), 1)].into_iter().collect(),
             not_before: Some(T0 + 60_000),
+            accepted_at: Some(T0 + 1_000),
         }),
         report: Some(SegmentDeliveryReport {
             message_sid: s("SM00000000000000000000000000000002"),
@@ -1244,6 +1245,7 @@ fn segment_state_seen() -> SegmentState {
             error_code: Some(30003),
             error_message: some("Unreachable destination handset"),
             at: T0,
+            status: some("undelivered"),
         }),
     }
 }

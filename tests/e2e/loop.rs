@@ -6,18 +6,23 @@
 //! BLOCKED_OUTBOUND compliance event, nothing on twilio.outbound.v1), and after
 //! START a new response goes through again. A second user writes on WhatsApp
 //! and gets the reply there; a third user's number is refused by Twilio
-//! (21211, with a message that quotes it).
+//! (21211, with a message that quotes it). At the end `sictl report --json`
+//! counts every message Twilio accepted as sent and delivered, one opt-out and
+//! the opt-ins.
 //!
 //! Every stage logs at trace level, as JSON as in production, and egress
 //! authenticates with an API key: at the end (after shutdown) no stage's log
 //! may hold the Auth Token, the API key secret (as written or in a Basic
 //! credential) or any of the four phone numbers unmasked, in any form.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use si_schemas::records::{
     CognitionResponse, ComplianceEvent, ComplianceEventKind, ConsentState, ConsentStatus,
-    ConversationEvent, ConversationEventType, DeliveryState, InboundMessage, OutboundOperation,
+    ConversationEvent, ConversationEventType, DeliveryOutcome, DeliveryState, DeliveryStatus,
+    InboundMessage, OutboundOperation,
 };
 use si_schemas::topics;
 use si_testkit::{LeakDetector, StageProcess, TestEnv, free_port, wait_for};
@@ -34,6 +39,8 @@ const TOKEN: &str = "loop-test-auth-token";
 const API_KEY_SID: &str = "SK0000000000000000000000000000loop";
 const API_KEY_SECRET: &str = "loop-test-api-key-secret";
 const DEADLINE: Duration = Duration::from_secs(60);
+/// The price table `sictl report` estimates the cost with.
+const PRICES: &str = "sms:US=0.0083,sms:*=0.05,whatsapp:*=0.005";
 
 /// The Programmable Messaging sends the sandbox accepted for `to`.
 fn sent_to(sandbox: &SandboxHandle, to: &str) -> Vec<RequestRecord> {
@@ -117,7 +124,7 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
         ("si-normalize", vec![("VISITOR_ID_SECRET", "loop-secret")]),
         ("si-consent", vec![]),
         ("si-echo-responder", vec![]),
-        ("si-segment", vec![]),
+        ("si-segment", vec![("PRICE_TABLE", PRICES)]),
         (
             "si-egress",
             vec![
@@ -264,10 +271,181 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
         "the sandbox received a message sent after STOP"
     );
 
+    // 5. `sictl report` over the test's records counts what happened here.
+    report_counts_what_the_test_did(&env, &sandbox).await?;
+
+    // 6. Segment's channel metrics count its own replies Twilio accepted
+    // (Hello Si and Welcome back! by SMS from our long code, Hola Si on
+    // WhatsApp; not consent's texts, not the refused one), all delivered.
+    let segment = stages
+        .iter()
+        .find(|s| s.log().to_string_lossy().contains("si-segment"))
+        .context("the segment stage")?;
+    wait_for("segment's three delivered reports", DEADLINE, || async {
+        let delivered = segment
+            .metric_sum("si_segment_deliveries_total", &[r#"status="delivered""#])
+            .await?;
+        Ok((delivered >= 3.0).then_some(()))
+    })
+    .await?;
+    let sum =
+        |name: &'static str, labels: &'static [&'static str]| segment.metric_sum(name, labels);
+    assert_eq!(sum("si_segment_deliveries_total", &[]).await?, 3.0);
+    assert_eq!(
+        sum(
+            "si_segment_sent_total",
+            &[r#"channel="sms""#, r#"sender_class="long_code""#]
+        )
+        .await?,
+        2.0
+    );
+    assert_eq!(
+        sum(
+            "si_segment_sent_total",
+            &[r#"channel="whatsapp""#, r#"sender_class="whatsapp""#]
+        )
+        .await?,
+        1.0
+    );
+    assert_eq!(
+        sum("si_segment_time_to_delivered_seconds_count", &[]).await?,
+        3.0
+    );
+    assert_eq!(
+        sum("si_segment_segments_per_message_count", &[]).await?,
+        3.0
+    );
+    let sms_usd = sum(
+        "si_segment_estimated_cost_usd_total",
+        &[r#"channel="sms""#, r#"country="US""#],
+    )
+    .await?;
+    let sms_segments = sum("si_segment_segments_per_message_sum", &[r#"channel="sms""#]).await?;
+    assert!(
+        (sms_usd - 0.0083 * sms_segments).abs() < 1e-9,
+        "{sms_usd} for {sms_segments} segments"
+    );
+
     for stage in &mut stages {
         stage.terminate(Duration::from_secs(30))?;
     }
     logs_hold_no_secret_and_no_number(&stages, sandbox.account_sid())
+}
+
+/// `sictl report --json` (the binary, on the test's topics) says the
+/// messages Twilio accepted were sent and delivered, one opt-out and the
+/// opt-ins the test caused, once egress's statuses and the delivery reports
+/// of every accepted message are on their topics.
+async fn report_counts_what_the_test_did(
+    env: &TestEnv,
+    sandbox: &SandboxHandle,
+) -> anyhow::Result<()> {
+    // What Twilio accepted: every send answered 2xx, by channel.
+    let accepted: BTreeMap<String, &'static str> = sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/Messages.json") && r.status < 300)
+        .filter_map(|r| {
+            let channel = if r.params.get("To")?.starts_with("whatsapp:") {
+                "whatsapp"
+            } else {
+                "sms"
+            };
+            Some((r.sid?, channel))
+        })
+        .collect();
+    let sms = accepted.values().filter(|c| **c == "sms").count();
+    let whatsapp = accepted.len() - sms;
+    assert!(
+        sms >= 4 && whatsapp >= 1,
+        "sends seen by the sandbox: {accepted:?}"
+    );
+    wait_for(
+        "egress's ACCEPTED status of every send",
+        DEADLINE,
+        || async {
+            let statuses = env.read_all::<DeliveryStatus>(topics::DELIVERY).await?;
+            let sids: BTreeSet<String> = statuses
+                .into_iter()
+                .filter(|(_, s)| s.outcome == DeliveryOutcome::Accepted && s.remediation.is_none())
+                .filter_map(|(_, s)| s.twilio_sid)
+                .collect();
+            Ok(accepted.keys().all(|sid| sids.contains(sid)).then_some(()))
+        },
+    )
+    .await?;
+    wait_for("the delivered report of every send", DEADLINE, || async {
+        let events = env
+            .read_all::<ConversationEvent>(topics::CONVERSATION_EVENTS)
+            .await?;
+        let delivered: BTreeSet<String> = events
+            .into_iter()
+            .filter_map(|(_, e)| e.delivery)
+            .filter(|d| d.status == DeliveryState::Delivered)
+            .map(|d| d.message_sid)
+            .collect();
+        Ok(accepted
+            .keys()
+            .all(|sid| delivered.contains(sid))
+            .then_some(()))
+    })
+    .await?;
+
+    let output = si_testkit::sictl(
+        env,
+        &["report", "--from", "1h", "--json", "--price-table", PRICES],
+    )?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(output.status.success(), "sictl report failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "sictl report --json printed no JSON: {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })?;
+    let count = |path: &str| report.pointer(path).and_then(serde_json::Value::as_u64);
+    let total = u64::try_from(accepted.len())?;
+    assert_eq!(count("/messages/sent"), Some(total), "{report:#}");
+    assert_eq!(count("/messages/delivered"), Some(total), "{report:#}");
+    assert_eq!(count("/messages/undelivered"), Some(0), "{report:#}");
+    assert_eq!(count("/messages/failed"), Some(0), "{report:#}");
+    assert_eq!(
+        report
+            .pointer("/messages/delivery_rate")
+            .and_then(serde_json::Value::as_f64),
+        Some(1.0)
+    );
+    assert_eq!(count("/by_channel/sms/sent"), Some(u64::try_from(sms)?));
+    assert_eq!(
+        count("/by_channel/whatsapp/delivered"),
+        Some(u64::try_from(whatsapp)?)
+    );
+    // One STOP; three users texting first (implied consent) and one START.
+    assert_eq!(count("/opt_outs"), Some(1), "{report:#}");
+    assert_eq!(count("/opt_ins"), Some(4), "{report:#}");
+    // Every number here is in the US: the SMS segments at 0.0083, WhatsApp per message.
+    let rows = report["cost"].as_array().context("cost rows")?;
+    let segments: u64 = rows
+        .iter()
+        .filter(|r| r["channel"] == "sms")
+        .map(|r| r["segments"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(rows.iter().all(|r| r["country"] == "US"), "{rows:?}");
+    let usd = report["estimated_usd"].as_f64().unwrap_or(0.0);
+    let expected =
+        0.0083 * f64::from(u32::try_from(segments)?) + 0.005 * f64::from(u32::try_from(whatsapp)?);
+    assert!(
+        (usd - expected).abs() < 1e-9,
+        "{usd} != {expected}: {report:#}"
+    );
+
+    let table = si_testkit::sictl(env, &["report", "--from", "1h", "--price-table", PRICES])?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("delivery rate") && table.contains("100.0%"),
+        "{table}"
+    );
+    Ok(())
 }
 
 /// Every stage's log (start to shutdown, at trace level) is free of

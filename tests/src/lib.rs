@@ -24,7 +24,7 @@ pub mod openapi;
 pub mod process;
 
 pub use leaks::{Leak, LeakDetector};
-pub use process::{StageProcess, spawn_ready, stage_binary, wait_for};
+pub use process::{StageProcess, sictl, spawn_ready, stage_binary, wait_for};
 
 /// The repository root (where `topics.yaml` is).
 #[must_use]

@@ -37,6 +37,23 @@ pub fn stage_binary(name: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Runs the built `sictl` (see [`stage_binary`]) with `args` against
+/// `env`'s slice of the stack (its brokers, registry and topic prefix) and
+/// waits for it to exit.
+///
+/// # Errors
+/// When the binary is missing or cannot be started.
+pub fn sictl(env: &TestEnv, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Command::new(stage_binary("sictl")?)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &env.kafka.bootstrap_servers)
+        .env("SCHEMA_REGISTRY_URL", &env.registry.url)
+        .env("SI_TOPIC_PREFIX", &env.kafka.topic_prefix)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running sictl")
+}
+
 /// Where test children write their logs: `target/test-logs/<name>.log`.
 #[must_use]
 pub fn log_path(name: &str) -> PathBuf {
@@ -132,6 +149,30 @@ impl StageProcess {
     #[must_use]
     pub fn admin_addr(&self) -> &str {
         &self.admin
+    }
+
+    /// The sum of the samples of metric `name` (a histogram's `_count` or
+    /// `_sum` by that name) whose labels include every one of `labels`
+    /// (written `key="value"`), from the stage's `/metrics`.
+    ///
+    /// # Errors
+    /// When the admin listener does not answer.
+    pub async fn metric_sum(&self, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(name)?;
+                let (labelled, value) = rest.rsplit_once(' ')?;
+                // `name` itself, not a longer name it begins.
+                let this = labelled.is_empty() || labelled.starts_with('{');
+                (this && labels.iter().all(|l| labelled.contains(l)))
+                    .then(|| value.parse::<f64>().ok())?
+            })
+            .sum())
     }
 
     /// The log file.

@@ -22,8 +22,10 @@
 //! consented on the call itself: both are always allowed here.
 
 pub mod recorded;
+pub mod sender_class;
 
 pub use recorded::{RECORDED_EVENT_PREFIX, twilio_opt_out_event_id, with_recorded};
+pub use sender_class::SenderClass;
 
 use std::sync::Arc;
 

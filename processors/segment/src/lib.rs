@@ -64,6 +64,7 @@ pub mod encoding;
 pub mod gsm7;
 pub mod lookalike;
 mod plan;
+pub mod pricing;
 pub mod remedy;
 mod split;
 pub mod stage;

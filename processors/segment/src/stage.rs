@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser};
-use prometheus::{IntCounterVec, Opts, Registry as MetricsRegistry};
+use prometheus::{
+    CounterVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry as MetricsRegistry,
+};
 use sha2::{Digest, Sha256};
 use si_consent_gate::{ConsentGate, Verdict, has_consent};
 use si_runtime::mask::mask_address;
@@ -46,10 +48,14 @@ use si_schemas::records::{
 use si_schemas::{Codec, CodecError, Registry, topics};
 use tokio_util::sync::CancellationToken;
 
+use crate::pricing::PriceTable;
 use crate::remedy::Policy;
 use crate::{Error, Response, SegmentArgs, SegmentConfig, Timing, plan};
 
+mod channel_metrics;
 mod remediation;
+
+pub use channel_metrics::final_status;
 
 /// The stage name: consumer group `si-segment`, transactional ids
 /// `si-segment-<POD_NAME>`.
@@ -107,6 +113,14 @@ pub struct StageArgs {
     /// WhatsApp sender's own number (a number enabled for both).
     #[arg(long, env = "SMS_FALLBACK_FROM")]
     pub sms_fallback_from: Option<String>,
+
+    /// Prices for the estimated cost metric, in USD: `channel:COUNTRY=price`
+    /// entries separated by `,`, per SMS segment (`sms`) or WhatsApp message
+    /// (`whatsapp`), `*` for other countries, e.g.
+    /// `sms:US=0.0083,sms:*=0.05,whatsapp:*=0.005`. An estimate: Twilio's
+    /// invoice is the truth (see the README). Empty: no cost is estimated.
+    #[arg(long, env = "PRICE_TABLE", default_value = "")]
+    pub price_table: String,
 }
 
 /// Everything `si-segment` reads from flags and the environment.
@@ -169,8 +183,10 @@ impl Config {
                 "SMS_FALLBACK_FROM must be an E.164 number or a Messaging Service SID (MG...), got {from:?}"
             );
         }
+        let prices = PriceTable::parse(&s.price_table)?;
         Ok(Settings {
             segment,
+            prices,
             dedup_window: s.response_dedup_window,
             conversation_ttl: s.conversation_ttl,
             messaging_service_sid,
@@ -195,6 +211,8 @@ fn non_empty(value: Option<&str>) -> Option<String> {
 pub struct Settings {
     /// How parts are cut.
     pub segment: SegmentConfig,
+    /// Prices of the estimated cost metric.
+    pub prices: PriceTable,
     /// How long a handled response id is remembered.
     pub dedup_window: Duration,
     /// How long a conversation is remembered after its last event.
@@ -217,6 +235,7 @@ impl Settings {
     pub fn for_test(segment: SegmentConfig) -> Self {
         Self {
             segment,
+            prices: PriceTable::default(),
             dedup_window: Duration::from_secs(7 * 24 * 3600),
             conversation_ttl: Duration::from_secs(30 * 24 * 3600),
             messaging_service_sid: None,
@@ -270,6 +289,87 @@ pub struct SegmentMetrics {
     pub sms_segments: IntCounterVec,
     /// Delivery remediation decisions, by action and Twilio error code.
     pub remediations: IntCounterVec,
+    /// Channel metrics of the messages segment tracks (below).
+    pub delivery: DeliveryMetrics,
+}
+
+/// Channel metrics: what happened to the messages segment wrote, from
+/// egress's statuses and the delivery reports (tracked messages only: with
+/// `REMEDIATION_POLICY` empty nothing is tracked and these stay at zero).
+/// Labels are the channel (`sms`, `whatsapp`, `chat`), the sender class
+/// ([`si_consent_gate::SenderClass`]) and the recipient's country: never an
+/// address, SID or conversation id.
+#[derive(Debug, Clone)]
+pub struct DeliveryMetrics {
+    /// Messages Twilio accepted (egress's ACCEPTED), by channel and sender class.
+    pub sent: IntCounterVec,
+    /// Final delivery reports, by channel, sender class and status
+    /// (`delivered`, `read`, `undelivered`, `failed`).
+    pub deliveries: IntCounterVec,
+    /// From egress's ACCEPTED status to the delivered (or read) report, by
+    /// channel (record times).
+    pub time_to_delivered: HistogramVec,
+    /// Estimated cost of the accepted messages in USD (`PRICE_TABLE`), by
+    /// channel and recipient country.
+    pub estimated_cost_usd: CounterVec,
+    /// Segments per accepted message (Twilio's count), by channel.
+    pub segments_per_message: HistogramVec,
+}
+
+impl DeliveryMetrics {
+    fn new(registry: &MetricsRegistry) -> prometheus::Result<Self> {
+        let sent = IntCounterVec::new(
+            Opts::new(
+                "si_segment_sent_total",
+                "Messages segment wrote that Twilio accepted (egress's ACCEPTED status), by channel and sender class",
+            ),
+            &["channel", "sender_class"],
+        )?;
+        let deliveries = IntCounterVec::new(
+            Opts::new(
+                "si_segment_deliveries_total",
+                "Final delivery reports of messages segment wrote, by channel, sender class and status (delivered, read, undelivered, failed)",
+            ),
+            &["channel", "sender_class", "status"],
+        )?;
+        let time_to_delivered = HistogramVec::new(
+            HistogramOpts::new(
+                "si_segment_time_to_delivered_seconds",
+                "From egress's ACCEPTED status to the delivered report (record times), by channel",
+            )
+            .buckets(vec![
+                0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
+            ]),
+            &["channel"],
+        )?;
+        let estimated_cost_usd = CounterVec::new(
+            Opts::new(
+                "si_segment_estimated_cost_usd_total",
+                "Estimated cost in USD of the messages Twilio accepted (PRICE_TABLE; an estimate, not the invoice), by channel and recipient country",
+            ),
+            &["channel", "country"],
+        )?;
+        let segments_per_message = HistogramVec::new(
+            HistogramOpts::new(
+                "si_segment_segments_per_message",
+                "Segments of each message Twilio accepted (Twilio's count, else segment's), by channel",
+            )
+            .buckets(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]),
+            &["channel"],
+        )?;
+        registry.register(Box::new(sent.clone()))?;
+        registry.register(Box::new(deliveries.clone()))?;
+        registry.register(Box::new(time_to_delivered.clone()))?;
+        registry.register(Box::new(estimated_cost_usd.clone()))?;
+        registry.register(Box::new(segments_per_message.clone()))?;
+        Ok(Self {
+            sent,
+            deliveries,
+            time_to_delivered,
+            estimated_cost_usd,
+            segments_per_message,
+        })
+    }
 }
 
 impl SegmentMetrics {
@@ -310,11 +410,13 @@ impl SegmentMetrics {
         registry.register(Box::new(responses.clone()))?;
         registry.register(Box::new(parts.clone()))?;
         registry.register(Box::new(sms_segments.clone()))?;
+        let delivery = DeliveryMetrics::new(registry)?;
         Ok(Self {
             responses,
             parts,
             sms_segments,
             remediations,
+            delivery,
         })
     }
 
@@ -2231,5 +2333,196 @@ mod tests {
                 .is_none()
         );
         assert!(h.feed(accepted(&op, "SM1"), T0 + 20).unwrap().is_empty());
+    }
+
+    // --------------------------------------------------- channel metrics
+
+    const PRICES: &str = "sms:US=0.0083,sms:*=0.05,whatsapp:*=0.005";
+
+    fn priced() -> Harness {
+        let mut settings = Settings::for_test(config());
+        settings.prices = crate::pricing::PriceTable::parse(PRICES).unwrap();
+        Harness::with(settings, gate(Vec::new()))
+    }
+
+    fn accepted_with(op: &OutboundOperation, sid: &str, segments: i32) -> SegmentInput {
+        let SegmentInput::Status(mut status) = accepted(op, sid) else {
+            unreachable!()
+        };
+        status.segments = Some(segments);
+        SegmentInput::Status(status)
+    }
+
+    impl Harness {
+        fn deliveries(&self, channel: &str, class: &str, status: &str) -> u64 {
+            self.metrics
+                .delivery
+                .deliveries
+                .with_label_values(&[channel, class, status])
+                .get()
+        }
+
+        fn sent(&self, channel: &str, class: &str) -> u64 {
+            self.metrics
+                .delivery
+                .sent
+                .with_label_values(&[channel, class])
+                .get()
+        }
+
+        fn cost(&self, channel: &str, country: &str) -> f64 {
+            self.metrics
+                .delivery
+                .estimated_cost_usd
+                .with_label_values(&[channel, country])
+                .get()
+        }
+    }
+
+    #[test]
+    fn an_accepted_sms_counts_as_sent_with_its_segments_and_cost_and_its_delivery_once() {
+        let mut h = priced();
+        h.event(inbound(PM, Channel::Sms, T0));
+        let op = h.ops(response("r-1", PM, "Hello"), T0 + 10).remove(0);
+        assert_eq!(op.sender_key, format!("sms:{OURS}"));
+        assert_eq!(h.sent("sms", "long_code"), 0, "written is not yet sent");
+        h.feed(accepted_with(&op, "SM1", 3), T0 + 1_000).unwrap();
+        assert_eq!(h.sent("sms", "long_code"), 1);
+        let segments = h
+            .metrics
+            .delivery
+            .segments_per_message
+            .with_label_values(&["sms"]);
+        assert_eq!(segments.get_sample_count(), 1);
+        assert!(
+            (segments.get_sample_sum() - 3.0).abs() < 1e-9,
+            "Twilio's count"
+        );
+        assert!((h.cost("sms", "US") - 3.0 * 0.0083).abs() < 1e-9);
+
+        h.feed(
+            report(PM, "SM1", DeliveryState::Delivered, None),
+            T0 + 3_500,
+        )
+        .unwrap();
+        assert_eq!(h.deliveries("sms", "long_code", "delivered"), 1);
+        let time = h
+            .metrics
+            .delivery
+            .time_to_delivered
+            .with_label_values(&["sms"]);
+        assert_eq!(time.get_sample_count(), 1);
+        assert!(
+            (time.get_sample_sum() - 2.5).abs() < 1e-9,
+            "accepted to delivered"
+        );
+        // A later read receipt is not a second final report.
+        h.feed(report(PM, "SM1", DeliveryState::Read, None), T0 + 9_000)
+            .unwrap();
+        assert_eq!(h.deliveries("sms", "long_code", "read"), 0);
+        assert_eq!(time.get_sample_count(), 1);
+        // Non-final reports and unknown SIDs count nothing.
+        h.feed(report(PM, "SM9", DeliveryState::Sent, None), T0 + 9_500)
+            .unwrap();
+        h.feed(
+            report(PM, "SM8", DeliveryState::Delivered, None),
+            T0 + 9_600,
+        )
+        .unwrap();
+        assert_eq!(h.deliveries("sms", "long_code", "delivered"), 1);
+    }
+
+    #[test]
+    fn failures_and_resends_are_counted_by_status_and_each_accepted_attempt_costs() {
+        let mut h = priced();
+        h.event(inbound(PM, Channel::Whatsapp, T0));
+        let op = h.ops(response("r-1", PM, "Hello"), T0 + 10).remove(0);
+        h.feed(accepted(&op, "SM1"), T0 + 20).unwrap();
+        let out = h
+            .feed(
+                report(PM, "SM1", DeliveryState::Undelivered, Some(63016)),
+                T0 + 30,
+            )
+            .unwrap();
+        let (statuses, ops) = split(&out);
+        assert_eq!(h.deliveries("whatsapp", "whatsapp", "undelivered"), 1);
+        // segment's remediation record is not an accepted message.
+        let own = SegmentInput::Status(Box::new(statuses[0].clone()));
+        h.feed(own, T0 + 31).unwrap();
+        assert_eq!(h.sent("whatsapp", "whatsapp"), 1);
+        // The template resend: sent again, and its delivery ends the chain.
+        h.feed(accepted(&ops[0], "SM2"), T0 + 40).unwrap();
+        assert_eq!(h.sent("whatsapp", "whatsapp"), 2);
+        assert!(
+            (h.cost("whatsapp", "US") - 2.0 * 0.005).abs() < 1e-9,
+            "per message"
+        );
+        h.feed(report(PM, "SM2", DeliveryState::Read, None), T0 + 1_040)
+            .unwrap();
+        assert_eq!(h.deliveries("whatsapp", "whatsapp", "read"), 1);
+        let time = h
+            .metrics
+            .delivery
+            .time_to_delivered
+            .with_label_values(&["whatsapp"]);
+        assert_eq!(
+            time.get_sample_count(),
+            1,
+            "the failure has no time to delivered"
+        );
+        assert!((time.get_sample_sum() - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_report_ahead_of_egress_status_is_counted_with_its_own_status() {
+        let mut h = priced();
+        h.event(inbound(PM, Channel::Sms, T0));
+        let first = h.ops(response("r-1", PM, "One"), T0 + 10).remove(0);
+        let second = h.ops(response("r-2", PM, "Two"), T0 + 11).remove(0);
+        h.feed(
+            report(PM, "SM1", DeliveryState::Failed, Some(30008)),
+            T0 + 15,
+        )
+        .unwrap();
+        h.feed(report(PM, "SM2", DeliveryState::Delivered, None), T0 + 16)
+            .unwrap();
+        assert_eq!(h.sent("sms", "long_code"), 0);
+        h.feed(accepted(&first, "SM1"), T0 + 20).unwrap();
+        h.feed(accepted(&second, "SM2"), T0 + 21).unwrap();
+        assert_eq!(h.sent("sms", "long_code"), 2);
+        assert_eq!(h.deliveries("sms", "long_code", "failed"), 1);
+        assert_eq!(h.deliveries("sms", "long_code", "delivered"), 1);
+        let time = h
+            .metrics
+            .delivery
+            .time_to_delivered
+            .with_label_values(&["sms"]);
+        assert_eq!(time.get_sample_count(), 1);
+        assert!(
+            time.get_sample_sum().abs() < 1e-9,
+            "a report ahead counts as at once"
+        );
+    }
+
+    #[test]
+    fn a_messaging_service_is_its_own_sender_class_and_no_price_means_no_cost() {
+        let mut settings = Settings::for_test(config());
+        settings.messaging_service_sid = Some("MG0123456789abcdef0123456789abcdef".into());
+        let mut h = Harness::with(settings, gate(Vec::new()));
+        h.event(inbound(PM, Channel::Sms, T0));
+        let op = h.ops(response("r-1", PM, "Hello"), T0 + 10).remove(0);
+        h.feed(accepted(&op, "SM1"), T0 + 20).unwrap();
+        assert_eq!(h.sent("sms", "messaging_service"), 1);
+        assert_eq!(h.sent("sms", "long_code"), 0);
+        assert!(h.cost("sms", "US").abs() < f64::EPSILON);
+        let segments = h
+            .metrics
+            .delivery
+            .segments_per_message
+            .with_label_values(&["sms"]);
+        assert!(
+            (segments.get_sample_sum() - 1.0).abs() < 1e-9,
+            "the part's own count"
+        );
     }
 }

@@ -67,6 +67,10 @@ pub struct SegmentSent {
     /// For a resend waiting: when it is written (ms since the epoch).
     #[serde(default)]
     pub not_before: Option<i64>,
+    /// Record time of egress's ACCEPTED status of the attempt (ms since the
+    /// epoch): the start of the time to delivery.
+    #[serde(default)]
+    pub accepted_at: Option<i64>,
 }
 
 /// A final delivery report ahead of egress's status naming its SID (key `dlr|<SID>`).
@@ -83,6 +87,10 @@ pub struct SegmentDeliveryReport {
     pub error_message: Option<String>,
     /// Record time of the report (ms since the epoch).
     pub at: i64,
+    /// The report's status in lower case: `delivered`, `read`, `failed` or
+    /// `undelivered` (`None`: not recorded).
+    #[serde(default)]
+    pub status: Option<String>,
 }
 
 /// Responses that arrived before any event of their conversation, parked

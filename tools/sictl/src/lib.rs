@@ -5,6 +5,7 @@ pub mod command;
 pub mod consent;
 pub mod dlq;
 pub mod doctor;
+pub mod report;
 pub mod schemas;
 pub mod segment;
 pub mod simulate;

@@ -90,6 +90,10 @@ enum Command {
     /// Twilio pointing at PUBLIC_BASE_URL (read-only). One line per finding
     /// (ok/warn/FAIL) with the fix; non-zero exit when any check fails.
     Doctor(Box<sictl::doctor::DoctorArgs>),
+    /// What the channel did in a time range, read from the topics: messages
+    /// sent and delivered, delivery rate by channel, remediation decisions,
+    /// opt-outs and opt-ins per day, segments and estimated cost, escalations.
+    Report(Box<sictl::report::ReportCommand>),
     /// Issues a command on si.commands.v1 by hand (`sictl command close ...`).
     #[command(name = "command")]
     Issue {
@@ -226,7 +230,13 @@ impl Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    si_runtime::telemetry::init(si_runtime::config::LogFormat::Text, "warn");
+    // Logs go to stderr: stdout is the commands' output (JSON for --json).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     match run(cli).await {
         Ok(code) => code,
         Err(error) => {
@@ -279,6 +289,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ended = call.run(&mut std::io::stdout().lock()).await?;
             if !ended.errors.is_empty() {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Report(command) => {
+            let codec = Codec::new(Registry::new(cli.registry.config())?);
+            let report = sictl::report::run(&cli.kafka, &codec, command, sictl::consent::now_ms())
+                .await
+                .context("report")?;
+            if command.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", sictl::report::render(&report));
             }
         }
         Command::Consent { command } => {

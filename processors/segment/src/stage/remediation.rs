@@ -135,6 +135,7 @@ impl Segmenter {
                 twilio_sid: None,
                 steps_used,
                 not_before: None,
+                accepted_at: None,
             }),
             self.settings.remediation_window,
         );
@@ -159,12 +160,24 @@ impl Segmenter {
                 let Some(mut sent) = take_sent(state, &key) else {
                     return Vec::new();
                 };
+                self.observe_accepted(&sent, status.segments);
+                sent.accepted_at = Some(now);
                 let Some(sid) = status.twilio_sid.clone().filter(|s| !s.is_empty()) else {
                     return Vec::new();
                 };
                 if let Some(early) = state.get(&early_key(&sid)).and_then(|s| s.report.clone()) {
                     state.delete(&early_key(&sid));
                     sent.twilio_sid = Some(sid);
+                    let fallback = if early.delivered {
+                        "delivered"
+                    } else {
+                        "failed"
+                    };
+                    self.observe_final(
+                        &sent,
+                        early.status.as_deref().unwrap_or(fallback),
+                        early.at,
+                    );
                     return self.conclude(
                         sent,
                         early.delivered,
@@ -219,11 +232,10 @@ impl Segmenter {
         if !self.remediates() || sid.is_empty() {
             return Vec::new();
         }
-        let delivered = match report {
-            DeliveryState::Failed | DeliveryState::Undelivered => false,
-            DeliveryState::Delivered | DeliveryState::Read => true,
-            _ => return Vec::new(),
+        let Some(status) = super::final_status(report) else {
+            return Vec::new();
         };
+        let delivered = matches!(report, DeliveryState::Delivered | DeliveryState::Read);
         let Some(sent) = take_sent(state, &sid_key(sid)) else {
             // Egress's status naming the SID may not be read yet (or the
             // message is not segment's: the entry expires unused).
@@ -236,6 +248,7 @@ impl Segmenter {
                         error_code: code,
                         error_message: message.map(str::to_owned),
                         at: now,
+                        status: Some(status.to_owned()),
                     }),
                     ..SegmentState::empty(SegmentStateKind::DeliveryReport)
                 },
@@ -243,6 +256,7 @@ impl Segmenter {
             );
             return Vec::new();
         };
+        self.observe_final(&sent, status, now);
         self.conclude(sent, delivered, code, message, now, state)
     }
 
@@ -370,6 +384,7 @@ impl Segmenter {
             operation_id: next_id.clone(),
             attempt,
             steps_used,
+            accepted_at: None,
             ..sent.clone()
         };
         let mut resend = op.clone();
