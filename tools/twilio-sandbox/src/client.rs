@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::calls::{CallOutcomes, CallRecord, GatherAnswer, Outcome, Speaker};
 use crate::player::InboundCall;
-use crate::state::DeliveryFailure;
+use crate::state::{DeliveryFailure, RequestRecord};
 
 /// The control API of a sandbox at `base_url`.
 #[derive(Debug, Clone)]
@@ -136,6 +136,19 @@ impl SandboxClient {
         )
         .await
         .map(drop)
+    }
+
+    /// The Twilio requests recorded after sequence number `since` (all with
+    /// `None`), oldest first: poll with the last `seq` seen to get only new ones.
+    ///
+    /// # Errors
+    /// When the sandbox does not answer.
+    pub async fn requests(&self, since: Option<u64>) -> anyhow::Result<Vec<RequestRecord>> {
+        let mut request = self.http.get(format!("{}/_sandbox/requests", self.base));
+        if let Some(since) = since {
+            request = request.query(&[("since", since)]);
+        }
+        self.send(request, "listing requests").await
     }
 
     /// Replaces the delivery failures.
