@@ -1,6 +1,6 @@
 //! `si-bench`: the pipeline benchmark (`dev/bench` builds and runs it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -254,10 +254,45 @@ async fn start(args: &Args) -> anyhow::Result<Pipeline> {
     })
 }
 
+/// How far the sandbox's request log has been read. The sandbox numbers a
+/// request when it arrives but logs it when answered, so a later seq can be
+/// listed before an earlier one: polling from the highest seq seen would skip
+/// the earlier one for good. So the log is read from the highest seq below
+/// which every request was seen.
+#[derive(Debug, Default, Clone)]
+struct Cursor {
+    watermark: Option<u64>,
+    /// Seqs read above the watermark.
+    above: BTreeSet<u64>,
+}
+
+/// A seq missing this far below the newest is given up on (a request whose
+/// answer was never logged), so the re-read stays short.
+const HOLE_LIMIT: u64 = 5_000;
+
+impl Cursor {
+    /// Whether `seq` is new; moves the watermark over every seq seen in a row.
+    fn take(&mut self, seq: u64) -> bool {
+        if self.watermark.is_some_and(|w| seq <= w) || !self.above.insert(seq) {
+            return false;
+        }
+        let newest = self.above.last().copied().unwrap_or(seq);
+        loop {
+            let next = self.watermark.map_or(1, |w| w + 1);
+            if self.above.remove(&next) || newest.saturating_sub(next) > HOLE_LIMIT {
+                self.watermark = Some(next);
+            } else {
+                break;
+            }
+        }
+        true
+    }
+}
+
 /// What the sandbox has seen of a run so far.
 #[derive(Default)]
 struct Seen {
-    last_seq: Option<u64>,
+    cursor: Cursor,
     replies: BTreeMap<u64, Vec<i64>>,
     refused: usize,
     other: usize,
@@ -265,8 +300,10 @@ struct Seen {
 
 impl Seen {
     async fn poll(&mut self, client: &SandboxClient, run: &str) -> anyhow::Result<()> {
-        for request in client.requests(self.last_seq).await? {
-            self.last_seq = Some(request.seq);
+        for request in client.requests(self.cursor.watermark).await? {
+            if !self.cursor.take(request.seq) {
+                continue;
+            }
             if !request.path.ends_with("/Messages.json") {
                 continue;
             }
@@ -288,8 +325,8 @@ async fn run_rate(
     args: &Args,
     short_codes: usize,
     rate: f64,
-    seen_from: Option<u64>,
-) -> anyhow::Result<(RunResult, Option<u64>)> {
+    cursor: Cursor,
+) -> anyhow::Result<(RunResult, Cursor)> {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let plan = Plan {
         run: run.clone(),
@@ -314,7 +351,7 @@ async fn run_rate(
     ));
     let mut window = Window::open(&pipeline.processes(&args.watch), ticks_per_second());
     let mut seen = Seen {
-        last_seq: seen_from,
+        cursor,
         ..Seen::default()
     };
     let driving = {
@@ -398,7 +435,7 @@ async fn run_rate(
         throughput: timeline.throughput(),
         usage,
     };
-    Ok((result, seen.last_seq))
+    Ok((result, seen.cursor))
 }
 
 fn machine() -> String {
@@ -445,10 +482,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let pipeline = start(&args).await?;
     eprintln!("si-bench: every stage ready");
     let mut results = Vec::new();
-    let mut seen_from = None;
+    let mut cursor = Cursor::default();
     for rate in &args.rates {
-        let (result, last) = run_rate(&pipeline, &args, short_codes, *rate, seen_from).await?;
-        seen_from = last;
+        let (result, read) = run_rate(&pipeline, &args, short_codes, *rate, cursor).await?;
+        cursor = read;
         results.push(result);
     }
     pipeline.stop();
@@ -481,5 +518,26 @@ async fn main() -> std::process::ExitCode {
             eprintln!("si-bench: {error:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cursor_waits_for_a_request_logged_late() {
+        let mut cursor = Cursor::default();
+        assert!(cursor.take(1));
+        assert!(cursor.take(3)); // 2 is still being answered
+        assert_eq!(cursor.watermark, Some(1));
+        assert!(!cursor.take(3), "3 again, re-read from the watermark");
+        assert!(cursor.take(2));
+        assert_eq!(cursor.watermark, Some(3));
+        assert!(!cursor.take(2));
+        // A hole far behind the newest is given up on.
+        assert!(cursor.take(5));
+        assert!(cursor.take(5 + HOLE_LIMIT + 1));
+        assert_eq!(cursor.watermark, Some(5), "4 given up, 5 seen");
     }
 }

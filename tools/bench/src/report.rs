@@ -240,19 +240,28 @@ pub fn markdown(results: &[RunResult]) -> String {
     }
     let _ = writeln!(out);
     for r in results {
-        let dups: usize = r.topic_duplicates.iter().map(|(_, n)| n).sum();
+        let dups: Vec<String> = r
+            .topic_duplicates
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(topic, n)| format!("{topic} {n}"))
+            .collect();
+        let dups = if dups.is_empty() {
+            "none".to_owned()
+        } else {
+            dups.join(", ")
+        };
         let _ = writeln!(
             out,
-            "- {}/s: {} refused by ingress, {} late sends (max lag {} ms), {} replies refused by the sandbox, {} extra replies, {} unexpected replies, {} other messages, {} duplicate records on the topics",
+            "- {}/s: {} not accepted by ingress (no 2xx after Twilio's retries), of them {} answered all the same (stored before the error); {} sends left over 50 ms late (max {} ms); {} replies refused by the sandbox; {} extra replies; {} other messages to the users; messages with more than one record on a topic: {dups}",
             rate_cell(r.rate),
             r.tally.sent - r.tally.accepted,
+            r.tally.unexpected,
             r.late_sends,
             r.max_lag_ms,
             r.refused_at_twilio,
             r.tally.extra_replies,
-            r.tally.unexpected,
             r.other_messages,
-            dups,
         );
     }
     out
