@@ -139,7 +139,10 @@ impl SandboxClient {
     }
 
     /// The Twilio requests recorded after sequence number `since` (all with
-    /// `None`), oldest first: poll with the last `seq` seen to get only new ones.
+    /// `None`), in seq order. A request is numbered when it arrives but
+    /// logged when it is answered, so a slow one can show up after a higher
+    /// seq was listed: to poll, pass a seq below which every request was
+    /// seen, not simply the highest one (si-bench's `Cursor` does).
     ///
     /// # Errors
     /// When the sandbox does not answer.
