@@ -138,7 +138,20 @@ impl TestEnv {
     /// # Errors
     /// When the broker or the registry is not reachable.
     pub async fn start_on(bootstrap_servers: &str) -> anyhow::Result<Self> {
-        let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        Self::start_named(bootstrap_servers, "t").await
+    }
+
+    /// Like [`TestEnv::start_on`], with a prefix that starts with `stem`
+    /// (`bench` gives `bench3f2a…` topics), so a tool's topics are told apart
+    /// from a test's.
+    ///
+    /// # Errors
+    /// When the broker or the registry is not reachable.
+    pub async fn start_named(bootstrap_servers: &str, stem: &str) -> anyhow::Result<Self> {
+        let prefix = format!(
+            "{stem}{}.",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
         let kafka = KafkaArgs {
             bootstrap_servers: bootstrap_servers.to_owned(),
             topic_prefix: prefix,

@@ -64,6 +64,16 @@ pub fn log_path(name: &str) -> PathBuf {
     dir.join(format!("{name}.log"))
 }
 
+/// What [`StageProcess::spawn`] sets for tests: short Kafka session and
+/// transaction timeouts keep restarts quick, a short commit interval keeps
+/// waits short.
+pub const TEST_TUNING: &[(&str, &str)] = &[
+    ("KAFKA_SESSION_TIMEOUT_MS", "6000"),
+    ("KAFKA_HEARTBEAT_INTERVAL_MS", "1000"),
+    ("TRANSACTION_TIMEOUT", "10s"),
+    ("COMMIT_INTERVAL", "20ms"),
+];
+
 /// A running stage binary, killed (SIGKILL) on drop unless stopped before.
 pub struct StageProcess {
     name: String,
@@ -109,25 +119,51 @@ impl StageProcess {
         pod: &str,
         vars: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let admin = format!("127.0.0.1:{}", free_port()?);
         let name = format!(
             "{}-{binary}-{pod}",
             env.kafka.topic_prefix.trim_end_matches('.')
         );
-        let log = log_path(&name);
-        let file = std::fs::File::create(&log)?;
-        let mut command = Command::new(stage_binary(binary)?);
+        let tuned: Vec<(&str, &str)> = TEST_TUNING
+            .iter()
+            .copied()
+            .chain(vars.iter().copied())
+            .collect();
+        Self::spawn_at(env, &stage_binary(binary)?, pod, &tuned, &log_path(&name))
+    }
+
+    /// Starts the executable at `path` against `env` as pod `pod`, with its
+    /// admin listener on a free port, logging to `log`, and only the
+    /// environment `vars` besides the connection settings: the stage's own
+    /// defaults otherwise (no test tuning), as a benchmark wants them.
+    ///
+    /// # Errors
+    /// When the executable cannot be started.
+    pub fn spawn_at(
+        env: &TestEnv,
+        path: &Path,
+        pod: &str,
+        vars: &[(&str, &str)],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let admin = format!("127.0.0.1:{}", free_port()?);
+        let binary = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = format!(
+            "{}-{binary}-{pod}",
+            env.kafka.topic_prefix.trim_end_matches('.')
+        );
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let mut command = Command::new(path);
         command
             .env("KAFKA_BOOTSTRAP_SERVERS", &env.kafka.bootstrap_servers)
             .env("SCHEMA_REGISTRY_URL", &env.registry.url)
             .env("SI_TOPIC_PREFIX", &env.kafka.topic_prefix)
             .env("POD_NAME", pod)
             .env("ADMIN_ADDR", &admin)
-            .env("LOG_LEVEL", "info,librdkafka=warn,rdkafka=warn")
-            .env("KAFKA_SESSION_TIMEOUT_MS", "6000")
-            .env("KAFKA_HEARTBEAT_INTERVAL_MS", "1000")
-            .env("TRANSACTION_TIMEOUT", "10s")
-            .env("COMMIT_INTERVAL", "20ms");
+            .env("LOG_LEVEL", "info,librdkafka=warn,rdkafka=warn");
         for (key, value) in vars {
             command.env(key, value);
         }
@@ -136,13 +172,19 @@ impl StageProcess {
             .stdout(file.try_clone()?)
             .stderr(file)
             .spawn()
-            .with_context(|| format!("starting {binary}"))?;
+            .with_context(|| format!("starting {}", path.display()))?;
         Ok(Self {
             name,
             child: Some(child),
             admin,
-            log,
+            log: log.to_path_buf(),
         })
+    }
+
+    /// The process id, while the process is running (not killed or stopped).
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The admin listener (`host:port`).

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::account::{ConversationsWebhooks, MessagingService, PhoneNumber};
 use crate::calls::{CallOutcomes, CallRecord, GatherAnswer, Outcome, Speaker};
 use crate::player::InboundCall;
-use crate::state::DeliveryFailure;
+use crate::state::{DeliveryFailure, RequestRecord};
 
 /// The control API of a sandbox at `base_url`.
 #[derive(Debug, Clone)]
@@ -137,6 +137,22 @@ impl SandboxClient {
         )
         .await
         .map(drop)
+    }
+
+    /// The Twilio requests recorded after sequence number `since` (all with
+    /// `None`), in seq order. A request is numbered when it arrives but
+    /// logged when it is answered, so a slow one can show up after a higher
+    /// seq was listed: to poll, pass a seq below which every request was
+    /// seen, not simply the highest one (si-bench's `Cursor` does).
+    ///
+    /// # Errors
+    /// When the sandbox does not answer.
+    pub async fn requests(&self, since: Option<u64>) -> anyhow::Result<Vec<RequestRecord>> {
+        let mut request = self.http.get(format!("{}/_sandbox/requests", self.base));
+        if let Some(since) = since {
+            request = request.query(&[("since", since)]);
+        }
+        self.send(request, "listing requests").await
     }
 
     /// Replaces the delivery failures.

@@ -153,6 +153,14 @@ async fn a_message_is_accepted_and_recorded() -> anyhow::Result<()> {
         .json()
         .await?;
     assert_eq!(since.len(), 1);
+    // The Rust client pages the same way.
+    let control = twilio_sandbox::SandboxClient::new(&sandbox.base_url());
+    let all = control.requests(None).await?;
+    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(all[1].sid, requests[1].sid);
+    let newer = control.requests(Some(1)).await?;
+    assert_eq!(newer.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2]);
+    assert!(control.requests(Some(2)).await?.is_empty());
     let cleared = http
         .delete(format!("{}/_sandbox/requests", sandbox.base_url()))
         .send()
