@@ -87,3 +87,20 @@ fn consent_keywords() {
 fn sictl_segment_jsonl() {
     short("sictl_segment_jsonl");
 }
+
+/// Found by `avro_records`: 87 bytes that apache-avro's default allocation
+/// limit let grow to 1.4 GB and seconds of decoding (the fix:
+/// `si_schemas::codec::MAX_ALLOCATION_BYTES`).
+#[test]
+fn regression_endless_media_array_is_refused_at_once() {
+    let input = std::fs::read(corpus_root().join("avro_records/regression-endless-media.avro"))
+        .expect("the regression input");
+    let target = targets::find("avro_records").expect("a target");
+    let started = std::time::Instant::now();
+    assert_eq!(si_fuzz::engine::execute(target, &input), Ok(()));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+}
