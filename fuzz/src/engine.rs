@@ -72,6 +72,8 @@ pub struct Report {
     pub seeds: usize,
     /// The slowest single execution.
     pub slowest: Duration,
+    /// Where the slowest input was written, when it took over a second.
+    pub slowest_saved: Option<PathBuf>,
 }
 
 impl Report {
@@ -94,6 +96,9 @@ impl Report {
             self.slowest.as_secs_f64() * 1000.0,
             self.crashes
         );
+        if let Some(path) = &self.slowest_saved {
+            let _ = write!(line, "\n  slowest input: {}", path.display());
+        }
         for crash in &self.distinct {
             let _ = write!(line, "\n  {}", crash.message.replace('\n', "\n    "));
             if let Some(path) = &crash.saved {
@@ -252,6 +257,9 @@ pub struct Fuzzer {
 
 const POOL: usize = 512;
 
+/// An execution slower than this is kept (as `slow-…`) for a look.
+const SLOW: Duration = Duration::from_secs(1);
+
 impl Fuzzer {
     /// A session over `seeds`, deterministic for `seed`; crashing inputs are
     /// written under `artifacts/<target>/` when given.
@@ -277,6 +285,7 @@ impl Fuzzer {
             distinct: Vec::new(),
             seeds: self.seeds.len(),
             slowest: Duration::ZERO,
+            slowest_saved: None,
         };
         let mut next_seed = 0;
         loop {
@@ -297,7 +306,13 @@ impl Fuzzer {
             };
             let began = Instant::now();
             let outcome = execute(&self.target, &input);
-            report.slowest = report.slowest.max(began.elapsed());
+            let took = began.elapsed();
+            if took > report.slowest {
+                report.slowest = took;
+                if took > SLOW {
+                    report.slowest_saved = self.save("slow", &input);
+                }
+            }
             report.executions += 1;
             if let Err(message) = outcome {
                 report.crashes += 1;
@@ -307,7 +322,7 @@ impl Fuzzer {
                     .iter()
                     .any(|c| c.message.lines().next() == Some(location.as_str()));
                 if !known && report.distinct.len() < 20 {
-                    let saved = self.save(&input);
+                    let saved = self.save("crash", &input);
                     report.distinct.push(Crash {
                         input,
                         message,
@@ -322,10 +337,10 @@ impl Fuzzer {
         report
     }
 
-    fn save(&self, input: &[u8]) -> Option<PathBuf> {
+    fn save(&self, kind: &str, input: &[u8]) -> Option<PathBuf> {
         let dir = self.artifacts.as_ref()?.join(self.target.name);
         std::fs::create_dir_all(&dir).ok()?;
-        let path = dir.join(format!("crash-{:016x}", fnv(input)));
+        let path = dir.join(format!("{kind}-{:016x}", fnv(input)));
         std::fs::write(&path, input).ok()?;
         Some(path)
     }
