@@ -154,19 +154,49 @@ pub fn decode_datum<T: AvroRecord>(writer: &Schema, datum: &[u8]) -> Result<T, C
 /// Reads one datum written with `writer`, resolved into `reader` when given.
 fn read_value(writer: &Schema, reader: Option<&Schema>, datum: &[u8]) -> Result<Value, CodecError> {
     limit_allocations();
-    let mut input = datum;
+    let mut input = Bounded {
+        rest: datum,
+        overran: false,
+    };
     let value = GenericDatumReader::builder(writer)
         .maybe_reader_schema(reader)
         .build()
         .and_then(|r| r.read_value(&mut input))
         .map_err(|e| CodecError::Avro(e.to_string()))?;
-    if !input.is_empty() {
+    if input.overran {
+        return Err(CodecError::Avro(
+            "truncated: the datum ends inside a field".to_owned(),
+        ));
+    }
+    if !input.rest.is_empty() {
         return Err(CodecError::Avro(format!(
             "{} bytes left after the datum",
-            input.len()
+            input.rest.len()
         )));
     }
     Ok(value)
+}
+
+/// A datum that remembers whether the decoder asked for more than it holds.
+///
+/// apache-avro decodes a union, or a string whose bytes are missing, at the
+/// end of the data as `null` instead of failing, so a record cut short inside
+/// its trailing nullable fields (where schema evolution adds them) decoded
+/// with those fields `None` (found by the fuzzer). A complete datum never
+/// needs a read past its end.
+struct Bounded<'a> {
+    rest: &'a [u8],
+    overran: bool,
+}
+
+impl std::io::Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.rest.read(buf)?;
+        if n < buf.len() {
+            self.overran = true;
+        }
+        Ok(n)
+    }
 }
 
 /// Encodes and decodes typed records in the Confluent wire format.
@@ -353,7 +383,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::records::ArchivalRequest;
+    use crate::records::{ArchivalRequest, TwilioWebhook, WebhookRoute};
 
     /// An `archival_request.avsc` datum whose `media` array claims 1.5 million
     /// items and then ends (the shape of the record the fuzzer found).
@@ -375,6 +405,36 @@ mod tests {
         }
         datum.push(u8::try_from(n).unwrap_or(0));
         datum
+    }
+
+    #[test]
+    fn a_truncated_record_is_refused() {
+        let record = TwilioWebhook {
+            webhook_id: "w".into(),
+            received_at: 1,
+            route: WebhookRoute::MessagingInbound,
+            event_type: None,
+            account_sid: None,
+            resource_sid: None,
+            idempotency_token: None,
+            content_type: "c".into(),
+            params: Vec::new(),
+            body: None,
+            query: None,
+            headers: std::collections::BTreeMap::new(),
+            conversation_hint: Some("CH1".into()),
+            traceparent: Some("00-abc".into()),
+        };
+        let datum = encode_datum(&record).expect("encodes");
+        assert_eq!(
+            decode_datum::<TwilioWebhook>(TwilioWebhook::schema(), &datum).ok(),
+            Some(record)
+        );
+        for cut in 1..datum.len() {
+            let decoded =
+                decode_datum::<TwilioWebhook>(TwilioWebhook::schema(), &datum[..datum.len() - cut]);
+            assert!(decoded.is_err(), "{cut} bytes cut off: {decoded:?}");
+        }
     }
 
     #[test]
