@@ -14,8 +14,9 @@ use crate::avro_gen::Generator;
 use crate::engine::Target;
 use crate::rng::Rng;
 
-/// Decodes `datum` as `T`; when it decodes, it must encode again and decode
-/// back to the same record.
+/// Decodes `datum` as `T`; when it decodes, it must no longer decode with its
+/// last byte cut off, and it must encode again and decode back to the same
+/// record.
 ///
 /// Compared as JSON, not as bytes: apache-avro writes a map's entries in
 /// `HashMap` order, so a record with two map entries can encode to different
@@ -25,6 +26,13 @@ fn roundtrip<T: AvroRecord>(datum: &[u8]) -> bool {
     let Ok(record) = decode_datum::<T>(T::schema(), datum) else {
         return false;
     };
+    if let Some((_, cut)) = datum.split_last() {
+        assert!(
+            decode_datum::<T>(T::schema(), cut).is_err(),
+            "{}: decodes with its last byte cut off",
+            T::SCHEMA_FILE
+        );
+    }
     let encoded = encode_datum(&record)
         .unwrap_or_else(|e| panic!("{}: decoded but does not encode: {e}", T::SCHEMA_FILE));
     let again: T = decode_datum(T::schema(), &encoded)
