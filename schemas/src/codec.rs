@@ -182,7 +182,8 @@ fn read_value(writer: &Schema, reader: Option<&Schema>, datum: &[u8]) -> Result<
 /// apache-avro decodes a union, or a string whose bytes are missing, at the
 /// end of the data as `null` instead of failing, so a record cut short inside
 /// its trailing nullable fields (where schema evolution adds them) decoded
-/// with those fields `None` (found by the fuzzer). A complete datum never
+/// with those fields `None` (found looking into the fuzzer's first finding,
+/// [`MAX_ALLOCATION_BYTES`]). A complete datum never
 /// needs a read past its end.
 struct Bounded<'a> {
     rest: &'a [u8],
