@@ -302,7 +302,10 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Decodes `application/x-www-form-urlencoded` strictly: invalid percent-encoding
 /// or bytes that are not UTF-8 are malformed (never replaced).
-fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
+///
+/// # Errors
+/// Why the body is malformed.
+pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
     let decode = |part: &[u8]| -> Result<String, String> {
         let mut at = 0;
         while let Some(offset) = part[at..].iter().position(|&b| b == b'%') {
@@ -336,7 +339,13 @@ fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Body, Reject> {
+/// Parses a request body by its `Content-Type`: a strict form, or a JSON object
+/// (kept raw, with its top-level scalar fields for routing). The body limit is
+/// the router's; this sees bodies that are within it.
+///
+/// # Errors
+/// [`Reject::Malformed`] or [`Reject::UnsupportedMediaType`].
+pub fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Body, Reject> {
     let media_type = content_type
         .split(';')
         .next()

@@ -23,6 +23,36 @@ use crate::registry::{Registry, RegistryError, value_subject};
 const MAGIC: u8 = 0;
 const HEADER_LEN: usize = 5;
 
+/// The most apache-avro may allocate for one string, byte array, array or map
+/// while decoding: 4 MiB, twice the largest record any topic accepts
+/// (`max.message.bytes`, 2 MiB on `si.deadletter.v1`).
+///
+/// apache-avro's own default is 512 MiB, and it believes a declared length
+/// before it reads the data. A union or string read past the end of the data
+/// is `null` to it rather than an error, so an array of records of nullable
+/// fields (`MediaRef`) that claims 1.5 million items and then ends decodes
+/// them all from nothing: an 87-byte `archival_request.avsc` record found by
+/// the fuzzer (`fuzz/`, target `avro_records`) took 1.4 GB and seconds to
+/// refuse, enough to get a stage OOM-killed on the same record again and
+/// again instead of dead-lettering it.
+pub const MAX_ALLOCATION_BYTES: usize = 4 * 1024 * 1024;
+
+/// Sets apache-avro's allocation limit to [`MAX_ALLOCATION_BYTES`]. The limit
+/// is process-wide and fixed by the first call (apache-avro's or ours), so
+/// every encode and decode here calls this first.
+pub fn limit_allocations() {
+    static LIMIT: std::sync::Once = std::sync::Once::new();
+    LIMIT.call_once(|| {
+        let limit = apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES);
+        if limit != MAX_ALLOCATION_BYTES {
+            tracing::warn!(
+                limit,
+                "apache-avro's allocation limit was set before ours; decoding keeps that limit"
+            );
+        }
+    });
+}
+
 /// Why a record could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -96,6 +126,7 @@ pub fn frame(id: u32, datum: &[u8]) -> Vec<u8> {
 /// # Errors
 /// When the record does not fit its schema (a bug in the typed record).
 pub fn encode_datum<T: AvroRecord>(record: &T) -> Result<Vec<u8>, CodecError> {
+    limit_allocations();
     let value = to_value(record).map_err(|e| CodecError::Avro(e.to_string()))?;
     let value = value
         .resolve(T::schema())
@@ -122,19 +153,51 @@ pub fn decode_datum<T: AvroRecord>(writer: &Schema, datum: &[u8]) -> Result<T, C
 
 /// Reads one datum written with `writer`, resolved into `reader` when given.
 fn read_value(writer: &Schema, reader: Option<&Schema>, datum: &[u8]) -> Result<Value, CodecError> {
-    let mut input = datum;
+    limit_allocations();
+    let mut input = Bounded {
+        rest: datum,
+        overran: false,
+    };
     let value = GenericDatumReader::builder(writer)
         .maybe_reader_schema(reader)
         .build()
         .and_then(|r| r.read_value(&mut input))
         .map_err(|e| CodecError::Avro(e.to_string()))?;
-    if !input.is_empty() {
+    if input.overran {
+        return Err(CodecError::Avro(
+            "truncated: the datum ends inside a field".to_owned(),
+        ));
+    }
+    if !input.rest.is_empty() {
         return Err(CodecError::Avro(format!(
             "{} bytes left after the datum",
-            input.len()
+            input.rest.len()
         )));
     }
     Ok(value)
+}
+
+/// A datum that remembers whether the decoder asked for more than it holds.
+///
+/// apache-avro decodes a union, or a string whose bytes are missing, at the
+/// end of the data as `null` instead of failing, so a record cut short inside
+/// its trailing nullable fields (where schema evolution adds them) decoded
+/// with those fields `None` (found looking into the fuzzer's first finding,
+/// [`MAX_ALLOCATION_BYTES`]). A complete datum never
+/// needs a read past its end.
+struct Bounded<'a> {
+    rest: &'a [u8],
+    overran: bool,
+}
+
+impl std::io::Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.rest.read(buf)?;
+        if n < buf.len() {
+            self.overran = true;
+        }
+        Ok(n)
+    }
 }
 
 /// Encodes and decodes typed records in the Confluent wire format.
@@ -162,6 +225,7 @@ impl Codec {
     /// A codec over `registry`.
     #[must_use]
     pub fn new(registry: Registry) -> Self {
+        limit_allocations();
         let decoder = AvroDecoder::new(registry.settings().clone());
         Self {
             registry,
@@ -312,5 +376,81 @@ pub fn value_to_json(value: Value) -> serde_json::Value {
         ),
         Value::Uuid(u) => J::String(u.to_string()),
         other => J::String(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::records::{ArchivalRequest, TwilioWebhook, WebhookRoute};
+
+    /// An `archival_request.avsc` datum whose `media` array claims 1.5 million
+    /// items and then ends (the shape of the record the fuzzer found).
+    fn endless_media() -> Vec<u8> {
+        let mut datum = Vec::new();
+        datum.extend_from_slice(b"\x02a\x02a\x02a"); // request_id, conversation_id, session_id
+        datum.push(0x02); // closed_at 1
+        datum.push(0x00); // reason: first symbol
+        datum.push(0x00); // summary: null
+        datum.extend_from_slice(b"\x02a"); // transcript_topic
+        datum.extend_from_slice(&[0x00; 3]); // first_sequence, last_sequence, retention_class: null
+        datum.push(0x02); // requested_at 1
+        datum.push(0x00); // opened_at: null
+        // media: a block of 1,500,000 items (zig-zag varint), then nothing.
+        let mut n: u64 = 1_500_000 << 1;
+        while n >= 0x80 {
+            datum.push(u8::try_from(n & 0x7F).unwrap_or(0) | 0x80);
+            n >>= 7;
+        }
+        datum.push(u8::try_from(n).unwrap_or(0));
+        datum
+    }
+
+    #[test]
+    fn a_truncated_record_is_refused() {
+        let record = TwilioWebhook {
+            webhook_id: "w".into(),
+            received_at: 1,
+            route: WebhookRoute::MessagingInbound,
+            event_type: None,
+            account_sid: None,
+            resource_sid: None,
+            idempotency_token: None,
+            content_type: "c".into(),
+            params: Vec::new(),
+            body: None,
+            query: None,
+            headers: std::collections::BTreeMap::new(),
+            conversation_hint: Some("CH1".into()),
+            traceparent: Some("00-abc".into()),
+        };
+        let datum = encode_datum(&record).expect("encodes");
+        assert_eq!(
+            decode_datum::<TwilioWebhook>(TwilioWebhook::schema(), &datum).ok(),
+            Some(record)
+        );
+        for cut in 1..datum.len() {
+            let decoded =
+                decode_datum::<TwilioWebhook>(TwilioWebhook::schema(), &datum[..datum.len() - cut]);
+            assert!(decoded.is_err(), "{cut} bytes cut off: {decoded:?}");
+        }
+    }
+
+    #[test]
+    fn a_record_claiming_millions_of_items_is_refused_at_once() {
+        let started = Instant::now();
+        let decoded = decode_datum::<ArchivalRequest>(ArchivalRequest::schema(), &endless_media());
+        assert!(decoded.is_err(), "{decoded:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            apache_avro::util::max_allocation_bytes(usize::MAX),
+            MAX_ALLOCATION_BYTES
+        );
     }
 }
