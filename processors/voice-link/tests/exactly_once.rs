@@ -427,7 +427,10 @@ async fn kill_repeatedly(
     for (kill, point) in (1..=KILLS).zip(points) {
         let mut child = spawn(env)?;
         child.ready(Duration::from_secs(60)).await?;
-        let point = point.max(progress.entries() + 1);
+        // Past the drawn point already (the previous restart caught up):
+        // the next entry, or — once every entry is written — right away,
+        // which still kills a stage that is idle after a restore.
+        let point = point.max(progress.entries() + 1).min(entries_expected);
         let until = Instant::now() + PHASE_DEADLINE;
         while progress.entries() < point {
             if Instant::now() > until {
