@@ -34,7 +34,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use si_runtime::admin::ReadinessCheck;
-use si_runtime::kafka::retry_transactional;
+use si_runtime::kafka::{retry_abort, retry_transactional, send_offsets_once};
 use si_runtime::metrics::StageMetrics;
 use si_schemas::Codec;
 use si_schemas::records::{DeadLetterErrorKind, EgressLedgerEntry, OutboundOperation};
@@ -417,9 +417,7 @@ impl Core {
                     return;
                 }
                 tracing::warn!(%error, "commit failed; aborting and retrying at the next interval");
-                let aborted = retry_transactional("abort_transaction", TXN_RETRIES, || {
-                    self.producer.abort_transaction(self.call_timeout)
-                });
+                let aborted = retry_abort(|| self.producer.abort_transaction(self.call_timeout));
                 if let Err(abort) = aborted {
                     self.fatal = Some(format!("abort_transaction: {abort}"));
                 }
@@ -464,7 +462,7 @@ impl Core {
         let metadata = consumer
             .group_metadata()
             .ok_or_else(|| KafkaError::Subscription("no consumer group metadata".into()))?;
-        retry_transactional("send_offsets_to_transaction", TXN_RETRIES, || {
+        send_offsets_once(|| {
             self.producer
                 .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout)
         })?;
@@ -607,9 +605,15 @@ fn restore_ledger(
 pub struct EgressContext {
     /// The shared core.
     pub core: Arc<Mutex<Core>>,
+    /// A static member's lost session ends the loop (see `SessionWatch`).
+    pub session: si_runtime::kafka::SessionWatch,
 }
 
-impl ClientContext for EgressContext {}
+impl ClientContext for EgressContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.session.log(level, fac, log_message);
+    }
+}
 
 impl ConsumerContext for EgressContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -654,6 +658,9 @@ pub fn run_loop(
     let mut completed = false;
     while !shutdown.is_cancelled() {
         if let Some(fatal) = lock(core).fatal.take() {
+            anyhow::bail!(fatal);
+        }
+        if let Some(fatal) = consumer.context().session.fatal() {
             anyhow::bail!(fatal);
         }
         let polled = consumer.poll(Duration::from_millis(10));

@@ -267,6 +267,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let consumer: BaseConsumer<EgressContext> = consumer_config
         .create_with_context(EgressContext {
             core: Arc::clone(&core),
+            session: si_runtime::kafka::SessionWatch::new(config.group.static_membership),
         })
         .context("consumer")?;
     let args = LoopArgs {

@@ -6,62 +6,17 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use si_schemas::records::TwilioWebhook;
 use si_schemas::topics;
-use si_testkit::{TestEnv, free_port};
+use si_testkit::{PrivateBroker, TestEnv};
 use support::{Ingress, form_params};
-
-/// A private single-node broker, removed when dropped.
-struct PrivateBroker {
-    instance: String,
-    port: u16,
-    controller_port: u16,
-}
-
-impl PrivateBroker {
-    fn start() -> anyhow::Result<Self> {
-        let broker = Self {
-            instance: format!("outage-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
-            port: free_port()?,
-            controller_port: free_port()?,
-        };
-        broker.stack(&["up", "kafka"])?;
-        Ok(broker)
-    }
-
-    fn bootstrap(&self) -> String {
-        format!("localhost:{}", self.port)
-    }
-
-    fn stack(&self, args: &[&str]) -> anyhow::Result<()> {
-        let status = Command::new(si_testkit::repo_root().join("dev/stack"))
-            .args(args)
-            .env("SI_STACK_INSTANCE", &self.instance)
-            .env("SI_KAFKA_PORT", self.port.to_string())
-            .env("SI_KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
-            .status()?;
-        anyhow::ensure!(
-            status.success(),
-            "dev/stack {args:?} (instance {}) failed",
-            self.instance
-        );
-        Ok(())
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        let _ = self.stack(&["reset"]);
-    }
-}
 
 #[tokio::test]
 async fn a_webhook_is_never_acknowledged_while_kafka_is_down() -> anyhow::Result<()> {
-    let broker = PrivateBroker::start()?;
+    let broker = PrivateBroker::start("outage")?;
     let env = TestEnv::start_on(&broker.bootstrap()).await?;
     let ingress =
         Ingress::start_with(env, &["--produce-timeout", "2s", "--request-timeout", "4s"]).await?;
@@ -87,7 +42,7 @@ async fn a_webhook_is_never_acknowledged_while_kafka_is_down() -> anyhow::Result
     })
     .await?;
 
-    broker.stack(&["down", "kafka"])?;
+    broker.down()?;
     for _ in 0..3 {
         let response = ingress
             .post_form("/twilio/messaging/inbound", &params, support::TOKEN)
@@ -101,7 +56,7 @@ async fn a_webhook_is_never_acknowledged_while_kafka_is_down() -> anyhow::Result
     })
     .await?;
 
-    broker.stack(&["up", "kafka"])?;
+    broker.up()?;
     // Twilio retries: the same webhook lands once the broker is back. Retries that
     // come while the producer is still reconnecting get 503 too; count them.
     let refused = AtomicUsize::new(3 + warmup_refused.load(Ordering::Relaxed));
@@ -158,7 +113,7 @@ async fn a_webhook_is_never_acknowledged_while_kafka_is_down() -> anyhow::Result
 #[tokio::test]
 async fn shutdown_does_not_wait_for_a_produce_stuck_on_a_dead_broker_past_the_drain_timeout()
 -> anyhow::Result<()> {
-    let broker = PrivateBroker::start()?;
+    let broker = PrivateBroker::start("outage")?;
     let env = TestEnv::start_on(&broker.bootstrap()).await?;
     let ingress = Ingress::start_with(
         env,
@@ -179,7 +134,7 @@ async fn shutdown_does_not_wait_for_a_produce_stuck_on_a_dead_broker_past_the_dr
         .status();
     assert_eq!(status, 200);
 
-    broker.stack(&["down", "kafka"])?;
+    broker.down()?;
     let Ingress {
         running,
         shutdown,

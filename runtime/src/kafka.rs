@@ -73,6 +73,64 @@ pub fn join_group(config: &mut ClientConfig, group: &GroupArgs, instance_id: &st
     }
 }
 
+/// Watches a group member's librdkafka log for a lost session.
+///
+/// A static member (`group.instance.id`) whose session times out while the
+/// broker is away does not come back reliably in librdkafka 2.12: it rejoins
+/// and is either fenced by its own instance id (a fatal error) or waits in the
+/// join for ever with no partitions (librdkafka issue 3437; both seen in the
+/// chaos test, `tests/e2e/chaos.rs`). So a static member treats a session
+/// timeout as fatal: the stage exits and Kubernetes restarts the container
+/// under the same pod name, which takes its partitions back at once. A
+/// dynamic member rejoins as usual. Every log line is passed on to `tracing`
+/// (target `librdkafka`), as rdkafka's own default does.
+#[derive(Debug, Default)]
+pub struct SessionWatch {
+    static_member: bool,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl SessionWatch {
+    /// A watch for a member with (`true`) or without static membership.
+    #[must_use]
+    pub fn new(static_member: bool) -> Self {
+        Self {
+            static_member,
+            lost: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// For `ClientContext::log`.
+    pub fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}");
+            }
+            L::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+            L::Notice | L::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            L::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        }
+        if self.static_member && fac == "SESSTMOUT" {
+            self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// The reason to exit, once a static member's session was lost.
+    #[must_use]
+    pub fn fatal(&self) -> Option<String> {
+        self.lost
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| {
+                "the consumer group session timed out; as a static member this process exits \
+             to be restarted (librdkafka cannot rejoin reliably)"
+                    .to_owned()
+            })
+    }
+}
+
 /// How long a stage waits at start for the topics it needs to appear in the
 /// cluster's metadata: on a fresh stack a topic created a moment ago (by
 /// `sictl topics apply`, or a changelog the stage created itself) may not be
@@ -213,11 +271,55 @@ pub async fn cluster_info(kafka: &KafkaArgs, timeout: Duration) -> anyhow::Resul
     .await?
 }
 
+/// Extra attempts at `abort_transaction` while librdkafka answers that it
+/// timed out and should be called again (the broker is away): with the
+/// transaction call timeout of 10 to 30 s, a broker outage of 5 to 15
+/// minutes passes without the process giving up. A stage that exited instead
+/// would only come back to the same unreachable broker.
+pub const ABORT_ATTEMPTS: u32 = 30;
+
+/// Calls `abort_transaction` (`f`) again while librdkafka says its error is
+/// retriable, at most [`ABORT_ATTEMPTS`] extra times. Unlike
+/// [`retry_transactional`] an abort is repeated whatever state the
+/// transaction is in: only an abort gets a producer out of it.
+///
+/// # Errors
+/// The last error, once it is not retriable or the attempts are spent.
+pub fn retry_abort(f: impl Fn() -> KafkaResult<()>) -> KafkaResult<()> {
+    let mut tried = 0;
+    loop {
+        match f() {
+            Err(KafkaError::Transaction(e))
+                if e.is_retriable() && !e.is_fatal() && tried < ABORT_ATTEMPTS =>
+            {
+                tried += 1;
+                tracing::warn!(error = %e, attempt = tried, "retrying abort_transaction");
+            }
+            result => return result,
+        }
+    }
+}
+
+/// `send_offsets_to_transaction` once, never again after it timed out: in
+/// librdkafka 2.12 a second call while the group coordinator is away waits
+/// for ever (the coordinator request's own timeout is not enforced,
+/// librdkafka issue 5456), and once crashed the process in the chaos test. The
+/// caller aborts the transaction instead (see [`retry_abort`]) and does the
+/// batch again; at worst the abort gives up and the process exits for a
+/// clean restart.
+///
+/// # Errors
+/// librdkafka's error.
+pub fn send_offsets_once(f: impl FnOnce() -> KafkaResult<()>) -> KafkaResult<()> {
+    f()
+}
+
 /// Calls a transactional producer API again in place while librdkafka says its
 /// error is retriable and needs no abort, at most `attempts` extra times. A
-/// timed-out `commit_transaction` or `send_offsets_to_transaction` must be
-/// retried this way: aborting instead conflicts with the call still in
-/// progress. Other errors are returned at once.
+/// timed-out `commit_transaction` must be retried this way: aborting instead
+/// conflicts with the call still in progress (`send_offsets_to_transaction`
+/// is the exception: see [`send_offsets_once`]). Other errors are returned at
+/// once.
 ///
 /// # Errors
 /// The last error, once it is not retriable or the attempts are spent.
@@ -253,6 +355,28 @@ mod tests {
             topic_prefix: String::new(),
             pod_name: "pod-0".into(),
         }
+    }
+
+    #[test]
+    fn only_a_static_member_treats_a_lost_session_as_fatal() {
+        use rdkafka::config::RDKafkaLogLevel;
+        let dynamic = SessionWatch::new(false);
+        let static_member = SessionWatch::new(true);
+        for watch in [&dynamic, &static_member] {
+            watch.log(
+                RDKafkaLogLevel::Warning,
+                "HEARTBEAT",
+                "group is rebalancing",
+            );
+            assert_eq!(watch.fatal(), None);
+            watch.log(
+                RDKafkaLogLevel::Warning,
+                "SESSTMOUT",
+                "Consumer group session timed out (in join-state steady)",
+            );
+        }
+        assert_eq!(dynamic.fatal(), None);
+        assert!(static_member.fatal().is_some());
     }
 
     #[test]

@@ -738,11 +738,11 @@ impl<P: Processor> Core<P> {
             let metadata = consumer.group_metadata().ok_or_else(|| {
                 Step::Retry("transaction", "no consumer group metadata yet".to_owned())
             })?;
-            let timeout = self.call_timeout;
-            txn_call("send_offsets_to_transaction", || {
+            crate::kafka::send_offsets_once(|| {
                 self.producer
-                    .send_offsets_to_transaction(&offsets, &metadata, timeout)
-            })?;
+                    .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout)
+            })
+            .map_err(|error| classify_kafka("send_offsets_to_transaction", &error))?;
         }
         let timeout = self.call_timeout;
         crate::kafka::wait_delivered(&self.producer, timeout);
@@ -821,8 +821,8 @@ impl<P: Processor> Core<P> {
     /// Aborts the open transaction and rolls the stores back to the last commit.
     fn abort(&mut self) -> Result<(), Step> {
         if self.txn.take().is_some() {
-            self.producer
-                .abort_transaction(self.call_timeout)
+            let timeout = self.call_timeout;
+            crate::kafka::retry_abort(|| self.producer.abort_transaction(timeout))
                 .map_err(|e| Step::Fatal(format!("abort_transaction: {e}")))?;
             self.metrics
                 .transactions
@@ -1089,9 +1089,14 @@ struct StreamContext<P: Processor> {
     core: Arc<Mutex<Core<P>>>,
     metrics: StageMetrics,
     prefix: String,
+    session: crate::kafka::SessionWatch,
 }
 
 impl<P: Processor> ClientContext for StreamContext<P> {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.session.log(level, fac, log_message);
+    }
+
     fn stats(&self, statistics: Statistics) {
         for (name, topic) in &statistics.topics {
             let declared = name.strip_prefix(&self.prefix).unwrap_or(name);
@@ -1284,6 +1289,7 @@ pub async fn run<P: Processor>(
         core: Arc::clone(&core),
         metrics,
         prefix: kafka.topic_prefix.clone(),
+        session: crate::kafka::SessionWatch::new(args.group.static_membership),
     };
     let consumer: BaseConsumer<StreamContext<P>> = consumer_config
         .create_with_context(context)
@@ -1351,6 +1357,9 @@ fn consume<P: Processor>(
             if c.rewind {
                 c.rewind(consumer).map_err(fatal_error)?;
             }
+        }
+        if let Some(message) = consumer.context().session.fatal() {
+            return Err(StreamError::Fatal(message));
         }
         let timeout = lock(core).poll_timeout();
         let polled = consumer.poll(timeout);

@@ -19,10 +19,12 @@ use si_runtime::{KafkaArgs, RegistryArgs};
 use si_schemas::{AvroRecord, Codec, Registry};
 use sictl::topics_file::{Overrides, TopicsFile};
 
+pub mod broker;
 pub mod leaks;
 pub mod openapi;
 pub mod process;
 
+pub use broker::PrivateBroker;
 pub use leaks::{Leak, LeakDetector};
 pub use process::{StageProcess, sictl, spawn_ready, stage_binary, wait_for};
 

@@ -154,8 +154,12 @@ impl StageProcess {
             "{}-{binary}-{pod}",
             env.kafka.topic_prefix.trim_end_matches('.')
         );
-        let file =
-            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        // Appended to: a stage restarted under the same pod keeps one log.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let mut command = Command::new(path);
         command
             .env("KAFKA_BOOTSTRAP_SERVERS", &env.kafka.bootstrap_servers)
@@ -262,6 +266,18 @@ impl StageProcess {
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// How the process ended, once it has ended on its own (`None` while it
+    /// runs, and after [`Self::kill`] or [`Self::terminate`]).
+    ///
+    /// # Errors
+    /// When the process cannot be waited for.
+    pub fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
         }
     }
 

@@ -173,6 +173,23 @@ impl Webhooks {
         signed_url: &str,
         params: &[(String, String)],
     ) -> anyhow::Result<(u16, String)> {
+        self.request_signed_as(method, signed_url, params, None)
+            .await
+    }
+
+    /// [`Self::request_signed`] with the `I-Twilio-Idempotency-Token` given
+    /// (Twilio keeps one token for all retries of one webhook), a new one
+    /// when `None`.
+    ///
+    /// # Errors
+    /// When no answer came after the retries.
+    pub async fn request_signed_as(
+        &self,
+        method: Method,
+        signed_url: &str,
+        params: &[(String, String)],
+        token: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
         let encoded = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(params)
             .finish();
@@ -190,7 +207,10 @@ impl Webhooks {
         };
         let url = self.post_url_for(&signed_url);
         let signature = sign(&self.auth_token, &signed_url, signed_params);
-        let token = format!("sandbox-{}", uuid::Uuid::new_v4().simple());
+        let token = token.map_or_else(
+            || format!("sandbox-{}", uuid::Uuid::new_v4().simple()),
+            str::to_owned,
+        );
         let mut last_error = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
@@ -241,8 +261,14 @@ impl Webhooks {
     /// When no answer came.
     pub async fn post_inbound_sms(&self, sms: &InboundSms) -> anyhow::Result<Posted> {
         let (sid, params) = inbound_sms_params(&self.account_sid, sms);
-        let status = self
-            .post_form(MESSAGING_INBOUND_PATH, &params)
+        let signed = format!("{}{MESSAGING_INBOUND_PATH}", self.public_base);
+        let (status, _) = self
+            .request_signed_as(
+                Method::Post,
+                &signed,
+                &params,
+                sms.idempotency_token.as_deref(),
+            )
             .await
             .context("posting an inbound SMS")?;
         Ok(Posted {
@@ -295,6 +321,10 @@ pub struct InboundSms {
     /// WhatsApp profile name (WhatsApp only).
     #[serde(default)]
     pub profile_name: Option<String>,
+    /// The `I-Twilio-Idempotency-Token` to send: the same for every retry of
+    /// one message, as Twilio sends it; a new one per post when `None`.
+    #[serde(default)]
+    pub idempotency_token: Option<String>,
 }
 
 /// The parameters Twilio posts for an inbound message, and its SID.
