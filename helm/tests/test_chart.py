@@ -22,7 +22,7 @@ from conftest import (
 sys.path.insert(0, str(TESTS_DIR))
 import validate_manifests  # noqa: E402
 
-ALL_STAGES = {"ingress", "normalize", "consent", "segment", "voice-link", "lifecycle", "egress"}
+ALL_STAGES = {"ingress", "normalize", "consent", "segment", "voice-link", "lifecycle", "egress", "media"}
 SENSITIVE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|PRIVATE_KEY)|^TWILIO_(ACCOUNT_SID|API_KEY_SID)$")
 TWILIO_CREDENTIAL = re.compile(r"^TWILIO_.*(TOKEN|SECRET|ACCOUNT).*")
 FULLNAME = "si-si-twilio-channel"
@@ -537,7 +537,7 @@ def test_network_policies(rendered):
         assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in admin_from
 
 
-def test_egress_policy_allows_https_only_for_the_egress_stage():
+def test_egress_policy_allows_https_only_for_egress_and_media():
     policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p
                 for p in render(*values_args("everything-on")).of_kind("NetworkPolicy")}
     for stage, policy in policies.items():
@@ -545,7 +545,7 @@ def test_egress_policy_allows_https_only_for_the_egress_stage():
         assert 53 in ports and 9092 in ports
         https_anywhere = any(rule["ports"] == [{"port": 443, "protocol": "TCP"}] and "to" not in rule
                              for rule in policy["spec"]["egress"])
-        assert https_anywhere == (stage == "egress"), stage
+        assert https_anywhere == (stage in {"egress", "media"}), stage
 
 
 def test_pdb_per_enabled_stage(rendered, case):

@@ -286,9 +286,16 @@ pub struct InboundSms {
     /// Our messaging service, when the number belongs to one.
     #[serde(default)]
     pub messaging_service_sid: Option<String>,
-    /// Media URLs (`MediaUrl{N}`), content type `image/jpeg`.
+    /// Media URLs (`MediaUrl{N}`).
     #[serde(default)]
     pub media_urls: Vec<String>,
+    /// Their `MediaContentType{N}`, in order; `image/jpeg` where missing.
+    #[serde(default)]
+    pub media_content_types: Vec<String>,
+    /// Media the sandbox serves itself (see [`crate::media`]); their URLs are
+    /// appended to `media_urls` when the message is posted.
+    #[serde(default)]
+    pub media: Vec<crate::media::InboundMedia>,
     /// The message SID; a new `SM…` when `None`.
     #[serde(default)]
     pub message_sid: Option<String>,
@@ -320,7 +327,12 @@ pub fn inbound_sms_params(account_sid: &str, sms: &InboundSms) -> (String, Vec<(
     add("From", &sms.from);
     add("ApiVersion", "2010-04-01");
     for (i, url) in sms.media_urls.iter().enumerate() {
-        add(&format!("MediaContentType{i}"), "image/jpeg");
+        add(
+            &format!("MediaContentType{i}"),
+            sms.media_content_types
+                .get(i)
+                .map_or("image/jpeg", String::as_str),
+        );
         add(&format!("MediaUrl{i}"), url);
     }
     if let Some(wa_id) = sms.from.strip_prefix("whatsapp:+") {
