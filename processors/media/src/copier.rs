@@ -402,11 +402,16 @@ impl Copier {
                 ),
             );
         }
-        let Some(url) = self.url_of(job, item) else {
+        let Some((url, via_mcs)) = self.url_of(job, item) else {
             return refuse(R::NoSource, "no URL to fetch the item from".to_owned());
         };
         let limit = limits.max_item_bytes.min(remaining);
-        let fetched = match self.fetcher.fetch(&url, limit).await {
+        let fetched = if via_mcs {
+            self.fetcher.fetch_mcs(&url, limit).await
+        } else {
+            self.fetcher.fetch(&url, limit).await
+        };
+        let fetched = match fetched {
             Ok(fetched) => fetched,
             Err(mut refused) => {
                 if refused.reason == R::TooLarge && limit < limits.max_item_bytes {
@@ -475,19 +480,22 @@ impl Copier {
     }
 
     /// The URL an item is fetched from: its own, else (Conversations media)
-    /// the Media Content Service's content URL of its SID.
-    fn url_of(&self, job: &MediaJob, item: &MediaJobItem) -> Option<String> {
+    /// the Media Content Service's resource of its SID (`true`).
+    fn url_of(&self, job: &MediaJob, item: &MediaJobItem) -> Option<(String, bool)> {
         if let Some(url) = item.url.as_deref().filter(|u| !u.is_empty()) {
-            return Some(url.to_owned());
+            return Some((url.to_owned(), false));
         }
         let sid = item.sid.as_deref()?;
         let service = job
             .chat_service_sid
             .as_deref()
             .or(self.sources.chat_service_sid.as_deref())?;
-        Some(format!(
-            "{}/v1/Services/{service}/Media/{sid}/Content",
-            self.sources.mcs_base_url.trim_end_matches('/')
+        Some((
+            format!(
+                "{}/v1/Services/{service}/Media/{sid}",
+                self.sources.mcs_base_url.trim_end_matches('/')
+            ),
+            true,
         ))
     }
 }

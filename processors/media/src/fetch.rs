@@ -9,6 +9,9 @@ use reqwest::StatusCode;
 use si_runtime::backoff::Backoff;
 use si_schemas::records::MediaUnavailableReason;
 
+/// Largest Media Content Service resource (JSON) read.
+const MCS_RESOURCE_LIMIT: u64 = 64 * 1024;
+
 /// HTTP Basic credentials for Twilio (Account SID and Auth Token, or an API key).
 #[derive(Clone)]
 pub struct Credentials {
@@ -168,10 +171,46 @@ impl Fetcher {
     /// [`Refused`] with the reason once the item is known to be unavailable
     /// (after the attempts, for failures worth retrying).
     pub async fn fetch(&self, url: &str, limit: u64) -> Result<Fetched, Refused> {
+        self.fetch_checked(url, limit, true).await
+    }
+
+    /// Conversations media by SID: the Media Content Service's resource at
+    /// `resource_url` (JSON, with the credentials), then the content from its
+    /// `links.content_direct_temporary`, at most `limit` bytes.
+    ///
+    /// # Errors
+    /// [`Refused`] as for [`Fetcher::fetch`]; `NO_SOURCE` when the resource
+    /// names no content link.
+    pub async fn fetch_mcs(&self, resource_url: &str, limit: u64) -> Result<Fetched, Refused> {
+        let resource = self
+            .fetch_checked(resource_url, MCS_RESOURCE_LIMIT, false)
+            .await?;
+        let link = serde_json::from_slice::<serde_json::Value>(&resource.bytes)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/links/content_direct_temporary")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+            })
+            .ok_or_else(|| {
+                Refused::new(
+                    MediaUnavailableReason::NoSource,
+                    "the Media Content Service named no content link",
+                )
+            })?;
+        self.fetch(&link, limit).await
+    }
+
+    async fn fetch_checked(
+        &self,
+        url: &str,
+        limit: u64,
+        check_type: bool,
+    ) -> Result<Fetched, Refused> {
         let mut backoff = Backoff::new(self.limits.retry_backoff, self.limits.retry_backoff_max);
         let mut attempt = 1;
         loop {
-            match self.attempt(url, limit).await {
+            match self.attempt(url, limit, check_type).await {
                 Attempt::Done(fetched) => return Ok(fetched),
                 Attempt::Final(refused) => return Err(refused),
                 Attempt::Retry(refused) => {
@@ -220,7 +259,7 @@ impl Fetcher {
         }
     }
 
-    async fn attempt(&self, url: &str, limit: u64) -> Attempt {
+    async fn attempt(&self, url: &str, limit: u64, check_type: bool) -> Attempt {
         let mut request = self.client.get(url);
         if let Some(credentials) = &self.credentials
             && origin(url).is_some_and(|o| self.auth_origins.contains(&o))
@@ -264,7 +303,8 @@ impl Fetcher {
             .and_then(|v| v.to_str().ok())
             .map(essence)
             .filter(|t| !t.is_empty());
-        if let Some(t) = &content_type
+        if check_type
+            && let Some(t) = &content_type
             && !self.limits.allows(t)
         {
             return Attempt::Final(Refused::new(

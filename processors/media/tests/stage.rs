@@ -3,7 +3,9 @@
 //! directory as the media store. The test writes the `MESSAGE_RECEIVED`
 //! events normalize would write.
 //!
-//! - A call recording is copied like media (`audio/x-wav`, with its call).
+//! - A call recording is copied like media (`audio/x-wav`, with its call);
+//!   Conversations media named only by SID come through the Media Content
+//!   Service (its resource, then the temporary content link).
 //! - Unavailable items: one message with a good image, an image over the
 //!   item limit, a refused type, a 404, a URL answering 500 every time and
 //!   one that answers 500 twice and then the bytes: the good and the retried
@@ -42,6 +44,7 @@ use twilio_sandbox::{InboundMedia, InboundSms, Sandbox, SandboxConfig, SandboxHa
 
 const TOKEN: &str = "media-test-auth-token";
 const DEADLINE: Duration = Duration::from_secs(60);
+const CHAT_SERVICE: &str = "IS00000000000000000000000000000000";
 
 fn store_dir(name: &str) -> PathBuf {
     let dir =
@@ -186,6 +189,8 @@ async fn unavailable_items_are_marked_with_the_reason_and_never_hold_back_anothe
     let store = format!("file://{}", dir.display());
     let mut limits_vars = vars(&sandbox, &base, &store);
     limits_vars.push(("MEDIA_DELETE_AT_TWILIO", "true"));
+    limits_vars.push(("TWILIO_MCS_BASE_URL", &base));
+    limits_vars.push(("TWILIO_CHAT_SERVICE_SID", CHAT_SERVICE));
     let mut stage = StageProcess::spawn(&env, "si-media", "media-0", &limits_vars)?;
     stage.ready(DEADLINE).await?;
 
@@ -255,6 +260,30 @@ async fn unavailable_items_are_marked_with_the_reason_and_never_hold_back_anothe
     });
     env.produce(topics::CONVERSATION_EVENTS, "CH-call", &recording)
         .await?;
+    // Conversations media: only a Media SID, fetched through the Media
+    // Content Service of the chat service.
+    let chat_bytes = b"a photo sent in a Conversation".to_vec();
+    let chat_message = format!("IM{}", uuid::Uuid::new_v4().simple());
+    let (_, chat_sids) =
+        sandbox.add_conversation_media(CHAT_SERVICE, &chat_message, &[png(&chat_bytes)])?;
+    let mut chat = message_event(
+        "CH-chat",
+        1,
+        &InboundSms {
+            message_sid: Some(chat_message.clone()),
+            ..InboundSms::default()
+        },
+    );
+    chat.source = EventSource::Conversations;
+    chat.message.as_mut().unwrap().media = vec![MediaRef {
+        sid: Some(chat_sids[0].clone()),
+        url: None,
+        content_type: Some("image/png".into()),
+        size_bytes: Some(i64::try_from(chat_bytes.len())?),
+        filename: Some("file-0".into()),
+    }];
+    env.produce(topics::CONVERSATION_EVENTS, "CH-chat", &chat)
+        .await?;
 
     // The quick conversation's media are stored while the slow one's are
     // still being retried (about 2 s of backoff).
@@ -274,12 +303,29 @@ async fn unavailable_items_are_marked_with_the_reason_and_never_hold_back_anothe
         first.iter().all(|e| e.conversation_id != "CH-slow"),
         "a slow conversation held back another"
     );
-    let events = wait_for("the three MEDIA_STORED events", DEADLINE, || async {
+    let events = wait_for("the four MEDIA_STORED events", DEADLINE, || async {
         let events = media_stored(&env).await?;
-        Ok((events.len() >= 3).then_some(events))
+        Ok((events.len() >= 4).then_some(events))
     })
     .await?;
-    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events.len(), 4, "{events:?}");
+    let chat_item = &items_of(
+        events
+            .iter()
+            .find(|e| e.conversation_id == "CH-chat")
+            .unwrap(),
+    )[0];
+    assert_eq!(
+        chat_item.status,
+        MediaStorageStatus::Stored,
+        "{chat_item:?}"
+    );
+    assert_eq!(chat_item.twilio_sid.as_ref(), Some(&chat_sids[0]));
+    assert_eq!(
+        chat_item.sha256.as_deref(),
+        Some(sha256(&chat_bytes).as_str())
+    );
+    assert_eq!(chat_item.filename.as_deref(), Some("file-0"));
     let call = events
         .iter()
         .find(|e| e.conversation_id == "CH-call")

@@ -84,6 +84,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/2010-04-01/Accounts/{account}/Recordings/{recording}",
             get(get_recording),
         )
+        .route("/v1/Services/{service}/Media/{media}", get(get_mcs_media))
+        .route("/_sandbox/mcs/{media}/content", get(get_mcs_content))
         .route("/_sandbox/healthz", get(|| async { "ok" }))
         .fallback(twilio_request)
         .with_state(shared)
@@ -230,6 +232,37 @@ async fn get_recording(
     match shared.fetch_media("", recording, authorized) {
         None => TwilioError::not_found(&format!("/Recordings/{recording}")).into_response(),
         Some(crate::media::Served::Status(401)) => TwilioError::authenticate().into_response(),
+        Some(crate::media::Served::Status(code)) => StatusCode::from_u16(code)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            .into_response(),
+        Some(crate::media::Served::Content(content_type, bytes)) => {
+            ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+        }
+    }
+}
+
+/// The Media Content Service's resource of a Conversations media item
+/// (HTTP Basic, as at Twilio), with its temporary content link.
+async fn get_mcs_media(
+    State(shared): State<Arc<Shared>>,
+    Path((service, media)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if authenticate(&shared, &headers, None).is_err() {
+        return TwilioError::authenticate().into_response();
+    }
+    match shared.mcs_resource(&service, &media) {
+        Some(resource) => axum::Json(resource).into_response(),
+        None => {
+            TwilioError::not_found(&format!("/v1/Services/{service}/Media/{media}")).into_response()
+        }
+    }
+}
+
+/// The temporary content link of Conversations media (no auth: the link is the key).
+async fn get_mcs_content(State(shared): State<Arc<Shared>>, Path(media): Path<String>) -> Response {
+    match shared.fetch_mcs_content(&media) {
+        None => TwilioError::not_found(&format!("/_sandbox/mcs/{media}/content")).into_response(),
         Some(crate::media::Served::Status(code)) => StatusCode::from_u16(code)
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             .into_response(),
@@ -1334,6 +1367,7 @@ fn conversation_message(
                     chat_service_sid: Some(conversation.chat_service_sid.clone()),
                     index: Some(index),
                     message_sid: Some(message_sid.clone()),
+                    media_json: None,
                 },
             );
             let params = params

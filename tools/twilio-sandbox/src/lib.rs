@@ -456,6 +456,24 @@ impl SandboxHandle {
             .map_err(anyhow::Error::msg)
     }
 
+    /// Serves Conversations media of message `message_sid` (`IM…`) in chat
+    /// service `service` (`IS…`) through the sandbox's Media Content Service
+    /// (`/v1/Services/{IS}/Media/{ME}`); returns the `Media` parameter's JSON
+    /// (for [`InboundConversationMessage::media_json`]) and the Media SIDs.
+    ///
+    /// # Errors
+    /// When an item's content is not base64.
+    pub fn add_conversation_media(
+        &self,
+        service: &str,
+        message_sid: &str,
+        media: &[InboundMedia],
+    ) -> anyhow::Result<(String, Vec<String>)> {
+        self.shared
+            .add_conversation_media(service, message_sid, media)
+            .map_err(anyhow::Error::msg)
+    }
+
     /// Serves a call recording `sid` (`RE…`) as the sandbox does for the
     /// recordings of the calls it plays; returns its `RecordingUrl`.
     #[must_use]

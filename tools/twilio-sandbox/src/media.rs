@@ -193,6 +193,92 @@ impl MediaLibrary {
         path
     }
 
+    /// Adds Conversations media of message `message_sid` in chat service
+    /// `service`, served by the Media Content Service routes
+    /// (`/v1/Services/{IS}/Media/{ME}`: the JSON with
+    /// `links.content_direct_temporary`; the content itself at
+    /// `/_sandbox/mcs/{ME}/content`, without auth like Twilio's temporary
+    /// link). Returns the `Media` webhook parameter's JSON and the SIDs.
+    ///
+    /// # Errors
+    /// When a `content_base64` is not base64.
+    pub fn add_conversation(
+        &mut self,
+        service: &str,
+        message_sid: &str,
+        media: &[InboundMedia],
+    ) -> Result<(String, Vec<String>), String> {
+        let mut listed = Vec::new();
+        let mut sids = Vec::new();
+        for item in media {
+            let sid = crate::twilio::sid("ME");
+            let content = match &item.content_base64 {
+                Some(b64) => STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| format!("media content_base64: {e}"))?,
+                None => generated(&sid, item.size.unwrap_or(1024)),
+            };
+            listed.push(serde_json::json!({
+                "Sid": sid,
+                "ContentType": item.content_type,
+                "Filename": format!("file-{}", listed.len()),
+                "Size": content.len(),
+            }));
+            sids.push(sid.clone());
+            self.items.insert(
+                sid.clone(),
+                MediaRecord {
+                    path: format!("/v1/Services/{service}/Media/{sid}"),
+                    sid,
+                    message_sid: message_sid.to_owned(),
+                    content_type: item.content_type.clone(),
+                    size: content.len(),
+                    status: item.status,
+                    fail_first: item.fail_first,
+                    fetches: 0,
+                    unauthorized: 0,
+                    deleted: false,
+                    content,
+                },
+            );
+        }
+        Ok((serde_json::Value::Array(listed).to_string(), sids))
+    }
+
+    /// The Media Content Service's JSON of `sid` (`None`: no such item).
+    pub fn mcs_resource(
+        &self,
+        base_url: &str,
+        service: &str,
+        sid: &str,
+    ) -> Option<serde_json::Value> {
+        let item = self
+            .items
+            .get(sid)
+            .filter(|i| i.path.starts_with("/v1/Services/"))?;
+        Some(serde_json::json!({
+            "sid": item.sid,
+            "service_sid": service,
+            "content_type": item.content_type,
+            "size": item.size,
+            "links": {
+                "content": format!("/v1/Services/{service}/Media/{sid}/Content"),
+                "content_direct_temporary": format!("{base_url}/_sandbox/mcs/{sid}/content"),
+            },
+        }))
+    }
+
+    /// A fetch of Conversations media content by SID (the temporary link).
+    pub fn fetch_mcs_content(&mut self, sid: &str) -> Option<Served> {
+        let message = self
+            .items
+            .get(sid)
+            .filter(|i| i.path.starts_with("/v1/Services/"))?
+            .message_sid
+            .clone();
+        self.fetch(&message, sid, true)
+    }
+
     /// Every item, in SID order.
     #[must_use]
     pub fn list(&self) -> Vec<MediaRecord> {

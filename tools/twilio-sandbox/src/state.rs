@@ -332,6 +332,31 @@ impl Shared {
         format!("{}{path}", self.base_url)
     }
 
+    /// Serves Conversations media; see [`crate::media::MediaLibrary::add_conversation`].
+    ///
+    /// # Errors
+    /// When an item's content is not base64.
+    pub fn add_conversation_media(
+        &self,
+        service: &str,
+        message_sid: &str,
+        media: &[crate::media::InboundMedia],
+    ) -> Result<(String, Vec<String>), String> {
+        self.media_library()
+            .add_conversation(service, message_sid, media)
+    }
+
+    /// The Media Content Service's JSON of a media SID.
+    pub fn mcs_resource(&self, service: &str, sid: &str) -> Option<serde_json::Value> {
+        self.media_library()
+            .mcs_resource(&self.base_url, service, sid)
+    }
+
+    /// Conversations media content by SID.
+    pub fn fetch_mcs_content(&self, sid: &str) -> Option<crate::media::Served> {
+        self.media_library().fetch_mcs_content(sid)
+    }
+
     /// Every media item served.
     pub fn media(&self) -> Vec<crate::media::MediaRecord> {
         self.media_library().list()

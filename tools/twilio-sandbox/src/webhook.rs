@@ -363,6 +363,9 @@ pub struct InboundConversationMessage {
     pub index: Option<u64>,
     /// The message SID; a new `IM…` when `None`.
     pub message_sid: Option<String>,
+    /// The `Media` parameter (JSON list of `{Sid, ContentType, Filename,
+    /// Size}`), as [`crate::SandboxHandle::add_conversation_media`] gives it.
+    pub media_json: Option<String>,
 }
 
 /// The `Source` Twilio reports for a message by `author`.
@@ -412,6 +415,9 @@ pub fn conversation_message_params(
         add("ParticipantSid", participant);
     }
     add("Body", &message.body);
+    if let Some(media) = &message.media_json {
+        add("Media", media);
+    }
     add("ConversationSid", &message.conversation_sid);
     (message_sid, params)
 }
