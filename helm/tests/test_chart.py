@@ -183,7 +183,9 @@ def test_twilio_token_only_from_secret(rendered, case):
     existing = (values.get("twilio") or {}).get("existingSecret")
     deployments = {stage_name(d): d for d in rendered.of_kind("Deployment")}
     expected = {"ingress": ["TWILIO_AUTH_TOKEN", "TWILIO_AUTH_TOKEN_SECONDARY", "TWILIO_WEBHOOK_SHARED_SECRET"],
-                "egress": ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET"]}
+                "egress": ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET"],
+                # Media URLs need HTTP Basic auth.
+                "media": ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET"]}
     for stage, names in expected.items():
         if stage not in deployments:
             continue
