@@ -16,7 +16,7 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 # The binaries shipped in the image: the one place that lists them. A name
 # whose crate does not exist yet is skipped with a note (set
 # SI_REQUIRE_ALL_BINARIES=true to make that an error instead).
-ARG SI_BINARIES="si-ingress si-normalize si-consent si-segment si-voice-link si-lifecycle si-egress sictl si-twilio-sandbox si-echo-responder"
+ARG SI_BINARIES="si-ingress si-normalize si-consent si-segment si-voice-link si-lifecycle si-media si-egress sictl si-twilio-sandbox si-echo-responder"
 ARG SI_REQUIRE_ALL_BINARIES=false
 
 # ---------------------------------------------------------------------------

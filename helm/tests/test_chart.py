@@ -22,7 +22,7 @@ from conftest import (
 sys.path.insert(0, str(TESTS_DIR))
 import validate_manifests  # noqa: E402
 
-ALL_STAGES = {"ingress", "normalize", "consent", "segment", "voice-link", "lifecycle", "egress"}
+ALL_STAGES = {"ingress", "normalize", "consent", "segment", "voice-link", "lifecycle", "egress", "media"}
 SENSITIVE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|PRIVATE_KEY)|^TWILIO_(ACCOUNT_SID|API_KEY_SID)$")
 TWILIO_CREDENTIAL = re.compile(r"^TWILIO_.*(TOKEN|SECRET|ACCOUNT).*")
 FULLNAME = "si-si-twilio-channel"
@@ -183,7 +183,9 @@ def test_twilio_token_only_from_secret(rendered, case):
     existing = (values.get("twilio") or {}).get("existingSecret")
     deployments = {stage_name(d): d for d in rendered.of_kind("Deployment")}
     expected = {"ingress": ["TWILIO_AUTH_TOKEN", "TWILIO_AUTH_TOKEN_SECONDARY", "TWILIO_WEBHOOK_SHARED_SECRET"],
-                "egress": ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET"]}
+                "egress": ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET"],
+                # Media URLs need HTTP Basic auth.
+                "media": ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET"]}
     for stage, names in expected.items():
         if stage not in deployments:
             continue
@@ -537,7 +539,7 @@ def test_network_policies(rendered):
         assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in admin_from
 
 
-def test_egress_policy_allows_https_only_for_the_egress_stage():
+def test_egress_policy_allows_https_only_for_egress_and_media():
     policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p
                 for p in render(*values_args("everything-on")).of_kind("NetworkPolicy")}
     for stage, policy in policies.items():
@@ -545,7 +547,7 @@ def test_egress_policy_allows_https_only_for_the_egress_stage():
         assert 53 in ports and 9092 in ports
         https_anywhere = any(rule["ports"] == [{"port": 443, "protocol": "TCP"}] and "to" not in rule
                              for rule in policy["spec"]["egress"])
-        assert https_anywhere == (stage == "egress"), stage
+        assert https_anywhere == (stage in {"egress", "media"}), stage
 
 
 def test_pdb_per_enabled_stage(rendered, case):

@@ -9,8 +9,9 @@ use crate::AvroRecord;
 use crate::records::{
     ArchivalRequest, CognitionResponse, Command, ComplianceEvent, ConsentProcessorState,
     ConsentState, ConversationEvent, DeadLetter, DeliveryStatus, EgressLedgerEntry, IdentityRecord,
-    InboundMessage, LifecycleState, NormalizeState, OutboundDeadLetter, OutboundOperation,
-    ParticipantBinding, SegmentState, TranscriptEntry, TwilioWebhook, VoiceLinkState,
+    InboundMessage, LifecycleState, MediaState, NormalizeState, OutboundDeadLetter,
+    OutboundOperation, ParticipantBinding, SegmentState, TranscriptEntry, TwilioWebhook,
+    VoiceLinkState,
 };
 
 /// Raw Twilio webhooks as received by ingress ([`TwilioWebhook`]); key: the
@@ -72,6 +73,10 @@ pub const LIFECYCLE_STATE: &str = "si.lifecycle.state.v1";
 /// [`CONVERSATION_EVENTS`], [`COMMANDS`] and [`DELIVERY`] ([`VoiceLinkState`]);
 /// key: `conv|<conversation id>`.
 pub const VOICE_LINK_STATE: &str = "si.voicelink.state.v1";
+/// Internal: the state changelog of the media stage, compacted,
+/// co-partitioned with [`CONVERSATION_EVENTS`] ([`MediaState`]); key:
+/// `conv|<conversation id>`.
+pub const MEDIA_STATE: &str = "si.media.state.v1";
 
 /// Every topic, in the order of `topics.yaml`.
 pub const ALL: &[&str] = &[
@@ -97,6 +102,7 @@ pub const ALL: &[&str] = &[
     SEGMENT_STATE,
     LIFECYCLE_STATE,
     VOICE_LINK_STATE,
+    MEDIA_STATE,
 ];
 
 /// The value schema of a topic of [`ALL`]: `(file name under schemas/avro/, .avsc text)`;
@@ -128,6 +134,7 @@ pub fn value_schema(topic: &str) -> Option<(&'static str, &'static str)> {
         SEGMENT_STATE => of::<SegmentState>(),
         LIFECYCLE_STATE => of::<LifecycleState>(),
         VOICE_LINK_STATE => of::<VoiceLinkState>(),
+        MEDIA_STATE => of::<MediaState>(),
         _ => None,
     }
 }

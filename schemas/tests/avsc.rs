@@ -386,6 +386,7 @@ fn compiled_in_schemas_are_the_files() {
         check::<ConsentProcessorState>(&files),
         check::<LifecycleState>(&files),
         check::<VoiceLinkState>(&files),
+        check::<MediaState>(&files),
     ];
     used.sort_unstable();
     let all: Vec<&str> = files.keys().map(String::as_str).collect();

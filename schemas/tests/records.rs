@@ -202,6 +202,7 @@ fn event_full() -> ConversationEvent {
             event_id: s("3f2b1c9e-0000-4000-8000-000000000001"),
             kind: s("OPT_OUT"),
         }),
+        media_stored: None,
     }
 }
 
@@ -231,6 +232,7 @@ fn event_min() -> ConversationEvent {
         recording: None,
         transcription: None,
         compliance_record: None,
+        media_stored: None,
     }
 }
 
@@ -763,6 +765,7 @@ fn transcript_full() -> TranscriptEntry {
         call_outcome: Some("connected".into()),
         call_duration_seconds: Some(42),
         source_sid: Some("CA1".into()),
+        stored_media: Vec::new(),
     }
 }
 
@@ -787,6 +790,7 @@ fn transcript_min() -> TranscriptEntry {
         call_outcome: None,
         call_duration_seconds: None,
         source_sid: None,
+        stored_media: Vec::new(),
     }
 }
 
@@ -1312,6 +1316,90 @@ fn voice_link_state_min() -> VoiceLinkState {
     }
 }
 
+fn stored_full() -> StoredMedia {
+    StoredMedia {
+        index: 1,
+        status: MediaStorageStatus::Stored,
+        unavailable_reason: None,
+        detail: None,
+        twilio_sid: some("ME00000000000000000000000000000001"),
+        twilio_url: some("https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1"),
+        object_key: some("media/CH1/MM1/1-00ff"),
+        content_type: some("image/png"),
+        size_bytes: Some(2048),
+        sha256: some("00ff"),
+        filename: some("cat.png"),
+    }
+}
+
+fn stored_unavailable() -> StoredMedia {
+    StoredMedia {
+        index: 2,
+        status: MediaStorageStatus::Unavailable,
+        unavailable_reason: Some(MediaUnavailableReason::RefusedType),
+        detail: some("application/x-msdownload is not allowed"),
+        ..StoredMedia::default()
+    }
+}
+
+#[test]
+fn media_stored_events_and_entries_round_trip() {
+    let mut event = event_min();
+    event.event_type = ConversationEventType::MediaStored;
+    event.media_stored = Some(MediaStored {
+        source_event_id: s("e-1"),
+        source_sid: s("MM1"),
+        call_sid: None,
+        items: vec![stored_full(), stored_unavailable()],
+    });
+    roundtrip(&event);
+    let mut entry = transcript_min();
+    entry.entry_kind = Some(TranscriptEntryKind::MediaStored);
+    entry.stored_media = vec![stored_full(), stored_unavailable()];
+    roundtrip(&entry);
+}
+
+fn media_state_full() -> MediaState {
+    MediaState {
+        conversation_id: s("CH1"),
+        jobs: vec![MediaJob {
+            source_event_id: s("e-1"),
+            source_sid: s("MM1"),
+            call_sid: some("CA1"),
+            session_id: s("sess-1"),
+            channel: Channel::Sms,
+            source: s("MESSAGING"),
+            locale: s("en"),
+            locale_source: s("DEFAULT"),
+            account_sid: some("AC1"),
+            webhook_id: s("w-1"),
+            dedup_key: s("MM1|MESSAGE_RECEIVED"),
+            occurred_at: 1,
+            received_at: 2,
+            chat_service_sid: some("IS1"),
+            items: vec![
+                MediaJobItem {
+                    sid: some("ME1"),
+                    url: some("https://api.twilio.com/m/0"),
+                    content_type: some("image/png"),
+                    size_bytes: Some(10),
+                    filename: some("a.png"),
+                },
+                MediaJobItem::default(),
+            ],
+        }],
+    }
+}
+
+#[test]
+fn media_state_round_trips() {
+    roundtrip(&media_state_full());
+    roundtrip(&MediaState {
+        conversation_id: s("CH1"),
+        jobs: vec![],
+    });
+}
+
 #[test]
 fn voice_link_state_round_trips() {
     roundtrip(&voice_link_state_full());
@@ -1603,6 +1691,8 @@ fn rust_enums_carry_exactly_the_schema_symbols() {
         enum_matches::<LifecyclePhase>(&schema),
         enum_matches::<TranscriptEntryKind>(&schema),
         enum_matches::<RemediationAction>(&schema),
+        enum_matches::<MediaStorageStatus>(&schema),
+        enum_matches::<MediaUnavailableReason>(&schema),
     ];
     let missing: Vec<&String> = schema.keys().filter(|n| !covered.contains(n)).collect();
     assert!(

@@ -76,6 +76,7 @@ fn conversation_event(n: u32) -> ConversationEvent {
             confidence: Some(0.875),
         }),
         compliance_record: None,
+        media_stored: None,
     }
 }
 

@@ -6,8 +6,9 @@ use si_schemas::codec::{decode_datum, encode_datum, frame, split_frame};
 use si_schemas::records::{
     ArchivalRequest, CognitionResponse, Command, ComplianceEvent, ConsentProcessorState,
     ConsentState, ConversationEvent, DeadLetter, DeliveryStatus, EgressLedgerEntry, IdentityRecord,
-    InboundMessage, LifecycleState, NormalizeState, OutboundDeadLetter, OutboundOperation,
-    ParticipantBinding, SegmentState, TranscriptEntry, TwilioWebhook, VoiceLinkState,
+    InboundMessage, LifecycleState, MediaState, NormalizeState, OutboundDeadLetter,
+    OutboundOperation, ParticipantBinding, SegmentState, TranscriptEntry, TwilioWebhook,
+    VoiceLinkState,
 };
 
 use crate::avro_gen::Generator;
@@ -87,6 +88,7 @@ types![
     SegmentState,
     LifecycleState,
     VoiceLinkState,
+    MediaState,
     TranscriptEntry,
     ArchivalRequest,
     InboundMessage,

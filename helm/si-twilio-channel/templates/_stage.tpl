@@ -129,6 +129,15 @@ spec:
 {{- end -}}
 
 {{/* Whether the stage mounts the Twilio Secret as files (stages.<stage>.twilioCredentialsMount). */}}
+{{/* Whether the media store's claim is mounted: the media stage, persistence on. */}}
+{{- define "si.mediaStoreMounted" -}}
+{{- if and (eq (.name | default "") "media") .root.Values.mediaStore.persistence.enabled }}true{{ end -}}
+{{- end -}}
+
+{{- define "si.mediaStoreClaim" -}}
+{{- .Values.mediaStore.persistence.existingClaim | default (include "si.suffixedName" (dict "root" . "suffix" "media")) -}}
+{{- end -}}
+
 {{- define "si.twilioCredentialsMounted" -}}
 {{- $m := .stage.twilioCredentialsMount -}}
 {{- if and $m $m.enabled }}true{{ end -}}
@@ -147,6 +156,10 @@ spec:
 - name: kafka-tls
   mountPath: {{ .root.Values.kafka.tls.mountPath }}
   readOnly: true
+{{- end }}
+{{- if include "si.mediaStoreMounted" . }}
+- name: media-store
+  mountPath: {{ .root.Values.mediaStore.persistence.mountPath }}
 {{- end }}
 {{- with .root.Values.extraVolumeMounts }}
 {{ toYaml . }}
@@ -186,6 +199,11 @@ kubelet swaps rotated values in place. */}}
     items:
       - key: {{ .root.Values.kafka.tls.caKey }}
         path: ca.crt
+{{- end }}
+{{- if include "si.mediaStoreMounted" . }}
+- name: media-store
+  persistentVolumeClaim:
+    claimName: {{ include "si.mediaStoreClaim" .root }}
 {{- end }}
 {{- with .root.Values.extraVolumes }}
 {{ toYaml . }}

@@ -70,6 +70,7 @@ pub fn recorded(event: &ComplianceEvent, session_id: &str, now: i64) -> Option<O
             event_id: event.event_id.clone(),
             kind: event.kind.as_str().to_owned(),
         }),
+        media_stored: None,
     };
     Some(Output::new(
         topics::CONVERSATION_EVENTS,

@@ -69,6 +69,7 @@ fn event(n: u32, body: Option<&str>, locale: &str) -> ConversationEvent {
         recording: None,
         transcription: None,
         compliance_record: None,
+        media_stored: None,
     }
 }
 

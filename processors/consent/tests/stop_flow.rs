@@ -77,6 +77,7 @@ fn message(conv: &str, user: &str, n: i64, body: &str) -> ConversationEvent {
         recording: None,
         transcription: None,
         compliance_record: None,
+        media_stored: None,
     }
 }
 

@@ -76,6 +76,7 @@ fn message(conv: &str, n: i64, media: Vec<MediaRef>) -> ConversationEvent {
         recording: None,
         transcription: None,
         compliance_record: None,
+        media_stored: None,
     }
 }
 
@@ -586,6 +587,7 @@ fn transcript_entries_give_the_archived_range_and_keep_the_timer() {
             call_outcome: None,
             call_duration_seconds: None,
             source_sid: None,
+            stored_media: Vec::new(),
         };
         h.feed(
             topics::TRANSCRIPT,
@@ -1223,6 +1225,7 @@ fn the_archival_request_names_the_compliance_events_recorded_about_the_conversat
             event_id: id.into(),
             kind: "BLOCKED_OUTBOUND".into(),
         }),
+        media_stored: None,
         ..message(conv, n, Vec::new())
     };
     h.event(recorded(CH, T0 + 1, "c-1"), T0 + 1);

@@ -288,6 +288,7 @@ impl LifecycleProcessor {
             recording: None,
             transcription: None,
             compliance_record: None,
+            media_stored: None,
         };
         outputs.push(Output::new(
             topics::CONVERSATION_EVENTS,

@@ -91,6 +91,7 @@ fn first_message(i: usize, conv: &str) -> ConversationEvent {
         recording: None,
         transcription: None,
         compliance_record: None,
+        media_stored: None,
     }
 }
 

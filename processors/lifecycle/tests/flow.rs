@@ -96,6 +96,7 @@ fn message(conv: &str, n: u32) -> ConversationEvent {
         recording: None,
         transcription: None,
         compliance_record: None,
+        media_stored: None,
     }
 }
 

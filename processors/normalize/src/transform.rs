@@ -1102,6 +1102,7 @@ impl Processor for Normalizer {
             recording: draft.recording,
             transcription: draft.transcription,
             compliance_record: None,
+            media_stored: None,
         };
 
         // State: the binding (closed conversations are kept only as long as

@@ -1335,6 +1335,7 @@ mod tests {
             recording: None,
             transcription: None,
             compliance_record: None,
+            media_stored: None,
         }
     }
 

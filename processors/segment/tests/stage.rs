@@ -78,6 +78,7 @@ fn inbound(
         recording: None,
         transcription: None,
         compliance_record: None,
+        media_stored: None,
     }
 }
 

@@ -19,10 +19,10 @@ use si_runtime::table::GlobalTable;
 use si_schemas::records::{
     CallEvent, CallRequest, CallState, Channel, CognitionResponse, Command, CommandKind,
     ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentStatus, ConversationEvent,
-    ConversationEventType, DeliveryOutcome, DeliveryStatus, Direction, IdentityRecord, Modality,
-    OperationKind, OutboundOperation, OutboundPartOutcome, PendingOutbound, RecordingDisclosure,
-    RecordingRef, ResponsePurpose, ScheduledCall, TranscriptEntry, TranscriptEntryKind,
-    TranscriptSpeaker, TranscriptionSpeaker, VoiceLinkCall, VoiceLinkState,
+    ConversationEventType, DeliveryOutcome, DeliveryStatus, Direction, IdentityRecord, MediaStored,
+    Modality, OperationKind, OutboundOperation, OutboundPartOutcome, PendingOutbound,
+    RecordingDisclosure, RecordingRef, ResponsePurpose, ScheduledCall, TranscriptEntry,
+    TranscriptEntryKind, TranscriptSpeaker, TranscriptionSpeaker, VoiceLinkCall, VoiceLinkState,
 };
 use si_schemas::{Codec, CodecError, topics};
 
@@ -365,6 +365,11 @@ impl VoiceLinkProcessor {
                     entry.source_sid = Some(recording.recording_sid.clone());
                     entry.channel = Some(Channel::Voice);
                     outputs.push(self.write(entry));
+                }
+            }
+            ConversationEventType::MediaStored => {
+                if let Some(stored) = &event.media_stored {
+                    outputs.push(self.write(media_stored_entry(&mut conversation, event, stored)));
                 }
             }
             ConversationEventType::Transcription => {
@@ -1241,6 +1246,7 @@ impl VoiceLinkProcessor {
             TranscriptEntryKind::CallEnded => "call_ended",
             TranscriptEntryKind::Recording => "recording",
             TranscriptEntryKind::Utterance => "utterance",
+            TranscriptEntryKind::MediaStored => "media_stored",
             TranscriptEntryKind::Unknown => "unknown",
         });
         self.metrics.transcript.with_label_values(&[kind]).inc();
@@ -1436,6 +1442,38 @@ fn ended(status: CallState, call: &VoiceLinkCall) -> Option<&'static str> {
     })
 }
 
+/// The `MEDIA_STORED` entry: the durable copies of an earlier message's media
+/// or of a recording, naming the source as the earlier entry does.
+fn media_stored_entry(
+    conversation: &mut VoiceLinkState,
+    event: &ConversationEvent,
+    stored: &MediaStored,
+) -> TranscriptEntry {
+    let mut entry = entry(
+        conversation,
+        format!("media-{}", stored.source_event_id),
+        TranscriptEntryKind::MediaStored,
+        event.occurred_at,
+    );
+    entry.stored_media.clone_from(&stored.items);
+    entry.source_sid = Some(stored.source_sid.clone());
+    if let Some(call_sid) = &stored.call_sid {
+        entry.call_sid = Some(call_sid.clone());
+        entry.channel = Some(Channel::Voice);
+        entry.recording = Some(RecordingRef {
+            recording_sid: stored.source_sid.clone(),
+            url: stored.items.first().and_then(|i| i.twilio_url.clone()),
+            duration_seconds: None,
+        });
+    } else {
+        entry.message_sid = Some(stored.source_sid.clone());
+        entry.channel = Some(event.channel);
+        entry.modality = Modality::Text;
+        entry.direction = Direction::Inbound;
+    }
+    entry
+}
+
 /// A new transcript entry of the conversation, with the next sequence number.
 fn entry(
     conversation: &mut VoiceLinkState,
@@ -1465,6 +1503,7 @@ fn entry(
         call_outcome: None,
         call_duration_seconds: None,
         source_sid: None,
+        stored_media: Vec::new(),
     }
 }
 

@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used)]
 
 use si_schemas::records::{
-    ConsentState, EventSource, LocaleSource, MessageReceived, Participant, RecordingAvailable,
-    TranscriptionEvent,
+    ConsentState, EventSource, LocaleSource, MediaStorageStatus, MessageReceived, Participant,
+    RecordingAvailable, StoredMedia, TranscriptionEvent,
 };
 
 use super::*;
@@ -63,6 +63,7 @@ fn event(n: i64, event_type: ConversationEventType, channel: Channel) -> Convers
         recording: None,
         transcription: None,
         compliance_record: None,
+        media_stored: None,
     }
 }
 
@@ -824,4 +825,57 @@ fn an_answering_machine_is_hung_up_on_and_the_user_offered_text() {
         .is_empty()
     );
     assert_eq!(h.escalations("machine"), 1);
+}
+
+#[test]
+fn stored_media_follow_their_message_in_the_transcript() {
+    let mut h = Harness::new(settings(), Vec::new());
+    let mut mms = text(1, "a photo");
+    mms.message.as_mut().unwrap().media = vec![si_schemas::records::MediaRef {
+        url: Some("https://api.twilio.com/m/ME1".into()),
+        ..si_schemas::records::MediaRef::default()
+    }];
+    let first = entries(&h.event(mms, T0));
+    let later = entries(&h.event(text(2, "did you get it?"), T0 + 1));
+    let item = StoredMedia {
+        status: MediaStorageStatus::Stored,
+        object_key: Some("media/CH1/SM1/0-ab".into()),
+        sha256: Some("ab".into()),
+        ..StoredMedia::default()
+    };
+    let stored = ConversationEvent {
+        media_stored: Some(MediaStored {
+            source_event_id: "ev-1".into(),
+            source_sid: "SM1".into(),
+            call_sid: None,
+            items: vec![item.clone()],
+        }),
+        ..event(3, ConversationEventType::MediaStored, Channel::Sms)
+    };
+    let refs = entries(&h.event(stored.clone(), T0 + 2));
+    assert_eq!(refs.len(), 1);
+    let entry = &refs[0];
+    assert_eq!(entry.entry_kind, Some(TranscriptEntryKind::MediaStored));
+    assert_eq!(entry.entry_id, "media-ev-1");
+    assert_eq!(entry.message_sid.as_deref(), Some("SM1"));
+    assert_eq!(entry.stored_media, vec![item]);
+    assert_eq!(entry.direction, Direction::Inbound);
+    // The message entry came first and carried Twilio's reference; the text
+    // after it was never held back.
+    assert!(first[0].sequence < later[0].sequence && later[0].sequence < entry.sequence);
+    assert_eq!(first[0].media.len(), 1);
+    // A recording's copy names the call and the recording.
+    let recording = ConversationEvent {
+        media_stored: Some(MediaStored {
+            source_event_id: "ev-rec".into(),
+            source_sid: "RE1".into(),
+            call_sid: Some(CALL.into()),
+            items: vec![StoredMedia::default()],
+        }),
+        ..event(4, ConversationEventType::MediaStored, Channel::Voice)
+    };
+    let rec = entries(&h.event(recording, T0 + 3));
+    assert_eq!(rec[0].call_sid.as_deref(), Some(CALL));
+    assert_eq!(rec[0].recording.as_ref().unwrap().recording_sid, "RE1");
+    assert_eq!(rec[0].message_sid, None);
 }

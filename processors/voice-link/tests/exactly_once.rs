@@ -184,6 +184,7 @@ impl Conv {
             recording: None,
             transcription: None,
             compliance_record: None,
+            media_stored: None,
         }
     }
 

@@ -70,6 +70,7 @@ fn event(event_type: ConversationEventType, channel: Channel) -> ConversationEve
         recording: None,
         transcription: None,
         compliance_record: None,
+        media_stored: None,
     }
 }
 

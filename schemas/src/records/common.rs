@@ -62,6 +62,78 @@ pub struct MediaRef {
     pub filename: Option<String>,
 }
 
+/// A media item as copied into Si's object storage by the media stage (or why
+/// it could not be copied). Shared by `si.conversation.events.v1`
+/// (`MEDIA_STORED`) and `si.transcript.v1`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StoredMedia {
+    /// Position of the item in its message's media list; 0 for a recording.
+    pub index: i32,
+    /// Whether the item was copied.
+    pub status: MediaStorageStatus,
+    /// Why the item is unavailable; `None` when stored.
+    #[serde(default)]
+    pub unavailable_reason: Option<MediaUnavailableReason>,
+    /// Human-readable detail of an unavailable item; never credentials.
+    #[serde(default)]
+    pub detail: Option<String>,
+    /// Media SID (`ME…`) or Recording SID (`RE…`), when known.
+    #[serde(default)]
+    pub twilio_sid: Option<String>,
+    /// The Twilio URL the item was fetched from (for audit).
+    #[serde(default)]
+    pub twilio_url: Option<String>,
+    /// Key of the object in the media store; `None` unless stored.
+    #[serde(default)]
+    pub object_key: Option<String>,
+    /// MIME type of the stored bytes.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// Size in bytes.
+    #[serde(default)]
+    pub size_bytes: Option<i64>,
+    /// SHA-256 of the stored bytes, lower-case hex.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Original file name, when Twilio reports it.
+    #[serde(default)]
+    pub filename: Option<String>,
+}
+
+avro_enum! {
+    /// Whether a media item was copied into Si's object storage.
+    pub enum MediaStorageStatus (default Unknown) {
+        /// The bytes are in the object store.
+        Stored = "STORED",
+        /// Not copied; the reason says why. The message went through.
+        Unavailable = "UNAVAILABLE",
+        /// A symbol newer than this build (the default).
+        Unknown = "UNKNOWN",
+    }
+}
+
+avro_enum! {
+    /// Why a media item was not copied.
+    pub enum MediaUnavailableReason (default Unknown) {
+        /// Larger than the per-item limit.
+        TooLarge = "TOO_LARGE",
+        /// The message's items together would exceed the per-message limit.
+        MessageTooLarge = "MESSAGE_TOO_LARGE",
+        /// A content type outside the allow-list.
+        RefusedType = "REFUSED_TYPE",
+        /// Twilio answered 404 or 410.
+        NotFound = "NOT_FOUND",
+        /// Every attempt failed (5xx, 429, timeouts, refused credentials).
+        FetchFailed = "FETCH_FAILED",
+        /// No URL to fetch it from.
+        NoSource = "NO_SOURCE",
+        /// More items than the stage copies per message.
+        TooMany = "TOO_MANY",
+        /// A symbol newer than this build (the default).
+        Unknown = "UNKNOWN",
+    }
+}
+
 avro_enum! {
     /// Consent of an address to receive messages from a sender scope.
     /// Never treat [`ConsentStatus::Unknown`] as opted in.

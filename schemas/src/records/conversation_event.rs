@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Channel, ConsentStatus, MediaRef};
+use super::{Channel, ConsentStatus, MediaRef, StoredMedia};
 
 /// A Twilio webhook normalized into a channel-independent Si conversation
 /// event, enriched with identity, session binding, locale and compliance tags.
@@ -70,6 +70,25 @@ pub struct ConversationEvent {
     /// Set for COMPLIANCE_RECORDED.
     #[serde(default)]
     pub compliance_record: Option<ComplianceRecordRef>,
+    /// Set for MEDIA_STORED.
+    #[serde(default)]
+    pub media_stored: Option<MediaStored>,
+}
+
+/// The durable copies of an earlier event's media (`MEDIA_STORED`): one item
+/// per media item of the message, in order, or one for a recording.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaStored {
+    /// `event_id` of the MESSAGE_RECEIVED or RECORDING_AVAILABLE event.
+    pub source_event_id: String,
+    /// The message (`SM`/`MM`/`IM`) or recording (`RE`) SID.
+    pub source_sid: String,
+    /// The call of a recording.
+    #[serde(default)]
+    pub call_sid: Option<String>,
+    /// One per media item, in the source's order.
+    #[serde(default)]
+    pub items: Vec<StoredMedia>,
 }
 
 /// A compliance event about the conversation, by reference (the record is on
@@ -110,6 +129,9 @@ avro_enum! {
         /// The adapter recorded a compliance event about the conversation
         /// (`compliance_record`).
         ComplianceRecorded = "COMPLIANCE_RECORDED",
+        /// The media stage copied an earlier event's media into Si's object
+        /// storage, or found them unavailable (`media_stored`).
+        MediaStored = "MEDIA_STORED",
         /// Not classified, or a symbol newer than this build (the default); skip it.
         Unknown = "UNKNOWN",
     }

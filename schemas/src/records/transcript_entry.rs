@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::MediaRef;
+use super::{MediaRef, StoredMedia};
 
 /// One entry of a conversation's unified transcript: user and Si messages,
 /// final call utterances and system events in one stream per conversation,
@@ -57,6 +57,10 @@ pub struct TranscriptEntry {
     /// transcription), for audit.
     #[serde(default)]
     pub source_sid: Option<String>,
+    /// MEDIA_STORED: the durable copies (or why they are unavailable), one per
+    /// media item of the source message, or one for a recording.
+    #[serde(default)]
+    pub stored_media: Vec<StoredMedia>,
 }
 
 crate::avro_record!(TranscriptEntry, "transcript_entry.avsc");
@@ -74,6 +78,9 @@ avro_enum! {
         Recording = "RECORDING",
         /// A transcribed utterance on a call.
         Utterance = "UTTERANCE",
+        /// The media of an earlier message or recording are in Si's object
+        /// storage, or unavailable with the reason (`stored_media`).
+        MediaStored = "MEDIA_STORED",
         /// A symbol newer than this build (the default).
         Unknown = "UNKNOWN",
     }

@@ -75,6 +75,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/_sandbox/conversations-webhooks",
             get(get_conversations_webhooks).put(put_conversations_webhooks),
         )
+        .route("/_sandbox/media", get(list_media))
+        .route(
+            "/2010-04-01/Accounts/{account}/Messages/{message}/Media/{media}",
+            get(get_media).delete(delete_media),
+        )
+        .route(
+            "/2010-04-01/Accounts/{account}/Recordings/{recording}",
+            get(get_recording),
+        )
+        .route("/v1/Services/{service}/Media/{media}", get(get_mcs_media))
+        .route("/_sandbox/mcs/{media}/content", get(get_mcs_content))
         .route("/_sandbox/healthz", get(|| async { "ok" }))
         .fallback(twilio_request)
         .with_state(shared)
@@ -159,6 +170,10 @@ async fn inbound_sms(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
     let Some(webhooks) = shared.webhooks.as_ref() else {
         return control_error("the sandbox has no callback URL (SANDBOX_CALLBACK_URL)");
     };
+    let sms = match shared.add_inbound_media(&sms) {
+        Ok(sms) => sms,
+        Err(error) => return control_error(error),
+    };
     match webhooks.post_inbound_sms(&sms).await {
         Ok(posted) => axum::Json(json!({ "status": posted.status, "message_sid": posted.sid }))
             .into_response(),
@@ -167,6 +182,110 @@ async fn inbound_sms(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
             axum::Json(json!({ "error": format!("{error:#}") })),
         )
             .into_response(),
+    }
+}
+
+// ---------------------------------------------------------------- media
+
+async fn list_media(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.media()).into_response()
+}
+
+/// A media URL: the bytes (Twilio redirects to its storage; the sandbox
+/// answers directly), behind HTTP Basic auth when `media_auth` is on. The
+/// `.json` form would be the Media resource, which the sandbox does not keep.
+async fn get_media(
+    State(shared): State<Arc<Shared>>,
+    Path((account, message, media)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let authorized =
+        !shared.config.media_auth || authenticate(&shared, &headers, Some(&account)).is_ok();
+    match shared.fetch_media(&message, &media, authorized) {
+        None => {
+            TwilioError::not_found(&format!("/Messages/{message}/Media/{media}")).into_response()
+        }
+        Some(crate::media::Served::Status(401)) => TwilioError::authenticate().into_response(),
+        Some(crate::media::Served::Status(code)) => StatusCode::from_u16(code)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            .into_response(),
+        Some(crate::media::Served::Content(content_type, bytes)) => {
+            ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+        }
+    }
+}
+
+/// A recording's audio (`RecordingUrl`, optionally with `.wav`), behind HTTP
+/// Basic auth like media.
+async fn get_recording(
+    State(shared): State<Arc<Shared>>,
+    Path((account, recording)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if recording.ends_with(".json") {
+        // The Recording resource itself is not kept.
+        return TwilioError::not_found(&format!("/Recordings/{recording}")).into_response();
+    }
+    let recording = recording.strip_suffix(".wav").unwrap_or(&recording);
+    let authorized =
+        !shared.config.media_auth || authenticate(&shared, &headers, Some(&account)).is_ok();
+    match shared.fetch_media("", recording, authorized) {
+        None => TwilioError::not_found(&format!("/Recordings/{recording}")).into_response(),
+        Some(crate::media::Served::Status(401)) => TwilioError::authenticate().into_response(),
+        Some(crate::media::Served::Status(code)) => StatusCode::from_u16(code)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            .into_response(),
+        Some(crate::media::Served::Content(content_type, bytes)) => {
+            ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+        }
+    }
+}
+
+/// The Media Content Service's resource of a Conversations media item
+/// (HTTP Basic, as at Twilio), with its temporary content link.
+async fn get_mcs_media(
+    State(shared): State<Arc<Shared>>,
+    Path((service, media)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if authenticate(&shared, &headers, None).is_err() {
+        return TwilioError::authenticate().into_response();
+    }
+    match shared.mcs_resource(&service, &media) {
+        Some(resource) => axum::Json(resource).into_response(),
+        None => {
+            TwilioError::not_found(&format!("/v1/Services/{service}/Media/{media}")).into_response()
+        }
+    }
+}
+
+/// The temporary content link of Conversations media (no auth: the link is the key).
+async fn get_mcs_content(State(shared): State<Arc<Shared>>, Path(media): Path<String>) -> Response {
+    match shared.fetch_mcs_content(&media) {
+        None => TwilioError::not_found(&format!("/_sandbox/mcs/{media}/content")).into_response(),
+        Some(crate::media::Served::Status(code)) => StatusCode::from_u16(code)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            .into_response(),
+        Some(crate::media::Served::Content(content_type, bytes)) => {
+            ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+        }
+    }
+}
+
+/// `DELETE …/Media/{ME}.json`: 204, and the item answers 404 from then on.
+async fn delete_media(
+    State(shared): State<Arc<Shared>>,
+    Path((account, message, media)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let media = media.strip_suffix(".json").unwrap_or(&media);
+    let authorized = authenticate(&shared, &headers, Some(&account)).is_ok();
+    match shared.delete_media(&message, media, authorized) {
+        None => {
+            TwilioError::not_found(&format!("/Messages/{message}/Media/{media}")).into_response()
+        }
+        Some(401) => TwilioError::authenticate().into_response(),
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
     }
 }
 
@@ -1248,6 +1367,7 @@ fn conversation_message(
                     chat_service_sid: Some(conversation.chat_service_sid.clone()),
                     index: Some(index),
                     message_sid: Some(message_sid.clone()),
+                    media_json: None,
                 },
             );
             let params = params

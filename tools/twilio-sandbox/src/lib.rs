@@ -149,6 +149,7 @@ pub mod account;
 mod api;
 pub mod calls;
 mod client;
+pub mod media;
 mod player;
 mod state;
 mod twilio;
@@ -169,6 +170,7 @@ pub use calls::{
     CallError, CallOutcomes, CallRecord, CallStep, GatherAnswer, Outcome, Speaker, Utterance,
 };
 pub use client::SandboxClient;
+pub use media::{InboundMedia, MediaRecord};
 pub use player::{APPLICATION_ERROR, InboundCall};
 pub use state::{CallbackRecord, DeliveryFailure, Faults, RequestRecord};
 pub use twilio::{is_e164, num_segments};
@@ -226,6 +228,9 @@ pub struct SandboxConfig {
     pub messaging_services: Vec<MessagingService>,
     /// The account's Conversations webhooks (`/v1/Configuration/Webhooks`).
     pub conversations_webhooks: ConversationsWebhooks,
+    /// Whether media URLs need HTTP Basic auth (Twilio's "enforce HTTP auth
+    /// on media URLs"; on by default, as Twilio now enforces it).
+    pub media_auth: bool,
 }
 
 impl Default for SandboxConfig {
@@ -252,6 +257,7 @@ impl Default for SandboxConfig {
             phone_numbers: Vec::new(),
             messaging_services: Vec::new(),
             conversations_webhooks: ConversationsWebhooks::default(),
+            media_auth: true,
         }
     }
 }
@@ -293,7 +299,12 @@ impl Sandbox {
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let shared = Arc::new(Shared::new(config, tasks.clone(), shutdown.clone())?);
+        let shared = Arc::new(Shared::new(
+            config,
+            format!("http://{addr}"),
+            tasks.clone(),
+            shutdown.clone(),
+        )?);
         let router = api::router(shared.clone());
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
@@ -425,7 +436,56 @@ impl SandboxHandle {
     /// # Errors
     /// Without a `callback_url`, or when the request fails to be sent.
     pub async fn post_inbound_sms(&self, sms: &InboundSms) -> anyhow::Result<Posted> {
-        self.webhooks()?.post_inbound_sms(sms).await
+        let sms = self
+            .shared
+            .add_inbound_media(sms)
+            .map_err(anyhow::Error::msg)?;
+        self.webhooks()?.post_inbound_sms(&sms).await
+    }
+
+    /// Serves the `media` of `sms` without posting it: the message as it would
+    /// be posted (a message SID chosen when it has none, the items' URLs in
+    /// `media_urls` and their types in `media_content_types`), for tests that
+    /// write the normalized event themselves.
+    ///
+    /// # Errors
+    /// When an item's content is not base64.
+    pub fn add_inbound_media(&self, sms: &InboundSms) -> anyhow::Result<InboundSms> {
+        self.shared
+            .add_inbound_media(sms)
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// Serves Conversations media of message `message_sid` (`IM…`) in chat
+    /// service `service` (`IS…`) through the sandbox's Media Content Service
+    /// (`/v1/Services/{IS}/Media/{ME}`); returns the `Media` parameter's JSON
+    /// (for [`InboundConversationMessage::media_json`]) and the Media SIDs.
+    ///
+    /// # Errors
+    /// When an item's content is not base64.
+    pub fn add_conversation_media(
+        &self,
+        service: &str,
+        message_sid: &str,
+        media: &[InboundMedia],
+    ) -> anyhow::Result<(String, Vec<String>)> {
+        self.shared
+            .add_conversation_media(service, message_sid, media)
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// Serves a call recording `sid` (`RE…`) as the sandbox does for the
+    /// recordings of the calls it plays; returns its `RecordingUrl`.
+    #[must_use]
+    pub fn add_recording(&self, sid: &str) -> String {
+        self.shared
+            .add_recording(&self.shared.config.account_sid, sid)
+    }
+
+    /// The media of simulated inbound messages, with how often each was fetched.
+    #[must_use]
+    pub fn media(&self) -> Vec<MediaRecord> {
+        self.shared.media()
     }
 
     /// Posts a signed Conversations `onMessageAdded` (a user's message) to

@@ -96,6 +96,9 @@ struct Args {
     /// Seed of the fault generator.
     #[arg(long, env = "SANDBOX_SEED", default_value_t = 0x5EED)]
     seed: u64,
+    /// Whether media URLs of simulated inbound messages need HTTP Basic auth.
+    #[arg(long, env = "SANDBOX_MEDIA_AUTH", default_value_t = true, action = clap::ArgAction::Set)]
+    media_auth: bool,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -173,6 +176,7 @@ async fn main() -> std::process::ExitCode {
         phone_numbers,
         messaging_services,
         conversations_webhooks,
+        media_auth: args.media_auth,
         call_outcomes: CallOutcomes {
             default: call_outcome,
             ..CallOutcomes::default()

@@ -606,6 +606,8 @@ impl Player {
             track: recording.track.clone(),
         };
         let recording_sid = active.sid.clone();
+        self.shared
+            .add_recording(&self.shared.config.account_sid, &recording_sid);
         self.update(|r| r.recording_sid = Some(recording_sid));
         if active.events.iter().any(|e| e == "in-progress")
             && let Some(callback) = active.callback.clone()
@@ -766,8 +768,8 @@ impl Player {
         add(
             "RecordingUrl",
             &format!(
-                "https://api.twilio.com/{API_VERSION}/Accounts/{account}/Recordings/{}",
-                active.sid
+                "{}/{API_VERSION}/Accounts/{account}/Recordings/{}",
+                self.shared.base_url, active.sid
             ),
         );
         add("RecordingStatus", status);

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::SandboxConfig;
 use crate::account::{self, ConversationsWebhooks, MessagingService, PhoneNumber};
 use crate::calls::Calls;
-use crate::webhook::{InboundConversationMessage, Webhooks};
+use crate::webhook::{InboundConversationMessage, InboundSms, Webhooks};
 
 /// Injected faults. Rates are probabilities per request (0 to 1, together at most 1).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -210,6 +210,9 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// The calls created or placed, and the inboxes of those playing.
     pub calls: Calls,
+    /// `http://<addr>`: where the sandbox itself is reached (media URLs).
+    pub base_url: String,
+    media: Mutex<crate::media::MediaLibrary>,
     inner: Mutex<Inner>,
 }
 
@@ -222,6 +225,7 @@ pub fn now_ms() -> i64 {
 impl Shared {
     pub fn new(
         config: SandboxConfig,
+        base_url: String,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
@@ -265,8 +269,97 @@ impl Shared {
             tasks,
             shutdown,
             config,
+            base_url,
+            media: Mutex::default(),
             inner: Mutex::new(inner),
         })
+    }
+
+    fn media_library(&self) -> MutexGuard<'_, crate::media::MediaLibrary> {
+        self.media
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `sms` with its `media` served by the sandbox: a message SID chosen when
+    /// it has none, each item's URL appended to `media_urls` and its type to
+    /// `media_content_types`.
+    ///
+    /// # Errors
+    /// When an item's content is not base64.
+    pub fn add_inbound_media(&self, sms: &InboundSms) -> Result<InboundSms, String> {
+        let mut out = sms.clone();
+        if sms.media.is_empty() {
+            return Ok(out);
+        }
+        let message_sid = out
+            .message_sid
+            .get_or_insert_with(|| crate::twilio::sid("MM"))
+            .clone();
+        let added = self
+            .media_library()
+            .add(&self.config.account_sid, &message_sid, &sms.media)?;
+        // Types of URLs given directly keep the default.
+        while out.media_content_types.len() < out.media_urls.len() {
+            out.media_content_types.push("image/jpeg".to_owned());
+        }
+        for (path, content_type) in added {
+            out.media_urls.push(format!("{}{path}", self.base_url));
+            out.media_content_types.push(content_type);
+        }
+        out.media.clear();
+        Ok(out)
+    }
+
+    /// A fetch of a media item; `None` when there is no such item.
+    pub fn fetch_media(
+        &self,
+        message_sid: &str,
+        sid: &str,
+        authorized: bool,
+    ) -> Option<crate::media::Served> {
+        self.media_library().fetch(message_sid, sid, authorized)
+    }
+
+    /// A delete of a media item; `None` when there is no such item.
+    pub fn delete_media(&self, message_sid: &str, sid: &str, authorized: bool) -> Option<u16> {
+        self.media_library().delete(message_sid, sid, authorized)
+    }
+
+    /// Serves the recording `sid`; returns its URL (the `RecordingUrl`).
+    pub fn add_recording(&self, account_sid: &str, sid: &str) -> String {
+        let path = self.media_library().add_recording(account_sid, sid);
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Serves Conversations media; see [`crate::media::MediaLibrary::add_conversation`].
+    ///
+    /// # Errors
+    /// When an item's content is not base64.
+    pub fn add_conversation_media(
+        &self,
+        service: &str,
+        message_sid: &str,
+        media: &[crate::media::InboundMedia],
+    ) -> Result<(String, Vec<String>), String> {
+        self.media_library()
+            .add_conversation(service, message_sid, media)
+    }
+
+    /// The Media Content Service's JSON of a media SID.
+    pub fn mcs_resource(&self, service: &str, sid: &str) -> Option<serde_json::Value> {
+        self.media_library()
+            .mcs_resource(&self.base_url, service, sid)
+    }
+
+    /// Conversations media content by SID.
+    pub fn fetch_mcs_content(&self, sid: &str) -> Option<crate::media::Served> {
+        self.media_library().fetch_mcs_content(sid)
+    }
+
+    /// Every media item served.
+    pub fn media(&self) -> Vec<crate::media::MediaRecord> {
+        self.media_library().list()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -312,9 +312,16 @@ pub struct InboundSms {
     /// Our messaging service, when the number belongs to one.
     #[serde(default)]
     pub messaging_service_sid: Option<String>,
-    /// Media URLs (`MediaUrl{N}`), content type `image/jpeg`.
+    /// Media URLs (`MediaUrl{N}`).
     #[serde(default)]
     pub media_urls: Vec<String>,
+    /// Their `MediaContentType{N}`, in order; `image/jpeg` where missing.
+    #[serde(default)]
+    pub media_content_types: Vec<String>,
+    /// Media the sandbox serves itself (see [`crate::media`]); their URLs are
+    /// appended to `media_urls` when the message is posted.
+    #[serde(default)]
+    pub media: Vec<crate::media::InboundMedia>,
     /// The message SID; a new `SM…` when `None`.
     #[serde(default)]
     pub message_sid: Option<String>,
@@ -350,7 +357,12 @@ pub fn inbound_sms_params(account_sid: &str, sms: &InboundSms) -> (String, Vec<(
     add("From", &sms.from);
     add("ApiVersion", "2010-04-01");
     for (i, url) in sms.media_urls.iter().enumerate() {
-        add(&format!("MediaContentType{i}"), "image/jpeg");
+        add(
+            &format!("MediaContentType{i}"),
+            sms.media_content_types
+                .get(i)
+                .map_or("image/jpeg", String::as_str),
+        );
         add(&format!("MediaUrl{i}"), url);
     }
     if let Some(wa_id) = sms.from.strip_prefix("whatsapp:+") {
@@ -381,6 +393,9 @@ pub struct InboundConversationMessage {
     pub index: Option<u64>,
     /// The message SID; a new `IM…` when `None`.
     pub message_sid: Option<String>,
+    /// The `Media` parameter (JSON list of `{Sid, ContentType, Filename,
+    /// Size}`), as [`crate::SandboxHandle::add_conversation_media`] gives it.
+    pub media_json: Option<String>,
 }
 
 /// The `Source` Twilio reports for a message by `author`.
@@ -430,6 +445,9 @@ pub fn conversation_message_params(
         add("ParticipantSid", participant);
     }
     add("Body", &message.body);
+    if let Some(media) = &message.media_json {
+        add("Media", media);
+    }
     add("ConversationSid", &message.conversation_sid);
     (message_sid, params)
 }

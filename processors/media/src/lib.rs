@@ -1,0 +1,420 @@
+//! The media stage (`si-media`): copies inbound media (Programmable Messaging
+//! `MediaUrl{N}`, Conversations media) and completed call recordings into
+//! Si's object storage and writes a `MEDIA_STORED` event with the durable
+//! references (object key, content type, size, SHA-256, the Twilio SID and
+//! URL), or each item `UNAVAILABLE` with the reason, to
+//! `si.conversation.events.v1`. Voice-link turns it into a `MEDIA_STORED`
+//! transcript entry.
+//!
+//! # Why a stage of its own, and why a follow-up event
+//!
+//! A download takes from milliseconds to a minute and can fail; normalize's
+//! exactly-once loop handles every webhook of a partition one after the
+//! other, so a download there would hold back every conversation of the
+//! partition. Holding the message until its media are copied would also
+//! delay the reply to a user for the time of a download. So normalize keeps
+//! Twilio's references on the message as before, and this stage, reading
+//! the same topic, copies the media off its loop ([`copier`]) and adds a
+//! follow-up event per message: the message and everything after it flow
+//! on at once, a slow media URL delays only its own conversation's later
+//! `MEDIA_STORED` events (a queue per conversation keeps them in message
+//! order), and downloads of different conversations run side by side up to
+//! `MEDIA_CONCURRENCY`.
+//!
+//! # Exactly once, and idempotent copies
+//!
+//! The queue lives in the stage's state (changelog `si.media.state.v1`); the
+//! `MEDIA_STORED` event is written in the transaction that removes its job.
+//! A copy is a side effect outside the transaction, made idempotent by its
+//! key: `media/<conversation>/<source SID>/<index>-<sha256>` written with
+//! "create, never overwrite". A crash at any point therefore redoes at most
+//! the copy of the first job of a queue, which finds its objects in place:
+//! no item is stored twice, no event is lost or written twice.
+
+pub mod copier;
+pub mod fetch;
+pub mod processor;
+pub mod store;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser};
+use si_runtime::metrics::StageMetrics;
+use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
+use si_runtime::{CommonConfig, Readiness, with_admin};
+use si_schemas::{Codec, Registry, topics};
+use tokio_util::sync::CancellationToken;
+
+pub use copier::{Copier, CopyMetrics, Sources, object_key};
+pub use fetch::{Credentials, Fetcher, Limits};
+pub use processor::{MediaProcessor, Settings};
+pub use store::MediaStore;
+
+/// The stage name: consumer group `si-media`, transactional ids `si-media-<POD_NAME>`.
+pub const STAGE: &str = "media";
+
+/// The content types copied unless `MEDIA_ALLOWED_TYPES` says otherwise:
+/// what Twilio accepts as MMS and WhatsApp media, less what is executable.
+pub const DEFAULT_ALLOWED_TYPES: &str =
+    "image/*,audio/*,video/*,application/pdf,text/vcard,text/x-vcard,text/plain";
+
+/// Settings of the media stage.
+#[derive(Debug, Clone, Args)]
+pub struct MediaArgs {
+    /// Where media are kept: `file:///path`, `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `az://container/prefix` (credentials from the
+    /// backend's usual environment: AWS_*, GOOGLE_*, AZURE_*).
+    #[arg(long, env = "MEDIA_STORE_URL")]
+    pub store_url: String,
+
+    /// Largest media item copied, in bytes (larger: UNAVAILABLE, TOO_LARGE).
+    #[arg(long, env = "MEDIA_MAX_ITEM_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_item_bytes: u64,
+
+    /// Largest sum of one message's items, in bytes (the rest: MESSAGE_TOO_LARGE).
+    #[arg(long, env = "MEDIA_MAX_MESSAGE_BYTES", default_value_t = 50 * 1024 * 1024)]
+    pub max_message_bytes: u64,
+
+    /// Most items copied per message (the rest: TOO_MANY).
+    #[arg(long, env = "MEDIA_MAX_ITEMS", default_value_t = 10)]
+    pub max_items: usize,
+
+    /// Content types copied, comma-separated, `type/*` for a family (others: REFUSED_TYPE).
+    #[arg(long, env = "MEDIA_ALLOWED_TYPES", default_value = DEFAULT_ALLOWED_TYPES)]
+    pub allowed_types: String,
+
+    /// Attempts per item before it is UNAVAILABLE (5xx, 429, 404, 401, timeouts).
+    #[arg(long, env = "MEDIA_FETCH_ATTEMPTS", default_value_t = 4)]
+    pub fetch_attempts: u32,
+
+    /// First pause between attempts; it doubles up to MEDIA_RETRY_BACKOFF_MAX.
+    #[arg(long, env = "MEDIA_RETRY_BACKOFF", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub retry_backoff: Duration,
+
+    /// Longest pause between attempts.
+    #[arg(long, env = "MEDIA_RETRY_BACKOFF_MAX", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub retry_backoff_max: Duration,
+
+    /// Timeout of one download attempt, connect to last byte.
+    #[arg(long, env = "MEDIA_FETCH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub fetch_timeout: Duration,
+
+    /// Connect timeout of downloads.
+    #[arg(long, env = "MEDIA_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Downloads running at once, across all conversations (one per
+    /// conversation at a time).
+    #[arg(long, env = "MEDIA_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+
+    /// How often a running copy is looked at (rounded up to TIMER_INTERVAL).
+    #[arg(long, env = "MEDIA_CHECK_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub check_interval: Duration,
+
+    /// Most messages waiting per conversation; more are UNAVAILABLE at once.
+    #[arg(long, env = "MEDIA_MAX_QUEUE", default_value_t = 50)]
+    pub max_queue: usize,
+
+    /// Pause before a copy is tried again after the media store failed.
+    #[arg(long, env = "MEDIA_STORE_RETRY", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub store_retry: Duration,
+
+    /// Delete Programmable Messaging media at Twilio once their copy is
+    /// verified (Twilio's privacy advice); off by default.
+    #[arg(long, env = "MEDIA_DELETE_AT_TWILIO", default_value_t = false, action = clap::ArgAction::Set)]
+    pub delete_at_twilio: bool,
+
+    /// How long a conversation's queue is kept when the stage makes no
+    /// progress on it (refreshed at every look).
+    #[arg(long, env = "MEDIA_STATE_TTL", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub state_ttl: Duration,
+}
+
+/// Twilio credentials and hosts for downloads.
+#[derive(Debug, Clone, Args)]
+pub struct TwilioMediaArgs {
+    /// Twilio Account SID (HTTP Basic user with TWILIO_AUTH_TOKEN).
+    #[arg(long, env = "TWILIO_ACCOUNT_SID")]
+    pub account_sid: Option<String>,
+
+    /// Auth Token of the account.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+
+    /// API key SID (SK…); wins over the Auth Token when set with its secret.
+    #[arg(long, env = "TWILIO_API_KEY_SID")]
+    pub api_key_sid: Option<String>,
+
+    /// API key secret.
+    #[arg(long, env = "TWILIO_API_KEY_SECRET", hide_env_values = true)]
+    pub api_key_secret: Option<String>,
+
+    /// Base URL of Programmable Messaging and Voice: media and recording URLs
+    /// on this origin get the credentials.
+    #[arg(
+        long,
+        env = "TWILIO_API_BASE_URL",
+        default_value = "https://api.twilio.com"
+    )]
+    pub api_base_url: String,
+
+    /// Base URL of Twilio's Media Content Service (Conversations media); its
+    /// origin gets the credentials too.
+    #[arg(
+        long,
+        env = "TWILIO_MCS_BASE_URL",
+        default_value = "https://mcs.us1.twilio.com"
+    )]
+    pub mcs_base_url: String,
+
+    /// Conversations service (IS…) whose media SIDs are fetched through the
+    /// Media Content Service; unset: Conversations media without a URL are
+    /// UNAVAILABLE (NO_SOURCE).
+    #[arg(long, env = "TWILIO_CHAT_SERVICE_SID")]
+    pub chat_service_sid: Option<String>,
+}
+
+/// Everything `si-media` reads from flags and the environment.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "si-media",
+    about = "Media stage: copies inbound media and call recordings into Si's object storage, exactly once"
+)]
+pub struct Config {
+    /// Kafka, registry, admin listener, logs.
+    #[command(flatten)]
+    pub common: CommonConfig,
+    /// The stream runner (TIMER_INTERVAL bounds how late a finished copy is written).
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    /// The media stage.
+    #[command(flatten)]
+    pub media: MediaArgs,
+    /// Twilio.
+    #[command(flatten)]
+    pub twilio: TwilioMediaArgs,
+}
+
+fn non_empty(value: Option<&String>) -> Option<String> {
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// Cross-field checks: the limits, the allow-list, the credentials.
+    ///
+    /// # Errors
+    /// With a message naming the variable that is wrong.
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        self.stream
+            .validate(self.common.service.drain_timeout)
+            .map_err(anyhow::Error::msg)?;
+        let m = &self.media;
+        if m.max_item_bytes == 0 || m.max_message_bytes == 0 {
+            anyhow::bail!("MEDIA_MAX_ITEM_BYTES and MEDIA_MAX_MESSAGE_BYTES must be positive");
+        }
+        if m.fetch_attempts == 0 || m.fetch_attempts > 20 {
+            anyhow::bail!("MEDIA_FETCH_ATTEMPTS must be 1 to 20");
+        }
+        if m.concurrency == 0 || m.max_queue == 0 {
+            anyhow::bail!("MEDIA_CONCURRENCY and MEDIA_MAX_QUEUE must be positive");
+        }
+        let allowed_types: Vec<String> = m
+            .allowed_types
+            .split(',')
+            .map(fetch::essence)
+            .filter(|t| !t.is_empty())
+            .collect();
+        if let Some(bad) = allowed_types.iter().find(|t| {
+            t.split_once('/')
+                .is_none_or(|(a, b)| a.is_empty() || b.is_empty())
+        }) {
+            anyhow::bail!("MEDIA_ALLOWED_TYPES: {bad:?} is not a type/subtype or type/*");
+        }
+        Ok(Limits {
+            max_item_bytes: m.max_item_bytes,
+            max_message_bytes: m.max_message_bytes,
+            max_items: m.max_items,
+            allowed_types,
+            attempts: m.fetch_attempts,
+            retry_backoff: m.retry_backoff,
+            retry_backoff_max: m.retry_backoff_max.max(m.retry_backoff),
+        })
+    }
+
+    /// The HTTP Basic credentials: the API key when both halves are set,
+    /// else the Account SID and Auth Token, else none.
+    ///
+    /// # Errors
+    /// When only half of a pair is set.
+    pub fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
+        let t = &self.twilio;
+        let key = (
+            non_empty(t.api_key_sid.as_ref()),
+            non_empty(t.api_key_secret.as_ref()),
+        );
+        let token = (
+            non_empty(t.account_sid.as_ref()),
+            non_empty(t.auth_token.as_ref()),
+        );
+        match (key, token) {
+            ((Some(user), Some(password)), _) | (_, (Some(user), Some(password))) => {
+                Ok(Some(Credentials { user, password }))
+            }
+            ((Some(_), None) | (None, Some(_)), _) => {
+                anyhow::bail!("TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET go together")
+            }
+            (_, (None, Some(_))) => anyhow::bail!("TWILIO_AUTH_TOKEN needs TWILIO_ACCOUNT_SID"),
+            _ => Ok(None),
+        }
+    }
+
+    /// The origins credentials are sent to.
+    ///
+    /// # Errors
+    /// When a base URL does not parse.
+    pub fn auth_origins(&self) -> anyhow::Result<Vec<String>> {
+        [
+            ("TWILIO_API_BASE_URL", &self.twilio.api_base_url),
+            ("TWILIO_MCS_BASE_URL", &self.twilio.mcs_base_url),
+        ]
+        .into_iter()
+        .map(|(name, url)| {
+            fetch::origin(url).ok_or_else(|| anyhow::anyhow!("{name} {url:?} is not a URL"))
+        })
+        .collect()
+    }
+}
+
+/// Runs the media stage until `shutdown`: admin listener, then the stream.
+///
+/// # Errors
+/// On invalid configuration, when Kafka, the registry or the media store
+/// cannot be set up, and on fatal stream errors.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let limits = config.limits()?;
+    let credentials = config.credentials()?;
+    let auth_origins = config.auth_origins()?;
+    let store = MediaStore::open(&config.media.store_url)?;
+    let fetcher = Fetcher::new(
+        credentials,
+        auth_origins,
+        limits,
+        config.media.connect_timeout,
+        config.media.fetch_timeout,
+    )
+    .context("building the HTTP client")?;
+    let metrics = StageMetrics::new(STAGE);
+    let readiness = Readiness::default();
+    let copy_metrics = CopyMetrics::new(metrics.registry())?;
+    let copier = Copier::new(
+        fetcher,
+        store,
+        Sources {
+            mcs_base_url: config.twilio.mcs_base_url.clone(),
+            chat_service_sid: non_empty(config.twilio.chat_service_sid.as_ref()),
+            store_retry: config.media.store_retry,
+            delete_at_twilio: config.media.delete_at_twilio,
+        },
+        config.media.concurrency,
+        copy_metrics,
+        tokio::runtime::Handle::current(),
+    );
+    let settings = Settings {
+        check_interval: config.media.check_interval,
+        max_queue: config.media.max_queue,
+        state_ttl: config.media.state_ttl,
+    };
+    with_admin(
+        config.common.service.admin_addr,
+        metrics.registry().clone(),
+        readiness.clone(),
+        &shutdown.clone(),
+        run_stream(&config, settings, copier, metrics, readiness, shutdown),
+    )
+    .await
+}
+
+async fn run_stream(
+    config: &Config,
+    settings: Settings,
+    copier: Copier,
+    metrics: StageMetrics,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let codec = Codec::new(Registry::new(config.common.registry.config())?);
+    let state_ttl = settings.state_ttl;
+    let processor = MediaProcessor::new(settings, copier);
+    let env = StreamEnv {
+        kafka: config.common.kafka.clone(),
+        args: config.stream.clone(),
+        drain_timeout: config.common.service.drain_timeout,
+        codec,
+        metrics,
+        readiness,
+    };
+    let spec = StreamSpec {
+        stage: STAGE,
+        inputs: vec![topics::CONVERSATION_EVENTS],
+        changelog: topics::MEDIA_STATE,
+        state_ttl,
+    };
+    stream::run(env, spec, processor, shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["si-media", "--store-url", "memory://"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        let limits = parse(&[]).limits().unwrap();
+        assert!(limits.allows("image/png") && limits.allows("application/pdf"));
+        assert!(!limits.allows("application/x-msdownload"));
+        for (flag, value, name) in [
+            ("--allowed-types", "image", "MEDIA_ALLOWED_TYPES"),
+            ("--fetch-attempts", "0", "MEDIA_FETCH_ATTEMPTS"),
+            ("--max-item-bytes", "0", "MEDIA_MAX_ITEM_BYTES"),
+            ("--concurrency", "0", "MEDIA_CONCURRENCY"),
+        ] {
+            let error = parse(&[flag, value]).limits().unwrap_err().to_string();
+            assert!(error.contains(name), "{flag}: {error}");
+        }
+    }
+
+    #[test]
+    fn credentials_prefer_the_api_key_and_refuse_halves() {
+        assert!(parse(&[]).credentials().unwrap().is_none());
+        let c = parse(&["--account-sid", "AC1", "--auth-token", "t"]);
+        assert_eq!(c.credentials().unwrap().unwrap().user, "AC1");
+        let c = parse(&[
+            "--account-sid",
+            "AC1",
+            "--auth-token",
+            "t",
+            "--api-key-sid",
+            "SK1",
+            "--api-key-secret",
+            "s",
+        ]);
+        assert_eq!(c.credentials().unwrap().unwrap().user, "SK1");
+        assert!(parse(&["--api-key-sid", "SK1"]).credentials().is_err());
+        assert!(parse(&["--auth-token", "t"]).credentials().is_err());
+        assert_eq!(
+            parse(&["--api-base-url", "http://127.0.0.1:8090/"])
+                .auth_origins()
+                .unwrap(),
+            ["http://127.0.0.1:8090", "https://mcs.us1.twilio.com"]
+        );
+    }
+}
