@@ -21,9 +21,11 @@ use sictl::topics_file::{Overrides, TopicsFile};
 
 pub mod leaks;
 pub mod openapi;
+pub mod otlp;
 pub mod process;
 
 pub use leaks::{Leak, LeakDetector};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use process::{StageProcess, sictl, spawn_ready, stage_binary, wait_for};
 
 /// The repository root (where `topics.yaml` is).
