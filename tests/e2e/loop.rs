@@ -386,6 +386,11 @@ async fn one_trace_from_webhook_to_twilio(
         trace_id,
         "the request to Twilio is in another trace"
     );
+    assert_eq!(
+        reply.traceparent.as_deref(),
+        Some(sent.as_str()),
+        "the request's traceparent header is not its StatusCallback's"
+    );
     let request_id = sent[36..52].to_owned();
     let trace = wait_for("the trace up to the delivery report", DEADLINE, || async {
         let trace = otlp.trace(&trace_id);

@@ -218,6 +218,36 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Like [`Self::produce`], with a W3C `traceparent` header.
+    ///
+    /// # Errors
+    /// When encoding or producing fails.
+    pub async fn produce_traced<T: AvroRecord>(
+        &self,
+        topic: &str,
+        key: &str,
+        record: &T,
+        traceparent: &str,
+    ) -> anyhow::Result<()> {
+        let topic = self.topic(topic);
+        let payload = self.codec.encode(&topic, record).await?;
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: si_runtime::trace::TRACEPARENT,
+            value: Some(traceparent),
+        });
+        self.producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(key)
+                    .payload(&payload)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+        Ok(())
+    }
+
     /// A read_committed consumer over every partition of `topic`, from the beginning.
     ///
     /// # Errors
