@@ -25,7 +25,7 @@ fn record_span(c: &mut Criterion) {
     tracing::subscriber::with_default(subscriber, || {
         let mut group = c.benchmark_group("per record, traces off");
         group.bench_function("traceparent handed on only", |b| {
-            b.iter(|| std::hint::black_box(Some(TP).map(str::to_owned)));
+            b.iter(|| std::hint::black_box(Some(std::hint::black_box(TP).to_owned())));
         });
         group.bench_function("process span + traceparent", |b| {
             b.iter(|| {
