@@ -82,13 +82,25 @@ pub struct TraceArgs {
     pub otel_traces_sampler: SamplerKind,
 
     /// The share of traces kept by the `*traceidratio` samplers, 0.0 to 1.0.
-    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value_t = 1.0)]
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value_t = 1.0, value_parser = parse_ratio)]
     pub otel_traces_sampler_arg: f64,
 
     /// `service.name` of the exported spans. Default: the binary's name
     /// (`si-ingress`, `si-normalize`, …).
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     pub otel_service_name: Option<String>,
+}
+
+fn parse_ratio(value: &str) -> Result<f64, String> {
+    let ratio: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number"))?;
+    if (0.0..=1.0).contains(&ratio) {
+        Ok(ratio)
+    } else {
+        Err(format!("{ratio} is not within 0.0..=1.0"))
+    }
 }
 
 impl Default for TraceArgs {
@@ -367,5 +379,9 @@ mod tests {
             SamplerKind::ParentBasedTraceIdRatio
         );
         assert!(Cli::try_parse_from(["x", "--otel-traces-sampler", "sometimes"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--otel-traces-sampler-arg", "1.5"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--otel-traces-sampler-arg", "half"]).is_err());
+        let cli = Cli::parse_from(["x", "--otel-traces-sampler-arg", "0.25"]);
+        assert!((cli.traces.otel_traces_sampler_arg - 0.25).abs() < f64::EPSILON);
     }
 }
