@@ -78,6 +78,21 @@ fn status_callback(base: &str, op: &OutboundOperation, traceparent: Option<&str>
     format!("{base}?{}", query.finish())
 }
 
+/// `url` with the request's `traceparent` as one more query parameter, so
+/// the call's progress callbacks join the trace of its creation.
+fn with_trace(url: &str, traceparent: Option<&str>) -> String {
+    match traceparent {
+        None => url.to_owned(),
+        Some(traceparent) => {
+            let pair = form_urlencoded::Serializer::new(String::new())
+                .append_pair(si_runtime::trace::TRACEPARENT, traceparent)
+                .finish();
+            let separator = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{separator}{pair}")
+        }
+    }
+}
+
 /// An address as Twilio wants it: `whatsapp:+1…` on WhatsApp, plain E.164 otherwise.
 fn address(channel: Channel, e164: &str) -> String {
     if channel == Channel::Whatsapp && !e164.starts_with("whatsapp:") {
@@ -287,7 +302,11 @@ pub fn build_traced_request(
             push(&mut form, "From", required("from", op.from.as_ref())?);
             push(&mut form, "Url", call.twiml_url.clone());
             if let Some(callback) = &call.status_callback_url {
-                push(&mut form, "StatusCallback", callback.clone());
+                push(
+                    &mut form,
+                    "StatusCallback",
+                    with_trace(callback, traceparent),
+                );
                 for event in ["initiated", "ringing", "answered", "completed"] {
                     push(&mut form, "StatusCallbackEvent", event);
                 }
@@ -628,6 +647,38 @@ mod tests {
             format!(
                 "https://si.example.com/twilio/messaging/status?conversation=CH0123&operation=op-1&traceparent={tp}"
             )
+        );
+    }
+
+    #[test]
+    fn call_progress_callbacks_carry_the_trace_of_the_request() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut o = op(OperationKind::CreateCall);
+        o.call = Some(CallRequest {
+            twiml_url: "https://si/twilio/voice/answer?c=CH1".into(),
+            status_callback_url: Some("https://si/twilio/voice/status?conversation=CH1".into()),
+            record: false,
+            timeout_seconds: None,
+            machine_detection: None,
+        });
+        let callback = |r: &TwilioRequest| {
+            r.form
+                .iter()
+                .find(|(n, _)| n == "StatusCallback")
+                .map(|(_, v)| v.clone())
+        };
+        let traced = build_traced_request(&endpoints(), &o, Some(tp)).unwrap();
+        assert_eq!(
+            callback(&traced).as_deref(),
+            Some(
+                format!("https://si/twilio/voice/status?conversation=CH1&traceparent={tp}")
+                    .as_str()
+            )
+        );
+        let plain = build_request(&endpoints(), &o).unwrap();
+        assert_eq!(
+            callback(&plain).as_deref(),
+            Some("https://si/twilio/voice/status?conversation=CH1")
         );
     }
 
