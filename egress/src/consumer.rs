@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use si_runtime::admin::ReadinessCheck;
@@ -41,6 +42,7 @@ use si_schemas::records::{DeadLetterErrorKind, EgressLedgerEntry, OutboundOperat
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
 
 use crate::metrics::EgressMetrics;
 use crate::outcome::Final;
@@ -176,6 +178,7 @@ impl Core {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn finish_now(
         &mut self,
         partition: i32,
@@ -184,6 +187,7 @@ impl Core {
         end: &Final,
         requests: u32,
         ledger_key: Option<String>,
+        traceparent: Option<&str>,
     ) {
         let encoded = self.handle.block_on(terminal_records(
             &self.codec,
@@ -192,6 +196,7 @@ impl Core {
             end,
             requests,
             now_ms(),
+            traceparent,
             &self.shutdown,
         ));
         match encoded {
@@ -225,6 +230,13 @@ impl Core {
             .records_in
             .with_label_values(&[si_schemas::topics::OUTBOUND])
             .inc();
+        let received = message.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == si_runtime::trace::TRACEPARENT)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_owned)
+        });
         let decoded = match message.payload() {
             None => Err("tombstone on twilio.outbound.v1".to_owned()),
             Some(payload) => {
@@ -277,6 +289,7 @@ impl Core {
                             topic,
                             key,
                             payload,
+                            traceparent: received,
                         }],
                         None,
                     ),
@@ -286,6 +299,24 @@ impl Core {
             }
         };
         let first_seen = now_ms();
+        // The operation's span, a child of the record's trace (the header,
+        // else the operation's own `traceparent` field).
+        let received = received.or_else(|| op.traceparent.clone());
+        let span = tracing::info_span!(
+            parent: None,
+            "operation",
+            si.operation.kind = op.kind.as_str(),
+            si.channel = op.channel.key_prefix(),
+            messaging.kafka.partition = partition,
+            messaging.kafka.offset = offset,
+            outcome = Empty,
+            otel.status_code = Empty,
+            trace_id = Empty,
+        );
+        si_runtime::trace::continue_from(&span, received.as_deref());
+        let traceparent = si_runtime::trace::traceparent_of(&span, received.as_deref());
+        si_runtime::trace::record_trace_id(&span, traceparent.as_deref());
+        let _entered = span.enter();
         let ledgered = self
             .parts
             .get_mut(&partition)
@@ -295,6 +326,7 @@ impl Core {
             tracing::info!(operation_id = %op.operation_id, "ending with the ledger's answer; not sending again");
             let end = Final::from_ledger(&entry);
             let requests = u32::try_from(entry.attempts).unwrap_or(0);
+            span.record("outcome", "ledger");
             self.finish_now(
                 partition,
                 offset,
@@ -302,6 +334,7 @@ impl Core {
                 &end,
                 requests,
                 Some(entry.operation_id),
+                traceparent.as_deref(),
             );
             return;
         }
@@ -311,7 +344,17 @@ impl Core {
                 code: None,
                 http_status: None,
             };
-            self.finish_now(partition, offset, &op, &end, 0, None);
+            span.record("outcome", end.label());
+            span.record("otel.status_code", "ERROR");
+            self.finish_now(
+                partition,
+                offset,
+                &op,
+                &end,
+                0,
+                None,
+                traceparent.as_deref(),
+            );
             return;
         }
         let Some(part) = self.parts.get_mut(&partition) else {
@@ -324,6 +367,8 @@ impl Core {
             generation: part.generation,
             op: Arc::new(op),
             first_seen,
+            span: span.clone(),
+            traceparent,
         };
         if self.jobs.send(job).is_err() {
             self.fatal = Some("the sender tasks stopped".into());
@@ -386,7 +431,34 @@ impl Core {
             return;
         }
         let started = Instant::now();
-        match self.commit_batch(consumer, &batch) {
+        let span = tracing::info_span!(
+            parent: None,
+            "transaction",
+            si.stage = STAGE,
+            messaging.batch.message_count = batch.iter().map(|(_, _, done)| done.len()).sum::<usize>(),
+            outcome = Empty,
+        );
+        if si_runtime::trace::exporting() {
+            let traces = batch
+                .iter()
+                .flat_map(|(_, _, done)| done)
+                .filter_map(|c| c.records.first().and_then(|r| r.traceparent.as_deref()));
+            for traceparent in traces.take(si_runtime::trace::MAX_LINKS as usize) {
+                si_runtime::trace::link(&span, traceparent);
+            }
+        }
+        let _entered = span.enter();
+        let committed =
+            tracing::info_span!("commit").in_scope(|| self.commit_batch(consumer, &batch));
+        span.record(
+            "outcome",
+            if committed.is_ok() {
+                "committed"
+            } else {
+                "aborted"
+            },
+        );
+        match committed {
             Ok(()) => {
                 let mut records = 0u64;
                 for (p, next, done) in &batch {
@@ -435,11 +507,16 @@ impl Core {
         for (p, next, done) in batch {
             for completion in done {
                 for record in &completion.records {
-                    self.send(
-                        BaseRecord::to(&record.topic)
-                            .key(record.key.as_str())
-                            .payload(record.payload.as_slice()),
-                    )?;
+                    let mut base = BaseRecord::to(&record.topic)
+                        .key(record.key.as_str())
+                        .payload(record.payload.as_slice());
+                    if let Some(traceparent) = &record.traceparent {
+                        base = base.headers(OwnedHeaders::new().insert(Header {
+                            key: si_runtime::trace::TRACEPARENT,
+                            value: Some(traceparent.as_str()),
+                        }));
+                    }
+                    self.send(base)?;
                     let declared = record
                         .topic
                         .rsplit_once("twilio.")

@@ -18,10 +18,13 @@ use rand::Rng;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use si_consent_gate::{ConsentGate, Verdict};
 use si_runtime::mask::Masked;
+use si_runtime::trace;
 use si_schemas::records::{Channel, OperationKind, OutboundOperation, PRIORITY_PARAM, Priority};
 use si_schemas::{AvroRecord, Codec, CodecError};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use crate::auth::{self, Admit, AuthGate, Hold, Probe};
 use crate::circuit::{self, Circuits};
@@ -29,7 +32,7 @@ use crate::metrics::EgressMetrics;
 use crate::outcome::{Final, terminal};
 use crate::pace::{Pacer, Ready};
 use crate::rates::{Rates, SendWindow, SenderType};
-use crate::twilio::{Answer, Endpoints, Sent, TwilioClient, build_request};
+use crate::twilio::{Answer, Endpoints, Sent, TwilioClient, build_traced_request};
 
 /// Params value marking the consent stage's own replies, which pass the re-check.
 pub const CONSENT_PURPOSE: &str = "consent";
@@ -89,6 +92,12 @@ pub struct Job {
     pub op: Arc<OutboundOperation>,
     /// When egress first read it (ms since the epoch).
     pub first_seen: i64,
+    /// The operation's span (a child of the record's trace); its wait,
+    /// request and retry spans are its children.
+    pub span: Span,
+    /// The `traceparent` of the operation (its span's context with traces
+    /// exported, else the record's): on the status records.
+    pub traceparent: Option<String>,
 }
 
 /// One encoded output record.
@@ -100,6 +109,8 @@ pub struct Encoded {
     pub key: String,
     /// Confluent-framed Avro value.
     pub payload: Vec<u8>,
+    /// The `traceparent` header of the record.
+    pub traceparent: Option<String>,
 }
 
 /// A finished operation, ready for commit.
@@ -273,6 +284,7 @@ pub async fn encode_with<T: AvroRecord>(
 ///
 /// # Errors
 /// When a record cannot be encoded.
+#[allow(clippy::too_many_arguments)]
 pub async fn terminal_records(
     codec: &Codec,
     topics: &Topics,
@@ -280,19 +292,23 @@ pub async fn terminal_records(
     end: &Final,
     requests: u32,
     first_seen: i64,
+    traceparent: Option<&str>,
     stop: &CancellationToken,
 ) -> Result<Vec<Encoded>, CodecError> {
     let t = terminal(op, end, requests, first_seen, now_ms());
+    let traceparent = traceparent.map(str::to_owned);
     let mut records = vec![Encoded {
         topic: topics.delivery.clone(),
         key: op.conversation_id.clone(),
         payload: encode_with(codec, &topics.delivery, &t.status, stop).await?,
+        traceparent: traceparent.clone(),
     }];
     if let Some(dl) = &t.dead_letter {
         records.push(Encoded {
             topic: topics.dlq.clone(),
             key: op.sender_key.clone(),
             payload: encode_with(codec, &topics.dlq, dl, stop).await?,
+            traceparent: traceparent.clone(),
         });
     }
     if let Some((key, event)) = &t.compliance {
@@ -300,6 +316,7 @@ pub async fn terminal_records(
             topic: topics.compliance.clone(),
             key: key.clone(),
             payload: encode_with(codec, &topics.compliance, event, stop).await?,
+            traceparent,
         });
     }
     Ok(records)
@@ -312,6 +329,10 @@ async fn finish(ctx: &SendContext, job: &Job, end: Final, requests: u32) {
     let code = end
         .code()
         .map_or_else(|| "none".to_owned(), |c| c.to_string());
+    job.span.record("outcome", end.label());
+    if !matches!(end, Final::Accepted { .. } | Final::Blocked { .. }) {
+        job.span.record("otel.status_code", "ERROR");
+    }
     log_failure(op, &end, requests);
     let mut ledger_key = None;
     if let Some(entry) = end.ledger_entry(op, requests, now_ms()) {
@@ -344,6 +365,7 @@ async fn finish(ctx: &SendContext, job: &Job, end: Final, requests: u32) {
         &end,
         requests,
         job.first_seen,
+        job.traceparent.as_deref(),
         &ctx.stopping,
     )
     .await
@@ -440,18 +462,6 @@ async fn attempt(
             return (Attempted::Done, None);
         }
     }
-    let request = match build_request(&ctx.endpoints, op) {
-        Ok(request) => request,
-        Err(error) => {
-            let end = Final::DeadLettered {
-                reason: error.0,
-                code: None,
-                http_status: None,
-            };
-            finish(ctx, job, end, requests).await;
-            return (Attempted::Done, None);
-        }
-    };
     if let Some(window) = window {
         window.admit().await;
     }
@@ -464,6 +474,33 @@ async fn attempt(
         finish(ctx, job, end, requests).await;
         return (Attempted::Done, None);
     }
+    // The Twilio request's span; the request and its status callback URL
+    // carry its context (else the operation's trace).
+    let request_span = tracing::info_span!(
+        "twilio request",
+        otel.kind = "client",
+        http.request.method = "POST",
+        si.operation.kind = op.kind.as_str(),
+        si.attempt = requests + 1,
+        http.response.status_code = Empty,
+        si.twilio.error_code = Empty,
+        outcome = Empty,
+        otel.status_code = Empty,
+    );
+    let traceparent = trace::traceparent_of(&request_span, job.traceparent.as_deref());
+    let request = match build_traced_request(&ctx.endpoints, op, traceparent.as_deref()) {
+        Ok(request) => request,
+        Err(error) => {
+            let end = Final::DeadLettered {
+                reason: error.0,
+                code: None,
+                http_status: None,
+            };
+            request_span.record("outcome", "not sent");
+            finish(ctx, job, end, requests).await;
+            return (Attempted::Done, None);
+        }
+    };
     let requests = requests + 1;
     let kind = op.kind.as_str();
     ctx.metrics.in_flight.inc();
@@ -471,8 +508,14 @@ async fn attempt(
         answer,
         took,
         generation,
-    } = ctx.client.send(&request, &op.operation_id).await;
+    } = ctx
+        .client
+        .send(&request, &op.operation_id, traceparent.as_deref())
+        .instrument(request_span.clone())
+        .await;
     ctx.metrics.in_flight.dec();
+    record_answer(&request_span, &answer);
+    drop(request_span);
     ctx.auth.observe(
         auth::Verdict::of(&answer),
         generation,
@@ -536,6 +579,38 @@ async fn attempt(
                 },
                 health,
             )
+        }
+    }
+}
+
+/// What Twilio answered, on the request's span.
+fn record_answer(span: &Span, answer: &Answer) {
+    match answer {
+        Answer::Accepted { http_status, .. } => {
+            span.record("http.response.status_code", http_status);
+            span.record("outcome", "accepted");
+        }
+        Answer::Permanent {
+            code, http_status, ..
+        } => {
+            span.record("http.response.status_code", http_status);
+            span.record("outcome", "permanent");
+            span.record("otel.status_code", "ERROR");
+            if let Some(code) = code {
+                span.record("si.twilio.error_code", code);
+            }
+        }
+        Answer::Retry {
+            code, http_status, ..
+        } => {
+            if let Some(status) = http_status {
+                span.record("http.response.status_code", status);
+            }
+            span.record("outcome", "retriable");
+            span.record("otel.status_code", "ERROR");
+            if let Some(code) = code {
+                span.record("si.twilio.error_code", code);
+            }
         }
     }
 }
@@ -610,6 +685,25 @@ struct Entry {
     counted: u32,
     ready_at: Option<Instant>,
     in_flight: bool,
+    /// The span of the wait before the next attempt (order, retry delay,
+    /// rate limit, concurrency cap), a child of the operation's.
+    wait: Option<Span>,
+}
+
+/// The span of an operation's wait for its next attempt: the first, or a
+/// retry after `reason` with `delay`.
+fn wait_span(job: &Job, retry: Option<(&'static str, Duration)>) -> Span {
+    let (reason, delay_ms) = retry.map_or(("", 0), |(reason, delay)| {
+        (reason, u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+    });
+    tracing::info_span!(
+        parent: &job.span,
+        "wait",
+        si.retry = retry.is_some(),
+        si.retry.reason = reason,
+        si.retry.delay_ms = delay_ms,
+        si.limiter_wait_ms = Empty,
+    )
 }
 
 /// The first entry that may start now, and the earliest time a waiting one may.
@@ -681,9 +775,14 @@ async fn sender_task(
                             http_status: None,
                         };
                         let c = Arc::clone(&ctx);
-                        spawn_tracked(&ctx, async move {
-                            finish(&c, &entry.job, end, entry.requests).await;
-                        });
+                        let span = entry.job.span.clone();
+                        spawn_tracked(
+                            &ctx,
+                            async move {
+                                finish(&c, &entry.job, end, entry.requests).await;
+                            }
+                            .instrument(span),
+                        );
                     }
                     continue;
                 }
@@ -702,9 +801,12 @@ async fn sender_task(
                     http_status: None,
                 };
                 let c = Arc::clone(&ctx);
-                spawn_tracked(&ctx, async move {
-                    finish(&c, &entry.job, end, entry.requests).await
-                });
+                let span = entry.job.span.clone();
+                spawn_tracked(
+                    &ctx,
+                    async move { finish(&c, &entry.job, end, entry.requests).await }
+                        .instrument(span),
+                );
             }
             continue;
         }
@@ -744,7 +846,8 @@ async fn sender_task(
                     received += 1;
                     idle_reported = false;
                     last_activity = Instant::now();
-                    queue.push_back(Entry { job, requests: 0, counted: 0, ready_at: None, in_flight: false });
+                    let wait = Some(wait_span(&job, None));
+                    queue.push_back(Entry { job, requests: 0, counted: 0, ready_at: None, in_flight: false, wait });
                 }
                 None => jobs_open = false,
             },
@@ -780,11 +883,13 @@ async fn sender_task(
                                     http_status: http_status.map(i32::from),
                                 };
                                 let c = Arc::clone(&ctx);
-                                spawn_tracked(&ctx, async move { finish(&c, &entry.job, end, entry.requests).await });
+                                let span = entry.job.span.clone();
+                                spawn_tracked(&ctx, async move { finish(&c, &entry.job, end, entry.requests).await }.instrument(span));
                             }
                         } else {
                             ctx.metrics.retries.with_label_values(&[reason]).inc();
                             entry.ready_at = Some(Instant::now() + delay);
+                            entry.wait = Some(wait_span(&entry.job, Some((reason, delay))));
                         }
                     }
                 }
@@ -811,6 +916,9 @@ async fn sender_task(
                     Admit::Held => continue,
                 };
                 entry.in_flight = true;
+                if let Some(wait) = entry.wait.take() {
+                    wait.record("si.limiter_wait_ms", u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
+                }
                 let job = entry.job.clone();
                 let requests = entry.requests;
                 let op_channel = job.op.channel;
@@ -819,12 +927,13 @@ async fn sender_task(
                 let tx = done_tx.clone();
                 let c = Arc::clone(&ctx);
                 let window = window.clone();
+                let span = job.span.clone();
                 spawn_tracked(&ctx, async move {
                     let (attempted, health) =
                         attempt(&c, &job, requests, window.as_deref(), probe).await;
                     drop(permit);
                     let _ = tx.send(((job.generation, job.offset), op_channel, attempted, health));
-                });
+                }.instrument(span));
             },
             () = ctx.stopping.cancelled(), if !stopping => {},
         }
@@ -874,11 +983,14 @@ mod tests {
                 generation: 1,
                 op: Arc::new(op(conversation)),
                 first_seen: 0,
+                span: Span::none(),
+                traceparent: None,
             },
             requests: 0,
             counted: 0,
             ready_at: None,
             in_flight: false,
+            wait: None,
         }
     }
 

@@ -65,13 +65,32 @@ impl Endpoints {
 /// operation's conversation and id, so ingress keys the callbacks by the
 /// conversation the message belongs to (whatever its addresses: an SMS
 /// fallback of a WhatsApp conversation reports to that conversation) and
-/// the report names its operation.
-fn status_callback(base: &str, op: &OutboundOperation) -> String {
-    let query = form_urlencoded::Serializer::new(String::new())
+/// the report names its operation; and with the W3C `traceparent` of the
+/// request, so the delivery reports join the trace of the send.
+fn status_callback(base: &str, op: &OutboundOperation, traceparent: Option<&str>) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query
         .append_pair("conversation", &op.conversation_id)
-        .append_pair("operation", &op.operation_id)
-        .finish();
-    format!("{base}?{query}")
+        .append_pair("operation", &op.operation_id);
+    if let Some(traceparent) = traceparent {
+        query.append_pair(si_runtime::trace::TRACEPARENT, traceparent);
+    }
+    format!("{base}?{}", query.finish())
+}
+
+/// `url` with the request's `traceparent` as one more query parameter, so
+/// the call's progress callbacks join the trace of its creation.
+fn with_trace(url: &str, traceparent: Option<&str>) -> String {
+    match traceparent {
+        None => url.to_owned(),
+        Some(traceparent) => {
+            let pair = form_urlencoded::Serializer::new(String::new())
+                .append_pair(si_runtime::trace::TRACEPARENT, traceparent)
+                .finish();
+            let separator = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{separator}{pair}")
+        }
+    }
 }
 
 /// An address as Twilio wants it: `whatsapp:+1…` on WhatsApp, plain E.164 otherwise.
@@ -180,6 +199,19 @@ pub fn build_request(
     endpoints: &Endpoints,
     op: &OutboundOperation,
 ) -> Result<TwilioRequest, InvalidOperation> {
+    build_traced_request(endpoints, op, None)
+}
+
+/// The request an operation makes, its status callback URL carrying
+/// `traceparent` (the context of the request's span).
+///
+/// # Errors
+/// When the operation lacks what its kind needs, or its kind is unknown.
+pub fn build_traced_request(
+    endpoints: &Endpoints,
+    op: &OutboundOperation,
+    traceparent: Option<&str>,
+) -> Result<TwilioRequest, InvalidOperation> {
     let mut form = Vec::new();
     let url = match op.kind {
         OperationKind::SendMessage => {
@@ -199,7 +231,11 @@ pub fn build_request(
             if let Some(callback) = &endpoints.status_callback
                 && !op.params.contains_key("StatusCallback")
             {
-                push(&mut form, "StatusCallback", status_callback(callback, op));
+                push(
+                    &mut form,
+                    "StatusCallback",
+                    status_callback(callback, op, traceparent),
+                );
             }
             format!(
                 "{}/2010-04-01/Accounts/{}/Messages.json",
@@ -266,7 +302,11 @@ pub fn build_request(
             push(&mut form, "From", required("from", op.from.as_ref())?);
             push(&mut form, "Url", call.twiml_url.clone());
             if let Some(callback) = &call.status_callback_url {
-                push(&mut form, "StatusCallback", callback.clone());
+                push(
+                    &mut form,
+                    "StatusCallback",
+                    with_trace(callback, traceparent),
+                );
                 for event in ["initiated", "ringing", "answered", "completed"] {
                     push(&mut form, "StatusCallbackEvent", event);
                 }
@@ -442,21 +482,28 @@ impl TwilioClient {
         Ok(Self { http, credentials })
     }
 
-    /// Sends one request; every failure is an [`Answer`] (network errors are retriable).
-    pub async fn send(&self, request: &TwilioRequest, operation_id: &str) -> Sent {
+    /// Sends one request, with the W3C `traceparent` of its span when it
+    /// has one; every failure is an [`Answer`] (network errors are retriable).
+    pub async fn send(
+        &self,
+        request: &TwilioRequest,
+        operation_id: &str,
+        traceparent: Option<&str>,
+    ) -> Sent {
         let current = self.credentials.current();
         let started = Instant::now();
-        let sent = self
+        let mut builder = self
             .http
             .post(&request.url)
             .basic_auth(
                 &current.credentials.user,
                 Some(&current.credentials.password),
             )
-            .header(OPERATION_ID_HEADER, operation_id)
-            .form(&request.form)
-            .send()
-            .await;
+            .header(OPERATION_ID_HEADER, operation_id);
+        if let Some(traceparent) = traceparent {
+            builder = builder.header(si_runtime::trace::TRACEPARENT, traceparent);
+        }
+        let sent = builder.form(&request.form).send().await;
         let answer = match sent {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -582,6 +629,57 @@ mod tests {
 
     fn pairs(form: &[(String, String)]) -> Vec<(&str, &str)> {
         form.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+    }
+
+    #[test]
+    fn the_status_callback_carries_the_trace_of_the_request() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let r =
+            build_traced_request(&endpoints(), &op(OperationKind::SendMessage), Some(tp)).unwrap();
+        let callback = r
+            .form
+            .iter()
+            .find(|(n, _)| n == "StatusCallback")
+            .map(|(_, v)| v.as_str())
+            .unwrap();
+        assert_eq!(
+            callback,
+            format!(
+                "https://si.example.com/twilio/messaging/status?conversation=CH0123&operation=op-1&traceparent={tp}"
+            )
+        );
+    }
+
+    #[test]
+    fn call_progress_callbacks_carry_the_trace_of_the_request() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut o = op(OperationKind::CreateCall);
+        o.call = Some(CallRequest {
+            twiml_url: "https://si/twilio/voice/answer?c=CH1".into(),
+            status_callback_url: Some("https://si/twilio/voice/status?conversation=CH1".into()),
+            record: false,
+            timeout_seconds: None,
+            machine_detection: None,
+        });
+        let callback = |r: &TwilioRequest| {
+            r.form
+                .iter()
+                .find(|(n, _)| n == "StatusCallback")
+                .map(|(_, v)| v.clone())
+        };
+        let traced = build_traced_request(&endpoints(), &o, Some(tp)).unwrap();
+        assert_eq!(
+            callback(&traced).as_deref(),
+            Some(
+                format!("https://si/twilio/voice/status?conversation=CH1&traceparent={tp}")
+                    .as_str()
+            )
+        );
+        let plain = build_request(&endpoints(), &o).unwrap();
+        assert_eq!(
+            callback(&plain).as_deref(),
+            Some("https://si/twilio/voice/status?conversation=CH1")
+        );
     }
 
     #[test]

@@ -550,6 +550,35 @@ def test_egress_policy_allows_https_only_for_egress_and_media():
         assert https_anywhere == (stage in {"egress", "media"}), stage
 
 
+def test_traces_are_off_by_default_and_reach_the_collector_when_on():
+    def otlp_rules(*args):
+        policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p
+                    for p in render(*args).of_kind("NetworkPolicy")}
+        return {stage: [r for r in policy["spec"]["egress"]
+                        if any(p["port"] == 4318 for p in r["ports"])]
+                for stage, policy in policies.items()}
+
+    off = render()
+    for deployment in off.of_kind("Deployment"):
+        env = env_of(deployment["spec"]["template"]["spec"]["containers"][0])
+        assert not any(name.startswith("OTEL_") for name in env), stage_name(deployment)
+    assert all(rules == [] for rules in otlp_rules().values())
+
+    endpoint = "http://otel-collector.monitoring:4318"
+    on = ["--set-string", f"config.OTEL_EXPORTER_OTLP_ENDPOINT={endpoint}",
+          "--set-string", "config.OTEL_TRACES_SAMPLER=parentbased_traceidratio",
+          "--set-string", "config.OTEL_TRACES_SAMPLER_ARG=0.1"]
+    for deployment in render(*on).of_kind("Deployment"):
+        env = env_of(deployment["spec"]["template"]["spec"]["containers"][0])
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == endpoint
+        assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.1"
+    rules = otlp_rules(*on)
+    assert rules and all(len(r) == 1 for r in rules.values()), rules
+    # One stage without traces gets no collector rule.
+    rules = otlp_rules(*on, "--set", "stages.lifecycle.config.OTEL_EXPORTER_OTLP_ENDPOINT=null")
+    assert rules["lifecycle"] == [] and rules["egress"] != []
+
+
 def test_pdb_per_enabled_stage(rendered, case):
     pdbs = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p for p in rendered.of_kind("PodDisruptionBudget")}
     assert set(pdbs) == {stage_name(d) for d in rendered.of_kind("Deployment")}

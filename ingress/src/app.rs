@@ -17,9 +17,12 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use si_catalog::Catalog;
+use si_runtime::trace;
 use si_schemas::Codec;
 use si_schemas::records::WebhookRoute;
 use tokio::sync::Semaphore;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use crate::envelope::{self, Body, KEPT_HEADERS, query_param};
 use crate::metrics::Metrics;
@@ -245,8 +248,49 @@ async fn handle(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let span = webhook_span(route, &uri, &headers);
+    respond(&state, route, &uri, &headers, body, &span)
+        .instrument(span.clone())
+        .await
+}
+
+/// The span of one webhook: a new trace, or a child of the context the
+/// request names: its `traceparent` header, else (a status callback of a
+/// message egress sent) the `traceparent` egress put into the callback URL,
+/// so the delivery report joins the trace of the send it reports on.
+fn webhook_span(route: WebhookRoute, uri: &Uri, headers: &HeaderMap) -> Span {
+    let span = tracing::info_span!(
+        "webhook",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = uri.path(),
+        si.route = route_label(route),
+        http.response.status_code = Empty,
+        otel.status_code = Empty,
+        trace_id = Empty,
+    );
+    if trace::exporting() {
+        let from_header =
+            header_str(headers, trace::TRACEPARENT).filter(|t| trace::parse(t).is_some());
+        let from_url = query_param(uri.query(), trace::TRACEPARENT);
+        trace::continue_from(&span, from_header.or(from_url.as_deref()));
+        if let (Some(_), Some(sent)) = (from_header, &from_url) {
+            trace::link(&span, sent);
+        }
+    }
+    span
+}
+
+async fn respond(
+    state: &AppState,
+    route: WebhookRoute,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    span: &Span,
+) -> Response {
     let started = Instant::now();
-    let result = accept(&state, route, &uri, &headers, body).await;
+    let result = accept(state, route, uri, headers, body, span).await;
     let outcome = match &result {
         Ok(_) => "accepted",
         Err(reject) => reject.outcome(),
@@ -258,6 +302,7 @@ async fn handle(
         .inc();
     match result {
         Ok(response) => {
+            span.record("http.response.status_code", response.status().as_u16());
             tracing::debug!(
                 route = route_label(route),
                 elapsed_ms = started.elapsed().as_millis(),
@@ -291,7 +336,12 @@ async fn handle(
                     "request refused"
                 ),
             }
-            reject.into_response()
+            let response = reject.into_response();
+            span.record("http.response.status_code", response.status().as_u16());
+            if response.status().is_server_error() {
+                span.record("otel.status_code", "ERROR");
+            }
+            response
         }
     }
 }
@@ -387,6 +437,7 @@ async fn accept(
     uri: &Uri,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    span: &Span,
 ) -> Result<Response, Reject> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -412,21 +463,34 @@ async fn accept(
         Body::Form(params) => Payload::Form(params),
         Body::Json { raw, .. } => Payload::Raw(raw),
     };
-    signature::verify(
-        &public_url,
-        payload,
-        header_str(headers, "x-twilio-signature"),
-        algorithm,
-        &secrets,
-    )
-    .map_err(Reject::Forbidden)?;
+    tracing::info_span!("verify signature")
+        .in_scope(|| {
+            signature::verify(
+                &public_url,
+                payload,
+                header_str(headers, "x-twilio-signature"),
+                algorithm,
+                &secrets,
+            )
+        })
+        .map_err(Reject::Forbidden)?;
 
     let query = uri.query();
     let kept: BTreeMap<String, String> = KEPT_HEADERS
         .iter()
         .filter_map(|name| header_str(headers, name).map(|v| ((*name).to_owned(), v.to_owned())))
         .collect();
-    let traceparent = header_str(headers, "traceparent").map(str::to_owned);
+    let produce = tracing::info_span!(
+        "produce",
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.destination.name = %state.topic,
+    );
+    // The record carries the produce span's context (with traces exported),
+    // else the request's own traceparent, else a new trace.
+    let received = header_str(headers, trace::TRACEPARENT).filter(|t| trace::parse(t).is_some());
+    let traceparent = trace::traceparent_of(&produce, received).unwrap_or_else(trace::fresh);
+    trace::record_trace_id(span, Some(&traceparent));
     let received_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -436,7 +500,7 @@ async fn accept(
         query,
         content_type,
         headers: kept,
-        traceparent: traceparent.clone(),
+        traceparent: Some(traceparent.clone()),
         received_at,
     });
 
@@ -445,7 +509,9 @@ async fn accept(
     } else {
         state.produce_timeout
     };
-    store(state, &key, &record, traceparent.as_deref(), deadline).await?;
+    store(state, &key, &record, &traceparent, deadline)
+        .instrument(produce)
+        .await?;
     Ok(answer(state, route, query, &parsed))
 }
 
@@ -454,7 +520,7 @@ async fn store(
     state: &AppState,
     key: &str,
     record: &si_schemas::records::TwilioWebhook,
-    traceparent: Option<&str>,
+    traceparent: &str,
     deadline: Duration,
 ) -> Result<(), Reject> {
     let started = Instant::now();
@@ -466,13 +532,10 @@ async fn store(
             .map_err(|error| {
                 tracing::error!(%error, "cannot encode the webhook envelope");
             })?;
-        let mut headers = OwnedHeaders::new();
-        if let Some(traceparent) = traceparent {
-            headers = headers.insert(Header {
-                key: "traceparent",
-                value: Some(traceparent),
-            });
-        }
+        let headers = OwnedHeaders::new().insert(Header {
+            key: trace::TRACEPARENT,
+            value: Some(traceparent),
+        });
         let kafka_record = FutureRecord::to(&state.topic)
             .key(key)
             .payload(&payload)

@@ -13,15 +13,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    si_runtime::telemetry::init(
-        config.common.service.log_format,
-        &config.common.service.log_level,
-    );
+    let telemetry = si_runtime::telemetry::start("si-ingress", &config.common.service);
     let shutdown = si_runtime::shutdown_token();
     let result = match si_ingress::start(config, shutdown).await {
         Ok(running) => running.stopped().await,
         Err(error) => Err(error),
     };
+    telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -483,3 +483,44 @@ async fn during_a_token_rotation_webhooks_signed_with_either_token_are_kept() ->
     assert!(extra.is_err(), "the forged webhook was stored");
     Ok(())
 }
+
+#[tokio::test]
+async fn every_record_names_a_trace_even_when_twilio_sends_none() -> anyhow::Result<()> {
+    let ingress = Ingress::start(&[]).await?;
+    let url = format!("{PUBLIC}/twilio/messaging/inbound");
+    for (i, traceparent) in [None, Some("00-abc-def-01")].into_iter().enumerate() {
+        let params = form_params(&[
+            ("MessageSid", &format!("SM{i:032}")),
+            ("From", "+14155550100"),
+            ("To", "+14155550199"),
+            ("Body", "hello"),
+        ]);
+        let (body, signature) = signed_form(&url, &params, support::TOKEN);
+        let mut request = ingress
+            .client
+            .post(ingress.url("/twilio/messaging/inbound"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", &signature);
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        assert_eq!(request.body(body).send().await?.status(), 200);
+    }
+    let records = ingress
+        .env
+        .read::<TwilioWebhook>(topics::WEBHOOKS, 2, Duration::from_secs(20))
+        .await?;
+    let traces: Vec<String> = records
+        .into_iter()
+        .map(|(_, r)| r.traceparent.expect("every record names its trace"))
+        .collect();
+    for traceparent in &traces {
+        // A new trace (traces are not exported here): valid, not sampled;
+        // a malformed one received is not passed on.
+        let context = si_runtime::trace::parse(traceparent)
+            .unwrap_or_else(|| panic!("not a W3C traceparent: {traceparent}"));
+        assert!(!context.is_sampled(), "{traceparent}");
+    }
+    assert_ne!(traces[0], traces[1], "two webhooks, one trace");
+    Ok(())
+}

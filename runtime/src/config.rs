@@ -166,6 +166,10 @@ pub struct ServiceArgs {
     /// session timeout and the pod's termination grace period.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+
+    /// Trace export (OpenTelemetry over OTLP/HTTP; off without an endpoint).
+    #[command(flatten)]
+    pub traces: crate::telemetry::TraceArgs,
 }
 
 /// Settings every stage reads.

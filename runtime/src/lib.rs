@@ -21,6 +21,7 @@ pub mod state;
 pub mod stream;
 pub mod table;
 pub mod telemetry;
+pub mod trace;
 
 pub use admin::{AdminServer, Readiness, with_admin};
 pub use config::{CommonConfig, GroupArgs, KafkaArgs, RegistryArgs, ServiceArgs};

@@ -46,7 +46,11 @@ pub struct RecordContext<'a> {
     /// The record's Kafka timestamp (ms since the epoch). The state store's
     /// notion of "now" while this record is processed.
     pub timestamp_ms: i64,
-    /// The W3C `traceparent` header of the record; the runner copies it to every output.
+    /// The W3C `traceparent` of this record's processing: with traces
+    /// exported, the context of the stage's `process` span (a child of the
+    /// record's trace); otherwise the record's own header. The runner puts it
+    /// on every output's headers; a processor copies it into the
+    /// `traceparent` field of the records it writes.
     pub traceparent: Option<&'a str>,
 }
 
@@ -229,6 +233,15 @@ pub trait Processor: Send + 'static {
         input: Self::Input,
         state: &mut StateStore<Self::State>,
     ) -> Result<Vec<Output>, ProcessError>;
+
+    /// The `traceparent` an input names in its value, for records written by
+    /// others who put it there instead of in the Kafka header (the cognition
+    /// layer's responses). The header wins when both are present. The
+    /// default: none.
+    fn traceparent_in<'a>(&self, input: &'a Self::Input) -> Option<&'a str> {
+        let _ = input;
+        None
+    }
 
     /// Handles a due timer: the timer of `ctx.key` has been removed from its
     /// entry before the call (set it again to re-arm). Outputs and state changes

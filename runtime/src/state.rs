@@ -30,7 +30,9 @@
 //! [`crate::processor::Processor::on_timer`] for that key. The timer is part of
 //! the entry: it is written to the changelog with it (header `si-timer-at`),
 //! restored with it, rolled back with it, and dropped when the entry is
-//! deleted or swept. `put` keeps the entry's timer; [`StateStore::set_timer`]
+//! deleted or swept. A timer remembers the trace context of the record
+//! that set it (header `si-timer-trace`, a W3C `traceparent`), so what it
+//! produces when it fires joins that record's trace. `put` keeps the entry's timer; [`StateStore::set_timer`]
 //! and [`StateStore::cancel_timer`] change it. Set the entry's TTL beyond its
 //! timer: an entry swept at its expiry takes its timer with it. See
 //! [`crate::stream`] for when timers fire and why each fires exactly once.
@@ -52,11 +54,16 @@ pub const EXPIRES_AT_HEADER: &str = "si-expires-at";
 /// decimal); absent when the entry has no timer.
 pub const TIMER_AT_HEADER: &str = "si-timer-at";
 
+/// Name of the changelog header carrying the `traceparent` of the record
+/// that set an entry's timer; absent when it had none.
+pub const TIMER_TRACE_HEADER: &str = "si-timer-trace";
+
 #[derive(Debug, Clone)]
 struct Entry<V> {
     value: V,
     expires_at: i64,
     timer_at: Option<i64>,
+    timer_trace: Option<String>,
 }
 
 /// A stored entry as the changelog carries it: value, expiry, timer.
@@ -68,6 +75,8 @@ pub struct Stored<V> {
     pub expires_at: i64,
     /// When its timer fires (ms since the epoch), if it has one.
     pub timer_at: Option<i64>,
+    /// The `traceparent` of the record that set the timer, if any.
+    pub timer_trace: Option<String>,
 }
 
 /// The state of one input partition of a processor.
@@ -80,6 +89,8 @@ pub struct StateStore<V> {
     undo: Vec<(String, Option<Entry<V>>)>,
     now_ms: i64,
     default_ttl_ms: i64,
+    /// The trace context of the record being processed (what a timer set now remembers).
+    trace: Option<String>,
 }
 
 /// A change to write to the changelog: the key, and the entry (`None` for a delete).
@@ -99,6 +110,7 @@ impl<V: Clone> StateStore<V> {
             undo: Vec::new(),
             now_ms: 0,
             default_ttl_ms: millis(default_ttl),
+            trace: None,
         }
     }
 
@@ -111,6 +123,22 @@ impl<V: Clone> StateStore<V> {
     /// Sets the store's time (the runner does this before each record; tests too).
     pub fn set_now(&mut self, now_ms: i64) {
         self.now_ms = now_ms;
+    }
+
+    /// Sets the trace context of the record being processed (the runner
+    /// does this before each record): a timer set while it is processed
+    /// remembers it.
+    pub fn set_trace(&mut self, traceparent: Option<&str>) {
+        self.trace = traceparent.map(str::to_owned);
+    }
+
+    /// The `traceparent` the timer of `key` remembers, if it has a timer.
+    #[must_use]
+    pub fn timer_trace(&self, key: &str) -> Option<&str> {
+        self.entries
+            .get(key)
+            .filter(|e| e.timer_at.is_some())
+            .and_then(|e| e.timer_trace.as_deref())
     }
 
     /// The live value of `key` (absent when missing or expired at [`Self::now`]).
@@ -141,13 +169,17 @@ impl<V: Clone> StateStore<V> {
     }
 
     fn put_until(&mut self, key: String, value: V, expires_at: i64) {
-        let timer_at = self.entries.get(&key).and_then(|e| e.timer_at);
+        let (timer_at, timer_trace) = self
+            .entries
+            .get(&key)
+            .map_or((None, None), |e| (e.timer_at, e.timer_trace.clone()));
         let old = self.replace(
             key.clone(),
             Some(Entry {
                 value,
                 expires_at,
                 timer_at,
+                timer_trace,
             }),
         );
         self.undo.push((key, old));
@@ -194,6 +226,7 @@ impl<V: Clone> StateStore<V> {
         }
         let mut entry = entry.clone();
         entry.timer_at = Some(at_ms);
+        entry.timer_trace.clone_from(&self.trace);
         let old = self.replace(key.to_owned(), Some(entry));
         self.undo.push((key.to_owned(), old));
         true
@@ -205,6 +238,7 @@ impl<V: Clone> StateStore<V> {
         let at = entry.timer_at?;
         let mut entry = entry.clone();
         entry.timer_at = None;
+        entry.timer_trace = None;
         let old = self.replace(key.to_owned(), Some(entry));
         self.undo.push((key.to_owned(), old));
         Some(at)
@@ -278,6 +312,7 @@ impl<V: Clone> StateStore<V> {
                     value: e.value.clone(),
                     expires_at: e.expires_at,
                     timer_at: e.timer_at,
+                    timer_trace: e.timer_trace.clone(),
                 });
                 out.push((key.clone(), current));
             }
@@ -317,6 +352,7 @@ impl<V: Clone> StateStore<V> {
             value: s.value,
             expires_at: s.expires_at,
             timer_at: s.timer_at,
+            timer_trace: s.timer_trace,
         });
         self.replace(key, entry);
     }
@@ -395,7 +431,8 @@ mod tests {
                     Some(Stored {
                         value: 2,
                         expires_at: 5 + 3_600_000,
-                        timer_at: None
+                        timer_at: None,
+                        timer_trace: None,
                     })
                 ),
                 ("b".to_owned(), None)
@@ -427,6 +464,7 @@ mod tests {
                 value,
                 expires_at: i64::MAX,
                 timer_at: None,
+                timer_trace: None,
             })
         };
         store.restore("a".into(), stored(1));
@@ -497,10 +535,37 @@ mod tests {
                 value: 1,
                 expires_at: i64::MAX,
                 timer_at: Some(7),
+                timer_trace: Some("00-trace".into()),
             }),
         );
         assert_eq!(store.due_timers(7, 10), vec!["a".to_owned()]);
+        assert_eq!(store.timer_trace("a"), Some("00-trace"));
         store.restore("a".into(), None);
         assert!(store.due_timers(i64::MAX, 10).is_empty());
+    }
+
+    #[test]
+    fn a_timer_remembers_the_trace_of_the_record_that_set_it() {
+        let mut store = StateStore::new(HOUR);
+        store.set_trace(Some("00-first"));
+        store.put("a", 1);
+        store.set_timer("a", 10);
+        store.set_trace(Some("00-second"));
+        store.put("a", 2);
+        assert_eq!(store.timer_trace("a"), Some("00-first"), "a put keeps it");
+        store.set_timer("a", 20);
+        assert_eq!(store.timer_trace("a"), Some("00-second"), "re-armed");
+        assert_eq!(
+            store.changes()[0]
+                .1
+                .as_ref()
+                .and_then(|s| s.timer_trace.clone()),
+            Some("00-second".to_owned())
+        );
+        store.cancel_timer("a");
+        assert_eq!(store.timer_trace("a"), None);
+        store.set_trace(None);
+        store.set_timer("a", 30);
+        assert_eq!(store.timer_trace("a"), None);
     }
 }

@@ -139,16 +139,18 @@ use si_schemas::records::DeadLetterErrorKind;
 use si_schemas::{Codec, CodecError, topics};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
+use tracing::field::Empty;
 
 use crate::admin::{Readiness, ReadinessCheck};
 use crate::config::{GroupArgs, KafkaArgs};
 use crate::dlq;
 use crate::metrics::StageMetrics;
 use crate::processor::{InputRecord, Output, ProcessError, Processor, RecordContext, TimerContext};
-use crate::state::{EXPIRES_AT_HEADER, StateStore, Stored, TIMER_AT_HEADER};
+use crate::state::{EXPIRES_AT_HEADER, StateStore, Stored, TIMER_AT_HEADER, TIMER_TRACE_HEADER};
 
 /// The W3C trace context header carried from inputs to outputs.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
+pub const TRACEPARENT_HEADER: &str = crate::trace::TRACEPARENT;
 
 /// What a stage reads and where its state lives.
 #[derive(Debug, Clone)]
@@ -295,6 +297,16 @@ pub fn transactional_producer_config(
     config
 }
 
+/// A header of `message` as UTF-8.
+fn header_str<'m, M: Message>(message: &'m M, name: &str) -> Option<&'m str> {
+    message.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    })
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -329,6 +341,9 @@ fn txn_call(call: &'static str, f: impl Fn() -> KafkaResult<()>) -> Result<(), S
 struct Txn {
     started: Instant,
     records: usize,
+    /// The batch's span (`transaction`), linked to the traces of its records.
+    span: Span,
+    links: u32,
     offsets: HashMap<(String, i32), i64>,
     /// Partitions whose timers fired in this transaction.
     timer_partitions: HashSet<i32>,
@@ -370,9 +385,18 @@ impl<P: Processor> Core<P> {
             self.producer
                 .begin_transaction()
                 .map_err(|e| classify_kafka("begin_transaction", &e))?;
+            let span = tracing::info_span!(
+                parent: None,
+                "transaction",
+                si.stage = self.stage,
+                messaging.batch.message_count = Empty,
+                outcome = Empty,
+            );
             self.txn = Some(Txn {
                 started: Instant::now(),
                 records: 0,
+                span,
+                links: 0,
                 offsets: HashMap::new(),
                 timer_partitions: HashSet::new(),
             });
@@ -476,6 +500,29 @@ impl<P: Processor> Core<P> {
         let full_topic = message.topic();
         let topic = self.declared(full_topic);
         let partition = message.partition();
+        let received = header_str(message, TRACEPARENT_HEADER);
+        // The record's span: a child of the trace the record belongs to.
+        let span = tracing::info_span!(
+            "process",
+            si.stage = self.stage,
+            messaging.destination.name = topic,
+            messaging.kafka.partition = partition,
+            messaging.kafka.offset = message.offset(),
+            trace_id = Empty,
+        );
+        crate::trace::continue_from(&span, received);
+        self.process_in(message, topic, received, &span)
+    }
+
+    fn process_in(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        topic: &'static str,
+        received: Option<&str>,
+        span: &Span,
+    ) -> Result<(), Step> {
+        let full_topic = message.topic();
+        let partition = message.partition();
         if !self.stores.contains_key(&partition) {
             self.restore(&[partition])?;
         }
@@ -487,6 +534,7 @@ impl<P: Processor> Core<P> {
         }
         self.metrics.records_in.with_label_values(&[topic]).inc();
         let Some(payload) = message.payload() else {
+            let _entered = span.enter();
             return self.dead_letter(
                 message,
                 DeadLetterErrorKind::Invalid,
@@ -500,16 +548,29 @@ impl<P: Processor> Core<P> {
             Ok(input) => input,
             Err(e) if e.is_retriable() => return Err(Step::Retry("registry", e.to_string())),
             Err(e) => {
+                let _entered = span.enter();
                 let kind = self.classify_decode_error(&e, payload);
                 return self.dead_letter(message, kind, &e.to_string());
             }
         };
-        let traceparent = message.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == TRACEPARENT_HEADER)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
+        // A record without the header may name its trace in its value (the
+        // cognition layer's responses do).
+        let received = received.or_else(|| {
+            let inner = self.processor.traceparent_in(&input);
+            crate::trace::continue_from(span, inner);
+            inner
         });
+        let _entered = span.enter();
+        let traceparent = crate::trace::traceparent_of(span, received);
+        crate::trace::record_trace_id(span, traceparent.as_deref());
+        if let Some(txn) = self.txn.as_mut()
+            && txn.links < crate::trace::MAX_LINKS
+            && let Some(context) = crate::trace::context_of(span)
+        {
+            crate::trace::link_context(&txn.span, &context);
+            txn.links += 1;
+        }
+        let traceparent = traceparent.as_deref();
         let timestamp_ms = message.timestamp().to_millis().unwrap_or_else(now_ms);
         let ctx = RecordContext {
             topic,
@@ -523,6 +584,7 @@ impl<P: Processor> Core<P> {
             return Err(Step::Fatal(format!("no state for partition {partition}")));
         };
         store.set_now(timestamp_ms);
+        store.set_trace(traceparent);
         let savepoint = store.savepoint();
         let outputs = match self.processor.process(&ctx, input, store) {
             Ok(outputs) => outputs,
@@ -619,9 +681,22 @@ impl<P: Processor> Core<P> {
                 continue;
             };
             store.set_now(now);
+            let cause = store.timer_trace(&key).map(str::to_owned);
             let Some(due_at_ms) = store.cancel_timer(&key) else {
                 continue;
             };
+            // The timer's span joins the trace of the record that set it.
+            let span = tracing::info_span!(
+                "timer",
+                si.stage = self.stage,
+                si.timer.due_at_ms = due_at_ms,
+                trace_id = Empty,
+            );
+            crate::trace::continue_from(&span, cause.as_deref());
+            let _entered = span.enter();
+            let traceparent = crate::trace::traceparent_of(&span, cause.as_deref());
+            crate::trace::record_trace_id(&span, traceparent.as_deref());
+            store.set_trace(traceparent.as_deref());
             if let Some(txn) = self.txn.as_mut() {
                 txn.timer_partitions.insert(partition);
             }
@@ -633,7 +708,7 @@ impl<P: Processor> Core<P> {
                 now_ms: now,
             };
             let failure = match self.processor.on_timer(&ctx, store) {
-                Ok(outputs) => self.emit(&outputs, None)?,
+                Ok(outputs) => self.emit(&outputs, traceparent.as_deref())?,
                 Err(error) => Some(error.to_string()),
             };
             let outcome = if let Some(reason) = failure {
@@ -675,6 +750,9 @@ impl<P: Processor> Core<P> {
         };
         let started = Instant::now();
         let records = txn.records;
+        let commit_span =
+            tracing::info_span!(parent: &txn.span, "commit", changelog_writes = Empty);
+        let _entered = commit_span.enter();
         let mut offsets = TopicPartitionList::new();
         for ((topic, partition), offset) in &txn.offsets {
             offsets
@@ -692,6 +770,7 @@ impl<P: Processor> Core<P> {
                         value,
                         expires_at,
                         timer_at,
+                        timer_trace,
                     }) => {
                         let bytes = match self.encode_blocking(&self.changelog, &value) {
                             Ok(bytes) => bytes,
@@ -712,6 +791,12 @@ impl<P: Processor> Core<P> {
                                 key: TIMER_AT_HEADER,
                                 value: Some(&at.to_string()),
                             });
+                            if let Some(trace) = &timer_trace {
+                                headers = headers.insert(Header {
+                                    key: TIMER_TRACE_HEADER,
+                                    value: Some(trace),
+                                });
+                            }
                         }
                         self.send(
                             &self.changelog,
@@ -752,7 +837,12 @@ impl<P: Processor> Core<P> {
         for store in self.stores.values_mut() {
             store.commit();
         }
-        self.txn = None;
+        commit_span.record("changelog_writes", writes);
+        if let Some(txn) = self.txn.take() {
+            txn.span
+                .record("messaging.batch.message_count", records)
+                .record("outcome", "committed");
+        }
         self.metrics.changelog_writes.inc_by(writes);
         self.metrics
             .transactions
@@ -820,7 +910,9 @@ impl<P: Processor> Core<P> {
 
     /// Aborts the open transaction and rolls the stores back to the last commit.
     fn abort(&mut self) -> Result<(), Step> {
-        if self.txn.take().is_some() {
+        if let Some(txn) = self.txn.take() {
+            txn.span.record("outcome", "aborted");
+            let _entered = txn.span.enter();
             let timeout = self.call_timeout;
             crate::kafka::retry_abort(|| self.producer.abort_transaction(timeout))
                 .map_err(|e| Step::Fatal(format!("abort_transaction: {e}")))?;
@@ -952,11 +1044,14 @@ impl<P: Processor> Core<P> {
                                 };
                                 let expires_at = header(EXPIRES_AT_HEADER).unwrap_or(i64::MAX);
                                 let timer_at = header(TIMER_AT_HEADER);
+                                let timer_trace =
+                                    header_str(&message, TIMER_TRACE_HEADER).map(str::to_owned);
                                 match self.decode_state(bytes)? {
                                     Some(value) => Some(Stored {
                                         value,
                                         expires_at,
                                         timer_at,
+                                        timer_trace,
                                     }),
                                     None => {
                                         tracing::error!(

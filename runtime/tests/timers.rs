@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::Message;
+use rdkafka::message::Headers;
 use si_runtime::Readiness;
 use si_runtime::metrics::StageMetrics;
 use si_runtime::processor::{Output, ProcessError, Processor, RecordContext, TimerContext};
@@ -179,6 +180,18 @@ impl Runner {
 
 /// Every `request_id` on `si.archival.v1` (committed) up to and including `last`.
 async fn said_until(env: &TestEnv, last: &str) -> anyhow::Result<Vec<String>> {
+    Ok(said_with_traces_until(env, last)
+        .await?
+        .into_iter()
+        .map(|(said, _)| said)
+        .collect())
+}
+
+/// Like [`said_until`], with each record's `traceparent` header.
+async fn said_with_traces_until(
+    env: &TestEnv,
+    last: &str,
+) -> anyhow::Result<Vec<(String, Option<String>)>> {
     let consumer = env.consumer(topics::ARCHIVAL).await?;
     let until = Instant::now() + Duration::from_secs(60);
     let mut said = Vec::new();
@@ -189,12 +202,21 @@ async fn said_until(env: &TestEnv, last: &str) -> anyhow::Result<Vec<String>> {
         };
         let message = message?;
         let record: ArchivalRequest = env.codec.decode(message.payload().unwrap()).await?;
-        said.push(record.request_id.clone());
+        let traceparent = message.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == si_runtime::trace::TRACEPARENT)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+        said.push((record.request_id.clone(), traceparent));
         if record.request_id == last {
             return Ok(said);
         }
     }
 }
+
+/// The trace context of the command that arms the timer.
+const ARM_TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timer_survives_a_restart_and_fires_exactly_once() -> anyhow::Result<()> {
@@ -204,7 +226,7 @@ async fn a_timer_survives_a_restart_and_fires_exactly_once() -> anyhow::Result<(
     // Instance A arms the timer and stops before it is due.
     let a = start(&env);
     let armed_at = now_ms();
-    env.produce(topics::COMMANDS, key, &command("arm", key))
+    env.produce_traced(topics::COMMANDS, key, &command("arm", key), ARM_TRACE)
         .await?;
     let said = said_until(&env, &format!("armed-{key}")).await?;
     assert_eq!(said, vec![format!("armed-{key}")]);
@@ -214,9 +236,16 @@ async fn a_timer_survives_a_restart_and_fires_exactly_once() -> anyhow::Result<(
         "instance A ran past the timer's time: the test would not test a restart"
     );
 
-    // Instance B restores the entry with its timer and fires it, once.
+    // Instance B restores the entry with its timer and fires it, once, in
+    // the trace of the command that armed it (kept in the changelog).
     let b = start(&env);
-    let said = said_until(&env, &format!("fired-{key}")).await?;
+    let traced = said_with_traces_until(&env, &format!("fired-{key}")).await?;
+    assert_eq!(
+        traced.last().and_then(|(_, t)| t.as_deref()),
+        Some(ARM_TRACE),
+        "the timer's output is not in the trace of the record that set it: {traced:?}"
+    );
+    let said: Vec<String> = traced.into_iter().map(|(s, _)| s).collect();
     assert!(now_ms() >= armed_at + DELAY_MS, "fired early");
     env.produce(topics::COMMANDS, key, &command("m1", key))
         .await?;

@@ -10,6 +10,11 @@
 //! counts every message Twilio accepted as sent and delivered, one opt-out and
 //! the opt-ins.
 //!
+//! Every stage exports its spans over OTLP/HTTP to a receiver inside the
+//! test: the first text's trace must run as one parent chain from ingress's
+//! webhook span through every stage to egress's Twilio request, with the
+//! delivery reports of that send joining it, and no span may hold a number.
+//!
 //! Every stage logs at trace level, as JSON as in production, and egress
 //! authenticates with an API key: at the end (after shutdown) no stage's log
 //! may hold the Auth Token, the API key secret (as written or in a Basic
@@ -25,7 +30,10 @@ use si_schemas::records::{
     InboundMessage, OutboundOperation,
 };
 use si_schemas::topics;
-use si_testkit::{LeakDetector, StageProcess, TestEnv, free_port, wait_for};
+use si_testkit::otlp::ancestry;
+use si_testkit::{
+    LeakDetector, OtlpReceiver, ReceivedSpan, StageProcess, TestEnv, free_port, wait_for,
+};
 use twilio_sandbox::{InboundSms, RequestRecord, Sandbox, SandboxConfig, SandboxHandle};
 
 const USER: &str = "+14155550123";
@@ -106,11 +114,15 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
     .await?;
     let listen = ingress_url.trim_start_matches("http://").to_owned();
     let base = sandbox.base_url();
+    let otlp = OtlpReceiver::start().await?;
     let common = [
         ("TWILIO_AUTH_TOKEN", TOKEN),
         ("TWILIO_ACCOUNT_SID", sandbox.account_sid()),
         ("LOG_LEVEL", "trace"),
         ("LOG_FORMAT", "json"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint()),
+        ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
     let mut stages = Vec::new();
     for (binary, extra) in [
@@ -132,6 +144,7 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
                 ("TWILIO_CONVERSATIONS_BASE_URL", base.as_str()),
                 ("TWILIO_API_KEY_SID", API_KEY_SID),
                 ("TWILIO_API_KEY_SECRET", API_KEY_SECRET),
+                ("STATUS_CALLBACK_BASE_URL", ingress_url.as_str()),
             ],
         ),
     ] {
@@ -171,6 +184,10 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
         })
         .await?;
     assert_eq!(delivered.conversation_id, inbound.conversation_id);
+
+    // 2a. One trace from ingress's webhook to egress's Twilio request, and
+    // the delivery reports of that send in it.
+    let trace_id = one_trace_from_webhook_to_twilio(&otlp, &inbound, &reply).await?;
 
     // 2b. A second user writes on WhatsApp and gets the reply there.
     let whatsapp_user = format!("whatsapp:{WHATSAPP_USER}");
@@ -329,7 +346,148 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
     for stage in &mut stages {
         stage.terminate(Duration::from_secs(30))?;
     }
+    spans_hold_no_number(&otlp.spans());
+    // Log lines written while ingress handled the webhook name its trace.
+    let ingress_log = std::fs::read_to_string(stages[0].log())?;
+    assert!(
+        ingress_log.contains(&format!(r#""trace_id":"{trace_id}""#)),
+        "no ingress log line names the trace {trace_id}"
+    );
     logs_hold_no_secret_and_no_number(&stages, sandbox.account_sid())
+}
+
+/// The trace of the user's first text, as the stages exported it: egress's
+/// Twilio request for the reply descends, parent by parent, from ingress's
+/// webhook span through normalize, consent, the responder, segment and
+/// egress's operation; the status callbacks of that send are children of the
+/// request (egress put its context into the callback URL); each processor's
+/// transaction links to the record spans it committed; and log lines of
+/// that work name the trace.
+async fn one_trace_from_webhook_to_twilio(
+    otlp: &OtlpReceiver,
+    inbound: &InboundMessage,
+    reply: &RequestRecord,
+) -> anyhow::Result<String> {
+    let traceparent = inbound
+        .traceparent
+        .clone()
+        .context("si.inbound.v1 carries no traceparent")?;
+    let trace_id = traceparent[3..35].to_owned();
+    let callback = reply
+        .params
+        .get("StatusCallback")
+        .context("the reply has no StatusCallback")?;
+    let sent = form_urlencoded::parse(callback.split_once('?').map_or("", |(_, q)| q).as_bytes())
+        .find(|(name, _)| name == "traceparent")
+        .map(|(_, value)| value.into_owned())
+        .context("the StatusCallback URL carries no traceparent")?;
+    assert_eq!(
+        &sent[3..35],
+        trace_id,
+        "the request to Twilio is in another trace"
+    );
+    assert_eq!(
+        reply.traceparent.as_deref(),
+        Some(sent.as_str()),
+        "the request's traceparent header is not its StatusCallback's"
+    );
+    let request_id = sent[36..52].to_owned();
+    let trace = wait_for("the trace up to the delivery report", DEADLINE, || async {
+        let trace = otlp.trace(&trace_id);
+        let report = trace.iter().any(|s| {
+            s.service == "si-ingress"
+                && s.name == "webhook"
+                && s.attribute("si.route") == Some("messaging_status")
+                && s.parent_span_id == request_id
+        });
+        let complete = trace
+            .iter()
+            .find(|s| s.span_id == request_id)
+            .is_some_and(|request| {
+                ancestry(&trace, request)
+                    .last()
+                    .is_some_and(|root| root.name == "webhook" && root.parent_span_id.is_empty())
+            });
+        Ok((report && complete).then_some(trace))
+    })
+    .await
+    .with_context(|| format!("spans received: {:#?}", otlp.trace(&trace_id)))?;
+    let request = trace
+        .iter()
+        .find(|s| s.span_id == request_id)
+        .context("the request span")?;
+    assert_eq!(
+        (request.service.as_str(), request.name.as_str()),
+        ("si-egress", "twilio request")
+    );
+    assert_eq!(request.attribute("http.response.status_code"), Some("201"));
+    let chain: Vec<(&str, &str)> = ancestry(&trace, request)
+        .iter()
+        .map(|s| (s.service.as_str(), s.name.as_str()))
+        .collect();
+    assert_eq!(
+        chain,
+        [
+            ("si-egress", "twilio request"),
+            ("si-egress", "operation"),
+            ("si-segment", "process"),
+            ("si-echo-responder", "process"),
+            ("si-consent", "process"),
+            ("si-normalize", "process"),
+            ("si-ingress", "produce"),
+            ("si-ingress", "webhook"),
+        ],
+        "the parent chain from the Twilio request to the webhook"
+    );
+    let root = ancestry(&trace, request).last().copied().context("root")?;
+    assert_eq!(root.attribute("si.route"), Some("messaging_inbound"));
+    assert_eq!(root.attribute("http.response.status_code"), Some("200"));
+    assert!(
+        trace.iter().any(|s| s.service == "si-ingress"
+            && s.name == "verify signature"
+            && s.parent_span_id == root.span_id),
+        "no signature check span under the webhook"
+    );
+    assert!(
+        trace
+            .iter()
+            .any(|s| s.service == "si-egress" && s.name == "wait"),
+        "no wait span under the operation"
+    );
+    // Each processor's transaction links to the record spans it committed.
+    let all = otlp.spans();
+    for stage in ["si-normalize", "si-consent", "si-segment"] {
+        let process = trace
+            .iter()
+            .find(|s| s.service == stage && s.name == "process")
+            .with_context(|| format!("{stage}'s process span"))?;
+        assert!(
+            all.iter().any(|s| s.service == stage
+                && s.name == "transaction"
+                && s.links
+                    .contains(&(trace_id.clone(), process.span_id.clone()))),
+            "no transaction of {stage} links to its record"
+        );
+    }
+    Ok(trace_id)
+}
+
+/// No exported span attribute holds a phone number.
+fn spans_hold_no_number(spans: &[ReceivedSpan]) {
+    assert!(!spans.is_empty(), "no span was exported");
+    for span in spans {
+        for (key, value) in &span.attributes {
+            for number in [USER, WHATSAPP_USER, INVALID_USER, SI_NUMBER] {
+                assert!(
+                    !value.contains(&number[2..]),
+                    "{} span {:?} of {} holds a number in {key}: {value}",
+                    span.service,
+                    span.name,
+                    span.trace_id
+                );
+            }
+        }
+    }
 }
 
 /// `sictl report --json` (the binary, on the test's topics) says the

@@ -22,10 +22,12 @@ use sictl::topics_file::{Overrides, TopicsFile};
 pub mod broker;
 pub mod leaks;
 pub mod openapi;
+pub mod otlp;
 pub mod process;
 
 pub use broker::PrivateBroker;
 pub use leaks::{Leak, LeakDetector};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use process::{StageProcess, sictl, spawn_ready, stage_binary, wait_for};
 
 /// The repository root (where `topics.yaml` is).
@@ -211,6 +213,36 @@ impl TestEnv {
         self.producer
             .send(
                 FutureRecord::to(&topic).key(key).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+        Ok(())
+    }
+
+    /// Like [`Self::produce`], with a W3C `traceparent` header.
+    ///
+    /// # Errors
+    /// When encoding or producing fails.
+    pub async fn produce_traced<T: AvroRecord>(
+        &self,
+        topic: &str,
+        key: &str,
+        record: &T,
+        traceparent: &str,
+    ) -> anyhow::Result<()> {
+        let topic = self.topic(topic);
+        let payload = self.codec.encode(&topic, record).await?;
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: si_runtime::trace::TRACEPARENT,
+            value: Some(traceparent),
+        });
+        self.producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(key)
+                    .payload(&payload)
+                    .headers(headers),
                 Duration::from_secs(10),
             )
             .await

@@ -1089,10 +1089,12 @@ impl Processor for Normalizer {
                 .or_else(|| params.get("AccountSid").map(str::to_owned)),
             webhook_id: webhook.webhook_id.clone(),
             dedup_key: dedup_key.clone(),
-            traceparent: webhook
+            // This record's trace context (normalize's span with traces
+            // exported), else the one ingress wrote into the envelope.
+            traceparent: ctx
                 .traceparent
-                .clone()
-                .or_else(|| ctx.traceparent.map(str::to_owned)),
+                .map(str::to_owned)
+                .or_else(|| webhook.traceparent.clone()),
             compliance: None,
             message: draft.message,
             delivery: draft.delivery,

@@ -7,16 +7,15 @@ use si_segment::stage::Config;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    si_runtime::telemetry::init(
-        config.common.service.log_format,
-        &config.common.service.log_level,
-    );
+    let telemetry = si_runtime::telemetry::start("si-segment", &config.common.service);
     let shutdown = si_runtime::shutdown_token();
-    match si_segment::stage::run(config, shutdown).await {
+    let code = match si_segment::stage::run(config, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "si-segment stopped");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }

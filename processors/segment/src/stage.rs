@@ -1037,6 +1037,14 @@ impl Processor for Segmenter {
     type Input = SegmentInput;
     type State = SegmentState;
 
+    /// The cognition layer names a response's trace in its value.
+    fn traceparent_in<'a>(&self, input: &'a SegmentInput) -> Option<&'a str> {
+        match input {
+            SegmentInput::Response(response) => response.traceparent.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Parked responses whose conversation never showed up are dead-lettered.
     fn on_timer(
         &mut self,

@@ -118,6 +118,9 @@ pub struct RequestRecord {
     pub all_params: Vec<(String, String)>,
     /// The `X-Si-Operation-Id` header.
     pub operation_id: Option<String>,
+    /// The W3C `traceparent` header, if the caller sent one.
+    #[serde(default)]
+    pub traceparent: Option<String>,
     /// The sender the rate applies to, if the request names one.
     pub sender: Option<String>,
     /// HTTP status answered; 0 when the connection was dropped instead.
