@@ -686,14 +686,19 @@ impl<P: Processor> Core<P> {
         }
         let mut writes = 0u64;
         for (partition, store) in &self.stores {
-            for (key, value) in store.changes() {
+            for (key, value) in store.packed_changes() {
                 match value {
                     Some(Stored {
                         value,
                         expires_at,
                         timer_at,
                     }) => {
-                        let bytes = match self.encode_blocking(&self.changelog, &value) {
+                        let datum = value
+                            .map_err(|e| Step::Fatal(format!("state does not encode: {e}")))?;
+                        let framed = self
+                            .handle
+                            .block_on(self.codec.frame_datum::<P::State>(&self.changelog, &datum));
+                        let bytes = match framed {
                             Ok(bytes) => bytes,
                             Err(e) if e.is_retriable() => {
                                 return Err(Step::Retry("registry", e.to_string()));
@@ -936,8 +941,6 @@ impl<P: Processor> Core<P> {
                     Some(Ok(message)) => {
                         let p = message.partition();
                         records += 1;
-                        let key =
-                            String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
                         let value = match message.payload() {
                             None => None,
                             Some(bytes) => {
@@ -952,7 +955,7 @@ impl<P: Processor> Core<P> {
                                 };
                                 let expires_at = header(EXPIRES_AT_HEADER).unwrap_or(i64::MAX);
                                 let timer_at = header(TIMER_AT_HEADER);
-                                match self.decode_state(bytes)? {
+                                match self.state_datum(bytes)? {
                                     Some(value) => Some(Stored {
                                         value,
                                         expires_at,
@@ -970,7 +973,7 @@ impl<P: Processor> Core<P> {
                             }
                         };
                         if let Some(store) = stores.get_mut(&p) {
-                            store.restore(key, value);
+                            store.restore_packed(message.key().unwrap_or_default(), value);
                         }
                         if high.get(&p).is_some_and(|hi| message.offset() + 1 >= *hi) {
                             pending.remove(&p);
@@ -996,11 +999,16 @@ impl<P: Processor> Core<P> {
         Ok(())
     }
 
-    /// Decodes a changelog value, retrying while the registry is unreachable.
-    fn decode_state(&self, bytes: &[u8]) -> Result<Option<P::State>, Step> {
+    /// A changelog value as the store keeps it (the bare datum in the state's
+    /// own schema), retrying while the registry is unreachable; `None` when
+    /// it does not decode.
+    fn state_datum(&self, bytes: &[u8]) -> Result<Option<Vec<u8>>, Step> {
         let mut backoff = crate::backoff::Backoff::brief();
         loop {
-            match self.handle.block_on(self.codec.decode::<P::State>(bytes)) {
+            match self
+                .handle
+                .block_on(self.codec.own_datum::<P::State>(bytes))
+            {
                 Ok(value) => return Ok(Some(value)),
                 Err(e) if e.is_retriable() => {
                     if self.shutdown.is_cancelled() {
@@ -1243,7 +1251,10 @@ pub async fn run<P: Processor>(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true");
+        .set("enable.partition.eof", "true")
+        // The restore reads as fast as it decodes; a deep prefetch queue
+        // would only add to the peak memory (librdkafka's default is 64 MiB).
+        .set("queued.max.messages.kbytes", "16384");
 
     let core = Arc::new(Mutex::new(Core {
         stage,
