@@ -114,10 +114,13 @@
 //!   committed (or aborted when the assignment was lost), then the revoked
 //!   partitions' stores are parked (eager) or dropped (cooperative).
 //! - After partitions are assigned (`post_rebalance`), nothing is read in the
-//!   callback: the new partitions that need a restore are paused on the group
-//!   consumer and a restore consumer is assigned their changelog partitions
-//!   (`read_committed`, from the beginning to the end offset seen at
-//!   assignment). The loop then reads the changelog in slices of at most
+//!   callback: the new partitions are paused on the group consumer and
+//!   recorded. Before its next poll the loop looks up their changelog end
+//!   offsets, takes back parked stores that are still current and gives
+//!   empty changelog partitions an empty store (both resumed at once), and
+//!   assigns the other changelog partitions to a restore consumer
+//!   (`read_committed`, from the beginning to the end offset seen then). The
+//!   loop then reads the changelog in slices of at most
 //!   `RESTORE_SLICE` (50 ms) between polls of the group consumer, sharing the
 //!   thread with the records of partitions already restored; a partition is
 //!   resumed as soon as its store is complete, so none of its records is
@@ -366,6 +369,9 @@ struct Core<P: Processor> {
     poisoned: bool,
     call_timeout: Duration,
     restore_config: ClientConfig,
+    /// Partitions assigned (and paused) whose state the loop has not looked
+    /// at yet: the rebalance callback only records them.
+    to_restore: Vec<i32>,
     /// The restore in progress, if any (see [`Restoring`]).
     restoring: Option<Restoring<P::State>>,
     /// Stores of partitions an eager rebalance revoked, with the changelog
@@ -690,7 +696,7 @@ impl<P: Processor> Core<P> {
     /// once); otherwise up to 100 ms, so the loop still checks timers, the
     /// sweep and shutdown.
     fn poll_timeout(&self) -> Duration {
-        if self.txn.is_some() || self.restoring.is_some() {
+        if self.txn.is_some() || self.restoring.is_some() || !self.to_restore.is_empty() {
             Duration::ZERO
         } else {
             Duration::from_millis(100)
@@ -951,12 +957,13 @@ impl<P: Processor> Core<P> {
         tpl
     }
 
-    /// Makes the state of newly assigned `partitions` available: a store an
-    /// eager rebalance parked is taken back when its changelog partition has
-    /// not changed since (nobody else wrote to it), an empty changelog
-    /// partition gives an empty store, and every other partition is paused on
-    /// the group consumer and restored a slice at a time between polls
-    /// ([`Self::restore_slice`]); it is resumed once its store is complete.
+    /// Makes the state of newly assigned `partitions` (paused on the group
+    /// consumer) available: a store an eager rebalance parked is taken back
+    /// when its changelog partition has not changed since (nobody else wrote
+    /// to it), an empty changelog partition gives an empty store (both are
+    /// resumed at once), and every other partition is restored a slice at a
+    /// time between polls ([`Self::restore_slice`]) and resumed once its
+    /// store is complete.
     fn start_restore(
         &mut self,
         consumer: &BaseConsumer<StreamContext<P>>,
@@ -977,15 +984,28 @@ impl<P: Processor> Core<P> {
                 _ => to_restore.push((p, high)),
             }
         }
+        // Parked stores that did not come back belong to someone else now.
+        self.parked.clear();
         if !reused.is_empty() {
             tracing::info!(partitions = ?reused, "state kept: the changelog did not change while unassigned");
         }
+        let ready: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !to_restore.iter().any(|(q, _)| q == p))
+            .collect();
+        if !ready.is_empty() {
+            consumer
+                .resume(&self.input_partitions(ready.iter().copied()))
+                .map_err(|e| Step::Fatal(format!("resuming partitions: {e}")))?;
+        }
         if to_restore.is_empty() {
+            self.update_state_gauge();
+            if self.restoring.is_none() {
+                self.partitions_ready.set(true);
+            }
             return Ok(());
         }
-        consumer
-            .pause(&self.input_partitions(to_restore.iter().map(|(p, _)| *p)))
-            .map_err(|e| Step::Fatal(format!("pausing partitions to restore: {e}")))?;
         if self.restoring.is_none() {
             let consumer: BaseConsumer<crate::table::EndOfPartitionIsFine> = self
                 .restore_config
@@ -1120,26 +1140,17 @@ impl<P: Processor> Core<P> {
     }
 
     /// A record of a partition whose store is not complete (fetched before
-    /// its pause took effect, or never restored): seek back to it, so it is
-    /// read again once the partition is restored and resumed.
+    /// its pause took effect, or never restored): pause the partition and
+    /// seek back to the record, so it is read again once the partition is
+    /// restored and resumed.
     fn hold_back(
         &mut self,
         consumer: &BaseConsumer<StreamContext<P>>,
         message: &BorrowedMessage<'_>,
     ) -> Result<(), Step> {
         let p = message.partition();
-        let restoring = self
-            .restoring
-            .as_ref()
-            .is_some_and(|r| r.partitions.contains_key(&p));
-        if !restoring {
-            self.partitions_ready.set(false);
-            self.start_restore(consumer, &[p])?;
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(message.topic(), p);
         consumer
-            .pause(&tpl)
+            .pause(&self.input_partitions([p]))
             .map_err(|e| Step::Fatal(format!("pausing [{p}]: {e}")))?;
         consumer
             .seek(
@@ -1149,11 +1160,14 @@ impl<P: Processor> Core<P> {
                 self.call_timeout,
             )
             .map_err(|e| Step::Fatal(format!("seeking back [{p}]: {e}")))?;
-        if self.stores.contains_key(&p) {
-            // Restored at once (an empty or unchanged changelog partition).
-            consumer
-                .resume(&tpl)
-                .map_err(|e| Step::Fatal(format!("resuming [{p}]: {e}")))?;
+        let known = self.to_restore.contains(&p)
+            || self
+                .restoring
+                .as_ref()
+                .is_some_and(|r| r.partitions.contains_key(&p));
+        if !known {
+            self.partitions_ready.set(false);
+            self.to_restore.push(p);
         }
         Ok(())
     }
@@ -1237,17 +1251,25 @@ impl<P: Processor> Core<P> {
                 continue;
             };
             if park && !store.is_dirty() {
-                match self.changelog_offsets(*p) {
+                // One short request, no retries: the callback must stay short,
+                // and a store not parked is only restored again.
+                let timeout = self.call_timeout.min(Duration::from_secs(1));
+                match self
+                    .producer
+                    .client()
+                    .fetch_watermarks(&self.changelog, *p, timeout)
+                {
                     Ok((_, end)) => {
                         self.parked.insert(*p, (store, end));
                         kept.push(*p);
                     }
-                    Err(Step::Fatal(message) | Step::Retry(_, message)) => {
-                        tracing::warn!(partition = p, %message, "revoked store dropped");
+                    Err(error) => {
+                        tracing::warn!(partition = p, %error, "revoked store dropped");
                     }
                 }
             }
         }
+        self.to_restore.retain(|p| !revoked.contains(p));
         if let Some(restoring) = self.restoring.as_mut() {
             let mut stop = TopicPartitionList::new();
             for p in &revoked {
@@ -1273,6 +1295,7 @@ impl<P: Processor> Core<P> {
             .map(|e| e.partition())
             .filter(|p| {
                 !self.stores.contains_key(p)
+                    && !self.to_restore.contains(p)
                     && !self
                         .restoring
                         .as_ref()
@@ -1282,23 +1305,25 @@ impl<P: Processor> Core<P> {
             .into_iter()
             .collect();
         tracing::info!(partitions = ?new, "partitions assigned");
-        if !new.is_empty() {
+        if new.is_empty() {
+            // Parked stores that did not come back belong to someone else now.
+            self.parked.clear();
+        } else {
+            // Nothing is read here: the loop looks at them before its next
+            // poll (`start_restore`); until then they are paused.
             self.partitions_ready.set(false);
-            if let Err(Step::Fatal(message) | Step::Retry(_, message)) =
-                self.start_restore(consumer, &new)
-            {
-                self.fatal = Some(message);
+            if let Err(error) = consumer.pause(&self.input_partitions(new.iter().copied())) {
+                self.fatal = Some(format!("pausing assigned partitions: {error}"));
                 return;
             }
+            self.to_restore.extend(new);
         }
-        // Parked stores that did not come back belong to someone else now.
-        self.parked.clear();
         let assigned = consumer.assignment().map_or(0, |a| a.count());
         self.metrics
             .assigned_partitions
             .set(i64::try_from(assigned).unwrap_or(0));
         self.update_state_gauge();
-        if self.restoring.is_none() {
+        if self.restoring.is_none() && self.to_restore.is_empty() {
             self.partitions_ready.set(true);
         }
     }
@@ -1486,6 +1511,7 @@ pub async fn run<P: Processor>(
         poisoned: false,
         call_timeout,
         restore_config,
+        to_restore: Vec::new(),
         restoring: None,
         parked: BTreeMap::new(),
         partitions_ready,
@@ -1577,6 +1603,11 @@ fn consume<P: Processor>(
             }
             if c.rewind {
                 c.rewind(consumer).map_err(fatal_error)?;
+            }
+            if !c.to_restore.is_empty() {
+                let partitions = std::mem::take(&mut c.to_restore);
+                c.start_restore(consumer, &partitions)
+                    .map_err(fatal_error)?;
             }
             // Restoring shares the thread with processing: a slice whenever
             // the input is drained, else every other RESTORE_SLICE.
