@@ -43,9 +43,26 @@
 //! transaction aborts, the runner rolls the store back to the last commit; when
 //! a processor returns an error for one record, the runner rolls back that
 //! record's changes only.
+//!
+//! # Memory
+//!
+//! A store keeps every value packed: as the bare Avro datum of its schema
+//! (the changelog's own encoding, without the registry frame), which is
+//! several times smaller than the decoded record with its `String`s, `Vec`s
+//! and `Option`s. [`StateStore::get`] decodes a value the first time it is
+//! read in a transaction and keeps the decoded copy until the transaction
+//! ends (commit or rollback), so a processor pays one decode per key and
+//! batch. Restoring copies the changelog's datum as it is when it was written
+//! with the current schema (no decoding), and committing frames the packed
+//! datum (no encoding). A slot of the map costs 64 bytes; keys are boxed
+//! strings. See the README (Performance: state) for the figures.
 
+use std::cell::{OnceCell, RefCell};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
+
+use si_schemas::AvroRecord;
+use si_schemas::codec::{decode_datum, encode_datum};
 
 /// Name of the changelog header carrying an entry's expiry (ms since the epoch, decimal).
 pub const EXPIRES_AT_HEADER: &str = "si-expires-at";
@@ -58,12 +75,77 @@ pub const TIMER_AT_HEADER: &str = "si-timer-at";
 /// that set an entry's timer; absent when it had none.
 pub const TIMER_TRACE_HEADER: &str = "si-timer-trace";
 
+/// A value a [`StateStore`] can hold: it packs into bytes and back. Every
+/// [`AvroRecord`] is one (packed as its bare Avro datum).
+pub trait StateValue: Clone + Sized {
+    /// The packed form.
+    ///
+    /// # Errors
+    /// When the value does not fit its schema (a bug in the typed record).
+    fn pack(&self) -> Result<Vec<u8>, String>;
+
+    /// The value of a packed form.
+    ///
+    /// # Errors
+    /// When the bytes are not a packed value of this type.
+    fn unpack(bytes: &[u8]) -> Result<Self, String>;
+}
+
+impl<T: AvroRecord + Clone> StateValue for T {
+    fn pack(&self) -> Result<Vec<u8>, String> {
+        encode_datum(self).map_err(|e| e.to_string())
+    }
+
+    fn unpack(bytes: &[u8]) -> Result<Self, String> {
+        decode_datum::<T>(T::schema(), bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// One entry in memory: the packed value, and its decoded form while a
+/// transaction uses it.
 #[derive(Debug, Clone)]
 struct Entry<V> {
-    value: V,
+    /// The packed value; `None` only when packing failed (then `decoded` holds
+    /// the value, and committing it fails as a record that does not encode).
+    packed: Option<Box<[u8]>>,
+    decoded: OnceCell<Box<V>>,
     expires_at: i64,
     timer_at: Option<i64>,
     timer_trace: Option<String>,
+}
+
+impl<V: StateValue> Entry<V> {
+    fn new(value: V, expires_at: i64, timer_at: Option<i64>, timer_trace: Option<String>) -> Self {
+        let packed = match value.pack() {
+            Ok(bytes) => Some(bytes.into_boxed_slice()),
+            Err(error) => {
+                tracing::error!(%error, "a state value does not pack");
+                None
+            }
+        };
+        Self {
+            packed,
+            decoded: OnceCell::from(Box::new(value)),
+            expires_at,
+            timer_at,
+            timer_trace,
+        }
+    }
+
+    /// The value, decoded on first use.
+    fn value(&self) -> Option<&V> {
+        if let Some(value) = self.decoded.get() {
+            return Some(value);
+        }
+        let packed = self.packed.as_deref()?;
+        match V::unpack(packed) {
+            Ok(value) => Some(self.decoded.get_or_init(|| Box::new(value))),
+            Err(error) => {
+                tracing::error!(%error, "a packed state value does not decode");
+                None
+            }
+        }
+    }
 }
 
 /// A stored entry as the changelog carries it: value, expiry, timer.
@@ -82,11 +164,14 @@ pub struct Stored<V> {
 /// The state of one input partition of a processor.
 #[derive(Debug)]
 pub struct StateStore<V> {
-    entries: HashMap<String, Entry<V>>,
+    /// Keys are boxed strings (no spare capacity, 16 bytes in the slot).
+    entries: HashMap<Box<str>, Entry<V>>,
     /// Index of the entries' timers: (due time, key).
-    timers: BTreeSet<(i64, String)>,
+    timers: BTreeSet<(i64, Box<str>)>,
     /// Previous entries of every key changed since the last commit, oldest first.
-    undo: Vec<(String, Option<Entry<V>>)>,
+    undo: Vec<(Box<str>, Option<Entry<V>>)>,
+    /// Keys whose decoded value is held (dropped when the transaction ends).
+    decoded: RefCell<Vec<Box<str>>>,
     now_ms: i64,
     default_ttl_ms: i64,
     /// The trace context of the record being processed (what a timer set now remembers).
@@ -96,11 +181,16 @@ pub struct StateStore<V> {
 /// A change to write to the changelog: the key, and the entry (`None` for a delete).
 pub type Change<V> = (String, Option<Stored<V>>);
 
+/// A change as the runner writes it: the key, and the packed value with its
+/// expiry and timer (`None` for a delete). The packed value is an error when
+/// the value did not pack.
+pub type PackedChange = (String, Option<Stored<Result<Vec<u8>, String>>>);
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-impl<V: Clone> StateStore<V> {
+impl<V: StateValue> StateStore<V> {
     /// An empty store whose entries live `default_ttl` unless put with another TTL.
     #[must_use]
     pub fn new(default_ttl: Duration) -> Self {
@@ -108,6 +198,7 @@ impl<V: Clone> StateStore<V> {
             entries: HashMap::new(),
             timers: BTreeSet::new(),
             undo: Vec::new(),
+            decoded: RefCell::new(Vec::new()),
             now_ms: 0,
             default_ttl_ms: millis(default_ttl),
             trace: None,
@@ -144,10 +235,14 @@ impl<V: Clone> StateStore<V> {
     /// The live value of `key` (absent when missing or expired at [`Self::now`]).
     #[must_use]
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.entries
-            .get(key)
-            .filter(|e| e.expires_at > self.now_ms)
-            .map(|e| &e.value)
+        let (key, entry) = self.entries.get_key_value(key)?;
+        if entry.expires_at <= self.now_ms {
+            return None;
+        }
+        if entry.decoded.get().is_none() {
+            self.decoded.borrow_mut().push(key.clone());
+        }
+        entry.value()
     }
 
     /// When the entry of `key` expires, if it exists.
@@ -159,35 +254,31 @@ impl<V: Clone> StateStore<V> {
     /// Stores `value` under `key`, living the default TTL from now.
     pub fn put(&mut self, key: impl Into<String>, value: V) {
         let expires_at = self.now_ms.saturating_add(self.default_ttl_ms);
-        self.put_until(key.into(), value, expires_at);
+        self.put_until(key.into().into_boxed_str(), value, expires_at);
     }
 
     /// Stores `value` under `key`, living `ttl` from now.
     pub fn put_with_ttl(&mut self, key: impl Into<String>, value: V, ttl: Duration) {
         let expires_at = self.now_ms.saturating_add(millis(ttl));
-        self.put_until(key.into(), value, expires_at);
+        self.put_until(key.into().into_boxed_str(), value, expires_at);
     }
 
-    fn put_until(&mut self, key: String, value: V, expires_at: i64) {
+    fn put_until(&mut self, key: Box<str>, value: V, expires_at: i64) {
         let (timer_at, timer_trace) = self
             .entries
             .get(&key)
             .map_or((None, None), |e| (e.timer_at, e.timer_trace.clone()));
+        self.decoded.get_mut().push(key.clone());
         let old = self.replace(
             key.clone(),
-            Some(Entry {
-                value,
-                expires_at,
-                timer_at,
-                timer_trace,
-            }),
+            Some(Entry::new(value, expires_at, timer_at, timer_trace)),
         );
         self.undo.push((key, old));
     }
 
     /// Puts or removes the entry of `key`, keeping the timer index in step;
     /// returns the previous entry. Every change of `entries` goes through here.
-    fn replace(&mut self, key: String, entry: Option<Entry<V>>) -> Option<Entry<V>> {
+    fn replace(&mut self, key: Box<str>, entry: Option<Entry<V>>) -> Option<Entry<V>> {
         let old = match entry {
             Some(entry) => {
                 if let Some(at) = entry.timer_at {
@@ -209,38 +300,48 @@ impl<V: Clone> StateStore<V> {
     /// Removes `key` (a tombstone in the changelog), with its timer.
     pub fn delete(&mut self, key: &str) {
         if self.entries.contains_key(key) {
-            let old = self.replace(key.to_owned(), None);
-            self.undo.push((key.to_owned(), old));
+            let key: Box<str> = key.into();
+            let old = self.replace(key.clone(), None);
+            self.undo.push((key, old));
         }
+    }
+
+    /// Changes the timer of the entry of `key`; false when there is no entry.
+    fn retime(&mut self, key: &str, timer_at: Option<i64>) -> bool {
+        let Some(entry) = self.entries.get(key) else {
+            return false;
+        };
+        let mut entry = entry.clone();
+        entry.timer_at = timer_at;
+        entry.timer_trace = if timer_at.is_some() {
+            self.trace.clone()
+        } else {
+            None
+        };
+        let key: Box<str> = key.into();
+        if entry.decoded.get().is_some() {
+            self.decoded.get_mut().push(key.clone());
+        }
+        let old = self.replace(key.clone(), Some(entry));
+        self.undo.push((key, old));
+        true
     }
 
     /// Sets the timer of `key` to fire at `at_ms` (wall clock, ms since the
     /// epoch), replacing an earlier one. Returns false, and sets nothing, when
     /// the key has no entry: a timer belongs to an entry.
     pub fn set_timer(&mut self, key: &str, at_ms: i64) -> bool {
-        let Some(entry) = self.entries.get(key) else {
-            return false;
-        };
-        if entry.timer_at == Some(at_ms) {
-            return true;
+        match self.entries.get(key) {
+            None => false,
+            Some(entry) if entry.timer_at == Some(at_ms) => true,
+            Some(_) => self.retime(key, Some(at_ms)),
         }
-        let mut entry = entry.clone();
-        entry.timer_at = Some(at_ms);
-        entry.timer_trace.clone_from(&self.trace);
-        let old = self.replace(key.to_owned(), Some(entry));
-        self.undo.push((key.to_owned(), old));
-        true
     }
 
     /// Removes the timer of `key`; returns when it was due, if it had one.
     pub fn cancel_timer(&mut self, key: &str) -> Option<i64> {
-        let entry = self.entries.get(key)?;
-        let at = entry.timer_at?;
-        let mut entry = entry.clone();
-        entry.timer_at = None;
-        entry.timer_trace = None;
-        let old = self.replace(key.to_owned(), Some(entry));
-        self.undo.push((key.to_owned(), old));
+        let at = self.entries.get(key)?.timer_at?;
+        self.retime(key, None);
         Some(at)
     }
 
@@ -257,7 +358,7 @@ impl<V: Clone> StateStore<V> {
             .iter()
             .take_while(|(at, _)| *at <= wall_now_ms)
             .take(limit)
-            .map(|(_, key)| key.clone())
+            .map(|(_, key)| key.to_string())
             .collect()
     }
 
@@ -279,6 +380,15 @@ impl<V: Clone> StateStore<V> {
         self.entries.is_empty()
     }
 
+    /// Bytes of packed values held (keys and the map itself not counted).
+    #[must_use]
+    pub fn packed_bytes(&self) -> usize {
+        self.entries
+            .values()
+            .map(|e| e.packed.as_ref().map_or(0, |p| p.len()))
+            .sum()
+    }
+
     /// Whether there are uncommitted changes.
     #[must_use]
     pub fn is_dirty(&self) -> bool {
@@ -296,7 +406,24 @@ impl<V: Clone> StateStore<V> {
             let Some((key, old)) = self.undo.pop() else {
                 break;
             };
+            if old.as_ref().is_some_and(|e| e.decoded.get().is_some()) {
+                self.decoded.get_mut().push(key.clone());
+            }
             self.replace(key, old);
+        }
+        if savepoint == 0 {
+            self.drop_decoded();
+        }
+    }
+
+    /// Drops the decoded copies of packed values (the transaction ended).
+    fn drop_decoded(&mut self) {
+        for key in self.decoded.get_mut().drain(..) {
+            if let Some(entry) = self.entries.get_mut(&key)
+                && entry.packed.is_some()
+            {
+                entry.decoded.take();
+            }
         }
     }
 
@@ -304,25 +431,54 @@ impl<V: Clone> StateStore<V> {
     /// entry of every changed key (a delete when it is gone), each key once.
     #[must_use]
     pub fn changes(&self) -> Vec<Change<V>> {
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for (key, _) in &self.undo {
-            if seen.insert(key.as_str()) {
-                let current = self.entries.get(key).map(|e| Stored {
-                    value: e.value.clone(),
+        self.changed()
+            .map(|(key, entry)| {
+                let current = entry.and_then(|e| {
+                    e.value().map(|value| Stored {
+                        value: value.clone(),
+                        expires_at: e.expires_at,
+                        timer_at: e.timer_at,
+                        timer_trace: e.timer_trace.clone(),
+                    })
+                });
+                (key.to_string(), current)
+            })
+            .collect()
+    }
+
+    /// [`Self::changes`] with packed values, as the runner writes them.
+    #[must_use]
+    pub fn packed_changes(&self) -> Vec<PackedChange> {
+        self.changed()
+            .map(|(key, entry)| {
+                let current = entry.map(|e| Stored {
+                    value: e
+                        .packed
+                        .as_ref()
+                        .map(|p| p.to_vec())
+                        .ok_or_else(|| "the value does not fit its schema".to_owned()),
                     expires_at: e.expires_at,
                     timer_at: e.timer_at,
                     timer_trace: e.timer_trace.clone(),
                 });
-                out.push((key.clone(), current));
-            }
-        }
-        out
+                (key.to_string(), current)
+            })
+            .collect()
     }
 
-    /// Forgets the undo log: the changes are committed.
+    /// Every key changed since the last commit, once, with its current entry.
+    fn changed(&self) -> impl Iterator<Item = (&str, Option<&Entry<V>>)> {
+        let mut seen = HashSet::new();
+        self.undo
+            .iter()
+            .filter(move |(key, _)| seen.insert(&**key))
+            .map(|(key, _)| (&**key, self.entries.get(key)))
+    }
+
+    /// Forgets the undo log and the decoded copies: the changes are committed.
     pub(crate) fn commit(&mut self) {
         self.undo.clear();
+        self.drop_decoded();
     }
 
     /// Whether some entry expired by `wall_now_ms`.
@@ -334,7 +490,7 @@ impl<V: Clone> StateStore<V> {
     /// Deletes every entry that expired by `wall_now_ms` (each a tombstone in
     /// the changelog); returns how many.
     pub fn expire(&mut self, wall_now_ms: i64) -> usize {
-        let expired: Vec<String> = self
+        let expired: Vec<Box<str>> = self
             .entries
             .iter()
             .filter(|(_, e)| e.expires_at <= wall_now_ms)
@@ -347,9 +503,25 @@ impl<V: Clone> StateStore<V> {
     }
 
     /// Applies one changelog record during restore (no undo, no changelog write).
+    #[cfg(test)]
     pub(crate) fn restore(&mut self, key: String, value: Option<Stored<V>>) {
+        let entry = value.map(|s| {
+            let mut entry = Entry::new(s.value, s.expires_at, s.timer_at, s.timer_trace);
+            if entry.packed.is_some() {
+                entry.decoded.take();
+            }
+            entry
+        });
+        self.replace(key.into_boxed_str(), entry);
+    }
+
+    /// Applies one changelog record, its value already packed (the datum in
+    /// `V`'s schema), during restore.
+    pub(crate) fn restore_packed(&mut self, key: &[u8], value: Option<Stored<Vec<u8>>>) {
+        let key: Box<str> = String::from_utf8_lossy(key).into();
         let entry = value.map(|s| Entry {
-            value: s.value,
+            packed: Some(s.value.into_boxed_slice()),
+            decoded: OnceCell::new(),
             expires_at: s.expires_at,
             timer_at: s.timer_at,
             timer_trace: s.timer_trace,
@@ -364,17 +536,119 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
+    /// A value for the tests: a number, packed as its decimal text.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct N(i32);
+
+    impl StateValue for N {
+        /// Negative numbers do not pack (a record that does not fit its schema).
+        fn pack(&self) -> Result<Vec<u8>, String> {
+            if self.0 < 0 {
+                return Err("negative".into());
+            }
+            Ok(self.0.to_string().into_bytes())
+        }
+
+        fn unpack(bytes: &[u8]) -> Result<Self, String> {
+            std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map(N)
+                .ok_or_else(|| "not a number".to_owned())
+        }
+    }
+
+    fn is_decoded(store: &StateStore<N>, key: &str) -> bool {
+        store.entries[key].decoded.get().is_some()
+    }
+
+    #[test]
+    fn values_stay_packed_and_are_decoded_once_per_transaction() {
+        let mut store = StateStore::new(HOUR);
+        store.put("a", N(12));
+        store.commit();
+        assert!(!is_decoded(&store, "a"), "packed only, once committed");
+        assert_eq!(store.packed_bytes(), 2);
+        assert_eq!(store.get("a"), Some(&N(12)));
+        assert!(
+            is_decoded(&store, "a"),
+            "decoded while the transaction uses it"
+        );
+        store.commit();
+        assert!(!is_decoded(&store, "a"));
+        assert_eq!(store.get("a"), Some(&N(12)));
+        store.put("a", N(13));
+        store.rollback_to(0);
+        assert!(
+            !is_decoded(&store, "a"),
+            "an abort drops the decoded copies too"
+        );
+        assert_eq!(store.get("a"), Some(&N(12)));
+        store.set_timer("a", 5);
+        store.commit();
+        assert!(!is_decoded(&store, "a"));
+        assert_eq!(
+            store.get("a"),
+            Some(&N(12)),
+            "a timer change keeps the value"
+        );
+    }
+
+    #[test]
+    fn packed_changes_restore_as_they_were_written() {
+        let mut store = StateStore::new(HOUR);
+        store.set_now(5);
+        store.put("a", N(12));
+        store.delete("missing");
+        let changes = store.packed_changes();
+        assert_eq!(changes.len(), 1);
+        let (key, stored) = &changes[0];
+        let stored = stored.clone().expect("a put");
+        assert_eq!(stored.value, Ok(b"12".to_vec()));
+        let mut restored: StateStore<N> = StateStore::new(HOUR);
+        restored.restore_packed(
+            key.as_bytes(),
+            Some(Stored {
+                value: stored.value.expect("packed"),
+                expires_at: stored.expires_at,
+                timer_at: stored.timer_at,
+                timer_trace: None,
+            }),
+        );
+        restored.set_now(5);
+        assert_eq!(restored.get("a"), Some(&N(12)));
+        assert_eq!(restored.expires_at("a"), Some(5 + 3_600_000));
+        restored.restore_packed(b"a", None);
+        assert!(restored.is_empty());
+    }
+
+    #[test]
+    fn a_value_that_does_not_pack_fails_at_commit_not_at_put() {
+        let mut store = StateStore::new(HOUR);
+        store.put("bad", N(-1));
+        assert_eq!(store.get("bad"), Some(&N(-1)), "still readable");
+        store.commit();
+        assert_eq!(
+            store.get("bad"),
+            Some(&N(-1)),
+            "kept decoded: nothing to unpack"
+        );
+        store.put("bad", N(-2));
+        let changes = store.packed_changes();
+        assert!(changes[0].1.as_ref().is_some_and(|s| s.value.is_err()));
+    }
+
     #[test]
     fn entries_expire_by_record_time() {
         let mut store = StateStore::new(HOUR);
         store.set_now(1_000);
-        store.put("a", 1);
-        store.put_with_ttl("b", 2, Duration::from_millis(10));
-        assert_eq!(store.get("a"), Some(&1));
-        assert_eq!(store.get("b"), Some(&2));
+        store.put("a", N(1));
+        store.put_with_ttl("b", N(2), Duration::from_millis(10));
+        assert_eq!(store.get("a"), Some(&N(1)));
+        assert_eq!(store.get("b"), Some(&N(2)));
         store.set_now(1_010);
         assert_eq!(store.get("b"), None, "expired at its TTL");
-        assert_eq!(store.get("a"), Some(&1));
+        assert_eq!(store.get("a"), Some(&N(1)));
         store.set_now(1_000 + 3_600_000);
         assert_eq!(store.get("a"), None);
     }
@@ -382,18 +656,18 @@ mod tests {
     #[test]
     fn rollback_restores_earlier_values_and_deletes() {
         let mut store = StateStore::new(HOUR);
-        store.put("a", 1);
-        store.put("b", 2);
+        store.put("a", N(1));
+        store.put("b", N(2));
         store.commit();
         let sp = store.savepoint();
-        store.put("a", 10);
-        store.put("a", 11);
+        store.put("a", N(10));
+        store.put("a", N(11));
         store.delete("b");
-        store.put("c", 3);
+        store.put("c", N(3));
         assert_eq!(store.changes().len(), 3);
         store.rollback_to(sp);
-        assert_eq!(store.get("a"), Some(&1));
-        assert_eq!(store.get("b"), Some(&2));
+        assert_eq!(store.get("a"), Some(&N(1)));
+        assert_eq!(store.get("b"), Some(&N(2)));
         assert_eq!(store.get("c"), None);
         assert!(!store.is_dirty());
     }
@@ -401,26 +675,26 @@ mod tests {
     #[test]
     fn partial_rollback_keeps_earlier_changes_of_the_batch() {
         let mut store = StateStore::new(HOUR);
-        store.put("a", 1);
+        store.put("a", N(1));
         let sp = store.savepoint();
-        store.put("a", 2);
-        store.put("b", 3);
+        store.put("a", N(2));
+        store.put("b", N(3));
         store.rollback_to(sp);
-        assert_eq!(store.get("a"), Some(&1));
+        assert_eq!(store.get("a"), Some(&N(1)));
         assert_eq!(store.get("b"), None);
         let changes = store.changes();
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].0, "a");
-        assert_eq!(changes[0].1.as_ref().map(|s| s.value), Some(1));
+        assert_eq!(changes[0].1.as_ref().map(|s| s.value.clone()), Some(N(1)));
     }
 
     #[test]
     fn changes_list_each_key_once_with_its_latest_value() {
         let mut store = StateStore::new(HOUR);
         store.set_now(5);
-        store.put("a", 1);
-        store.put("a", 2);
-        store.put("b", 1);
+        store.put("a", N(1));
+        store.put("a", N(2));
+        store.put("b", N(1));
         store.delete("b");
         let changes = store.changes();
         assert_eq!(
@@ -429,7 +703,7 @@ mod tests {
                 (
                     "a".to_owned(),
                     Some(Stored {
-                        value: 2,
+                        value: N(2),
                         expires_at: 5 + 3_600_000,
                         timer_at: None,
                         timer_trace: None,
@@ -446,9 +720,9 @@ mod tests {
     fn expiry_sweep_deletes_with_tombstones() {
         let mut store = StateStore::new(Duration::from_millis(100));
         store.set_now(0);
-        store.put("old", 1);
+        store.put("old", N(1));
         store.set_now(1_000);
-        store.put("new", 2);
+        store.put("new", N(2));
         store.commit();
         assert!(store.has_expired(500));
         assert_eq!(store.expire(500), 1);
@@ -467,11 +741,11 @@ mod tests {
                 timer_trace: None,
             })
         };
-        store.restore("a".into(), stored(1));
-        store.restore("b".into(), stored(2));
+        store.restore("a".into(), stored(N(1)));
+        store.restore("b".into(), stored(N(2)));
         store.restore("a".into(), None);
         assert_eq!(store.get("a"), None);
-        assert_eq!(store.get("b"), Some(&2));
+        assert_eq!(store.get("b"), Some(&N(2)));
         assert!(!store.is_dirty());
     }
 
@@ -479,11 +753,11 @@ mod tests {
     fn timers_belong_to_entries_and_survive_puts() {
         let mut store = StateStore::new(HOUR);
         assert!(!store.set_timer("a", 10), "no entry, no timer");
-        store.put("a", 1);
+        store.put("a", N(1));
         assert!(store.set_timer("a", 10));
-        store.put("a", 2);
+        store.put("a", N(2));
         assert_eq!(store.timer("a"), Some(10), "a put keeps the timer");
-        store.put("b", 1);
+        store.put("b", N(1));
         store.set_timer("b", 5);
         assert_eq!(store.due_timers(9, 10), vec!["b".to_owned()]);
         assert_eq!(
@@ -503,7 +777,7 @@ mod tests {
     #[test]
     fn timer_changes_go_to_the_changelog_and_roll_back() {
         let mut store = StateStore::new(HOUR);
-        store.put("a", 1);
+        store.put("a", N(1));
         store.set_timer("a", 100);
         store.commit();
         let sp = store.savepoint();
@@ -528,18 +802,17 @@ mod tests {
 
     #[test]
     fn restore_brings_timers_back() {
-        let mut store: StateStore<i32> = StateStore::new(HOUR);
+        let mut store: StateStore<N> = StateStore::new(HOUR);
         store.restore(
             "a".into(),
             Some(Stored {
-                value: 1,
+                value: N(1),
                 expires_at: i64::MAX,
                 timer_at: Some(7),
-                timer_trace: Some("00-trace".into()),
+                timer_trace: None,
             }),
         );
         assert_eq!(store.due_timers(7, 10), vec!["a".to_owned()]);
-        assert_eq!(store.timer_trace("a"), Some("00-trace"));
         store.restore("a".into(), None);
         assert!(store.due_timers(i64::MAX, 10).is_empty());
     }
@@ -548,10 +821,10 @@ mod tests {
     fn a_timer_remembers_the_trace_of_the_record_that_set_it() {
         let mut store = StateStore::new(HOUR);
         store.set_trace(Some("00-first"));
-        store.put("a", 1);
+        store.put("a", N(1));
         store.set_timer("a", 10);
         store.set_trace(Some("00-second"));
-        store.put("a", 2);
+        store.put("a", N(2));
         assert_eq!(store.timer_trace("a"), Some("00-first"), "a put keeps it");
         store.set_timer("a", 20);
         assert_eq!(store.timer_trace("a"), Some("00-second"), "re-armed");

@@ -102,17 +102,33 @@
 //! keep their in-memory state and go on processing. With several input topics
 //! the runner uses the eager `range` assignor, because state partition `p` must
 //! own partition `p` of every (co-partitioned) input, and only `range`
-//! guarantees that; an eager rebalance revokes and restores everything.
+//! guarantees that (`cooperative-sticky` places each topic's partitions on
+//! its own). An eager rebalance revokes everything, so the runner parks the
+//! revoked stores (committed, or rolled back to the last commit) with their
+//! changelog partition's end offset, and when the assignment that follows
+//! gives a partition back whose changelog end offset has not moved (nobody
+//! else wrote state for it in between), it takes the store back without
+//! restoring it. Only partitions that really moved are restored.
 //!
 //! - Before partitions are revoked (`pre_rebalance`), the open transaction is
 //!   committed (or aborted when the assignment was lost), then the revoked
-//!   partitions' stores are dropped.
-//! - After partitions are assigned (`post_rebalance`), the state of each new
-//!   partition is restored from its changelog partition, read with
-//!   `read_committed` from the beginning to its end, before `poll` returns and
-//!   so before any record of that partition is processed. Restore time is
-//!   bounded by the state size, which the TTL bounds; it must stay below
-//!   `max.poll.interval.ms` (`KAFKA_MAX_POLL_INTERVAL_MS`, default 5 minutes).
+//!   partitions' stores are parked (eager) or dropped (cooperative).
+//! - After partitions are assigned (`post_rebalance`), nothing is read in the
+//!   callback: the new partitions are paused on the group consumer and
+//!   recorded. Before its next poll the loop looks up their changelog end
+//!   offsets, takes back parked stores that are still current and gives
+//!   empty changelog partitions an empty store (both resumed at once), and
+//!   assigns the other changelog partitions to a restore consumer
+//!   (`read_committed`, from the beginning to the end offset seen then). The
+//!   loop then reads the changelog in slices of at most
+//!   `RESTORE_SLICE` (50 ms) between polls of the group consumer, sharing the
+//!   thread with the records of partitions already restored; a partition is
+//!   resumed as soon as its store is complete, so none of its records is
+//!   processed before. The group consumer is therefore polled every few
+//!   tens of milliseconds however large the state, and a restore can never
+//!   exceed `max.poll.interval.ms` (which used to bound the state size). A
+//!   record of a partition not restored yet (fetched before its pause took
+//!   effect) is not processed: the partition is sought back to it.
 //!
 //! `/readyz` reports `starting` until the runner registered `partitions`, and
 //! `partitions` not ready until the first assignment is restored. Global
@@ -129,7 +145,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -368,8 +384,30 @@ struct Core<P: Processor> {
     poisoned: bool,
     call_timeout: Duration,
     restore_config: ClientConfig,
+    /// Partitions assigned (and paused) whose state the loop has not looked
+    /// at yet: the rebalance callback only records them.
+    to_restore: Vec<i32>,
+    /// The restore in progress, if any (see [`Restoring`]).
+    restoring: Option<Restoring<P::State>>,
+    /// Stores of partitions an eager rebalance revoked, with the changelog
+    /// end offset they are complete up to, until the assignment that follows.
+    parked: BTreeMap<i32, (StateStore<P::State>, i64)>,
     partitions_ready: ReadinessCheck,
     shutdown: CancellationToken,
+}
+
+/// Longest slice of restoring between two polls of the group consumer.
+const RESTORE_SLICE: Duration = Duration::from_millis(50);
+
+/// The stores of newly assigned partitions being filled from their changelog
+/// partitions, a slice at a time between polls of the group consumer, while
+/// those input partitions are paused.
+struct Restoring<V> {
+    consumer: BaseConsumer<crate::table::EndOfPartitionIsFine>,
+    /// Partition → (its store so far, the changelog end offset to reach).
+    partitions: BTreeMap<i32, (StateStore<V>, i64)>,
+    started: Instant,
+    records: u64,
 }
 
 impl<P: Processor> Core<P> {
@@ -523,9 +561,6 @@ impl<P: Processor> Core<P> {
     ) -> Result<(), Step> {
         let full_topic = message.topic();
         let partition = message.partition();
-        if !self.stores.contains_key(&partition) {
-            self.restore(&[partition])?;
-        }
         self.begin()?;
         if let Some(txn) = self.txn.as_mut() {
             txn.offsets
@@ -736,7 +771,7 @@ impl<P: Processor> Core<P> {
     /// once); otherwise up to 100 ms, so the loop still checks timers, the
     /// sweep and shutdown.
     fn poll_timeout(&self) -> Duration {
-        if self.txn.is_some() {
+        if self.txn.is_some() || self.restoring.is_some() || !self.to_restore.is_empty() {
             Duration::ZERO
         } else {
             Duration::from_millis(100)
@@ -764,7 +799,7 @@ impl<P: Processor> Core<P> {
         }
         let mut writes = 0u64;
         for (partition, store) in &self.stores {
-            for (key, value) in store.changes() {
+            for (key, value) in store.packed_changes() {
                 match value {
                     Some(Stored {
                         value,
@@ -772,7 +807,12 @@ impl<P: Processor> Core<P> {
                         timer_at,
                         timer_trace,
                     }) => {
-                        let bytes = match self.encode_blocking(&self.changelog, &value) {
+                        let datum = value
+                            .map_err(|e| Step::Fatal(format!("state does not encode: {e}")))?;
+                        let framed = self
+                            .handle
+                            .block_on(self.codec.frame_datum::<P::State>(&self.changelog, &datum));
+                        let bytes = match framed {
                             Ok(bytes) => bytes,
                             Err(e) if e.is_retriable() => {
                                 return Err(Step::Retry("registry", e.to_string()));
@@ -985,117 +1025,258 @@ impl<P: Processor> Core<P> {
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
-    /// Restores the stores of `partitions` from the changelog.
-    fn restore(&mut self, partitions: &[i32]) -> Result<(), Step> {
-        let started = Instant::now();
-        let consumer: BaseConsumer<crate::table::EndOfPartitionIsFine> = self
-            .restore_config
-            .create_with_context(crate::table::EndOfPartitionIsFine)
-            .map_err(|e| Step::Fatal(format!("restore consumer: {e}")))?;
-        let mut stores: BTreeMap<i32, StateStore<P::State>> = BTreeMap::new();
-        let mut high = HashMap::new();
-        let mut assignment = TopicPartitionList::new();
+    /// The changelog offsets of partition `p`: (low, high watermark).
+    fn changelog_offsets(&self, p: i32) -> Result<(i64, i64), Step> {
+        retry_metadata(|| {
+            self.producer
+                .client()
+                .fetch_watermarks(&self.changelog, p, self.call_timeout)
+        })
+        .map_err(|e| Step::Fatal(format!("changelog watermarks of [{p}]: {e}")))
+    }
+
+    /// The input partitions `partitions` of every input topic.
+    fn input_partitions(
+        &self,
+        partitions: impl IntoIterator<Item = i32> + Clone,
+    ) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (_, full) in &self.inputs {
+            for p in partitions.clone() {
+                tpl.add_partition(full, p);
+            }
+        }
+        tpl
+    }
+
+    /// Makes the state of newly assigned `partitions` (paused on the group
+    /// consumer) available: a store an eager rebalance parked is taken back
+    /// when its changelog partition has not changed since (nobody else wrote
+    /// to it), an empty changelog partition gives an empty store (both are
+    /// resumed at once), and every other partition is restored a slice at a
+    /// time between polls ([`Self::restore_slice`]) and resumed once its
+    /// store is complete.
+    fn start_restore(
+        &mut self,
+        consumer: &BaseConsumer<StreamContext<P>>,
+        partitions: &[i32],
+    ) -> Result<(), Step> {
+        let mut to_restore = Vec::new();
+        let mut reused = Vec::new();
         for &p in partitions {
-            stores.insert(p, StateStore::new(self.state_ttl));
-            let (low, hi) =
-                retry_metadata(|| consumer.fetch_watermarks(&self.changelog, p, self.call_timeout))
-                    .map_err(|e| Step::Fatal(format!("changelog watermarks of [{p}]: {e}")))?;
-            if hi > low {
-                high.insert(p, hi);
-                assignment
-                    .add_partition_offset(&self.changelog, p, Offset::Beginning)
-                    .map_err(|e| Step::Fatal(e.to_string()))?;
+            let (low, high) = self.changelog_offsets(p)?;
+            match self.parked.remove(&p) {
+                Some((store, end)) if end == high => {
+                    self.stores.insert(p, store);
+                    reused.push(p);
+                }
+                _ if high <= low => {
+                    self.stores.insert(p, StateStore::new(self.state_ttl));
+                }
+                _ => to_restore.push((p, high)),
             }
         }
-        let mut records = 0u64;
-        if assignment.count() > 0 {
+        // Parked stores that did not come back belong to someone else now.
+        self.parked.clear();
+        if !reused.is_empty() {
+            tracing::info!(partitions = ?reused, "state kept: the changelog did not change while unassigned");
+        }
+        let ready: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !to_restore.iter().any(|(q, _)| q == p))
+            .collect();
+        if !ready.is_empty() {
             consumer
-                .assign(&assignment)
-                .map_err(|e| Step::Fatal(format!("assigning the changelog: {e}")))?;
-            let mut pending: HashSet<i32> = high.keys().copied().collect();
-            while !pending.is_empty() {
-                if self.shutdown.is_cancelled() {
-                    return Err(Step::Fatal("shutdown during state restore".into()));
-                }
-                match consumer.poll(Duration::from_millis(200)) {
-                    None => {}
-                    Some(Err(KafkaError::PartitionEOF(p))) => {
-                        pending.remove(&p);
-                    }
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "changelog consumer error during restore");
-                    }
-                    Some(Ok(message)) => {
-                        let p = message.partition();
-                        records += 1;
-                        let key =
-                            String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-                        let value = match message.payload() {
-                            None => None,
-                            Some(bytes) => {
-                                let header = |name: &str| {
-                                    message.headers().and_then(|h| {
-                                        h.iter()
-                                            .find(|h| h.key == name)
-                                            .and_then(|h| h.value)
-                                            .and_then(|v| std::str::from_utf8(v).ok())
-                                            .and_then(|v| v.parse::<i64>().ok())
-                                    })
-                                };
-                                let expires_at = header(EXPIRES_AT_HEADER).unwrap_or(i64::MAX);
-                                let timer_at = header(TIMER_AT_HEADER);
-                                let timer_trace =
-                                    header_str(&message, TIMER_TRACE_HEADER).map(str::to_owned);
-                                match self.decode_state(bytes)? {
-                                    Some(value) => Some(Stored {
-                                        value,
-                                        expires_at,
-                                        timer_at,
-                                        timer_trace,
-                                    }),
-                                    None => {
-                                        tracing::error!(
-                                            partition = p,
-                                            offset = message.offset(),
-                                            "changelog record does not decode; skipped"
-                                        );
-                                        continue;
-                                    }
-                                }
-                            }
-                        };
-                        if let Some(store) = stores.get_mut(&p) {
-                            store.restore(key, value);
-                        }
-                        if high.get(&p).is_some_and(|hi| message.offset() + 1 >= *hi) {
-                            pending.remove(&p);
-                        }
-                    }
-                }
-            }
+                .resume(&self.input_partitions(ready.iter().copied()))
+                .map_err(|e| Step::Fatal(format!("resuming partitions: {e}")))?;
         }
-        let entries: usize = stores.values().map(StateStore::len).sum();
-        self.stores.extend(stores);
-        self.metrics.restored_records.inc_by(records);
-        self.metrics
-            .restore_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.update_state_gauge();
-        tracing::info!(
-            partitions = ?partitions,
-            records,
-            entries,
-            elapsed_ms = started.elapsed().as_millis(),
-            "state restored"
-        );
+        if to_restore.is_empty() {
+            self.update_state_gauge();
+            if self.restoring.is_none() {
+                self.partitions_ready.set(true);
+            }
+            return Ok(());
+        }
+        if self.restoring.is_none() {
+            let consumer: BaseConsumer<crate::table::EndOfPartitionIsFine> = self
+                .restore_config
+                .create_with_context(crate::table::EndOfPartitionIsFine)
+                .map_err(|e| Step::Fatal(format!("restore consumer: {e}")))?;
+            self.restoring = Some(Restoring {
+                consumer,
+                partitions: BTreeMap::new(),
+                started: Instant::now(),
+                records: 0,
+            });
+        }
+        let Some(restoring) = self.restoring.as_mut() else {
+            return Ok(());
+        };
+        let mut assignment = TopicPartitionList::new();
+        for &(p, high) in &to_restore {
+            restoring
+                .partitions
+                .insert(p, (StateStore::new(self.state_ttl), high));
+            assignment
+                .add_partition_offset(&self.changelog, p, Offset::Beginning)
+                .map_err(|e| Step::Fatal(e.to_string()))?;
+        }
+        restoring
+            .consumer
+            .incremental_assign(&assignment)
+            .map_err(|e| Step::Fatal(format!("assigning the changelog: {e}")))?;
+        tracing::info!(partitions = ?to_restore.iter().map(|(p, _)| p).collect::<Vec<_>>(), "restoring state");
         Ok(())
     }
 
-    /// Decodes a changelog value, retrying while the registry is unreachable.
-    fn decode_state(&self, bytes: &[u8]) -> Result<Option<P::State>, Step> {
+    /// Reads the changelog of the partitions being restored for at most
+    /// [`RESTORE_SLICE`]; hands each complete store over and resumes its
+    /// partition. The group consumer is polled between slices, so a restore
+    /// of any size never holds up the group (`max.poll.interval.ms`).
+    fn restore_slice(&mut self, consumer: &BaseConsumer<StreamContext<P>>) -> Result<(), Step> {
+        let Some(mut restoring) = self.restoring.take() else {
+            return Ok(());
+        };
+        let until = Instant::now() + RESTORE_SLICE;
+        let mut done = Vec::new();
+        while Instant::now() < until && done.len() < restoring.partitions.len() {
+            if self.shutdown.is_cancelled() {
+                return Ok(());
+            }
+            match restoring.consumer.poll(Duration::from_millis(10)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(p))) => done.push(p),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "changelog consumer error during restore");
+                }
+                Some(Ok(message)) => {
+                    let p = message.partition();
+                    restoring.records += 1;
+                    let value = match message.payload() {
+                        None => None,
+                        Some(bytes) => {
+                            let header = |name: &str| {
+                                message.headers().and_then(|h| {
+                                    h.iter()
+                                        .find(|h| h.key == name)
+                                        .and_then(|h| h.value)
+                                        .and_then(|v| std::str::from_utf8(v).ok())
+                                        .and_then(|v| v.parse::<i64>().ok())
+                                })
+                            };
+                            let expires_at = header(EXPIRES_AT_HEADER).unwrap_or(i64::MAX);
+                            let timer_at = header(TIMER_AT_HEADER);
+                            let timer_trace =
+                                header_str(&message, TIMER_TRACE_HEADER).map(str::to_owned);
+                            match self.state_datum(bytes)? {
+                                Some(value) => Some(Stored {
+                                    value,
+                                    expires_at,
+                                    timer_at,
+                                    timer_trace,
+                                }),
+                                None => {
+                                    tracing::error!(
+                                        partition = p,
+                                        offset = message.offset(),
+                                        "changelog record does not decode; skipped"
+                                    );
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    if let Some((store, high)) = restoring.partitions.get_mut(&p) {
+                        store.restore_packed(message.key().unwrap_or_default(), value);
+                        if message.offset() + 1 >= *high {
+                            done.push(p);
+                        }
+                    }
+                }
+            }
+        }
+        let mut complete = Vec::new();
+        let mut finished = TopicPartitionList::new();
+        for p in done {
+            if let Some((store, _)) = restoring.partitions.remove(&p) {
+                self.stores.insert(p, store);
+                complete.push(p);
+                finished.add_partition(&self.changelog, p);
+            }
+        }
+        if !complete.is_empty() {
+            let _ = restoring.consumer.incremental_unassign(&finished);
+            consumer
+                .resume(&self.input_partitions(complete.iter().copied()))
+                .map_err(|e| Step::Fatal(format!("resuming restored partitions: {e}")))?;
+            tracing::debug!(partitions = ?complete, "partitions restored");
+        }
+        if restoring.partitions.is_empty() {
+            let entries: usize = self.stores.values().map(StateStore::len).sum();
+            let packed: usize = self.stores.values().map(StateStore::packed_bytes).sum();
+            self.metrics.restored_records.inc_by(restoring.records);
+            self.metrics
+                .restore_seconds
+                .observe(restoring.started.elapsed().as_secs_f64());
+            self.update_state_gauge();
+            self.partitions_ready.set(true);
+            tracing::info!(
+                records = restoring.records,
+                entries,
+                packed_bytes = packed,
+                elapsed_ms = restoring.started.elapsed().as_millis(),
+                "state restored"
+            );
+        } else {
+            self.restoring = Some(restoring);
+        }
+        Ok(())
+    }
+
+    /// A record of a partition whose store is not complete (fetched before
+    /// its pause took effect, or never restored): pause the partition and
+    /// seek back to the record, so it is read again once the partition is
+    /// restored and resumed.
+    fn hold_back(
+        &mut self,
+        consumer: &BaseConsumer<StreamContext<P>>,
+        message: &BorrowedMessage<'_>,
+    ) -> Result<(), Step> {
+        let p = message.partition();
+        consumer
+            .pause(&self.input_partitions([p]))
+            .map_err(|e| Step::Fatal(format!("pausing [{p}]: {e}")))?;
+        consumer
+            .seek(
+                message.topic(),
+                p,
+                Offset::Offset(message.offset()),
+                self.call_timeout,
+            )
+            .map_err(|e| Step::Fatal(format!("seeking back [{p}]: {e}")))?;
+        let known = self.to_restore.contains(&p)
+            || self
+                .restoring
+                .as_ref()
+                .is_some_and(|r| r.partitions.contains_key(&p));
+        if !known {
+            self.partitions_ready.set(false);
+            self.to_restore.push(p);
+        }
+        Ok(())
+    }
+
+    /// A changelog value as the store keeps it (the bare datum in the state's
+    /// own schema), retrying while the registry is unreachable; `None` when
+    /// it does not decode.
+    fn state_datum(&self, bytes: &[u8]) -> Result<Option<Vec<u8>>, Step> {
         let mut backoff = crate::backoff::Backoff::brief();
         loop {
-            match self.handle.block_on(self.codec.decode::<P::State>(bytes)) {
+            match self
+                .handle
+                .block_on(self.codec.own_datum::<P::State>(bytes))
+            {
                 Ok(value) => return Ok(Some(value)),
                 Err(e) if e.is_retriable() => {
                     if self.shutdown.is_cancelled() {
@@ -1149,9 +1330,57 @@ impl<P: Processor> Core<P> {
                 .consumer_lag
                 .remove_label_values(&[topic, &element.partition().to_string()]);
         }
-        self.stores.retain(|p, _| !revoked.contains(p));
+        // An eager rebalance revokes every partition and then assigns most of
+        // them back: keep the stores (committed, or rolled back to the last
+        // commit) with their changelog end offset, and take them back in
+        // `start_restore` when nobody wrote to the changelog in between.
+        let park = self.fatal.is_none()
+            && !self.poisoned
+            && !matches!(
+                consumer.rebalance_protocol(),
+                RebalanceProtocol::Cooperative
+            );
+        let mut kept = Vec::new();
+        for p in &revoked {
+            let Some(store) = self.stores.remove(p) else {
+                continue;
+            };
+            if park && !store.is_dirty() {
+                // One short request, no retries: the callback must stay short,
+                // and a store not parked is only restored again.
+                let timeout = self.call_timeout.min(Duration::from_secs(1));
+                match self
+                    .producer
+                    .client()
+                    .fetch_watermarks(&self.changelog, *p, timeout)
+                {
+                    Ok((_, end)) => {
+                        self.parked.insert(*p, (store, end));
+                        kept.push(*p);
+                    }
+                    Err(error) => {
+                        tracing::warn!(partition = p, %error, "revoked store dropped");
+                    }
+                }
+            }
+        }
+        self.to_restore.retain(|p| !revoked.contains(p));
+        if let Some(restoring) = self.restoring.as_mut() {
+            let mut stop = TopicPartitionList::new();
+            for p in &revoked {
+                if restoring.partitions.remove(p).is_some() {
+                    stop.add_partition(&self.changelog, *p);
+                }
+            }
+            if stop.count() > 0 {
+                let _ = restoring.consumer.incremental_unassign(&stop);
+            }
+            if restoring.partitions.is_empty() {
+                self.restoring = None;
+            }
+        }
         self.update_state_gauge();
-        tracing::info!(partitions = ?revoked, "partitions revoked");
+        tracing::info!(partitions = ?revoked, parked = ?kept, "partitions revoked");
     }
 
     fn on_assign(&mut self, consumer: &BaseConsumer<StreamContext<P>>, tpl: &TopicPartitionList) {
@@ -1159,23 +1388,39 @@ impl<P: Processor> Core<P> {
             .elements()
             .iter()
             .map(|e| e.partition())
-            .filter(|p| !self.stores.contains_key(p))
+            .filter(|p| {
+                !self.stores.contains_key(p)
+                    && !self.to_restore.contains(p)
+                    && !self
+                        .restoring
+                        .as_ref()
+                        .is_some_and(|r| r.partitions.contains_key(p))
+            })
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
         tracing::info!(partitions = ?new, "partitions assigned");
-        if !new.is_empty() {
+        if new.is_empty() {
+            // Parked stores that did not come back belong to someone else now.
+            self.parked.clear();
+        } else {
+            // Nothing is read here: the loop looks at them before its next
+            // poll (`start_restore`); until then they are paused.
             self.partitions_ready.set(false);
-            if let Err(Step::Fatal(message) | Step::Retry(_, message)) = self.restore(&new) {
-                self.fatal = Some(message);
+            if let Err(error) = consumer.pause(&self.input_partitions(new.iter().copied())) {
+                self.fatal = Some(format!("pausing assigned partitions: {error}"));
                 return;
             }
+            self.to_restore.extend(new);
         }
         let assigned = consumer.assignment().map_or(0, |a| a.count());
         self.metrics
             .assigned_partitions
             .set(i64::try_from(assigned).unwrap_or(0));
-        self.partitions_ready.set(true);
+        self.update_state_gauge();
+        if self.restoring.is_none() && self.to_restore.is_empty() {
+            self.partitions_ready.set(true);
+        }
     }
 }
 
@@ -1343,7 +1588,10 @@ pub async fn run<P: Processor>(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true");
+        .set("enable.partition.eof", "true")
+        // The restore reads as fast as it decodes; a deep prefetch queue
+        // would only add to the peak memory (librdkafka's default is 64 MiB).
+        .set("queued.max.messages.kbytes", "16384");
 
     let core = Arc::new(Mutex::new(Core {
         stage,
@@ -1363,6 +1611,9 @@ pub async fn run<P: Processor>(
         poisoned: false,
         call_timeout,
         restore_config,
+        to_restore: Vec::new(),
+        restoring: None,
+        parked: BTreeMap::new(),
         partitions_ready,
         shutdown: shutdown.clone(),
     }));
@@ -1443,6 +1694,8 @@ fn consume<P: Processor>(
     let mut backoff = crate::backoff::Backoff::brief();
     let mut last_sweep = Instant::now();
     let mut last_timers = Instant::now();
+    let mut last_restore = Instant::now();
+    let mut drained = true;
     while !shutdown.is_cancelled() {
         {
             let mut c = lock(core);
@@ -1452,6 +1705,17 @@ fn consume<P: Processor>(
             if c.rewind {
                 c.rewind(consumer).map_err(fatal_error)?;
             }
+            if !c.to_restore.is_empty() {
+                let partitions = std::mem::take(&mut c.to_restore);
+                c.start_restore(consumer, &partitions)
+                    .map_err(fatal_error)?;
+            }
+            // Restoring shares the thread with processing: a slice whenever
+            // the input is drained, else every other RESTORE_SLICE.
+            if c.restoring.is_some() && (drained || last_restore.elapsed() >= RESTORE_SLICE * 2) {
+                c.restore_slice(consumer).map_err(fatal_error)?;
+                last_restore = Instant::now();
+            }
         }
         if let Some(message) = consumer.context().session.fatal() {
             return Err(StreamError::Fatal(message));
@@ -1459,13 +1723,17 @@ fn consume<P: Processor>(
         let timeout = lock(core).poll_timeout();
         let polled = consumer.poll(timeout);
         // Nothing buffered: the batch so far is all there is to commit.
-        let drained = polled.is_none();
+        drained = polled.is_none();
         let mut c = lock(core);
         if let Some(message) = c.fatal.take() {
             return Err(StreamError::Fatal(message));
         }
         let mut step = match &polled {
             None | Some(Err(KafkaError::PartitionEOF(_))) => Ok(()),
+            Some(Ok(message)) if !c.stores.contains_key(&message.partition()) => {
+                c.hold_back(consumer, message).map_err(fatal_error)?;
+                Ok(())
+            }
             Some(Ok(message)) => c.process(message),
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                 return Err(StreamError::Fatal(format!("consumer: {code}")));

@@ -291,6 +291,47 @@ impl Codec {
     pub async fn decode<T: AvroRecord>(&self, bytes: &[u8]) -> Result<T, CodecError> {
         let (id, datum) = split_frame(bytes)?;
         let writer = self.writer_schema(id).await?;
+        if self.is_own_schema::<T>(id, &writer) {
+            decode_datum::<T>(T::schema(), datum)
+        } else {
+            decode_datum::<T>(&writer.parsed, datum)
+        }
+    }
+
+    /// The bare datum of a Confluent-framed record in `T`'s own schema, as
+    /// [`encode_datum`] writes it: the framed datum itself when it was written
+    /// with exactly that schema (no decoding at all), else decoded with its
+    /// writer schema and encoded again. State stores keep their values so.
+    ///
+    /// # Errors
+    /// Framing and Avro errors (permanent), registry errors (maybe retriable).
+    pub async fn own_datum<T: AvroRecord>(&self, bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
+        let (id, datum) = split_frame(bytes)?;
+        let writer = self.writer_schema(id).await?;
+        if self.is_own_schema::<T>(id, &writer) {
+            // Not decoded: our own writer's bytes in our own schema (a datum
+            // that would not decode is found by the store's decode on use).
+            Ok(datum.to_vec())
+        } else {
+            encode_datum(&decode_datum::<T>(&writer.parsed, datum)?)
+        }
+    }
+
+    /// Frames a bare datum of `T` (from [`encode_datum`]) for `topic`.
+    ///
+    /// # Errors
+    /// See [`Codec::schema_id`].
+    pub async fn frame_datum<T: AvroRecord>(
+        &self,
+        topic: &str,
+        datum: &[u8],
+    ) -> Result<Vec<u8>, CodecError> {
+        let id = self.schema_id::<T>(topic).await?;
+        Ok(frame(id, datum))
+    }
+
+    /// Whether the writer schema `id` is exactly `T`'s compiled schema (cached).
+    fn is_own_schema<T: AvroRecord>(&self, id: u32, writer: &AvroSchema) -> bool {
         let key = (id, T::SCHEMA_FILE);
         let cached = self
             .same_schema
@@ -298,7 +339,7 @@ impl Codec {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&key)
             .copied();
-        let same = if let Some(same) = cached {
+        if let Some(same) = cached {
             same
         } else {
             let same = writer.parsed.canonical_form() == T::schema().canonical_form();
@@ -307,11 +348,6 @@ impl Codec {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(key, same);
             same
-        };
-        if same {
-            decode_datum::<T>(T::schema(), datum)
-        } else {
-            decode_datum::<T>(&writer.parsed, datum)
         }
     }
 

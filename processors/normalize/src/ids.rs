@@ -34,6 +34,17 @@ pub fn event_id(dedup_key: &str) -> String {
     uuid_of("si.conversation.event", dedup_key)
 }
 
+/// The digest a seen event is remembered under: 128 bits of SHA-256 of the
+/// dedup key, as 32 hex digits.
+#[must_use]
+pub fn dedup_digest(dedup_key: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"si.normalize.seen");
+    hasher.update([0u8]);
+    hasher.update(dedup_key.as_bytes());
+    hex::encode(&hasher.finalize()[..16])
+}
+
 /// The Si session id of a conversation.
 #[must_use]
 pub fn session_id(conversation_id: &str) -> String {

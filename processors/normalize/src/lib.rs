@@ -90,7 +90,7 @@
 //!
 //! The dedup key is the `I-Twilio-Idempotency-Token`, else resource SID + event
 //! type (+ the status of status callbacks). It is remembered in state
-//! (`seen|<key>`) for `DEDUP_WINDOW` (record time), so a retry within the
+//! (`s|<128-bit digest of the key>`) for `DEDUP_WINDOW` (record time), so a retry within the
 //! window yields nothing, also after a restart or rebalance (the state is
 //! restored from the changelog). `event_id` is a UUID derived from the dedup
 //! key: a replay yields the same id.
@@ -121,8 +121,11 @@ pub const STAGE: &str = "normalize";
 /// Settings of normalize itself.
 #[derive(Debug, Clone, Args)]
 pub struct NormalizeArgs {
-    /// How long a Twilio event is remembered to drop its retries (record time).
-    #[arg(long, env = "DEDUP_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    /// How long a Twilio event is remembered to drop its retries (record
+    /// time). Twilio ends all retries of one webhook within 15 s (its total
+    /// time `tt` is at most 15,000 ms); the default leaves a wide margin for
+    /// redeliveries Twilio does not document.
+    #[arg(long, env = "DEDUP_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
     pub dedup_window: Duration,
 
     /// How long a conversation's session binding is kept after its last event.

@@ -43,7 +43,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            dedup_window: Duration::from_secs(24 * 3600),
+            dedup_window: Duration::from_secs(3600),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             default_locale: "en".into(),
             si_authors: vec!["si".into(), "system".into()],
@@ -256,11 +256,24 @@ fn dedup_key(webhook: &TwilioWebhook, params: &Params, kind: Kind) -> String {
     key
 }
 
-fn seen_key(dedup_key: &str) -> String {
+/// The state key of a seen event: `s|` and a 128-bit digest of the dedup key
+/// in hex, 34 bytes whatever the key's length (tokens and SID keys run to
+/// 40–80 bytes).
+#[must_use]
+pub fn seen_key(dedup_key: &str) -> String {
+    format!("s|{}", ids::dedup_digest(dedup_key))
+}
+
+/// The state key of a seen event as releases before the digest wrote it.
+/// Such entries are still honoured until they expire (at most the
+/// `DEDUP_WINDOW` of that release after the upgrade); then this lookup can go.
+fn legacy_seen_key(dedup_key: &str) -> String {
     format!("seen|{dedup_key}")
 }
 
-fn conversation_key(conversation_id: &str) -> String {
+/// The state key of a conversation's session binding.
+#[must_use]
+pub fn conversation_key(conversation_id: &str) -> String {
     format!("conv|{conversation_id}")
 }
 
@@ -965,7 +978,11 @@ impl Processor for Normalizer {
         };
         let dedup_key = dedup_key(&webhook, &params, kind);
         let seen = seen_key(&dedup_key);
-        if let Some(first) = state.get(&seen).and_then(|s| s.seen_event.as_ref()) {
+        let first = state
+            .get(&seen)
+            .or_else(|| state.get(&legacy_seen_key(&dedup_key)))
+            .and_then(|s| s.seen_event.as_ref());
+        if let Some(first) = first {
             tracing::debug!(
                 event_id = %first.event_id,
                 webhook_id = %webhook.webhook_id,
@@ -1562,7 +1579,7 @@ mod tests {
         );
         // A closed conversation is kept only for the dedup window.
         let expires = run.store.expires_at(&conversation_key(CH)).unwrap();
-        assert_eq!(expires, T + 24 * 3600 * 1000);
+        assert_eq!(expires, T + 3600 * 1000);
     }
 
     fn inbound(token: Option<&str>, sid: &str, from: &str) -> TwilioWebhook {
@@ -2365,6 +2382,35 @@ mod tests {
     }
 
     #[test]
+    fn seen_events_are_kept_under_a_fixed_size_digest_and_legacy_keys_still_count() {
+        let mut run = Run::new();
+        run.outputs(inbound(Some("tok-a"), "SM1", "+14155550123"));
+        let key = seen_key("tok-a");
+        assert_eq!(key.len(), 34, "s| and 32 hex digits: {key}");
+        assert!(run.store.get(&key).is_some());
+        assert!(run.store.get("seen|tok-a").is_none());
+        // An entry an older release wrote (raw dedup key) still drops the retry.
+        run.store.put_with_ttl(
+            "seen|tok-b",
+            NormalizeState {
+                kind: NormalizeStateKind::SeenEvent,
+                seen_event: Some(SeenEvent {
+                    event_id: ids::event_id("tok-b"),
+                    webhook_id: "wh-old".into(),
+                    first_seen_at: T,
+                }),
+                conversation: None,
+            },
+            Duration::from_secs(60),
+        );
+        assert!(
+            run.outputs(inbound(Some("tok-b"), "SM2", "+14155550123"))
+                .is_empty(),
+            "a legacy entry is a seen event"
+        );
+    }
+
+    #[test]
     fn retries_yield_one_event_within_the_window() {
         let mut run = Run::new();
         let first = run.outputs(inbound(Some("tok-r"), "SM1", "+14155550123"));
@@ -2405,7 +2451,7 @@ mod tests {
             "another status is another event"
         );
         // After the window the event is new again (and has the same id).
-        run.store.set_now(T + 24 * 3600 * 1000 + 1);
+        run.store.set_now(T + 3600 * 1000 + 1);
         let late = run.event(inbound(Some("tok-r"), "SM1", "+14155550123"));
         assert_eq!(late.event_id, ids::event_id("tok-r"));
     }

@@ -40,6 +40,17 @@ pub fn ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
+/// Peak resident set size in KiB (`VmHWM`, the high-water mark of `VmRSS`
+/// over the process's life) from the text of `/proc/<pid>/status`.
+#[must_use]
+pub fn hwm_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
 fn read_cpu(pid: u32) -> Option<u64> {
     cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }

@@ -324,8 +324,20 @@ fn log_dir() -> PathBuf {
 
 /// Starts the real `si-normalize` binary on the test's topics.
 pub fn spawn_normalize(env: &TestEnv, pod: &str, log_name: &str) -> anyhow::Result<Child> {
+    spawn_normalize_with(env, pod, log_name, &[])
+}
+
+/// [`spawn_normalize`] with more environment variables (`DEDUP_WINDOW`, ...).
+pub fn spawn_normalize_with(
+    env: &TestEnv,
+    pod: &str,
+    log_name: &str,
+    vars: &[(&str, &str)],
+) -> anyhow::Result<Child> {
     let log = std::fs::File::create(log_path(log_name))?;
-    let child = Command::new(env!("CARGO_BIN_EXE_si-normalize"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_si-normalize"));
+    command.envs(vars.iter().copied());
+    let child = command
         .env("KAFKA_BOOTSTRAP_SERVERS", &env.kafka.bootstrap_servers)
         .env("SCHEMA_REGISTRY_URL", &env.registry.url)
         .env("SI_TOPIC_PREFIX", &env.kafka.topic_prefix)
