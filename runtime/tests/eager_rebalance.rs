@@ -11,6 +11,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -20,9 +22,7 @@ use si_runtime::metrics::StageMetrics;
 use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
 use si_runtime::state::StateStore;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
-use si_schemas::records::{
-    ArchivalReason, ArchivalRequest, Channel, Command, CommandKind, LifecyclePhase, LifecycleState,
-};
+use si_schemas::records::{ArchivalReason, ArchivalRequest, Command, CommandKind, LifecycleState};
 use si_schemas::topics;
 use si_testkit::{TestEnv, wait_for};
 use tokio_util::sync::CancellationToken;
@@ -32,33 +32,6 @@ const KEYS: usize = 24;
 /// Counts the commands of each key in state (`first_sequence`) and says
 /// `<key>-<count>` on `si.archival.v1`.
 struct Counter;
-
-fn entry(key: &str, count: i64) -> LifecycleState {
-    LifecycleState {
-        conversation_id: key.into(),
-        session_id: "s".into(),
-        channel: Channel::Sms,
-        address: None,
-        proxy_address: None,
-        locale: "en".into(),
-        phase: LifecyclePhase::Open,
-        opened_at: 0,
-        last_activity_at: 0,
-        close_reason: None,
-        closing_started_at: None,
-        summary_request_id: None,
-        summary: None,
-        closing_response_id: None,
-        first_sequence: Some(count),
-        last_sequence: None,
-        media: Vec::new(),
-        programmable_messaging: false,
-        opening_text: None,
-        conversation_sid: None,
-        active_call_sid: None,
-        compliance_event_ids: Vec::new(),
-    }
-}
 
 impl Processor for Counter {
     type Input = Command;
@@ -72,7 +45,7 @@ impl Processor for Counter {
     ) -> Result<Vec<Output>, ProcessError> {
         let key = input.conversation_id;
         let count = state.get(&key).and_then(|s| s.first_sequence).unwrap_or(0) + 1;
-        state.put(key.clone(), entry(&key, count));
+        state.put(key.clone(), common::state_entry(&key, Some(count)));
         let record = ArchivalRequest {
             request_id: format!("{key}-{count}"),
             conversation_id: key.clone(),

@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,9 +20,7 @@ use si_runtime::metrics::StageMetrics;
 use si_runtime::processor::{Output, ProcessError, Processor, RecordContext, TimerContext};
 use si_runtime::state::StateStore;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
-use si_schemas::records::{
-    ArchivalReason, ArchivalRequest, Channel, Command, CommandKind, LifecyclePhase, LifecycleState,
-};
+use si_schemas::records::{ArchivalReason, ArchivalRequest, Command, CommandKind, LifecycleState};
 use si_schemas::topics;
 use si_testkit::TestEnv;
 use tokio_util::sync::CancellationToken;
@@ -52,33 +52,6 @@ fn say(key: &str, what: String) -> Output {
     Output::new(topics::ARCHIVAL, key.to_owned(), record)
 }
 
-fn entry(key: &str) -> LifecycleState {
-    LifecycleState {
-        conversation_id: key.into(),
-        session_id: "s".into(),
-        channel: Channel::Sms,
-        address: None,
-        proxy_address: None,
-        locale: "en".into(),
-        phase: LifecyclePhase::Open,
-        opened_at: 0,
-        last_activity_at: 0,
-        close_reason: None,
-        closing_started_at: None,
-        summary_request_id: None,
-        summary: None,
-        closing_response_id: None,
-        first_sequence: None,
-        last_sequence: None,
-        media: Vec::new(),
-        programmable_messaging: false,
-        opening_text: None,
-        conversation_sid: None,
-        active_call_sid: None,
-        compliance_event_ids: Vec::new(),
-    }
-}
-
 impl Processor for Alarm {
     type Input = Command;
     type State = LifecycleState;
@@ -92,7 +65,7 @@ impl Processor for Alarm {
         let key = input.conversation_id.clone();
         match input.command_id.as_str() {
             "arm" => {
-                state.put(key.clone(), entry(&key));
+                state.put(key.clone(), common::state_entry(&key, None));
                 assert!(state.set_timer(&key, ctx.timestamp_ms + DELAY_MS));
                 Ok(vec![say(&key, format!("armed-{key}"))])
             }

@@ -1,0 +1,32 @@
+//! Shared by the runtime's integration tests.
+
+use si_schemas::records::{Channel, LifecyclePhase, LifecycleState};
+
+/// A placeholder state entry of conversation `key` (the tests' stages only
+/// need some state type); `first_sequence` carries a test's counter.
+pub fn state_entry(key: &str, first_sequence: Option<i64>) -> LifecycleState {
+    LifecycleState {
+        conversation_id: key.into(),
+        session_id: "s".into(),
+        channel: Channel::Sms,
+        address: None,
+        proxy_address: None,
+        locale: "en".into(),
+        phase: LifecyclePhase::Open,
+        opened_at: 0,
+        last_activity_at: 0,
+        close_reason: None,
+        closing_started_at: None,
+        summary_request_id: None,
+        summary: None,
+        closing_response_id: None,
+        first_sequence,
+        last_sequence: None,
+        media: Vec::new(),
+        programmable_messaging: false,
+        opening_text: None,
+        conversation_sid: None,
+        active_call_sid: None,
+        compliance_event_ids: Vec::new(),
+    }
+}
