@@ -199,12 +199,30 @@ async fn get_media(
     Path((account, message, media)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    serve_media(
+        &shared,
+        &headers,
+        &account,
+        &message,
+        &media,
+        &format!("/Messages/{message}/Media/{media}"),
+    )
+}
+
+/// A stored media item or recording, behind HTTP Basic auth when the sandbox
+/// asks for it (`SANDBOX_MEDIA_AUTH`); 404 naming `resource` when unknown.
+fn serve_media(
+    shared: &Shared,
+    headers: &HeaderMap,
+    account: &str,
+    message: &str,
+    media: &str,
+    resource: &str,
+) -> Response {
     let authorized =
-        !shared.config.media_auth || authenticate(&shared, &headers, Some(&account)).is_ok();
-    match shared.fetch_media(&message, &media, authorized) {
-        None => {
-            TwilioError::not_found(&format!("/Messages/{message}/Media/{media}")).into_response()
-        }
+        !shared.config.media_auth || authenticate(shared, headers, Some(account)).is_ok();
+    match shared.fetch_media(message, media, authorized) {
+        None => TwilioError::not_found(resource).into_response(),
         Some(crate::media::Served::Status(401)) => TwilioError::authenticate().into_response(),
         Some(crate::media::Served::Status(code)) => StatusCode::from_u16(code)
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -227,18 +245,14 @@ async fn get_recording(
         return TwilioError::not_found(&format!("/Recordings/{recording}")).into_response();
     }
     let recording = recording.strip_suffix(".wav").unwrap_or(&recording);
-    let authorized =
-        !shared.config.media_auth || authenticate(&shared, &headers, Some(&account)).is_ok();
-    match shared.fetch_media("", recording, authorized) {
-        None => TwilioError::not_found(&format!("/Recordings/{recording}")).into_response(),
-        Some(crate::media::Served::Status(401)) => TwilioError::authenticate().into_response(),
-        Some(crate::media::Served::Status(code)) => StatusCode::from_u16(code)
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-            .into_response(),
-        Some(crate::media::Served::Content(content_type, bytes)) => {
-            ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
-        }
-    }
+    serve_media(
+        &shared,
+        &headers,
+        &account,
+        "",
+        recording,
+        &format!("/Recordings/{recording}"),
+    )
 }
 
 /// The Media Content Service's resource of a Conversations media item
