@@ -132,6 +132,7 @@ pub struct Output {
     topic: &'static str,
     key: String,
     value: Option<Box<dyn EncodeRecord>>,
+    trace: Option<String>,
 }
 
 impl Output {
@@ -147,6 +148,7 @@ impl Output {
             topic,
             key: key.into(),
             value: Some(Box::new(record)),
+            trace: None,
         }
     }
 
@@ -157,7 +159,26 @@ impl Output {
             topic,
             key: key.into(),
             value: None,
+            trace: None,
         }
+    }
+
+    /// Puts this record in the trace `traceparent` names instead of the trace
+    /// of the record being processed: for work that was held and is let go by
+    /// another record (a parked response released by its conversation's first
+    /// event still belongs to the response's trace). `None` changes nothing.
+    #[must_use]
+    pub fn in_trace(mut self, traceparent: Option<String>) -> Self {
+        if traceparent.is_some() {
+            self.trace = traceparent;
+        }
+        self
+    }
+
+    /// The trace this record was put in with [`Self::in_trace`], if any.
+    #[must_use]
+    pub fn trace(&self) -> Option<&str> {
+        self.trace.as_deref()
     }
 
     /// The topic, as declared in `topics.yaml`.

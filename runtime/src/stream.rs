@@ -671,7 +671,7 @@ impl<P: Processor> Core<P> {
             encoded.push((full, bytes));
         }
         for (output, (full, bytes)) in outputs.iter().zip(&encoded) {
-            let headers = traceparent.map(|tp| {
+            let headers = output.trace().or(traceparent).map(|tp| {
                 OwnedHeaders::new().insert(Header {
                     key: TRACEPARENT_HEADER,
                     value: Some(tp),

@@ -312,6 +312,14 @@ pub fn reply_operation_id(purpose: &str, trigger: &str, part: usize) -> String {
     uuid_of("si.consent.reply", &format!("{purpose}|{trigger}|{part}"))
 }
 
+/// The `traceparent` a record written for `event` carries in its value: this
+/// stage's own (a child of the event's), else the event's.
+fn trace_of(ctx: &RecordContext<'_>, event: &ConversationEvent) -> Option<String> {
+    ctx.traceparent
+        .map(str::to_owned)
+        .or_else(|| event.traceparent.clone())
+}
+
 /// State key of a decision.
 #[must_use]
 pub fn decision_key(consent_key: &str) -> String {
@@ -519,7 +527,7 @@ impl ConsentProcessor {
                 params: BTreeMap::from([(PURPOSE_PARAM.to_owned(), PURPOSE.to_owned())]),
                 created_at: ctx.timestamp_ms,
                 not_after: None,
-                traceparent: event.traceparent.clone(),
+                traceparent: trace_of(ctx, event),
             };
             part.apply_to(&mut op);
             reply
@@ -624,6 +632,7 @@ impl ConsentProcessor {
     }
 
     fn forward(
+        ctx: &RecordContext<'_>,
         event: &ConversationEvent,
         first_contact: bool,
         possible_revocation: bool,
@@ -645,7 +654,7 @@ impl ConsentProcessor {
             event_id: event.event_id.clone(),
             first_contact,
             possible_revocation,
-            traceparent: event.traceparent.clone(),
+            traceparent: trace_of(ctx, event),
             purpose: InboundPurpose::UserMessage,
         };
         Some(Output::new(
@@ -675,7 +684,9 @@ impl ConsentProcessor {
         if !has_consent(channel) {
             // Chat has no phone address and no consent state; voice is consented on the call.
             self.metrics.count("forwarded");
-            return Ok(Self::forward(event, false, false).into_iter().collect());
+            return Ok(Self::forward(ctx, event, false, false)
+                .into_iter()
+                .collect());
         }
         let participant = event.participant.as_ref().ok_or_else(|| {
             ProcessError::Invalid(format!(
@@ -881,9 +892,10 @@ impl ConsentProcessor {
         let require_opt_in = self.settings.policy == Policy::Explicit;
         if verdict(in_force.clone(), require_opt_in).is_allowed() {
             self.metrics.count("forwarded");
-            let mut out: Vec<Output> = Self::forward(received.event, false, flagged.is_some())
-                .into_iter()
-                .collect();
+            let mut out: Vec<Output> =
+                Self::forward(received.ctx, received.event, false, flagged.is_some())
+                    .into_iter()
+                    .collect();
             out.extend(self.possible_revocation(
                 received.event,
                 &received.subject,
@@ -965,7 +977,7 @@ impl ConsentProcessor {
             ));
             out.extend(reply.outputs);
             self.metrics.count("forwarded");
-            out.extend(Self::forward(event, true, flagged.is_some()));
+            out.extend(Self::forward(ctx, event, true, flagged.is_some()));
             let status = ConsentStatus::OptedIn;
             out.extend(self.possible_revocation(event, subject, flagged, status));
         } else {

@@ -619,12 +619,16 @@ impl Segmenter {
     /// Keeps a response whose conversation segment has not seen yet, until
     /// the conversation's first event ([`Self::release`]) or for
     /// [`PARK_TIMEOUT_MS`], after which it is dead-lettered.
+    ///
+    /// A parked response keeps the trace it arrived in (its record's
+    /// `traceparent`), so the operations it becomes on release stay in it.
     fn park(
         &self,
-        now: i64,
+        ctx: &RecordContext<'_>,
         response: &CognitionResponse,
         state: &mut StateStore<SegmentState>,
     ) -> Result<Vec<Output>, ProcessError> {
+        let now = ctx.timestamp_ms;
         let key = pending_key(&response.conversation_id);
         let existing = state.get(&key).and_then(|s| s.pending.clone());
         let first = existing.is_none();
@@ -641,7 +645,11 @@ impl Segmenter {
                 response.conversation_id
             )));
         }
-        let json = serde_json::to_string(response)
+        let mut response = response.clone();
+        if let Some(traceparent) = ctx.traceparent {
+            response.traceparent = Some(traceparent.to_owned());
+        }
+        let json = serde_json::to_string(&response)
             .map_err(|e| ProcessError::Failed(format!("a response does not park: {e}")))?;
         pending.responses_json.push(json);
         state.put_with_ttl(
@@ -691,7 +699,10 @@ impl Segmenter {
                 }
             };
             match self.on_response(ctx, &response, state) {
-                Ok(more) => outputs.extend(more),
+                Ok(more) => outputs.extend(
+                    more.into_iter()
+                        .map(|output| output.in_trace(response.traceparent.clone())),
+                ),
                 Err(e) => outputs.push(parked_dead_letter(
                     conversation_id,
                     json,
@@ -739,7 +750,7 @@ impl Segmenter {
         else {
             // The events and the responses of a conversation come from two
             // topics read in no guaranteed order: wait for its first event.
-            return self.park(ctx.timestamp_ms, response, state);
+            return self.park(ctx, response, state);
         };
         if conversation.closed {
             self.metrics.outcome("closed_conversation");
@@ -1711,7 +1722,22 @@ mod tests {
     #[test]
     fn a_response_ahead_of_its_conversation_waits_for_it_or_is_dead_lettered() {
         let mut h = Harness::new();
-        assert!(h.respond(response("r-1", PM, "Hi"), T0).unwrap().is_empty());
+        // The response arrives in its own trace (the cognition layer's).
+        let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ctx = RecordContext {
+            traceparent: Some(trace),
+            ..RecordContext::for_test(topics::RESPONSES, T0)
+        };
+        h.state.set_now(T0);
+        let parked = h
+            .processor
+            .process(
+                &ctx,
+                SegmentInput::Response(Box::new(response("r-1", PM, "Hi"))),
+                &mut h.state,
+            )
+            .unwrap();
+        assert!(parked.is_empty());
         assert_eq!(h.outcome("parked"), 1);
         assert!(h.state.get(&seen_key("r-1")).is_none(), "not handled yet");
         // The conversation's first event releases it.
@@ -1725,6 +1751,13 @@ mod tests {
             .collect();
         assert_eq!(ops.len(), 1, "{released:#?}");
         assert_eq!(ops[0].body.as_deref(), Some("Hi"));
+        // Released by the event, it stays in the response's trace, not the
+        // event's.
+        assert!(
+            released.iter().all(|o| o.trace() == Some(trace)),
+            "{released:#?}"
+        );
+        assert_eq!(ops[0].traceparent.as_deref(), Some(trace));
         assert!(h.state.get(&pending_key(PM)).is_none());
         assert!(h.state.get(&seen_key("r-1")).is_some());
 

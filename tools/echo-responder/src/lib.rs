@@ -164,7 +164,7 @@ impl Processor for Echo {
                 "message_id and conversation_id are required".into(),
             ));
         }
-        let response = match input.purpose {
+        let mut response = match input.purpose {
             InboundPurpose::UserMessage => self.answer(&input, ctx.timestamp_ms),
             InboundPurpose::SummaryRequest => match self.summarize(&input, ctx.timestamp_ms) {
                 Some(summary) => summary,
@@ -172,6 +172,10 @@ impl Processor for Echo {
             },
             InboundPurpose::Unknown => return Ok(Vec::new()),
         };
+        // The response names this stage's work as its trace's parent.
+        if let Some(traceparent) = ctx.traceparent {
+            response.traceparent = Some(traceparent.to_owned());
+        }
         let key = response.conversation_id.clone();
         Ok(vec![Output::new(topics::RESPONSES, key, response)])
     }
