@@ -300,7 +300,7 @@ pub fn build_traced_request(
                 .ok_or_else(|| InvalidOperation("CREATE_CALL needs call".into()))?;
             push(&mut form, "To", required("to", op.to.as_ref())?);
             push(&mut form, "From", required("from", op.from.as_ref())?);
-            push(&mut form, "Url", call.twiml_url.clone());
+            push(&mut form, "Url", with_trace(&call.twiml_url, traceparent));
             if let Some(callback) = &call.status_callback_url {
                 push(
                     &mut form,
@@ -661,24 +661,33 @@ mod tests {
             timeout_seconds: None,
             machine_detection: None,
         });
-        let callback = |r: &TwilioRequest| {
+        let param = |r: &TwilioRequest, name: &str| {
             r.form
                 .iter()
-                .find(|(n, _)| n == "StatusCallback")
+                .find(|(n, _)| n == name)
                 .map(|(_, v)| v.clone())
         };
         let traced = build_traced_request(&endpoints(), &o, Some(tp)).unwrap();
         assert_eq!(
-            callback(&traced).as_deref(),
+            param(&traced, "StatusCallback").as_deref(),
             Some(
                 format!("https://si/twilio/voice/status?conversation=CH1&traceparent={tp}")
                     .as_str()
             )
         );
+        // The TwiML webhook too: the call's answer continues the trace.
+        assert_eq!(
+            param(&traced, "Url").as_deref(),
+            Some(format!("https://si/twilio/voice/answer?c=CH1&traceparent={tp}").as_str())
+        );
         let plain = build_request(&endpoints(), &o).unwrap();
         assert_eq!(
-            callback(&plain).as_deref(),
+            param(&plain, "StatusCallback").as_deref(),
             Some("https://si/twilio/voice/status?conversation=CH1")
+        );
+        assert_eq!(
+            param(&plain, "Url").as_deref(),
+            Some("https://si/twilio/voice/answer?c=CH1")
         );
     }
 

@@ -512,7 +512,9 @@ async fn accept(
     store(state, &key, &record, &traceparent, deadline)
         .instrument(produce)
         .await?;
-    Ok(answer(state, route, query, &parsed))
+    // The TwiML's callbacks continue this webhook's trace.
+    let webhook = trace::traceparent_of(span, None);
+    Ok(answer(state, route, query, &parsed, webhook.as_deref()))
 }
 
 /// Writes the envelope and waits for Kafka's acknowledgement (acks=all), within `deadline`.
@@ -574,20 +576,26 @@ fn twiml_response(xml: String) -> Response {
 }
 
 /// The answer Twilio gets once the webhook is stored.
-fn answer(state: &AppState, route: WebhookRoute, query: Option<&str>, body: &Body) -> Response {
+fn answer(
+    state: &AppState,
+    route: WebhookRoute,
+    query: Option<&str>,
+    body: &Body,
+    traceparent: Option<&str>,
+) -> Response {
     let conversation = query_param(query, "conversation");
     let locale = query_param(query, "locale").unwrap_or_else(|| state.default_locale.clone());
+    let carried = twiml::Carried {
+        conversation: conversation.as_deref(),
+        locale: &locale,
+        traceparent,
+    };
     let catalog = Catalog::builtin();
     match route {
         WebhookRoute::MessagingInbound => {
             twiml_response("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>".to_owned())
         }
-        WebhookRoute::VoiceAnswer => twiml_response(twiml::answer(
-            &state.voice,
-            catalog,
-            conversation.as_deref(),
-            &locale,
-        )),
+        WebhookRoute::VoiceAnswer => twiml_response(twiml::answer(&state.voice, catalog, carried)),
         WebhookRoute::VoiceGather => {
             let choice = twiml::choice(
                 catalog,
@@ -595,13 +603,7 @@ fn answer(state: &AppState, route: WebhookRoute, query: Option<&str>, body: &Bod
                 body.get("Digits"),
                 body.get("SpeechResult"),
             );
-            twiml_response(twiml::after_choice(
-                &state.voice,
-                catalog,
-                conversation.as_deref(),
-                &locale,
-                choice,
-            ))
+            twiml_response(twiml::after_choice(&state.voice, catalog, carried, choice))
         }
         // Conversations pre-event: an empty 200 allows the action unchanged.
         _ => StatusCode::OK.into_response(),

@@ -38,14 +38,32 @@ fn escape(text: &str) -> String {
     out
 }
 
-/// The query we pass on to our own callback URLs: `conversation` and `locale` only.
-fn carried_query(conversation: Option<&str>, locale: &str) -> String {
-    let mut query = form_urlencoded::Serializer::new(String::new());
-    if let Some(conversation) = conversation {
-        query.append_pair("conversation", conversation);
+/// What a call's TwiML passes on to our own callback URLs.
+#[derive(Debug, Clone, Copy)]
+pub struct Carried<'a> {
+    /// The conversation the call belongs to.
+    pub conversation: Option<&'a str>,
+    /// The language the call is spoken in.
+    pub locale: &'a str,
+    /// The webhook span's W3C `traceparent` (with traces exported), so the
+    /// callbacks the TwiML names continue the call's trace.
+    pub traceparent: Option<&'a str>,
+}
+
+impl Carried<'_> {
+    /// The query of our callback URLs: `conversation`, `locale` and
+    /// `traceparent` only.
+    fn query(&self) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if let Some(conversation) = self.conversation {
+            query.append_pair("conversation", conversation);
+        }
+        query.append_pair("locale", self.locale);
+        if let Some(traceparent) = self.traceparent {
+            query.append_pair(si_runtime::trace::TRACEPARENT, traceparent);
+        }
+        query.finish()
     }
-    query.append_pair("locale", locale);
-    query.finish()
 }
 
 fn say(catalog: &Catalog, key: &str, locale: &str) -> String {
@@ -63,17 +81,13 @@ fn document(verbs: &str) -> String {
 
 /// The answer to a call: the disclosure, then the consent prompt.
 #[must_use]
-pub fn answer(
-    settings: &VoiceSettings,
-    catalog: &Catalog,
-    conversation: Option<&str>,
-    locale: &str,
-) -> String {
+pub fn answer(settings: &VoiceSettings, catalog: &Catalog, carried: Carried<'_>) -> String {
+    let locale = carried.locale;
     let prompt = catalog.text(keys::VOICE_CONSENT_PROMPT, locale);
     let action = format!(
         "{}/twilio/voice/gather?{}",
         settings.public_base_url,
-        carried_query(conversation, locale)
+        carried.query()
     );
     let hints: Vec<String> = catalog
         .words(keys::VOICE_YES_WORDS, locale)
@@ -98,10 +112,14 @@ pub fn answer(
 pub fn after_choice(
     settings: &VoiceSettings,
     catalog: &Catalog,
-    conversation: Option<&str>,
-    locale: &str,
+    carried: Carried<'_>,
     choice: Choice,
 ) -> String {
+    let Carried {
+        conversation,
+        locale,
+        ..
+    } = carried;
     match choice {
         Choice::Decline => document(&format!(
             "{}<Hangup/>",
@@ -118,7 +136,7 @@ pub fn after_choice(
                     say(catalog, keys::VOICE_UNAVAILABLE, locale)
                 ));
             };
-            let query = carried_query(conversation, locale);
+            let query = carried.query();
             let recording_callback = format!(
                 "{}/twilio/voice/recording?{query}",
                 settings.public_base_url
@@ -166,7 +184,11 @@ mod tests {
 
     #[test]
     fn the_answer_discloses_recording_and_asks_in_the_callers_language() {
-        let xml = answer(&settings(None), Catalog::builtin(), Some("CH1"), "es-MX");
+        let xml = answer(
+            &settings(None),
+            Catalog::builtin(),
+            carried(Some("CH1"), "es-MX"),
+        );
         assert!(xml.starts_with("<?xml"), "{xml}");
         assert!(
             xml.contains("<Say language=\"es-MX\">Hola, habla Si. Esta llamada se graba"),
@@ -182,7 +204,7 @@ mod tests {
 
     #[test]
     fn a_locale_without_translation_falls_back_to_english() {
-        let xml = answer(&settings(None), Catalog::builtin(), None, "ja-JP");
+        let xml = answer(&settings(None), Catalog::builtin(), carried(None, "ja-JP"));
         assert!(
             xml.contains("<Say language=\"en-US\">Hi, this is Si."),
             "{xml}"
@@ -211,8 +233,7 @@ mod tests {
         let xml = after_choice(
             &settings(Some("wss://voice")),
             Catalog::builtin(),
-            Some("CH1"),
-            "en",
+            carried(Some("CH1"), "en"),
             Choice::Decline,
         );
         assert!(xml.contains("continues by text message"), "{xml}");
@@ -232,8 +253,7 @@ mod tests {
         let xml = after_choice(
             &settings(Some("wss://voice")),
             c,
-            Some("CH1"),
-            "fr",
+            carried(Some("CH1"), "fr"),
             silence,
         );
         assert!(xml.ends_with("<Hangup/></Response>"), "{xml}");
@@ -248,8 +268,7 @@ mod tests {
         let xml = after_choice(
             &settings(Some("wss://voice.example/agent")),
             Catalog::builtin(),
-            Some("CH1"),
-            "en",
+            carried(Some("CH1"), "en"),
             Choice::Accept,
         );
         assert!(xml.contains("<Start><Recording recordingStatusCallback=\"https://si.example.com/twilio/voice/recording?conversation=CH1&amp;locale=en\""), "{xml}");
@@ -271,8 +290,7 @@ mod tests {
         let spanish = after_choice(
             &settings(Some("wss://voice.example/agent")),
             Catalog::builtin(),
-            None,
-            "es-MX",
+            carried(None, "es-MX"),
             Choice::Accept,
         );
         assert!(
@@ -284,8 +302,7 @@ mod tests {
         let without_agent = after_choice(
             &settings(None),
             Catalog::builtin(),
-            Some("CH1"),
-            "en",
+            carried(Some("CH1"), "en"),
             Choice::Accept,
         );
         assert!(
@@ -294,6 +311,34 @@ mod tests {
                 && !without_agent.contains("<Transcription"),
             "{without_agent}"
         );
+    }
+
+    fn carried<'a>(conversation: Option<&'a str>, locale: &'a str) -> Carried<'a> {
+        Carried {
+            conversation,
+            locale,
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn the_callbacks_continue_the_calls_trace() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let traced = Carried {
+            traceparent: Some(traceparent),
+            ..carried(Some("CH1"), "en")
+        };
+        let query = format!("conversation=CH1&amp;locale=en&amp;traceparent={traceparent}");
+        let xml = answer(&settings(None), Catalog::builtin(), traced);
+        assert!(xml.contains(&format!("gather?{query}\"")), "{xml}");
+        let xml = after_choice(
+            &settings(Some("wss://voice")),
+            Catalog::builtin(),
+            traced,
+            Choice::Accept,
+        );
+        assert!(xml.contains(&format!("recording?{query}\"")), "{xml}");
+        assert!(xml.contains(&format!("transcription?{query}\"")), "{xml}");
     }
 
     #[test]

@@ -2069,6 +2069,20 @@ mod tests {
     }
 
     #[test]
+    fn what_a_report_leads_to_stays_in_the_messages_trace() {
+        // The report arrives in a trace of its own (Conversations receipts
+        // carry none of ours); the resend it causes is in the message's.
+        let mut h = Harness::new();
+        let (op, out) = failed_once(&mut h, Channel::Sms, response("r-1", PM, "Hi"), 30003);
+        assert!(op.traceparent.is_some());
+        assert!(!out.is_empty());
+        assert!(
+            out.iter().all(|o| o.trace() == op.traceparent.as_deref()),
+            "{out:#?}"
+        );
+    }
+
+    #[test]
     fn whatsapp_63016_is_resent_as_the_template_and_its_delivery_ends_the_chain() {
         let mut h = Harness::new();
         h.event(inbound(PM, Channel::Whatsapp, T0));

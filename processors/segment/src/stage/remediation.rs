@@ -257,7 +257,19 @@ impl Segmenter {
             return Vec::new();
         };
         self.observe_final(&sent, status, now);
+        // The report came without our trace (a Conversations receipt or a
+        // number's own status callback starts one of its own): link it to
+        // the message's, and keep what it leads to in the message's trace.
+        let trace = serde_json::from_str::<OutboundOperation>(&sent.operation_json)
+            .ok()
+            .and_then(|op| op.traceparent);
+        if let Some(traceparent) = &trace {
+            si_runtime::trace::link(&tracing::Span::current(), traceparent);
+        }
         self.conclude(sent, delivered, code, message, now, state)
+            .into_iter()
+            .map(|output| output.in_trace(trace.clone()))
+            .collect()
     }
 
     /// A final report of `sent`: a failure is acted on, a delivery ends the
