@@ -27,6 +27,64 @@ pub struct Config {
     /// Consumer-group membership (session timeout, static membership).
     #[command(flatten)]
     pub group: si_runtime::GroupArgs,
+    /// Signed URLs of media in Si's store.
+    #[command(flatten)]
+    pub media: MediaUrlArgs,
+}
+
+/// How outbound media named as `si-media:<object key>` reach Twilio: as a
+/// short-lived signed URL of the media stage's public listener
+/// (`si_runtime::media_url`). Without both settings such media fail as
+/// invalid operations; public URLs pass unchanged either way.
+#[derive(Debug, Clone, Args)]
+pub struct MediaUrlArgs {
+    /// Public base URL of the media stage's listener (its MEDIA_PUBLIC_ADDR
+    /// behind the public ingress), e.g. `https://si.example.com`.
+    #[arg(long, env = "MEDIA_PUBLIC_BASE_URL")]
+    pub public_base_url: Option<String>,
+
+    /// The key media URLs are signed with (at least 32 bytes; the media
+    /// stage's MEDIA_URL_SECRET).
+    #[arg(long, env = "MEDIA_URL_SECRET", hide_env_values = true)]
+    pub key: Option<String>,
+
+    /// How long a signed URL opens its object: long enough for Twilio to
+    /// fetch it when the message is sent (a few seconds), short enough that
+    /// a leaked URL soon stops working.
+    #[arg(long, env = "MEDIA_URL_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+}
+
+impl MediaUrlArgs {
+    /// The signer, when both the base URL and the key are set.
+    ///
+    /// # Errors
+    /// When only one is set, the key is too short, or the TTL is zero.
+    pub fn signer(&self) -> Result<Option<si_runtime::media_url::Signer>, String> {
+        let base = self
+            .public_base_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty());
+        let key = self.key.as_deref().filter(|k| !k.trim().is_empty());
+        match (base, key) {
+            (None, None) => Ok(None),
+            (Some(base), Some(key)) => {
+                if !(base.starts_with("https://") || base.starts_with("http://")) {
+                    return Err("MEDIA_PUBLIC_BASE_URL must be an http(s) URL".into());
+                }
+                if self.ttl.is_zero() {
+                    return Err("MEDIA_URL_TTL must be positive".into());
+                }
+                let key = si_runtime::media_url::UrlKey::new(key)
+                    .map_err(|e| format!("MEDIA_URL_SECRET: {e}"))?;
+                Ok(Some(si_runtime::media_url::Signer::new(
+                    base, key, self.ttl,
+                )))
+            }
+            _ => Err("MEDIA_PUBLIC_BASE_URL and MEDIA_URL_SECRET go together".into()),
+        }
+    }
 }
 
 /// How to reach Twilio.

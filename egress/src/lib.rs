@@ -53,6 +53,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     config.egress.validate().map_err(anyhow::Error::msg)?;
     config.group.validate().map_err(anyhow::Error::msg)?;
     config.twilio.validate().map_err(anyhow::Error::msg)?;
+    let media_signer = config.media.signer().map_err(anyhow::Error::msg)?;
     let credentials = Arc::new(
         CredentialStore::load(config.twilio.credential_source())
             .await
@@ -195,7 +196,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let busy = Arc::new(AtomicUsize::new(0));
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let endpoints = Endpoints::new(&config.twilio);
+    let endpoints = Endpoints::new(&config.twilio, media_signer);
     let ctx = Arc::new(SendContext {
         client,
         auth,

@@ -42,13 +42,16 @@ pub struct Endpoints {
     pub account_sid: String,
     /// Status callback for Programmable Messaging sends, if any.
     pub status_callback: Option<String>,
+    /// Signs `si-media:` references into URLs Twilio can fetch, if configured.
+    pub media: Option<si_runtime::media_url::Signer>,
 }
 
 impl Endpoints {
     /// From configuration (trailing slashes dropped).
     #[must_use]
-    pub fn new(args: &TwilioArgs) -> Self {
+    pub fn new(args: &TwilioArgs, media: Option<si_runtime::media_url::Signer>) -> Self {
         Self {
+            media,
             api_base: args.api_base_url.trim_end_matches('/').to_owned(),
             conversations_base: args.conversations_base_url.trim_end_matches('/').to_owned(),
             account_sid: args.account_sid.clone(),
@@ -139,11 +142,35 @@ fn push(form: &mut Vec<(String, String)>, name: &str, value: impl Into<String>) 
     form.push((name.to_owned(), value.into()));
 }
 
+/// The URL Twilio fetches a media item from: a `si-media:` reference to
+/// Si's store becomes a short-lived signed URL (signed now, at each attempt,
+/// so a retried send never carries an expired one); any other URL is public
+/// and passes unchanged.
+fn media_url(
+    signer: Option<&si_runtime::media_url::Signer>,
+    url: &str,
+) -> Result<String, InvalidOperation> {
+    let Some(key) = si_runtime::media_url::object_key(url) else {
+        return Ok(url.to_owned());
+    };
+    let signer = signer.ok_or_else(|| {
+        InvalidOperation(
+            "media names Si's store (si-media:) but MEDIA_PUBLIC_BASE_URL and MEDIA_URL_SECRET are \
+             not set"
+                .into(),
+        )
+    })?;
+    signer
+        .url(key, std::time::SystemTime::now())
+        .map_err(InvalidOperation)
+}
+
 /// Body, template and media of a message.
 fn message_content(
     form: &mut Vec<(String, String)>,
     op: &OutboundOperation,
     media_as_urls: bool,
+    media: Option<&si_runtime::media_url::Signer>,
 ) -> Result<(), InvalidOperation> {
     if let Some(content_sid) = op.content_sid.as_deref().filter(|s| !s.is_empty()) {
         push(form, "ContentSid", content_sid);
@@ -173,7 +200,7 @@ fn message_content(
             ));
         }
         for url in &op.media_urls {
-            push(form, "MediaUrl", url.clone());
+            push(form, "MediaUrl", media_url(media, url)?);
         }
     }
     if !form
@@ -227,7 +254,7 @@ pub fn build_traced_request(
                 let from = required("from or messaging_service_sid", op.from.as_ref())?;
                 push(&mut form, "From", address(op.channel, from));
             }
-            message_content(&mut form, op, true)?;
+            message_content(&mut form, op, true, endpoints.media.as_ref())?;
             if let Some(callback) = &endpoints.status_callback
                 && !op.params.contains_key("StatusCallback")
             {
@@ -244,7 +271,7 @@ pub fn build_traced_request(
             )
         }
         OperationKind::SendConversationMessage => {
-            message_content(&mut form, op, false)?;
+            message_content(&mut form, op, false, None)?;
             format!(
                 "{}/v1/Conversations/{}/Messages",
                 endpoints.conversations_base,
@@ -596,6 +623,7 @@ mod tests {
             conversations_base: "https://conversations.twilio.com".into(),
             account_sid: "AC123".into(),
             status_callback: Some("https://si.example.com/twilio/messaging/status".into()),
+            media: None,
         }
     }
 
@@ -688,6 +716,60 @@ mod tests {
         assert_eq!(
             param(&plain, "Url").as_deref(),
             Some("https://si/twilio/voice/answer?c=CH1")
+        );
+    }
+
+    #[test]
+    fn media_in_sis_store_becomes_a_signed_url_and_public_media_passes() {
+        use si_runtime::media_url::{self, Signer, UrlKey};
+        let secret = "k".repeat(32);
+        let mut o = op(OperationKind::SendMessage);
+        o.media_urls = vec![
+            "si-media:out/CH1/chart.png".into(),
+            "https://cdn.example.com/a.png".into(),
+        ];
+        // Not configured: a clear error, nothing sent.
+        let err = build_request(&endpoints(), &o).unwrap_err();
+        assert!(err.0.contains("MEDIA_URL_SECRET"), "{err}");
+        let signed = Endpoints {
+            media: Some(Signer::new(
+                "https://si.example.com",
+                UrlKey::new(&secret).unwrap(),
+                Duration::from_secs(600),
+            )),
+            ..endpoints()
+        };
+        let r = build_request(&signed, &o).unwrap();
+        let urls: Vec<&str> = r
+            .form
+            .iter()
+            .filter(|(n, _)| n == "MediaUrl")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(urls.len(), 2);
+        assert_eq!(urls[1], "https://cdn.example.com/a.png");
+        let url = reqwest::Url::parse(urls[0]).unwrap();
+        assert_eq!(url.path(), "/media/out/CH1/chart.png");
+        let q = |name: &str| {
+            url.query_pairs()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        let keys = [UrlKey::new(&secret).unwrap()];
+        let now = std::time::SystemTime::now();
+        let check = |at| {
+            media_url::verify(
+                &keys,
+                "out/CH1/chart.png",
+                q("expires").as_deref(),
+                q("signature").as_deref(),
+                at,
+            )
+        };
+        assert_eq!(check(now), Ok(()));
+        assert_eq!(
+            check(now + Duration::from_secs(601)),
+            Err(media_url::Refused::Expired)
         );
     }
 

@@ -25,6 +25,11 @@ fn endpoints() -> Endpoints {
         conversations_base: "https://conversations.twilio.com".into(),
         account_sid: "AC00000000000000000000000000000000".into(),
         status_callback: Some("https://si.example.com/twilio/messaging/status".into()),
+        media: Some(si_runtime::media_url::Signer::new(
+            "https://si.example.com",
+            si_runtime::media_url::UrlKey::new(&"k".repeat(32)).unwrap(),
+            std::time::Duration::from_secs(600),
+        )),
     }
 }
 
@@ -72,7 +77,11 @@ fn strings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 fn operations() -> Vec<(&'static str, OutboundOperation)> {
     let mut all = Vec::new();
     let mut sms = op(OperationKind::SendMessage);
-    sms.media_urls = vec!["https://m.example.com/1.png".into()];
+    // A public URL and one of Si's store (sent signed).
+    sms.media_urls = vec![
+        "https://m.example.com/1.png".into(),
+        "si-media:out/CH1/chart.png".into(),
+    ];
     sms.params.insert("ValidityPeriod".into(), "600".into());
     sms.params.insert("si.purpose".into(), "consent".into());
     all.push(("SMS with media and a validity period", sms));

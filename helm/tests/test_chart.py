@@ -499,19 +499,50 @@ def test_no_strimzi_topics_by_default():
 # Services, Ingress, monitoring, policies
 # --------------------------------------------------------------------------
 
-def test_ingress_service_ports(rendered):
+def serves_media(case: str) -> bool:
+    media = (ci_values(case).get("stages") or {}).get("media") or {}
+    return "MEDIA_URL_SECRET" in (media.get("secretEnv") or {})
+
+
+def test_ingress_service_ports(rendered, case):
     svc = rendered.named("Service", f"{FULLNAME}-ingress")
     assert {(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
         ("http", 8080, "http"), ("admin", 9090, "admin")}
+    media = f"{FULLNAME}-media"
     for s in rendered.of_kind("Service"):
-        if s is not svc:
+        if s is svc:
+            continue
+        if s["metadata"]["name"] == media and serves_media(case):
+            # The public port of signed media URLs.
+            assert {(p["name"], p["port"]) for p in s["spec"]["ports"]} == {("http", 8088), ("admin", 9090)}
+        else:
             assert [p["name"] for p in s["spec"]["ports"]] == ["admin"]
 
 
-def test_kubernetes_ingress_routes_to_the_webhook_port_only():
+def test_kubernetes_ingress_routes_webhooks_and_signed_media_only():
     ing = render(*values_args("everything-on")).named("Ingress", f"{FULLNAME}-ingress")
-    backends = [p["backend"]["service"] for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]]
-    assert backends == [{"name": f"{FULLNAME}-ingress", "port": {"name": "http"}}]
+    paths = [p for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]]
+    backends = [p["backend"]["service"] for p in paths]
+    assert backends == [{"name": f"{FULLNAME}-ingress", "port": {"name": "http"}},
+                        {"name": f"{FULLNAME}-media", "port": {"name": "http"}}]
+    assert paths[1]["path"] == "/media/"
+    media = render(*values_args("everything-on")).named("Deployment", f"{FULLNAME}-media")
+    container = media["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "http", "containerPort": 8088, "protocol": "TCP"} in container["ports"]
+    assert env_of(container)["MEDIA_URL_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "si-media-urls", "key": "secret"}
+    # egress signs with the same secret, under the public URL.
+    egress = render(*values_args("everything-on")).named("Deployment", f"{FULLNAME}-egress")
+    env = env_of(egress["spec"]["template"]["spec"]["containers"][0])
+    assert env["MEDIA_PUBLIC_BASE_URL"]["value"] == "https://si.example.com"
+    assert env["MEDIA_URL_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "si-media-urls"
+    # Without the secret: no route, no public port, no base URL.
+    plain = render("-f", str(CHART_DIR / "ci" / "everything-on.yaml"),
+                   "--set", "stages.media.secretEnv=null", "--set", "stages.egress.secretEnv=null")
+    ing = plain.named("Ingress", f"{FULLNAME}-ingress")
+    assert [p["backend"]["service"]["name"] for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]] == [
+        f"{FULLNAME}-ingress"]
+    assert "MEDIA_PUBLIC_BASE_URL" not in env_of(
+        plain.named("Deployment", f"{FULLNAME}-egress")["spec"]["template"]["spec"]["containers"][0])
     assert ing["spec"]["ingressClassName"] == "nginx"
     assert ing["spec"]["tls"] == [{"hosts": ["si.example.com"], "secretName": "si-example-com-tls"}]
     assert render().of_kind("Ingress") == []
@@ -525,13 +556,13 @@ def test_service_monitor_scrapes_admin_metrics():
     assert render().of_kind("ServiceMonitor") == []
 
 
-def test_network_policies(rendered):
+def test_network_policies(rendered, case):
     policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p for p in rendered.of_kind("NetworkPolicy")}
     assert set(policies) == {stage_name(d) for d in rendered.of_kind("Deployment")}
     for stage, policy in policies.items():
         rules = policy["spec"]["ingress"]
         by_port = {r["ports"][0]["port"]: r for r in rules}
-        if stage == "ingress":
+        if stage == "ingress" or (stage == "media" and serves_media(case)):
             assert "from" not in by_port["http"]  # Twilio: from anywhere
         else:
             assert "http" not in by_port

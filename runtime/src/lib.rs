@@ -14,6 +14,7 @@ pub mod config;
 pub mod dlq;
 pub mod kafka;
 pub mod mask;
+pub mod media_url;
 pub mod metrics;
 pub mod processor;
 pub mod shutdown;

@@ -7,6 +7,12 @@
 //! MMS is in the transcript after the MMS's message entry. The objects are in
 //! the store with the checksums the events name.
 //!
+//! Then the way back: a response naming one stored image as
+//! `si-media:<object key>` goes through segment and egress, Twilio (the
+//! sandbox) is given a short-lived signed URL of the media stage's public
+//! listener, and fetching it as Twilio would returns the image's bytes; the
+//! same URL for another object is refused.
+//!
 //! ```sh
 //! cargo build --bins
 //! cargo test -p si-testkit --test media
@@ -19,8 +25,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use si_schemas::records::{
-    ConversationEvent, ConversationEventType, MediaStorageStatus, TranscriptEntry,
-    TranscriptEntryKind,
+    CognitionResponse, ConversationEvent, ConversationEventType, MediaRef, MediaStorageStatus,
+    ResponsePurpose, TranscriptEntry, TranscriptEntryKind,
 };
 use si_schemas::topics;
 use si_testkit::{TestEnv, free_port, spawn_ready, wait_for};
@@ -30,6 +36,7 @@ const SI_NUMBER: &str = "+14155550100";
 const USER: &str = "+14155550177";
 const TOKEN: &str = "media-e2e-auth-token";
 const DEADLINE: Duration = Duration::from_secs(60);
+const URL_KEY: &str = "media-e2e-url-signing-key-of-32-bytes-or-more";
 
 fn item(content_type: &str, bytes: &[u8]) -> InboundMedia {
     InboundMedia {
@@ -61,6 +68,8 @@ async fn an_mms_with_two_images_and_a_pdf_is_kept_in_si_storage_and_referenced()
     let dir = std::env::temp_dir().join(format!("si-media-e2e-{}", uuid::Uuid::new_v4().simple()));
     let store_url = format!("file://{}", dir.display());
     let listen = ingress_url.trim_start_matches("http://").to_owned();
+    let media_public = format!("127.0.0.1:{}", free_port()?);
+    let media_base = format!("http://{media_public}");
     let common = [
         ("TWILIO_AUTH_TOKEN", TOKEN),
         ("TWILIO_ACCOUNT_SID", sandbox.account_sid()),
@@ -80,9 +89,20 @@ async fn an_mms_with_two_images_and_a_pdf_is_kept_in_si_storage_and_referenced()
                     ("MEDIA_STORE_URL", store_url.as_str()),
                     ("TIMER_INTERVAL", "50ms"),
                     ("MEDIA_CHECK_INTERVAL", "50ms"),
+                    ("MEDIA_URL_SECRET", URL_KEY),
+                    ("MEDIA_PUBLIC_ADDR", media_public.as_str()),
                 ],
             ),
             ("si-voice-link", vec![("VOICE_QUIET_HOURS", "off")]),
+            ("si-segment", vec![]),
+            (
+                "si-egress",
+                vec![
+                    ("TWILIO_CONVERSATIONS_BASE_URL", base.as_str()),
+                    ("MEDIA_PUBLIC_BASE_URL", media_base.as_str()),
+                    ("MEDIA_URL_SECRET", URL_KEY),
+                ],
+            ),
         ],
         DEADLINE,
     )
@@ -204,6 +224,60 @@ async fn an_mms_with_two_images_and_a_pdf_is_kept_in_si_storage_and_referenced()
     assert_eq!(refs.message_sid.as_deref(), Some(message_sid.as_str()));
     assert_eq!(refs.stored_media, media_stored.items);
     assert!(entries.windows(2).all(|w| w[0].sequence < w[1].sequence));
+
+    // The way back: Si answers with the PNG it keeps.
+    let png = &media_stored.items[1];
+    let png_key = png.object_key.clone().unwrap();
+    let response = CognitionResponse {
+        response_id: "r-media".into(),
+        conversation_id: message.conversation_id.clone(),
+        session_id: message.session_id.clone(),
+        in_reply_to: Some(message_sid.clone()),
+        text: "Here is your photo back".into(),
+        media: vec![MediaRef {
+            url: Some(format!("si-media:{png_key}")),
+            content_type: Some("image/png".into()),
+            ..MediaRef::default()
+        }],
+        locale: None,
+        hints: None,
+        created_at: 0,
+        traceparent: None,
+        purpose: ResponsePurpose::Reply,
+    };
+    env.produce(topics::RESPONSES, &message.conversation_id, &response)
+        .await?;
+    let sent = wait_for("the reply with media at Twilio", DEADLINE, || async {
+        Ok(sandbox.requests().into_iter().find(|r| {
+            r.path.ends_with("/Messages.json")
+                && r.params.get("Body").map(String::as_str) == Some("Here is your photo back")
+        }))
+    })
+    .await?;
+    let media_url = sent.params.get("MediaUrl").cloned().unwrap();
+    assert!(
+        media_url.starts_with(&format!("{media_base}/media/{png_key}?expires=")),
+        "{media_url}"
+    );
+    // Twilio fetches it: the PNG's bytes, typed.
+    let fetched = reqwest::get(&media_url).await?;
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(
+        fetched
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("image/png")
+    );
+    assert_eq!(
+        hex_sha256(&fetched.bytes().await?),
+        png.sha256.clone().unwrap()
+    );
+    // The signature opens that object only.
+    let other_key = media_stored.items[2].object_key.clone().unwrap();
+    let other = reqwest::get(media_url.replace(&png_key, &other_key)).await?;
+    assert_eq!(other.status(), 403);
+
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -260,6 +260,10 @@ The env list of a stage or of the setup Job. Takes a stage context plus
 {{- $public := get (include "si.stageConfig" (dict "root" $root "stage" $root.Values.stages.ingress) | fromJson) "PUBLIC_BASE_URL" -}}
 {{- if $public }}{{ $_ := set $cfg "STATUS_CALLBACK_BASE_URL" $public }}{{ end -}}
 {{- end -}}
+{{- if and (eq .name "egress") (not (hasKey $cfg "MEDIA_PUBLIC_BASE_URL")) (hasKey ($stage.secretEnv | default dict) "MEDIA_URL_SECRET") -}}
+{{- $public := get (include "si.stageConfig" (dict "root" $root "stage" $root.Values.stages.ingress) | fromJson) "PUBLIC_BASE_URL" -}}
+{{- if $public }}{{ $_ := set $cfg "MEDIA_PUBLIC_BASE_URL" $public }}{{ end -}}
+{{- end -}}
 {{- if and (eq .name "voice-link") (not (hasKey $cfg "PUBLIC_BASE_URL")) -}}
 {{- $public := get (include "si.stageConfig" (dict "root" $root "stage" $root.Values.stages.ingress) | fromJson) "PUBLIC_BASE_URL" -}}
 {{- if $public }}{{ $_ := set $cfg "PUBLIC_BASE_URL" $public }}{{ end -}}
@@ -305,6 +309,11 @@ Durations (humantime, as the binaries parse them) in seconds.
 {{- $total -}}
 {{- end -}}
 
+{{/* Whether a stage serves signed media URLs: the media stage with MEDIA_URL_SECRET in its secretEnv. Takes a stage context. */}}
+{{- define "si.servesMedia" -}}
+{{- if and (eq .name "media") (hasKey (.stage.secretEnv | default dict) "MEDIA_URL_SECRET") }}true{{ end -}}
+{{- end -}}
+
 {{/* Port of a host:port listen address. */}}
 {{- define "si.addrPort" -}}
 {{- if not (regexMatch ":[0-9]{1,5}$" (toString .)) -}}
@@ -319,6 +328,9 @@ Durations (humantime, as the binaries parse them) in seconds.
 {{- $ports := dict "admin" (include "si.addrPort" (get $cfg "ADMIN_ADDR" | default "0.0.0.0:9090") | int) -}}
 {{- if or (eq .name "ingress") (hasKey $cfg "LISTEN_ADDR") -}}
 {{- $_ := set $ports "http" (include "si.addrPort" (get $cfg "LISTEN_ADDR" | default "0.0.0.0:8080") | int) -}}
+{{- else if include "si.servesMedia" . -}}
+{{- /* The media stage's public listener (signed media URLs Twilio fetches). */ -}}
+{{- $_ := set $ports "http" (include "si.addrPort" (get $cfg "MEDIA_PUBLIC_ADDR" | default "0.0.0.0:8088") | int) -}}
 {{- end -}}
 {{- toJson $ports -}}
 {{- end -}}

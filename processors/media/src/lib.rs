@@ -34,17 +34,21 @@
 pub mod copier;
 pub mod fetch;
 pub mod processor;
+pub mod serve;
 pub mod store;
 
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser};
+use si_runtime::media_url::UrlKey;
 use si_runtime::metrics::StageMetrics;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
 use si_runtime::{CommonConfig, Readiness, with_admin};
 use si_schemas::{Codec, Registry, topics};
 use tokio_util::sync::CancellationToken;
+
+use crate::serve::Serving;
 
 pub use copier::{Copier, CopyMetrics, Sources, object_key};
 pub use fetch::{Credentials, Fetcher, Limits};
@@ -130,6 +134,50 @@ pub struct MediaArgs {
     /// progress on it (refreshed at every look).
     #[arg(long, env = "MEDIA_STATE_TTL", default_value = "7days", value_parser = humantime::parse_duration)]
     pub state_ttl: Duration,
+
+    /// The key outbound media URLs are signed with (egress's MEDIA_URL_SECRET,
+    /// at least 32 bytes). When set, the public listener serves
+    /// `GET /media/<object key>?expires=…&signature=…` on MEDIA_PUBLIC_ADDR;
+    /// unset, no listener.
+    #[arg(long, env = "MEDIA_URL_SECRET", hide_env_values = true)]
+    pub url_key: Option<String>,
+
+    /// The key before the last rotation, accepted until the URLs it signed
+    /// have expired (MEDIA_URL_TTL).
+    #[arg(long, env = "MEDIA_URL_SECRET_PREVIOUS", hide_env_values = true)]
+    pub url_key_previous: Option<String>,
+
+    /// Where the public listener binds (behind the public ingress, at the
+    /// base URL egress's MEDIA_PUBLIC_BASE_URL names).
+    #[arg(long, env = "MEDIA_PUBLIC_ADDR", default_value = "0.0.0.0:8088")]
+    pub public_addr: std::net::SocketAddr,
+}
+
+impl MediaArgs {
+    /// The keys signed media URLs may carry, current first; empty when
+    /// MEDIA_URL_SECRET is unset (no public listener).
+    ///
+    /// # Errors
+    /// A key shorter than 32 bytes, or a previous key without a current one.
+    pub fn url_keys(&self) -> anyhow::Result<Vec<UrlKey>> {
+        let current = non_empty(self.url_key.as_ref());
+        let previous = non_empty(self.url_key_previous.as_ref());
+        let Some(current) = current else {
+            if previous.is_some() {
+                anyhow::bail!("MEDIA_URL_SECRET_PREVIOUS needs MEDIA_URL_SECRET");
+            }
+            return Ok(Vec::new());
+        };
+        let mut keys =
+            vec![UrlKey::new(&current).map_err(|e| anyhow::anyhow!("MEDIA_URL_SECRET: {e}"))?];
+        if let Some(previous) = previous {
+            keys.push(
+                UrlKey::new(&previous)
+                    .map_err(|e| anyhow::anyhow!("MEDIA_URL_SECRET_PREVIOUS: {e}"))?,
+            );
+        }
+        Ok(keys)
+    }
 }
 
 /// Twilio credentials and hosts for downloads.
@@ -297,6 +345,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let credentials = config.credentials()?;
     let auth_origins = config.auth_origins()?;
     let store = MediaStore::open(&config.media.store_url)?;
+    let url_keys = config.media.url_keys()?;
     let fetcher = Fetcher::new(
         credentials,
         auth_origins,
@@ -308,6 +357,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let metrics = StageMetrics::new(STAGE);
     let readiness = Readiness::default();
     let copy_metrics = CopyMetrics::new(metrics.registry())?;
+    // Outbound media: signed URLs answered from the store, on a listener of
+    // their own (public, unlike the admin listener).
+    let public_stop = shutdown.child_token();
+    let public = if url_keys.is_empty() {
+        None
+    } else {
+        let serving = Serving::new(store.clone(), url_keys, metrics.registry())?;
+        let (addr, task) = serve::start(config.media.public_addr, serving, public_stop.clone())
+            .await
+            .with_context(|| format!("binding MEDIA_PUBLIC_ADDR {}", config.media.public_addr))?;
+        tracing::info!(%addr, "serving signed media URLs");
+        Some(task)
+    };
     let copier = Copier::new(
         fetcher,
         store,
@@ -326,14 +388,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         max_queue: config.media.max_queue,
         state_ttl: config.media.state_ttl,
     };
-    with_admin(
+    let result = with_admin(
         config.common.service.admin_addr,
         metrics.registry().clone(),
         readiness.clone(),
         &shutdown.clone(),
         run_stream(&config, settings, copier, metrics, readiness, shutdown),
     )
-    .await
+    .await;
+    public_stop.cancel();
+    if let Some(task) = public {
+        let _ = task.await;
+    }
+    result
 }
 
 async fn run_stream(

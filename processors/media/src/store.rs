@@ -168,6 +168,20 @@ impl MediaStore {
         Ok(self.store.head(&self.path(key)).await?.size)
     }
 
+    /// The bytes stored under `key` and their content type, when the
+    /// backend keeps it.
+    ///
+    /// # Errors
+    /// When the object is missing (`NotFound`) or the store fails.
+    pub async fn get_typed(&self, key: &str) -> object_store::Result<(Bytes, Option<String>)> {
+        let got = self.store.get(&self.path(key)).await?;
+        let content_type = got
+            .attributes
+            .get(&Attribute::ContentType)
+            .map(|v| v.to_string());
+        Ok((got.bytes().await?, content_type))
+    }
+
     /// The bytes stored under `key` (tests and tools).
     ///
     /// # Errors
