@@ -328,6 +328,7 @@ fn inbound_full() -> InboundMessage {
         possible_revocation: true,
         traceparent: some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         purpose: InboundPurpose::SummaryRequest,
+        stored_media: Vec::new(),
     }
 }
 
@@ -349,6 +350,7 @@ fn inbound_min() -> InboundMessage {
         possible_revocation: false,
         traceparent: None,
         purpose: InboundPurpose::UserMessage,
+        stored_media: Vec::new(),
     }
 }
 

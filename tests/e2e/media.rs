@@ -7,6 +7,9 @@
 //! MMS is in the transcript after the MMS's message entry. The objects are in
 //! the store with the checksums the events name.
 //!
+//! Consent forwards the message to the cognition layer and then, as a
+//! `MEDIA_STORED` record on `si.inbound.v1`, its durable copies.
+//!
 //! Then the way back: a response naming one stored image as
 //! `si-media:<object key>` goes through segment and egress, Twilio (the
 //! sandbox) is given a short-lived signed URL of the media stage's public
@@ -25,8 +28,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use si_schemas::records::{
-    CognitionResponse, ConversationEvent, ConversationEventType, MediaRef, MediaStorageStatus,
-    ResponsePurpose, TranscriptEntry, TranscriptEntryKind,
+    CognitionResponse, ConversationEvent, ConversationEventType, Direction, InboundMessage,
+    InboundPurpose, MediaRef, MediaStorageStatus, ResponsePurpose, TranscriptEntry,
+    TranscriptEntryKind,
 };
 use si_schemas::topics;
 use si_testkit::{TestEnv, free_port, spawn_ready, wait_for};
@@ -94,6 +98,7 @@ async fn an_mms_with_two_images_and_a_pdf_is_kept_in_si_storage_and_referenced()
                 ],
             ),
             ("si-voice-link", vec![("VOICE_QUIET_HOURS", "off")]),
+            ("si-consent", vec![]),
             ("si-segment", vec![]),
             (
                 "si-egress",
@@ -186,6 +191,21 @@ async fn an_mms_with_two_images_and_a_pdf_is_kept_in_si_storage_and_referenced()
         sandbox.media()
     );
 
+    // The cognition layer gets the message, then its durable copies.
+    let follow_up = env
+        .find::<InboundMessage>(topics::INBOUND, DEADLINE, |m| {
+            m.purpose == InboundPurpose::MediaStored && m.message_id == message_sid
+        })
+        .await?;
+    assert_eq!(follow_up.stored_media, media_stored.items);
+    assert!(follow_up.text.is_empty());
+    let first = env
+        .find::<InboundMessage>(topics::INBOUND, DEADLINE, |m| {
+            m.message_id == message_sid && m.purpose == InboundPurpose::UserMessage
+        })
+        .await?;
+    assert_eq!(first.media.len(), 3);
+
     // The transcript: the MMS, the text after it, the durable references
     // (which may come before or after the text, never before the MMS).
     let entries = wait_for("the transcript's three entries", DEADLINE, || async {
@@ -194,7 +214,10 @@ async fn an_mms_with_two_images_and_a_pdf_is_kept_in_si_storage_and_referenced()
             .await?
             .into_iter()
             .map(|(_, e)| e)
-            .filter(|e| e.conversation_id == message.conversation_id)
+            // Consent's welcome to the new user is Si's, not the user's.
+            .filter(|e| {
+                e.conversation_id == message.conversation_id && e.direction != Direction::Outbound
+            })
             .collect();
         Ok((entries.len() >= 3).then_some(entries))
     })

@@ -656,6 +656,70 @@ impl ConsentProcessor {
             possible_revocation,
             traceparent: trace_of(ctx, event),
             purpose: InboundPurpose::UserMessage,
+            stored_media: Vec::new(),
+        };
+        Some(Output::new(
+            topics::INBOUND,
+            event.conversation_id.clone(),
+            inbound,
+        ))
+    }
+
+    /// The media stage's durable copies of a message's media go to the
+    /// cognition layer as a follow-up of that message (purpose
+    /// `MEDIA_STORED`), so it never needs Twilio's credentials to see them;
+    /// only when the conversation's messages are forwarded now (a user whose
+    /// messages are blocked by the decision in force gets nothing
+    /// forwarded). Recordings are the call's, not the cognition layer's.
+    fn forward_media(
+        &self,
+        ctx: &RecordContext<'_>,
+        event: &ConversationEvent,
+        state: &StateStore<ConsentProcessorState>,
+    ) -> Option<Output> {
+        let stored = event.media_stored.as_ref()?;
+        if stored.call_sid.is_some() || stored.items.is_empty() {
+            return None;
+        }
+        let contact = state
+            .get(&contact_key(&event.conversation_id))
+            .and_then(|entry| entry.contact.clone());
+        let channel = contact.as_ref().map_or(event.channel, |c| c.channel);
+        if has_consent(channel) {
+            // A phone channel: the decision in force for the user's address.
+            let contact = contact?;
+            let subject = Subject {
+                scope: self.scope_for(contact.proxy_address.as_deref()),
+                address: contact.address.clone(),
+                channel,
+                proxy: contact.proxy_address.clone(),
+            };
+            let (current, _) = self.effective(&subject, state);
+            let require_opt_in = self.settings.policy == Policy::Explicit;
+            if !verdict(current.map(std::sync::Arc::new), require_opt_in).is_allowed() {
+                self.metrics.count("media_blocked");
+                return None;
+            }
+        }
+        self.metrics.count("media_forwarded");
+        let inbound = InboundMessage {
+            message_id: stored.source_sid.clone(),
+            conversation_id: event.conversation_id.clone(),
+            session_id: event.session_id.clone(),
+            user_id: None,
+            visitor_id: None,
+            registered: false,
+            channel,
+            locale: event.locale.clone(),
+            text: String::new(),
+            media: Vec::new(),
+            received_at: event.received_at,
+            event_id: event.event_id.clone(),
+            first_contact: false,
+            possible_revocation: false,
+            traceparent: trace_of(ctx, event),
+            purpose: InboundPurpose::MediaStored,
+            stored_media: stored.items.clone(),
         };
         Some(Output::new(
             topics::INBOUND,
@@ -671,6 +735,9 @@ impl ConsentProcessor {
         state: &mut StateStore<ConsentProcessorState>,
     ) -> Result<Vec<Output>, ProcessError> {
         self.remember_contact(event, state);
+        if event.event_type == ConversationEventType::MediaStored {
+            return Ok(self.forward_media(ctx, event, state).into_iter().collect());
+        }
         if event.event_type != ConversationEventType::MessageReceived {
             return Ok(Vec::new());
         }

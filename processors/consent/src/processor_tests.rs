@@ -1018,3 +1018,54 @@ fn state_entries_are_written_for_decisions_and_contacts() {
     assert_eq!(contact.address, USER);
     assert_eq!(contact.proxy_address.as_deref(), Some(OURS));
 }
+
+fn media_stored(n: u32, source_sid: &str, call_sid: Option<&str>) -> ConversationEvent {
+    use si_schemas::records::{MediaStorageStatus, MediaStored, StoredMedia};
+    ConversationEvent {
+        event_id: format!("media-ev-{n}"),
+        event_type: ConversationEventType::MediaStored,
+        participant: None,
+        message: None,
+        media_stored: Some(MediaStored {
+            source_event_id: format!("ev-{n}"),
+            source_sid: source_sid.into(),
+            call_sid: call_sid.map(str::to_owned),
+            items: vec![StoredMedia {
+                index: 0,
+                status: MediaStorageStatus::Stored,
+                object_key: Some(format!("media/{CONV}/{source_sid}/0-abc")),
+                content_type: Some("image/png".into()),
+                ..StoredMedia::default()
+            }],
+        }),
+        ..event(n, None, "en")
+    }
+}
+
+#[test]
+fn stored_media_follow_their_message_to_the_cognition_layer_while_forwarded() {
+    let mut h = Harness::default();
+    assert_eq!(h.send(msg(1, "a photo")).inbound().len(), 1);
+    let out = h.send(media_stored(1, "IM1", None));
+    let inbound = out.inbound();
+    assert_eq!(inbound.len(), 1, "{:?}", out.0);
+    assert_eq!(inbound[0].purpose, InboundPurpose::MediaStored);
+    assert_eq!(inbound[0].message_id, "IM1");
+    assert_eq!(inbound[0].event_id, "media-ev-1");
+    assert!(inbound[0].text.is_empty());
+    assert_eq!(inbound[0].stored_media.len(), 1);
+    assert_eq!(
+        inbound[0].stored_media[0].object_key.as_deref(),
+        Some("media/CH00000000000000000000000000000001/IM1/0-abc")
+    );
+    assert!(out.outbound().is_empty() && out.consent().is_empty());
+    // A call recording's copy is the call's: not forwarded.
+    assert!(
+        h.send(media_stored(2, "RE1", Some("CA1")))
+            .inbound()
+            .is_empty()
+    );
+    // Opted out: the user's messages are blocked, their media copies too.
+    h.send(msg(3, "STOP"));
+    assert!(h.send(media_stored(3, "IM3", None)).inbound().is_empty());
+}

@@ -836,6 +836,7 @@ impl LifecycleProcessor {
             possible_revocation: false,
             traceparent: None,
             purpose: InboundPurpose::SummaryRequest,
+            stored_media: Vec::new(),
         };
         let key = conversation.conversation_id.clone();
         conversation.phase = LifecyclePhase::Summarizing;

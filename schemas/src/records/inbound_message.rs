@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Channel, MediaRef};
+use super::{Channel, MediaRef, StoredMedia};
 
 /// A user message for the cognition layer, after consent and policy checks
 /// passed. Consent keywords (STOP, START, HELP…) and revocation phrases (opt
@@ -51,6 +51,10 @@ pub struct InboundMessage {
     /// conversation for its closing message.
     #[serde(default = "InboundPurpose::user_message")]
     pub purpose: InboundPurpose,
+    /// For purpose `MEDIA_STORED`: the durable copies of the message's media
+    /// (or why an item could not be copied); empty otherwise.
+    #[serde(default)]
+    pub stored_media: Vec<StoredMedia>,
 }
 
 crate::avro_record!(InboundMessage, "inbound_message.avsc");
@@ -64,6 +68,9 @@ avro_enum! {
         /// answer with a `CognitionResponse` of purpose SUMMARY whose
         /// `in_reply_to` is this `message_id`.
         SummaryRequest = "SUMMARY_REQUEST",
+        /// The media of an earlier user message (`message_id`) are in Si's
+        /// object storage or unavailable (`stored_media`); not to be answered.
+        MediaStored = "MEDIA_STORED",
         /// A symbol newer than this build (the default); ignore the record.
         Unknown = "UNKNOWN",
     }

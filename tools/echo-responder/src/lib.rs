@@ -170,7 +170,8 @@ impl Processor for Echo {
                 Some(summary) => summary,
                 None => return Ok(Vec::new()),
             },
-            InboundPurpose::Unknown => return Ok(Vec::new()),
+            // Media copies complete an earlier message: nothing to answer.
+            InboundPurpose::MediaStored | InboundPurpose::Unknown => return Ok(Vec::new()),
         };
         // The response names this stage's work as its trace's parent.
         if let Some(traceparent) = ctx.traceparent {
@@ -292,6 +293,7 @@ mod tests {
             possible_revocation: false,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             purpose: InboundPurpose::UserMessage,
+            stored_media: Vec::new(),
         }
     }
 

@@ -31,6 +31,7 @@ fn inbound(i: usize) -> InboundMessage {
         possible_revocation: false,
         traceparent: None,
         purpose: InboundPurpose::UserMessage,
+        stored_media: Vec::new(),
     }
 }
 

@@ -32,6 +32,7 @@ fn inbound(id: &str, conversation: usize) -> InboundMessage {
         possible_revocation: false,
         traceparent: None,
         purpose: InboundPurpose::UserMessage,
+        stored_media: Vec::new(),
     }
 }
 
