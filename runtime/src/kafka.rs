@@ -39,20 +39,8 @@ pub fn durable_producer_config(kafka: &KafkaArgs, stage: &str) -> ClientConfig {
         .set("partitioner", "murmur2_random")
         .set("compression.type", "zstd")
         .set("linger.ms", "2");
-    // A transaction that starts while the previous one's commit markers are
-    // still being written is answered CONCURRENT_TRANSACTIONS; librdkafka
-    // retries AddOffsetsToTxn after `retry.backoff.ms` (100 ms by default,
-    // doubling), which every low-load batch would pay. Markers take a few ms:
-    // retry soon (still doubling, up to `retry.backoff.max.ms`). A
-    // KAFKA_RETRY_BACKOFF_MS in the environment wins.
-    if config.get("retry.backoff.ms").is_none() {
-        config.set("retry.backoff.ms", RETRY_BACKOFF_MS);
-    }
     config
 }
-
-/// The producers' first retry backoff (ms); see [`durable_producer_config`].
-pub const RETRY_BACKOFF_MS: &str = "5";
 
 /// A consumer that only sees committed transactional data and never commits on its own.
 #[must_use]
@@ -389,13 +377,6 @@ mod tests {
         }
         assert_eq!(dynamic.fatal(), None);
         assert!(static_member.fatal().is_some());
-    }
-
-    #[test]
-    fn producers_retry_a_concurrent_transaction_soon() {
-        let config = durable_producer_config(&kafka(), "consent");
-        assert_eq!(config.get("retry.backoff.ms"), Some(RETRY_BACKOFF_MS));
-        assert_eq!(config.get("enable.idempotence"), Some("true"));
     }
 
     #[test]

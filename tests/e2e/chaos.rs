@@ -298,6 +298,15 @@ impl Pipeline {
                         counters.push_str(&format!("{} {metric} {value}\n", stage.binary));
                     }
                 }
+                // What the idle stages were doing: the end of their logs.
+                for &i in which.iter().filter(|&&i| !worked(now[i], before[i])) {
+                    let stage = &self.stages[i];
+                    counters.push_str(&format!(
+                        "--- {} (last 40 log lines)\n{}\n",
+                        stage.binary,
+                        stage.process.log_tail(40)
+                    ));
+                }
                 anyhow::bail!("{idle:?} did no work within {deadline:?}:\n{counters}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
