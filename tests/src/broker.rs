@@ -43,6 +43,28 @@ impl PrivateBroker {
         self.stack(&["down", "kafka"])
     }
 
+    /// Whether the broker accepts connections on its port now.
+    #[must_use]
+    pub fn listening(&self) -> bool {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
+            std::time::Duration::from_secs(1),
+        )
+        .is_ok()
+    }
+
+    /// The last `lines` lines of the broker's log.
+    #[must_use]
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = repo_root()
+            .join(".cache/stack/instances")
+            .join(&self.instance)
+            .join("logs/kafka.log");
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// Starts the broker again (its data kept) and waits until it is ready.
     ///
     /// # Errors
