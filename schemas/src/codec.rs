@@ -12,8 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
-use apache_avro::writer::datum::GenericDatumWriter;
-use apache_avro::{Schema, from_value, to_value};
+use apache_avro::{Schema, from_value};
 use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::avro_common::AvroSchema;
 
@@ -125,29 +124,43 @@ pub fn frame(id: u32, datum: &[u8]) -> Vec<u8> {
 ///
 /// # Errors
 /// When the record does not fit its schema (a bug in the typed record).
+///
+/// The record is serialised straight to Avro binary by apache-avro's
+/// schema-aware serializer with the type's cached writer
+/// ([`AvroRecord::datum_writer`]): no `Value` tree and no name resolution per
+/// record. `schemas/tests/records.rs` checks that this path and the `Value`
+/// path read each other's bytes for every record type.
 pub fn encode_datum<T: AvroRecord>(record: &T) -> Result<Vec<u8>, CodecError> {
     limit_allocations();
-    let value = to_value(record).map_err(|e| CodecError::Avro(e.to_string()))?;
-    let value = value
-        .resolve(T::schema())
-        .map_err(|e| CodecError::Avro(format!("{}: {e}", T::SCHEMA_FILE)))?;
-    GenericDatumWriter::builder(T::schema())
-        .build()
-        .and_then(|writer| writer.write_value_to_vec(value))
-        .map_err(|e| CodecError::Avro(e.to_string()))
+    T::datum_writer()
+        .write_ser_to_vec(record)
+        .map_err(|e| CodecError::Avro(format!("{}: {e}", T::SCHEMA_FILE)))
 }
 
 /// Decodes a bare Avro datum written with `writer` into `T`, resolving schemas.
+///
+/// A datum written with exactly `T`'s compiled schema (pointer-equal, as
+/// [`Codec::decode`] passes it for our own schema ids) is deserialised
+/// straight into `T` by the type's cached reader ([`AvroRecord::datum_reader`]);
+/// any other writer schema goes through a `Value` resolved into `T`'s schema.
 ///
 /// # Errors
 /// When the datum does not match `writer` or cannot be resolved into `T`'s schema.
 pub fn decode_datum<T: AvroRecord>(writer: &Schema, datum: &[u8]) -> Result<T, CodecError> {
     let reader = T::schema();
-    let value = read_value(
-        writer,
-        (!std::ptr::eq(writer, reader)).then_some(reader),
-        datum,
-    )?;
+    if std::ptr::eq(writer, reader) {
+        limit_allocations();
+        let mut input = Bounded {
+            rest: datum,
+            overran: false,
+        };
+        let record = T::datum_reader()
+            .read_deser::<T>(&mut input)
+            .map_err(|e| CodecError::Avro(format!("{}: {e}", T::SCHEMA_FILE)))?;
+        input.finished()?;
+        return Ok(record);
+    }
+    let value = read_value(writer, Some(reader), datum)?;
     from_value::<T>(&value).map_err(|e| CodecError::Avro(format!("{}: {e}", T::SCHEMA_FILE)))
 }
 
@@ -163,17 +176,7 @@ fn read_value(writer: &Schema, reader: Option<&Schema>, datum: &[u8]) -> Result<
         .build()
         .and_then(|r| r.read_value(&mut input))
         .map_err(|e| CodecError::Avro(e.to_string()))?;
-    if input.overran {
-        return Err(CodecError::Avro(
-            "truncated: the datum ends inside a field".to_owned(),
-        ));
-    }
-    if !input.rest.is_empty() {
-        return Err(CodecError::Avro(format!(
-            "{} bytes left after the datum",
-            input.rest.len()
-        )));
-    }
+    input.finished()?;
     Ok(value)
 }
 
@@ -188,6 +191,24 @@ fn read_value(writer: &Schema, reader: Option<&Schema>, datum: &[u8]) -> Result<
 struct Bounded<'a> {
     rest: &'a [u8],
     overran: bool,
+}
+
+impl Bounded<'_> {
+    /// The datum was read whole: nothing missing, nothing left over.
+    fn finished(&self) -> Result<(), CodecError> {
+        if self.overran {
+            return Err(CodecError::Avro(
+                "truncated: the datum ends inside a field".to_owned(),
+            ));
+        }
+        if !self.rest.is_empty() {
+            return Err(CodecError::Avro(format!(
+                "{} bytes left after the datum",
+                self.rest.len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl std::io::Read for Bounded<'_> {

@@ -26,6 +26,14 @@ pub trait AvroRecord: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// The parsed schema (parsed once per process).
     fn schema() -> &'static Schema;
+
+    /// A writer of this schema, its named types resolved once per process:
+    /// serialises the record straight to Avro binary (no `Value` in between).
+    fn datum_writer() -> &'static ::apache_avro::writer::datum::GenericDatumWriter<'static>;
+
+    /// A reader of data written with exactly this schema, its named types
+    /// resolved once per process: deserialises straight into the record.
+    fn datum_reader() -> &'static ::apache_avro::reader::datum::GenericDatumReader<'static>;
 }
 
 /// Implements [`AvroRecord`] for a type from an `.avsc` file in `schemas/avro/`.
@@ -43,6 +51,34 @@ macro_rules! avro_record {
                 SCHEMA.get_or_init(|| {
                     ::apache_avro::Schema::parse_str(<Self as $crate::AvroRecord>::SCHEMA_JSON)
                         .expect(concat!("schemas/avro/", $file, " is valid Avro"))
+                })
+            }
+
+            fn datum_writer() -> &'static ::apache_avro::writer::datum::GenericDatumWriter<'static>
+            {
+                static WRITER: ::std::sync::OnceLock<
+                    ::apache_avro::writer::datum::GenericDatumWriter<'static>,
+                > = ::std::sync::OnceLock::new();
+                WRITER.get_or_init(|| {
+                    ::apache_avro::writer::datum::GenericDatumWriter::builder(
+                        <Self as $crate::AvroRecord>::schema(),
+                    )
+                    .build()
+                    .expect(concat!("schemas/avro/", $file, " resolves"))
+                })
+            }
+
+            fn datum_reader() -> &'static ::apache_avro::reader::datum::GenericDatumReader<'static>
+            {
+                static READER: ::std::sync::OnceLock<
+                    ::apache_avro::reader::datum::GenericDatumReader<'static>,
+                > = ::std::sync::OnceLock::new();
+                READER.get_or_init(|| {
+                    ::apache_avro::reader::datum::GenericDatumReader::builder(
+                        <Self as $crate::AvroRecord>::schema(),
+                    )
+                    .build()
+                    .expect(concat!("schemas/avro/", $file, " resolves"))
                 })
             }
         }
