@@ -195,7 +195,12 @@ fn ours(metadata: &Metadata<'_>) -> bool {
 }
 
 fn fmt_layer(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
-    let layer = tracing_subscriber::fmt::layer().with_target(true);
+    // Colours only on a terminal: log files and collectors get plain text,
+    // and no escape codes are formatted for every span.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let layer = tracing_subscriber::fmt::layer()
+        .with_target(true)
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => layer
             .json()
