@@ -191,7 +191,7 @@ pub struct StreamArgs {
     pub commit_interval: Duration,
 
     /// Most input records in one transaction.
-    #[arg(long, env = "MAX_BATCH", default_value_t = 500)]
+    #[arg(long, env = "MAX_BATCH", default_value_t = 2000)]
     pub max_batch: usize,
 
     /// Kafka `transaction.timeout.ms`: how long the broker keeps a transaction of
@@ -218,7 +218,7 @@ impl Default for StreamArgs {
     fn default() -> Self {
         Self {
             commit_interval: Duration::from_millis(100),
-            max_batch: 500,
+            max_batch: 2000,
             transaction_timeout: Duration::from_secs(60),
             state_sweep_interval: Duration::from_secs(60),
             timer_interval: Duration::from_secs(1),

@@ -1,6 +1,6 @@
 //! Events per second through the real `si-normalize` binary against the real
 //! broker and registry, with transactions on (exactly-once, default
-//! COMMIT_INTERVAL=100ms, MAX_BATCH=500). Needs the local stack (`dev/stack up`).
+//! COMMIT_INTERVAL=100ms, MAX_BATCH=2000). Needs the local stack (`dev/stack up`).
 //!
 //! ```sh
 //! eval "$(dev/stack env)"
