@@ -1,7 +1,11 @@
 //! Accepted webhooks per second into the local broker, each acknowledged by Kafka
-//! with acks=all before the 200: ingress runs in-process on an isolated topic
-//! prefix; a client in the same process sends signed inbound-SMS webhooks at a
-//! fixed concurrency. Needs the local stack (`dev/stack up`).
+//! with acks=all before the 200, and ingress's CPU time per accepted webhook.
+//! Ingress runs in-process on an isolated topic prefix, on a runtime of its
+//! own (threads named `ingress`); the load, signed inbound-SMS webhooks at a
+//! fixed concurrency, runs on another (threads named `bench-client`). CPU is
+//! read per thread from `/proc/self/task/*/stat` before and after the run:
+//! every thread but the load's counts as ingress (its runtime, librdkafka's
+//! threads). Needs the local stack (`dev/stack up`).
 //!
 //! `cargo bench -p si-ingress --bench throughput` (`WEBHOOKS=20000 CONCURRENCY=128` to vary)
 
@@ -20,22 +24,71 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Name of the load generator's threads: their CPU is not ingress's.
+const CLIENT_THREADS: &str = "bench-client";
+
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(run())
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("ingress")
+        .enable_all()
+        .build()?;
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(CLIENT_THREADS)
+        .enable_all()
+        .build()?;
+    let ingress = server.block_on(async {
+        let ingress =
+            Ingress::start(&["--max-in-flight", "4096", "--max-connections", "4096"]).await?;
+        anyhow::Ok(Arc::new(ingress))
+    })?;
+    let result = client.block_on(run(Arc::clone(&ingress)));
+    // Dropped where it was started: stopping it may need its runtime.
+    server.block_on(async move { drop(ingress) });
+    server.shutdown_timeout(Duration::from_secs(5));
+    result
 }
 
-async fn run() -> anyhow::Result<()> {
+/// CPU seconds (user + system) of this process's threads, those of the load
+/// generator apart: (ingress, load).
+fn cpu_seconds() -> anyhow::Result<(f64, f64)> {
+    // stat(5) counts in clock ticks, sysconf(_SC_CLK_TCK): USER_HZ, 100 on Linux.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let (mut ingress, mut load) = (0u64, 0u64);
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        // `pid (comm) state ...`: comm may hold spaces; fields follow the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after comm and state.
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        if comm.starts_with(CLIENT_THREADS) {
+            load += ticks;
+        } else {
+            ingress += ticks;
+        }
+    }
+    #[allow(clippy::cast_precision_loss)]
+    Ok((
+        ingress as f64 / TICKS_PER_SECOND,
+        load as f64 / TICKS_PER_SECOND,
+    ))
+}
+
+async fn run(ingress: Arc<Ingress>) -> anyhow::Result<()> {
     let total = env_usize("WEBHOOKS", 10_000);
     let concurrency = env_usize("CONCURRENCY", 64);
-    let ingress =
-        Arc::new(Ingress::start(&["--max-in-flight", "4096", "--max-connections", "4096"]).await?);
     support::wait_for(Duration::from_secs(30), || {
         let ingress = Arc::clone(&ingress);
         async move { Ok(ingress.readyz().await? == 200) }
     })
     .await?;
 
+    let (ingress_cpu_before, load_cpu_before) = cpu_seconds()?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
@@ -78,6 +131,9 @@ async fn run() -> anyhow::Result<()> {
         failures += f;
     }
     let elapsed = started.elapsed();
+    let (ingress_cpu_after, load_cpu_after) = cpu_seconds()?;
+    let ingress_cpu = ingress_cpu_after - ingress_cpu_before;
+    let load_cpu = load_cpu_after - load_cpu_before;
     latencies.sort();
     let pct = |p: f64| {
         let index = ((latencies.len() as f64 - 1.0) * p).round() as usize;
@@ -94,6 +150,15 @@ async fn run() -> anyhow::Result<()> {
         pct(0.5),
         pct(0.99),
         pct(1.0),
+    );
+    #[allow(clippy::cast_precision_loss)]
+    let accepted = latencies.len().max(1) as f64;
+    println!(
+        "ingress CPU: {:.1} µs per accepted webhook ({ingress_cpu:.2} s of CPU, {:.0} % of one core); \
+         the load generator: {:.1} µs per webhook",
+        ingress_cpu / accepted * 1e6,
+        ingress_cpu / elapsed.as_secs_f64() * 100.0,
+        load_cpu / accepted * 1e6,
     );
     Ok(())
 }
