@@ -122,14 +122,14 @@ pub fn frame(id: u32, datum: &[u8]) -> Vec<u8> {
 
 /// Encodes a record as a bare Avro datum with its compiled schema (no registry).
 ///
-/// # Errors
-/// When the record does not fit its schema (a bug in the typed record).
-///
 /// The record is serialised straight to Avro binary by apache-avro's
 /// schema-aware serializer with the type's cached writer
 /// ([`AvroRecord::datum_writer`]): no `Value` tree and no name resolution per
 /// record. `schemas/tests/records.rs` checks that this path and the `Value`
 /// path read each other's bytes for every record type.
+///
+/// # Errors
+/// When the record does not fit its schema (a bug in the typed record).
 pub fn encode_datum<T: AvroRecord>(record: &T) -> Result<Vec<u8>, CodecError> {
     limit_allocations();
     T::datum_writer()
