@@ -20,14 +20,13 @@ pub mod rates;
 pub mod sender;
 pub mod twilio;
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::BaseConsumer;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, Producer, ThreadedProducer};
+use rdkafka::producer::FutureProducer;
 use si_consent_gate::ConsentGate;
+use si_runtime::deferred::{DeferredArgs, DeferredEnv, Work};
 use si_runtime::metrics::StageMetrics;
 use si_runtime::{AdminServer, Readiness};
 use si_schemas::{Codec, Registry, topics};
@@ -38,7 +37,7 @@ pub use config::Config;
 
 use crate::auth::{AuthGate, AuthMetrics};
 use crate::circuit::Circuits;
-use crate::consumer::{Core, CoreParts, EgressContext, LoopArgs, STAGE};
+use crate::consumer::{Egress, EgressParts, STAGE};
 use crate::credentials::CredentialStore;
 use crate::metrics::EgressMetrics;
 use crate::sender::{Live, RetryPolicy, SendContext, Topics};
@@ -167,21 +166,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     tracing::info!("consent tables loaded");
 
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        si_runtime::stream::transactional_producer_config(
-            &kafka,
-            STAGE,
-            config.egress.transaction_timeout,
-        )
-        .create()
-        .context("transactional producer")?;
-    let producer = tokio::task::spawn_blocking(move || {
-        producer
-            .init_transactions(Duration::from_secs(60))
-            .map(|()| producer)
-    })
-    .await?
-    .context("init_transactions")?;
     let ledger_producer: FutureProducer =
         si_runtime::kafka::durable_producer_config(&kafka, &format!("{STAGE}-ledger")).create()?;
 
@@ -195,7 +179,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let live = Live::default();
     let busy = Arc::new(AtomicUsize::new(0));
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
     let endpoints = Endpoints::new(&config.twilio, media_signer);
     let ctx = Arc::new(SendContext {
         client,
@@ -233,10 +217,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true");
-    let core = Arc::new(Mutex::new(Core::new(CoreParts {
-        producer,
+    let egress = Egress::new(EgressParts {
         live,
-        input,
         topics: output_topics,
         restore_config,
         codec,
@@ -244,46 +226,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics: metrics.clone(),
         egress_metrics,
         jobs: jobs_tx,
-        call_timeout: config
-            .egress
-            .transaction_timeout
-            .min(Duration::from_secs(30)),
-        max_pending: config.egress.max_pending_per_partition,
-        partitions_ready: readiness.check("partitions"),
         shutdown: shutdown.clone(),
-    })));
-    // `partitions` was the last check: /readyz now reports what is pending.
-    readiness.started();
-    let mut consumer_config = si_runtime::kafka::consumer_config(
-        &kafka,
-        STAGE,
-        &si_runtime::stream::group_id(&kafka, STAGE),
-    );
-    consumer_config.set("enable.partition.eof", "false");
-    si_runtime::kafka::join_group(
-        &mut consumer_config,
-        &config.group,
-        &si_runtime::stream::transactional_id(&kafka, STAGE),
-    );
-    let consumer: BaseConsumer<EgressContext> = consumer_config
-        .create_with_context(EgressContext {
-            core: Arc::clone(&core),
-            session: si_runtime::kafka::SessionWatch::new(config.group.static_membership),
-        })
-        .context("consumer")?;
-    let args = LoopArgs {
-        commit_interval: config.egress.commit_interval,
-        drain_timeout: config.common.service.drain_timeout,
+    });
+    let env = DeferredEnv {
+        kafka,
+        stage: STAGE,
+        input: topics::OUTBOUND,
+        args: DeferredArgs {
+            commit_interval: config.egress.commit_interval,
+            max_pending_per_partition: config.egress.max_pending_per_partition,
+            transaction_timeout: config.egress.transaction_timeout,
+            drain_timeout: config.common.service.drain_timeout,
+            group: config.group.clone(),
+        },
+        metrics,
+        readiness,
     };
-    let loop_shutdown = shutdown.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let result =
-            consumer::run_loop(&consumer, &core, &mut done_rx, &busy, args, &loop_shutdown);
-        drop(consumer);
-        result
-    })
-    .await
-    .context("egress loop")?;
+    let work = Work {
+        completions: done_rx,
+        in_flight: busy,
+    };
+    let result = si_runtime::deferred::run(env, egress, work, shutdown.clone()).await;
     // The loop ended (shutdown or a fatal error): stop the senders too.
     shutdown.cancel();
     dispatcher.abort();

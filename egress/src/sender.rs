@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use si_consent_gate::{ConsentGate, Verdict};
+use si_runtime::deferred::{Finished, Output, RecordId};
 use si_runtime::mask::Masked;
 use si_runtime::trace;
 use si_schemas::records::{Channel, OperationKind, OutboundOperation, PRIORITY_PARAM, Priority};
@@ -100,32 +101,22 @@ pub struct Job {
     pub traceparent: Option<String>,
 }
 
-/// One encoded output record.
-#[derive(Debug, Clone)]
-pub struct Encoded {
-    /// Full topic name.
-    pub topic: String,
-    /// Key.
-    pub key: String,
-    /// Confluent-framed Avro value.
-    pub payload: Vec<u8>,
-    /// The `traceparent` header of the record.
-    pub traceparent: Option<String>,
-}
-
-/// A finished operation, ready for commit.
-#[derive(Debug, Clone)]
-pub struct Completion {
-    /// Input partition.
-    pub partition: i32,
-    /// Input offset.
-    pub offset: i64,
-    /// Assignment generation of the partition when read.
-    pub generation: u64,
-    /// Status, DLQ and compliance records.
-    pub records: Vec<Encoded>,
-    /// The ledger key to tombstone in the commit, when a ledger entry exists.
-    pub ledger_key: Option<String>,
+/// An operation's end for the Kafka driver: its status, DLQ and compliance
+/// records and, when Twilio's answer was written to the ledger, the entry's
+/// tombstone (same partition as the operation), all committed with its offset.
+#[must_use]
+pub fn finished(job: &Job, mut records: Vec<Output>, ledger: Option<(&str, &str)>) -> Finished {
+    if let Some((topic, key)) = ledger {
+        records.push(Output::tombstone(topic, job.partition, key));
+    }
+    Finished {
+        id: RecordId {
+            partition: job.partition,
+            offset: job.offset,
+            generation: job.generation,
+        },
+        outputs: records,
+    }
 }
 
 /// Full names of the topics egress writes.
@@ -201,7 +192,7 @@ pub struct SendContext {
     /// Output topics.
     pub topics: Topics,
     /// Where finished operations go.
-    pub completions: mpsc::UnboundedSender<Completion>,
+    pub completions: mpsc::UnboundedSender<Finished>,
     /// Attempts and finishes in progress (the drain waits for zero).
     pub busy: Arc<AtomicUsize>,
     /// Stops starting attempts.
@@ -294,30 +285,30 @@ pub async fn terminal_records(
     first_seen: i64,
     traceparent: Option<&str>,
     stop: &CancellationToken,
-) -> Result<Vec<Encoded>, CodecError> {
+) -> Result<Vec<Output>, CodecError> {
     let t = terminal(op, end, requests, first_seen, now_ms());
     let traceparent = traceparent.map(str::to_owned);
-    let mut records = vec![Encoded {
-        topic: topics.delivery.clone(),
-        key: op.conversation_id.clone(),
-        payload: encode_with(codec, &topics.delivery, &t.status, stop).await?,
-        traceparent: traceparent.clone(),
-    }];
+    let mut records = vec![Output::record(
+        &topics.delivery,
+        op.conversation_id.as_str(),
+        encode_with(codec, &topics.delivery, &t.status, stop).await?,
+        traceparent.clone(),
+    )];
     if let Some(dl) = &t.dead_letter {
-        records.push(Encoded {
-            topic: topics.dlq.clone(),
-            key: op.sender_key.clone(),
-            payload: encode_with(codec, &topics.dlq, dl, stop).await?,
-            traceparent: traceparent.clone(),
-        });
+        records.push(Output::record(
+            &topics.dlq,
+            op.sender_key.as_str(),
+            encode_with(codec, &topics.dlq, dl, stop).await?,
+            traceparent.clone(),
+        ));
     }
     if let Some((key, event)) = &t.compliance {
-        records.push(Encoded {
-            topic: topics.compliance.clone(),
-            key: key.clone(),
-            payload: encode_with(codec, &topics.compliance, event, stop).await?,
+        records.push(Output::record(
+            &topics.compliance,
+            key.as_str(),
+            encode_with(codec, &topics.compliance, event, stop).await?,
             traceparent,
-        });
+        ));
     }
     Ok(records)
 }
@@ -375,13 +366,10 @@ async fn finish(ctx: &SendContext, job: &Job, end: Final, requests: u32) {
                 .operations
                 .with_label_values(&[end.label(), &code])
                 .inc();
-            let _ = ctx.completions.send(Completion {
-                partition: job.partition,
-                offset: job.offset,
-                generation: job.generation,
-                records,
-                ledger_key,
-            });
+            let ledger = ledger_key
+                .as_deref()
+                .map(|k| (ctx.topics.ledger.as_str(), k));
+            let _ = ctx.completions.send(finished(job, records, ledger));
         }
         Err(error) => {
             // Not committed: the operation is read again after a restart or

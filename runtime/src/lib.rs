@@ -6,11 +6,14 @@
 //! [`processor::Processor`] and run on [`stream::run`]: exactly-once
 //! consume-transform-produce with Kafka transactions, keyed state in
 //! [`state::StateStore`]s backed by compacted changelogs, global tables
-//! ([`table::GlobalTable`]), dead letters ([`dlq`]) and [`metrics`].
+//! ([`table::GlobalTable`]), dead letters ([`dlq`]) and [`metrics`]. Egress,
+//! whose records finish out of order, runs on [`deferred::run`]; both
+//! drivers commit through [`txn::Transactions`].
 
 pub mod admin;
 pub mod backoff;
 pub mod config;
+pub mod deferred;
 pub mod dlq;
 pub mod kafka;
 pub mod mask;
@@ -23,6 +26,7 @@ pub mod stream;
 pub mod table;
 pub mod telemetry;
 pub mod trace;
+pub mod txn;
 
 pub use admin::{AdminServer, Readiness, with_admin};
 pub use config::{CommonConfig, GroupArgs, KafkaArgs, RegistryArgs, ServiceArgs};

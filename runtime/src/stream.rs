@@ -146,9 +146,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::BaseRecord;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use si_schemas::records::DeadLetterErrorKind;
@@ -164,6 +164,7 @@ use crate::dlq;
 use crate::metrics::StageMetrics;
 use crate::processor::{InputRecord, Output, ProcessError, Processor, RecordContext, TimerContext};
 use crate::state::{EXPIRES_AT_HEADER, StateStore, Stored, TIMER_AT_HEADER, TIMER_TRACE_HEADER};
+use crate::txn::Transactions;
 
 /// The W3C trace context header carried from inputs to outputs.
 pub const TRACEPARENT_HEADER: &str = crate::trace::TRACEPARENT;
@@ -289,29 +290,7 @@ pub fn group_id(kafka: &KafkaArgs, stage: &str) -> String {
     format!("{}si-{stage}", kafka.topic_prefix)
 }
 
-/// The transactional id of a stage instance: `<SI_TOPIC_PREFIX>si-<stage>-<POD_NAME>`.
-#[must_use]
-pub fn transactional_id(kafka: &KafkaArgs, stage: &str) -> String {
-    format!("{}si-{stage}-{}", kafka.topic_prefix, kafka.pod_name)
-}
-
-/// Settings of the transactional producer of a stage instance.
-#[must_use]
-pub fn transactional_producer_config(
-    kafka: &KafkaArgs,
-    stage: &str,
-    transaction_timeout: Duration,
-) -> ClientConfig {
-    let mut config = crate::kafka::durable_producer_config(kafka, stage);
-    config
-        .set("transactional.id", transactional_id(kafka, stage))
-        .set(
-            "transaction.timeout.ms",
-            transaction_timeout.as_millis().to_string(),
-        )
-        .set("linger.ms", "5");
-    config
-}
+pub use crate::txn::{is_fenced, transactional_id, transactional_producer_config};
 
 /// A header of `message` as UTF-8.
 fn header_str<'m, M: Message>(message: &'m M, name: &str) -> Option<&'m str> {
@@ -343,15 +322,11 @@ enum Step {
 }
 
 fn classify_kafka(call: &'static str, error: &KafkaError) -> Step {
-    match error {
-        KafkaError::Transaction(e) if e.is_fatal() => Step::Fatal(format!("{call}: {e}")),
-        _ => Step::Retry("transaction", format!("{call}: {error}")),
+    if crate::txn::is_fatal(error) {
+        Step::Fatal(format!("{call}: {error}"))
+    } else {
+        Step::Retry("transaction", format!("{call}: {error}"))
     }
-}
-
-/// A transactional call, retried in place while librdkafka says it is retriable.
-fn txn_call(call: &'static str, f: impl Fn() -> KafkaResult<()>) -> Result<(), Step> {
-    crate::kafka::retry_transactional(call, 5, f).map_err(|error| classify_kafka(call, &error))
 }
 
 struct Txn {
@@ -373,7 +348,7 @@ struct Core<P: Processor> {
     state_ttl: Duration,
     processor: P,
     stores: BTreeMap<i32, StateStore<P::State>>,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    txns: Transactions,
     codec: Codec,
     handle: Handle,
     metrics: StageMetrics,
@@ -382,7 +357,6 @@ struct Core<P: Processor> {
     fatal: Option<String>,
     /// Set on a fatal error: nothing may be committed any more.
     poisoned: bool,
-    call_timeout: Duration,
     restore_config: ClientConfig,
     /// Partitions assigned (and paused) whose state the loop has not looked
     /// at yet: the rebalance callback only records them.
@@ -420,8 +394,8 @@ impl<P: Processor> Core<P> {
 
     fn begin(&mut self) -> Result<(), Step> {
         if self.txn.is_none() {
-            self.producer
-                .begin_transaction()
+            self.txns
+                .begin()
                 .map_err(|e| classify_kafka("begin_transaction", &e))?;
             let span = tracing::info_span!(
                 parent: None,
@@ -460,17 +434,9 @@ impl<P: Processor> Core<P> {
         if let Some(headers) = headers {
             record = record.headers(headers);
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    // Back-pressure: the background thread is delivering.
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err((error, _)) => return Err(classify_kafka("produce", &error)),
-            }
-        }
+        self.txns
+            .send(record)
+            .map_err(|error| classify_kafka("produce", &error))
     }
 
     fn encode_blocking<T: si_schemas::AvroRecord>(
@@ -859,21 +825,9 @@ impl<P: Processor> Core<P> {
                 writes += 1;
             }
         }
-        if offsets.count() > 0 {
-            let metadata = consumer.group_metadata().ok_or_else(|| {
-                Step::Retry("transaction", "no consumer group metadata yet".to_owned())
-            })?;
-            crate::kafka::send_offsets_once(|| {
-                self.producer
-                    .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout)
-            })
-            .map_err(|error| classify_kafka("send_offsets_to_transaction", &error))?;
-        }
-        let timeout = self.call_timeout;
-        crate::kafka::wait_delivered(&self.producer, timeout);
-        txn_call("commit_transaction", || {
-            self.producer.commit_transaction(timeout)
-        })?;
+        self.txns
+            .commit(&offsets, consumer.group_metadata().as_ref())
+            .map_err(|error| classify_kafka("commit", &error))?;
         for store in self.stores.values_mut() {
             store.commit();
         }
@@ -931,7 +885,7 @@ impl<P: Processor> Core<P> {
         if offsets.count() == 0 && missing.count() > 0 {
             // Nothing consumed here since the assignment: the committed offsets.
             let committed = consumer
-                .committed_offsets(missing, self.call_timeout)
+                .committed_offsets(missing, self.txns.call_timeout())
                 .map_err(|e| Step::Retry("transaction", format!("committed offsets: {e}")))?;
             for element in committed.elements() {
                 if let Offset::Offset(o) = element.offset() {
@@ -953,8 +907,8 @@ impl<P: Processor> Core<P> {
         if let Some(txn) = self.txn.take() {
             txn.span.record("outcome", "aborted");
             let _entered = txn.span.enter();
-            let timeout = self.call_timeout;
-            crate::kafka::retry_abort(|| self.producer.abort_transaction(timeout))
+            self.txns
+                .abort()
                 .map_err(|e| Step::Fatal(format!("abort_transaction: {e}")))?;
             self.metrics
                 .transactions
@@ -975,7 +929,7 @@ impl<P: Processor> Core<P> {
             .map_err(|e| Step::Fatal(format!("assignment: {e}")))?;
         if assignment.count() > 0 {
             let committed = consumer
-                .committed_offsets(assignment, self.call_timeout)
+                .committed_offsets(assignment, self.txns.call_timeout())
                 .map_err(|e| Step::Fatal(format!("committed offsets: {e}")))?;
             for element in committed.elements() {
                 let offset = match element.offset() {
@@ -987,7 +941,7 @@ impl<P: Processor> Core<P> {
                         element.topic(),
                         element.partition(),
                         offset,
-                        self.call_timeout,
+                        self.txns.call_timeout(),
                     )
                     .map_err(|e| {
                         Step::Fatal(format!(
@@ -1028,9 +982,9 @@ impl<P: Processor> Core<P> {
     /// The changelog offsets of partition `p`: (low, high watermark).
     fn changelog_offsets(&self, p: i32) -> Result<(i64, i64), Step> {
         retry_metadata(|| {
-            self.producer
+            self.txns
                 .client()
-                .fetch_watermarks(&self.changelog, p, self.call_timeout)
+                .fetch_watermarks(&self.changelog, p, self.txns.call_timeout())
         })
         .map_err(|e| Step::Fatal(format!("changelog watermarks of [{p}]: {e}")))
     }
@@ -1252,7 +1206,7 @@ impl<P: Processor> Core<P> {
                 message.topic(),
                 p,
                 Offset::Offset(message.offset()),
-                self.call_timeout,
+                self.txns.call_timeout(),
             )
             .map_err(|e| Step::Fatal(format!("seeking back [{p}]: {e}")))?;
         let known = self.to_restore.contains(&p)
@@ -1300,7 +1254,7 @@ impl<P: Processor> Core<P> {
     fn poison(&mut self) {
         self.poisoned = true;
         if self.txn.take().is_some() {
-            let _ = self.producer.abort_transaction(self.call_timeout);
+            self.txns.abort_once();
         }
     }
 
@@ -1348,9 +1302,9 @@ impl<P: Processor> Core<P> {
             if park && !store.is_dirty() {
                 // One short request, no retries: the callback must stay short,
                 // and a store not parked is only restored again.
-                let timeout = self.call_timeout.min(Duration::from_secs(1));
+                let timeout = self.txns.call_timeout().min(Duration::from_secs(1));
                 match self
-                    .producer
+                    .txns
                     .client()
                     .fetch_watermarks(&self.changelog, *p, timeout)
                 {
@@ -1533,7 +1487,6 @@ pub async fn run<P: Processor>(
     let inputs: Vec<(&'static str, String)> =
         spec.inputs.iter().map(|t| (*t, kafka.topic(t))).collect();
     let changelog = kafka.topic(spec.changelog);
-    let call_timeout = args.transaction_timeout.min(Duration::from_secs(30));
 
     // Co-partitioning: the changelog has exactly the partitions of every input.
     let probe_config = crate::kafka::client_config(&kafka, &format!("{stage}-probe"));
@@ -1560,24 +1513,15 @@ pub async fn run<P: Processor>(
     }
 
     // The transactional producer; init_transactions fences an earlier instance
-    // with the same transactional.id and aborts what it left open.
-    let producer_config = transactional_producer_config(&kafka, stage, args.transaction_timeout);
-    let producer: ThreadedProducer<DefaultProducerContext> = producer_config
-        .create()
-        .map_err(|e| StreamError::Setup(format!("producer: {e}")))?;
-    let producer = tokio::task::spawn_blocking(move || {
-        producer
-            .init_transactions(Duration::from_secs(60))
-            .map(|()| producer)
-    })
-    .await
-    .map_err(|e| StreamError::Setup(e.to_string()))?
-    .map_err(|e| StreamError::Setup(format!("init_transactions: {e}")))?;
-    tracing::info!(
-        transactional_id = %transactional_id(&kafka, stage),
-        group = %group_id(&kafka, stage),
-        "transactional producer ready"
-    );
+    // with the same transactional id and aborts what it left open.
+    let txns = {
+        let (kafka, transaction_timeout) = (kafka.clone(), args.transaction_timeout);
+        tokio::task::spawn_blocking(move || Transactions::init(&kafka, stage, transaction_timeout))
+            .await
+            .map_err(|e| StreamError::Setup(e.to_string()))?
+            .map_err(StreamError::Setup)?
+    };
+    tracing::info!(group = %group_id(&kafka, stage), "consumer group");
 
     let mut restore_config = crate::kafka::client_config(&kafka, &format!("{stage}-restore"));
     restore_config
@@ -1601,7 +1545,7 @@ pub async fn run<P: Processor>(
         state_ttl: spec.state_ttl,
         processor,
         stores: BTreeMap::new(),
-        producer,
+        txns,
         codec,
         handle: Handle::current(),
         metrics: metrics.clone(),
@@ -1609,7 +1553,6 @@ pub async fn run<P: Processor>(
         rewind: false,
         fatal: None,
         poisoned: false,
-        call_timeout,
         restore_config,
         to_restore: Vec::new(),
         restoring: None,
@@ -1792,7 +1735,7 @@ fn drain<P: Processor>(
 ) -> Result<(), StreamError> {
     {
         let mut c = lock(core);
-        c.call_timeout = c.call_timeout.min(drain_timeout);
+        c.txns.limit_call_timeout(drain_timeout);
         if c.txn.is_some() {
             match c.commit(consumer) {
                 Ok(()) => tracing::info!("open transaction committed on shutdown"),
@@ -1812,15 +1755,6 @@ fn drain<P: Processor>(
     }
     tracing::info!("stream stopped");
     Ok(())
-}
-
-/// Whether `error` (from a producer call) means this instance was fenced.
-#[must_use]
-pub fn is_fenced(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-    )
 }
 
 #[cfg(test)]

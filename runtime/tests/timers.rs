@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::Message;
@@ -20,7 +19,7 @@ use si_runtime::metrics::StageMetrics;
 use si_runtime::processor::{Output, ProcessError, Processor, RecordContext, TimerContext};
 use si_runtime::state::StateStore;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
-use si_schemas::records::{ArchivalReason, ArchivalRequest, Command, CommandKind, LifecycleState};
+use si_schemas::records::{ArchivalReason, ArchivalRequest, Command, LifecycleState};
 use si_schemas::topics;
 use si_testkit::TestEnv;
 use tokio_util::sync::CancellationToken;
@@ -84,22 +83,6 @@ impl Processor for Alarm {
         );
         assert_eq!(state.timer(ctx.key), None, "removed before the call");
         Ok(vec![say(ctx.key, format!("fired-{}", ctx.key))])
-    }
-}
-
-fn command(id: &str, key: &str) -> Command {
-    Command {
-        command_id: id.into(),
-        conversation_id: key.into(),
-        session_id: None,
-        kind: CommandKind::Unknown,
-        address: None,
-        channel: None,
-        locale: None,
-        reason: None,
-        issued_by: "test".into(),
-        issued_at: 0,
-        params: BTreeMap::new(),
     }
 }
 
@@ -199,8 +182,13 @@ async fn a_timer_survives_a_restart_and_fires_exactly_once() -> anyhow::Result<(
     // Instance A arms the timer and stops before it is due.
     let a = start(&env);
     let armed_at = now_ms();
-    env.produce_traced(topics::COMMANDS, key, &command("arm", key), ARM_TRACE)
-        .await?;
+    env.produce_traced(
+        topics::COMMANDS,
+        key,
+        &common::command("arm", key),
+        ARM_TRACE,
+    )
+    .await?;
     let said = said_until(&env, &format!("armed-{key}")).await?;
     assert_eq!(said, vec![format!("armed-{key}")]);
     a.stop().await?;
@@ -220,7 +208,7 @@ async fn a_timer_survives_a_restart_and_fires_exactly_once() -> anyhow::Result<(
     );
     let said: Vec<String> = traced.into_iter().map(|(s, _)| s).collect();
     assert!(now_ms() >= armed_at + DELAY_MS, "fired early");
-    env.produce(topics::COMMANDS, key, &command("m1", key))
+    env.produce(topics::COMMANDS, key, &common::command("m1", key))
         .await?;
     let said_b = said_until(&env, &format!("mark-{key}-m1")).await?;
     b.stop().await?;
@@ -230,10 +218,10 @@ async fn a_timer_survives_a_restart_and_fires_exactly_once() -> anyhow::Result<(
     // (C checks timers in the loop iteration that restored the partition, so
     // a timer wrongly restored would fire before C handles m3.)
     let c = start(&env);
-    env.produce(topics::COMMANDS, key, &command("m2", key))
+    env.produce(topics::COMMANDS, key, &common::command("m2", key))
         .await?;
     said_until(&env, &format!("mark-{key}-m2")).await?;
-    env.produce(topics::COMMANDS, key, &command("m3", key))
+    env.produce(topics::COMMANDS, key, &common::command("m3", key))
         .await?;
     let all = said_until(&env, &format!("mark-{key}-m3")).await?;
     c.stop().await?;

@@ -1,6 +1,27 @@
 //! Shared by the runtime's integration tests.
 
-use si_schemas::records::{Channel, LifecyclePhase, LifecycleState};
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::collections::BTreeMap;
+
+use si_schemas::records::{Channel, Command, CommandKind, LifecyclePhase, LifecycleState};
+
+/// A command `id` for conversation `key` (the tests' input records).
+pub fn command(id: &str, key: &str) -> Command {
+    Command {
+        command_id: id.into(),
+        conversation_id: key.into(),
+        session_id: None,
+        kind: CommandKind::Unknown,
+        address: None,
+        channel: None,
+        locale: None,
+        reason: None,
+        issued_by: "test".into(),
+        issued_at: 0,
+        params: BTreeMap::new(),
+    }
+}
 
 /// A placeholder state entry of conversation `key` (the tests' stages only
 /// need some state type); `first_sequence` carries a test's counter.

@@ -1,0 +1,686 @@
+//! The exactly-once driver for a stage whose records finish out of order:
+//! egress, where an operation may wait seconds for its sender's rate, minutes
+//! for its retries, while the operations read after it finish first.
+//!
+//! [`crate::stream`] handles a record completely before it reads the next
+//! one; this driver hands each record to a [`Deferred`] processor that either
+//! finishes it at once or starts it and reports its [`Finished`] outputs
+//! later, from its own tasks, on a channel. Both drivers commit through the
+//! same [`Transactions`].
+//!
+//! # Offsets
+//!
+//! A partition's records are committed only as a contiguous prefix: one
+//! transaction writes the outputs of every finished record up to the first
+//! unfinished one, and the offset after the last of them. A record finished
+//! beyond an unfinished one waits in memory. So a committed offset never
+//! passes an unfinished record, and a record's outputs are committed exactly
+//! when its offset is: after a crash the next owner reads again from the
+//! first unfinished record, and everything after it that had finished is
+//! neither visible nor lost.
+//!
+//! A transaction is committed as soon as the input is drained and a record
+//! finished since the last commit (low load: an output is readable at once),
+//! and at the latest every `commit_interval` (high load: one transaction for
+//! many). A failed commit is aborted and the same outputs go into the next
+//! one; the consumer does not rewind, because nothing read is forgotten.
+//!
+//! # Partitions
+//!
+//! Each assignment of a partition gets a new generation: a record carries the
+//! generation it was read in ([`RecordId`]), and a [`Finished`] of an older
+//! generation (its partition was revoked meanwhile) is dropped, because the
+//! partition's next owner reads that record again. Before partitions are
+//! revoked their finished prefix is committed (unless the assignment was
+//! lost); [`Deferred::revoked`] then tells the processor to stop their work,
+//! and [`Deferred::assigned`] lets it load what it keeps per partition
+//! (egress's ledger) before the partition's first record is read.
+//!
+//! # Backpressure
+//!
+//! A partition holding `max_pending_per_partition` uncommitted records is
+//! paused, and resumed at half of that.
+//!
+//! # Shutdown
+//!
+//! No record is read after the token is cancelled; the driver waits, at most
+//! `drain_timeout`, until the processor's in-flight count is zero, commits
+//! what finished and leaves the group. Records that had not finished are read
+//! again by the next owner.
+//!
+//! # Failures
+//!
+//! Fenced, a fatal producer error, a failed abort, a lost static-member
+//! session or an error of the processor end [`run`] with an error: the
+//! process exits and is restarted, and resumes from the committed offsets.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
+
+use crate::admin::{Readiness, ReadinessCheck};
+use crate::config::{GroupArgs, KafkaArgs};
+use crate::metrics::StageMetrics;
+use crate::txn::Transactions;
+
+/// One record a finished input record writes, committed with its offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Full topic name.
+    pub topic: String,
+    /// Key.
+    pub key: Vec<u8>,
+    /// Value; `None` is a tombstone.
+    pub payload: Option<Vec<u8>>,
+    /// The partition, when the key's hash must not choose it.
+    pub partition: Option<i32>,
+    /// The record's `traceparent` header.
+    pub traceparent: Option<String>,
+}
+
+impl Output {
+    /// A record with a value, partitioned by its key.
+    #[must_use]
+    pub fn record(
+        topic: impl Into<String>,
+        key: impl Into<Vec<u8>>,
+        payload: Vec<u8>,
+        traceparent: Option<String>,
+    ) -> Self {
+        Self {
+            topic: topic.into(),
+            key: key.into(),
+            payload: Some(payload),
+            partition: None,
+            traceparent,
+        }
+    }
+
+    /// A tombstone for `key` in `partition` of `topic`.
+    #[must_use]
+    pub fn tombstone(topic: impl Into<String>, partition: i32, key: impl Into<Vec<u8>>) -> Self {
+        Self {
+            topic: topic.into(),
+            key: key.into(),
+            payload: None,
+            partition: Some(partition),
+            traceparent: None,
+        }
+    }
+}
+
+/// Where an input record was read, and in which assignment of its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordId {
+    /// Input partition.
+    pub partition: i32,
+    /// Input offset.
+    pub offset: i64,
+    /// The partition's assignment generation when the record was read.
+    pub generation: u64,
+}
+
+/// A record's end: what it writes.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The record.
+    pub id: RecordId,
+    /// Its outputs (none is fine: the offset still moves past it).
+    pub outputs: Vec<Output>,
+}
+
+/// What [`Deferred::start`] did with a record.
+#[derive(Debug)]
+pub enum Started {
+    /// Finished at once, with these outputs.
+    Finished(Vec<Output>),
+    /// Running: its [`Finished`] comes on the completion channel.
+    Running,
+}
+
+/// A processor whose records finish out of order.
+pub trait Deferred: Send + 'static {
+    /// A record read from the input: finish it now, or start it and send its
+    /// [`Finished`] (with this `id`) on the completion channel later. Called
+    /// once per offset and generation.
+    ///
+    /// # Errors
+    /// A reason to stop the process.
+    fn start(&mut self, message: &BorrowedMessage<'_>, id: RecordId) -> Result<Started, String>;
+
+    /// `partition` is assigned with `generation`, before any of its records
+    /// is read.
+    ///
+    /// # Errors
+    /// A reason to stop the process.
+    fn assigned(&mut self, partition: i32, generation: u64) -> Result<(), String>;
+
+    /// `partition` is revoked: its work should stop (its records are read
+    /// again by the next owner).
+    fn revoked(&mut self, partition: i32);
+
+    /// After each turn of the loop: records read and not committed, and
+    /// partitions paused for backpressure.
+    fn backlog(&mut self, _pending: usize, _paused: usize) {}
+}
+
+/// The driver's settings.
+#[derive(Debug, Clone)]
+pub struct DeferredArgs {
+    /// The longest time between commits under load.
+    pub commit_interval: Duration,
+    /// Uncommitted records per partition at which it is paused.
+    pub max_pending_per_partition: usize,
+    /// `transaction.timeout.ms`; transactional calls time out after it (at most 30 s).
+    pub transaction_timeout: Duration,
+    /// How long shutdown waits for in-flight work.
+    pub drain_timeout: Duration,
+    /// Group membership.
+    pub group: GroupArgs,
+}
+
+/// What the driver runs with.
+pub struct DeferredEnv {
+    /// Kafka settings.
+    pub kafka: KafkaArgs,
+    /// Stage name (transactional id, group id, client ids).
+    pub stage: &'static str,
+    /// Declared input topic name.
+    pub input: &'static str,
+    /// Settings.
+    pub args: DeferredArgs,
+    /// Stage metrics.
+    pub metrics: StageMetrics,
+    /// `/readyz`: the driver registers `partitions`, ready after the first assignment.
+    pub readiness: Readiness,
+}
+
+/// The processor's side of the driver: where its tasks report, and how much
+/// work they have in flight (the drain waits for zero).
+pub struct Work {
+    /// Finished records.
+    pub completions: mpsc::UnboundedReceiver<Finished>,
+    /// Work that must end before a drain commits (started and not reported).
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Part {
+    generation: u64,
+    /// Read and not committed, by offset: `None` while the record runs.
+    pending: BTreeMap<i64, Option<Vec<Output>>>,
+    paused: bool,
+}
+
+impl Part {
+    /// The finished prefix: its outputs and the offset after it.
+    fn finished_prefix(&self) -> Option<(i64, Vec<&Output>)> {
+        let mut next = None;
+        let mut outputs = Vec::new();
+        for (offset, done) in &self.pending {
+            let Some(done) = done else { break };
+            outputs.extend(done);
+            next = Some(offset + 1);
+        }
+        next.map(|n| (n, outputs))
+    }
+}
+
+struct Core<D: Deferred> {
+    processor: D,
+    parts: BTreeMap<i32, Part>,
+    next_generation: u64,
+    txns: Transactions,
+    input: String,
+    prefix: String,
+    metrics: StageMetrics,
+    max_pending: usize,
+    fatal: Option<String>,
+    partitions_ready: ReadinessCheck,
+}
+
+impl<D: Deferred> Core<D> {
+    fn on_message(&mut self, message: &BorrowedMessage<'_>) {
+        let (partition, offset) = (message.partition(), message.offset());
+        let Some(part) = self.parts.get(&partition) else {
+            return;
+        };
+        if part.pending.contains_key(&offset) {
+            return;
+        }
+        let id = RecordId {
+            partition,
+            offset,
+            generation: part.generation,
+        };
+        let declared = self.declared(message.topic()).to_owned();
+        self.metrics
+            .records_in
+            .with_label_values(&[&declared])
+            .inc();
+        match self.processor.start(message, id) {
+            Ok(started) => {
+                let done = match started {
+                    Started::Finished(outputs) => Some(outputs),
+                    Started::Running => None,
+                };
+                if let Some(part) = self.parts.get_mut(&partition) {
+                    part.pending.insert(offset, done);
+                }
+            }
+            Err(fatal) => self.fatal = Some(fatal),
+        }
+    }
+
+    fn on_finished(&mut self, done: Finished) {
+        if let Some(part) = self.parts.get_mut(&done.id.partition)
+            && part.generation == done.id.generation
+            && let Some(slot) = part.pending.get_mut(&done.id.offset)
+        {
+            *slot = Some(done.outputs);
+        }
+    }
+
+    fn declared<'t>(&self, topic: &'t str) -> &'t str {
+        topic.strip_prefix(self.prefix.as_str()).unwrap_or(topic)
+    }
+
+    fn backpressure<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        for (p, part) in &mut self.parts {
+            if !part.paused && part.pending.len() >= self.max_pending {
+                part.paused = true;
+                pause.add_partition(&self.input, *p);
+            } else if part.paused && part.pending.len() <= self.max_pending / 2 {
+                part.paused = false;
+                resume.add_partition(&self.input, *p);
+            }
+        }
+        if pause.count() > 0
+            && let Err(error) = consumer.pause(&pause)
+        {
+            tracing::warn!(%error, "pause failed");
+        }
+        if resume.count() > 0
+            && let Err(error) = consumer.resume(&resume)
+        {
+            tracing::warn!(%error, "resume failed");
+        }
+        let pending = self.parts.values().map(|p| p.pending.len()).sum();
+        let paused = self.parts.values().filter(|p| p.paused).count();
+        self.processor.backlog(pending, paused);
+    }
+
+    /// Commits every partition's finished prefix (of `only`, when given).
+    fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, only: Option<&[i32]>) {
+        let batch: Vec<(i32, i64, Vec<&Output>)> = self
+            .parts
+            .iter()
+            .filter(|(p, _)| only.is_none_or(|o| o.contains(p)))
+            .filter_map(|(p, part)| part.finished_prefix().map(|(next, out)| (*p, next, out)))
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let records: usize = batch
+            .iter()
+            .map(|(p, next, _)| {
+                self.parts
+                    .get(p)
+                    .map_or(0, |part| part.pending.range(..next).count())
+            })
+            .sum();
+        let span = tracing::info_span!(
+            parent: None,
+            "transaction",
+            messaging.batch.message_count = records,
+            outcome = Empty,
+        );
+        if crate::trace::exporting() {
+            let traces = batch
+                .iter()
+                .flat_map(|(_, _, outputs)| outputs)
+                .filter_map(|o| o.traceparent.as_deref());
+            for traceparent in traces.take(crate::trace::MAX_LINKS as usize) {
+                crate::trace::link(&span, traceparent);
+            }
+        }
+        let _entered = span.enter();
+        let committed = tracing::info_span!("commit").in_scope(|| self.write(consumer, &batch));
+        span.record(
+            "outcome",
+            if committed.is_ok() {
+                "committed"
+            } else {
+                "aborted"
+            },
+        );
+        match committed {
+            Ok(()) => {
+                let next: Vec<(i32, i64)> = batch.iter().map(|(p, n, _)| (*p, *n)).collect();
+                for (p, next) in next {
+                    if let Some(part) = self.parts.get_mut(&p) {
+                        part.pending = part.pending.split_off(&next);
+                    }
+                }
+                self.metrics
+                    .transactions
+                    .with_label_values(&["committed"])
+                    .inc();
+                self.metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                #[allow(clippy::cast_precision_loss)]
+                self.metrics.batch_records.observe(records as f64);
+            }
+            Err(error) => {
+                self.metrics
+                    .transactions
+                    .with_label_values(&["aborted"])
+                    .inc();
+                if crate::txn::is_fatal(&error) {
+                    self.fatal = Some(format!("transaction: {error}"));
+                    return;
+                }
+                tracing::warn!(%error, "commit failed; aborting, the same records go into the next transaction");
+                self.metrics
+                    .retries
+                    .with_label_values(&["transaction"])
+                    .inc();
+                if let Err(abort) = self.txns.abort() {
+                    self.fatal = Some(format!("abort_transaction: {abort}"));
+                }
+            }
+        }
+    }
+
+    fn write<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        batch: &[(i32, i64, Vec<&Output>)],
+    ) -> Result<(), KafkaError> {
+        self.txns.begin()?;
+        let mut offsets = TopicPartitionList::new();
+        for (p, next, outputs) in batch {
+            for output in outputs {
+                let mut record = BaseRecord::<[u8], [u8]>::to(&output.topic).key(&output.key);
+                if let Some(payload) = &output.payload {
+                    record = record.payload(payload);
+                }
+                if let Some(partition) = output.partition {
+                    record = record.partition(partition);
+                }
+                if let Some(traceparent) = &output.traceparent {
+                    record = record.headers(OwnedHeaders::new().insert(Header {
+                        key: crate::trace::TRACEPARENT,
+                        value: Some(traceparent.as_str()),
+                    }));
+                }
+                self.txns.send(record)?;
+                self.metrics
+                    .records_out
+                    .with_label_values(&[self.declared(&output.topic)])
+                    .inc();
+            }
+            offsets.add_partition_offset(&self.input, *p, Offset::Offset(*next))?;
+        }
+        self.txns
+            .commit(&offsets, consumer.group_metadata().as_ref())
+    }
+
+    fn on_revoke<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        tpl: &TopicPartitionList,
+    ) {
+        let revoked: Vec<i32> = tpl
+            .elements_for_topic(&self.input)
+            .iter()
+            .map(rdkafka::topic_partition_list::TopicPartitionListElem::partition)
+            .collect();
+        if !consumer.assignment_lost() && self.fatal.is_none() {
+            self.commit(consumer, Some(&revoked));
+        }
+        for p in &revoked {
+            self.parts.remove(p);
+            self.processor.revoked(*p);
+        }
+        self.metrics
+            .assigned_partitions
+            .set(i64::try_from(self.parts.len()).unwrap_or(0));
+        tracing::info!(?revoked, "partitions revoked");
+    }
+
+    fn on_assign(&mut self, tpl: &TopicPartitionList) {
+        for element in tpl.elements_for_topic(&self.input) {
+            let p = element.partition();
+            let generation = self.next_generation;
+            self.next_generation += 1;
+            if let Err(fatal) = self.processor.assigned(p, generation) {
+                self.fatal = Some(fatal);
+                return;
+            }
+            tracing::info!(partition = p, generation, "partition assigned");
+            self.parts.insert(
+                p,
+                Part {
+                    generation,
+                    pending: BTreeMap::new(),
+                    paused: false,
+                },
+            );
+        }
+        self.partitions_ready.set(true);
+        self.metrics
+            .assigned_partitions
+            .set(i64::try_from(self.parts.len()).unwrap_or(0));
+    }
+}
+
+/// Consumer context: rebalances go through the core.
+struct DeferredContext<D: Deferred> {
+    core: Arc<Mutex<Core<D>>>,
+    session: crate::kafka::SessionWatch,
+}
+
+impl<D: Deferred> ClientContext for DeferredContext<D> {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.session.log(level, fac, log_message);
+    }
+}
+
+impl<D: Deferred> ConsumerContext for DeferredContext<D> {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => lock(&self.core).on_revoke(consumer, tpl),
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(error) => tracing::error!(%error, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            lock(&self.core).on_assign(tpl);
+        }
+    }
+}
+
+/// Runs `processor` over `env.input` until `shutdown`, committing each
+/// partition's finished prefix exactly once.
+///
+/// # Errors
+/// When start-up fails, or on a fatal error (fenced, a fatal producer error, a
+/// failed abort, a lost static session, an error of the processor).
+pub async fn run<D: Deferred>(
+    env: DeferredEnv,
+    processor: D,
+    work: Work,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let DeferredEnv {
+        kafka,
+        stage,
+        input,
+        args,
+        metrics,
+        readiness,
+    } = env;
+    let txns = {
+        let (kafka, timeout) = (kafka.clone(), args.transaction_timeout);
+        tokio::task::spawn_blocking(move || Transactions::init(&kafka, stage, timeout))
+            .await?
+            .map_err(anyhow::Error::msg)?
+    };
+    let partitions_ready = readiness.check("partitions");
+    // The last check: /readyz now reports what is pending.
+    readiness.started();
+    let core = Arc::new(Mutex::new(Core {
+        processor,
+        parts: BTreeMap::new(),
+        next_generation: 1,
+        txns,
+        input: kafka.topic(input),
+        prefix: kafka.topic_prefix.clone(),
+        metrics,
+        max_pending: args.max_pending_per_partition,
+        fatal: None,
+        partitions_ready,
+    }));
+    let group = crate::stream::group_id(&kafka, stage);
+    let mut config = crate::kafka::consumer_config(&kafka, stage, &group);
+    config.set("enable.partition.eof", "false");
+    crate::kafka::join_group(
+        &mut config,
+        &args.group,
+        &crate::txn::transactional_id(&kafka, stage),
+    );
+    let consumer: BaseConsumer<DeferredContext<D>> =
+        config.create_with_context(DeferredContext {
+            core: Arc::clone(&core),
+            session: crate::kafka::SessionWatch::new(args.group.static_membership),
+        })?;
+    tracing::info!(%group, "consumer group");
+    tokio::task::spawn_blocking(move || {
+        let result = drive(&consumer, &core, work, &args, &shutdown);
+        drop(consumer);
+        result
+    })
+    .await?
+}
+
+/// The blocking loop: poll, start, collect what finished, commit; drain on shutdown.
+fn drive<D: Deferred>(
+    consumer: &BaseConsumer<DeferredContext<D>>,
+    core: &Mutex<Core<D>>,
+    mut work: Work,
+    args: &DeferredArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let input = lock(core).input.clone();
+    consumer.subscribe(&[&input])?;
+    let mut last_commit = Instant::now();
+    let mut finished = false;
+    while !shutdown.is_cancelled() {
+        if let Some(fatal) = lock(core).fatal.take() {
+            anyhow::bail!(fatal);
+        }
+        if let Some(fatal) = consumer.context().session.fatal() {
+            anyhow::bail!(fatal);
+        }
+        let polled = consumer.poll(Duration::from_millis(10));
+        let mut c = lock(core);
+        match &polled {
+            Some(Ok(message)) => c.on_message(message),
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                anyhow::bail!("consumer: {code}");
+            }
+            Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+            None => {}
+        }
+        let drained = polled.is_none();
+        drop(polled);
+        while let Ok(done) = work.completions.try_recv() {
+            c.on_finished(done);
+            finished = true;
+        }
+        c.backpressure(consumer);
+        if (finished && drained) || last_commit.elapsed() >= args.commit_interval {
+            c.commit(consumer, None);
+            last_commit = Instant::now();
+            finished = false;
+        }
+    }
+    // Drain: no record is read any more; wait for the work in flight, commit what finished.
+    let until = Instant::now() + args.drain_timeout;
+    while work.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+        let mut c = lock(core);
+        while let Ok(done) = work.completions.try_recv() {
+            c.on_finished(done);
+        }
+    }
+    {
+        let mut c = lock(core);
+        c.txns.limit_call_timeout(args.drain_timeout);
+        while let Ok(done) = work.completions.try_recv() {
+            c.on_finished(done);
+        }
+        c.commit(consumer, None);
+        if let Some(fatal) = c.fatal.take() {
+            anyhow::bail!(fatal);
+        }
+    }
+    consumer.unsubscribe();
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(n: i64) -> Vec<Output> {
+        vec![Output::record("t", n.to_string(), vec![], None)]
+    }
+
+    #[test]
+    fn only_the_finished_prefix_is_committed() {
+        let mut part = Part {
+            generation: 1,
+            pending: BTreeMap::new(),
+            paused: false,
+        };
+        assert!(part.finished_prefix().is_none(), "nothing read");
+        part.pending.insert(10, None);
+        part.pending.insert(11, Some(out(11)));
+        assert!(
+            part.finished_prefix().is_none(),
+            "11 finished, but 10 still runs"
+        );
+        part.pending.insert(10, Some(vec![]));
+        part.pending.insert(12, None);
+        part.pending.insert(13, Some(out(13)));
+        let (next, outputs) = part.finished_prefix().expect("10 and 11 finished");
+        assert_eq!(next, 12, "the offset after 11, never past the running 12");
+        assert_eq!(outputs, out(11).iter().collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,223 @@
+//! A stage's transactional producer and the calls every exactly-once loop
+//! makes on it, in one place: both drivers, [`crate::stream`] (records
+//! handled in order) and [`crate::deferred`] (records that finish out of
+//! order, egress), begin, produce, send the consumer offsets and commit
+//! through [`Transactions`], so the protocol and its failure handling are
+//! written and tested once.
+//!
+//! # The protocol
+//!
+//! A batch is `begin` → `send`s → `commit(offsets, group)`: the consumer
+//! offsets go into the transaction with the consumer's group metadata
+//! (KIP-447), so a zombie whose partitions moved away can never commit.
+//!
+//! # Failures
+//!
+//! - A timed-out `commit_transaction` is called again in place
+//!   ([`crate::kafka::retry_transactional`]); aborting instead would conflict
+//!   with the call still in progress.
+//! - `send_offsets_to_transaction` is called once ([`crate::kafka::send_offsets_once`]).
+//! - Any other error is the caller's: [`is_fatal`] says whether the process
+//!   must exit (fenced, or fatal to librdkafka), else the caller calls
+//!   [`Transactions::abort`] (repeated while the broker is away) and does the
+//!   batch again.
+
+use std::time::Duration;
+
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, TopicPartitionList};
+
+use crate::config::KafkaArgs;
+
+/// How often a retriable transactional call (a timed-out commit, say) is made
+/// again in place before the caller aborts.
+pub const TXN_RETRIES: u32 = 5;
+
+/// The transactional id of a stage instance: `<SI_TOPIC_PREFIX>si-<stage>-<POD_NAME>`.
+#[must_use]
+pub fn transactional_id(kafka: &KafkaArgs, stage: &str) -> String {
+    format!("{}si-{stage}-{}", kafka.topic_prefix, kafka.pod_name)
+}
+
+/// Settings of the transactional producer of a stage instance.
+#[must_use]
+pub fn transactional_producer_config(
+    kafka: &KafkaArgs,
+    stage: &str,
+    transaction_timeout: Duration,
+) -> ClientConfig {
+    let mut config = crate::kafka::durable_producer_config(kafka, stage);
+    config
+        .set("transactional.id", transactional_id(kafka, stage))
+        .set(
+            "transaction.timeout.ms",
+            transaction_timeout.as_millis().to_string(),
+        )
+        .set("linger.ms", "5");
+    config
+}
+
+/// Whether `error` (from a producer call) means this instance was fenced.
+#[must_use]
+pub fn is_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    )
+}
+
+/// Whether the process must exit after `error`: fenced by a newer instance,
+/// or an error librdkafka marks fatal. Anything else is aborted and retried.
+#[must_use]
+pub fn is_fatal(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::Transaction(e) if e.is_fatal()) || is_fenced(error)
+}
+
+/// A stage instance's transactional producer.
+pub struct Transactions {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    call_timeout: Duration,
+}
+
+impl Transactions {
+    /// Creates the producer of `stage` and calls `init_transactions`, which
+    /// fences an earlier instance with the same transactional id and aborts
+    /// what it left open. Transactional calls time out after
+    /// `transaction_timeout`, at most 30 s. Blocks: call it off the async
+    /// workers (`spawn_blocking`).
+    ///
+    /// # Errors
+    /// When librdkafka refuses the settings or `init_transactions` fails.
+    pub fn init(
+        kafka: &KafkaArgs,
+        stage: &str,
+        transaction_timeout: Duration,
+    ) -> Result<Self, String> {
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            transactional_producer_config(kafka, stage, transaction_timeout)
+                .create()
+                .map_err(|e| format!("producer: {e}"))?;
+        producer
+            .init_transactions(Duration::from_secs(60))
+            .map_err(|e| format!("init_transactions: {e}"))?;
+        tracing::info!(
+            transactional_id = %transactional_id(kafka, stage),
+            "transactional producer ready"
+        );
+        Ok(Self {
+            producer,
+            call_timeout: transaction_timeout.min(Duration::from_secs(30)),
+        })
+    }
+
+    /// The timeout of each transactional call.
+    #[must_use]
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// Shortens the calls' timeout to at most `limit` (a drain's budget).
+    pub fn limit_call_timeout(&mut self, limit: Duration) {
+        self.call_timeout = self.call_timeout.min(limit);
+    }
+
+    /// Begins a transaction.
+    ///
+    /// # Errors
+    /// librdkafka's.
+    pub fn begin(&self) -> KafkaResult<()> {
+        self.producer.begin_transaction()
+    }
+
+    /// Hands `record` to the producer, waiting while its queue is full.
+    ///
+    /// # Errors
+    /// librdkafka's, other than a full queue.
+    pub fn send<K, P>(&self, mut record: BaseRecord<'_, K, P>) -> KafkaResult<()>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    // Back-pressure: the background thread is delivering.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+    }
+
+    /// Sends `offsets` (when there are any) with the consumer's `group`
+    /// metadata and commits the transaction.
+    ///
+    /// # Errors
+    /// librdkafka's: see [`is_fatal`].
+    pub fn commit(
+        &self,
+        offsets: &TopicPartitionList,
+        group: Option<&ConsumerGroupMetadata>,
+    ) -> KafkaResult<()> {
+        if offsets.count() > 0 {
+            let group = group.ok_or_else(|| {
+                KafkaError::Subscription("no consumer group metadata yet".to_owned())
+            })?;
+            crate::kafka::send_offsets_once(|| {
+                self.producer
+                    .send_offsets_to_transaction(offsets, group, self.call_timeout)
+            })?;
+        }
+        // Nothing outstanding, so commit_transaction's own flush does not wait
+        // out a 100 ms poll (see crate::kafka::wait_delivered).
+        crate::kafka::wait_delivered(&self.producer, self.call_timeout);
+        crate::kafka::retry_transactional("commit_transaction", TXN_RETRIES, || {
+            self.producer.commit_transaction(self.call_timeout)
+        })
+    }
+
+    /// The producer's client (metadata and watermark requests).
+    #[must_use]
+    pub fn client(&self) -> &rdkafka::client::Client<DefaultProducerContext> {
+        self.producer.client()
+    }
+
+    /// Aborts the open transaction once, best effort, after a fatal error: the
+    /// broker aborts it anyway when it times out or the next instance with
+    /// this transactional id starts.
+    pub fn abort_once(&self) {
+        let _ = self.producer.abort_transaction(self.call_timeout);
+    }
+
+    /// Aborts the open transaction, again while the broker is away (see
+    /// [`crate::kafka::retry_abort`]).
+    ///
+    /// # Errors
+    /// The last error: the process should exit.
+    pub fn abort(&self) -> KafkaResult<()> {
+        crate::kafka::retry_abort(|| self.producer.abort_transaction(self.call_timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_fencing_and_fatal_errors_end_the_process() {
+        assert!(is_fatal(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::ProducerFenced
+        )));
+        assert!(is_fatal(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::InvalidProducerEpoch
+        )));
+        assert!(!is_fatal(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::RequestTimedOut
+        )));
+        assert!(!is_fatal(&KafkaError::Subscription("no metadata".into())));
+    }
+}
