@@ -47,22 +47,8 @@ async fn main() -> anyhow::Result<()> {
         produced.elapsed()
     );
 
-    let started = Instant::now();
     let mut child = common::spawn_normalize(&env, "bench", "throughput")?;
-    let (first_done, first_at) = loop {
-        let (done, _) = common::progress(&env)?;
-        if done > 0 {
-            break (done, Instant::now());
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(120),
-            "no progress in 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let startup = first_at - started;
-    common::wait_all_committed(&env, Duration::from_secs(600)).await?;
-    let elapsed = first_at.elapsed();
+    let drained = si_testkit::throughput::measure(&env, "normalize", topics::WEBHOOKS).await?;
     let status = common::terminate(&mut child, Duration::from_secs(30))?;
     anyhow::ensure!(status.success(), "si-normalize exited with {status}");
 
@@ -73,14 +59,14 @@ async fn main() -> anyhow::Result<()> {
         events.len()
     );
     #[allow(clippy::cast_precision_loss)]
-    let measured = (n as i64 - first_done) as f64;
+    let events_per_webhook = unique as f64 / n as f64;
     println!(
-        "normalize throughput: {:.0} webhooks/s ({:.0} events/s) with transactions on: {} webhooks ({unique} distinct) in {:.2?} after a start-up of {:.2?}",
-        measured / elapsed.as_secs_f64(),
-        measured / elapsed.as_secs_f64() * unique as f64 / n as f64,
-        n,
-        elapsed,
-        startup,
+        "normalize throughput: {:.0} webhooks/s ({:.0} events/s) with transactions on: {n} webhooks ({unique} distinct), {} of them in {:.2?} after a start-up of {:.2?}",
+        drained.per_second(),
+        drained.per_second() * events_per_webhook,
+        drained.records,
+        drained.elapsed,
+        drained.startup,
     );
     Ok(())
 }

@@ -46,11 +46,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use rand::{Rng, SeedableRng};
 use rdkafka::Message;
 use rdkafka::consumer::StreamConsumer;
-use rdkafka::producer::FutureRecord;
 use si_schemas::AvroRecord;
 use si_schemas::records::{
     CallEvent, CallState, Channel, CognitionResponse, Command, CommandKind, ComplianceEvent,
@@ -487,34 +486,6 @@ async fn counters(stage: &StageProcess) -> String {
     }
 }
 
-/// Produces `records` (key, record) to `topic` without waiting for each
-/// acknowledgement in turn, then waits for all of them. Records of one key
-/// keep their order (one partition, an idempotent producer).
-async fn produce_all<T: AvroRecord>(
-    env: &TestEnv,
-    topic: &str,
-    records: &[(&str, T)],
-) -> anyhow::Result<()> {
-    let full = env.topic(topic);
-    let mut acks = Vec::with_capacity(records.len());
-    for (key, record) in records {
-        let payload = env.codec.encode(&full, record).await?;
-        let ack = env
-            .producer
-            .send_result(FutureRecord::to(&full).key(*key).payload(&payload))
-            .map_err(|(e, _)| anyhow::anyhow!("producing to {full}: {e}"))?;
-        acks.push(ack);
-    }
-    for ack in acks {
-        tokio::time::timeout(Duration::from_secs(30), ack)
-            .await
-            .with_context(|| format!("producing to {full}: no acknowledgement within 30 s"))?
-            .context("producer dropped")?
-            .map_err(|(e, _)| anyhow::anyhow!("producing to {full}: {e}"))?;
-    }
-    Ok(())
-}
-
 /// A read_committed reader following a topic from its beginning.
 struct Tail<T> {
     consumer: StreamConsumer,
@@ -579,7 +550,7 @@ async fn drive(env: &TestEnv, convs: &[Conv], progress: &Progress) -> anyhow::Re
         // 1. The users text.
         progress.enter(format!("wave {w}: producing the texts"));
         let texts: Vec<_> = wave.iter().map(|c| (c.id.as_str(), c.text())).collect();
-        produce_all(env, topics::CONVERSATION_EVENTS, &texts).await?;
+        env.produce_all(topics::CONVERSATION_EVENTS, &texts).await?;
         progress.enter(format!("wave {w}: waiting for the texts' entries"));
         let want = wave.iter().map(|c| c.expected()[0].0.clone()).collect();
         transcript
@@ -591,9 +562,9 @@ async fn drive(env: &TestEnv, convs: &[Conv], progress: &Progress) -> anyhow::Re
             .iter()
             .flat_map(|c| c.reply_parts().into_iter().map(|p| (c.id.as_str(), p)))
             .collect();
-        produce_all(env, topics::DELIVERY, &parts).await?;
+        env.produce_all(topics::DELIVERY, &parts).await?;
         let commands: Vec<_> = wave.iter().map(|c| (c.id.as_str(), c.escalate())).collect();
-        produce_all(env, topics::COMMANDS, &commands).await?;
+        env.produce_all(topics::COMMANDS, &commands).await?;
         progress.enter(format!("wave {w}: waiting for the replies' entries"));
         let want = wave.iter().map(|c| c.expected()[1].0.clone()).collect();
         transcript
@@ -619,12 +590,12 @@ async fn drive(env: &TestEnv, convs: &[Conv], progress: &Progress) -> anyhow::Re
             .iter()
             .map(|c| (c.id.as_str(), c.call_placed()))
             .collect();
-        produce_all(env, topics::DELIVERY, &placed).await?;
+        env.produce_all(topics::DELIVERY, &placed).await?;
         let calls: Vec<_> = wave
             .iter()
             .flat_map(|c| c.call_events().into_iter().map(|e| (c.id.as_str(), e)))
             .collect();
-        produce_all(env, topics::CONVERSATION_EVENTS, &calls).await?;
+        env.produce_all(topics::CONVERSATION_EVENTS, &calls).await?;
     }
     progress.enter("waiting for every recording's entry".into());
     let want = convs.iter().map(|c| c.expected()[5].0.clone()).collect();

@@ -8,14 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use rdkafka::producer::FutureRecord;
 use si_bench::accounting::{Ledger, seq_in};
 use si_bench::load::{self, Plan, Sent, now_ms};
 use si_bench::procfs::{Window, ticks_per_second};
 use si_bench::report::{RunResult, Timeline, markdown};
 use si_bench::topics::{Hop, stamps};
-use si_schemas::records::{Channel, ComplianceSource, ConsentState, ConsentStatus};
-use si_schemas::topics as topic;
+use si_schemas::records::Channel;
 use si_testkit::{StageProcess, TestEnv, free_port, repo_root};
 use twilio_sandbox::{SandboxClient, Webhooks};
 
@@ -139,41 +137,6 @@ fn bin(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Every bench user opted in on `si.consent.v1` (scope `*`), so the first
-/// message is no first contact and gets no welcome.
-async fn seed_consent(env: &TestEnv, users: usize) -> anyhow::Result<()> {
-    let full = env.topic(topic::CONSENT);
-    let now = now_ms();
-    let mut pending = Vec::with_capacity(users);
-    for n in 0..users {
-        let state = ConsentState {
-            address: load::user(n),
-            channel: Channel::Sms,
-            sender_scope: "*".to_owned(),
-            status: ConsentStatus::OptedIn,
-            source: ComplianceSource::Api,
-            decided_at: now,
-            updated_at: now,
-            keyword: None,
-            event_ref: Some("si-bench".to_owned()),
-        };
-        let payload = env.codec.encode(&full, &state).await?;
-        let key = state.key();
-        let delivery = env
-            .producer
-            .send_result(FutureRecord::to(&full).key(&key).payload(&payload))
-            .map_err(|(e, _)| anyhow::anyhow!("producing to {full}: {e}"))?;
-        pending.push(delivery);
-    }
-    for delivery in pending {
-        delivery
-            .await
-            .context("producer dropped")?
-            .map_err(|(e, _)| anyhow::anyhow!("producing to {full}: {e}"))?;
-    }
-    Ok(())
-}
-
 async fn start(args: &Args) -> anyhow::Result<Pipeline> {
     let bin_dir = match &args.bin_dir {
         Some(dir) => dir.clone(),
@@ -190,7 +153,14 @@ async fn start(args: &Args) -> anyhow::Result<Pipeline> {
         env.kafka.topic_prefix,
         logs.display()
     );
-    seed_consent(&env, args.users).await?;
+    // Opted in: the first message is no first contact and gets no welcome.
+    si_testkit::throughput::opt_in_all(
+        &env,
+        (0..args.users).map(load::user),
+        Channel::Sms,
+        now_ms(),
+    )
+    .await?;
 
     let ingress_addr = format!("127.0.0.1:{}", free_port()?);
     let sandbox_addr = format!("127.0.0.1:{}", free_port()?);

@@ -260,19 +260,7 @@ pub async fn produce_all<T: AvroRecord>(
     topic: &str,
     records: &[(String, T)],
 ) -> anyhow::Result<()> {
-    let full = env.topic(topic);
-    let mut pending = Vec::with_capacity(records.len());
-    for (key, record) in records {
-        let payload = env.codec.encode(&full, record).await?;
-        pending.push(produce_raw_future(env, &full, key.as_bytes(), &payload)?);
-    }
-    for future in pending {
-        future
-            .await
-            .context("delivery future")?
-            .map_err(|(e, _)| anyhow::anyhow!("producing to {full}: {e}"))?;
-    }
-    Ok(())
+    env.produce_all(topic, records).await
 }
 
 fn produce_raw_future(
@@ -380,18 +368,6 @@ pub fn terminate(
     }
 }
 
-fn admin_consumer(env: &TestEnv, group: &str) -> anyhow::Result<BaseConsumer> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &env.kafka.bootstrap_servers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        // Without this, fetching committed offsets waits while a killed
-        // instance's transaction is still open (KIP-447 stable offsets).
-        .set("isolation.level", "read_uncommitted");
-    Ok(config.create()?)
-}
-
 /// Committed offsets of the normalize group and end offsets of the webhook topic,
 /// summed over partitions. Metadata errors right after topic creation (leaders
 /// still moving) are retried for up to 10 s.
@@ -410,26 +386,7 @@ pub fn progress(env: &TestEnv) -> anyhow::Result<(i64, i64)> {
 }
 
 fn progress_once(env: &TestEnv) -> anyhow::Result<(i64, i64)> {
-    let input = env.topic(topics::WEBHOOKS);
-    let consumer = admin_consumer(env, &format!("{}si-normalize", env.kafka.topic_prefix))?;
-    let metadata = consumer.fetch_metadata(Some(&input), Duration::from_secs(10))?;
-    let partitions = metadata.topics()[0].partitions().len();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(&input, i32::try_from(p)?);
-    }
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
-    let mut done = 0;
-    let mut end = 0;
-    for element in committed.elements() {
-        let (_, high) =
-            consumer.fetch_watermarks(&input, element.partition(), Duration::from_secs(10))?;
-        end += high;
-        if let Offset::Offset(o) = element.offset() {
-            done += o;
-        }
-    }
-    Ok((done, end))
+    si_testkit::throughput::group_progress(env, "si-normalize", topics::WEBHOOKS)
 }
 
 /// Waits until the normalize group has committed every input record.
