@@ -12,7 +12,10 @@ use anyhow::bail;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use si_schemas::records::{Channel, ComplianceSource, ConsentState, ConsentStatus};
+use si_schemas::records::{
+    Channel, ComplianceSource, ConsentState, ConsentStatus, ConversationEvent,
+    ConversationEventType, EventSource, LocaleSource, MessageReceived, Participant,
+};
 use si_schemas::topics;
 
 use crate::TestEnv;
@@ -102,14 +105,22 @@ pub async fn wait_committed(
 
 /// Measures `stage` (consumer group `si-<stage>`) on the records of `input`
 /// from the moment it first commits one until it has committed them all. The
-/// stage must be running already, with nothing of `input` committed yet.
+/// stage must be running already, with nothing of `input` committed yet;
+/// `alive` is asked at every look whether it still runs.
 ///
 /// # Errors
-/// When it makes no progress within 120 s or does not finish within 600 s.
-pub async fn measure(env: &TestEnv, stage: &str, input: &str) -> anyhow::Result<Drained> {
+/// When `alive` fails, or the stage makes no progress within 120 s or does
+/// not finish within 600 s.
+pub async fn measure(
+    env: &TestEnv,
+    stage: &str,
+    input: &str,
+    mut alive: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Drained> {
     let group = format!("si-{stage}");
     let started = Instant::now();
     let (first_done, first_at) = loop {
+        alive()?;
         let (done, _) = group_progress(env, &group, input)?;
         if done > 0 {
             break (done, Instant::now());
@@ -119,8 +130,18 @@ pub async fn measure(env: &TestEnv, stage: &str, input: &str) -> anyhow::Result<
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    wait_committed(env, &group, input, Duration::from_secs(600)).await?;
-    let (done, _) = group_progress(env, &group, input)?;
+    let until = Instant::now() + Duration::from_secs(600);
+    let done = loop {
+        alive()?;
+        let (done, end) = group_progress(env, &group, input)?;
+        if done >= end {
+            break done;
+        }
+        if Instant::now() > until {
+            bail!("{stage} committed {done} of {end} records of {input} within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     Ok(Drained {
         records: done - first_done,
         elapsed: first_at.elapsed(),
@@ -172,4 +193,136 @@ pub async fn opt_in_all(
         })
         .collect();
     env.produce_all(topics::CONSENT, &records).await
+}
+
+/// Our number in the benchmarks' conversations.
+pub const OURS: &str = "+14155550199";
+
+/// Bench user `n`'s number.
+#[must_use]
+pub fn user(n: usize) -> String {
+    format!("+1415{:07}", 6_000_000 + n)
+}
+
+/// Text `n` of a workload where `users` users write round-robin, one SMS
+/// conversation each (`sms-bench-<user>`), at `at`: the event normalize makes
+/// of an inbound SMS, keyed by its conversation.
+#[must_use]
+pub fn sms_text(n: usize, users: usize, at: i64) -> (String, ConversationEvent) {
+    let u = n % users.max(1);
+    let conversation = format!("sms-bench-{u}");
+    let event = ConversationEvent {
+        event_id: format!("ev-{n}"),
+        conversation_id: conversation.clone(),
+        session_id: format!("s-{u}"),
+        event_type: ConversationEventType::MessageReceived,
+        channel: Channel::Sms,
+        source: EventSource::Messaging,
+        occurred_at: at,
+        received_at: at,
+        participant: Some(Participant {
+            address: Some(user(u)),
+            channel: Channel::Sms,
+            user_id: None,
+            visitor_id: Some(format!("v-{u}")),
+            registered: false,
+            participant_sid: None,
+            identity: None,
+            proxy_address: Some(OURS.into()),
+        }),
+        locale: "en-US".into(),
+        locale_source: LocaleSource::PhoneCountry,
+        account_sid: Some("AC0123456789abcdef0123456789abcdef".into()),
+        webhook_id: format!("wh-{n}"),
+        dedup_key: format!("SM{n:032}"),
+        traceparent: None,
+        compliance: None,
+        message: Some(MessageReceived {
+            message_sid: format!("SM{n:032}"),
+            index: None,
+            author: Some(user(u)),
+            body: Some(format!("hello Si, message {n}")),
+            media: Vec::new(),
+            attributes_json: None,
+            num_segments: Some(1),
+        }),
+        delivery: None,
+        participant_change: None,
+        state_change: None,
+        call: None,
+        recording: None,
+        transcription: None,
+        compliance_record: None,
+        media_stored: None,
+    };
+    (conversation, event)
+}
+
+/// The number of records a benchmark writes: `var` from the environment, else `default`.
+#[must_use]
+pub fn records_from_env(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Milliseconds since the Unix epoch.
+#[must_use]
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Runs the stage binary at `path` (consumer group `si-<stage>`) over the
+/// records already on `input` and measures it; stops it afterwards. Its log
+/// goes to `log` and its tail into the error when it fails.
+///
+/// # Errors
+/// When it cannot start, stalls, or does not stop cleanly.
+pub async fn run_stage(
+    env: &TestEnv,
+    path: &Path,
+    stage: &str,
+    input: &str,
+    vars: &[(&str, &str)],
+    log: &Path,
+) -> anyhow::Result<Drained> {
+    let mut process = spawn_stage(env, path, vars, log)?;
+    let measured = measure(env, stage, input, || match process.exited()? {
+        Some(status) => bail!("{stage} exited with {status}"),
+        None => Ok(()),
+    })
+    .await;
+    let drained = match measured {
+        Ok(d) => d,
+        Err(e) => bail!("{e:#}\n{}", process.log_tail(30)),
+    };
+    process.terminate(Duration::from_secs(30))?;
+    Ok(drained)
+}
+
+/// The text workload of the stages that read `si.conversation.events.v1`:
+/// `users` users, opted in on `si.consent.v1`, write `n` texts round-robin
+/// ([`sms_text`]); then the stage binary at `path` (group `si-<stage>`, with
+/// the environment `vars`, its log in `log`) runs over them and is measured
+/// ([`run_stage`]).
+///
+/// # Errors
+/// When writing fails or the stage does.
+pub async fn texts_through(
+    env: &TestEnv,
+    (path, stage, vars): (&Path, &str, &[(&str, &str)]),
+    n: usize,
+    users: usize,
+    log: &Path,
+) -> anyhow::Result<Drained> {
+    let now = now_ms();
+    opt_in_all(env, (0..users).map(user), Channel::Sms, now).await?;
+    let events: Vec<_> = (0..n).map(|i| sms_text(i, users, now)).collect();
+    env.produce_all(topics::CONVERSATION_EVENTS, &events)
+        .await?;
+    eprintln!("[throughput] {n} texts of {users} users written");
+    run_stage(env, path, stage, topics::CONVERSATION_EVENTS, vars, log).await
 }

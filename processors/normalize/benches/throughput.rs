@@ -17,7 +17,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use si_schemas::records::ConversationEvent;
 use si_schemas::topics;
@@ -47,10 +47,16 @@ async fn main() -> anyhow::Result<()> {
         produced.elapsed()
     );
 
-    let mut child = common::spawn_normalize(&env, "bench", "throughput")?;
-    let drained = si_testkit::throughput::measure(&env, "normalize", topics::WEBHOOKS).await?;
-    let status = common::terminate(&mut child, Duration::from_secs(30))?;
-    anyhow::ensure!(status.success(), "si-normalize exited with {status}");
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("normalize-throughput.log");
+    let drained = si_testkit::throughput::run_stage(
+        &env,
+        std::path::Path::new(env!("CARGO_BIN_EXE_si-normalize")),
+        "normalize",
+        topics::WEBHOOKS,
+        &[("VISITOR_ID_SECRET", "bench-secret")],
+        &log,
+    )
+    .await?;
 
     let events = common::read_all::<ConversationEvent>(&env, topics::CONVERSATION_EVENTS).await?;
     anyhow::ensure!(

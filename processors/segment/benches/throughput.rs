@@ -9,7 +9,7 @@
 //! SEGMENT_BENCH_RECORDS=100000 cargo bench -p si-segment --bench throughput
 //! ```
 //!
-//! Segment learns 2,000 SMS conversations from their users' messages first
+//! Segment learns 2,000 SMS conversations from their users' texts first
 //! (a run of its own, stopped when done). Then the responses, one short text
 //! each, round-robin over the conversations, are written, segment starts
 //! again (restoring the conversations from its changelog) and the rate is
@@ -20,65 +20,19 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use si_schemas::records::{
-    Channel, CognitionResponse, ConversationEvent, ConversationEventType, EventSource,
-    LocaleSource, OutboundOperation, Participant, ResponsePurpose,
-};
+use si_schemas::records::{Channel, CognitionResponse, OutboundOperation, ResponsePurpose};
 use si_schemas::topics;
 use si_testkit::TestEnv;
-use si_testkit::throughput::{measure, opt_in_all, spawn_stage, wait_committed};
+use si_testkit::throughput::{
+    now_ms, opt_in_all, records_from_env, run_stage, sms_text, spawn_stage, user, wait_committed,
+};
 
 const CONVERSATIONS: usize = 2_000;
-const OURS: &str = "+14155550199";
-
-fn user(n: usize) -> String {
-    format!("+1415{:07}", 7_000_000 + n)
-}
 
 fn conversation(n: usize) -> String {
     format!("sms-bench-{n}")
-}
-
-fn inbound(n: usize, at: i64) -> (String, ConversationEvent) {
-    let event = ConversationEvent {
-        event_id: format!("ev-{n}"),
-        conversation_id: conversation(n),
-        session_id: format!("s-{n}"),
-        event_type: ConversationEventType::MessageReceived,
-        channel: Channel::Sms,
-        source: EventSource::Messaging,
-        occurred_at: at,
-        received_at: at,
-        participant: Some(Participant {
-            address: Some(user(n)),
-            channel: Channel::Sms,
-            user_id: None,
-            visitor_id: Some(format!("v-{n}")),
-            registered: false,
-            participant_sid: None,
-            identity: None,
-            proxy_address: Some(OURS.into()),
-        }),
-        locale: "en-US".into(),
-        locale_source: LocaleSource::PhoneCountry,
-        account_sid: None,
-        webhook_id: format!("wh-{n}"),
-        dedup_key: format!("d-{n}"),
-        traceparent: None,
-        compliance: None,
-        message: None,
-        delivery: None,
-        participant_change: None,
-        state_change: None,
-        call: None,
-        recording: None,
-        transcription: None,
-        compliance_record: None,
-        media_stored: None,
-    };
-    (conversation(n), event)
 }
 
 fn response(n: usize, at: i64) -> (String, CognitionResponse) {
@@ -105,18 +59,17 @@ async fn main() -> anyhow::Result<()> {
         // `cargo test --benches` lists benchmarks: this one needs the stack, so it lists nothing.
         return Ok(());
     }
-    let n: usize = std::env::var("SEGMENT_BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40_000);
+    let n = records_from_env("SEGMENT_BENCH_RECORDS", 40_000);
     let env = TestEnv::start().await?;
-    let now = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis())?;
+    let now = now_ms();
     opt_in_all(&env, (0..CONVERSATIONS).map(user), Channel::Sms, now).await?;
     let binary = Path::new(env!("CARGO_BIN_EXE_si-segment"));
     let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("segment-throughput.log");
 
     // Segment learns the conversations, and stops.
-    let events: Vec<_> = (0..CONVERSATIONS).map(|i| inbound(i, now)).collect();
+    let events: Vec<_> = (0..CONVERSATIONS)
+        .map(|i| sms_text(i, CONVERSATIONS, now))
+        .collect();
     env.produce_all(topics::CONVERSATION_EVENTS, &events)
         .await?;
     let mut stage = spawn_stage(&env, binary, &[], &log)?;
@@ -135,12 +88,7 @@ async fn main() -> anyhow::Result<()> {
     let responses: Vec<_> = (0..n).map(|i| response(i, now)).collect();
     env.produce_all(topics::RESPONSES, &responses).await?;
     eprintln!("[throughput] {n} responses written");
-    let mut stage = spawn_stage(&env, binary, &[], &log)?;
-    let drained = match measure(&env, "segment", topics::RESPONSES).await {
-        Ok(d) => d,
-        Err(e) => anyhow::bail!("{e:#}\n{}", stage.log_tail(30)),
-    };
-    stage.terminate(Duration::from_secs(30))?;
+    let drained = run_stage(&env, binary, "segment", topics::RESPONSES, &[], &log).await?;
 
     let operations = env.read_all::<OutboundOperation>(topics::OUTBOUND).await?;
     anyhow::ensure!(
