@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use support::{Ingress, form_params};
 
+// The allocator of the si-ingress binary, so ingress is measured as it runs.
+si_runtime::global_allocator!();
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use si_ingress::Config;
 
+si_runtime::global_allocator!();
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = match <Config as clap::Parser>::parse().validate() {

@@ -4,6 +4,8 @@
 use clap::Parser;
 use si_lifecycle::Config;
 
+si_runtime::global_allocator!();
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();

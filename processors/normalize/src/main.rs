@@ -3,6 +3,8 @@
 use clap::Parser;
 use si_normalize::Config;
 
+si_runtime::global_allocator!();
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
