@@ -471,6 +471,7 @@ impl<D: Deferred> Core<D> {
             let p = element.partition();
             let generation = self.next_generation;
             self.next_generation += 1;
+            self.txns.beat();
             if let Err(fatal) = self.processor.assigned(p, generation) {
                 self.fatal = Some(fatal);
                 return;
@@ -604,6 +605,7 @@ fn drive<D: Deferred>(
         }
         let polled = consumer.poll(Duration::from_millis(10));
         let mut c = lock(core);
+        c.txns.beat();
         match &polled {
             Some(Ok(message)) => c.on_message(message),
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
@@ -630,6 +632,7 @@ fn drive<D: Deferred>(
     while work.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(10));
         let mut c = lock(core);
+        c.txns.beat();
         while let Ok(done) = work.completions.try_recv() {
             c.on_finished(done);
         }

@@ -1642,6 +1642,7 @@ fn consume<P: Processor>(
     while !shutdown.is_cancelled() {
         {
             let mut c = lock(core);
+            c.txns.beat();
             if let Some(message) = c.fatal.take() {
                 return Err(StreamError::Fatal(message));
             }
