@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
@@ -22,7 +22,7 @@ use si_runtime::metrics::StageMetrics;
 use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
 use si_runtime::state::StateStore;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
-use si_schemas::records::{ArchivalReason, ArchivalRequest, Command, CommandKind, LifecycleState};
+use si_schemas::records::{ArchivalReason, ArchivalRequest, Command, LifecycleState};
 use si_schemas::topics;
 use si_testkit::{TestEnv, wait_for};
 use tokio_util::sync::CancellationToken;
@@ -63,22 +63,6 @@ impl Processor for Counter {
             compliance_event_ids: Vec::new(),
         };
         Ok(vec![Output::new(topics::ARCHIVAL, key, record)])
-    }
-}
-
-fn command(id: &str, key: &str) -> Command {
-    Command {
-        command_id: id.into(),
-        conversation_id: key.into(),
-        session_id: None,
-        kind: CommandKind::Unknown,
-        address: None,
-        channel: None,
-        locale: None,
-        reason: None,
-        issued_by: "test".into(),
-        issued_at: 0,
-        params: BTreeMap::new(),
     }
 }
 
@@ -160,7 +144,7 @@ async fn an_eager_rebalance_restores_only_the_partitions_that_moved() -> anyhow:
     let a = start(&env, "pod-a");
     for k in 0..KEYS {
         let key = format!("key-{k}");
-        env.produce(topics::COMMANDS, &key, &command("c1", &key))
+        env.produce(topics::COMMANDS, &key, &common::command("c1", &key))
             .await?;
     }
     said(&env, &round(1)).await?;
@@ -177,7 +161,7 @@ async fn an_eager_rebalance_restores_only_the_partitions_that_moved() -> anyhow:
     .await?;
     for k in 0..KEYS {
         let key = format!("key-{k}");
-        env.produce(topics::COMMANDS, &key, &command("c2", &key))
+        env.produce(topics::COMMANDS, &key, &common::command("c2", &key))
             .await?;
     }
     let all = said(&env, &round(2)).await?;
