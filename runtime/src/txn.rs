@@ -58,12 +58,20 @@ pub fn transactional_id(kafka: &KafkaArgs, stage: &str) -> String {
 
 /// Settings of the transactional producer of a stage instance.
 ///
-/// `retry.backoff.ms` stays librdkafka's (100 ms): a batch that starts while
-/// the previous transaction's commit markers are still being written is
-/// answered `CONCURRENT_TRANSACTIONS` and asked again after it, which costs
-/// low-load latency (README, "Performance"). `KAFKA_RETRY_BACKOFF_MS` sets
-/// it. `linger.ms` stays 5: with 1 ms the chaos test failed more often (see
-/// the README), which is not understood yet.
+/// Tuned for latency, because every hop of the pipeline pays a commit
+/// (README, "Where a hop's time goes"; `cargo bench -p si-runtime --bench hop`):
+///
+/// - `linger.ms` 0: the commit waits for every record to be acknowledged,
+///   so a record held back to fill a batch delays the commit by as much. Under
+///   load batches still form while earlier requests are in flight.
+/// - `retry.backoff.ms` and `retry.backoff.max.ms` 5: a transaction that
+///   begins while the markers of the one before are still being written is
+///   answered `CONCURRENT_TRANSACTIONS` and asked again after the backoff;
+///   librdkafka's 100 ms (doubling up to 1 s) made that the largest part of a
+///   hop at 100 msg/s.
+///
+/// A `KAFKA_LINGER_MS`, `KAFKA_RETRY_BACKOFF_MS` or `KAFKA_RETRY_BACKOFF_MAX_MS`
+/// pass-through wins.
 #[must_use]
 pub fn transactional_producer_config(
     kafka: &KafkaArgs,
@@ -76,8 +84,17 @@ pub fn transactional_producer_config(
         .set(
             "transaction.timeout.ms",
             transaction_timeout.as_millis().to_string(),
-        )
-        .set("linger.ms", "5");
+        );
+    let passed = kafka.properties();
+    for (key, value) in [
+        ("linger.ms", "0"),
+        ("retry.backoff.ms", "5"),
+        ("retry.backoff.max.ms", "5"),
+    ] {
+        if !passed.contains_key(key) {
+            config.set(key, value);
+        }
+    }
     config
 }
 
