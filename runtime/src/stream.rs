@@ -12,7 +12,10 @@
 //! record after a commit and is committed as soon as the input is drained
 //! (nothing more buffered to read), or after `MAX_BATCH` records or
 //! `COMMIT_INTERVAL` under load, whichever comes first: low load gets low
-//! latency, high load gets batches. The commit writes, atomically:
+//! latency, high load gets batches. A stage off the reply path (lifecycle,
+//! voice-link) lets a drained batch wait up to its `batch_linger` for more
+//! records ([`StreamSpec::batch_linger`], `BATCH_LINGER`), which spares the
+//! broker most of its transactions under load. The commit writes, atomically:
 //! the batch's outputs and dead letters, the changelog records of every state
 //! key the batch changed, and the consumer offsets (`send_offsets_to_transaction`
 //! with the consumer's group metadata). Readers use `read_committed`, so they
@@ -181,6 +184,13 @@ pub struct StreamSpec {
     pub changelog: &'static str,
     /// Default TTL of state entries.
     pub state_ttl: Duration,
+    /// How long a batch may wait for more records once the input is drained
+    /// (`BATCH_LINGER` overrides it). Zero for the stages on the reply path:
+    /// a drained batch commits at once. A stage off it (lifecycle,
+    /// voice-link) waits a little, so that under load it makes far fewer
+    /// transactions, each a few requests and markers on the broker that the
+    /// reply path shares.
+    pub batch_linger: Duration,
 }
 
 /// Settings of the stream runner; every stream stage accepts them.
@@ -194,6 +204,12 @@ pub struct StreamArgs {
     /// Most input records in one transaction.
     #[arg(long, env = "MAX_BATCH", default_value_t = 2000)]
     pub max_batch: usize,
+
+    /// How long a batch may wait for more records once the input is drained,
+    /// from its first record; unset, the stage's own default (0 on the reply
+    /// path: commit at once).
+    #[arg(long, env = "BATCH_LINGER", value_parser = humantime::parse_duration)]
+    pub batch_linger: Option<Duration>,
 
     /// Kafka `transaction.timeout.ms`: how long the broker keeps a transaction of
     /// a crashed instance open before aborting it (read_committed readers wait
@@ -220,6 +236,7 @@ impl Default for StreamArgs {
         Self {
             commit_interval: Duration::from_millis(100),
             max_batch: 2000,
+            batch_linger: None,
             transaction_timeout: Duration::from_secs(60),
             state_sweep_interval: Duration::from_secs(60),
             timer_interval: Duration::from_secs(1),
@@ -342,6 +359,8 @@ struct Txn {
 
 struct Core<P: Processor> {
     stage: &'static str,
+    /// How long a drained batch waits for more records (see [`StreamSpec`]).
+    batch_linger: Duration,
     prefix: String,
     inputs: Vec<(&'static str, String)>,
     changelog: String,
@@ -732,16 +751,25 @@ impl<P: Processor> Core<P> {
         })
     }
 
-    /// How long the next poll may wait: with a transaction open, not at all
-    /// (an empty answer means the input is drained and the batch commits at
-    /// once); otherwise up to 100 ms, so the loop still checks timers, the
-    /// sweep and shutdown.
+    /// How long the next poll may wait: with a transaction open, until the
+    /// batch has lingered (not at all by default: an empty answer means the
+    /// input is drained and the batch commits at once); otherwise up to
+    /// 100 ms, so the loop still checks timers, the sweep and shutdown.
     fn poll_timeout(&self) -> Duration {
-        if self.txn.is_some() || self.restoring.is_some() || !self.to_restore.is_empty() {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(100)
+        if self.restoring.is_some() || !self.to_restore.is_empty() {
+            return Duration::ZERO;
         }
+        match &self.txn {
+            Some(txn) => self.batch_linger.saturating_sub(txn.started.elapsed()),
+            None => Duration::from_millis(100),
+        }
+    }
+
+    /// Whether a drained batch has waited long enough to commit.
+    fn lingered(&self) -> bool {
+        self.txn
+            .as_ref()
+            .is_some_and(|t| t.started.elapsed() >= self.batch_linger)
     }
 
     /// Writes the changelog, sends the offsets and commits.
@@ -1539,6 +1567,7 @@ pub async fn run<P: Processor>(
 
     let core = Arc::new(Mutex::new(Core {
         stage,
+        batch_linger: args.batch_linger.unwrap_or(spec.batch_linger),
         prefix: kafka.topic_prefix.clone(),
         inputs: inputs.clone(),
         changelog,
@@ -1699,7 +1728,7 @@ fn consume<P: Processor>(
             last_sweep = Instant::now();
             step = c.sweep();
         }
-        if step.is_ok() && (c.due(args) || (drained && c.txn.is_some())) {
+        if step.is_ok() && (c.due(args) || (drained && c.lingered())) {
             step = c.commit(consumer);
         }
         match step {

@@ -98,6 +98,7 @@ fn start(env: &TestEnv, pod: &str) -> Runner {
         inputs: vec![topics::COMMANDS, topics::DELIVERY],
         changelog: topics::LIFECYCLE_STATE,
         state_ttl: Duration::from_secs(3600),
+        batch_linger: Duration::ZERO,
     };
     let task = tokio::spawn(stream::run(stream_env, spec, Counter, shutdown.clone()));
     Runner {

@@ -1,6 +1,7 @@
 //! State timers against the real broker: a timer set by one runner instance
 //! survives its shutdown, fires once in the next instance (restored from the
-//! changelog), and does not fire again in a third.
+//! changelog), and does not fire again in a third. Also the batch linger:
+//! records arriving within it share one transaction.
 //!
 //! ```sh
 //! eval "$(dev/stack env)"; cargo test -p si-runtime --test timers -- --nocapture
@@ -99,21 +100,27 @@ fn now_ms() -> i64 {
 struct Runner {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), stream::StreamError>>,
+    metrics: StageMetrics,
 }
 
 fn start(env: &TestEnv) -> Runner {
+    start_with(env, Duration::from_millis(20), Duration::ZERO)
+}
+
+fn start_with(env: &TestEnv, commit_interval: Duration, batch_linger: Duration) -> Runner {
     let shutdown = CancellationToken::new();
+    let metrics = StageMetrics::new("timer-test");
     let stream_env = StreamEnv {
         kafka: env.kafka.clone(),
         args: StreamArgs {
-            commit_interval: Duration::from_millis(20),
-            transaction_timeout: Duration::from_secs(10),
+            commit_interval,
+            transaction_timeout: Duration::from_secs(30),
             timer_interval: Duration::from_millis(100),
             ..StreamArgs::default()
         },
         drain_timeout: Duration::from_secs(5),
         codec: env.codec.clone(),
-        metrics: StageMetrics::new("timer-test"),
+        metrics: metrics.clone(),
         readiness: Readiness::default(),
     };
     let spec = StreamSpec {
@@ -121,9 +128,14 @@ fn start(env: &TestEnv) -> Runner {
         inputs: vec![topics::COMMANDS],
         changelog: topics::LIFECYCLE_STATE,
         state_ttl: Duration::from_secs(3600),
+        batch_linger,
     };
     let task = tokio::spawn(stream::run(stream_env, spec, Alarm, shutdown.clone()));
-    Runner { shutdown, task }
+    Runner {
+        shutdown,
+        task,
+        metrics,
+    }
 }
 
 impl Runner {
@@ -236,6 +248,50 @@ async fn a_timer_survives_a_restart_and_fires_exactly_once() -> anyhow::Result<(
             format!("mark-{key}-m2"),
             format!("mark-{key}-m3"),
         ]
+    );
+    Ok(())
+}
+
+/// Five commands 30 ms apart, through a runner with `batch_linger` (and a
+/// commit interval far above it): how many transactions carried them.
+async fn transactions_for_five(batch_linger: Duration) -> anyhow::Result<u64> {
+    let env = TestEnv::start().await?;
+    let key = "conv-batch";
+    let runner = start_with(&env, Duration::from_secs(2), batch_linger);
+    // The runner is in its group once a first command went through.
+    env.produce(topics::COMMANDS, key, &common::command("warm", key))
+        .await?;
+    said_until(&env, &format!("mark-{key}-warm")).await?;
+    let before = runner.metrics.batch_records.get_sample_count();
+    for i in 0..5 {
+        env.produce(
+            topics::COMMANDS,
+            key,
+            &common::command(&format!("b{i}"), key),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let said = said_until(&env, &format!("mark-{key}-b4")).await?;
+    assert_eq!(said.len(), 6, "every command once: {said:?}");
+    let transactions = runner.metrics.batch_records.get_sample_count() - before;
+    runner.stop().await?;
+    Ok(transactions)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_within_the_batch_linger_share_one_transaction() -> anyhow::Result<()> {
+    // With a 1 s linger the five (120 ms from first to last) are one batch.
+    let lingering = transactions_for_five(Duration::from_secs(1)).await?;
+    assert_eq!(
+        lingering, 1,
+        "five records within the linger: one transaction"
+    );
+    // Without one, a drained batch commits at once: several transactions.
+    let eager = transactions_for_five(Duration::ZERO).await?;
+    assert!(
+        eager >= 2,
+        "no linger, yet {eager} transaction(s) for records 30 ms apart"
     );
     Ok(())
 }

@@ -174,6 +174,7 @@ async fn run_stream(
         inputs: vec![topics::CONVERSATION_EVENTS, topics::DELIVERY],
         changelog: topics::CONSENT_STATE,
         state_ttl,
+        batch_linger: Duration::ZERO,
     };
     stream::run(env, spec, processor, shutdown).await?;
     Ok(())

@@ -427,6 +427,7 @@ async fn run_stream(
         inputs: vec![topics::CONVERSATION_EVENTS],
         changelog: topics::MEDIA_STATE,
         state_ttl,
+        batch_linger: Duration::ZERO,
     };
     stream::run(env, spec, processor, shutdown).await?;
     Ok(())

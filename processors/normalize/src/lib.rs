@@ -299,6 +299,7 @@ async fn run_stream(
         inputs: vec![topics::WEBHOOKS],
         changelog: topics::NORMALIZE_STATE,
         state_ttl: config.normalize.session_ttl,
+        batch_linger: Duration::ZERO,
     };
     stream::run(env, spec, normalizer, shutdown).await?;
     Ok(())

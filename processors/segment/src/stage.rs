@@ -1284,6 +1284,7 @@ async fn run_stream(
         ],
         changelog: topics::SEGMENT_STATE,
         state_ttl: conversation_ttl,
+        batch_linger: Duration::ZERO,
     };
     stream::run(env, spec, processor, shutdown).await?;
     Ok(())

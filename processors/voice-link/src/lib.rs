@@ -258,6 +258,7 @@ async fn run_stream(
         inputs: INPUTS.to_vec(),
         changelog: topics::VOICE_LINK_STATE,
         state_ttl,
+        batch_linger: Duration::from_millis(50),
     };
     stream::run(env, spec, processor, shutdown).await?;
     Ok(())

@@ -258,6 +258,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             inputs: vec![topics::INBOUND],
             changelog: CHANGELOG,
             state_ttl: Duration::from_secs(3600),
+            batch_linger: Duration::ZERO,
         };
         let echo = Echo::new(&config.echo.echo_prefix).with_summary(&config.echo.echo_summary);
         stream::run(env, spec, echo, shutdown).await?;
