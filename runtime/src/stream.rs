@@ -1412,6 +1412,101 @@ struct StreamContext<P: Processor> {
     metrics: StageMetrics,
     prefix: String,
     session: crate::kafka::SessionWatch,
+    /// Since when the assigned input partitions have none fetching.
+    not_fetching: Mutex<Option<Instant>>,
+}
+
+/// How long a stage may hold input partitions of which none is fetching
+/// before it says so ([`NOT_FETCHING_WARN`]) and exits to be restarted.
+///
+/// After a broker restart the chaos test saw a restarted stage assigned its
+/// partitions, restored, and then read nothing for minutes while its loop
+/// kept turning (so the stuck-loop watchdog never fired) and its upstream
+/// wrote. librdkafka's statistics say whether a partition is fetching
+/// (`fetch_state` `active`) or still waiting for its start offset; this
+/// watch logs what they say, and a process that is not fetching anything
+/// for this long is restarted like a crashed one. It does not look while a
+/// restore runs (its partitions are paused and may not have started), and a
+/// stage whose upstream is quiet or whose input waits on an open transaction
+/// is fetching: neither trips it.
+pub const NOT_FETCHING_LIMIT: Duration = Duration::from_secs(30);
+
+/// When the watch first logs the partitions' states.
+pub const NOT_FETCHING_WARN: Duration = Duration::from_secs(10);
+
+impl<P: Processor> StreamContext<P> {
+    /// Looks at the statistics of the input partitions this member holds.
+    fn watch_fetching(&self, statistics: &Statistics) {
+        let (restoring, inputs): (bool, Vec<String>) = {
+            let core = lock(&self.core);
+            (
+                core.restoring.is_some() || !core.to_restore.is_empty(),
+                core.inputs.iter().map(|(_, full)| full.clone()).collect(),
+            )
+        };
+        // Partitions paused for a restore may not have started fetching yet,
+        // however long the restore takes: not counted.
+        if restoring {
+            *lock(&self.not_fetching) = None;
+            return;
+        }
+        let mut held = 0;
+        let mut fetching = 0;
+        let mut states = Vec::new();
+        for name in &inputs {
+            let Some(topic) = statistics.topics.get(name) else {
+                continue;
+            };
+            for (partition, stats) in &topic.partitions {
+                if *partition < 0 || !stats.desired {
+                    continue;
+                }
+                held += 1;
+                if stats.fetch_state == "active" {
+                    fetching += 1;
+                } else if states.len() < 6 {
+                    states.push(format!(
+                        "{} [{partition}] {} (committed {}, next {}, stable {}, high {})",
+                        name.strip_prefix(&self.prefix).unwrap_or(name),
+                        stats.fetch_state,
+                        stats.committed_offset,
+                        stats.next_offset,
+                        stats.ls_offset,
+                        stats.hi_offset
+                    ));
+                }
+            }
+        }
+        let mut since = lock(&self.not_fetching);
+        if held == 0 || fetching > 0 {
+            if since.take().is_some() {
+                tracing::info!(
+                    partitions = held,
+                    fetching,
+                    "input partitions fetching again"
+                );
+            }
+            return;
+        }
+        let first = *since.get_or_insert_with(Instant::now);
+        let stalled = first.elapsed();
+        if stalled >= NOT_FETCHING_LIMIT {
+            let message = format!(
+                "none of the {held} input partitions this member holds has fetched for {}s ({}): exiting to be restarted",
+                stalled.as_secs(),
+                states.join("; ")
+            );
+            drop(since);
+            lock(&self.core).fatal = Some(message);
+        } else if stalled >= NOT_FETCHING_WARN {
+            tracing::warn!(
+                partitions = held,
+                seconds = stalled.as_secs(),
+                states = %states.join("; "),
+                "none of the input partitions is fetching"
+            );
+        }
+    }
 }
 
 impl<P: Processor> ClientContext for StreamContext<P> {
@@ -1420,6 +1515,7 @@ impl<P: Processor> ClientContext for StreamContext<P> {
     }
 
     fn stats(&self, statistics: Statistics) {
+        self.watch_fetching(&statistics);
         for (name, topic) in &statistics.topics {
             let declared = name.strip_prefix(&self.prefix).unwrap_or(name);
             for (partition, stats) in &topic.partitions {
@@ -1608,6 +1704,7 @@ pub async fn run<P: Processor>(
         metrics,
         prefix: kafka.topic_prefix.clone(),
         session: crate::kafka::SessionWatch::new(args.group.static_membership),
+        not_fetching: Mutex::new(None),
     };
     let consumer: BaseConsumer<StreamContext<P>> = consumer_config
         .create_with_context(context)
