@@ -167,7 +167,12 @@ impl StageProcess {
             .env("SI_TOPIC_PREFIX", &env.kafka.topic_prefix)
             .env("POD_NAME", pod)
             .env("ADMIN_ADDR", &admin)
-            .env("LOG_LEVEL", "info,librdkafka=warn,rdkafka=warn");
+            // `SI_TEST_LOG_LEVEL` (with `KAFKA_DEBUG=cgrp`, say) for a post-mortem.
+            .env(
+                "LOG_LEVEL",
+                std::env::var("SI_TEST_LOG_LEVEL")
+                    .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".to_owned()),
+            );
         for (key, value) in vars {
             command.env(key, value);
         }
