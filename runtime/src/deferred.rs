@@ -181,7 +181,8 @@ pub struct DeferredArgs {
     pub commit_interval: Duration,
     /// Uncommitted records per partition at which it is paused.
     pub max_pending_per_partition: usize,
-    /// `transaction.timeout.ms`; transactional calls time out after it (at most 30 s).
+    /// `transaction.timeout.ms`; transactional calls time out after it (at most
+    /// [`crate::txn::MAX_CALL_TIMEOUT`]).
     pub transaction_timeout: Duration,
     /// How long shutdown waits for in-flight work.
     pub drain_timeout: Duration,

@@ -50,6 +50,12 @@ use crate::config::KafkaArgs;
 /// again in place before the caller aborts.
 pub const TXN_RETRIES: u32 = 5;
 
+/// The longest a transactional call may take before it is retried or the
+/// batch aborted. A commit takes milliseconds; a call that takes this long
+/// is waiting for a broker that is away. It also sets how soon the watchdog
+/// exits a loop stuck in a call ([`Transactions::stall_limit`]: 50 s).
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The transactional id of a stage instance: `<SI_TOPIC_PREFIX>si-<stage>-<POD_NAME>`.
 #[must_use]
 pub fn transactional_id(kafka: &KafkaArgs, stage: &str) -> String {
@@ -127,7 +133,7 @@ impl Transactions {
     /// Creates the producer of `stage` and calls `init_transactions`, which
     /// fences an earlier instance with the same transactional id and aborts
     /// what it left open. Transactional calls time out after
-    /// `transaction_timeout`, at most 30 s. Blocks: call it off the async
+    /// `transaction_timeout`, at most [`MAX_CALL_TIMEOUT`]. Blocks: call it off the async
     /// workers (`spawn_blocking`).
     ///
     /// # Errors
@@ -150,7 +156,7 @@ impl Transactions {
         );
         let txns = Self {
             producer,
-            call_timeout: transaction_timeout.min(Duration::from_secs(30)),
+            call_timeout: transaction_timeout.min(MAX_CALL_TIMEOUT),
             beat: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
         };
