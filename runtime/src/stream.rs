@@ -1450,33 +1450,7 @@ impl<P: Processor> StreamContext<P> {
             *lock(&self.not_fetching) = None;
             return;
         }
-        let mut held = 0;
-        let mut fetching = 0;
-        let mut states = Vec::new();
-        for name in &inputs {
-            let Some(topic) = statistics.topics.get(name) else {
-                continue;
-            };
-            for (partition, stats) in &topic.partitions {
-                if *partition < 0 || !stats.desired {
-                    continue;
-                }
-                held += 1;
-                if stats.fetch_state == "active" {
-                    fetching += 1;
-                } else if states.len() < 6 {
-                    states.push(format!(
-                        "{} [{partition}] {} (committed {}, next {}, stable {}, high {})",
-                        name.strip_prefix(&self.prefix).unwrap_or(name),
-                        stats.fetch_state,
-                        stats.committed_offset,
-                        stats.next_offset,
-                        stats.ls_offset,
-                        stats.hi_offset
-                    ));
-                }
-            }
-        }
+        let (held, fetching, states) = fetching_partitions(statistics, &inputs, &self.prefix);
         let mut since = lock(&self.not_fetching);
         if held == 0 || fetching > 0 {
             if since.take().is_some() {
@@ -1507,6 +1481,44 @@ impl<P: Processor> StreamContext<P> {
             );
         }
     }
+}
+
+/// Of the partitions of `inputs` this member holds (librdkafka's `desired`):
+/// how many, how many are fetching (`fetch_state` `active`), and the state
+/// and offsets of up to six that are not.
+fn fetching_partitions(
+    statistics: &Statistics,
+    inputs: &[String],
+    prefix: &str,
+) -> (usize, usize, Vec<String>) {
+    let mut held = 0;
+    let mut fetching = 0;
+    let mut states = Vec::new();
+    for name in inputs {
+        let Some(topic) = statistics.topics.get(name) else {
+            continue;
+        };
+        for (partition, stats) in &topic.partitions {
+            if *partition < 0 || !stats.desired {
+                continue;
+            }
+            held += 1;
+            if stats.fetch_state == "active" {
+                fetching += 1;
+            } else if states.len() < 6 {
+                states.push(format!(
+                    "{} [{partition}] {} (committed {}, next {}, stable {}, high {})",
+                    name.strip_prefix(prefix).unwrap_or(name),
+                    stats.fetch_state,
+                    stats.committed_offset,
+                    stats.next_offset,
+                    stats.ls_offset,
+                    stats.hi_offset
+                ));
+            }
+        }
+    }
+    (held, fetching, states)
 }
 
 impl<P: Processor> ClientContext for StreamContext<P> {
@@ -1887,6 +1899,47 @@ fn drain<P: Processor>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn partition(id: i32, desired: bool, fetch_state: &str) -> rdkafka::statistics::Partition {
+        rdkafka::statistics::Partition {
+            partition: id,
+            desired,
+            fetch_state: fetch_state.to_owned(),
+            committed_offset: 42,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_fetch_watch_counts_held_input_partitions_and_names_the_idle_ones() {
+        let mut statistics = Statistics::default();
+        let topic = |parts: Vec<rdkafka::statistics::Partition>| rdkafka::statistics::Topic {
+            partitions: parts.into_iter().map(|p| (p.partition, p)).collect(),
+            ..Default::default()
+        };
+        statistics.topics.insert(
+            "p.in".into(),
+            topic(vec![
+                partition(0, true, "none"),
+                partition(1, true, "active"),
+                // Not held by this member, and librdkafka's internal -1.
+                partition(2, false, "none"),
+                partition(-1, true, "none"),
+            ]),
+        );
+        // Not an input of the stage.
+        statistics
+            .topics
+            .insert("p.other".into(), topic(vec![partition(0, true, "none")]));
+        let inputs = vec!["p.in".to_owned()];
+        let (held, fetching, states) = fetching_partitions(&statistics, &inputs, "p.");
+        assert_eq!((held, fetching), (2, 1));
+        assert_eq!(states.len(), 1);
+        assert!(
+            states[0].starts_with("in [0] none (committed 42"),
+            "{states:?}"
+        );
+    }
 
     #[test]
     fn ids_follow_the_documented_scheme() {

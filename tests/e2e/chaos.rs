@@ -354,7 +354,8 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
         // abort (librdkafka sends the queued request when the broker is
         // back): offsets pending for an ended transaction, which no marker
         // ever completes, so the stage's next incarnation waited for its
-        // committed offsets forever (README, "Exactly once"; Kafka's
+        // committed offsets forever (README, stream runtime, "A member that
+        // holds partitions and fetches none"; Kafka's
         // transaction version 2, KIP-890, closes that, librdkafka does not
         // use it).
         ("TRANSACTION_TIMEOUT", "60s".to_owned()),
