@@ -51,8 +51,10 @@
 //! # Failures
 //!
 //! Fenced, a fatal producer error, a failed abort, a lost static-member
-//! session or an error of the processor end [`run`] with an error: the
-//! process exits and is restarted, and resumes from the committed offsets.
+//! session, held input partitions none of which fetches
+//! ([`crate::fetchwatch`]) or an error of the processor end [`run`] with an
+//! error: the process exits and is restarted, and resumes from the committed
+//! offsets.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,6 +65,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +73,7 @@ use tracing::field::Empty;
 
 use crate::admin::{Readiness, ReadinessCheck};
 use crate::config::{GroupArgs, KafkaArgs};
+use crate::fetchwatch::FetchWatch;
 use crate::metrics::StageMetrics;
 use crate::txn::Transactions;
 
@@ -494,15 +498,24 @@ impl<D: Deferred> Core<D> {
     }
 }
 
-/// Consumer context: rebalances go through the core.
+/// Consumer context: rebalances go through the core; statistics to the fetch watch.
 struct DeferredContext<D: Deferred> {
     core: Arc<Mutex<Core<D>>>,
     session: crate::kafka::SessionWatch,
+    fetch: FetchWatch,
 }
 
 impl<D: Deferred> ClientContext for DeferredContext<D> {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         self.session.log(level, fac, log_message);
+    }
+
+    // A partition's state is loaded in the rebalance callback, before any
+    // statistics of it are served: never restoring here.
+    fn stats(&self, statistics: Statistics) {
+        if let Some(fatal) = self.fetch.observe(&statistics, false) {
+            lock(&self.core).fatal = Some(fatal);
+        }
     }
 }
 
@@ -551,6 +564,7 @@ pub async fn run<D: Deferred>(
     let partitions_ready = readiness.check("partitions");
     // The last check: /readyz now reports what is pending.
     readiness.started();
+    let (input_topic, metrics_for_lag) = (kafka.topic(input), metrics.clone());
     let core = Arc::new(Mutex::new(Core {
         processor,
         parts: BTreeMap::new(),
@@ -565,7 +579,10 @@ pub async fn run<D: Deferred>(
     }));
     let group = crate::stream::group_id(&kafka, stage);
     let mut config = crate::kafka::consumer_config(&kafka, stage, &group);
-    config.set("enable.partition.eof", "false");
+    config.set("enable.partition.eof", "false").set(
+        "statistics.interval.ms",
+        crate::fetchwatch::STATISTICS_INTERVAL_MS,
+    );
     crate::kafka::join_group(
         &mut config,
         &args.group,
@@ -575,6 +592,7 @@ pub async fn run<D: Deferred>(
         config.create_with_context(DeferredContext {
             core: Arc::clone(&core),
             session: crate::kafka::SessionWatch::new(args.group.static_membership),
+            fetch: FetchWatch::new(vec![input_topic], &kafka.topic_prefix, metrics_for_lag),
         })?;
     tracing::info!(%group, "consumer group");
     tokio::task::spawn_blocking(move || {

@@ -15,6 +15,7 @@ pub mod backoff;
 pub mod config;
 pub mod deferred;
 pub mod dlq;
+pub mod fetchwatch;
 pub mod kafka;
 pub mod mask;
 pub mod media_url;

@@ -15,7 +15,11 @@
 //! latency, high load gets batches. A stage off the reply path (lifecycle,
 //! voice-link) lets a drained batch wait up to its `batch_linger` for more
 //! records ([`StreamSpec::batch_linger`], `BATCH_LINGER`), which spares the
-//! broker most of its transactions under load. The commit writes, atomically:
+//! broker most of its transactions under load. A batch that writes nothing
+//! but offsets (records the processor ignores, such as the delivery
+//! statuses most stages skip) is not committed on its own: it waits up to
+//! `COMMIT_INTERVAL` for a record that writes, and its offsets go with that
+//! one's transaction. The commit writes, atomically:
 //! the batch's outputs and dead letters, the changelog records of every state
 //! key the batch changed, and the consumer offsets (`send_offsets_to_transaction`
 //! with the consumer's group metadata). Readers use `read_committed`, so they
@@ -164,6 +168,7 @@ use tracing::field::Empty;
 use crate::admin::{Readiness, ReadinessCheck};
 use crate::config::{GroupArgs, KafkaArgs};
 use crate::dlq;
+use crate::fetchwatch::FetchWatch;
 use crate::metrics::StageMetrics;
 use crate::processor::{InputRecord, Output, ProcessError, Processor, RecordContext, TimerContext};
 use crate::state::{EXPIRES_AT_HEADER, StateStore, Stored, TIMER_AT_HEADER, TIMER_TRACE_HEADER};
@@ -361,6 +366,8 @@ struct Core<P: Processor> {
     stage: &'static str,
     /// How long a drained batch waits for more records (see [`StreamSpec`]).
     batch_linger: Duration,
+    /// `COMMIT_INTERVAL`: how long a batch that writes nothing but offsets waits.
+    commit_interval: Duration,
     prefix: String,
     inputs: Vec<(&'static str, String)>,
     changelog: String,
@@ -760,16 +767,36 @@ impl<P: Processor> Core<P> {
             return Duration::ZERO;
         }
         match &self.txn {
-            Some(txn) => self.batch_linger.saturating_sub(txn.started.elapsed()),
+            Some(txn) => self.linger().saturating_sub(txn.started.elapsed()),
             None => Duration::from_millis(100),
         }
+    }
+
+    /// How long a drained batch waits for more records: its `batch_linger`,
+    /// or, while it writes nothing but offsets, the commit interval.
+    fn linger(&self) -> Duration {
+        if self.quiet() {
+            self.commit_interval
+        } else {
+            self.batch_linger
+        }
+    }
+
+    /// Whether the open batch has written nothing (no output, no dead letter,
+    /// no state change): only its offsets would be committed. Such records
+    /// (the delivery statuses a stage ignores, say) need no reader to see
+    /// anything soon, so their offsets wait for the next batch that writes,
+    /// or the commit interval, instead of a transaction each. Read again
+    /// after a crash, they change nothing again.
+    fn quiet(&self) -> bool {
+        self.txns.written() == 0 && self.stores.values().all(|s| !s.is_dirty())
     }
 
     /// Whether a drained batch has waited long enough to commit.
     fn lingered(&self) -> bool {
         self.txn
             .as_ref()
-            .is_some_and(|t| t.started.elapsed() >= self.batch_linger)
+            .is_some_and(|t| t.started.elapsed() >= self.linger())
     }
 
     /// Writes the changelog, sends the offsets and commits.
@@ -1406,119 +1433,11 @@ impl<P: Processor> Core<P> {
     }
 }
 
-/// The consumer's context: rebalance callbacks and statistics (lag).
+/// The consumer's context: rebalance callbacks and statistics.
 struct StreamContext<P: Processor> {
     core: Arc<Mutex<Core<P>>>,
-    metrics: StageMetrics,
-    prefix: String,
     session: crate::kafka::SessionWatch,
-    /// Since when the assigned input partitions have none fetching.
-    not_fetching: Mutex<Option<Instant>>,
-}
-
-/// How long a stage may hold input partitions of which none is fetching
-/// before it says so ([`NOT_FETCHING_WARN`]) and exits to be restarted.
-///
-/// After a broker restart the chaos test saw a restarted stage assigned its
-/// partitions, restored, and then read nothing for minutes while its loop
-/// kept turning (so the stuck-loop watchdog never fired) and its upstream
-/// wrote. librdkafka's statistics say whether a partition is fetching
-/// (`fetch_state` `active`) or still waiting for its start offset; this
-/// watch logs what they say, and a process that is not fetching anything
-/// for this long is restarted like a crashed one. It does not look while a
-/// restore runs (its partitions are paused and may not have started), and a
-/// stage whose upstream is quiet or whose input waits on an open transaction
-/// is fetching: neither trips it.
-pub const NOT_FETCHING_LIMIT: Duration = Duration::from_secs(30);
-
-/// When the watch first logs the partitions' states.
-pub const NOT_FETCHING_WARN: Duration = Duration::from_secs(10);
-
-impl<P: Processor> StreamContext<P> {
-    /// Looks at the statistics of the input partitions this member holds.
-    fn watch_fetching(&self, statistics: &Statistics) {
-        let (restoring, inputs): (bool, Vec<String>) = {
-            let core = lock(&self.core);
-            (
-                core.restoring.is_some() || !core.to_restore.is_empty(),
-                core.inputs.iter().map(|(_, full)| full.clone()).collect(),
-            )
-        };
-        // Partitions paused for a restore may not have started fetching yet,
-        // however long the restore takes: not counted.
-        if restoring {
-            *lock(&self.not_fetching) = None;
-            return;
-        }
-        let (held, fetching, states) = fetching_partitions(statistics, &inputs, &self.prefix);
-        let mut since = lock(&self.not_fetching);
-        if held == 0 || fetching > 0 {
-            if since.take().is_some() {
-                tracing::info!(
-                    partitions = held,
-                    fetching,
-                    "input partitions fetching again"
-                );
-            }
-            return;
-        }
-        let first = *since.get_or_insert_with(Instant::now);
-        let stalled = first.elapsed();
-        if stalled >= NOT_FETCHING_LIMIT {
-            let message = format!(
-                "none of the {held} input partitions this member holds has fetched for {}s ({}): exiting to be restarted",
-                stalled.as_secs(),
-                states.join("; ")
-            );
-            drop(since);
-            lock(&self.core).fatal = Some(message);
-        } else if stalled >= NOT_FETCHING_WARN {
-            tracing::warn!(
-                partitions = held,
-                seconds = stalled.as_secs(),
-                states = %states.join("; "),
-                "none of the input partitions is fetching"
-            );
-        }
-    }
-}
-
-/// Of the partitions of `inputs` this member holds (librdkafka's `desired`):
-/// how many, how many are fetching (`fetch_state` `active`), and the state
-/// and offsets of up to six that are not.
-fn fetching_partitions(
-    statistics: &Statistics,
-    inputs: &[String],
-    prefix: &str,
-) -> (usize, usize, Vec<String>) {
-    let mut held = 0;
-    let mut fetching = 0;
-    let mut states = Vec::new();
-    for name in inputs {
-        let Some(topic) = statistics.topics.get(name) else {
-            continue;
-        };
-        for (partition, stats) in &topic.partitions {
-            if *partition < 0 || !stats.desired {
-                continue;
-            }
-            held += 1;
-            if stats.fetch_state == "active" {
-                fetching += 1;
-            } else if states.len() < 6 {
-                states.push(format!(
-                    "{} [{partition}] {} (committed {}, next {}, stable {}, high {})",
-                    name.strip_prefix(prefix).unwrap_or(name),
-                    stats.fetch_state,
-                    stats.committed_offset,
-                    stats.next_offset,
-                    stats.ls_offset,
-                    stats.hi_offset
-                ));
-            }
-        }
-    }
-    (held, fetching, states)
+    fetch: FetchWatch,
 }
 
 impl<P: Processor> ClientContext for StreamContext<P> {
@@ -1527,17 +1446,12 @@ impl<P: Processor> ClientContext for StreamContext<P> {
     }
 
     fn stats(&self, statistics: Statistics) {
-        self.watch_fetching(&statistics);
-        for (name, topic) in &statistics.topics {
-            let declared = name.strip_prefix(&self.prefix).unwrap_or(name);
-            for (partition, stats) in &topic.partitions {
-                if *partition >= 0 && stats.consumer_lag >= 0 && stats.fetch_state == "active" {
-                    self.metrics
-                        .consumer_lag
-                        .with_label_values(&[declared, &partition.to_string()])
-                        .set(stats.consumer_lag);
-                }
-            }
+        let restoring = {
+            let core = lock(&self.core);
+            core.restoring.is_some() || !core.to_restore.is_empty()
+        };
+        if let Some(fatal) = self.fetch.observe(&statistics, restoring) {
+            lock(&self.core).fatal = Some(fatal);
         }
     }
 }
@@ -1676,6 +1590,7 @@ pub async fn run<P: Processor>(
     let core = Arc::new(Mutex::new(Core {
         stage,
         batch_linger: args.batch_linger.unwrap_or(spec.batch_linger),
+        commit_interval: args.commit_interval,
         prefix: kafka.topic_prefix.clone(),
         inputs: inputs.clone(),
         changelog,
@@ -1701,7 +1616,10 @@ pub async fn run<P: Processor>(
     let mut consumer_config =
         crate::kafka::consumer_config(&kafka, stage, &group_id(&kafka, stage));
     consumer_config
-        .set("statistics.interval.ms", "10000")
+        .set(
+            "statistics.interval.ms",
+            crate::fetchwatch::STATISTICS_INTERVAL_MS,
+        )
         .set("enable.partition.eof", "false");
     crate::kafka::join_group(
         &mut consumer_config,
@@ -1713,10 +1631,12 @@ pub async fn run<P: Processor>(
     }
     let context = StreamContext {
         core: Arc::clone(&core),
-        metrics,
-        prefix: kafka.topic_prefix.clone(),
         session: crate::kafka::SessionWatch::new(args.group.static_membership),
-        not_fetching: Mutex::new(None),
+        fetch: FetchWatch::new(
+            inputs.iter().map(|(_, full)| full.clone()).collect(),
+            &kafka.topic_prefix,
+            metrics,
+        ),
     };
     let consumer: BaseConsumer<StreamContext<P>> = consumer_config
         .create_with_context(context)
@@ -1899,47 +1819,6 @@ fn drain<P: Processor>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn partition(id: i32, desired: bool, fetch_state: &str) -> rdkafka::statistics::Partition {
-        rdkafka::statistics::Partition {
-            partition: id,
-            desired,
-            fetch_state: fetch_state.to_owned(),
-            committed_offset: 42,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn the_fetch_watch_counts_held_input_partitions_and_names_the_idle_ones() {
-        let mut statistics = Statistics::default();
-        let topic = |parts: Vec<rdkafka::statistics::Partition>| rdkafka::statistics::Topic {
-            partitions: parts.into_iter().map(|p| (p.partition, p)).collect(),
-            ..Default::default()
-        };
-        statistics.topics.insert(
-            "p.in".into(),
-            topic(vec![
-                partition(0, true, "none"),
-                partition(1, true, "active"),
-                // Not held by this member, and librdkafka's internal -1.
-                partition(2, false, "none"),
-                partition(-1, true, "none"),
-            ]),
-        );
-        // Not an input of the stage.
-        statistics
-            .topics
-            .insert("p.other".into(), topic(vec![partition(0, true, "none")]));
-        let inputs = vec!["p.in".to_owned()];
-        let (held, fetching, states) = fetching_partitions(&statistics, &inputs, "p.");
-        assert_eq!((held, fetching), (2, 1));
-        assert_eq!(states.len(), 1);
-        assert!(
-            states[0].starts_with("in [0] none (committed 42"),
-            "{states:?}"
-        );
-    }
 
     #[test]
     fn ids_follow_the_documented_scheme() {

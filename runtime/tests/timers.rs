@@ -1,7 +1,8 @@
 //! State timers against the real broker: a timer set by one runner instance
 //! survives its shutdown, fires once in the next instance (restored from the
 //! changelog), and does not fire again in a third. Also the batch linger:
-//! records arriving within it share one transaction.
+//! records arriving within it share one transaction; and records that write
+//! nothing wait for the next one that does.
 //!
 //! ```sh
 //! eval "$(dev/stack env)"; cargo test -p si-runtime --test timers -- --nocapture
@@ -69,6 +70,8 @@ impl Processor for Alarm {
                 assert!(state.set_timer(&key, ctx.timestamp_ms + DELAY_MS));
                 Ok(vec![say(&key, format!("armed-{key}"))])
             }
+            // Ignored: nothing written, no state touched.
+            quiet if quiet.starts_with("quiet") => Ok(Vec::new()),
             other => Ok(vec![say(&key, format!("mark-{key}-{other}"))]),
         }
     }
@@ -293,5 +296,48 @@ async fn records_within_the_batch_linger_share_one_transaction() -> anyhow::Resu
         eager >= 2,
         "no linger, yet {eager} transaction(s) for records 30 ms apart"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_write_nothing_commit_with_the_next_that_does() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let key = "conv-quiet";
+    // No linger: a drained batch that writes commits at once.
+    let runner = start_with(&env, Duration::from_secs(2), Duration::ZERO);
+    env.produce(topics::COMMANDS, key, &common::command("warm", key))
+        .await?;
+    said_until(&env, &format!("mark-{key}-warm")).await?;
+    let before = runner.metrics.batch_records.get_sample_count();
+    // Three ignored commands, 30 ms apart (each its own drained batch),
+    // then one that is answered.
+    for i in 0..3 {
+        env.produce(
+            topics::COMMANDS,
+            key,
+            &common::command(&format!("quiet{i}"), key),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    env.produce(topics::COMMANDS, key, &common::command("after", key))
+        .await?;
+    let said = said_until(&env, &format!("mark-{key}-after")).await?;
+    // The answer is readable, so its transaction committed: with it, the
+    // offsets of the ignored commands.
+    let (committed, end) =
+        si_testkit::throughput::group_progress(&env, "si-timer-test", topics::COMMANDS)?;
+    let transactions = runner.metrics.batch_records.get_sample_count() - before;
+    runner.stop().await?;
+    assert_eq!(
+        said.len(),
+        2,
+        "only the answered commands said anything: {said:?}"
+    );
+    assert_eq!(
+        transactions, 1,
+        "three ignored commands and an answered one: one transaction"
+    );
+    assert_eq!(committed, end, "every command's offset committed");
     Ok(())
 }

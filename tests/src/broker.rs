@@ -6,7 +6,8 @@ use std::process::Command;
 
 use crate::{free_port, repo_root};
 
-/// A private broker, removed (stopped, its data deleted) when dropped.
+/// A private broker, removed (stopped, its data deleted) when dropped; its
+/// log is kept in `target/test-logs`.
 pub struct PrivateBroker {
     instance: String,
     port: u16,
@@ -53,14 +54,17 @@ impl PrivateBroker {
         .is_ok()
     }
 
+    fn log(&self) -> std::path::PathBuf {
+        repo_root()
+            .join(".cache/stack/instances")
+            .join(&self.instance)
+            .join("logs/kafka.log")
+    }
+
     /// The last `lines` lines of the broker's log.
     #[must_use]
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = repo_root()
-            .join(".cache/stack/instances")
-            .join(&self.instance)
-            .join("logs/kafka.log");
-        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let text = std::fs::read_to_string(self.log()).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -90,7 +94,11 @@ impl PrivateBroker {
 }
 
 impl Drop for PrivateBroker {
+    /// Keeps the broker's log beside the stages' (`target/test-logs/<instance>-kafka.log`)
+    /// for a post-mortem, then removes the instance.
     fn drop(&mut self) {
+        let kept = crate::process::log_path(&format!("{}-kafka", self.instance));
+        let _ = std::fs::copy(self.log(), kept);
         let _ = self.stack(&["reset"]);
     }
 }
