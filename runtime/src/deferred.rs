@@ -557,9 +557,14 @@ pub async fn run<D: Deferred>(
     } = env;
     let txns = {
         let (kafka, timeout) = (kafka.clone(), args.transaction_timeout);
-        tokio::task::spawn_blocking(move || Transactions::init(&kafka, stage, timeout))
-            .await?
-            .map_err(anyhow::Error::msg)?
+        let (group, topic) = (crate::stream::group_id(&kafka, stage), kafka.topic(input));
+        tokio::task::spawn_blocking(move || {
+            let txns = Transactions::init(&kafka, stage, timeout)?;
+            txns.end_pending_offsets(&kafka, stage, &group, &topic)?;
+            Ok::<_, String>(txns)
+        })
+        .await?
+        .map_err(anyhow::Error::msg)?
     };
     let partitions_ready = readiness.check("partitions");
     // The last check: /readyz now reports what is pending.

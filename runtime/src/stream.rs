@@ -343,6 +343,20 @@ enum Step {
     Fatal(String),
 }
 
+/// Where a rewind seeks a partition, given its committed offset as fetched:
+/// the offset, or the beginning when the group has committed none. A
+/// partition's own error (its offsets still pending in a transaction, say)
+/// is an error, not "nothing committed": reading from the beginning would do
+/// it all again. The caller exits; the next instance's assignment waits for
+/// the committed offsets.
+fn rewind_offset(committed: Offset, error: KafkaResult<()>) -> Result<Offset, KafkaError> {
+    error?;
+    Ok(match committed {
+        Offset::Offset(o) => Offset::Offset(o),
+        _ => Offset::Beginning,
+    })
+}
+
 fn classify_kafka(call: &'static str, error: &KafkaError) -> Step {
     if crate::txn::is_fatal(error) {
         Step::Fatal(format!("{call}: {error}"))
@@ -987,10 +1001,13 @@ impl<P: Processor> Core<P> {
                 .committed_offsets(assignment, self.txns.call_timeout())
                 .map_err(|e| Step::Fatal(format!("committed offsets: {e}")))?;
             for element in committed.elements() {
-                let offset = match element.offset() {
-                    Offset::Offset(o) => Offset::Offset(o),
-                    _ => Offset::Beginning,
-                };
+                let offset = rewind_offset(element.offset(), element.error()).map_err(|e| {
+                    Step::Fatal(format!(
+                        "committed offset of {} [{}]: {e}",
+                        element.topic(),
+                        element.partition()
+                    ))
+                })?;
                 consumer
                     .seek(
                         element.topic(),
@@ -1562,14 +1579,23 @@ pub async fn run<P: Processor>(
         }
     }
 
-    // The transactional producer; init_transactions fences an earlier instance
-    // with the same transactional id and aborts what it left open.
+    // The transactional producers; init_transactions fences an earlier
+    // instance with the same transactional ids and aborts what it left open,
+    // and end_pending_offsets what it left pending outside a transaction.
     let txns = {
         let (kafka, transaction_timeout) = (kafka.clone(), args.transaction_timeout);
-        tokio::task::spawn_blocking(move || Transactions::init(&kafka, stage, transaction_timeout))
-            .await
-            .map_err(|e| StreamError::Setup(e.to_string()))?
-            .map_err(StreamError::Setup)?
+        let group = group_id(&kafka, stage);
+        let topic = inputs.first().map(|(_, full)| full.clone());
+        tokio::task::spawn_blocking(move || {
+            let txns = Transactions::init(&kafka, stage, transaction_timeout)?;
+            if let Some(topic) = topic {
+                txns.end_pending_offsets(&kafka, stage, &group, &topic)?;
+            }
+            Ok::<_, String>(txns)
+        })
+        .await
+        .map_err(|e| StreamError::Setup(e.to_string()))?
+        .map_err(StreamError::Setup)?
     };
     tracing::info!(group = %group_id(&kafka, stage), "consumer group");
 
@@ -1819,6 +1845,21 @@ fn drain<P: Processor>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rewind_starts_over_only_where_nothing_was_committed() {
+        use rdkafka::error::RDKafkaErrorCode;
+        assert_eq!(
+            rewind_offset(Offset::Offset(42), Ok(())).ok(),
+            Some(Offset::Offset(42))
+        );
+        assert_eq!(
+            rewind_offset(Offset::Invalid, Ok(())).ok(),
+            Some(Offset::Beginning)
+        );
+        let unstable = KafkaError::OffsetFetch(RDKafkaErrorCode::UnstableOffsetCommit);
+        assert!(rewind_offset(Offset::Invalid, Err(unstable)).is_err());
+    }
 
     #[test]
     fn ids_follow_the_documented_scheme() {

@@ -167,6 +167,59 @@ impl Transactions {
         Ok(txns)
     }
 
+    /// Ends the offsets of `group` that an earlier instance with the same
+    /// transactional id left pending without a transaction: one transaction
+    /// that adds the group's offsets (partition 0 of `topic`, any offset) and
+    /// is aborted. The abort marker ends every offset commit of the producer
+    /// still pending in the group's offsets partition, whatever its epoch;
+    /// nothing is committed.
+    ///
+    /// Why: after a broker restart the chaos test saw restarted stages wait
+    /// for their committed offsets for minutes, in every incarnation, although
+    /// each one's `init_transactions` had aborted what the transaction
+    /// coordinator knew to be open: a read-committed consumer's offset fetch
+    /// (`require_stable`) waits while any offset commit of the group is
+    /// pending, and these had no open transaction left to end them. Called
+    /// after [`Transactions::init`] and before the consumer joins; it costs one
+    /// empty transaction. Blocks like `init`.
+    ///
+    /// # Errors
+    /// When the producer is fenced or fails fatally, or the abort fails.
+    pub fn end_pending_offsets(
+        &self,
+        kafka: &KafkaArgs,
+        stage: &str,
+        group: &str,
+        topic: &str,
+    ) -> Result<(), String> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        // A consumer that never joins: its metadata carries no member id or
+        // generation, which the broker accepts for a transactional commit.
+        let consumer: BaseConsumer = crate::kafka::consumer_config(kafka, stage, group)
+            .create()
+            .map_err(|e| format!("consumer: {e}"))?;
+        let metadata = consumer
+            .group_metadata()
+            .ok_or_else(|| "no consumer group metadata".to_owned())?;
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(topic, 0, rdkafka::Offset::Offset(0))
+            .map_err(|e| format!("offsets: {e}"))?;
+        self.begin()
+            .map_err(|e| format!("begin_transaction: {e}"))?;
+        self.beat();
+        let sent =
+            self.producer
+                .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout);
+        if let Err(error) = &sent {
+            if is_fatal(error) {
+                return Err(format!("send_offsets_to_transaction: {error}"));
+            }
+            tracing::debug!(%error, "offsets of the pending-offsets sweep not sent");
+        }
+        self.abort().map_err(|e| format!("abort_transaction: {e}"))
+    }
+
     /// How long the loop may go without checking in before the process exits.
     #[must_use]
     pub fn stall_limit(&self) -> Duration {

@@ -348,16 +348,10 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
         ("KAFKA_SESSION_TIMEOUT_MS", "10000".to_owned()),
         ("KAFKA_HEARTBEAT_INTERVAL_MS", "2000".to_owned()),
         // The production transaction timeout too, longer than the broker is
-        // down here. With the test kit's 10 s, the broker's restart aborted
-        // the transactions open before it, and a stage that had sent its
-        // offsets just before the outage could have them written after that
-        // abort (librdkafka sends the queued request when the broker is
-        // back): offsets pending for an ended transaction, which no marker
-        // ever completes, so the stage's next incarnation waited for its
-        // committed offsets forever (README, stream runtime, "A member that
-        // holds partitions and fetches none"; Kafka's
-        // transaction version 2, KIP-890, closes that, librdkafka does not
-        // use it).
+        // down here, as in production. (Offset commits left pending by a
+        // stage across the broker restart once stalled its next
+        // incarnations; every stage now ends them when it starts: README,
+        // stream runtime, "A member that holds partitions and fetches none".)
         ("TRANSACTION_TIMEOUT", "60s".to_owned()),
     ];
     let stage_vars: [(&'static str, Vec<(&str, String)>); 6] = [
