@@ -559,9 +559,7 @@ pub async fn run<D: Deferred>(
         let (kafka, timeout) = (kafka.clone(), args.transaction_timeout);
         let (group, topic) = (crate::stream::group_id(&kafka, stage), kafka.topic(input));
         tokio::task::spawn_blocking(move || {
-            let txns = Transactions::init(&kafka, stage, timeout)?;
-            txns.end_pending_offsets(&kafka, stage, &group, &topic)?;
-            Ok::<_, String>(txns)
+            Transactions::init_for_group(&kafka, stage, timeout, &group, Some(&topic))
         })
         .await?
         .map_err(anyhow::Error::msg)?

@@ -1579,19 +1579,21 @@ pub async fn run<P: Processor>(
         }
     }
 
-    // The transactional producers; init_transactions fences an earlier
-    // instance with the same transactional ids and aborts what it left open,
-    // and end_pending_offsets what it left pending outside a transaction.
+    // The transactional producer; init_transactions fences an earlier
+    // instance with the same transactional id and aborts what it left open,
+    // and end_pending_offsets ends what it left pending outside a transaction.
     let txns = {
         let (kafka, transaction_timeout) = (kafka.clone(), args.transaction_timeout);
         let group = group_id(&kafka, stage);
         let topic = inputs.first().map(|(_, full)| full.clone());
         tokio::task::spawn_blocking(move || {
-            let txns = Transactions::init(&kafka, stage, transaction_timeout)?;
-            if let Some(topic) = topic {
-                txns.end_pending_offsets(&kafka, stage, &group, &topic)?;
-            }
-            Ok::<_, String>(txns)
+            Transactions::init_for_group(
+                &kafka,
+                stage,
+                transaction_timeout,
+                &group,
+                topic.as_deref(),
+            )
         })
         .await
         .map_err(|e| StreamError::Setup(e.to_string()))?

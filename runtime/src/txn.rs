@@ -167,6 +167,26 @@ impl Transactions {
         Ok(txns)
     }
 
+    /// [`Transactions::init`], then [`Transactions::end_pending_offsets`] for
+    /// the consumer `group` of the stage (when it reads a `topic`): what both
+    /// drivers do before their consumer joins. Blocks like `init`.
+    ///
+    /// # Errors
+    /// Those of both.
+    pub fn init_for_group(
+        kafka: &KafkaArgs,
+        stage: &str,
+        transaction_timeout: Duration,
+        group: &str,
+        topic: Option<&str>,
+    ) -> Result<Self, String> {
+        let txns = Self::init(kafka, stage, transaction_timeout)?;
+        if let Some(topic) = topic {
+            txns.end_pending_offsets(kafka, stage, group, topic)?;
+        }
+        Ok(txns)
+    }
+
     /// Ends the offsets of `group` that an earlier instance with the same
     /// transactional id left pending without a transaction: one transaction
     /// that adds the group's offsets (partition 0 of `topic`, any offset) and
@@ -208,9 +228,10 @@ impl Transactions {
         self.begin()
             .map_err(|e| format!("begin_transaction: {e}"))?;
         self.beat();
-        let sent =
+        let sent = crate::kafka::send_offsets_once(|| {
             self.producer
-                .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout);
+                .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout)
+        });
         if let Err(error) = &sent {
             if is_fatal(error) {
                 return Err(format!("send_offsets_to_transaction: {error}"));
