@@ -264,6 +264,18 @@ pub trait Processor: Send + 'static {
         None
     }
 
+    /// Whether someone waits on `outputs`, the records one input (or timer)
+    /// writes: a user on the reply they lead to. A drained batch in which
+    /// nothing was urgent is not committed at once: it waits up to the
+    /// commit interval for an urgent record and goes with that one's
+    /// transaction, which spares the broker a transaction per delivery status
+    /// or state-only change. Exactly-once is the same either way; only when
+    /// the outputs become visible changes. The default: any output is urgent
+    /// (a state change alone is not: only a restore reads the changelog).
+    fn urgent(&self, outputs: &[Output]) -> bool {
+        !outputs.is_empty()
+    }
+
     /// Handles a due timer: the timer of `ctx.key` has been removed from its
     /// entry before the call (set it again to re-arm). Outputs and state changes
     /// commit in one transaction with the timer's removal, so a timer fires

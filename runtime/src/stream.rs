@@ -15,11 +15,14 @@
 //! latency, high load gets batches. A stage off the reply path (lifecycle,
 //! voice-link) lets a drained batch wait up to its `batch_linger` for more
 //! records ([`StreamSpec::batch_linger`], `BATCH_LINGER`), which spares the
-//! broker most of its transactions under load. A batch that writes nothing
-//! but offsets (records the processor ignores, such as the delivery
-//! statuses most stages skip) is not committed on its own: it waits up to
-//! `COMMIT_INTERVAL` for a record that writes, and its offsets go with that
-//! one's transaction. The commit writes, atomically:
+//! broker most of its transactions under load. A batch whose records wrote
+//! nothing anyone waits on ([`Processor::urgent`]: by default, no output
+//! at all, such as records the processor ignores or that only change its
+//! state; in normalize, delivery statuses too) is not committed on its own:
+//! it waits up to `COMMIT_INTERVAL` for a record that writes such outputs,
+//! and goes with that one's transaction. Nothing is lost by the wait: read
+//! again after a crash, the records do the same again. The commit writes,
+//! atomically:
 //! the batch's outputs and dead letters, the changelog records of every state
 //! key the batch changed, and the consumer offsets (`send_offsets_to_transaction`
 //! with the consumer's group metadata). Readers use `read_committed`, so they
@@ -203,6 +206,7 @@ pub struct StreamSpec {
 pub struct StreamArgs {
     /// Longest time a transaction stays open under load: a batch is committed
     /// when the input is drained, after this long, or after MAX_BATCH records.
+    /// A batch that wrote nothing urgent waits this long for one that does.
     #[arg(long, env = "COMMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub commit_interval: Duration,
 
@@ -374,13 +378,16 @@ struct Txn {
     offsets: HashMap<(String, i32), i64>,
     /// Partitions whose timers fired in this transaction.
     timer_partitions: HashSet<i32>,
+    /// Whether the batch wrote outputs someone waits on
+    /// ([`Processor::urgent`]): only then does a drained batch commit at once.
+    urgent: bool,
 }
 
 struct Core<P: Processor> {
     stage: &'static str,
     /// How long a drained batch waits for more records (see [`StreamSpec`]).
     batch_linger: Duration,
-    /// `COMMIT_INTERVAL`: how long a batch that writes nothing but offsets waits.
+    /// `COMMIT_INTERVAL`: how long a batch that wrote nothing urgent waits.
     commit_interval: Duration,
     prefix: String,
     inputs: Vec<(&'static str, String)>,
@@ -451,6 +458,7 @@ impl<P: Processor> Core<P> {
                 links: 0,
                 offsets: HashMap::new(),
                 timer_partitions: HashSet::new(),
+                urgent: false,
             });
         }
         Ok(())
@@ -656,6 +664,11 @@ impl<P: Processor> Core<P> {
         outputs: &[Output],
         traceparent: Option<&str>,
     ) -> Result<Option<String>, Step> {
+        if self.processor.urgent(outputs)
+            && let Some(txn) = self.txn.as_mut()
+        {
+            txn.urgent = true;
+        }
         let mut encoded = Vec::with_capacity(outputs.len());
         for output in outputs {
             let full = format!("{}{}", self.prefix, output.topic());
@@ -786,24 +799,14 @@ impl<P: Processor> Core<P> {
         }
     }
 
-    /// How long a drained batch waits for more records: its `batch_linger`,
-    /// or, while it writes nothing but offsets, the commit interval.
+    /// How long a drained batch waits for more records: its `batch_linger`
+    /// when it wrote outputs someone waits on; otherwise the commit interval.
     fn linger(&self) -> Duration {
-        if self.quiet() {
-            self.commit_interval
-        } else {
+        if self.txn.as_ref().is_some_and(|t| t.urgent) {
             self.batch_linger
+        } else {
+            self.commit_interval
         }
-    }
-
-    /// Whether the open batch has written nothing (no output, no dead letter,
-    /// no state change): only its offsets would be committed. Such records
-    /// (the delivery statuses a stage ignores, say) need no reader to see
-    /// anything soon, so their offsets wait for the next batch that writes,
-    /// or the commit interval, instead of a transaction each. Read again
-    /// after a crash, they change nothing again.
-    fn quiet(&self) -> bool {
-        self.txns.written() == 0 && self.stores.values().all(|s| !s.is_dirty())
     }
 
     /// Whether a drained batch has waited long enough to commit.

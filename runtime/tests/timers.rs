@@ -2,7 +2,8 @@
 //! survives its shutdown, fires once in the next instance (restored from the
 //! changelog), and does not fire again in a third. Also the batch linger:
 //! records arriving within it share one transaction; and records that write
-//! nothing wait for the next one that does.
+//! nothing anyone waits on (nothing at all, only state, or outputs the
+//! processor does not call urgent) wait for the next one that does.
 //!
 //! ```sh
 //! eval "$(dev/stack env)"; cargo test -p si-runtime --test timers -- --nocapture
@@ -29,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 const DELAY_MS: i64 = 8_000;
 
 /// On a command `arm`: keeps an entry with a timer `DELAY_MS` ahead and says
-/// `armed-<key>`; on `mark`: says `mark-<key>-<command id>`; on the timer:
+/// `armed-<key>`; on `quiet…`: nothing; on `note…`: keeps an entry, says
+/// nothing; on `status…`: says `status-<key>-<command id>`, which is not
+/// urgent; on anything else: says `mark-<key>-<command id>`; on the timer:
 /// says `fired-<key>`. Everything it says goes to `si.archival.v1`.
 struct Alarm;
 
@@ -72,8 +75,24 @@ impl Processor for Alarm {
             }
             // Ignored: nothing written, no state touched.
             quiet if quiet.starts_with("quiet") => Ok(Vec::new()),
+            // State only.
+            note if note.starts_with("note") => {
+                state.put(key.clone(), common::state_entry(&key, None));
+                Ok(Vec::new())
+            }
+            status if status.starts_with("status") => {
+                Ok(vec![say(&key, format!("status-{key}-{status}"))])
+            }
             other => Ok(vec![say(&key, format!("mark-{key}-{other}"))]),
         }
+    }
+
+    fn urgent(&self, outputs: &[Output]) -> bool {
+        outputs.iter().any(|output| {
+            output
+                .record::<ArchivalRequest>()
+                .is_none_or(|said| !said.request_id.starts_with("status-"))
+        })
     }
 
     fn on_timer(
@@ -300,7 +319,7 @@ async fn records_within_the_batch_linger_share_one_transaction() -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_that_write_nothing_commit_with_the_next_that_does() -> anyhow::Result<()> {
+async fn records_that_write_nothing_urgent_commit_with_the_next_that_does() -> anyhow::Result<()> {
     let env = TestEnv::start().await?;
     let key = "conv-quiet";
     // No linger: a drained batch that writes commits at once.
@@ -309,34 +328,35 @@ async fn records_that_write_nothing_commit_with_the_next_that_does() -> anyhow::
         .await?;
     said_until(&env, &format!("mark-{key}-warm")).await?;
     let before = runner.metrics.batch_records.get_sample_count();
-    // Three ignored commands, 30 ms apart (each its own drained batch),
-    // then one that is answered.
-    for i in 0..3 {
-        env.produce(
-            topics::COMMANDS,
-            key,
-            &common::command(&format!("quiet{i}"), key),
-        )
-        .await?;
+    // An ignored command, a state-only one and one whose output is not
+    // urgent, 30 ms apart (each its own drained batch), then one that is
+    // answered.
+    for command in ["quiet0", "note1", "status2"] {
+        env.produce(topics::COMMANDS, key, &common::command(command, key))
+            .await?;
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     env.produce(topics::COMMANDS, key, &common::command("after", key))
         .await?;
     let said = said_until(&env, &format!("mark-{key}-after")).await?;
     // The answer is readable, so its transaction committed: with it, the
-    // offsets of the ignored commands.
+    // offsets, state and output of the three before.
     let (committed, end) =
         si_testkit::throughput::group_progress(&env, "si-timer-test", topics::COMMANDS)?;
     let transactions = runner.metrics.batch_records.get_sample_count() - before;
     runner.stop().await?;
     assert_eq!(
-        said.len(),
-        2,
-        "only the answered commands said anything: {said:?}"
+        said,
+        vec![
+            format!("mark-{key}-warm"),
+            format!("status-{key}-status2"),
+            format!("mark-{key}-after")
+        ],
+        "the not-urgent output is written, in order"
     );
     assert_eq!(
         transactions, 1,
-        "three ignored commands and an answered one: one transaction"
+        "three commands nobody waits on and an answered one: one transaction"
     );
     assert_eq!(committed, end, "every command's offset committed");
     Ok(())

@@ -962,6 +962,16 @@ impl Processor for Normalizer {
     type Input = TwilioWebhook;
     type State = NormalizeState;
 
+    /// A message's delivery status is on nobody's reply path: it commits
+    /// with the next inbound message, or after the commit interval.
+    fn urgent(&self, outputs: &[Output]) -> bool {
+        outputs.iter().any(|output| {
+            output
+                .record::<ConversationEvent>()
+                .is_none_or(|event| event.event_type != ConversationEventType::DeliveryUpdated)
+        })
+    }
+
     fn process(
         &mut self,
         ctx: &RecordContext<'_>,
@@ -1772,6 +1782,29 @@ mod tests {
         assert_eq!(status.conversation_id, e.conversation_id);
         assert_eq!(status.dedup_key, "SM3:MessageStatus:delivered");
         assert_eq!(status.delivery.unwrap().status, DeliveryState::Delivered);
+    }
+
+    #[test]
+    fn only_a_delivery_status_waits_to_commit_with_the_next_message() {
+        let mut run = Run::new();
+        let message = run.outputs(inbound(None, "SM1", "+16285550100"));
+        assert!(
+            run.n.urgent(&message),
+            "a user's message is on the reply path"
+        );
+        let status = run.outputs(hook(
+            WebhookRoute::MessagingStatus,
+            None,
+            &[
+                ("MessageSid", "SM3"),
+                ("MessageStatus", "delivered"),
+                ("From", "+14155550199"),
+                ("To", "+16285550100"),
+            ],
+        ));
+        assert!(!status.is_empty(), "the status is written");
+        assert!(!run.n.urgent(&status), "but nobody waits on it");
+        assert!(!run.n.urgent(&[]), "nor on nothing");
     }
 
     #[test]
