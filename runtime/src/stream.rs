@@ -664,11 +664,6 @@ impl<P: Processor> Core<P> {
         outputs: &[Output],
         traceparent: Option<&str>,
     ) -> Result<Option<String>, Step> {
-        if self.processor.urgent(outputs)
-            && let Some(txn) = self.txn.as_mut()
-        {
-            txn.urgent = true;
-        }
         let mut encoded = Vec::with_capacity(outputs.len());
         for output in outputs {
             let full = format!("{}{}", self.prefix, output.topic());
@@ -707,6 +702,13 @@ impl<P: Processor> Core<P> {
                 .records_out
                 .with_label_values(&[output.topic()])
                 .inc();
+        }
+        // Only outputs that were sent make the batch urgent (not ones that
+        // failed to encode and left a dead letter instead).
+        if self.processor.urgent(outputs)
+            && let Some(txn) = self.txn.as_mut()
+        {
+            txn.urgent = true;
         }
         Ok(None)
     }

@@ -36,7 +36,7 @@
 //! committed offsets; nothing of the open transaction was committed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -127,8 +127,6 @@ pub struct Transactions {
     /// When the loop last checked in (ms since the process's watchdog epoch).
     beat: Arc<AtomicU64>,
     epoch: Instant,
-    /// Records handed to the producer since the transaction began.
-    written: AtomicUsize,
 }
 
 impl Transactions {
@@ -161,7 +159,6 @@ impl Transactions {
             call_timeout: transaction_timeout.min(MAX_CALL_TIMEOUT),
             beat: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
-            written: AtomicUsize::new(0),
         };
         txns.start_watchdog(stage);
         Ok(txns)
@@ -297,14 +294,7 @@ impl Transactions {
     /// librdkafka's.
     pub fn begin(&self) -> KafkaResult<()> {
         self.beat();
-        self.written.store(0, Ordering::Relaxed);
         self.producer.begin_transaction()
-    }
-
-    /// How many records the open transaction has written so far.
-    #[must_use]
-    pub fn written(&self) -> usize {
-        self.written.load(Ordering::Relaxed)
     }
 
     /// Hands `record` to the producer, waiting while its queue is full.
@@ -318,10 +308,7 @@ impl Transactions {
     {
         loop {
             match self.producer.send(record) {
-                Ok(()) => {
-                    self.written.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     // Back-pressure: the background thread is delivering.
