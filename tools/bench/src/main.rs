@@ -11,7 +11,7 @@ use clap::Parser;
 use si_bench::accounting::{Ledger, seq_in};
 use si_bench::load::{self, Plan, Sent, now_ms};
 use si_bench::procfs::{Window, ticks_per_second};
-use si_bench::report::{RunResult, Timeline, markdown};
+use si_bench::report::{RunResult, Timeline, markdown, warmup_line};
 use si_bench::topics::{Hop, stamps};
 use si_schemas::records::Channel;
 use si_testkit::{StageProcess, TestEnv, free_port, repo_root};
@@ -46,6 +46,15 @@ struct Args {
     /// How long each rate sends, e.g. `20s`.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Before the measured rates, send this long at `--warmup-rate` and wait
+    /// for the replies, reported on one line but not in the tables: a broker
+    /// started moments before (as `dev/bench` does on a fresh machine) spends
+    /// its first minutes of load compiling its hot paths. `0s` for none.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Arrival rate of the warm-up, messages per second.
+    #[arg(long, default_value_t = 50.0)]
+    warmup_rate: f64,
     /// Distinct users, writing round-robin (pre-seeded as opted in, so no
     /// welcome: every message gets exactly one reply).
     #[arg(long, default_value_t = 2000)]
@@ -295,20 +304,20 @@ async fn run_rate(
     args: &Args,
     short_codes: usize,
     rate: f64,
+    duration: Duration,
     cursor: Cursor,
 ) -> anyhow::Result<(RunResult, Cursor)> {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let plan = Plan {
         run: run.clone(),
         rate,
-        duration: args.duration,
+        duration,
         users: args.users,
         short_codes,
         max_outstanding: args.max_outstanding,
     };
     eprintln!(
-        "si-bench: {rate} msg/s for {:?}: {} messages from {} users to {short_codes} short codes (run {run})",
-        args.duration,
+        "si-bench: {rate} msg/s for {duration:?}: {} messages from {} users to {short_codes} short codes (run {run})",
         plan.messages(),
         args.users
     );
@@ -437,6 +446,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         args.rates.iter().all(|r| r.is_finite() && *r > 0.0),
         "--rates: every rate must be a positive number"
     );
+    anyhow::ensure!(
+        args.warmup_rate.is_finite() && args.warmup_rate > 0.0,
+        "--warmup-rate must be a positive number"
+    );
     anyhow::ensure!(args.users > 0, "--users must be at least 1");
     let highest = args.rates.iter().copied().fold(0.0, f64::max);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -451,10 +464,25 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     );
     let pipeline = start(&args).await?;
     eprintln!("si-bench: every stage ready");
-    let mut results = Vec::new();
     let mut cursor = Cursor::default();
+    let mut warmup = None;
+    if !args.warmup.is_zero() {
+        let (result, read) = run_rate(
+            &pipeline,
+            &args,
+            short_codes,
+            args.warmup_rate,
+            args.warmup,
+            cursor,
+        )
+        .await?;
+        cursor = read;
+        warmup = Some(result);
+    }
+    let mut results = Vec::new();
     for rate in &args.rates {
-        let (result, read) = run_rate(&pipeline, &args, short_codes, *rate, cursor).await?;
+        let (result, read) =
+            run_rate(&pipeline, &args, short_codes, *rate, args.duration, cursor).await?;
         cursor = read;
         results.push(result);
     }
@@ -463,9 +491,13 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "{header}; release build, each stage one process, {} users, {short_codes} short codes, {:?} per rate, open loop\n",
         args.users, args.duration
     );
+    if let Some(w) = &warmup {
+        println!("{}\n", warmup_line(w, args.warmup));
+    }
     print!("{}", markdown(&results));
     let lost: usize = results
         .iter()
+        .chain(&warmup)
         .map(|r| r.tally.lost + r.tally.duplicated)
         .sum();
     if lost > 0 {

@@ -147,6 +147,39 @@ fn rate_cell(rate: f64) -> String {
     }
 }
 
+/// The warm-up's one line: what it sent and how it was answered, and the
+/// broker's CPU (the JIT compiling is what it is for).
+#[must_use]
+pub fn warmup_line(r: &RunResult, duration: std::time::Duration) -> String {
+    let e2e = r.e2e.as_ref().map_or_else(
+        || "no replies".to_owned(),
+        |s| format!("e2e p50 {} ms, p99 {} ms", s.p50, s.p99),
+    );
+    let broker = r
+        .usage
+        .iter()
+        .find(|u| u.name == "kafka")
+        .and_then(|u| u.cpu_percent)
+        .map_or_else(String::new, |cpu| format!("; kafka {cpu:.0} % of a core"));
+    let outcome: Vec<String> = OUTCOME
+        .iter()
+        .zip(outcome(&r.tally))
+        .map(|(name, n)| format!("{n} {name}"))
+        .collect();
+    format!(
+        "Warm-up, not in the tables: {} msg/s for {duration:?}, {}; {e2e}{broker}",
+        rate_cell(r.rate),
+        outcome.join(", "),
+    )
+}
+
+/// The outcome columns of a run, in the tables' order.
+const OUTCOME: [&str; 5] = ["sent", "accepted", "replied", "lost", "duplicated"];
+
+fn outcome(t: &Tally) -> [usize; 5] {
+    [t.sent, t.accepted, t.replied, t.lost, t.duplicated]
+}
+
 /// The markdown tables: outcome and end to end, per hop, per stage.
 #[must_use]
 pub fn markdown(results: &[RunResult]) -> String {
@@ -171,13 +204,9 @@ pub fn markdown(results: &[RunResult]) -> String {
             .map_or_else(|| "–".to_owned(), |rate| format!("{rate:.0}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             rate_cell(r.rate),
-            r.tally.sent,
-            r.tally.accepted,
-            r.tally.replied,
-            r.tally.lost,
-            r.tally.duplicated,
+            outcome(&r.tally).map(|n| n.to_string()).join(" | "),
             field(|s| s.p50),
             field(|s| s.p90),
             field(|s| s.p99),
@@ -309,6 +338,52 @@ mod tests {
             throughput
                 .iter()
                 .all(|(_, r)| r.is_some_and(|r| (r - 1.0).abs() < 1e-9))
+        );
+    }
+
+    #[test]
+    fn the_warmup_line_and_the_table_give_the_same_outcome() {
+        let mut ledger = crate::accounting::Ledger::default();
+        for seq in 0..3 {
+            ledger.sent(seq, true);
+        }
+        ledger.replied(0);
+        ledger.replied(1);
+        ledger.replied(1);
+        let result = RunResult {
+            rate: 50.0,
+            tally: ledger.tally(),
+            late_sends: 0,
+            max_lag_ms: 0,
+            refused_at_twilio: 0,
+            other_messages: 0,
+            topic_duplicates: Vec::new(),
+            hops: Vec::new(),
+            e2e: Some(Summary {
+                count: 2,
+                p50: 12,
+                p90: 30,
+                p99: 41,
+                max: 41,
+            }),
+            throughput: Vec::new(),
+            usage: vec![crate::procfs::Usage {
+                name: "kafka".to_owned(),
+                cpu_percent: Some(87.4),
+                peak_rss_mib: None,
+            }],
+        };
+        assert_eq!(
+            warmup_line(&result, std::time::Duration::from_secs(20)),
+            "Warm-up, not in the tables: 50 msg/s for 20s, 3 sent, 3 accepted, 2 replied, 1 lost, \
+             1 duplicated; e2e p50 12 ms, p99 41 ms; kafka 87 % of a core"
+        );
+        let table = markdown(&[result]);
+        // The tables' first row has the same outcome, column by column.
+        assert!(
+            table.contains("\n| 50 | 3 | 3 | 2 | 1 | 1 | 12 | 30 | 41 | 41 | – |\n"),
+            "{}",
+            table
         );
     }
 }
