@@ -254,7 +254,8 @@ pub struct EgressArgs {
 
     /// Cap on concurrent Twilio requests of one egress replica (the account-wide
     /// figure is this × replicas). Taken after a sender's rate cells, so a
-    /// message waiting for a slow sender never holds one.
+    /// message waiting for a slow sender never holds one; given back when
+    /// Twilio answers, before the ledger write.
     #[arg(long, env = "EGRESS_MAX_CONCURRENCY", default_value_t = 32)]
     pub max_concurrency: usize,
     /// How long a sender with nothing queued keeps its task and limiter before

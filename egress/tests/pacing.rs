@@ -269,3 +269,66 @@ async fn idle_senders_are_reclaimed_and_come_back() -> anyhow::Result<()> {
     sandbox.shutdown().await;
     Ok(())
 }
+
+/// A concurrency permit covers the Twilio request, not what follows it: with
+/// a cap of one and every ledger write held back for seconds (`linger.ms`,
+/// which the ledger producer takes from the `KAFKA_*` pass-through), a short
+/// code's operations still leave one after another at its rate. Held until
+/// the ledger write is acknowledged, each would wait a whole linger for the
+/// one before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permit_is_given_back_when_twilio_answers_not_after_the_ledger_write()
+-> anyhow::Result<()> {
+    const LINGER_MS: i64 = 3_000;
+    let env = TestEnv::start().await?;
+    let sandbox = sandbox().await?;
+    let ops: Vec<OutboundOperation> = (0..10)
+        .map(|i| op(&format!("pm-{i}"), &format!("CHP{i:031}"), SHORT_CODE))
+        .collect();
+    // All queued before egress starts, so they arrive in its first fetches.
+    produce_ops(&env, &ops).await?;
+    let linger = LINGER_MS.to_string();
+    let egress = Egress::spawn(
+        &env,
+        &sandbox,
+        "permit",
+        &[
+            ("EGRESS_MAX_CONCURRENCY", "1"),
+            ("EGRESS_RATE_SHORT_CODE", "100"),
+            ("KAFKA_LINGER_MS", linger.as_str()),
+        ],
+    )?;
+    let sent = |requests: &[RequestRecord]| {
+        requests
+            .iter()
+            .filter(|r| r.status == 201)
+            .filter(|r| {
+                r.operation_id
+                    .as_deref()
+                    .is_some_and(|id| id.starts_with("pm-"))
+            })
+            .count()
+    };
+    common::wait_for("every operation's request", Duration::from_secs(90), || {
+        sent(&sandbox.requests()) == ops.len()
+    })
+    .await?;
+    let requests = sandbox.requests();
+    let at: Vec<i64> = (0..ops.len())
+        .map(|i| sent_at(&requests, &format!("pm-{i}")))
+        .collect();
+    let span = at.iter().max().expect("ten") - at.iter().min().expect("ten");
+    eprintln!(
+        "[permit] {} requests in {span} ms under a cap of 1",
+        ops.len()
+    );
+    assert!(
+        span < LINGER_MS,
+        "{} requests took {span} ms under a cap of 1: each waited for the ledger write \
+         before it ({LINGER_MS} ms linger)",
+        ops.len()
+    );
+    egress.stop().await?;
+    sandbox.shutdown().await;
+    Ok(())
+}

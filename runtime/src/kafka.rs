@@ -30,16 +30,37 @@ pub fn client_config(kafka: &KafkaArgs, stage: &str) -> ClientConfig {
 /// Keys are hashed with `murmur2_random`, the Java client's partitioner, so every
 /// producer of a co-partitioned topic (ours, and other teams' Java or Python
 /// clients writing e.g. `si.responses.v1`) puts one key in the same partition.
+///
+/// Those are guarantees and always set. The tuning, zstd (what the topics
+/// store) and `linger.ms` 2, yields to a `KAFKA_COMPRESSION_TYPE` or
+/// `KAFKA_LINGER_MS` pass-through.
 #[must_use]
 pub fn durable_producer_config(kafka: &KafkaArgs, stage: &str) -> ClientConfig {
     let mut config = client_config(kafka, stage);
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("partitioner", "murmur2_random")
-        .set("compression.type", "zstd")
-        .set("linger.ms", "2");
+        .set("partitioner", "murmur2_random");
+    set_unless_passed(
+        &mut config,
+        &kafka.properties(),
+        &[("compression.type", "zstd"), ("linger.ms", "2")],
+    );
     config
+}
+
+/// Sets each of `defaults` that `passed` (the `KAFKA_*` pass-through) does
+/// not name.
+pub(crate) fn set_unless_passed(
+    config: &mut ClientConfig,
+    passed: &std::collections::BTreeMap<String, String>,
+    defaults: &[(&str, &str)],
+) {
+    for (key, value) in defaults {
+        if !passed.contains_key(*key) {
+            config.set(*key, *value);
+        }
+    }
 }
 
 /// A consumer that only sees committed transactional data and never commits on its own.
@@ -377,6 +398,26 @@ mod tests {
         }
         assert_eq!(dynamic.fatal(), None);
         assert!(static_member.fatal().is_some());
+    }
+
+    #[test]
+    fn tuning_defaults_yield_to_the_pass_through_and_guarantees_do_not() {
+        let config = durable_producer_config(&kafka(), "egress");
+        assert_eq!(config.get("linger.ms"), Some("2"));
+        assert_eq!(config.get("compression.type"), Some("zstd"));
+        assert_eq!(config.get("acks"), Some("all"));
+
+        let mut passed = std::collections::BTreeMap::new();
+        passed.insert("linger.ms".to_owned(), "50".to_owned());
+        let mut config = ClientConfig::new();
+        config.set("linger.ms", "50");
+        set_unless_passed(
+            &mut config,
+            &passed,
+            &[("linger.ms", "2"), ("compression.type", "zstd")],
+        );
+        assert_eq!(config.get("linger.ms"), Some("50"), "the pass-through wins");
+        assert_eq!(config.get("compression.type"), Some("zstd"));
     }
 
     #[test]

@@ -91,16 +91,15 @@ pub fn transactional_producer_config(
             "transaction.timeout.ms",
             transaction_timeout.as_millis().to_string(),
         );
-    let passed = kafka.properties();
-    for (key, value) in [
-        ("linger.ms", "0"),
-        ("retry.backoff.ms", "5"),
-        ("retry.backoff.max.ms", "5"),
-    ] {
-        if !passed.contains_key(key) {
-            config.set(key, value);
-        }
-    }
+    crate::kafka::set_unless_passed(
+        &mut config,
+        &kafka.properties(),
+        &[
+            ("linger.ms", "0"),
+            ("retry.backoff.ms", "5"),
+            ("retry.backoff.max.ms", "5"),
+        ],
+    );
     config
 }
 
