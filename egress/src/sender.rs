@@ -431,10 +431,8 @@ enum Attempted {
 ///
 /// `permit` (of `EGRESS_MAX_CONCURRENCY`) is given back as soon as Twilio
 /// answers (at the end when no request is made): it caps requests to
-/// Twilio, not the ledger write and the
-/// terminal records after them, which under a busy broker take longer than
-/// the request (held through them, 32 permits capped a replica near 290
-/// operations/s in `dev/bench` at 300 msg/s).
+/// Twilio, not the ledger write and terminal records after them, which a
+/// busy broker can make longer than the request itself.
 async fn attempt(
     ctx: &SendContext,
     job: &Job,
