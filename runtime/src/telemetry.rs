@@ -198,9 +198,21 @@ fn fmt_layer(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
     // Colours only on a terminal: log files and collectors get plain text,
     // and no escape codes are formatted for every span.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    fmt_layer_to(format, ansi, std::io::stdout)
+}
+
+fn fmt_layer_to<W>(
+    format: LogFormat,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn Layer<Registry> + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let layer = tracing_subscriber::fmt::layer()
         .with_target(true)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match format {
         LogFormat::Json => layer
             .json()
@@ -211,12 +223,35 @@ fn fmt_layer(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
     }
 }
 
+/// The log lines' layer, filtered by `LOG_LEVEL`, on its own.
+///
+/// Not with an `Option` layer that is `None` when traces are off: a `None`
+/// layer wants every callsite, so each one `LOG_LEVEL` filters out became
+/// "sometimes" instead of "never", was asked about at every call, and its
+/// "no" stayed behind on the thread: the next line written there, an
+/// "always" callsite that is not asked, was dropped (tracing issue 2519).
+/// Under `LOG_LEVEL=info,librdkafka=warn` that cost "transactional producer
+/// ready" and "consumer group" every time (rdkafka asks `enabled!` for
+/// target `librdkafka` when it builds a client config) and "partitions
+/// assigned" now and then.
+fn log_lines(
+    layer: Box<dyn Layer<Registry> + Send + Sync>,
+    filter: EnvFilter,
+) -> impl tracing::Subscriber + Send + Sync + for<'a> tracing_subscriber::registry::LookupSpan<'a> {
+    tracing_subscriber::registry().with(layer.with_filter(filter))
+}
+
+/// Installs `subscriber` as the global default (and `log` records as its
+/// events); whether this call installed it (a second call, in tests, does
+/// not).
+fn install(subscriber: impl tracing::Subscriber + Send + Sync + 'static) -> bool {
+    subscriber.try_init().is_ok()
+}
+
 /// Logs only (tools without trace settings). Later calls (tests) are no-ops.
 pub fn init(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::registry()
-        .with(fmt_layer(format).with_filter(filter))
-        .try_init();
+    let env = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    install(log_lines(fmt_layer(format), env));
 }
 
 /// Logs, and traces when an OTLP endpoint is configured. `service_name` is
@@ -247,11 +282,11 @@ pub fn start(service_name: &str, service: &ServiceArgs) -> Telemetry {
             .with_tracked_inactivity(false)
             .with_filter(FilterFn::new(ours))
     });
-    let installed = tracing_subscriber::registry()
-        .with(fmt_layer(service.log_format).with_filter(filter))
-        .with(otel)
-        .try_init()
-        .is_ok();
+    let lines = log_lines(fmt_layer(service.log_format), filter);
+    let installed = match otel {
+        Some(otel) => install(lines.with(otel)),
+        None => install(lines),
+    };
     if let Some(problem) = problem {
         tracing::error!(%problem, "traces are not exported");
     }
@@ -337,6 +372,58 @@ impl opentelemetry_http::HttpClient for OtlpHttp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A callsite of its own for each test metadata.
+    macro_rules! metadata {
+        ($name:ident, $target:literal, $level:expr) => {
+            mod $name {
+                use tracing::callsite::{Callsite, Identifier};
+                use tracing::field::FieldSet;
+                use tracing::metadata::Kind;
+                use tracing::subscriber::Interest;
+                use tracing::{Level, Metadata};
+
+                pub struct Site;
+                pub static SITE: Site = Site;
+                pub static META: Metadata<'static> = Metadata::new(
+                    stringify!($name),
+                    $target,
+                    $level,
+                    None,
+                    None,
+                    None,
+                    FieldSet::new(&["message"], Identifier(&SITE)),
+                    Kind::EVENT,
+                );
+                impl Callsite for Site {
+                    fn set_interest(&self, _: Interest) {}
+                    fn metadata(&self) -> &Metadata<'_> {
+                        &META
+                    }
+                }
+            }
+        };
+    }
+    metadata!(rdkafka_hint, "librdkafka", Level::INFO);
+    metadata!(our_line, "si_runtime::stream", Level::INFO);
+
+    fn lines(level: &str) -> impl tracing::Subscriber + Send + Sync {
+        log_lines(
+            fmt_layer_to(LogFormat::Text, false, std::io::sink),
+            EnvFilter::new(level),
+        )
+    }
+
+    #[test]
+    fn a_callsite_log_level_filters_out_is_never_asked_about_again() {
+        use tracing::Subscriber as _;
+        let subscriber = lines("info,librdkafka=warn");
+        assert!(
+            subscriber.register_callsite(&rdkafka_hint::META).is_never(),
+            "filtered out: never, not sometimes"
+        );
+        assert!(subscriber.register_callsite(&our_line::META).is_always());
+    }
 
     #[test]
     fn the_traces_url_follows_the_opentelemetry_variables() {
