@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use si_schemas::records::{DeliveryStatus, InboundMessage, OutboundOperation};
+use si_schemas::records::{ConversationEvent, DeliveryStatus, InboundMessage, OutboundOperation};
 use si_schemas::topics;
-use si_testkit::{PrivateBroker, StageProcess, TestEnv, free_port};
+use si_testkit::{Located, PrivateBroker, StageProcess, TestEnv, free_port};
 use twilio_sandbox::{InboundSms, Sandbox, SandboxConfig, SandboxHandle};
 
 const SI_NUMBER: &str = "+14155550100";
@@ -41,17 +41,23 @@ struct Scenario {
     users: usize,
     rate_per_second: u32,
     kills: usize,
+    /// Broker restarts, spread over the kills.
+    broker_restarts: usize,
     /// Most time between one stage processing again and the next kill.
     max_pause: Duration,
 }
 
 impl Scenario {
+    /// The CI scenario, the operator's with `SI_CHAOS_LONG=1`;
+    /// `SI_CHAOS_KILLS` and `SI_CHAOS_BROKER_RESTARTS` change the counts
+    /// (more broker restarts hunt a rare failure faster).
     fn from_env() -> Self {
-        if std::env::var_os("SI_CHAOS_LONG").is_some() {
+        let mut scenario = if std::env::var_os("SI_CHAOS_LONG").is_some() {
             Self {
                 users: 60,
                 rate_per_second: 30,
                 kills: 12,
+                broker_restarts: 1,
                 max_pause: Duration::from_secs(6),
             }
         } else {
@@ -59,9 +65,32 @@ impl Scenario {
                 users: 12,
                 rate_per_second: 6,
                 kills: 6,
+                broker_restarts: 1,
                 max_pause: Duration::from_secs(3),
             }
+        };
+        let count = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+        if let Some(kills) = count("SI_CHAOS_KILLS") {
+            scenario.kills = kills;
         }
+        if let Some(restarts) = count("SI_CHAOS_BROKER_RESTARTS") {
+            scenario.broker_restarts = restarts;
+        }
+        scenario.kills = scenario.kills.max(scenario.broker_restarts);
+        scenario
+    }
+
+    /// Whether the broker is restarted after kill `kill` (0-based): after
+    /// every `kills / broker_restarts`-th kill, the first half-way there.
+    fn broker_restart_after(&self, kill: usize) -> bool {
+        if self.broker_restarts == 0 {
+            return false;
+        }
+        let every = self.kills / self.broker_restarts;
+        let first = every.div_ceil(2).max(1);
+        kill + 1 >= first
+            && (kill + 1 - first).is_multiple_of(every)
+            && (kill + 1 - first) / every < self.broker_restarts
     }
 }
 
@@ -322,8 +351,8 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     eprintln!(
-        "[chaos] {} users writing {}/s in all, {} kills and one broker restart, seed {seed}",
-        scenario.users, scenario.rate_per_second, scenario.kills
+        "[chaos] {} users writing {}/s in all, {} kills and {} broker restart(s), seed {seed}",
+        scenario.users, scenario.rate_per_second, scenario.kills, scenario.broker_restarts
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let run = format!("{:04x}", rng.random::<u16>());
@@ -416,7 +445,6 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
     // until the pipeline works again.
     let mut recoveries: Vec<(&str, Duration)> = Vec::new();
     let mut egress_kills = 0;
-    let broker_after = scenario.kills / 2;
     let mut broker_recovery = None;
     let everyone: Vec<usize> = (0..pipeline.stages.len()).collect();
     for kill in 0..scenario.kills {
@@ -441,7 +469,7 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
             accepted.load(Ordering::Relaxed)
         );
         recoveries.push((binary, took));
-        if kill + 1 == broker_after {
+        if scenario.broker_restart_after(kill) {
             let stopped = Instant::now();
             broker.down()?;
             broker.up()?;
@@ -472,7 +500,7 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
                 pipeline.self_restarts.len(),
                 pipeline.self_restarts
             );
-            broker_recovery = Some(took);
+            broker_recovery = broker_recovery.max(Some(took));
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -558,11 +586,35 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
         );
     }
 
-    let inbound = env.read_all::<InboundMessage>(topics::INBOUND).await?;
-    let mut per_text: HashMap<&str, Vec<&InboundMessage>> = HashMap::new();
-    for (_, message) in &inbound {
+    // Normalize's output first: a copy there says which stage doubled.
+    let events = env
+        .read_all_located::<ConversationEvent>(topics::CONVERSATION_EVENTS)
+        .await?;
+    let mut per_event: HashMap<&str, Vec<&Located<ConversationEvent>>> = HashMap::new();
+    for event in &events {
+        per_event
+            .entry(event.value.event_id.as_str())
+            .or_default()
+            .push(event);
+    }
+    let twice: Vec<_> = per_event
+        .iter()
+        .filter(|(_, copies)| copies.len() > 1)
+        .take(3)
+        .map(|(id, copies)| {
+            let at: Vec<_> = copies.iter().map(|c| (c.partition, c.offset)).collect();
+            format!("{id} at (partition, offset) {at:?}")
+        })
+        .collect();
+    assert!(twice.is_empty(), "conversation events twice: {twice:?}");
+
+    let inbound = env
+        .read_all_located::<InboundMessage>(topics::INBOUND)
+        .await?;
+    let mut per_text: HashMap<&str, Vec<&Located<InboundMessage>>> = HashMap::new();
+    for message in &inbound {
         per_text
-            .entry(message.text.as_str())
+            .entry(message.value.text.as_str())
             .or_default()
             .push(message);
     }
@@ -572,7 +624,13 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
         .take(3)
         .map(|m| {
             m.iter()
-                .map(|m| (&m.text, &m.message_id, &m.event_id, m.received_at))
+                .map(|m| {
+                    let v = &m.value;
+                    format!(
+                        "{:?} {} event {} received {} at ({}, {})",
+                        v.text, v.message_id, v.event_id, v.received_at, m.partition, m.offset
+                    )
+                })
                 .collect::<Vec<_>>()
         })
         .collect();
@@ -616,4 +674,24 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
     );
     drop(broker);
     Ok(())
+}
+
+#[test]
+fn broker_restarts_are_spread_over_the_kills() {
+    let at = |kills, broker_restarts| {
+        let scenario = Scenario {
+            users: 1,
+            rate_per_second: 1,
+            kills,
+            broker_restarts,
+            max_pause: Duration::ZERO,
+        };
+        (0..kills)
+            .filter(|k| scenario.broker_restart_after(*k))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(at(6, 1), vec![2], "the CI scenario: half-way");
+    assert_eq!(at(12, 6), vec![0, 2, 4, 6, 8, 10]);
+    assert_eq!(at(6, 0), Vec::<usize>::new());
+    assert_eq!(at(3, 3), vec![0, 1, 2]);
 }

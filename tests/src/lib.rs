@@ -57,6 +57,15 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
+/// A record read back, with its partition and offset.
+#[derive(Debug, Clone)]
+pub struct Located<T> {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: T,
+}
+
 /// An isolated slice of the local stack: its own topic prefix, with every topic of
 /// `topics.yaml` created (replication 1) and every value schema registered.
 pub struct TestEnv {
@@ -381,6 +390,23 @@ impl TestEnv {
     /// # Errors
     /// When the topic cannot be read within 60 s or a record does not decode.
     pub async fn read_all<T: AvroRecord>(&self, topic: &str) -> anyhow::Result<Vec<(String, T)>> {
+        Ok(self
+            .read_all_located::<T>(topic)
+            .await?
+            .into_iter()
+            .map(|r| (r.key, r.value))
+            .collect())
+    }
+
+    /// [`TestEnv::read_all`], with where each record is: what a failure
+    /// message needs to tell two copies of a record apart.
+    ///
+    /// # Errors
+    /// Those of [`TestEnv::read_all`].
+    pub async fn read_all_located<T: AvroRecord>(
+        &self,
+        topic: &str,
+    ) -> anyhow::Result<Vec<Located<T>>> {
         let full = self.topic(topic);
         let mut config = ClientConfig::new();
         config
@@ -416,6 +442,8 @@ impl TestEnv {
                 Some(Ok(m)) => {
                     if let Some(payload) = m.payload() {
                         raw.push((
+                            m.partition(),
+                            m.offset(),
                             String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                             payload.to_vec(),
                         ));
@@ -424,8 +452,13 @@ impl TestEnv {
             }
         }
         let mut out = Vec::with_capacity(raw.len());
-        for (key, bytes) in raw {
-            out.push((key, self.codec.decode::<T>(&bytes).await?));
+        for (partition, offset, key, bytes) in raw {
+            out.push(Located {
+                partition,
+                offset,
+                key,
+                value: self.codec.decode::<T>(&bytes).await?,
+            });
         }
         Ok(out)
     }
