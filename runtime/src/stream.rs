@@ -1365,8 +1365,13 @@ impl<P: Processor> Core<P> {
         // them back: keep the stores (committed, or rolled back to the last
         // commit) with their changelog end offset, and take them back in
         // `start_restore` when nobody wrote to the changelog in between.
+        // Not when the process is about to exit (a static member whose
+        // session timed out): each park asks the broker for an end offset,
+        // and with the broker away that was a second per partition before
+        // the restart.
         let park = self.fatal.is_none()
             && !self.poisoned
+            && consumer.context().session.fatal().is_none()
             && !matches!(
                 consumer.rebalance_protocol(),
                 RebalanceProtocol::Cooperative
