@@ -590,52 +590,23 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
     let events = env
         .read_all_located::<ConversationEvent>(topics::CONVERSATION_EVENTS)
         .await?;
-    let mut per_event: HashMap<&str, Vec<&Located<ConversationEvent>>> = HashMap::new();
-    for event in &events {
-        per_event
-            .entry(event.value.event_id.as_str())
-            .or_default()
-            .push(event);
-    }
-    let twice: Vec<_> = per_event
-        .iter()
-        .filter(|(_, copies)| copies.len() > 1)
-        .take(3)
-        .map(|(id, copies)| {
-            let at: Vec<_> = copies.iter().map(|c| (c.partition, c.offset)).collect();
-            format!("{id} at (partition, offset) {at:?}")
-        })
-        .collect();
+    let (_, twice) = copies(&events, |e| e.event_id.as_str(), |e| e.event_id.clone());
     assert!(twice.is_empty(), "conversation events twice: {twice:?}");
-
     let inbound = env
         .read_all_located::<InboundMessage>(topics::INBOUND)
         .await?;
-    let mut per_text: HashMap<&str, Vec<&Located<InboundMessage>>> = HashMap::new();
-    for message in &inbound {
-        per_text
-            .entry(message.value.text.as_str())
-            .or_default()
-            .push(message);
-    }
-    let twice: Vec<_> = per_text
-        .values()
-        .filter(|m| m.len() > 1)
-        .take(3)
-        .map(|m| {
-            m.iter()
-                .map(|m| {
-                    let v = &m.value;
-                    format!(
-                        "{:?} {} event {} received {} at ({}, {})",
-                        v.text, v.message_id, v.event_id, v.received_at, m.partition, m.offset
-                    )
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let (messages, twice) = copies(
+        &inbound,
+        |m| m.text.as_str(),
+        |m| {
+            format!(
+                "{:?} {} event {} received {}",
+                m.text, m.message_id, m.event_id, m.received_at
+            )
+        },
+    );
     assert!(twice.is_empty(), "inbound events twice: {twice:?}");
-    assert_eq!(per_text.len(), total, "one inbound event per message");
+    assert_eq!(messages, total, "one inbound event per message");
 
     // What Twilio saw: every reply at least once; extra copies only from
     // requests egress had in flight when it was killed.
@@ -674,6 +645,32 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
     );
     drop(broker);
     Ok(())
+}
+
+/// Records grouped by `key`: how many distinct keys, and (at most three of)
+/// the keys with more than one record, each copy `described` with its
+/// partition and offset.
+fn copies<'a, T>(
+    records: &'a [Located<T>],
+    key: impl Fn(&'a T) -> &'a str,
+    described: impl Fn(&T) -> String,
+) -> (usize, Vec<Vec<String>>) {
+    let mut per_key: HashMap<&str, Vec<&Located<T>>> = HashMap::new();
+    for record in records {
+        per_key.entry(key(&record.value)).or_default().push(record);
+    }
+    let twice = per_key
+        .values()
+        .filter(|copies| copies.len() > 1)
+        .take(3)
+        .map(|copies| {
+            copies
+                .iter()
+                .map(|c| format!("{} at ({}, {})", described(&c.value), c.partition, c.offset))
+                .collect()
+        })
+        .collect();
+    (per_key.len(), twice)
 }
 
 #[test]
