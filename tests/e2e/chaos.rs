@@ -591,6 +591,9 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
         .read_all_located::<ConversationEvent>(topics::CONVERSATION_EVENTS)
         .await?;
     let (_, twice) = copies(&events, |e| e.event_id.as_str(), |e| e.event_id.clone());
+    if !twice.is_empty() {
+        post_mortem(&broker, &pipeline);
+    }
     assert!(twice.is_empty(), "conversation events twice: {twice:?}");
     let inbound = env
         .read_all_located::<InboundMessage>(topics::INBOUND)
@@ -605,6 +608,9 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
             )
         },
     );
+    if !twice.is_empty() {
+        post_mortem(&broker, &pipeline);
+    }
     assert!(twice.is_empty(), "inbound events twice: {twice:?}");
     assert_eq!(messages, total, "one inbound event per message");
 
@@ -645,6 +651,47 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
     );
     drop(broker);
     Ok(())
+}
+
+/// What a doubled record's failure message needs for a diagnosis when the
+/// logs are gone with the CI machine: the broker's transaction coordinator
+/// lines and each stage's warnings and errors about transactions, offsets
+/// and sessions (at most 40 lines each, the last ones).
+fn post_mortem(broker: &PrivateBroker, pipeline: &Pipeline) {
+    let pick = |text: String, keep: &dyn Fn(&str) -> bool| {
+        let lines: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    let coordinator = |l: &str| {
+        ["Transaction", "markers", "fenc"]
+            .iter()
+            .any(|w| l.contains(w))
+    };
+    eprintln!(
+        "[chaos] post-mortem, the broker:\n{}",
+        pick(broker.log_tail(20_000), &coordinator)
+    );
+    let trouble = |l: &str| {
+        (l.contains(" WARN ") || l.contains(" ERROR "))
+            && [
+                "transaction",
+                "Transaction",
+                "offset",
+                "SESSTMOUT",
+                "revoked",
+                "abort",
+                "fenced",
+            ]
+            .iter()
+            .any(|w| l.contains(w))
+    };
+    for stage in &pipeline.stages {
+        eprintln!(
+            "[chaos] post-mortem, {}:\n{}",
+            stage.binary,
+            pick(stage.process.log_tail(20_000), &trouble)
+        );
+    }
 }
 
 /// Records grouped by `key`: how many distinct keys, and (at most three of)
