@@ -241,17 +241,10 @@ fn log_lines(
     tracing_subscriber::registry().with(layer.with_filter(filter))
 }
 
-/// Installs `subscriber` as the global default (and `log` records as its
-/// events); whether this call installed it (a second call, in tests, does
-/// not).
-fn install(subscriber: impl tracing::Subscriber + Send + Sync + 'static) -> bool {
-    subscriber.try_init().is_ok()
-}
-
 /// Logs only (tools without trace settings). Later calls (tests) are no-ops.
 pub fn init(format: LogFormat, filter: &str) {
     let env = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    install(log_lines(fmt_layer(format), env));
+    let _ = log_lines(fmt_layer(format), env).try_init();
 }
 
 /// Logs, and traces when an OTLP endpoint is configured. `service_name` is
@@ -284,8 +277,8 @@ pub fn start(service_name: &str, service: &ServiceArgs) -> Telemetry {
     });
     let lines = log_lines(fmt_layer(service.log_format), filter);
     let installed = match otel {
-        Some(otel) => install(lines.with(otel)),
-        None => install(lines),
+        Some(otel) => lines.with(otel).try_init().is_ok(),
+        None => lines.try_init().is_ok(),
     };
     if let Some(problem) = problem {
         tracing::error!(%problem, "traces are not exported");

@@ -591,10 +591,7 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
         .read_all_located::<ConversationEvent>(topics::CONVERSATION_EVENTS)
         .await?;
     let (_, twice) = copies(&events, |e| e.event_id.as_str(), |e| e.event_id.clone());
-    if !twice.is_empty() {
-        post_mortem(&broker, &pipeline);
-    }
-    assert!(twice.is_empty(), "conversation events twice: {twice:?}");
+    none_twice("conversation events", &twice, &broker, &pipeline);
     let inbound = env
         .read_all_located::<InboundMessage>(topics::INBOUND)
         .await?;
@@ -608,10 +605,7 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
             )
         },
     );
-    if !twice.is_empty() {
-        post_mortem(&broker, &pipeline);
-    }
-    assert!(twice.is_empty(), "inbound events twice: {twice:?}");
+    none_twice("inbound events", &twice, &broker, &pipeline);
     assert_eq!(messages, total, "one inbound event per message");
 
     // What Twilio saw: every reply at least once; extra copies only from
@@ -651,6 +645,14 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
     );
     drop(broker);
     Ok(())
+}
+
+/// Fails with the `copies` of `what` when there are any, after a post-mortem.
+fn none_twice(what: &str, copies: &[Vec<String>], broker: &PrivateBroker, pipeline: &Pipeline) {
+    if !copies.is_empty() {
+        post_mortem(broker, pipeline);
+    }
+    assert!(copies.is_empty(), "{what} twice: {copies:?}");
 }
 
 /// What a doubled record's failure message needs for a diagnosis when the
