@@ -491,6 +491,15 @@ def test_strimzi_replicas_override_lowers_min_insync():
         assert spec["config"].get("min.insync.replicas", "1") == "1"
 
 
+def test_strimzi_max_partitions_caps_only_the_topics_above_it():
+    r = render("--set", "strimzi.topics.enabled=true", "--set", "strimzi.topics.maxPartitions=3")
+    topics = {t["spec"]["topicName"]: t["spec"]["partitions"] for t in r.of_kind("KafkaTopic")}
+    assert len(topics) == len(TOPICS["topics"])
+    assert any(int(t["partitions"]) > 3 for t in TOPICS["topics"]), "nothing above the cap to test"
+    for topic in TOPICS["topics"]:
+        assert topics[topic["name"]] == min(int(topic["partitions"]), 3), topic["name"]
+
+
 def test_no_strimzi_topics_by_default():
     assert render().of_kind("KafkaTopic") == []
 

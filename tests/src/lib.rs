@@ -184,6 +184,13 @@ impl TestEnv {
         let topics = TopicsFile::load(&root.join("topics.yaml"))?.resolve(&Overrides {
             prefix: kafka.topic_prefix.clone(),
             replication_factor: Some(1),
+            // As `sictl topics apply` takes it: a benchmark or a test run
+            // can try the partition count a small cluster would use.
+            max_partitions: std::env::var("SI_MAX_PARTITIONS")
+                .ok()
+                .map(|n| n.parse())
+                .transpose()
+                .context("SI_MAX_PARTITIONS")?,
         })?;
         let admin = sictl::topics::admin(&kafka)?;
         let plan = sictl::topics::plan(&admin, &topics, Duration::from_secs(15))

@@ -464,6 +464,16 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     );
     let pipeline = start(&args).await?;
     eprintln!("si-bench: every stage ready");
+    let partitions = {
+        let config = si_runtime::kafka::client_config(&pipeline.env.kafka, "si-bench-metadata");
+        let topic = pipeline
+            .env
+            .kafka
+            .topic(si_schemas::topics::CONVERSATION_EVENTS);
+        tokio::task::spawn_blocking(move || si_runtime::kafka::topic_partitions(&config, &[topic]))
+            .await?
+            .map_err(anyhow::Error::msg)?[0]
+    };
     let mut cursor = Cursor::default();
     let mut warmup = None;
     if !args.warmup.is_zero() {
@@ -488,7 +498,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     pipeline.stop();
     println!(
-        "{header}; release build, each stage one process, {} users, {short_codes} short codes, {:?} per rate, open loop\n",
+        "{header}; release build, each stage one process, {partitions} partitions per topic, {} users, {short_codes} short codes, {:?} per rate, open loop\n",
         args.users, args.duration
     );
     if let Some(w) = &warmup {

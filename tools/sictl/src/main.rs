@@ -34,6 +34,13 @@ struct Cli {
     #[arg(long, env = "SI_REPLICATION_FACTOR", global = true)]
     replication_factor: Option<i32>,
 
+    /// At most this many partitions per topic, below topics.yaml's (a small
+    /// cluster: fewer transaction markers, lower latency; also the most
+    /// replicas of a stage that get work). Choose it at the first apply:
+    /// partitions added later move keys away from their state.
+    #[arg(long, env = "SI_MAX_PARTITIONS", global = true)]
+    max_partitions: Option<i32>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -217,6 +224,7 @@ impl Cli {
         TopicsFile::load(&path)?.resolve(&Overrides {
             prefix: self.kafka.topic_prefix.clone(),
             replication_factor: self.replication_factor,
+            max_partitions: self.max_partitions,
         })
     }
 

@@ -189,7 +189,7 @@ pub async fn plan(
             changed = true;
         } else if current.partitions > topic.partitions {
             plan.warnings.push(format!(
-                "{} has {} partitions, topics.yaml declares {}: partitions are never removed",
+                "{} has {} partitions, {} are declared (topics.yaml, SI_MAX_PARTITIONS): partitions are never removed",
                 topic.name, current.partitions, topic.partitions
             ));
         }

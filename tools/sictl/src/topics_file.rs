@@ -75,6 +75,13 @@ pub struct Overrides {
     /// Replication factor for every topic (local development: 1). `min.insync.replicas`
     /// is lowered to fit it.
     pub replication_factor: Option<i32>,
+    /// At most this many partitions per topic (a small cluster). Every
+    /// transaction writes a marker to each partition it wrote to, so on one
+    /// or a few brokers fewer partitions mean fewer markers and lower latency;
+    /// they also cap how many replicas of a stage get work. Topics declared
+    /// with fewer keep theirs; co-partitioned topics, declared alike, stay
+    /// alike.
+    pub max_partitions: Option<i32>,
 }
 
 /// A config map, refusing a key given twice (a plain `BTreeMap` would keep the
@@ -135,8 +142,14 @@ impl TopicsFile {
     /// Every topic with defaults and overrides applied.
     ///
     /// # Errors
-    /// When a config value is not a scalar or no replication factor is known.
+    /// When a config value is not a scalar, no replication factor is known or
+    /// the partition cap is below one.
     pub fn resolve(&self, overrides: &Overrides) -> anyhow::Result<Vec<ResolvedTopic>> {
+        if let Some(max) = overrides.max_partitions
+            && max < 1
+        {
+            bail!("the partition cap must be at least 1, not {max}");
+        }
         self.topics
             .iter()
             .map(|topic| {
@@ -157,7 +170,9 @@ impl TopicsFile {
                 }
                 Ok(ResolvedTopic {
                     name: format!("{}{}", overrides.prefix, topic.name),
-                    partitions: topic.partitions,
+                    partitions: overrides
+                        .max_partitions
+                        .map_or(topic.partitions, |max| topic.partitions.min(max)),
                     replication_factor,
                     configs,
                     value_schema: topic.value_schema.clone(),
@@ -221,6 +236,7 @@ topics:
         let local = file.resolve(&Overrides {
             prefix: "dev.".into(),
             replication_factor: Some(1),
+            max_partitions: None,
         })?;
         assert_eq!(local[0].name, "dev.a.v1");
         assert_eq!(local[0].replication_factor, 1);
@@ -228,6 +244,28 @@ topics:
             local[0].configs["min.insync.replicas"], "1",
             "lowered to fit rf=1"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_partition_cap_lowers_only_the_topics_above_it() -> anyhow::Result<()> {
+        let file: TopicsFile = serde_norway::from_str(SAMPLE)?;
+        let partitions = |max| -> anyhow::Result<Vec<i32>> {
+            Ok(file
+                .resolve(&Overrides {
+                    max_partitions: max,
+                    ..Overrides::default()
+                })?
+                .iter()
+                .map(|t| t.partitions)
+                .collect())
+        };
+        assert_eq!(partitions(None)?, [12, 3]);
+        assert_eq!(partitions(Some(6))?, [6, 3]);
+        assert_eq!(partitions(Some(1))?, [1, 1]);
+        assert_eq!(partitions(Some(100))?, [12, 3]);
+        let err = partitions(Some(0)).expect_err("a cap of 0 partitions");
+        assert!(err.to_string().contains("at least 1"), "{err}");
         Ok(())
     }
 

@@ -119,6 +119,48 @@ async fn apply_twice_then_raise_partitions() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_partition_cap_is_kept_by_every_apply_that_gives_it() -> anyhow::Result<()> {
+    let prefix = prefix();
+    let file = repo_root().join("topics.yaml");
+    let (ok, out) = sictl(
+        &prefix,
+        &file,
+        &["topics", "apply", "--max-partitions", "2"],
+    )?;
+    assert!(ok, "{out}");
+    // Co-partitioned inputs and changelogs alike, all under the cap.
+    for topic in [
+        "twilio.webhooks.v1",
+        "si.conversation.events.v1",
+        "si.normalize.state.v1",
+    ] {
+        assert_eq!(partition_count(&prefix, topic).await?, 2, "{topic}");
+    }
+    let (ok, again) = sictl(
+        &prefix,
+        &file,
+        &["topics", "apply", "--max-partitions", "2"],
+    )?;
+    assert!(ok && again.contains("no changes"), "{again}");
+    // Without the cap, the plan would add partitions (moving keys away from
+    // their state): a dry run shows it, and nothing is changed.
+    let (ok, dry) = sictl(&prefix, &file, &["topics", "apply", "--dry-run"])?;
+    assert!(ok, "{dry}");
+    assert!(
+        dry.contains(&format!("partitions  {prefix}twilio.webhooks.v1 2 -> ")),
+        "{dry}"
+    );
+    let (ok, bad) = sictl(
+        &prefix,
+        &file,
+        &["topics", "apply", "--max-partitions", "0"],
+    )?;
+    assert!(!ok, "a cap of 0 must be refused:\n{bad}");
+    assert!(bad.contains("at least 1"), "{bad}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn drifted_configs_are_corrected_and_other_explicit_configs_kept() -> anyhow::Result<()> {
     let prefix = prefix();
     let file = repo_root().join("topics.yaml");

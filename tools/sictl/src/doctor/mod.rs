@@ -365,8 +365,12 @@ async fn check_topics(
             Change::AddPartitions { topic, from, to } => report.fail(
                 "topics",
                 Some(topic),
-                format!("has {from} partitions, topics.yaml declares {to}"),
-                APPLY,
+                format!(
+                    "has {from} partitions, {to} are declared (topics.yaml, SI_MAX_PARTITIONS)"
+                ),
+                "if the topics were created with SI_MAX_PARTITIONS, give sictl the same; adding \
+                 partitions sends a key to another partition than its state's, so only then: \
+                 sictl topics apply",
             ),
             Change::AlterConfigs { topic, drift, .. } => report.fail(
                 "topics",
