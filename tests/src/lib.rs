@@ -524,12 +524,43 @@ impl TestEnv {
 
 /// A free TCP port on 127.0.0.1 (for a service a test starts).
 ///
+/// The port is free when chosen, and the service binds it a moment later. A
+/// port from the kernel's ephemeral range (what binding port 0 gives) can be
+/// taken in between as the local port of any outgoing connection (a Kafka
+/// client's, for one), and the service then fails with "Address already in
+/// use". So the port is drawn at random from below that range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), where only listeners bind,
+/// never twice in one test process; port 0's answer is the fallback.
+///
 /// # Errors
 /// When no port can be bound.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    const LOWEST: u16 = 20_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if ephemeral_start > LOWEST + 1_000 {
+        for _ in 0..100 {
+            let bytes = uuid::Uuid::new_v4().into_bytes();
+            let port =
+                LOWEST + u16::from_le_bytes([bytes[0], bytes[1]]) % (ephemeral_start - LOWEST);
+            if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.insert(port);
+                return Ok(port);
+            }
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
-        .port())
+        .port();
+    given.insert(port);
+    Ok(port)
 }
 
 /// Logs, once per test process, what the tests talk to: the broker's cluster id and
@@ -568,5 +599,30 @@ async fn announce_stack(kafka: &KafkaArgs, registry: &RegistryArgs) {
             },
             Err(e) => eprintln!("[testkit] schema registry not reachable at {url}: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_port;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> anyhow::Result<()> {
+        let ephemeral_start: u16 =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")?
+                .split_whitespace()
+                .next()
+                .unwrap_or("32768")
+                .parse()?;
+        let ports = (0..50)
+            .map(|_| free_port())
+            .collect::<anyhow::Result<Vec<u16>>>()?;
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for port in ports {
+            assert!(port < ephemeral_start, "{port} is in the ephemeral range");
+            std::net::TcpListener::bind(("127.0.0.1", port))?;
+        }
+        Ok(())
     }
 }
