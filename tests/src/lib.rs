@@ -538,10 +538,7 @@ pub fn free_port() -> anyhow::Result<u16> {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     const LOWEST: u16 = 20_000;
-    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
+    let ephemeral_start = ephemeral_port_start();
     let mut given = GIVEN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -561,6 +558,15 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port();
     given.insert(port);
     Ok(port)
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default when it
+/// cannot be read).
+fn ephemeral_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Logs, once per test process, what the tests talk to: the broker's cluster id and
@@ -604,16 +610,11 @@ async fn announce_stack(kafka: &KafkaArgs, registry: &RegistryArgs) {
 
 #[cfg(test)]
 mod tests {
-    use super::free_port;
+    use super::{ephemeral_port_start, free_port};
 
     #[test]
     fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> anyhow::Result<()> {
-        let ephemeral_start: u16 =
-            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")?
-                .split_whitespace()
-                .next()
-                .unwrap_or("32768")
-                .parse()?;
+        let ephemeral_start = ephemeral_port_start();
         let ports = (0..50)
             .map(|_| free_port())
             .collect::<anyhow::Result<Vec<u16>>>()?;
