@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use si_bench::accounting::{Ledger, seq_in};
+use si_bench::commits::Commits;
 use si_bench::load::{self, Plan, Sent, now_ms};
 use si_bench::procfs::{Window, ticks_per_second};
 use si_bench::report::{RunResult, Timeline, markdown, warmup_line};
@@ -126,6 +127,26 @@ impl Pipeline {
         all.push(("si-twilio-sandbox".to_owned(), self.sandbox.0.id()));
         all.push(("si-bench (load)".to_owned(), std::process::id()));
         all.extend(watch.iter().cloned());
+        all
+    }
+
+    /// Every stage's committed-transaction counters now (zero where a stage
+    /// has none or does not answer).
+    async fn commits(&self) -> Vec<(&'static str, Commits)> {
+        let mut all = Vec::new();
+        for (name, stage) in STAGES.iter().zip(&self.stages) {
+            let read = |metric: &'static str, labels: &'static [&'static str]| async move {
+                stage.metric_sum(metric, labels).await.unwrap_or_default()
+            };
+            all.push((
+                *name,
+                Commits {
+                    transactions: read("si_transactions_total", &[r#"outcome="committed""#]).await,
+                    records: read("si_transaction_records_sum", &[]).await,
+                    commit_seconds: read("si_transaction_commit_seconds_sum", &[]).await,
+                },
+            ));
+        }
         all
     }
 
@@ -328,6 +349,7 @@ async fn run_rate(
         AUTH_TOKEN,
         ACCOUNT_SID,
     ));
+    let commits_before = pipeline.commits().await;
     let mut window = Window::open(&pipeline.processes(&args.watch), ticks_per_second());
     let mut seen = Seen {
         cursor,
@@ -361,7 +383,15 @@ async fn run_rate(
         window.sample();
         seen.poll(&client, &run).await?;
     }
+    let seconds = window.seconds();
     let usage = window.close();
+    let commits = pipeline
+        .commits()
+        .await
+        .into_iter()
+        .zip(commits_before)
+        .map(|((name, after), (_, before))| (name, after.since(before)))
+        .collect();
     let settled = Instant::now() + args.settle;
     while Instant::now() < settled {
         tick.tick().await;
@@ -413,6 +443,8 @@ async fn run_rate(
         e2e,
         throughput: timeline.throughput(),
         usage,
+        commits,
+        seconds,
     };
     Ok((result, seen.cursor))
 }

@@ -117,6 +117,12 @@ impl Window {
         }
     }
 
+    /// Seconds since the window opened.
+    #[must_use]
+    pub fn seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
     /// Closes the window: average CPU and peak RSS of each process.
     #[must_use]
     pub fn close(mut self) -> Vec<Usage> {

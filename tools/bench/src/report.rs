@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::accounting::Tally;
+use crate::commits::Commits;
 use crate::procfs::Usage;
 use crate::stats::{Summary, rate};
 use crate::topics::{Hop, Stamps};
@@ -44,6 +45,10 @@ pub struct RunResult {
     pub throughput: Vec<(&'static str, Option<f64>)>,
     /// CPU and peak RSS per process over the run.
     pub usage: Vec<Usage>,
+    /// Transactions each stage committed over the run, and the run's length
+    /// in seconds (the CPU window: the sends and the drain).
+    pub commits: Vec<(&'static str, Commits)>,
+    pub seconds: f64,
 }
 
 /// Per message: when it was due, ingress's answer, its first record on each
@@ -266,6 +271,7 @@ pub fn markdown(results: &[RunResult]) -> String {
                 .collect();
             let _ = writeln!(out, "| {} | {} |", rate_cell(r.rate), cells.join(" | "));
         }
+        commit_table(&mut out, results);
     }
     let _ = writeln!(out);
     for r in results {
@@ -294,6 +300,61 @@ pub fn markdown(results: &[RunResult]) -> String {
         );
     }
     out
+}
+
+/// Transactions per stage: per second, input records each, mean commit
+/// time; and all stages' transactions per accepted message.
+fn commit_table(out: &mut String, results: &[RunResult]) {
+    let Some(first) = results.first() else {
+        return;
+    };
+    let names: Vec<&str> = first
+        .commits
+        .iter()
+        .filter(|(name, _)| {
+            results.iter().any(|r| {
+                r.commits
+                    .iter()
+                    .any(|(n, c)| n == name && c.transactions > 0.0)
+            })
+        })
+        .map(|(name, _)| *name)
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Transactions per stage: committed per second / input records each / mean commit ms; \
+         and all stages' transactions per accepted message:"
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| rate | {} | per message |", names.join(" | "));
+    let _ = writeln!(out, "|---:|{}---:|", "---:|".repeat(names.len()));
+    for r in results {
+        let of = |name: &str| {
+            r.commits
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, c)| *c)
+                .unwrap_or_default()
+        };
+        let cells: Vec<String> = names.iter().map(|n| of(n).cell(r.seconds)).collect();
+        let total: f64 = names.iter().map(|n| of(n).transactions).sum();
+        #[allow(clippy::cast_precision_loss)]
+        let per_message = if r.tally.accepted > 0 {
+            format!("{:.1}", total / r.tally.accepted as f64)
+        } else {
+            "–".to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {per_message} |",
+            rate_cell(r.rate),
+            cells.join(" | ")
+        );
+    }
 }
 
 #[cfg(test)]
@@ -372,6 +433,18 @@ mod tests {
                 cpu_percent: Some(87.4),
                 peak_rss_mib: None,
             }],
+            commits: vec![
+                ("si-ingress", Commits::default()),
+                (
+                    "si-normalize",
+                    Commits {
+                        transactions: 4.0,
+                        records: 6.0,
+                        commit_seconds: 0.02,
+                    },
+                ),
+            ],
+            seconds: 2.0,
         };
         assert_eq!(
             warmup_line(&result, std::time::Duration::from_secs(20)),
@@ -382,6 +455,12 @@ mod tests {
         // The tables' first row has the same outcome, column by column.
         assert!(
             table.contains("\n| 50 | 3 | 3 | 2 | 1 | 1 | 12 | 30 | 41 | 41 | – |\n"),
+            "{}",
+            table
+        );
+        // Only stages that committed get a column; 4 transactions for 3 messages.
+        assert!(
+            table.contains("| rate | si-normalize | per message |\n|---:|---:|---:|\n| 50 | 2 / 1.5 / 5.0 | 1.3 |\n"),
             "{}",
             table
         );
