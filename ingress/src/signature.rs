@@ -12,7 +12,9 @@
 //! - `X-Twilio-Webhooks-Signature-Settings: key=…,algorithm=HMAC_SHA256` selects
 //!   HMAC-SHA256 with a shared key instead of the Auth Token.
 //!
-//! Comparisons are constant-time.
+//! Comparisons are constant-time. The candidates (URL variant × secret) are
+//! tried until one matches, the URL as requested first; a refused request has
+//! tried them all.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -89,15 +91,22 @@ impl SignatureError {
     }
 }
 
-/// The string Twilio signs: the URL, then sorted, de-duplicated name+value pairs.
-#[must_use]
-pub fn signing_string(url: &str, params: &[(String, String)]) -> String {
+/// The parameters as Twilio signs them: sorted by name, then value, and
+/// de-duplicated.
+fn sorted_pairs(params: &[(String, String)]) -> Vec<(&str, &str)> {
     let mut pairs: Vec<(&str, &str)> = params
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
     pairs.sort_unstable();
     pairs.dedup();
+    pairs
+}
+
+/// The string Twilio signs: the URL, then sorted, de-duplicated name+value pairs.
+#[must_use]
+pub fn signing_string(url: &str, params: &[(String, String)]) -> String {
+    let pairs = sorted_pairs(params);
     let len = url.len() + pairs.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>();
     let mut out = String::with_capacity(len);
     out.push_str(url);
@@ -108,24 +117,50 @@ pub fn signing_string(url: &str, params: &[(String, String)]) -> String {
     out
 }
 
+/// Longest base64 signature: HMAC-SHA256's 32 bytes.
+const ENCODED_MAX: usize = 44;
+
+/// The HMAC under `secret` of `url` followed by `pairs` (name, then value),
+/// base64 into `out`; the encoded part of `out`.
+fn sign_into<'o>(
+    algorithm: Algorithm,
+    secret: &str,
+    url: &str,
+    pairs: &[(&str, &str)],
+    out: &'o mut [u8; ENCODED_MAX],
+) -> &'o [u8] {
+    fn mac<M: Mac + hmac::digest::KeyInit>(
+        secret: &str,
+        url: &str,
+        pairs: &[(&str, &str)],
+    ) -> hmac::digest::Output<M> {
+        let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(secret.as_bytes())
+            .expect("HMAC accepts keys of any length");
+        mac.update(url.as_bytes());
+        for (name, value) in pairs {
+            mac.update(name.as_bytes());
+            mac.update(value.as_bytes());
+        }
+        mac.finalize().into_bytes()
+    }
+    let written = match algorithm {
+        Algorithm::HmacSha1 => {
+            STANDARD.encode_slice(mac::<Hmac<sha1::Sha1>>(secret, url, pairs), out)
+        }
+        Algorithm::HmacSha256 => {
+            STANDARD.encode_slice(mac::<Hmac<Sha256>>(secret, url, pairs), out)
+        }
+    }
+    .expect("a digest's base64 fits in ENCODED_MAX bytes");
+    &out[..written]
+}
+
 /// The base64 HMAC of `data` under `secret`.
 #[must_use]
 pub fn compute(algorithm: Algorithm, secret: &str, data: &str) -> String {
-    let digest = match algorithm {
-        Algorithm::HmacSha1 => {
-            let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())
-                .expect("HMAC accepts keys of any length");
-            mac.update(data.as_bytes());
-            mac.finalize().into_bytes().to_vec()
-        }
-        Algorithm::HmacSha256 => {
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-                .expect("HMAC accepts keys of any length");
-            mac.update(data.as_bytes());
-            mac.finalize().into_bytes().to_vec()
-        }
-    };
-    STANDARD.encode(digest)
+    let mut out = [0u8; ENCODED_MAX];
+    String::from_utf8(sign_into(algorithm, secret, data, &[], &mut out).to_vec())
+        .expect("base64 is ASCII")
 }
 
 /// The URL without its port and with it (default port added), as the official
@@ -208,19 +243,23 @@ pub fn verify(
             &[]
         }
     };
-    let mut matched = subtle::Choice::from(0);
-    for variant in url_variants(url) {
-        let data = signing_string(&variant, params);
+    let given = signature.trim().as_bytes();
+    let pairs = sorted_pairs(params);
+    let mut variants = url_variants(url);
+    // The URL as requested first: Twilio signs the URL it was given, so with
+    // one valid secret a genuine request costs one HMAC.
+    variants.sort_by_key(|variant| variant != url);
+    let mut out = [0u8; ENCODED_MAX];
+    for variant in &variants {
         for secret in secrets {
-            let computed = compute(algorithm, secret, &data);
-            matched |= computed.as_bytes().ct_eq(signature.trim().as_bytes());
+            // Each comparison is constant-time; which candidate matched (the
+            // number of HMACs computed) says nothing about any secret.
+            if bool::from(sign_into(algorithm, secret, variant, &pairs, &mut out).ct_eq(given)) {
+                return Ok(());
+            }
         }
     }
-    if bool::from(matched) {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
-    }
+    Err(SignatureError::Mismatch)
 }
 
 #[cfg(test)]
@@ -349,6 +388,22 @@ mod tests {
                 &["primary"]
             ),
             Err(SignatureError::Mismatch)
+        );
+        // The last candidate tried: the other URL variant under the second secret.
+        let sig = compute(
+            Algorithm::HmacSha1,
+            "secondary",
+            &signing_string("https://mycompany.com:443/myapp.php?foo=1&bar=2", &p),
+        );
+        assert_eq!(
+            verify(
+                url,
+                Payload::Form(&p),
+                Some(&sig),
+                Some(Algorithm::HmacSha1),
+                &["primary", "secondary"]
+            ),
+            Ok(())
         );
     }
 
