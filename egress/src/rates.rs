@@ -4,7 +4,14 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use std::num::NonZeroU32;
+
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+/// The span of a sender's rate its limiter lets through at once (see
+/// [`Rates::burst`]): arrivals come in batches (a stage's transaction), and
+/// spacing a batch out one period apart only delays its last messages.
+pub const BURST_SPAN: Duration = Duration::from_millis(100);
 
 /// The kind of a sending identity, which sets its default throughput
 /// (shared with segment's delivery metrics).
@@ -88,12 +95,25 @@ impl Rates {
         Duration::from_secs_f64(1.0 / (self.rate(sender_key) * self.headroom))
     }
 
-    /// A limiter for one sender: one cell every [`Self::period`], burst 1, so no
-    /// window of one second ever holds more than the rate (a burst would).
+    /// How many cells a rested sender may take at once: what its rate allows
+    /// in [`BURST_SPAN`] (at least one). A short code at 97/s may send 9
+    /// messages of a batch together instead of one every 10 ms; a long code,
+    /// WhatsApp or a Messaging Service at 10/s or less gets no burst.
+    #[must_use]
+    pub fn burst(&self, sender_key: &str) -> NonZeroU32 {
+        let cells = self.rate(sender_key) * self.headroom * BURST_SPAN.as_secs_f64();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        NonZeroU32::new(cells.floor() as u32).unwrap_or(NonZeroU32::MIN)
+    }
+
+    /// A limiter for one sender: one cell every [`Self::period`], and up to
+    /// [`Self::burst`] at once after a rest. The burst can let more than the
+    /// rate into one second; [`SendWindow`] holds the requests to it.
     #[must_use]
     pub fn limiter(&self, sender_key: &str) -> DefaultDirectRateLimiter {
         let quota = Quota::with_period(self.period(sender_key))
-            .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MIN));
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(self.burst(sender_key));
         RateLimiter::direct(quota)
     }
 }
@@ -226,9 +246,22 @@ mod tests {
     }
 
     #[test]
-    fn the_limiter_allows_no_burst() {
-        let limiter = rates().limiter("sms:+14155550100");
+    fn a_slow_sender_gets_no_burst_and_a_short_code_a_tenth_of_a_second() {
+        let r = Rates {
+            headroom: 0.97,
+            ..rates()
+        };
+        // 10/s × 0.97 × 0.1 s: under two cells, so one.
+        let limiter = r.limiter("sms:+14155550100");
         assert!(limiter.check().is_ok());
         assert!(limiter.check().is_err(), "a second cell at once is a burst");
+        assert_eq!(r.burst("sms:+14155550123").get(), 1);
+        // 100/s × 0.97 × 0.1 s = 9.7: nine at once, then one per period.
+        assert_eq!(r.burst("sms:12345").get(), 9);
+        let limiter = r.limiter("sms:12345");
+        for cell in 0..9 {
+            assert!(limiter.check().is_ok(), "cell {cell} of the burst");
+        }
+        assert!(limiter.check().is_err(), "the tenth waits for the period");
     }
 }
