@@ -2,9 +2,8 @@
 //! rate from configuration (with per-sender overrides).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Duration;
-
 use std::num::NonZeroU32;
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
