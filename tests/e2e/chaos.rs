@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use si_schemas::records::{ConversationEvent, DeliveryStatus, InboundMessage, OutboundOperation};
+use si_schemas::records::{
+    CognitionResponse, ConversationEvent, DeliveryStatus, InboundMessage, OutboundOperation,
+};
 use si_schemas::topics;
 use si_testkit::{Located, PrivateBroker, StageProcess, TestEnv, free_port};
 use twilio_sandbox::{InboundSms, Sandbox, SandboxConfig, SandboxHandle};
@@ -530,7 +532,50 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
         stage.process.terminate(Duration::from_secs(30))?;
     }
 
-    let operations = env.read_all::<OutboundOperation>(topics::OUTBOUND).await?;
+    // Every stage's output in pipeline order: the first with a copy says
+    // which stage doubled.
+    let events = env
+        .read_all_located::<ConversationEvent>(topics::CONVERSATION_EVENTS)
+        .await?;
+    let (_, twice) = copies(&events, |e| e.event_id.as_str(), |e| e.event_id.clone());
+    none_twice(
+        &env.topic(topics::CONVERSATION_EVENTS),
+        &twice,
+        &broker,
+        &pipeline,
+    );
+    let inbound = env
+        .read_all_located::<InboundMessage>(topics::INBOUND)
+        .await?;
+    let (messages, twice) = copies(
+        &inbound,
+        |m| m.text.as_str(),
+        |m| {
+            format!(
+                "{:?} {} event {} received {}",
+                m.text, m.message_id, m.event_id, m.received_at
+            )
+        },
+    );
+    none_twice(&env.topic(topics::INBOUND), &twice, &broker, &pipeline);
+    assert_eq!(messages, total, "one inbound event per message");
+    let responses = env
+        .read_all_located::<CognitionResponse>(topics::RESPONSES)
+        .await?;
+    let (answered, twice) = copies(
+        &responses,
+        |r| r.in_reply_to.as_deref().unwrap_or_default(),
+        |r| format!("response {} to {:?}", r.response_id, r.in_reply_to),
+    );
+    none_twice(&env.topic(topics::RESPONSES), &twice, &broker, &pipeline);
+    assert_eq!(answered, total, "one response per message");
+    let located = env
+        .read_all_located::<OutboundOperation>(topics::OUTBOUND)
+        .await?;
+    let operations: Vec<(String, OutboundOperation)> = located
+        .iter()
+        .map(|r| (r.key.clone(), r.value.clone()))
+        .collect();
     let mut replies: HashMap<String, usize> = HashMap::new();
     let mut others_per_user: BTreeMap<String, usize> = BTreeMap::new();
     for (_, op) in &operations {
@@ -558,7 +603,33 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
         }
     }
     assert!(lost.is_empty(), "messages without a reply: {lost:?}");
-    assert!(doubled.is_empty(), "messages replied to twice: {doubled:?}");
+    // A reply twice: its operations, with the batches around them.
+    let reply_copies: Vec<Vec<Copy>> = doubled
+        .iter()
+        .map(|token| {
+            located
+                .iter()
+                .filter(|r| {
+                    let body = r.value.body.as_deref().unwrap_or_default();
+                    body.split_whitespace().any(|w| w == token)
+                })
+                .map(|r| Copy {
+                    described: format!(
+                        "{token}: operation {} of response {:?}",
+                        r.value.operation_id, r.value.response_id
+                    ),
+                    partition: r.partition,
+                    offset: r.offset,
+                })
+                .collect()
+        })
+        .collect();
+    none_twice(
+        &env.topic(topics::OUTBOUND),
+        &reply_copies,
+        &broker,
+        &pipeline,
+    );
     for u in 0..scenario.users {
         assert_eq!(
             others_per_user.get(&user(u)).copied().unwrap_or(0),
@@ -585,28 +656,6 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
             op.operation_id
         );
     }
-
-    // Normalize's output first: a copy there says which stage doubled.
-    let events = env
-        .read_all_located::<ConversationEvent>(topics::CONVERSATION_EVENTS)
-        .await?;
-    let (_, twice) = copies(&events, |e| e.event_id.as_str(), |e| e.event_id.clone());
-    none_twice("conversation events", &twice, &broker, &pipeline);
-    let inbound = env
-        .read_all_located::<InboundMessage>(topics::INBOUND)
-        .await?;
-    let (messages, twice) = copies(
-        &inbound,
-        |m| m.text.as_str(),
-        |m| {
-            format!(
-                "{:?} {} event {} received {}",
-                m.text, m.message_id, m.event_id, m.received_at
-            )
-        },
-    );
-    none_twice("inbound events", &twice, &broker, &pipeline);
-    assert_eq!(messages, total, "one inbound event per message");
 
     // What Twilio saw: every reply at least once; extra copies only from
     // requests egress had in flight when it was killed.
@@ -647,12 +696,38 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
     Ok(())
 }
 
-/// Fails with the `copies` of `what` when there are any, after a post-mortem.
-fn none_twice(what: &str, copies: &[Vec<String>], broker: &PrivateBroker, pipeline: &Pipeline) {
-    if !copies.is_empty() {
-        post_mortem(broker, pipeline);
+/// A record found more than once: how the failure message names it, and where it is.
+struct Copy {
+    described: String,
+    partition: i32,
+    offset: i64,
+}
+
+/// Fails with the `copies` of records on `topic` when there are any, after a
+/// post-mortem that includes the record batches around each copy.
+fn none_twice(topic: &str, copies: &[Vec<Copy>], broker: &PrivateBroker, pipeline: &Pipeline) {
+    if copies.is_empty() {
+        return;
     }
-    assert!(copies.is_empty(), "{what} twice: {copies:?}");
+    post_mortem(broker, pipeline);
+    for group in copies {
+        let partition = group[0].partition;
+        let offsets: Vec<i64> = group.iter().map(|c| c.offset).collect();
+        eprintln!(
+            "[chaos] post-mortem, the batches around {offsets:?} of {topic} [{partition}]:\n{}",
+            broker.batches(topic, partition, &offsets, 3)
+        );
+    }
+    let described: Vec<Vec<String>> = copies
+        .iter()
+        .map(|group| {
+            group
+                .iter()
+                .map(|c| format!("{} at ({}, {})", c.described, c.partition, c.offset))
+                .collect()
+        })
+        .collect();
+    panic!("{topic}: records twice: {described:?}");
 }
 
 /// What a doubled record's failure message needs for a diagnosis when the
@@ -703,7 +778,7 @@ fn copies<'a, T>(
     records: &'a [Located<T>],
     key: impl Fn(&'a T) -> &'a str,
     described: impl Fn(&T) -> String,
-) -> (usize, Vec<Vec<String>>) {
+) -> (usize, Vec<Vec<Copy>>) {
     let mut per_key: HashMap<&str, Vec<&Located<T>>> = HashMap::new();
     for record in records {
         per_key.entry(key(&record.value)).or_default().push(record);
@@ -715,7 +790,11 @@ fn copies<'a, T>(
         .map(|copies| {
             copies
                 .iter()
-                .map(|c| format!("{} at ({}, {})", described(&c.value), c.partition, c.offset))
+                .map(|c| Copy {
+                    described: described(&c.value),
+                    partition: c.partition,
+                    offset: c.offset,
+                })
                 .collect()
         })
         .collect();

@@ -69,6 +69,85 @@ impl PrivateBroker {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// The record batches of `topic` (the full name) partition `partition`
+    /// whose offsets come within `around` of `offsets`, as Kafka's own
+    /// `kafka-dump-log.sh` prints them from the broker's data: base and last
+    /// offset, producer id and epoch, transactional or control (a commit or
+    /// abort marker). What a doubled record needs for a diagnosis: which
+    /// producer epoch wrote each copy, and which marker ended it.
+    #[must_use]
+    pub fn batches(&self, topic: &str, partition: i32, offsets: &[i64], around: i64) -> String {
+        let dir = repo_root()
+            .join(".cache/stack/instances")
+            .join(&self.instance)
+            .join("data/kafka")
+            .join(format!("{topic}-{partition}"));
+        let mut segments: Vec<_> = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if segments.is_empty() {
+            return format!("no log segments in {}", dir.display());
+        }
+        segments.sort();
+        let files = segments
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        // Kafka's DumpLogSegments (kafka-dump-log.sh) from the stack's jars.
+        let java = std::env::var("SI_KAFKA_JAVA").unwrap_or_else(|_| "java".into());
+        let classpath = repo_root().join(".cache/stack/kafka-4.3.1/libs/*");
+        let output = match Command::new(&java)
+            .arg("-cp")
+            .arg(&classpath)
+            .args([
+                "org.apache.kafka.tools.DumpLogSegments",
+                "--print-data-log",
+                "--files",
+                &files,
+            ])
+            .output()
+        {
+            Ok(output) => output,
+            Err(e) => return format!("{java} DumpLogSegments: {e}"),
+        };
+        let field = |line: &str, name: &str| {
+            line.split(&format!("{name}: "))
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|v| v.parse::<i64>().ok())
+        };
+        let near = |first: i64, last: i64| {
+            offsets
+                .iter()
+                .any(|o| first <= o + around && last >= o - around)
+        };
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| {
+                if let (Some(base), Some(last)) =
+                    (field(line, "baseOffset"), field(line, "lastOffset"))
+                {
+                    // A batch: up to its flags, without positions and CRCs.
+                    near(base, last).then(|| line.split(" deleteHorizonMs:").next().unwrap_or(line))
+                } else if line.contains("endTxnMarker") {
+                    // A control record: which marker, for which epoch.
+                    let offset = field(line, "| offset")?;
+                    near(offset, offset).then_some(line)
+                } else {
+                    None
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Starts the broker again (its data kept) and waits until it is ready.
     ///
     /// # Errors
