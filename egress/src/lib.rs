@@ -232,6 +232,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         kafka,
         stage: STAGE,
         input: topics::OUTBOUND,
+        outputs: topics::written_by("egress").to_vec(),
         args: DeferredArgs {
             commit_interval: config.egress.commit_interval,
             max_pending_per_partition: config.egress.max_pending_per_partition,

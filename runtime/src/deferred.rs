@@ -202,6 +202,10 @@ pub struct DeferredEnv {
     pub stage: &'static str,
     /// Declared input topic name.
     pub input: &'static str,
+    /// The topics the processor writes (as declared in `topics.yaml`),
+    /// besides the dead letters, which the driver adds: fenced at start (see
+    /// [`crate::txn::Transactions::end_pending`]).
+    pub outputs: Vec<&'static str>,
     /// Settings.
     pub args: DeferredArgs,
     /// Stage metrics.
@@ -551,6 +555,7 @@ pub async fn run<D: Deferred>(
         kafka,
         stage,
         input,
+        outputs,
         args,
         metrics,
         readiness,
@@ -558,8 +563,10 @@ pub async fn run<D: Deferred>(
     let txns = {
         let (kafka, timeout) = (kafka.clone(), args.transaction_timeout);
         let (group, topic) = (crate::stream::group_id(&kafka, stage), kafka.topic(input));
+        let outputs =
+            crate::stream::written_topics(&kafka, &outputs, &[si_schemas::topics::DEAD_LETTER]);
         tokio::task::spawn_blocking(move || {
-            Transactions::init_for_group(&kafka, stage, timeout, &group, Some(&topic))
+            Transactions::init_for_group(&kafka, stage, timeout, &group, Some(&topic), &outputs)
         })
         .await?
         .map_err(anyhow::Error::msg)?

@@ -188,6 +188,12 @@ pub struct StreamSpec {
     pub stage: &'static str,
     /// Input topics as declared in `topics.yaml`; several must be co-partitioned.
     pub inputs: Vec<&'static str>,
+    /// The topics the processor writes (those `topics.yaml` names the stage a
+    /// producer of; the runner adds the dead letters): at start every
+    /// partition of them but the changelog's gets an aborted fence that ends
+    /// what an earlier instance left pending there
+    /// ([`crate::txn::Transactions::end_pending`]).
+    pub outputs: Vec<&'static str>,
     /// The stage's compacted changelog topic, with as many partitions as the inputs.
     pub changelog: &'static str,
     /// Default TTL of state entries.
@@ -359,6 +365,23 @@ fn rewind_offset(committed: Offset, error: KafkaResult<()>) -> Result<Offset, Ka
         Offset::Offset(o) => Offset::Offset(o),
         _ => Offset::Beginning,
     })
+}
+
+/// The full names of the topics a stage writes: its declared `outputs` and
+/// what its driver adds (`also`), each once.
+pub(crate) fn written_topics(
+    kafka: &KafkaArgs,
+    outputs: &[&'static str],
+    also: &[&'static str],
+) -> Vec<String> {
+    let mut topics: Vec<String> = Vec::new();
+    for name in outputs.iter().chain(also) {
+        let full = kafka.topic(name);
+        if !topics.contains(&full) {
+            topics.push(full);
+        }
+    }
+    topics
 }
 
 fn classify_kafka(call: &'static str, error: &KafkaError) -> Step {
@@ -1591,11 +1614,19 @@ pub async fn run<P: Processor>(
 
     // The transactional producer; init_transactions fences an earlier
     // instance with the same transactional id and aborts what it left open,
-    // and end_pending_offsets ends what it left pending outside a transaction.
+    // and end_pending ends what it left pending outside a transaction.
     let txns = {
         let (kafka, transaction_timeout) = (kafka.clone(), args.transaction_timeout);
         let group = group_id(&kafka, stage);
         let topic = inputs.first().map(|(_, full)| full.clone());
+        // Not the changelog: what an earlier instance left pending there is
+        // followed by this instance's own writes of the same keys (it does
+        // the same input again, from the same committed state), and a fence
+        // there would move every partition's end offset, so that each start
+        // made the other instances restore the stores they parked in an
+        // eager rebalance (see `on_revoke`).
+        let mut outputs = written_topics(&kafka, &spec.outputs, &[topics::DEAD_LETTER]);
+        outputs.retain(|t| *t != changelog);
         tokio::task::spawn_blocking(move || {
             Transactions::init_for_group(
                 &kafka,
@@ -1603,6 +1634,7 @@ pub async fn run<P: Processor>(
                 transaction_timeout,
                 &group,
                 topic.as_deref(),
+                &outputs,
             )
         })
         .await

@@ -46,6 +46,11 @@ use rdkafka::{ClientConfig, TopicPartitionList};
 
 use crate::config::KafkaArgs;
 
+/// The key of the records [`Transactions::end_pending`] writes to a stage's
+/// output partitions in a transaction it aborts (no value): read-committed
+/// readers never see one; a read-uncommitted reader should skip them.
+pub const FENCE_KEY: &str = "si-fence";
+
 /// How often a retriable transactional call (a timed-out commit, say) is made
 /// again in place before the caller aborts.
 pub const TXN_RETRIES: u32 = 5;
@@ -163,9 +168,10 @@ impl Transactions {
         Ok(txns)
     }
 
-    /// [`Transactions::init`], then [`Transactions::end_pending_offsets`] for
-    /// the consumer `group` of the stage (when it reads a `topic`): what both
-    /// drivers do before their consumer joins. Blocks like `init`.
+    /// [`Transactions::init`], then [`Transactions::end_pending`] for the
+    /// consumer `group` of the stage (when it reads a `topic`) and the topics
+    /// it writes (`outputs`, full names): what both drivers do before their
+    /// consumer joins. Blocks like `init`.
     ///
     /// # Errors
     /// Those of both.
@@ -175,33 +181,101 @@ impl Transactions {
         transaction_timeout: Duration,
         group: &str,
         topic: Option<&str>,
+        outputs: &[String],
     ) -> Result<Self, String> {
         let txns = Self::init(kafka, stage, transaction_timeout)?;
-        if let Some(topic) = topic {
-            txns.end_pending_offsets(kafka, stage, group, topic)?;
-        }
+        txns.end_pending(kafka, stage, group, topic, outputs)?;
         Ok(txns)
     }
 
-    /// Ends the offsets of `group` that an earlier instance with the same
-    /// transactional id left pending without a transaction: one transaction
-    /// that adds the group's offsets (partition 0 of `topic`, any offset) and
-    /// is aborted. The abort marker ends every offset commit of the producer
-    /// still pending in the group's offsets partition, whatever its epoch;
-    /// nothing is committed.
+    /// Ends what an earlier instance with the same transactional id left
+    /// pending without a transaction the coordinator knows of: one
+    /// transaction that writes a fence record (key [`FENCE_KEY`], no value)
+    /// to every partition of every topic in `outputs`, adds the offsets of
+    /// `group` (partition 0 of `topic`, any offset) when there is a `topic`,
+    /// and is aborted. The abort markers end, on each of those partitions,
+    /// every record and offset commit of this producer still pending there,
+    /// whatever its epoch; nothing is committed, and read-committed readers
+    /// never see a fence.
     ///
-    /// Why: after a broker restart the chaos test saw restarted stages wait
-    /// for their committed offsets for minutes, in every incarnation, although
-    /// each one's `init_transactions` had aborted what the transaction
-    /// coordinator knew to be open: a read-committed consumer's offset fetch
-    /// (`require_stable`) waits while any offset commit of the group is
-    /// pending, and these had no open transaction left to end them. Called
-    /// after [`Transactions::init`] and before the consumer joins; it costs one
-    /// empty transaction. Blocks like `init`.
+    /// Why: a broker that shuts down while it completes a transaction can
+    /// answer the commit and then lose it (the chaos test: after the restart
+    /// the coordinator knew nothing of the transaction, and neither its
+    /// output records nor its offsets had markers). Such leftovers hang: the
+    /// offsets kept every restarted instance waiting for its committed
+    /// offsets (a read-committed offset fetch waits while any commit of the
+    /// group is pending), and a hanging output record was committed later by
+    /// this producer's next commit on its partition, beside the copy the
+    /// restarted instance wrote when it did the input again. Aborting both
+    /// makes the input's one committed result the one done again. Called
+    /// after [`Transactions::init`] and before the consumer joins; it costs
+    /// one transaction. Blocks like `init`.
     ///
     /// # Errors
     /// When the producer is fenced or fails fatally, or the abort fails.
-    pub fn end_pending_offsets(
+    pub fn end_pending(
+        &self,
+        kafka: &KafkaArgs,
+        stage: &str,
+        group: &str,
+        topic: Option<&str>,
+        outputs: &[String],
+    ) -> Result<(), String> {
+        self.begin()
+            .map_err(|e| format!("begin_transaction: {e}"))?;
+        let fenced = self.send_fences(outputs)?;
+        if let Some(topic) = topic {
+            self.add_group_offsets(kafka, stage, group, topic)?;
+        }
+        self.abort()
+            .map_err(|e| format!("abort_transaction: {e}"))?;
+        tracing::info!(
+            partitions = fenced,
+            "earlier instances' pending writes ended"
+        );
+        Ok(())
+    }
+
+    /// Writes a fence record to every partition of `outputs`, and waits until
+    /// they are written (a partition is in the transaction only then). A
+    /// topic without metadata is skipped with a warning.
+    fn send_fences(&self, outputs: &[String]) -> Result<usize, String> {
+        let mut fenced = 0;
+        for topic in outputs {
+            self.beat();
+            let partitions = match self
+                .producer
+                .client()
+                .fetch_metadata(Some(topic), self.call_timeout)
+            {
+                Ok(metadata) => metadata
+                    .topics()
+                    .first()
+                    .map_or(0, |t| t.partitions().len()),
+                Err(error) => {
+                    tracing::warn!(%topic, %error, "no metadata; its partitions are not fenced");
+                    0
+                }
+            };
+            for partition in 0..partitions {
+                let partition = i32::try_from(partition).map_err(|e| e.to_string())?;
+                let record: BaseRecord<'_, str, [u8]> =
+                    BaseRecord::to(topic).partition(partition).key(FENCE_KEY);
+                self.send(record)
+                    .map_err(|e| format!("fence on {topic} [{partition}]: {e}"))?;
+                fenced += 1;
+            }
+        }
+        self.beat();
+        self.producer
+            .flush(self.call_timeout)
+            .map_err(|e| format!("fences not written: {e}"))?;
+        Ok(fenced)
+    }
+
+    /// Adds the offsets of `group` to the open transaction (partition 0 of
+    /// `topic`, any offset: the transaction is aborted).
+    fn add_group_offsets(
         &self,
         kafka: &KafkaArgs,
         stage: &str,
@@ -221,8 +295,6 @@ impl Transactions {
         offsets
             .add_partition_offset(topic, 0, rdkafka::Offset::Offset(0))
             .map_err(|e| format!("offsets: {e}"))?;
-        self.begin()
-            .map_err(|e| format!("begin_transaction: {e}"))?;
         self.beat();
         let sent = crate::kafka::send_offsets_once(|| {
             self.producer
@@ -234,7 +306,7 @@ impl Transactions {
             }
             tracing::debug!(%error, "offsets of the pending-offsets sweep not sent");
         }
-        self.abort().map_err(|e| format!("abort_transaction: {e}"))
+        Ok(())
     }
 
     /// How long the loop may go without checking in before the process exits.

@@ -69,6 +69,7 @@ fn start(env: &TestEnv) -> Instance {
         kafka: env.kafka.clone(),
         stage: "deferred-test",
         input: topics::COMMANDS,
+        outputs: vec![topics::ARCHIVAL],
         args: DeferredArgs {
             commit_interval: Duration::from_millis(50),
             max_pending_per_partition: 1000,

@@ -93,6 +93,7 @@ fn start(env: &TestEnv, pod: &str) -> Runner {
     };
     let spec = StreamSpec {
         stage: "eager-test",
+        outputs: vec![topics::ARCHIVAL],
         // Two co-partitioned inputs: the eager `range` assignor. Nothing is
         // written to the second one.
         inputs: vec![topics::COMMANDS, topics::DELIVERY],

@@ -1,7 +1,9 @@
-//! `Transactions::end_pending_offsets` against the real broker: the
-//! transaction it aborts leaves the group's committed offsets as they were
-//! and nothing of it pending, so a read-committed consumer's stable offset
-//! fetch answers at once with what was committed before.
+//! `Transactions::end_pending` against the real broker: the transaction it
+//! aborts leaves the group's committed offsets as they were and nothing of it
+//! pending, so a read-committed consumer's stable offset fetch answers at once
+//! with what was committed before; and it puts an aborted fence on every
+//! partition of the stage's outputs (what ends a record an earlier instance
+//! left there without a transaction the coordinator knows of).
 //!
 //! ```sh
 //! eval "$(dev/stack env)"; cargo test -p si-runtime --test pending_offsets
@@ -14,6 +16,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use si_runtime::txn::Transactions;
+use si_schemas::records::ArchivalRequest;
 use si_schemas::topics;
 use si_testkit::TestEnv;
 
@@ -39,7 +42,7 @@ async fn ending_pending_offsets_commits_nothing_and_leaves_nothing_pending() -> 
             txns.begin()?;
             txns.commit(&offsets, Some(&metadata))?;
 
-            txns.end_pending_offsets(&kafka, "sweep-test", &group, &topic)
+            txns.end_pending(&kafka, "sweep-test", &group, Some(&topic), &[])
                 .map_err(anyhow::Error::msg)?;
 
             // A read-committed consumer asks with require_stable: an offset
@@ -67,5 +70,61 @@ async fn ending_pending_offsets_commits_nothing_and_leaves_nothing_pending() -> 
         vec![(0, Offset::Offset(7)), (1, Offset::Offset(7))],
         "the sweep changed or left pending the committed offsets"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_output_partition_gets_an_aborted_fence() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let kafka = env.kafka.clone();
+    let output = env.topic(topics::ARCHIVAL);
+    let group = format!("{}si-fence-test", kafka.topic_prefix);
+    let watermarks = tokio::task::spawn_blocking({
+        let (kafka, output, group) = (kafka.clone(), output.clone(), group.clone());
+        move || -> anyhow::Result<Vec<(i64, i64)>> {
+            let txns = Transactions::init_for_group(
+                &kafka,
+                "fence-test",
+                Duration::from_secs(30),
+                &group,
+                None,
+                std::slice::from_ref(&output),
+            )
+            .map_err(anyhow::Error::msg)?;
+            let client = txns.client();
+            let partitions = client
+                .fetch_metadata(Some(&output), Duration::from_secs(10))?
+                .topics()[0]
+                .partitions()
+                .len();
+            let read = || -> anyhow::Result<Vec<(i64, i64)>> {
+                (0..partitions)
+                    .map(|p| {
+                        let p = i32::try_from(p)?;
+                        Ok(client.fetch_watermarks(&output, p, Duration::from_secs(10))?)
+                    })
+                    .collect()
+            };
+            // The coordinator writes the markers after it answered the abort.
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                let marks = read()?;
+                if marks.iter().all(|w| *w == (0, 2)) || std::time::Instant::now() > deadline {
+                    return Ok(marks);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    })
+    .await??;
+    assert!(!watermarks.is_empty());
+    // On each partition: the fence, then the abort marker that ended it.
+    assert!(
+        watermarks.iter().all(|w| *w == (0, 2)),
+        "a fence and its abort marker on every partition: {watermarks:?}"
+    );
+    // And nothing a read-committed reader sees.
+    let committed = env.read_all::<ArchivalRequest>(topics::ARCHIVAL).await?;
+    assert!(committed.is_empty(), "fences visible: {committed:?}");
     Ok(())
 }

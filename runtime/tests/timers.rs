@@ -147,6 +147,7 @@ fn start_with(env: &TestEnv, commit_interval: Duration, batch_linger: Duration) 
     };
     let spec = StreamSpec {
         stage: "timer-test",
+        outputs: vec![topics::ARCHIVAL],
         inputs: vec![topics::COMMANDS],
         changelog: topics::LIFECYCLE_STATE,
         state_ttl: Duration::from_secs(3600),

@@ -105,6 +105,91 @@ pub const ALL: &[&str] = &[
     MEDIA_STATE,
 ];
 
+/// The topics each transactional stage of this repository writes, under the
+/// producer names of `topics.yaml` (a test holds the two together). A stage
+/// fences all of them when it starts (`si_runtime::txn::Transactions::end_pending`).
+pub const WRITERS: &[(&str, &[&str])] = &[
+    (
+        "normalize",
+        &[
+            CONVERSATION_EVENTS,
+            DEAD_LETTER,
+            PARTICIPANTS,
+            NORMALIZE_STATE,
+        ],
+    ),
+    (
+        "consent",
+        &[
+            CONVERSATION_EVENTS,
+            INBOUND,
+            OUTBOUND,
+            DEAD_LETTER,
+            COMPLIANCE,
+            CONSENT,
+            CONSENT_STATE,
+        ],
+    ),
+    (
+        "segment",
+        &[
+            CONVERSATION_EVENTS,
+            OUTBOUND,
+            DELIVERY,
+            DEAD_LETTER,
+            SEGMENT_STATE,
+        ],
+    ),
+    (
+        "lifecycle",
+        &[
+            CONVERSATION_EVENTS,
+            INBOUND,
+            RESPONSES,
+            OUTBOUND,
+            DELIVERY,
+            DEAD_LETTER,
+            COMPLIANCE,
+            PARTICIPANTS,
+            ARCHIVAL,
+            LIFECYCLE_STATE,
+        ],
+    ),
+    (
+        "voice-link",
+        &[
+            RESPONSES,
+            OUTBOUND,
+            DELIVERY,
+            DEAD_LETTER,
+            COMPLIANCE,
+            TRANSCRIPT,
+            VOICE_LINK_STATE,
+        ],
+    ),
+    ("media", &[CONVERSATION_EVENTS, MEDIA_STATE]),
+    (
+        "egress",
+        &[
+            DELIVERY,
+            OUTBOUND_DLQ,
+            EGRESS_LEDGER,
+            DEAD_LETTER,
+            COMPLIANCE,
+        ],
+    ),
+    ("dev echo responder", &[RESPONSES]),
+];
+
+/// The topics `producer` (a name of [`WRITERS`]) writes; empty for another.
+#[must_use]
+pub fn written_by(producer: &str) -> &'static [&'static str] {
+    WRITERS
+        .iter()
+        .find(|(name, _)| *name == producer)
+        .map_or(&[], |(_, topics)| topics)
+}
+
 /// The value schema of a topic of [`ALL`]: `(file name under schemas/avro/, .avsc text)`;
 /// `None` for a topic this crate does not know.
 #[must_use]

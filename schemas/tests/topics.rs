@@ -337,3 +337,33 @@ fn the_changelog_lists_every_topic_and_schema() {
     }
     assert!(changelog.contains("FULL_TRANSITIVE"));
 }
+
+#[test]
+fn the_writers_table_is_the_producers_of_topics_yaml() {
+    let file = load();
+    for (producer, written) in topics::WRITERS {
+        let listed: BTreeSet<&str> = file
+            .topics
+            .iter()
+            .filter(|t| t.producers.iter().any(|p| p == producer))
+            .map(|t| t.name.as_str())
+            .collect();
+        let declared: BTreeSet<&str> = written.iter().copied().collect();
+        assert_eq!(declared, listed, "topics written by {producer}");
+    }
+    // Every stage of this repository that writes in transactions is in the table.
+    for stage in [
+        "normalize",
+        "consent",
+        "segment",
+        "lifecycle",
+        "voice-link",
+        "media",
+        "egress",
+    ] {
+        assert!(
+            !topics::written_by(stage).is_empty(),
+            "{stage} missing from WRITERS"
+        );
+    }
+}

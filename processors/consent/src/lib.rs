@@ -171,6 +171,7 @@ async fn run_stream(
     };
     let spec = StreamSpec {
         stage: STAGE,
+        outputs: topics::written_by("consent").to_vec(),
         inputs: vec![topics::CONVERSATION_EVENTS, topics::DELIVERY],
         changelog: topics::CONSENT_STATE,
         state_ttl,

@@ -264,6 +264,7 @@ async fn run_stream(
     };
     let spec = StreamSpec {
         stage: STAGE,
+        outputs: topics::written_by("lifecycle").to_vec(),
         inputs: INPUTS.to_vec(),
         changelog: topics::LIFECYCLE_STATE,
         state_ttl,

@@ -424,6 +424,7 @@ async fn run_stream(
     };
     let spec = StreamSpec {
         stage: STAGE,
+        outputs: topics::written_by("media").to_vec(),
         inputs: vec![topics::CONVERSATION_EVENTS],
         changelog: topics::MEDIA_STATE,
         state_ttl,

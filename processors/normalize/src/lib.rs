@@ -296,6 +296,7 @@ async fn run_stream(
     };
     let spec = StreamSpec {
         stage: STAGE,
+        outputs: topics::written_by("normalize").to_vec(),
         inputs: vec![topics::WEBHOOKS],
         changelog: topics::NORMALIZE_STATE,
         state_ttl: config.normalize.session_ttl,

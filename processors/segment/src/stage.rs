@@ -1277,6 +1277,7 @@ async fn run_stream(
     };
     let spec = StreamSpec {
         stage: STAGE,
+        outputs: topics::written_by("segment").to_vec(),
         inputs: vec![
             topics::CONVERSATION_EVENTS,
             topics::RESPONSES,

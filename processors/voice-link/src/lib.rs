@@ -255,6 +255,7 @@ async fn run_stream(
     };
     let spec = StreamSpec {
         stage: STAGE,
+        outputs: topics::written_by("voice-link").to_vec(),
         inputs: INPUTS.to_vec(),
         changelog: topics::VOICE_LINK_STATE,
         state_ttl,

@@ -255,6 +255,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         };
         let spec = StreamSpec {
             stage: STAGE,
+            outputs: topics::written_by("dev echo responder").to_vec(),
             inputs: vec![topics::INBOUND],
             changelog: CHANGELOG,
             state_ttl: Duration::from_secs(3600),
