@@ -604,7 +604,7 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
     }
     assert!(lost.is_empty(), "messages without a reply: {lost:?}");
     // A reply twice: its operations, with the batches around them.
-    let reply_copies: Vec<Vec<Copy>> = doubled
+    let reply_copies: Vec<Vec<Duplicate>> = doubled
         .iter()
         .map(|token| {
             located
@@ -613,7 +613,7 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
                     let body = r.value.body.as_deref().unwrap_or_default();
                     body.split_whitespace().any(|w| w == token)
                 })
-                .map(|r| Copy {
+                .map(|r| Duplicate {
                     described: format!(
                         "{token}: operation {} of response {:?}",
                         r.value.operation_id, r.value.response_id
@@ -697,7 +697,7 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
 }
 
 /// A record found more than once: how the failure message names it, and where it is.
-struct Copy {
+struct Duplicate {
     described: String,
     partition: i32,
     offset: i64,
@@ -705,7 +705,7 @@ struct Copy {
 
 /// Fails with the `copies` of records on `topic` when there are any, after a
 /// post-mortem that includes the record batches around each copy.
-fn none_twice(topic: &str, copies: &[Vec<Copy>], broker: &PrivateBroker, pipeline: &Pipeline) {
+fn none_twice(topic: &str, copies: &[Vec<Duplicate>], broker: &PrivateBroker, pipeline: &Pipeline) {
     if copies.is_empty() {
         return;
     }
@@ -778,7 +778,7 @@ fn copies<'a, T>(
     records: &'a [Located<T>],
     key: impl Fn(&'a T) -> &'a str,
     described: impl Fn(&T) -> String,
-) -> (usize, Vec<Vec<Copy>>) {
+) -> (usize, Vec<Vec<Duplicate>>) {
     let mut per_key: HashMap<&str, Vec<&Located<T>>> = HashMap::new();
     for record in records {
         per_key.entry(key(&record.value)).or_default().push(record);
@@ -790,7 +790,7 @@ fn copies<'a, T>(
         .map(|copies| {
             copies
                 .iter()
-                .map(|c| Copy {
+                .map(|c| Duplicate {
                     described: described(&c.value),
                     partition: c.partition,
                     offset: c.offset,
