@@ -12,6 +12,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,12 +52,10 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-/// CPU seconds (user + system) of this process's threads, those of the load
-/// generator apart: (ingress, load).
-fn cpu_seconds() -> anyhow::Result<(f64, f64)> {
-    // stat(5) counts in clock ticks, sysconf(_SC_CLK_TCK): USER_HZ, 100 on Linux.
-    const TICKS_PER_SECOND: f64 = 100.0;
-    let (mut ingress, mut load) = (0u64, 0u64);
+/// CPU ticks (user + system, `USER_HZ`) of this process's threads, summed
+/// by thread name.
+fn cpu_ticks_by_thread() -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut by_name = BTreeMap::new();
     for task in std::fs::read_dir("/proc/self/task")? {
         let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else {
             continue; // the thread ended meanwhile
@@ -69,17 +68,35 @@ fn cpu_seconds() -> anyhow::Result<(f64, f64)> {
         let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
         // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after comm and state.
         let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-        if comm.starts_with(CLIENT_THREADS) {
-            load += ticks;
-        } else {
-            ingress += ticks;
-        }
+        *by_name.entry(comm.to_owned()).or_default() += ticks;
     }
-    #[allow(clippy::cast_precision_loss)]
-    Ok((
-        ingress as f64 / TICKS_PER_SECOND,
-        load as f64 / TICKS_PER_SECOND,
-    ))
+    Ok(by_name)
+}
+
+/// CPU seconds per thread name spent between `before` and `after`, busiest
+/// first, and the total of those that are not the load generator's.
+fn cpu_spent(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> (Vec<(String, f64)>, f64, f64) {
+    // stat(5) counts in clock ticks, sysconf(_SC_CLK_TCK): USER_HZ, 100 on Linux.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let mut spent: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, ticks)| {
+            let earlier = before.get(name).copied().unwrap_or(0);
+            #[allow(clippy::cast_precision_loss)]
+            let seconds = ticks.saturating_sub(earlier) as f64 / TICKS_PER_SECOND;
+            (name.clone(), seconds)
+        })
+        .filter(|(_, seconds)| *seconds > 0.0)
+        .collect();
+    spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let (load, ingress): (Vec<_>, Vec<_>) = spent
+        .iter()
+        .partition(|(name, _)| name.starts_with(CLIENT_THREADS));
+    let sum = |threads: Vec<&(String, f64)>| threads.iter().map(|(_, s)| s).sum::<f64>();
+    (spent.clone(), sum(ingress), sum(load))
 }
 
 async fn run(ingress: Arc<Ingress>) -> anyhow::Result<()> {
@@ -91,7 +108,7 @@ async fn run(ingress: Arc<Ingress>) -> anyhow::Result<()> {
     })
     .await?;
 
-    let (ingress_cpu_before, load_cpu_before) = cpu_seconds()?;
+    let cpu_before = cpu_ticks_by_thread()?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
@@ -134,9 +151,7 @@ async fn run(ingress: Arc<Ingress>) -> anyhow::Result<()> {
         failures += f;
     }
     let elapsed = started.elapsed();
-    let (ingress_cpu_after, load_cpu_after) = cpu_seconds()?;
-    let ingress_cpu = ingress_cpu_after - ingress_cpu_before;
-    let load_cpu = load_cpu_after - load_cpu_before;
+    let (by_thread, ingress_cpu, load_cpu) = cpu_spent(&cpu_before, &cpu_ticks_by_thread()?);
     latencies.sort();
     let pct = |p: f64| {
         let index = ((latencies.len() as f64 - 1.0) * p).round() as usize;
@@ -163,5 +178,10 @@ async fn run(ingress: Arc<Ingress>) -> anyhow::Result<()> {
         ingress_cpu / elapsed.as_secs_f64() * 100.0,
         load_cpu / accepted * 1e6,
     );
+    let threads: Vec<String> = by_thread
+        .iter()
+        .map(|(name, seconds)| format!("{name} {:.1}", seconds / accepted * 1e6))
+        .collect();
+    println!("CPU by thread, µs per webhook: {}", threads.join(", "));
     Ok(())
 }

@@ -356,6 +356,8 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// # Errors
 /// Why the body is malformed.
 pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
+    use std::borrow::Cow;
+    // One allocation for most parts: the decoded bytes become the String.
     let decode = |part: &[u8]| -> Result<String, String> {
         let mut at = 0;
         while let Some(offset) = part[at..].iter().position(|&b| b == b'%') {
@@ -368,14 +370,22 @@ pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
             }
             at = escape_at + 3;
         }
-        let spaced: Vec<u8> = part
-            .iter()
-            .map(|&b| if b == b'+' { b' ' } else { b })
-            .collect();
-        percent_encoding::percent_decode(&spaced)
-            .decode_utf8()
-            .map(std::borrow::Cow::into_owned)
-            .map_err(|_| "not UTF-8".to_owned())
+        let spaced: Cow<[u8]> = if part.contains(&b'+') {
+            Cow::Owned(
+                part.iter()
+                    .map(|&b| if b == b'+' { b' ' } else { b })
+                    .collect(),
+            )
+        } else {
+            Cow::Borrowed(part)
+        };
+        let decoded: Cow<[u8]> = if at > 0 {
+            // An escape was found: `at` moved past it.
+            Cow::Owned(percent_encoding::percent_decode(&spaced).collect())
+        } else {
+            spaced
+        };
+        String::from_utf8(decoded.into_owned()).map_err(|_| "not UTF-8".to_owned())
     };
     body.split(|&b| b == b'&')
         .filter(|pair| !pair.is_empty())
@@ -634,6 +644,13 @@ mod tests {
             parse_form(b"Body=100%25").expect("escaped percent")[0].1,
             "100%"
         );
+        // Each way a part is decoded: as it is, spaces only, escapes only, both.
+        assert_eq!(parse_form(b"Body=a+b").expect("spaces")[0].1, "a b");
+        assert_eq!(parse_form(b"Body=a%20b").expect("escape")[0].1, "a b");
+        assert_eq!(parse_form(b"Body=a+%C3%A9").expect("both")[0].1, "a é");
+        assert!(parse_form(b"Body=\xff").is_err(), "raw, not UTF-8");
+        assert!(parse_form(b"Body=a+\xff").is_err(), "spaced, not UTF-8");
+        assert!(parse_form(b"B\xffdy=a").is_err(), "a name, not UTF-8");
     }
 
     #[test]

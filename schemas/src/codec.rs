@@ -113,10 +113,16 @@ pub fn split_frame(bytes: &[u8]) -> Result<(u32, &[u8]), CodecError> {
 /// Prefixes an Avro datum with the Confluent header.
 #[must_use]
 pub fn frame(id: u32, datum: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + datum.len());
+    let mut out = header(id, datum.len());
+    out.extend_from_slice(datum);
+    out
+}
+
+/// The Confluent header, in a buffer with room for a datum of `datum_capacity`.
+fn header(id: u32, datum_capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + datum_capacity);
     out.push(MAGIC);
     out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(datum);
     out
 }
 
@@ -131,9 +137,22 @@ pub fn frame(id: u32, datum: &[u8]) -> Vec<u8> {
 /// # Errors
 /// When the record does not fit its schema (a bug in the typed record).
 pub fn encode_datum<T: AvroRecord>(record: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(DATUM_CAPACITY);
+    write_datum(&mut out, record)?;
+    Ok(out)
+}
+
+/// What an encoding's buffer starts with: most of our records fit, so the
+/// buffer is seldom grown, where one grown from empty would be reallocated
+/// at every doubling on the way to the record's size.
+const DATUM_CAPACITY: usize = 512;
+
+/// Appends `record`'s Avro datum to `out`, as [`encode_datum`] encodes it.
+fn write_datum<T: AvroRecord>(out: &mut Vec<u8>, record: &T) -> Result<(), CodecError> {
     limit_allocations();
     T::datum_writer()
-        .write_ser_to_vec(record)
+        .write_ser(out, record)
+        .map(|_| ())
         .map_err(|e| CodecError::Avro(format!("{}: {e}", T::SCHEMA_FILE)))
 }
 
@@ -302,7 +321,9 @@ impl Codec {
         record: &T,
     ) -> Result<Vec<u8>, CodecError> {
         let id = self.schema_id::<T>(topic).await?;
-        Ok(frame(id, &encode_datum(record)?))
+        let mut out = header(id, DATUM_CAPACITY);
+        write_datum(&mut out, record)?;
+        Ok(out)
     }
 
     /// Decodes a Confluent-framed record into `T`.
