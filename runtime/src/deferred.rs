@@ -563,8 +563,7 @@ pub async fn run<D: Deferred>(
     let txns = {
         let (kafka, timeout) = (kafka.clone(), args.transaction_timeout);
         let (group, topic) = (crate::stream::group_id(&kafka, stage), kafka.topic(input));
-        let outputs =
-            crate::stream::written_topics(&kafka, &outputs, &[si_schemas::topics::DEAD_LETTER]);
+        let outputs = crate::txn::fenced_topics(&kafka, &outputs, None);
         tokio::task::spawn_blocking(move || {
             Transactions::init_for_group(&kafka, stage, timeout, &group, Some(&topic), &outputs)
         })

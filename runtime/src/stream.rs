@@ -367,23 +367,6 @@ fn rewind_offset(committed: Offset, error: KafkaResult<()>) -> Result<Offset, Ka
     })
 }
 
-/// The full names of the topics a stage writes: its declared `outputs` and
-/// what its driver adds (`also`), each once.
-pub(crate) fn written_topics(
-    kafka: &KafkaArgs,
-    outputs: &[&'static str],
-    also: &[&'static str],
-) -> Vec<String> {
-    let mut topics: Vec<String> = Vec::new();
-    for name in outputs.iter().chain(also) {
-        let full = kafka.topic(name);
-        if !topics.contains(&full) {
-            topics.push(full);
-        }
-    }
-    topics
-}
-
 fn classify_kafka(call: &'static str, error: &KafkaError) -> Step {
     if crate::txn::is_fatal(error) {
         Step::Fatal(format!("{call}: {error}"))
@@ -1625,8 +1608,7 @@ pub async fn run<P: Processor>(
         // there would move every partition's end offset, so that each start
         // made the other instances restore the stores they parked in an
         // eager rebalance (see `on_revoke`).
-        let mut outputs = written_topics(&kafka, &spec.outputs, &[topics::DEAD_LETTER]);
-        outputs.retain(|t| *t != changelog);
+        let outputs = crate::txn::fenced_topics(&kafka, &spec.outputs, Some(&changelog));
         tokio::task::spawn_blocking(move || {
             Transactions::init_for_group(
                 &kafka,

@@ -61,6 +61,9 @@ pub const TXN_RETRIES: u32 = 5;
 /// exits a loop stuck in a call ([`Transactions::stall_limit`]: 50 s).
 pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The name of the thread that exits the process when the loop stalls.
+pub const WATCHDOG_THREAD: &str = "si-txn-watchdog";
+
 /// The transactional id of a stage instance: `<SI_TOPIC_PREFIX>si-<stage>-<POD_NAME>`.
 #[must_use]
 pub fn transactional_id(kafka: &KafkaArgs, stage: &str) -> String {
@@ -131,6 +134,24 @@ pub struct Transactions {
     /// When the loop last checked in (ms since the process's watchdog epoch).
     beat: Arc<AtomicU64>,
     epoch: Instant,
+}
+
+/// The full names of the topics a stage's [`Transactions::end_pending`]
+/// fences: its declared `outputs` and the dead-letter topic every driver
+/// writes, each once, and not `unfenced` (a full name).
+pub(crate) fn fenced_topics(
+    kafka: &KafkaArgs,
+    outputs: &[&'static str],
+    unfenced: Option<&str>,
+) -> Vec<String> {
+    let mut topics: Vec<String> = Vec::new();
+    for name in outputs.iter().chain(&[si_schemas::topics::DEAD_LETTER]) {
+        let full = kafka.topic(name);
+        if !topics.contains(&full) && unfenced != Some(full.as_str()) {
+            topics.push(full);
+        }
+    }
+    topics
 }
 
 impl Transactions {
@@ -238,7 +259,7 @@ impl Transactions {
 
     /// Writes a fence record to every partition of `outputs`, and waits until
     /// they are written (a partition is in the transaction only then). A
-    /// topic without metadata is skipped with a warning.
+    /// topic the broker does not know has no partitions to fence.
     fn send_fences(&self, outputs: &[String]) -> Result<usize, String> {
         let mut fenced = 0;
         for topic in outputs {
@@ -252,10 +273,9 @@ impl Transactions {
                     .topics()
                     .first()
                     .map_or(0, |t| t.partitions().len()),
-                Err(error) => {
-                    tracing::warn!(%topic, %error, "no metadata; its partitions are not fenced");
-                    0
-                }
+                // Unfenced partitions could keep what an earlier instance
+                // left there: the start fails, and the next one tries again.
+                Err(error) => return Err(format!("no metadata of {topic} to fence it: {error}")),
             };
             for partition in 0..partitions {
                 let partition = i32::try_from(partition).map_err(|e| e.to_string())?;
@@ -322,13 +342,16 @@ impl Transactions {
     }
 
     fn start_watchdog(&self, stage: &str) {
-        let (beat, epoch, limit) = (Arc::clone(&self.beat), self.epoch, self.stall_limit());
+        // Weak: the watchdog ends with its transactions (a stage stopped in
+        // a process that goes on, as in tests, must not exit it later).
+        let (beat, epoch, limit) = (Arc::downgrade(&self.beat), self.epoch, self.stall_limit());
         let stage = stage.to_owned();
         let spawned = std::thread::Builder::new()
-            .name("watchdog".into())
+            .name(WATCHDOG_THREAD.into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(Duration::from_secs(1));
+                    let Some(beat) = beat.upgrade() else { return };
                     let last = Duration::from_millis(beat.load(Ordering::Relaxed));
                     let silent = epoch.elapsed().saturating_sub(last);
                     if silent > limit {
@@ -449,6 +472,37 @@ impl Transactions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stage_fences_its_outputs_and_dead_letters_once_each_and_not_what_it_leaves_out() {
+        use si_schemas::topics;
+        let kafka = KafkaArgs {
+            bootstrap_servers: "x:9092".into(),
+            topic_prefix: "p.".into(),
+            pod_name: "pod-0".into(),
+        };
+        let outputs = [
+            topics::INBOUND,
+            topics::DEAD_LETTER,
+            topics::INBOUND,
+            topics::CONVERSATION_EVENTS,
+        ];
+        assert_eq!(
+            fenced_topics(
+                &kafka,
+                &outputs,
+                Some(&kafka.topic(topics::CONVERSATION_EVENTS))
+            ),
+            [
+                kafka.topic(topics::INBOUND),
+                kafka.topic(topics::DEAD_LETTER)
+            ]
+        );
+        assert_eq!(
+            fenced_topics(&kafka, &[], None),
+            [kafka.topic(topics::DEAD_LETTER)]
+        );
+    }
 
     #[test]
     fn a_stage_instance_has_its_own_transactional_id() {

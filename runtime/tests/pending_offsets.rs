@@ -128,3 +128,45 @@ async fn every_output_partition_gets_an_aborted_fence() -> anyhow::Result<()> {
     assert!(committed.is_empty(), "fences visible: {committed:?}");
     Ok(())
 }
+
+/// A stage whose fences cannot be written does not start: an earlier
+/// instance's leftovers on those partitions would stay. Its start fails
+/// within the calls' timeout, and the next instance tries again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_that_cannot_be_written_fails_the_start() -> anyhow::Result<()> {
+    let broker = si_testkit::broker::PrivateBroker::start("fence")?;
+    let env = TestEnv::start_on(&broker.bootstrap()).await?;
+    let kafka = env.kafka.clone();
+    let output = env.topic(topics::ARCHIVAL);
+    let group = format!("{}si-fence-test", kafka.topic_prefix);
+    let txns = tokio::task::spawn_blocking({
+        let kafka = kafka.clone();
+        move || Transactions::init(&kafka, "fence-test", Duration::from_secs(3))
+    })
+    .await?
+    .map_err(anyhow::Error::msg)?;
+    broker.down()?;
+    let started = std::time::Instant::now();
+    let ended = tokio::task::spawn_blocking(move || {
+        txns.end_pending(
+            &kafka,
+            "fence-test",
+            &group,
+            None,
+            std::slice::from_ref(&output),
+        )
+    })
+    .await?;
+    let error = ended.expect_err("fences written to a stopped broker");
+    assert!(
+        error.contains("fence") && error.contains(&env.topic(topics::ARCHIVAL)),
+        "the error names the fence and its topic: {error}"
+    );
+    // One call's timeout (3 s) to find that out, with room for a slow machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}

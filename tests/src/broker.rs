@@ -2,6 +2,7 @@
 //! for tests that stop or restart the broker: they never disturb the shared
 //! one other tests use. The schema registry stays the shared one.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::{free_port, repo_root};
@@ -54,11 +55,13 @@ impl PrivateBroker {
         .is_ok()
     }
 
-    fn log(&self) -> std::path::PathBuf {
-        repo_root()
-            .join(".cache/stack/instances")
-            .join(&self.instance)
-            .join("logs/kafka.log")
+    /// Where `dev/stack` keeps this instance (`SI_CACHE_DIR` as it reads it).
+    fn home(&self) -> PathBuf {
+        stack_dir().join("instances").join(&self.instance)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.home().join("logs/kafka.log")
     }
 
     /// The last `lines` lines of the broker's log.
@@ -77,9 +80,8 @@ impl PrivateBroker {
     /// producer epoch wrote each copy, and which marker ended it.
     #[must_use]
     pub fn batches(&self, topic: &str, partition: i32, offsets: &[i64], around: i64) -> String {
-        let dir = repo_root()
-            .join(".cache/stack/instances")
-            .join(&self.instance)
+        let dir = self
+            .home()
             .join("data/kafka")
             .join(format!("{topic}-{partition}"));
         let mut segments: Vec<_> = std::fs::read_dir(&dir)
@@ -102,7 +104,10 @@ impl PrivateBroker {
             .join(",");
         // Kafka's DumpLogSegments (kafka-dump-log.sh) from the stack's jars.
         let java = std::env::var("SI_KAFKA_JAVA").unwrap_or_else(|_| "java".into());
-        let classpath = repo_root().join(".cache/stack/kafka-4.3.1/libs/*");
+        let Some(kafka_home) = kafka_home() else {
+            return format!("no Kafka in {}", stack_dir().display());
+        };
+        let classpath = kafka_home.join("libs/*");
         let output = match Command::new(&java)
             .arg("-cp")
             .arg(&classpath)
@@ -180,4 +185,29 @@ impl Drop for PrivateBroker {
         let _ = std::fs::copy(self.log(), kept);
         let _ = self.stack(&["reset"]);
     }
+}
+
+/// `dev/stack`'s directory: `$SI_CACHE_DIR/stack`, by default `.cache/stack`.
+fn stack_dir() -> PathBuf {
+    std::env::var_os("SI_CACHE_DIR")
+        .map_or_else(|| repo_root().join(".cache"), PathBuf::from)
+        .join("stack")
+}
+
+/// The Kafka `dev/stack` fetched (`kafka-<version>`, with its `libs`), the
+/// newest if there are several.
+fn kafka_home() -> Option<PathBuf> {
+    let mut homes: Vec<PathBuf> = std::fs::read_dir(stack_dir())
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("kafka-"))
+                && path.join("libs").is_dir()
+        })
+        .collect();
+    homes.sort_by_key(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok());
+    homes.pop()
 }

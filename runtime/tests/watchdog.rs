@@ -1,0 +1,49 @@
+//! The stuck-loop watchdog of `Transactions` ends with them. A stage stopped
+//! in a process that goes on (a test's in-process stages; a driver that makes
+//! its transactions again) must not have a watchdog left behind that finds
+//! no more beats and exits the process.
+//!
+//! Alone in its binary: it counts the process's watchdog threads.
+//!
+//! ```sh
+//! eval "$(dev/stack env)"; cargo test -p si-runtime --test watchdog
+//! ```
+
+use std::time::{Duration, Instant};
+
+use si_runtime::txn::{Transactions, WATCHDOG_THREAD};
+use si_testkit::TestEnv;
+
+fn watchdogs() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter(|task| {
+                    std::fs::read_to_string(task.path().join("comm"))
+                        .is_ok_and(|name| name.trim_end() == WATCHDOG_THREAD)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_ends_with_its_transactions() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let kafka = env.kafka.clone();
+    let txns = tokio::task::spawn_blocking(move || {
+        Transactions::init(&kafka, "watchdog-test", Duration::from_secs(5))
+    })
+    .await?
+    .map_err(anyhow::Error::msg)?;
+    assert_eq!(watchdogs(), 1, "a watchdog per transactions");
+    drop(txns);
+    // It looks once a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watchdogs() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(watchdogs(), 0, "the watchdog outlived its transactions");
+    Ok(())
+}
