@@ -5,7 +5,9 @@
 //! fixed concurrency, runs on another (threads named `bench-client`). CPU is
 //! read per thread from `/proc/self/task/*/stat` before and after the run:
 //! every thread but the load's counts as ingress (its runtime, librdkafka's
-//! threads). Needs the local stack (`dev/stack up`).
+//! threads), and is also printed by thread name. Ingress logs as deployed:
+//! JSON lines at `LOG_LEVEL` (default info). Needs the local stack
+//! (`dev/stack up`).
 //!
 //! `cargo bench -p si-ingress --bench throughput` (`WEBHOOKS=20000 CONCURRENCY=128` to vary)
 
@@ -32,6 +34,12 @@ fn env_usize(name: &str, default: usize) -> usize {
 const CLIENT_THREADS: &str = "bench-client";
 
 fn main() -> anyhow::Result<()> {
+    // Ingress's logging as deployed (`LOG_LEVEL` info, JSON lines): its
+    // spans are enabled, so they cost what they cost there.
+    si_runtime::telemetry::init(
+        si_runtime::config::LogFormat::Json,
+        &std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".to_owned()),
+    );
     let server = tokio::runtime::Builder::new_multi_thread()
         .thread_name("ingress")
         .enable_all()

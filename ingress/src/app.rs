@@ -248,17 +248,32 @@ async fn handle(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let span = webhook_span(route, &uri, &headers);
-    respond(&state, route, &uri, &headers, body, &span)
-        .instrument(span.clone())
+    let webhook = webhook_trace(route, &uri, &headers);
+    let span = webhook.span.clone();
+    respond(&state, route, &uri, &headers, body, &webhook)
+        .instrument(span)
         .await
+}
+
+/// One webhook's span, and the traceparent its record carries when that is
+/// known from the start.
+struct WebhookTrace {
+    span: Span,
+    /// Without exported spans: the request's valid `traceparent`, else a new
+    /// trace. The span names its trace id from the start, instead of a
+    /// `record` that would have the JSON log layer parse and write its
+    /// fields again. `None` when spans are exported: the record then
+    /// carries the produce span's context.
+    traceparent: Option<String>,
 }
 
 /// The span of one webhook: a new trace, or a child of the context the
 /// request names: its `traceparent` header, else (a status callback of a
 /// message egress sent) the `traceparent` egress put into the callback URL,
 /// so the delivery report joins the trace of the send it reports on.
-fn webhook_span(route: WebhookRoute, uri: &Uri, headers: &HeaderMap) -> Span {
+fn webhook_trace(route: WebhookRoute, uri: &Uri, headers: &HeaderMap) -> WebhookTrace {
+    let traceparent = (!trace::exporting())
+        .then(|| received_traceparent(headers).map_or_else(trace::fresh, str::to_owned));
     let span = tracing::info_span!(
         "webhook",
         otel.kind = "server",
@@ -267,18 +282,21 @@ fn webhook_span(route: WebhookRoute, uri: &Uri, headers: &HeaderMap) -> Span {
         si.route = route_label(route),
         http.response.status_code = Empty,
         otel.status_code = Empty,
-        trace_id = Empty,
+        trace_id = traceparent.as_deref().and_then(trace::trace_id),
     );
     if trace::exporting() {
-        let from_header =
-            header_str(headers, trace::TRACEPARENT).filter(|t| trace::parse(t).is_some());
+        let from_header = received_traceparent(headers);
         let from_url = query_param(uri.query(), trace::TRACEPARENT);
         trace::continue_from(&span, from_header.or(from_url.as_deref()));
         if let (Some(_), Some(sent)) = (from_header, &from_url) {
             trace::link(&span, sent);
         }
     }
-    span
+    WebhookTrace { span, traceparent }
+}
+
+fn received_traceparent(headers: &HeaderMap) -> Option<&str> {
+    header_str(headers, trace::TRACEPARENT).filter(|t| trace::parse(t).is_some())
 }
 
 async fn respond(
@@ -287,10 +305,11 @@ async fn respond(
     uri: &Uri,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-    span: &Span,
+    webhook: &WebhookTrace,
 ) -> Response {
+    let span = &webhook.span;
     let started = Instant::now();
-    let result = accept(state, route, uri, headers, body, span).await;
+    let result = accept(state, route, uri, headers, body, webhook).await;
     let outcome = match &result {
         Ok(_) => "accepted",
         Err(reject) => reject.outcome(),
@@ -302,7 +321,7 @@ async fn respond(
         .inc();
     match result {
         Ok(response) => {
-            span.record("http.response.status_code", response.status().as_u16());
+            record_status(span, &response);
             tracing::debug!(
                 route = route_label(route),
                 elapsed_ms = started.elapsed().as_millis(),
@@ -337,11 +356,19 @@ async fn respond(
                 ),
             }
             let response = reject.into_response();
-            span.record("http.response.status_code", response.status().as_u16());
-            if response.status().is_server_error() {
-                span.record("otel.status_code", "ERROR");
-            }
+            record_status(span, &response);
             response
+        }
+    }
+}
+
+/// The response's status on the webhook's span, for its trace (log lines
+/// say the outcome themselves).
+fn record_status(span: &Span, response: &Response) {
+    if trace::exporting() {
+        span.record("http.response.status_code", response.status().as_u16());
+        if response.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
         }
     }
 }
@@ -447,7 +474,7 @@ async fn accept(
     uri: &Uri,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-    span: &Span,
+    webhook: &WebhookTrace,
 ) -> Result<Response, Reject> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -473,7 +500,7 @@ async fn accept(
         Body::Form(params) => Payload::Form(params),
         Body::Json { raw, .. } => Payload::Raw(raw),
     };
-    tracing::info_span!("verify signature")
+    trace::exported(|| tracing::info_span!("verify signature"))
         .in_scope(|| {
             signature::verify(
                 &public_url,
@@ -490,17 +517,22 @@ async fn accept(
         .iter()
         .filter_map(|name| header_str(headers, name).map(|v| ((*name).to_owned(), v.to_owned())))
         .collect();
-    let produce = tracing::info_span!(
-        "produce",
-        otel.kind = "producer",
-        messaging.system = "kafka",
-        messaging.destination.name = %state.topic,
-    );
+    let produce = trace::exported(|| {
+        tracing::info_span!(
+            "produce",
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.destination.name = %state.topic,
+        )
+    });
     // The record carries the produce span's context (with traces exported),
     // else the request's own traceparent, else a new trace.
-    let received = header_str(headers, trace::TRACEPARENT).filter(|t| trace::parse(t).is_some());
-    let traceparent = trace::traceparent_of(&produce, received).unwrap_or_else(trace::fresh);
-    trace::record_trace_id(span, Some(&traceparent));
+    let traceparent = webhook.traceparent.clone().unwrap_or_else(|| {
+        let traceparent = trace::traceparent_of(&produce, received_traceparent(headers))
+            .unwrap_or_else(trace::fresh);
+        trace::record_trace_id(&webhook.span, Some(&traceparent));
+        traceparent
+    });
     let received_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -523,8 +555,8 @@ async fn accept(
         .instrument(produce)
         .await?;
     // The TwiML's callbacks continue this webhook's trace.
-    let webhook = trace::traceparent_of(span, None);
-    Ok(answer(state, route, query, &parsed, webhook.as_deref()))
+    let callbacks = trace::traceparent_of(&webhook.span, None);
+    Ok(answer(state, route, query, &parsed, callbacks.as_deref()))
 }
 
 /// Writes the envelope and waits for Kafka's acknowledgement (acks=all), within `deadline`.

@@ -36,6 +36,13 @@ pub fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
 }
 
+/// The span `make` builds when spans are exported, else a disabled one. For
+/// a span only a trace shows: with log lines in JSON, every enabled span
+/// costs a formatted copy of its fields, made again at each `record`.
+pub fn exported(make: impl FnOnce() -> Span) -> Span {
+    if exporting() { make() } else { Span::none() }
+}
+
 /// The span context a `traceparent` names (version `00`, or a later version
 /// read as `00` as the W3C spec asks); `None` when it is malformed or names
 /// the invalid all-zero ids.
