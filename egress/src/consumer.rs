@@ -213,11 +213,13 @@ impl Deferred for Egress {
             messaging.kafka.offset = id.offset,
             outcome = Empty,
             otel.status_code = Empty,
-            trace_id = Empty,
+            trace_id = si_runtime::trace::known_trace_id(received.as_deref()),
         );
         si_runtime::trace::continue_from(&span, received.as_deref());
         let traceparent = si_runtime::trace::traceparent_of(&span, received.as_deref());
-        si_runtime::trace::record_trace_id(&span, traceparent.as_deref());
+        if si_runtime::trace::known_trace_id(received.as_deref()).is_none() {
+            si_runtime::trace::record_trace_id(&span, traceparent.as_deref());
+        }
         let _entered = span.enter();
         let ledgered = self
             .ledgers

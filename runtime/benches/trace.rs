@@ -1,7 +1,7 @@
 //! What tracing costs per record when no trace is exported: the runner's
 //! `process` span (created, parented, its trace id recorded, entered) under
-//! the production log layer (JSON at `info`), against handing the
-//! `traceparent` on alone.
+//! the production log layer (JSON at `info`), the same span naming its
+//! trace id as it is created, and handing the `traceparent` on alone.
 //!
 //! cargo bench -p si-runtime --bench trace
 
@@ -42,6 +42,22 @@ fn record_span(c: &mut Criterion) {
                 let traceparent = trace::traceparent_of(&span, Some(TP));
                 trace::record_trace_id(&span, traceparent.as_deref());
                 std::hint::black_box(traceparent)
+            });
+        });
+        group.bench_function("process span naming its trace id + traceparent", |b| {
+            b.iter(|| {
+                let received = Some(TP);
+                let span = tracing::info_span!(
+                    "process",
+                    si.stage = "bench",
+                    messaging.destination.name = "si.conversation.events.v1",
+                    messaging.kafka.partition = 3,
+                    messaging.kafka.offset = 12_345_i64,
+                    trace_id = trace::known_trace_id(received),
+                );
+                trace::continue_from(&span, received);
+                let _entered = span.enter();
+                std::hint::black_box(trace::traceparent_of(&span, received))
             });
         });
         group.finish();

@@ -566,7 +566,7 @@ impl<P: Processor> Core<P> {
             messaging.destination.name = topic,
             messaging.kafka.partition = partition,
             messaging.kafka.offset = message.offset(),
-            trace_id = Empty,
+            trace_id = crate::trace::known_trace_id(received),
         );
         crate::trace::continue_from(&span, received);
         self.process_in(message, topic, received, &span)
@@ -608,6 +608,7 @@ impl<P: Processor> Core<P> {
                 return self.dead_letter(message, kind, &e.to_string());
             }
         };
+        let named = crate::trace::known_trace_id(received).is_some();
         // A record without the header may name its trace in its value (the
         // cognition layer's responses do).
         let received = received.or_else(|| {
@@ -617,7 +618,9 @@ impl<P: Processor> Core<P> {
         });
         let _entered = span.enter();
         let traceparent = crate::trace::traceparent_of(span, received);
-        crate::trace::record_trace_id(span, traceparent.as_deref());
+        if !named {
+            crate::trace::record_trace_id(span, traceparent.as_deref());
+        }
         if let Some(txn) = self.txn.as_mut()
             && txn.links < crate::trace::MAX_LINKS
             && let Some(context) = crate::trace::context_of(span)
@@ -752,12 +755,14 @@ impl<P: Processor> Core<P> {
                 "timer",
                 si.stage = self.stage,
                 si.timer.due_at_ms = due_at_ms,
-                trace_id = Empty,
+                trace_id = crate::trace::known_trace_id(cause.as_deref()),
             );
             crate::trace::continue_from(&span, cause.as_deref());
             let _entered = span.enter();
             let traceparent = crate::trace::traceparent_of(&span, cause.as_deref());
-            crate::trace::record_trace_id(&span, traceparent.as_deref());
+            if crate::trace::known_trace_id(cause.as_deref()).is_none() {
+                crate::trace::record_trace_id(&span, traceparent.as_deref());
+            }
             store.set_trace(traceparent.as_deref());
             if let Some(txn) = self.txn.as_mut() {
                 txn.timer_partitions.insert(partition);

@@ -163,6 +163,21 @@ pub fn traceparent_of(span: &Span, received: Option<&str>) -> Option<String> {
         .or_else(|| received.map(str::to_owned))
 }
 
+/// The trace id a span can name from its creation (`trace_id =
+/// trace::known_trace_id(received)`): without exported spans, the one of
+/// the `traceparent` it hands on (`received`), so that no
+/// [`record_trace_id`] is needed, which the JSON log layer pays for by
+/// parsing and writing the span's fields again. `None` with exported spans
+/// (the span's own context decides) or nothing received: record it then.
+#[must_use]
+pub fn known_trace_id(received: Option<&str>) -> Option<&str> {
+    if exporting() {
+        None
+    } else {
+        received.and_then(trace_id)
+    }
+}
+
 /// Records the trace id of `traceparent` in the `trace_id` field of `span`
 /// (declared with `trace_id = tracing::field::Empty`), so log lines written
 /// inside it name the trace.
@@ -177,6 +192,50 @@ mod tests {
     use super::*;
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn without_exported_traces_a_span_names_the_received_trace_from_its_creation() {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt;
+
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lines").extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        assert!(!exporting());
+        assert_eq!(
+            known_trace_id(Some(TP)),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(known_trace_id(Some("not a traceparent")), None);
+        assert_eq!(known_trace_id(None), None);
+
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_writer(move || writer.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("process", trace_id = known_trace_id(Some(TP)));
+            let _entered = span.enter();
+            tracing::info!("inside");
+        });
+        let written = String::from_utf8(lines.0.lock().expect("lines").clone()).expect("UTF-8");
+        assert!(
+            written.contains(r#""trace_id":"4bf92f3577b34da6a3ce929d0e0e4736""#),
+            "the log line names the trace: {written}"
+        );
+    }
 
     #[test]
     fn a_traceparent_round_trips() {
