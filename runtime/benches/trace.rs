@@ -7,7 +7,6 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use si_runtime::trace;
-use tracing::field::Empty;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -27,16 +26,20 @@ fn record_span(c: &mut Criterion) {
         group.bench_function("traceparent handed on only", |b| {
             b.iter(|| std::hint::black_box(Some(std::hint::black_box(TP).to_owned())));
         });
+        // The runner's span, naming the trace id it is given, if any.
+        let process_span = |trace_id: Option<&str>| {
+            tracing::info_span!(
+                "process",
+                si.stage = "bench",
+                messaging.destination.name = "si.conversation.events.v1",
+                messaging.kafka.partition = 3,
+                messaging.kafka.offset = 12_345_i64,
+                trace_id = trace_id,
+            )
+        };
         group.bench_function("process span + traceparent", |b| {
             b.iter(|| {
-                let span = tracing::info_span!(
-                    "process",
-                    si.stage = "bench",
-                    messaging.destination.name = "si.conversation.events.v1",
-                    messaging.kafka.partition = 3,
-                    messaging.kafka.offset = 12_345_i64,
-                    trace_id = Empty,
-                );
+                let span = process_span(None);
                 trace::continue_from(&span, Some(TP));
                 let _entered = span.enter();
                 let traceparent = trace::traceparent_of(&span, Some(TP));
@@ -47,14 +50,7 @@ fn record_span(c: &mut Criterion) {
         group.bench_function("process span naming its trace id + traceparent", |b| {
             b.iter(|| {
                 let received = Some(TP);
-                let span = tracing::info_span!(
-                    "process",
-                    si.stage = "bench",
-                    messaging.destination.name = "si.conversation.events.v1",
-                    messaging.kafka.partition = 3,
-                    messaging.kafka.offset = 12_345_i64,
-                    trace_id = trace::known_trace_id(received),
-                );
+                let span = process_span(trace::known_trace_id(received));
                 trace::continue_from(&span, received);
                 let _entered = span.enter();
                 std::hint::black_box(trace::traceparent_of(&span, received))
