@@ -751,16 +751,17 @@ impl<P: Processor> Core<P> {
                 continue;
             };
             // The timer's span joins the trace of the record that set it.
+            let named = crate::trace::known_trace_id(cause.as_deref());
             let span = tracing::info_span!(
                 "timer",
                 si.stage = self.stage,
                 si.timer.due_at_ms = due_at_ms,
-                trace_id = crate::trace::known_trace_id(cause.as_deref()),
+                trace_id = named,
             );
             crate::trace::continue_from(&span, cause.as_deref());
             let _entered = span.enter();
             let traceparent = crate::trace::traceparent_of(&span, cause.as_deref());
-            if crate::trace::known_trace_id(cause.as_deref()).is_none() {
+            if named.is_none() {
                 crate::trace::record_trace_id(&span, traceparent.as_deref());
             }
             store.set_trace(traceparent.as_deref());

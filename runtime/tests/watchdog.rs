@@ -37,13 +37,27 @@ async fn the_watchdog_ends_with_its_transactions() -> anyhow::Result<()> {
     })
     .await?
     .map_err(anyhow::Error::msg)?;
-    assert_eq!(watchdogs(), 1, "a watchdog per transactions");
+    // The thread names itself once it runs.
+    assert_eq!(
+        watchdogs_within(1, Duration::from_secs(10)).await,
+        1,
+        "a watchdog per transactions"
+    );
     drop(txns);
     // It looks once a second.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while watchdogs() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(watchdogs(), 0, "the watchdog outlived its transactions");
+    assert_eq!(
+        watchdogs_within(0, Duration::from_secs(10)).await,
+        0,
+        "the watchdog outlived its transactions"
+    );
     Ok(())
+}
+
+/// The watchdog threads once there are `wanted`, or when `deadline` passes.
+async fn watchdogs_within(wanted: usize, deadline: Duration) -> usize {
+    let deadline = Instant::now() + deadline;
+    while watchdogs() != wanted && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watchdogs()
 }
