@@ -24,7 +24,9 @@ use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracerProvider};
 use tracing::Metadata;
-use tracing_subscriber::filter::{EnvFilter, FilterFn};
+use tracing::subscriber::Interest;
+use tracing_subscriber::filter::{DynFilterFn, EnvFilter};
+use tracing_subscriber::layer::Context;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
@@ -194,6 +196,33 @@ fn ours(metadata: &Metadata<'_>) -> bool {
     own && (metadata.is_span() || *metadata.level() <= tracing::Level::WARN)
 }
 
+/// The trace layer's filter: [`ours`], with our callsites' interest at
+/// "sometimes", never "always".
+///
+/// Why: a per-layer filter hands its decision for a span to the layer
+/// through a thread-local that the last `enabled` call wrote. A callsite
+/// every filter calls "always" is never asked, so it reads whatever an
+/// earlier `enabled` left there, for other metadata: librdkafka's level
+/// check, or `log` records through `tracing-log`. When that said "not
+/// ours", the span was dropped from the trace layer alone. Its children
+/// then started traces of their own: the e2e trace test saw the first
+/// inbound webhook's `produce` span without its `webhook` parent (tracing
+/// issue 2519). "Sometimes" has every filter asked at every span and event.
+fn exported_filter<S>() -> DynFilterFn<
+    S,
+    impl Fn(&Metadata<'_>, &Context<'_, S>) -> bool,
+    impl Fn(&'static Metadata<'static>) -> Interest,
+> {
+    DynFilterFn::new(|metadata: &Metadata<'_>, _: &Context<'_, S>| ours(metadata))
+        .with_callsite_filter(|metadata: &'static Metadata<'static>| {
+            if ours(metadata) {
+                Interest::sometimes()
+            } else {
+                Interest::never()
+            }
+        })
+}
+
 fn fmt_layer(format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
     // Colours only on a terminal: log files and collectors get plain text,
     // and no escape codes are formatted for every span.
@@ -273,7 +302,7 @@ pub fn start(service_name: &str, service: &ServiceArgs) -> Telemetry {
             .with_location(false)
             .with_threads(false)
             .with_tracked_inactivity(false)
-            .with_filter(FilterFn::new(ours))
+            .with_filter(exported_filter())
     });
     let lines = log_lines(fmt_layer(service.log_format), filter);
     let installed = match otel {
