@@ -21,6 +21,7 @@ use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use si_runtime::deferred::{Deferred, Output, RecordId, Started};
 use si_runtime::metrics::StageMetrics;
+use si_runtime::table::EndOfPartitionIsFine;
 use si_schemas::Codec;
 use si_schemas::records::{DeadLetterErrorKind, EgressLedgerEntry, OutboundOperation};
 use tokio::runtime::Handle;
@@ -303,7 +304,8 @@ fn restore_ledger(
     codec: &Codec,
     handle: &Handle,
 ) -> anyhow::Result<HashMap<String, EgressLedgerEntry>> {
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: BaseConsumer<EndOfPartitionIsFine> =
+        config.create_with_context(EndOfPartitionIsFine)?;
     let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(30))?;
     let mut out = HashMap::new();
     if high <= low {

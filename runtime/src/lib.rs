@@ -29,6 +29,9 @@ pub mod telemetry;
 pub mod trace;
 pub mod txn;
 
+#[cfg(test)]
+mod test_log;
+
 pub use admin::{AdminServer, Readiness, with_admin};
 #[doc(hidden)]
 pub use mimalloc;

@@ -29,9 +29,11 @@ use crate::config::KafkaArgs;
 use crate::mask::mask_address;
 use crate::metrics::StageMetrics;
 
-/// Context of consumers that read to the end of partitions (tables, restores):
-/// reaching the end is expected, not an error worth logging.
-pub(crate) struct EndOfPartitionIsFine;
+/// Context of consumers that read to the end of partitions (tables, restores,
+/// with `enable.partition.eof`): reaching the end is expected, not an error
+/// worth logging. With the default context librdkafka's report of it is
+/// logged as an error (`Global error: PartitionEOF`) at every restore.
+pub struct EndOfPartitionIsFine;
 
 impl ClientContext for EndOfPartitionIsFine {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -314,6 +316,37 @@ async fn decode_with_retry<V: AvroRecord>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_end_of_a_partition_is_not_logged_other_errors_are() {
+        use rdkafka::types::RDKafkaErrorCode;
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let lines = crate::test_log::Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            EndOfPartitionIsFine.error(KafkaError::PartitionEOF(0), "end of partition");
+            EndOfPartitionIsFine.error(
+                KafkaError::Global(RDKafkaErrorCode::PartitionEOF),
+                "Fetch from broker 1 reached end of partition",
+            );
+            EndOfPartitionIsFine.error(
+                KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+                "1/1 brokers are down",
+            );
+        });
+        let written = lines.text();
+        assert!(
+            !written.contains("end of partition"),
+            "the end of a partition was logged: {written}"
+        );
+        assert!(
+            written.contains("ERROR") && written.contains("1/1 brokers are down"),
+            "another error is logged: {written}"
+        );
+    }
 
     #[test]
     fn from_entries_is_loaded_and_tombstones_remove() {

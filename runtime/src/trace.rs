@@ -195,20 +195,8 @@ mod tests {
 
     #[test]
     fn without_exported_traces_a_span_names_the_received_trace_from_its_creation() {
-        use std::sync::{Arc, Mutex};
         use tracing_subscriber::layer::SubscriberExt;
 
-        #[derive(Clone, Default)]
-        struct Lines(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Lines {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().expect("lines").extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         assert!(!exporting());
         assert_eq!(
             known_trace_id(Some(TP)),
@@ -217,7 +205,7 @@ mod tests {
         assert_eq!(known_trace_id(Some("not a traceparent")), None);
         assert_eq!(known_trace_id(None), None);
 
-        let lines = Lines::default();
+        let lines = crate::test_log::Lines::default();
         let writer = lines.clone();
         let subscriber = tracing_subscriber::registry().with(
             tracing_subscriber::fmt::layer()
@@ -230,7 +218,7 @@ mod tests {
             let _entered = span.enter();
             tracing::info!("inside");
         });
-        let written = String::from_utf8(lines.0.lock().expect("lines").clone()).expect("UTF-8");
+        let written = lines.text();
         assert!(
             written.contains(r#""trace_id":"4bf92f3577b34da6a3ce929d0e0e4736""#),
             "the log line names the trace: {written}"

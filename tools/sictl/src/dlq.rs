@@ -22,6 +22,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::Offset;
 use serde::Serialize;
 use si_runtime::KafkaArgs;
+use si_runtime::table::EndOfPartitionIsFine;
 use si_schemas::records::OutboundDeadLetter;
 use si_schemas::{Codec, topics};
 
@@ -242,7 +243,8 @@ async fn read_dlq(
     if open.is_empty() {
         return Ok(out);
     }
-    let consumer: StreamConsumer = config.create()?;
+    let consumer: StreamConsumer<EndOfPartitionIsFine> =
+        config.create_with_context(EndOfPartitionIsFine)?;
     consumer.assign(&assignment)?;
     let end_of: BTreeMap<i32, i64> = ends.iter().map(|(p, _, high)| (*p, *high)).collect();
     let deadline = tokio::time::Instant::now() + timeout;

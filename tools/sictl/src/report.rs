@@ -24,15 +24,15 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::ClientContext;
 use rdkafka::Message as _;
 use rdkafka::TopicPartitionList;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::Offset;
 use serde::Serialize;
 use si_runtime::KafkaArgs;
+use si_runtime::table::EndOfPartitionIsFine;
 use si_schemas::records::{
     Channel, ComplianceEvent, ComplianceEventKind, ConversationEvent, ConversationEventType,
     DeliveryOutcome, DeliveryStatus, OperationKind, OutboundOperation,
@@ -469,20 +469,6 @@ pub async fn run(
     Ok(report)
 }
 
-/// The reader's client context: the end of a partition is how the reader
-/// knows it is done, not an error to log (librdkafka reports it as one).
-struct QuietEof;
-
-impl ClientContext for QuietEof {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
-            tracing::error!(%error, reason, "librdkafka");
-        }
-    }
-}
-
-impl ConsumerContext for QuietEof {}
-
 /// Where each partition starts (the first offset at or after `from`) and ends now.
 fn bounds(probe: &BaseConsumer, topic: &str, from: i64) -> anyhow::Result<Vec<(i32, Offset, i64)>> {
     let call = Duration::from_secs(10);
@@ -572,7 +558,8 @@ async fn read_range<T: AvroRecord>(
     if open.is_empty() {
         return Ok(out);
     }
-    let consumer: StreamConsumer<QuietEof> = config.create_with_context(QuietEof)?;
+    let consumer: StreamConsumer<EndOfPartitionIsFine> =
+        config.create_with_context(EndOfPartitionIsFine)?;
     consumer.assign(&assignment)?;
     let deadline = tokio::time::Instant::now() + timeout;
     while !open.is_empty() {
