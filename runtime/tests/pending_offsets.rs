@@ -15,20 +15,30 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
+use si_runtime::config::KafkaArgs;
 use si_runtime::txn::Transactions;
 use si_schemas::records::ArchivalRequest;
 use si_schemas::topics;
 use si_testkit::TestEnv;
 
+/// Runs `body` on a blocking thread (the transactional calls block) with
+/// the test's broker settings and a group named `group` in its prefix.
+async fn on_blocking_thread<T: Send + 'static>(
+    env: &TestEnv,
+    group: &str,
+    body: impl FnOnce(KafkaArgs, String) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let kafka = env.kafka.clone();
+    let group = format!("{}{group}", kafka.topic_prefix);
+    tokio::task::spawn_blocking(move || body(kafka, group)).await?
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_pending_offsets_commits_nothing_and_leaves_nothing_pending() -> anyhow::Result<()> {
     let env = TestEnv::start().await?;
-    let kafka = env.kafka.clone();
     let topic = env.topic(topics::COMMANDS);
-    let group = format!("{}si-sweep-test", kafka.topic_prefix);
-    let committed = tokio::task::spawn_blocking({
-        let (kafka, topic, group) = (kafka.clone(), topic.clone(), group.clone());
-        move || -> anyhow::Result<Vec<(i32, Offset)>> {
+    let committed: Vec<(i32, Offset)> =
+        on_blocking_thread(&env, "si-sweep-test", move |kafka, group| {
             let txns = Transactions::init(&kafka, "sweep-test", Duration::from_secs(30))
                 .map_err(anyhow::Error::msg)?;
             // What was committed before: offset 7 of partitions 0 and 1.
@@ -62,9 +72,8 @@ async fn ending_pending_offsets_commits_nothing_and_leaves_nothing_pending() -> 
                     Ok((e.partition(), e.offset()))
                 })
                 .collect()
-        }
-    })
-    .await??;
+        })
+        .await?;
     assert_eq!(
         committed,
         vec![(0, Offset::Offset(7)), (1, Offset::Offset(7))],
@@ -76,12 +85,9 @@ async fn ending_pending_offsets_commits_nothing_and_leaves_nothing_pending() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_output_partition_gets_an_aborted_fence() -> anyhow::Result<()> {
     let env = TestEnv::start().await?;
-    let kafka = env.kafka.clone();
     let output = env.topic(topics::ARCHIVAL);
-    let group = format!("{}si-fence-test", kafka.topic_prefix);
-    let watermarks = tokio::task::spawn_blocking({
-        let (kafka, output, group) = (kafka.clone(), output.clone(), group.clone());
-        move || -> anyhow::Result<Vec<(i64, i64)>> {
+    let watermarks: Vec<(i64, i64)> =
+        on_blocking_thread(&env, "si-fence-test", move |kafka, group| {
             let txns = Transactions::init_for_group(
                 &kafka,
                 "fence-test",
@@ -114,9 +120,8 @@ async fn every_output_partition_gets_an_aborted_fence() -> anyhow::Result<()> {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-        }
-    })
-    .await??;
+        })
+        .await?;
     assert!(!watermarks.is_empty());
     // On each partition: the fence, then the abort marker that ended it.
     assert!(
