@@ -608,7 +608,7 @@ impl<P: Processor> Core<P> {
                 return self.dead_letter(message, kind, &e.to_string());
             }
         };
-        let named = crate::trace::known_trace_id(received).is_some();
+        let header = received;
         // A record without the header may name its trace in its value (the
         // cognition layer's responses do).
         let received = received.or_else(|| {
@@ -618,9 +618,7 @@ impl<P: Processor> Core<P> {
         });
         let _entered = span.enter();
         let traceparent = crate::trace::traceparent_of(span, received);
-        if !named {
-            crate::trace::record_trace_id(span, traceparent.as_deref());
-        }
+        crate::trace::record_trace_id_unless_named(span, header, traceparent.as_deref());
         if let Some(txn) = self.txn.as_mut()
             && txn.links < crate::trace::MAX_LINKS
             && let Some(context) = crate::trace::context_of(span)
@@ -751,19 +749,20 @@ impl<P: Processor> Core<P> {
                 continue;
             };
             // The timer's span joins the trace of the record that set it.
-            let named = crate::trace::known_trace_id(cause.as_deref());
             let span = tracing::info_span!(
                 "timer",
                 si.stage = self.stage,
                 si.timer.due_at_ms = due_at_ms,
-                trace_id = named,
+                trace_id = crate::trace::known_trace_id(cause.as_deref()),
             );
             crate::trace::continue_from(&span, cause.as_deref());
             let _entered = span.enter();
             let traceparent = crate::trace::traceparent_of(&span, cause.as_deref());
-            if named.is_none() {
-                crate::trace::record_trace_id(&span, traceparent.as_deref());
-            }
+            crate::trace::record_trace_id_unless_named(
+                &span,
+                cause.as_deref(),
+                traceparent.as_deref(),
+            );
             store.set_trace(traceparent.as_deref());
             if let Some(txn) = self.txn.as_mut() {
                 txn.timer_partitions.insert(partition);

@@ -187,6 +187,19 @@ pub fn record_trace_id(span: &Span, traceparent: Option<&str>) {
     }
 }
 
+/// [`record_trace_id`] for a span declared with `trace_id =
+/// known_trace_id(received)`: records only when the span could not name its
+/// trace at creation.
+pub fn record_trace_id_unless_named(
+    span: &Span,
+    received: Option<&str>,
+    traceparent: Option<&str>,
+) {
+    if known_trace_id(received).is_none() {
+        record_trace_id(span, traceparent);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
