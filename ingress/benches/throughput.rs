@@ -64,19 +64,8 @@ fn main() -> anyhow::Result<()> {
 /// by thread name.
 fn cpu_ticks_by_thread() -> anyhow::Result<BTreeMap<String, u64>> {
     let mut by_name = BTreeMap::new();
-    for task in std::fs::read_dir("/proc/self/task")? {
-        let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else {
-            continue; // the thread ended meanwhile
-        };
-        // `pid (comm) state ...`: comm may hold spaces; fields follow the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = &stat[open + 1..close];
-        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after comm and state.
-        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-        *by_name.entry(comm.to_owned()).or_default() += ticks;
+    for (name, ticks) in si_testkit::procfs::own_threads()? {
+        *by_name.entry(name).or_default() += ticks;
     }
     Ok(by_name)
 }

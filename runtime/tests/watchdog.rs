@@ -15,17 +15,12 @@ use si_runtime::txn::{Transactions, WATCHDOG_THREAD};
 use si_testkit::TestEnv;
 
 fn watchdogs() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|tasks| {
-            tasks
-                .filter_map(Result::ok)
-                .filter(|task| {
-                    std::fs::read_to_string(task.path().join("comm"))
-                        .is_ok_and(|name| name.trim_end() == WATCHDOG_THREAD)
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    si_testkit::procfs::own_threads().map_or(0, |threads| {
+        threads
+            .iter()
+            .filter(|(name, _)| name == WATCHDOG_THREAD)
+            .count()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

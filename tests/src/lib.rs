@@ -24,6 +24,7 @@ pub mod leaks;
 pub mod openapi;
 pub mod otlp;
 pub mod process;
+pub mod procfs;
 pub mod throughput;
 
 pub use broker::PrivateBroker;

@@ -9,7 +9,9 @@
 pub mod accounting;
 pub mod commits;
 pub mod load;
-pub mod procfs;
 pub mod report;
 pub mod stats;
 pub mod topics;
+
+/// CPU and memory from `/proc`, shared with the stages' own benchmarks.
+pub use si_testkit::procfs;

@@ -1,5 +1,7 @@
-//! CPU time and resident memory of processes, from `/proc/<pid>/stat` and
-//! `/proc/<pid>/status` (Linux).
+//! CPU time and resident memory of processes and of this process's threads,
+//! from `/proc/<pid>/stat`, `/proc/<pid>/status` and `/proc/self/task`
+//! (Linux): for `si-bench`, the stages' benchmarks and the tests that count
+//! threads.
 
 use std::time::Instant;
 
@@ -14,6 +16,31 @@ pub fn cpu_ticks(stat: &str) -> Option<u64> {
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// The command name of a `/proc/<pid>/stat` text: between the first `(`
+/// and the last `)`, since the name itself may hold either.
+#[must_use]
+pub fn command_name(stat: &str) -> Option<&str> {
+    stat.get(stat.find('(')? + 1..stat.rfind(')')?)
+}
+
+/// This process's threads as they are now: each one's name and CPU time in
+/// clock ticks. A thread that ends while they are read is left out.
+///
+/// # Errors
+/// When `/proc/self/task` cannot be listed.
+pub fn own_threads() -> std::io::Result<Vec<(String, u64)>> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        if let (Some(name), Some(ticks)) = (command_name(&stat), cpu_ticks(&stat)) {
+            threads.push((name.to_owned(), ticks));
+        }
+    }
+    Ok(threads)
 }
 
 /// Resident set size in KiB (`VmRSS`) from the text of `/proc/<pid>/status`.
@@ -158,6 +185,33 @@ mod tests {
         let spaced = "77 (tokio (rt) x) R 1 77 77 0 -1 0 0 0 0 0 10 5 0 0";
         assert_eq!(cpu_ticks(spaced), Some(15));
         assert_eq!(cpu_ticks("garbage"), None);
+        assert_eq!(command_name(stat), Some("si-ingress"));
+        assert_eq!(command_name(spaced), Some("tokio (rt) x"));
+        assert_eq!(command_name("garbage"), None);
+    }
+
+    #[test]
+    fn a_thread_is_among_the_processs_threads_while_it_runs() -> anyhow::Result<()> {
+        const NAME: &str = "procfs-probe";
+        let named = || -> std::io::Result<usize> {
+            Ok(own_threads()?.iter().filter(|(n, _)| n == NAME).count())
+        };
+        let (started, running) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let probe = std::thread::Builder::new()
+            .name(NAME.to_owned())
+            .spawn(move || {
+                started.send(()).ok();
+                stopped.recv().ok();
+            })?;
+        running.recv()?;
+        assert_eq!(named()?, 1);
+        stop.send(())?;
+        probe
+            .join()
+            .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?;
+        assert_eq!(named()?, 0, "an ended thread is gone");
+        Ok(())
     }
 
     #[test]
