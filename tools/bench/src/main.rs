@@ -551,10 +551,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    // Ctrl-C drops the benchmark: its stages are killed, its topics deleted.
+    // Ctrl-C or SIGTERM drops the benchmark: its stages are killed, its
+    // topics deleted.
+    let stop = si_runtime::shutdown::shutdown_token();
     let outcome = tokio::select! {
         outcome = bench(args) => outcome,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        () = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
