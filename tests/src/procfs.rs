@@ -46,11 +46,7 @@ pub fn own_threads() -> std::io::Result<Vec<(String, u64)>> {
 /// Resident set size in KiB (`VmRSS`) from the text of `/proc/<pid>/status`.
 #[must_use]
 pub fn rss_kib(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
+    status_kib(status, "VmRSS:")
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100, the Linux default, if it
@@ -71,9 +67,14 @@ pub fn ticks_per_second() -> u64 {
 /// over the process's life) from the text of `/proc/<pid>/status`.
 #[must_use]
 pub fn hwm_kib(status: &str) -> Option<u64> {
+    status_kib(status, "VmHWM:")
+}
+
+/// The KiB figure of the `/proc/<pid>/status` line that starts with `field`.
+fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
 }
@@ -215,9 +216,10 @@ mod tests {
     }
 
     #[test]
-    fn rss_comes_from_vmrss() {
+    fn rss_comes_from_vmrss_and_the_peak_from_vmhwm() {
         let status = "Name:\tsi-egress\nVmPeak:\t  900000 kB\nVmHWM:\t   80000 kB\nVmRSS:\t   73912 kB\nThreads:\t9\n";
         assert_eq!(rss_kib(status), Some(73_912));
+        assert_eq!(hwm_kib(status), Some(80_000));
         assert_eq!(rss_kib("Name:\tx\n"), None);
     }
 
