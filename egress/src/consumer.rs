@@ -205,6 +205,7 @@ impl Deferred for Egress {
         // The operation's span, a child of the record's trace (the header,
         // else the operation's own `traceparent` field).
         let received = received.or_else(|| op.traceparent.clone());
+        let named = si_runtime::trace::known_trace_id(received.as_deref());
         let span = tracing::info_span!(
             parent: None,
             "operation",
@@ -214,15 +215,11 @@ impl Deferred for Egress {
             messaging.kafka.offset = id.offset,
             outcome = Empty,
             otel.status_code = Empty,
-            trace_id = si_runtime::trace::known_trace_id(received.as_deref()),
+            trace_id = named,
         );
         si_runtime::trace::continue_from(&span, received.as_deref());
         let traceparent = si_runtime::trace::traceparent_of(&span, received.as_deref());
-        si_runtime::trace::record_trace_id_unless_named(
-            &span,
-            received.as_deref(),
-            traceparent.as_deref(),
-        );
+        si_runtime::trace::record_trace_id_unless_named(&span, named, traceparent.as_deref());
         let _entered = span.enter();
         let ledgered = self
             .ledgers

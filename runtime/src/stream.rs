@@ -559,6 +559,7 @@ impl<P: Processor> Core<P> {
         let topic = self.declared(full_topic);
         let partition = message.partition();
         let received = header_str(message, TRACEPARENT_HEADER);
+        let named = crate::trace::known_trace_id(received);
         // The record's span: a child of the trace the record belongs to.
         let span = tracing::info_span!(
             "process",
@@ -566,10 +567,10 @@ impl<P: Processor> Core<P> {
             messaging.destination.name = topic,
             messaging.kafka.partition = partition,
             messaging.kafka.offset = message.offset(),
-            trace_id = crate::trace::known_trace_id(received),
+            trace_id = named,
         );
         crate::trace::continue_from(&span, received);
-        self.process_in(message, topic, received, &span)
+        self.process_in(message, topic, received, named, &span)
     }
 
     fn process_in(
@@ -577,6 +578,7 @@ impl<P: Processor> Core<P> {
         message: &BorrowedMessage<'_>,
         topic: &'static str,
         received: Option<&str>,
+        named: Option<&str>,
         span: &Span,
     ) -> Result<(), Step> {
         let full_topic = message.topic();
@@ -608,7 +610,6 @@ impl<P: Processor> Core<P> {
                 return self.dead_letter(message, kind, &e.to_string());
             }
         };
-        let header = received;
         // A record without the header may name its trace in its value (the
         // cognition layer's responses do).
         let received = received.or_else(|| {
@@ -618,7 +619,7 @@ impl<P: Processor> Core<P> {
         });
         let _entered = span.enter();
         let traceparent = crate::trace::traceparent_of(span, received);
-        crate::trace::record_trace_id_unless_named(span, header, traceparent.as_deref());
+        crate::trace::record_trace_id_unless_named(span, named, traceparent.as_deref());
         if let Some(txn) = self.txn.as_mut()
             && txn.links < crate::trace::MAX_LINKS
             && let Some(context) = crate::trace::context_of(span)
@@ -749,20 +750,17 @@ impl<P: Processor> Core<P> {
                 continue;
             };
             // The timer's span joins the trace of the record that set it.
+            let named = crate::trace::known_trace_id(cause.as_deref());
             let span = tracing::info_span!(
                 "timer",
                 si.stage = self.stage,
                 si.timer.due_at_ms = due_at_ms,
-                trace_id = crate::trace::known_trace_id(cause.as_deref()),
+                trace_id = named,
             );
             crate::trace::continue_from(&span, cause.as_deref());
             let _entered = span.enter();
             let traceparent = crate::trace::traceparent_of(&span, cause.as_deref());
-            crate::trace::record_trace_id_unless_named(
-                &span,
-                cause.as_deref(),
-                traceparent.as_deref(),
-            );
+            crate::trace::record_trace_id_unless_named(&span, named, traceparent.as_deref());
             store.set_trace(traceparent.as_deref());
             if let Some(txn) = self.txn.as_mut() {
                 txn.timer_partitions.insert(partition);

@@ -187,15 +187,11 @@ pub fn record_trace_id(span: &Span, traceparent: Option<&str>) {
     }
 }
 
-/// [`record_trace_id`] for a span declared with `trace_id =
-/// known_trace_id(received)`: records only when the span could not name its
-/// trace at creation.
-pub fn record_trace_id_unless_named(
-    span: &Span,
-    received: Option<&str>,
-    traceparent: Option<&str>,
-) {
-    if known_trace_id(received).is_none() {
+/// [`record_trace_id`] for a span declared with `trace_id = named`, where
+/// `named` is what [`known_trace_id`] gave: records only when the span could
+/// not name its trace at creation, without parsing the header again.
+pub fn record_trace_id_unless_named(span: &Span, named: Option<&str>, traceparent: Option<&str>) {
+    if named.is_none() {
         record_trace_id(span, traceparent);
     }
 }
