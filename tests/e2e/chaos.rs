@@ -512,9 +512,11 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
         retries.load(Ordering::Relaxed)
     );
 
-    // Every message answered, every operation ended.
+    // Every message answered, every operation ended. When not, the checks
+    // below still run: the first that fails says at which stage the missing
+    // messages stopped.
     let expected_ops = total + scenario.users;
-    let statuses = env
+    let collected = env
         .collect::<DeliveryStatus>(
             topics::DELIVERY,
             Duration::from_secs(120),
@@ -527,7 +529,14 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
                     >= expected_ops
             },
         )
-        .await?;
+        .await;
+    let (statuses, unanswered) = match collected {
+        Ok(statuses) => (statuses, None),
+        Err(e) => {
+            eprintln!("[chaos] {e:#}; looking for the stage where they stopped");
+            (Vec::new(), Some(e))
+        }
+    };
     for stage in &mut pipeline.stages {
         stage.process.terminate(Duration::from_secs(30))?;
     }
@@ -655,6 +664,9 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
             "one terminal status for operation {}",
             op.operation_id
         );
+    }
+    if let Some(e) = unanswered {
+        return Err(e);
     }
 
     // What Twilio saw: every reply at least once; extra copies only from

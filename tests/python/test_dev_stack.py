@@ -1,10 +1,14 @@
-"""`dev/stack kafka-requests`: the broker's own request counts, read over JMX.
+"""`dev/stack`'s broker: its own request counts, read over JMX
+(`kafka-requests`), and the garbage collector it runs with.
 
 The counts come from the broker, not from the client, so the client here is
 an independent one (confluent-kafka): what it sends must show up in the
 counts taken around it.
 """
 
+import os
+import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -74,3 +78,31 @@ def test_all_requests_since_the_broker_started(local_stack):
     table = counts(done.stdout)
     assert table.get("ApiVersions", 0) >= 1, table
     assert table.get("Metadata", 0) >= 1, table
+
+
+def broker_pid():
+    port = BOOTSTRAP.rsplit(":", 1)[1]
+    listening = subprocess.run(
+        ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    found = re.search(r"pid=(\d+)", listening)
+    return found and found.group(1)
+
+
+def test_the_broker_runs_kafkas_collector_settings(local_stack):
+    """dev/stack's default (README, "The broker's garbage collector"), as
+    the running JVM reports it, not as the command line asks."""
+    if os.environ.get("SI_KAFKA_GC_OPTS"):
+        pytest.skip("SI_KAFKA_GC_OPTS chooses the collector")
+    pid = broker_pid()
+    assert pid, f"nothing listens on {BOOTSTRAP}"
+    jcmd = shutil.which("jcmd")
+    if jcmd is None:
+        pytest.skip("no jcmd on PATH")
+    flags = subprocess.run(
+        [jcmd, pid, "VM.flags"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "-XX:+UseG1GC" in flags, flags
+    assert "-XX:MaxGCPauseMillis=20" in flags, flags
+    assert "-XX:InitiatingHeapOccupancyPercent=35" in flags, flags
+    assert "-XX:+UseParallelGC" not in flags, flags
