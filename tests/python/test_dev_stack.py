@@ -44,8 +44,11 @@ def stack(*args, timeout=180):
 
 @pytest.fixture(scope="module")
 def local_stack():
-    if stack("status", timeout=60).returncode != 0:
+    """What `dev/stack status` says of this checkout's stack, when it runs."""
+    status = stack("status", timeout=60)
+    if status.returncode != 0:
         pytest.skip("dev/stack's broker is not running (another broker is in use)")
+    return status.stdout
 
 
 def counts(output):
@@ -80,8 +83,7 @@ def test_all_requests_since_the_broker_started(local_stack):
     assert table.get("Metadata", 0) >= 1, table
 
 
-def broker_pid():
-    status = stack("status", timeout=60).stdout
+def broker_pid(status):
     found = re.search(r"^kafka: ready .*, pid (\d+),", status, re.MULTILINE)
     return found and found.group(1)
 
@@ -91,7 +93,7 @@ def test_the_broker_runs_kafkas_collector_settings(local_stack):
     the running JVM reports it, not as the command line asks."""
     if os.environ.get("SI_KAFKA_GC_OPTS"):
         pytest.skip("SI_KAFKA_GC_OPTS chooses the collector")
-    pid = broker_pid()
+    pid = broker_pid(local_stack)
     assert pid, "dev/stack status names no broker pid"
     jcmd = shutil.which("jcmd")
     if jcmd is None:
