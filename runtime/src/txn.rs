@@ -26,17 +26,26 @@
 //!
 //! Every call is made with a timeout, but after a broker restart the chaos
 //! test saw a stage's loop thread stop in a call that never returned (no log
-//! line, no session timeout, nothing read for minutes; librdkafka's
-//! `send_offsets_to_transaction` is one known such call, issue 5456). So the
-//! loop checks in ([`Transactions::beat`]) at every turn and before every
-//! transactional call, and a watchdog thread exits the process (status 70)
-//! when it has not for [`Transactions::stall_limit`]: three call timeouts
-//! plus 20 s, so never while a call or its retries still run as designed.
+//! line, no session timeout, nothing read for minutes). One such call is
+//! known: librdkafka 2.12's `send_offsets_to_transaction` waits for ever
+//! when the group coordinator it had cached went away (the coordinator
+//! request's timeout is never checked, librdkafka issue 5456); a thread dump
+//! of a stage stuck 25 s after the broker was back showed it there. So a
+//! watchdog thread exits the process (status 70) in two cases:
+//!
+//! - a transactional call has not returned [`CALL_GRACE`] after its own
+//!   timeout: librdkafka ignored the timeout, and the message names the call;
+//! - the loop has not checked in ([`Transactions::beat`], at every turn and
+//!   around every transactional call) for [`Transactions::stall_limit`]:
+//!   three call timeouts plus 20 s, so never while a call or its retries
+//!   still run as designed.
+//!
 //! The container is restarted, takes its partitions back and resumes from the
-//! committed offsets; nothing of the open transaction was committed.
+//! committed offsets; nothing of the open transaction was committed, and the
+//! next instance's `init_transactions` aborts it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -63,6 +72,12 @@ pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The name of the thread that exits the process when the loop stalls.
 pub const WATCHDOG_THREAD: &str = "si-txn-watchdog";
+
+/// How long past its own timeout a transactional call may run before the
+/// watchdog takes it for one that never returns. Generous: librdkafka's
+/// calls return within milliseconds of their timeout, and a busy machine
+/// only delays that by scheduling.
+pub const CALL_GRACE: Duration = Duration::from_secs(5);
 
 /// The transactional id of a stage instance: `<SI_TOPIC_PREFIX>si-<stage>-<POD_NAME>`.
 #[must_use]
@@ -131,9 +146,68 @@ pub fn is_fatal(error: &KafkaError) -> bool {
 pub struct Transactions {
     producer: ThreadedProducer<DefaultProducerContext>,
     call_timeout: Duration,
-    /// When the loop last checked in (ms since the process's watchdog epoch).
-    beat: Arc<AtomicU64>,
+    /// What the watchdog watches.
+    pulse: Arc<Pulse>,
+}
+
+/// The loop's signs of life, shared with its watchdog thread.
+struct Pulse {
     epoch: Instant,
+    /// When the loop last checked in (ms since `epoch`).
+    beat: AtomicU64,
+    /// The transactional call in progress, if any.
+    call: Mutex<Option<Call>>,
+}
+
+/// A librdkafka call in progress.
+#[derive(Clone, Copy, Debug)]
+struct Call {
+    name: &'static str,
+    since: Instant,
+    timeout: Duration,
+}
+
+impl Pulse {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            beat: AtomicU64::new(0),
+            call: Mutex::new(None),
+        }
+    }
+
+    fn call(&self) -> std::sync::MutexGuard<'_, Option<Call>> {
+        self.call.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Why the process should exit now, if it should: a call overdue by more
+    /// than [`CALL_GRACE`], else no check-in for `limit`.
+    fn verdict(&self, now: Instant, limit: Duration) -> Option<String> {
+        let call = *self.call();
+        if let Some(call) = call {
+            let running = now.saturating_duration_since(call.since);
+            if running > call.timeout + CALL_GRACE {
+                return Some(format!(
+                    "{} has not returned {}s after it began (its timeout {}s): librdkafka ignored the timeout",
+                    call.name,
+                    running.as_secs(),
+                    call.timeout.as_secs()
+                ));
+            }
+        }
+        let last = Duration::from_millis(self.beat.load(Ordering::Relaxed));
+        let silent = now
+            .saturating_duration_since(self.epoch)
+            .saturating_sub(last);
+        (silent > limit).then(|| {
+            let within = call.map_or(String::new(), |call| format!(" (in {})", call.name));
+            format!(
+                "the Kafka loop has not moved for {}s{within} (limit {}s): stuck in a librdkafka call",
+                silent.as_secs(),
+                limit.as_secs()
+            )
+        })
+    }
 }
 
 /// The full names of the topics a stage's [`Transactions::end_pending`]
@@ -182,8 +256,7 @@ impl Transactions {
         let txns = Self {
             producer,
             call_timeout: transaction_timeout.min(MAX_CALL_TIMEOUT),
-            beat: Arc::new(AtomicU64::new(0)),
-            epoch: Instant::now(),
+            pulse: Arc::new(Pulse::new()),
         };
         txns.start_watchdog(stage);
         Ok(txns)
@@ -317,8 +390,10 @@ impl Transactions {
             .map_err(|e| format!("offsets: {e}"))?;
         self.beat();
         let sent = crate::kafka::send_offsets_once(|| {
-            self.producer
-                .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout)
+            self.call("send_offsets_to_transaction", self.call_timeout, || {
+                self.producer
+                    .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout)
+            })
         });
         if let Err(error) = &sent {
             if is_fatal(error) {
@@ -335,31 +410,40 @@ impl Transactions {
         self.call_timeout * 3 + Duration::from_secs(20)
     }
 
-    /// The loop is alive: called at every turn and before every call.
+    /// The loop is alive: called at every turn and around every call.
     pub fn beat(&self) {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.beat.store(now, Ordering::Relaxed);
+        let now = u64::try_from(self.pulse.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.pulse.beat.store(now, Ordering::Relaxed);
+    }
+
+    /// Makes the transactional call `name`, which should return within
+    /// `timeout`, under the watchdog's eye.
+    fn call<T>(&self, name: &'static str, timeout: Duration, f: impl FnOnce() -> T) -> T {
+        self.beat();
+        *self.pulse.call() = Some(Call {
+            name,
+            since: Instant::now(),
+            timeout,
+        });
+        let result = f();
+        *self.pulse.call() = None;
+        self.beat();
+        result
     }
 
     fn start_watchdog(&self, stage: &str) {
         // Weak: the watchdog ends with its transactions (a stage stopped in
         // a process that goes on, as in tests, must not exit it later).
-        let (beat, epoch, limit) = (Arc::downgrade(&self.beat), self.epoch, self.stall_limit());
+        let (pulse, limit) = (Arc::downgrade(&self.pulse), self.stall_limit());
         let stage = stage.to_owned();
         let spawned = std::thread::Builder::new()
             .name(WATCHDOG_THREAD.into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(Duration::from_secs(1));
-                    let Some(beat) = beat.upgrade() else { return };
-                    let last = Duration::from_millis(beat.load(Ordering::Relaxed));
-                    let silent = epoch.elapsed().saturating_sub(last);
-                    if silent > limit {
-                        let message = format!(
-                            "si-{stage}: the Kafka loop has not moved for {}s (limit {}s): stuck in a librdkafka call; exiting to be restarted",
-                            silent.as_secs(),
-                            limit.as_secs()
-                        );
+                    let Some(pulse) = pulse.upgrade() else { return };
+                    if let Some(why) = pulse.verdict(Instant::now(), limit) {
+                        let message = format!("si-{stage}: {why}; exiting to be restarted");
                         tracing::error!("{message}");
                         eprintln!("{message}");
                         std::process::exit(70);
@@ -427,10 +511,11 @@ impl Transactions {
             let group = group.ok_or_else(|| {
                 KafkaError::Subscription("no consumer group metadata yet".to_owned())
             })?;
-            self.beat();
             crate::kafka::send_offsets_once(|| {
-                self.producer
-                    .send_offsets_to_transaction(offsets, group, self.call_timeout)
+                self.call("send_offsets_to_transaction", self.call_timeout, || {
+                    self.producer
+                        .send_offsets_to_transaction(offsets, group, self.call_timeout)
+                })
             })?;
         }
         // Nothing outstanding, so commit_transaction's own flush does not wait
@@ -438,8 +523,9 @@ impl Transactions {
         self.beat();
         crate::kafka::wait_delivered(&self.producer, self.call_timeout);
         crate::kafka::retry_transactional("commit_transaction", TXN_RETRIES, || {
-            self.beat();
-            self.producer.commit_transaction(self.call_timeout)
+            self.call("commit_transaction", self.call_timeout, || {
+                self.producer.commit_transaction(self.call_timeout)
+            })
         })
     }
 
@@ -453,7 +539,9 @@ impl Transactions {
     /// broker aborts it anyway when it times out or the next instance with
     /// this transactional id starts.
     pub fn abort_once(&self) {
-        let _ = self.producer.abort_transaction(self.call_timeout);
+        let _ = self.call("abort_transaction", self.call_timeout, || {
+            self.producer.abort_transaction(self.call_timeout)
+        });
     }
 
     /// Aborts the open transaction, again while the broker is away (see
@@ -463,8 +551,9 @@ impl Transactions {
     /// The last error: the process should exit.
     pub fn abort(&self) -> KafkaResult<()> {
         crate::kafka::retry_abort(|| {
-            self.beat();
-            self.producer.abort_transaction(self.call_timeout)
+            self.call("abort_transaction", self.call_timeout, || {
+                self.producer.abort_transaction(self.call_timeout)
+            })
         })
     }
 }
@@ -527,5 +616,63 @@ mod tests {
             RDKafkaErrorCode::RequestTimedOut
         )));
         assert!(!is_fatal(&KafkaError::Subscription("no metadata".into())));
+    }
+
+    #[test]
+    fn the_watchdog_exits_on_a_call_past_its_timeout_or_a_loop_that_stopped() {
+        let limit = Duration::from_secs(50);
+        let pulse = Pulse::new();
+        let start = pulse.epoch;
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        assert_eq!(
+            pulse.verdict(at(49), limit),
+            None,
+            "no call, and within the limit"
+        );
+
+        let call = |name| Call {
+            name,
+            since: at(40),
+            timeout: Duration::from_secs(10),
+        };
+        pulse.beat.store(40_000, Ordering::Relaxed);
+        *pulse.call() = Some(call("send_offsets_to_transaction"));
+        assert_eq!(
+            pulse.verdict(at(40) + Duration::from_secs(10) + CALL_GRACE, limit),
+            None,
+            "a call may run its timeout and the grace"
+        );
+        let overdue = pulse
+            .verdict(at(56), limit)
+            .expect("a call 16 s into a 10 s timeout is overdue");
+        assert!(
+            overdue.starts_with(
+                "send_offsets_to_transaction has not returned 16s after it began (its timeout 10s)"
+            ),
+            "{overdue}"
+        );
+
+        // A call with a long timeout still ends at the loop's stall limit,
+        // and the message names it.
+        *pulse.call() = Some(Call {
+            timeout: Duration::from_secs(600),
+            ..call("commit_transaction")
+        });
+        assert_eq!(pulse.verdict(at(90), limit), None);
+        let stalled = pulse.verdict(at(91), limit).expect("51 s without a beat");
+        assert!(
+            stalled.starts_with(
+                "the Kafka loop has not moved for 51s (in commit_transaction) (limit 50s)"
+            ),
+            "{stalled}"
+        );
+
+        *pulse.call() = None;
+        pulse.beat.store(91_000, Ordering::Relaxed);
+        assert_eq!(
+            pulse.verdict(at(92), limit),
+            None,
+            "the loop checked in again"
+        );
     }
 }
