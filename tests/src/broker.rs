@@ -179,11 +179,21 @@ impl PrivateBroker {
 
 impl Drop for PrivateBroker {
     /// Keeps the broker's log beside the stages' (`target/test-logs/<instance>-kafka.log`)
-    /// for a post-mortem, then removes the instance.
+    /// for a post-mortem, then removes the instance; with `SI_KEEP_TEST_TOPICS`
+    /// set it only stops the broker and keeps its data, for
+    /// `SI_STACK_INSTANCE=<instance> dev/stack up`.
     fn drop(&mut self) {
         let kept = crate::process::log_path(&format!("{}-kafka", self.instance));
         let _ = std::fs::copy(self.log(), kept);
-        let _ = self.stack(&["reset"]);
+        if std::env::var_os("SI_KEEP_TEST_TOPICS").is_some() {
+            eprintln!(
+                "[testkit] SI_KEEP_TEST_TOPICS: broker instance {} stopped, its data kept",
+                self.instance
+            );
+            let _ = self.stack(&["down"]);
+        } else {
+            let _ = self.stack(&["reset"]);
+        }
     }
 }
 
