@@ -67,7 +67,8 @@ pub const TXN_RETRIES: u32 = 5;
 /// The longest a transactional call may take before it is retried or the
 /// batch aborted. A commit takes milliseconds; a call that takes this long
 /// is waiting for a broker that is away. It also sets how soon the watchdog
-/// exits a loop stuck in a call ([`Transactions::stall_limit`]: 50 s).
+/// exits a process whose call ignored it ([`CALL_GRACE`] later: 15 s) or
+/// whose loop stopped elsewhere ([`Transactions::stall_limit`]: 50 s).
 pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The name of the thread that exits the process when the loop stalls.

@@ -88,7 +88,7 @@ def broker_pid(status):
     return found and found.group(1)
 
 
-def test_the_broker_runs_kafkas_collector_settings(local_stack):
+def test_the_broker_runs_the_parallel_collector(local_stack):
     """dev/stack's default (README, "The broker's garbage collector"), as
     the running JVM reports it, not as the command line asks."""
     if os.environ.get("SI_KAFKA_GC_OPTS"):
@@ -101,7 +101,5 @@ def test_the_broker_runs_kafkas_collector_settings(local_stack):
     flags = subprocess.run(
         [jcmd, pid, "VM.flags"], capture_output=True, text=True, timeout=60, check=True
     ).stdout
-    assert "-XX:+UseG1GC" in flags, flags
-    assert "-XX:MaxGCPauseMillis=20" in flags, flags
-    assert "-XX:InitiatingHeapOccupancyPercent=35" in flags, flags
-    assert "-XX:+UseParallelGC" not in flags, flags
+    assert "-XX:+UseParallelGC" in flags, flags
+    assert "-XX:+UseG1GC" not in flags, flags
