@@ -175,3 +175,90 @@ async fn a_fence_that_cannot_be_written_fails_the_start() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// What the chaos test's post-mortem reads: a read-uncommitted reader sees
+/// the record of an aborted transaction, a read-committed one only the
+/// committed record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_record_is_read_uncommitted_only() -> anyhow::Result<()> {
+    use rdkafka::producer::BaseRecord;
+    use si_schemas::records::ArchivalReason;
+
+    let env = TestEnv::start().await?;
+    let output = env.topic(topics::ARCHIVAL);
+    let record = |id: &str| ArchivalRequest {
+        request_id: id.into(),
+        conversation_id: "c".into(),
+        session_id: "s".into(),
+        closed_at: 0,
+        reason: ArchivalReason::Command,
+        summary: None,
+        transcript_topic: topics::TRANSCRIPT.into(),
+        first_sequence: None,
+        last_sequence: None,
+        retention_class: None,
+        requested_at: 0,
+        opened_at: None,
+        media: Vec::new(),
+        compliance_event_ids: Vec::new(),
+    };
+    let aborted = env.codec.encode(&output, &record("aborted")).await?;
+    let committed = env.codec.encode(&output, &record("committed")).await?;
+    on_blocking_thread(&env, "si-uncommitted-test", move |kafka: KafkaArgs, _| {
+        let txns = Transactions::init(&kafka, "uncommitted-test", Duration::from_secs(30))
+            .map_err(anyhow::Error::msg)?;
+        for (payload, commit) in [(aborted, false), (committed, true)] {
+            txns.begin()?;
+            txns.send(BaseRecord::to(&output).key("c").payload(&payload))?;
+            if commit {
+                txns.commit(&TopicPartitionList::new(), None)?;
+            } else {
+                // Written to the log before the abort, as a stage's records
+                // are: the high watermark, not the last stable offset a
+                // read-committed client is told, counts it.
+                let client: BaseConsumer = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", &kafka.bootstrap_servers)
+                    .set("isolation.level", "read_uncommitted")
+                    .create()?;
+                let partitions = client
+                    .fetch_metadata(Some(&output), Duration::from_secs(10))?
+                    .topics()[0]
+                    .partitions()
+                    .len();
+                let deadline = std::time::Instant::now() + Duration::from_secs(15);
+                loop {
+                    let mut written = 0;
+                    for p in 0..partitions {
+                        let p = i32::try_from(p)?;
+                        written += client
+                            .fetch_watermarks(&output, p, Duration::from_secs(10))?
+                            .1;
+                    }
+                    anyhow::ensure!(
+                        std::time::Instant::now() < deadline,
+                        "the record was not written within 15 s"
+                    );
+                    if written > 0 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                txns.abort()?;
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    let ids = |records: Vec<si_testkit::Located<ArchivalRequest>>| -> Vec<String> {
+        records.into_iter().map(|r| r.value.request_id).collect()
+    };
+    assert_eq!(
+        ids(env.read_all_located(topics::ARCHIVAL).await?),
+        ["committed"]
+    );
+    assert_eq!(
+        ids(env.read_uncommitted_located(topics::ARCHIVAL).await?),
+        ["aborted", "committed"]
+    );
+    Ok(())
+}

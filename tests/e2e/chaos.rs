@@ -538,6 +538,10 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
         Ok(statuses) => (statuses, None),
         Err(e) => {
             eprintln!("[chaos] {e:#}; looking for the stage where they stopped");
+            never_committed::<DeliveryStatus>(&env, topics::DELIVERY, &broker, |s| {
+                s.operation_id.clone()
+            })
+            .await?;
             (Vec::new(), Some(e))
         }
     };
@@ -614,6 +618,12 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
             1 => {}
             _ => doubled.push(token),
         }
+    }
+    if !lost.is_empty() {
+        never_committed::<OutboundOperation>(&env, topics::OUTBOUND, &broker, |op| {
+            op.operation_id.clone()
+        })
+        .await?;
     }
     assert!(lost.is_empty(), "messages without a reply: {lost:?}");
     // A reply twice: its operations, with the batches around them.
@@ -744,6 +754,47 @@ fn none_twice(topic: &str, copies: &[Vec<Duplicate>], broker: &PrivateBroker, pi
         })
         .collect();
     panic!("{topic}: records twice: {described:?}");
+}
+
+/// Prints the records of `topic` that were written and never committed
+/// (aborted, or left without a marker), named by `id`, with the record
+/// batches and markers around them from the broker's data: what a missing
+/// record's diagnosis needs when the CI machine is gone. A transaction whose
+/// markers Kafka dropped looks like this (README, "Transaction markers and a
+/// broker's shutdown").
+async fn never_committed<T: si_schemas::AvroRecord>(
+    env: &TestEnv,
+    topic: &str,
+    broker: &PrivateBroker,
+    id: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    let committed: std::collections::HashSet<(i32, i64)> = env
+        .read_all_located::<T>(topic)
+        .await?
+        .iter()
+        .map(|r| (r.partition, r.offset))
+        .collect();
+    let mut left: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+    for r in env.read_uncommitted_located::<T>(topic).await? {
+        if !committed.contains(&(r.partition, r.offset)) {
+            left.entry(r.partition)
+                .or_default()
+                .push((r.offset, id(&r.value)));
+        }
+    }
+    let full = env.topic(topic);
+    eprintln!(
+        "[chaos] post-mortem, {full}: {} records written and never committed",
+        left.values().map(Vec::len).sum::<usize>()
+    );
+    for (partition, records) in &left {
+        let offsets: Vec<i64> = records.iter().map(|(o, _)| *o).collect();
+        eprintln!(
+            "[chaos] [{partition}] {records:?}; the batches around them:\n{}",
+            broker.batches(&full, *partition, &offsets, 2)
+        );
+    }
+    Ok(())
 }
 
 /// What a doubled record's failure message needs for a diagnosis when the

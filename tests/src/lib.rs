@@ -415,13 +415,34 @@ impl TestEnv {
         &self,
         topic: &str,
     ) -> anyhow::Result<Vec<Located<T>>> {
+        self.read_located(topic, "read_committed").await
+    }
+
+    /// Every record of `topic` with a value, committed or not (read_uncommitted):
+    /// beside [`TestEnv::read_all_located`], the records of transactions that
+    /// were aborted or never got their marker.
+    ///
+    /// # Errors
+    /// Those of [`TestEnv::read_all`].
+    pub async fn read_uncommitted_located<T: AvroRecord>(
+        &self,
+        topic: &str,
+    ) -> anyhow::Result<Vec<Located<T>>> {
+        self.read_located(topic, "read_uncommitted").await
+    }
+
+    async fn read_located<T: AvroRecord>(
+        &self,
+        topic: &str,
+        isolation: &str,
+    ) -> anyhow::Result<Vec<Located<T>>> {
         let full = self.topic(topic);
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.kafka.bootstrap_servers)
             .set("group.id", format!("{}reader-all", self.kafka.topic_prefix))
             .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
+            .set("isolation.level", isolation)
             .set("enable.partition.eof", "true");
         let consumer: BaseConsumer = config.create()?;
         let metadata = consumer.fetch_metadata(Some(&full), Duration::from_secs(10))?;
