@@ -180,15 +180,19 @@ impl PrivateBroker {
 impl Drop for PrivateBroker {
     /// Keeps the broker's log beside the stages' (`target/test-logs/<instance>-kafka.log`)
     /// for a post-mortem, then removes the instance; with `SI_KEEP_TEST_TOPICS`
-    /// set it only stops the broker and keeps its data, for
-    /// `SI_STACK_INSTANCE=<instance> dev/stack up`.
+    /// set it only stops the broker, keeps its data and says how to start it
+    /// again.
     fn drop(&mut self) {
         let kept = crate::process::log_path(&format!("{}-kafka", self.instance));
         let _ = std::fs::copy(self.log(), kept);
         if std::env::var_os("SI_KEEP_TEST_TOPICS").is_some() {
             eprintln!(
-                "[testkit] SI_KEEP_TEST_TOPICS: broker instance {} stopped, its data kept",
-                self.instance
+                "[testkit] SI_KEEP_TEST_TOPICS: broker instance {instance} stopped, its data kept; \
+                 start it with SI_STACK_INSTANCE={instance} SI_KAFKA_PORT={port} \
+                 SI_KAFKA_CONTROLLER_PORT={controller} dev/stack up kafka",
+                instance = self.instance,
+                port = self.port,
+                controller = self.controller_port
             );
             let _ = self.stack(&["down"]);
         } else {
