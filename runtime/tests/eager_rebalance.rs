@@ -22,7 +22,7 @@ use si_runtime::metrics::StageMetrics;
 use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
 use si_runtime::state::StateStore;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
-use si_schemas::records::{ArchivalReason, ArchivalRequest, Command, LifecycleState};
+use si_schemas::records::{ArchivalRequest, Command, LifecycleState};
 use si_schemas::topics;
 use si_testkit::{TestEnv, wait_for};
 use tokio_util::sync::CancellationToken;
@@ -46,22 +46,7 @@ impl Processor for Counter {
         let key = input.conversation_id;
         let count = state.get(&key).and_then(|s| s.first_sequence).unwrap_or(0) + 1;
         state.put(key.clone(), common::state_entry(&key, Some(count)));
-        let record = ArchivalRequest {
-            request_id: format!("{key}-{count}"),
-            conversation_id: key.clone(),
-            session_id: "s".into(),
-            closed_at: 0,
-            reason: ArchivalReason::Command,
-            summary: None,
-            transcript_topic: topics::TRANSCRIPT.into(),
-            first_sequence: None,
-            last_sequence: None,
-            retention_class: None,
-            requested_at: 0,
-            opened_at: None,
-            media: Vec::new(),
-            compliance_event_ids: Vec::new(),
-        };
+        let record = common::archival(&format!("{key}-{count}"), &key);
         Ok(vec![Output::new(topics::ARCHIVAL, key, record)])
     }
 }

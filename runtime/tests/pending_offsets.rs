@@ -21,6 +21,8 @@ use si_schemas::records::ArchivalRequest;
 use si_schemas::topics;
 use si_testkit::TestEnv;
 
+mod common;
+
 /// Runs `body` on a blocking thread (the transactional calls block) with
 /// the test's broker settings and a group named `group` in its prefix.
 async fn on_blocking_thread<T: Send + 'static>(
@@ -182,26 +184,10 @@ async fn a_fence_that_cannot_be_written_fails_the_start() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_record_is_read_uncommitted_only() -> anyhow::Result<()> {
     use rdkafka::producer::BaseRecord;
-    use si_schemas::records::ArchivalReason;
 
     let env = TestEnv::start().await?;
     let output = env.topic(topics::ARCHIVAL);
-    let record = |id: &str| ArchivalRequest {
-        request_id: id.into(),
-        conversation_id: "c".into(),
-        session_id: "s".into(),
-        closed_at: 0,
-        reason: ArchivalReason::Command,
-        summary: None,
-        transcript_topic: topics::TRANSCRIPT.into(),
-        first_sequence: None,
-        last_sequence: None,
-        retention_class: None,
-        requested_at: 0,
-        opened_at: None,
-        media: Vec::new(),
-        compliance_event_ids: Vec::new(),
-    };
+    let record = |id: &str| common::archival(id, "c");
     let aborted = env.codec.encode(&output, &record("aborted")).await?;
     let committed = env.codec.encode(&output, &record("committed")).await?;
     on_blocking_thread(&env, "si-uncommitted-test", move |kafka: KafkaArgs, _| {

@@ -22,7 +22,7 @@ use si_runtime::metrics::StageMetrics;
 use si_runtime::processor::{Output, ProcessError, Processor, RecordContext, TimerContext};
 use si_runtime::state::StateStore;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
-use si_schemas::records::{ArchivalReason, ArchivalRequest, Command, LifecycleState};
+use si_schemas::records::{ArchivalRequest, Command, LifecycleState};
 use si_schemas::topics;
 use si_testkit::TestEnv;
 use tokio_util::sync::CancellationToken;
@@ -37,22 +37,7 @@ const DELAY_MS: i64 = 8_000;
 struct Alarm;
 
 fn say(key: &str, what: String) -> Output {
-    let record = ArchivalRequest {
-        request_id: what,
-        conversation_id: key.to_owned(),
-        session_id: "s".into(),
-        closed_at: 0,
-        reason: ArchivalReason::Command,
-        summary: None,
-        transcript_topic: topics::TRANSCRIPT.into(),
-        first_sequence: None,
-        last_sequence: None,
-        retention_class: None,
-        requested_at: 0,
-        opened_at: None,
-        media: Vec::new(),
-        compliance_event_ids: Vec::new(),
-    };
+    let record = common::archival(&what, key);
     Output::new(topics::ARCHIVAL, key.to_owned(), record)
 }
 

@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use si_schemas::records::{Channel, Command, CommandKind, LifecyclePhase, LifecycleState};
+use si_schemas::records::{
+    ArchivalReason, ArchivalRequest, Channel, Command, CommandKind, LifecyclePhase, LifecycleState,
+};
+use si_schemas::topics;
 
 /// A command `id` for conversation `key` (the tests' input records).
 pub fn command(id: &str, key: &str) -> Command {
@@ -20,6 +23,27 @@ pub fn command(id: &str, key: &str) -> Command {
         issued_by: "test".into(),
         issued_at: 0,
         params: BTreeMap::new(),
+    }
+}
+
+/// An archival request `id` of conversation `key` (what the tests' stages
+/// write to `si.archival.v1`).
+pub fn archival(id: &str, key: &str) -> ArchivalRequest {
+    ArchivalRequest {
+        request_id: id.into(),
+        conversation_id: key.into(),
+        session_id: "s".into(),
+        closed_at: 0,
+        reason: ArchivalReason::Command,
+        summary: None,
+        transcript_topic: topics::TRANSCRIPT.into(),
+        first_sequence: None,
+        last_sequence: None,
+        retention_class: None,
+        requested_at: 0,
+        opened_at: None,
+        media: Vec::new(),
+        compliance_event_ids: Vec::new(),
     }
 }
 
