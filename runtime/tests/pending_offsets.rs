@@ -13,6 +13,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use si_runtime::config::KafkaArgs;
@@ -206,26 +208,27 @@ async fn an_aborted_record_is_read_uncommitted_only() -> anyhow::Result<()> {
                     .set("bootstrap.servers", &kafka.bootstrap_servers)
                     .set("isolation.level", "read_uncommitted")
                     .create()?;
-                let partitions = client
-                    .fetch_metadata(Some(&output), Duration::from_secs(10))?
-                    .topics()[0]
-                    .partitions()
-                    .len();
-                let deadline = std::time::Instant::now() + Duration::from_secs(15);
-                loop {
-                    let mut written = 0;
-                    for p in 0..partitions {
-                        let p = i32::try_from(p)?;
-                        written += client
-                            .fetch_watermarks(&output, p, Duration::from_secs(10))?
+                // The topic is new: its metadata and leaders may still be
+                // settling, so an error is "not yet", until the deadline.
+                let written = || -> anyhow::Result<i64> {
+                    let metadata = client.fetch_metadata(Some(&output), Duration::from_secs(5))?;
+                    let topic = metadata.topics().first().context("no metadata")?;
+                    let mut sum = 0;
+                    for p in topic.partitions() {
+                        sum += client
+                            .fetch_watermarks(&output, p.id(), Duration::from_secs(5))?
                             .1;
                     }
-                    anyhow::ensure!(
-                        std::time::Instant::now() < deadline,
-                        "the record was not written within 15 s"
-                    );
-                    if written > 0 {
-                        break;
+                    Ok(sum)
+                };
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    match written() {
+                        Ok(n) if n > 0 => break,
+                        outcome => anyhow::ensure!(
+                            std::time::Instant::now() < deadline,
+                            "the record was not written within 30 s: {outcome:?}"
+                        ),
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
