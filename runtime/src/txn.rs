@@ -389,7 +389,6 @@ impl Transactions {
         offsets
             .add_partition_offset(topic, 0, rdkafka::Offset::Offset(0))
             .map_err(|e| format!("offsets: {e}"))?;
-        self.beat();
         let sent = crate::kafka::send_offsets_once(|| {
             self.call("send_offsets_to_transaction", self.call_timeout, || {
                 self.producer

@@ -769,44 +769,38 @@ async fn never_committed<T: si_schemas::AvroRecord>(
     broker: &PrivateBroker,
     id: impl Fn(&T) -> String,
 ) {
-    if let Err(e) = report_never_committed(env, topic, broker, id).await {
+    let report = async {
+        let committed: std::collections::HashSet<(i32, i64)> = env
+            .read_all_located::<T>(topic)
+            .await?
+            .iter()
+            .map(|r| (r.partition, r.offset))
+            .collect();
+        let mut left: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+        for r in env.read_uncommitted_located::<T>(topic).await? {
+            if !committed.contains(&(r.partition, r.offset)) {
+                left.entry(r.partition)
+                    .or_default()
+                    .push((r.offset, id(&r.value)));
+            }
+        }
+        let full = env.topic(topic);
+        eprintln!(
+            "[chaos] post-mortem, {full}: {} records written and never committed",
+            left.values().map(Vec::len).sum::<usize>()
+        );
+        for (partition, records) in &left {
+            let offsets: Vec<i64> = records.iter().map(|(o, _)| *o).collect();
+            eprintln!(
+                "[chaos] [{partition}] {records:?}; the batches around them:\n{}",
+                broker.batches(&full, *partition, &offsets, 2)
+            );
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = report.await {
         eprintln!("[chaos] post-mortem of {topic} failed: {e:#}");
     }
-}
-
-async fn report_never_committed<T: si_schemas::AvroRecord>(
-    env: &TestEnv,
-    topic: &str,
-    broker: &PrivateBroker,
-    id: impl Fn(&T) -> String,
-) -> anyhow::Result<()> {
-    let committed: std::collections::HashSet<(i32, i64)> = env
-        .read_all_located::<T>(topic)
-        .await?
-        .iter()
-        .map(|r| (r.partition, r.offset))
-        .collect();
-    let mut left: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
-    for r in env.read_uncommitted_located::<T>(topic).await? {
-        if !committed.contains(&(r.partition, r.offset)) {
-            left.entry(r.partition)
-                .or_default()
-                .push((r.offset, id(&r.value)));
-        }
-    }
-    let full = env.topic(topic);
-    eprintln!(
-        "[chaos] post-mortem, {full}: {} records written and never committed",
-        left.values().map(Vec::len).sum::<usize>()
-    );
-    for (partition, records) in &left {
-        let offsets: Vec<i64> = records.iter().map(|(o, _)| *o).collect();
-        eprintln!(
-            "[chaos] [{partition}] {records:?}; the batches around them:\n{}",
-            broker.batches(&full, *partition, &offsets, 2)
-        );
-    }
-    Ok(())
 }
 
 /// What a doubled record's failure message needs for a diagnosis when the
