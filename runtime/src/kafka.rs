@@ -95,6 +95,33 @@ pub fn consumer_config(kafka: &KafkaArgs, stage: &str, group_id: &str) -> Client
     config
 }
 
+/// Lets a consumer's fetches wait at the broker for up to `linger`, for a
+/// stage that lets its batches linger that long anyway (off the reply path):
+/// `fetch.wait.max.ms` = `linger` and a `fetch.min.bytes` (1 MiB) that only a
+/// heavy load fills before that. By default a read-committed fetch is
+/// answered as soon as any commit upstream makes records readable, and the
+/// next one is sent at once, so such a consumer asked the broker once for
+/// each upstream commit that touched its inputs; now at most once per
+/// `linger` (under load: a stage reading five topics no longer fetches after
+/// every one of their transactions). A zero `linger` (the reply path) and a
+/// `KAFKA_FETCH_WAIT_MAX_MS` / `KAFKA_FETCH_MIN_BYTES` pass-through leave
+/// librdkafka's settings.
+pub fn fetch_lingering(
+    config: &mut ClientConfig,
+    passed: &std::collections::BTreeMap<String, String>,
+    linger: Duration,
+) {
+    if linger.is_zero() {
+        return;
+    }
+    let wait = linger.as_millis().max(1).to_string();
+    set_unless_passed(
+        config,
+        passed,
+        &[("fetch.wait.max.ms", &wait), ("fetch.min.bytes", "1048576")],
+    );
+}
+
 /// Makes `config` (a [`consumer_config`]) a member of a stage's consumer group
 /// as `group` says: its session timeout (heartbeats every fifth of it) and,
 /// with static membership, `group.instance.id` = `instance_id`. A
@@ -449,6 +476,31 @@ mod tests {
         assert_eq!(config.get("compression.type"), Some("snappy"));
         assert_eq!(config.get("compression.level"), None);
         assert_eq!(config.get("linger.ms"), Some("2"));
+    }
+
+    #[test]
+    fn only_a_lingering_stage_fetches_in_batches_and_the_pass_through_wins() {
+        let none = std::collections::BTreeMap::new();
+        let mut reply_path = consumer_config(&kafka(), "consent", "si-consent");
+        fetch_lingering(&mut reply_path, &none, Duration::ZERO);
+        assert_eq!(reply_path.get("fetch.wait.max.ms"), None);
+        assert_eq!(reply_path.get("fetch.min.bytes"), None);
+
+        let mut lingering = consumer_config(&kafka(), "lifecycle", "si-lifecycle");
+        fetch_lingering(&mut lingering, &none, Duration::from_millis(50));
+        assert_eq!(lingering.get("fetch.wait.max.ms"), Some("50"));
+        assert_eq!(lingering.get("fetch.min.bytes"), Some("1048576"));
+
+        let passed = [("fetch.min.bytes".to_owned(), "1".to_owned())].into();
+        let mut mine = consumer_config(&kafka(), "lifecycle", "si-lifecycle");
+        mine.set("fetch.min.bytes", "1");
+        fetch_lingering(&mut mine, &passed, Duration::from_millis(50));
+        assert_eq!(
+            mine.get("fetch.min.bytes"),
+            Some("1"),
+            "the pass-through wins"
+        );
+        assert_eq!(mine.get("fetch.wait.max.ms"), Some("50"));
     }
 
     #[test]

@@ -13,9 +13,11 @@
 //! (nothing more buffered to read), or after `MAX_BATCH` records or
 //! `COMMIT_INTERVAL` under load, whichever comes first: low load gets low
 //! latency, high load gets batches. A stage off the reply path (lifecycle,
-//! voice-link) lets a drained batch wait up to its `batch_linger` for more
-//! records ([`StreamSpec::batch_linger`], `BATCH_LINGER`), which spares the
-//! broker most of its transactions under load. A batch whose records wrote
+//! voice-link, media) lets a drained batch wait up to its `batch_linger` for
+//! more records ([`StreamSpec::batch_linger`], `BATCH_LINGER`), and its
+//! consumer's fetches wait at the broker as long
+//! ([`crate::kafka::fetch_lingering`]), which spares the broker most of its
+//! transactions and fetches under load. A batch whose records wrote
 //! nothing anyone waits on ([`Processor::urgent`]: by default, no output
 //! at all, such as records the processor ignores or that only change its
 //! state; in normalize, delivery statuses too) is not committed on its own:
@@ -201,9 +203,9 @@ pub struct StreamSpec {
     /// How long a batch may wait for more records once the input is drained
     /// (`BATCH_LINGER` overrides it). Zero for the stages on the reply path:
     /// a drained batch commits at once. A stage off it (lifecycle,
-    /// voice-link) waits a little, so that under load it makes far fewer
-    /// transactions, each a few requests and markers on the broker that the
-    /// reply path shares.
+    /// voice-link, media) waits a little, so that under load it makes far
+    /// fewer transactions, each a few requests and markers on the broker that
+    /// the reply path shares; its consumer's fetches wait as long.
     pub batch_linger: Duration,
 }
 
@@ -1642,9 +1644,10 @@ pub async fn run<P: Processor>(
         // would only add to the peak memory (librdkafka's default is 64 MiB).
         .set("queued.max.messages.kbytes", "16384");
 
+    let batch_linger = args.batch_linger.unwrap_or(spec.batch_linger);
     let core = Arc::new(Mutex::new(Core {
         stage,
-        batch_linger: args.batch_linger.unwrap_or(spec.batch_linger),
+        batch_linger,
         commit_interval: args.commit_interval,
         prefix: kafka.topic_prefix.clone(),
         inputs: inputs.clone(),
@@ -1676,6 +1679,7 @@ pub async fn run<P: Processor>(
             crate::fetchwatch::STATISTICS_INTERVAL_MS,
         )
         .set("enable.partition.eof", "false");
+    crate::kafka::fetch_lingering(&mut consumer_config, &kafka.properties(), batch_linger);
     crate::kafka::join_group(
         &mut consumer_config,
         &args.group,

@@ -428,7 +428,8 @@ async fn run_stream(
         inputs: vec![topics::CONVERSATION_EVENTS],
         changelog: topics::MEDIA_STATE,
         state_ttl,
-        batch_linger: Duration::ZERO,
+        // Off the reply path: a message never waits for its media.
+        batch_linger: Duration::from_millis(50),
     };
     stream::run(env, spec, processor, shutdown).await?;
     Ok(())
