@@ -105,7 +105,9 @@ pub fn consumer_config(kafka: &KafkaArgs, stage: &str, group_id: &str) -> Client
 /// `linger` (under load: a stage reading five topics no longer fetches after
 /// every one of their transactions). A zero `linger` (the reply path) and a
 /// `KAFKA_FETCH_WAIT_MAX_MS` / `KAFKA_FETCH_MIN_BYTES` pass-through leave
-/// librdkafka's settings.
+/// librdkafka's settings. The wait is at most librdkafka's default, 500 ms,
+/// whatever the linger: a fetch held longer at the broker would hold up a
+/// rebalance or a rewind as long.
 pub fn fetch_lingering(
     config: &mut ClientConfig,
     passed: &std::collections::BTreeMap<String, String>,
@@ -114,7 +116,7 @@ pub fn fetch_lingering(
     if linger.is_zero() {
         return;
     }
-    let wait = linger.as_millis().max(1).to_string();
+    let wait = linger.as_millis().clamp(1, 500).to_string();
     set_unless_passed(
         config,
         passed,
@@ -501,6 +503,10 @@ mod tests {
             "the pass-through wins"
         );
         assert_eq!(mine.get("fetch.wait.max.ms"), Some("50"));
+
+        let mut long = consumer_config(&kafka(), "lifecycle", "si-lifecycle");
+        fetch_lingering(&mut long, &none, Duration::from_secs(5));
+        assert_eq!(long.get("fetch.wait.max.ms"), Some("500"), "capped");
     }
 
     #[test]
