@@ -25,6 +25,24 @@ use si_testkit::TestEnv;
 
 mod common;
 
+/// The (low, high) watermarks of every partition of `topic`, in order.
+fn watermarks<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> anyhow::Result<Vec<(i64, i64)>> {
+    let timeout = Duration::from_secs(5);
+    let metadata = client.fetch_metadata(Some(topic), timeout)?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .context("no metadata")?
+        .partitions();
+    partitions
+        .iter()
+        .map(|p| Ok(client.fetch_watermarks(topic, p.id(), timeout)?))
+        .collect()
+}
+
 /// Runs `body` on a blocking thread (the transactional calls block) with
 /// the test's broker settings and a group named `group` in its prefix.
 async fn on_blocking_thread<T: Send + 'static>(
@@ -101,24 +119,10 @@ async fn every_output_partition_gets_an_aborted_fence() -> anyhow::Result<()> {
                 std::slice::from_ref(&output),
             )
             .map_err(anyhow::Error::msg)?;
-            let client = txns.client();
-            let partitions = client
-                .fetch_metadata(Some(&output), Duration::from_secs(10))?
-                .topics()[0]
-                .partitions()
-                .len();
-            let read = || -> anyhow::Result<Vec<(i64, i64)>> {
-                (0..partitions)
-                    .map(|p| {
-                        let p = i32::try_from(p)?;
-                        Ok(client.fetch_watermarks(&output, p, Duration::from_secs(10))?)
-                    })
-                    .collect()
-            };
             // The coordinator writes the markers after it answered the abort.
             let deadline = std::time::Instant::now() + Duration::from_secs(15);
             loop {
-                let marks = read()?;
+                let marks = watermarks(txns.client(), &output)?;
                 if marks.iter().all(|w| *w == (0, 2)) || std::time::Instant::now() > deadline {
                     return Ok(marks);
                 }
@@ -211,15 +215,10 @@ async fn an_aborted_record_is_read_uncommitted_only() -> anyhow::Result<()> {
                 // The topic is new: its metadata and leaders may still be
                 // settling, so an error is "not yet", until the deadline.
                 let written = || -> anyhow::Result<i64> {
-                    let metadata = client.fetch_metadata(Some(&output), Duration::from_secs(5))?;
-                    let topic = metadata.topics().first().context("no metadata")?;
-                    let mut sum = 0;
-                    for p in topic.partitions() {
-                        sum += client
-                            .fetch_watermarks(&output, p.id(), Duration::from_secs(5))?
-                            .1;
-                    }
-                    Ok(sum)
+                    Ok(watermarks(client.client(), &output)?
+                        .iter()
+                        .map(|(_, high)| high)
+                        .sum())
                 };
                 let deadline = std::time::Instant::now() + Duration::from_secs(30);
                 loop {
