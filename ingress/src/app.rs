@@ -9,7 +9,8 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::header::AsHeaderName;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -24,10 +25,16 @@ use tokio::sync::Semaphore;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
-use crate::envelope::{self, Body, KEPT_HEADERS, query_param};
+use crate::envelope::{self, Body, KEPT_HEADERS, SIGNATURE_SETTINGS, query_param};
 use crate::metrics::Metrics;
 use crate::signature::{self, Algorithm, Payload, SignatureError};
 use crate::twiml::{self, VoiceSettings};
+
+/// The signature Twilio sends.
+const TWILIO_SIGNATURE: HeaderName = HeaderName::from_static("x-twilio-signature");
+
+/// W3C trace context ([`trace::TRACEPARENT`]).
+const TRACEPARENT: HeaderName = HeaderName::from_static(trace::TRACEPARENT);
 
 /// Every webhook endpoint: path and route kind.
 pub const ROUTES: &[(&str, WebhookRoute)] = &[
@@ -258,22 +265,38 @@ async fn handle(
 /// One webhook's span, and the traceparent its record carries when that is
 /// known from the start.
 struct WebhookTrace {
+    /// With exported spans, the webhook's server span; without, none: a
+    /// span nobody exports would only cost the JSON log layer (it formats
+    /// every span's fields when the span opens, 3–5 µs a webhook), and the
+    /// few lines written for a webhook name its route and trace themselves.
     span: Span,
     /// Without exported spans: the request's valid `traceparent`, else a new
-    /// trace. The span names its trace id from the start, instead of a
-    /// `record` that would have the JSON log layer parse and write its
-    /// fields again. `None` when spans are exported: the record then
-    /// carries the produce span's context.
+    /// trace. `None` when spans are exported: the record then carries the
+    /// produce span's context.
     traceparent: Option<String>,
 }
 
-/// The span of one webhook: a new trace, or a child of the context the
-/// request names: its `traceparent` header, else (a status callback of a
-/// message egress sent) the `traceparent` egress put into the callback URL,
-/// so the delivery report joins the trace of the send it reports on.
+impl WebhookTrace {
+    /// The trace id the webhook's log lines name, when known without the
+    /// span (spans not exported; exported, the span names it).
+    fn trace_id(&self) -> Option<&str> {
+        self.traceparent.as_deref().and_then(trace::trace_id)
+    }
+}
+
+/// The span of one webhook, when spans are exported: a new trace, or a
+/// child of the context the request names: its `traceparent` header, else (a
+/// status callback of a message egress sent) the `traceparent` egress put
+/// into the callback URL, so the delivery report joins the trace of the send
+/// it reports on.
 fn webhook_trace(route: WebhookRoute, uri: &Uri, headers: &HeaderMap) -> WebhookTrace {
-    let traceparent = (!trace::exporting())
-        .then(|| received_traceparent(headers).map_or_else(trace::fresh, str::to_owned));
+    if !trace::exporting() {
+        let traceparent = received_traceparent(headers).map_or_else(trace::fresh, str::to_owned);
+        return WebhookTrace {
+            span: Span::none(),
+            traceparent: Some(traceparent),
+        };
+    }
     let span = tracing::info_span!(
         "webhook",
         otel.kind = "server",
@@ -282,21 +305,22 @@ fn webhook_trace(route: WebhookRoute, uri: &Uri, headers: &HeaderMap) -> Webhook
         si.route = route_label(route),
         http.response.status_code = Empty,
         otel.status_code = Empty,
-        trace_id = traceparent.as_deref().and_then(trace::trace_id),
+        trace_id = Empty,
     );
-    if trace::exporting() {
-        let from_header = received_traceparent(headers);
-        let from_url = query_param(uri.query(), trace::TRACEPARENT);
-        trace::continue_from(&span, from_header.or(from_url.as_deref()));
-        if let (Some(_), Some(sent)) = (from_header, &from_url) {
-            trace::link(&span, sent);
-        }
+    let from_header = received_traceparent(headers);
+    let from_url = query_param(uri.query(), trace::TRACEPARENT);
+    trace::continue_from(&span, from_header.or(from_url.as_deref()));
+    if let (Some(_), Some(sent)) = (from_header, &from_url) {
+        trace::link(&span, sent);
     }
-    WebhookTrace { span, traceparent }
+    WebhookTrace {
+        span,
+        traceparent: None,
+    }
 }
 
 fn received_traceparent(headers: &HeaderMap) -> Option<&str> {
-    header_str(headers, trace::TRACEPARENT).filter(|t| trace::parse(t).is_some())
+    header_str(headers, TRACEPARENT).filter(|t| trace::parse(t).is_some())
 }
 
 async fn respond(
@@ -314,16 +338,13 @@ async fn respond(
         Ok(_) => "accepted",
         Err(reject) => reject.outcome(),
     };
-    state
-        .metrics
-        .requests
-        .with_label_values(&[route_label(route), outcome])
-        .inc();
+    state.metrics.count_request(route, outcome);
     match result {
         Ok(response) => {
             record_status(span, &response);
             tracing::debug!(
                 route = route_label(route),
+                trace_id = webhook.trace_id(),
                 elapsed_ms = started.elapsed().as_millis(),
                 "webhook stored"
             );
@@ -339,6 +360,7 @@ async fn respond(
                         .inc();
                     tracing::warn!(
                         route = route_label(route),
+                        trace_id = webhook.trace_id(),
                         reason = reason.label(),
                         "signature refused"
                     );
@@ -346,11 +368,13 @@ async fn respond(
                 Reject::Unavailable => {
                     tracing::warn!(
                         route = route_label(route),
+                        trace_id = webhook.trace_id(),
                         "webhook not stored; answered 503"
                     );
                 }
                 other => tracing::info!(
                     route = route_label(route),
+                    trace_id = webhook.trace_id(),
                     outcome = other.outcome(),
                     "request refused"
                 ),
@@ -373,7 +397,10 @@ fn record_status(span: &Span, response: &Response) {
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// A header's value, when it is visible ASCII. Pass a [`HeaderName`]
+/// (`header::*`, or a constant made with `from_static`): a `&str` would be
+/// parsed into one at every lookup.
+fn header_str(headers: &HeaderMap, name: impl AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -483,15 +510,12 @@ async fn accept(
             Reject::Malformed(rejection.body_text())
         }
     })?;
-    let content_type = header_str(headers, header::CONTENT_TYPE.as_str()).unwrap_or_default();
+    let content_type = header_str(headers, header::CONTENT_TYPE).unwrap_or_default();
     let parsed = parse_body(content_type, &bytes)?;
 
     let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let public_url = format!("{}{path_and_query}", state.public_base_url);
-    let algorithm = Algorithm::from_settings_header(header_str(
-        headers,
-        "x-twilio-webhooks-signature-settings",
-    ));
+    let algorithm = Algorithm::from_settings_header(header_str(headers, SIGNATURE_SETTINGS));
     let secrets: Vec<&str> = match algorithm {
         Some(Algorithm::HmacSha256) => state.shared_secrets.iter().map(String::as_str).collect(),
         _ => state.auth_tokens.iter().map(String::as_str).collect(),
@@ -505,7 +529,7 @@ async fn accept(
             signature::verify(
                 &public_url,
                 payload,
-                header_str(headers, "x-twilio-signature"),
+                header_str(headers, TWILIO_SIGNATURE),
                 algorithm,
                 &secrets,
             )
@@ -515,7 +539,9 @@ async fn accept(
     let query = uri.query();
     let kept: BTreeMap<String, String> = KEPT_HEADERS
         .iter()
-        .filter_map(|name| header_str(headers, name).map(|v| ((*name).to_owned(), v.to_owned())))
+        .filter_map(|name| {
+            header_str(headers, name).map(|v| (name.as_str().to_owned(), v.to_owned()))
+        })
         .collect();
     let produce = trace::exported(|| {
         tracing::info_span!(
@@ -574,7 +600,11 @@ async fn store(
             .encode(&state.topic, record)
             .await
             .map_err(|error| {
-                tracing::error!(%error, "cannot encode the webhook envelope");
+                tracing::error!(
+                    %error,
+                    trace_id = trace::trace_id(traceparent),
+                    "cannot encode the webhook envelope"
+                );
             })?;
         let headers = OwnedHeaders::new().insert(Header {
             key: trace::TRACEPARENT,
@@ -590,7 +620,11 @@ async fn store(
             .await
             .map(|_| ())
             .map_err(|(error, _)| {
-                tracing::warn!(%error, "Kafka did not acknowledge the webhook");
+                tracing::warn!(
+                    %error,
+                    trace_id = trace::trace_id(traceparent),
+                    "Kafka did not acknowledge the webhook"
+                );
             })
     })
     .await;
@@ -606,6 +640,7 @@ async fn store(
         Err(_) => {
             tracing::warn!(
                 deadline_ms = deadline.as_millis(),
+                trace_id = trace::trace_id(traceparent),
                 "Kafka acknowledgement past the deadline"
             );
             Err(Reject::Unavailable)
@@ -654,7 +689,92 @@ fn answer(
 
 #[cfg(test)]
 mod tests {
+    use si_runtime::test_log::Lines;
+    use tower::ServiceExt;
+
     use super::*;
+
+    /// A state whose Kafka and registry are never reached: a refused
+    /// request touches neither.
+    fn unreachable_state() -> Arc<AppState> {
+        let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .create()
+            .expect("producer");
+        let registry = si_schemas::registry::Registry::new(
+            si_schemas::registry::RegistryConfig::new("http://127.0.0.1:9"),
+        )
+        .expect("registry");
+        Arc::new(AppState {
+            producer,
+            codec: Codec::new(registry),
+            topic: "twilio.webhooks.v1".to_owned(),
+            public_base_url: "https://si.example".to_owned(),
+            auth_tokens: vec!["token".to_owned()],
+            shared_secrets: Vec::new(),
+            produce_timeout: Duration::from_secs(1),
+            pre_event_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            voice: VoiceSettings {
+                public_base_url: "https://si.example".to_owned(),
+                stream_url: None,
+                gather_timeout_secs: 5,
+            },
+            default_locale: "en-US".to_owned(),
+            in_flight: Arc::new(Semaphore::new(8)),
+            metrics,
+        })
+    }
+
+    async fn refused(traceparent: Option<&str>) -> serde_json::Value {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let mut request = Request::post("/twilio/messaging/inbound")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(TWILIO_SIGNATURE, "bm90IGEgc2lnbmF0dXJl");
+        if let Some(traceparent) = traceparent {
+            request = request.header(TRACEPARENT, traceparent);
+        }
+        let request = request
+            .body(axum::body::Body::from("From=%2B14155550100&Body=hi"))
+            .expect("request");
+        let response = router(unreachable_state(), 64 * 1024)
+            .oneshot(request)
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let text = lines.text();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|line| line["message"] == "signature refused")
+            .unwrap_or_else(|| panic!("no refusal logged: {text}"))
+    }
+
+    #[tokio::test]
+    async fn a_refused_webhook_is_logged_with_its_route_and_trace() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let line = refused(Some(traceparent)).await;
+        assert_eq!(line["route"], "messaging_inbound");
+        assert_eq!(line["reason"], "mismatch");
+        assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        // Without a traceparent the webhook starts a trace, and names it.
+        let line = refused(None).await;
+        let trace_id = line["trace_id"].as_str().expect("a trace id");
+        assert_eq!(trace_id.len(), 32);
+        assert_ne!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(
+            !line.to_string().contains("+14155550100"),
+            "no address in the line: {line}"
+        );
+    }
 
     #[test]
     fn forms_decode_strictly() {

@@ -2,16 +2,21 @@
 
 use std::collections::BTreeMap;
 
+use axum::http::{HeaderName, header};
 use si_schemas::records::{TwilioWebhook, WebhookParam, WebhookRoute};
 
-/// Headers worth keeping (lower-case). Everything else, including the signature, is dropped.
-pub const KEPT_HEADERS: &[&str] = &[
-    "i-twilio-idempotency-token",
-    "user-agent",
-    "x-home-region",
-    "x-twilio-webhook-retry-count",
-    "x-twilio-webhooks-signature-settings",
+/// Headers worth keeping. Everything else, including the signature, is dropped.
+pub const KEPT_HEADERS: [HeaderName; 5] = [
+    HeaderName::from_static("i-twilio-idempotency-token"),
+    header::USER_AGENT,
+    HeaderName::from_static("x-home-region"),
+    HeaderName::from_static("x-twilio-webhook-retry-count"),
+    SIGNATURE_SETTINGS,
 ];
+
+/// Selects the signature's algorithm (HMAC-SHA256 with a shared key).
+pub const SIGNATURE_SETTINGS: HeaderName =
+    HeaderName::from_static("x-twilio-webhooks-signature-settings");
 
 /// The body of a request, as parsed.
 #[derive(Debug, Clone)]

@@ -2,12 +2,18 @@
 //! never an address or a SID.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use si_schemas::records::WebhookRoute;
+
+use crate::app::{ROUTES, route_label};
 
 /// The ingress metrics.
 #[derive(Clone)]
 pub struct Metrics {
     /// Requests by route and outcome.
     pub requests: IntCounterVec,
+    /// `requests{outcome="accepted"}` of each of [`ROUTES`], in its order:
+    /// resolved once, not hashed and looked up for every webhook.
+    accepted: Vec<IntCounter>,
     /// Signature failures by reason.
     pub signature_failures: IntCounterVec,
     /// Time until Kafka acknowledged a webhook.
@@ -81,8 +87,13 @@ impl Metrics {
         registry.register(Box::new(signature_failures.clone()))?;
         registry.register(Box::new(produce_seconds.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        let accepted = ROUTES
+            .iter()
+            .map(|(_, route)| requests.with_label_values(&[route_label(*route), "accepted"]))
+            .collect();
         Ok(Self {
             requests,
+            accepted,
             signature_failures,
             produce_seconds,
             in_flight,
@@ -91,5 +102,20 @@ impl Metrics {
             connections_waited,
             connection_timeouts,
         })
+    }
+
+    /// Counts a request of `route` with `outcome`.
+    pub fn count_request(&self, route: WebhookRoute, outcome: &str) {
+        let resolved = (outcome == "accepted")
+            .then(|| ROUTES.iter().position(|(_, r)| *r == route))
+            .flatten()
+            .and_then(|i| self.accepted.get(i));
+        match resolved {
+            Some(counter) => counter.inc(),
+            None => self
+                .requests
+                .with_label_values(&[route_label(route), outcome])
+                .inc(),
+        }
     }
 }

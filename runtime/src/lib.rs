@@ -29,8 +29,8 @@ pub mod telemetry;
 pub mod trace;
 pub mod txn;
 
-#[cfg(test)]
-mod test_log;
+#[doc(hidden)]
+pub mod test_log;
 
 pub use admin::{AdminServer, Readiness, with_admin};
 #[doc(hidden)]

@@ -1,14 +1,16 @@
-//! Log lines written under a subscriber of a test's own, to assert on.
+//! Log lines written under a subscriber of a test's own, to assert on
+//! (this crate's tests and other crates').
 
 use std::sync::{Arc, Mutex};
 
 /// A `fmt` layer's writer that keeps every byte written.
 #[derive(Clone, Default)]
-pub(crate) struct Lines(Arc<Mutex<Vec<u8>>>);
+pub struct Lines(Arc<Mutex<Vec<u8>>>);
 
 impl Lines {
     /// Everything written so far.
-    pub(crate) fn text(&self) -> String {
+    #[must_use]
+    pub fn text(&self) -> String {
         String::from_utf8(self.0.lock().expect("lines").clone()).expect("UTF-8")
     }
 }
