@@ -7,13 +7,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header::AsHeaderName;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -102,6 +102,49 @@ pub struct AppState {
     pub metrics: Metrics,
 }
 
+impl AppState {
+    /// A state whose Kafka and schema registry are never reached (nothing
+    /// listens on port 9): a request refused before storing touches neither,
+    /// and one that gets as far as storing fails there (its produce deadline
+    /// a few ms). For tests and fuzzing of the front door.
+    ///
+    /// # Panics
+    /// When librdkafka cannot create a producer.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn offline(public_base_url: &str, auth_token: &str) -> Self {
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("log_level", "0")
+            .create()
+            .expect("a producer needs no broker to be created");
+        let registry = si_schemas::registry::Registry::new(
+            si_schemas::registry::RegistryConfig::new("http://127.0.0.1:9"),
+        )
+        .expect("a registry client needs no registry to be created");
+        Self {
+            producer,
+            codec: Codec::new(registry),
+            topic: "offline.twilio.webhooks.v1".to_owned(),
+            public_base_url: public_base_url.to_owned(),
+            auth_tokens: vec![auth_token.to_owned()],
+            shared_secrets: Vec::new(),
+            produce_timeout: Duration::from_millis(5),
+            pre_event_timeout: Duration::from_millis(5),
+            request_timeout: Duration::from_secs(5),
+            voice: VoiceSettings {
+                public_base_url: public_base_url.to_owned(),
+                stream_url: None,
+                gather_timeout_secs: 5,
+            },
+            default_locale: "en-US".to_owned(),
+            in_flight: Arc::new(Semaphore::new(64)),
+            metrics: Metrics::register(&prometheus::Registry::new())
+                .expect("a new registry has no metric registered twice"),
+        }
+    }
+}
+
 /// Why a request is not accepted. The answer never reveals internals.
 #[derive(Debug)]
 pub enum Reject {
@@ -166,31 +209,39 @@ impl IntoResponse for Reject {
     }
 }
 
-/// The router: webhook routes behind load shedding and a request deadline.
+/// The router: webhook routes behind one admission check (the declared
+/// body size, the in-flight limit, the request deadline).
+///
+/// The handlers take the request whole and read its body themselves, within
+/// `max_body_bytes`: axum's `Uri` and `HeaderMap` extractors would each clone
+/// their part of every request.
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     let mut router = Router::new();
     for (path, route) in ROUTES {
         let route = *route;
         router = router.route(
             path,
-            post(move |state, uri, headers, body| handle(state, route, uri, headers, body)),
+            post(
+                move |State(state): State<Arc<AppState>>, request: Request| async move {
+                    handle(&state, route, request, max_body_bytes).await
+                },
+            ),
         );
     }
     router
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), guard))
         .layer(middleware::from_fn_with_state(
             (Arc::clone(&state), max_body_bytes),
-            refuse_oversized,
+            admit,
         ))
         .with_state(state)
 }
 
-/// Answers 413 at once when the declared `Content-Length` is above the body
-/// limit, before a request slot is taken or a byte of the body is read (the
-/// body limit alone would wait for a body the client may never send).
-async fn refuse_oversized(
+/// Admits a request before a byte of its body is read: 413 at once when
+/// the declared `Content-Length` is above the body limit (the limit alone
+/// would wait for a body the client may never send), 503 past the in-flight
+/// limit, and the request deadline around the rest.
+async fn admit(
     State((state, max_body_bytes)): State<(Arc<AppState>, usize)>,
     request: Request,
     next: Next,
@@ -205,61 +256,52 @@ async fn refuse_oversized(
             .iter()
             .find(|(path, _)| *path == request.uri().path())
             .map_or("none", |(_, route)| route_label(*route));
-        state
-            .metrics
-            .requests
-            .with_label_values(&[route, Reject::TooLarge.outcome()])
-            .inc();
+        state.metrics.refused(route, Reject::TooLarge.outcome());
         return Reject::TooLarge.into_response();
     }
-    next.run(request).await
-}
-
-async fn not_found(State(state): State<Arc<AppState>>) -> Response {
-    state
-        .metrics
-        .requests
-        .with_label_values(&["none", "not_found"])
-        .inc();
-    (StatusCode::NOT_FOUND, "no webhook endpoint here\n").into_response()
-}
-
-/// Sheds load past the in-flight limit (before the body is read) and enforces
-/// the request deadline.
-async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let Ok(_permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
-        state
-            .metrics
-            .requests
-            .with_label_values(&["any", Reject::Overloaded.outcome()])
-            .inc();
+        state.metrics.refused("any", Reject::Overloaded.outcome());
         return Reject::Overloaded.into_response();
     };
     state.metrics.in_flight.inc();
     let response = tokio::time::timeout(state.request_timeout, next.run(request)).await;
     state.metrics.in_flight.dec();
     response.unwrap_or_else(|_| {
-        state
-            .metrics
-            .requests
-            .with_label_values(&["any", Reject::Timeout.outcome()])
-            .inc();
+        state.metrics.refused("any", Reject::Timeout.outcome());
         Reject::Timeout.into_response()
     })
 }
 
+async fn not_found(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.refused("none", "not_found");
+    (StatusCode::NOT_FOUND, "no webhook endpoint here\n").into_response()
+}
+
 async fn handle(
-    State(state): State<Arc<AppState>>,
+    state: &AppState,
     route: WebhookRoute,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
+    max_body_bytes: usize,
 ) -> Response {
-    let webhook = webhook_trace(route, &uri, &headers);
+    let (parts, body) = request.into_parts();
+    let webhook = webhook_trace(route, &parts.uri, &parts.headers);
     let span = webhook.span.clone();
-    respond(&state, route, &uri, &headers, body, &webhook)
-        .instrument(span)
-        .await
+    async {
+        let body = read_body(body, max_body_bytes).await;
+        respond(state, route, &parts.uri, &parts.headers, body, &webhook).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// The body, whole, when it is within `max_body_bytes` (counted as it
+/// arrives: a `Content-Length` can understate it, chunks declare none).
+async fn read_body(body: axum::body::Body, max_body_bytes: usize) -> Result<Bytes, Reject> {
+    match Limited::new(body, max_body_bytes).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(Reject::TooLarge),
+        Err(error) => Err(Reject::Malformed(format!("cannot read the body: {error}"))),
+    }
 }
 
 /// One webhook's span, and the traceparent its record carries when that is
@@ -328,19 +370,15 @@ async fn respond(
     route: WebhookRoute,
     uri: &Uri,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, Reject>,
     webhook: &WebhookTrace,
 ) -> Response {
     let span = &webhook.span;
     let started = Instant::now();
     let result = accept(state, route, uri, headers, body, webhook).await;
-    let outcome = match &result {
-        Ok(_) => "accepted",
-        Err(reject) => reject.outcome(),
-    };
-    state.metrics.count_request(route, outcome);
     match result {
         Ok(response) => {
+            state.metrics.accepted(route);
             record_status(span, &response);
             tracing::debug!(
                 route = route_label(route),
@@ -351,6 +389,7 @@ async fn respond(
             response
         }
         Err(reject) => {
+            state.metrics.refused(route_label(route), reject.outcome());
             match &reject {
                 Reject::Forbidden(reason) => {
                     state
@@ -500,16 +539,10 @@ async fn accept(
     route: WebhookRoute,
     uri: &Uri,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, Reject>,
     webhook: &WebhookTrace,
 ) -> Result<Response, Reject> {
-    let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Reject::TooLarge
-        } else {
-            Reject::Malformed(rejection.body_text())
-        }
-    })?;
+    let bytes = body?;
     let content_type = header_str(headers, header::CONTENT_TYPE).unwrap_or_default();
     let parsed = parse_body(content_type, &bytes)?;
 
@@ -559,12 +592,17 @@ async fn accept(
         trace::record_trace_id(&webhook.span, Some(&traceparent));
         traceparent
     });
+    // The answer is made while the body is ours (the envelope takes it);
+    // Twilio gets it once the webhook is stored. Its callbacks continue this
+    // webhook's trace.
+    let callbacks = trace::traceparent_of(&webhook.span, None);
+    let answer = answer(state, route, query, &parsed, callbacks.as_deref());
     let received_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    let (key, record) = envelope::envelope(&envelope::Request {
+    let (key, record) = envelope::envelope(envelope::Request {
         route,
-        body: &parsed,
+        body: parsed,
         query,
         content_type,
         headers: kept,
@@ -580,9 +618,7 @@ async fn accept(
     store(state, &key, &record, &traceparent, deadline)
         .instrument(produce)
         .await?;
-    // The TwiML's callbacks continue this webhook's trace.
-    let callbacks = trace::traceparent_of(&webhook.span, None);
-    Ok(answer(state, route, query, &parsed, callbacks.as_deref()))
+    Ok(answer)
 }
 
 /// Writes the envelope and waits for Kafka's acknowledgement (acks=all), within `deadline`.
@@ -648,8 +684,12 @@ async fn store(
     }
 }
 
-fn twiml_response(xml: String) -> Response {
-    ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], xml).into_response()
+fn twiml_response(xml: impl Into<axum::body::Body>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+        xml.into(),
+    )
+        .into_response()
 }
 
 /// The answer Twilio gets once the webhook is stored.
@@ -660,28 +700,33 @@ fn answer(
     body: &Body,
     traceparent: Option<&str>,
 ) -> Response {
-    let conversation = query_param(query, "conversation");
-    let locale = query_param(query, "locale").unwrap_or_else(|| state.default_locale.clone());
-    let carried = twiml::Carried {
-        conversation: conversation.as_deref(),
-        locale: &locale,
-        traceparent,
+    let voice = |reply: &dyn Fn(&Catalog, twiml::Carried<'_>, &str) -> String| {
+        let conversation = query_param(query, "conversation");
+        let locale = query_param(query, "locale").unwrap_or_else(|| state.default_locale.clone());
+        let carried = twiml::Carried {
+            conversation: conversation.as_deref(),
+            locale: &locale,
+            traceparent,
+        };
+        twiml_response(reply(Catalog::builtin(), carried, &locale))
     };
-    let catalog = Catalog::builtin();
     match route {
+        // No TwiML reply: Si answers through the API.
         WebhookRoute::MessagingInbound => {
-            twiml_response("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>".to_owned())
+            twiml_response("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>")
         }
-        WebhookRoute::VoiceAnswer => twiml_response(twiml::answer(&state.voice, catalog, carried)),
-        WebhookRoute::VoiceGather => {
+        WebhookRoute::VoiceAnswer => {
+            voice(&|catalog, carried, _| twiml::answer(&state.voice, catalog, carried))
+        }
+        WebhookRoute::VoiceGather => voice(&|catalog, carried, locale| {
             let choice = twiml::choice(
                 catalog,
-                &locale,
+                locale,
                 body.get("Digits"),
                 body.get("SpeechResult"),
             );
-            twiml_response(twiml::after_choice(&state.voice, catalog, carried, choice))
-        }
+            twiml::after_choice(&state.voice, catalog, carried, choice)
+        }),
         // Conversations pre-event: an empty 200 allows the action unchanged.
         _ => StatusCode::OK.into_response(),
     }
@@ -693,39 +738,6 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-
-    /// A state whose Kafka and registry are never reached: a refused
-    /// request touches neither.
-    fn unreachable_state() -> Arc<AppState> {
-        let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
-        let producer: FutureProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", "127.0.0.1:9")
-            .create()
-            .expect("producer");
-        let registry = si_schemas::registry::Registry::new(
-            si_schemas::registry::RegistryConfig::new("http://127.0.0.1:9"),
-        )
-        .expect("registry");
-        Arc::new(AppState {
-            producer,
-            codec: Codec::new(registry),
-            topic: "twilio.webhooks.v1".to_owned(),
-            public_base_url: "https://si.example".to_owned(),
-            auth_tokens: vec!["token".to_owned()],
-            shared_secrets: Vec::new(),
-            produce_timeout: Duration::from_secs(1),
-            pre_event_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(5),
-            voice: VoiceSettings {
-                public_base_url: "https://si.example".to_owned(),
-                stream_url: None,
-                gather_timeout_secs: 5,
-            },
-            default_locale: "en-US".to_owned(),
-            in_flight: Arc::new(Semaphore::new(8)),
-            metrics,
-        })
-    }
 
     async fn refused(traceparent: Option<&str>) -> serde_json::Value {
         let lines = Lines::default();
@@ -746,10 +758,13 @@ mod tests {
         let request = request
             .body(axum::body::Body::from("From=%2B14155550100&Body=hi"))
             .expect("request");
-        let response = router(unreachable_state(), 64 * 1024)
-            .oneshot(request)
-            .await
-            .expect("response");
+        let response = router(
+            Arc::new(AppState::offline("https://si.example", "token")),
+            64 * 1024,
+        )
+        .oneshot(request)
+        .await
+        .expect("response");
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         let text = lines.text();
         text.lines()

@@ -147,8 +147,8 @@ pub fn key(route: WebhookRoute, body: &Body, conversation_hint: Option<&str>) ->
 pub struct Request<'a> {
     /// Which endpoint.
     pub route: WebhookRoute,
-    /// The parsed body.
-    pub body: &'a Body,
+    /// The parsed body (moved into the envelope, not copied).
+    pub body: Body,
     /// The raw query string.
     pub query: Option<&'a str>,
     /// Content-Type as sent.
@@ -163,37 +163,46 @@ pub struct Request<'a> {
 
 /// Builds the envelope and its key.
 #[must_use]
-pub fn envelope(request: &Request<'_>) -> (String, TwilioWebhook) {
-    let conversation_hint = query_param(request.query, "conversation");
-    let key = key(request.route, request.body, conversation_hint.as_deref());
-    let (params, body) = match request.body {
+pub fn envelope(request: Request<'_>) -> (String, TwilioWebhook) {
+    let Request {
+        route,
+        body,
+        query,
+        content_type,
+        headers,
+        traceparent,
+        received_at,
+    } = request;
+    let conversation_hint = query_param(query, "conversation");
+    let key = key(route, &body, conversation_hint.as_deref());
+    let event_type = event_type(route, &body);
+    let account_sid = body.get("AccountSid").map(str::to_owned);
+    let resource_sid = resource_sid(route, &body);
+    let (params, body) = match body {
         Body::Form(params) => (
             params
-                .iter()
-                .map(|(name, value)| WebhookParam {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
+                .into_iter()
+                .map(|(name, value)| WebhookParam { name, value })
                 .collect(),
             None,
         ),
-        Body::Json { raw, .. } => (Vec::new(), Some(raw.clone())),
+        Body::Json { raw, .. } => (Vec::new(), Some(raw)),
     };
     let record = TwilioWebhook {
         webhook_id: uuid::Uuid::new_v4().to_string(),
-        received_at: request.received_at,
-        route: request.route,
-        event_type: event_type(request.route, request.body),
-        account_sid: request.body.get("AccountSid").map(str::to_owned),
-        resource_sid: resource_sid(request.route, request.body),
-        idempotency_token: request.headers.get("i-twilio-idempotency-token").cloned(),
-        content_type: request.content_type.to_owned(),
+        received_at,
+        route,
+        event_type,
+        account_sid,
+        resource_sid,
+        idempotency_token: headers.get("i-twilio-idempotency-token").cloned(),
+        content_type: content_type.to_owned(),
         params,
         body,
-        query: request.query.map(str::to_owned),
-        headers: request.headers.clone(),
+        query: query.map(str::to_owned),
+        headers,
         conversation_hint,
-        traceparent: request.traceparent.clone(),
+        traceparent,
     };
     (key, record)
 }
@@ -305,9 +314,9 @@ mod tests {
             ("MediaUrl0", "b"),
             ("From", "+1555"),
         ]);
-        let (key, record) = envelope(&Request {
+        let (key, record) = envelope(Request {
             route: WebhookRoute::MessagingInbound,
-            body: &body,
+            body,
             query: Some("conversation=CH7&x=1"),
             content_type: "application/x-www-form-urlencoded",
             headers: BTreeMap::from([("i-twilio-idempotency-token".to_owned(), "tok".to_owned())]),
@@ -348,9 +357,9 @@ mod tests {
             raw: raw.clone(),
             fields,
         };
-        let (key, record) = envelope(&Request {
+        let (key, record) = envelope(Request {
             route: WebhookRoute::ConversationsPostEvent,
-            body: &body,
+            body,
             query: None,
             content_type: "application/json",
             headers: BTreeMap::new(),

@@ -104,18 +104,25 @@ impl Metrics {
         })
     }
 
-    /// Counts a request of `route` with `outcome`.
-    pub fn count_request(&self, route: WebhookRoute, outcome: &str) {
-        let resolved = (outcome == "accepted")
-            .then(|| ROUTES.iter().position(|(_, r)| *r == route))
-            .flatten()
+    /// Counts an accepted webhook of `route`.
+    pub fn accepted(&self, route: WebhookRoute) {
+        let resolved = ROUTES
+            .iter()
+            .position(|(_, r)| *r == route)
             .and_then(|i| self.accepted.get(i));
         match resolved {
             Some(counter) => counter.inc(),
+            // Not a route of ours: counted all the same.
             None => self
                 .requests
-                .with_label_values(&[route_label(route), outcome])
+                .with_label_values(&[route_label(route), "accepted"])
                 .inc(),
         }
+    }
+
+    /// Counts a request refused with `outcome`, by its route's label (or
+    /// `none`, `any` when no route is known).
+    pub fn refused(&self, route: &str, outcome: &str) {
+        self.requests.with_label_values(&[route, outcome]).inc();
     }
 }

@@ -180,9 +180,9 @@ fn webhook(data: &[u8]) {
         "application/json"
     };
     let received_at = T0 + i64::from(flags >> 1) * 3_600_000;
-    let (_key, mut record) = envelope(&Request {
+    let (_key, mut record) = envelope(Request {
         route,
-        body: &body,
+        body,
         query,
         content_type,
         headers: BTreeMap::new(),
