@@ -549,9 +549,9 @@ async fn accept(
     let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let public_url = format!("{}{path_and_query}", state.public_base_url);
     let algorithm = Algorithm::from_settings_header(header_str(headers, SIGNATURE_SETTINGS));
-    let secrets: Vec<&str> = match algorithm {
-        Some(Algorithm::HmacSha256) => state.shared_secrets.iter().map(String::as_str).collect(),
-        _ => state.auth_tokens.iter().map(String::as_str).collect(),
+    let secrets = match algorithm {
+        Some(Algorithm::HmacSha256) => &state.shared_secrets,
+        _ => &state.auth_tokens,
     };
     let payload = match &parsed {
         Body::Form(params) => Payload::Form(params),
@@ -564,7 +564,7 @@ async fn accept(
                 payload,
                 header_str(headers, TWILIO_SIGNATURE),
                 algorithm,
-                &secrets,
+                secrets,
             )
         })
         .map_err(Reject::Forbidden)?;
