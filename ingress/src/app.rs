@@ -5,14 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::body::{Bytes, HttpBody};
 use axum::http::header::AsHeaderName;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
-use axum::middleware::{self, Next};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -209,80 +205,105 @@ impl IntoResponse for Reject {
     }
 }
 
-/// The router: webhook routes behind one admission check (the declared
-/// body size, the in-flight limit, the request deadline).
+/// Every webhook endpoint as one service: a request is admitted (its
+/// declared body size, the in-flight limit, the request deadline), routed by
+/// its path among [`ROUTES`], then verified, stored and answered.
 ///
-/// The handlers take the request whole and read its body themselves, within
-/// `max_body_bytes`: axum's `Uri` and `HeaderMap` extractors would each clone
-/// their part of every request.
-pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
-    let mut router = Router::new();
-    for (path, route) in ROUTES {
-        let route = *route;
-        router = router.route(
-            path,
-            post(
-                move |State(state): State<Arc<AppState>>, request: Request| async move {
-                    handle(&state, route, request, max_body_bytes).await
-                },
-            ),
-        );
-    }
-    router
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            (Arc::clone(&state), max_body_bytes),
-            admit,
-        ))
-        .with_state(state)
+/// Not an axum `Router`: with nine POST routes and nothing else, its
+/// routing table, the boxed middleware and the extractors cost more per
+/// webhook than the work they route to is worth (each clones the service
+/// stack, the `Uri` or the `HeaderMap`). The request is taken whole and its
+/// body read within `max_body_bytes` here.
+#[derive(Clone)]
+pub struct Webhooks {
+    state: Arc<AppState>,
+    max_body_bytes: usize,
 }
 
-/// Admits a request before a byte of its body is read: 413 at once when
-/// the declared `Content-Length` is above the body limit (the limit alone
-/// would wait for a body the client may never send), 503 past the in-flight
-/// limit, and the request deadline around the rest.
-async fn admit(
-    State((state, max_body_bytes)): State<(Arc<AppState>, usize)>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| usize::try_from(n).map_or(true, |n| n > max_body_bytes)) {
+impl Webhooks {
+    /// The webhook endpoints on `state`, bodies limited to `max_body_bytes`.
+    #[must_use]
+    pub fn new(state: Arc<AppState>, max_body_bytes: usize) -> Self {
+        Self {
+            state,
+            max_body_bytes,
+        }
+    }
+
+    /// Answers one request.
+    ///
+    /// Before a byte of the body is read: 413 at once when the declared
+    /// `Content-Length` is above the body limit (the limit alone would wait
+    /// for a body the client may never send), 503 past the in-flight limit;
+    /// then the request deadline bounds the rest.
+    pub async fn answer<B>(&self, request: Request<B>) -> Response
+    where
+        B: HttpBody<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let state = &*self.state;
         let route = ROUTES
             .iter()
             .find(|(path, _)| *path == request.uri().path())
-            .map_or("none", |(_, route)| route_label(*route));
-        state.metrics.refused(route, Reject::TooLarge.outcome());
-        return Reject::TooLarge.into_response();
+            .map(|(_, route)| *route);
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| usize::try_from(n).map_or(true, |n| n > self.max_body_bytes)) {
+            state.metrics.refused(
+                route.map_or("none", route_label),
+                Reject::TooLarge.outcome(),
+            );
+            return Reject::TooLarge.into_response();
+        }
+        let Ok(_permit) = state.in_flight.try_acquire() else {
+            state.metrics.refused("any", Reject::Overloaded.outcome());
+            return Reject::Overloaded.into_response();
+        };
+        state.metrics.in_flight.inc();
+        let answered = tokio::time::timeout(state.request_timeout, async {
+            match route {
+                Some(route) if request.method() == Method::POST => {
+                    handle(state, route, request, self.max_body_bytes).await
+                }
+                Some(route) => {
+                    state
+                        .metrics
+                        .refused(route_label(route), "method_not_allowed");
+                    let mut response =
+                        (StatusCode::METHOD_NOT_ALLOWED, "webhooks are POSTed\n").into_response();
+                    response
+                        .headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                    response
+                }
+                None => {
+                    state.metrics.refused("none", "not_found");
+                    (StatusCode::NOT_FOUND, "no webhook endpoint here\n").into_response()
+                }
+            }
+        })
+        .await;
+        state.metrics.in_flight.dec();
+        answered.unwrap_or_else(|_| {
+            state.metrics.refused("any", Reject::Timeout.outcome());
+            Reject::Timeout.into_response()
+        })
     }
-    let Ok(_permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
-        state.metrics.refused("any", Reject::Overloaded.outcome());
-        return Reject::Overloaded.into_response();
-    };
-    state.metrics.in_flight.inc();
-    let response = tokio::time::timeout(state.request_timeout, next.run(request)).await;
-    state.metrics.in_flight.dec();
-    response.unwrap_or_else(|_| {
-        state.metrics.refused("any", Reject::Timeout.outcome());
-        Reject::Timeout.into_response()
-    })
 }
 
-async fn not_found(State(state): State<Arc<AppState>>) -> Response {
-    state.metrics.refused("none", "not_found");
-    (StatusCode::NOT_FOUND, "no webhook endpoint here\n").into_response()
-}
-
-async fn handle(
+async fn handle<B>(
     state: &AppState,
     route: WebhookRoute,
-    request: Request,
+    request: Request<B>,
     max_body_bytes: usize,
-) -> Response {
+) -> Response
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (parts, body) = request.into_parts();
     let webhook = webhook_trace(route, &parts.uri, &parts.headers);
     let span = webhook.span.clone();
@@ -296,7 +317,11 @@ async fn handle(
 
 /// The body, whole, when it is within `max_body_bytes` (counted as it
 /// arrives: a `Content-Length` can understate it, chunks declare none).
-async fn read_body(body: axum::body::Body, max_body_bytes: usize) -> Result<Bytes, Reject> {
+async fn read_body<B>(body: B, max_body_bytes: usize) -> Result<Bytes, Reject>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     match Limited::new(body, max_body_bytes).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(Reject::TooLarge),
@@ -494,7 +519,7 @@ pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
 
 /// Parses a request body by its `Content-Type`: a strict form, or a JSON object
 /// (kept raw, with its top-level scalar fields for routing). The body limit is
-/// the router's; this sees bodies that are within it.
+/// that of [`Webhooks`]; this sees bodies that are within it.
 ///
 /// # Errors
 /// [`Reject::Malformed`] or [`Reject::UnsupportedMediaType`].
@@ -735,7 +760,6 @@ fn answer(
 #[cfg(test)]
 mod tests {
     use si_runtime::test_log::Lines;
-    use tower::ServiceExt;
 
     use super::*;
 
@@ -758,13 +782,12 @@ mod tests {
         let request = request
             .body(axum::body::Body::from("From=%2B14155550100&Body=hi"))
             .expect("request");
-        let response = router(
+        let response = Webhooks::new(
             Arc::new(AppState::offline("https://si.example", "token")),
             64 * 1024,
         )
-        .oneshot(request)
-        .await
-        .expect("response");
+        .answer(request)
+        .await;
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         let text = lines.text();
         text.lines()
@@ -789,6 +812,50 @@ mod tests {
             !line.to_string().contains("+14155550100"),
             "no address in the line: {line}"
         );
+    }
+
+    #[tokio::test]
+    async fn only_a_post_to_a_webhook_path_is_handled() {
+        let state = Arc::new(AppState::offline("https://si.example", "token"));
+        let webhooks = Webhooks::new(Arc::clone(&state), 64 * 1024);
+        let count = |route: &str, outcome: &str| {
+            state
+                .metrics
+                .requests
+                .with_label_values(&[route, outcome])
+                .get()
+        };
+        let get = Request::get("/twilio/messaging/inbound")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let response = webhooks.answer(get).await;
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[header::ALLOW], "POST");
+        assert_eq!(count("messaging_inbound", "method_not_allowed"), 1);
+        let nowhere = Request::post("/twilio/nowhere")
+            .body(axum::body::Body::from("A=1"))
+            .expect("request");
+        assert_eq!(
+            webhooks.answer(nowhere).await.status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(count("none", "not_found"), 1);
+        // A body over the limit without a Content-Length: counted as it
+        // arrives, refused 413 before anything is verified.
+        let chunks = futures::stream::iter([
+            Ok::<_, std::io::Error>(Bytes::from(vec![b'A'; 40 * 1024])),
+            Ok(Bytes::from(vec![b'B'; 40 * 1024])),
+        ]);
+        let oversized = Request::post("/twilio/messaging/status")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from_stream(chunks))
+            .expect("request");
+        assert_eq!(
+            webhooks.answer(oversized).await.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(count("messaging_status", "too_large"), 1);
+        assert_eq!(state.metrics.in_flight.get(), 0, "every slot given back");
     }
 
     #[test]

@@ -124,7 +124,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
     let addr = listener.local_addr()?;
-    let router = app::router(state, config.max_body_bytes);
+    let webhooks = app::Webhooks::new(state, config.max_body_bytes);
     let limits = server::Limits {
         header_read_timeout: config.header_read_timeout,
         idle_timeout: config.idle_timeout,
@@ -137,7 +137,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tracing::info!(%addr, admin = %admin_addr, "ingress listening");
         let serve = server::serve(
             listener,
-            router,
+            webhooks,
             limits,
             connection_metrics,
             shutdown.clone(),

@@ -11,7 +11,7 @@
 //! sends just as the pod closes the connection comes back to Twilio as a 502.
 //! So the two deadlines are kept apart here: the header timeout runs from the
 //! connection's start, or from the first byte of a later request, until hyper
-//! hands the parsed request to the router; the idle timeout runs from the end
+//! hands the parsed request to the webhook service; the idle timeout runs from the end
 //! of a response until the next request's first byte.
 //!
 //! Past the cap, connections are not accepted: they wait in the kernel's
@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -33,8 +32,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
+use crate::app::Webhooks;
 use crate::metrics::Metrics;
 
 /// How connections are bounded.
@@ -72,7 +71,7 @@ impl Timeout {
 enum Phase {
     /// Waiting for (the rest of) a request head since the instant.
     Head(Instant),
-    /// The router has the request.
+    /// The webhook service has the request.
     Busy,
     /// The last response is done; no byte of a new request yet.
     Idle(Instant),
@@ -132,7 +131,7 @@ impl Tracker {
     }
 
     /// The deadline the connection is under now, if any: none while the
-    /// router handles a request (`REQUEST_TIMEOUT` bounds that); then `cx`
+    /// webhook service handles a request (`REQUEST_TIMEOUT` bounds that); then `cx`
     /// is woken when the request is done.
     fn deadline(&self, cx: &Context<'_>) -> Option<(Instant, Timeout)> {
         let mut state = self.lock();
@@ -267,12 +266,12 @@ impl AsyncWrite for Guarded {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown`, then stops accepting and
+/// Serves `webhooks` on `listener` until `shutdown`, then stops accepting and
 /// waits for the open connections to finish their requests and close.
 /// The caller bounds that wait (`DRAIN_TIMEOUT`).
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    webhooks: Webhooks,
     limits: Limits,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -311,14 +310,14 @@ pub async fn serve(
         metrics.connections_open.inc();
         let tracker = Arc::new(Tracker::new(limits));
         let io = TokioIo::new(Guarded::new(stream, Arc::clone(&tracker), metrics.clone()));
-        let router = router.clone();
+        let webhooks = webhooks.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let busy = BusyGuard::new(Arc::clone(&tracker));
-            let answer = router.clone().oneshot(request);
+            let webhooks = webhooks.clone();
             async move {
-                let response = answer.await;
+                let response = webhooks.answer(request).await;
                 drop(busy);
-                response
+                Ok::<_, std::convert::Infallible>(response)
             }
         });
         let connection = graceful.watch(http.serve_connection(io, service));
@@ -386,7 +385,7 @@ mod tests {
         assert_eq!(kind(&tracker, &cx), Some(Timeout::Header));
         tracker.bytes_read();
         assert_eq!(kind(&tracker, &cx), Some(Timeout::Header));
-        // While the router has the request: no deadline, and the task is woken
+        // While the webhook service has the request: no deadline, and the task is woken
         // when the request is done so that the idle deadline gets armed.
         tracker.busy();
         tracker.bytes_read();

@@ -8,13 +8,12 @@ use std::sync::Arc;
 use axum::body::Body as HttpBody;
 use axum::http::{Request as HttpRequest, StatusCode};
 use sha2::Digest as _;
-use si_ingress::app::{AppState, ROUTES, Reject, parse_body, parse_form, router};
+use si_ingress::app::{AppState, ROUTES, Reject, Webhooks, parse_body, parse_form};
 use si_ingress::envelope::{Body, Request, envelope, query_param};
 use si_ingress::signature::{Algorithm, compute, signing_string};
 use si_schemas::AvroRecord;
 use si_schemas::codec::{decode_datum, encode_datum};
 use si_schemas::records::{AvroEnum, TwilioWebhook, WebhookRoute};
-use tower::ServiceExt as _;
 
 use super::{Cursor, text};
 use crate::engine::Target;
@@ -283,7 +282,7 @@ fn envelope_target(data: &[u8]) {
     assert_eq!(decoded, record, "the envelope does not survive Avro");
 }
 
-/// The body limit of the router under test.
+/// The body limit of the webhook service under test.
 pub const LIMIT: usize = 2048;
 const TOKEN: &str = "fuzz-auth-token";
 const BASE: &str = "https://ingress.example.com";
@@ -313,7 +312,7 @@ pub const REQUEST: Target = Target {
 
 struct Front {
     runtime: tokio::runtime::Runtime,
-    router: axum::Router,
+    webhooks: Webhooks,
 }
 
 fn front() -> Front {
@@ -321,15 +320,15 @@ fn front() -> Front {
         .enable_all()
         .build()
         .expect("a runtime");
-    let router = runtime.block_on(async {
+    let webhooks = runtime.block_on(async {
         // Kafka is never reached: a request that gets as far as storing
         // its envelope fails there, and must then not be acknowledged.
         let mut state = AppState::offline(BASE, TOKEN);
         state.shared_secrets = vec!["fuzz-shared-key".to_owned()];
         let state = Arc::new(state);
-        router(state, LIMIT)
+        Webhooks::new(state, LIMIT)
     });
-    Front { runtime, router }
+    Front { runtime, webhooks }
 }
 
 thread_local! {
@@ -411,12 +410,7 @@ fn request(data: &[u8]) {
     let status = FRONT.with(|front| {
         let mut front = front.borrow_mut();
         let front = front.get_or_insert_with(front_init);
-        let router = front.router.clone();
-        front
-            .runtime
-            .block_on(async move { router.oneshot(http).await })
-            .map(|r| r.status())
-            .expect("the router is infallible")
+        front.runtime.block_on(front.webhooks.answer(http)).status()
     });
     assert!(
         !status.is_success(),
