@@ -10,6 +10,7 @@ use axum::http::header::AsHeaderName;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use prometheus::IntGauge;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -262,7 +263,7 @@ impl Webhooks {
             state.metrics.refused("any", Reject::Overloaded.outcome());
             return Reject::Overloaded.into_response();
         };
-        state.metrics.in_flight.inc();
+        let _counted = Counted::new(&state.metrics.in_flight);
         let answered = tokio::time::timeout(state.request_timeout, async {
             match route {
                 Some(route) if request.method() == Method::POST => {
@@ -286,11 +287,28 @@ impl Webhooks {
             }
         })
         .await;
-        state.metrics.in_flight.dec();
         answered.unwrap_or_else(|_| {
             state.metrics.refused("any", Reject::Timeout.outcome());
             Reject::Timeout.into_response()
         })
+    }
+}
+
+/// Counts a request in `si_ingress_in_flight` for as long as it lives,
+/// also when its future is dropped unfinished (the client went away, or the
+/// drain ended), as its in-flight permit is given back then.
+struct Counted<'a>(&'a IntGauge);
+
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -856,6 +874,25 @@ mod tests {
         );
         assert_eq!(count("messaging_status", "too_large"), 1);
         assert_eq!(state.metrics.in_flight.get(), 0, "every slot given back");
+    }
+
+    #[tokio::test]
+    async fn a_request_given_up_midway_is_no_longer_in_flight() {
+        use futures::FutureExt as _;
+        let state = Arc::new(AppState::offline("https://si.example", "token"));
+        let webhooks = Webhooks::new(Arc::clone(&state), 64 * 1024);
+        let permits = state.in_flight.available_permits();
+        // A body that never arrives: the answer waits for it, and is
+        // dropped there, as hyper drops it when the client goes away.
+        let waiting = Request::post("/twilio/messaging/inbound")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from_stream(futures::stream::pending::<
+                Result<Bytes, std::io::Error>,
+            >()))
+            .expect("request");
+        assert!(webhooks.answer(waiting).now_or_never().is_none());
+        assert_eq!(state.metrics.in_flight.get(), 0);
+        assert_eq!(state.in_flight.available_permits(), permits);
     }
 
     #[test]
