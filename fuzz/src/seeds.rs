@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use si_ingress::signature::{Algorithm, compute, signing_string};
+use si_twilio_signature::{Algorithm, compute, signing_string};
 
 use crate::avro_gen::Generator;
 use crate::rng::Rng;

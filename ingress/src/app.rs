@@ -18,13 +18,13 @@ use si_catalog::Catalog;
 use si_runtime::trace;
 use si_schemas::Codec;
 use si_schemas::records::WebhookRoute;
+use si_twilio_signature::{self as signature, Algorithm, Payload, SignatureError};
 use tokio::sync::Semaphore;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
 use crate::envelope::{self, Body, KEPT_HEADERS, SIGNATURE_SETTINGS, query_param};
 use crate::metrics::Metrics;
-use crate::signature::{self, Algorithm, Payload, SignatureError};
 use crate::twiml::{self, VoiceSettings};
 
 /// The signature Twilio sends.

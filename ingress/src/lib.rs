@@ -12,7 +12,6 @@ pub mod config;
 pub mod envelope;
 pub mod metrics;
 pub mod server;
-pub mod signature;
 pub mod twiml;
 
 use std::net::SocketAddr;

@@ -10,10 +10,10 @@ use axum::http::{Request as HttpRequest, StatusCode};
 use sha2::Digest as _;
 use si_ingress::app::{AppState, ROUTES, Reject, Webhooks, parse_body, parse_form};
 use si_ingress::envelope::{Body, Request, envelope, query_param};
-use si_ingress::signature::{Algorithm, compute, signing_string};
 use si_schemas::AvroRecord;
 use si_schemas::codec::{decode_datum, encode_datum};
 use si_schemas::records::{AvroEnum, TwilioWebhook, WebhookRoute};
+use si_twilio_signature::{Algorithm, compute, signing_string};
 
 use super::{Cursor, text};
 use crate::engine::Target;

@@ -1,7 +1,7 @@
 //! `X-Twilio-Signature` and `X-Twilio-Webhooks-Signature-Settings`.
 
 use sha2::Digest as _;
-use si_ingress::signature::{
+use si_twilio_signature::{
     Algorithm, Payload, SignatureError, compute, signing_string, url_variants, verify,
 };
 
@@ -176,7 +176,7 @@ fn signature(data: &[u8]) {
         &secrets,
     );
     // An earlier bodySHA256 in the URL wins (the first occurrence is used).
-    if si_ingress::signature::body_hash_param(&hashed_url).as_deref() == Some(hash.as_str()) {
+    if si_twilio_signature::body_hash_param(&hashed_url).as_deref() == Some(hash.as_str()) {
         assert_eq!(raw, Ok(()), "a correctly hashed raw body was refused");
         let mut tampered = body.to_vec();
         tampered.push(b' ');

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use sha2::Digest;
-use si_ingress::signature::{self, Algorithm};
 use si_ingress::{Config, Running};
 use si_testkit::TestEnv;
+use si_twilio_signature::{self as signature, Algorithm};
 use tokio_util::sync::CancellationToken;
 
 /// The public URL Twilio would call (requests really go to 127.0.0.1).

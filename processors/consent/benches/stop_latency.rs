@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use rdkafka::Message;
-use si_ingress::signature::{self, Algorithm};
 use si_schemas::records::{ConsentState, ConsentStatus};
 use si_schemas::topics;
 use si_testkit::TestEnv;
+use si_twilio_signature::{self as signature, Algorithm};
 use tokio_util::sync::CancellationToken;
 
 const PUBLIC: &str = "https://si.bench.test";

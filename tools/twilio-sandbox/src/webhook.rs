@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use si_ingress::signature::{self, Algorithm};
+use si_twilio_signature::{self as signature, Algorithm};
 
 use crate::state::now_ms;
 use crate::twilio::{iso8601, num_segments, sid};

@@ -7,8 +7,8 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Uri};
 use serde_json::Value;
-use si_ingress::signature::{self, Algorithm, Payload};
 use si_testkit::process::wait_for;
+use si_twilio_signature::{self as signature, Algorithm, Payload};
 use twilio_sandbox::{Faults, Sandbox, SandboxConfig, SandboxHandle};
 
 const ACCOUNT: &str = "AC11111111111111111111111111111111";

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::IntoResponse;
 use serde_json::Value;
-use si_ingress::signature::{self, Algorithm, Payload};
+use si_twilio_signature::{self as signature, Algorithm, Payload};
 use twilio_sandbox::{
     APPLICATION_ERROR, CallOutcomes, CallRecord, GatherAnswer, InboundCall, Outcome, Sandbox,
     SandboxClient, SandboxConfig, SandboxHandle, Speaker,

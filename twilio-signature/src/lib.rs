@@ -15,6 +15,9 @@
 //! Comparisons are constant-time. The candidates (URL variant × secret) are
 //! tried until one matches, the URL as requested first; a refused request has
 //! tried them all.
+//!
+//! A crate of its own: ingress validates with it, and the Twilio sandbox
+//! signs the webhooks it sends with it, without depending on ingress.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;

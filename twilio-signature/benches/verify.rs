@@ -2,10 +2,10 @@
 //! parameters) and a JSON body, each checked against two tokens (rotation) and
 //! two URL variants in the worst case.
 //!
-//! `cargo bench -p si-ingress --bench signature`
+//! `cargo bench -p si-twilio-signature --bench verify`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use si_ingress::signature::{self, Algorithm, Payload};
+use si_twilio_signature::{self as signature, Algorithm, Payload};
 
 fn inbound_sms() -> Vec<(String, String)> {
     [
