@@ -23,9 +23,11 @@ use crate::calls::{
 use crate::player::{self, CallSpec, InboundCall};
 use crate::state::{
     CallbackRecord, Conversation, DeliveryFailure, Fault, Faults, Participant, RequestRecord,
-    Shared, now_ms,
+    Shared,
 };
-use crate::twilio::{TwilioError, bare_number, is_e164, iso8601, num_segments, rfc2822, sid};
+use crate::twilio::{
+    TwilioError, bare_number, is_e164, iso8601, now_ms, num_segments, rfc2822, sid,
+};
 use crate::webhook::Method as WebhookMethod;
 use crate::webhook::{
     CONVERSATIONS_EVENTS_PATH, DEFAULT_CHAT_SERVICE, InboundConversationMessage, InboundSms,

@@ -216,7 +216,7 @@ impl CallRecord {
             url: url.map(str::to_owned),
             status: "queued".to_owned(),
             answered_by: None,
-            created_ms: crate::state::now_ms(),
+            created_ms: crate::twilio::now_ms(),
             answered_ms: None,
             ended_ms: None,
             duration_secs: None,

@@ -16,8 +16,8 @@ use crate::calls::{
     CallError, CallRecord, CallStep, Control, GatherAnswer, MAX_LIVE_CALLS, Outcome, Speaker,
     Utterance,
 };
-use crate::state::{CallbackRecord, Shared, now_ms};
-use crate::twilio::{iso8601, rfc2822, sid};
+use crate::state::{CallbackRecord, Shared};
+use crate::twilio::{iso8601, now_ms, rfc2822, sid};
 use crate::twiml::{
     self, Element, Fork, Gather, HTTP_RETRIEVAL_FAILURE, Recording, Transcription, Verb,
 };

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::SandboxConfig;
 use crate::account::{self, ConversationsWebhooks, MessagingService, PhoneNumber};
 use crate::calls::Calls;
+use crate::twilio::now_ms;
 use crate::webhook::{InboundConversationMessage, InboundSms, Webhooks};
 
 /// Injected faults. Rates are probabilities per request (0 to 1, together at most 1).
@@ -217,12 +218,6 @@ pub struct Shared {
     pub base_url: String,
     media: Mutex<crate::media::MediaLibrary>,
     inner: Mutex<Inner>,
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Shared {

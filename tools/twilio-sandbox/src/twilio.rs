@@ -186,6 +186,13 @@ pub fn rfc2822(ms: i64) -> String {
     )
 }
 
+/// Now, in milliseconds since the epoch (what every record of the sandbox keeps).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// `2026-11-22T05:44:10Z`, as the v1 APIs and Conversations webhooks write dates.
 pub fn iso8601(ms: i64) -> String {
     let p = parts(ms);

@@ -10,8 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use si_twilio_signature::{self as signature, Algorithm};
 
-use crate::state::now_ms;
-use crate::twilio::{iso8601, num_segments, sid};
+use crate::twilio::{iso8601, now_ms, num_segments, sid};
 
 /// Path of ingress's Programmable Messaging inbound webhook.
 pub const MESSAGING_INBOUND_PATH: &str = "/twilio/messaging/inbound";
