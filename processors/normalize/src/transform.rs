@@ -277,6 +277,16 @@ pub fn conversation_key(conversation_id: &str) -> String {
     format!("conv|{conversation_id}")
 }
 
+/// The session binding kept for a conversation, if any.
+fn binding_of(
+    state: &StateStore<NormalizeState>,
+    conversation_id: &str,
+) -> Option<ConversationBinding> {
+    state
+        .get(&conversation_key(conversation_id))
+        .and_then(|s| s.conversation.clone())
+}
+
 fn require<'a>(params: &'a Params, name: &str) -> Result<&'a str, ProcessError> {
     params
         .get(name)
@@ -589,7 +599,7 @@ impl Normalizer {
             .map(Party::from_bound)
     }
 
-    #[allow(clippy::too_many_lines)]
+    /// The event a webhook describes, by its family (voice in [`voice`]).
     fn draft(
         &self,
         kind: Kind,
@@ -597,280 +607,16 @@ impl Normalizer {
         params: &Params,
         state: &StateStore<NormalizeState>,
     ) -> Result<Result<Draft, Skip>, ProcessError> {
-        use ConversationEventType as T;
-        let binding_of = |conversation: &str| {
-            state
-                .get(&conversation_key(conversation))
-                .and_then(|s| s.conversation.clone())
-        };
         let draft = match kind {
-            Kind::MessageAdded => {
-                let conversation = self.conversation_of_sid(require(params, "ConversationSid")?);
-                let message_sid = require(params, "MessageSid")?.to_owned();
-                let binding = binding_of(&conversation);
-                let author = params.get("Author").map(Address::parse);
-                let source = params.get("Source").map(str::to_ascii_uppercase);
-                let from_user = match source.as_deref() {
-                    Some("SMS" | "WHATSAPP") => true,
-                    _ => author.as_ref().is_some_and(|a| {
-                        !self
-                            .settings
-                            .si_authors
-                            .iter()
-                            .any(|s| s.eq_ignore_ascii_case(&a.bare))
-                    }),
-                };
-                let mut draft = Draft::new(
-                    if from_user {
-                        T::MessageReceived
-                    } else {
-                        T::MessageSent
-                    },
-                    EventSource::Conversations,
-                    conversation,
-                );
-                let sid = params.get("ParticipantSid");
-                draft.party = if from_user {
-                    let known = binding
-                        .as_ref()
-                        .and_then(|b| Self::find_party(b, sid, author.as_ref()));
-                    Some(known.unwrap_or_else(|| {
-                        Party {
-                            address: author.clone(),
-                            participant_sid: sid.map(str::to_owned),
-                            identity: author
-                                .as_ref()
-                                .filter(|a| !a.is_phone())
-                                .map(|a| a.bare.clone()),
-                            ..Party::default()
-                        }
-                    }))
-                } else {
-                    binding
-                        .as_ref()
-                        .and_then(|b| b.participants.first())
-                        .map(Party::from_bound)
-                };
-                draft.channel = Some(match source.as_deref() {
-                    Some("SMS") => Channel::Sms,
-                    Some("WHATSAPP") => Channel::Whatsapp,
-                    Some("SDK") if from_user => Channel::Chat,
-                    _ => draft
-                        .party
-                        .as_ref()
-                        .map_or(Channel::Unknown, Party::channel),
-                });
-                draft.occurred_at = params.get("DateCreated").and_then(parse_time);
-                draft.message = Some(MessageReceived {
-                    message_sid,
-                    index: params.number("Index"),
-                    author: author.map(|a| a.e164.unwrap_or(a.bare)),
-                    body: params.get("Body").map(str::to_owned),
-                    media: conversations_media(params)?,
-                    attributes_json: params.get("Attributes").map(str::to_owned),
-                    num_segments: None,
-                });
-                draft
-            }
-            Kind::DeliveryUpdated => {
-                let conversation = self.conversation_of_sid(require(params, "ConversationSid")?);
-                let message_sid = require(params, "MessageSid")?.to_owned();
-                let status = require(params, "Status")?;
-                let binding = binding_of(&conversation);
-                let mut draft =
-                    Draft::new(T::DeliveryUpdated, EventSource::Conversations, conversation);
-                draft.party = binding
-                    .as_ref()
-                    .and_then(|b| Self::find_party(b, params.get("ParticipantSid"), None));
-                draft.channel = draft.party.as_ref().map(Party::channel);
-                draft.occurred_at = params
-                    .get("DateUpdated")
-                    .or_else(|| params.get("DateCreated"))
-                    .and_then(parse_time);
-                draft.delivery = Some(DeliveryUpdate {
-                    message_sid,
-                    channel_message_sid: params.get("ChannelMessageSid").map(str::to_owned),
-                    status: upper_symbol(status)
-                        .parse()
-                        .unwrap_or(DeliveryState::Unknown),
-                    error_code: params.number::<i32>("ErrorCode").filter(|c| *c != 0),
-                    error_message: params.get("ErrorMessage").map(str::to_owned),
-                });
-                draft
-            }
+            Kind::MessageAdded => self.message_added(params, state)?,
+            Kind::DeliveryUpdated => self.delivery_updated(params, state)?,
             Kind::ParticipantAdded | Kind::ParticipantRemoved => {
-                let conversation = self.conversation_of_sid(require(params, "ConversationSid")?);
-                let participant_sid = require(params, "ParticipantSid")?.to_owned();
-                let address = params.get("MessagingBinding.Address").map(Address::parse);
-                let proxy = params
-                    .get("MessagingBinding.ProxyAddress")
-                    .map(Address::parse);
-                let identity = params.get("Identity").map(str::to_owned);
-                let joined = kind == Kind::ParticipantAdded;
-                let mut draft = Draft::new(
-                    if joined {
-                        T::ParticipantJoined
-                    } else {
-                        T::ParticipantLeft
-                    },
-                    EventSource::Conversations,
-                    conversation,
-                );
-                let known = binding_of(&draft.conversation_id)
-                    .and_then(|b| Self::find_party(&b, Some(&participant_sid), None));
-                let party = Party {
-                    address: address
-                        .clone()
-                        .or_else(|| known.as_ref().and_then(|k| k.address.clone())),
-                    proxy: proxy
-                        .clone()
-                        .or_else(|| known.as_ref().and_then(|k| k.proxy.clone())),
-                    participant_sid: Some(participant_sid.clone()),
-                    identity: identity.clone(),
-                    attribute_locale: attribute_locale(params.get("Attributes"))
-                        .or_else(|| known.and_then(|k| k.attribute_locale)),
-                };
-                draft.channel = Some(if party.address.is_none() && identity.is_some() {
-                    Channel::Chat
-                } else {
-                    party.channel()
-                });
-                draft.participant_change = Some(ParticipantChange {
-                    participant_sid,
-                    identity,
-                    address: party.address.as_ref().and_then(|a| a.e164.clone()),
-                    proxy_address: party.proxy.as_ref().and_then(|a| a.e164.clone()),
-                });
-                draft.party = Some(party);
-                draft.occurred_at = params.get("DateCreated").and_then(parse_time);
-                draft.membership = if joined {
-                    Membership::Join
-                } else {
-                    Membership::Leave
-                };
-                draft
+                self.participant_changed(kind, params, state)?
             }
-            Kind::ConversationAdded => {
-                let conversation = self.conversation_of_sid(require(params, "ConversationSid")?);
-                let mut draft = Draft::new(
-                    T::ConversationStarted,
-                    EventSource::Conversations,
-                    conversation,
-                );
-                draft.state_change = params.get("State").map(|s| StateChange {
-                    state_from: None,
-                    state_to: conversation_state(s),
-                    reason: None,
-                });
-                if let Some(address) = params.get("MessagingBinding.Address").map(Address::parse) {
-                    draft.channel = Some(address.channel);
-                    draft.party = Some(Party {
-                        address: Some(address),
-                        proxy: params
-                            .get("MessagingBinding.ProxyAddress")
-                            .map(Address::parse),
-                        ..Party::default()
-                    });
-                }
-                draft.occurred_at = params.get("DateCreated").and_then(parse_time);
-                draft
-            }
-            Kind::ConversationStateUpdated => {
-                let conversation = self.conversation_of_sid(require(params, "ConversationSid")?);
-                let to = require(params, "StateTo")?;
-                let mut draft = Draft::new(
-                    T::ConversationStateChanged,
-                    EventSource::Conversations,
-                    conversation,
-                );
-                draft.state_change = Some(StateChange {
-                    state_from: params.get("StateFrom").map(conversation_state),
-                    state_to: conversation_state(to),
-                    reason: params.get("Reason").map(str::to_owned),
-                });
-                draft.occurred_at = params
-                    .get("DateUpdated")
-                    .or_else(|| params.get("DateCreated"))
-                    .and_then(parse_time);
-                draft
-            }
-            Kind::MessagingInbound => {
-                let message_sid = params
-                    .get("MessageSid")
-                    .or_else(|| params.get("SmsMessageSid"))
-                    .ok_or_else(|| {
-                        ProcessError::Invalid("required parameter MessageSid is missing".into())
-                    })?
-                    .to_owned();
-                let user = Address::parse(require(params, "From")?);
-                if !user.is_phone() {
-                    return Err(ProcessError::Invalid(format!(
-                        "From {} is not a phone address",
-                        Masked(&user.bare)
-                    )));
-                }
-                let proxy = params.get("To").map(Address::parse);
-                let conversation =
-                    self.messaging_conversation(webhook, params, &user, proxy.as_ref());
-                let mut draft =
-                    Draft::new(T::MessageReceived, EventSource::Messaging, conversation);
-                draft.channel = Some(user.channel);
-                draft.message = Some(MessageReceived {
-                    message_sid,
-                    index: None,
-                    author: user.e164.clone(),
-                    body: params.get("Body").map(str::to_owned),
-                    media: messaging_media(params),
-                    attributes_json: None,
-                    num_segments: params.number("NumSegments"),
-                });
-                draft.party = Some(Party {
-                    address: Some(user),
-                    proxy,
-                    ..Party::default()
-                });
-                draft.membership = Membership::Seen;
-                draft
-            }
-            Kind::MessagingStatus => {
-                let message_sid = params
-                    .get("MessageSid")
-                    .or_else(|| params.get("SmsSid"))
-                    .ok_or_else(|| {
-                        ProcessError::Invalid("required parameter MessageSid is missing".into())
-                    })?
-                    .to_owned();
-                let status = params
-                    .get("MessageStatus")
-                    .or_else(|| params.get("SmsStatus"))
-                    .ok_or_else(|| {
-                        ProcessError::Invalid("required parameter MessageStatus is missing".into())
-                    })?;
-                // A status callback is about a message we sent: To is the user.
-                let user = Address::parse(require(params, "To")?);
-                let proxy = params.get("From").map(Address::parse);
-                let conversation =
-                    self.messaging_conversation(webhook, params, &user, proxy.as_ref());
-                let mut draft =
-                    Draft::new(T::DeliveryUpdated, EventSource::Messaging, conversation);
-                draft.channel = Some(user.channel);
-                draft.delivery = Some(DeliveryUpdate {
-                    message_sid,
-                    channel_message_sid: None,
-                    status: upper_symbol(status)
-                        .parse()
-                        .unwrap_or(DeliveryState::Unknown),
-                    error_code: params.number::<i32>("ErrorCode").filter(|c| *c != 0),
-                    error_message: params.get("ErrorMessage").map(str::to_owned),
-                });
-                draft.party = Some(Party {
-                    address: Some(user),
-                    proxy,
-                    ..Party::default()
-                });
-                draft.membership = Membership::Seen;
-                draft
-            }
+            Kind::ConversationAdded => self.conversation_added(params)?,
+            Kind::ConversationStateUpdated => self.conversation_state_updated(params)?,
+            Kind::MessagingInbound => self.messaging_inbound(webhook, params)?,
+            Kind::MessagingStatus => self.messaging_status(webhook, params)?,
             Kind::CallStatus
             | Kind::CallAnswer
             | Kind::Gather
@@ -879,6 +625,311 @@ impl Normalizer {
             | Kind::RealtimeTranscription => return self.voice_draft(kind, webhook, params, state),
         };
         Ok(Ok(draft))
+    }
+
+    /// A message added to a conversation: the user's (SMS, WhatsApp, or an
+    /// author that is not Si) or Si's own.
+    fn message_added(
+        &self,
+        params: &Params,
+        state: &StateStore<NormalizeState>,
+    ) -> Result<Draft, ProcessError> {
+        use ConversationEventType as T;
+        let conversation = self.conversation_of_sid(require(params, "ConversationSid")?);
+        let message_sid = require(params, "MessageSid")?.to_owned();
+        let binding = binding_of(state, &conversation);
+        let author = params.get("Author").map(Address::parse);
+        let source = params.get("Source").map(str::to_ascii_uppercase);
+        let from_user = match source.as_deref() {
+            Some("SMS" | "WHATSAPP") => true,
+            _ => author.as_ref().is_some_and(|a| {
+                !self
+                    .settings
+                    .si_authors
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(&a.bare))
+            }),
+        };
+        let mut draft = Draft::new(
+            if from_user {
+                T::MessageReceived
+            } else {
+                T::MessageSent
+            },
+            EventSource::Conversations,
+            conversation,
+        );
+        let sid = params.get("ParticipantSid");
+        draft.party = if from_user {
+            let known = binding
+                .as_ref()
+                .and_then(|b| Self::find_party(b, sid, author.as_ref()));
+            Some(known.unwrap_or_else(|| {
+                Party {
+                    address: author.clone(),
+                    participant_sid: sid.map(str::to_owned),
+                    identity: author
+                        .as_ref()
+                        .filter(|a| !a.is_phone())
+                        .map(|a| a.bare.clone()),
+                    ..Party::default()
+                }
+            }))
+        } else {
+            binding
+                .as_ref()
+                .and_then(|b| b.participants.first())
+                .map(Party::from_bound)
+        };
+        draft.channel = Some(match source.as_deref() {
+            Some("SMS") => Channel::Sms,
+            Some("WHATSAPP") => Channel::Whatsapp,
+            Some("SDK") if from_user => Channel::Chat,
+            _ => draft
+                .party
+                .as_ref()
+                .map_or(Channel::Unknown, Party::channel),
+        });
+        draft.occurred_at = params.get("DateCreated").and_then(parse_time);
+        draft.message = Some(MessageReceived {
+            message_sid,
+            index: params.number("Index"),
+            author: author.map(|a| a.e164.unwrap_or(a.bare)),
+            body: params.get("Body").map(str::to_owned),
+            media: conversations_media(params)?,
+            attributes_json: params.get("Attributes").map(str::to_owned),
+            num_segments: None,
+        });
+        Ok(draft)
+    }
+
+    /// A Conversations message's delivery receipt.
+    fn delivery_updated(
+        &self,
+        params: &Params,
+        state: &StateStore<NormalizeState>,
+    ) -> Result<Draft, ProcessError> {
+        use ConversationEventType as T;
+        let conversation = self.conversation_of_sid(require(params, "ConversationSid")?);
+        let message_sid = require(params, "MessageSid")?.to_owned();
+        let status = require(params, "Status")?;
+        let binding = binding_of(state, &conversation);
+        let mut draft = Draft::new(T::DeliveryUpdated, EventSource::Conversations, conversation);
+        draft.party = binding
+            .as_ref()
+            .and_then(|b| Self::find_party(b, params.get("ParticipantSid"), None));
+        draft.channel = draft.party.as_ref().map(Party::channel);
+        draft.occurred_at = params
+            .get("DateUpdated")
+            .or_else(|| params.get("DateCreated"))
+            .and_then(parse_time);
+        draft.delivery = Some(DeliveryUpdate {
+            message_sid,
+            channel_message_sid: params.get("ChannelMessageSid").map(str::to_owned),
+            status: upper_symbol(status)
+                .parse()
+                .unwrap_or(DeliveryState::Unknown),
+            error_code: params.number::<i32>("ErrorCode").filter(|c| *c != 0),
+            error_message: params.get("ErrorMessage").map(str::to_owned),
+        });
+        Ok(draft)
+    }
+
+    /// A participant joined or left a conversation.
+    fn participant_changed(
+        &self,
+        kind: Kind,
+        params: &Params,
+        state: &StateStore<NormalizeState>,
+    ) -> Result<Draft, ProcessError> {
+        use ConversationEventType as T;
+        let conversation = self.conversation_of_sid(require(params, "ConversationSid")?);
+        let participant_sid = require(params, "ParticipantSid")?.to_owned();
+        let address = params.get("MessagingBinding.Address").map(Address::parse);
+        let proxy = params
+            .get("MessagingBinding.ProxyAddress")
+            .map(Address::parse);
+        let identity = params.get("Identity").map(str::to_owned);
+        let joined = kind == Kind::ParticipantAdded;
+        let mut draft = Draft::new(
+            if joined {
+                T::ParticipantJoined
+            } else {
+                T::ParticipantLeft
+            },
+            EventSource::Conversations,
+            conversation,
+        );
+        let known = binding_of(state, &draft.conversation_id)
+            .and_then(|b| Self::find_party(&b, Some(&participant_sid), None));
+        let party = Party {
+            address: address
+                .clone()
+                .or_else(|| known.as_ref().and_then(|k| k.address.clone())),
+            proxy: proxy
+                .clone()
+                .or_else(|| known.as_ref().and_then(|k| k.proxy.clone())),
+            participant_sid: Some(participant_sid.clone()),
+            identity: identity.clone(),
+            attribute_locale: attribute_locale(params.get("Attributes"))
+                .or_else(|| known.and_then(|k| k.attribute_locale)),
+        };
+        draft.channel = Some(if party.address.is_none() && identity.is_some() {
+            Channel::Chat
+        } else {
+            party.channel()
+        });
+        draft.participant_change = Some(ParticipantChange {
+            participant_sid,
+            identity,
+            address: party.address.as_ref().and_then(|a| a.e164.clone()),
+            proxy_address: party.proxy.as_ref().and_then(|a| a.e164.clone()),
+        });
+        draft.party = Some(party);
+        draft.occurred_at = params.get("DateCreated").and_then(parse_time);
+        draft.membership = if joined {
+            Membership::Join
+        } else {
+            Membership::Leave
+        };
+        Ok(draft)
+    }
+
+    /// A conversation was created.
+    fn conversation_added(&self, params: &Params) -> Result<Draft, ProcessError> {
+        use ConversationEventType as T;
+        let conversation = self.conversation_of_sid(require(params, "ConversationSid")?);
+        let mut draft = Draft::new(
+            T::ConversationStarted,
+            EventSource::Conversations,
+            conversation,
+        );
+        draft.state_change = params.get("State").map(|s| StateChange {
+            state_from: None,
+            state_to: conversation_state(s),
+            reason: None,
+        });
+        if let Some(address) = params.get("MessagingBinding.Address").map(Address::parse) {
+            draft.channel = Some(address.channel);
+            draft.party = Some(Party {
+                address: Some(address),
+                proxy: params
+                    .get("MessagingBinding.ProxyAddress")
+                    .map(Address::parse),
+                ..Party::default()
+            });
+        }
+        draft.occurred_at = params.get("DateCreated").and_then(parse_time);
+        Ok(draft)
+    }
+
+    /// A conversation's state changed (active, inactive, closed).
+    fn conversation_state_updated(&self, params: &Params) -> Result<Draft, ProcessError> {
+        use ConversationEventType as T;
+        let conversation = self.conversation_of_sid(require(params, "ConversationSid")?);
+        let to = require(params, "StateTo")?;
+        let mut draft = Draft::new(
+            T::ConversationStateChanged,
+            EventSource::Conversations,
+            conversation,
+        );
+        draft.state_change = Some(StateChange {
+            state_from: params.get("StateFrom").map(conversation_state),
+            state_to: conversation_state(to),
+            reason: params.get("Reason").map(str::to_owned),
+        });
+        draft.occurred_at = params
+            .get("DateUpdated")
+            .or_else(|| params.get("DateCreated"))
+            .and_then(parse_time);
+        Ok(draft)
+    }
+
+    /// An inbound SMS or WhatsApp message on the Messaging API.
+    fn messaging_inbound(
+        &self,
+        webhook: &TwilioWebhook,
+        params: &Params,
+    ) -> Result<Draft, ProcessError> {
+        use ConversationEventType as T;
+        let message_sid = params
+            .get("MessageSid")
+            .or_else(|| params.get("SmsMessageSid"))
+            .ok_or_else(|| {
+                ProcessError::Invalid("required parameter MessageSid is missing".into())
+            })?
+            .to_owned();
+        let user = Address::parse(require(params, "From")?);
+        if !user.is_phone() {
+            return Err(ProcessError::Invalid(format!(
+                "From {} is not a phone address",
+                Masked(&user.bare)
+            )));
+        }
+        let proxy = params.get("To").map(Address::parse);
+        let conversation = self.messaging_conversation(webhook, params, &user, proxy.as_ref());
+        let mut draft = Draft::new(T::MessageReceived, EventSource::Messaging, conversation);
+        draft.channel = Some(user.channel);
+        draft.message = Some(MessageReceived {
+            message_sid,
+            index: None,
+            author: user.e164.clone(),
+            body: params.get("Body").map(str::to_owned),
+            media: messaging_media(params),
+            attributes_json: None,
+            num_segments: params.number("NumSegments"),
+        });
+        draft.party = Some(Party {
+            address: Some(user),
+            proxy,
+            ..Party::default()
+        });
+        draft.membership = Membership::Seen;
+        Ok(draft)
+    }
+
+    /// A status callback of a message sent on the Messaging API (`To` is the user).
+    fn messaging_status(
+        &self,
+        webhook: &TwilioWebhook,
+        params: &Params,
+    ) -> Result<Draft, ProcessError> {
+        use ConversationEventType as T;
+        let message_sid = params
+            .get("MessageSid")
+            .or_else(|| params.get("SmsSid"))
+            .ok_or_else(|| {
+                ProcessError::Invalid("required parameter MessageSid is missing".into())
+            })?
+            .to_owned();
+        let status = params
+            .get("MessageStatus")
+            .or_else(|| params.get("SmsStatus"))
+            .ok_or_else(|| {
+                ProcessError::Invalid("required parameter MessageStatus is missing".into())
+            })?;
+        // A status callback is about a message we sent: To is the user.
+        let user = Address::parse(require(params, "To")?);
+        let proxy = params.get("From").map(Address::parse);
+        let conversation = self.messaging_conversation(webhook, params, &user, proxy.as_ref());
+        let mut draft = Draft::new(T::DeliveryUpdated, EventSource::Messaging, conversation);
+        draft.channel = Some(user.channel);
+        draft.delivery = Some(DeliveryUpdate {
+            message_sid,
+            channel_message_sid: None,
+            status: upper_symbol(status)
+                .parse()
+                .unwrap_or(DeliveryState::Unknown),
+            error_code: params.number::<i32>("ErrorCode").filter(|c| *c != 0),
+            error_message: params.get("ErrorMessage").map(str::to_owned),
+        });
+        draft.party = Some(Party {
+            address: Some(user),
+            proxy,
+            ..Party::default()
+        });
+        draft.membership = Membership::Seen;
+        Ok(draft)
     }
 
     /// Identity and locale of a party.
