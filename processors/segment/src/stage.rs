@@ -776,7 +776,38 @@ impl Segmenter {
             .or_else(|| conversation.locale.clone());
         let now = ctx.timestamp_ms;
 
-        // The consent gate: every phone recipient the message would reach.
+        let refused = self.refusals(
+            response,
+            &conversation,
+            primary,
+            &route,
+            locale.as_deref(),
+            now,
+        );
+        if !refused.is_empty() {
+            self.metrics.outcome("blocked");
+            self.remember(state, &response.response_id, now, 0, true);
+            // Named on the conversation's own topic too, for its archive.
+            return Ok(si_consent_gate::with_recorded(
+                refused,
+                &response.session_id,
+                now,
+            ));
+        }
+        self.operations(response, primary, &route, locale.as_deref(), now, state)
+    }
+
+    /// The consent gate: a BLOCKED_OUTBOUND event for every phone recipient
+    /// the message would reach who may not get it (none: it may be sent).
+    fn refusals(
+        &self,
+        response: &CognitionResponse,
+        conversation: &SegmentConversation,
+        primary: &SegmentParticipant,
+        route: &Route,
+        locale: Option<&str>,
+        now: i64,
+    ) -> Vec<Output> {
         let recipients: Vec<&SegmentParticipant> = if route.kind == OperationKind::SendMessage {
             vec![primary]
         } else {
@@ -800,7 +831,7 @@ impl Segmenter {
                         channel: p.channel,
                         address,
                         scope: &route.scope,
-                        locale: locale.as_deref(),
+                        locale,
                         now,
                     },
                     status,
@@ -808,22 +839,25 @@ impl Segmenter {
                 ));
             }
         }
-        if !blocked.is_empty() {
-            self.metrics.outcome("blocked");
-            self.remember(state, &response.response_id, now, 0, true);
-            // Named on the conversation's own topic too, for its archive.
-            return Ok(si_consent_gate::with_recorded(
-                blocked,
-                &response.session_id,
-                now,
-            ));
-        }
+        blocked
+    }
 
+    /// The response planned into parts (segmented, or a template where the
+    /// channel needs one), each an operation to egress, tracked and counted.
+    fn operations(
+        &self,
+        response: &CognitionResponse,
+        primary: &SegmentParticipant,
+        route: &Route,
+        locale: Option<&str>,
+        now: i64,
+        state: &mut StateStore<SegmentState>,
+    ) -> Result<Vec<Output>, ProcessError> {
         let request = Response {
             text: &response.text,
             media: &response.media,
             channel: route.channel,
-            locale: locale.as_deref(),
+            locale,
             hints: response.hints.as_ref(),
         };
         let timing = Timing {
