@@ -293,6 +293,20 @@ fn require<'a>(params: &'a Params, name: &str) -> Result<&'a str, ProcessError> 
         .ok_or_else(|| ProcessError::Invalid(format!("required parameter {name} is missing")))
 }
 
+/// The first of `names` the webhook carries (a Messaging callback names some
+/// parameters twice: `MessageSid` and the older `SmsSid`), else invalid.
+fn require_any<'a>(params: &'a Params, names: &[&str]) -> Result<&'a str, ProcessError> {
+    names
+        .iter()
+        .find_map(|name| params.get(name))
+        .ok_or_else(|| {
+            ProcessError::Invalid(format!(
+                "required parameter {} is missing",
+                names.first().copied().unwrap_or_default()
+            ))
+        })
+}
+
 /// Twilio's ISO 8601 times (`2019-12-19T21:17:12.000Z`) in ms; `None` otherwise.
 fn parse_time(value: &str) -> Option<i64> {
     let t = humantime::parse_rfc3339_weak(value.trim()).ok()?;
@@ -465,6 +479,18 @@ impl Draft {
             session: None,
             call_sid: None,
         }
+    }
+
+    /// A Messaging webhook's party: the user, on their channel, and the
+    /// number of ours they wrote to (or we wrote from); a user seen.
+    fn messaging_user(&mut self, user: Address, proxy: Option<Address>) {
+        self.channel = Some(user.channel);
+        self.party = Some(Party {
+            address: Some(user),
+            proxy,
+            ..Party::default()
+        });
+        self.membership = Membership::Seen;
     }
 }
 
@@ -852,13 +878,7 @@ impl Normalizer {
         params: &Params,
     ) -> Result<Draft, ProcessError> {
         use ConversationEventType as T;
-        let message_sid = params
-            .get("MessageSid")
-            .or_else(|| params.get("SmsMessageSid"))
-            .ok_or_else(|| {
-                ProcessError::Invalid("required parameter MessageSid is missing".into())
-            })?
-            .to_owned();
+        let message_sid = require_any(params, &["MessageSid", "SmsMessageSid"])?.to_owned();
         let user = Address::parse(require(params, "From")?);
         if !user.is_phone() {
             return Err(ProcessError::Invalid(format!(
@@ -869,7 +889,6 @@ impl Normalizer {
         let proxy = params.get("To").map(Address::parse);
         let conversation = self.messaging_conversation(webhook, params, &user, proxy.as_ref());
         let mut draft = Draft::new(T::MessageReceived, EventSource::Messaging, conversation);
-        draft.channel = Some(user.channel);
         draft.message = Some(MessageReceived {
             message_sid,
             index: None,
@@ -879,12 +898,7 @@ impl Normalizer {
             attributes_json: None,
             num_segments: params.number("NumSegments"),
         });
-        draft.party = Some(Party {
-            address: Some(user),
-            proxy,
-            ..Party::default()
-        });
-        draft.membership = Membership::Seen;
+        draft.messaging_user(user, proxy);
         Ok(draft)
     }
 
@@ -895,25 +909,13 @@ impl Normalizer {
         params: &Params,
     ) -> Result<Draft, ProcessError> {
         use ConversationEventType as T;
-        let message_sid = params
-            .get("MessageSid")
-            .or_else(|| params.get("SmsSid"))
-            .ok_or_else(|| {
-                ProcessError::Invalid("required parameter MessageSid is missing".into())
-            })?
-            .to_owned();
-        let status = params
-            .get("MessageStatus")
-            .or_else(|| params.get("SmsStatus"))
-            .ok_or_else(|| {
-                ProcessError::Invalid("required parameter MessageStatus is missing".into())
-            })?;
+        let message_sid = require_any(params, &["MessageSid", "SmsSid"])?.to_owned();
+        let status = require_any(params, &["MessageStatus", "SmsStatus"])?;
         // A status callback is about a message we sent: To is the user.
         let user = Address::parse(require(params, "To")?);
         let proxy = params.get("From").map(Address::parse);
         let conversation = self.messaging_conversation(webhook, params, &user, proxy.as_ref());
         let mut draft = Draft::new(T::DeliveryUpdated, EventSource::Messaging, conversation);
-        draft.channel = Some(user.channel);
         draft.delivery = Some(DeliveryUpdate {
             message_sid,
             channel_message_sid: None,
@@ -923,12 +925,7 @@ impl Normalizer {
             error_code: params.number::<i32>("ErrorCode").filter(|c| *c != 0),
             error_message: params.get("ErrorMessage").map(str::to_owned),
         });
-        draft.party = Some(Party {
-            address: Some(user),
-            proxy,
-            ..Party::default()
-        });
-        draft.membership = Membership::Seen;
+        draft.messaging_user(user, proxy);
         Ok(draft)
     }
 
