@@ -873,6 +873,20 @@ mod tests {
             StatusCode::PAYLOAD_TOO_LARGE
         );
         assert_eq!(count("messaging_status", "too_large"), 1);
+        // A body broken off midway (the client's connection failed): 400.
+        let broken = futures::stream::iter([
+            Ok(Bytes::from_static(b"From=%2B1415")),
+            Err(std::io::Error::other("connection reset")),
+        ]);
+        let broken = Request::post("/twilio/messaging/inbound")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from_stream(broken))
+            .expect("request");
+        assert_eq!(
+            webhooks.answer(broken).await.status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(count("messaging_inbound", "malformed"), 1);
         assert_eq!(state.metrics.in_flight.get(), 0, "every slot given back");
     }
 
