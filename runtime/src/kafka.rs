@@ -268,22 +268,6 @@ pub fn topic_partitions(config: &ClientConfig, topics: &[String]) -> Result<Vec<
     })
 }
 
-/// Waits, in 1 ms steps and at most `timeout`, until every record `producer`
-/// holds is acknowledged. Call it before `commit_transaction`: that call
-/// flushes first, and rust-rdkafka's flush waits in 100 ms polls of an event
-/// queue that a `ThreadedProducer`'s own thread is already serving, which
-/// added 100 ms to every commit. With nothing outstanding it returns at once.
-pub fn wait_delivered<C, P>(producer: &P, timeout: Duration)
-where
-    C: rdkafka::producer::ProducerContext,
-    P: rdkafka::producer::Producer<C>,
-{
-    let deadline = std::time::Instant::now() + timeout;
-    while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// Creates a producer from `config`.
 ///
 /// # Errors

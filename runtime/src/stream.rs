@@ -80,8 +80,9 @@
 //!
 //! # transactional.id and fencing
 //!
-//! Each instance has one transactional producer with
-//! `transactional.id = <SI_TOPIC_PREFIX>si-<stage>-<POD_NAME>`, and the consumer
+//! Each instance has two transactional producers taking turns, with
+//! `transactional.id = <SI_TOPIC_PREFIX>si-<stage>-<POD_NAME>` and the same
+//! with `_2` (why two: [`crate::txn::Transactions`]), and the consumer
 //! group is `<SI_TOPIC_PREFIX>si-<stage>` (the name the Helm chart's KEDA
 //! objects watch). Zombie fencing follows KIP-447: offsets are committed through
 //! the transaction together with the consumer group metadata (member id and

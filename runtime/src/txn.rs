@@ -44,13 +44,14 @@
 //! committed offsets; nothing of the open transaction was committed, and the
 //! next instance's `init_transactions` aborts it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, TopicPartitionList};
 
 use crate::config::KafkaArgs;
@@ -81,10 +82,16 @@ pub const WATCHDOG_THREAD: &str = "si-txn-watchdog";
 pub const CALL_GRACE: Duration = Duration::from_secs(5);
 
 /// The transactional id of a stage instance: `<SI_TOPIC_PREFIX>si-<stage>-<POD_NAME>`.
+/// Its second producer's is this with [`SECOND_ID_SUFFIX`] (see [`Transactions`]).
 #[must_use]
 pub fn transactional_id(kafka: &KafkaArgs, stage: &str) -> String {
     format!("{}si-{stage}-{}", kafka.topic_prefix, kafka.pod_name)
 }
+
+/// What the transactional id of an instance's second producer adds to
+/// [`transactional_id`]. `_` never occurs in a pod name (a DNS-1123
+/// subdomain), so it cannot be another pod's first id.
+pub const SECOND_ID_SUFFIX: &str = "_2";
 
 /// Settings of the transactional producer of a stage instance.
 ///
@@ -143,9 +150,25 @@ pub fn is_fatal(error: &KafkaError) -> bool {
     matches!(error, KafkaError::Transaction(e) if e.is_fatal()) || is_fenced(error)
 }
 
-/// A stage instance's transactional producer.
+/// A stage instance's transactional producers: two, with the transactional
+/// ids [`transactional_id`] and the same with [`SECOND_ID_SUFFIX`], taking
+/// turns, one transaction each.
+///
+/// Why two: a transaction's commit returns once the coordinator has logged
+/// it, and the coordinator then writes the markers. Until they are written,
+/// the same transactional id's next `AddPartitionsToTxn` is refused with
+/// `CONCURRENT_TRANSACTIONS`, and librdkafka asks again only after a fixed
+/// 20 ms (not `retry.backoff.ms`): at 300 msg/s the broker refused a
+/// quarter of the pipeline's transactions that way (README, "Where a hop's
+/// time goes"). The other producer's id has no transaction in the way, and
+/// by its next turn its own markers are long written. Order is kept: a
+/// transaction begins only after the one before committed (its records are
+/// in the log before the next one's), and a group's offsets committed last
+/// in the log win, whatever order the markers complete in.
 pub struct Transactions {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producers: [ThreadedProducer<Deliveries>; 2],
+    /// The index of the producer whose transaction is open, or was last.
+    turn: AtomicUsize,
     call_timeout: Duration,
     /// What the watchdog watches.
     pulse: Arc<Pulse>,
@@ -166,6 +189,58 @@ struct Call {
     name: &'static str,
     since: Instant,
     timeout: Duration,
+}
+
+/// The transactional producer's context: counts the records handed to the
+/// producer whose delivery librdkafka has not reported yet, so that a commit
+/// waits for the last acknowledgement and is woken by it (the producer's
+/// polling thread reports each record once: acknowledged, failed, or purged
+/// by an abort).
+#[derive(Default)]
+pub struct Deliveries {
+    outstanding: Mutex<u64>,
+    settled: Condvar,
+}
+
+impl Deliveries {
+    fn outstanding(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A record is about to be handed to the producer. Counted before, so
+    /// that its report can never come first.
+    fn sending(&self) {
+        *self.outstanding() += 1;
+    }
+
+    /// A record was reported, or the producer did not take it.
+    fn settle(&self) {
+        let mut outstanding = self.outstanding();
+        *outstanding = outstanding.saturating_sub(1);
+        if *outstanding == 0 {
+            self.settled.notify_all();
+        }
+    }
+
+    /// Waits until no record is outstanding, at most `timeout`.
+    fn wait(&self, timeout: Duration) {
+        let outstanding = self.outstanding();
+        let _ = self
+            .settled
+            .wait_timeout_while(outstanding, timeout, |n| *n > 0);
+    }
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &DeliveryResult<'_>, (): ()) {
+        self.settle();
+    }
 }
 
 impl Pulse {
@@ -230,9 +305,9 @@ pub(crate) fn fenced_topics(
 }
 
 impl Transactions {
-    /// Creates the producer of `stage` and calls `init_transactions`, which
-    /// fences an earlier instance with the same transactional id and aborts
-    /// what it left open. Transactional calls time out after
+    /// Creates the producers of `stage` and calls `init_transactions` on
+    /// each, which fences an earlier instance with the same transactional id
+    /// and aborts what it left open. Transactional calls time out after
     /// `transaction_timeout`, at most [`MAX_CALL_TIMEOUT`]. Blocks: call it off the async
     /// workers (`spawn_blocking`).
     ///
@@ -243,19 +318,27 @@ impl Transactions {
         stage: &str,
         transaction_timeout: Duration,
     ) -> Result<Self, String> {
-        let producer: ThreadedProducer<DefaultProducerContext> =
-            transactional_producer_config(kafka, stage, transaction_timeout)
-                .create()
+        let first = transactional_id(kafka, stage);
+        let second = format!("{first}{SECOND_ID_SUFFIX}");
+        let create = |id: &str| -> Result<ThreadedProducer<Deliveries>, String> {
+            let mut config = transactional_producer_config(kafka, stage, transaction_timeout);
+            config.set("transactional.id", id);
+            let producer: ThreadedProducer<Deliveries> = config
+                .create_with_context(Deliveries::default())
                 .map_err(|e| format!("producer: {e}"))?;
-        producer
-            .init_transactions(Duration::from_secs(60))
-            .map_err(|e| format!("init_transactions: {e}"))?;
+            producer
+                .init_transactions(Duration::from_secs(60))
+                .map_err(|e| format!("init_transactions ({id}): {e}"))?;
+            Ok(producer)
+        };
+        let producers = [create(&first)?, create(&second)?];
         tracing::info!(
-            transactional_id = %transactional_id(kafka, stage),
-            "transactional producer ready"
+            transactional_ids = %format_args!("{first}, {second}"),
+            "transactional producers ready"
         );
         let txns = Self {
-            producer,
+            producers,
+            turn: AtomicUsize::new(0),
             call_timeout: transaction_timeout.min(MAX_CALL_TIMEOUT),
             pulse: Arc::new(Pulse::new()),
         };
@@ -283,9 +366,9 @@ impl Transactions {
         Ok(txns)
     }
 
-    /// Ends what an earlier instance with the same transactional id left
-    /// pending without a transaction the coordinator knows of: one
-    /// transaction that writes a fence record (key [`FENCE_KEY`], no value)
+    /// Ends what an earlier instance with the same transactional ids left
+    /// pending without a transaction the coordinator knows of: for each of
+    /// the two producers, one transaction that writes a fence record (key [`FENCE_KEY`], no value)
     /// to every partition of every topic in `outputs`, adds the offsets of
     /// `group` (partition 0 of `topic`, any offset) when there is a `topic`,
     /// and is aborted. The abort markers end, on each of those partitions,
@@ -316,18 +399,21 @@ impl Transactions {
         topic: Option<&str>,
         outputs: &[String],
     ) -> Result<(), String> {
-        self.begin()
-            .map_err(|e| format!("begin_transaction: {e}"))?;
-        let fenced = self.send_fences(outputs)?;
-        if let Some(topic) = topic {
-            self.add_group_offsets(kafka, stage, group, topic)?;
+        // Once per producer: each begin takes the other's turn.
+        for _ in &self.producers {
+            self.begin()
+                .map_err(|e| format!("begin_transaction: {e}"))?;
+            let fenced = self.send_fences(outputs)?;
+            if let Some(topic) = topic {
+                self.add_group_offsets(kafka, stage, group, topic)?;
+            }
+            self.abort()
+                .map_err(|e| format!("abort_transaction: {e}"))?;
+            tracing::info!(
+                partitions = fenced,
+                "earlier instances' pending writes ended"
+            );
         }
-        self.abort()
-            .map_err(|e| format!("abort_transaction: {e}"))?;
-        tracing::info!(
-            partitions = fenced,
-            "earlier instances' pending writes ended"
-        );
         Ok(())
     }
 
@@ -339,7 +425,7 @@ impl Transactions {
         for topic in outputs {
             self.beat();
             let partitions = match self
-                .producer
+                .producer()
                 .client()
                 .fetch_metadata(Some(topic), self.call_timeout)
             {
@@ -361,9 +447,12 @@ impl Transactions {
             }
         }
         self.beat();
-        self.producer
-            .flush(self.call_timeout)
-            .map_err(|e| format!("fences not written: {e}"))?;
+        if !self.wait_delivered() {
+            return Err(format!(
+                "fences not written within {}s",
+                self.call_timeout.as_secs()
+            ));
+        }
         Ok(fenced)
     }
 
@@ -391,7 +480,7 @@ impl Transactions {
             .map_err(|e| format!("offsets: {e}"))?;
         let sent = crate::kafka::send_offsets_once(|| {
             self.call("send_offsets_to_transaction", self.call_timeout, || {
-                self.producer
+                self.producer()
                     .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout)
             })
         });
@@ -472,7 +561,8 @@ impl Transactions {
     /// librdkafka's.
     pub fn begin(&self) -> KafkaResult<()> {
         self.beat();
-        self.producer.begin_transaction()
+        self.turn.fetch_xor(1, Ordering::Relaxed);
+        self.producer().begin_transaction()
     }
 
     /// Hands `record` to the producer, waiting while its queue is full.
@@ -484,15 +574,23 @@ impl Transactions {
         K: rdkafka::message::ToBytes + ?Sized,
         P: rdkafka::message::ToBytes + ?Sized,
     {
+        let deliveries = self.producer().context();
         loop {
-            match self.producer.send(record) {
+            deliveries.sending();
+            match self.producer().send(record) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                Err((error, back)) => {
+                    deliveries.settle();
+                    if !matches!(
+                        error,
+                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                    ) {
+                        return Err(error);
+                    }
                     record = back;
                     // Back-pressure: the background thread is delivering.
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                Err((error, _)) => return Err(error),
             }
         }
     }
@@ -513,26 +611,55 @@ impl Transactions {
             })?;
             crate::kafka::send_offsets_once(|| {
                 self.call("send_offsets_to_transaction", self.call_timeout, || {
-                    self.producer
+                    self.producer()
                         .send_offsets_to_transaction(offsets, group, self.call_timeout)
                 })
             })?;
         }
-        // Nothing outstanding, so commit_transaction's own flush does not wait
-        // out a 100 ms poll (see crate::kafka::wait_delivered).
         self.beat();
-        crate::kafka::wait_delivered(&self.producer, self.call_timeout);
+        // Nothing outstanding, so commit_transaction's own flush does not wait
+        // out a 100 ms poll (see wait_delivered).
+        self.wait_delivered();
         crate::kafka::retry_transactional("commit_transaction", TXN_RETRIES, || {
             self.call("commit_transaction", self.call_timeout, || {
-                self.producer.commit_transaction(self.call_timeout)
+                self.producer().commit_transaction(self.call_timeout)
             })
         })
     }
 
-    /// The producer's client (metadata and watermark requests).
+    /// Waits, at most the call timeout, until every record sent is
+    /// acknowledged; whether they all were. Woken by the last report rather
+    /// than polling. Called before `commit_transaction`, which flushes
+    /// first: rust-rdkafka's flush waits in 100 ms polls of an event queue
+    /// that a `ThreadedProducer`'s own thread is already serving, so a record
+    /// still outstanding added 100 ms to a commit. librdkafka's own count
+    /// (what the flush looks at) drops just after the report is handled, so
+    /// it is waited for too, briefly.
+    fn wait_delivered(&self) -> bool {
+        let deadline = Instant::now() + self.call_timeout;
+        let deliveries = self.producer().context();
+        while self.producer().in_flight_count() > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            deliveries.wait(deadline - now);
+            if self.producer().in_flight_count() > 0 {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        true
+    }
+
+    /// The producer whose transaction is open, or was last.
+    fn producer(&self) -> &ThreadedProducer<Deliveries> {
+        &self.producers[self.turn.load(Ordering::Relaxed)]
+    }
+
+    /// A producer's client (metadata and watermark requests).
     #[must_use]
-    pub fn client(&self) -> &rdkafka::client::Client<DefaultProducerContext> {
-        self.producer.client()
+    pub fn client(&self) -> &rdkafka::client::Client<Deliveries> {
+        self.producer().client()
     }
 
     /// Aborts the open transaction once, best effort, after a fatal error: the
@@ -540,7 +667,7 @@ impl Transactions {
     /// this transactional id starts.
     pub fn abort_once(&self) {
         let _ = self.call("abort_transaction", self.call_timeout, || {
-            self.producer.abort_transaction(self.call_timeout)
+            self.producer().abort_transaction(self.call_timeout)
         });
     }
 
@@ -552,7 +679,7 @@ impl Transactions {
     pub fn abort(&self) -> KafkaResult<()> {
         crate::kafka::retry_abort(|| {
             self.call("abort_transaction", self.call_timeout, || {
-                self.producer.abort_transaction(self.call_timeout)
+                self.producer().abort_transaction(self.call_timeout)
             })
         })
     }
@@ -561,6 +688,36 @@ impl Transactions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commit_waiting_for_deliveries_is_woken_by_the_last_one() {
+        let deliveries = Arc::new(Deliveries::default());
+        deliveries.sending();
+        deliveries.sending();
+        deliveries.settle();
+        // One still outstanding: the wait lasts its whole timeout.
+        let started = Instant::now();
+        deliveries.wait(Duration::from_millis(30));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        assert_eq!(*deliveries.outstanding(), 1);
+
+        let reporter = Arc::clone(&deliveries);
+        let report = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            reporter.settle();
+        });
+        let started = Instant::now();
+        deliveries.wait(Duration::from_secs(30));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "woken by the report, not the timeout"
+        );
+        assert_eq!(*deliveries.outstanding(), 0);
+        report.join().expect("reporter");
+        // A report too many (never expected) does not wrap the count.
+        deliveries.settle();
+        assert_eq!(*deliveries.outstanding(), 0);
+    }
 
     #[test]
     fn a_stage_fences_its_outputs_and_dead_letters_once_each_and_not_what_it_leaves_out() {

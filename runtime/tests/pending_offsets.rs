@@ -123,7 +123,7 @@ async fn every_output_partition_gets_an_aborted_fence() -> anyhow::Result<()> {
             let deadline = std::time::Instant::now() + Duration::from_secs(15);
             loop {
                 let marks = watermarks(txns.client(), &output)?;
-                if marks.iter().all(|w| *w == (0, 2)) || std::time::Instant::now() > deadline {
+                if marks.iter().all(|w| *w == (0, 4)) || std::time::Instant::now() > deadline {
                     return Ok(marks);
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -131,10 +131,11 @@ async fn every_output_partition_gets_an_aborted_fence() -> anyhow::Result<()> {
         })
         .await?;
     assert!(!watermarks.is_empty());
-    // On each partition: the fence, then the abort marker that ended it.
+    // On each partition, from each of the instance's two producers: the
+    // fence, then the abort marker that ended it.
     assert!(
-        watermarks.iter().all(|w| *w == (0, 2)),
-        "a fence and its abort marker on every partition: {watermarks:?}"
+        watermarks.iter().all(|w| *w == (0, 4)),
+        "two fences and their abort markers on every partition: {watermarks:?}"
     );
     // And nothing a read-committed reader sees.
     let committed = env.read_all::<ArchivalRequest>(topics::ARCHIVAL).await?;
