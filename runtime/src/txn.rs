@@ -368,10 +368,10 @@ impl Transactions {
 
     /// Ends what an earlier instance with the same transactional ids left
     /// pending without a transaction the coordinator knows of: for each of
-    /// the two producers, one transaction that writes a fence record (key [`FENCE_KEY`], no value)
-    /// to every partition of every topic in `outputs`, adds the offsets of
-    /// `group` (partition 0 of `topic`, any offset) when there is a `topic`,
-    /// and is aborted. The abort markers end, on each of those partitions,
+    /// the two producers, one transaction that writes a fence record (key
+    /// [`FENCE_KEY`], no value) to every partition of every topic in
+    /// `outputs`, adds the offsets of `group` (partition 0 of `topic`, any
+    /// offset) when there is a `topic`, and is aborted. The abort markers end, on each of those partitions,
     /// every record and offset commit of this producer still pending there,
     /// whatever its epoch; nothing is committed, and read-committed readers
     /// never see a fence.
@@ -387,7 +387,7 @@ impl Transactions {
     /// restarted instance wrote when it did the input again. Aborting both
     /// makes the input's one committed result the one done again. Called
     /// after [`Transactions::init`] and before the consumer joins; it costs
-    /// one transaction. Blocks like `init`.
+    /// two transactions. Blocks like `init`.
     ///
     /// # Errors
     /// When the producer is fenced or fails fatally, or the abort fails.

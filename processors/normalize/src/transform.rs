@@ -314,6 +314,15 @@ fn parse_time(value: &str) -> Option<i64> {
     i64::try_from(d.as_millis()).ok()
 }
 
+/// When a Conversations resource last changed: its `DateUpdated`, else its
+/// `DateCreated` (ms).
+fn last_changed(params: &Params) -> Option<i64> {
+    params
+        .get("DateUpdated")
+        .or_else(|| params.get("DateCreated"))
+        .and_then(parse_time)
+}
+
 fn upper_symbol(value: &str) -> String {
     value.trim().replace('-', "_").to_ascii_uppercase()
 }
@@ -745,10 +754,7 @@ impl Normalizer {
             .as_ref()
             .and_then(|b| Self::find_party(b, params.get("ParticipantSid"), None));
         draft.channel = draft.party.as_ref().map(Party::channel);
-        draft.occurred_at = params
-            .get("DateUpdated")
-            .or_else(|| params.get("DateCreated"))
-            .and_then(parse_time);
+        draft.occurred_at = last_changed(params);
         draft.delivery = Some(DeliveryUpdate {
             message_sid,
             channel_message_sid: params.get("ChannelMessageSid").map(str::to_owned),
@@ -864,10 +870,7 @@ impl Normalizer {
             state_to: conversation_state(to),
             reason: params.get("Reason").map(str::to_owned),
         });
-        draft.occurred_at = params
-            .get("DateUpdated")
-            .or_else(|| params.get("DateCreated"))
-            .and_then(parse_time);
+        draft.occurred_at = last_changed(params);
         Ok(draft)
     }
 
