@@ -832,6 +832,18 @@ mod tests {
         );
     }
 
+    /// A form POST to `path` whose body arrives as `chunks`, without a
+    /// Content-Length.
+    fn streamed_form(
+        path: &str,
+        chunks: [Result<Bytes, std::io::Error>; 2],
+    ) -> Request<axum::body::Body> {
+        Request::post(path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from_stream(futures::stream::iter(chunks)))
+            .expect("request")
+    }
+
     #[tokio::test]
     async fn only_a_post_to_a_webhook_path_is_handled() {
         let state = Arc::new(AppState::offline("https://si.example", "token"));
@@ -860,28 +872,26 @@ mod tests {
         assert_eq!(count("none", "not_found"), 1);
         // A body over the limit without a Content-Length: counted as it
         // arrives, refused 413 before anything is verified.
-        let chunks = futures::stream::iter([
-            Ok::<_, std::io::Error>(Bytes::from(vec![b'A'; 40 * 1024])),
-            Ok(Bytes::from(vec![b'B'; 40 * 1024])),
-        ]);
-        let oversized = Request::post("/twilio/messaging/status")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(axum::body::Body::from_stream(chunks))
-            .expect("request");
+        let oversized = streamed_form(
+            "/twilio/messaging/status",
+            [
+                Ok(Bytes::from(vec![b'A'; 40 * 1024])),
+                Ok(Bytes::from(vec![b'B'; 40 * 1024])),
+            ],
+        );
         assert_eq!(
             webhooks.answer(oversized).await.status(),
             StatusCode::PAYLOAD_TOO_LARGE
         );
         assert_eq!(count("messaging_status", "too_large"), 1);
         // A body broken off midway (the client's connection failed): 400.
-        let broken = futures::stream::iter([
-            Ok(Bytes::from_static(b"From=%2B1415")),
-            Err(std::io::Error::other("connection reset")),
-        ]);
-        let broken = Request::post("/twilio/messaging/inbound")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(axum::body::Body::from_stream(broken))
-            .expect("request");
+        let broken = streamed_form(
+            "/twilio/messaging/inbound",
+            [
+                Ok(Bytes::from_static(b"From=%2B1415")),
+                Err(std::io::Error::other("connection reset")),
+            ],
+        );
         assert_eq!(
             webhooks.answer(broken).await.status(),
             StatusCode::BAD_REQUEST
