@@ -38,7 +38,9 @@
 //! - the loop has not checked in ([`Transactions::beat`], at every turn and
 //!   around every transactional call) for [`Transactions::stall_limit`]:
 //!   three call timeouts plus 20 s, so never while a call or its retries
-//!   still run as designed.
+//!   still run as designed. (The deferred driver commits on a thread of its
+//!   own; its loop checks in only while no transaction is in flight, so a
+//!   committer stuck between calls is not hidden by the loop's turns.)
 //!
 //! The container is restarted, takes its partitions back and resumes from the
 //! committed offsets; nothing of the open transaction was committed, and the
@@ -169,7 +171,9 @@ pub struct Transactions {
     producers: [ThreadedProducer<Deliveries>; 2],
     /// The index of the producer whose transaction is open, or was last.
     turn: AtomicUsize,
-    call_timeout: Duration,
+    /// The timeout of each transactional call, in ms (a drain shortens it,
+    /// possibly from another thread than the one committing).
+    call_timeout_ms: AtomicU64,
     /// What the watchdog watches.
     pulse: Arc<Pulse>,
 }
@@ -286,6 +290,11 @@ impl Pulse {
     }
 }
 
+/// `d` in whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The full names of the topics a stage's [`Transactions::end_pending`]
 /// fences: its declared `outputs` and the dead-letter topic every driver
 /// writes, each once, and not `unfenced` (a full name).
@@ -339,7 +348,7 @@ impl Transactions {
         let txns = Self {
             producers,
             turn: AtomicUsize::new(0),
-            call_timeout: transaction_timeout.min(MAX_CALL_TIMEOUT),
+            call_timeout_ms: AtomicU64::new(millis(transaction_timeout.min(MAX_CALL_TIMEOUT))),
             pulse: Arc::new(Pulse::new()),
         };
         txns.start_watchdog(stage);
@@ -427,7 +436,7 @@ impl Transactions {
             let partitions = match self
                 .producer()
                 .client()
-                .fetch_metadata(Some(topic), self.call_timeout)
+                .fetch_metadata(Some(topic), self.call_timeout())
             {
                 Ok(metadata) => metadata
                     .topics()
@@ -450,7 +459,7 @@ impl Transactions {
         if !self.wait_delivered() {
             return Err(format!(
                 "fences not written within {}s",
-                self.call_timeout.as_secs()
+                self.call_timeout().as_secs()
             ));
         }
         Ok(fenced)
@@ -479,9 +488,12 @@ impl Transactions {
             .add_partition_offset(topic, 0, rdkafka::Offset::Offset(0))
             .map_err(|e| format!("offsets: {e}"))?;
         let sent = crate::kafka::send_offsets_once(|| {
-            self.call("send_offsets_to_transaction", self.call_timeout, || {
-                self.producer()
-                    .send_offsets_to_transaction(&offsets, &metadata, self.call_timeout)
+            self.call("send_offsets_to_transaction", self.call_timeout(), || {
+                self.producer().send_offsets_to_transaction(
+                    &offsets,
+                    &metadata,
+                    self.call_timeout(),
+                )
             })
         });
         if let Err(error) = &sent {
@@ -496,7 +508,7 @@ impl Transactions {
     /// How long the loop may go without checking in before the process exits.
     #[must_use]
     pub fn stall_limit(&self) -> Duration {
-        self.call_timeout * 3 + Duration::from_secs(20)
+        self.call_timeout() * 3 + Duration::from_secs(20)
     }
 
     /// The loop is alive: called at every turn and around every call.
@@ -547,12 +559,13 @@ impl Transactions {
     /// The timeout of each transactional call.
     #[must_use]
     pub fn call_timeout(&self) -> Duration {
-        self.call_timeout
+        Duration::from_millis(self.call_timeout_ms.load(Ordering::Relaxed))
     }
 
     /// Shortens the calls' timeout to at most `limit` (a drain's budget).
-    pub fn limit_call_timeout(&mut self, limit: Duration) {
-        self.call_timeout = self.call_timeout.min(limit);
+    pub fn limit_call_timeout(&self, limit: Duration) {
+        self.call_timeout_ms
+            .fetch_min(millis(limit), Ordering::Relaxed);
     }
 
     /// Begins a transaction.
@@ -610,9 +623,9 @@ impl Transactions {
                 KafkaError::Subscription("no consumer group metadata yet".to_owned())
             })?;
             crate::kafka::send_offsets_once(|| {
-                self.call("send_offsets_to_transaction", self.call_timeout, || {
+                self.call("send_offsets_to_transaction", self.call_timeout(), || {
                     self.producer()
-                        .send_offsets_to_transaction(offsets, group, self.call_timeout)
+                        .send_offsets_to_transaction(offsets, group, self.call_timeout())
                 })
             })?;
         }
@@ -621,8 +634,8 @@ impl Transactions {
         // out a 100 ms poll (see wait_delivered).
         self.wait_delivered();
         crate::kafka::retry_transactional("commit_transaction", TXN_RETRIES, || {
-            self.call("commit_transaction", self.call_timeout, || {
-                self.producer().commit_transaction(self.call_timeout)
+            self.call("commit_transaction", self.call_timeout(), || {
+                self.producer().commit_transaction(self.call_timeout())
             })
         })
     }
@@ -636,7 +649,7 @@ impl Transactions {
     /// (what the flush looks at) drops just after the report is handled, so
     /// it is waited for too, briefly.
     fn wait_delivered(&self) -> bool {
-        let deadline = Instant::now() + self.call_timeout;
+        let deadline = Instant::now() + self.call_timeout();
         let deliveries = self.producer().context();
         while self.producer().in_flight_count() > 0 {
             let now = Instant::now();
@@ -666,8 +679,8 @@ impl Transactions {
     /// broker aborts it anyway when it times out or the next instance with
     /// this transactional id starts.
     pub fn abort_once(&self) {
-        let _ = self.call("abort_transaction", self.call_timeout, || {
-            self.producer().abort_transaction(self.call_timeout)
+        let _ = self.call("abort_transaction", self.call_timeout(), || {
+            self.producer().abort_transaction(self.call_timeout())
         });
     }
 
@@ -678,8 +691,8 @@ impl Transactions {
     /// The last error: the process should exit.
     pub fn abort(&self) -> KafkaResult<()> {
         crate::kafka::retry_abort(|| {
-            self.call("abort_transaction", self.call_timeout, || {
-                self.producer().abort_transaction(self.call_timeout)
+            self.call("abort_transaction", self.call_timeout(), || {
+                self.producer().abort_transaction(self.call_timeout())
             })
         })
     }
