@@ -414,13 +414,9 @@ impl Writer {
                     }));
                 }
                 self.txns.send(record)?;
-                let declared = output
-                    .topic
-                    .strip_prefix(self.prefix.as_str())
-                    .unwrap_or(&output.topic);
                 self.metrics
                     .records_out
-                    .with_label_values(&[declared])
+                    .with_label_values(&[declared(&self.prefix, &output.topic)])
                     .inc();
             }
             offsets.add_partition_offset(
@@ -431,6 +427,11 @@ impl Writer {
         }
         self.txns.commit(&offsets, job.group.as_ref())
     }
+}
+
+/// `topic`'s name as declared in `topics.yaml`: without the topic `prefix`.
+fn declared<'t>(prefix: &str, topic: &'t str) -> &'t str {
+    topic.strip_prefix(prefix).unwrap_or(topic)
 }
 
 /// The name of the deferred driver's committer thread.
@@ -464,7 +465,7 @@ impl<D: Deferred> Core<D> {
             offset,
             generation: part.generation,
         };
-        let declared = self.declared(message.topic()).to_owned();
+        let declared = declared(&self.prefix, message.topic()).to_owned();
         self.metrics
             .records_in
             .with_label_values(&[&declared])
@@ -490,10 +491,6 @@ impl<D: Deferred> Core<D> {
         {
             *slot = Some(done.outputs);
         }
-    }
-
-    fn declared<'t>(&self, topic: &'t str) -> &'t str {
-        topic.strip_prefix(self.prefix.as_str()).unwrap_or(topic)
     }
 
     fn backpressure<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
