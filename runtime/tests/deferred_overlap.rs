@@ -48,12 +48,12 @@ const TEST: &str = "a_record_read_while_a_transaction_commits_starts_before_that
 
 /// Finishes every record at once, copying it to `si.archival.v1`, and
 /// notes each one's payload when it starts.
-struct Copy {
+struct Archiver {
     output: String,
     started: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
-impl Deferred for Copy {
+impl Deferred for Archiver {
     fn start(&mut self, message: &BorrowedMessage<'_>, _id: RecordId) -> Result<Started, String> {
         let payload = message.payload().unwrap_or_default().to_vec();
         self.started.lock().unwrap().push(payload.clone());
@@ -140,7 +140,7 @@ async fn a_record_read_while_a_transaction_commits_starts_before_that_commit_end
         completions,
         in_flight: Arc::new(AtomicUsize::new(0)),
     };
-    let processor = Copy {
+    let processor = Archiver {
         output: env.topic(topics::ARCHIVAL),
         started: Arc::clone(&records),
     };
