@@ -59,6 +59,12 @@ impl KafkaArgs {
     }
 }
 
+/// A topic's name as declared in `topics.yaml`: `topic` without the topic
+/// `prefix` (the inverse of [`KafkaArgs::topic`]).
+pub(crate) fn declared<'t>(prefix: &str, topic: &'t str) -> &'t str {
+    topic.strip_prefix(prefix).unwrap_or(topic)
+}
+
 /// How a stage's consumer-group member is declared dead and replaced, which
 /// decides how long its partitions stall after a crash (SIGKILL, OOM, a lost
 /// node). A member that leaves cleanly (SIGTERM) hands its partitions over at

@@ -84,7 +84,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 
 use crate::admin::{Readiness, ReadinessCheck};
-use crate::config::{GroupArgs, KafkaArgs};
+use crate::config::{GroupArgs, KafkaArgs, declared};
 use crate::fetchwatch::FetchWatch;
 use crate::metrics::StageMetrics;
 use crate::txn::Transactions;
@@ -427,11 +427,6 @@ impl Writer {
         }
         self.txns.commit(&offsets, job.group.as_ref())
     }
-}
-
-/// `topic`'s name as declared in `topics.yaml`: without the topic `prefix`.
-fn declared<'t>(prefix: &str, topic: &'t str) -> &'t str {
-    topic.strip_prefix(prefix).unwrap_or(topic)
 }
 
 /// The name of the deferred driver's committer thread.

@@ -96,7 +96,7 @@ impl FetchWatch {
 
     fn record_lag(&self, statistics: &Statistics) {
         for (name, topic) in &statistics.topics {
-            let declared = name.strip_prefix(&self.prefix).unwrap_or(name);
+            let declared = crate::config::declared(&self.prefix, name);
             for (partition, stats) in &topic.partitions {
                 if *partition >= 0 && stats.consumer_lag >= 0 && stats.fetch_state == "active" {
                     self.metrics
@@ -134,7 +134,7 @@ fn fetching_partitions(
             } else if states.len() < 6 {
                 states.push(format!(
                     "{} [{partition}] {} (committed {}, next {}, stable {}, high {})",
-                    name.strip_prefix(prefix).unwrap_or(name),
+                    crate::config::declared(prefix, name),
                     stats.fetch_state,
                     stats.committed_offset,
                     stats.next_offset,
