@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use anyhow::Context;
-use rdkafka::producer::FutureProducer;
 use si_consent_gate::ConsentGate;
 use si_runtime::deferred::{DeferredArgs, DeferredEnv, Work};
 use si_runtime::metrics::StageMetrics;
@@ -166,8 +165,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     tracing::info!("consent tables loaded");
 
-    let ledger_producer: FutureProducer =
-        si_runtime::kafka::durable_producer_config(&kafka, &format!("{STAGE}-ledger")).create()?;
+    let ledger_producer = si_runtime::kafka::create_producer(
+        &si_runtime::kafka::durable_producer_config(&kafka, &format!("{STAGE}-ledger")),
+    )?;
 
     let output_topics = Topics {
         delivery: kafka.topic(topics::DELIVERY),

@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use si_consent_gate::{ConsentGate, Verdict};
 use si_runtime::deferred::{Finished, Output, RecordId};
 use si_runtime::mask::Masked;
+use si_runtime::polled::{Acks, PolledProducer};
 use si_runtime::trace;
 use si_schemas::records::{Channel, OperationKind, OutboundOperation, PRIORITY_PARAM, Priority};
 use si_schemas::{AvroRecord, Codec, CodecError};
@@ -186,7 +187,7 @@ pub struct SendContext {
     /// Current partition generations.
     pub live: Live,
     /// Non-transactional producer of ledger entries.
-    pub ledger_producer: FutureProducer,
+    pub ledger_producer: PolledProducer<Acks>,
     /// Registry codec.
     pub codec: Codec,
     /// Output topics.
@@ -335,11 +336,11 @@ async fn finish(ctx: &SendContext, job: &Job, end: Final, requests: u32) {
                     .payload(&payload);
                 match ctx
                     .ledger_producer
-                    .send(record, Duration::from_secs(30))
+                    .send_acked(record, Duration::from_secs(30))
                     .await
                 {
-                    Ok(_) => ledger_key = Some(op.operation_id.clone()),
-                    Err((error, _)) => tracing::error!(
+                    Ok(()) => ledger_key = Some(op.operation_id.clone()),
+                    Err(error) => tracing::error!(
                         %error,
                         operation_id = %op.operation_id,
                         "ledger write failed; a restart before the commit would resend this operation"

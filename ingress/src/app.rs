@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prometheus::IntGauge;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureRecord;
 use si_catalog::Catalog;
+use si_runtime::polled::{Acks, PolledProducer};
 use si_runtime::trace;
 use si_schemas::Codec;
 use si_schemas::records::WebhookRoute;
@@ -72,7 +72,7 @@ pub fn route_label(route: WebhookRoute) -> &'static str {
 /// What the handlers share.
 pub struct AppState {
     /// Durable producer (idempotent, acks=all).
-    pub producer: FutureProducer,
+    pub producer: Arc<PolledProducer<Acks>>,
     /// Encodes the envelope.
     pub codec: Codec,
     /// `twilio.webhooks.v1` with the environment's prefix.
@@ -110,17 +110,18 @@ impl AppState {
     #[doc(hidden)]
     #[must_use]
     pub fn offline(public_base_url: &str, auth_token: &str) -> Self {
-        let producer: FutureProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", "127.0.0.1:9")
-            .set("log_level", "0")
-            .create()
-            .expect("a producer needs no broker to be created");
+        let producer = si_runtime::kafka::create_producer(
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", "127.0.0.1:9")
+                .set("log_level", "0"),
+        )
+        .expect("a producer needs no broker to be created");
         let registry = si_schemas::registry::Registry::new(
             si_schemas::registry::RegistryConfig::new("http://127.0.0.1:9"),
         )
         .expect("a registry client needs no registry to be created");
         Self {
-            producer,
+            producer: Arc::new(producer),
             codec: Codec::new(registry),
             topic: "offline.twilio.webhooks.v1".to_owned(),
             public_base_url: public_base_url.to_owned(),
@@ -695,10 +696,9 @@ async fn store(
             .headers(headers);
         state
             .producer
-            .send(kafka_record, Timeout::After(deadline))
+            .send_acked(kafka_record, deadline)
             .await
-            .map(|_| ())
-            .map_err(|(error, _)| {
+            .map_err(|error| {
                 tracing::warn!(
                     %error,
                     trace_id = trace::trace_id(traceparent),

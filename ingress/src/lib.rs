@@ -83,14 +83,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .as_millis()
         .to_string();
     producer_config.set("message.timeout.ms", &timeout_ms);
-    let producer: rdkafka::producer::FutureProducer = producer_config
-        .create()
-        .context("creating the Kafka producer")?;
+    let producer = Arc::new(
+        si_runtime::kafka::create_producer(&producer_config)
+            .context("creating the Kafka producer")?,
+    );
     let codec = Codec::new(Registry::new(config.common.registry.config())?);
     let topic = kafka.topic(topics::WEBHOOKS);
 
     let state = Arc::new(AppState {
-        producer: producer.clone(),
+        producer: Arc::clone(&producer),
         codec: codec.clone(),
         topic: topic.clone(),
         public_base_url: config.public_base_url.clone(),

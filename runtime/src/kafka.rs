@@ -9,9 +9,9 @@ use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::producer::FutureProducer;
 
 use crate::config::{GroupArgs, KafkaArgs};
+use crate::polled::{Acks, PolledProducer};
 
 /// The base client configuration: bootstrap servers, pass-through properties and a client id.
 #[must_use]
@@ -268,12 +268,14 @@ pub fn topic_partitions(config: &ClientConfig, topics: &[String]) -> Result<Vec<
     })
 }
 
-/// Creates a producer from `config`.
+/// Creates a producer from `config` whose sends are awaited
+/// ([`PolledProducer::send_acked`]), its reports served by a thread of its
+/// own.
 ///
 /// # Errors
-/// When librdkafka rejects the configuration.
-pub fn create_producer(config: &ClientConfig) -> anyhow::Result<FutureProducer> {
-    Ok(config.create()?)
+/// When librdkafka rejects the configuration or the thread cannot start.
+pub fn create_producer(config: &ClientConfig) -> anyhow::Result<PolledProducer<Acks>> {
+    Ok(PolledProducer::new(config.create_with_context(Acks)?)?)
 }
 
 /// Creates an admin client.

@@ -20,6 +20,7 @@ pub mod kafka;
 pub mod mask;
 pub mod media_url;
 pub mod metrics;
+pub mod polled;
 pub mod processor;
 pub mod shutdown;
 pub mod state;

@@ -53,10 +53,11 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, TopicPartitionList};
 
 use crate::config::KafkaArgs;
+use crate::polled::PolledProducer;
 
 /// The key of the records [`Transactions::end_pending`] writes to a stage's
 /// output partitions in a transaction it aborts (no value): read-committed
@@ -168,7 +169,7 @@ pub fn is_fatal(error: &KafkaError) -> bool {
 /// in the log before the next one's), and a group's offsets committed last
 /// in the log win, whatever order the markers complete in.
 pub struct Transactions {
-    producers: [ThreadedProducer<Deliveries>; 2],
+    producers: [PolledProducer<Deliveries>; 2],
     /// The index of the producer whose transaction is open, or was last.
     turn: AtomicUsize,
     /// The timeout of each transactional call, in ms (a drain shortens it,
@@ -329,12 +330,13 @@ impl Transactions {
     ) -> Result<Self, String> {
         let first = transactional_id(kafka, stage);
         let second = format!("{first}{SECOND_ID_SUFFIX}");
-        let create = |id: &str| -> Result<ThreadedProducer<Deliveries>, String> {
+        let create = |id: &str| -> Result<PolledProducer<Deliveries>, String> {
             let mut config = transactional_producer_config(kafka, stage, transaction_timeout);
             config.set("transactional.id", id);
-            let producer: ThreadedProducer<Deliveries> = config
+            let producer: BaseProducer<Deliveries> = config
                 .create_with_context(Deliveries::default())
                 .map_err(|e| format!("producer: {e}"))?;
+            let producer = PolledProducer::new(producer).map_err(|e| format!("producer: {e}"))?;
             producer
                 .init_transactions(Duration::from_secs(60))
                 .map_err(|e| format!("init_transactions ({id}): {e}"))?;
@@ -644,7 +646,7 @@ impl Transactions {
     /// acknowledged; whether they all were. Woken by the last report rather
     /// than polling. Called before `commit_transaction`, which flushes
     /// first: rust-rdkafka's flush waits in 100 ms polls of an event queue
-    /// that a `ThreadedProducer`'s own thread is already serving, so a record
+    /// that the producer's own thread is already serving, so a record
     /// still outstanding added 100 ms to a commit. librdkafka's own count
     /// (what the flush looks at) drops just after the report is handled, so
     /// it is waited for too, briefly.
@@ -665,7 +667,7 @@ impl Transactions {
     }
 
     /// The producer whose transaction is open, or was last.
-    fn producer(&self) -> &ThreadedProducer<Deliveries> {
+    fn producer(&self) -> &PolledProducer<Deliveries> {
         &self.producers[self.turn.load(Ordering::Relaxed)]
     }
 
