@@ -41,12 +41,12 @@ impl Drained {
     }
 }
 
-/// The committed offsets of `group` on `topic` (declared name) and the
-/// topic's end offsets, each summed over its partitions.
+/// Each partition's committed offset of `group` on `topic` (declared name;
+/// 0 where it committed none) and end offset, in partition order.
 ///
 /// # Errors
 /// When the broker does not answer within 10 s.
-pub fn group_progress(env: &TestEnv, group: &str, topic: &str) -> anyhow::Result<(i64, i64)> {
+fn offsets(env: &TestEnv, group: &str, topic: &str) -> anyhow::Result<Vec<(i64, i64)>> {
     let full = env.topic(topic);
     let mut config = ClientConfig::new();
     config
@@ -68,19 +68,68 @@ pub fn group_progress(env: &TestEnv, group: &str, topic: &str) -> anyhow::Result
         tpl.add_partition(&full, i32::try_from(p)?);
     }
     let committed = consumer.committed_offsets(tpl, timeout)?;
-    let (mut done, mut end) = (0, 0);
+    let mut offsets = Vec::with_capacity(partitions);
     for element in committed.elements() {
-        end += consumer
+        let end = consumer
             .fetch_watermarks(&full, element.partition(), timeout)?
             .1;
-        if let Offset::Offset(o) = element.offset() {
-            done += o;
-        }
+        let done = match element.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        };
+        offsets.push((done, end));
     }
-    Ok((done, end))
+    Ok(offsets)
 }
 
-/// Waits until `group` has committed every record of `topic`.
+/// The committed offsets of `group` on `topic` (declared name) and the
+/// topic's end offsets, each summed over its partitions.
+///
+/// # Errors
+/// When the broker does not answer within 10 s.
+pub fn group_progress(env: &TestEnv, group: &str, topic: &str) -> anyhow::Result<(i64, i64)> {
+    Ok(offsets(env, group, topic)?
+        .into_iter()
+        .fold((0, 0), |(done, end), (d, e)| (done + d, end + e)))
+}
+
+/// The end offset of each partition of `topic` (declared name): what a
+/// stage started afterwards is to commit ([`wait_committed`], [`measure`]).
+///
+/// Taken before the stage starts, because a starting stage writes an
+/// aborted fence record to every partition of its outputs
+/// (`si_runtime::txn::Transactions::end_pending`), and one that reads a
+/// topic it also writes (consent, segment and lifecycle write
+/// `si.conversation.events.v1`) never commits past those: no record
+/// follows them. The topic's end offset then stays ahead of its committed
+/// offsets.
+///
+/// # Errors
+/// When the broker does not answer within 10 s.
+pub fn end_offsets(env: &TestEnv, topic: &str) -> anyhow::Result<Vec<i64>> {
+    Ok(offsets(env, "si-end-offsets", topic)?
+        .into_iter()
+        .map(|(_, end)| end)
+        .collect())
+}
+
+/// `group`'s committed offsets on `topic` summed, and whether each
+/// partition's has reached `ends`.
+fn committed_to(
+    env: &TestEnv,
+    group: &str,
+    topic: &str,
+    ends: &[i64],
+) -> anyhow::Result<(i64, bool)> {
+    let offsets = offsets(env, group, topic)?;
+    let done = offsets.iter().map(|(d, _)| d).sum();
+    let reached =
+        offsets.len() == ends.len() && offsets.iter().zip(ends).all(|((d, _), end)| d >= end);
+    Ok((done, reached))
+}
+
+/// Waits until `group` has committed every record of `topic` below `ends`
+/// ([`end_offsets`], taken before the stage started).
 ///
 /// # Errors
 /// When it has not within `deadline`.
@@ -88,15 +137,17 @@ pub async fn wait_committed(
     env: &TestEnv,
     group: &str,
     topic: &str,
+    ends: &[i64],
     deadline: Duration,
 ) -> anyhow::Result<()> {
     let until = Instant::now() + deadline;
     loop {
-        let (done, end) = group_progress(env, group, topic)?;
-        if done >= end {
+        let (done, reached) = committed_to(env, group, topic, ends)?;
+        if reached {
             return Ok(());
         }
         if Instant::now() > until {
+            let end: i64 = ends.iter().sum();
             bail!("{group} committed {done} of {end} records of {topic} within {deadline:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -104,9 +155,10 @@ pub async fn wait_committed(
 }
 
 /// Measures `stage` (consumer group `si-<stage>`) on the records of `input`
-/// from the moment it first commits one until it has committed them all. The
-/// stage must be running already, with nothing of `input` committed yet;
-/// `alive` is asked at every look whether it still runs.
+/// below `ends` ([`end_offsets`], taken before it started) from the moment
+/// it first commits one until it has committed them all. The stage must be
+/// running already, with nothing of `input` committed yet; `alive` is asked
+/// at every look whether it still runs.
 ///
 /// # Errors
 /// When `alive` fails, or the stage makes no progress within 120 s or does
@@ -115,13 +167,14 @@ pub async fn measure(
     env: &TestEnv,
     stage: &str,
     input: &str,
+    ends: &[i64],
     mut alive: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<Drained> {
     let group = format!("si-{stage}");
     let started = Instant::now();
     let (first_done, first_at) = loop {
         alive()?;
-        let (done, _) = group_progress(env, &group, input)?;
+        let (done, _) = committed_to(env, &group, input, ends)?;
         if done > 0 {
             break (done, Instant::now());
         }
@@ -133,11 +186,12 @@ pub async fn measure(
     let until = Instant::now() + Duration::from_secs(600);
     let done = loop {
         alive()?;
-        let (done, end) = group_progress(env, &group, input)?;
-        if done >= end {
+        let (done, reached) = committed_to(env, &group, input, ends)?;
+        if reached {
             break done;
         }
         if Instant::now() > until {
+            let end: i64 = ends.iter().sum();
             bail!("{stage} committed {done} of {end} records of {input} within 600 s");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -289,8 +343,9 @@ pub async fn run_stage(
     vars: &[(&str, &str)],
     log: &Path,
 ) -> anyhow::Result<Drained> {
+    let ends = end_offsets(env, input)?;
     let mut process = spawn_stage(env, path, vars, log)?;
-    let measured = measure(env, stage, input, || match process.exited()? {
+    let measured = measure(env, stage, input, &ends, || match process.exited()? {
         Some(status) => bail!("{stage} exited with {status}"),
         None => Ok(()),
     })

@@ -26,7 +26,8 @@ use si_schemas::records::{Channel, CognitionResponse, OutboundOperation, Respons
 use si_schemas::topics;
 use si_testkit::TestEnv;
 use si_testkit::throughput::{
-    now_ms, opt_in_all, records_from_env, run_stage, sms_text, spawn_stage, user, wait_committed,
+    end_offsets, now_ms, opt_in_all, records_from_env, run_stage, sms_text, spawn_stage, user,
+    wait_committed,
 };
 
 const CONVERSATIONS: usize = 2_000;
@@ -72,11 +73,13 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     env.produce_all(topics::CONVERSATION_EVENTS, &events)
         .await?;
+    let ends = end_offsets(&env, topics::CONVERSATION_EVENTS)?;
     let mut stage = spawn_stage(&env, binary, &[], &log)?;
     let learned = wait_committed(
         &env,
         "si-segment",
         topics::CONVERSATION_EVENTS,
+        &ends,
         Duration::from_secs(120),
     )
     .await;
