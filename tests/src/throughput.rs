@@ -42,20 +42,23 @@ impl Drained {
 }
 
 /// Each partition's committed offset of `group` on `topic` (declared name;
-/// 0 where it committed none) and end offset, in partition order.
+/// 0 where it committed none, or without a `group`) and end offset, in
+/// partition order.
 ///
 /// # Errors
 /// When the broker does not answer within 10 s.
-fn offsets(env: &TestEnv, group: &str, topic: &str) -> anyhow::Result<Vec<(i64, i64)>> {
+fn offsets(env: &TestEnv, group: Option<&str>, topic: &str) -> anyhow::Result<Vec<(i64, i64)>> {
     let full = env.topic(topic);
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &env.kafka.bootstrap_servers)
-        .set("group.id", format!("{}{group}", env.kafka.topic_prefix))
         .set("enable.auto.commit", "false")
         // Committed offsets of a group with an open transaction would
         // otherwise wait for it (KIP-447 stable offsets).
         .set("isolation.level", "read_uncommitted");
+    if let Some(group) = group {
+        config.set("group.id", format!("{}{group}", env.kafka.topic_prefix));
+    }
     let consumer: BaseConsumer = config.create()?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(&full), timeout)?;
@@ -67,7 +70,10 @@ fn offsets(env: &TestEnv, group: &str, topic: &str) -> anyhow::Result<Vec<(i64, 
     for p in 0..partitions {
         tpl.add_partition(&full, i32::try_from(p)?);
     }
-    let committed = consumer.committed_offsets(tpl, timeout)?;
+    let committed = match group {
+        Some(_) => consumer.committed_offsets(tpl, timeout)?,
+        None => tpl,
+    };
     let mut offsets = Vec::with_capacity(partitions);
     for element in committed.elements() {
         let end = consumer
@@ -88,7 +94,7 @@ fn offsets(env: &TestEnv, group: &str, topic: &str) -> anyhow::Result<Vec<(i64, 
 /// # Errors
 /// When the broker does not answer within 10 s.
 pub fn group_progress(env: &TestEnv, group: &str, topic: &str) -> anyhow::Result<(i64, i64)> {
-    Ok(offsets(env, group, topic)?
+    Ok(offsets(env, Some(group), topic)?
         .into_iter()
         .fold((0, 0), |(done, end), (d, e)| (done + d, end + e)))
 }
@@ -107,7 +113,7 @@ pub fn group_progress(env: &TestEnv, group: &str, topic: &str) -> anyhow::Result
 /// # Errors
 /// When the broker does not answer within 10 s.
 pub fn end_offsets(env: &TestEnv, topic: &str) -> anyhow::Result<Vec<i64>> {
-    Ok(offsets(env, "si-end-offsets", topic)?
+    Ok(offsets(env, None, topic)?
         .into_iter()
         .map(|(_, end)| end)
         .collect())
@@ -121,7 +127,7 @@ fn committed_to(
     topic: &str,
     ends: &[i64],
 ) -> anyhow::Result<(i64, bool)> {
-    let offsets = offsets(env, group, topic)?;
+    let offsets = offsets(env, Some(group), topic)?;
     let done = offsets.iter().map(|(d, _)| d).sum();
     let reached =
         offsets.len() == ends.len() && offsets.iter().zip(ends).all(|((d, _), end)| d >= end);
