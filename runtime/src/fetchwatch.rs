@@ -94,19 +94,58 @@ impl FetchWatch {
         None
     }
 
+    /// Sets `si_consumer_lag` for every input partition this member holds
+    /// and is fetching ([`partition_lag`]), and removes it for those it no
+    /// longer holds.
     fn record_lag(&self, statistics: &Statistics) {
-        for (name, topic) in &statistics.topics {
+        for name in &self.inputs {
+            let Some(topic) = statistics.topics.get(name) else {
+                continue;
+            };
             let declared = crate::config::declared(&self.prefix, name);
             for (partition, stats) in &topic.partitions {
-                if *partition >= 0 && stats.consumer_lag >= 0 && stats.fetch_state == "active" {
+                if *partition < 0 {
+                    continue;
+                }
+                let labels = [declared, &partition.to_string()];
+                if !stats.desired {
+                    let _ = self.metrics.consumer_lag.remove_label_values(&labels);
+                } else if let Some(lag) = partition_lag(stats) {
                     self.metrics
                         .consumer_lag
-                        .with_label_values(&[declared, &partition.to_string()])
-                        .set(stats.consumer_lag);
+                        .with_label_values(&labels)
+                        .set(lag);
                 }
             }
         }
     }
+}
+
+/// How many offsets of a fetching partition a `read_committed` consumer has
+/// yet to read: the last stable offset minus the consumer's position, both
+/// from one statistics report.
+///
+/// The position is librdkafka's `app_offset`: one past the last record
+/// polled, or past the transaction marker after it (librdkafka moves it
+/// over the markers it hides). Upstream stages write in transactions, so a
+/// caught-up input partition ends in a commit marker, one offset past the
+/// offset a transaction commits for the group. librdkafka's own
+/// `consumer_lag` counts from the committed offset as librdkafka knows it,
+/// which for these consumers (their transactions commit, never they) is at
+/// best the one fetched when the partition was assigned. Right after an
+/// assignment, a seek or a rewind nothing has been polled (`app_offset` is
+/// -1), and the position is where fetching starts (`next_offset`). None
+/// while the partition is not fetching or its end is not known yet.
+fn partition_lag(stats: &rdkafka::statistics::Partition) -> Option<i64> {
+    if stats.fetch_state != "active" || stats.ls_offset < 0 {
+        return None;
+    }
+    let position = if stats.app_offset >= 0 {
+        stats.app_offset
+    } else {
+        stats.next_offset
+    };
+    (position >= 0).then(|| (stats.ls_offset - position).max(0))
 }
 
 /// Of the partitions of `inputs` this member holds (librdkafka's `desired`):
@@ -227,5 +266,69 @@ mod tests {
             None,
             "fetching resets the clock"
         );
+    }
+
+    fn offsets(
+        fetch_state: &str,
+        app: i64,
+        next: i64,
+        stable: i64,
+    ) -> rdkafka::statistics::Partition {
+        rdkafka::statistics::Partition {
+            app_offset: app,
+            next_offset: next,
+            ls_offset: stable,
+            ..partition(0, true, fetch_state)
+        }
+    }
+
+    #[test]
+    fn lag_runs_from_the_position_to_the_last_stable_offset() {
+        // 7 records and a marker behind (the committed offset, 42, is not used).
+        assert_eq!(partition_lag(&offsets("active", 43, 51, 51)), Some(8));
+        // Caught up: the position is past the last commit marker.
+        assert_eq!(partition_lag(&offsets("active", 51, 51, 51)), Some(0));
+        // Nothing polled since a seek: where fetching starts.
+        assert_eq!(partition_lag(&offsets("active", -1, 45, 51)), Some(6));
+        // A stale end is not negative lag.
+        assert_eq!(partition_lag(&offsets("active", 52, 52, 51)), Some(0));
+        // Not fetching, or nothing known.
+        assert_eq!(partition_lag(&offsets("offset-query", 43, 51, 51)), None);
+        assert_eq!(partition_lag(&offsets("active", 43, 51, -1001)), None);
+        assert_eq!(partition_lag(&offsets("active", -1, -1001, 51)), None);
+    }
+
+    #[test]
+    fn the_watch_exports_lag_of_held_input_partitions_only() {
+        let metrics = StageMetrics::new("t");
+        let watch = FetchWatch::new(vec!["p.in".to_owned()], "p.", metrics.clone());
+        // Read from what is exported: asking the gauge would create it.
+        let lag = |partition: &str| {
+            metrics
+                .registry()
+                .gather()
+                .iter()
+                .filter(|family| family.name() == "si_consumer_lag")
+                .flat_map(|family| family.get_metric())
+                .find(|m| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == "partition" && l.value() == partition)
+                })
+                .map(|m| m.get_gauge().get_value())
+        };
+        let held = |id, app| rdkafka::statistics::Partition {
+            partition: id,
+            ..offsets("active", app, 51, 51)
+        };
+        watch.observe(&statistics(vec![held(0, 40), held(1, 51)]), false);
+        assert_eq!((lag("0"), lag("1")), (Some(11.0), Some(0.0)));
+        // Partition 0 moved to another member.
+        let gone = rdkafka::statistics::Partition {
+            desired: false,
+            ..held(0, 40)
+        };
+        watch.observe(&statistics(vec![gone, held(1, 49)]), false);
+        assert_eq!((lag("0"), lag("1")), (None, Some(2.0)));
     }
 }

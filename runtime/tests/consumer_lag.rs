@@ -1,0 +1,227 @@
+//! `si_consumer_lag` against the real broker, on an input written in
+//! transactions as every upstream stage writes: it shows the records a
+//! stage has yet to read while it reads them, reaches zero once it has read
+//! them all (the commit marker after the last record is not lag), and reads
+//! zero in the next instance too, whose committed offset is that marker's.
+//!
+//! The statistics that carry the lag come every 10 s, so this takes about
+//! 40 s.
+//!
+//! ```sh
+//! eval "$(dev/stack env)"; cargo test -p si-runtime --test consumer_lag -- --nocapture
+//! ```
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use si_runtime::Readiness;
+use si_runtime::metrics::StageMetrics;
+use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
+use si_runtime::state::StateStore;
+use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
+use si_schemas::records::{Command, LifecycleState};
+use si_schemas::topics;
+use si_testkit::TestEnv;
+use tokio_util::sync::CancellationToken;
+
+/// Records in the upstream transaction, and how long the stage takes over
+/// each: together longer than the statistics interval, so that a report
+/// comes while records wait.
+const RECORDS: usize = 30;
+const PER_RECORD: Duration = Duration::from_millis(500);
+
+/// Takes `PER_RECORD` over every command and writes nothing.
+struct Slow;
+
+impl Processor for Slow {
+    type Input = Command;
+    type State = LifecycleState;
+
+    fn process(
+        &mut self,
+        _ctx: &RecordContext<'_>,
+        _input: Command,
+        _state: &mut StateStore<LifecycleState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        // The work this stage stands for; not a wait on anything.
+        std::thread::sleep(PER_RECORD);
+        Ok(Vec::new())
+    }
+}
+
+struct Runner {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), stream::StreamError>>,
+    metrics: StageMetrics,
+}
+
+fn start(env: &TestEnv) -> Runner {
+    let shutdown = CancellationToken::new();
+    let metrics = StageMetrics::new("lag-test");
+    let stream_env = StreamEnv {
+        kafka: env.kafka.clone(),
+        args: StreamArgs {
+            commit_interval: Duration::from_millis(100),
+            transaction_timeout: Duration::from_secs(30),
+            ..StreamArgs::default()
+        },
+        drain_timeout: Duration::from_secs(10),
+        codec: env.codec.clone(),
+        metrics: metrics.clone(),
+        readiness: Readiness::default(),
+    };
+    let spec = StreamSpec {
+        stage: "lag-test",
+        outputs: vec![topics::ARCHIVAL],
+        inputs: vec![topics::COMMANDS],
+        changelog: topics::LIFECYCLE_STATE,
+        state_ttl: Duration::from_secs(3600),
+        batch_linger: Duration::ZERO,
+    };
+    let task = tokio::spawn(stream::run(stream_env, spec, Slow, shutdown.clone()));
+    Runner {
+        shutdown,
+        task,
+        metrics,
+    }
+}
+
+/// A test that fails stops the stage too: the runtime would otherwise wait
+/// for its loop at the end of the test, forever.
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Runner {
+    async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        (&mut self.task).await??;
+        Ok(())
+    }
+
+    /// The exported `si_consumer_lag` series of the commands topic:
+    /// partition and value.
+    fn lag(&self) -> Vec<(String, f64)> {
+        self.metrics
+            .registry()
+            .gather()
+            .iter()
+            .filter(|family| family.name() == "si_consumer_lag")
+            .flat_map(|family| family.get_metric())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "topic" && l.value() == topics::COMMANDS)
+            })
+            .map(|m| {
+                let partition = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "partition")
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default();
+                (partition, m.get_gauge().get_value())
+            })
+            .collect()
+    }
+
+    /// Waits until `partition`'s exported lag satisfies `wanted`; returns it.
+    async fn lag_until(
+        &self,
+        partition: &str,
+        wanted: impl Fn(f64) -> bool,
+        within: Duration,
+    ) -> anyhow::Result<f64> {
+        let deadline = Instant::now() + within;
+        loop {
+            let lag = self.lag();
+            if let Some((_, value)) = lag.iter().find(|(p, v)| p == partition && wanted(*v)) {
+                return Ok(*value);
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "partition {partition}'s lag not as wanted within {within:?}: {lag:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Writes `RECORDS` commands of one conversation in one transaction, as a
+/// stage upstream would; returns the partition they went to.
+fn produce_in_a_transaction(env: &TestEnv, key: &str) -> anyhow::Result<String> {
+    let timeout = Duration::from_secs(10);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka.bootstrap_servers)
+        .set("transactional.id", env.topic("lag-test-upstream"))
+        .create()?;
+    producer.init_transactions(timeout)?;
+    producer.begin_transaction()?;
+    let topic = env.topic(topics::COMMANDS);
+    let handle = tokio::runtime::Handle::current();
+    for i in 0..RECORDS {
+        let payload = tokio::task::block_in_place(|| {
+            handle.block_on(
+                env.codec
+                    .encode(&topic, &common::command(&format!("c{i}"), key)),
+            )
+        })?;
+        producer
+            .send(BaseRecord::to(&topic).key(key).payload(&payload))
+            .map_err(|(e, _)| e)?;
+    }
+    producer.commit_transaction(timeout)?;
+    // Where the key went: the partition rdkafka's default partitioner picks,
+    // read back from what the broker holds.
+    let ends = si_testkit::throughput::end_offsets(env, topics::COMMANDS)?;
+    let partition = ends
+        .iter()
+        .position(|end| *end > 0)
+        .ok_or_else(|| anyhow::anyhow!("no partition holds the records: {ends:?}"))?;
+    Ok(partition.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_counts_what_waits_and_not_the_commit_marker() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let partition = produce_in_a_transaction(&env, "conv-lag")?;
+
+    // While the records are read, slowly: some wait.
+    let a = start(&env);
+    let waiting = a
+        .lag_until(&partition, |lag| lag > 0.0, Duration::from_secs(40))
+        .await?;
+    assert!(
+        waiting <= (RECORDS + 1) as f64,
+        "more lag than the records and their marker: {waiting}"
+    );
+    // All read: none left, though the last offset read is a record and the
+    // partition ends in its transaction's marker.
+    a.lag_until(&partition, |lag| lag == 0.0, Duration::from_secs(60))
+        .await?;
+    a.stop().await?;
+
+    // The next instance starts from the committed offset, which is the
+    // marker's; it has nothing to read.
+    let b = start(&env);
+    b.lag_until(&partition, |lag| lag == 0.0, Duration::from_secs(40))
+        .await?;
+    // Nothing was read again: the previous instance committed everything.
+    assert_eq!(
+        b.metrics
+            .records_in
+            .with_label_values(&[topics::COMMANDS])
+            .get(),
+        0
+    );
+    b.stop().await?;
+    Ok(())
+}
