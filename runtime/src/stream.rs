@@ -30,6 +30,16 @@
 //! with the consumer's group metadata). Readers use `read_committed`, so they
 //! see all of a batch or none of it.
 //!
+//! A batch commits, for each partition, the offset after its last record,
+//! never past the commit marker that ends every upstream transaction after
+//! it: a caught-up stage's committed offsets would stay one short of each
+//! partition's end, and `kafka-consumer-groups` and KEDA would count a lag
+//! that is not there. So once the input is drained and nothing has been
+//! committed for `SETTLE_AFTER` (5 s), and on shutdown, the loop commits
+//! the position of every partition that has moved on since its last commit
+//! (over markers and aborted records only) in a transaction of offsets alone
+//! (`Core::settle`).
+//!
 //! # Failures
 //!
 //! - A poison record (undecodable, schema mismatch, invalid, failed) is
@@ -424,10 +434,22 @@ struct Core<P: Processor> {
     parked: BTreeMap<i32, (StateStore<P::State>, i64)>,
     partitions_ready: ReadinessCheck,
     shutdown: CancellationToken,
+    /// The input offsets this instance committed last, by full topic name and
+    /// partition, and whether a commit since the last [`Core::settle`] may
+    /// have left positions past them.
+    committed: HashMap<(String, i32), i64>,
+    unsettled: bool,
+    last_commit: Instant,
 }
 
 /// Longest slice of restoring between two polls of the group consumer.
 const RESTORE_SLICE: Duration = Duration::from_millis(50);
+
+/// How long after its last commit a drained stage commits the positions
+/// that passed only transaction markers since ([`Core::settle`]): long
+/// enough that a stage under load never does (each commit puts it off),
+/// short enough for a lag exporter polling every 15 s.
+const SETTLE_AFTER: Duration = Duration::from_secs(5);
 
 /// The stores of newly assigned partitions being filled from their changelog
 /// partitions, a slice at a time between polls of the group consumer, while
@@ -914,6 +936,14 @@ impl<P: Processor> Core<P> {
         self.txns
             .commit(&offsets, consumer.group_metadata().as_ref())
             .map_err(|error| classify_kafka("commit", &error))?;
+        for element in offsets.elements() {
+            if let Offset::Offset(offset) = element.offset() {
+                self.committed
+                    .insert((element.topic().to_owned(), element.partition()), offset);
+                self.unsettled = true;
+            }
+        }
+        self.last_commit = Instant::now();
         for store in self.stores.values_mut() {
             store.commit();
         }
@@ -935,6 +965,51 @@ impl<P: Processor> Core<P> {
         self.metrics.batch_records.observe(records as f64);
         self.update_state_gauge();
         Ok(())
+    }
+
+    /// Commits, in a transaction of offsets alone, the position of every
+    /// input partition that has moved past this instance's last commit on it
+    /// while the input is drained and no transaction is open: past transaction
+    /// markers and aborted records only, which a record's commit never
+    /// covers (it commits the offset after the record). Then the group's
+    /// committed offsets reach the end of a caught-up partition, as
+    /// `kafka-consumer-groups` and KEDA's lag see it, rather than stopping
+    /// one short of the commit marker that ends every upstream transaction.
+    /// A partition whose records were held back for a restore has been
+    /// sought back, which leaves it no position until it is read again.
+    fn settle(&mut self, consumer: &BaseConsumer<StreamContext<P>>) -> Result<(), Step> {
+        self.unsettled = false;
+        let position = consumer
+            .position()
+            .map_err(|e| Step::Retry("transaction", format!("position: {e}")))?;
+        let mut ahead = Vec::new();
+        for element in position.elements() {
+            let key = (element.topic().to_owned(), element.partition());
+            if let Offset::Offset(at) = element.offset()
+                && self.stores.contains_key(&key.1)
+                && self.committed.get(&key).is_some_and(|&done| at > done)
+            {
+                ahead.push((key, at));
+            }
+        }
+        if ahead.is_empty() {
+            return Ok(());
+        }
+        self.begin()?;
+        if let Some(txn) = self.txn.as_mut() {
+            txn.offsets.extend(ahead);
+        }
+        self.commit(consumer)
+    }
+
+    /// Whether the loop is to [`Core::settle`] now: a commit left positions
+    /// to look at, [`SETTLE_AFTER`] ago, and nothing is open or pending.
+    fn settle_due(&self, drained: bool) -> bool {
+        drained
+            && self.unsettled
+            && self.txn.is_none()
+            && !self.rewind
+            && self.last_commit.elapsed() >= SETTLE_AFTER
     }
 
     /// Adds, for every input partition whose timers fired and which has no
@@ -1372,6 +1447,8 @@ impl<P: Processor> Core<P> {
                 .metrics
                 .consumer_lag
                 .remove_label_values(&[topic, &element.partition().to_string()]);
+            self.committed
+                .remove(&(element.topic().to_owned(), element.partition()));
         }
         // An eager rebalance revokes every partition and then assigns most of
         // them back: keep the stores (committed, or rolled back to the last
@@ -1670,6 +1747,9 @@ pub async fn run<P: Processor>(
         parked: BTreeMap::new(),
         partitions_ready,
         shutdown: shutdown.clone(),
+        committed: HashMap::new(),
+        unsettled: false,
+        last_commit: Instant::now(),
     }));
 
     let mut consumer_config =
@@ -1820,6 +1900,9 @@ fn consume<P: Processor>(
         if step.is_ok() && (c.due(args) || (drained && c.lingered())) {
             step = c.commit(consumer);
         }
+        if step.is_ok() && c.settle_due(drained) {
+            step = c.settle(consumer);
+        }
         match step {
             Ok(()) => backoff.reset(),
             Err(Step::Fatal(message)) => return Err(StreamError::Fatal(message)),
@@ -1847,6 +1930,23 @@ fn fatal_error(step: Step) -> StreamError {
     }
 }
 
+/// Whether a commit on shutdown went through; one that failed and can be
+/// retried is aborted (the next owner does the batch again).
+fn on_shutdown<P: Processor>(
+    c: &mut Core<P>,
+    committed: Result<(), Step>,
+) -> Result<bool, StreamError> {
+    match committed {
+        Ok(()) => Ok(true),
+        Err(Step::Fatal(message)) => Err(StreamError::Fatal(message)),
+        Err(Step::Retry(_, message)) => {
+            tracing::warn!(%message, "commit on shutdown failed; aborting");
+            c.abort().map_err(fatal_error)?;
+            Ok(false)
+        }
+    }
+}
+
 fn drain<P: Processor>(
     consumer: &BaseConsumer<StreamContext<P>>,
     core: &Mutex<Core<P>>,
@@ -1856,14 +1956,16 @@ fn drain<P: Processor>(
         let mut c = lock(core);
         c.txns.limit_call_timeout(drain_timeout);
         if c.txn.is_some() {
-            match c.commit(consumer) {
-                Ok(()) => tracing::info!("open transaction committed on shutdown"),
-                Err(Step::Fatal(message)) => return Err(StreamError::Fatal(message)),
-                Err(Step::Retry(_, message)) => {
-                    tracing::warn!(%message, "commit on shutdown failed; aborting");
-                    c.abort().map_err(fatal_error)?;
-                }
+            let committed = c.commit(consumer);
+            if on_shutdown(&mut c, committed)? {
+                tracing::info!("open transaction committed on shutdown");
             }
+        }
+        // The next owner of a partition then starts at its end, and the
+        // group's lag reads zero meanwhile.
+        if c.txn.is_none() && !c.rewind && c.unsettled {
+            let settled = c.settle(consumer);
+            on_shutdown(&mut c, settled)?;
         }
     }
     // Leaving the group: the revoke callback runs here with nothing left to commit.
