@@ -19,6 +19,14 @@
 //! first unfinished record, and everything after it that had finished is
 //! neither visible nor lost.
 //!
+//! The offset after a record stops short of the commit marker that follows
+//! an upstream transaction's last record. A partition with nothing pending
+//! whose position has moved past its last commit (over markers only) has
+//! that position committed, in a transaction of offsets alone, once the
+//! input has been drained for [`crate::stream`]'s 5 s since the last
+//! commit, and on shutdown: a caught-up partition's committed offset is
+//! its end.
+//!
 //! A transaction is committed as soon as the input is drained and a record
 //! finished since the last commit (low load: an output is readable at once),
 //! and at the latest every `commit_interval` (high load: one transaction for
@@ -87,6 +95,7 @@ use crate::admin::{Readiness, ReadinessCheck};
 use crate::config::{GroupArgs, KafkaArgs, declared};
 use crate::fetchwatch::FetchWatch;
 use crate::metrics::StageMetrics;
+use crate::stream::SETTLE_AFTER;
 use crate::txn::Transactions;
 
 /// One record a finished input record writes, committed with its offset.
@@ -244,6 +253,8 @@ struct Part {
     /// Read and not committed, by offset: `None` while the record runs.
     pending: BTreeMap<i64, Option<Vec<Output>>>,
     paused: bool,
+    /// The offset this assignment last committed.
+    committed: Option<i64>,
 }
 
 impl Part {
@@ -444,6 +455,10 @@ struct Core<D: Deferred> {
     max_pending: usize,
     fatal: Option<String>,
     partitions_ready: ReadinessCheck,
+    /// Whether a commit since the last [`Core::commit_positions`] may have
+    /// left positions past it, and when the last one was.
+    unsettled: bool,
+    last_commit: Instant,
 }
 
 impl<D: Deferred> Core<D> {
@@ -540,6 +555,45 @@ impl<D: Deferred> Core<D> {
                 })
             })
             .collect();
+        self.send(consumer, batch)
+    }
+
+    /// Commits, in a transaction of offsets alone, the position of every
+    /// partition with nothing pending that has moved past its last commit
+    /// (over transaction markers only), as [`crate::stream`] does when its
+    /// input has been drained for [`SETTLE_AFTER`]. Whether it started one.
+    fn commit_positions<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> bool {
+        if self.committer.busy {
+            return false;
+        }
+        self.unsettled = false;
+        let Ok(position) = consumer.position() else {
+            return false;
+        };
+        let batch: Vec<Prefix> = position
+            .elements_for_topic(&self.input)
+            .iter()
+            .filter_map(|element| {
+                let Offset::Offset(at) = element.offset() else {
+                    return None;
+                };
+                let part = self.parts.get(&element.partition())?;
+                (part.pending.is_empty() && part.committed.is_some_and(|done| at > done)).then(
+                    || Prefix {
+                        partition: element.partition(),
+                        generation: part.generation,
+                        next: at,
+                        records: 0,
+                        outputs: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        self.send(consumer, batch)
+    }
+
+    /// Hands `batch` to the committer; whether it took it.
+    fn send<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, batch: Vec<Prefix>) -> bool {
         if batch.is_empty() {
             return false;
         }
@@ -586,8 +640,11 @@ impl<D: Deferred> Core<D> {
                         && part.generation == *generation
                     {
                         part.pending = part.pending.split_off(next);
+                        part.committed = Some(*next);
+                        self.unsettled = true;
                     }
                 }
+                self.last_commit = Instant::now();
                 self.metrics
                     .transactions
                     .with_label_values(&["committed"])
@@ -669,6 +726,7 @@ impl<D: Deferred> Core<D> {
                     generation,
                     pending: BTreeMap::new(),
                     paused: false,
+                    committed: None,
                 },
             );
         }
@@ -770,6 +828,8 @@ pub async fn run<D: Deferred>(
         max_pending: args.max_pending_per_partition,
         fatal: None,
         partitions_ready,
+        unsettled: false,
+        last_commit: Instant::now(),
     }));
     let group = crate::stream::group_id(&kafka, stage);
     let mut config = crate::kafka::consumer_config(&kafka, stage, &group);
@@ -840,6 +900,9 @@ fn drive<D: Deferred>(
             finished = true;
         }
         c.backpressure(consumer);
+        if drained && !finished && c.unsettled && c.last_commit.elapsed() >= SETTLE_AFTER {
+            c.commit_positions(consumer);
+        }
         // While the committer is busy the loop goes on; what finished
         // meanwhile goes into the next transaction, begun once it is free.
         if ((finished && drained) || last_commit.elapsed() >= args.commit_interval)
@@ -867,6 +930,9 @@ fn drive<D: Deferred>(
             c.on_finished(done);
         }
         c.commit_now(consumer, None);
+        if c.fatal.is_none() && c.commit_positions(consumer) {
+            c.settle(true);
+        }
         if let Some(fatal) = c.fatal.take() {
             anyhow::bail!(fatal);
         }
@@ -894,6 +960,7 @@ mod tests {
             generation: 1,
             pending: BTreeMap::new(),
             paused: false,
+            committed: None,
         };
         assert!(part.finished_prefix().is_none(), "nothing read");
         part.pending.insert(10, None);

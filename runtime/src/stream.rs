@@ -38,7 +38,7 @@
 //! committed for `SETTLE_AFTER` (5 s), and on shutdown, the loop commits
 //! the position of every partition that has moved on since its last commit
 //! (over markers and aborted records only) in a transaction of offsets alone
-//! (`Core::settle`).
+//! (`Core::commit_positions`).
 //!
 //! # Failures
 //!
@@ -435,7 +435,7 @@ struct Core<P: Processor> {
     partitions_ready: ReadinessCheck,
     shutdown: CancellationToken,
     /// The input offsets this instance committed last, by full topic name and
-    /// partition, and whether a commit since the last [`Core::settle`] may
+    /// partition, and whether a commit since the last [`Core::commit_positions`] may
     /// have left positions past them.
     committed: HashMap<(String, i32), i64>,
     unsettled: bool,
@@ -446,10 +446,10 @@ struct Core<P: Processor> {
 const RESTORE_SLICE: Duration = Duration::from_millis(50);
 
 /// How long after its last commit a drained stage commits the positions
-/// that passed only transaction markers since ([`Core::settle`]): long
+/// that passed only transaction markers since ([`Core::commit_positions`]): long
 /// enough that a stage under load never does (each commit puts it off),
 /// short enough for a lag exporter polling every 15 s.
-const SETTLE_AFTER: Duration = Duration::from_secs(5);
+pub(crate) const SETTLE_AFTER: Duration = Duration::from_secs(5);
 
 /// The stores of newly assigned partitions being filled from their changelog
 /// partitions, a slice at a time between polls of the group consumer, while
@@ -977,7 +977,7 @@ impl<P: Processor> Core<P> {
     /// one short of the commit marker that ends every upstream transaction.
     /// A partition whose records were held back for a restore has been
     /// sought back, which leaves it no position until it is read again.
-    fn settle(&mut self, consumer: &BaseConsumer<StreamContext<P>>) -> Result<(), Step> {
+    fn commit_positions(&mut self, consumer: &BaseConsumer<StreamContext<P>>) -> Result<(), Step> {
         self.unsettled = false;
         let position = consumer
             .position()
@@ -1002,9 +1002,9 @@ impl<P: Processor> Core<P> {
         self.commit(consumer)
     }
 
-    /// Whether the loop is to [`Core::settle`] now: a commit left positions
+    /// Whether the loop is to [`Core::commit_positions`] now: a commit left positions
     /// to look at, [`SETTLE_AFTER`] ago, and nothing is open or pending.
-    fn settle_due(&self, drained: bool) -> bool {
+    fn positions_due(&self, drained: bool) -> bool {
         drained
             && self.unsettled
             && self.txn.is_none()
@@ -1900,8 +1900,8 @@ fn consume<P: Processor>(
         if step.is_ok() && (c.due(args) || (drained && c.lingered())) {
             step = c.commit(consumer);
         }
-        if step.is_ok() && c.settle_due(drained) {
-            step = c.settle(consumer);
+        if step.is_ok() && c.positions_due(drained) {
+            step = c.commit_positions(consumer);
         }
         match step {
             Ok(()) => backoff.reset(),
@@ -1964,7 +1964,7 @@ fn drain<P: Processor>(
         // The next owner of a partition then starts at its end, and the
         // group's lag reads zero meanwhile.
         if c.txn.is_none() && !c.rewind && c.unsettled {
-            let settled = c.settle(consumer);
+            let settled = c.commit_positions(consumer);
             on_shutdown(&mut c, settled)?;
         }
     }

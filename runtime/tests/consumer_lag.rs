@@ -18,8 +18,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use si_runtime::Readiness;
 use si_runtime::metrics::StageMetrics;
 use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
@@ -156,32 +154,11 @@ impl Runner {
     }
 }
 
-/// Writes `RECORDS` commands of one conversation in one transaction, as a
-/// stage upstream would; returns the partition they went to.
+/// Writes `RECORDS` commands of one conversation in one transaction;
+/// returns the partition they went to.
 fn produce_in_a_transaction(env: &TestEnv, key: &str) -> anyhow::Result<String> {
-    let timeout = Duration::from_secs(10);
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &env.kafka.bootstrap_servers)
-        .set("transactional.id", env.topic("lag-test-upstream"))
-        .create()?;
-    producer.init_transactions(timeout)?;
-    producer.begin_transaction()?;
-    let topic = env.topic(topics::COMMANDS);
-    let handle = tokio::runtime::Handle::current();
-    for i in 0..RECORDS {
-        let payload = tokio::task::block_in_place(|| {
-            handle.block_on(
-                env.codec
-                    .encode(&topic, &common::command(&format!("c{i}"), key)),
-            )
-        })?;
-        producer
-            .send(BaseRecord::to(&topic).key(key).payload(&payload))
-            .map_err(|(e, _)| e)?;
-    }
-    producer.commit_transaction(timeout)?;
-    // Where the key went: the partition rdkafka's default partitioner picks,
-    // read back from what the broker holds.
+    common::produce_in_a_transaction(env, key, RECORDS)?;
+    // Where the key went: read back from what the broker holds.
     let ends = si_testkit::throughput::end_offsets(env, topics::COMMANDS)?;
     let partition = ends
         .iter()
@@ -210,21 +187,7 @@ async fn lag_counts_what_waits_and_not_the_commit_marker() -> anyhow::Result<()>
         .await?;
     // Soon after, the group's committed offset is the end too: the stage
     // committed its position past the marker.
-    // (The test kit puts the topic prefix before the group.)
-    let group = "si-lag-test";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (committed, end) =
-            si_testkit::throughput::group_progress(&env, group, topics::COMMANDS)?;
-        if committed == end {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the group's committed offsets stay short of the end: {committed} of {end}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::wait_committed_to_the_end(&env, "si-lag-test").await?;
     a.stop().await?;
 
     // The next instance starts at the end; it has nothing to read.

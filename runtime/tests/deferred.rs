@@ -2,7 +2,8 @@
 //! of order are committed only as a contiguous prefix, so an instance that
 //! stops with one record unfinished commits the records before it and nothing
 //! after it, and the next instance starts again at that record: every input
-//! ends with exactly one output, in input order.
+//! ends with exactly one output, in input order. And a drained input's
+//! committed offset reaches the end, past the last commit marker.
 //!
 //! ```sh
 //! eval "$(dev/stack env)"; cargo test -p si-runtime --test deferred -- --nocapture
@@ -141,9 +142,17 @@ impl Instance {
             .unwrap();
     }
 
-    async fn stop(self) -> anyhow::Result<()> {
+    async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        self.task.await?
+        (&mut self.task).await?
+    }
+}
+
+/// A test that fails stops the driver too: the runtime would otherwise wait
+/// for its loop at the end of the test, forever.
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 
@@ -215,5 +224,22 @@ async fn a_record_finished_after_an_unfinished_one_is_committed_only_with_it() -
         ids,
         "every record exactly once, in input order"
     );
+    Ok(())
+}
+
+/// On an input written in transactions, as egress's is, the group's
+/// committed offset reaches the end once every record is finished: the
+/// driver commits its position past the commit marker that follows the
+/// last record, which the record's own commit stops short of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_input_is_committed_past_its_last_commit_marker() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    common::produce_in_a_transaction(&env, KEY, 5)?;
+    let a = start(&env);
+    for (id, _) in a.started(&env, 5).await {
+        a.finish(id);
+    }
+    common::wait_committed_to_the_end(&env, "si-deferred-test").await?;
+    a.stop().await?;
     Ok(())
 }

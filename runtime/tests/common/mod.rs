@@ -3,6 +3,11 @@
 #![allow(dead_code)] // each test binary uses part of it
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use si_testkit::TestEnv;
 
 use si_schemas::records::{
     ArchivalReason, ArchivalRequest, Channel, Command, CommandKind, LifecyclePhase, LifecycleState,
@@ -73,5 +78,48 @@ pub fn state_entry(key: &str, first_sequence: Option<i64>) -> LifecycleState {
         conversation_sid: None,
         active_call_sid: None,
         compliance_event_ids: Vec::new(),
+    }
+}
+
+/// Writes `count` commands of conversation `key` to `si.commands.v1` in one
+/// transaction, as a stage upstream would: a commit marker follows them.
+pub fn produce_in_a_transaction(env: &TestEnv, key: &str, count: usize) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(10);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka.bootstrap_servers)
+        .set("transactional.id", env.topic("test-upstream"))
+        .create()?;
+    producer.init_transactions(timeout)?;
+    producer.begin_transaction()?;
+    let topic = env.topic(topics::COMMANDS);
+    let handle = tokio::runtime::Handle::current();
+    for i in 0..count {
+        let payload = tokio::task::block_in_place(|| {
+            handle.block_on(env.codec.encode(&topic, &command(&format!("c{i}"), key)))
+        })?;
+        producer
+            .send(BaseRecord::to(&topic).key(key).payload(&payload))
+            .map_err(|(e, _)| e)?;
+    }
+    producer.commit_transaction(timeout)?;
+    Ok(())
+}
+
+/// Waits until `group`'s committed offsets on the commands topic reach its
+/// end (the test kit puts the topic prefix before the group).
+pub async fn wait_committed_to_the_end(env: &TestEnv, group: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (committed, end) =
+            si_testkit::throughput::group_progress(env, group, topics::COMMANDS)?;
+        if committed == end {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "the group's committed offsets stay short of the end: {committed} of {end}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
