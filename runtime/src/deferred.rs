@@ -559,8 +559,9 @@ impl<D: Deferred> Core<D> {
     }
 
     /// Commits, in a transaction of offsets alone, the position of every
-    /// partition with nothing pending that has moved past its last commit
-    /// (over transaction markers only), as [`crate::stream`] does when its
+    /// partition with nothing pending that has moved past the group's last
+    /// commit (over transaction markers only; fetched from the broker for a
+    /// partition not committed since its assignment), as [`crate::stream`] does when its
     /// input has been drained for [`SETTLE_AFTER`]. Whether it started one.
     fn commit_positions<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> bool {
         if self.committer.busy {
@@ -570,6 +571,27 @@ impl<D: Deferred> Core<D> {
         let Ok(position) = consumer.position() else {
             return false;
         };
+        let mut unknown = TopicPartitionList::new();
+        for element in position.elements_for_topic(&self.input) {
+            if matches!(element.offset(), Offset::Offset(_))
+                && self
+                    .parts
+                    .get(&element.partition())
+                    .is_some_and(|part| part.committed.is_none())
+            {
+                unknown.add_partition(element.topic(), element.partition());
+            }
+        }
+        if unknown.count() > 0 {
+            let Ok(fetched) = consumer.committed_offsets(unknown, self.txns.call_timeout()) else {
+                return false;
+            };
+            for ((_, p), done) in crate::stream::committed_by_partition(&fetched) {
+                if let Some(part) = self.parts.get_mut(&p) {
+                    part.committed = Some(done);
+                }
+            }
+        }
         let batch: Vec<Prefix> = position
             .elements_for_topic(&self.input)
             .iter()
@@ -710,6 +732,9 @@ impl<D: Deferred> Core<D> {
     }
 
     fn on_assign(&mut self, tpl: &TopicPartitionList) {
+        // A partition may end in markers past the group's commit: looked at
+        // once drained (`commit_positions`).
+        self.unsettled = true;
         for element in tpl.elements_for_topic(&self.input) {
             let p = element.partition();
             let generation = self.next_generation;

@@ -968,7 +968,9 @@ impl<P: Processor> Core<P> {
     }
 
     /// Commits, in a transaction of offsets alone, the position of every
-    /// input partition that has moved past this instance's last commit on it
+    /// input partition that has moved past the group's last commit on it
+    /// (this instance's, or one fetched from the broker for a partition it
+    /// has committed nothing on since the assignment)
     /// while the input is drained and no transaction is open: past transaction
     /// markers and aborted records only, which a record's commit never
     /// covers (it commits the offset after the record). Then the group's
@@ -982,6 +984,23 @@ impl<P: Processor> Core<P> {
         let position = consumer
             .position()
             .map_err(|e| Step::Retry("transaction", format!("position: {e}")))?;
+        let mut unknown = TopicPartitionList::new();
+        for element in position.elements() {
+            if matches!(element.offset(), Offset::Offset(_))
+                && self.stores.contains_key(&element.partition())
+                && !self
+                    .committed
+                    .contains_key(&(element.topic().to_owned(), element.partition()))
+            {
+                unknown.add_partition(element.topic(), element.partition());
+            }
+        }
+        if unknown.count() > 0 {
+            let fetched = consumer
+                .committed_offsets(unknown, self.txns.call_timeout())
+                .map_err(|e| Step::Retry("transaction", format!("committed offsets: {e}")))?;
+            self.committed.extend(committed_by_partition(&fetched));
+        }
         let mut ahead = Vec::new();
         for element in position.elements() {
             let key = (element.topic().to_owned(), element.partition());
@@ -1509,6 +1528,9 @@ impl<P: Processor> Core<P> {
     }
 
     fn on_assign(&mut self, consumer: &BaseConsumer<StreamContext<P>>, tpl: &TopicPartitionList) {
+        // A partition may end in markers past the group's commit (an
+        // upstream's, or a previous owner's fences): looked at once drained.
+        self.unsettled = true;
         let new: Vec<i32> = tpl
             .elements()
             .iter()
@@ -1928,6 +1950,20 @@ fn fatal_error(step: Step) -> StreamError {
     match step {
         Step::Fatal(message) | Step::Retry(_, message) => StreamError::Fatal(message),
     }
+}
+
+/// The committed offsets in `list` by full topic name and partition; -1 for
+/// a partition the group has committed nothing on.
+pub(crate) fn committed_by_partition(
+    list: &TopicPartitionList,
+) -> impl Iterator<Item = ((String, i32), i64)> + '_ {
+    list.elements().into_iter().map(|element| {
+        let done = match element.offset() {
+            Offset::Offset(offset) => offset,
+            _ => -1,
+        };
+        ((element.topic().to_owned(), element.partition()), done)
+    })
 }
 
 /// Whether a commit on shutdown went through; one that failed and can be

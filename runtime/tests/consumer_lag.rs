@@ -3,7 +3,8 @@
 //! stage has yet to read while it reads them, and reaches zero once it has
 //! read them all (the commit marker after the last record is not lag). The
 //! group's committed offset then reaches the end too (the stage commits its
-//! position past the marker), and the next instance reads nothing again.
+//! position past the marker), and the next instance reads nothing again,
+//! and commits its position past an aborted transaction it reads nothing of.
 //!
 //! The statistics that carry the lag come every 10 s, so this takes about
 //! 40 s.
@@ -190,10 +191,15 @@ async fn lag_counts_what_waits_and_not_the_commit_marker() -> anyhow::Result<()>
     common::wait_committed_to_the_end(&env, "si-lag-test").await?;
     a.stop().await?;
 
-    // The next instance starts at the end; it has nothing to read.
+    // An upstream aborts a transaction (as a restarted stage's fences do):
+    // the partition ends in records no reader sees and an abort marker.
+    common::produce_aborted(&env, "conv-lag", 3)?;
+    // The next instance has nothing to read, and commits the end, though it
+    // committed nothing before on that partition.
     let b = start(&env);
     b.lag_until(&partition, |lag| lag == 0.0, Duration::from_secs(40))
         .await?;
+    common::wait_committed_to_the_end(&env, "si-lag-test").await?;
     // Nothing was read again: the previous instance committed everything.
     assert_eq!(
         b.metrics

@@ -46,8 +46,26 @@ impl Drained {
 /// partition order.
 ///
 /// # Errors
-/// When the broker does not answer within 10 s.
+/// When the broker does not answer within 10 s, or still fails after 10 s
+/// of asking again (a topic made a moment ago may have no leader yet).
 fn offsets(env: &TestEnv, group: Option<&str>, topic: &str) -> anyhow::Result<Vec<(i64, i64)>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match offsets_once(env, group, topic) {
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("[testkit] offsets of {topic}: {e:#}; asking again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            done => return done,
+        }
+    }
+}
+
+fn offsets_once(
+    env: &TestEnv,
+    group: Option<&str>,
+    topic: &str,
+) -> anyhow::Result<Vec<(i64, i64)>> {
     let full = env.topic(topic);
     let mut config = ClientConfig::new();
     config

@@ -84,6 +84,16 @@ pub fn state_entry(key: &str, first_sequence: Option<i64>) -> LifecycleState {
 /// Writes `count` commands of conversation `key` to `si.commands.v1` in one
 /// transaction, as a stage upstream would: a commit marker follows them.
 pub fn produce_in_a_transaction(env: &TestEnv, key: &str, count: usize) -> anyhow::Result<()> {
+    transaction(env, key, count, true)
+}
+
+/// Like [`produce_in_a_transaction`], and aborts it: `read_committed`
+/// readers see only the abort marker.
+pub fn produce_aborted(env: &TestEnv, key: &str, count: usize) -> anyhow::Result<()> {
+    transaction(env, key, count, false)
+}
+
+fn transaction(env: &TestEnv, key: &str, count: usize, commit: bool) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(10);
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &env.kafka.bootstrap_servers)
@@ -101,7 +111,13 @@ pub fn produce_in_a_transaction(env: &TestEnv, key: &str, count: usize) -> anyho
             .send(BaseRecord::to(&topic).key(key).payload(&payload))
             .map_err(|(e, _)| e)?;
     }
-    producer.commit_transaction(timeout)?;
+    if commit {
+        producer.commit_transaction(timeout)?;
+    } else {
+        // Written first, so that there is something to abort.
+        producer.flush(timeout)?;
+        producer.abort_transaction(timeout)?;
+    }
     Ok(())
 }
 
