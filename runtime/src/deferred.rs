@@ -21,11 +21,11 @@
 //!
 //! The offset after a record stops short of the commit marker that follows
 //! an upstream transaction's last record. A partition with nothing pending
-//! whose position has moved past its last commit (over markers only) has
-//! that position committed, in a transaction of offsets alone, once the
-//! input has been drained for [`crate::stream`]'s 5 s since the last
-//! commit, and on shutdown: a caught-up partition's committed offset is
-//! its end.
+//! whose position has moved past the group's committed offset (over
+//! markers only) has that position committed, in a transaction of offsets
+//! alone, once the input has been drained for 5 s since the last commit or
+//! an assignment (as in [`crate::stream`]), and on shutdown: a caught-up
+//! partition's committed offset is its end.
 //!
 //! A transaction is committed as soon as the input is drained and a record
 //! finished since the last commit (low load: an output is readable at once),
@@ -253,7 +253,8 @@ struct Part {
     /// Read and not committed, by offset: `None` while the record runs.
     pending: BTreeMap<i64, Option<Vec<Output>>>,
     paused: bool,
-    /// The offset this assignment last committed.
+    /// The group's committed offset, once this assignment has committed or
+    /// fetched it.
     committed: Option<i64>,
 }
 
@@ -455,8 +456,9 @@ struct Core<D: Deferred> {
     max_pending: usize,
     fatal: Option<String>,
     partitions_ready: ReadinessCheck,
-    /// Whether a commit since the last [`Core::commit_positions`] may have
-    /// left positions past it, and when the last one was.
+    /// Whether a commit or an assignment since the last
+    /// [`Core::commit_positions`] may have left positions past the group's
+    /// committed offsets, and when the last commit was.
     unsettled: bool,
     last_commit: Instant,
 }
@@ -560,9 +562,10 @@ impl<D: Deferred> Core<D> {
 
     /// Commits, in a transaction of offsets alone, the position of every
     /// partition with nothing pending that has moved past the group's last
-    /// commit (over transaction markers only; fetched from the broker for a
-    /// partition not committed since its assignment), as [`crate::stream`] does when its
-    /// input has been drained for [`SETTLE_AFTER`]. Whether it started one.
+    /// commit (over transaction markers only; the commit is fetched from the
+    /// broker for a partition not committed since its assignment), as
+    /// [`crate::stream`] does once its input has been drained for
+    /// [`SETTLE_AFTER`]. Whether it started one.
     fn commit_positions<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> bool {
         if self.committer.busy {
             return false;

@@ -35,10 +35,10 @@
 //! it: a caught-up stage's committed offsets would stay one short of each
 //! partition's end, and `kafka-consumer-groups` and KEDA would count a lag
 //! that is not there. So once the input is drained and nothing has been
-//! committed for `SETTLE_AFTER` (5 s), and on shutdown, the loop commits
-//! the position of every partition that has moved on since its last commit
-//! (over markers and aborted records only) in a transaction of offsets alone
-//! (`Core::commit_positions`).
+//! committed for `SETTLE_AFTER` (5 s) since a commit or an assignment, and
+//! on shutdown, the loop commits the position of every partition that has
+//! moved on past the group's committed offset (over markers and aborted
+//! records only) in a transaction of offsets alone (`Core::commit_positions`).
 //!
 //! # Failures
 //!
@@ -434,9 +434,10 @@ struct Core<P: Processor> {
     parked: BTreeMap<i32, (StateStore<P::State>, i64)>,
     partitions_ready: ReadinessCheck,
     shutdown: CancellationToken,
-    /// The input offsets this instance committed last, by full topic name and
-    /// partition, and whether a commit since the last [`Core::commit_positions`] may
-    /// have left positions past them.
+    /// The group's committed input offsets as this instance last committed
+    /// or fetched them, by full topic name and partition; whether a commit
+    /// or an assignment since the last [`Core::commit_positions`] may have
+    /// left positions past them; and when the last commit was.
     committed: HashMap<(String, i32), i64>,
     unsettled: bool,
     last_commit: Instant,
@@ -446,9 +447,9 @@ struct Core<P: Processor> {
 const RESTORE_SLICE: Duration = Duration::from_millis(50);
 
 /// How long after its last commit a drained stage commits the positions
-/// that passed only transaction markers since ([`Core::commit_positions`]): long
-/// enough that a stage under load never does (each commit puts it off),
-/// short enough for a lag exporter polling every 15 s.
+/// that passed only transaction markers since ([`Core::commit_positions`]):
+/// long enough that a stage under load never does (each commit puts it
+/// off), short enough for a lag exporter polling every 15 s.
 pub(crate) const SETTLE_AFTER: Duration = Duration::from_secs(5);
 
 /// The stores of newly assigned partitions being filled from their changelog
