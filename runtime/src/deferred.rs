@@ -253,9 +253,6 @@ struct Part {
     /// Read and not committed, by offset: `None` while the record runs.
     pending: BTreeMap<i64, Option<Vec<Output>>>,
     paused: bool,
-    /// The group's committed offset, once this assignment has committed or
-    /// fetched it.
-    committed: Option<i64>,
 }
 
 impl Part {
@@ -561,9 +558,8 @@ impl<D: Deferred> Core<D> {
     }
 
     /// Commits, in a transaction of offsets alone, the position of every
-    /// partition with nothing pending that has moved past the group's last
-    /// commit (over transaction markers only; the commit is fetched from the
-    /// broker for a partition not committed since its assignment), as
+    /// partition with nothing pending that is past the group's committed
+    /// offset ([`crate::kafka::positions_past_committed`]), as
     /// [`crate::stream`] does once its input has been drained for
     /// [`SETTLE_AFTER`]. Whether it started one.
     fn commit_positions<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> bool {
@@ -571,47 +567,29 @@ impl<D: Deferred> Core<D> {
             return false;
         }
         self.unsettled = false;
-        let Ok(position) = consumer.position() else {
+        let Ok(ahead) = crate::kafka::positions_past_committed(
+            consumer,
+            |topic, partition| {
+                topic == self.input
+                    && self
+                        .parts
+                        .get(&partition)
+                        .is_some_and(|part| part.pending.is_empty())
+            },
+            self.txns.call_timeout(),
+        ) else {
             return false;
         };
-        let mut unknown = TopicPartitionList::new();
-        for element in position.elements_for_topic(&self.input) {
-            if matches!(element.offset(), Offset::Offset(_))
-                && self
-                    .parts
-                    .get(&element.partition())
-                    .is_some_and(|part| part.committed.is_none())
-            {
-                unknown.add_partition(element.topic(), element.partition());
-            }
-        }
-        if unknown.count() > 0 {
-            let Ok(fetched) = consumer.committed_offsets(unknown, self.txns.call_timeout()) else {
-                return false;
-            };
-            for ((_, p), done) in crate::stream::committed_by_partition(&fetched) {
-                if let Some(part) = self.parts.get_mut(&p) {
-                    part.committed = Some(done);
-                }
-            }
-        }
-        let batch: Vec<Prefix> = position
-            .elements_for_topic(&self.input)
-            .iter()
-            .filter_map(|element| {
-                let Offset::Offset(at) = element.offset() else {
-                    return None;
-                };
-                let part = self.parts.get(&element.partition())?;
-                (part.pending.is_empty() && part.committed.is_some_and(|done| at > done)).then(
-                    || Prefix {
-                        partition: element.partition(),
-                        generation: part.generation,
-                        next: at,
-                        records: 0,
-                        outputs: Vec::new(),
-                    },
-                )
+        let batch: Vec<Prefix> = ahead
+            .into_iter()
+            .filter_map(|(_, partition, next)| {
+                Some(Prefix {
+                    partition,
+                    generation: self.parts.get(&partition)?.generation,
+                    next,
+                    records: 0,
+                    outputs: Vec::new(),
+                })
             })
             .collect();
         self.send(consumer, batch)
@@ -665,10 +643,9 @@ impl<D: Deferred> Core<D> {
                         && part.generation == *generation
                     {
                         part.pending = part.pending.split_off(next);
-                        part.committed = Some(*next);
-                        self.unsettled = true;
                     }
                 }
+                self.unsettled = true;
                 self.last_commit = Instant::now();
                 self.metrics
                     .transactions
@@ -754,7 +731,6 @@ impl<D: Deferred> Core<D> {
                     generation,
                     pending: BTreeMap::new(),
                     paused: false,
-                    committed: None,
                 },
             );
         }
@@ -988,7 +964,6 @@ mod tests {
             generation: 1,
             pending: BTreeMap::new(),
             paused: false,
-            committed: None,
         };
         assert!(part.finished_prefix().is_none(), "nothing read");
         part.pending.insert(10, None);

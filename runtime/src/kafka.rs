@@ -7,8 +7,9 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{GroupArgs, KafkaArgs};
 use crate::polled::{Acks, PolledProducer};
@@ -256,6 +257,53 @@ pub fn wait_for_topics(
 ///
 /// # Errors
 /// When the probe cannot be created or a topic is still missing after [`TOPIC_WAIT`].
+/// The positions of `consumer` (full topic name, partition, offset) on the
+/// partitions `held` accepts that are past its group's committed offsets.
+/// Called when every record read has been committed, such a position has
+/// passed only transaction markers and aborted records since: the offset a
+/// record's transaction commits is the one after the record, short of the
+/// commit marker that follows it. A partition sought back (held back for a
+/// restore, rewound) has no position until it is read again.
+///
+/// # Errors
+/// When the positions or the committed offsets cannot be had.
+pub(crate) fn positions_past_committed<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    held: impl Fn(&str, i32) -> bool,
+    timeout: Duration,
+) -> KafkaResult<Vec<(String, i32, i64)>> {
+    let position = consumer.position()?;
+    let mut asked = TopicPartitionList::new();
+    for element in position.elements() {
+        if matches!(element.offset(), Offset::Offset(_))
+            && held(element.topic(), element.partition())
+        {
+            asked.add_partition(element.topic(), element.partition());
+        }
+    }
+    if asked.count() == 0 {
+        return Ok(Vec::new());
+    }
+    let committed = consumer.committed_offsets(asked, timeout)?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|element| {
+            let Offset::Offset(at) = position
+                .find_partition(element.topic(), element.partition())?
+                .offset()
+            else {
+                return None;
+            };
+            let done = match element.offset() {
+                Offset::Offset(done) => done,
+                _ => -1,
+            };
+            (at > done).then(|| (element.topic().to_owned(), element.partition(), at))
+        })
+        .collect())
+}
+
 pub fn topic_partitions(config: &ClientConfig, topics: &[String]) -> Result<Vec<usize>, String> {
     let probe: BaseConsumer = config.create().map_err(|e| e.to_string())?;
     wait_for_topics(topics, TOPIC_WAIT, Duration::from_millis(200), |topic| {

@@ -434,11 +434,9 @@ struct Core<P: Processor> {
     parked: BTreeMap<i32, (StateStore<P::State>, i64)>,
     partitions_ready: ReadinessCheck,
     shutdown: CancellationToken,
-    /// The group's committed input offsets as this instance last committed
-    /// or fetched them, by full topic name and partition; whether a commit
-    /// or an assignment since the last [`Core::commit_positions`] may have
-    /// left positions past them; and when the last commit was.
-    committed: HashMap<(String, i32), i64>,
+    /// Whether a commit or an assignment since the last
+    /// [`Core::commit_positions`] may have left positions past the group's
+    /// committed offsets, and when the last commit was.
     unsettled: bool,
     last_commit: Instant,
 }
@@ -937,13 +935,7 @@ impl<P: Processor> Core<P> {
         self.txns
             .commit(&offsets, consumer.group_metadata().as_ref())
             .map_err(|error| classify_kafka("commit", &error))?;
-        for element in offsets.elements() {
-            if let Offset::Offset(offset) = element.offset() {
-                self.committed
-                    .insert((element.topic().to_owned(), element.partition()), offset);
-                self.unsettled = true;
-            }
-        }
+        self.unsettled |= offsets.count() > 0;
         self.last_commit = Instant::now();
         for store in self.stores.values_mut() {
             store.commit();
@@ -969,55 +961,30 @@ impl<P: Processor> Core<P> {
     }
 
     /// Commits, in a transaction of offsets alone, the position of every
-    /// input partition that has moved past the group's last commit on it
-    /// (this instance's, or one fetched from the broker for a partition it
-    /// has committed nothing on since the assignment)
-    /// while the input is drained and no transaction is open: past transaction
-    /// markers and aborted records only, which a record's commit never
-    /// covers (it commits the offset after the record). Then the group's
+    /// input partition past the group's committed offset while the input is
+    /// drained and no transaction is open
+    /// ([`crate::kafka::positions_past_committed`]). Then the group's
     /// committed offsets reach the end of a caught-up partition, as
     /// `kafka-consumer-groups` and KEDA's lag see it, rather than stopping
     /// one short of the commit marker that ends every upstream transaction.
-    /// A partition whose records were held back for a restore has been
-    /// sought back, which leaves it no position until it is read again.
     fn commit_positions(&mut self, consumer: &BaseConsumer<StreamContext<P>>) -> Result<(), Step> {
         self.unsettled = false;
-        let position = consumer
-            .position()
-            .map_err(|e| Step::Retry("transaction", format!("position: {e}")))?;
-        let mut unknown = TopicPartitionList::new();
-        for element in position.elements() {
-            if matches!(element.offset(), Offset::Offset(_))
-                && self.stores.contains_key(&element.partition())
-                && !self
-                    .committed
-                    .contains_key(&(element.topic().to_owned(), element.partition()))
-            {
-                unknown.add_partition(element.topic(), element.partition());
-            }
-        }
-        if unknown.count() > 0 {
-            let fetched = consumer
-                .committed_offsets(unknown, self.txns.call_timeout())
-                .map_err(|e| Step::Retry("transaction", format!("committed offsets: {e}")))?;
-            self.committed.extend(committed_by_partition(&fetched));
-        }
-        let mut ahead = Vec::new();
-        for element in position.elements() {
-            let key = (element.topic().to_owned(), element.partition());
-            if let Offset::Offset(at) = element.offset()
-                && self.stores.contains_key(&key.1)
-                && self.committed.get(&key).is_some_and(|&done| at > done)
-            {
-                ahead.push((key, at));
-            }
-        }
+        let ahead = crate::kafka::positions_past_committed(
+            consumer,
+            |_, partition| self.stores.contains_key(&partition),
+            self.txns.call_timeout(),
+        )
+        .map_err(|e| Step::Retry("transaction", format!("positions: {e}")))?;
         if ahead.is_empty() {
             return Ok(());
         }
         self.begin()?;
         if let Some(txn) = self.txn.as_mut() {
-            txn.offsets.extend(ahead);
+            txn.offsets.extend(
+                ahead
+                    .into_iter()
+                    .map(|(topic, partition, at)| ((topic, partition), at)),
+            );
         }
         self.commit(consumer)
     }
@@ -1467,8 +1434,6 @@ impl<P: Processor> Core<P> {
                 .metrics
                 .consumer_lag
                 .remove_label_values(&[topic, &element.partition().to_string()]);
-            self.committed
-                .remove(&(element.topic().to_owned(), element.partition()));
         }
         // An eager rebalance revokes every partition and then assigns most of
         // them back: keep the stores (committed, or rolled back to the last
@@ -1770,7 +1735,6 @@ pub async fn run<P: Processor>(
         parked: BTreeMap::new(),
         partitions_ready,
         shutdown: shutdown.clone(),
-        committed: HashMap::new(),
         unsettled: false,
         last_commit: Instant::now(),
     }));
@@ -1951,20 +1915,6 @@ fn fatal_error(step: Step) -> StreamError {
     match step {
         Step::Fatal(message) | Step::Retry(_, message) => StreamError::Fatal(message),
     }
-}
-
-/// The committed offsets in `list` by full topic name and partition; -1 for
-/// a partition the group has committed nothing on.
-pub(crate) fn committed_by_partition(
-    list: &TopicPartitionList,
-) -> impl Iterator<Item = ((String, i32), i64)> + '_ {
-    list.elements().into_iter().map(|element| {
-        let done = match element.offset() {
-            Offset::Offset(offset) => offset,
-            _ => -1,
-        };
-        ((element.topic().to_owned(), element.partition()), done)
-    })
 }
 
 /// Whether a commit on shutdown went through; one that failed and can be
