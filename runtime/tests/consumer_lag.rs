@@ -19,15 +19,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use si_runtime::Readiness;
-use si_runtime::metrics::StageMetrics;
+use common::Stage;
 use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
 use si_runtime::state::StateStore;
-use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
+use si_runtime::stream::StreamArgs;
 use si_schemas::records::{Command, LifecycleState};
 use si_schemas::topics;
 use si_testkit::TestEnv;
-use tokio_util::sync::CancellationToken;
 
 /// Records in the upstream transaction, and how long the stage takes over
 /// each: together longer than the statistics interval, so that a report
@@ -54,107 +52,62 @@ impl Processor for Slow {
     }
 }
 
-struct Runner {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), stream::StreamError>>,
-    metrics: StageMetrics,
-}
-
-fn start(env: &TestEnv) -> Runner {
-    let shutdown = CancellationToken::new();
-    let metrics = StageMetrics::new("lag-test");
-    let stream_env = StreamEnv {
-        kafka: env.kafka.clone(),
-        args: StreamArgs {
-            commit_interval: Duration::from_millis(100),
-            transaction_timeout: Duration::from_secs(30),
-            ..StreamArgs::default()
-        },
-        drain_timeout: Duration::from_secs(10),
-        codec: env.codec.clone(),
-        metrics: metrics.clone(),
-        readiness: Readiness::default(),
+/// The stage under test, as pod `test`: commits at most every 100 ms.
+fn start(env: &TestEnv) -> Stage {
+    let args = StreamArgs {
+        commit_interval: Duration::from_millis(100),
+        transaction_timeout: Duration::from_secs(30),
+        ..StreamArgs::default()
     };
-    let spec = StreamSpec {
-        stage: "lag-test",
-        outputs: vec![topics::ARCHIVAL],
-        inputs: vec![topics::COMMANDS],
-        changelog: topics::LIFECYCLE_STATE,
-        state_ttl: Duration::from_secs(3600),
-        batch_linger: Duration::ZERO,
-    };
-    let task = tokio::spawn(stream::run(stream_env, spec, Slow, shutdown.clone()));
-    Runner {
-        shutdown,
-        task,
-        metrics,
-    }
+    Stage::start(env, "test", args, common::spec("lag-test"), Slow)
 }
 
-/// A test that fails stops the stage too: the runtime would otherwise wait
-/// for its loop at the end of the test, forever.
-impl Drop for Runner {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+/// The exported `si_consumer_lag` series of the commands topic: partition
+/// and value.
+fn lag(stage: &Stage) -> Vec<(String, f64)> {
+    stage
+        .metrics
+        .registry()
+        .gather()
+        .iter()
+        .filter(|family| family.name() == "si_consumer_lag")
+        .flat_map(|family| family.get_metric())
+        .filter(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "topic" && l.value() == topics::COMMANDS)
+        })
+        .map(|m| {
+            let partition = m
+                .get_label()
+                .iter()
+                .find(|l| l.name() == "partition")
+                .map(|l| l.value().to_owned())
+                .unwrap_or_default();
+            (partition, m.get_gauge().get_value())
+        })
+        .collect()
 }
 
-impl Runner {
-    async fn stop(mut self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        (&mut self.task).await??;
-        Ok(())
-    }
-
-    /// The exported `si_consumer_lag` series of the commands topic:
-    /// partition and value.
-    fn lag(&self) -> Vec<(String, f64)> {
-        self.metrics
-            .registry()
-            .gather()
-            .iter()
-            .filter(|family| family.name() == "si_consumer_lag")
-            .flat_map(|family| family.get_metric())
-            .filter(|m| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == "topic" && l.value() == topics::COMMANDS)
-            })
-            .map(|m| {
-                let partition = m
-                    .get_label()
-                    .iter()
-                    .find(|l| l.name() == "partition")
-                    .map(|l| l.value().to_owned())
-                    .unwrap_or_default();
-                (partition, m.get_gauge().get_value())
-            })
-            .collect()
-    }
-
-    /// Waits until `partition`'s exported lag satisfies `wanted`; returns it.
-    async fn lag_until(
-        &self,
-        partition: &str,
-        wanted: impl Fn(f64) -> bool,
-        within: Duration,
-    ) -> anyhow::Result<f64> {
-        let deadline = Instant::now() + within;
-        loop {
-            let lag = self.lag();
-            if let Some((_, value)) = lag.iter().find(|(p, v)| p == partition && wanted(*v)) {
-                return Ok(*value);
-            }
-            if Instant::now() >= deadline {
-                anyhow::bail!(
-                    "partition {partition}'s lag not as wanted within {within:?}: {lag:?}"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+/// Waits until `partition`'s exported lag satisfies `wanted`; returns it.
+async fn lag_until(
+    stage: &Stage,
+    partition: &str,
+    wanted: impl Fn(f64) -> bool,
+    within: Duration,
+) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let lag = lag(stage);
+        if let Some((_, value)) = lag.iter().find(|(p, v)| p == partition && wanted(*v)) {
+            return Ok(*value);
         }
+        if Instant::now() >= deadline {
+            anyhow::bail!("partition {partition}'s lag not as wanted within {within:?}: {lag:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
-
 /// Writes `RECORDS` commands of one conversation in one transaction;
 /// returns the partition they went to.
 fn produce_in_a_transaction(env: &TestEnv, key: &str) -> anyhow::Result<String> {
@@ -175,17 +128,14 @@ async fn lag_counts_what_waits_and_not_the_commit_marker() -> anyhow::Result<()>
 
     // While the records are read, slowly: some wait.
     let a = start(&env);
-    let waiting = a
-        .lag_until(&partition, |lag| lag > 0.0, Duration::from_secs(40))
-        .await?;
+    let waiting = lag_until(&a, &partition, |lag| lag > 0.0, Duration::from_secs(40)).await?;
     assert!(
         waiting <= (RECORDS + 1) as f64,
         "more lag than the records and their marker: {waiting}"
     );
     // All read: none left, though the last offset read is a record and the
     // partition ends in its transaction's marker.
-    a.lag_until(&partition, |lag| lag == 0.0, Duration::from_secs(60))
-        .await?;
+    lag_until(&a, &partition, |lag| lag == 0.0, Duration::from_secs(60)).await?;
     // Soon after, the group's committed offset is the end too: the stage
     // committed its position past the marker.
     common::wait_committed_to_the_end(&env, "si-lag-test").await?;
@@ -197,8 +147,7 @@ async fn lag_counts_what_waits_and_not_the_commit_marker() -> anyhow::Result<()>
     // The next instance has nothing to read, and commits the end, though it
     // committed nothing before on that partition.
     let b = start(&env);
-    b.lag_until(&partition, |lag| lag == 0.0, Duration::from_secs(40))
-        .await?;
+    lag_until(&b, &partition, |lag| lag == 0.0, Duration::from_secs(40)).await?;
     common::wait_committed_to_the_end(&env, "si-lag-test").await?;
     // Nothing was read again: the previous instance committed everything.
     assert_eq!(

@@ -16,16 +16,14 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use common::Stage;
 use rdkafka::Message;
-use si_runtime::Readiness;
-use si_runtime::metrics::StageMetrics;
 use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
 use si_runtime::state::StateStore;
-use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
+use si_runtime::stream::{StreamArgs, StreamSpec};
 use si_schemas::records::{ArchivalRequest, Command, LifecycleState};
 use si_schemas::topics;
 use si_testkit::{TestEnv, wait_for};
-use tokio_util::sync::CancellationToken;
 
 const KEYS: usize = 24;
 
@@ -51,55 +49,20 @@ impl Processor for Counter {
     }
 }
 
-struct Runner {
-    metrics: StageMetrics,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), stream::StreamError>>,
-}
-
-fn start(env: &TestEnv, pod: &str) -> Runner {
-    let shutdown = CancellationToken::new();
-    let mut kafka = env.kafka.clone();
-    kafka.pod_name = pod.into();
-    let metrics = StageMetrics::new("eager-test");
+fn start(env: &TestEnv, pod: &str) -> Stage {
     let mut args = StreamArgs {
         commit_interval: Duration::from_millis(20),
         transaction_timeout: Duration::from_secs(10),
         ..StreamArgs::default()
     };
     args.group.session_timeout = Duration::from_secs(6);
-    let stream_env = StreamEnv {
-        kafka,
-        args,
-        drain_timeout: Duration::from_secs(5),
-        codec: env.codec.clone(),
-        metrics: metrics.clone(),
-        readiness: Readiness::default(),
-    };
     let spec = StreamSpec {
-        stage: "eager-test",
-        outputs: vec![topics::ARCHIVAL],
         // Two co-partitioned inputs: the eager `range` assignor. Nothing is
         // written to the second one.
         inputs: vec![topics::COMMANDS, topics::DELIVERY],
-        changelog: topics::LIFECYCLE_STATE,
-        state_ttl: Duration::from_secs(3600),
-        batch_linger: Duration::ZERO,
+        ..common::spec("eager-test")
     };
-    let task = tokio::spawn(stream::run(stream_env, spec, Counter, shutdown.clone()));
-    Runner {
-        metrics,
-        shutdown,
-        task,
-    }
-}
-
-impl Runner {
-    async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        self.task.await??;
-        Ok(())
-    }
+    Stage::start(env, pod, args, spec, Counter)
 }
 
 /// Waits until `si.archival.v1` (committed) holds every one of `expected`.

@@ -15,17 +15,15 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::Stage;
 use rdkafka::Message;
 use rdkafka::message::Headers;
-use si_runtime::Readiness;
-use si_runtime::metrics::StageMetrics;
 use si_runtime::processor::{Output, ProcessError, Processor, RecordContext, TimerContext};
 use si_runtime::state::StateStore;
-use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
+use si_runtime::stream::{StreamArgs, StreamSpec};
 use si_schemas::records::{ArchivalRequest, Command, LifecycleState};
 use si_schemas::topics;
 use si_testkit::TestEnv;
-use tokio_util::sync::CancellationToken;
 
 const DELAY_MS: i64 = 8_000;
 
@@ -104,54 +102,22 @@ fn now_ms() -> i64 {
     .unwrap()
 }
 
-struct Runner {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), stream::StreamError>>,
-    metrics: StageMetrics,
-}
-
-fn start(env: &TestEnv) -> Runner {
+fn start(env: &TestEnv) -> Stage {
     start_with(env, Duration::from_millis(20), Duration::ZERO)
 }
 
-fn start_with(env: &TestEnv, commit_interval: Duration, batch_linger: Duration) -> Runner {
-    let shutdown = CancellationToken::new();
-    let metrics = StageMetrics::new("timer-test");
-    let stream_env = StreamEnv {
-        kafka: env.kafka.clone(),
-        args: StreamArgs {
-            commit_interval,
-            transaction_timeout: Duration::from_secs(30),
-            timer_interval: Duration::from_millis(100),
-            ..StreamArgs::default()
-        },
-        drain_timeout: Duration::from_secs(5),
-        codec: env.codec.clone(),
-        metrics: metrics.clone(),
-        readiness: Readiness::default(),
+fn start_with(env: &TestEnv, commit_interval: Duration, batch_linger: Duration) -> Stage {
+    let args = StreamArgs {
+        commit_interval,
+        transaction_timeout: Duration::from_secs(30),
+        timer_interval: Duration::from_millis(100),
+        ..StreamArgs::default()
     };
     let spec = StreamSpec {
-        stage: "timer-test",
-        outputs: vec![topics::ARCHIVAL],
-        inputs: vec![topics::COMMANDS],
-        changelog: topics::LIFECYCLE_STATE,
-        state_ttl: Duration::from_secs(3600),
         batch_linger,
+        ..common::spec("timer-test")
     };
-    let task = tokio::spawn(stream::run(stream_env, spec, Alarm, shutdown.clone()));
-    Runner {
-        shutdown,
-        task,
-        metrics,
-    }
-}
-
-impl Runner {
-    async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        self.task.await??;
-        Ok(())
-    }
+    Stage::start(env, "test", args, spec, Alarm)
 }
 
 /// Every `request_id` on `si.archival.v1` (committed) up to and including `last`.

@@ -7,7 +7,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use si_runtime::Readiness;
+use si_runtime::metrics::StageMetrics;
+use si_runtime::processor::Processor;
+use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
 use si_testkit::TestEnv;
+use tokio_util::sync::CancellationToken;
 
 use si_schemas::records::{
     ArchivalReason, ArchivalRequest, Channel, Command, CommandKind, LifecyclePhase, LifecycleState,
@@ -137,5 +142,71 @@ pub async fn wait_committed_to_the_end(env: &TestEnv, group: &str) -> anyhow::Re
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What the tests' stages read and write unless a test says otherwise: the
+/// commands topic in, `si.archival.v1` out, lifecycle's changelog (whose
+/// schema the tests' state uses), records committed as soon as they are
+/// drained.
+pub fn spec(stage: &'static str) -> StreamSpec {
+    StreamSpec {
+        stage,
+        outputs: vec![topics::ARCHIVAL],
+        inputs: vec![topics::COMMANDS],
+        changelog: topics::LIFECYCLE_STATE,
+        state_ttl: Duration::from_secs(3600),
+        batch_linger: Duration::ZERO,
+    }
+}
+
+/// A stream stage running on the test's runtime, as a pod named `pod`
+/// would. Dropping it stops it too: a failed test would otherwise leave the
+/// runtime waiting for its loop, forever.
+pub struct Stage {
+    pub metrics: StageMetrics,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), stream::StreamError>>,
+}
+
+impl Stage {
+    pub fn start<P: Processor + Send + 'static>(
+        env: &TestEnv,
+        pod: &str,
+        args: StreamArgs,
+        spec: StreamSpec,
+        processor: P,
+    ) -> Self {
+        let shutdown = CancellationToken::new();
+        let metrics = StageMetrics::new(spec.stage);
+        let mut kafka = env.kafka.clone();
+        kafka.pod_name = pod.into();
+        let stream_env = StreamEnv {
+            kafka,
+            args,
+            drain_timeout: Duration::from_secs(10),
+            codec: env.codec.clone(),
+            metrics: metrics.clone(),
+            readiness: Readiness::default(),
+        };
+        let task = tokio::spawn(stream::run(stream_env, spec, processor, shutdown.clone()));
+        Self {
+            metrics,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops the stage as a pod's shutdown does, and waits for its drain.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        (&mut self.task).await??;
+        Ok(())
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
