@@ -232,6 +232,12 @@ impl Said {
 /// `details.rule` of a keyword.
 const KEYWORD_RULE: &str = "keyword";
 
+/// An unchanged conversation contact is written again once this part of
+/// `state_ttl` has passed since it was last written (a day of the default
+/// 30 days), so it expires at most that much sooner than its conversation's
+/// latest message plus the TTL.
+const CONTACT_REFRESH_PARTS: i64 = 30;
+
 /// A user message being decided on, with what is known about its sender.
 struct Received<'a, 'c> {
     ctx: &'a RecordContext<'c>,
@@ -613,22 +619,54 @@ impl ConsentProcessor {
                 .as_ref()
                 .and_then(|c| c.proxy_address.clone())
         });
+        let key = contact_key(&event.conversation_id);
+        let contact = ConversationContact {
+            conversation_id: event.conversation_id.clone(),
+            address,
+            channel,
+            proxy_address: proxy,
+            locale: Some(event.locale.clone()),
+            last_seen_at: state.now(),
+        };
+        if self.contact_is_current(&key, &contact, state) {
+            return;
+        }
         state.put_with_ttl(
-            contact_key(&event.conversation_id),
+            key,
             ConsentProcessorState {
                 kind: ConsentProcessorStateKind::Contact,
                 decision: None,
-                contact: Some(ConversationContact {
-                    conversation_id: event.conversation_id.clone(),
-                    address,
-                    channel,
-                    proxy_address: proxy,
-                    locale: Some(event.locale.clone()),
-                    last_seen_at: state.now(),
-                }),
+                contact: Some(contact),
             },
             self.settings.state_ttl,
         );
+    }
+
+    /// Whether the stored contact of a conversation already says what
+    /// `contact` says and was written less than `state_ttl /
+    /// CONTACT_REFRESH_PARTS` ago; then it is not written again. Otherwise
+    /// every message of a conversation would put a changelog partition (a
+    /// produce request, the broker's verification of it and a commit marker)
+    /// into consent's transaction on the reply path.
+    fn contact_is_current(
+        &self,
+        key: &str,
+        contact: &ConversationContact,
+        state: &StateStore<ConsentProcessorState>,
+    ) -> bool {
+        let Some(stored) = state.get(key).and_then(|s| s.contact.as_ref()) else {
+            return false;
+        };
+        let same = stored.conversation_id == contact.conversation_id
+            && stored.address == contact.address
+            && stored.channel == contact.channel
+            && stored.proxy_address == contact.proxy_address
+            && stored.locale == contact.locale;
+        let ttl = i64::try_from(self.settings.state_ttl.as_millis()).unwrap_or(i64::MAX);
+        let refresh_after = ttl / CONTACT_REFRESH_PARTS;
+        same && state
+            .expires_at(key)
+            .is_some_and(|at| at.saturating_sub(state.now()) > ttl - refresh_after)
     }
 
     fn forward(

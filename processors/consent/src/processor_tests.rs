@@ -1019,6 +1019,38 @@ fn state_entries_are_written_for_decisions_and_contacts() {
     assert_eq!(contact.proxy_address.as_deref(), Some(OURS));
 }
 
+#[test]
+fn an_unchanged_contact_is_written_again_only_once_a_thirtieth_of_its_ttl_has_passed() {
+    let mut h = Harness::default();
+    let ttl = i64::try_from(Settings::default().state_ttl.as_millis()).unwrap();
+    let expiry = |h: &Harness| h.state.expires_at(&contact_key(CONV)).unwrap();
+    let at = |n: u32, received_at: i64, locale: &str| ConversationEvent {
+        received_at,
+        ..event(n, Some("hello"), locale)
+    };
+    let t0 = msg(1, "hello").received_at;
+    h.send(at(1, t0, "en"));
+    let first = expiry(&h);
+    assert_eq!(first, t0 + 5 + ttl);
+
+    // An hour later, the same user and locale: not written again.
+    h.send(at(2, t0 + 3_600_000, "en"));
+    assert_eq!(expiry(&h), first);
+
+    // A changed locale is written at once.
+    let t3 = t0 + 7_200_000;
+    h.send(at(3, t3, "es"));
+    assert_eq!(expiry(&h), t3 + 5 + ttl);
+    let contact = h.state.get(&contact_key(CONV)).unwrap().contact.clone();
+    assert_eq!(contact.unwrap().locale.as_deref(), Some("es"));
+
+    // Unchanged again, but more than a day (a thirtieth of 30 days) after
+    // its last write: written again, so it lives on with its conversation.
+    let t4 = t3 + ttl / 30 + 1;
+    h.send(at(4, t4, "es"));
+    assert_eq!(expiry(&h), t4 + 5 + ttl);
+}
+
 fn media_stored(n: u32, source_sid: &str, call_sid: Option<&str>) -> ConversationEvent {
     use si_schemas::records::{MediaStorageStatus, MediaStored, StoredMedia};
     ConversationEvent {
