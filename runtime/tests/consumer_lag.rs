@@ -52,7 +52,8 @@ impl Processor for Slow {
     }
 }
 
-/// The stage under test, as pod `test`: commits at most every 100 ms.
+/// The stage under test, as pod `test` (the second instance is that pod
+/// restarted); its batches, which write nothing, commit once open 100 ms.
 fn start(env: &TestEnv) -> Stage {
     let args = StreamArgs {
         commit_interval: Duration::from_millis(100),
