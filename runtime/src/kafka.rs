@@ -252,11 +252,6 @@ pub fn wait_for_topics(
     }
 }
 
-/// [`wait_for_topics`] against the cluster, with a probe client from
-/// `config`, blocking (call it from `spawn_blocking`).
-///
-/// # Errors
-/// When the probe cannot be created or a topic is still missing after [`TOPIC_WAIT`].
 /// The positions of `consumer` (full topic name, partition, offset) on the
 /// partitions `held` accepts that are past its group's committed offsets.
 /// Called when every record read has been committed, such a position has
@@ -304,6 +299,11 @@ pub(crate) fn positions_past_committed<C: ConsumerContext>(
         .collect())
 }
 
+/// [`wait_for_topics`] against the cluster, with a probe client from
+/// `config`, blocking (call it from `spawn_blocking`).
+///
+/// # Errors
+/// When the probe cannot be created or a topic is still missing after [`TOPIC_WAIT`].
 pub fn topic_partitions(config: &ClientConfig, topics: &[String]) -> Result<Vec<usize>, String> {
     let probe: BaseConsumer = config.create().map_err(|e| e.to_string())?;
     wait_for_topics(topics, TOPIC_WAIT, Duration::from_millis(200), |topic| {
