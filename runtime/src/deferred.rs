@@ -324,15 +324,24 @@ struct Writer {
     prefix: String,
 }
 
+/// The committer thread is gone: it panicked, or was closed.
+#[derive(Debug, PartialEq, Eq)]
+struct Ended;
+
 impl Committer {
     fn start(writer: Writer) -> std::io::Result<Self> {
+        Self::spawn(move |job| writer.commit(job))
+    }
+
+    /// Starts the thread, which runs `commit` on each job handed over.
+    fn spawn(commit: impl Fn(Job) -> Done + Send + 'static) -> std::io::Result<Self> {
         let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
         let (outbox, done) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(COMMITTER_THREAD.into())
             .spawn(move || {
                 for job in inbox {
-                    if outbox.send(writer.commit(job)).is_err() {
+                    if outbox.send(commit(job)).is_err() {
                         return;
                     }
                 }
@@ -343,6 +352,38 @@ impl Committer {
             thread: Some(thread),
             busy: false,
         })
+    }
+
+    /// Hands `job` to the thread; it is then busy until [`Committer::outcome`]
+    /// gives the job's [`Done`].
+    fn hand(&mut self, job: Job) -> Result<(), Ended> {
+        self.jobs
+            .as_ref()
+            .ok_or(Ended)?
+            .send(job)
+            .map_err(|_| Ended)?;
+        self.busy = true;
+        Ok(())
+    }
+
+    /// The outcome of the job the thread is busy with: waits for it when
+    /// `wait`, else gives it only when it is already there. `None` when not
+    /// busy, or not waiting and not done yet.
+    fn outcome(&mut self, wait: bool) -> Option<Result<Done, Ended>> {
+        if !self.busy {
+            return None;
+        }
+        let done = if wait {
+            self.done.recv().map_err(|_| Ended)
+        } else {
+            match self.done.try_recv() {
+                Ok(done) => Ok(done),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return None,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(Ended),
+            }
+        };
+        self.busy = false;
+        Some(done)
     }
 
     /// Ends the thread after its last job, and waits for it.
@@ -440,6 +481,9 @@ impl Writer {
 
 /// The name of the deferred driver's committer thread.
 const COMMITTER_THREAD: &str = "si-committer";
+
+/// The fatal error of a stage whose committer thread is gone.
+const COMMITTER_ENDED: &str = "the committer thread ended";
 
 struct Core<D: Deferred> {
     processor: D,
@@ -604,36 +648,22 @@ impl<D: Deferred> Core<D> {
             batch,
             group: consumer.group_metadata(),
         };
-        match self.committer.jobs.as_ref().map(|jobs| jobs.send(job)) {
-            Some(Ok(())) => {
-                self.committer.busy = true;
-                true
-            }
-            _ => {
-                self.fatal = Some("the committer thread ended".into());
-                false
-            }
+        if self.committer.hand(job).is_ok() {
+            true
+        } else {
+            self.fatal = Some(COMMITTER_ENDED.into());
+            false
         }
     }
 
     /// Takes the outcome of the transaction the committer is busy with:
     /// waits for it when `wait`, else only when it is already there.
     fn settle(&mut self, wait: bool) {
-        if !self.committer.busy {
+        let Some(done) = self.committer.outcome(wait) else {
             return;
-        }
-        let done = if wait {
-            self.committer.done.recv().ok()
-        } else {
-            match self.committer.done.try_recv() {
-                Ok(done) => Some(done),
-                Err(std::sync::mpsc::TryRecvError::Empty) => return,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
-            }
         };
-        self.committer.busy = false;
-        let Some(done) = done else {
-            self.fatal = Some("the committer thread ended".into());
+        let Ok(done) = done else {
+            self.fatal = Some(COMMITTER_ENDED.into());
             return;
         };
         match done.result {
@@ -956,6 +986,56 @@ mod tests {
 
     fn out(n: i64) -> Vec<Output> {
         vec![Output::record("t", n.to_string(), vec![], None)]
+    }
+
+    fn job() -> Job {
+        Job {
+            batch: Vec::new(),
+            group: None,
+        }
+    }
+
+    #[test]
+    fn a_committer_gives_back_each_outcome_once() {
+        let mut committer = Committer::spawn(|_| Done {
+            prefixes: vec![(0, 1, 7)],
+            records: 3,
+            took: Duration::ZERO,
+            result: Ok(()),
+            abort: None,
+        })
+        .expect("spawned");
+        assert!(committer.outcome(true).is_none(), "nothing handed over yet");
+        committer.hand(job()).expect("the thread takes the job");
+        let done = committer
+            .outcome(true)
+            .expect("busy")
+            .expect("the thread lives");
+        assert_eq!((done.prefixes, done.records), (vec![(0, 1, 7)], 3));
+        assert!(!committer.busy);
+        assert!(committer.outcome(false).is_none(), "taken already");
+        committer.close();
+        assert_eq!(committer.hand(job()), Err(Ended), "closed");
+    }
+
+    #[test]
+    fn a_committer_whose_thread_panicked_says_it_ended() {
+        let mut committer =
+            Committer::spawn(|_| panic!("an injected panic in a commit")).expect("spawned");
+        committer.hand(job()).expect("the thread takes the job");
+        assert!(
+            matches!(committer.outcome(true), Some(Err(Ended))),
+            "the panic ends the thread, and the job has no outcome"
+        );
+        assert!(
+            !committer.busy,
+            "nothing is awaited from a thread that is gone"
+        );
+        assert_eq!(
+            committer.hand(job()),
+            Err(Ended),
+            "no thread takes another job"
+        );
     }
 
     #[test]
