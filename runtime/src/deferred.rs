@@ -610,8 +610,7 @@ impl<D: Deferred> Core<D> {
         if self.committer.busy {
             return false;
         }
-        self.unsettled = false;
-        let Ok(ahead) = crate::kafka::positions_past_committed(
+        let ahead = match crate::kafka::positions_past_committed(
             consumer,
             |topic, partition| {
                 topic == self.input
@@ -621,9 +620,20 @@ impl<D: Deferred> Core<D> {
                         .is_some_and(|part| part.pending.is_empty())
             },
             self.txns.call_timeout(),
-        ) else {
-            return false;
+        ) {
+            Ok(ahead) => ahead,
+            Err(error) => {
+                // Asked again once SETTLE_AFTER has passed once more.
+                tracing::warn!(%error, "reading the committed offsets failed; trying again later");
+                self.metrics
+                    .retries
+                    .with_label_values(&["transaction"])
+                    .inc();
+                self.last_commit = Instant::now();
+                return false;
+            }
         };
+        self.unsettled = false;
         let batch: Vec<Prefix> = ahead
             .into_iter()
             .filter_map(|(_, partition, next)| {

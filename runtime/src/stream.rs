@@ -968,13 +968,14 @@ impl<P: Processor> Core<P> {
     /// `kafka-consumer-groups` and KEDA's lag see it, rather than stopping
     /// one short of the commit marker that ends every upstream transaction.
     fn commit_positions(&mut self, consumer: &BaseConsumer<StreamContext<P>>) -> Result<(), Step> {
-        self.unsettled = false;
         let ahead = crate::kafka::positions_past_committed(
             consumer,
             |_, partition| self.stores.contains_key(&partition),
             self.txns.call_timeout(),
         )
         .map_err(|e| Step::Retry("transaction", format!("positions: {e}")))?;
+        // Only now: a failed read is tried again after the backoff.
+        self.unsettled = false;
         if ahead.is_empty() {
             return Ok(());
         }
