@@ -58,7 +58,7 @@ pub struct EchoArgs {
     #[arg(
         long,
         env = "ECHO_SUMMARY",
-        default_value = "Summary from the echo responder: you chatted with Si by text."
+        default_value = "Summary from the echo responder (a stand-in for the one Si writes of the conversation)."
     )]
     pub echo_summary: String,
 }
