@@ -274,6 +274,38 @@ fn log_lines(
 pub fn init(format: LogFormat, filter: &str) {
     let env = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = log_lines(fmt_layer(format), env).try_init();
+    log_panics();
+}
+
+/// Makes every panic an error line of the log too (JSON in a cluster, so a
+/// log collector sees which thread panicked, where and with what message),
+/// then lets the default hook print it to stderr as before. Once per
+/// process.
+fn log_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            log_panic(info);
+            default(info);
+        }));
+    });
+}
+
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    let thread = std::thread::current();
+    tracing::error!(
+        thread = thread.name().unwrap_or("(unnamed)"),
+        location = info.location().map(ToString::to_string).unwrap_or_default(),
+        panic = message,
+        "a thread panicked"
+    );
 }
 
 /// Logs, and traces when an OTLP endpoint is configured. `service_name` is
@@ -309,6 +341,7 @@ pub fn start(service_name: &str, service: &ServiceArgs) -> Telemetry {
         Some(otel) => lines.with(otel).try_init().is_ok(),
         None => lines.try_init().is_ok(),
     };
+    log_panics();
     if let Some(problem) = problem {
         tracing::error!(%problem, "traces are not exported");
     }
@@ -434,6 +467,47 @@ mod tests {
             fmt_layer_to(LogFormat::Text, false, std::io::sink),
             EnvFilter::new(level),
         )
+    }
+
+    /// A log's lines, written by a subscriber of this thread.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("unpoisoned").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panic_is_an_error_line_of_the_log() {
+        log_panics();
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = log_lines(
+            fmt_layer_to(LogFormat::Json, false, move || writer.clone()),
+            EnvFilter::new("info"),
+        );
+        let caught = tracing::subscriber::with_default(subscriber, || {
+            std::panic::catch_unwind(|| panic!("an injected panic, {}", 42))
+        });
+        assert!(caught.is_err(), "it panicked");
+        let log = String::from_utf8(captured.0.lock().expect("unpoisoned").clone()).expect("UTF-8");
+        let line = log
+            .lines()
+            .find(|line| line.contains("a thread panicked"))
+            .unwrap_or_else(|| panic!("no line for the panic in {log:?}"));
+        assert!(line.contains(r#""level":"ERROR""#), "{line}");
+        assert!(
+            line.contains(r#""panic":"an injected panic, 42""#),
+            "a formatted message: {line}"
+        );
+        assert!(line.contains("runtime/src/telemetry.rs:"), "{line}");
+        assert!(line.contains(r#""thread":""#), "{line}");
     }
 
     #[test]
