@@ -469,24 +469,10 @@ mod tests {
         )
     }
 
-    /// A log's lines, written by a subscriber of this thread.
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("unpoisoned").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn a_panic_is_an_error_line_of_the_log() {
         log_panics();
-        let captured = Captured::default();
+        let captured = crate::test_log::Lines::default();
         let writer = captured.clone();
         let subscriber = log_lines(
             fmt_layer_to(LogFormat::Json, false, move || writer.clone()),
@@ -496,7 +482,7 @@ mod tests {
             std::panic::catch_unwind(|| panic!("an injected panic, {}", 42))
         });
         assert!(caught.is_err(), "it panicked");
-        let log = String::from_utf8(captured.0.lock().expect("unpoisoned").clone()).expect("UTF-8");
+        let log = captured.text();
         let line = log
             .lines()
             .find(|line| line.contains("a thread panicked"))
