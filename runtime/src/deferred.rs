@@ -499,7 +499,8 @@ struct Core<D: Deferred> {
     partitions_ready: ReadinessCheck,
     /// Whether a commit or an assignment since the last
     /// [`Core::commit_positions`] may have left positions past the group's
-    /// committed offsets, and when the last commit was.
+    /// committed offsets, and when the last commit (or failed read of those
+    /// offsets) was: settling waits [`SETTLE_AFTER`] from it.
     unsettled: bool,
     last_commit: Instant,
 }
