@@ -58,44 +58,80 @@ struct Refusal {
     compliance: Option<Output>,
 }
 
+/// A `START_CONVERSATION` checked and resolved: what opening or joining a
+/// conversation needs.
+struct Start<'a> {
+    command: &'a Command,
+    now: i64,
+    /// The new conversation's id, chosen by the issuer.
+    id: &'a str,
+    session_id: String,
+    channel: Channel,
+    /// Our address the conversation is held on.
+    from: String,
+    /// The user's.
+    address: String,
+    locale: String,
+    /// The opening text.
+    text: String,
+}
+
 impl LifecycleProcessor {
+    /// Opens the conversation the command names, or joins the user's active
+    /// one on the same number, unless consent or the identity table refuses;
+    /// a command for a conversation already open does nothing.
     pub(super) fn on_start(
         &self,
         ctx: &RecordContext<'_>,
         command: &Command,
         state: &mut StateStore<LifecycleState>,
     ) -> Result<Vec<Output>, ProcessError> {
-        let count = |outcome: &str| self.metrics.starts.with_label_values(&[outcome]).inc();
         let now = ctx.timestamp_ms;
-        let id = command.conversation_id.trim();
-        if id.is_empty() {
-            return Err(ProcessError::Invalid(
-                "START_CONVERSATION without conversation_id (the id of the new conversation)"
-                    .into(),
-            ));
-        }
-        let session_id = command
-            .session_id
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| {
-                ProcessError::Invalid(
-                    "START_CONVERSATION without session_id (the Si session to bind)".into(),
-                )
-            })?
-            .to_owned();
-        let channel = command.channel.unwrap_or(Channel::Sms);
-        if !matches!(channel, Channel::Sms | Channel::Whatsapp) {
-            return Err(ProcessError::Invalid(format!(
-                "START_CONVERSATION on {channel:?}: only SMS and WHATSAPP can be started"
-            )));
-        }
+        let (id, session_id, channel) = start_target(command)?;
         if state.get(&conversation_key(id)).is_some() {
             // A re-sent command, or an id already open: nothing new to do.
-            count("duplicate");
+            self.metrics.starts.with_label_values(&["duplicate"]).inc();
             return Ok(Vec::new());
         }
+        let from = self.sender(command)?;
+        let (address, identity_locale) = match self.recipient(command, channel)? {
+            Ok(found) => found,
+            Err(refusal) => return Ok(self.refuse(now, command, id, refusal)),
+        };
+        let locale = command
+            .locale
+            .clone()
+            .or(identity_locale)
+            .filter(|l| !l.trim().is_empty())
+            .unwrap_or_else(|| si_catalog::DEFAULT_LOCALE.to_owned());
+        let text = command
+            .params
+            .get(TEXT_PARAM)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| self.catalog.text(keys::WELCOME, &locale).text.to_owned());
+        let start = Start {
+            command,
+            now,
+            id,
+            session_id,
+            channel,
+            from,
+            address,
+            locale,
+            text,
+        };
+        if let Some(joined) = self.join(&start) {
+            return Ok(joined);
+        }
+        if let Some(refusal) = self.consent_refusal(&start) {
+            return Ok(self.refuse(now, command, id, refusal));
+        }
+        Ok(self.open(start, state))
+    }
+
+    /// Our address to send from: the command's, else `LIFECYCLE_START_FROM`.
+    fn sender(&self, command: &Command) -> Result<String, ProcessError> {
         let from = command
             .params
             .get(FROM_PARAM)
@@ -114,117 +150,136 @@ impl LifecycleProcessor {
                 "START_CONVERSATION: the sending address is not E.164".into(),
             ));
         }
-        let (address, identity_locale) = match self.recipient(command, channel)? {
-            Ok(found) => found,
-            Err(refusal) => return Ok(self.refuse(now, command, id, refusal)),
-        };
-        let locale = command
-            .locale
-            .clone()
-            .or(identity_locale)
-            .filter(|l| !l.trim().is_empty())
-            .unwrap_or_else(|| si_catalog::DEFAULT_LOCALE.to_owned());
-        let text = command
-            .params
-            .get(TEXT_PARAM)
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| self.catalog.text(keys::WELCOME, &locale).text.to_owned());
+        Ok(from)
+    }
 
-        // Joining: one active conversation per address and our number.
-        let directory_key = format!("{}|{from}", channel.address_key(&address));
-        if let Some(active) = self.directory.get(&directory_key).filter(|b| b.active) {
-            count("joined");
-            let opening = self.opening(
-                &start_id("opening", &command.command_id),
-                &active.conversation_id,
-                &active.session_id,
-                text,
-                &locale,
-                now,
-            );
-            let status = self.start_status(
-                now,
-                command,
-                &active.conversation_id,
-                DeliveryOutcome::Accepted,
-                Some(format!(
-                    "joined the active conversation {} of the user",
-                    active.conversation_id
-                )),
-            );
-            return Ok(vec![opening, status]);
-        }
+    /// Joining: one active conversation per address and our number, so
+    /// when the user has one, the opening text goes into it and the status
+    /// names it.
+    fn join(&self, start: &Start<'_>) -> Option<Vec<Output>> {
+        let directory_key = format!(
+            "{}|{}",
+            start.channel.address_key(&start.address),
+            start.from
+        );
+        let active = self.directory.get(&directory_key).filter(|b| b.active)?;
+        self.metrics.starts.with_label_values(&["joined"]).inc();
+        let opening = self.opening(
+            &start_id("opening", &start.command.command_id),
+            &active.conversation_id,
+            &active.session_id,
+            start.text.clone(),
+            &start.locale,
+            start.now,
+        );
+        let status = self.start_status(
+            start.now,
+            start.command,
+            &active.conversation_id,
+            DeliveryOutcome::Accepted,
+            Some(format!(
+                "joined the active conversation {} of the user",
+                active.conversation_id
+            )),
+        );
+        Some(vec![opening, status])
+    }
 
+    /// The consent gate's refusal, with its compliance event, when the user
+    /// opted out (or never opted in and the policy asks for it).
+    fn consent_refusal(&self, start: &Start<'_>) -> Option<Refusal> {
+        let Start {
+            command,
+            channel,
+            address,
+            ..
+        } = start;
         let scope = match self.settings.start_mode {
             StartMode::Messaging => self
                 .settings
                 .messaging_service_sid
                 .clone()
-                .unwrap_or_else(|| from.clone()),
-            StartMode::Conversations => from.clone(),
+                .unwrap_or_else(|| start.from.clone()),
+            StartMode::Conversations => start.from.clone(),
         };
-        if let Verdict::Blocked { status, decision } =
+        let Verdict::Blocked { status, decision } =
             self.gate
-                .check(channel, &address, &scope, self.settings.require_opt_in)
-        {
-            let (outcome, reason) = if status == ConsentStatus::OptedOut {
-                ("refused_opted_out", "the user opted out")
-            } else {
-                (
-                    "refused_not_opted_in",
-                    "the user never opted in (explicit consent policy)",
-                )
-            };
-            let mut details = BTreeMap::from([
-                ("stage".to_owned(), "lifecycle".to_owned()),
-                ("command_id".to_owned(), command.command_id.clone()),
-                ("issued_by".to_owned(), command.issued_by.clone()),
-                ("consent_status".to_owned(), status.as_str().to_owned()),
-                (
-                    "require_opt_in".to_owned(),
-                    self.settings.require_opt_in.to_string(),
-                ),
-            ]);
-            if let Some(d) = &decision {
-                details.insert("decision_scope".to_owned(), d.sender_scope.clone());
-                details.insert("decided_at".to_owned(), d.decided_at.to_string());
-            }
-            let event = ComplianceEvent {
-                event_id: start_id("blocked", &command.command_id),
-                kind: ComplianceEventKind::BlockedOutbound,
-                source: decision
-                    .as_ref()
-                    .map_or(ComplianceSource::Unknown, |d| d.source),
-                address: address.clone(),
-                channel,
-                sender_scope: Some(scope),
-                conversation_id: Some(id.to_owned()),
-                message_ref: Some(command.command_id.clone()),
-                keyword: None,
-                locale: Some(locale),
-                at: now,
-                details,
-            };
-            let refusal = Refusal {
-                outcome,
-                reason: reason.to_owned(),
-                compliance: Some(Output::new(
-                    topics::COMPLIANCE,
-                    channel.address_key(&address),
-                    event,
-                )),
-            };
-            tracing::info!(
-                command_id = %command.command_id,
-                to = %mask_address(&channel.address_key(&address)),
-                outcome,
-                "START_CONVERSATION refused by the consent gate"
-            );
-            return Ok(self.refuse(now, command, id, refusal));
+                .check(*channel, address, &scope, self.settings.require_opt_in)
+        else {
+            return None;
+        };
+        let (outcome, reason) = if status == ConsentStatus::OptedOut {
+            ("refused_opted_out", "the user opted out")
+        } else {
+            (
+                "refused_not_opted_in",
+                "the user never opted in (explicit consent policy)",
+            )
+        };
+        let mut details = BTreeMap::from([
+            ("stage".to_owned(), "lifecycle".to_owned()),
+            ("command_id".to_owned(), command.command_id.clone()),
+            ("issued_by".to_owned(), command.issued_by.clone()),
+            ("consent_status".to_owned(), status.as_str().to_owned()),
+            (
+                "require_opt_in".to_owned(),
+                self.settings.require_opt_in.to_string(),
+            ),
+        ]);
+        if let Some(d) = &decision {
+            details.insert("decision_scope".to_owned(), d.sender_scope.clone());
+            details.insert("decided_at".to_owned(), d.decided_at.to_string());
         }
+        let event = ComplianceEvent {
+            event_id: start_id("blocked", &command.command_id),
+            kind: ComplianceEventKind::BlockedOutbound,
+            source: decision
+                .as_ref()
+                .map_or(ComplianceSource::Unknown, |d| d.source),
+            address: address.clone(),
+            channel: *channel,
+            sender_scope: Some(scope),
+            conversation_id: Some(start.id.to_owned()),
+            message_ref: Some(command.command_id.clone()),
+            keyword: None,
+            locale: Some(start.locale.clone()),
+            at: start.now,
+            details,
+        };
+        tracing::info!(
+            command_id = %command.command_id,
+            to = %mask_address(&channel.address_key(address)),
+            outcome,
+            "START_CONVERSATION refused by the consent gate"
+        );
+        Some(Refusal {
+            outcome,
+            reason: reason.to_owned(),
+            compliance: Some(Output::new(
+                topics::COMPLIANCE,
+                channel.address_key(address),
+                event,
+            )),
+        })
+    }
 
-        count("started");
+    /// A new conversation: (in Conversations mode, its creation at Twilio,)
+    /// the directory entry, its `CONVERSATION_STARTED` and
+    /// `PARTICIPANT_JOINED` events, the accepted status, and its state with
+    /// the opening text waiting for that `PARTICIPANT_JOINED`.
+    fn open(&self, start: Start<'_>, state: &mut StateStore<LifecycleState>) -> Vec<Output> {
+        let Start {
+            command,
+            now,
+            id,
+            session_id,
+            channel,
+            from,
+            address,
+            locale,
+            text,
+        } = start;
+        self.metrics.starts.with_label_values(&["started"]).inc();
         self.metrics.opened.with_label_values(&["si"]).inc();
         let messaging = self.settings.start_mode == StartMode::Messaging;
         let mut outputs = Vec::with_capacity(6);
@@ -341,7 +396,7 @@ impl LifecycleProcessor {
             mode = ?self.settings.start_mode,
             "conversation started by Si"
         );
-        Ok(outputs)
+        outputs
     }
 
     /// Lifecycle read back its own participant event of a conversation Si
@@ -576,6 +631,34 @@ impl LifecycleProcessor {
 }
 
 use si_schemas::records::is_e164;
+
+/// The command's conversation id, session and channel, each required.
+fn start_target(command: &Command) -> Result<(&str, String, Channel), ProcessError> {
+    let id = command.conversation_id.trim();
+    if id.is_empty() {
+        return Err(ProcessError::Invalid(
+            "START_CONVERSATION without conversation_id (the id of the new conversation)".into(),
+        ));
+    }
+    let session_id = command
+        .session_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            ProcessError::Invalid(
+                "START_CONVERSATION without session_id (the Si session to bind)".into(),
+            )
+        })?
+        .to_owned();
+    let channel = command.channel.unwrap_or(Channel::Sms);
+    if !matches!(channel, Channel::Sms | Channel::Whatsapp) {
+        return Err(ProcessError::Invalid(format!(
+            "START_CONVERSATION on {channel:?}: only SMS and WHATSAPP can be started"
+        )));
+    }
+    Ok((id, session_id, channel))
+}
 
 /// The directory's alias entry of `sid` for `conversation`.
 pub(super) fn alias_binding(
