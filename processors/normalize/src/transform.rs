@@ -1038,17 +1038,7 @@ impl Processor for Normalizer {
             }
         };
         let dedup_key = dedup_key(&webhook, &params, kind);
-        let seen = seen_key(&dedup_key);
-        let first = state
-            .get(&seen)
-            .or_else(|| state.get(&legacy_seen_key(&dedup_key)))
-            .and_then(|s| s.seen_event.as_ref());
-        if let Some(first) = first {
-            tracing::debug!(
-                event_id = %first.event_id,
-                webhook_id = %webhook.webhook_id,
-                "duplicate webhook ignored"
-            );
+        if self.seen_before(state, &dedup_key, &webhook) {
             self.metrics.dropped.with_label_values(&["duplicate"]).inc();
             return Ok(Vec::new());
         }
@@ -1063,20 +1053,68 @@ impl Processor for Normalizer {
         // it), never from the record timestamp or the clock: a replay writes the
         // same bytes. The store's TTLs run on the record timestamp.
         let now = webhook.received_at;
-        let event_id = ids::event_id(&dedup_key);
+        let (binding, directory) = self.bind(&draft, &params, state, now);
+        if let Some(call_sid) = &draft.call_sid {
+            link_call(state, call_sid, &draft, &binding, now);
+        }
+        let event = self.event(ctx, &webhook, &params, &binding, draft, dedup_key);
+        self.remember(state, &webhook, &event, binding);
+        self.metrics
+            .events
+            .with_label_values(&[event.event_type.as_str()])
+            .inc();
+        let key = event.conversation_id.clone();
+        let mut outputs = Vec::with_capacity(1 + directory.len());
+        outputs.push(Output::new(topics::CONVERSATION_EVENTS, key, event));
+        outputs.extend(directory);
+        Ok(outputs)
+    }
+}
 
-        // Session binding and participants.
-        let conv_key = conversation_key(&draft.conversation_id);
+/// The steps of [`Normalizer::process`], after the draft.
+impl Normalizer {
+    /// Whether a webhook with `dedup_key` was normalized before (a Twilio
+    /// retry, or ingress's).
+    fn seen_before(
+        &self,
+        state: &StateStore<NormalizeState>,
+        dedup_key: &str,
+        webhook: &TwilioWebhook,
+    ) -> bool {
+        let first = state
+            .get(&seen_key(dedup_key))
+            .or_else(|| state.get(&legacy_seen_key(dedup_key)))
+            .and_then(|s| s.seen_event.as_ref());
+        if let Some(first) = first {
+            tracing::debug!(
+                event_id = %first.event_id,
+                webhook_id = %webhook.webhook_id,
+                "duplicate webhook ignored"
+            );
+        }
+        first.is_some()
+    }
+
+    /// The conversation's session binding after the event (found in the
+    /// state, else new), with the directory entries its participants' and
+    /// state's changes publish.
+    fn bind(
+        &self,
+        draft: &Draft,
+        params: &Params,
+        state: &StateStore<NormalizeState>,
+        now: i64,
+    ) -> (ConversationBinding, Vec<Output>) {
         let mut binding = state
-            .get(&conv_key)
+            .get(&conversation_key(&draft.conversation_id))
             .and_then(|s| s.conversation.clone())
             .unwrap_or_else(|| ConversationBinding {
                 conversation_id: draft.conversation_id.clone(),
                 session_id: draft
                     .session
                     .clone()
-                    .or_else(|| self.directory_session(&draft))
-                    .or_else(|| self.alias_session(&params, &draft.conversation_id))
+                    .or_else(|| self.directory_session(draft))
+                    .or_else(|| self.alias_session(params, &draft.conversation_id))
                     .unwrap_or_else(|| ids::session_id(&draft.conversation_id)),
                 bound_at: now,
                 last_event_at: now,
@@ -1084,7 +1122,6 @@ impl Processor for Normalizer {
                 participants: Vec::new(),
             });
         binding.last_event_at = now;
-        let mut outputs = Vec::with_capacity(2);
         let mut directory = Vec::new();
         if let Some(party) = &draft.party {
             let bound = party.bound();
@@ -1127,8 +1164,21 @@ impl Processor for Normalizer {
         } else if draft.event_type == ConversationEventType::ConversationStarted {
             binding.state.get_or_insert(ConversationState::Active);
         }
+        (binding, directory)
+    }
 
-        // Identity and locale: the event's party, else the conversation's first user.
+    /// The canonical event: the draft with the conversation's session, the
+    /// participant's identity and the locale (of the event's party, else of
+    /// the conversation's first user).
+    fn event(
+        &self,
+        ctx: &RecordContext<'_>,
+        webhook: &TwilioWebhook,
+        params: &Params,
+        binding: &ConversationBinding,
+        draft: Draft,
+        dedup_key: String,
+    ) -> ConversationEvent {
         let subject = draft
             .party
             .clone()
@@ -1148,10 +1198,9 @@ impl Processor for Normalizer {
             .channel
             .or_else(|| subject.as_ref().map(Party::channel))
             .unwrap_or(Channel::Unknown);
-
-        let event = ConversationEvent {
-            event_id: event_id.clone(),
-            conversation_id: draft.conversation_id.clone(),
+        ConversationEvent {
+            event_id: ids::event_id(&dedup_key),
+            conversation_id: draft.conversation_id,
             session_id: binding.session_id.clone(),
             event_type: draft.event_type,
             channel,
@@ -1166,7 +1215,7 @@ impl Processor for Normalizer {
                 .clone()
                 .or_else(|| params.get("AccountSid").map(str::to_owned)),
             webhook_id: webhook.webhook_id.clone(),
-            dedup_key: dedup_key.clone(),
+            dedup_key,
             // This record's trace context (normalize's span with traces
             // exported), else the one ingress wrote into the envelope.
             traceparent: ctx
@@ -1183,43 +1232,26 @@ impl Processor for Normalizer {
             transcription: draft.transcription,
             compliance_record: None,
             media_stored: None,
-        };
+        }
+    }
 
-        // State: the binding (closed conversations are kept only as long as
-        // duplicates can still arrive) and the dedup marker.
+    /// The state the event leaves: the binding (a closed conversation's
+    /// kept only as long as duplicates can still arrive) and the dedup
+    /// marker.
+    fn remember(
+        &self,
+        state: &mut StateStore<NormalizeState>,
+        webhook: &TwilioWebhook,
+        event: &ConversationEvent,
+        binding: ConversationBinding,
+    ) {
         let conversation_ttl = if binding.state == Some(ConversationState::Closed) {
             self.settings.dedup_window
         } else {
             self.settings.session_ttl
         };
-        if let Some(call_sid) = &draft.call_sid {
-            // The call's link, renewed on every event of the call.
-            let key = voice::call_key(call_sid);
-            let previous = state.get(&key).and_then(|s| s.conversation.clone());
-            let participants = match (&draft.party, previous.as_ref()) {
-                (Some(party), _) => vec![party.bound()],
-                (None, Some(p)) => p.participants.clone(),
-                (None, None) => Vec::new(),
-            };
-            state.put_with_ttl(
-                key,
-                NormalizeState {
-                    kind: NormalizeStateKind::Call,
-                    seen_event: None,
-                    conversation: Some(ConversationBinding {
-                        conversation_id: binding.conversation_id.clone(),
-                        session_id: binding.session_id.clone(),
-                        bound_at: previous.as_ref().map_or(now, |p| p.bound_at),
-                        last_event_at: now,
-                        state: None,
-                        participants,
-                    }),
-                },
-                voice::CALL_BINDING_TTL,
-            );
-        }
         state.put_with_ttl(
-            conv_key,
+            conversation_key(&event.conversation_id),
             NormalizeState {
                 kind: NormalizeStateKind::Conversation,
                 seen_event: None,
@@ -1228,28 +1260,52 @@ impl Processor for Normalizer {
             conversation_ttl,
         );
         state.put_with_ttl(
-            seen,
+            seen_key(&event.dedup_key),
             NormalizeState {
                 kind: NormalizeStateKind::SeenEvent,
                 seen_event: Some(SeenEvent {
-                    event_id,
+                    event_id: event.event_id.clone(),
                     webhook_id: webhook.webhook_id.clone(),
-                    first_seen_at: now,
+                    first_seen_at: webhook.received_at,
                 }),
                 conversation: None,
             },
             self.settings.dedup_window,
         );
-
-        self.metrics
-            .events
-            .with_label_values(&[event.event_type.as_str()])
-            .inc();
-        let key = event.conversation_id.clone();
-        outputs.push(Output::new(topics::CONVERSATION_EVENTS, key, event));
-        outputs.extend(directory);
-        Ok(outputs)
     }
+}
+
+/// The call's link to its conversation, renewed on every event of the call.
+fn link_call(
+    state: &mut StateStore<NormalizeState>,
+    call_sid: &str,
+    draft: &Draft,
+    binding: &ConversationBinding,
+    now: i64,
+) {
+    let key = voice::call_key(call_sid);
+    let previous = state.get(&key).and_then(|s| s.conversation.clone());
+    let participants = match (&draft.party, previous.as_ref()) {
+        (Some(party), _) => vec![party.bound()],
+        (None, Some(p)) => p.participants.clone(),
+        (None, None) => Vec::new(),
+    };
+    state.put_with_ttl(
+        key,
+        NormalizeState {
+            kind: NormalizeStateKind::Call,
+            seen_event: None,
+            conversation: Some(ConversationBinding {
+                conversation_id: binding.conversation_id.clone(),
+                session_id: binding.session_id.clone(),
+                bound_at: previous.as_ref().map_or(now, |p| p.bound_at),
+                last_event_at: now,
+                state: None,
+                participants,
+            }),
+        },
+        voice::CALL_BINDING_TTL,
+    );
 }
 
 #[cfg(test)]
