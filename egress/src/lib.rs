@@ -25,6 +25,7 @@ use std::sync::atomic::AtomicUsize;
 
 use anyhow::Context;
 use si_consent_gate::ConsentGate;
+use si_runtime::config::KafkaArgs;
 use si_runtime::deferred::{DeferredArgs, DeferredEnv, Work};
 use si_runtime::metrics::StageMetrics;
 use si_runtime::{AdminServer, Readiness};
@@ -85,70 +86,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .context("admin listener")?;
     tracing::info!(addr = %admin.local_addr, "admin listening");
 
-    // Credentials: a hold while Twilio refuses them, reloads from the
-    // directory, and the health check, all before Kafka is ready.
-    let reload = Arc::new(Notify::new());
-    let auth = Arc::new(AuthGate::new(
-        Arc::clone(&credentials),
-        config.twilio.auth_probe_interval,
-        Arc::clone(&reload),
-        AuthMetrics {
-            failures: egress_metrics.auth_failures.clone(),
-            rejected: egress_metrics.credentials_rejected.clone(),
-            readyz: Some(readiness.detail("twilio-credentials")),
-        },
-    ));
-    if credentials.dir().is_some() {
-        tokio::spawn(credentials::reload_loop(
-            Arc::clone(&credentials),
-            Arc::clone(&auth),
-            reload,
-            config.twilio.credentials_reload_interval,
-            egress_metrics.clone(),
-            shutdown.clone(),
-        ));
-    }
-    let client = TwilioClient::new(&config.twilio, credentials)?;
-    if !config.twilio.health_interval.is_zero() {
-        tokio::spawn(health::run(
-            client.clone(),
-            health::url(&config.twilio),
-            config.twilio.health_interval,
-            Arc::clone(&auth),
-            health::HealthMetrics::register(&metrics)?,
-            readiness.detail("twilio"),
-            shutdown.clone(),
-        ));
-    }
+    let (client, auth) = twilio_access(
+        &config,
+        credentials,
+        &metrics,
+        &egress_metrics,
+        &readiness,
+        &shutdown,
+    )?;
     let codec = Codec::new(Registry::new(config.common.registry.config())?);
 
-    let input = kafka.topic(topics::OUTBOUND);
-    let ledger = kafka.topic(topics::EGRESS_LEDGER);
-    {
-        // Every topic egress reads or writes, waited for with a deadline.
-        let needed: Vec<String> = [
-            topics::OUTBOUND,
-            topics::EGRESS_LEDGER,
-            topics::DELIVERY,
-            topics::OUTBOUND_DLQ,
-            topics::COMPLIANCE,
-            topics::DEAD_LETTER,
-        ]
-        .iter()
-        .map(|t| kafka.topic(t))
-        .collect();
-        let config = si_runtime::kafka::client_config(&kafka, "egress-probe");
-        let counts = tokio::task::spawn_blocking(move || {
-            si_runtime::kafka::topic_partitions(&config, &needed)
-        })
-        .await?
-        .map_err(anyhow::Error::msg)?;
-        let (inputs, ledgers) = (counts[0], counts[1]);
-        anyhow::ensure!(
-            inputs == ledgers,
-            "{input} has {inputs} partitions but the ledger {ledger} has {ledgers}: they must be co-partitioned"
-        );
-    }
+    check_topics(&kafka).await?;
 
     let gate = ConsentGate::start(
         &kafka,
@@ -173,7 +121,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         delivery: kafka.topic(topics::DELIVERY),
         dlq: kafka.topic(topics::OUTBOUND_DLQ),
         compliance: kafka.topic(topics::COMPLIANCE),
-        ledger: ledger.clone(),
+        ledger: kafka.topic(topics::EGRESS_LEDGER),
         dead_letter: kafka.topic(topics::DEAD_LETTER),
     };
     let live = Live::default();
@@ -253,4 +201,81 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     dispatcher.abort();
     admin.stopped().await;
     result
+}
+
+/// The Twilio client, and the gate that holds sends while Twilio refuses
+/// the credentials: reloaded from the credentials directory when it is set,
+/// probed by the health check when it is on. All of it before Kafka is
+/// ready.
+fn twilio_access(
+    config: &Config,
+    credentials: Arc<CredentialStore>,
+    metrics: &StageMetrics,
+    egress_metrics: &EgressMetrics,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(TwilioClient, Arc<AuthGate>)> {
+    let reload = Arc::new(Notify::new());
+    let auth = Arc::new(AuthGate::new(
+        Arc::clone(&credentials),
+        config.twilio.auth_probe_interval,
+        Arc::clone(&reload),
+        AuthMetrics {
+            failures: egress_metrics.auth_failures.clone(),
+            rejected: egress_metrics.credentials_rejected.clone(),
+            readyz: Some(readiness.detail("twilio-credentials")),
+        },
+    ));
+    if credentials.dir().is_some() {
+        tokio::spawn(credentials::reload_loop(
+            Arc::clone(&credentials),
+            Arc::clone(&auth),
+            reload,
+            config.twilio.credentials_reload_interval,
+            egress_metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let client = TwilioClient::new(&config.twilio, credentials)?;
+    if !config.twilio.health_interval.is_zero() {
+        tokio::spawn(health::run(
+            client.clone(),
+            health::url(&config.twilio),
+            config.twilio.health_interval,
+            Arc::clone(&auth),
+            health::HealthMetrics::register(metrics)?,
+            readiness.detail("twilio"),
+            shutdown.clone(),
+        ));
+    }
+    Ok((client, auth))
+}
+
+/// Waits (with a deadline) for every topic egress reads or writes, and
+/// checks that its input and its ledger are co-partitioned.
+async fn check_topics(kafka: &KafkaArgs) -> anyhow::Result<()> {
+    let needed: Vec<String> = [
+        topics::OUTBOUND,
+        topics::EGRESS_LEDGER,
+        topics::DELIVERY,
+        topics::OUTBOUND_DLQ,
+        topics::COMPLIANCE,
+        topics::DEAD_LETTER,
+    ]
+    .iter()
+    .map(|t| kafka.topic(t))
+    .collect();
+    let config = si_runtime::kafka::client_config(kafka, "egress-probe");
+    let counts =
+        tokio::task::spawn_blocking(move || si_runtime::kafka::topic_partitions(&config, &needed))
+            .await?
+            .map_err(anyhow::Error::msg)?;
+    let (inputs, ledgers) = (counts[0], counts[1]);
+    anyhow::ensure!(
+        inputs == ledgers,
+        "{} has {inputs} partitions but the ledger {} has {ledgers}: they must be co-partitioned",
+        kafka.topic(topics::OUTBOUND),
+        kafka.topic(topics::EGRESS_LEDGER),
+    );
+    Ok(())
 }

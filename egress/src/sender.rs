@@ -415,14 +415,38 @@ enum Attempted {
     /// Finished (completion sent or dropped).
     Done,
     /// Try again later.
-    Retry {
-        requests: u32,
-        code: Option<i32>,
-        http_status: Option<u16>,
-        message: String,
-        retry_after: Option<Duration>,
-        auth: bool,
-    },
+    Retry(Retry),
+}
+
+/// A failed attempt that may be tried again.
+#[derive(Debug)]
+struct Retry {
+    /// Requests made so far, this one included.
+    requests: u32,
+    code: Option<i32>,
+    http_status: Option<u16>,
+    message: String,
+    /// What Twilio's `Retry-After` asked for.
+    retry_after: Option<Duration>,
+    /// Twilio refused the credentials (a 401): the attempt does not count.
+    auth: bool,
+}
+
+impl Retry {
+    /// The `si_retries_total` reason.
+    fn reason(&self) -> &'static str {
+        if self.auth {
+            "auth"
+        } else if self.http_status == Some(429) || self.code == Some(20429) {
+            "rate_limited"
+        } else if self.http_status.is_some_and(|s| s >= 500) {
+            "server_error"
+        } else if self.http_status.is_none() {
+            "network"
+        } else {
+            "slow_down"
+        }
+    }
 }
 
 /// One attempt: consent re-check, request, classification; with what the
@@ -565,14 +589,14 @@ async fn attempt(
             // 401 have their own handling.
             let health = (!auth && http_status.is_none_or(|s| s >= 500)).then_some(false);
             (
-                Attempted::Retry {
+                Attempted::Retry(Retry {
                     requests,
                     code,
                     http_status,
                     message,
                     retry_after,
                     auth,
-                },
+                }),
                 health,
             )
         }
@@ -727,6 +751,60 @@ fn pick(queue: &VecDeque<Entry>, now: Instant) -> (Option<usize>, Option<Instant
     (None, wake)
 }
 
+/// Ends `entry` without a further request: its terminal records are
+/// written by a task of its own, which the drain waits for.
+fn end_entry(ctx: &Arc<SendContext>, entry: Entry, end: Final) {
+    let c = Arc::clone(ctx);
+    let span = entry.job.span.clone();
+    spawn_tracked(
+        ctx,
+        async move { finish(&c, &entry.job, end, entry.requests).await }.instrument(span),
+    );
+}
+
+/// A failed attempt of `queue[i]`: tried again after its backoff (a 401
+/// waits at the shared gate instead), or dead-lettered once its retries are
+/// spent or the backoff would pass its `not_after`.
+fn on_retry(ctx: &Arc<SendContext>, queue: &mut VecDeque<Entry>, i: usize, retry: Retry) {
+    let reason = retry.reason();
+    let entry = &mut queue[i];
+    entry.in_flight = false;
+    entry.requests = retry.requests;
+    if !retry.auth {
+        entry.counted += 1;
+    }
+    let delay = if retry.auth {
+        Duration::ZERO
+    } else {
+        ctx.retry.delay(entry.counted, retry.retry_after)
+    };
+    let deadline_passes = entry.job.op.not_after.is_some_and(|not_after| {
+        now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)) > not_after
+    });
+    if entry.counted < ctx.retry.max_attempts && !deadline_passes {
+        ctx.metrics.retries.with_label_values(&[reason]).inc();
+        entry.ready_at = Some(Instant::now() + delay);
+        entry.wait = Some(wait_span(&entry.job, Some((reason, delay))));
+        return;
+    }
+    let why = if deadline_passes {
+        "not_after passes before the next retry"
+    } else {
+        "retries exhausted"
+    };
+    if let Some(entry) = queue.remove(i) {
+        let end = Final::DeadLettered {
+            reason: format!(
+                "{why} after {} requests; last error: {}",
+                retry.requests, retry.message
+            ),
+            code: retry.code,
+            http_status: retry.http_status.map(i32::from),
+        };
+        end_entry(ctx, entry, end);
+    }
+}
+
 async fn sender_task(
     ctx: Arc<SendContext>,
     sender_key: String,
@@ -770,15 +848,7 @@ async fn sender_task(
                             code: None,
                             http_status: None,
                         };
-                        let c = Arc::clone(&ctx);
-                        let span = entry.job.span.clone();
-                        spawn_tracked(
-                            &ctx,
-                            async move {
-                                finish(&c, &entry.job, end, entry.requests).await;
-                            }
-                            .instrument(span),
-                        );
+                        end_entry(&ctx, entry, end);
                     }
                     continue;
                 }
@@ -796,13 +866,7 @@ async fn sender_task(
                     code: None,
                     http_status: None,
                 };
-                let c = Arc::clone(&ctx);
-                let span = entry.job.span.clone();
-                spawn_tracked(
-                    &ctx,
-                    async move { finish(&c, &entry.job, end, entry.requests).await }
-                        .instrument(span),
-                );
+                end_entry(&ctx, entry, end);
             }
             continue;
         }
@@ -857,37 +921,7 @@ async fn sender_task(
                 let Some(i) = queue.iter().position(|e| (e.job.generation, e.job.offset) == id) else { continue };
                 match attempted {
                     Attempted::Done => { queue.remove(i); }
-                    Attempted::Retry { requests, code, http_status, message, retry_after, auth } => {
-                        let entry = &mut queue[i];
-                        entry.in_flight = false;
-                        entry.requests = requests;
-                        if !auth {
-                            entry.counted += 1;
-                        }
-                        // A 401 waits at the shared gate, not on its own timer.
-                        let delay = if auth { Duration::ZERO } else { ctx.retry.delay(entry.counted, retry_after) };
-                        let reason = if auth { "auth" } else if http_status == Some(429) || code == Some(20429) { "rate_limited" } else if http_status.is_some_and(|s| s >= 500) { "server_error" } else if http_status.is_none() { "network" } else { "slow_down" };
-                        let deadline_passes = entry.job.op.not_after.is_some_and(|na| {
-                            now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)) > na
-                        });
-                        if entry.counted >= ctx.retry.max_attempts || deadline_passes {
-                            let why = if deadline_passes { "not_after passes before the next retry" } else { "retries exhausted" };
-                            if let Some(entry) = queue.remove(i) {
-                                let end = Final::DeadLettered {
-                                    reason: format!("{why} after {requests} requests; last error: {message}"),
-                                    code,
-                                    http_status: http_status.map(i32::from),
-                                };
-                                let c = Arc::clone(&ctx);
-                                let span = entry.job.span.clone();
-                                spawn_tracked(&ctx, async move { finish(&c, &entry.job, end, entry.requests).await }.instrument(span));
-                            }
-                        } else {
-                            ctx.metrics.retries.with_label_values(&[reason]).inc();
-                            entry.ready_at = Some(Instant::now() + delay);
-                            entry.wait = Some(wait_span(&entry.job, Some((reason, delay))));
-                        }
-                    }
+                    Attempted::Retry(retry) => on_retry(&ctx, &mut queue, i, retry),
                 }
             },
             () = sleep, if wake.is_some() => {},
@@ -941,6 +975,30 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn a_retry_is_counted_under_the_reason_of_its_failure() {
+        let retry = |auth, http_status, code| Retry {
+            requests: 1,
+            code,
+            http_status,
+            message: String::new(),
+            retry_after: None,
+            auth,
+        };
+        let cases = [
+            (retry(true, Some(401), Some(20003)), "auth"),
+            (retry(false, Some(429), Some(20429)), "rate_limited"),
+            (retry(false, Some(400), Some(20429)), "rate_limited"),
+            (retry(false, Some(503), None), "server_error"),
+            (retry(false, Some(500), Some(20500)), "server_error"),
+            (retry(false, None, None), "network"),
+            (retry(false, Some(400), Some(30001)), "slow_down"),
+        ];
+        for (retry, reason) in cases {
+            assert_eq!(retry.reason(), reason, "{retry:?}");
+        }
+    }
 
     fn op(conversation: &str) -> OutboundOperation {
         OutboundOperation {
