@@ -865,8 +865,22 @@ impl VoiceLinkProcessor {
             self.save(state, conversation);
             return Ok(outputs);
         }
-        // Later: held in the state, placed by the timer (exactly once, also
-        // across restarts: the timer is in the changelog).
+        self.schedule(now, command, conversation, scheduled, &zone, state)
+    }
+
+    /// A call due later: held in the state and placed by the timer (exactly
+    /// once, also across restarts: the timer is in the changelog), the user
+    /// told when in their local time.
+    fn schedule(
+        &self,
+        now: i64,
+        command: &Command,
+        mut conversation: VoiceLinkState,
+        scheduled: ScheduledCall,
+        zone: &TimeZone,
+        state: &mut StateStore<VoiceLinkState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        let due = scheduled.due_at;
         self.count("scheduled");
         let (Ok(at), Ok(now_ts)) = (
             Timestamp::from_millisecond(due),
@@ -876,7 +890,7 @@ impl VoiceLinkProcessor {
                 "ESCALATE_TO_VOICE: time out of range".into(),
             ));
         };
-        let time = local_time_text(at, now_ts, &zone);
+        let time = local_time_text(at, now_ts, zone);
         let zone_name = zone.iana_name().unwrap_or("UTC").to_owned();
         let mut outputs = self.text(
             format!("{ID_PREFIX}scheduled-{}", command.command_id),
@@ -894,7 +908,7 @@ impl VoiceLinkProcessor {
         ));
         conversation.scheduled = Some(scheduled);
         self.save(state, conversation);
-        state.set_timer(&key, due);
+        state.set_timer(&conversation_key(&command.conversation_id), due);
         tracing::info!(
             conversation_id = %command.conversation_id,
             due_at = %at,
