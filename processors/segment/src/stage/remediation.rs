@@ -33,6 +33,7 @@ use si_schemas::records::{
 use si_schemas::topics;
 
 use super::{Refusal, Segmenter};
+use crate::config::WhatsappTemplate;
 use crate::remedy::{Situation, Step};
 
 /// How long a final delivery report waits for egress's status naming its SID.
@@ -405,32 +406,15 @@ impl Segmenter {
         resend
             .params
             .insert(RESEND_OF_PARAM.to_owned(), sent.origin_operation_id.clone());
+        let give_up = |reason: String| vec![self.give_up(&op, &sent, code, message, reason, now)];
         let (action, resend) = match decision.step {
-            Step::GiveUp => {
-                return vec![self.give_up(&op, &sent, code, message, decision.reason, now)];
-            }
+            Step::GiveUp => return give_up(decision.reason),
             Step::Retry(delay) => {
                 let at = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
                 if op.not_after.is_some_and(|not_after| at > not_after) {
-                    let reason = format!("{}, but not_after passes first", decision.reason);
-                    return vec![self.give_up(&op, &sent, code, message, reason, now)];
+                    return give_up(format!("{}, but not_after passes first", decision.reason));
                 }
-                let key = retry_key(&next_id);
-                let Ok(operation_json) = serde_json::to_string(&resend) else {
-                    return Vec::new();
-                };
-                state.put_with_ttl(
-                    key.clone(),
-                    sent_entry(SegmentSent {
-                        operation_json,
-                        not_before: Some(at),
-                        ..chain
-                    }),
-                    delay + self.settings.remediation_window,
-                );
-                state.set_timer(&key, at);
-                self.count("retry_later", code);
-                return vec![record(
+                let decided = record(
                     &op,
                     &sent,
                     DeliveryOutcome::Failed,
@@ -448,30 +432,26 @@ impl Segmenter {
                         )
                     },
                     now,
-                )];
+                );
+                if !self.hold(&resend, chain, at, delay, state) {
+                    return Vec::new();
+                }
+                self.count("retry_later", code);
+                return vec![decided];
             }
             Step::Template => {
                 let Some(template) = &self.settings.segment.whatsapp_template else {
-                    return vec![self.give_up(&op, &sent, code, message, decision.reason, now)];
+                    return give_up(decision.reason);
                 };
-                resend.body = None;
-                resend.media_urls = Vec::new();
-                resend.content_sid = Some(template.content_sid.clone());
-                resend.content_variables_json = Some(template.variables_json.clone());
-                resend.template_reason = Some(format!(
-                    "DELIVERY_FAILED_{}",
-                    code.map_or_else(|| "UNKNOWN".to_owned(), |c| c.to_string())
-                ));
-                resend.segments = None;
-                resend.encoding = None;
-                resend.not_after = None;
-                (RemediationAction::ResendAsTemplate, resend)
+                (
+                    RemediationAction::ResendAsTemplate,
+                    as_template(resend, template, code),
+                )
             }
             Step::Fallback => {
-                let Some(fallback) = fallback else {
-                    return vec![self.give_up(&op, &sent, code, message, decision.reason, now)];
+                let Some(mut resend) = fallback else {
+                    return give_up(decision.reason);
                 };
-                let mut resend = fallback;
                 resend.operation_id.clone_from(&next_id);
                 resend.created_at = now;
                 resend
@@ -510,20 +490,40 @@ impl Segmenter {
                 outputs
             }
             Err(mut refused) => {
-                refused.push(self.give_up(
-                    &op,
-                    &sent,
-                    code,
-                    message,
-                    format!(
-                        "{action_name}: the consent gate refused it",
-                        action_name = action_label(action)
-                    ),
-                    now,
-                ));
+                refused.extend(give_up(format!(
+                    "{}: the consent gate refused it",
+                    action_label(action)
+                )));
                 refused
             }
         }
+    }
+
+    /// Holds `resend` in the state until `at`, when its timer sends it
+    /// ([`Self::on_retry_timer`]); whether it could be written.
+    fn hold(
+        &self,
+        resend: &OutboundOperation,
+        chain: SegmentSent,
+        at: i64,
+        delay: Duration,
+        state: &mut StateStore<SegmentState>,
+    ) -> bool {
+        let Ok(operation_json) = serde_json::to_string(resend) else {
+            return false;
+        };
+        let key = retry_key(&resend.operation_id);
+        state.put_with_ttl(
+            key.clone(),
+            sent_entry(SegmentSent {
+                operation_json,
+                not_before: Some(at),
+                ..chain
+            }),
+            delay + self.settings.remediation_window,
+        );
+        state.set_timer(&key, at);
+        true
     }
 
     /// Writes a resend after the consent gate, and tracks it; `Err` with the
@@ -656,6 +656,28 @@ impl Segmenter {
             ])
             .inc();
     }
+}
+
+/// `resend` as the approved WhatsApp template instead of its text, for a
+/// message Twilio refused outside the 24-hour window (or any failure the
+/// policy answers with the template).
+fn as_template(
+    mut resend: OutboundOperation,
+    template: &WhatsappTemplate,
+    code: Option<i32>,
+) -> OutboundOperation {
+    resend.body = None;
+    resend.media_urls = Vec::new();
+    resend.content_sid = Some(template.content_sid.clone());
+    resend.content_variables_json = Some(template.variables_json.clone());
+    resend.template_reason = Some(format!(
+        "DELIVERY_FAILED_{}",
+        code.map_or_else(|| "UNKNOWN".to_owned(), |c| c.to_string())
+    ));
+    resend.segments = None;
+    resend.encoding = None;
+    resend.not_after = None;
+    resend
 }
 
 /// The non-terminal decision to resend `sent`'s chain as `next_id`.
