@@ -155,16 +155,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
     let dispatcher = tokio::spawn(sender::dispatch(Arc::clone(&ctx), jobs_rx));
 
-    let mut restore_config = si_runtime::kafka::client_config(&kafka, &format!("{STAGE}-restore"));
-    restore_config
-        .set(
-            "group.id",
-            format!("{}si-{STAGE}-restore", kafka.topic_prefix),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true");
+    let restore_config = si_runtime::kafka::restore_config(&kafka, STAGE);
     let egress = Egress::new(EgressParts {
         live,
         topics: output_topics,

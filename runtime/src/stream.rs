@@ -1697,19 +1697,7 @@ pub async fn run<P: Processor>(
     };
     tracing::info!(group = %group_id(&kafka, stage), "consumer group");
 
-    let mut restore_config = crate::kafka::client_config(&kafka, &format!("{stage}-restore"));
-    restore_config
-        .set(
-            "group.id",
-            format!("{}si-{stage}-restore", kafka.topic_prefix),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        // The restore reads as fast as it decodes; a deep prefetch queue
-        // would only add to the peak memory (librdkafka's default is 64 MiB).
-        .set("queued.max.messages.kbytes", "16384");
+    let restore_config = crate::kafka::restore_config(&kafka, stage);
 
     let batch_linger = args.batch_linger.unwrap_or(spec.batch_linger);
     let core = Arc::new(Mutex::new(Core {
