@@ -6,7 +6,10 @@ use si_schemas::records::{
 };
 
 use crate::breaks;
-use crate::config::{LengthUnit, MediaPlacement, Numbering, OverBudget, SegmentConfig};
+use crate::config::{
+    ChannelLimits, LengthUnit, MediaPlacement, Numbering, OverBudget, SegmentConfig,
+    WhatsappTemplate,
+};
 use crate::encoding::{Encoding, Measurement, measure};
 use crate::lookalike;
 use crate::split::{Extra, Limit, Piece, Splitter};
@@ -229,18 +232,7 @@ pub fn plan(
                     normalized.chars().count(),
                     media.len()
                 ));
-                plan.parts.push(Part {
-                    index: 0,
-                    count: 1,
-                    body: None,
-                    media_urls: Vec::new(),
-                    encoding: None,
-                    segments: None,
-                    content_sid: Some(template.content_sid.clone()),
-                    content_variables_json: Some(template.variables_json.clone()),
-                    template_reason: Some(WINDOW_CLOSED_REASON.to_owned()),
-                    not_after: None,
-                });
+                plan.parts.push(template_part(template));
                 plan.normalized_text = normalized;
                 return Ok(plan);
             }
@@ -257,23 +249,7 @@ pub fn plan(
         },
     };
     let hints = response.hints;
-    let budget = Budget {
-        max_parts: hints
-            .and_then(|h| h.max_parts)
-            .and_then(|n| usize::try_from(n).ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(config.max_parts)
-            .min(config.hard_max_parts),
-        hard_max_parts: config.hard_max_parts,
-        max_segments: if sms {
-            config.sms_max_segments_per_response
-        } else {
-            None
-        },
-        truncate: hints
-            .and_then(|h| h.allow_truncation)
-            .unwrap_or(config.over_budget == OverBudget::Truncate),
-    };
+    let budget = Budget::of(hints, config, sms);
     let numbering = if limits.numbered {
         config.numbering
     } else {
@@ -297,24 +273,23 @@ pub fn plan(
 
     // Every body is checked against the limits once more, from scratch: a body
     // Twilio would reject (21617) is a bug, better dead-lettered than sent.
-    let mut measured = Vec::with_capacity(texts.len());
-    for body in texts {
-        let m = if body == normalized {
-            measured_whole
-        } else {
-            measure(&body)
-        };
-        let fits = match limits.unit {
-            LengthUnit::Utf16 => m.utf16_len <= limits.max_length,
-            LengthUnit::Utf8Bytes => m.utf8_len <= limits.max_length,
-        } && (!sms || limit.max_segments.is_none_or(|max| m.segments <= max));
-        if !fits {
-            return Err(Error::Internal(format!(
-                "part exceeds the channel limits: {m:?}"
-            )));
-        }
-        measured.push((body, m));
-    }
+    let measured = texts
+        .into_iter()
+        .map(|body| {
+            let m = if body == normalized {
+                measured_whole
+            } else {
+                measure(&body)
+            };
+            if fits(&m, &limits, limit.max_segments) {
+                Ok((body, m))
+            } else {
+                Err(Error::Internal(format!(
+                    "part exceeds the channel limits: {m:?}"
+                )))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if sms {
         plan.total_segments = Some(measured.iter().map(|(_, m)| m.segments).sum());
     }
@@ -328,6 +303,33 @@ pub fn plan(
     );
     plan.normalized_text = normalized;
     Ok(plan)
+}
+
+/// The one part sent instead of a reply when the WhatsApp window is closed:
+/// the approved template.
+fn template_part(template: &WhatsappTemplate) -> Part {
+    Part {
+        index: 0,
+        count: 1,
+        body: None,
+        media_urls: Vec::new(),
+        encoding: None,
+        segments: None,
+        content_sid: Some(template.content_sid.clone()),
+        content_variables_json: Some(template.variables_json.clone()),
+        template_reason: Some(WINDOW_CLOSED_REASON.to_owned()),
+        not_after: None,
+    }
+}
+
+/// Whether a body measured `m` is within the channel's length and (SMS
+/// only: `max_segments` is `None` elsewhere) segment limits.
+fn fits(m: &Measurement, limits: &ChannelLimits, max_segments: Option<usize>) -> bool {
+    let length = match limits.unit {
+        LengthUnit::Utf16 => m.utf16_len <= limits.max_length,
+        LengthUnit::Utf8Bytes => m.utf8_len <= limits.max_length,
+    };
+    length && max_segments.is_none_or(|max| m.segments <= max)
 }
 
 /// The normalized text and whether look-alikes were replaced: the text without
@@ -379,6 +381,29 @@ struct Budget {
     hard_max_parts: usize,
     max_segments: Option<usize>,
     truncate: bool,
+}
+
+impl Budget {
+    /// The response's budget: its hints within the configuration's bounds.
+    fn of(hints: Option<&SegmentationHints>, config: &SegmentConfig, sms: bool) -> Self {
+        Self {
+            max_parts: hints
+                .and_then(|h| h.max_parts)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(config.max_parts)
+                .min(config.hard_max_parts),
+            hard_max_parts: config.hard_max_parts,
+            max_segments: if sms {
+                config.sms_max_segments_per_response
+            } else {
+                None
+            },
+            truncate: hints
+                .and_then(|h| h.allow_truncation)
+                .unwrap_or(config.over_budget == OverBudget::Truncate),
+        }
+    }
 }
 
 struct Outcome {
