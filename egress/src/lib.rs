@@ -245,28 +245,18 @@ fn twilio_access(
 /// Waits (with a deadline) for every topic egress reads or writes, and
 /// checks that its input and its ledger are co-partitioned.
 async fn check_topics(kafka: &KafkaArgs) -> anyhow::Result<()> {
-    let needed: Vec<String> = [
-        topics::OUTBOUND,
-        topics::EGRESS_LEDGER,
+    let others = [
         topics::DELIVERY,
         topics::OUTBOUND_DLQ,
         topics::COMPLIANCE,
         topics::DEAD_LETTER,
-    ]
-    .iter()
-    .map(|t| kafka.topic(t))
-    .collect();
-    let config = si_runtime::kafka::client_config(kafka, "egress-probe");
-    let counts =
-        tokio::task::spawn_blocking(move || si_runtime::kafka::topic_partitions(&config, &needed))
-            .await?
-            .map_err(anyhow::Error::msg)?;
-    let (inputs, ledgers) = (counts[0], counts[1]);
-    anyhow::ensure!(
-        inputs == ledgers,
-        "{} has {inputs} partitions but the ledger {} has {ledgers}: they must be co-partitioned",
-        kafka.topic(topics::OUTBOUND),
+    ];
+    si_runtime::kafka::check_co_partitioned(
+        si_runtime::kafka::client_config(kafka, "egress-probe"),
+        vec![kafka.topic(topics::OUTBOUND)],
         kafka.topic(topics::EGRESS_LEDGER),
-    );
-    Ok(())
+        others.iter().map(|t| kafka.topic(t)).collect(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)
 }

@@ -338,6 +338,48 @@ pub fn topic_partitions(config: &ClientConfig, topics: &[String]) -> Result<Vec<
     })
 }
 
+/// Waits for `inputs`, `store` and `others` (full names) to exist, as
+/// [`topic_partitions`] does, and checks that every input has the partitions
+/// of `store`: the topic whose partition `p` keeps the state of the inputs'
+/// partition `p` (a stage's changelog, egress's ledger).
+///
+/// # Errors
+/// When a topic is still missing after [`TOPIC_WAIT`], or an input's count
+/// differs from the store's.
+pub async fn check_co_partitioned(
+    config: ClientConfig,
+    inputs: Vec<String>,
+    store: String,
+    others: Vec<String>,
+) -> Result<(), String> {
+    let topics: Vec<String> = inputs
+        .iter()
+        .chain([&store])
+        .chain(&others)
+        .cloned()
+        .collect();
+    let counts = tokio::task::spawn_blocking(move || topic_partitions(&config, &topics))
+        .await
+        .map_err(|e| e.to_string())??;
+    co_partitioned(&inputs, &store, &counts)
+}
+
+/// `counts` has the inputs' partition counts, then the store's.
+fn co_partitioned(inputs: &[String], store: &str, counts: &[usize]) -> Result<(), String> {
+    let expected = counts[inputs.len()];
+    match inputs
+        .iter()
+        .zip(counts)
+        .find(|&(_, &count)| count != expected)
+    {
+        Some((topic, count)) => Err(format!(
+            "{topic} has {count} partitions but {store} has {expected}: they must be \
+             co-partitioned, partition p of {store} keeps the state of partition p of {topic}"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Creates a producer from `config` whose sends are awaited
 /// ([`PolledProducer::send_acked`]), its reports served by a thread of its
 /// own.
@@ -643,5 +685,21 @@ mod tests {
                 .is_err_and(|e| e.contains("SESSION_TIMEOUT"))
         );
         assert!(GroupArgs::default().validate().is_ok());
+    }
+
+    #[test]
+    fn an_input_partitioned_unlike_its_store_is_named() {
+        let inputs = ["in.a".to_owned(), "in.b".to_owned()];
+        assert_eq!(co_partitioned(&inputs, "state", &[12, 12, 12, 3]), Ok(()));
+        let error = co_partitioned(&inputs, "state", &[12, 6, 12]).expect_err("6 is not 12");
+        assert!(
+            error.starts_with("in.b has 6 partitions but state has 12"),
+            "{error}"
+        );
+        let error = co_partitioned(&inputs[..1], "state", &[12, 3]).expect_err("12 is not 3");
+        assert!(
+            error.starts_with("in.a has 12 partitions but state has 3"),
+            "{error}"
+        );
     }
 }

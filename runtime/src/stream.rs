@@ -1644,57 +1644,17 @@ pub async fn run<P: Processor>(
     let changelog = kafka.topic(spec.changelog);
 
     // Co-partitioning: the changelog has exactly the partitions of every input.
-    let probe_config = crate::kafka::client_config(&kafka, &format!("{stage}-probe"));
-    {
-        let topics: Vec<String> = inputs
-            .iter()
-            .map(|(_, f)| f.clone())
-            .chain([changelog.clone()])
-            .collect();
-        let config = probe_config.clone();
-        let counts = tokio::task::spawn_blocking(move || {
-            crate::kafka::topic_partitions(&config, &topics)
-                .map(|counts| topics.into_iter().zip(counts).collect::<Vec<_>>())
-        })
-        .await
-        .map_err(|e| StreamError::Setup(e.to_string()))?
-        .map_err(StreamError::Setup)?;
-        let expected = counts.last().map_or(0, |(_, c)| *c);
-        if let Some((topic, count)) = counts.iter().find(|(_, c)| *c != expected) {
-            return Err(StreamError::Setup(format!(
-                "{topic} has {count} partitions but the changelog {changelog} has {expected}: inputs and changelog must be co-partitioned"
-            )));
-        }
-    }
+    crate::kafka::check_co_partitioned(
+        crate::kafka::client_config(&kafka, &format!("{stage}-probe")),
+        inputs.iter().map(|(_, full)| full.clone()).collect(),
+        changelog.clone(),
+        Vec::new(),
+    )
+    .await
+    .map_err(StreamError::Setup)?;
 
-    // The transactional producer; init_transactions fences an earlier
-    // instance with the same transactional id and aborts what it left open,
-    // and end_pending ends what it left pending outside a transaction.
-    let txns = {
-        let (kafka, transaction_timeout) = (kafka.clone(), args.transaction_timeout);
-        let group = group_id(&kafka, stage);
-        let topic = inputs.first().map(|(_, full)| full.clone());
-        // Not the changelog: what an earlier instance left pending there is
-        // followed by this instance's own writes of the same keys (it does
-        // the same input again, from the same committed state), and a fence
-        // there would move every partition's end offset, so that each start
-        // made the other instances restore the stores they parked in an
-        // eager rebalance (see `on_revoke`).
-        let outputs = crate::txn::fenced_topics(&kafka, &spec.outputs, Some(&changelog));
-        tokio::task::spawn_blocking(move || {
-            Transactions::init_for_group(
-                &kafka,
-                stage,
-                transaction_timeout,
-                &group,
-                topic.as_deref(),
-                &outputs,
-            )
-        })
-        .await
-        .map_err(|e| StreamError::Setup(e.to_string()))?
-        .map_err(StreamError::Setup)?
-    };
+    let txns =
+        init_transactions(&kafka, &spec, &inputs, &changelog, args.transaction_timeout).await?;
     tracing::info!(group = %group_id(&kafka, stage), "consumer group");
 
     let restore_config = crate::kafka::restore_config(&kafka, stage);
@@ -1728,35 +1688,7 @@ pub async fn run<P: Processor>(
         last_commit: Instant::now(),
     }));
 
-    let mut consumer_config =
-        crate::kafka::consumer_config(&kafka, stage, &group_id(&kafka, stage));
-    consumer_config
-        .set(
-            "statistics.interval.ms",
-            crate::fetchwatch::STATISTICS_INTERVAL_MS,
-        )
-        .set("enable.partition.eof", "false");
-    crate::kafka::fetch_lingering(&mut consumer_config, &kafka.properties(), batch_linger);
-    crate::kafka::join_group(
-        &mut consumer_config,
-        &args.group,
-        &transactional_id(&kafka, stage),
-    );
-    if inputs.len() > 1 {
-        consumer_config.set("partition.assignment.strategy", "range");
-    }
-    let context = StreamContext {
-        core: Arc::clone(&core),
-        session: crate::kafka::SessionWatch::new(args.group.static_membership),
-        fetch: FetchWatch::new(
-            inputs.iter().map(|(_, full)| full.clone()).collect(),
-            &kafka.topic_prefix,
-            metrics,
-        ),
-    };
-    let consumer: BaseConsumer<StreamContext<P>> = consumer_config
-        .create_with_context(context)
-        .map_err(|e| StreamError::Setup(format!("consumer: {e}")))?;
+    let consumer = create_consumer(&kafka, &args, stage, &inputs, batch_linger, &core, metrics)?;
     let input_names: Vec<String> = inputs.iter().map(|(_, f)| f.clone()).collect();
     let loop_shutdown = shutdown.clone();
     let task = tokio::task::spawn_blocking(move || {
@@ -1769,11 +1701,96 @@ pub async fn run<P: Processor>(
             &loop_shutdown,
         )
     });
+    join_loop(task, &shutdown, drain_timeout).await
+}
+
+/// The transactional producers; `init_transactions` fences an earlier
+/// instance with the same transactional ids and aborts what it left open,
+/// and `end_pending` ends what it left pending outside a transaction.
+async fn init_transactions(
+    kafka: &KafkaArgs,
+    spec: &StreamSpec,
+    inputs: &[(&'static str, String)],
+    changelog: &str,
+    transaction_timeout: Duration,
+) -> Result<Transactions, StreamError> {
+    let (kafka, stage) = (kafka.clone(), spec.stage);
+    let group = group_id(&kafka, stage);
+    let topic = inputs.first().map(|(_, full)| full.clone());
+    // Not the changelog: what an earlier instance left pending there is
+    // followed by this instance's own writes of the same keys (it does the
+    // same input again, from the same committed state), and a fence there
+    // would move every partition's end offset, so that each start made the
+    // other instances restore the stores they parked in an eager rebalance
+    // (see `on_revoke`).
+    let outputs = crate::txn::fenced_topics(&kafka, &spec.outputs, Some(changelog));
+    tokio::task::spawn_blocking(move || {
+        Transactions::init_for_group(
+            &kafka,
+            stage,
+            transaction_timeout,
+            &group,
+            topic.as_deref(),
+            &outputs,
+        )
+    })
+    .await
+    .map_err(|e| StreamError::Setup(e.to_string()))?
+    .map_err(StreamError::Setup)
+}
+
+/// The stage's read-committed consumer in its group, its context watching
+/// the session, the fetches and the rebalances (which go to `core`).
+fn create_consumer<P: Processor>(
+    kafka: &KafkaArgs,
+    args: &StreamArgs,
+    stage: &'static str,
+    inputs: &[(&'static str, String)],
+    batch_linger: Duration,
+    core: &Arc<Mutex<Core<P>>>,
+    metrics: StageMetrics,
+) -> Result<BaseConsumer<StreamContext<P>>, StreamError> {
+    let mut consumer_config = crate::kafka::consumer_config(kafka, stage, &group_id(kafka, stage));
+    consumer_config
+        .set(
+            "statistics.interval.ms",
+            crate::fetchwatch::STATISTICS_INTERVAL_MS,
+        )
+        .set("enable.partition.eof", "false");
+    crate::kafka::fetch_lingering(&mut consumer_config, &kafka.properties(), batch_linger);
+    crate::kafka::join_group(
+        &mut consumer_config,
+        &args.group,
+        &transactional_id(kafka, stage),
+    );
+    if inputs.len() > 1 {
+        consumer_config.set("partition.assignment.strategy", "range");
+    }
+    let context = StreamContext {
+        core: Arc::clone(core),
+        session: crate::kafka::SessionWatch::new(args.group.static_membership),
+        fetch: FetchWatch::new(
+            inputs.iter().map(|(_, full)| full.clone()).collect(),
+            &kafka.topic_prefix,
+            metrics,
+        ),
+    };
+    consumer_config
+        .create_with_context(context)
+        .map_err(|e| StreamError::Setup(format!("consumer: {e}")))
+}
+
+/// Waits for the loop's thread; once `shutdown` is cancelled, for at most
+/// the drain budget and a margin for closing the consumer.
+async fn join_loop(
+    task: tokio::task::JoinHandle<Result<(), StreamError>>,
+    shutdown: &CancellationToken,
+    drain_timeout: Duration,
+) -> Result<(), StreamError> {
     tokio::pin!(task);
     tokio::select! {
         joined = &mut task => joined.map_err(|e| StreamError::Fatal(e.to_string()))?,
         () = shutdown.cancelled() => {
-            // Leave a margin above the drain budget for closing the consumer.
             match tokio::time::timeout(drain_timeout + Duration::from_secs(5), &mut task).await {
                 Ok(joined) => joined.map_err(|e| StreamError::Fatal(e.to_string()))?,
                 Err(_) => Err(StreamError::DrainTimeout(drain_timeout)),
