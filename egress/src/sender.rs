@@ -805,6 +805,171 @@ fn on_retry(ctx: &Arc<SendContext>, queue: &mut VecDeque<Entry>, i: usize, retry
     }
 }
 
+/// What an attempt reports back to its sender's task: the job's id, its
+/// channel, the outcome and the circuit breakers' verdict on Twilio's health.
+type Done = ((u64, i64), Channel, Attempted, Option<bool>);
+
+/// One sender's operations: its queue in arrival order, its circuit breaker
+/// and what the attempts it starts share.
+struct Lane {
+    ctx: Arc<SendContext>,
+    queue: VecDeque<Entry>,
+    breaker: circuit::Breaker,
+    /// The channel of the last operation started, whose breaker the lane forgets at its end.
+    channel: Option<Channel>,
+    window: Option<Arc<SendWindow>>,
+    sender_type: &'static str,
+    done: mpsc::UnboundedSender<Done>,
+}
+
+impl Lane {
+    /// The operation to start next and when to look again, once the circuit
+    /// breakers and `not_after` have had their say; `None` when they ended
+    /// an operation instead, and the queue is to be looked at again at once.
+    fn next(&mut self, now: Instant) -> Option<(Option<usize>, Option<Instant>)> {
+        let ctx = &self.ctx;
+        self.queue
+            .retain(|e| e.in_flight || ctx.live.is_current(e.job.partition, e.job.generation));
+        let (mut picked, mut wake) = pick(&self.queue, now);
+        // While Twilio fails, hold the queue; an urgent WhatsApp message goes
+        // to delivery remediation (its SMS fallback).
+        if let Some(i) = picked {
+            let op_channel = self.queue[i].job.op.channel;
+            if let circuit::Admit::WaitUntil(until) =
+                ctx.circuits.check(&self.breaker, op_channel, now)
+            {
+                let urgent = self
+                    .queue
+                    .iter()
+                    .position(|e| !e.in_flight && is_urgent_with_fallback(&e.job.op));
+                if let Some(u) = urgent {
+                    self.end(
+                        u,
+                        "circuit open: Twilio requests for this sender or channel are failing; \
+                         an urgent message is handed to delivery remediation (its fallback channel)",
+                    );
+                    return None;
+                }
+                picked = None;
+                wake = Some(wake.map_or(until, |w| w.min(until)));
+            }
+        }
+        if let Some(i) = picked
+            && let Some(not_after) = self.queue[i].job.op.not_after
+            && now_ms() > not_after
+        {
+            self.end(i, "not_after passed before the operation could be sent");
+            return None;
+        }
+        Some((picked, wake))
+    }
+
+    /// Dead-letters the queue's entry `i` before any request of it.
+    fn end(&mut self, i: usize, reason: &str) {
+        if let Some(entry) = self.queue.remove(i) {
+            let end = Final::DeadLettered {
+                reason: reason.into(),
+                code: None,
+                http_status: None,
+            };
+            end_entry(&self.ctx, entry, end);
+        }
+    }
+
+    /// When a sender held by refused credentials looks again: at the probe's
+    /// time, or when the operation it would start passes its `not_after`.
+    fn held_wake(
+        &self,
+        probe_at: Option<Instant>,
+        picked: Option<usize>,
+        now: Instant,
+    ) -> Option<Instant> {
+        let expiry = picked
+            .and_then(|i| self.queue[i].job.op.not_after)
+            .map(|not_after| {
+                let left = u64::try_from(not_after.saturating_sub(now_ms())).unwrap_or(0);
+                now + Duration::from_millis(left + 1)
+            });
+        match (probe_at, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// An attempt ended: its breakers learn of Twilio's health, and the
+    /// operation leaves the queue or waits for its retry.
+    fn on_done(&mut self, (id, op_channel, attempted, health): Done) {
+        self.ctx
+            .circuits
+            .record(&mut self.breaker, op_channel, Instant::now(), health);
+        let Some(i) = self
+            .queue
+            .iter()
+            .position(|e| (e.job.generation, e.job.offset) == id)
+        else {
+            return;
+        };
+        match attempted {
+            Attempted::Done => {
+                self.queue.remove(i);
+            }
+            Attempted::Retry(retry) => on_retry(&self.ctx, &mut self.queue, i, retry),
+        }
+    }
+
+    /// Starts an attempt of entry `i`, whose cells and permit the pacer gave.
+    fn start(&mut self, i: usize, Ready { permit, waited }: Ready) {
+        let ctx = &self.ctx;
+        ctx.metrics
+            .limiter_wait
+            .with_label_values(&[self.sender_type])
+            .observe(waited.as_secs_f64());
+        let entry = &mut self.queue[i];
+        if !ctx
+            .live
+            .is_current(entry.job.partition, entry.job.generation)
+        {
+            return;
+        }
+        let probe = match ctx.auth.admit(Instant::now()) {
+            Admit::Open => None,
+            Admit::Probe(probe) => Some(probe),
+            // Another sender's request was refused meanwhile: the cells are
+            // spent, the operation waits at the gate.
+            Admit::Held => return,
+        };
+        entry.in_flight = true;
+        if let Some(wait) = entry.wait.take() {
+            wait.record(
+                "si.limiter_wait_ms",
+                u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            );
+        }
+        let job = entry.job.clone();
+        let requests = entry.requests;
+        let op_channel = job.op.channel;
+        self.channel = Some(op_channel);
+        ctx.circuits
+            .begin(&mut self.breaker, op_channel, Instant::now());
+        let (c, done, window) = (Arc::clone(ctx), self.done.clone(), self.window.clone());
+        let span = job.span.clone();
+        spawn_tracked(
+            ctx,
+            async move {
+                let (attempted, health) =
+                    attempt(&c, &job, requests, window.as_deref(), probe, permit).await;
+                let _ = done.send(((job.generation, job.offset), op_channel, attempted, health));
+            }
+            .instrument(span),
+        );
+    }
+
+    /// The lane ends: its sender's breaker is forgotten.
+    fn close(&self) {
+        self.ctx.circuits.forget(&self.breaker, self.channel);
+    }
+}
+
 async fn sender_task(
     ctx: Arc<SendContext>,
     sender_key: String,
@@ -816,89 +981,42 @@ async fn sender_task(
     let mut last_activity = Instant::now();
     let mut idle_reported = false;
     let mut pacer = Pacer::new(ctx.rates.limiter(&sender_key), Arc::clone(&ctx.semaphore));
-    let window = SendWindow::new(&ctx.rates, &sender_key).map(Arc::new);
-    let sender_type = SenderType::of(&sender_key).label();
-    let (done_tx, mut done_rx) =
-        mpsc::unbounded_channel::<((u64, i64), Channel, Attempted, Option<bool>)>();
-    let mut queue: VecDeque<Entry> = VecDeque::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let mut lane = Lane {
+        ctx: Arc::clone(&ctx),
+        queue: VecDeque::new(),
+        breaker: ctx.circuits.sender_breaker(),
+        channel: None,
+        window: SendWindow::new(&ctx.rates, &sender_key).map(Arc::new),
+        sender_type: SenderType::of(&sender_key).label(),
+        done: done_tx,
+    };
     let mut jobs_open = true;
-    let mut breaker = ctx.circuits.sender_breaker();
-    let mut channel: Option<Channel> = None;
     let mut auth_changes = ctx.auth.subscribe();
     loop {
-        queue.retain(|e| e.in_flight || ctx.live.is_current(e.job.partition, e.job.generation));
         let now = Instant::now();
-        let (mut picked, mut wake) = pick(&queue, now);
-        // The circuit breakers: while Twilio fails, hold the queue; an urgent
-        // WhatsApp message goes to delivery remediation (its SMS fallback).
-        if let Some(i) = picked {
-            let op_channel = queue[i].job.op.channel;
-            if let circuit::Admit::WaitUntil(until) = ctx.circuits.check(&breaker, op_channel, now)
-            {
-                let urgent = queue
-                    .iter()
-                    .position(|e| !e.in_flight && is_urgent_with_fallback(&e.job.op));
-                if let Some(u) = urgent {
-                    if let Some(entry) = queue.remove(u) {
-                        let end = Final::DeadLettered {
-                            reason: "circuit open: Twilio requests for this sender or channel \
-                                     are failing; an urgent message is handed to delivery \
-                                     remediation (its fallback channel)"
-                                .into(),
-                            code: None,
-                            http_status: None,
-                        };
-                        end_entry(&ctx, entry, end);
-                    }
-                    continue;
-                }
-                picked = None;
-                wake = Some(wake.map_or(until, |w| w.min(until)));
-            }
-        }
-        if let Some(i) = picked
-            && let Some(not_after) = queue[i].job.op.not_after
-            && now_ms() > not_after
-        {
-            if let Some(entry) = queue.remove(i) {
-                let end = Final::DeadLettered {
-                    reason: "not_after passed before the operation could be sent".into(),
-                    code: None,
-                    http_status: None,
-                };
-                end_entry(&ctx, entry, end);
-            }
+        let Some((picked, wake)) = lane.next(now) else {
             continue;
-        }
-        if !jobs_open && queue.is_empty() {
-            ctx.circuits.forget(&breaker, channel);
+        };
+        if !jobs_open && lane.queue.is_empty() {
+            lane.close();
             return;
         }
         let stopping = ctx.stopping.is_cancelled();
         // While Twilio refuses the credentials nothing starts, except the
-        // probe; a held operation still ends at its `not_after`.
+        // probe; a held operation still ends at its `not_after`. Held: when
+        // to look again, if ever.
         let held = match ctx.auth.hold(now) {
             Hold::Open => None,
-            Hold::Until(probe_at) => Some(probe_at),
+            Hold::Until(probe_at) => Some(lane.held_wake(probe_at, picked, now)),
         };
-        let held_wake = held.and_then(|probe_at| {
-            let expiry = picked
-                .and_then(|i| queue[i].job.op.not_after)
-                .map(|not_after| {
-                    let left = u64::try_from(not_after.saturating_sub(now_ms())).unwrap_or(0);
-                    now + Duration::from_millis(left + 1)
-                });
-            match (probe_at, expiry) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }
-        });
+        let held_wake = held.flatten();
         let held_sleep =
             tokio::time::sleep_until(held_wake.unwrap_or(now + Duration::from_secs(3600)).into());
-        let cells = picked.map_or(1, |i| cells(&queue[i].job.op));
+        let cells = picked.map_or(1, |i| cells(&lane.queue[i].job.op));
         let sleep =
             tokio::time::sleep_until(wake.unwrap_or(now + Duration::from_secs(3600)).into());
-        let may_idle = queue.is_empty() && jobs_open && !idle_reported && pacer.is_settled();
+        let may_idle = lane.queue.is_empty() && jobs_open && !idle_reported && pacer.is_settled();
         let idle_at = tokio::time::sleep_until((last_activity + idle_after).into());
         tokio::select! {
             job = jobs.recv(), if jobs_open => match job {
@@ -907,7 +1025,7 @@ async fn sender_task(
                     idle_reported = false;
                     last_activity = Instant::now();
                     let wait = Some(wait_span(&job, None));
-                    queue.push_back(Entry { job, requests: 0, counted: 0, ready_at: None, in_flight: false, wait });
+                    lane.queue.push_back(Entry { job, requests: 0, counted: 0, ready_at: None, in_flight: false, wait });
                 }
                 None => jobs_open = false,
             },
@@ -915,54 +1033,21 @@ async fn sender_task(
                 idle_reported = true;
                 let _ = idle.send(Idle { sender_key: sender_key.clone(), received });
             },
-            Some((id, op_channel, attempted, health)) = done_rx.recv() => {
+            Some(done) = done_rx.recv() => {
                 last_activity = Instant::now();
-                ctx.circuits.record(&mut breaker, op_channel, last_activity, health);
-                let Some(i) = queue.iter().position(|e| (e.job.generation, e.job.offset) == id) else { continue };
-                match attempted {
-                    Attempted::Done => { queue.remove(i); }
-                    Attempted::Retry(retry) => on_retry(&ctx, &mut queue, i, retry),
-                }
+                lane.on_done(done);
             },
             () = sleep, if wake.is_some() => {},
             Ok(()) = auth_changes.changed() => {},
             () = held_sleep, if picked.is_some() && held_wake.is_some() => {},
             ready = pacer.ready(cells), if picked.is_some() && !stopping && held.is_none() => {
-                let Some(Ready { permit, waited }) = ready else {
-                    ctx.circuits.forget(&breaker, channel);
+                let Some(ready) = ready else {
+                    lane.close();
                     return;
                 };
-                let Some(i) = picked else { continue };
-                ctx.metrics.limiter_wait.with_label_values(&[sender_type]).observe(waited.as_secs_f64());
-                let entry = &mut queue[i];
-                if !ctx.live.is_current(entry.job.partition, entry.job.generation) {
-                    continue;
+                if let Some(i) = picked {
+                    lane.start(i, ready);
                 }
-                let probe = match ctx.auth.admit(Instant::now()) {
-                    Admit::Open => None,
-                    Admit::Probe(probe) => Some(probe),
-                    // Another sender's request was refused meanwhile: the
-                    // cells are spent, the operation waits at the gate.
-                    Admit::Held => continue,
-                };
-                entry.in_flight = true;
-                if let Some(wait) = entry.wait.take() {
-                    wait.record("si.limiter_wait_ms", u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
-                }
-                let job = entry.job.clone();
-                let requests = entry.requests;
-                let op_channel = job.op.channel;
-                channel = Some(op_channel);
-                ctx.circuits.begin(&mut breaker, op_channel, Instant::now());
-                let tx = done_tx.clone();
-                let c = Arc::clone(&ctx);
-                let window = window.clone();
-                let span = job.span.clone();
-                spawn_tracked(&ctx, async move {
-                    let (attempted, health) =
-                        attempt(&c, &job, requests, window.as_deref(), probe, permit).await;
-                    let _ = tx.send(((job.generation, job.offset), op_channel, attempted, health));
-                }.instrument(span));
             },
             () = ctx.stopping.cancelled(), if !stopping => {},
         }
