@@ -228,6 +228,11 @@ impl Cli {
         })
     }
 
+    /// A codec on the registry the flags name.
+    fn codec(&self) -> anyhow::Result<Codec> {
+        Ok(Codec::new(Registry::new(self.registry.config())?))
+    }
+
     fn schemas_dir(&self) -> PathBuf {
         self.schemas_dir
             .clone()
@@ -257,27 +262,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Segment(command) => command.run(&mut std::io::stdout().lock())?,
-        Command::Doctor(args) => {
-            let report = sictl::doctor::run(sictl::doctor::Deployment {
-                kafka: &cli.kafka,
-                registry: &cli.registry,
-                topics: cli.topics(),
-                schemas_dir: cli.schemas_dir(),
-                args,
-            })
-            .await;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "ok": !report.failed(), "checks": report.checks })
-                );
-            } else {
-                report.write_text(&mut std::io::stdout().lock())?;
-            }
-            if report.failed() {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
+        Command::Doctor(args) => return doctor(&cli, args).await,
         Command::Simulate {
             command: SimulateCommand::Sms(sms),
         } => {
@@ -299,213 +284,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Report(command) => {
-            let codec = Codec::new(Registry::new(cli.registry.config())?);
-            let report = sictl::report::run(&cli.kafka, &codec, command, sictl::consent::now_ms())
-                .await
-                .context("report")?;
-            if command.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", sictl::report::render(&report));
-            }
-        }
-        Command::Consent { command } => {
-            let codec = Codec::new(Registry::new(cli.registry.config())?);
-            match command {
-                ConsentCommand::Show { subject, timeout } => {
-                    let shown = sictl::consent::show(&cli.kafka, &codec, subject, *timeout)
-                        .await
-                        .context("consent show")?;
-                    println!("{}", serde_json::to_string_pretty(&shown)?);
-                }
-                ConsentCommand::Set {
-                    subject,
-                    status,
-                    issued_by,
-                    reason,
-                    event_id,
-                    timeout,
-                } => {
-                    let decision = sictl::consent::Decision {
-                        subject: subject.clone(),
-                        status: *status,
-                        issued_by: issued_by.clone(),
-                        reason: reason.clone(),
-                        decided_at: sictl::consent::now_ms(),
-                        event_id: event_id
-                            .clone()
-                            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-                    };
-                    let recorded = sictl::consent::record(&cli.kafka, &codec, &decision, *timeout)
-                        .await
-                        .context("consent set")?;
-                    println!("{}", serde_json::to_string(&recorded)?);
-                }
-            }
-        }
-        Command::Issue {
-            command: CommandCommand::Start(start),
-        } => {
-            let codec = Codec::new(Registry::new(cli.registry.config())?);
-            let command = start.command(sictl::consent::now_ms());
-            sictl::command::issue(&cli.kafka, &codec, &command)
-                .await
-                .context("command start")?;
-            println!(
-                "{}",
-                serde_json::json!({
-                    "command_id": command.command_id,
-                    "conversation_id": command.conversation_id,
-                    "session_id": command.session_id,
-                    "status": "the outcome is on twilio.delivery.v1 as operation_id lifecycle-start-<command_id>"
-                })
-            );
-        }
-        Command::Issue {
-            command: CommandCommand::Escalate(escalate),
-        } => {
-            let codec = Codec::new(Registry::new(cli.registry.config())?);
-            let command = escalate.command(sictl::consent::now_ms())?;
-            sictl::command::issue(&cli.kafka, &codec, &command)
-                .await
-                .context("command escalate")?;
-            println!(
-                "{}",
-                serde_json::json!({
-                    "command_id": command.command_id,
-                    "conversation_id": command.conversation_id,
-                    "status": "the outcome is on twilio.delivery.v1 as operation_id voice-command-<command_id>"
-                })
-            );
-        }
-        Command::Issue {
-            command: CommandCommand::EndCall(end),
-        } => {
-            let codec = Codec::new(Registry::new(cli.registry.config())?);
-            let command = end.command(sictl::consent::now_ms());
-            sictl::command::issue(&cli.kafka, &codec, &command)
-                .await
-                .context("command end-call")?;
-            println!(
-                "{}",
-                serde_json::json!({ "command_id": command.command_id, "conversation_id": command.conversation_id })
-            );
-        }
-        Command::Issue {
-            command: CommandCommand::Close(close),
-        } => {
-            let codec = Codec::new(Registry::new(cli.registry.config())?);
-            let command = close.command(sictl::consent::now_ms());
-            sictl::command::issue(&cli.kafka, &codec, &command)
-                .await
-                .context("command close")?;
-            println!(
-                "{}",
-                serde_json::json!({ "command_id": command.command_id, "conversation_id": command.conversation_id })
-            );
-        }
-        Command::Dlq {
-            command:
-                DlqCommand::Replay {
-                    operation_ids,
-                    all,
-                    dry_run,
-                    timeout,
-                },
-        } => {
-            let codec = Codec::new(Registry::new(cli.registry.config())?);
-            let selection = if *all {
-                sictl::dlq::Selection::All
-            } else {
-                sictl::dlq::Selection::Ids(operation_ids.iter().cloned().collect())
-            };
-            let options = sictl::dlq::ReplayOptions {
-                selection,
-                dry_run: *dry_run,
-                timeout: *timeout,
-            };
-            let report = sictl::dlq::replay(&cli.kafka, &codec, &options)
-                .await
-                .context("dlq replay")?;
-            for replayed in &report.replayed {
-                println!("{}", serde_json::to_string(replayed)?);
-            }
-            let verb = if report.dry_run {
-                "would replay"
-            } else {
-                "replayed"
-            };
-            eprintln!(
-                "{verb} {} of {} dead letters",
-                report.replayed.len(),
-                report.read
-            );
-            if !report.missing.is_empty() {
-                eprintln!("sictl: not on the DLQ: {}", report.missing.join(", "));
-                return Ok(ExitCode::FAILURE);
-            }
-        }
+        Command::Report(command) => report(&cli, command).await?,
+        Command::Consent { command } => consent(&cli, command).await?,
+        Command::Issue { command } => issue(&cli, command).await?,
+        Command::Dlq { command } => return dlq(&cli, command).await,
         Command::Topics {
             command: TopicsCommand::Apply { dry_run },
-        } => {
-            let topics = cli.topics()?;
-            let admin = sictl::topics::admin(&cli.kafka)?;
-            let plan = sictl::topics::plan(&admin, &topics, Duration::from_secs(15)).await?;
-            for warning in &plan.warnings {
-                println!("warning     {warning}");
-            }
-            for change in &plan.changes {
-                println!("{change}");
-            }
-            if plan.changes.is_empty() {
-                println!("no changes ({} topics up to date)", plan.unchanged.len());
-            } else if *dry_run {
-                println!(
-                    "{} changes planned (dry run: nothing applied)",
-                    plan.changes.len()
-                );
-            } else {
-                sictl::topics::apply(&admin, &plan, Duration::from_secs(60)).await?;
-                println!("{} changes applied", plan.changes.len());
-            }
-        }
-        Command::Schemas { command } => {
-            let locals = sictl::schemas::load(&cli.topics()?, &cli.schemas_dir())?;
-            let registry = Registry::new(cli.registry.config())?;
-            match command {
-                SchemasCommand::Register => {
-                    for r in sictl::schemas::register(&registry, &locals).await? {
-                        let state = if r.unchanged {
-                            "unchanged"
-                        } else {
-                            "registered"
-                        };
-                        println!("{state:<11} {} id={}", r.subject, r.id);
-                    }
-                }
-                SchemasCommand::Check => {
-                    let mut failed = false;
-                    for (subject, verdict) in sictl::schemas::check(&registry, &locals).await? {
-                        match verdict {
-                            Verdict::New => println!("new         {subject}"),
-                            Verdict::Unchanged => println!("unchanged   {subject}"),
-                            Verdict::Compatible => println!("compatible  {subject}"),
-                            Verdict::Incompatible(reasons) => {
-                                failed = true;
-                                println!("INCOMPATIBLE {subject}");
-                                for reason in reasons {
-                                    println!("  {reason}");
-                                }
-                            }
-                        }
-                    }
-                    if failed {
-                        return Ok(ExitCode::FAILURE);
-                    }
-                }
-            }
-        }
+        } => topics_apply(&cli, *dry_run).await?,
+        Command::Schemas { command } => return schemas(&cli, command).await,
         Command::Tail {
             topic,
             from_end,
@@ -513,7 +299,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             idle_timeout,
             read_uncommitted,
         } => {
-            let codec = Codec::new(Registry::new(cli.registry.config())?);
             let options = sictl::tail::TailOptions {
                 topic: cli.kafka.topic(topic),
                 from_end: *from_end,
@@ -521,10 +306,230 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 idle_timeout: *idle_timeout,
                 read_uncommitted: *read_uncommitted,
             };
-            let stdout = std::io::stdout();
-            sictl::tail::run(&cli.kafka, &codec, &options, &mut stdout.lock())
+            sictl::tail::run(
+                &cli.kafka,
+                &cli.codec()?,
+                &options,
+                &mut std::io::stdout().lock(),
+            )
+            .await
+            .context("tail")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sictl doctor`: fails when a check does.
+async fn doctor(cli: &Cli, args: &sictl::doctor::DoctorArgs) -> anyhow::Result<ExitCode> {
+    let report = sictl::doctor::run(sictl::doctor::Deployment {
+        kafka: &cli.kafka,
+        registry: &cli.registry,
+        topics: cli.topics(),
+        schemas_dir: cli.schemas_dir(),
+        args,
+    })
+    .await;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "ok": !report.failed(), "checks": report.checks })
+        );
+    } else {
+        report.write_text(&mut std::io::stdout().lock())?;
+    }
+    Ok(if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `sictl report`.
+async fn report(cli: &Cli, command: &sictl::report::ReportCommand) -> anyhow::Result<()> {
+    let report = sictl::report::run(&cli.kafka, &cli.codec()?, command, sictl::consent::now_ms())
+        .await
+        .context("report")?;
+    if command.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", sictl::report::render(&report));
+    }
+    Ok(())
+}
+
+/// `sictl consent show|set`.
+async fn consent(cli: &Cli, command: &ConsentCommand) -> anyhow::Result<()> {
+    let codec = cli.codec()?;
+    match command {
+        ConsentCommand::Show { subject, timeout } => {
+            let shown = sictl::consent::show(&cli.kafka, &codec, subject, *timeout)
                 .await
-                .context("tail")?;
+                .context("consent show")?;
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+        }
+        ConsentCommand::Set {
+            subject,
+            status,
+            issued_by,
+            reason,
+            event_id,
+            timeout,
+        } => {
+            let decision = sictl::consent::Decision {
+                subject: subject.clone(),
+                status: *status,
+                issued_by: issued_by.clone(),
+                reason: reason.clone(),
+                decided_at: sictl::consent::now_ms(),
+                event_id: event_id
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            };
+            let recorded = sictl::consent::record(&cli.kafka, &codec, &decision, *timeout)
+                .await
+                .context("consent set")?;
+            println!("{}", serde_json::to_string(&recorded)?);
+        }
+    }
+    Ok(())
+}
+
+/// `sictl command start|escalate|end-call|close`: writes the command and
+/// prints its ids, and where its outcome will be when it has one.
+async fn issue(cli: &Cli, command: &CommandCommand) -> anyhow::Result<()> {
+    let now = sictl::consent::now_ms();
+    let (issued, name, outcome) = match command {
+        CommandCommand::Start(start) => {
+            (start.command(now), "command start", Some("lifecycle-start"))
+        }
+        CommandCommand::Escalate(escalate) => (
+            escalate.command(now)?,
+            "command escalate",
+            Some("voice-command"),
+        ),
+        CommandCommand::EndCall(end) => (end.command(now), "command end-call", None),
+        CommandCommand::Close(close) => (close.command(now), "command close", None),
+    };
+    sictl::command::issue(&cli.kafka, &cli.codec()?, &issued)
+        .await
+        .context(name)?;
+    let mut printed = serde_json::json!({
+        "command_id": issued.command_id,
+        "conversation_id": issued.conversation_id,
+    });
+    if matches!(command, CommandCommand::Start(_)) {
+        printed["session_id"] = serde_json::json!(issued.session_id);
+    }
+    if let Some(operation) = outcome {
+        printed["status"] = format!(
+            "the outcome is on twilio.delivery.v1 as operation_id {operation}-<command_id>"
+        )
+        .into();
+    }
+    println!("{printed}");
+    Ok(())
+}
+
+/// `sictl dlq replay`: fails when an operation asked for is not on the DLQ.
+async fn dlq(cli: &Cli, command: &DlqCommand) -> anyhow::Result<ExitCode> {
+    let DlqCommand::Replay {
+        operation_ids,
+        all,
+        dry_run,
+        timeout,
+    } = command;
+    let selection = if *all {
+        sictl::dlq::Selection::All
+    } else {
+        sictl::dlq::Selection::Ids(operation_ids.iter().cloned().collect())
+    };
+    let options = sictl::dlq::ReplayOptions {
+        selection,
+        dry_run: *dry_run,
+        timeout: *timeout,
+    };
+    let report = sictl::dlq::replay(&cli.kafka, &cli.codec()?, &options)
+        .await
+        .context("dlq replay")?;
+    for replayed in &report.replayed {
+        println!("{}", serde_json::to_string(replayed)?);
+    }
+    let verb = if report.dry_run {
+        "would replay"
+    } else {
+        "replayed"
+    };
+    eprintln!(
+        "{verb} {} of {} dead letters",
+        report.replayed.len(),
+        report.read
+    );
+    if report.missing.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("sictl: not on the DLQ: {}", report.missing.join(", "));
+    Ok(ExitCode::FAILURE)
+}
+
+/// `sictl topics apply [--dry-run]`.
+async fn topics_apply(cli: &Cli, dry_run: bool) -> anyhow::Result<()> {
+    let topics = cli.topics()?;
+    let admin = sictl::topics::admin(&cli.kafka)?;
+    let plan = sictl::topics::plan(&admin, &topics, Duration::from_secs(15)).await?;
+    for warning in &plan.warnings {
+        println!("warning     {warning}");
+    }
+    for change in &plan.changes {
+        println!("{change}");
+    }
+    if plan.changes.is_empty() {
+        println!("no changes ({} topics up to date)", plan.unchanged.len());
+    } else if dry_run {
+        println!(
+            "{} changes planned (dry run: nothing applied)",
+            plan.changes.len()
+        );
+    } else {
+        sictl::topics::apply(&admin, &plan, Duration::from_secs(60)).await?;
+        println!("{} changes applied", plan.changes.len());
+    }
+    Ok(())
+}
+
+/// `sictl schemas register|check`: `check` fails on an incompatible change.
+async fn schemas(cli: &Cli, command: &SchemasCommand) -> anyhow::Result<ExitCode> {
+    let locals = sictl::schemas::load(&cli.topics()?, &cli.schemas_dir())?;
+    let registry = Registry::new(cli.registry.config())?;
+    match command {
+        SchemasCommand::Register => {
+            for r in sictl::schemas::register(&registry, &locals).await? {
+                let state = if r.unchanged {
+                    "unchanged"
+                } else {
+                    "registered"
+                };
+                println!("{state:<11} {} id={}", r.subject, r.id);
+            }
+        }
+        SchemasCommand::Check => {
+            let mut failed = false;
+            for (subject, verdict) in sictl::schemas::check(&registry, &locals).await? {
+                match verdict {
+                    Verdict::New => println!("new         {subject}"),
+                    Verdict::Unchanged => println!("unchanged   {subject}"),
+                    Verdict::Compatible => println!("compatible  {subject}"),
+                    Verdict::Incompatible(reasons) => {
+                        failed = true;
+                        println!("INCOMPATIBLE {subject}");
+                        for reason in reasons {
+                            println!("  {reason}");
+                        }
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
