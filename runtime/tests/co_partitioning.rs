@@ -16,29 +16,9 @@ use std::time::Duration;
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use si_runtime::Readiness;
 use si_runtime::metrics::StageMetrics;
-use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
-use si_runtime::state::StateStore;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamError, StreamSpec};
-use si_schemas::records::{Command, LifecycleState};
 use si_testkit::TestEnv;
 use tokio_util::sync::CancellationToken;
-
-/// Never reached: the stage stops before it reads.
-struct Nothing;
-
-impl Processor for Nothing {
-    type Input = Command;
-    type State = LifecycleState;
-
-    fn process(
-        &mut self,
-        _ctx: &RecordContext<'_>,
-        _input: Command,
-        _state: &mut StateStore<LifecycleState>,
-    ) -> Result<Vec<Output>, ProcessError> {
-        Ok(Vec::new())
-    }
-}
 
 #[tokio::test]
 async fn an_input_partitioned_unlike_the_changelog_stops_the_start() -> anyhow::Result<()> {
@@ -69,7 +49,12 @@ async fn an_input_partitioned_unlike_the_changelog_stops_the_start() -> anyhow::
     };
     let ran = tokio::time::timeout(
         Duration::from_secs(60),
-        stream::run(stream_env, spec, Nothing, CancellationToken::new()),
+        stream::run(
+            stream_env,
+            spec,
+            common::WritesNothing(Duration::ZERO),
+            CancellationToken::new(),
+        ),
     )
     .await?;
     let Err(StreamError::Setup(error)) = ran else {

@@ -20,10 +20,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Stage;
-use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
-use si_runtime::state::StateStore;
 use si_runtime::stream::StreamArgs;
-use si_schemas::records::{Command, LifecycleState};
 use si_schemas::topics;
 use si_testkit::TestEnv;
 
@@ -33,25 +30,6 @@ use si_testkit::TestEnv;
 const RECORDS: usize = 30;
 const PER_RECORD: Duration = Duration::from_millis(500);
 
-/// Takes `PER_RECORD` over every command and writes nothing.
-struct Slow;
-
-impl Processor for Slow {
-    type Input = Command;
-    type State = LifecycleState;
-
-    fn process(
-        &mut self,
-        _ctx: &RecordContext<'_>,
-        _input: Command,
-        _state: &mut StateStore<LifecycleState>,
-    ) -> Result<Vec<Output>, ProcessError> {
-        // The work this stage stands for; not a wait on anything.
-        std::thread::sleep(PER_RECORD);
-        Ok(Vec::new())
-    }
-}
-
 /// The stage under test, as pod `test` (the second instance is that pod
 /// restarted); its batches, which write nothing, commit once open 100 ms.
 fn start(env: &TestEnv) -> Stage {
@@ -60,7 +38,13 @@ fn start(env: &TestEnv) -> Stage {
         transaction_timeout: Duration::from_secs(30),
         ..StreamArgs::default()
     };
-    Stage::start(env, "test", args, common::spec("lag-test"), Slow)
+    Stage::start(
+        env,
+        "test",
+        args,
+        common::spec("lag-test"),
+        common::WritesNothing(PER_RECORD),
+    )
 }
 
 /// The exported `si_consumer_lag` series of the commands topic: partition

@@ -9,7 +9,8 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use si_runtime::Readiness;
 use si_runtime::metrics::StageMetrics;
-use si_runtime::processor::Processor;
+use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
+use si_runtime::state::StateStore;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
 use si_testkit::TestEnv;
 use tokio_util::sync::CancellationToken;
@@ -208,5 +209,24 @@ impl Stage {
 impl Drop for Stage {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A stage that writes nothing and takes its duration over every command:
+/// the work such a stage stands for, not a wait on anything.
+pub struct WritesNothing(pub Duration);
+
+impl Processor for WritesNothing {
+    type Input = Command;
+    type State = LifecycleState;
+
+    fn process(
+        &mut self,
+        _ctx: &RecordContext<'_>,
+        _input: Command,
+        _state: &mut StateStore<LifecycleState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        std::thread::sleep(self.0);
+        Ok(Vec::new())
     }
 }
