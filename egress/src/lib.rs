@@ -53,24 +53,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     config.group.validate().map_err(anyhow::Error::msg)?;
     config.twilio.validate().map_err(anyhow::Error::msg)?;
     let media_signer = config.media.signer().map_err(anyhow::Error::msg)?;
-    let credentials = Arc::new(
-        CredentialStore::load(config.twilio.credential_source())
-            .await
-            .map_err(anyhow::Error::msg)?,
-    );
-    tracing::info!(
-        kind = credentials.current().credentials.kind.as_str(),
-        credentials_dir = ?credentials.dir(),
-        "Twilio credentials loaded"
-    );
-    if let Some(dir) = credentials.dir()
-        && !tokio::fs::metadata(dir).await.is_ok_and(|m| m.is_dir())
-    {
-        tracing::warn!(
-            credentials_dir = %dir.display(),
-            "TWILIO_CREDENTIALS_DIR is not a directory (yet): the environment's credentials apply until it holds some"
-        );
-    }
+    let credentials = load_credentials(&config).await?;
     let rates = config.egress.rates().map_err(anyhow::Error::msg)?;
     let kafka = config.common.kafka.clone();
     let metrics = StageMetrics::new(STAGE);
@@ -192,6 +175,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     dispatcher.abort();
     admin.stopped().await;
     result
+}
+
+/// The Twilio credentials, from the environment or `TWILIO_CREDENTIALS_DIR`
+/// (a directory that does not exist yet is allowed: the environment's apply
+/// until it holds some).
+async fn load_credentials(config: &Config) -> anyhow::Result<Arc<CredentialStore>> {
+    let credentials = Arc::new(
+        CredentialStore::load(config.twilio.credential_source())
+            .await
+            .map_err(anyhow::Error::msg)?,
+    );
+    tracing::info!(
+        kind = credentials.current().credentials.kind.as_str(),
+        credentials_dir = ?credentials.dir(),
+        "Twilio credentials loaded"
+    );
+    if let Some(dir) = credentials.dir()
+        && !tokio::fs::metadata(dir).await.is_ok_and(|m| m.is_dir())
+    {
+        tracing::warn!(
+            credentials_dir = %dir.display(),
+            "TWILIO_CREDENTIALS_DIR is not a directory (yet): the environment's credentials apply until it holds some"
+        );
+    }
+    Ok(credentials)
 }
 
 /// The Twilio client, and the gate that holds sends while Twilio refuses

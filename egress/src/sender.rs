@@ -546,6 +546,18 @@ async fn attempt(
         .latency
         .with_label_values(&[kind])
         .observe(took.as_secs_f64());
+    settle(ctx, job, answer, requests).await
+}
+
+/// What Twilio's answer makes of the operation: final (accepted or failed)
+/// and finished, or to be retried; and what it says of Twilio's health.
+async fn settle(
+    ctx: &SendContext,
+    job: &Job,
+    answer: Answer,
+    requests: u32,
+) -> (Attempted, Option<bool>) {
+    let kind = job.op.kind.as_str();
     let code_label = |code: Option<i32>| code.map_or_else(|| "none".to_owned(), |c| c.to_string());
     match answer {
         Answer::Accepted { sid, segments, .. } => {
