@@ -366,7 +366,9 @@ pub async fn check_co_partitioned(
 
 /// `counts` has the inputs' partition counts, then the store's.
 fn co_partitioned(inputs: &[String], store: &str, counts: &[usize]) -> Result<(), String> {
-    let expected = counts[inputs.len()];
+    let Some(&expected) = counts.get(inputs.len()) else {
+        return Err(format!("no partition count for {store}"));
+    };
     match inputs
         .iter()
         .zip(counts)
@@ -374,7 +376,7 @@ fn co_partitioned(inputs: &[String], store: &str, counts: &[usize]) -> Result<()
     {
         Some((topic, count)) => Err(format!(
             "{topic} has {count} partitions but {store} has {expected}: they must be \
-             co-partitioned, partition p of {store} keeps the state of partition p of {topic}"
+             co-partitioned (partition p of {store} keeps the state of partition p of {topic})"
         )),
         None => Ok(()),
     }
@@ -697,6 +699,7 @@ mod tests {
             "{error}"
         );
         let error = co_partitioned(&inputs[..1], "state", &[12, 3]).expect_err("12 is not 3");
+        assert!(co_partitioned(&inputs, "state", &[12, 12]).is_err());
         assert!(
             error.starts_with("in.a has 12 partitions but state has 3"),
             "{error}"
