@@ -241,35 +241,7 @@ pub fn build_traced_request(
 ) -> Result<TwilioRequest, InvalidOperation> {
     let mut form = Vec::new();
     let url = match op.kind {
-        OperationKind::SendMessage => {
-            let to = required("to", op.to.as_ref())?;
-            push(&mut form, "To", address(op.channel, to));
-            if let Some(service) = op
-                .messaging_service_sid
-                .as_deref()
-                .filter(|s| !s.is_empty())
-            {
-                push(&mut form, "MessagingServiceSid", service);
-            } else {
-                let from = required("from or messaging_service_sid", op.from.as_ref())?;
-                push(&mut form, "From", address(op.channel, from));
-            }
-            message_content(&mut form, op, true, endpoints.media.as_ref())?;
-            if let Some(callback) = &endpoints.status_callback
-                && !op.params.contains_key("StatusCallback")
-            {
-                push(
-                    &mut form,
-                    "StatusCallback",
-                    status_callback(callback, op, traceparent),
-                );
-            }
-            format!(
-                "{}/2010-04-01/Accounts/{}/Messages.json",
-                endpoints.api_base,
-                path_sid("account sid", &endpoints.account_sid)?
-            )
-        }
+        OperationKind::SendMessage => send_message(&mut form, endpoints, op, traceparent)?,
         OperationKind::SendConversationMessage => {
             message_content(&mut form, op, false, None)?;
             format!(
@@ -288,30 +260,7 @@ pub fn build_traced_request(
             }
             format!("{}/v1/Conversations", endpoints.conversations_base)
         }
-        OperationKind::AddParticipant => {
-            let to = required("to", op.to.as_ref())?;
-            push(
-                &mut form,
-                "MessagingBinding.Address",
-                address(op.channel, to),
-            );
-            if let Some(from) = op.from.as_deref().filter(|s| !s.is_empty()) {
-                push(
-                    &mut form,
-                    "MessagingBinding.ProxyAddress",
-                    address(op.channel, from),
-                );
-            } else if !op.params.contains_key("MessagingBinding.ProxyAddress") {
-                return Err(InvalidOperation(
-                    "ADD_PARTICIPANT needs from or params[MessagingBinding.ProxyAddress]".into(),
-                ));
-            }
-            format!(
-                "{}/v1/Conversations/{}/Participants",
-                endpoints.conversations_base,
-                path_sid("conversation_id", &op.conversation_id)?
-            )
-        }
+        OperationKind::AddParticipant => add_participant(&mut form, endpoints, op)?,
         OperationKind::CloseConversation => {
             push(&mut form, "State", "closed");
             format!(
@@ -320,39 +269,7 @@ pub fn build_traced_request(
                 path_sid("conversation_id", &op.conversation_id)?
             )
         }
-        OperationKind::CreateCall => {
-            let call = op
-                .call
-                .as_ref()
-                .ok_or_else(|| InvalidOperation("CREATE_CALL needs call".into()))?;
-            push(&mut form, "To", required("to", op.to.as_ref())?);
-            push(&mut form, "From", required("from", op.from.as_ref())?);
-            push(&mut form, "Url", with_trace(&call.twiml_url, traceparent));
-            if let Some(callback) = &call.status_callback_url {
-                push(
-                    &mut form,
-                    "StatusCallback",
-                    with_trace(callback, traceparent),
-                );
-                for event in ["initiated", "ringing", "answered", "completed"] {
-                    push(&mut form, "StatusCallbackEvent", event);
-                }
-            }
-            if call.record {
-                push(&mut form, "Record", "true");
-            }
-            if let Some(timeout) = call.timeout_seconds {
-                push(&mut form, "Timeout", timeout.to_string());
-            }
-            if let Some(detection) = &call.machine_detection {
-                push(&mut form, "MachineDetection", detection.clone());
-            }
-            format!(
-                "{}/2010-04-01/Accounts/{}/Calls.json",
-                endpoints.api_base,
-                path_sid("account sid", &endpoints.account_sid)?
-            )
-        }
+        OperationKind::CreateCall => create_call(&mut form, endpoints, op, traceparent)?,
         OperationKind::EndCall => {
             let call_sid = op.params.get(CALL_SID_PARAM).ok_or_else(|| {
                 InvalidOperation(format!("END_CALL needs params[{CALL_SID_PARAM}]"))
@@ -373,6 +290,105 @@ pub fn build_traced_request(
     };
     extend_params(&mut form, op);
     Ok(TwilioRequest { url, form })
+}
+
+/// `SEND_MESSAGE`: a Programmable Messaging message; its URL.
+fn send_message(
+    form: &mut Vec<(String, String)>,
+    endpoints: &Endpoints,
+    op: &OutboundOperation,
+    traceparent: Option<&str>,
+) -> Result<String, InvalidOperation> {
+    let to = required("to", op.to.as_ref())?;
+    push(form, "To", address(op.channel, to));
+    if let Some(service) = op
+        .messaging_service_sid
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
+        push(form, "MessagingServiceSid", service);
+    } else {
+        let from = required("from or messaging_service_sid", op.from.as_ref())?;
+        push(form, "From", address(op.channel, from));
+    }
+    message_content(form, op, true, endpoints.media.as_ref())?;
+    if let Some(callback) = &endpoints.status_callback
+        && !op.params.contains_key("StatusCallback")
+    {
+        push(
+            form,
+            "StatusCallback",
+            status_callback(callback, op, traceparent),
+        );
+    }
+    Ok(format!(
+        "{}/2010-04-01/Accounts/{}/Messages.json",
+        endpoints.api_base,
+        path_sid("account sid", &endpoints.account_sid)?
+    ))
+}
+
+/// `ADD_PARTICIPANT`: the user's SMS or WhatsApp binding to a conversation; its URL.
+fn add_participant(
+    form: &mut Vec<(String, String)>,
+    endpoints: &Endpoints,
+    op: &OutboundOperation,
+) -> Result<String, InvalidOperation> {
+    let to = required("to", op.to.as_ref())?;
+    push(form, "MessagingBinding.Address", address(op.channel, to));
+    if let Some(from) = op.from.as_deref().filter(|s| !s.is_empty()) {
+        push(
+            form,
+            "MessagingBinding.ProxyAddress",
+            address(op.channel, from),
+        );
+    } else if !op.params.contains_key("MessagingBinding.ProxyAddress") {
+        return Err(InvalidOperation(
+            "ADD_PARTICIPANT needs from or params[MessagingBinding.ProxyAddress]".into(),
+        ));
+    }
+    Ok(format!(
+        "{}/v1/Conversations/{}/Participants",
+        endpoints.conversations_base,
+        path_sid("conversation_id", &op.conversation_id)?
+    ))
+}
+
+/// `CREATE_CALL`: a call to the user, its TwiML and status callbacks
+/// carrying `traceparent`; its URL.
+fn create_call(
+    form: &mut Vec<(String, String)>,
+    endpoints: &Endpoints,
+    op: &OutboundOperation,
+    traceparent: Option<&str>,
+) -> Result<String, InvalidOperation> {
+    let call = op
+        .call
+        .as_ref()
+        .ok_or_else(|| InvalidOperation("CREATE_CALL needs call".into()))?;
+    push(form, "To", required("to", op.to.as_ref())?);
+    push(form, "From", required("from", op.from.as_ref())?);
+    push(form, "Url", with_trace(&call.twiml_url, traceparent));
+    if let Some(callback) = &call.status_callback_url {
+        push(form, "StatusCallback", with_trace(callback, traceparent));
+        for event in ["initiated", "ringing", "answered", "completed"] {
+            push(form, "StatusCallbackEvent", event);
+        }
+    }
+    if call.record {
+        push(form, "Record", "true");
+    }
+    if let Some(timeout) = call.timeout_seconds {
+        push(form, "Timeout", timeout.to_string());
+    }
+    if let Some(detection) = &call.machine_detection {
+        push(form, "MachineDetection", detection.clone());
+    }
+    Ok(format!(
+        "{}/2010-04-01/Accounts/{}/Calls.json",
+        endpoints.api_base,
+        path_sid("account sid", &endpoints.account_sid)?
+    ))
 }
 
 /// What Twilio's answer means for the operation.
