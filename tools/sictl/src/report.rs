@@ -212,20 +212,42 @@ fn rfc3339(ms: i64) -> String {
 /// The report of `inputs` (already limited to the range).
 #[must_use]
 pub fn summarize(inputs: &Inputs, prices: &PriceTable, from: i64, to: i64) -> Report {
-    let operations: BTreeMap<&str, &OutboundOperation> = inputs
-        .operations
-        .iter()
-        .map(|t| (t.record.operation_id.as_str(), &t.record))
-        .collect();
     let mut report = Report {
         from: rfc3339(from),
         to: rfc3339(to),
         price_table: prices.to_string(),
         ..Report::default()
     };
+    let channel_of_sid = count_sent(&mut report, inputs, prices);
+    count_deliveries(&mut report, inputs, &channel_of_sid);
+    report.messages.rate();
+    for figures in report.by_channel.values_mut() {
+        figures.rate();
+    }
+    count_consent(&mut report, inputs);
+    report.escalations.calls_requested = inputs
+        .operations
+        .iter()
+        .filter(|t| t.record.kind == OperationKind::CreateCall)
+        .map(|t| t.record.operation_id.as_str())
+        .collect::<BTreeSet<_>>()
+        .len() as u64;
+    report
+}
 
-    // Egress's statuses: sent messages (and their SIDs' channels), calls;
-    // segment's remediation records.
+/// Egress's statuses: messages sent and their estimated cost, calls placed
+/// or not, and segment's remediation records. Returns each sent message's
+/// channel by its SID.
+fn count_sent<'a>(
+    report: &mut Report,
+    inputs: &'a Inputs,
+    prices: &PriceTable,
+) -> BTreeMap<&'a str, String> {
+    let operations: BTreeMap<&str, &OutboundOperation> = inputs
+        .operations
+        .iter()
+        .map(|t| (t.record.operation_id.as_str(), &t.record))
+        .collect();
     let mut seen_ops: BTreeSet<&str> = BTreeSet::new();
     let mut channel_of_sid: BTreeMap<&str, String> = BTreeMap::new();
     let mut costs: BTreeMap<(String, String), CostRow> = BTreeMap::new();
@@ -285,8 +307,12 @@ pub fn summarize(inputs: &Inputs, prices: &PriceTable, from: i64, to: i64) -> Re
     }
     report.cost = costs.into_values().collect();
     report.estimated_usd = report.cost.iter().filter_map(|r| r.estimated_usd).sum();
+    channel_of_sid
+}
 
-    // The first final report of each message.
+/// The first final delivery report of each message, under the channel it
+/// was sent on.
+fn count_deliveries(report: &mut Report, inputs: &Inputs, channel_of_sid: &BTreeMap<&str, String>) {
     let mut concluded: BTreeSet<&str> = BTreeSet::new();
     for Timed { record: e, .. } in &inputs.events {
         if e.event_type != ConversationEventType::DeliveryUpdated {
@@ -312,11 +338,10 @@ pub fn summarize(inputs: &Inputs, prices: &PriceTable, from: i64, to: i64) -> Re
             }
         }
     }
-    report.messages.rate();
-    for figures in report.by_channel.values_mut() {
-        figures.rate();
-    }
+}
 
+/// Opt-outs and opt-ins, in all and by day, each compliance event once.
+fn count_consent(report: &mut Report, inputs: &Inputs) {
     let mut compliance_ids: BTreeSet<&str> = BTreeSet::new();
     for Timed { at, record: c } in &inputs.compliance {
         if !matches!(
@@ -335,15 +360,6 @@ pub fn summarize(inputs: &Inputs, prices: &PriceTable, from: i64, to: i64) -> Re
             report.opt_ins += 1;
         }
     }
-
-    report.escalations.calls_requested = inputs
-        .operations
-        .iter()
-        .filter(|t| t.record.kind == OperationKind::CreateCall)
-        .map(|t| t.record.operation_id.as_str())
-        .collect::<BTreeSet<_>>()
-        .len() as u64;
-    report
 }
 
 /// The human form of a report.
