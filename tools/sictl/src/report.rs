@@ -1,9 +1,10 @@
 //! `sictl report --from <time> --to <time>`: what the channel did in a time
 //! range, read from the topics themselves (record timestamps, read_committed):
 //!
-//! - messages sent: egress's ACCEPTED statuses on `twilio.delivery.v1` with
-//!   `remediation` null (one per message Twilio accepted, resends included),
-//!   by channel (the channel of the operation on `twilio.outbound.v1`);
+//! - messages sent: egress's ACCEPTED statuses of messages on
+//!   `twilio.delivery.v1` with `remediation` null (one per message Twilio
+//!   accepted, resends included; not the answers to commands), by channel
+//!   (the channel of the operation on `twilio.outbound.v1`);
 //! - delivered (or read), undelivered and failed: the first final
 //!   DELIVERY_UPDATED report per message SID on `si.conversation.events.v1`,
 //!   and the delivery rate, delivered / sent, by channel;
@@ -187,11 +188,19 @@ pub struct Report {
     pub records: BTreeMap<String, u64>,
 }
 
-fn is_message(kind: Option<OperationKind>) -> bool {
-    matches!(
-        kind,
-        None | Some(OperationKind::SendMessage | OperationKind::SendConversationMessage)
-    )
+/// Whether `status` is the outcome of a message: by its kind, else by its
+/// operation's. A status with neither is a message only if egress made a
+/// request for it (a record written before statuses had a kind); the answer
+/// to a command (lifecycle's `lifecycle-start-…`, voice-link's
+/// `voice-command-…`) made none.
+fn is_message(status: &DeliveryStatus, op: Option<&OutboundOperation>) -> bool {
+    match status.kind.or(op.map(|op| op.kind)) {
+        Some(kind) => matches!(
+            kind,
+            OperationKind::SendMessage | OperationKind::SendConversationMessage
+        ),
+        None => status.attempts > 0,
+    }
 }
 
 fn channel_label(channel: Channel) -> String {
@@ -263,7 +272,7 @@ fn count_sent<'a>(
             continue;
         }
         let op = operations.get(s.operation_id.as_str()).copied();
-        if s.kind == Some(OperationKind::CreateCall) {
+        if s.kind.or(op.map(|op| op.kind)) == Some(OperationKind::CreateCall) {
             match s.outcome {
                 DeliveryOutcome::Accepted => report.escalations.calls_accepted += 1,
                 DeliveryOutcome::Unknown => {}
@@ -271,7 +280,7 @@ fn count_sent<'a>(
             }
             continue;
         }
-        if s.outcome != DeliveryOutcome::Accepted || !is_message(s.kind) {
+        if s.outcome != DeliveryOutcome::Accepted || !is_message(s, op) {
             continue;
         }
         let channel = op.map_or_else(|| "unknown".to_owned(), |op| channel_label(op.channel));
@@ -306,7 +315,12 @@ fn count_sent<'a>(
         };
     }
     report.cost = costs.into_values().collect();
-    report.estimated_usd = report.cost.iter().filter_map(|r| r.estimated_usd).sum();
+    // Folded from 0.0: a float sum of nothing is -0.0.
+    report.estimated_usd = report
+        .cost
+        .iter()
+        .filter_map(|r| r.estimated_usd)
+        .fold(0.0, |sum, usd| sum + usd);
     channel_of_sid
 }
 
@@ -424,18 +438,33 @@ pub fn render(report: &Report) -> String {
             row.channel, row.country, row.messages, row.segments, usd
         );
     }
+    let unpriced = report
+        .cost
+        .iter()
+        .filter(|r| r.estimated_usd.is_none())
+        .count();
+    let total_usd = if unpriced > 0 && unpriced == report.cost.len() {
+        "no price".to_owned()
+    } else {
+        format!("{:.4}", report.estimated_usd)
+    };
     let _ = writeln!(
         out,
-        "{:<10} {:<8} {:>8} {:>9} {:>14.4}",
+        "{:<10} {:<8} {:>8} {:>9} {:>14}",
         "total",
         "",
         report.cost.iter().map(|r| r.messages).sum::<u64>(),
         report.cost.iter().map(|r| r.segments).sum::<u64>(),
-        report.estimated_usd
+        total_usd
     );
+    let left_out = if unpriced > 0 && unpriced < report.cost.len() {
+        "; the rows with no price are not in the total"
+    } else {
+        ""
+    };
     let _ = writeln!(
         out,
-        "(an estimate from PRICE_TABLE {:?}; Twilio's invoice is the truth)",
+        "(an estimate from PRICE_TABLE {:?}{left_out}; Twilio's invoice is the truth)",
         report.price_table
     );
     let _ = writeln!(out);

@@ -47,6 +47,20 @@ fn status(
     }
 }
 
+/// The answer to a command, as lifecycle and voice-link write it.
+fn command_answer(id: &str) -> Timed<DeliveryStatus> {
+    Timed {
+        at: T0 + 1,
+        record: DeliveryStatus::command_answer(
+            id.into(),
+            "pm-1".into(),
+            DeliveryOutcome::Accepted,
+            None,
+            T0 + 1,
+        ),
+    }
+}
+
 fn remediation(id: &str, action: &str) -> Timed<DeliveryStatus> {
     let mut s = status(id, "FAILED", Some("SMx"), None, "SEND_MESSAGE");
     s.record.remediation = Some(from_json(json!({
@@ -95,6 +109,8 @@ fn inputs() -> Inputs {
             status("c", "ACCEPTED", Some("SM3"), Some(1), "SEND_MESSAGE"),
             status("d", "BLOCKED", None, None, "SEND_MESSAGE"),
             status("call", "ACCEPTED", Some("CA1"), None, "CREATE_CALL"),
+            command_answer("lifecycle-start-1"),
+            command_answer("voice-command-1"),
             remediation("c", "RESEND_AS_TEMPLATE"),
             remediation("c", "GIVE_UP"),
         ],
@@ -134,7 +150,46 @@ fn sent_delivered_and_rates_by_channel() {
     assert_eq!(sms.delivery_rate, Some(0.5));
     assert_eq!(r.by_channel["whatsapp"].failed, 1);
     assert_eq!(r.by_channel["whatsapp"].delivery_rate, Some(0.0));
-    assert!(!r.by_channel.contains_key("unknown"));
+    assert!(
+        !r.by_channel.contains_key("unknown"),
+        "the answers to commands are not messages: {:?}",
+        r.by_channel
+    );
+}
+
+#[test]
+fn a_status_without_a_kind_is_a_message_by_its_operation_or_its_requests() {
+    let mut inputs = inputs();
+    for timed in &mut inputs.statuses {
+        timed.record.kind = None;
+    }
+    // Without the operation, egress's requests still tell a message.
+    let mut orphan = status("e", "ACCEPTED", Some("SM9"), Some(1), "SEND_MESSAGE");
+    orphan.record.kind = None;
+    inputs.statuses.push(orphan);
+    let r = summarize(&inputs, &PriceTable::default(), T0, T0 + DAY);
+    assert_eq!(
+        r.messages.sent, 4,
+        "a, b, c and e; not the call or the commands"
+    );
+    assert_eq!(r.by_channel["unknown"].sent, 1, "e has no operation");
+    assert_eq!(
+        r.escalations.calls_accepted, 1,
+        "the call by its operation's kind"
+    );
+}
+
+#[test]
+fn with_no_price_the_total_says_so_rather_than_a_sum() {
+    let r = summarize(&inputs(), &PriceTable::default(), T0, T0 + DAY);
+    assert!(r.estimated_usd.to_bits() == 0.0_f64.to_bits(), "not -0.0");
+    let text = render(&r);
+    let total = text
+        .lines()
+        .find(|l| l.starts_with("total      "))
+        .expect("a total row");
+    assert!(total.ends_with("no price"), "{text}");
+    assert!(!text.contains("-0.0"), "{text}");
 }
 
 #[test]
@@ -202,6 +257,10 @@ fn cost_by_channel_and_country_from_twilio_segments_and_the_price_table() {
     let text = render(&r);
     assert!(
         text.contains("sms        GB              1         1       no price"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the rows with no price are not in the total"),
         "{text}"
     );
     assert!(
