@@ -417,8 +417,8 @@ async fn issue(cli: &Cli, command: &CommandCommand) -> anyhow::Result<()> {
         "command_id": issued.command_id,
         "conversation_id": issued.conversation_id,
     });
-    if matches!(command, CommandCommand::Start(_)) {
-        printed["session_id"] = serde_json::json!(issued.session_id);
+    if let Some(session) = &issued.session_id {
+        printed["session_id"] = session.as_str().into();
     }
     if let Some(operation) = outcome {
         printed["status"] = format!(

@@ -188,18 +188,18 @@ pub struct Report {
     pub records: BTreeMap<String, u64>,
 }
 
-/// Whether `status` is the outcome of a message: by its kind, else by its
-/// operation's. A status with neither is a message only if egress made a
-/// request for it (a record written before statuses had a kind); the answer
-/// to a command (lifecycle's `lifecycle-start-…`, voice-link's
-/// `voice-command-…`) made none.
-fn is_message(status: &DeliveryStatus, op: Option<&OutboundOperation>) -> bool {
-    match status.kind.or(op.map(|op| op.kind)) {
+/// Whether a status of `kind` (its own, else its operation's) is the outcome
+/// of a message. Without a kind it is a message only if egress made a
+/// request for it (`attempts`; a record written before statuses had a
+/// kind); the answer to a command (lifecycle's `lifecycle-start-…`,
+/// voice-link's `voice-command-…`) made none.
+fn is_message(kind: Option<OperationKind>, attempts: i32) -> bool {
+    match kind {
         Some(kind) => matches!(
             kind,
             OperationKind::SendMessage | OperationKind::SendConversationMessage
         ),
-        None => status.attempts > 0,
+        None => attempts > 0,
     }
 }
 
@@ -272,7 +272,8 @@ fn count_sent<'a>(
             continue;
         }
         let op = operations.get(s.operation_id.as_str()).copied();
-        if s.kind.or(op.map(|op| op.kind)) == Some(OperationKind::CreateCall) {
+        let kind = s.kind.or(op.map(|op| op.kind));
+        if kind == Some(OperationKind::CreateCall) {
             match s.outcome {
                 DeliveryOutcome::Accepted => report.escalations.calls_accepted += 1,
                 DeliveryOutcome::Unknown => {}
@@ -280,7 +281,7 @@ fn count_sent<'a>(
             }
             continue;
         }
-        if s.outcome != DeliveryOutcome::Accepted || !is_message(s, op) {
+        if s.outcome != DeliveryOutcome::Accepted || !is_message(kind, s.attempts) {
             continue;
         }
         let channel = op.map_or_else(|| "unknown".to_owned(), |op| channel_label(op.channel));
