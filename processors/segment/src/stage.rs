@@ -2334,6 +2334,65 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_that_would_come_after_not_after_gives_up_instead() {
+        // A WhatsApp reply sent 30 s before the window closes may not be
+        // sent after it: a retry a minute later is no retry.
+        let mut h = Harness::new();
+        h.event(inbound(PM, Channel::Whatsapp, T0));
+        let op = h
+            .ops(response("r-1", PM, "Hello"), T0 + 24 * H - 30_000)
+            .remove(0);
+        assert_eq!(op.not_after, Some(T0 + 24 * H));
+        h.feed(accepted(&op, "SM1"), T0 + 24 * H - 25_000).unwrap();
+        let out = h
+            .feed(
+                report(PM, "SM1", DeliveryState::Undelivered, Some(30001)),
+                T0 + 24 * H - 20_000,
+            )
+            .unwrap();
+        let (statuses, ops) = split(&out);
+        assert!(ops.is_empty());
+        let r = statuses[0].remediation.clone().unwrap();
+        assert_eq!(r.action, RemediationAction::GiveUp);
+        assert!(r.terminal);
+        assert!(r.reason.contains("not_after passes first"), "{}", r.reason);
+        assert!(h.state.due_timers(i64::MAX, usize::MAX).is_empty());
+    }
+
+    #[test]
+    fn a_retry_due_after_the_user_opted_out_is_blocked_and_ends_the_chain() {
+        let mut h = Harness::new();
+        let (_, out) = failed_once(&mut h, Channel::Sms, response("r-1", PM, "Hello"), 30001);
+        let r = split(&out).0[0].remediation.clone().unwrap();
+        assert_eq!(r.action, RemediationAction::RetryLater);
+        // STOP arrives before the retry's time.
+        let (key, entry) = consent("*", ConsentStatus::OptedOut, T0 + 40);
+        h.processor.gate.local().apply(key, Some(entry));
+
+        let key = remediation::retry_key("r-1:0#1");
+        let due_at_ms = h.state.cancel_timer(&key).unwrap();
+        let ctx = TimerContext {
+            partition: 0,
+            key: &key,
+            due_at_ms,
+            now_ms: due_at_ms,
+        };
+        let out = h.processor.on_timer(&ctx, &mut h.state).unwrap();
+        let (statuses, ops) = split(&out);
+        assert!(ops.is_empty(), "nothing sent to an opted-out user");
+        let r = statuses[0].remediation.clone().unwrap();
+        assert_eq!(r.action, RemediationAction::GiveUp);
+        assert!(r.terminal);
+        assert_eq!(r.reason, "the consent gate refused the resend");
+        let blocked = out
+            .iter()
+            .find(|o| o.topic() == topics::COMPLIANCE)
+            .and_then(|o| o.record::<ComplianceEvent>())
+            .unwrap();
+        assert_eq!(blocked.kind, ComplianceEventKind::BlockedOutbound);
+    }
+
+    #[test]
     fn a_failure_report_ahead_of_egress_status_waits_for_it() {
         let mut h = Harness::new();
         h.event(inbound(PM, Channel::Whatsapp, T0));

@@ -78,6 +78,51 @@ struct Failure<'a> {
     now: i64,
 }
 
+/// The attempt a failure's decision leads to, and why.
+struct NextAttempt {
+    attempt: i32,
+    /// Its operation id ([`resend_id`]).
+    id: String,
+    /// Its entry of the chain (the operation is filled in when it is built).
+    chain: SegmentSent,
+    reason: String,
+}
+
+impl NextAttempt {
+    fn after(sent: &SegmentSent, decision: crate::remedy::Decision) -> Self {
+        let attempt = sent.attempt + 1;
+        let id = resend_id(&sent.origin_operation_id, attempt);
+        let mut steps_used = sent.steps_used.clone();
+        if let Some((rule, used)) = decision.rule {
+            steps_used.insert(rule, used);
+        }
+        let chain = SegmentSent {
+            operation_id: id.clone(),
+            attempt,
+            steps_used,
+            accepted_at: None,
+            ..sent.clone()
+        };
+        Self {
+            attempt,
+            id,
+            chain,
+            reason: decision.reason,
+        }
+    }
+
+    /// `op` as this attempt: its id, created `now`, naming the chain's first.
+    fn of(&self, mut op: OutboundOperation, now: i64) -> OutboundOperation {
+        op.operation_id.clone_from(&self.id);
+        op.created_at = now;
+        op.params.insert(
+            RESEND_OF_PARAM.to_owned(),
+            self.chain.origin_operation_id.clone(),
+        );
+        op
+    }
+}
+
 fn sent_entry(sent: SegmentSent) -> SegmentState {
     SegmentState {
         sent: Some(sent),
@@ -338,31 +383,27 @@ impl Segmenter {
         match self.resend(&op, &sent, now, state) {
             Ok(outputs) => outputs,
             Err(mut refused) => {
-                refused.push(self.give_up(
-                    &op,
-                    &sent,
-                    None,
-                    None,
-                    "the consent gate refused the resend".to_owned(),
+                let failure = Failure {
+                    sent,
+                    code: None,
+                    message: None,
                     now,
-                ));
+                };
+                let reason = "the consent gate refused the resend".to_owned();
+                refused.push(self.give_up(&op, &failure, reason));
                 refused
             }
         }
     }
 
-    /// Applies the policy to a failed attempt.
+    /// Applies the policy to a failed attempt: a resend later or now (as
+    /// the template, or on the fallback channel), or giving up.
     fn on_failure(
         &self,
         failure: Failure<'_>,
         state: &mut StateStore<SegmentState>,
     ) -> Vec<Output> {
-        let Failure {
-            sent,
-            code,
-            message,
-            now,
-        } = failure;
+        let sent = &failure.sent;
         let Ok(op) = serde_json::from_str::<OutboundOperation>(&sent.operation_json) else {
             tracing::warn!(operation_id = %sent.operation_id, "a remembered message does not read back; not remedied");
             return Vec::new();
@@ -375,125 +416,131 @@ impl Segmenter {
                 && op.content_sid.is_none()
                 && self.settings.segment.whatsapp_template.is_some(),
         };
-        let decisions = u32::try_from(sent.attempt).unwrap_or(0);
-        let decision =
-            self.settings
-                .remediation
-                .decide(code, decisions, &sent.steps_used, situation);
-        let attempt = sent.attempt + 1;
-        let next_id = resend_id(&sent.origin_operation_id, attempt);
-        let mut steps_used = sent.steps_used.clone();
-        if let Some((rule, used)) = &decision.rule {
-            steps_used.insert(rule.clone(), *used);
-        }
+        let decision = self.settings.remediation.decide(
+            failure.code,
+            u32::try_from(sent.attempt).unwrap_or(0),
+            &sent.steps_used,
+            situation,
+        );
         tracing::info!(
             operation_id = %sent.operation_id,
-            error_code = ?code,
+            error_code = ?failure.code,
             decision = %decision.step,
             reason = %decision.reason,
             "delivery failed: remediation"
         );
-        let chain = SegmentSent {
-            operation_id: next_id.clone(),
-            attempt,
-            steps_used,
-            accepted_at: None,
-            ..sent.clone()
-        };
-        let mut resend = op.clone();
-        resend.operation_id.clone_from(&next_id);
-        resend.created_at = now;
-        resend
-            .params
-            .insert(RESEND_OF_PARAM.to_owned(), sent.origin_operation_id.clone());
-        let give_up = |reason: String| vec![self.give_up(&op, &sent, code, message, reason, now)];
-        let (action, resend) = match decision.step {
-            Step::GiveUp => return give_up(decision.reason),
-            Step::Retry(delay) => {
-                let at = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
-                if op.not_after.is_some_and(|not_after| at > not_after) {
-                    return give_up(format!("{}, but not_after passes first", decision.reason));
-                }
-                let decided = record(
-                    &op,
-                    &sent,
-                    DeliveryOutcome::Failed,
-                    code,
-                    message,
-                    Remediation {
-                        not_before: Some(at),
-                        ..resend_decision(
-                            &sent,
-                            attempt,
-                            RemediationAction::RetryLater,
-                            next_id,
-                            op.channel,
-                            decision.reason,
-                        )
-                    },
-                    now,
-                );
-                if !self.hold(&resend, chain, at, delay, state) {
-                    return Vec::new();
-                }
-                self.count("retry_later", code);
-                return vec![decided];
-            }
-            Step::Template => {
-                let Some(template) = &self.settings.segment.whatsapp_template else {
-                    return give_up(decision.reason);
-                };
-                (
-                    RemediationAction::ResendAsTemplate,
-                    as_template(resend, template, code),
-                )
-            }
+        let step = decision.step;
+        let next = NextAttempt::after(sent, decision);
+        let now = failure.now;
+        let resend = match step {
+            Step::GiveUp => None,
+            Step::Retry(delay) => return self.retry_later(&op, &failure, next, delay, state),
+            Step::Template => self
+                .settings
+                .segment
+                .whatsapp_template
+                .as_ref()
+                .map(|template| {
+                    let resend = as_template(next.of(op.clone(), now), template, failure.code);
+                    (RemediationAction::ResendAsTemplate, resend)
+                }),
             Step::Fallback => {
-                let Some(mut resend) = fallback else {
-                    return give_up(decision.reason);
-                };
-                resend.operation_id.clone_from(&next_id);
-                resend.created_at = now;
-                resend
-                    .params
-                    .insert(RESEND_OF_PARAM.to_owned(), sent.origin_operation_id.clone());
-                (RemediationAction::FallbackChannel, resend)
+                fallback.map(|other| (RemediationAction::FallbackChannel, next.of(other, now)))
             }
         };
+        match resend {
+            Some((action, resend)) => self.resend_now(&op, &failure, next, action, resend, state),
+            None => vec![self.give_up(&op, &failure, next.reason)],
+        }
+    }
+
+    /// A resend at `failure.now + delay`, held in the state until then; it
+    /// gives up instead when `op`'s `not_after` passes first.
+    fn retry_later(
+        &self,
+        op: &OutboundOperation,
+        failure: &Failure<'_>,
+        next: NextAttempt,
+        delay: Duration,
+        state: &mut StateStore<SegmentState>,
+    ) -> Vec<Output> {
+        let at = failure
+            .now
+            .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+        if op.not_after.is_some_and(|not_after| at > not_after) {
+            let reason = format!("{}, but not_after passes first", next.reason);
+            return vec![self.give_up(op, failure, reason)];
+        }
+        let resend = next.of(op.clone(), failure.now);
         let decided = record(
-            &op,
-            &sent,
+            op,
+            &failure.sent,
             DeliveryOutcome::Failed,
-            code,
-            message,
-            resend_decision(
-                &sent,
-                attempt,
-                action,
-                next_id,
-                resend.channel,
-                decision.reason,
-            ),
-            now,
+            failure.code,
+            failure.message,
+            Remediation {
+                not_before: Some(at),
+                ..resend_decision(
+                    &failure.sent,
+                    next.attempt,
+                    RemediationAction::RetryLater,
+                    next.id,
+                    op.channel,
+                    next.reason,
+                )
+            },
+            failure.now,
         );
-        let Ok(resend_json) = serde_json::to_string(&resend) else {
+        if !self.hold(&resend, next.chain, at, delay, state) {
+            return Vec::new();
+        }
+        self.count("retry_later", failure.code);
+        vec![decided]
+    }
+
+    /// `resend` now, after the decision's record; when the consent gate
+    /// refuses it, its BLOCKED_OUTBOUND event and the chain's end.
+    fn resend_now(
+        &self,
+        op: &OutboundOperation,
+        failure: &Failure<'_>,
+        next: NextAttempt,
+        action: RemediationAction,
+        resend: OutboundOperation,
+        state: &mut StateStore<SegmentState>,
+    ) -> Vec<Output> {
+        let decided = record(
+            op,
+            &failure.sent,
+            DeliveryOutcome::Failed,
+            failure.code,
+            failure.message,
+            resend_decision(
+                &failure.sent,
+                next.attempt,
+                action,
+                next.id,
+                resend.channel,
+                next.reason,
+            ),
+            failure.now,
+        );
+        let Ok(operation_json) = serde_json::to_string(&resend) else {
             return Vec::new();
         };
         let chain = SegmentSent {
-            operation_json: resend_json,
-            ..chain
+            operation_json,
+            ..next.chain
         };
-        self.count(action_label(action), code);
-        match self.resend(&resend, &chain, now, state) {
+        self.count(action_label(action), failure.code);
+        match self.resend(&resend, &chain, failure.now, state) {
             Ok(mut outputs) => {
                 outputs.insert(0, decided);
                 outputs
             }
             Err(mut refused) => {
-                refused.extend(give_up(format!(
-                    "{}: the consent gate refused it",
-                    action_label(action)
-                )));
+                let reason = format!("{}: the consent gate refused it", action_label(action));
+                refused.push(self.give_up(op, failure, reason));
                 refused
             }
         }
@@ -616,15 +663,14 @@ impl Segmenter {
     }
 
     /// The terminal GIVE_UP record of a chain.
-    fn give_up(
-        &self,
-        op: &OutboundOperation,
-        sent: &SegmentSent,
-        code: Option<i32>,
-        message: Option<&str>,
-        reason: String,
-        now: i64,
-    ) -> Output {
+    fn give_up(&self, op: &OutboundOperation, failure: &Failure<'_>, reason: String) -> Output {
+        let Failure {
+            sent,
+            code,
+            message,
+            now,
+        } = failure;
+        let (code, message, now) = (*code, *message, *now);
         self.count("give_up", code);
         tracing::info!(operation_id = %sent.operation_id, error_code = ?code, %reason, "delivery failed: giving up");
         record(
