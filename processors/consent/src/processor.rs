@@ -49,7 +49,9 @@ pub enum Policy {
 pub enum ScopeMode {
     /// `*`: a STOP to one Si number stops every Si sender.
     Global,
-    /// The Si address the user wrote to (falls back to `*` when unknown).
+    /// The sender the conversation's replies go out with: the Messaging
+    /// Service (`MESSAGING_SERVICE_SID`) for Programmable Messaging when one
+    /// is set, else the Si address the user wrote to (`*` when unknown).
     Sender,
 }
 
@@ -350,11 +352,26 @@ impl ConsentProcessor {
         }
     }
 
-    fn scope_for(&self, proxy: Option<&str>) -> String {
-        match (self.settings.scope, proxy) {
-            (ScopeMode::Sender, Some(p)) if !p.is_empty() => p.to_owned(),
-            _ => ANY_SCOPE.to_owned(),
+    /// The scope a decision of the conversation's user is kept under: `*`,
+    /// or with `CONSENT_SCOPE=sender` the scope of the sender the
+    /// conversation's replies go out with ([`si_consent_gate::sender`]), the
+    /// one segment's and egress's gate checks. With `MESSAGING_SERVICE_SID`
+    /// that is the Messaging Service, whichever of its numbers the user
+    /// wrote to: Twilio applies an opt-out to the whole service too.
+    fn scope_for(&self, channel: Channel, conversation_id: &str, proxy: Option<&str>) -> String {
+        if self.settings.scope == ScopeMode::Global {
+            return ANY_SCOPE.to_owned();
         }
+        si_consent_gate::sender(
+            channel,
+            conversation_id,
+            conversation_id.starts_with("pm-"),
+            proxy,
+            self.settings.messaging_service_sid.as_deref(),
+        )
+        .map(|sender| sender.scope)
+        .filter(|scope| !scope.is_empty())
+        .unwrap_or_else(|| ANY_SCOPE.to_owned())
     }
 
     /// The stage's own decisions for the subject (its scope and `*`).
@@ -727,7 +744,11 @@ impl ConsentProcessor {
             // A phone channel: the decision in force for the user's address.
             let contact = contact?;
             let subject = Subject {
-                scope: self.scope_for(contact.proxy_address.as_deref()),
+                scope: self.scope_for(
+                    channel,
+                    &event.conversation_id,
+                    contact.proxy_address.as_deref(),
+                ),
                 address: contact.address.clone(),
                 channel,
                 proxy: contact.proxy_address.clone(),
@@ -810,7 +831,11 @@ impl ConsentProcessor {
                 ))
             })?;
         let subject = Subject {
-            scope: self.scope_for(participant.proxy_address.as_deref()),
+            scope: self.scope_for(
+                channel,
+                &event.conversation_id,
+                participant.proxy_address.as_deref(),
+            ),
             address,
             channel,
             proxy: participant.proxy_address.clone(),
@@ -1186,7 +1211,11 @@ impl ConsentProcessor {
             return Vec::new();
         };
         let subject = Subject {
-            scope: self.scope_for(contact.proxy_address.as_deref()),
+            scope: self.scope_for(
+                contact.channel,
+                &delivery.conversation_id,
+                contact.proxy_address.as_deref(),
+            ),
             address: contact.address,
             channel: contact.channel,
             proxy: contact.proxy_address,

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use si_catalog::{Catalog, keys};
-use si_consent_gate::ConsentGate;
+use si_consent_gate::{ConsentGate, Verdict};
 use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
 use si_runtime::state::StateStore;
 use si_runtime::table::GlobalTable;
@@ -927,6 +927,38 @@ fn a_reply_goes_out_through_the_sender_segment_uses() {
     );
     let out = h.send(msg(2, "STOP"));
     assert_eq!(out.outbound()[0].sender_key, format!("sms:{OURS}"));
+}
+
+#[test]
+fn sender_scope_with_a_messaging_service_records_the_opt_out_for_the_service() {
+    // The user wrote to one of the service's numbers; the replies go out
+    // through the service, so the STOP must stop what the gate checks there.
+    const MG: &str = "MG0123456789abcdef0123456789abcdef";
+    let settings = Settings {
+        scope: ScopeMode::Sender,
+        messaging_service_sid: Some(MG.into()),
+        ..Settings::default()
+    };
+    let mut h = Harness::new(settings, gate(vec![], vec![]));
+    let mut e = msg(1, "STOP");
+    e.conversation_id = "pm-0123".into();
+    let out = h.send(e.clone());
+    let decision = out.consent()[0].clone();
+    assert_eq!(decision.key(), format!("sms:{USER}|{MG}"));
+    assert_eq!(decision.status, ConsentStatus::OptedOut);
+
+    let sender =
+        si_consent_gate::sender(Channel::Sms, &e.conversation_id, true, Some(OURS), Some(MG))
+            .unwrap();
+    let segments_gate = gate(vec![decision], vec![]);
+    assert!(matches!(
+        segments_gate.check(Channel::Sms, USER, &sender.scope, false),
+        Verdict::Blocked { .. }
+    ));
+    // The user's next message is not forwarded either.
+    let mut next = msg(2, "hello again");
+    next.conversation_id = e.conversation_id;
+    assert!(h.send(next).inbound().is_empty());
 }
 
 #[test]
