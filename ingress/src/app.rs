@@ -81,7 +81,8 @@ pub struct AppState {
     pub public_base_url: String,
     /// Auth Tokens (HMAC-SHA1).
     pub auth_tokens: Vec<String>,
-    /// Webhook shared-key secrets (HMAC-SHA256).
+    /// Webhook shared-key secrets, for requests with
+    /// `X-Twilio-Webhooks-Signature-Settings` (HMAC-SHA1 or HMAC-SHA256).
     pub shared_secrets: Vec<String>,
     /// Deadline for Kafka's acknowledgement.
     pub produce_timeout: Duration,
@@ -592,10 +593,12 @@ async fn accept(
 
     let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let public_url = format!("{}{path_and_query}", state.public_base_url);
-    let algorithm = Algorithm::from_settings_header(header_str(headers, SIGNATURE_SETTINGS));
-    let secrets = match algorithm {
-        Some(Algorithm::HmacSha256) => &state.shared_secrets,
-        _ => &state.auth_tokens,
+    let settings = header_str(headers, SIGNATURE_SETTINGS);
+    let algorithm = Algorithm::from_settings_header(settings);
+    let secrets = if signature::signed_with_shared_key(settings) {
+        &state.shared_secrets
+    } else {
+        &state.auth_tokens
     };
     let payload = match &parsed {
         Body::Form(params) => Payload::Form(params),
@@ -830,6 +833,78 @@ mod tests {
             !line.to_string().contains("+14155550100"),
             "no address in the line: {line}"
         );
+    }
+
+    /// The answer to an inbound message signed under `algorithm` with
+    /// `secret`, with `settings` as `X-Twilio-Webhooks-Signature-Settings`,
+    /// by an ingress whose Auth Token is `token` and shared key `shared`.
+    /// Offline: a request whose signature holds gets 503 (nothing stores
+    /// it), a refused one 403.
+    async fn signed_answer(
+        settings: Option<&str>,
+        algorithm: Algorithm,
+        secret: &str,
+    ) -> StatusCode {
+        let base = "https://si.example";
+        let path = "/twilio/messaging/inbound";
+        let params =
+            [("Body", "hi"), ("From", "+14155550100")].map(|(n, v)| (n.to_owned(), v.to_owned()));
+        let signed = signature::compute(
+            algorithm,
+            secret,
+            &signature::signing_string(&format!("{base}{path}"), &params),
+        );
+        let mut request = Request::post(path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(TWILIO_SIGNATURE, signed);
+        if let Some(settings) = settings {
+            request = request.header(SIGNATURE_SETTINGS, settings);
+        }
+        let request = request
+            .body(axum::body::Body::from("Body=hi&From=%2B14155550100"))
+            .expect("request");
+        let state = AppState {
+            shared_secrets: vec!["shared".to_owned()],
+            ..AppState::offline(base, "token")
+        };
+        Webhooks::new(Arc::new(state), 64 * 1024)
+            .answer(request)
+            .await
+            .status()
+    }
+
+    #[tokio::test]
+    async fn the_settings_header_means_the_shared_key_whatever_hmac_it_names() {
+        use Algorithm::{HmacSha1, HmacSha256};
+        const HELD: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+        const REFUSED: StatusCode = StatusCode::FORBIDDEN;
+        let sha1 = Some("key=webhooks_sharedkey_1,algorithm=HMAC_SHA1");
+        let sha256 = Some("key=webhooks_sharedkey_1,algorithm=HMAC_SHA256");
+        let unnamed = Some("key=webhooks_sharedkey_1");
+        let cases = [
+            (None, HmacSha1, "token", HELD),
+            (None, HmacSha1, "shared", REFUSED),
+            (sha1, HmacSha1, "shared", HELD),
+            (sha1, HmacSha1, "token", REFUSED),
+            (unnamed, HmacSha1, "shared", HELD),
+            (unnamed, HmacSha1, "token", REFUSED),
+            (sha256, HmacSha256, "shared", HELD),
+            (sha256, HmacSha256, "token", REFUSED),
+            (sha256, HmacSha1, "shared", REFUSED),
+            (
+                Some("key=k,algorithm=HMAC_MD5"),
+                HmacSha1,
+                "shared",
+                REFUSED,
+            ),
+        ];
+        for (settings, algorithm, secret, expected) in cases {
+            assert_eq!(
+                signed_answer(settings, algorithm, secret).await,
+                expected,
+                "{settings:?} {algorithm:?} {secret}"
+            );
+        }
     }
 
     /// A form POST to `path` whose body arrives as `chunks`, without a

@@ -37,8 +37,10 @@ pub struct Config {
     #[arg(long, env = "TWILIO_AUTH_TOKEN_SECONDARY", hide_env_values = true)]
     pub twilio_auth_token_secondary: Option<String>,
 
-    /// Webhook shared-key secrets for HMAC-SHA256 signatures
-    /// (`X-Twilio-Webhooks-Signature-Settings`), comma separated during rotation.
+    /// Webhook shared-key secrets: a request carrying
+    /// `X-Twilio-Webhooks-Signature-Settings` is checked with them (and the
+    /// HMAC the header names, SHA-1 unless `HMAC_SHA256`) instead of the Auth
+    /// Tokens. Comma separated during rotation.
     #[arg(
         long,
         env = "TWILIO_WEBHOOK_SHARED_SECRET",
@@ -112,15 +114,22 @@ impl Config {
             bail!("PUBLIC_BASE_URL must not have a query or fragment: {base:?}");
         }
         self.public_base_url = base;
-        if self.twilio_auth_token.trim().is_empty() {
+        // Secrets are trimmed: a value read from a file often ends in a
+        // newline, and a list is often written `k0, k1`.
+        self.twilio_auth_token = self.twilio_auth_token.trim().to_owned();
+        if self.twilio_auth_token.is_empty() {
             bail!("TWILIO_AUTH_TOKEN is empty");
         }
         self.twilio_auth_token_secondary = self
             .twilio_auth_token_secondary
             .take()
-            .filter(|t| !t.trim().is_empty());
-        self.twilio_webhook_shared_secret
-            .retain(|s| !s.trim().is_empty());
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
+        self.twilio_webhook_shared_secret = std::mem::take(&mut self.twilio_webhook_shared_secret)
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
         if self.request_timeout >= TWILIO_WEBHOOK_TIMEOUT {
             bail!(
                 "REQUEST_TIMEOUT ({:?}) must be below Twilio's {:?}",
@@ -208,6 +217,24 @@ mod tests {
         let config = parse(&[])?;
         assert_eq!(config.public_base_url, "https://si.example.com");
         assert_eq!(config.auth_tokens(), ["tok"]);
+        Ok(())
+    }
+
+    #[test]
+    fn secrets_are_trimmed() -> anyhow::Result<()> {
+        let config = Config::from_args([
+            "si-ingress",
+            "--public-base-url",
+            "https://si.example.com",
+            "--twilio-auth-token",
+            "tok\n",
+            "--twilio-auth-token-secondary",
+            " tok2 ",
+            "--twilio-webhook-shared-secret",
+            "k0, k1,, ",
+        ])?;
+        assert_eq!(config.auth_tokens(), ["tok", "tok2"]);
+        assert_eq!(config.twilio_webhook_shared_secret, ["k0", "k1"]);
         Ok(())
     }
 

@@ -26,6 +26,7 @@ REGISTRY = os.environ.get("SCHEMA_REGISTRY_URL", "http://localhost:8081/apis/cco
 PUBLIC = "https://si.example.test"
 TOKEN = "oracle-primary-token"
 SECONDARY = "oracle-secondary-token"
+SHARED = "oracle-webhook-shared-key"
 
 
 def binary(name):
@@ -95,6 +96,7 @@ def ingress(prefix):
         PUBLIC_BASE_URL=PUBLIC,
         TWILIO_AUTH_TOKEN=TOKEN,
         TWILIO_AUTH_TOKEN_SECONDARY=SECONDARY,
+        TWILIO_WEBHOOK_SHARED_SECRET=f"unused-key, {SHARED}",
         KAFKA_BOOTSTRAP_SERVERS=BOOTSTRAP,
         SCHEMA_REGISTRY_URL=REGISTRY,
         LOG_LEVEL="warn",

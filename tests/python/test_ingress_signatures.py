@@ -2,7 +2,7 @@
 
 The library's RequestValidator signs every request (forms, repeated
 parameters, query strings, the default port, JSON bodies with bodySHA256, the
-secondary token); ingress must accept them all and store every parameter byte
+secondary token, webhook shared keys); ingress must accept them all and store every parameter byte
 for byte. Any one-byte change to a parameter, the URL or the body must get 403
 with nothing written.
 """
@@ -13,7 +13,7 @@ import urllib.parse
 import pytest
 from twilio.request_validator import RequestValidator
 
-from conftest import PUBLIC, SECONDARY, TOKEN, read_records
+from conftest import PUBLIC, SECONDARY, SHARED, TOKEN, read_records
 
 
 class MultiDict(dict):
@@ -165,3 +165,21 @@ def test_the_default_port_is_accepted_both_ways(ingress, port_in_signed_url):
     pairs = [("CallSid", "CA8"), ("CallStatus", "completed")]
     url = f"https://si.example.test{port_in_signed_url}/twilio/voice/status"
     assert ingress.post("/twilio/voice/status", form(pairs), sign(TOKEN, url, pairs)).status_code == 200
+
+
+@pytest.mark.parametrize("algorithm", ["HMAC_SHA1", "HMAC_SHA256"])
+def test_a_webhook_signed_with_a_shared_key_is_checked_with_it(ingress, prefix, algorithm):
+    """X-Twilio-Webhooks-Signature-Settings means a shared key, with the HMAC it names."""
+    path = "/twilio/messaging/inbound"
+    pairs = INBOUND
+    settings = {"X-Twilio-Webhooks-Signature-Settings": f"key=webhooks_sharedkey_1,algorithm={algorithm}"}
+    signature = RequestValidator(SHARED).compute_signature(PUBLIC + path, MultiDict(pairs), algorithm)
+    # Signed with the Auth Token instead: the header says it is not.
+    by_token = RequestValidator(TOKEN).compute_signature(PUBLIC + path, MultiDict(pairs), algorithm)
+    refused = ingress.post(path, form(pairs), by_token, headers=settings)
+    assert refused.status_code == 403, refused.text
+    response = ingress.post(path, form(pairs), signature, headers=settings)
+    assert response.status_code == 200, response.text
+    records = read_records(f"{prefix}twilio.webhooks.v1", 1, settle_s=2.0)
+    assert len(records) == 1, "only the webhook signed with the shared key is stored"
+    assert tuple((p["name"], p["value"]) for p in records[0]["params"]) == tuple(pairs)

@@ -9,8 +9,10 @@
 //! - The URL is tried without its port and with it (the default port added when
 //!   there is none), since Twilio is inconsistent about ports.
 //! - Several secrets may be valid at once (Auth Token rotation), each is tried.
-//! - `X-Twilio-Webhooks-Signature-Settings: key=…,algorithm=HMAC_SHA256` selects
-//!   HMAC-SHA256 with a shared key instead of the Auth Token.
+//! - `X-Twilio-Webhooks-Signature-Settings: key=…,algorithm=…` marks a request
+//!   signed with a webhook shared key instead of the Auth Token
+//!   ([`signed_with_shared_key`]), with the HMAC it names: HMAC-SHA1 unless it
+//!   says `HMAC_SHA256` ([`Algorithm::from_settings_header`]).
 //!
 //! Comparisons are constant-time. The candidates (URL variant × secret) are
 //! tried until one matches, the URL as requested first; a refused request has
@@ -49,6 +51,15 @@ impl Algorithm {
             Some(_) => None,
         }
     }
+}
+
+/// Whether a request was signed with a webhook shared key rather than the
+/// Auth Token: Twilio adds `X-Twilio-Webhooks-Signature-Settings` to those,
+/// whatever algorithm it names, as the official libraries' request
+/// validation middleware reads it.
+#[must_use]
+pub fn signed_with_shared_key(settings_header: Option<&str>) -> bool {
+    settings_header.is_some_and(|header| !header.trim().is_empty())
 }
 
 /// What was signed besides the URL.
