@@ -5,10 +5,11 @@
 //!    mathematical `𝐒𝐓𝐎𝐏`, circled `Ⓢ`, ligatures `ﬁ` become plain letters.
 //! 2. Typographic look-alikes, with segment's smart-encoding table
 //!    ([`si_segment::lookalike::replacement`]): curly apostrophes and quotes,
-//!    dashes, exotic spaces; zero-width characters and soft hyphens vanish
-//!    (`ST\u{200B}OP` is `STOP`).
+//!    dashes, exotic spaces; zero-width characters, soft hyphens and
+//!    bidirectional marks vanish (`ST\u{200B}OP` is `STOP`).
 //! 3. Look-alike letters ([`latin_look_alike`]): Cyrillic and Greek letters
-//!    that look like Latin ones (`ЅТОР` with Cyrillic letters is `STOP`).
+//!    that look like Latin ones (`ЅТОР` with Cyrillic letters is `STOP`), and
+//!    the dotless `ı` (`quıt` is `quit`).
 //! 4. Unicode default case folding (`ß` → `ss`, `Σ`/`ς` → `σ`).
 //! 5. Accents dropped (canonical decomposition without combining marks):
 //!    `arrêt` is `arret`, `sí` is `si`.
@@ -31,6 +32,8 @@ pub fn fold(text: &str) -> String {
     {
         if let Some(r) = si_segment::lookalike::replacement(c) {
             plain.push_str(r);
+        } else if is_bidi_control(c) {
+            // Invisible, like the zero-width characters above.
         } else {
             plain.push(latin_look_alike(c).unwrap_or(c));
         }
@@ -41,6 +44,12 @@ pub fn fold(text: &str) -> String {
         .filter(|c| !is_combining_mark(*c))
         .nfc()
         .collect()
+}
+
+/// Whether `c` only orders text for display (marks, embeddings, isolates):
+/// invisible, so `ST\u{200E}OP` is `STOP`.
+const fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// The words of folded text: runs of letters and digits. Everything else
@@ -59,8 +68,8 @@ pub fn trim(text: &str) -> &str {
     text.trim_matches(|c: char| !c.is_alphanumeric())
 }
 
-/// The Latin letter that Cyrillic or Greek letter `c` looks like, in the same
-/// case; `None` for every other character. From Unicode's confusables data
+/// The Latin letter that Cyrillic or Greek letter `c` (or Latin dotless
+/// `ı`) looks like, in the same case; `None` for every other character. From Unicode's confusables data
 /// (UTS #39), limited to letters that look the same in ordinary fonts.
 #[must_use]
 pub const fn latin_look_alike(c: char) -> Option<char> {
@@ -121,6 +130,8 @@ pub const fn latin_look_alike(c: char) -> Option<char> {
         'υ' => 'u',
         'ϲ' => 'c',
         'ϳ' => 'j',
+        // Latin dotless i (Turkish keyboards type it for i)
+        'ı' => 'i',
         _ => return None,
     })
 }
@@ -141,6 +152,9 @@ mod tests {
             "ⓈⓉⓄⓅ",
             "ST\u{200B}OP",
             "S\u{00AD}TOP",
+            "ST\u{200E}OP",
+            "\u{2066}STOP\u{2069}",
+            "S\u{202E}TOP",
             // Cyrillic Ѕ Т О Р, Greek Τ Ο Ρ, mixed
             "\u{0405}\u{0422}\u{041E}\u{0420}",
             "S\u{03A4}\u{039F}\u{03A1}",

@@ -11,10 +11,11 @@
 //! `messaging`), *filler* (`please`, `me`, `all`), or an unknown word.
 //!
 //! A *revocation* in a clause (text between `. , ; : ! ? ( )` or line breaks)
-//! is a term; a verb not preceded by a negation in the clause (`don't stop`,
-//! `I don't want to cancel` are none); or a negation followed by a word about
-//! messages within three entries with only filler between (`don't text me`,
-//! `no more messages`).
+//! is a term; a verb not negated, that is without a negation within the
+//! three entries before it, only filler between (`don't stop`, `I don't want
+//! to cancel` are none; `I'm not interested stop texting me` is one); or a
+//! negation followed by a word about messages within three entries with only
+//! filler between (`don't text me`, `no more messages`).
 //!
 //! - **Opt-out at once** ([`Rule::Phrase`]): the whole message has at most
 //!   `max_words` words, every one of them is a known entry, and a clause of
@@ -22,9 +23,10 @@
 //!   `please stop`, `stop texting me`, `unsubscribe me`, `I want to cancel my
 //!   subscription`.
 //! - **Flag** (forwarded to cognition with `possible_revocation`): the
-//!   whole message would be an opt-out but names its object by a
-//!   *contextual* word ([`Rule::Contextual`]: `cancel that`, `stop it`,
-//!   which may be about a reminder rather than Si's messages); or, within one
+//!   whole message would be an opt-out but names its object only by a
+//!   *contextual* word, with no term or word about messages
+//!   ([`Rule::Contextual`]: `cancel that`, `stop it`, which may be about a
+//!   reminder rather than Si's messages); or, within one
 //!   clause: the clause alone
 //!   would be an opt-out ([`Rule::Clause`]: `Please stop, I'm at work`); or a
 //!   term appears ([`Rule::Term`]: `how do I unsubscribe from the reminders
@@ -240,11 +242,16 @@ impl Language {
             && clauses
                 .iter()
                 .any(|c| Self::has_revocation(&self.pieces(c)));
+        // A contextual word makes it a flag only when nothing else names
+        // the object: `cancel that` may be about a reminder, while
+        // `unsubscribe me from this` and `do not text this` are about Si's
+        // messages.
+        let named = |p: &Piece| matches!(p.category, Some(Category::Term | Category::Messages));
+        let contextual = pieces
+            .iter()
+            .any(|p| p.category == Some(Category::Contextual));
         revocation.then(|| {
-            if pieces
-                .iter()
-                .any(|p| p.category == Some(Category::Contextual))
-            {
+            if contextual && !pieces.iter().any(named) {
                 Rule::Contextual
             } else {
                 Rule::Phrase
@@ -291,11 +298,17 @@ fn negation_reaches_messages(pieces: &[Piece], i: usize) -> Option<usize> {
         .map(|k| i + 1 + k)
 }
 
-/// Whether the verb at `i` follows a negation in its clause (`don't stop`,
-/// `I don't want to cancel`).
+/// Whether the verb at `i` is negated: a negation within the three entries
+/// before it, with only filler between (`don't stop`, `I don't want to
+/// cancel`). A negation further back, or behind other words, is about
+/// something else (`I'm not interested, stop texting me`, `I don't know you
+/// stop texting me`).
 fn negated(pieces: &[Piece], i: usize) -> bool {
     pieces[..i]
         .iter()
+        .rev()
+        .take(3)
+        .take_while(|p| matches!(p.category, Some(Category::Filler | Category::Negation)))
         .any(|p| p.category == Some(Category::Negation))
 }
 

@@ -41,6 +41,23 @@ fn revocation_phrases_opt_out_in_every_conversation() {
         ("I quit", "en"),
         ("revoke consent", "en"),
         ("ＯＰＴ ＯＵＴ", "en"),
+        // Wordings people use, each word in the lists.
+        ("I said STOP", "en"),
+        ("stop txting me", "en"),
+        ("UN-SUBSCRIBE", "en"),
+        ("I no longer want texts", "en"),
+        ("stop spamming me", "en"),
+        ("remove my number", "en"),
+        ("wrong number", "en"),
+        ("Si please stop", "en"),
+        ("remove me from the list", "en"),
+        ("take me off the list", "en"),
+        ("I revoke my consent", "en"),
+        // A contextual word with the object named is no less a revocation.
+        ("unsubscribe me from this", "en"),
+        ("unsubscribe from these messages", "en"),
+        ("do not text this number", "en"),
+        ("QUıT TEXTıNG ME", "en"),
         // Cyrillic Ѕ Т О Р, Greek Α, Cyrillic А
         ("\u{0405}\u{0422}\u{041E}\u{0420} \u{0391}LL", "en"),
         ("please \u{0455}top texting me", "en"),
@@ -123,6 +140,22 @@ fn longer_messages_with_a_revocation_are_flagged() {
             Rule::Clause,
             "stop texting me now",
         ),
+        // A negation about something else does not cancel a later verb.
+        (
+            "I'm not interested stop texting me",
+            Rule::NearMessages,
+            "stop texting",
+        ),
+        (
+            "I don't know you stop texting me",
+            Rule::NearMessages,
+            "stop texting",
+        ),
+        (
+            "I do not know this number stop texting me",
+            Rule::NearMessages,
+            "stop texting",
+        ),
     ];
     for (text, rule, matched) in table {
         for locale in LOCALES {
@@ -152,6 +185,9 @@ fn ordinary_messages_stay_ordinary() {
         "the end",
         "don't stop texting me",
         "No, I don't want to cancel",
+        "I dont wanna stop",
+        "never stop",
+        "Cancel my reminder",
         "I can't stop laughing",
         "Can you text me the address?",
         "Send me a message when it's done",
