@@ -59,7 +59,9 @@ impl Address {
         let phone = parse_phone(bare);
         let channel = match prefix.as_deref() {
             Some("whatsapp") => Channel::Whatsapp,
-            Some("sms" | "mms") => Channel::Sms,
+            // RCS is the SMS family: Twilio applies one opt-out across RCS,
+            // SMS and MMS of a sender, and falls back from RCS to SMS.
+            Some("sms" | "mms" | "rcs") => Channel::Sms,
             Some("client") => Channel::Chat,
             Some(_) => Channel::Unknown,
             None if phone.is_some() => Channel::Sms,
@@ -216,6 +218,9 @@ mod tests {
         let short = Address::parse("12345");
         assert_eq!(short.channel, Channel::Sms);
         assert_eq!(short.e164.as_deref(), Some("12345"));
+        let rcs = Address::parse("rcs:+14155550100");
+        assert_eq!(rcs.channel, Channel::Sms, "one consent with SMS");
+        assert_eq!(rcs.e164.as_deref(), Some("+14155550100"));
         let other = Address::parse("messenger:1234567890");
         assert_eq!(other.channel, Channel::Unknown);
         assert_eq!(Address::parse("").e164, None);
