@@ -268,134 +268,37 @@ impl LifecycleProcessor {
     /// `PARTICIPANT_JOINED` events, the accepted status, and its state with
     /// the opening text waiting for that `PARTICIPANT_JOINED`.
     fn open(&self, start: Start<'_>, state: &mut StateStore<LifecycleState>) -> Vec<Output> {
-        let Start {
-            command,
-            now,
-            id,
-            session_id,
-            channel,
-            from,
-            address,
-            locale,
-            text,
-        } = start;
         self.metrics.starts.with_label_values(&["started"]).inc();
         self.metrics.opened.with_label_values(&["si"]).inc();
         let messaging = self.settings.start_mode == StartMode::Messaging;
         let mut outputs = Vec::with_capacity(6);
         if !messaging {
-            outputs.extend(self.conversation_setup(now, command, id, channel, &address, &from));
+            outputs.extend(self.conversation_setup(
+                start.now,
+                start.command,
+                start.id,
+                start.channel,
+                &start.address,
+                &start.from,
+            ));
         }
-        let binding = ParticipantBinding {
-            address: address.clone(),
-            channel,
-            proxy_address: Some(from.clone()),
-            conversation_id: id.to_owned(),
-            session_id: session_id.clone(),
-            participant_sid: None,
-            active: true,
-            bound_at: now,
-            updated_at: now,
-            previous_conversation_id: None,
-        };
-        outputs.push(Output::new(topics::PARTICIPANTS, binding.key(), binding));
-        let source = if messaging {
-            EventSource::Messaging
-        } else {
-            EventSource::Conversations
-        };
-        let participant = Participant {
-            address: Some(address.clone()),
-            channel,
-            user_id: command.params.get(USER_PARAM).cloned(),
-            visitor_id: None,
-            registered: command.params.contains_key(USER_PARAM),
-            participant_sid: None,
-            identity: None,
-            proxy_address: Some(from.clone()),
-        };
-        let event = |step: &str, event_type, state_change| ConversationEvent {
-            event_id: format!("{START_EVENT_PREFIX}{step}-{}", command.command_id),
-            conversation_id: id.to_owned(),
-            session_id: session_id.clone(),
-            event_type,
-            channel,
-            source,
-            occurred_at: now,
-            received_at: now,
-            participant: Some(participant.clone()),
-            locale: locale.clone(),
-            locale_source: if command.locale.is_some() {
-                LocaleSource::Default
-            } else {
-                LocaleSource::Identity
-            },
-            account_sid: None,
-            webhook_id: String::new(),
-            dedup_key: format!("{START_EVENT_PREFIX}{step}-{}", command.command_id),
-            traceparent: None,
-            compliance: None,
-            message: None,
-            delivery: None,
-            participant_change: None,
-            state_change,
-            call: None,
-            recording: None,
-            transcription: None,
-            compliance_record: None,
-            media_stored: None,
-        };
-        outputs.push(Output::new(
-            topics::CONVERSATION_EVENTS,
-            id.to_owned(),
-            event(
-                "started",
-                ConversationEventType::ConversationStarted,
-                Some(StateChange {
-                    state_from: None,
-                    state_to: ConversationState::Active,
-                    reason: Some("START_CONVERSATION".into()),
-                }),
-            ),
+        outputs.push(directory_entry(&start));
+        outputs.extend(start_events(&start, messaging));
+        outputs.push(self.start_status(
+            start.now,
+            start.command,
+            start.id,
+            DeliveryOutcome::Accepted,
+            None,
         ));
-        outputs.push(Output::new(
-            topics::CONVERSATION_EVENTS,
-            id.to_owned(),
-            event("joined", ConversationEventType::ParticipantJoined, None),
-        ));
-        outputs.push(self.start_status(now, command, id, DeliveryOutcome::Accepted, None));
-        let conversation = LifecycleState {
-            conversation_id: id.to_owned(),
-            session_id,
-            channel,
-            address: Some(address),
-            proxy_address: Some(from),
-            locale,
-            phase: LifecyclePhase::Open,
-            opened_at: now,
-            last_activity_at: now,
-            close_reason: None,
-            closing_started_at: None,
-            summary_request_id: None,
-            summary: None,
-            closing_response_id: None,
-            first_sequence: None,
-            last_sequence: None,
-            media: Vec::new(),
-            programmable_messaging: messaging,
-            opening_text: Some(text),
-            conversation_sid: None,
-            active_call_sid: None,
-            compliance_event_ids: Vec::new(),
-        };
-        // No timer yet: reading back PARTICIPANT_JOINED arms the opening's.
-        self.save(state, conversation);
         tracing::info!(
-            conversation = %id,
-            command_id = %command.command_id,
+            conversation = %start.id,
+            command_id = %start.command.command_id,
             mode = ?self.settings.start_mode,
             "conversation started by Si"
         );
+        // No timer yet: reading back PARTICIPANT_JOINED arms the opening's.
+        self.save(state, opened(start, messaging));
         outputs
     }
 
@@ -631,6 +534,119 @@ impl LifecycleProcessor {
 }
 
 use si_schemas::records::is_e164;
+
+/// The directory entry of a conversation Si started on `start.from`.
+fn directory_entry(start: &Start<'_>) -> Output {
+    let binding = ParticipantBinding {
+        address: start.address.clone(),
+        channel: start.channel,
+        proxy_address: Some(start.from.clone()),
+        conversation_id: start.id.to_owned(),
+        session_id: start.session_id.clone(),
+        participant_sid: None,
+        active: true,
+        bound_at: start.now,
+        updated_at: start.now,
+        previous_conversation_id: None,
+    };
+    Output::new(topics::PARTICIPANTS, binding.key(), binding)
+}
+
+/// The started conversation's `CONVERSATION_STARTED` and
+/// `PARTICIPANT_JOINED`, with ids derived from the command's.
+fn start_events(start: &Start<'_>, messaging: bool) -> [Output; 2] {
+    let command = start.command;
+    let participant = Participant {
+        address: Some(start.address.clone()),
+        channel: start.channel,
+        user_id: command.params.get(USER_PARAM).cloned(),
+        visitor_id: None,
+        registered: command.params.contains_key(USER_PARAM),
+        participant_sid: None,
+        identity: None,
+        proxy_address: Some(start.from.clone()),
+    };
+    let event = |step: &str, event_type, state_change| {
+        let id = format!("{START_EVENT_PREFIX}{step}-{}", command.command_id);
+        let event = ConversationEvent {
+            event_id: id.clone(),
+            conversation_id: start.id.to_owned(),
+            session_id: start.session_id.clone(),
+            event_type,
+            channel: start.channel,
+            source: if messaging {
+                EventSource::Messaging
+            } else {
+                EventSource::Conversations
+            },
+            occurred_at: start.now,
+            received_at: start.now,
+            participant: Some(participant.clone()),
+            locale: start.locale.clone(),
+            locale_source: if command.locale.is_some() {
+                LocaleSource::Default
+            } else {
+                LocaleSource::Identity
+            },
+            account_sid: None,
+            webhook_id: String::new(),
+            dedup_key: id,
+            traceparent: None,
+            compliance: None,
+            message: None,
+            delivery: None,
+            participant_change: None,
+            state_change,
+            call: None,
+            recording: None,
+            transcription: None,
+            compliance_record: None,
+            media_stored: None,
+        };
+        Output::new(topics::CONVERSATION_EVENTS, start.id.to_owned(), event)
+    };
+    [
+        event(
+            "started",
+            ConversationEventType::ConversationStarted,
+            Some(StateChange {
+                state_from: None,
+                state_to: ConversationState::Active,
+                reason: Some("START_CONVERSATION".into()),
+            }),
+        ),
+        event("joined", ConversationEventType::ParticipantJoined, None),
+    ]
+}
+
+/// The state of a conversation Si just started: open, its opening text
+/// waiting to be sent.
+fn opened(start: Start<'_>, messaging: bool) -> LifecycleState {
+    LifecycleState {
+        conversation_id: start.id.to_owned(),
+        session_id: start.session_id,
+        channel: start.channel,
+        address: Some(start.address),
+        proxy_address: Some(start.from),
+        locale: start.locale,
+        phase: LifecyclePhase::Open,
+        opened_at: start.now,
+        last_activity_at: start.now,
+        close_reason: None,
+        closing_started_at: None,
+        summary_request_id: None,
+        summary: None,
+        closing_response_id: None,
+        first_sequence: None,
+        last_sequence: None,
+        media: Vec::new(),
+        programmable_messaging: messaging,
+        opening_text: Some(start.text),
+        conversation_sid: None,
+        active_call_sid: None,
+        compliance_event_ids: Vec::new(),
+    }
+}
 
 /// The command's conversation id, session and channel, each required.
 fn start_target(command: &Command) -> Result<(&str, String, Channel), ProcessError> {
