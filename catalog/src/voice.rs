@@ -22,9 +22,19 @@ pub enum Choice {
 
 /// Reads the caller's answer: keypad first (1 accepts, 2 declines), then
 /// speech against the locale's `voice.yes_words` and `voice.no_words`, whole
-/// words, case-insensitive. A no word wins over a yes word (no recording
-/// without a clear yes). Anything else, including silence, is
-/// [`Choice::NoInput`].
+/// words, case-insensitive. No recording without a clear yes:
+///
+/// - a no word (negations among them: `not`, `pas`) declines, whatever
+///   else was said (`yes... no, actually`, `I'm not sure`);
+/// - a question is no answer (`¿Quién es Si?`);
+/// - a yes word accepts in a short answer only, at most
+///   [`MAX_ANSWER_WORDS`] words (`Yes, please`, `Sure, go ahead`): a
+///   longer utterance (a voicemail greeting, a remark) is no answer.
+///
+/// Anything else, including silence, is [`Choice::NoInput`].
+/// The most words a spoken yes may come with.
+pub const MAX_ANSWER_WORDS: usize = 5;
+
 #[must_use]
 pub fn choice(
     catalog: &Catalog,
@@ -50,10 +60,9 @@ pub fn choice(
             _ => ' ',
         })
         .collect();
-    let spoken = format!(
-        " {} ",
-        spoken.split_whitespace().collect::<Vec<_>>().join(" ")
-    );
+    let words: Vec<&str> = spoken.split_whitespace().collect();
+    let question = speech.contains(['?', '¿']);
+    let spoken = format!(" {} ", words.join(" "));
     let said = |key| {
         catalog
             .words(key, locale)
@@ -62,7 +71,7 @@ pub fn choice(
     };
     if said(keys::VOICE_NO_WORDS) {
         Choice::Decline
-    } else if said(keys::VOICE_YES_WORDS) {
+    } else if !question && words.len() <= MAX_ANSWER_WORDS && said(keys::VOICE_YES_WORDS) {
         Choice::Accept
     } else {
         Choice::NoInput
@@ -88,6 +97,31 @@ mod tests {
         assert_eq!(choice(c, "en", None, Some("I don't")), Choice::Decline);
         assert_eq!(choice(c, "es", None, Some("Sí, claro")), Choice::Accept);
         assert_eq!(choice(c, "en", None, Some("nobody knows")), Choice::NoInput);
+        assert_eq!(
+            choice(c, "en", None, Some("Sure, go ahead")),
+            Choice::Accept
+        );
+        assert_eq!(choice(c, "en", None, Some("I accept")), Choice::Accept);
+        // Negations decline; questions and long utterances are no answer.
+        assert_eq!(choice(c, "en", None, Some("I'm not sure")), Choice::Decline);
+        assert_eq!(choice(c, "en", None, Some("not okay")), Choice::Decline);
+        assert_eq!(choice(c, "en", None, Some("never")), Choice::Decline);
+        assert_eq!(choice(c, "en", None, Some("Okay?")), Choice::NoInput);
+        assert_eq!(
+            choice(
+                c,
+                "en",
+                None,
+                Some("Hi, you've reached Sam. Okay, leave a message after the tone")
+            ),
+            Choice::NoInput,
+            "a voicemail greeting is no consent"
+        );
+        assert_eq!(
+            choice(c, "es", None, Some("¿Quién es Si?")),
+            Choice::NoInput
+        );
+        assert_eq!(choice(c, "es", None, Some("No, nunca")), Choice::Decline);
         assert_eq!(choice(c, "en", Some("7"), None), Choice::NoInput);
         assert_eq!(choice(c, "en", None, None), Choice::NoInput);
     }
@@ -103,6 +137,11 @@ mod tests {
         );
         assert_eq!(choice(c, "fr", None, Some("Non merci")), Choice::Decline);
         assert_eq!(choice(c, "fr", None, Some("oui… non")), Choice::Decline);
+        assert_eq!(
+            choice(c, "fr", None, Some("Je ne suis pas d'accord")),
+            Choice::Decline
+        );
+        assert_eq!(choice(c, "fr", None, Some("pas ok")), Choice::Decline);
         assert_eq!(
             choice(c, "fr", None, Some("yes")),
             Choice::NoInput,
