@@ -761,6 +761,9 @@ fn answer(
         WebhookRoute::MessagingInbound => {
             twiml_response("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>")
         }
+        WebhookRoute::VoiceAnswer if twiml::answered_by_machine(body.get("AnsweredBy")) => {
+            twiml_response(twiml::hang_up())
+        }
         WebhookRoute::VoiceAnswer => {
             voice(&|catalog, carried, _| twiml::answer(&state.voice, catalog, carried))
         }

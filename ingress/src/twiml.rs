@@ -79,6 +79,22 @@ fn document(verbs: &str) -> String {
     format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>{verbs}</Response>")
 }
 
+/// Whether Twilio's answering-machine detection says a machine (or a fax)
+/// answered: `AnsweredBy` `machine_start`, `machine_end_beep`,
+/// `machine_end_silence`, `machine_end_other` or `fax`.
+#[must_use]
+pub fn answered_by_machine(answered_by: Option<&str>) -> bool {
+    answered_by.is_some_and(|a| a.starts_with("machine_") || a == "fax")
+}
+
+/// The answer to a call answered by a machine: hang up at once. Nobody is
+/// there to hear the disclosure, and a greeting is no consent; voice-link
+/// reads the call's `AnsweredBy` and tells the user by text.
+#[must_use]
+pub fn hang_up() -> String {
+    document("<Hangup/>")
+}
+
 /// The answer to a call: the disclosure, then the consent prompt.
 #[must_use]
 pub fn answer(settings: &VoiceSettings, catalog: &Catalog, carried: Carried<'_>) -> String {
@@ -180,6 +196,23 @@ mod tests {
             stream_url: stream.map(str::to_owned),
             gather_timeout_secs: 6,
         }
+    }
+
+    #[test]
+    fn machines_and_faxes_are_told_apart_from_people() {
+        for machine in [
+            "machine_start",
+            "machine_end_beep",
+            "machine_end_silence",
+            "machine_end_other",
+            "fax",
+        ] {
+            assert!(answered_by_machine(Some(machine)), "{machine}");
+        }
+        for person in [None, Some("human"), Some("unknown"), Some("")] {
+            assert!(!answered_by_machine(person), "{person:?}");
+        }
+        assert!(hang_up().ends_with("<Response><Hangup/></Response>"));
     }
 
     #[test]

@@ -268,6 +268,21 @@ async fn voice_answer_and_gather_return_localized_twiml_and_are_stored() -> anyh
         "{twiml}"
     );
 
+    // Answered by a machine (machine detection on): no disclosure, no
+    // prompt to a greeting, only a hang-up; the webhook is stored all the same.
+    let mut machine = call.clone();
+    machine.push(("AnsweredBy".into(), "machine_start".into()));
+    let response = ingress
+        .post_form(
+            "/twilio/voice/answer?conversation=CH42&locale=es-MX",
+            &machine,
+            support::TOKEN,
+        )
+        .await?;
+    assert_eq!(response.status(), 200);
+    let twiml = response.text().await?;
+    assert!(twiml.ends_with("<Response><Hangup/></Response>"), "{twiml}");
+
     let mut declined = call.clone();
     declined.push(("Digits".into(), "2".into()));
     let response = ingress
@@ -335,7 +350,7 @@ async fn voice_answer_and_gather_return_localized_twiml_and_are_stored() -> anyh
 
     let records = ingress
         .env
-        .read::<TwilioWebhook>(topics::WEBHOOKS, 4, Duration::from_secs(20))
+        .read::<TwilioWebhook>(topics::WEBHOOKS, 5, Duration::from_secs(20))
         .await?;
     for (key, record) in &records {
         assert_eq!(
@@ -357,6 +372,12 @@ async fn voice_answer_and_gather_return_localized_twiml_and_are_stored() -> anyh
         r.params
             .iter()
             .any(|p| p.name == "Digits" && p.value == "2")
+    }));
+    assert!(records.iter().any(|(_, r)| {
+        r.route == WebhookRoute::VoiceAnswer
+            && r.params
+                .iter()
+                .any(|p| p.name == "AnsweredBy" && p.value == "machine_start")
     }));
     assert!(records.iter().any(|(_, r)| {
         r.route == WebhookRoute::Transcription

@@ -48,6 +48,7 @@
 //! with its speaker. Entry ids come from the source (event id, response id,
 //! Call SID, Recording SID), so a reader can de-duplicate across versions.
 
+mod nanp_zones;
 pub mod processor;
 pub mod schedule;
 
@@ -97,8 +98,10 @@ pub struct VoiceLinkArgs {
     pub ring_timeout_secs: i32,
 
     /// Twilio answering-machine detection for placed calls: `Enable` or
-    /// `DetectMessageEnd`; empty: off.
-    #[arg(long, env = "VOICE_MACHINE_DETECTION", default_value = "")]
+    /// `DetectMessageEnd`; empty: off. On by default: a machine gets a
+    /// hang-up from ingress instead of the disclosure and the consent
+    /// prompt, and the user a text.
+    #[arg(long, env = "VOICE_MACHINE_DETECTION", default_value = "Enable")]
     pub machine_detection: String,
 
     /// No calls in this local-time window (`HH:MM-HH:MM`, may span
