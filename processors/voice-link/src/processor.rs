@@ -26,7 +26,7 @@ use si_schemas::records::{
 };
 use si_schemas::{Codec, CodecError, topics};
 
-use crate::schedule::{QuietWindow, local_time_text, user_zone};
+use crate::schedule::{QuietWindow, local_time_text, user_zones};
 
 /// Prefix of every id voice-link makes (responses, operations, statuses).
 pub const ID_PREFIX: &str = "voice-";
@@ -846,10 +846,11 @@ impl VoiceLinkProcessor {
                 .as_millisecond()
                 .max(now),
         };
-        let zone = self.zone(&conversation, &to);
+        let zones = self.zones(&conversation, &to);
         let due = self.settings.quiet_window.map_or(requested, |w| {
-            Timestamp::from_millisecond(requested)
-                .map_or(requested, |t| w.next_allowed(t, &zone).as_millisecond())
+            Timestamp::from_millisecond(requested).map_or(requested, |t| {
+                w.next_allowed_in_all(t, &zones).as_millisecond()
+            })
         });
         let scheduled = ScheduledCall {
             command_id: command.command_id.clone(),
@@ -865,7 +866,8 @@ impl VoiceLinkProcessor {
             self.save(state, conversation);
             return Ok(outputs);
         }
-        self.schedule(now, command, conversation, scheduled, &zone, state)
+        // The time is told in the zone the user most likely is in.
+        self.schedule(now, command, conversation, scheduled, &zones[0], state)
     }
 
     /// A call due later: held in the state and placed by the timer (exactly
@@ -1201,14 +1203,15 @@ impl VoiceLinkProcessor {
 
     // ------------------------------------------------------------ helpers
 
-    fn zone(&self, conversation: &VoiceLinkState, to: &str) -> TimeZone {
+    /// The zones the user may be in (never empty), the likeliest first.
+    fn zones(&self, conversation: &VoiceLinkState, to: &str) -> Vec<TimeZone> {
         let identity = conversation.time_zone.clone().or_else(|| {
             [Channel::Sms, Channel::Whatsapp, Channel::Voice]
                 .iter()
                 .find_map(|c| self.identity.get(&c.address_key(to)))
                 .and_then(|r| r.attributes.get("time_zone").cloned())
         });
-        user_zone(identity.as_deref(), Some(to), &self.settings.default_zone)
+        user_zones(identity.as_deref(), Some(to), &self.settings.default_zone)
     }
 
     /// A text to the user on the conversation's channel, through segment

@@ -635,7 +635,7 @@ fn a_scheduled_call_is_placed_once_at_its_time() {
     assert!(ops(&out).is_empty(), "not yet");
     let said = texts(&out);
     assert!(
-        said[0].text.contains("13:00") && said[0].text.contains("America/New_York"),
+        said[0].text.contains("10:00") && said[0].text.contains("America/Los_Angeles"),
         "{}",
         said[0].text
     );

@@ -1,11 +1,15 @@
-//! When a call may be placed: the user's time zone and the quiet window.
+//! When a call may be placed: the user's time zones and the quiet window.
 //!
-//! The time zone is the identity record's `attributes["time_zone"]` (an IANA
-//! name), else the one of the phone number's country ([`zone_of_region`]:
-//! one zone per country, the most populous one for countries that span
-//! several), else `VOICE_DEFAULT_TIME_ZONE`. No call is placed inside the
-//! quiet window (`VOICE_QUIET_HOURS`, e.g. `21:00-08:00` local time); a call
-//! that would fall in it moves to the window's end.
+//! The user's time zone is the identity record's `attributes["time_zone"]`
+//! (an IANA name). Without one, the phone number says where the user may
+//! be: for North American numbers (+1) the zones of the area code
+//! ([`crate::nanp_zones`]), else every zone of the number's country
+//! ([`zones_of_region`]), else `VOICE_DEFAULT_TIME_ZONE`. No call is placed
+//! inside the quiet window (`VOICE_QUIET_HOURS`, e.g. `21:00-08:00` local
+//! time) of any of those zones: where the number does not tell which of
+//! several zones the user is in, only the hours that are allowed in all of
+//! them are ([`QuietWindow::next_allowed_in_all`]). A call that would fall in
+//! the window moves to its end.
 
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
@@ -72,83 +76,187 @@ impl QuietWindow {
     }
 }
 
-/// The time zone of a user: the identity record's, else the number's
-/// country's, else `default`. Unknown names are skipped.
-#[must_use]
-pub fn user_zone(identity_zone: Option<&str>, e164: Option<&str>, default: &TimeZone) -> TimeZone {
-    identity_zone
-        .and_then(|name| TimeZone::get(name.trim()).ok())
-        .or_else(|| {
-            let number = phonenumber::parse(None, e164?).ok()?;
-            let region = number.country().id()?;
-            TimeZone::get(zone_of_region(region.as_ref())?).ok()
-        })
-        .unwrap_or_else(|| default.clone())
+impl QuietWindow {
+    /// The first moment at or after `at` outside the window in every one of
+    /// `zones`: the user may be in any of them. `at` itself when `zones` is
+    /// empty; when no moment of the next two days is allowed in all of them
+    /// (zones further apart than the allowed hours), the latest window end
+    /// the search reached, so a call is never earlier than in any one zone.
+    #[must_use]
+    pub fn next_allowed_in_all(self, at: Timestamp, zones: &[TimeZone]) -> Timestamp {
+        let mut t = at;
+        // Each round moves `t` to a window's end; with zones at most a day
+        // apart a few rounds settle it.
+        for _ in 0..(4 * zones.len().max(1)) {
+            let later = zones
+                .iter()
+                .map(|zone| self.next_allowed(t, zone))
+                .max()
+                .unwrap_or(t);
+            if later == t {
+                return t;
+            }
+            t = later;
+        }
+        t
+    }
 }
 
-/// One IANA zone per country (ISO 3166 alpha-2); for countries with several
-/// zones, the one most of the population lives in.
+/// The time zones a user may be in, the one to name to them first: the
+/// identity record's, else the area code's (+1), else every zone of the
+/// number's country, else `default`. Unknown names are skipped; never empty.
 #[must_use]
-pub fn zone_of_region(region: &str) -> Option<&'static str> {
-    Some(match region {
-        "US" => "America/New_York",
-        "CA" => "America/Toronto",
-        "MX" => "America/Mexico_City",
-        "BR" => "America/Sao_Paulo",
-        "AR" => "America/Argentina/Buenos_Aires",
-        "CL" => "America/Santiago",
-        "CO" => "America/Bogota",
-        "PE" => "America/Lima",
-        "VE" => "America/Caracas",
-        "GB" => "Europe/London",
-        "IE" => "Europe/Dublin",
-        "FR" => "Europe/Paris",
-        "BE" => "Europe/Brussels",
-        "NL" => "Europe/Amsterdam",
-        "LU" => "Europe/Luxembourg",
-        "DE" => "Europe/Berlin",
-        "AT" => "Europe/Vienna",
-        "CH" => "Europe/Zurich",
-        "IT" => "Europe/Rome",
-        "ES" => "Europe/Madrid",
-        "PT" => "Europe/Lisbon",
-        "DK" => "Europe/Copenhagen",
-        "SE" => "Europe/Stockholm",
-        "NO" => "Europe/Oslo",
-        "FI" => "Europe/Helsinki",
-        "PL" => "Europe/Warsaw",
-        "CZ" => "Europe/Prague",
-        "GR" => "Europe/Athens",
-        "RO" => "Europe/Bucharest",
-        "UA" => "Europe/Kyiv",
-        "RU" => "Europe/Moscow",
-        "TR" => "Europe/Istanbul",
-        "IL" => "Asia/Jerusalem",
-        "AE" => "Asia/Dubai",
-        "SA" => "Asia/Riyadh",
-        "EG" => "Africa/Cairo",
-        "MA" => "Africa/Casablanca",
-        "NG" => "Africa/Lagos",
-        "KE" => "Africa/Nairobi",
-        "ZA" => "Africa/Johannesburg",
-        "IN" => "Asia/Kolkata",
-        "PK" => "Asia/Karachi",
-        "BD" => "Asia/Dhaka",
-        "CN" => "Asia/Shanghai",
-        "HK" => "Asia/Hong_Kong",
-        "TW" => "Asia/Taipei",
-        "JP" => "Asia/Tokyo",
-        "KR" => "Asia/Seoul",
-        "SG" => "Asia/Singapore",
-        "MY" => "Asia/Kuala_Lumpur",
-        "TH" => "Asia/Bangkok",
-        "VN" => "Asia/Ho_Chi_Minh",
-        "PH" => "Asia/Manila",
-        "ID" => "Asia/Jakarta",
-        "AU" => "Australia/Sydney",
-        "NZ" => "Pacific/Auckland",
-        _ => return None,
-    })
+pub fn user_zones(
+    identity_zone: Option<&str>,
+    e164: Option<&str>,
+    default: &TimeZone,
+) -> Vec<TimeZone> {
+    if let Some(zone) = identity_zone.and_then(|name| TimeZone::get(name.trim()).ok()) {
+        return vec![zone];
+    }
+    let zones: Vec<TimeZone> = e164
+        .and_then(|e164| phonenumber::parse(None, e164).ok())
+        .map(|number| {
+            let names = area_code_zones(&number).or_else(|| {
+                let region = number.country().id()?;
+                Some(zones_of_region(region.as_ref()))
+            });
+            names
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|name| TimeZone::get(name).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    if zones.is_empty() {
+        vec![default.clone()]
+    } else {
+        zones
+    }
+}
+
+/// The zones of a North American number's area code, when known.
+fn area_code_zones(number: &phonenumber::PhoneNumber) -> Option<&'static [&'static str]> {
+    if number.code().value() != 1 {
+        return None;
+    }
+    let national = number.national().value();
+    let npa = u16::try_from(national / 10_000_000).ok()?;
+    crate::nanp_zones::NANP_ZONES
+        .binary_search_by_key(&npa, |(code, _)| *code)
+        .ok()
+        .map(|i| crate::nanp_zones::NANP_ZONES[i].1)
+}
+
+/// The IANA zones of a country (ISO 3166 alpha-2), the one most of its
+/// people live in first; empty for a country not listed.
+#[must_use]
+pub fn zones_of_region(region: &str) -> &'static [&'static str] {
+    match region {
+        "US" => &[
+            "America/New_York",
+            "America/Chicago",
+            "America/Denver",
+            "America/Phoenix",
+            "America/Los_Angeles",
+            "America/Anchorage",
+            "Pacific/Honolulu",
+        ],
+        "CA" => &[
+            "America/Toronto",
+            "America/St_Johns",
+            "America/Halifax",
+            "America/Winnipeg",
+            "America/Regina",
+            "America/Edmonton",
+            "America/Vancouver",
+        ],
+        "MX" => &[
+            "America/Mexico_City",
+            "America/Cancun",
+            "America/Mazatlan",
+            "America/Hermosillo",
+            "America/Tijuana",
+        ],
+        "BR" => &[
+            "America/Sao_Paulo",
+            "America/Noronha",
+            "America/Manaus",
+            "America/Rio_Branco",
+        ],
+        "CL" => &["America/Santiago", "Pacific/Easter"],
+        "PT" => &["Europe/Lisbon", "Atlantic/Azores"],
+        "ES" => &["Europe/Madrid", "Atlantic/Canary"],
+        "RU" => &[
+            "Europe/Moscow",
+            "Europe/Kaliningrad",
+            "Europe/Samara",
+            "Asia/Yekaterinburg",
+            "Asia/Omsk",
+            "Asia/Novosibirsk",
+            "Asia/Krasnoyarsk",
+            "Asia/Irkutsk",
+            "Asia/Yakutsk",
+            "Asia/Vladivostok",
+            "Asia/Magadan",
+            "Asia/Kamchatka",
+        ],
+        "ID" => &["Asia/Jakarta", "Asia/Makassar", "Asia/Jayapura"],
+        "AU" => &[
+            "Australia/Sydney",
+            "Australia/Brisbane",
+            "Australia/Adelaide",
+            "Australia/Darwin",
+            "Australia/Perth",
+        ],
+        "NZ" => &["Pacific/Auckland", "Pacific/Chatham"],
+        "AR" => &["America/Argentina/Buenos_Aires"],
+        "CO" => &["America/Bogota"],
+        "PE" => &["America/Lima"],
+        "VE" => &["America/Caracas"],
+        "GB" => &["Europe/London"],
+        "IE" => &["Europe/Dublin"],
+        "FR" => &["Europe/Paris"],
+        "BE" => &["Europe/Brussels"],
+        "NL" => &["Europe/Amsterdam"],
+        "LU" => &["Europe/Luxembourg"],
+        "DE" => &["Europe/Berlin"],
+        "AT" => &["Europe/Vienna"],
+        "CH" => &["Europe/Zurich"],
+        "IT" => &["Europe/Rome"],
+        "DK" => &["Europe/Copenhagen"],
+        "SE" => &["Europe/Stockholm"],
+        "NO" => &["Europe/Oslo"],
+        "FI" => &["Europe/Helsinki"],
+        "PL" => &["Europe/Warsaw"],
+        "CZ" => &["Europe/Prague"],
+        "GR" => &["Europe/Athens"],
+        "RO" => &["Europe/Bucharest"],
+        "UA" => &["Europe/Kyiv"],
+        "TR" => &["Europe/Istanbul"],
+        "IL" => &["Asia/Jerusalem"],
+        "AE" => &["Asia/Dubai"],
+        "SA" => &["Asia/Riyadh"],
+        "EG" => &["Africa/Cairo"],
+        "MA" => &["Africa/Casablanca"],
+        "NG" => &["Africa/Lagos"],
+        "KE" => &["Africa/Nairobi"],
+        "ZA" => &["Africa/Johannesburg"],
+        "IN" => &["Asia/Kolkata"],
+        "PK" => &["Asia/Karachi"],
+        "BD" => &["Asia/Dhaka"],
+        "CN" => &["Asia/Shanghai"],
+        "HK" => &["Asia/Hong_Kong"],
+        "TW" => &["Asia/Taipei"],
+        "JP" => &["Asia/Tokyo"],
+        "KR" => &["Asia/Seoul"],
+        "SG" => &["Asia/Singapore"],
+        "MY" => &["Asia/Kuala_Lumpur"],
+        "TH" => &["Asia/Bangkok"],
+        "VN" => &["Asia/Ho_Chi_Minh"],
+        "PH" => &["Asia/Manila"],
+        _ => &[],
+    }
 }
 
 /// `at` in `zone` as the user reads it: `HH:MM` today, else with the date.
@@ -210,23 +318,85 @@ mod tests {
     }
 
     #[test]
-    fn the_zone_comes_from_the_identity_then_the_number_then_the_default() {
+    fn the_zones_come_from_the_identity_then_the_number_then_the_default() {
         let default = TimeZone::UTC;
-        let zone = |identity, number| user_zone(identity, number, &default);
+        let zones = |identity, number| -> Vec<String> {
+            user_zones(identity, number, &default)
+                .iter()
+                .map(|z| z.iana_name().unwrap_or_default().to_owned())
+                .collect()
+        };
         assert_eq!(
-            zone(Some("Asia/Tokyo"), Some("+33612345678")).iana_name(),
-            Some("Asia/Tokyo")
+            zones(Some("Asia/Tokyo"), Some("+33612345678")),
+            ["Asia/Tokyo"]
         );
+        assert_eq!(zones(None, Some("+33612345678")), ["Europe/Paris"]);
         assert_eq!(
-            zone(None, Some("+33612345678")).iana_name(),
-            Some("Europe/Paris")
+            zones(Some("Not/AZone"), Some("+34612345678")),
+            ["Europe/Madrid", "Atlantic/Canary"]
         );
+        // North American numbers: the area code's zones.
+        assert_eq!(zones(None, Some("+12025550100")), ["America/New_York"]);
+        assert_eq!(zones(None, Some("+14155550100")), ["America/Los_Angeles"]);
+        assert_eq!(zones(None, Some("+18085550100")), ["Pacific/Honolulu"]);
+        assert_eq!(zones(None, Some("+16045550100")), ["America/Vancouver"]);
+        assert!(
+            zones(None, Some("+12085550100")).len() > 1,
+            "Idaho spans two"
+        );
+        // A toll-free number says nothing: every zone of the country.
+        assert_eq!(zones(None, Some("+18005550100")).len(), 7);
+        assert_eq!(zones(None, Some("+61412345678")).len(), 5);
+        assert_eq!(zones(None, Some("+999123")), ["UTC"]);
+        assert_eq!(zones(None, None), ["UTC"]);
+        // Every listed zone exists.
+        for (npa, names) in crate::nanp_zones::NANP_ZONES {
+            for name in *names {
+                assert!(TimeZone::get(name).is_ok(), "{npa}: {name}");
+            }
+        }
+        for region in [
+            "US", "CA", "MX", "BR", "CL", "PT", "ES", "RU", "ID", "AU", "NZ", "GB",
+        ] {
+            for name in zones_of_region(region) {
+                assert!(TimeZone::get(name).is_ok(), "{region}: {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn where_the_zone_is_unsure_only_hours_allowed_in_every_zone_are() {
+        let window = QuietWindow::parse("21:00-08:00").unwrap().unwrap();
+        let zone = |name| TimeZone::get(name).unwrap();
+        let us = user_zones(None, Some("+18005550100"), &TimeZone::UTC);
+        // 09:00 in New York (winter, UTC-5) is 04:00 in Honolulu (UTC-10):
+        // the call waits for 08:00 there, 13:00 in New York.
         assert_eq!(
-            zone(Some("Not/AZone"), Some("+34612345678")).iana_name(),
-            Some("Europe/Madrid")
+            window.next_allowed_in_all(ts("2026-12-03T14:00:00Z"), &us),
+            ts("2026-12-03T18:00:00Z")
         );
-        assert_eq!(zone(None, Some("+999123")).iana_name(), Some("UTC"));
-        assert_eq!(zone(None, None).iana_name(), Some("UTC"));
+        // 20:30 in New York is allowed in every zone: unchanged.
+        let evening = ts("2026-12-04T01:30:00Z");
+        assert_eq!(window.next_allowed_in_all(evening, &us), evening);
+        // 21:30 in New York: quiet there, so tomorrow 13:00 New York time
+        // (08:00 in Honolulu).
+        assert_eq!(
+            window.next_allowed_in_all(ts("2026-12-04T02:30:00Z"), &us),
+            ts("2026-12-04T18:00:00Z")
+        );
+        // One zone: the same as next_allowed.
+        let paris = [zone("Europe/Paris")];
+        let late = ts("2026-12-03T21:30:00Z");
+        assert_eq!(
+            window.next_allowed_in_all(late, &paris),
+            window.next_allowed(late, &paris[0])
+        );
+        // Russia spans ten hours: still a window where all allow a call.
+        let russia: Vec<TimeZone> = zones_of_region("RU").iter().map(|n| zone(n)).collect();
+        let at = window.next_allowed_in_all(ts("2026-12-03T00:00:00Z"), &russia);
+        for z in &russia {
+            assert_eq!(window.next_allowed(at, z), at, "{z:?}");
+        }
     }
 
     #[test]
