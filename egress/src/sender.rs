@@ -148,8 +148,9 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// The delay before retry number `attempt` (1-based): exponential with
-    /// equal jitter (between half and all of `base × 2^(attempt-1)`, capped),
-    /// never shorter than Twilio's Retry-After.
+    /// equal jitter (between half and all of `base × 2^(attempt-1)`, capped);
+    /// after a Retry-After, that wait plus the jitter, so the operations
+    /// Twilio refused together do not all come back at the same moment.
     #[must_use]
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         let exp = self
@@ -159,8 +160,8 @@ impl RetryPolicy {
         let half = exp / 2;
         let jitter =
             rand::rng().random_range(0..=u64::try_from(half.as_millis()).unwrap_or(u64::MAX));
-        let delay = half + Duration::from_millis(jitter);
-        retry_after.map_or(delay, |after| delay.max(after))
+        let jitter = Duration::from_millis(jitter);
+        retry_after.map_or(half + jitter, |after| (half + jitter).max(after + jitter))
     }
 }
 
@@ -559,7 +560,7 @@ async fn settle(
 ) -> (Attempted, Option<bool>) {
     let kind = job.op.kind.as_str();
     let code_label = |code: Option<i32>| code.map_or_else(|| "none".to_owned(), |c| c.to_string());
-    match answer {
+    match crate::twilio::already_done(job.op.kind, answer) {
         Answer::Accepted { sid, segments, .. } => {
             ctx.metrics
                 .requests
@@ -1184,8 +1185,17 @@ mod tests {
                 "{d4:?}"
             );
             assert!(policy.delay(30, None) <= Duration::from_secs(2));
-            assert!(policy.delay(1, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+            let after = policy.delay(1, Some(Duration::from_secs(3)));
+            assert!(
+                after >= Duration::from_secs(3) && after <= Duration::from_millis(3_050),
+                "{after:?}"
+            );
         }
+        // Spread past the Retry-After, not all at once.
+        let spread: std::collections::BTreeSet<Duration> = (0..50)
+            .map(|_| policy.delay(2, Some(Duration::from_secs(3))))
+            .collect();
+        assert!(spread.len() > 5, "{spread:?}");
     }
 
     #[test]

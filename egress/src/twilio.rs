@@ -480,6 +480,28 @@ pub fn classify(http_status: u16, body: &[u8], retry_after: Option<Duration>) ->
     }
 }
 
+/// Twilio's refusal to hang up a call that is no longer live (21220, invalid
+/// call state) or no longer there (404): the call is over, which is what
+/// `END_CALL` wanted, for instance after the user hung up first or after a
+/// retry of a hang-up whose answer was lost. Every other answer as it is.
+#[must_use]
+pub fn already_done(kind: OperationKind, answer: Answer) -> Answer {
+    match answer {
+        Answer::Permanent {
+            code, http_status, ..
+        } if kind == OperationKind::EndCall
+            && (code == Some(21220) || code == Some(20404) || http_status == 404) =>
+        {
+            Answer::Accepted {
+                sid: None,
+                segments: None,
+                http_status,
+            }
+        }
+        answer => answer,
+    }
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is ignored; the backoff applies).
 #[must_use]
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
@@ -521,6 +543,9 @@ impl TwilioClient {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
             .user_agent(concat!("si-egress/", env!("CARGO_PKG_VERSION")))
+            // Twilio's API does not redirect; a redirected POST would be
+            // re-sent as a GET (as the official libraries, follow none).
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self { http, credentials })
     }
@@ -557,6 +582,13 @@ impl TwilioClient {
                     .and_then(parse_retry_after);
                 match response.bytes().await {
                     Ok(body) => classify(status, &body, retry_after),
+                    // Done, though its SID is lost: another attempt would
+                    // create the message (or call) twice.
+                    Err(_) if (200..300).contains(&status) => Answer::Accepted {
+                        sid: None,
+                        segments: None,
+                        http_status: status,
+                    },
                     Err(error) => Answer::Retry {
                         code: None,
                         http_status: Some(status),
@@ -673,6 +705,119 @@ mod tests {
 
     fn pairs(form: &[(String, String)]) -> Vec<(&str, &str)> {
         form.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+    }
+
+    #[test]
+    fn a_hang_up_of_a_call_already_over_is_done() {
+        let refused = |code, http_status| Answer::Permanent {
+            code,
+            http_status,
+            message: "no".into(),
+        };
+        for (code, status) in [(Some(21220), 400), (Some(20404), 404), (None, 404)] {
+            assert!(
+                matches!(
+                    already_done(OperationKind::EndCall, refused(code, status)),
+                    Answer::Accepted { sid: None, .. }
+                ),
+                "{code:?} {status}"
+            );
+            // Only a hang-up: a message or a call that was refused was not sent.
+            for kind in [OperationKind::SendMessage, OperationKind::CreateCall] {
+                assert!(matches!(
+                    already_done(kind, refused(code, status)),
+                    Answer::Permanent { .. }
+                ));
+            }
+        }
+        assert!(matches!(
+            already_done(OperationKind::EndCall, refused(Some(20003), 401)),
+            Answer::Permanent { .. }
+        ));
+    }
+
+    /// A client of a one-request server that answers `response` (raw HTTP)
+    /// and closes the connection.
+    async fn answered(response: &'static str) -> Answer {
+        use clap::Parser;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            twilio: TwilioArgs,
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/2010-04-01/Accounts/AC1/Messages.json",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 64 * 1024];
+            let _ = socket.read(&mut request).await;
+            socket.write_all(response.as_bytes()).await.unwrap();
+            socket.shutdown().await.unwrap();
+        });
+        let args = Cli::parse_from(["egress", "--account-sid", "AC1"]).twilio;
+        let credentials = crate::credentials::Credentials {
+            user: "AC1".into(),
+            password: "token".into(),
+            kind: crate::credentials::Kind::AuthToken,
+        };
+        let store = CredentialStore::load(crate::credentials::Source {
+            account_sid: "AC1".into(),
+            dir: None,
+            env: Ok(credentials),
+        })
+        .await
+        .unwrap();
+        let client = TwilioClient::new(&args, Arc::new(store)).unwrap();
+        let request = TwilioRequest {
+            url,
+            form: vec![("Body".into(), "hi".into())],
+        };
+        client.send(&request, "op-1", None).await.answer
+    }
+
+    #[tokio::test]
+    async fn a_created_resource_whose_answer_breaks_off_is_not_created_again() {
+        // Twilio said 201 and the body broke off: the message exists, so
+        // another attempt would send it twice.
+        let answer =
+            answered("HTTP/1.1 201 Created\r\nContent-Length: 500\r\n\r\n{\"sid\": \"SM").await;
+        assert!(
+            matches!(
+                answer,
+                Answer::Accepted {
+                    sid: None,
+                    http_status: 201,
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
+        // A 503 that breaks off is still worth another attempt.
+        let answer =
+            answered("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 500\r\n\r\n{").await;
+        assert!(matches!(answer, Answer::Retry { .. }), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed() {
+        let answer = answered(
+            "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/elsewhere\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
+        assert!(
+            matches!(
+                answer,
+                Answer::Permanent {
+                    http_status: 302,
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
     }
 
     #[test]

@@ -33,8 +33,8 @@ pub const DEFAULT_RULE: &str = "*";
 
 /// The policy when `REMEDIATION_POLICY` is not set.
 ///
-/// - 30001 queue overflow, 30008 unknown error, 63018 WhatsApp rate limit:
-///   transient, tried again later;
+/// - 30001 queue overflow, 30008 unknown error, 30022 US A2P 10DLC rate
+///   limit, 63018 WhatsApp rate limit: transient, tried again later;
 /// - 30003 unreachable handset: the phone may be off; later, then the other
 ///   channel for urgent messages;
 /// - 63016 outside the WhatsApp window: the approved template;
@@ -43,7 +43,7 @@ pub const DEFAULT_RULE: &str = "*";
 ///   an urgent WhatsApp message still falls back to SMS through `*`, and the
 ///   consent gate has the last word on every resend.
 pub const DEFAULT_POLICY: &str = "30001=retry:1m*3; 30003=retry:10m*2,fallback; \
-     30008=retry:1m*2,fallback; 63016=template,fallback; 63018=retry:1m*3,fallback; \
+     30008=retry:1m*2,fallback; 30022=retry:1m*3; 63016=template,fallback; 63018=retry:1m*3,fallback; \
      21610=give_up; 30004=give_up; 30007=give_up; *=fallback";
 
 /// One step of a rule.
@@ -279,6 +279,11 @@ mod tests {
         let d = policy.decide(Some(63016), 0, &BTreeMap::new(), URGENT_WA);
         assert_eq!(d.step, Step::Template);
         assert_eq!(d.rule, Some(("63016".to_owned(), 1)));
+        // Rate limits are waited out, even for a message that is not urgent.
+        for code in [30001, 30022, 63018] {
+            let d = policy.decide(Some(code), 0, &BTreeMap::new(), URGENT_WA);
+            assert_eq!(d.step, Step::Retry(Duration::from_secs(60)), "{code}");
+        }
     }
 
     #[test]
