@@ -258,6 +258,11 @@ pub fn conversation_key(conversation_id: &str) -> String {
     format!("conv|{conversation_id}")
 }
 
+/// The longest a call lasts: Twilio's call time limit (4 hours). A call whose
+/// end is not reported keeps its conversation open at most this long after
+/// its last status.
+pub const LONGEST_CALL: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
+
 /// The response id of the warning of the idle period that began at `last_activity_at`.
 #[must_use]
 pub fn warning_id(conversation_id: &str, last_activity_at: i64) -> String {
@@ -744,7 +749,8 @@ impl LifecycleProcessor {
     }
 
     /// A call of the conversation changed status: remember the one still
-    /// active (closure hangs it up); a live call is activity.
+    /// active (closure hangs it up); a live call is activity, and so is its
+    /// end (the idle period starts when the call ends, not when it began).
     fn on_call(
         &self,
         now: i64,
@@ -756,12 +762,14 @@ impl LifecycleProcessor {
             call.status,
             CallState::Queued | CallState::Ringing | CallState::InProgress
         );
+        let ended =
+            !live && conversation.active_call_sid.as_deref() == Some(call.call_sid.as_str());
         if live {
             conversation.active_call_sid = Some(call.call_sid.clone());
-        } else if conversation.active_call_sid.as_deref() == Some(call.call_sid.as_str()) {
+        } else if ended {
             conversation.active_call_sid = None;
         }
-        if live
+        if (live || ended)
             && matches!(
                 conversation.phase,
                 LifecyclePhase::Open | LifecyclePhase::Warned
@@ -1107,6 +1115,23 @@ impl Processor for LifecycleProcessor {
         if conversation.opening_text.is_some() {
             // A started conversation: the opening's delay is over.
             return Ok(self.send_opening(now, conversation, state));
+        }
+        if matches!(
+            conversation.phase,
+            LifecyclePhase::Open | LifecyclePhase::Warned
+        ) && conversation.active_call_sid.is_some()
+            && now
+                < conversation
+                    .last_activity_at
+                    .saturating_add(millis(LONGEST_CALL))
+        {
+            // The user is on a call with Si: no "still there?" and no
+            // closure while it lasts. Its end is activity (`on_call`); a
+            // call whose end never arrives stops counting after the longest
+            // call Twilio places.
+            let again = now.saturating_add(millis(self.settings.warn_after));
+            self.save_with_timer(state, conversation, again);
+            return Ok(Vec::new());
         }
         match conversation.phase {
             LifecyclePhase::Open => {

@@ -1213,6 +1213,50 @@ fn a_call_still_live_at_closure_is_hung_up_and_one_that_ended_is_not() {
 }
 
 #[test]
+fn a_long_call_is_activity_until_it_ends() {
+    const CALL: &str = "CA00000000000000000000000000000002";
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    let start = T0 + 1_000;
+    h.event(call_event(CH, start, CALL, CallState::InProgress), start);
+    // The call goes on well past the warning's and the closure's times.
+    for at in [start + WARN, start + CLOSE, start + 10 * CLOSE] {
+        let out = h.tick(at);
+        assert!(
+            out.is_empty(),
+            "nothing while the call lasts, at {at}: {out:?}"
+        );
+        assert_eq!(h.conversation(CH).unwrap().phase, LifecyclePhase::Open);
+    }
+    // Its end starts the idle period.
+    let end = start + 10 * CLOSE + 500;
+    h.event(call_event(CH, end, CALL, CallState::Completed), end);
+    assert_eq!(h.timer(CH), Some(end + WARN));
+    assert!(h.tick(end + WARN - 1).is_empty());
+    let warned = h.tick(end + WARN);
+    assert_eq!(
+        only::<CognitionResponse>(&warned, topics::RESPONSES).len(),
+        1
+    );
+
+    // A call whose end never arrives counts only as long as the longest call.
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    h.event(call_event(CH, start, CALL, CallState::InProgress), start);
+    let longest = i64::try_from(LONGEST_CALL.as_millis()).unwrap();
+    let mut at = start + WARN;
+    while at < start + longest {
+        assert!(h.tick(at).is_empty(), "still on the call at {at}");
+        at += 30 * 60 * 1000;
+    }
+    let warned = h.tick(start + longest + WARN);
+    assert_eq!(
+        only::<CognitionResponse>(&warned, topics::RESPONSES).len(),
+        1
+    );
+}
+
+#[test]
 fn the_archival_request_names_the_compliance_events_recorded_about_the_conversation() {
     let mut h = Harness::new(settings());
     h.event(message(CH, T0, Vec::new()), T0);
