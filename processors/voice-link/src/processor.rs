@@ -47,6 +47,10 @@ pub const MAX_PENDING_OUTBOUND: usize = 100;
 /// A call requested for less than this ahead is placed at once.
 const SCHEDULE_SLACK_MS: i64 = 1_000;
 
+/// The longest a placed call may wait in egress (its `not_after`, unless the
+/// quiet window starts sooner): "Si is calling you now" should hold.
+const CALL_MAX_WAIT: Duration = Duration::from_secs(5 * 60);
+
 /// What the processor is configured with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -860,7 +864,8 @@ impl VoiceLinkProcessor {
             from,
             locale,
         };
-        if due <= now.saturating_add(SCHEDULE_SLACK_MS) {
+        // A requested time a moment ahead is now; a quiet window's end is not.
+        if due <= now || (due == requested && due <= now.saturating_add(SCHEDULE_SLACK_MS)) {
             let mut outputs = self.place(now, &mut conversation, &scheduled);
             outputs.push(self.status(now, command, DeliveryOutcome::Accepted, None));
             self.save(state, conversation);
@@ -1012,6 +1017,7 @@ impl VoiceLinkProcessor {
         );
         op.to = Some(call.to.clone());
         op.from = Some(call.from.clone());
+        op.not_after = Some(self.call_deadline(now, conversation, &call.to));
         op.call = Some(CallRequest {
             twiml_url: format!("{base}/twilio/voice/answer?{query}"),
             status_callback_url: Some(format!("{base}/twilio/voice/status?{query}")),
@@ -1203,6 +1209,20 @@ impl VoiceLinkProcessor {
 
     // ------------------------------------------------------------ helpers
 
+    /// The latest a call placed at `now` may still leave egress: within
+    /// [`CALL_MAX_WAIT`], and before the quiet window starts in any of the
+    /// user's zones (egress dead-letters it after that, and the user is
+    /// told the call did not go through).
+    fn call_deadline(&self, now: i64, conversation: &VoiceLinkState, to: &str) -> i64 {
+        let wait = i64::try_from(CALL_MAX_WAIT.as_millis()).unwrap_or(i64::MAX);
+        let latest = now.saturating_add(wait);
+        let quiet = self.settings.quiet_window.and_then(|window| {
+            let at = Timestamp::from_millisecond(now).ok()?;
+            window.next_quiet_start(at, &self.zones(conversation, to))
+        });
+        quiet.map_or(latest, |start| latest.min(start.as_millisecond()))
+    }
+
     /// The zones the user may be in (never empty), the likeliest first.
     fn zones(&self, conversation: &VoiceLinkState, to: &str) -> Vec<TimeZone> {
         let identity = conversation.time_zone.clone().or_else(|| {
@@ -1302,6 +1322,22 @@ impl Processor for VoiceLinkProcessor {
             return Ok(Vec::new());
         };
         let now = ctx.now_ms;
+        // A timer that fired late may have run into the quiet window.
+        let zones = self.zones(&conversation, &scheduled.to);
+        let due = self.settings.quiet_window.map_or(now, |window| {
+            Timestamp::from_millisecond(now).map_or(now, |t| {
+                window.next_allowed_in_all(t, &zones).as_millisecond()
+            })
+        });
+        if due > now {
+            conversation.scheduled = Some(ScheduledCall {
+                due_at: due,
+                ..scheduled
+            });
+            self.save(state, conversation);
+            state.set_timer(ctx.key, due);
+            return Ok(Vec::new());
+        }
         let command = Command {
             command_id: scheduled.command_id.clone(),
             conversation_id: conversation.conversation_id.clone(),

@@ -644,6 +644,8 @@ fn a_scheduled_call_is_placed_once_at_its_time() {
     let placed = h.tick(T0 + 5_000);
     assert_eq!(ops(&placed).len(), 1);
     assert_eq!(ops(&placed)[0].operation_id, call_operation_id("cmd-1"));
+    // 10:00 in Los Angeles: the call may wait five minutes in egress, no more.
+    assert_eq!(ops(&placed)[0].not_after, Some(T0 + 5_000 + 300_000));
     assert!(h.tick(T0 + 60_000).is_empty(), "once");
     // Re-sent after it was placed: still once.
     assert!(
@@ -684,6 +686,46 @@ fn a_call_in_the_quiet_window_moves_to_its_end_and_the_user_is_told() {
     assert!(h.tick(due - 1).is_empty());
     let out = h.tick(due);
     assert_eq!(ops(&out)[0].to.as_deref(), Some("+33612345678"));
+}
+
+#[test]
+fn a_scheduled_call_whose_timer_fires_in_the_quiet_window_waits_for_its_end() {
+    let mut h = Harness::new(settings(), Vec::new());
+    let french = |n| ConversationEvent {
+        participant: Some(Participant {
+            address: Some("+33612345678".into()),
+            ..text(n, "x").participant.unwrap()
+        }),
+        ..text(n, "Appelez-moi à 20h55")
+    };
+    h.event(french(T0), T0);
+    // 20:55 in Paris.
+    let at = Timestamp::from_millisecond(T0 + 115 * 60 * 1000)
+        .unwrap()
+        .to_string();
+    h.command(
+        command("cmd-1", CommandKind::EscalateToVoice, &[(AT_PARAM, &at)]),
+        T0 + 1,
+    );
+    // The stage was down: the timer fires at 21:10, in the quiet window.
+    let late = T0 + 130 * 60 * 1000;
+    assert!(ops(&h.tick(late)).is_empty(), "not at night");
+    let due = h.store.timer(&conversation_key(CH)).unwrap();
+    assert_eq!(
+        Timestamp::from_millisecond(due).unwrap().to_string(),
+        "2026-12-04T07:00:00Z"
+    );
+    let placed = h.tick(due);
+    assert_eq!(ops(&placed).len(), 1);
+    // Placed at 08:00 in Paris: it may wait five minutes.
+    assert_eq!(ops(&placed)[0].not_after, Some(due + 300_000));
+
+    // Placed at 20:58 in Paris: it may not leave after 21:00.
+    let mut h = Harness::new(settings(), Vec::new());
+    let now = T0 + 118 * 60 * 1000;
+    h.event(french(now), now);
+    let out = h.command(command("cmd-2", CommandKind::EscalateToVoice, &[]), now);
+    assert_eq!(ops(&out)[0].not_after, Some(T0 + 120 * 60 * 1000));
 }
 
 #[test]

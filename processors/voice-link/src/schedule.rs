@@ -102,6 +102,26 @@ impl QuietWindow {
     }
 }
 
+impl QuietWindow {
+    /// The first moment after `at` that is inside the window in one of
+    /// `zones`: the latest a call due at `at` may still be placed. `None`
+    /// without zones.
+    #[must_use]
+    pub fn next_quiet_start(self, at: Timestamp, zones: &[TimeZone]) -> Option<Timestamp> {
+        zones
+            .iter()
+            .filter_map(|zone| {
+                let local = at.to_zoned(zone.clone());
+                [local.date(), local.date().tomorrow().ok()?]
+                    .into_iter()
+                    .filter_map(|date| date.to_datetime(self.start).to_zoned(zone.clone()).ok())
+                    .map(|start| start.timestamp())
+                    .find(|start| *start > at)
+            })
+            .min()
+    }
+}
+
 /// The time zones a user may be in, the one to name to them first: the
 /// identity record's, else the area code's (+1), else every zone of the
 /// number's country, else `default`. Unknown names are skipped; never empty.
@@ -362,6 +382,33 @@ mod tests {
                 assert!(TimeZone::get(name).is_ok(), "{region}: {name}");
             }
         }
+    }
+
+    #[test]
+    fn a_call_may_wait_only_until_the_quiet_window_starts_somewhere() {
+        let window = QuietWindow::parse("21:00-08:00").unwrap().unwrap();
+        let paris = [TimeZone::get("Europe/Paris").unwrap()];
+        // 18:00 in Paris: until 21:00 there.
+        assert_eq!(
+            window.next_quiet_start(ts("2026-12-03T17:00:00Z"), &paris),
+            Some(ts("2026-12-03T20:00:00Z"))
+        );
+        // 08:00 in Paris: until 21:00 that day.
+        assert_eq!(
+            window.next_quiet_start(ts("2026-12-04T07:00:00Z"), &paris),
+            Some(ts("2026-12-04T20:00:00Z"))
+        );
+        // Several zones: the first of them to go quiet.
+        let us = user_zones(None, Some("+18005550100"), &TimeZone::UTC);
+        assert_eq!(
+            window.next_quiet_start(ts("2026-12-03T18:00:00Z"), &us),
+            Some(ts("2026-12-04T02:00:00Z")),
+            "21:00 in New York comes first"
+        );
+        assert_eq!(
+            window.next_quiet_start(ts("2026-12-03T18:00:00Z"), &[]),
+            None
+        );
     }
 
     #[test]
