@@ -509,7 +509,10 @@ async fn attempt(
     );
     let traceparent = trace::traceparent_of(&request_span, job.traceparent.as_deref());
     let request = match build_traced_request(&ctx.endpoints, op, traceparent.as_deref()) {
-        Ok(request) => request,
+        Ok(mut request) => {
+            crate::twilio::bound_validity(&mut request, op, now_ms());
+            request
+        }
         Err(error) => {
             let end = Final::DeadLettered {
                 reason: error.0,

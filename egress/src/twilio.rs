@@ -480,6 +480,27 @@ pub fn classify(http_status: u16, body: &[u8], retry_after: Option<Duration>) ->
     }
 }
 
+/// Twilio's longest `ValidityPeriod`, in seconds (its default, 10 hours).
+const LONGEST_VALIDITY: i64 = 36_000;
+
+/// A message with a `not_after` (a WhatsApp reply bound to the 24-hour
+/// window, a resend) may not wait in Twilio's queue past it either: the
+/// request gets `ValidityPeriod`, the seconds left at `now` (1 to 36,000),
+/// unless the operation sets one in its params.
+pub fn bound_validity(request: &mut TwilioRequest, op: &OutboundOperation, now: i64) {
+    let Some(not_after) = op.not_after else {
+        return;
+    };
+    if op.kind != OperationKind::SendMessage || op.params.contains_key("ValidityPeriod") {
+        return;
+    }
+    let seconds = not_after.saturating_sub(now).saturating_add(999) / 1000;
+    request.form.push((
+        "ValidityPeriod".to_owned(),
+        seconds.clamp(1, LONGEST_VALIDITY).to_string(),
+    ));
+}
+
 /// Twilio's refusal to hang up a call that is no longer live (21220, invalid
 /// call state) or no longer there (404): the call is over, which is what
 /// `END_CALL` wanted, for instance after the user hung up first or after a
@@ -705,6 +726,48 @@ mod tests {
 
     fn pairs(form: &[(String, String)]) -> Vec<(&str, &str)> {
         form.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+    }
+
+    #[test]
+    fn a_message_with_not_after_may_not_wait_at_twilio_past_it() {
+        let validity = |kind, not_after: Option<i64>, params: &[(&str, &str)], now| {
+            let mut o = op(kind);
+            o.not_after = not_after;
+            o.params = params
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let mut r = TwilioRequest {
+                url: String::new(),
+                form: Vec::new(),
+            };
+            bound_validity(&mut r, &o, now);
+            r.form
+                .iter()
+                .find(|(n, _)| n == "ValidityPeriod")
+                .map(|(_, v)| v.clone())
+        };
+        let send = OperationKind::SendMessage;
+        assert_eq!(
+            validity(send, Some(61_500), &[], 1_000).as_deref(),
+            Some("61")
+        );
+        assert_eq!(validity(send, Some(500), &[], 1_000).as_deref(), Some("1"));
+        let far = 1_000 + 100_000 * 1000;
+        assert_eq!(
+            validity(send, Some(far), &[], 1_000).as_deref(),
+            Some("36000")
+        );
+        assert_eq!(validity(send, None, &[], 1_000), None);
+        assert_eq!(
+            validity(send, Some(61_500), &[("ValidityPeriod", "30")], 1_000),
+            None,
+            "the operation's own wins (it is sent from its params)"
+        );
+        assert_eq!(
+            validity(OperationKind::CreateCall, Some(61_500), &[], 1_000),
+            None
+        );
     }
 
     #[test]
