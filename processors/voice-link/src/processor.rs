@@ -353,7 +353,13 @@ impl VoiceLinkProcessor {
                 }
             }
             ConversationEventType::RecordingAvailable => {
-                if let Some(recording) = &event.recording {
+                // `absent` (or a status in between): there is no recording
+                // to refer to.
+                if let Some(recording) = event
+                    .recording
+                    .as_ref()
+                    .filter(|r| r.status.as_deref().is_none_or(|s| s == "completed"))
+                {
                     let mut entry = entry(
                         &mut conversation,
                         format!("rec-{}", recording.recording_sid),

@@ -431,6 +431,16 @@ fn an_accepted_call_is_on_the_record_and_in_the_transcript_in_order() {
             Channel::Voice,
         )
     };
+    // Twilio reports a recording it could not make as `absent`: nothing to
+    // refer to, so no entry.
+    let mut absent = recording.clone();
+    if let Some(r) = absent.recording.as_mut() {
+        r.recording_sid = "RE2".into();
+        r.status = Some("absent".into());
+        r.url = None;
+    }
+    absent.event_id = "ev-absent".into();
+    assert!(entries(&h.event(absent, T0 + 9)).is_empty());
     transcript.extend(entries(&h.event(recording, T0 + 9)));
 
     let kinds: Vec<TranscriptEntryKind> =
