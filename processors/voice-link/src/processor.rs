@@ -544,7 +544,9 @@ impl VoiceLinkProcessor {
     }
 
     /// The call ended (or never connected): the end marker, and for a call
-    /// Si placed that did not connect, the offer to continue by text.
+    /// Si placed that did not connect, the offer to ask for another call;
+    /// for a call hung up before the recording question was answered (a
+    /// decline in all but name), the offer to continue by text.
     fn on_end(
         &self,
         now: i64,
@@ -575,6 +577,16 @@ impl VoiceLinkProcessor {
         let placed = !conversation.calls[index].inbound;
         if placed {
             self.count(outcome);
+        }
+        if outcome == "ended" && conversation.calls[index].disclosure.is_none() {
+            outputs.extend(self.text(
+                format!("{ID_PREFIX}by-text-{}", call.call_sid),
+                conversation,
+                keys::CALL_CONTINUES_BY_TEXT,
+                &conversation.calls[index].locale.clone(),
+                &[],
+                now,
+            ));
         }
         if placed && matches!(outcome, "no_answer" | "busy" | "failed" | "machine") {
             outputs.extend(self.text(

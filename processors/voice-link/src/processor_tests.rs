@@ -794,7 +794,11 @@ fn an_inbound_call_joins_the_conversation_transcript() {
         T0 + 60,
     );
     assert_eq!(entries(&out)[0].call_outcome.as_deref(), Some("ended"));
-    assert!(texts(&out).is_empty(), "the user hung up: no offer");
+    // The user hung up before answering the recording question: as after a
+    // decline, the conversation continues by text.
+    let said = texts(&out);
+    assert_eq!(said.len(), 1, "no missed-call offer, only the text one");
+    assert_eq!(said[0].response_id, format!("{ID_PREFIX}by-text-{CALL}"));
     // The conversation's texts still go to SMS.
     let state = h.store.get(&conversation_key(CH)).unwrap();
     assert_eq!(state.channel, Channel::Sms);
