@@ -531,12 +531,12 @@ impl VoiceLinkProcessor {
         };
         outputs.push(self.compliance(event, call, kind, answer, conversation));
         if answer != Answer::Accepted {
-            outputs.extend(self.text(
-                format!("{ID_PREFIX}by-text-{}", call.call_sid),
-                conversation,
+            outputs.extend(self.call_text(
+                "by-text",
                 keys::CALL_CONTINUES_BY_TEXT,
-                &conversation.calls[index].locale.clone(),
-                &[],
+                &call.call_sid,
+                conversation,
+                index,
                 now,
             ));
         }
@@ -579,22 +579,22 @@ impl VoiceLinkProcessor {
             self.count(outcome);
         }
         if outcome == "ended" && conversation.calls[index].disclosure.is_none() {
-            outputs.extend(self.text(
-                format!("{ID_PREFIX}by-text-{}", call.call_sid),
-                conversation,
+            outputs.extend(self.call_text(
+                "by-text",
                 keys::CALL_CONTINUES_BY_TEXT,
-                &conversation.calls[index].locale.clone(),
-                &[],
+                &call.call_sid,
+                conversation,
+                index,
                 now,
             ));
         }
         if placed && matches!(outcome, "no_answer" | "busy" | "failed" | "machine") {
-            outputs.extend(self.text(
-                format!("{ID_PREFIX}missed-{}", call.call_sid),
-                conversation,
+            outputs.extend(self.call_text(
+                "missed",
                 keys::CALL_MISSED,
-                &conversation.calls[index].locale.clone(),
-                &[],
+                &call.call_sid,
+                conversation,
+                index,
                 now,
             ));
         }
@@ -1255,6 +1255,22 @@ impl VoiceLinkProcessor {
     /// A text to the user on the conversation's channel, through segment
     /// (consent gate, limits, the WhatsApp window) like any reply. None for
     /// a conversation without a text channel.
+    /// The catalog's `key` about call `index` in the call's language, its
+    /// response id `<prefix><what>-<CallSid>` (one per call and purpose).
+    fn call_text(
+        &self,
+        what: &str,
+        key: &str,
+        call_sid: &str,
+        conversation: &VoiceLinkState,
+        index: usize,
+        now: i64,
+    ) -> Vec<Output> {
+        let locale = conversation.calls[index].locale.clone();
+        let id = format!("{ID_PREFIX}{what}-{call_sid}");
+        self.text(id, conversation, key, &locale, &[], now)
+    }
+
     fn text(
         &self,
         response_id: String,
