@@ -220,6 +220,7 @@ fn dedup_key(webhook: &TwilioWebhook, params: &Params, kind: Kind) -> String {
     .or_else(|| {
         [
             "MessageSid",
+            "SmsSid",
             "RecordingSid",
             "CallSid",
             "ParticipantSid",
@@ -232,7 +233,14 @@ fn dedup_key(webhook: &TwilioWebhook, params: &Params, kind: Kind) -> String {
         return format!("webhook:{}", webhook.webhook_id);
     };
     let mut key = format!("{sid}:{}", kind.dedup_name());
-    if let Some(status) = kind.status_param().and_then(|p| params.get(p)) {
+    // A status callback names its status `MessageStatus`, older ones only
+    // `SmsStatus` (which the event reads too).
+    let status = kind.status_param().and_then(|p| params.get(p)).or_else(|| {
+        (kind == Kind::MessagingStatus)
+            .then(|| params.get("SmsStatus"))
+            .flatten()
+    });
+    if let Some(status) = status {
         key.push(':');
         key.push_str(status);
     }
@@ -1059,6 +1067,14 @@ impl Processor for Normalizer {
         }
         let event = self.event(ctx, &webhook, &params, &binding, draft, dedup_key);
         self.remember(state, &webhook, &event, binding);
+        if let Some(call) = event.call.as_ref().filter(|c| voice::has_ended(c.status)) {
+            self.mark_seen(
+                state,
+                &webhook,
+                &event,
+                &voice::call_ended_key(&call.call_sid),
+            );
+        }
         self.metrics
             .events
             .with_label_values(&[event.event_type.as_str()])
@@ -1259,8 +1275,19 @@ impl Normalizer {
             },
             conversation_ttl,
         );
+        self.mark_seen(state, webhook, event, &event.dedup_key);
+    }
+
+    /// Remembers `dedup_key` as seen (with `event`, for the dedup window).
+    fn mark_seen(
+        &self,
+        state: &mut StateStore<NormalizeState>,
+        webhook: &TwilioWebhook,
+        event: &ConversationEvent,
+        dedup_key: &str,
+    ) {
         state.put_with_ttl(
-            seen_key(&event.dedup_key),
+            seen_key(dedup_key),
             NormalizeState {
                 kind: NormalizeStateKind::SeenEvent,
                 seen_event: Some(SeenEvent {
@@ -2590,10 +2617,70 @@ mod tests {
             1,
             "another status is another event"
         );
+        // Callbacks that name their status only `SmsStatus`: each status is
+        // an event of its own too.
+        for status in ["sent", "delivered"] {
+            let only_sms_status = hook(
+                WebhookRoute::MessagingStatus,
+                None,
+                &[
+                    ("SmsSid", "SM8"),
+                    ("SmsStatus", status),
+                    ("To", "+14155550123"),
+                ],
+            );
+            assert_eq!(events(run.outputs(only_sms_status)), 1, "{status}");
+        }
         // After the window the event is new again (and has the same id).
         run.store.set_now(T + 3600 * 1000 + 1);
         let late = run.event(inbound(Some("tok-r"), "SM1", "+14155550123"));
         assert_eq!(late.event_id, ids::event_id("tok-r"));
+    }
+
+    #[test]
+    fn a_call_status_arriving_after_the_calls_end_is_dropped() {
+        let mut run = Run::new();
+        let status = |status: &str| {
+            hook(
+                WebhookRoute::VoiceStatus,
+                None,
+                &[
+                    ("CallSid", "CA7"),
+                    ("CallStatus", status),
+                    ("From", "+14155550123"),
+                    ("To", "+14155550199"),
+                    ("Direction", "inbound"),
+                ],
+            )
+        };
+        let calls = |outputs: Vec<Output>| -> Vec<CallState> {
+            outputs
+                .iter()
+                .filter(|o| o.topic() == topics::CONVERSATION_EVENTS)
+                .filter_map(|o| o.record::<ConversationEvent>())
+                .filter_map(|e| e.call.as_ref().map(|c| c.status))
+                .collect()
+        };
+        assert_eq!(calls(run.outputs(status("ringing"))), [CallState::Ringing]);
+        assert_eq!(
+            calls(run.outputs(status("completed"))),
+            [CallState::Completed]
+        );
+        // `in-progress` was delayed in the network and comes last.
+        assert!(calls(run.outputs(status("in-progress"))).is_empty());
+        // Another call of the same user is not affected.
+        let other = hook(
+            WebhookRoute::VoiceStatus,
+            None,
+            &[
+                ("CallSid", "CA8"),
+                ("CallStatus", "ringing"),
+                ("From", "+14155550123"),
+                ("To", "+14155550199"),
+                ("Direction", "inbound"),
+            ],
+        );
+        assert_eq!(calls(run.outputs(other)), [CallState::Ringing]);
     }
 
     #[test]

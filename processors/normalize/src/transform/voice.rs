@@ -91,10 +91,20 @@ impl Normalizer {
         let conversation = link.conversation_id;
         let mut draft = match kind {
             Kind::CallStatus | Kind::CallAnswer => {
+                let status = call_state(require(params, "CallStatus")?);
+                // Twilio's callbacks may arrive out of order: a call that
+                // ended does not ring again.
+                if !has_ended(status)
+                    && state
+                        .get(&super::seen_key(&call_ended_key(&call_sid)))
+                        .is_some()
+                {
+                    return Ok(Err("call_status_after_its_end"));
+                }
                 let mut draft = Draft::new(T::CallStatusChanged, EventSource::Voice, conversation);
                 draft.call = Some(CallEvent {
                     call_sid,
-                    status: call_state(require(params, "CallStatus")?),
+                    status,
                     direction: params.get("Direction").map(str::to_owned),
                     duration_seconds: params
                         .number("CallDuration")
@@ -337,6 +347,24 @@ struct CallLink {
     conversation_id: String,
     /// `None`: the conversation's own (state, directory, derived).
     session_id: Option<String>,
+}
+
+/// Whether `status` is the end of a call.
+pub(super) fn has_ended(status: CallState) -> bool {
+    matches!(
+        status,
+        CallState::Completed
+            | CallState::Busy
+            | CallState::Failed
+            | CallState::NoAnswer
+            | CallState::Canceled
+    )
+}
+
+/// The dedup key under which a call's end is remembered (for the dedup
+/// window), so that a status of the call arriving after it is dropped.
+pub(super) fn call_ended_key(call_sid: &str) -> String {
+    format!("{call_sid}:CallEnded")
 }
 
 fn call_state(status: &str) -> CallState {
