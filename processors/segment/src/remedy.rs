@@ -110,6 +110,13 @@ impl Policy {
     /// With the offending part.
     pub fn parse(text: &str, max_remediations: u32) -> Result<Self, String> {
         let mut rules = BTreeMap::new();
+        // `off` (or nothing): no remediation; `off` passes a Helm chart,
+        // which drops empty values.
+        let text = if text.trim().eq_ignore_ascii_case("off") {
+            ""
+        } else {
+            text
+        };
         for rule in text.split(';').map(str::trim).filter(|r| !r.is_empty()) {
             let (code, steps) = rule
                 .split_once('=')
@@ -270,6 +277,14 @@ mod tests {
 
     fn used(pairs: &[(&str, i32)]) -> BTreeMap<String, i32> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    }
+
+    #[test]
+    fn off_and_empty_are_no_policy() {
+        for text in ["", " ", "off", "OFF"] {
+            assert!(Policy::parse(text, 5).unwrap().is_empty(), "{text:?}");
+        }
+        assert!(Policy::parse("offf", 5).is_err());
     }
 
     #[test]

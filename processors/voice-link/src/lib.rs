@@ -98,7 +98,7 @@ pub struct VoiceLinkArgs {
     pub ring_timeout_secs: i32,
 
     /// Twilio answering-machine detection for placed calls: `Enable` or
-    /// `DetectMessageEnd`; empty: off. On by default: a machine gets a
+    /// `DetectMessageEnd`; `off` (or empty): none. On by default: a machine gets a
     /// hang-up from ingress instead of the disclosure and the consent
     /// prompt, and the user a text.
     #[arg(long, env = "VOICE_MACHINE_DETECTION", default_value = "Enable")]
@@ -171,12 +171,14 @@ impl Config {
         if !(5..=600).contains(&args.ring_timeout_secs) {
             anyhow::bail!("VOICE_RING_TIMEOUT must be 5 to 600 seconds (Twilio's range)");
         }
-        let machine_detection =
-            Some(args.machine_detection.trim().to_owned()).filter(|m| !m.is_empty());
+        // `off` (or nothing): no detection; `off` passes a Helm chart, which
+        // drops empty values.
+        let machine_detection = Some(args.machine_detection.trim().to_owned())
+            .filter(|m| !m.is_empty() && !m.eq_ignore_ascii_case("off"));
         if let Some(m) = &machine_detection
             && !matches!(m.as_str(), "Enable" | "DetectMessageEnd")
         {
-            anyhow::bail!("VOICE_MACHINE_DETECTION must be Enable, DetectMessageEnd or empty");
+            anyhow::bail!("VOICE_MACHINE_DETECTION must be Enable, DetectMessageEnd or off");
         }
         let voice_from = Some(args.voice_from.trim().to_owned()).filter(|f| !f.is_empty());
         Ok(Settings {
@@ -287,6 +289,16 @@ mod tests {
         assert_eq!(settings.public_base_url, "https://si.example.com");
         assert!(settings.quiet_window.is_some());
         assert_eq!(settings.default_zone.iana_name(), Some("UTC"));
+        assert_eq!(settings.machine_detection.as_deref(), Some("Enable"));
+        let off = Config::try_parse_from([
+            "si-voice-link",
+            "--public-base-url",
+            "https://si.example.com/",
+            "--machine-detection",
+            "off",
+        ])
+        .unwrap();
+        assert_eq!(off.settings().unwrap().machine_detection, None);
         for (flag, value, names) in [
             ("--public-base-url", "si.example.com", "PUBLIC_BASE_URL"),
             (
