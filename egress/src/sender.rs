@@ -836,6 +836,9 @@ struct Lane {
     window: Option<Arc<SendWindow>>,
     sender_type: &'static str,
     done: mpsc::UnboundedSender<Done>,
+    /// Twilio asked this sender to slow down (429, 20429, or a queue or rate
+    /// limit code): nothing of its queue starts before this.
+    slowed_until: Option<Instant>,
 }
 
 impl Lane {
@@ -847,6 +850,10 @@ impl Lane {
         self.queue
             .retain(|e| e.in_flight || ctx.live.is_current(e.job.partition, e.job.generation));
         let (mut picked, mut wake) = pick(&self.queue, now);
+        if let Some(until) = self.slowed_until.filter(|until| *until > now) {
+            picked = None;
+            wake = Some(wake.map_or(until, |w| w.min(until)));
+        }
         // While Twilio fails, hold the queue; an urgent WhatsApp message goes
         // to delivery remediation (its SMS fallback).
         if let Some(i) = picked {
@@ -929,7 +936,30 @@ impl Lane {
             Attempted::Done => {
                 self.queue.remove(i);
             }
-            Attempted::Retry(retry) => on_retry(&self.ctx, &mut self.queue, i, retry),
+            Attempted::Retry(retry) => {
+                if matches!(retry.reason(), "rate_limited" | "slow_down") {
+                    self.slow_down(retry.retry_after);
+                }
+                on_retry(&self.ctx, &mut self.queue, i, retry);
+            }
+        }
+    }
+
+    /// Twilio refused a request of this sender as too many or too fast: the
+    /// whole queue waits its `Retry-After` (else the first backoff step),
+    /// not only the refused operation, so the sender slows down instead of
+    /// sending the rest of its queue into the same refusal.
+    fn slow_down(&mut self, retry_after: Option<Duration>) {
+        let until = Instant::now() + retry_after.unwrap_or(self.ctx.retry.base);
+        if self.slowed_until.is_none_or(|current| current < until) {
+            tracing::info!(
+                sender_type = self.sender_type,
+                pause_ms =
+                    u64::try_from(until.saturating_duration_since(Instant::now()).as_millis())
+                        .unwrap_or(u64::MAX),
+                "Twilio asked the sender to slow down: its queue waits"
+            );
+            self.slowed_until = Some(until);
         }
     }
 
@@ -1006,6 +1036,7 @@ async fn sender_task(
         window: SendWindow::new(&ctx.rates, &sender_key).map(Arc::new),
         sender_type: SenderType::of(&sender_key).label(),
         done: done_tx,
+        slowed_until: None,
     };
     let mut jobs_open = true;
     let mut auth_changes = ctx.auth.subscribe();

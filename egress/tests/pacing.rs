@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Egress, op, produce_ops, sender_key, statuses};
+use common::{Egress, duplicates, max_per_second, op, produce_ops, sender_key, statuses, wait_for};
 use si_schemas::records::{DeliveryOutcome, OutboundOperation};
 use si_testkit::TestEnv;
 use twilio_sandbox::{Faults, RequestRecord, Sandbox, SandboxConfig};
@@ -328,6 +328,64 @@ async fn a_permit_is_given_back_when_twilio_answers_not_after_the_ledger_write()
          before it ({LINGER_MS} ms linger)",
         ops.len()
     );
+    egress.stop().await?;
+    sandbox.shutdown().await;
+    Ok(())
+}
+
+/// Twilio refuses every request of a sender as too many (429 / 20429) for a
+/// while: the sender's whole queue waits (its Retry-After, else the first
+/// backoff step) instead of sending every queued operation into the same
+/// refusal. Once Twilio takes requests again every operation is sent once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sender_told_to_slow_down_holds_its_whole_queue() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let sandbox = sandbox().await?;
+    sandbox.set_faults(Faults {
+        rate_429: 1.0,
+        ..Faults::default()
+    })?;
+    let rates = format!("{}=10", sender_key(LONG_CODE));
+    let egress = Egress::spawn(
+        &env,
+        &sandbox,
+        "slow-down",
+        &[
+            ("EGRESS_SENDER_RATES", rates.as_str()),
+            ("EGRESS_RETRY_BASE", "1s"),
+            ("EGRESS_RETRY_MAX", "1s"),
+            ("EGRESS_MAX_ATTEMPTS", "40"),
+        ],
+    )?;
+    let ops: Vec<OutboundOperation> = (0..20)
+        .map(|i| op(&format!("slow-{i}"), &format!("CHS{i}"), LONG_CODE))
+        .collect();
+    produce_ops(&env, &ops).await?;
+    let refused = || -> Vec<RequestRecord> {
+        sandbox
+            .requests()
+            .into_iter()
+            .filter(|r| r.injected)
+            .collect()
+    };
+    // Three seconds of refusals.
+    wait_for("3 s of refused requests", Duration::from_secs(60), || {
+        let r = refused();
+        let span = r.iter().map(|r| r.at_ms).max().unwrap_or(0)
+            - r.iter().map(|r| r.at_ms).min().unwrap_or(0);
+        span >= 3_000
+    })
+    .await?;
+    // Unheld, the queue would go at 10 a second into the refusals.
+    let worst = max_per_second(&refused());
+    assert!(worst <= 3, "{worst} refused requests in one second");
+
+    sandbox.set_faults(Faults::default())?;
+    let by_id = statuses(&env, ops.len(), Duration::from_secs(90)).await?;
+    for o in &ops {
+        assert_eq!(by_id[&o.operation_id].outcome, DeliveryOutcome::Accepted);
+    }
+    assert_eq!(duplicates(&sandbox.requests()), 0);
     egress.stop().await?;
     sandbox.shutdown().await;
     Ok(())
