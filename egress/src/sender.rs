@@ -851,6 +851,21 @@ impl Lane {
             .retain(|e| e.in_flight || ctx.live.is_current(e.job.partition, e.job.generation));
         let (mut picked, mut wake) = pick(&self.queue, now);
         if let Some(until) = self.slowed_until.filter(|until| *until > now) {
+            // Held, an operation still ends at its `not_after`.
+            let expired = self.queue.iter().position(|e| {
+                !e.in_flight
+                    && e.job
+                        .op
+                        .not_after
+                        .is_some_and(|not_after| now_ms() > not_after)
+            });
+            if let Some(i) = expired {
+                self.end(
+                    i,
+                    "not_after passed while Twilio asked the sender to slow down",
+                );
+                return None;
+            }
             picked = None;
             wake = Some(wake.map_or(until, |w| w.min(until)));
         }
@@ -946,11 +961,15 @@ impl Lane {
     }
 
     /// Twilio refused a request of this sender as too many or too fast: the
-    /// whole queue waits its `Retry-After` (else the first backoff step),
-    /// not only the refused operation, so the sender slows down instead of
-    /// sending the rest of its queue into the same refusal.
+    /// whole queue waits its `Retry-After` (else the first backoff step; at
+    /// most `EGRESS_RETRY_MAX`), not only the refused operation, so the
+    /// sender slows down instead of sending the rest of its queue into the
+    /// same refusal.
     fn slow_down(&mut self, retry_after: Option<Duration>) {
-        let until = Instant::now() + retry_after.unwrap_or(self.ctx.retry.base);
+        let pause = retry_after
+            .unwrap_or(self.ctx.retry.base)
+            .min(self.ctx.retry.max);
+        let until = Instant::now() + pause;
         if self.slowed_until.is_none_or(|current| current < until) {
             tracing::info!(
                 sender_type = self.sender_type,

@@ -16,8 +16,8 @@ use si_runtime::state::StateStore;
 use si_schemas::records::{
     Channel, ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentProcessorState,
     ConsentProcessorStateKind, ConsentState, ConsentStatus, ConversationContact, ConversationEvent,
-    ConversationEventType, DeliveryOutcome, DeliveryStatus, InboundMessage, InboundPurpose,
-    OperationKind, OutboundOperation,
+    ConversationEventType, DeliveryOutcome, DeliveryStatus, EventSource, InboundMessage,
+    InboundPurpose, OperationKind, OutboundOperation,
 };
 use si_schemas::{Codec, CodecError, topics};
 use si_segment::{Response, SegmentConfig, Timing, plan};
@@ -340,6 +340,14 @@ pub fn contact_key(conversation_id: &str) -> String {
     format!("c|{conversation_id}")
 }
 
+/// Whether the event's conversation is on Programmable Messaging (not
+/// Conversations): normalize's `pm-` ids, and conversations Si started in
+/// messaging mode (lifecycle's ids, the user's messages reported by the
+/// Messaging API), as segment tells them.
+fn programmable_messaging(event: &ConversationEvent) -> bool {
+    event.conversation_id.starts_with("pm-") || event.source == EventSource::Messaging
+}
+
 impl ConsentProcessor {
     /// A processor over `gate` (the adapter's and the registry's consent tables).
     #[must_use]
@@ -358,14 +366,20 @@ impl ConsentProcessor {
     /// one segment's and egress's gate checks. With `MESSAGING_SERVICE_SID`
     /// that is the Messaging Service, whichever of its numbers the user
     /// wrote to: Twilio applies an opt-out to the whole service too.
-    fn scope_for(&self, channel: Channel, conversation_id: &str, proxy: Option<&str>) -> String {
+    fn scope_for(
+        &self,
+        channel: Channel,
+        conversation_id: &str,
+        programmable_messaging: bool,
+        proxy: Option<&str>,
+    ) -> String {
         if self.settings.scope == ScopeMode::Global {
             return ANY_SCOPE.to_owned();
         }
         si_consent_gate::sender(
             channel,
             conversation_id,
-            conversation_id.starts_with("pm-"),
+            programmable_messaging,
             proxy,
             self.settings.messaging_service_sid.as_deref(),
         )
@@ -500,7 +514,7 @@ impl ConsentProcessor {
                 };
             }
         };
-        let programmable_messaging = event.conversation_id.starts_with("pm-");
+        let programmable_messaging = programmable_messaging(event);
         let kind = if programmable_messaging {
             OperationKind::SendMessage
         } else {
@@ -747,6 +761,7 @@ impl ConsentProcessor {
                 scope: self.scope_for(
                     channel,
                     &event.conversation_id,
+                    programmable_messaging(event),
                     contact.proxy_address.as_deref(),
                 ),
                 address: contact.address.clone(),
@@ -834,6 +849,7 @@ impl ConsentProcessor {
             scope: self.scope_for(
                 channel,
                 &event.conversation_id,
+                programmable_messaging(event),
                 participant.proxy_address.as_deref(),
             ),
             address,
@@ -1214,6 +1230,9 @@ impl ConsentProcessor {
             scope: self.scope_for(
                 contact.channel,
                 &delivery.conversation_id,
+                // The refused send was a Programmable Messaging one.
+                delivery.conversation_id.starts_with("pm-")
+                    || delivery.kind == Some(OperationKind::SendMessage),
                 contact.proxy_address.as_deref(),
             ),
             address: contact.address,

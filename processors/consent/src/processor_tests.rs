@@ -959,6 +959,25 @@ fn sender_scope_with_a_messaging_service_records_the_opt_out_for_the_service() {
     let mut next = msg(2, "hello again");
     next.conversation_id = e.conversation_id;
     assert!(h.send(next).inbound().is_empty());
+
+    // A conversation Si started in messaging mode has lifecycle's id, not a
+    // `pm-` one; its user's messages come from the Messaging API.
+    let mut h = Harness::new(
+        Settings {
+            scope: ScopeMode::Sender,
+            messaging_service_sid: Some(MG.into()),
+            ..Settings::default()
+        },
+        gate(vec![], vec![]),
+    );
+    let mut started = msg(3, "STOP");
+    started.conversation_id = "si-0123".into();
+    started.source = EventSource::Messaging;
+    let out = h.send(started);
+    assert_eq!(out.consent()[0].key(), format!("sms:{USER}|{MG}"));
+    let confirmation = out.outbound()[0];
+    assert_eq!(confirmation.kind, OperationKind::SendMessage);
+    assert_eq!(confirmation.messaging_service_sid.as_deref(), Some(MG));
 }
 
 #[test]

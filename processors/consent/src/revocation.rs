@@ -11,9 +11,9 @@
 //! `messaging`), *filler* (`please`, `me`, `all`), or an unknown word.
 //!
 //! A *revocation* in a clause (text between `. , ; : ! ? ( )` or line breaks)
-//! is a term; a verb not negated, that is without a negation within the
-//! three entries before it, only filler between (`don't stop`, `I don't want
-//! to cancel` are none; `I'm not interested stop texting me` is one); or a
+//! is a term; a verb not negated, that is without a negation before it with
+//! only filler between (`don't stop`, `I don't want you to cancel` are none;
+//! `I'm not interested stop texting me` is one); or a
 //! negation followed by a word about messages within three entries with only
 //! filler between (`don't text me`, `no more messages`).
 //!
@@ -298,16 +298,14 @@ fn negation_reaches_messages(pieces: &[Piece], i: usize) -> Option<usize> {
         .map(|k| i + 1 + k)
 }
 
-/// Whether the verb at `i` is negated: a negation within the three entries
-/// before it, with only filler between (`don't stop`, `I don't want to
-/// cancel`). A negation further back, or behind other words, is about
-/// something else (`I'm not interested, stop texting me`, `I don't know you
-/// stop texting me`).
+/// Whether the verb at `i` is negated: a negation before it with only
+/// filler between (`don't stop`, `I don't want you to cancel`). A negation
+/// behind other words is about something else (`I'm not interested stop
+/// texting me`, `I don't know you stop texting me`).
 fn negated(pieces: &[Piece], i: usize) -> bool {
     pieces[..i]
         .iter()
         .rev()
-        .take(3)
         .take_while(|p| matches!(p.category, Some(Category::Filler | Category::Negation)))
         .any(|p| p.category == Some(Category::Negation))
 }

@@ -186,6 +186,8 @@ fn ordinary_messages_stay_ordinary() {
         "don't stop texting me",
         "No, I don't want to cancel",
         "I dont wanna stop",
+        "I don't want you to stop texting me",
+        "I do not want you to cancel",
         "never stop",
         "Cancel my reminder",
         "I can't stop laughing",

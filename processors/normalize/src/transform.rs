@@ -1984,6 +1984,29 @@ mod tests {
             ("CA1", CallState::InProgress)
         );
         assert_eq!(c.answered_by.as_deref(), Some("human"));
+        // The answer webhook: the disclosure is played to a person, not to a
+        // machine (ingress hangs up on those).
+        for (answered_by, disclosed) in [("human", true), ("machine_start", false), ("fax", false)]
+        {
+            let answer = hook(
+                WebhookRoute::VoiceAnswer,
+                None,
+                &[
+                    ("CallSid", &format!("CA-{answered_by}")),
+                    ("CallStatus", "in-progress"),
+                    ("Direction", "outbound-api"),
+                    ("From", "+14155550199"),
+                    ("To", "+14155550100"),
+                    ("AnsweredBy", answered_by),
+                ],
+            );
+            let call = run.event(answer).call.unwrap();
+            assert_eq!(
+                call.disclosure == Some(RecordingDisclosure::Disclosed),
+                disclosed,
+                "{answered_by}"
+            );
+        }
         let p = e.participant.unwrap();
         assert_eq!(
             p.address.as_deref(),

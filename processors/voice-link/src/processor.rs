@@ -578,7 +578,12 @@ impl VoiceLinkProcessor {
         if placed {
             self.count(outcome);
         }
-        if outcome == "ended" && conversation.calls[index].disclosure.is_none() {
+        // Disclosed but never answered: the caller hung up on the question.
+        let unanswered = matches!(
+            conversation.calls[index].disclosure.as_deref(),
+            None | Some("DISCLOSED")
+        );
+        if outcome == "ended" && unanswered {
             outputs.extend(self.call_text(
                 "by-text",
                 keys::CALL_CONTINUES_BY_TEXT,

@@ -781,7 +781,16 @@ fn end_call_hangs_up_the_live_call_or_cancels_a_scheduled_one() {
 fn an_inbound_call_joins_the_conversation_transcript() {
     let mut h = Harness::new(settings(), Vec::new());
     h.event(text(T0, "I'll call you"), T0);
-    let out = h.event(call(T0 + 1, CallState::InProgress, None, "inbound"), T0 + 1);
+    // The answer webhook: the disclosure was played (and never answered).
+    let out = h.event(
+        call(
+            T0 + 1,
+            CallState::InProgress,
+            Some(RecordingDisclosure::Disclosed),
+            "inbound",
+        ),
+        T0 + 1,
+    );
     let started = entries(&out);
     assert_eq!(
         started[0].entry_kind,

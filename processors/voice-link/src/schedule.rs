@@ -79,9 +79,10 @@ impl QuietWindow {
 impl QuietWindow {
     /// The first moment at or after `at` outside the window in every one of
     /// `zones`: the user may be in any of them. `at` itself when `zones` is
-    /// empty; when no moment of the next two days is allowed in all of them
-    /// (zones further apart than the allowed hours), the latest window end
-    /// the search reached, so a call is never earlier than in any one zone.
+    /// empty. When no moment is allowed in all of them (zones further apart
+    /// than the allowed hours, with a `VOICE_QUIET_HOURS` much longer than
+    /// the default), the first zone's, the likeliest: a call must still be
+    /// placed some time.
     #[must_use]
     pub fn next_allowed_in_all(self, at: Timestamp, zones: &[TimeZone]) -> Timestamp {
         let mut t = at;
@@ -98,7 +99,7 @@ impl QuietWindow {
             }
             t = later;
         }
-        t
+        zones.first().map_or(at, |zone| self.next_allowed(at, zone))
     }
 }
 
@@ -437,6 +438,15 @@ mod tests {
         assert_eq!(
             window.next_allowed_in_all(late, &paris),
             window.next_allowed(late, &paris[0])
+        );
+        // No hour allowed in both New York and Honolulu (two allowed hours,
+        // five apart): New York's, the first zone's.
+        let narrow = QuietWindow::parse("10:00-08:00").unwrap().unwrap();
+        let both = [zone("America/New_York"), zone("Pacific/Honolulu")];
+        let at = ts("2026-12-03T12:00:00Z");
+        assert_eq!(
+            narrow.next_allowed_in_all(at, &both),
+            narrow.next_allowed(at, &both[0])
         );
         // Russia spans ten hours: still a window where all allow a call.
         let russia: Vec<TimeZone> = zones_of_region("RU").iter().map(|n| zone(n)).collect();
