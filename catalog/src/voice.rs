@@ -9,6 +9,15 @@
 
 use crate::{Catalog, keys};
 
+/// Whether Twilio's answering-machine detection says a machine (or a fax)
+/// answered: `AnsweredBy` `machine_start`, `machine_end_beep`,
+/// `machine_end_silence`, `machine_end_other` or `fax`. Ingress then hangs
+/// up instead of playing the disclosure, and normalize records none.
+#[must_use]
+pub fn answered_by_machine(answered_by: Option<&str>) -> bool {
+    answered_by.is_some_and(|a| a.starts_with("machine_") || a == "fax")
+}
+
 /// What the caller chose at the consent prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Choice {

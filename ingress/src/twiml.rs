@@ -79,13 +79,7 @@ fn document(verbs: &str) -> String {
     format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response>{verbs}</Response>")
 }
 
-/// Whether Twilio's answering-machine detection says a machine (or a fax)
-/// answered: `AnsweredBy` `machine_start`, `machine_end_beep`,
-/// `machine_end_silence`, `machine_end_other` or `fax`.
-#[must_use]
-pub fn answered_by_machine(answered_by: Option<&str>) -> bool {
-    answered_by.is_some_and(|a| a.starts_with("machine_") || a == "fax")
-}
+pub use si_catalog::voice::answered_by_machine;
 
 /// The answer to a call answered by a machine: hang up at once. Nobody is
 /// there to hear the disclosure, and a greeting is no consent; voice-link

@@ -113,8 +113,9 @@ impl Normalizer {
                     // Ingress answers every answer webhook with the disclosure
                     // and the consent prompt, unless a machine answered
                     // (then it hangs up).
-                    disclosure: (kind == Kind::CallAnswer && !answered_by_machine(params))
-                        .then_some(RecordingDisclosure::Disclosed),
+                    disclosure: (kind == Kind::CallAnswer
+                        && !voice::answered_by_machine(params.get("AnsweredBy")))
+                    .then_some(RecordingDisclosure::Disclosed),
                     answered_by: params.get("AnsweredBy").map(str::to_owned),
                 });
                 draft
@@ -348,14 +349,6 @@ struct CallLink {
     conversation_id: String,
     /// `None`: the conversation's own (state, directory, derived).
     session_id: Option<String>,
-}
-
-/// Whether Twilio's answering-machine detection says a machine or a fax
-/// answered (as ingress reads `AnsweredBy`).
-fn answered_by_machine(params: &Params) -> bool {
-    params
-        .get("AnsweredBy")
-        .is_some_and(|a| a.starts_with("machine_") || a == "fax")
 }
 
 /// Whether `status` is the end of a call.

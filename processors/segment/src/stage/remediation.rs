@@ -78,6 +78,21 @@ struct Failure<'a> {
     now: i64,
 }
 
+impl Failure<'_> {
+    /// The remediation record of this failure of `op` (a FAILED status).
+    fn record(&self, op: &OutboundOperation, remediation: Remediation) -> Output {
+        record(
+            op,
+            &self.sent,
+            DeliveryOutcome::Failed,
+            self.code,
+            self.message,
+            remediation,
+            self.now,
+        )
+    }
+}
+
 /// The attempt a failure's decision leads to, and why.
 struct NextAttempt {
     attempt: i32,
@@ -472,12 +487,8 @@ impl Segmenter {
             return vec![self.give_up(op, failure, reason)];
         }
         let resend = next.of(op.clone(), failure.now);
-        let decided = record(
+        let decided = failure.record(
             op,
-            &failure.sent,
-            DeliveryOutcome::Failed,
-            failure.code,
-            failure.message,
             Remediation {
                 not_before: Some(at),
                 ..resend_decision(
@@ -489,7 +500,6 @@ impl Segmenter {
                     next.reason,
                 )
             },
-            failure.now,
         );
         if !self.hold(&resend, next.chain, at, delay, state) {
             return Vec::new();
@@ -509,12 +519,8 @@ impl Segmenter {
         resend: OutboundOperation,
         state: &mut StateStore<SegmentState>,
     ) -> Vec<Output> {
-        let decided = record(
+        let decided = failure.record(
             op,
-            &failure.sent,
-            DeliveryOutcome::Failed,
-            failure.code,
-            failure.message,
             resend_decision(
                 &failure.sent,
                 next.attempt,
@@ -523,7 +529,6 @@ impl Segmenter {
                 resend.channel,
                 next.reason,
             ),
-            failure.now,
         );
         let Ok(operation_json) = serde_json::to_string(&resend) else {
             return Vec::new();
@@ -664,21 +669,11 @@ impl Segmenter {
 
     /// The terminal GIVE_UP record of a chain.
     fn give_up(&self, op: &OutboundOperation, failure: &Failure<'_>, reason: String) -> Output {
-        let Failure {
-            sent,
-            code,
-            message,
-            now,
-        } = failure;
-        let (code, message, now) = (*code, *message, *now);
-        self.count("give_up", code);
-        tracing::info!(operation_id = %sent.operation_id, error_code = ?code, %reason, "delivery failed: giving up");
-        record(
+        let sent = &failure.sent;
+        self.count("give_up", failure.code);
+        tracing::info!(operation_id = %sent.operation_id, error_code = ?failure.code, %reason, "delivery failed: giving up");
+        failure.record(
             op,
-            sent,
-            DeliveryOutcome::Failed,
-            code,
-            message,
             Remediation {
                 origin_operation_id: sent.origin_operation_id.clone(),
                 attempt: sent.attempt + 1,
@@ -689,7 +684,6 @@ impl Segmenter {
                 terminal: true,
                 reason,
             },
-            now,
         )
     }
 
