@@ -175,6 +175,7 @@ pub fn terminal(
         resend_of: op.params.get(si_schemas::records::RESEND_OF_PARAM).cloned(),
         remediation: None,
         at: now,
+        scheduled_at: None,
     };
     let dead_letter = |reason: String, code: Option<i32>, http_status: Option<i32>| {
         Some(OutboundDeadLetter {

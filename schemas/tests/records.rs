@@ -539,6 +539,7 @@ fn delivery_full() -> DeliveryStatus {
             reason: s("63024: fallback"),
         }),
         at: T0,
+        scheduled_at: Some(T0 + 60_000),
     }
 }
 
@@ -560,6 +561,7 @@ fn delivery_min() -> DeliveryStatus {
         resend_of: None,
         remediation: None,
         at: 0,
+        scheduled_at: None,
     }
 }
 
@@ -1432,6 +1434,7 @@ fn lifecycle_state_full() -> LifecycleState {
         conversation_sid: some("CH00000000000000000000000000000002"),
         active_call_sid: some("CA00000000000000000000000000000003"),
         compliance_event_ids: vec![s("c-1"), s("egress-21610-op-1")],
+        call_scheduled_at: Some(T0 + 3_600_000),
     }
 }
 
@@ -1459,6 +1462,7 @@ fn lifecycle_state_min() -> LifecycleState {
         conversation_sid: None,
         active_call_sid: None,
         compliance_event_ids: vec![],
+        call_scheduled_at: None,
     }
 }
 

@@ -12,6 +12,10 @@
 //! the started conversation and its session; in Conversations mode the
 //! conversation is created, the participant added and the opening sent, in
 //! that order, all naming the conversation by its UniqueName.
+//!
+//! A call scheduled past the idle time (with voice-link running): no
+//! warning and no closure before it, which is placed at its time; a
+//! closure before a scheduled call's time cancels it.
 
 use std::time::Duration;
 
@@ -446,6 +450,212 @@ async fn in_conversations_mode_a_start_creates_adds_and_sends_in_that_order() ->
         .await?;
     assert_eq!(reply.conversation_id, "outreach-conv");
     assert_eq!(reply.session_id, "session-outreach-conv");
+    for stage in &mut stages {
+        stage.terminate(Duration::from_secs(30))?;
+    }
+    Ok(())
+}
+
+/// `user` texts Si.
+async fn say_as(sandbox: &SandboxHandle, user: &str, body: &str) -> anyhow::Result<()> {
+    let posted = sandbox
+        .post_inbound_sms(&InboundSms {
+            from: user.into(),
+            to: SI_NUMBER.into(),
+            body: body.into(),
+            ..InboundSms::default()
+        })
+        .await?;
+    anyhow::ensure!(posted.status == 200, "ingress answered {}", posted.status);
+    Ok(())
+}
+
+/// The texts the sandbox accepted for `user`: when, and what.
+fn texts_to(sandbox: &SandboxHandle, user: &str) -> Vec<(i64, String)> {
+    sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.path.ends_with("/Messages.json")
+                && r.status < 300
+                && r.params.get("To").map(String::as_str) == Some(user)
+        })
+        .filter_map(|r| Some((r.at_ms, r.params.get("Body")?.clone())))
+        .collect()
+}
+
+fn voice_command(
+    kind: CommandKind,
+    id: &str,
+    conversation: &str,
+    params: &[(&str, String)],
+) -> Command {
+    Command {
+        command_id: id.into(),
+        conversation_id: conversation.into(),
+        session_id: None,
+        kind,
+        address: None,
+        channel: None,
+        locale: None,
+        reason: None,
+        issued_by: "e2e".into(),
+        issued_at: 0,
+        params: params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_call_keeps_its_conversation_open_and_a_closure_cancels_one()
+-> anyhow::Result<()> {
+    const WAITING: &str = "+14155550126";
+    const CLOSING: &str = "+14155550127";
+    let env = TestEnv::start().await?;
+    let ingress_url = format!("http://127.0.0.1:{}", free_port()?);
+    let sandbox = Sandbox::start(SandboxConfig {
+        auth_token: TOKEN.into(),
+        callback_url: Some(ingress_url.clone()),
+        ..SandboxConfig::default()
+    })
+    .await?;
+    let listen = ingress_url.trim_start_matches("http://").to_owned();
+    let mut stages = spawn_all(
+        &env,
+        &sandbox,
+        vec![
+            (
+                "si-ingress",
+                vec![
+                    ("LISTEN_ADDR", listen.as_str()),
+                    ("PUBLIC_BASE_URL", ingress_url.as_str()),
+                ],
+            ),
+            (
+                "si-normalize",
+                vec![("VISITOR_ID_SECRET", "lifecycle-secret")],
+            ),
+            ("si-consent", vec![]),
+            ("si-echo-responder", vec![("ECHO_SUMMARY", SUMMARY)]),
+            ("si-segment", vec![]),
+            ("si-egress", vec![]),
+            (
+                "si-lifecycle",
+                vec![
+                    ("LIFECYCLE_WARN_AFTER", "3s"),
+                    ("LIFECYCLE_CLOSE_AFTER", "6s"),
+                    ("LIFECYCLE_SUMMARY_TIMEOUT", "5s"),
+                    ("LIFECYCLE_CLOSING_GRACE", "10s"),
+                    ("TIMER_INTERVAL", "100ms"),
+                ],
+            ),
+            (
+                "si-voice-link",
+                vec![
+                    ("PUBLIC_BASE_URL", ingress_url.as_str()),
+                    ("VOICE_QUIET_HOURS", "off"),
+                    ("TIMER_INTERVAL", "100ms"),
+                ],
+            ),
+        ],
+    )
+    .await?;
+    let catalog = Catalog::builtin();
+    let warning_start = "Are you still there?";
+    let closing = catalog.text(keys::CLOSING, "en").text;
+    let conversation_of = |text: &'static str| {
+        let env = &env;
+        async move {
+            env.find::<InboundMessage>(topics::INBOUND, DEADLINE, |m| m.text == text)
+                .await
+                .map(|m| m.conversation_id)
+        }
+    };
+
+    // A call 12 s ahead, twice the idle time before closure.
+    say_as(&sandbox, WAITING, "Call me in a bit").await?;
+    let waiting = conversation_of("Call me in a bit").await?;
+    let due = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(12);
+    let escalate = voice_command(
+        CommandKind::EscalateToVoice,
+        "esc-waiting",
+        &waiting,
+        &[("at", due.to_string())],
+    );
+    env.produce(topics::COMMANDS, &waiting, &escalate).await?;
+    let answer = env
+        .find::<DeliveryStatus>(topics::DELIVERY, DEADLINE, |d| {
+            d.operation_id == "voice-command-esc-waiting"
+        })
+        .await?;
+    assert_eq!(answer.scheduled_at, Some(due.as_millisecond()));
+    let call = wait_for("the scheduled call", DEADLINE, || async {
+        Ok(sandbox.calls().into_iter().find(|c| c.to == WAITING))
+    })
+    .await?;
+    assert!(
+        call.created_ms >= due.as_millisecond(),
+        "placed before its time"
+    );
+    let before: Vec<_> = texts_to(&sandbox, WAITING)
+        .into_iter()
+        .filter(|(at, body)| {
+            *at < call.created_ms && (body.starts_with(warning_start) || body.contains(closing))
+        })
+        .collect();
+    assert!(
+        before.is_empty(),
+        "warned or closed before the call: {before:#?}"
+    );
+    // After the call, the idle period runs as ever: warned, then closed.
+    sandbox.hang_up(&call.sid)?;
+    wait_for("the closing message after the call", DEADLINE, || async {
+        Ok(texts_to(&sandbox, WAITING)
+            .iter()
+            .any(|(_, b)| b.contains(closing))
+            .then_some(()))
+    })
+    .await?;
+
+    // Closed before its scheduled call's time: the call is cancelled.
+    say_as(&sandbox, CLOSING, "Call me later").await?;
+    let closed = conversation_of("Call me later").await?;
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600);
+    let escalate = voice_command(
+        CommandKind::EscalateToVoice,
+        "esc-closing",
+        &closed,
+        &[("at", later.to_string())],
+    );
+    env.produce(topics::COMMANDS, &closed, &escalate).await?;
+    env.find::<DeliveryStatus>(topics::DELIVERY, DEADLINE, |d| {
+        d.operation_id == "voice-command-esc-closing"
+    })
+    .await?;
+    let close = voice_command(
+        CommandKind::CloseConversation,
+        "close-closing",
+        &closed,
+        &[("summary", "Done.".to_owned())],
+    );
+    env.produce(topics::COMMANDS, &closed, &close).await?;
+    let voice_link = stages.last().expect("voice-link is the last stage");
+    wait_for(
+        "voice-link cancelled the scheduled call",
+        DEADLINE,
+        || async {
+            let cancelled = voice_link
+                .metric_sum("si_voice_escalations_total", &[r#"outcome="canceled""#])
+                .await?;
+            Ok((cancelled >= 1.0).then_some(()))
+        },
+    )
+    .await?;
+    env.find::<ArchivalRequest>(topics::ARCHIVAL, DEADLINE, |a| a.conversation_id == closed)
+        .await?;
+
     for stage in &mut stages {
         stage.terminate(Duration::from_secs(30))?;
     }

@@ -199,6 +199,7 @@ fn delivery(op: &str, outcome: DeliveryOutcome, code: Option<i32>, at: i64) -> D
         resend_of: None,
         remediation: None,
         at,
+        scheduled_at: None,
     }
 }
 

@@ -286,6 +286,7 @@ async fn stop_blocks_and_start_reenables_against_the_broker() -> anyhow::Result<
             resend_of: None,
             remediation: None,
             at: T0 + 20_000,
+            scheduled_at: None,
         };
         env.produce(topics::DELIVERY, conv2, &failed).await?;
         let consent = wait_for::<ConsentState>(&env, topics::CONSENT, &mut child, deadline, |r| {

@@ -26,7 +26,10 @@
 //!
 //! A user message in OPEN or WARNED starts a new idle period (a second
 //! warning only after another quiet `WARN_AFTER`); in SUMMARIZING for
-//! inactivity it cancels the closure. A `CLOSE_CONVERSATION` command (reason
+//! inactivity it cancels the closure. A live call is activity until it ends,
+//! and a call voice-link scheduled for later (its answer's `scheduled_at`)
+//! moves the idle period's start to the call's time, until an `END_CALL`
+//! cancels it. A `CLOSE_CONVERSATION` command (reason
 //! `USER_REQUEST` when the user asked, else `COMMAND`) starts closure at once,
 //! with `params["summary"]` as summary when given. A summary response
 //! (`purpose` SUMMARY answering the request) sends the closing message at once.

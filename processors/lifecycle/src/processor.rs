@@ -263,10 +263,11 @@ pub fn conversation_key(conversation_id: &str) -> String {
 /// its last status.
 pub const LONGEST_CALL: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
 
-/// The response id of the warning of the idle period that began at `last_activity_at`.
+/// The response id of the warning of the idle period that began at
+/// `idle_since` (the last message, or a call scheduled later).
 #[must_use]
-pub fn warning_id(conversation_id: &str, last_activity_at: i64) -> String {
-    format!("{ID_PREFIX}warning-{conversation_id}-{last_activity_at}")
+pub fn warning_id(conversation_id: &str, idle_since: i64) -> String {
+    format!("{ID_PREFIX}warning-{conversation_id}-{idle_since}")
 }
 
 /// The message id of the summary request of the closure of the conversation
@@ -292,6 +293,16 @@ pub fn close_operation_id(conversation_id: &str, opened_at: i64) -> String {
 #[must_use]
 pub fn archival_id(conversation_id: &str, opened_at: i64) -> String {
     format!("{ID_PREFIX}archival-{conversation_id}-{opened_at}")
+}
+
+/// Where the conversation's idle period begins: its last message, or the
+/// call scheduled for it when that is later.
+fn idle_since(conversation: &LifecycleState) -> i64 {
+    conversation
+        .call_scheduled_at
+        .map_or(conversation.last_activity_at, |due| {
+            due.max(conversation.last_activity_at)
+        })
 }
 
 fn millis(d: Duration) -> i64 {
@@ -388,11 +399,16 @@ impl LifecycleProcessor {
         })
     }
 
+    /// Stores the conversation for the state TTL, or until the TTL after
+    /// the call scheduled for it (a call days ahead keeps it open).
     fn save(&self, state: &mut StateStore<LifecycleState>, conversation: LifecycleState) {
+        let ahead = conversation.call_scheduled_at.map_or(0, |due| {
+            u64::try_from(due.saturating_sub(state.now())).unwrap_or(0)
+        });
         state.put_with_ttl(
             conversation_key(&conversation.conversation_id),
             conversation,
-            self.settings.state_ttl,
+            self.settings.state_ttl + Duration::from_millis(ahead),
         );
     }
 
@@ -503,6 +519,7 @@ impl LifecycleProcessor {
             conversation_sid: None,
             active_call_sid: None,
             compliance_event_ids: Vec::new(),
+            call_scheduled_at: None,
         });
         if let Some(p) = participant {
             if p.address.is_some() {
@@ -595,10 +612,59 @@ impl LifecycleProcessor {
     ) {
         conversation.phase = LifecyclePhase::Open;
         conversation.last_activity_at = conversation.last_activity_at.max(at);
-        let warn_at = conversation
-            .last_activity_at
-            .saturating_add(millis(self.settings.warn_after));
+        let warn_at = idle_since(&conversation).saturating_add(millis(self.settings.warn_after));
         self.save_with_timer(state, conversation, warn_at);
+    }
+
+    /// voice-link scheduled a call for later (its answer to the
+    /// `ESCALATE_TO_VOICE`): the idle period runs from the call's time, so
+    /// the user is neither warned nor closed on before the call they asked for.
+    fn on_call_scheduled(
+        &self,
+        due: i64,
+        mut conversation: LifecycleState,
+        state: &mut StateStore<LifecycleState>,
+    ) {
+        conversation.call_scheduled_at = Some(due);
+        if matches!(
+            conversation.phase,
+            LifecyclePhase::Open | LifecyclePhase::Warned
+        ) {
+            conversation.phase = LifecyclePhase::Open;
+            let warn_at =
+                idle_since(&conversation).saturating_add(millis(self.settings.warn_after));
+            self.save_with_timer(state, conversation, warn_at);
+        } else {
+            self.save(state, conversation);
+        }
+    }
+
+    /// An `END_CALL` cancels the conversation's call scheduled for later
+    /// before anything else (as voice-link reads it): the idle period runs
+    /// from the last message again.
+    fn on_end_call(&self, now: i64, command: &Command, state: &mut StateStore<LifecycleState>) {
+        let key = conversation_key(&command.conversation_id);
+        let Some(mut conversation) = state.get(&key).cloned() else {
+            return;
+        };
+        if conversation.call_scheduled_at.is_none_or(|due| due < now) {
+            return; // no call ahead: END_CALL hangs up the live one
+        }
+        conversation.call_scheduled_at = None;
+        let timer = match conversation.phase {
+            LifecyclePhase::Open => Some(self.settings.warn_after),
+            LifecyclePhase::Warned => Some(self.settings.close_after),
+            _ => None,
+        };
+        match timer {
+            Some(after) => {
+                let at = idle_since(&conversation)
+                    .saturating_add(millis(after))
+                    .max(now);
+                self.save_with_timer(state, conversation, at);
+            }
+            None => self.save(state, conversation),
+        }
     }
 
     fn on_response(
@@ -658,8 +724,13 @@ impl LifecycleProcessor {
         };
         match command.kind {
             CommandKind::CloseConversation => {}
-            CommandKind::EscalateToVoice | CommandKind::EndCall => {
+            CommandKind::EscalateToVoice => {
                 // voice-link's.
+                return Ok(Vec::new());
+            }
+            CommandKind::EndCall => {
+                // voice-link's; a cancelled call no longer keeps the conversation open.
+                self.on_end_call(ctx.timestamp_ms, command, state);
                 return Ok(Vec::new());
             }
             CommandKind::StartConversation => return self.on_start(ctx, command, state),
@@ -719,6 +790,15 @@ impl LifecycleProcessor {
     ) -> Vec<Output> {
         if delivery.operation_id.starts_with(CREATE_OPERATION_PREFIX) {
             return self.on_created(ctx, delivery, state);
+        }
+        if let Some(due) = delivery.scheduled_at {
+            if let Some(conversation) = state
+                .get(&conversation_key(&delivery.conversation_id))
+                .cloned()
+            {
+                self.on_call_scheduled(due, conversation, state);
+            }
+            return Vec::new();
         }
         if delivery.outcome == DeliveryOutcome::Failed
             && delivery.error_code == Some(TWILIO_OPTED_OUT)
@@ -1135,19 +1215,15 @@ impl Processor for LifecycleProcessor {
         }
         match conversation.phase {
             LifecyclePhase::Open => {
-                let warn_at = conversation
-                    .last_activity_at
-                    .saturating_add(millis(self.settings.warn_after));
+                let idle_since = idle_since(&conversation);
+                let warn_at = idle_since.saturating_add(millis(self.settings.warn_after));
                 if now < warn_at {
                     state.set_timer(ctx.key, warn_at);
                     return Ok(Vec::new());
                 }
                 let (text, locale) = self.warning_text(&conversation.locale);
                 let warning = CognitionResponse {
-                    response_id: warning_id(
-                        &conversation.conversation_id,
-                        conversation.last_activity_at,
-                    ),
+                    response_id: warning_id(&conversation.conversation_id, idle_since),
                     conversation_id: conversation.conversation_id.clone(),
                     session_id: conversation.session_id.clone(),
                     in_reply_to: None,
@@ -1164,17 +1240,14 @@ impl Processor for LifecycleProcessor {
                     .with_label_values(&["warning"])
                     .inc();
                 let key = conversation.conversation_id.clone();
-                let close_at = conversation
-                    .last_activity_at
-                    .saturating_add(millis(self.settings.close_after));
+                let close_at = idle_since.saturating_add(millis(self.settings.close_after));
                 conversation.phase = LifecyclePhase::Warned;
                 self.save_with_timer(state, conversation, close_at);
                 Ok(vec![Output::new(topics::RESPONSES, key, warning)])
             }
             LifecyclePhase::Warned => {
-                let close_at = conversation
-                    .last_activity_at
-                    .saturating_add(millis(self.settings.close_after));
+                let close_at =
+                    idle_since(&conversation).saturating_add(millis(self.settings.close_after));
                 if now < close_at {
                     state.set_timer(ctx.key, close_at);
                     return Ok(Vec::new());

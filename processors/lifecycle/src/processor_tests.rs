@@ -137,6 +137,7 @@ fn delivery(conv: &str, response_id: &str) -> DeliveryStatus {
         resend_of: None,
         remediation: None,
         at: 0,
+        scheduled_at: None,
     }
 }
 
@@ -1089,6 +1090,7 @@ fn once_twilio_created_a_started_conversation_its_sid_is_aliased_until_closure()
         resend_of: None,
         remediation: None,
         at: T0 + 20,
+        scheduled_at: None,
     };
     let out = h.deliver(created.clone(), T0 + 20);
     assert_eq!(out.len(), 1);
@@ -1290,5 +1292,113 @@ fn the_archival_request_names_the_compliance_events_recorded_about_the_conversat
     assert_eq!(
         archival[0].compliance_event_ids,
         ["c-1", "egress-21610-r-9-0"]
+    );
+}
+
+/// voice-link's answer to an `ESCALATE_TO_VOICE` it scheduled for `due`.
+fn scheduled_answer(conv: &str, command_id: &str, due: i64) -> DeliveryStatus {
+    let mut answer = DeliveryStatus::command_answer(
+        format!("voice-command-{command_id}"),
+        conv.into(),
+        DeliveryOutcome::Accepted,
+        Some("scheduled".into()),
+        0,
+    );
+    answer.scheduled_at = Some(due);
+    answer
+}
+
+fn end_call_command(conv: &str) -> Command {
+    Command {
+        command_id: "cmd-end".into(),
+        kind: CommandKind::EndCall,
+        ..close_command(conv, None, None)
+    }
+}
+
+#[test]
+fn a_call_scheduled_for_later_keeps_the_conversation_open_until_it() {
+    const CALL: &str = "CA00000000000000000000000000000003";
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    // The user asked for a call in the evening; it is due the next morning.
+    let due = T0 + 10 * CLOSE;
+    h.deliver(scheduled_answer(CH, "esc-1", due), T0 + 100);
+    assert_eq!(h.conversation(CH).unwrap().call_scheduled_at, Some(due));
+    assert_eq!(h.timer(CH), Some(due + WARN));
+    for at in [T0 + WARN, T0 + CLOSE, due - 1] {
+        let out = h.tick(at);
+        assert!(out.is_empty(), "nothing before the call, at {at}: {out:?}");
+        assert_eq!(h.conversation(CH).unwrap().phase, LifecyclePhase::Open);
+    }
+    // The call takes place; its end starts the idle period.
+    h.event(call_event(CH, due, CALL, CallState::InProgress), due);
+    let end = due + 60_000;
+    h.event(call_event(CH, end, CALL, CallState::Completed), end);
+    assert!(h.tick(end + WARN - 1).is_empty());
+    let warned = h.tick(end + WARN);
+    let warnings = only::<CognitionResponse>(&warned, topics::RESPONSES);
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(warnings[0].response_id, warning_id(CH, end));
+
+    // Scheduled after the warning went out: the warning's closure is off.
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    assert_eq!(h.tick(T0 + WARN).len(), 1, "the warning");
+    h.deliver(scheduled_answer(CH, "esc-2", due), T0 + WARN + 100);
+    assert_eq!(h.conversation(CH).unwrap().phase, LifecyclePhase::Open);
+    assert!(h.tick(T0 + CLOSE).is_empty(), "not closed before the call");
+    // A call that never happens (refused at its time, say): the idle period
+    // runs from its time, warning first.
+    let warned = h.tick(due + WARN);
+    assert_eq!(
+        only::<CognitionResponse>(&warned, topics::RESPONSES)[0].response_id,
+        warning_id(CH, due)
+    );
+    assert!(h.tick(due + CLOSE - 1).is_empty());
+    let closing = h.tick(due + CLOSE);
+    assert_eq!(
+        only::<InboundMessage>(&closing, topics::INBOUND).len(),
+        1,
+        "summary requested"
+    );
+}
+
+#[test]
+fn an_end_call_cancels_the_scheduled_call_and_the_idle_period_runs_from_the_last_message() {
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    let due = T0 + 10 * CLOSE;
+    h.deliver(scheduled_answer(CH, "esc-1", due), T0 + 100);
+    h.command(end_call_command(CH), T0 + 1_000).unwrap();
+    assert_eq!(h.conversation(CH).unwrap().call_scheduled_at, None);
+    assert_eq!(h.timer(CH), Some(T0 + WARN));
+    assert_eq!(
+        only::<CognitionResponse>(&h.tick(T0 + WARN), topics::RESPONSES)[0].response_id,
+        warning_id(CH, T0)
+    );
+
+    // An END_CALL once the scheduled time has passed is the live call's:
+    // nothing changes.
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    h.deliver(scheduled_answer(CH, "esc-1", T0 + 500), T0 + 100);
+    h.command(end_call_command(CH), T0 + 1_000).unwrap();
+    assert_eq!(
+        h.conversation(CH).unwrap().call_scheduled_at,
+        Some(T0 + 500)
+    );
+}
+
+#[test]
+fn a_scheduled_call_days_ahead_keeps_the_state_past_its_ttl() {
+    let mut h = Harness::new(settings()); // state TTL one hour
+    h.event(message(CH, T0, Vec::new()), T0);
+    let due = T0 + 3 * 24 * 3_600_000;
+    h.deliver(scheduled_answer(CH, "esc-1", due), T0 + 100);
+    h.store.set_now(T0 + 2 * 3_600_000);
+    assert!(
+        h.conversation(CH).is_some(),
+        "kept until the call, not dropped after the TTL"
     );
 }

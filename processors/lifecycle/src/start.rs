@@ -645,6 +645,7 @@ fn opened(start: Start<'_>, messaging: bool) -> LifecycleState {
         conversation_sid: None,
         active_call_sid: None,
         compliance_event_ids: Vec::new(),
+        call_scheduled_at: None,
     }
 }
 

@@ -225,6 +225,7 @@ async fn quiet_conversations_are_warned_once_and_closed_with_the_summary_unless_
         resend_of: None,
         remediation: None,
         at: now_ms(),
+        scheduled_at: None,
     };
     env.produce(topics::DELIVERY, quiet, &status).await?;
     let sender = format!("sms:{OURS}");

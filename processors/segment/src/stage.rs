@@ -2035,6 +2035,7 @@ mod tests {
             resend_of: op.params.get(RESEND_OF_PARAM).cloned(),
             remediation: None,
             at: T0,
+            scheduled_at: None,
         }))
     }
 

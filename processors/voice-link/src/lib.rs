@@ -30,7 +30,10 @@
 //! told by text when Si will call. A refusal (unknown conversation, no
 //! number, a call in progress, consent) is a status record, and for consent
 //! a `BLOCKED_OUTBOUND` compliance event, never silence. `END_CALL` hangs up
-//! the live call (`END_CALL` operation) or cancels a scheduled one.
+//! the live call (`END_CALL` operation) or cancels a scheduled one. The
+//! answer to a scheduled call carries its time (`scheduled_at`, which keeps
+//! lifecycle from closing the conversation before it), and a closure
+//! (`CLOSE_CONVERSATION`, or Twilio closing the conversation) cancels it.
 //!
 //! **Recording consent.** The disclosure played (the answer webhook), the
 //! caller's answer (normalize reads it as ingress does) and the outcome

@@ -19,10 +19,11 @@ use si_runtime::table::GlobalTable;
 use si_schemas::records::{
     CallEvent, CallRequest, CallState, Channel, CognitionResponse, Command, CommandKind,
     ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentStatus, ConversationEvent,
-    ConversationEventType, DeliveryOutcome, DeliveryStatus, Direction, IdentityRecord, MediaStored,
-    Modality, OperationKind, OutboundOperation, OutboundPartOutcome, PendingOutbound,
-    RecordingDisclosure, RecordingRef, ResponsePurpose, ScheduledCall, TranscriptEntry,
-    TranscriptEntryKind, TranscriptSpeaker, TranscriptionSpeaker, VoiceLinkCall, VoiceLinkState,
+    ConversationEventType, ConversationState, DeliveryOutcome, DeliveryStatus, Direction,
+    IdentityRecord, MediaStored, Modality, OperationKind, OutboundOperation, OutboundPartOutcome,
+    PendingOutbound, RecordingDisclosure, RecordingRef, ResponsePurpose, ScheduledCall,
+    TranscriptEntry, TranscriptEntryKind, TranscriptSpeaker, TranscriptionSpeaker, VoiceLinkCall,
+    VoiceLinkState,
 };
 use si_schemas::{Codec, CodecError, topics};
 
@@ -406,6 +407,18 @@ impl VoiceLinkProcessor {
                     outputs.push(self.write(entry));
                 }
             }
+            ConversationEventType::ConversationStateChanged
+                if event
+                    .state_change
+                    .as_ref()
+                    .is_some_and(|s| s.state_to == ConversationState::Closed) =>
+            {
+                self.cancel_scheduled(
+                    &mut conversation,
+                    "cancelled: conversation closed at Twilio",
+                    state,
+                );
+            }
             _ => {}
         }
         self.save(state, conversation);
@@ -769,10 +782,18 @@ impl VoiceLinkProcessor {
         match command.kind {
             CommandKind::EscalateToVoice => self.on_escalate(ctx.timestamp_ms, command, state),
             CommandKind::EndCall => Ok(self.on_end_call(ctx.timestamp_ms, command, state)),
+            // lifecycle's; a closure also cancels a call scheduled for later
+            // (lifecycle hangs up a live one).
+            CommandKind::CloseConversation => {
+                self.on_closed(
+                    &command.conversation_id,
+                    "cancelled: conversation closed",
+                    state,
+                );
+                Ok(Vec::new())
+            }
             // lifecycle's; an unknown kind is dead-lettered by lifecycle.
-            CommandKind::StartConversation
-            | CommandKind::CloseConversation
-            | CommandKind::Unknown => Ok(Vec::new()),
+            CommandKind::StartConversation | CommandKind::Unknown => Ok(Vec::new()),
         }
     }
 
@@ -930,11 +951,17 @@ impl VoiceLinkProcessor {
             &[("{time}", &time), ("{zone}", &zone_name)],
             now,
         );
-        outputs.push(self.status(
+        let mut answer = self.answer(
             now,
             command,
             DeliveryOutcome::Accepted,
             Some(format!("scheduled for {at}")),
+        );
+        answer.scheduled_at = Some(due);
+        outputs.push(Output::new(
+            topics::DELIVERY,
+            command.conversation_id.clone(),
+            answer,
         ));
         conversation.scheduled = Some(scheduled);
         self.save(state, conversation);
@@ -1078,6 +1105,39 @@ impl VoiceLinkProcessor {
         outputs
     }
 
+    /// Cancels the conversation's call scheduled for later, if it has one
+    /// (the caller saves the conversation).
+    fn cancel_scheduled(
+        &self,
+        conversation: &mut VoiceLinkState,
+        why: &str,
+        state: &mut StateStore<VoiceLinkState>,
+    ) -> Option<ScheduledCall> {
+        let scheduled = conversation.scheduled.take()?;
+        state.cancel_timer(&conversation_key(&conversation.conversation_id));
+        self.count("canceled");
+        tracing::info!(
+            conversation_id = %conversation.conversation_id,
+            command_id = %scheduled.command_id,
+            "scheduled call {why}"
+        );
+        Some(scheduled)
+    }
+
+    /// A closure (lifecycle's command, or Twilio closing the conversation)
+    /// cancels the call scheduled for later; lifecycle hangs up a live one.
+    fn on_closed(&self, conversation_id: &str, why: &str, state: &mut StateStore<VoiceLinkState>) {
+        let Some(mut conversation) = state.get(&conversation_key(conversation_id)).cloned() else {
+            return;
+        };
+        if self
+            .cancel_scheduled(&mut conversation, why, state)
+            .is_some()
+        {
+            self.save(state, conversation);
+        }
+    }
+
     fn on_end_call(
         &self,
         now: i64,
@@ -1096,9 +1156,9 @@ impl VoiceLinkProcessor {
                 },
             );
         };
-        if let Some(scheduled) = conversation.scheduled.take() {
-            state.cancel_timer(&key);
-            self.count("canceled");
+        if let Some(scheduled) =
+            self.cancel_scheduled(&mut conversation, "cancelled by END_CALL", state)
+        {
             self.save(state, conversation);
             return vec![self.status(
                 now,
@@ -1220,13 +1280,24 @@ impl VoiceLinkProcessor {
         Output::new(
             topics::DELIVERY,
             command.conversation_id.clone(),
-            DeliveryStatus::command_answer(
-                command_status_id(&command.command_id),
-                command.conversation_id.clone(),
-                outcome,
-                message,
-                now,
-            ),
+            self.answer(now, command, outcome, message),
+        )
+    }
+
+    /// The answer to `command` on `twilio.delivery.v1`.
+    fn answer(
+        &self,
+        now: i64,
+        command: &Command,
+        outcome: DeliveryOutcome,
+        message: Option<String>,
+    ) -> DeliveryStatus {
+        DeliveryStatus::command_answer(
+            command_status_id(&command.command_id),
+            command.conversation_id.clone(),
+            outcome,
+            message,
+            now,
         )
     }
 

@@ -2,7 +2,7 @@
 
 use si_schemas::records::{
     ConsentState, EventSource, LocaleSource, MediaStorageStatus, MessageReceived, Participant,
-    RecordingAvailable, StoredMedia, TranscriptionEvent,
+    RecordingAvailable, StateChange, StoredMedia, TranscriptionEvent,
 };
 
 use super::*;
@@ -143,6 +143,7 @@ fn delivered(operation: &str, kind: OperationKind, sid: &str) -> DeliveryStatus 
         resend_of: None,
         remediation: None,
         at: T0,
+        scheduled_at: None,
     }
 }
 
@@ -943,4 +944,73 @@ fn stored_media_follow_their_message_in_the_transcript() {
     assert_eq!(rec[0].call_sid.as_deref(), Some(CALL));
     assert_eq!(rec[0].recording.as_ref().unwrap().recording_sid, "RE1");
     assert_eq!(rec[0].message_sid, None);
+}
+
+#[test]
+fn a_scheduled_call_is_answered_with_its_time_and_cancelled_by_the_conversations_closure() {
+    let at_ms = T0 + 60_000;
+    let at = Timestamp::from_millisecond(at_ms).unwrap().to_string();
+    let escalate = || command("cmd-1", CommandKind::EscalateToVoice, &[(AT_PARAM, &at)]);
+
+    // The answer says when the call will be placed (lifecycle keeps the
+    // conversation open until then); an immediate call's does not.
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(text(T0, "Call me in a minute"), T0);
+    let out = h.command(escalate(), T0 + 1);
+    assert_eq!(statuses(&out)[0].scheduled_at, Some(at_ms));
+    let mut now = Harness::new(settings(), Vec::new());
+    now.event(text(T0, "Call me"), T0);
+    let out = now.command(command("cmd-1", CommandKind::EscalateToVoice, &[]), T0 + 1);
+    assert_eq!(ops(&out).len(), 1);
+    assert_eq!(statuses(&out)[0].scheduled_at, None);
+
+    // The conversation is closed before the call's time: no call.
+    h.command(
+        command("cmd-2", CommandKind::CloseConversation, &[]),
+        T0 + 2,
+    );
+    assert_eq!(h.store.timer(&conversation_key(CH)), None);
+    assert!(ops(&h.tick(at_ms)).is_empty(), "cancelled by the closure");
+    assert_eq!(h.escalations("canceled"), 1);
+
+    // Twilio closing the conversation cancels it too.
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(text(T0, "Call me in a minute"), T0);
+    h.command(escalate(), T0 + 1);
+    let closed = ConversationEvent {
+        state_change: Some(StateChange {
+            state_from: Some(ConversationState::Active),
+            state_to: ConversationState::Closed,
+            reason: None,
+        }),
+        ..event(
+            T0 + 2,
+            ConversationEventType::ConversationStateChanged,
+            Channel::Sms,
+        )
+    };
+    h.event(closed, T0 + 2);
+    assert!(
+        ops(&h.tick(at_ms)).is_empty(),
+        "cancelled by Twilio's closure"
+    );
+
+    // Another state change leaves it.
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(text(T0, "Call me in a minute"), T0);
+    h.command(escalate(), T0 + 1);
+    let inactive = ConversationEvent {
+        state_change: Some(StateChange {
+            state_from: Some(ConversationState::Active),
+            state_to: ConversationState::Inactive,
+            reason: None,
+        }),
+        ..event(
+            T0 + 2,
+            ConversationEventType::ConversationStateChanged,
+            Channel::Sms,
+        )
+    };
+    h.event(inactive, T0 + 2);
+    assert_eq!(ops(&h.tick(at_ms)).len(), 1, "placed at its time");
 }

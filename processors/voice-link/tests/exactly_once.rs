@@ -247,6 +247,7 @@ impl Conv {
             resend_of: None,
             remediation: None,
             at: now_ms(),
+            scheduled_at: None,
         }
     }
 

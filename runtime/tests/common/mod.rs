@@ -84,6 +84,7 @@ pub fn state_entry(key: &str, first_sequence: Option<i64>) -> LifecycleState {
         conversation_sid: None,
         active_call_sid: None,
         compliance_event_ids: Vec::new(),
+        call_scheduled_at: None,
     }
 }
 

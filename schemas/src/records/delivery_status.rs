@@ -48,6 +48,10 @@ pub struct DeliveryStatus {
     pub remediation: Option<Remediation>,
     /// When egress reached the outcome (ms since the epoch).
     pub at: i64,
+    /// Only on voice-link's answer to an `ESCALATE_TO_VOICE` it scheduled
+    /// for later: when the call will be placed (ms since the epoch).
+    #[serde(default)]
+    pub scheduled_at: Option<i64>,
 }
 
 /// A decision of segment's delivery remediation.
@@ -122,6 +126,7 @@ impl DeliveryStatus {
             resend_of: None,
             remediation: None,
             at,
+            scheduled_at: None,
         }
     }
 }

@@ -779,6 +779,7 @@ fn record(
         resend_of: op.params.get(RESEND_OF_PARAM).cloned(),
         remediation: Some(remediation),
         at: now,
+        scheduled_at: None,
     };
     Output::new(topics::DELIVERY, op.conversation_id.clone(), status)
 }
