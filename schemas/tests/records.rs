@@ -1865,3 +1865,17 @@ fn a_newer_enum_symbol_reads_as_the_default() {
         (Channel::Unknown, ConsentStatus::Unknown)
     );
 }
+
+#[test]
+fn a_call_state_is_live_or_ended_or_unknown() {
+    use CallState::*;
+    let live = [Queued, Ringing, InProgress];
+    let ended = [Completed, Busy, Failed, NoAnswer, Canceled];
+    for s in live {
+        assert!(s.is_live() && !s.has_ended(), "{s:?}");
+    }
+    for s in ended {
+        assert!(s.has_ended() && !s.is_live(), "{s:?}");
+    }
+    assert!(!Unknown.is_live() && !Unknown.has_ended());
+}

@@ -14,11 +14,10 @@ use si_runtime::processor::{
 use si_runtime::state::StateStore;
 use si_runtime::table::GlobalTable;
 use si_schemas::records::{
-    ArchivalReason, ArchivalRequest, CallEvent, CallState, Channel, CognitionResponse, Command,
-    CommandKind, ConversationEvent, ConversationEventType, ConversationState, DeliveryOutcome,
-    DeliveryStatus, EventSource, IdentityRecord, InboundMessage, InboundPurpose, LifecyclePhase,
-    LifecycleState, OperationKind, OutboundOperation, ParticipantBinding, ResponsePurpose,
-    TranscriptEntry,
+    ArchivalReason, ArchivalRequest, CallEvent, Channel, CognitionResponse, Command, CommandKind,
+    ConversationEvent, ConversationEventType, ConversationState, DeliveryOutcome, DeliveryStatus,
+    EventSource, IdentityRecord, InboundMessage, InboundPurpose, LifecyclePhase, LifecycleState,
+    OperationKind, OutboundOperation, ParticipantBinding, ResponsePurpose, TranscriptEntry,
 };
 use si_schemas::{Codec, CodecError, topics};
 
@@ -838,10 +837,7 @@ impl LifecycleProcessor {
         call: &CallEvent,
         state: &mut StateStore<LifecycleState>,
     ) {
-        let live = matches!(
-            call.status,
-            CallState::Queued | CallState::Ringing | CallState::InProgress
-        );
+        let live = call.status.is_live();
         let ended =
             !live && conversation.active_call_sid.as_deref() == Some(call.call_sid.as_str());
         if live {

@@ -1067,7 +1067,7 @@ impl Processor for Normalizer {
         }
         let event = self.event(ctx, &webhook, &params, &binding, draft, dedup_key);
         self.remember(state, &webhook, &event, binding);
-        if let Some(call) = event.call.as_ref().filter(|c| voice::has_ended(c.status)) {
+        if let Some(call) = event.call.as_ref().filter(|c| c.status.has_ended()) {
             self.mark_seen(
                 state,
                 &webhook,

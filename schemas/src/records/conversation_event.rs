@@ -323,6 +323,24 @@ avro_enum! {
     }
 }
 
+impl CallState {
+    /// Whether the call is over (completed, busy, failed, no answer,
+    /// canceled): Twilio reports nothing more of it.
+    #[must_use]
+    pub const fn has_ended(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Busy | Self::Failed | Self::NoAnswer | Self::Canceled
+        )
+    }
+
+    /// Whether the call is queued, ringing or in progress.
+    #[must_use]
+    pub const fn is_live(self) -> bool {
+        matches!(self, Self::Queued | Self::Ringing | Self::InProgress)
+    }
+}
+
 /// A status change of a call linked to the conversation (escalation to voice,
 /// or an inbound call from a participant).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -94,7 +94,7 @@ impl Normalizer {
                 let status = call_state(require(params, "CallStatus")?);
                 // Twilio's callbacks may arrive out of order: a call that
                 // ended does not ring again.
-                if !has_ended(status)
+                if !status.has_ended()
                     && state
                         .get(&super::seen_key(&call_ended_key(&call_sid)))
                         .is_some()
@@ -349,18 +349,6 @@ struct CallLink {
     conversation_id: String,
     /// `None`: the conversation's own (state, directory, derived).
     session_id: Option<String>,
-}
-
-/// Whether `status` is the end of a call.
-pub(super) fn has_ended(status: CallState) -> bool {
-    matches!(
-        status,
-        CallState::Completed
-            | CallState::Busy
-            | CallState::Failed
-            | CallState::NoAnswer
-            | CallState::Canceled
-    )
 }
 
 /// The dedup key under which a call's end is remembered (for the dedup
