@@ -153,6 +153,14 @@ fn event_full() -> ConversationEvent {
             media: vec![media_full(), media_min()],
             attributes_json: some(r#"{"locale":"es-MX"}"#),
             num_segments: Some(2),
+            location: Some(Location {
+                latitude: -33.8688,
+                longitude: 151.2093,
+                address: some("Bennelong Point, Sydney"),
+                label: some("Opera House"),
+            }),
+            profile_name: some("Ana"),
+            button_payload: some("call-yes"),
         }),
         delivery: Some(DeliveryUpdate {
             message_sid: s("IM00000000000000000000000000000002"),
@@ -261,6 +269,9 @@ fn event_min_payloads() -> ConversationEvent {
             media: vec![],
             attributes_json: None,
             num_segments: None,
+            location: None,
+            profile_name: None,
+            button_payload: None,
         }),
         delivery: Some(DeliveryUpdate {
             message_sid: s("SM1"),
@@ -329,6 +340,14 @@ fn inbound_full() -> InboundMessage {
         traceparent: some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         purpose: InboundPurpose::SummaryRequest,
         stored_media: Vec::new(),
+        location: Some(Location {
+            latitude: -33.8688,
+            longitude: 151.2093,
+            address: some("Bennelong Point, Sydney"),
+            label: some("Opera House"),
+        }),
+        profile_name: some("Ana"),
+        button_payload: some("call-yes"),
     }
 }
 
@@ -351,6 +370,9 @@ fn inbound_min() -> InboundMessage {
         traceparent: None,
         purpose: InboundPurpose::UserMessage,
         stored_media: Vec::new(),
+        location: None,
+        profile_name: None,
+        button_payload: None,
     }
 }
 
@@ -770,6 +792,12 @@ fn transcript_full() -> TranscriptEntry {
         call_duration_seconds: Some(42),
         source_sid: Some("CA1".into()),
         stored_media: Vec::new(),
+        location: Some(Location {
+            latitude: -33.8688,
+            longitude: 151.2093,
+            address: some("Bennelong Point, Sydney"),
+            label: some("Opera House"),
+        }),
     }
 }
 
@@ -795,6 +823,7 @@ fn transcript_min() -> TranscriptEntry {
         call_duration_seconds: None,
         source_sid: None,
         stored_media: Vec::new(),
+        location: None,
     }
 }
 

@@ -34,7 +34,9 @@ use si_testkit::otlp::ancestry;
 use si_testkit::{
     LeakDetector, OtlpReceiver, ReceivedSpan, StageProcess, TestEnv, free_port, wait_for,
 };
-use twilio_sandbox::{InboundSms, RequestRecord, Sandbox, SandboxConfig, SandboxHandle};
+use twilio_sandbox::{
+    InboundSms, RequestRecord, Sandbox, SandboxConfig, SandboxHandle, SharedLocation,
+};
 
 const USER: &str = "+14155550123";
 /// A second user, on WhatsApp.
@@ -207,6 +209,40 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
             .find(|r| r.params.get("Body").is_some_and(|b| b.contains("Hola Si"))))
     })
     .await?;
+    let hola = env
+        .find::<InboundMessage>(topics::INBOUND, DEADLINE, |m| m.text == "Hola Si")
+        .await?;
+    assert_eq!(hola.profile_name.as_deref(), Some("Ana"));
+    // The same user shares a place: it reaches cognition with no text.
+    let place = SharedLocation {
+        latitude: 19.4326,
+        longitude: -99.1332,
+        address: Some("Plaza de la Constitución, Ciudad de México".into()),
+        label: Some("Zócalo".into()),
+    };
+    let posted = sandbox
+        .post_inbound_sms(&InboundSms {
+            from: whatsapp_user.clone(),
+            to: format!("whatsapp:{SI_NUMBER}"),
+            body: String::new(),
+            profile_name: Some("Ana".into()),
+            location: Some(place.clone()),
+            ..InboundSms::default()
+        })
+        .await?;
+    anyhow::ensure!(posted.status == 200, "ingress answered {}", posted.status);
+    let shared = env
+        .find::<InboundMessage>(topics::INBOUND, DEADLINE, |m| m.location.is_some())
+        .await?;
+    let location = shared.location.expect("found by it");
+    assert_eq!(
+        (location.latitude, location.longitude),
+        (place.latitude, place.longitude)
+    );
+    assert_eq!(location.address, place.address);
+    assert_eq!(location.label, place.label);
+    assert_eq!(shared.text, "");
+    assert_eq!(shared.conversation_id, hola.conversation_id);
 
     // 2c. A reply to a number Twilio refuses: egress's failure path runs.
     let posted = sandbox
@@ -292,22 +328,23 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
     report_counts_what_the_test_did(&env, &sandbox).await?;
 
     // 6. Segment's channel metrics count its own replies Twilio accepted
-    // (Hello Si and Welcome back! by SMS from our long code, Hola Si on
-    // WhatsApp; not consent's texts, not the refused one), all delivered.
+    // (Hello Si and Welcome back! by SMS from our long code, Hola Si and the
+    // shared place's echo on WhatsApp; not consent's texts, not the refused
+    // one), all delivered.
     let segment = stages
         .iter()
         .find(|s| s.log().to_string_lossy().contains("si-segment"))
         .context("the segment stage")?;
-    wait_for("segment's three delivered reports", DEADLINE, || async {
+    wait_for("segment's four delivered reports", DEADLINE, || async {
         let delivered = segment
             .metric_sum("si_segment_deliveries_total", &[r#"status="delivered""#])
             .await?;
-        Ok((delivered >= 3.0).then_some(()))
+        Ok((delivered >= 4.0).then_some(()))
     })
     .await?;
     let sum =
         |name: &'static str, labels: &'static [&'static str]| segment.metric_sum(name, labels);
-    assert_eq!(sum("si_segment_deliveries_total", &[]).await?, 3.0);
+    assert_eq!(sum("si_segment_deliveries_total", &[]).await?, 4.0);
     assert_eq!(
         sum(
             "si_segment_sent_total",
@@ -322,15 +359,15 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
             &[r#"channel="whatsapp""#, r#"sender_class="whatsapp""#]
         )
         .await?,
-        1.0
+        2.0
     );
     assert_eq!(
         sum("si_segment_time_to_delivered_seconds_count", &[]).await?,
-        3.0
+        4.0
     );
     assert_eq!(
         sum("si_segment_segments_per_message_count", &[]).await?,
-        3.0
+        4.0
     );
     let sms_usd = sum(
         "si_segment_estimated_cost_usd_total",

@@ -726,6 +726,9 @@ impl ConsentProcessor {
             traceparent: trace_of(ctx, event),
             purpose: InboundPurpose::UserMessage,
             stored_media: Vec::new(),
+            location: message.location.clone(),
+            profile_name: message.profile_name.clone(),
+            button_payload: message.button_payload.clone(),
         };
         Some(Output::new(
             topics::INBOUND,
@@ -794,6 +797,9 @@ impl ConsentProcessor {
             traceparent: trace_of(ctx, event),
             purpose: InboundPurpose::MediaStored,
             stored_media: stored.items.clone(),
+            location: None,
+            profile_name: None,
+            button_payload: None,
         };
         Some(Output::new(
             topics::INBOUND,

@@ -13,8 +13,8 @@ use si_runtime::table::GlobalTable;
 use si_schemas::records::{
     Channel, ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentProcessorState,
     ConsentState, ConsentStatus, ConversationEvent, ConversationEventType, DeliveryOutcome,
-    DeliveryStatus, EventSource, InboundMessage, LocaleSource, MessageReceived, OperationKind,
-    OutboundOperation, Participant, ParticipantChange,
+    DeliveryStatus, EventSource, InboundMessage, LocaleSource, Location, MessageReceived,
+    OperationKind, OutboundOperation, Participant, ParticipantChange,
 };
 use si_schemas::topics;
 
@@ -61,6 +61,9 @@ fn event(n: u32, body: Option<&str>, locale: &str) -> ConversationEvent {
             media: Vec::new(),
             attributes_json: None,
             num_segments: None,
+            location: None,
+            profile_name: None,
+            button_payload: None,
         }),
         delivery: None,
         participant_change: None,
@@ -1152,4 +1155,27 @@ fn stored_media_follow_their_message_to_the_cognition_layer_while_forwarded() {
     // Opted out: the user's messages are blocked, their media copies too.
     h.send(msg(3, "STOP"));
     assert!(h.send(media_stored(3, "IM3", None)).inbound().is_empty());
+}
+
+#[test]
+fn a_shared_location_profile_name_and_button_reach_cognition() {
+    let mut h = Harness::default();
+    let place = Location {
+        latitude: 48.8584,
+        longitude: 2.2945,
+        address: Some("Champ de Mars, Paris".into()),
+        label: Some("Tour Eiffel".into()),
+    };
+    let mut shared = event(1, None, "en");
+    let message = shared.message.as_mut().unwrap();
+    message.location = Some(place.clone());
+    message.profile_name = Some("Ana".into());
+    message.button_payload = Some("call-yes".into());
+    let out = h.send(shared);
+    let inbound = out.inbound();
+    assert_eq!(inbound.len(), 1);
+    assert_eq!(inbound[0].text, "");
+    assert_eq!(inbound[0].location, Some(place));
+    assert_eq!(inbound[0].profile_name.as_deref(), Some("Ana"));
+    assert_eq!(inbound[0].button_payload.as_deref(), Some("call-yes"));
 }

@@ -921,6 +921,9 @@ impl LifecycleProcessor {
             traceparent: None,
             purpose: InboundPurpose::SummaryRequest,
             stored_media: Vec::new(),
+            location: None,
+            profile_name: None,
+            button_payload: None,
         };
         let key = conversation.conversation_id.clone();
         conversation.phase = LifecyclePhase::Summarizing;

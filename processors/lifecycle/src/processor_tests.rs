@@ -68,6 +68,9 @@ fn message(conv: &str, n: i64, media: Vec<MediaRef>) -> ConversationEvent {
             media,
             attributes_json: None,
             num_segments: None,
+            location: None,
+            profile_name: None,
+            button_payload: None,
         }),
         delivery: None,
         participant_change: None,
@@ -589,6 +592,7 @@ fn transcript_entries_give_the_archived_range_and_keep_the_timer() {
             call_duration_seconds: None,
             source_sid: None,
             stored_media: Vec::new(),
+            location: None,
         };
         h.feed(
             topics::TRANSCRIPT,

@@ -13,9 +13,9 @@ use si_runtime::table::GlobalTable;
 use si_schemas::records::{
     BoundParticipant, CallEvent, Channel, ConversationBinding, ConversationEvent,
     ConversationEventType, ConversationState, DeliveryState, DeliveryUpdate, EventSource,
-    IdentityRecord, LocaleSource, MediaRef, MessageReceived, NormalizeState, NormalizeStateKind,
-    Participant, ParticipantBinding, ParticipantChange, RecordingAvailable, SeenEvent, StateChange,
-    TranscriptionEvent, TwilioWebhook, WebhookRoute,
+    IdentityRecord, LocaleSource, Location, MediaRef, MessageReceived, NormalizeState,
+    NormalizeStateKind, Participant, ParticipantBinding, ParticipantChange, RecordingAvailable,
+    SeenEvent, StateChange, TranscriptionEvent, TwilioWebhook, WebhookRoute,
 };
 use si_schemas::topics;
 
@@ -387,6 +387,34 @@ fn messaging_media(params: &Params) -> Vec<MediaRef> {
         .collect()
 }
 
+/// A shared location (WhatsApp `Latitude`, `Longitude`, `Address`, `Label`):
+/// only with both coordinates, each a finite number in its range.
+fn messaging_location(params: &Params) -> Option<Location> {
+    let degrees = |name: &str, limit: f64| {
+        params
+            .get(name)?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|d| d.is_finite() && d.abs() <= limit)
+    };
+    Some(Location {
+        latitude: degrees("Latitude", 90.0)?,
+        longitude: degrees("Longitude", 180.0)?,
+        address: given(params, "Address"),
+        label: given(params, "Label"),
+    })
+}
+
+/// A WhatsApp parameter that is present and not blank.
+fn given(params: &Params, name: &str) -> Option<String> {
+    params
+        .get(name)
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+}
+
 /// A locale named in Conversations attributes (`{"locale": "es-MX"}`).
 fn attribute_locale(attributes: Option<&str>) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(attributes?).ok()?;
@@ -742,6 +770,9 @@ impl Normalizer {
             media: conversations_media(params)?,
             attributes_json: params.get("Attributes").map(str::to_owned),
             num_segments: None,
+            location: None,
+            profile_name: None,
+            button_payload: None,
         });
         Ok(draft)
     }
@@ -908,6 +939,9 @@ impl Normalizer {
             media: messaging_media(params),
             attributes_json: None,
             num_segments: params.number("NumSegments"),
+            location: messaging_location(params),
+            profile_name: given(params, "ProfileName"),
+            button_payload: given(params, "ButtonPayload"),
         });
         draft.messaging_user(user, proxy);
         Ok(draft)
@@ -1955,6 +1989,94 @@ mod tests {
         let wa = run.event(inbound(None, "SM3", USER_WA));
         assert_eq!(wa.channel, Channel::Whatsapp);
         assert_eq!(wa.participant.unwrap().user_id.as_deref(), Some("user-1"));
+    }
+
+    #[test]
+    fn a_whatsapp_location_profile_name_and_button_are_carried() {
+        let mut run = Run::new();
+        let whatsapp = |sid: &str, extra: &[(&str, &str)]| {
+            let mut params = vec![
+                ("MessageSid", sid),
+                ("From", USER_WA),
+                ("To", PROXY_WA),
+                ("Body", ""),
+                ("NumMedia", "0"),
+                ("WaId", "14155550100"),
+            ];
+            params.extend_from_slice(extra);
+            hook(WebhookRoute::MessagingInbound, None, &params)
+        };
+        let shared = run.event(whatsapp(
+            "SM10",
+            &[
+                ("Latitude", "37.7879277"),
+                ("Longitude", "-122.4075129"),
+                ("Address", "375 Beale St, San Francisco, CA 94105"),
+                ("Label", "Twilio HQ"),
+                ("ProfileName", "Ana"),
+            ],
+        ));
+        let message = shared.message.unwrap();
+        assert_eq!(
+            message.location,
+            Some(Location {
+                latitude: 37.787_927_7,
+                longitude: -122.407_512_9,
+                address: Some("375 Beale St, San Francisco, CA 94105".into()),
+                label: Some("Twilio HQ".into()),
+            })
+        );
+        assert_eq!(message.profile_name.as_deref(), Some("Ana"));
+        assert_eq!(message.button_payload, None);
+
+        // A pin without a place; a tapped button.
+        let pin = run.event(whatsapp(
+            "SM11",
+            &[
+                ("Latitude", "-33.8688"),
+                ("Longitude", "151.2093"),
+                ("Label", " "),
+            ],
+        ));
+        let pin = pin.message.unwrap().location.unwrap();
+        assert_eq!((pin.address, pin.label), (None, None));
+        let tapped = run.event(whatsapp(
+            "SM12",
+            &[
+                ("Body", "Yes, call me"),
+                ("ButtonText", "Yes, call me"),
+                ("ButtonPayload", "call-yes"),
+            ],
+        ));
+        let tapped = tapped.message.unwrap();
+        assert_eq!(tapped.button_payload.as_deref(), Some("call-yes"));
+        assert_eq!(tapped.profile_name, None, "not given");
+
+        // Coordinates out of range, not numbers or one missing: no location,
+        // the message itself is kept.
+        for (n, bad) in [
+            [("Latitude", "91"), ("Longitude", "0")],
+            [("Latitude", "0"), ("Longitude", "-180.5")],
+            [("Latitude", "NaN"), ("Longitude", "0")],
+            [("Latitude", "inf"), ("Longitude", "0")],
+            [("Latitude", "north"), ("Longitude", "0")],
+            [("Latitude", "10"), ("Longitude", "")],
+        ]
+        .iter()
+        .enumerate()
+        {
+            let sid = format!("SM2{n}");
+            let e = run.event(whatsapp(&sid, bad));
+            assert_eq!(e.message.unwrap().location, None, "{bad:?}");
+        }
+        let sms = run
+            .event(inbound(None, "SM30", "+16285550100"))
+            .message
+            .unwrap();
+        assert_eq!(
+            (sms.location, sms.profile_name, sms.button_payload),
+            (None, None, None)
+        );
     }
 
     #[test]

@@ -341,6 +341,7 @@ impl VoiceLinkProcessor {
                     entry.speaker = TranscriptSpeaker::User;
                     entry.text.clone_from(&message.body);
                     entry.media.clone_from(&message.media);
+                    entry.location.clone_from(&message.location);
                     entry.message_sid = Some(message.message_sid.clone());
                     entry.source_sid = Some(message.message_sid.clone());
                     entry.channel = Some(event.channel);
@@ -1667,6 +1668,7 @@ fn entry(
         call_duration_seconds: None,
         source_sid: None,
         stored_media: Vec::new(),
+        location: None,
     }
 }
 

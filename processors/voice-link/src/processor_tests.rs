@@ -77,6 +77,9 @@ fn text(n: i64, body: &str) -> ConversationEvent {
             media: Vec::new(),
             attributes_json: None,
             num_segments: Some(1),
+            location: None,
+            profile_name: None,
+            button_payload: None,
         }),
         ..event(n, ConversationEventType::MessageReceived, Channel::Sms)
     }
@@ -1013,4 +1016,23 @@ fn a_scheduled_call_is_answered_with_its_time_and_cancelled_by_the_conversations
     };
     h.event(inactive, T0 + 2);
     assert_eq!(ops(&h.tick(at_ms)).len(), 1, "placed at its time");
+}
+
+#[test]
+fn a_shared_location_is_in_the_transcript() {
+    let mut h = Harness::new(settings(), Vec::new());
+    let place = si_schemas::records::Location {
+        latitude: 40.4168,
+        longitude: -3.7038,
+        address: None,
+        label: Some("Puerta del Sol".into()),
+    };
+    let mut shared = text(T0, "");
+    shared.message.as_mut().unwrap().location = Some(place.clone());
+    let out = h.event(shared, T0);
+    let written = entries(&out);
+    assert_eq!(written.len(), 1);
+    assert_eq!(written[0].location, Some(place));
+    let plain = entries(&h.event(text(T0 + 1, "hi"), T0 + 1));
+    assert_eq!(plain[0].location, None);
 }

@@ -198,6 +198,9 @@ impl Conv {
                 media: Vec::new(),
                 attributes_json: None,
                 num_segments: Some(1),
+                location: None,
+                profile_name: None,
+                button_payload: None,
             }),
             ..self.event(0, ConversationEventType::MessageReceived)
         }

@@ -129,6 +129,9 @@ fn operations() -> Vec<OutboundOperation> {
         media: vec![],
         attributes_json: None,
         num_segments: None,
+        location: None,
+        profile_name: None,
+        button_payload: None,
     });
     let mut outputs = feed(
         topics::CONVERSATION_EVENTS,

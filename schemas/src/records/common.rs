@@ -62,6 +62,24 @@ pub struct MediaRef {
     pub filename: Option<String>,
 }
 
+/// A place the user shared (a WhatsApp location message), in WGS 84 degrees.
+/// Shared by `si.conversation.events.v1`, `si.inbound.v1` and
+/// `si.transcript.v1`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Location {
+    /// Degrees north, -90 to 90.
+    pub latitude: f64,
+    /// Degrees east, -180 to 180.
+    pub longitude: f64,
+    /// The place's address, when given.
+    pub address: Option<String>,
+    /// The place's name, when given.
+    pub label: Option<String>,
+}
+
+// Coordinates are finite (normalize takes no other), so equality is total.
+impl Eq for Location {}
+
 /// A media item as copied into Si's object storage by the media stage (or why
 /// it could not be copied). Shared by `si.conversation.events.v1`
 /// (`MEDIA_STORED`) and `si.transcript.v1`.

@@ -213,6 +213,16 @@ pub struct MessageReceived {
     pub attributes_json: Option<String>,
     /// Number of SMS segments (Programmable Messaging `NumSegments`), when reported.
     pub num_segments: Option<i32>,
+    /// The place, when the message shares a location (WhatsApp).
+    #[serde(default)]
+    pub location: Option<super::Location>,
+    /// The sender's WhatsApp profile name (`ProfileName`). Personal data:
+    /// never logged.
+    #[serde(default)]
+    pub profile_name: Option<String>,
+    /// The payload of the quick-reply button the user tapped (`ButtonPayload`).
+    #[serde(default)]
+    pub button_payload: Option<String>,
 }
 
 avro_enum! {

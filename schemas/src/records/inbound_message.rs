@@ -55,6 +55,16 @@ pub struct InboundMessage {
     /// (or why an item could not be copied); empty otherwise.
     #[serde(default)]
     pub stored_media: Vec<StoredMedia>,
+    /// The place, when the user shared a location (WhatsApp).
+    #[serde(default)]
+    pub location: Option<super::Location>,
+    /// The sender's WhatsApp profile name (`ProfileName`). Personal data:
+    /// never logged.
+    #[serde(default)]
+    pub profile_name: Option<String>,
+    /// The payload of the quick-reply button the user tapped (`ButtonPayload`).
+    #[serde(default)]
+    pub button_payload: Option<String>,
 }
 
 crate::avro_record!(InboundMessage, "inbound_message.avsc");

@@ -61,6 +61,9 @@ pub struct TranscriptEntry {
     /// media item of the source message, or one for a recording.
     #[serde(default)]
     pub stored_media: Vec<StoredMedia>,
+    /// The place, for a user's message that shared a location (WhatsApp).
+    #[serde(default)]
+    pub location: Option<super::Location>,
 }
 
 crate::avro_record!(TranscriptEntry, "transcript_entry.avsc");

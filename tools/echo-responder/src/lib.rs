@@ -296,6 +296,9 @@ mod tests {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             purpose: InboundPurpose::UserMessage,
             stored_media: Vec::new(),
+            location: None,
+            profile_name: None,
+            button_payload: None,
         }
     }
 

@@ -32,6 +32,9 @@ fn inbound(i: usize) -> InboundMessage {
         traceparent: None,
         purpose: InboundPurpose::UserMessage,
         stored_media: Vec::new(),
+        location: None,
+        profile_name: None,
+        button_payload: None,
     }
 }
 

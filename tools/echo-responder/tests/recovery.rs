@@ -33,6 +33,9 @@ fn inbound(id: &str, conversation: usize) -> InboundMessage {
         traceparent: None,
         purpose: InboundPurpose::UserMessage,
         stored_media: Vec::new(),
+        location: None,
+        profile_name: None,
+        button_payload: None,
     }
 }
 

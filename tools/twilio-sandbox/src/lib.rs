@@ -174,7 +174,7 @@ pub use media::{InboundMedia, MediaRecord};
 pub use player::{APPLICATION_ERROR, InboundCall};
 pub use state::{CallbackRecord, DeliveryFailure, Faults, RequestRecord};
 pub use twilio::{is_e164, num_segments};
-pub use webhook::{InboundConversationMessage, InboundSms, Posted, Webhooks};
+pub use webhook::{InboundConversationMessage, InboundSms, Posted, SharedLocation, Webhooks};
 
 use crate::calls::Control;
 use crate::state::Shared;

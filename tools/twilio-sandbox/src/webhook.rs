@@ -327,10 +327,30 @@ pub struct InboundSms {
     /// WhatsApp profile name (WhatsApp only).
     #[serde(default)]
     pub profile_name: Option<String>,
+    /// A shared location (WhatsApp only): `Latitude`, `Longitude`, `Address`,
+    /// `Label`, with `MessageType` `location`.
+    #[serde(default)]
+    pub location: Option<SharedLocation>,
+    /// The payload of a tapped quick-reply button (WhatsApp only):
+    /// `ButtonPayload`, with the body as `ButtonText`.
+    #[serde(default)]
+    pub button_payload: Option<String>,
     /// The `I-Twilio-Idempotency-Token` to send: the same for every retry of
     /// one message, as Twilio sends it; a new one per post when `None`.
     #[serde(default)]
     pub idempotency_token: Option<String>,
+}
+
+/// A place a WhatsApp user shares.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedLocation {
+    pub latitude: f64,
+    pub longitude: f64,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 /// The parameters Twilio posts for an inbound message, and its SID.
@@ -370,6 +390,21 @@ pub fn inbound_sms_params(account_sid: &str, sms: &InboundSms) -> (String, Vec<(
             "ProfileName",
             sms.profile_name.as_deref().unwrap_or_default(),
         );
+        if let Some(place) = &sms.location {
+            add("MessageType", "location");
+            add("Latitude", &place.latitude.to_string());
+            add("Longitude", &place.longitude.to_string());
+            if let Some(address) = &place.address {
+                add("Address", address);
+            }
+            if let Some(label) = &place.label {
+                add("Label", label);
+            }
+        } else if let Some(payload) = &sms.button_payload {
+            add("MessageType", "button");
+            add("ButtonText", &sms.body);
+            add("ButtonPayload", payload);
+        }
     }
     (message_sid, params)
 }
