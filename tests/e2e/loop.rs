@@ -50,6 +50,8 @@ const API_KEY_SID: &str = "SK0000000000000000000000000000loop";
 const API_KEY_SECRET: &str = "loop-test-api-key-secret";
 const DEADLINE: Duration = Duration::from_secs(60);
 /// The price table `sictl report` estimates the cost with.
+/// Personal data no stage may log.
+const PROFILE_NAME: &str = "Ana Xochitl Quetzal";
 const PRICES: &str = "sms:US=0.0083,sms:*=0.05,whatsapp:*=0.005";
 
 /// The Programmable Messaging sends the sandbox accepted for `to`.
@@ -198,7 +200,7 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
             from: whatsapp_user.clone(),
             to: format!("whatsapp:{SI_NUMBER}"),
             body: "Hola Si".into(),
-            profile_name: Some("Ana".into()),
+            profile_name: Some(PROFILE_NAME.into()),
             ..InboundSms::default()
         })
         .await?;
@@ -212,7 +214,7 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
     let hola = env
         .find::<InboundMessage>(topics::INBOUND, DEADLINE, |m| m.text == "Hola Si")
         .await?;
-    assert_eq!(hola.profile_name.as_deref(), Some("Ana"));
+    assert_eq!(hola.profile_name.as_deref(), Some(PROFILE_NAME));
     // The same user shares a place: it reaches cognition with no text.
     let place = SharedLocation {
         latitude: 19.4326,
@@ -225,7 +227,7 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
             from: whatsapp_user.clone(),
             to: format!("whatsapp:{SI_NUMBER}"),
             body: String::new(),
-            profile_name: Some("Ana".into()),
+            profile_name: Some(PROFILE_NAME.into()),
             location: Some(place.clone()),
             ..InboundSms::default()
         })
@@ -653,6 +655,7 @@ fn logs_hold_no_secret_and_no_number(
         .secret("the Auth Token", TOKEN, Some(account_sid))
         .secret("the API key secret", API_KEY_SECRET, Some(API_KEY_SID))
         .number("the user's number", USER)
+        .secret("the WhatsApp user's profile name", PROFILE_NAME, None)
         .number("the WhatsApp user's number", WHATSAPP_USER)
         .number("the refused user's number", INVALID_USER)
         .number("Si's number", SI_NUMBER);
