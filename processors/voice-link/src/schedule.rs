@@ -156,17 +156,30 @@ pub fn user_zones(
     }
 }
 
-/// The zones of a North American number's area code, when known.
+/// The zones of a North American number, when known: those of the longest
+/// listed prefix of its national number (as libphonenumber maps numbers to
+/// zones), else every zone its area code's prefixes name.
 fn area_code_zones(number: &phonenumber::PhoneNumber) -> Option<&'static [&'static str]> {
+    use crate::nanp_zones::{NANP_PREFIX_ZONES, NANP_ZONES};
     if number.code().value() != 1 {
         return None;
     }
     let national = number.national().value();
-    let npa = u16::try_from(national / 10_000_000).ok()?;
-    crate::nanp_zones::NANP_ZONES
-        .binary_search_by_key(&npa, |(code, _)| *code)
-        .ok()
-        .map(|i| crate::nanp_zones::NANP_ZONES[i].1)
+    let digits = format!("{national:010}");
+    let listed = (3..=6).rev().find_map(|len| {
+        let prefix = digits.get(..len)?;
+        let i = NANP_PREFIX_ZONES
+            .binary_search_by_key(&prefix, |(p, _)| *p)
+            .ok()?;
+        Some(NANP_PREFIX_ZONES[i].1)
+    });
+    listed.or_else(|| {
+        let npa = u16::try_from(national / 10_000_000).ok()?;
+        NANP_ZONES
+            .binary_search_by_key(&npa, |(code, _)| *code)
+            .ok()
+            .map(|i| NANP_ZONES[i].1)
+    })
 }
 
 /// The IANA zones of a country (ISO 3166 alpha-2), the one most of its
@@ -365,17 +378,36 @@ mod tests {
             zones(None, Some("+12085550100")).len() > 1,
             "Idaho spans two"
         );
+        // The longest listed prefix decides, as in libphonenumber: most of
+        // area code 219 is Eastern, its exchange 226 Central; 208-201 is
+        // Mountain only.
+        assert_eq!(zones(None, Some("+12192261234")), ["America/Chicago"]);
+        assert_eq!(zones(None, Some("+12195550100")), ["America/New_York"]);
+        assert_eq!(zones(None, Some("+12082011234")), ["America/Denver"]);
+        // An area code listed only by longer prefixes: theirs.
+        assert_eq!(zones(None, Some("+13105550100")), ["America/Los_Angeles"]);
         // A toll-free number says nothing: every zone of the country.
         assert_eq!(zones(None, Some("+18005550100")).len(), 7);
         assert_eq!(zones(None, Some("+61412345678")).len(), 5);
         assert_eq!(zones(None, Some("+999123")), ["UTC"]);
         assert_eq!(zones(None, None), ["UTC"]);
-        // Every listed zone exists.
+        // Every listed zone exists, and the prefixes are sorted for the
+        // binary search.
         for (npa, names) in crate::nanp_zones::NANP_ZONES {
             for name in *names {
                 assert!(TimeZone::get(name).is_ok(), "{npa}: {name}");
             }
         }
+        for (prefix, names) in crate::nanp_zones::NANP_PREFIX_ZONES {
+            for name in *names {
+                assert!(TimeZone::get(name).is_ok(), "{prefix}: {name}");
+            }
+        }
+        assert!(
+            crate::nanp_zones::NANP_PREFIX_ZONES
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0)
+        );
         for region in [
             "US", "CA", "MX", "BR", "CL", "PT", "ES", "RU", "ID", "AU", "NZ", "GB",
         ] {
