@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use si_runtime::mask::mask_address;
 use twilio_sandbox::{
-    CallRecord, GatherAnswer, InboundCall, InboundSms, Sandbox, SandboxConfig, Speaker, Webhooks,
+    CallRecord, GatherAnswer, InboundCall, InboundSms, Sandbox, SandboxConfig, SharedLocation,
+    Speaker, Webhooks,
 };
 
 /// Posts a signed Programmable Messaging inbound webhook to ingress.
@@ -30,6 +31,23 @@ pub struct SimulateSms {
     /// A media URL (repeatable).
     #[arg(long = "media-url")]
     pub media_urls: Vec<String>,
+    /// WhatsApp: the sender's profile name (`ProfileName`).
+    #[arg(long)]
+    pub profile_name: Option<String>,
+    /// WhatsApp: share a place, `LATITUDE,LONGITUDE` in degrees (with
+    /// `--body ''` for the place alone, as WhatsApp sends it).
+    #[arg(long, value_parser = parse_place, allow_hyphen_values = true)]
+    pub location: Option<(f64, f64)>,
+    /// WhatsApp: the shared place's name (`Label`), with --location.
+    #[arg(long, requires = "location")]
+    pub location_label: Option<String>,
+    /// WhatsApp: the shared place's address (`Address`), with --location.
+    #[arg(long, requires = "location")]
+    pub location_address: Option<String>,
+    /// WhatsApp: the payload of a tapped quick-reply button (`ButtonPayload`;
+    /// the body is the button's text).
+    #[arg(long, conflicts_with = "location")]
+    pub button_payload: Option<String>,
     /// Ingress's base URL, where the webhook is posted.
     #[arg(
         long,
@@ -77,10 +95,36 @@ impl SimulateSms {
                 body: self.body.clone(),
                 messaging_service_sid: self.messaging_service_sid.clone(),
                 media_urls: self.media_urls.clone(),
+                profile_name: self.profile_name.clone(),
+                location: self.location.map(|(latitude, longitude)| SharedLocation {
+                    latitude,
+                    longitude,
+                    address: self.location_address.clone(),
+                    label: self.location_label.clone(),
+                }),
+                button_payload: self.button_payload.clone(),
                 ..InboundSms::default()
             })
             .await
     }
+}
+
+/// `LATITUDE,LONGITUDE` in degrees.
+fn parse_place(text: &str) -> Result<(f64, f64), String> {
+    let (lat, lon) = text
+        .split_once(',')
+        .ok_or("expected LATITUDE,LONGITUDE, e.g. 37.7879,-122.4075")?;
+    let degrees = |part: &str, limit: f64, what: &str| {
+        part.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|d| d.is_finite() && d.abs() <= limit)
+            .ok_or(format!("{what} must be a number from -{limit} to {limit}"))
+    };
+    Ok((
+        degrees(lat, 90.0, "latitude")?,
+        degrees(lon, 180.0, "longitude")?,
+    ))
 }
 
 /// Places an inbound call to ingress as Twilio would and plays it: the signed

@@ -38,34 +38,39 @@ async fn a_simulated_sms_is_accepted_and_stored() -> anyhow::Result<()> {
     let running = si_ingress::start(config, shutdown).await?;
     let ingress = format!("http://{}", running.addr);
 
-    let simulate = |token: &str| {
-        let ingress = ingress.clone();
-        let token = token.to_owned();
+    let sictl = |args: Vec<String>| {
         // The binary blocks; keep it off the runtime ingress runs on.
         tokio::task::spawn_blocking(move || {
             Command::new(env!("CARGO_BIN_EXE_sictl"))
                 .env_remove("TWILIO_AUTH_TOKEN")
-                .args([
-                    "simulate",
-                    "sms",
-                    "--from",
-                    "+14155550100",
-                    "--to",
-                    "+14155550199",
-                    "--body",
-                    "Hola Si! a+b=c&d 100% 👋",
-                    "--ingress",
-                    &ingress,
-                    "--public-url",
-                    PUBLIC,
-                    "--auth-token",
-                    &token,
-                ])
+                .args(args)
                 .output()
                 .context("running sictl")
         })
     };
-    let output = simulate(TOKEN).await??;
+    let simulate = |token: &str, from: &str, extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "simulate",
+            "sms",
+            "--from",
+            from,
+            "--to",
+            "+14155550199",
+            "--ingress",
+            &ingress,
+            "--public-url",
+            PUBLIC,
+            "--auth-token",
+            token,
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        sictl(args)
+    };
+    let body = "Hola Si! a+b=c&d 100% 👋";
+    let output = simulate(TOKEN, "+14155550100", &["--body", body]).await??;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -84,15 +89,51 @@ async fn a_simulated_sms_is_accepted_and_stored() -> anyhow::Result<()> {
     let record = &records[0].1;
     assert_eq!(record.route, WebhookRoute::MessagingInbound);
     assert_eq!(record.resource_sid.as_deref(), Some(sid.as_str()));
-    let body = record.params.iter().find(|p| p.name == "Body");
-    assert_eq!(
-        body.map(|p| p.value.as_str()),
-        Some("Hola Si! a+b=c&d 100% 👋")
-    );
+    let sent = record.params.iter().find(|p| p.name == "Body");
+    assert_eq!(sent.map(|p| p.value.as_str()), Some(body));
 
-    let refused = simulate("wrong-token").await??;
+    let refused = simulate("wrong-token", "+14155550100", &["--body", body]).await??;
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stdout).contains("403"));
+
+    // A WhatsApp user shares a place.
+    let place = [
+        "--body",
+        "",
+        "--profile-name",
+        "Ana",
+        "--location",
+        "-33.8688,151.2093",
+        "--location-label",
+        "Opera House",
+    ];
+    let shared = simulate(TOKEN, "whatsapp:+14155550100", &place).await??;
+    assert!(
+        shared.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shared.stderr)
+    );
+    let records = env
+        .read::<TwilioWebhook>(topics::WEBHOOKS, 2, Duration::from_secs(30))
+        .await?;
+    let param = |name: &str| {
+        records[1]
+            .1
+            .params
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.value.clone())
+    };
+    assert_eq!(param("Latitude").as_deref(), Some("-33.8688"));
+    assert_eq!(param("Longitude").as_deref(), Some("151.2093"));
+    assert_eq!(param("Label").as_deref(), Some("Opera House"));
+    assert_eq!(param("ProfileName").as_deref(), Some("Ana"));
+    assert_eq!(param("Address"), None);
+    // Coordinates out of range are refused before anything is posted.
+    let wrong = [&place[..5], &["91,0"]].concat();
+    let refused = simulate(TOKEN, "whatsapp:+14155550100", &wrong).await??;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("latitude"));
     Ok(())
 }
 
