@@ -39,29 +39,14 @@ const SUMMARY: &str = "Summary from the echo responder: we said hello.";
 
 /// The texts the sandbox accepted for the user, in order.
 fn sent_to_user(sandbox: &SandboxHandle) -> Vec<String> {
-    sandbox
-        .requests()
+    texts_to(sandbox, USER)
         .into_iter()
-        .filter(|r: &RequestRecord| {
-            r.path.ends_with("/Messages.json")
-                && r.status < 300
-                && r.params.get("To").map(String::as_str) == Some(USER)
-        })
-        .filter_map(|r| r.params.get("Body").cloned())
+        .map(|(_, body)| body)
         .collect()
 }
 
 async fn say(sandbox: &SandboxHandle, body: &str) -> anyhow::Result<()> {
-    let posted = sandbox
-        .post_inbound_sms(&InboundSms {
-            from: USER.into(),
-            to: SI_NUMBER.into(),
-            body: body.into(),
-            ..InboundSms::default()
-        })
-        .await?;
-    anyhow::ensure!(posted.status == 200, "ingress answered {}", posted.status);
-    Ok(())
+    say_as(sandbox, USER, body).await
 }
 
 /// Waits until the user has received a text containing `text`; returns every
@@ -74,8 +59,11 @@ async fn received(sandbox: &SandboxHandle, text: &str) -> anyhow::Result<Vec<Str
     .await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn quiet_warned_closed_with_a_summary_archived_and_welcomed_back() -> anyhow::Result<()> {
+/// Every stage of the loop with lifecycle on second-long timers (and
+/// voice-link, when asked), against the sandbox.
+async fn start_loop(
+    voice_link: bool,
+) -> anyhow::Result<(TestEnv, SandboxHandle, Vec<StageProcess>)> {
     let env = TestEnv::start().await?;
     let ingress_url = format!("http://127.0.0.1:{}", free_port()?);
     let sandbox = Sandbox::start(SandboxConfig {
@@ -85,38 +73,50 @@ async fn quiet_warned_closed_with_a_summary_archived_and_welcomed_back() -> anyh
     })
     .await?;
     let listen = ingress_url.trim_start_matches("http://").to_owned();
-    let mut stages = spawn_all(
-        &env,
-        &sandbox,
-        vec![
-            (
-                "si-ingress",
-                vec![
-                    ("LISTEN_ADDR", listen.as_str()),
-                    ("PUBLIC_BASE_URL", ingress_url.as_str()),
-                ],
-            ),
-            (
-                "si-normalize",
-                vec![("VISITOR_ID_SECRET", "lifecycle-secret")],
-            ),
-            ("si-consent", vec![]),
-            ("si-echo-responder", vec![("ECHO_SUMMARY", SUMMARY)]),
-            ("si-segment", vec![]),
-            ("si-egress", vec![]),
-            (
-                "si-lifecycle",
-                vec![
-                    ("LIFECYCLE_WARN_AFTER", "4s"),
-                    ("LIFECYCLE_CLOSE_AFTER", "8s"),
-                    ("LIFECYCLE_SUMMARY_TIMEOUT", "5s"),
-                    ("LIFECYCLE_CLOSING_GRACE", "10s"),
-                    ("TIMER_INTERVAL", "100ms"),
-                ],
-            ),
-        ],
-    )
-    .await?;
+    let mut stages = vec![
+        (
+            "si-ingress",
+            vec![
+                ("LISTEN_ADDR", listen.as_str()),
+                ("PUBLIC_BASE_URL", ingress_url.as_str()),
+            ],
+        ),
+        (
+            "si-normalize",
+            vec![("VISITOR_ID_SECRET", "lifecycle-secret")],
+        ),
+        ("si-consent", vec![]),
+        ("si-echo-responder", vec![("ECHO_SUMMARY", SUMMARY)]),
+        ("si-segment", vec![]),
+        ("si-egress", vec![]),
+        (
+            "si-lifecycle",
+            vec![
+                ("LIFECYCLE_WARN_AFTER", "4s"),
+                ("LIFECYCLE_CLOSE_AFTER", "8s"),
+                ("LIFECYCLE_SUMMARY_TIMEOUT", "5s"),
+                ("LIFECYCLE_CLOSING_GRACE", "10s"),
+                ("TIMER_INTERVAL", "100ms"),
+            ],
+        ),
+    ];
+    if voice_link {
+        stages.push((
+            "si-voice-link",
+            vec![
+                ("PUBLIC_BASE_URL", ingress_url.as_str()),
+                ("VOICE_QUIET_HOURS", "off"),
+                ("TIMER_INTERVAL", "100ms"),
+            ],
+        ));
+    }
+    let stages = spawn_all(&env, &sandbox, stages).await?;
+    Ok((env, sandbox, stages))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quiet_warned_closed_with_a_summary_archived_and_welcomed_back() -> anyhow::Result<()> {
+    let (env, sandbox, mut stages) = start_loop(false).await?;
     let catalog = Catalog::builtin();
     let warning_start = "Are you still there?";
     let closing = catalog.text(keys::CLOSING, "en").text;
@@ -513,55 +513,7 @@ async fn a_scheduled_call_keeps_its_conversation_open_and_a_closure_cancels_one(
 -> anyhow::Result<()> {
     const WAITING: &str = "+14155550126";
     const CLOSING: &str = "+14155550127";
-    let env = TestEnv::start().await?;
-    let ingress_url = format!("http://127.0.0.1:{}", free_port()?);
-    let sandbox = Sandbox::start(SandboxConfig {
-        auth_token: TOKEN.into(),
-        callback_url: Some(ingress_url.clone()),
-        ..SandboxConfig::default()
-    })
-    .await?;
-    let listen = ingress_url.trim_start_matches("http://").to_owned();
-    let mut stages = spawn_all(
-        &env,
-        &sandbox,
-        vec![
-            (
-                "si-ingress",
-                vec![
-                    ("LISTEN_ADDR", listen.as_str()),
-                    ("PUBLIC_BASE_URL", ingress_url.as_str()),
-                ],
-            ),
-            (
-                "si-normalize",
-                vec![("VISITOR_ID_SECRET", "lifecycle-secret")],
-            ),
-            ("si-consent", vec![]),
-            ("si-echo-responder", vec![("ECHO_SUMMARY", SUMMARY)]),
-            ("si-segment", vec![]),
-            ("si-egress", vec![]),
-            (
-                "si-lifecycle",
-                vec![
-                    ("LIFECYCLE_WARN_AFTER", "3s"),
-                    ("LIFECYCLE_CLOSE_AFTER", "6s"),
-                    ("LIFECYCLE_SUMMARY_TIMEOUT", "5s"),
-                    ("LIFECYCLE_CLOSING_GRACE", "10s"),
-                    ("TIMER_INTERVAL", "100ms"),
-                ],
-            ),
-            (
-                "si-voice-link",
-                vec![
-                    ("PUBLIC_BASE_URL", ingress_url.as_str()),
-                    ("VOICE_QUIET_HOURS", "off"),
-                    ("TIMER_INTERVAL", "100ms"),
-                ],
-            ),
-        ],
-    )
-    .await?;
+    let (env, sandbox, mut stages) = start_loop(true).await?;
     let catalog = Catalog::builtin();
     let warning_start = "Are you still there?";
     let closing = catalog.text(keys::CLOSING, "en").text;
@@ -574,7 +526,7 @@ async fn a_scheduled_call_keeps_its_conversation_open_and_a_closure_cancels_one(
         }
     };
 
-    // A call 12 s ahead, twice the idle time before closure.
+    // A call 12 s ahead, past the idle time before closure (8 s).
     say_as(&sandbox, WAITING, "Call me in a bit").await?;
     let waiting = conversation_of("Call me in a bit").await?;
     let due = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(12);
