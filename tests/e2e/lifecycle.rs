@@ -458,16 +458,7 @@ async fn in_conversations_mode_a_start_creates_adds_and_sends_in_that_order() ->
 
 /// `user` texts Si.
 async fn say_as(sandbox: &SandboxHandle, user: &str, body: &str) -> anyhow::Result<()> {
-    let posted = sandbox
-        .post_inbound_sms(&InboundSms {
-            from: user.into(),
-            to: SI_NUMBER.into(),
-            body: body.into(),
-            ..InboundSms::default()
-        })
-        .await?;
-    anyhow::ensure!(posted.status == 200, "ingress answered {}", posted.status);
-    Ok(())
+    sandbox.text(user, SI_NUMBER, body).await
 }
 
 /// The texts the sandbox accepted for `user`: when, and what.

@@ -73,16 +73,7 @@ fn sent_to_user(sandbox: &SandboxHandle) -> Vec<RequestRecord> {
 }
 
 async fn say(sandbox: &SandboxHandle, body: &str) -> anyhow::Result<()> {
-    let posted = sandbox
-        .post_inbound_sms(&InboundSms {
-            from: USER.into(),
-            to: SI_NUMBER.into(),
-            body: body.into(),
-            ..InboundSms::default()
-        })
-        .await?;
-    anyhow::ensure!(posted.status == 200, "ingress answered {}", posted.status);
-    Ok(())
+    sandbox.text(USER, SI_NUMBER, body).await
 }
 
 async fn sent_body_containing(

@@ -20,9 +20,7 @@ use si_schemas::records::{
 };
 use si_schemas::topics;
 use si_testkit::{TestEnv, free_port, wait_for};
-use twilio_sandbox::{
-    DeliveryFailure, InboundSms, RequestRecord, Sandbox, SandboxConfig, SandboxHandle,
-};
+use twilio_sandbox::{DeliveryFailure, RequestRecord, Sandbox, SandboxConfig, SandboxHandle};
 
 const SI_NUMBER: &str = "+14155550100";
 /// WhatsApp free text fails with 63016; the template gets through.
@@ -40,16 +38,7 @@ fn wa(number: &str) -> String {
 }
 
 async fn say(sandbox: &SandboxHandle, from: &str, to: &str, body: &str) -> anyhow::Result<()> {
-    let posted = sandbox
-        .post_inbound_sms(&InboundSms {
-            from: from.into(),
-            to: to.into(),
-            body: body.into(),
-            ..InboundSms::default()
-        })
-        .await?;
-    anyhow::ensure!(posted.status == 200, "ingress answered {}", posted.status);
-    Ok(())
+    sandbox.text(from, to, body).await
 }
 
 /// The messages the sandbox accepted for `to` (as Twilio's `To`).

@@ -443,6 +443,24 @@ impl SandboxHandle {
         self.webhooks()?.post_inbound_sms(&sms).await
     }
 
+    /// `from` texts `to`: [`Self::post_inbound_sms`] of a plain message, which
+    /// ingress must accept.
+    ///
+    /// # Errors
+    /// As `post_inbound_sms`, and when ingress does not answer 200.
+    pub async fn text(&self, from: &str, to: &str, body: &str) -> anyhow::Result<()> {
+        let posted = self
+            .post_inbound_sms(&InboundSms {
+                from: from.into(),
+                to: to.into(),
+                body: body.into(),
+                ..InboundSms::default()
+            })
+            .await?;
+        anyhow::ensure!(posted.status == 200, "ingress answered {}", posted.status);
+        Ok(())
+    }
+
     /// Serves the `media` of `sms` without posting it: the message as it would
     /// be posted (a message SID chosen when it has none, the items' URLs in
     /// `media_urls` and their types in `media_content_types`), for tests that
