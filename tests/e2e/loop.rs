@@ -52,6 +52,12 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// The price table `sictl report` estimates the cost with.
 /// Personal data no stage may log.
 const PROFILE_NAME: &str = "Ana Xochitl Quetzal";
+const PLACE_ADDRESS: &str = "Plaza de la Constitución, Ciudad de México";
+
+/// `text` as a form parameter's value (Twilio posts webhooks form-encoded).
+fn form_encoded(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
 const PRICES: &str = "sms:US=0.0083,sms:*=0.05,whatsapp:*=0.005";
 
 /// The Programmable Messaging sends the sandbox accepted for `to`.
@@ -210,7 +216,7 @@ async fn a_text_goes_round_the_loop_and_an_opt_out_stops_replies() -> anyhow::Re
     let place = SharedLocation {
         latitude: 19.4326,
         longitude: -99.1332,
-        address: Some("Plaza de la Constitución, Ciudad de México".into()),
+        address: Some(PLACE_ADDRESS.into()),
         label: Some("Zócalo".into()),
     };
     let posted = sandbox
@@ -647,6 +653,17 @@ fn logs_hold_no_secret_and_no_number(
         .secret("the API key secret", API_KEY_SECRET, Some(API_KEY_SID))
         .number("the user's number", USER)
         .secret("the WhatsApp user's profile name", PROFILE_NAME, None)
+        .secret(
+            "the WhatsApp user's profile name (form-encoded)",
+            &form_encoded(PROFILE_NAME),
+            None,
+        )
+        .secret("the shared place's address", PLACE_ADDRESS, None)
+        .secret(
+            "the shared place's address (form-encoded)",
+            &form_encoded(PLACE_ADDRESS),
+            None,
+        )
         .number("the WhatsApp user's number", WHATSAPP_USER)
         .number("the refused user's number", INVALID_USER)
         .number("Si's number", SI_NUMBER);

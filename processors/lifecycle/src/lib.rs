@@ -5,8 +5,10 @@
 //! Inputs (co-partitioned, keyed by conversation id):
 //! `si.conversation.events.v1` (user messages, Twilio closing a
 //! conversation), `si.responses.v1` (Si's replies, summaries),
-//! `si.commands.v1` (`CLOSE_CONVERSATION`), `twilio.delivery.v1` (the closing
-//! message went out) and `si.transcript.v1` (the sequence range to archive).
+//! `si.commands.v1` (`CLOSE_CONVERSATION`, `START_CONVERSATION`),
+//! `twilio.delivery.v1` (the closing message went out; voice-link's word on a
+//! call scheduled for later) and `si.transcript.v1` (the sequence range to
+//! archive).
 //! Outputs: the warning and the closing message on `si.responses.v1` (so
 //! segment applies the consent gate, channel limits and the WhatsApp window
 //! as for any reply), summary requests on `si.inbound.v1`, the Twilio close on
@@ -19,18 +21,20 @@
 //!
 //! | phase        | entered when                                   | timer fires                 | then                                     |
 //! |--------------|------------------------------------------------|-----------------------------|------------------------------------------|
-//! | OPEN         | a user message or a reply (any message resets) | last message + WARN_AFTER   | warning sent → WARNED                    |
-//! | WARNED       | the warning went out                           | last message + CLOSE_AFTER  | summary requested → SUMMARIZING          |
+//! | OPEN         | a user message or a reply (any message resets) | idle start + WARN_AFTER     | warning sent → WARNED                    |
+//! | WARNED       | the warning went out                           | idle start + CLOSE_AFTER    | summary requested → SUMMARIZING          |
 //! | SUMMARIZING  | closure began without a summary                | + SUMMARY_TIMEOUT           | closing message without summary → CLOSING |
 //! | CLOSING      | the closing message went out                   | + CLOSING_GRACE             | close, archive, drop the state           |
 //!
 //! A user message in OPEN or WARNED starts a new idle period (a second
 //! warning only after another quiet `WARN_AFTER`); in SUMMARIZING for
-//! inactivity it cancels the closure. A live call is activity until it ends,
-//! and a call voice-link scheduled for later (its answer's `scheduled_at`)
-//! moves the idle period's start to the call's time, until an `END_CALL`
-//! cancels it. A `CLOSE_CONVERSATION` command (reason
-//! `USER_REQUEST` when the user asked, else `COMMAND`) starts closure at once,
+//! inactivity it cancels the closure. The idle period starts at the last
+//! message; a live call is activity until it ends, and a call voice-link
+//! scheduled for later (its answer's `scheduled_at`) moves the idle start to
+//! the call's time (calling off a closure for inactivity still summarizing),
+//! until voice-link says the call is off (then the idle start is that
+//! moment). A `CLOSE_CONVERSATION` command (reason `USER_REQUEST` when the
+//! user asked, else `COMMAND`) starts closure at once,
 //! with `params["summary"]` as summary when given. A summary response
 //! (`purpose` SUMMARY answering the request) sends the closing message at once.
 //! The first delivery status of the closing message (or `CLOSING_GRACE`) ends

@@ -551,14 +551,7 @@ impl LifecycleProcessor {
                 if conversation.close_reason == Some(ArchivalReason::Inactivity) =>
             {
                 // The user came back before the closing message went out.
-                self.metrics
-                    .inactivity
-                    .with_label_values(&["closure_cancelled"])
-                    .inc();
-                conversation.close_reason = None;
-                conversation.closing_started_at = None;
-                conversation.summary_request_id = None;
-                conversation.summary = None;
+                self.cancel_inactivity_closure(&mut conversation);
                 self.activity(now, conversation, state);
             }
             LifecyclePhase::Summarizing | LifecyclePhase::Closing => {
@@ -611,13 +604,14 @@ impl LifecycleProcessor {
     ) {
         conversation.phase = LifecyclePhase::Open;
         conversation.last_activity_at = conversation.last_activity_at.max(at);
-        let warn_at = idle_since(&conversation).saturating_add(millis(self.settings.warn_after));
-        self.save_with_timer(state, conversation, warn_at);
+        self.rearm(conversation, state);
     }
 
     /// voice-link scheduled a call for later (its answer to the
-    /// `ESCALATE_TO_VOICE`): the idle period runs from the call's time, so
-    /// the user is neither warned nor closed on before the call they asked for.
+    /// `ESCALATE_TO_VOICE`, or a new time for it): the idle period runs from
+    /// the call's time, so the user is neither warned nor closed on before
+    /// the call they asked for, and a closure for inactivity not yet
+    /// announced is called off.
     fn on_call_scheduled(
         &self,
         due: i64,
@@ -625,45 +619,61 @@ impl LifecycleProcessor {
         state: &mut StateStore<LifecycleState>,
     ) {
         conversation.call_scheduled_at = Some(due);
-        if matches!(
-            conversation.phase,
-            LifecyclePhase::Open | LifecyclePhase::Warned
-        ) {
-            conversation.phase = LifecyclePhase::Open;
-            let warn_at =
-                idle_since(&conversation).saturating_add(millis(self.settings.warn_after));
-            self.save_with_timer(state, conversation, warn_at);
-        } else {
-            self.save(state, conversation);
+        let inactive = conversation.phase == LifecyclePhase::Summarizing
+            && conversation.close_reason == Some(ArchivalReason::Inactivity);
+        if inactive {
+            self.cancel_inactivity_closure(&mut conversation);
         }
+        if conversation.phase == LifecyclePhase::Warned {
+            conversation.phase = LifecyclePhase::Open;
+        }
+        self.rearm(conversation, state);
     }
 
-    /// An `END_CALL` cancels the conversation's call scheduled for later
-    /// before anything else (as voice-link reads it): the idle period runs
-    /// from the last message again.
-    fn on_end_call(&self, now: i64, command: &Command, state: &mut StateStore<LifecycleState>) {
-        let key = conversation_key(&command.conversation_id);
-        let Some(mut conversation) = state.get(&key).cloned() else {
-            return;
-        };
-        if conversation.call_scheduled_at.is_none_or(|due| due < now) {
-            return; // no call ahead: END_CALL hangs up the live one
+    /// voice-link says the call scheduled for `due` will not take place
+    /// (cancelled, or refused at its time): it kept the conversation busy
+    /// until `now`, and the idle period runs from then.
+    fn on_call_off(
+        &self,
+        now: i64,
+        due: i64,
+        mut conversation: LifecycleState,
+        state: &mut StateStore<LifecycleState>,
+    ) {
+        if conversation.call_scheduled_at != Some(due) {
+            return; // another time has been set since
         }
-        conversation.call_scheduled_at = None;
-        let timer = match conversation.phase {
-            LifecyclePhase::Open => Some(self.settings.warn_after),
-            LifecyclePhase::Warned => Some(self.settings.close_after),
-            _ => None,
+        conversation.call_scheduled_at = Some(due.min(now));
+        self.rearm(conversation, state);
+    }
+
+    /// Saves an open conversation with the timer its idle period gives it:
+    /// the warning while OPEN, the closure once WARNED (a conversation whose
+    /// opening is still to go out keeps that timer).
+    fn rearm(&self, conversation: LifecycleState, state: &mut StateStore<LifecycleState>) {
+        let after = match conversation.phase {
+            LifecyclePhase::Open => self.settings.warn_after,
+            LifecyclePhase::Warned => self.settings.close_after,
+            _ => return self.save(state, conversation),
         };
-        match timer {
-            Some(after) => {
-                let at = idle_since(&conversation)
-                    .saturating_add(millis(after))
-                    .max(now);
-                self.save_with_timer(state, conversation, at);
-            }
-            None => self.save(state, conversation),
+        if conversation.opening_text.is_some() {
+            return self.save(state, conversation);
         }
+        let at = idle_since(&conversation).saturating_add(millis(after));
+        self.save_with_timer(state, conversation, at);
+    }
+
+    /// The user (or a call) is back before the closing message went out.
+    fn cancel_inactivity_closure(&self, conversation: &mut LifecycleState) {
+        self.metrics
+            .inactivity
+            .with_label_values(&["closure_cancelled"])
+            .inc();
+        conversation.phase = LifecyclePhase::Open;
+        conversation.close_reason = None;
+        conversation.closing_started_at = None;
+        conversation.summary_request_id = None;
+        conversation.summary = None;
     }
 
     fn on_response(
@@ -723,13 +733,9 @@ impl LifecycleProcessor {
         };
         match command.kind {
             CommandKind::CloseConversation => {}
-            CommandKind::EscalateToVoice => {
-                // voice-link's.
-                return Ok(Vec::new());
-            }
-            CommandKind::EndCall => {
-                // voice-link's; a cancelled call no longer keeps the conversation open.
-                self.on_end_call(ctx.timestamp_ms, command, state);
+            CommandKind::EscalateToVoice | CommandKind::EndCall => {
+                // voice-link's: lifecycle reads what became of a call from
+                // voice-link's statuses on twilio.delivery.v1.
                 return Ok(Vec::new());
             }
             CommandKind::StartConversation => return self.on_start(ctx, command, state),
@@ -791,11 +797,16 @@ impl LifecycleProcessor {
             return self.on_created(ctx, delivery, state);
         }
         if let Some(due) = delivery.scheduled_at {
+            // voice-link's word on a call scheduled for later.
             if let Some(conversation) = state
                 .get(&conversation_key(&delivery.conversation_id))
                 .cloned()
             {
-                self.on_call_scheduled(due, conversation, state);
+                if delivery.outcome == DeliveryOutcome::Accepted {
+                    self.on_call_scheduled(due, conversation, state);
+                } else {
+                    self.on_call_off(ctx.timestamp_ms, due, conversation, state);
+                }
             }
             return Vec::new();
         }

@@ -1312,12 +1312,17 @@ fn scheduled_answer(conv: &str, command_id: &str, due: i64) -> DeliveryStatus {
     answer
 }
 
-fn end_call_command(conv: &str) -> Command {
-    Command {
-        command_id: "cmd-end".into(),
-        kind: CommandKind::EndCall,
-        ..close_command(conv, None, None)
-    }
+/// voice-link's word that the call scheduled for `due` will not take place.
+fn call_off(conv: &str, command_id: &str, due: i64) -> DeliveryStatus {
+    let mut status = DeliveryStatus::command_answer(
+        format!("voice-scheduled-{command_id}"),
+        conv.into(),
+        DeliveryOutcome::Failed,
+        Some("the scheduled call is cancelled".into()),
+        0,
+    );
+    status.scheduled_at = Some(due);
+    status
 }
 
 #[test]
@@ -1369,29 +1374,69 @@ fn a_call_scheduled_for_later_keeps_the_conversation_open_until_it() {
 }
 
 #[test]
-fn an_end_call_cancels_the_scheduled_call_and_the_idle_period_runs_from_the_last_message() {
+fn a_call_called_off_starts_the_idle_period_then() {
     let mut h = Harness::new(settings());
     h.event(message(CH, T0, Vec::new()), T0);
     let due = T0 + 10 * CLOSE;
     h.deliver(scheduled_answer(CH, "esc-1", due), T0 + 100);
-    h.command(end_call_command(CH), T0 + 1_000).unwrap();
-    assert_eq!(h.conversation(CH).unwrap().call_scheduled_at, None);
-    assert_eq!(h.timer(CH), Some(T0 + WARN));
+    // Cancelled long after the last message: the user is not warned and
+    // closed on at once, the idle period starts at the cancellation.
+    let off = T0 + 5 * CLOSE;
+    h.deliver(call_off(CH, "esc-1", due), off);
+    assert_eq!(h.conversation(CH).unwrap().call_scheduled_at, Some(off));
+    assert_eq!(h.timer(CH), Some(off + WARN));
+    assert!(h.tick(off + WARN - 1).is_empty());
+    let warned = h.tick(off + WARN);
     assert_eq!(
-        only::<CognitionResponse>(&h.tick(T0 + WARN), topics::RESPONSES)[0].response_id,
-        warning_id(CH, T0)
+        only::<CognitionResponse>(&warned, topics::RESPONSES)[0].response_id,
+        warning_id(CH, off)
     );
 
-    // An END_CALL once the scheduled time has passed is the live call's:
-    // nothing changes.
+    // Word about an earlier time than the one in force changes nothing
+    // (the call was set again since).
     let mut h = Harness::new(settings());
     h.event(message(CH, T0, Vec::new()), T0);
-    h.deliver(scheduled_answer(CH, "esc-1", T0 + 500), T0 + 100);
-    h.command(end_call_command(CH), T0 + 1_000).unwrap();
+    h.deliver(scheduled_answer(CH, "esc-1", due), T0 + 100);
+    h.deliver(scheduled_answer(CH, "esc-2", due + 1_000), T0 + 200);
+    h.deliver(call_off(CH, "esc-1", due), T0 + 300);
     assert_eq!(
         h.conversation(CH).unwrap().call_scheduled_at,
-        Some(T0 + 500)
+        Some(due + 1_000)
     );
+}
+
+#[test]
+fn a_call_scheduled_while_closing_for_inactivity_calls_the_closure_off() {
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    h.tick(T0 + WARN);
+    let summarizing = h.tick(T0 + CLOSE);
+    assert_eq!(
+        only::<InboundMessage>(&summarizing, topics::INBOUND).len(),
+        1
+    );
+    assert_eq!(
+        h.conversation(CH).unwrap().phase,
+        LifecyclePhase::Summarizing
+    );
+    let due = T0 + 10 * CLOSE;
+    h.deliver(scheduled_answer(CH, "esc-1", due), T0 + CLOSE + 10);
+    let state = h.conversation(CH).unwrap();
+    assert_eq!(
+        (state.phase, state.close_reason),
+        (LifecyclePhase::Open, None)
+    );
+    assert_eq!(h.timer(CH), Some(due + WARN));
+    // The summary arriving late no longer closes it.
+    let request = only::<InboundMessage>(&summarizing, topics::INBOUND)[0].clone();
+    let late = response(
+        "sum-1",
+        CH,
+        ResponsePurpose::Summary,
+        Some(&request.message_id),
+    );
+    assert!(h.respond(late, T0 + CLOSE + 20).is_empty());
+    assert_eq!(h.conversation(CH).unwrap().phase, LifecyclePhase::Open);
 }
 
 #[test]

@@ -48,6 +48,10 @@ pub const MAX_PENDING_OUTBOUND: usize = 100;
 /// A call requested for less than this ahead is placed at once.
 const SCHEDULE_SLACK_MS: i64 = 1_000;
 
+/// How far ahead a call may be asked for (`params["at"]`): a week. Its
+/// conversation stays open until the call.
+pub const LONGEST_AHEAD: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The longest a placed call may wait in egress (its `not_after`, unless the
 /// quiet window starts sooner): "Si is calling you now" should hold.
 const CALL_MAX_WAIT: Duration = Duration::from_secs(5 * 60);
@@ -414,11 +418,14 @@ impl VoiceLinkProcessor {
                     .as_ref()
                     .is_some_and(|s| s.state_to == ConversationState::Closed) =>
             {
-                self.cancel_scheduled(
+                if let Some((_, cancelled)) = self.cancel_scheduled(
+                    now,
                     &mut conversation,
-                    "cancelled: conversation closed at Twilio",
+                    "cancelled: the conversation was closed at Twilio",
                     state,
-                );
+                ) {
+                    outputs.push(cancelled);
+                }
             }
             _ => {}
         }
@@ -785,14 +792,12 @@ impl VoiceLinkProcessor {
             CommandKind::EndCall => Ok(self.on_end_call(ctx.timestamp_ms, command, state)),
             // lifecycle's; a closure also cancels a call scheduled for later
             // (lifecycle hangs up a live one).
-            CommandKind::CloseConversation => {
-                self.on_closed(
-                    &command.conversation_id,
-                    "cancelled: conversation closed",
-                    state,
-                );
-                Ok(Vec::new())
-            }
+            CommandKind::CloseConversation => Ok(self.on_closed(
+                ctx.timestamp_ms,
+                &command.conversation_id,
+                "cancelled: the conversation was closed",
+                state,
+            )),
             // lifecycle's; an unknown kind is dead-lettered by lifecycle.
             CommandKind::StartConversation | CommandKind::Unknown => Ok(Vec::new()),
         }
@@ -895,6 +900,22 @@ impl VoiceLinkProcessor {
                 .as_millisecond()
                 .max(now),
         };
+        if requested.saturating_sub(now)
+            > i64::try_from(LONGEST_AHEAD.as_millis()).unwrap_or(i64::MAX)
+        {
+            return Ok(self.refuse(
+                now,
+                command,
+                Refusal {
+                    outcome: "refused",
+                    reason: format!(
+                        "params[at] is more than {} days ahead",
+                        LONGEST_AHEAD.as_secs() / 86_400
+                    ),
+                    compliance: None,
+                },
+            ));
+        }
         let zones = self.zones(&conversation, &to);
         let due = self.settings.quiet_window.map_or(requested, |w| {
             Timestamp::from_millisecond(requested).map_or(requested, |t| {
@@ -952,17 +973,13 @@ impl VoiceLinkProcessor {
             &[("{time}", &time), ("{zone}", &zone_name)],
             now,
         );
-        let mut answer = self.answer(
+        outputs.push(Self::scheduled_status(
             now,
-            command,
+            &command.conversation_id,
+            command_status_id(&command.command_id),
             DeliveryOutcome::Accepted,
-            Some(format!("scheduled for {at}")),
-        );
-        answer.scheduled_at = Some(due);
-        outputs.push(Output::new(
-            topics::DELIVERY,
-            command.conversation_id.clone(),
-            answer,
+            format!("scheduled for {at}"),
+            due,
         ));
         conversation.scheduled = Some(scheduled);
         self.save(state, conversation);
@@ -1107,13 +1124,17 @@ impl VoiceLinkProcessor {
     }
 
     /// Cancels the conversation's call scheduled for later, if it has one
-    /// (the caller saves the conversation).
+    /// (the caller saves the conversation): the call is kept on the record
+    /// as cancelled (a re-sent command is not scheduled again), and its
+    /// issuer and lifecycle are told on `twilio.delivery.v1` (FAILED, with
+    /// the time it was scheduled for).
     fn cancel_scheduled(
         &self,
+        now: i64,
         conversation: &mut VoiceLinkState,
         why: &str,
         state: &mut StateStore<VoiceLinkState>,
-    ) -> Option<ScheduledCall> {
+    ) -> Option<(ScheduledCall, Output)> {
         let scheduled = conversation.scheduled.take()?;
         state.cancel_timer(&conversation_key(&conversation.conversation_id));
         self.count("canceled");
@@ -1122,21 +1143,47 @@ impl VoiceLinkProcessor {
             command_id = %scheduled.command_id,
             "scheduled call {why}"
         );
-        Some(scheduled)
+        conversation.calls.push(VoiceLinkCall {
+            call_sid: None,
+            operation_id: None,
+            command_id: Some(scheduled.command_id.clone()),
+            inbound: false,
+            requested_at: scheduled.requested_at,
+            answered_at: None,
+            disclosure: None,
+            status: CallState::Canceled.as_str().to_owned(),
+            outcome: Some("canceled".to_owned()),
+            locale: scheduled.locale.clone(),
+        });
+        trim_calls(conversation);
+        let output = Self::scheduled_status(
+            now,
+            &conversation.conversation_id,
+            scheduled_status_id(&scheduled.command_id),
+            DeliveryOutcome::Failed,
+            format!("the scheduled call is {why}"),
+            scheduled.due_at,
+        );
+        Some((scheduled, output))
     }
 
     /// A closure (lifecycle's command, or Twilio closing the conversation)
     /// cancels the call scheduled for later; lifecycle hangs up a live one.
-    fn on_closed(&self, conversation_id: &str, why: &str, state: &mut StateStore<VoiceLinkState>) {
+    fn on_closed(
+        &self,
+        now: i64,
+        conversation_id: &str,
+        why: &str,
+        state: &mut StateStore<VoiceLinkState>,
+    ) -> Vec<Output> {
         let Some(mut conversation) = state.get(&conversation_key(conversation_id)).cloned() else {
-            return;
+            return Vec::new();
         };
-        if self
-            .cancel_scheduled(&mut conversation, why, state)
-            .is_some()
-        {
-            self.save(state, conversation);
-        }
+        let Some((_, cancelled)) = self.cancel_scheduled(now, &mut conversation, why, state) else {
+            return Vec::new();
+        };
+        self.save(state, conversation);
+        vec![cancelled]
     }
 
     fn on_end_call(
@@ -1157,19 +1204,23 @@ impl VoiceLinkProcessor {
                 },
             );
         };
-        if let Some(scheduled) =
-            self.cancel_scheduled(&mut conversation, "cancelled by END_CALL", state)
+        let why = format!("cancelled by END_CALL {}", command.command_id);
+        if let Some((scheduled, cancelled)) =
+            self.cancel_scheduled(now, &mut conversation, &why, state)
         {
             self.save(state, conversation);
-            return vec![self.status(
-                now,
-                command,
-                DeliveryOutcome::Accepted,
-                Some(format!(
-                    "the call scheduled by {} is cancelled",
-                    scheduled.command_id
-                )),
-            )];
+            return vec![
+                cancelled,
+                self.status(
+                    now,
+                    command,
+                    DeliveryOutcome::Accepted,
+                    Some(format!(
+                        "the call scheduled by {} is cancelled",
+                        scheduled.command_id
+                    )),
+                ),
+            ];
         }
         let live = conversation
             .calls
@@ -1232,6 +1283,7 @@ impl VoiceLinkProcessor {
             now,
             command,
             command_status_id(&command.command_id),
+            None,
             refusal,
         )
     }
@@ -1241,6 +1293,7 @@ impl VoiceLinkProcessor {
         now: i64,
         command: &Command,
         status_id: String,
+        scheduled_at: Option<i64>,
         refusal: Refusal,
     ) -> Vec<Output> {
         self.count(refusal.outcome);
@@ -1256,16 +1309,18 @@ impl VoiceLinkProcessor {
             DeliveryOutcome::Failed
         };
         let mut outputs: Vec<Output> = refusal.compliance.into_iter().collect();
+        let mut answer = DeliveryStatus::command_answer(
+            status_id,
+            command.conversation_id.clone(),
+            outcome,
+            Some(refusal.reason),
+            now,
+        );
+        answer.scheduled_at = scheduled_at;
         outputs.push(Output::new(
             topics::DELIVERY,
             command.conversation_id.clone(),
-            DeliveryStatus::command_answer(
-                status_id,
-                command.conversation_id.clone(),
-                outcome,
-                Some(refusal.reason),
-                now,
-            ),
+            answer,
         ));
         outputs
     }
@@ -1281,25 +1336,35 @@ impl VoiceLinkProcessor {
         Output::new(
             topics::DELIVERY,
             command.conversation_id.clone(),
-            self.answer(now, command, outcome, message),
+            DeliveryStatus::command_answer(
+                command_status_id(&command.command_id),
+                command.conversation_id.clone(),
+                outcome,
+                message,
+                now,
+            ),
         )
     }
 
-    /// The answer to `command` on `twilio.delivery.v1`.
-    fn answer(
-        &self,
+    /// A status on `twilio.delivery.v1` about a call scheduled for
+    /// `scheduled_at`: its answer, a new time, or why it will not be placed.
+    fn scheduled_status(
         now: i64,
-        command: &Command,
+        conversation_id: &str,
+        status_id: String,
         outcome: DeliveryOutcome,
-        message: Option<String>,
-    ) -> DeliveryStatus {
-        DeliveryStatus::command_answer(
-            command_status_id(&command.command_id),
-            command.conversation_id.clone(),
+        message: String,
+        scheduled_at: i64,
+    ) -> Output {
+        let mut status = DeliveryStatus::command_answer(
+            status_id,
+            conversation_id.to_owned(),
             outcome,
-            message,
+            Some(message),
             now,
-        )
+        );
+        status.scheduled_at = Some(scheduled_at);
+        Output::new(topics::DELIVERY, conversation_id.to_owned(), status)
     }
 
     // ------------------------------------------------------------ helpers
@@ -1441,13 +1506,22 @@ impl Processor for VoiceLinkProcessor {
             })
         });
         if due > now {
+            // Put off again: the issuer and lifecycle learn the new time.
+            let output = Self::scheduled_status(
+                now,
+                &conversation.conversation_id,
+                format!("{ID_PREFIX}deferred-{}-{due}", scheduled.command_id),
+                DeliveryOutcome::Accepted,
+                "deferred to the end of the quiet window".to_owned(),
+                due,
+            );
             conversation.scheduled = Some(ScheduledCall {
                 due_at: due,
                 ..scheduled
             });
             self.save(state, conversation);
             state.set_timer(ctx.key, due);
-            return Ok(Vec::new());
+            return Ok(vec![output]);
         }
         let command = Command {
             command_id: scheduled.command_id.clone(),
@@ -1471,14 +1545,20 @@ impl Processor for VoiceLinkProcessor {
         ) {
             self.save(state, conversation);
             // The command was answered ACCEPTED when it was scheduled: this
-            // answer has an id of its own.
-            let status_id = format!("{ID_PREFIX}scheduled-{}", scheduled.command_id);
-            return Ok(self.refuse_as(now, &command, status_id, refusal));
+            // answer has an id of its own, and the time it was scheduled for.
+            let status_id = scheduled_status_id(&scheduled.command_id);
+            return Ok(self.refuse_as(now, &command, status_id, Some(scheduled.due_at), refusal));
         }
         let outputs = self.place(now, &mut conversation, &scheduled);
         self.save(state, conversation);
         Ok(outputs)
     }
+}
+
+/// The id of the status of a scheduled call that does not take place: the
+/// ESCALATE_TO_VOICE was answered ACCEPTED when it was scheduled.
+fn scheduled_status_id(command_id: &str) -> String {
+    format!("{ID_PREFIX}scheduled-{command_id}")
 }
 
 /// A conversation voice-link sees for the first time.

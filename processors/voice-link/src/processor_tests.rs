@@ -777,8 +777,26 @@ fn end_call_hangs_up_the_live_call_or_cancels_a_scheduled_one() {
     );
     let out = h.command(command("cmd-2", CommandKind::EndCall, &[]), T0 + 2);
     assert!(ops(&out).is_empty());
-    assert_eq!(statuses(&out)[0].outcome, DeliveryOutcome::Accepted);
+    let answers = statuses(&out);
+    let status = |id: &str| answers.iter().find(|s| s.operation_id == id).unwrap();
+    assert_eq!(
+        status("voice-command-cmd-2").outcome,
+        DeliveryOutcome::Accepted
+    );
+    // The escalation's issuer (and lifecycle) learn the call is off.
+    let off = status("voice-scheduled-cmd-1");
+    assert_eq!(
+        (off.outcome, off.scheduled_at),
+        (DeliveryOutcome::Failed, Some(T0 + 60_000))
+    );
     assert!(h.tick(T0 + 60_000).is_empty(), "cancelled");
+    // Re-sent, the cancelled escalation is not scheduled again.
+    let again = h.command(
+        command("cmd-1", CommandKind::EscalateToVoice, &[(AT_PARAM, &at)]),
+        T0 + 3,
+    );
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(h.store.timer(&conversation_key(CH)), None);
 }
 
 #[test]
@@ -967,10 +985,17 @@ fn a_scheduled_call_is_answered_with_its_time_and_cancelled_by_the_conversations
     assert_eq!(ops(&out).len(), 1);
     assert_eq!(statuses(&out)[0].scheduled_at, None);
 
-    // The conversation is closed before the call's time: no call.
-    h.command(
+    // The conversation is closed before the call's time: no call, and the
+    // escalation's issuer is told.
+    let closed = h.command(
         command("cmd-2", CommandKind::CloseConversation, &[]),
         T0 + 2,
+    );
+    let off = &statuses(&closed)[0];
+    assert_eq!(off.operation_id, "voice-scheduled-cmd-1");
+    assert_eq!(
+        (off.outcome, off.scheduled_at),
+        (DeliveryOutcome::Failed, Some(at_ms))
     );
     assert_eq!(h.store.timer(&conversation_key(CH)), None);
     assert!(ops(&h.tick(at_ms)).is_empty(), "cancelled by the closure");
@@ -992,7 +1017,8 @@ fn a_scheduled_call_is_answered_with_its_time_and_cancelled_by_the_conversations
             Channel::Sms,
         )
     };
-    h.event(closed, T0 + 2);
+    let out = h.event(closed, T0 + 2);
+    assert_eq!(statuses(&out)[0].scheduled_at, Some(at_ms));
     assert!(
         ops(&h.tick(at_ms)).is_empty(),
         "cancelled by Twilio's closure"
@@ -1035,4 +1061,52 @@ fn a_shared_location_is_in_the_transcript() {
     assert_eq!(written[0].location, Some(place));
     let plain = entries(&h.event(text(T0 + 1, "hi"), T0 + 1));
     assert_eq!(plain[0].location, None);
+}
+
+#[test]
+fn a_call_put_off_again_or_too_far_ahead_is_said_so() {
+    // Asked for more than a week ahead: refused.
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(text(T0, "Call me next month"), T0);
+    let far = Timestamp::from_millisecond(T0 + 8 * 24 * 3_600_000)
+        .unwrap()
+        .to_string();
+    let out = h.command(
+        command("cmd-1", CommandKind::EscalateToVoice, &[(AT_PARAM, &far)]),
+        T0 + 1,
+    );
+    assert_eq!(statuses(&out)[0].outcome, DeliveryOutcome::Failed);
+    assert!(
+        statuses(&out)[0]
+            .error_message
+            .as_deref()
+            .unwrap()
+            .contains("7 days")
+    );
+    assert_eq!(h.store.timer(&conversation_key(CH)), None);
+
+    // A timer that fired late in the quiet window: the new time is told.
+    let mut h = Harness::new(settings(), Vec::new());
+    let french = |n| ConversationEvent {
+        participant: Some(Participant {
+            address: Some("+33612345678".into()),
+            ..text(n, "x").participant.unwrap()
+        }),
+        ..text(n, "Appelez-moi à 20h55")
+    };
+    h.event(french(T0), T0);
+    let at = Timestamp::from_millisecond(T0 + 115 * 60 * 1000)
+        .unwrap()
+        .to_string();
+    h.command(
+        command("cmd-1", CommandKind::EscalateToVoice, &[(AT_PARAM, &at)]),
+        T0 + 1,
+    );
+    let out = h.tick(T0 + 130 * 60 * 1000);
+    let due = h.store.timer(&conversation_key(CH)).unwrap();
+    let told = &statuses(&out)[0];
+    assert_eq!(
+        (told.outcome, told.scheduled_at),
+        (DeliveryOutcome::Accepted, Some(due))
+    );
 }

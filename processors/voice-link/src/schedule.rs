@@ -2,8 +2,9 @@
 //!
 //! The user's time zone is the identity record's `attributes["time_zone"]`
 //! (an IANA name). Without one, the phone number says where the user may
-//! be: for North American numbers (+1) the zones of the area code
-//! ([`crate::nanp_zones`]), else every zone of the number's country
+//! be: for North American numbers (+1) the zones of the longest listed
+//! prefix, else of the area code (the generated tables in `nanp_zones.rs`),
+//! else every zone of the number's country
 //! ([`zones_of_region`]), else `VOICE_DEFAULT_TIME_ZONE`. No call is placed
 //! inside the quiet window (`VOICE_QUIET_HOURS`, e.g. `21:00-08:00` local
 //! time) of any of those zones: where the number does not tell which of
