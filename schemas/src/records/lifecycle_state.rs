@@ -64,8 +64,9 @@ pub struct LifecycleState {
     /// most 1000 (for the archival request).
     #[serde(default)]
     pub compliance_event_ids: Vec<String>,
-    /// When a call voice-link scheduled will be placed: the idle period
-    /// runs from then at the earliest.
+    /// When a call voice-link scheduled will be placed (or, once it is off,
+    /// when voice-link said so): the idle period runs from then at the
+    /// earliest.
     #[serde(default)]
     pub call_scheduled_at: Option<i64>,
 }
