@@ -464,13 +464,8 @@ async fn say_as(sandbox: &SandboxHandle, user: &str, body: &str) -> anyhow::Resu
 /// The texts the sandbox accepted for `user`: when, and what.
 fn texts_to(sandbox: &SandboxHandle, user: &str) -> Vec<(i64, String)> {
     sandbox
-        .requests()
+        .messages_to(user)
         .into_iter()
-        .filter(|r| {
-            r.path.ends_with("/Messages.json")
-                && r.status < 300
-                && r.params.get("To").map(String::as_str) == Some(user)
-        })
         .filter_map(|r| Some((r.at_ms, r.params.get("Body")?.clone())))
         .collect()
 }

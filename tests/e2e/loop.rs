@@ -62,15 +62,7 @@ const PRICES: &str = "sms:US=0.0083,sms:*=0.05,whatsapp:*=0.005";
 
 /// The Programmable Messaging sends the sandbox accepted for `to`.
 fn sent_to(sandbox: &SandboxHandle, to: &str) -> Vec<RequestRecord> {
-    sandbox
-        .requests()
-        .into_iter()
-        .filter(|r| {
-            r.path.ends_with("/Messages.json")
-                && r.status < 300
-                && r.params.get("To").map(String::as_str) == Some(to)
-        })
-        .collect()
+    sandbox.messages_to(to)
 }
 
 /// The Programmable Messaging sends the sandbox accepted for the user.

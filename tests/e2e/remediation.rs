@@ -43,15 +43,7 @@ async fn say(sandbox: &SandboxHandle, from: &str, to: &str, body: &str) -> anyho
 
 /// The messages the sandbox accepted for `to` (as Twilio's `To`).
 fn sent_to(sandbox: &SandboxHandle, to: &str) -> Vec<RequestRecord> {
-    sandbox
-        .requests()
-        .into_iter()
-        .filter(|r| {
-            r.path.ends_with("/Messages.json")
-                && r.status < 300
-                && r.params.get("To").map(String::as_str) == Some(to)
-        })
-        .collect()
+    sandbox.messages_to(to)
 }
 
 async fn remediation(

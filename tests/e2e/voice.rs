@@ -27,8 +27,8 @@ use si_schemas::records::{
 use si_schemas::topics;
 use si_testkit::{StageProcess, TestEnv, free_port, spawn_ready, wait_for};
 use twilio_sandbox::{
-    CallRecord, GatherAnswer, InboundCall, InboundSms, RequestRecord, Sandbox, SandboxConfig,
-    SandboxHandle, Speaker,
+    CallRecord, GatherAnswer, InboundCall, InboundSms, Sandbox, SandboxConfig, SandboxHandle,
+    Speaker,
 };
 
 const SI_NUMBER: &str = "+14155550100";
@@ -185,13 +185,8 @@ fn voice_link_vars() -> Vec<(&'static str, &'static str)> {
 /// The texts the sandbox accepted for `user`, in order.
 fn sent_to(sandbox: &SandboxHandle, user: &str) -> Vec<String> {
     sandbox
-        .requests()
+        .messages_to(user)
         .into_iter()
-        .filter(|r: &RequestRecord| {
-            r.path.ends_with("/Messages.json")
-                && r.status < 300
-                && r.params.get("To").map(String::as_str) == Some(user)
-        })
         .filter_map(|r| r.params.get("Body").cloned())
         .collect()
 }

@@ -973,13 +973,13 @@ impl VoiceLinkProcessor {
             &[("{time}", &time), ("{zone}", &zone_name)],
             now,
         );
-        outputs.push(Self::scheduled_status(
+        outputs.push(Self::delivery_answer(
             now,
             &command.conversation_id,
             command_status_id(&command.command_id),
             DeliveryOutcome::Accepted,
-            format!("scheduled for {at}"),
-            due,
+            Some(format!("scheduled for {at}")),
+            Some(due),
         ));
         conversation.scheduled = Some(scheduled);
         self.save(state, conversation);
@@ -1156,13 +1156,13 @@ impl VoiceLinkProcessor {
             locale: scheduled.locale.clone(),
         });
         trim_calls(conversation);
-        let output = Self::scheduled_status(
+        let output = Self::delivery_answer(
             now,
             &conversation.conversation_id,
             scheduled_status_id(&scheduled.command_id),
             DeliveryOutcome::Failed,
-            format!("the scheduled call is {why}"),
-            scheduled.due_at,
+            Some(format!("the scheduled call is {why}")),
+            Some(scheduled.due_at),
         );
         Some((scheduled, output))
     }
@@ -1309,18 +1309,13 @@ impl VoiceLinkProcessor {
             DeliveryOutcome::Failed
         };
         let mut outputs: Vec<Output> = refusal.compliance.into_iter().collect();
-        let mut answer = DeliveryStatus::command_answer(
+        outputs.push(Self::delivery_answer(
+            now,
+            &command.conversation_id,
             status_id,
-            command.conversation_id.clone(),
             outcome,
             Some(refusal.reason),
-            now,
-        );
-        answer.scheduled_at = scheduled_at;
-        outputs.push(Output::new(
-            topics::DELIVERY,
-            command.conversation_id.clone(),
-            answer,
+            scheduled_at,
         ));
         outputs
     }
@@ -1333,37 +1328,35 @@ impl VoiceLinkProcessor {
         outcome: DeliveryOutcome,
         message: Option<String>,
     ) -> Output {
-        Output::new(
-            topics::DELIVERY,
-            command.conversation_id.clone(),
-            DeliveryStatus::command_answer(
-                command_status_id(&command.command_id),
-                command.conversation_id.clone(),
-                outcome,
-                message,
-                now,
-            ),
+        Self::delivery_answer(
+            now,
+            &command.conversation_id,
+            command_status_id(&command.command_id),
+            outcome,
+            message,
+            None,
         )
     }
 
-    /// A status on `twilio.delivery.v1` about a call scheduled for
-    /// `scheduled_at`: its answer, a new time, or why it will not be placed.
-    fn scheduled_status(
+    /// A status on `twilio.delivery.v1` for a command's issuer (and
+    /// lifecycle): an answer, or about a call scheduled for `scheduled_at`
+    /// (a new time, or why it will not be placed).
+    fn delivery_answer(
         now: i64,
         conversation_id: &str,
         status_id: String,
         outcome: DeliveryOutcome,
-        message: String,
-        scheduled_at: i64,
+        message: Option<String>,
+        scheduled_at: Option<i64>,
     ) -> Output {
         let mut status = DeliveryStatus::command_answer(
             status_id,
             conversation_id.to_owned(),
             outcome,
-            Some(message),
+            message,
             now,
         );
-        status.scheduled_at = Some(scheduled_at);
+        status.scheduled_at = scheduled_at;
         Output::new(topics::DELIVERY, conversation_id.to_owned(), status)
     }
 
@@ -1507,13 +1500,13 @@ impl Processor for VoiceLinkProcessor {
         });
         if due > now {
             // Put off again: the issuer and lifecycle learn the new time.
-            let output = Self::scheduled_status(
+            let output = Self::delivery_answer(
                 now,
                 &conversation.conversation_id,
                 format!("{ID_PREFIX}deferred-{}-{due}", scheduled.command_id),
                 DeliveryOutcome::Accepted,
-                "deferred to the end of the quiet window".to_owned(),
-                due,
+                Some("deferred to the end of the quiet window".to_owned()),
+                Some(due),
             );
             conversation.scheduled = Some(ScheduledCall {
                 due_at: due,

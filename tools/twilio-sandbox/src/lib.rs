@@ -369,6 +369,20 @@ impl SandboxHandle {
         self.shared.requests(None)
     }
 
+    /// The Programmable Messaging sends accepted for `to` (Twilio's `To`),
+    /// oldest first.
+    #[must_use]
+    pub fn messages_to(&self, to: &str) -> Vec<RequestRecord> {
+        self.requests()
+            .into_iter()
+            .filter(|r| {
+                r.path.ends_with("/Messages.json")
+                    && r.status < 300
+                    && r.params.get("To").map(String::as_str) == Some(to)
+            })
+            .collect()
+    }
+
     /// Operations Twilio would have performed more than once: for each
     /// `X-Si-Operation-Id` whose requests created or changed a resource (an
     /// answer with a SID, dropped answers included) more than once, how often.
