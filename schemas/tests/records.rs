@@ -1329,6 +1329,7 @@ fn voice_link_state_full() -> VoiceLinkState {
                 at: T0,
             }],
         }],
+        closed_at: Some(T0 + 9),
     }
 }
 
@@ -1346,6 +1347,7 @@ fn voice_link_state_min() -> VoiceLinkState {
         scheduled: None,
         calls: vec![],
         outbound: vec![],
+        closed_at: None,
     }
 }
 

@@ -14,7 +14,9 @@
 //! that order, all naming the conversation by its UniqueName.
 //!
 //! A call scheduled past the idle time (with voice-link running): no
-//! warning and no closure before it, which is placed at its time; a
+//! warning and no closure before it, which is placed at its time; the
+//! closure after it is on the events topic (Programmable Messaging has no
+//! Twilio state to report it), and a call asked for then is refused; a
 //! closure before a scheduled call's time cancels it.
 
 use std::time::Duration;
@@ -24,8 +26,8 @@ use std::collections::BTreeMap;
 
 use si_schemas::records::{
     ArchivalReason, ArchivalRequest, Channel, Command, CommandKind, ComplianceEvent,
-    ComplianceEventKind, ComplianceSource, ConsentState, ConsentStatus, DeliveryOutcome,
-    DeliveryStatus, InboundMessage,
+    ComplianceEventKind, ComplianceSource, ConsentState, ConsentStatus, ConversationEvent,
+    ConversationState, DeliveryOutcome, DeliveryStatus, InboundMessage,
 };
 use si_schemas::topics;
 use si_testkit::{StageProcess, TestEnv, free_port, wait_for};
@@ -199,17 +201,17 @@ const OPTED_OUT: &str = "+14155550125";
 
 fn start(command_id: &str, conversation: &str, to: &str, text: &str) -> Command {
     Command {
-        command_id: command_id.into(),
-        conversation_id: conversation.into(),
         session_id: Some(format!("session-{conversation}")),
-        kind: CommandKind::StartConversation,
         address: Some(to.into()),
         channel: Some(Channel::Sms),
-        locale: None,
-        reason: None,
-        issued_by: "e2e".into(),
-        issued_at: 0,
         params: BTreeMap::from([("text".to_owned(), text.to_owned())]),
+        ..Command::new(
+            CommandKind::StartConversation,
+            command_id,
+            conversation,
+            "e2e",
+            0,
+        )
     }
 }
 
@@ -477,20 +479,11 @@ fn voice_command(
     params: &[(&str, String)],
 ) -> Command {
     Command {
-        command_id: id.into(),
-        conversation_id: conversation.into(),
-        session_id: None,
-        kind,
-        address: None,
-        channel: None,
-        locale: None,
-        reason: None,
-        issued_by: "e2e".into(),
-        issued_at: 0,
         params: params
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect(),
+        ..Command::new(kind, id, conversation, "e2e", 0)
     }
 }
 
@@ -556,6 +549,41 @@ async fn a_scheduled_call_keeps_its_conversation_open_and_a_closure_cancels_one(
             .then_some(()))
     })
     .await?;
+    // No Twilio state reports a Programmable Messaging closure: lifecycle's
+    // event does, and voice-link then refuses a call.
+    let ended = env
+        .find::<ConversationEvent>(topics::CONVERSATION_EVENTS, DEADLINE, |e| {
+            e.conversation_id == waiting
+                && e.state_change
+                    .as_ref()
+                    .is_some_and(|s| s.state_to == ConversationState::Closed)
+        })
+        .await?;
+    assert!(
+        ended.event_id.starts_with("lifecycle-closed-"),
+        "{ended:#?}"
+    );
+    let asked = env
+        .find::<InboundMessage>(topics::INBOUND, DEADLINE, |m| m.text == "Call me in a bit")
+        .await?;
+    assert_eq!(ended.session_id, asked.session_id);
+    let again = voice_command(CommandKind::EscalateToVoice, "esc-after", &waiting, &[]);
+    env.produce(topics::COMMANDS, &waiting, &again).await?;
+    let refused = env
+        .find::<DeliveryStatus>(topics::DELIVERY, DEADLINE, |d| {
+            d.operation_id == "voice-command-esc-after"
+        })
+        .await?;
+    assert_eq!(refused.outcome, DeliveryOutcome::Failed);
+    assert_eq!(
+        refused.error_message.as_deref(),
+        Some("the conversation is closed")
+    );
+    assert_eq!(
+        sandbox.calls().iter().filter(|c| c.to == WAITING).count(),
+        1,
+        "no call after the closure"
+    );
 
     // Closed before its scheduled call's time: the call is cancelled.
     say_as(&sandbox, CLOSING, "Call me later").await?;

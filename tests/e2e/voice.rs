@@ -122,19 +122,10 @@ impl Pipeline {
         at: Option<String>,
     ) -> anyhow::Result<()> {
         let command = Command {
-            command_id: id.into(),
-            conversation_id: conversation.into(),
-            session_id: None,
-            kind,
-            address: None,
-            channel: None,
-            locale: None,
-            reason: None,
-            issued_by: "e2e".into(),
-            issued_at: 0,
             params: at
                 .map(|at| BTreeMap::from([("at".to_owned(), at)]))
                 .unwrap_or_default(),
+            ..Command::new(kind, id, conversation, "e2e", 0)
         };
         self.env
             .produce(topics::COMMANDS, conversation, &command)

@@ -5,8 +5,7 @@
 
 use si_runtime::processor::Output;
 use si_schemas::records::{
-    ComplianceEvent, ComplianceRecordRef, ConversationEvent, ConversationEventType, EventSource,
-    LocaleSource,
+    ComplianceEvent, ComplianceRecordRef, ConversationEvent, ConversationEventType,
 };
 use si_schemas::topics;
 
@@ -43,34 +42,20 @@ pub fn recorded(event: &ComplianceEvent, session_id: &str, now: i64) -> Option<O
     let conversation_id = event.conversation_id.clone().filter(|c| !c.is_empty())?;
     let id = format!("{RECORDED_EVENT_PREFIX}{}", event.event_id);
     let record = ConversationEvent {
-        event_id: id.clone(),
-        conversation_id: conversation_id.clone(),
-        session_id: session_id.to_owned(),
-        event_type: ConversationEventType::ComplianceRecorded,
         channel: event.channel,
-        source: EventSource::Unknown,
         occurred_at: event.at,
-        received_at: now,
-        participant: None,
         locale: event.locale.clone().unwrap_or_default(),
-        locale_source: LocaleSource::Unknown,
-        account_sid: None,
-        webhook_id: String::new(),
-        dedup_key: id,
-        traceparent: None,
-        compliance: None,
-        message: None,
-        delivery: None,
-        participant_change: None,
-        state_change: None,
-        call: None,
-        recording: None,
-        transcription: None,
         compliance_record: Some(ComplianceRecordRef {
             event_id: event.event_id.clone(),
             kind: event.kind.as_str().to_owned(),
         }),
-        media_stored: None,
+        ..ConversationEvent::adapter(
+            id,
+            &conversation_id,
+            session_id,
+            ConversationEventType::ComplianceRecorded,
+            now,
+        )
     };
     Some(Output::new(
         topics::CONVERSATION_EVENTS,

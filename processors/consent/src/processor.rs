@@ -16,8 +16,8 @@ use si_runtime::state::StateStore;
 use si_schemas::records::{
     Channel, ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentProcessorState,
     ConsentProcessorStateKind, ConsentState, ConsentStatus, ConversationContact, ConversationEvent,
-    ConversationEventType, DeliveryOutcome, DeliveryStatus, EventSource, InboundMessage,
-    InboundPurpose, OperationKind, OutboundOperation,
+    ConversationEventType, DeliveryOutcome, DeliveryStatus, InboundMessage, InboundPurpose,
+    OperationKind, OutboundOperation, PM_CONVERSATION_PREFIX,
 };
 use si_schemas::{Codec, CodecError, topics};
 use si_segment::{Response, SegmentConfig, Timing, plan};
@@ -340,14 +340,6 @@ pub fn contact_key(conversation_id: &str) -> String {
     format!("c|{conversation_id}")
 }
 
-/// Whether the event's conversation is on Programmable Messaging (not
-/// Conversations): normalize's `pm-` ids, and conversations Si started in
-/// messaging mode (lifecycle's ids, the user's messages reported by the
-/// Messaging API), as segment tells them.
-fn programmable_messaging(event: &ConversationEvent) -> bool {
-    event.conversation_id.starts_with("pm-") || event.source == EventSource::Messaging
-}
-
 impl ConsentProcessor {
     /// A processor over `gate` (the adapter's and the registry's consent tables).
     #[must_use]
@@ -514,7 +506,7 @@ impl ConsentProcessor {
                 };
             }
         };
-        let programmable_messaging = programmable_messaging(event);
+        let programmable_messaging = event.is_programmable_messaging();
         let kind = if programmable_messaging {
             OperationKind::SendMessage
         } else {
@@ -764,7 +756,7 @@ impl ConsentProcessor {
                 scope: self.scope_for(
                     channel,
                     &event.conversation_id,
-                    programmable_messaging(event),
+                    event.is_programmable_messaging(),
                     contact.proxy_address.as_deref(),
                 ),
                 address: contact.address.clone(),
@@ -855,7 +847,7 @@ impl ConsentProcessor {
             scope: self.scope_for(
                 channel,
                 &event.conversation_id,
-                programmable_messaging(event),
+                event.is_programmable_messaging(),
                 participant.proxy_address.as_deref(),
             ),
             address,
@@ -1237,7 +1229,7 @@ impl ConsentProcessor {
                 contact.channel,
                 &delivery.conversation_id,
                 // The refused send was a Programmable Messaging one.
-                delivery.conversation_id.starts_with("pm-")
+                delivery.conversation_id.starts_with(PM_CONVERSATION_PREFIX)
                     || delivery.kind == Some(OperationKind::SendMessage),
                 contact.proxy_address.as_deref(),
             ),

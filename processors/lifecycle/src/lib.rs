@@ -13,8 +13,9 @@
 //! segment applies the consent gate, channel limits and the WhatsApp window
 //! as for any reply), summary requests on `si.inbound.v1`, the Twilio close on
 //! `twilio.outbound.v1`, the directory entry deactivated on
-//! `si.participants.v1`, and one archival request per closure on
-//! `si.archival.v1`.
+//! `si.participants.v1`, the closure of a Programmable Messaging
+//! conversation on `si.conversation.events.v1`, and one archival request per
+//! closure on `si.archival.v1`.
 //!
 //! One state entry per open conversation (`conv|<id>`, changelog
 //! `si.lifecycle.state.v1`); its timer is the next thing due:
@@ -40,8 +41,9 @@
 //! The first delivery status of the closing message (or `CLOSING_GRACE`) ends
 //! the conversation: `CLOSE_CONVERSATION` at Twilio for Conversations (with
 //! segment's sender key, so it queues behind the closing message's parts),
-//! the participant directory entry set inactive, the archival request, the
-//! state deleted. Twilio closing a conversation itself archives it
+//! the participant directory entry set inactive, for Programmable Messaging
+//! a `CONVERSATION_STATE_CHANGED` to `CLOSED` on `si.conversation.events.v1`
+//! (no Twilio state reports it), the archival request, the state deleted. Twilio closing a conversation itself archives it
 //! (`TWILIO_CLOSED`) without a closing message. The first message of a
 //! conversation whose user came back after a closure (the participant
 //! directory, read as a global table, holds the closed conversation for the

@@ -17,17 +17,14 @@ use si_schemas::records::{
     ArchivalReason, ArchivalRequest, CallEvent, Channel, CognitionResponse, Command, CommandKind,
     ConversationEvent, ConversationEventType, ConversationState, DeliveryOutcome, DeliveryStatus,
     EventSource, IdentityRecord, InboundMessage, InboundPurpose, LifecyclePhase, LifecycleState,
-    OperationKind, OutboundOperation, ParticipantBinding, ResponsePurpose, TranscriptEntry,
+    OperationKind, OutboundOperation, PM_CONVERSATION_PREFIX, ParticipantBinding, ResponsePurpose,
+    StateChange, TranscriptEntry,
 };
 use si_schemas::{Codec, CodecError, topics};
 
 /// Prefix of every id lifecycle makes (responses, summary requests,
 /// operations): lifecycle recognises its own responses on `si.responses.v1` by it.
 pub const ID_PREFIX: &str = "lifecycle-";
-
-/// Conversation ids of Programmable Messaging conversations start with this
-/// (normalize derives them); the others are Twilio Conversations.
-pub const PM_PREFIX: &str = "pm-";
 
 /// `Command::params` key of a summary the issuer of `CLOSE_CONVERSATION` already has.
 pub const SUMMARY_PARAM: &str = "summary";
@@ -288,6 +285,13 @@ pub fn close_operation_id(conversation_id: &str, opened_at: i64) -> String {
     format!("{ID_PREFIX}close-{conversation_id}-{opened_at}")
 }
 
+/// The id of the CLOSED event lifecycle writes for a Programmable Messaging
+/// conversation (Twilio reports a Conversations one's closure itself).
+#[must_use]
+pub fn closed_event_id(conversation_id: &str, opened_at: i64) -> String {
+    format!("{ID_PREFIX}closed-{conversation_id}-{opened_at}")
+}
+
 /// The archival request id.
 #[must_use]
 pub fn archival_id(conversation_id: &str, opened_at: i64) -> String {
@@ -467,8 +471,12 @@ impl LifecycleProcessor {
                     .is_some_and(|s| s.state_to == ConversationState::Closed);
                 match existing {
                     // Closed at Twilio (its timer, the console, the API): nothing
-                    // can be sent any more; archive and forget.
-                    Some(mut conversation) if closed => {
+                    // can be sent any more; archive and forget. lifecycle's own
+                    // CLOSED event of a Programmable Messaging conversation
+                    // comes back after its state is gone, unless the user
+                    // wrote in it again meanwhile (normalize had not yet read
+                    // the directory's closed entry): that opened it again.
+                    Some(mut conversation) if closed && !event.event_id.starts_with(ID_PREFIX) => {
                         conversation.close_reason = Some(ArchivalReason::TwilioClosed);
                         Ok(self.finish(ctx.timestamp_ms, conversation, false, state))
                     }
@@ -512,8 +520,7 @@ impl LifecycleProcessor {
             first_sequence: None,
             last_sequence: None,
             media: Vec::new(),
-            programmable_messaging: event.conversation_id.starts_with(PM_PREFIX)
-                || event.source == EventSource::Messaging,
+            programmable_messaging: event.is_programmable_messaging(),
             opening_text: None,
             conversation_sid: None,
             active_call_sid: None,
@@ -993,7 +1000,9 @@ impl LifecycleProcessor {
         let reason = conversation.close_reason.unwrap_or(ArchivalReason::Unknown);
         let mut outputs = Vec::new();
         let messaging = conversation.programmable_messaging
-            || conversation.conversation_id.starts_with(PM_PREFIX);
+            || conversation
+                .conversation_id
+                .starts_with(PM_CONVERSATION_PREFIX);
         if let Some(call_sid) = conversation.active_call_sid.as_deref() {
             match self.end_call_operation(now, &conversation, call_sid) {
                 Some(op) => outputs.push(Output::new(topics::OUTBOUND, op.sender_key.clone(), op)),
@@ -1035,6 +1044,9 @@ impl LifecycleProcessor {
                 ));
             }
         }
+        if messaging {
+            outputs.push(Self::closed_event(now, &conversation, reason));
+        }
         let request = ArchivalRequest {
             request_id: archival_id(&conversation.conversation_id, conversation.opened_at),
             conversation_id: conversation.conversation_id.clone(),
@@ -1068,6 +1080,36 @@ impl LifecycleProcessor {
             "conversation closed and archived"
         );
         outputs
+    }
+
+    /// The CLOSED event of a Programmable Messaging conversation, which has no
+    /// state at Twilio to report it: session orchestration, segment and
+    /// voice-link learn of the closure on the conversation's own partition
+    /// (voice-link cancels a call scheduled for later, and refuses one asked
+    /// for after).
+    fn closed_event(now: i64, c: &LifecycleState, reason: ArchivalReason) -> Output {
+        let event = ConversationEvent {
+            channel: c.channel,
+            source: EventSource::Messaging,
+            locale: c.locale.clone(),
+            state_change: Some(StateChange {
+                state_from: None,
+                state_to: ConversationState::Closed,
+                reason: Some(reason.as_str().to_owned()),
+            }),
+            ..ConversationEvent::adapter(
+                closed_event_id(&c.conversation_id, c.opened_at),
+                &c.conversation_id,
+                &c.session_id,
+                ConversationEventType::ConversationStateChanged,
+                now,
+            )
+        };
+        Output::new(
+            topics::CONVERSATION_EVENTS,
+            c.conversation_id.clone(),
+            event,
+        )
     }
 
     /// The `CLOSE_CONVERSATION` operation, sent with the sender key segment

@@ -106,19 +106,11 @@ fn response(
 
 fn close_command(conv: &str, reason: Option<&str>, summary: Option<&str>) -> Command {
     Command {
-        command_id: "cmd-1".into(),
-        conversation_id: conv.into(),
-        session_id: None,
-        kind: CommandKind::CloseConversation,
-        address: None,
-        channel: None,
-        locale: None,
         reason: reason.map(str::to_owned),
-        issued_by: "test".into(),
-        issued_at: 0,
         params: summary
             .map(|s| BTreeMap::from([(SUMMARY_PARAM.to_owned(), s.to_owned())]))
             .unwrap_or_default(),
+        ..Command::new(CommandKind::CloseConversation, "cmd-1", conv, "test", 0)
     }
 }
 
@@ -338,6 +330,8 @@ fn a_quiet_conversation_is_warned_once_then_closed_with_the_summary_and_archived
     assert_eq!(bindings.len(), 1);
     assert!(!bindings[0].active);
     assert_eq!(bindings[0].key(), format!("sms:{USER}|{OURS}"));
+    // Twilio reports the closure of a Conversations conversation itself.
+    assert!(only::<ConversationEvent>(&done, topics::CONVERSATION_EVENTS).is_empty());
     let archived = only::<ArchivalRequest>(&done, topics::ARCHIVAL);
     assert_eq!(archived.len(), 1);
     let a = archived[0];
@@ -494,7 +488,7 @@ fn a_close_command_without_a_summary_asks_for_one_and_a_reply_does_not_cancel_it
 }
 
 #[test]
-fn programmable_messaging_conversations_are_not_closed_at_twilio() {
+fn programmable_messaging_conversations_are_not_closed_at_twilio_but_by_a_closed_event() {
     let mut h = Harness::new(settings());
     let pm = "pm-0123456789abcdef";
     h.event(message(pm, T0, Vec::new()), T0);
@@ -503,8 +497,27 @@ fn programmable_messaging_conversations_are_not_closed_at_twilio() {
     let done = h.deliver(delivery(pm, &closing_id(pm, T0)), T0 + 2);
     assert!(only::<OutboundOperation>(&done, topics::OUTBOUND).is_empty());
     assert_eq!(only::<ArchivalRequest>(&done, topics::ARCHIVAL).len(), 1);
-    // The same id opens a fresh conversation afterwards, with its own ids.
+    // No Twilio state reports the closure: lifecycle's event does, on the
+    // conversation's own partition.
+    let closed = only::<ConversationEvent>(&done, topics::CONVERSATION_EVENTS);
+    assert_eq!(closed.len(), 1, "{done:?}");
+    let closed = closed[0].clone();
+    assert_eq!(closed.event_id, closed_event_id(pm, T0));
+    assert_eq!(closed.conversation_id, pm);
+    assert_eq!(closed.session_id, format!("session-{pm}"));
+    assert_eq!(
+        closed.event_type,
+        ConversationEventType::ConversationStateChanged
+    );
+    assert_eq!(closed.source, EventSource::Messaging);
+    let change = closed.state_change.clone().unwrap();
+    assert_eq!(change.state_to, ConversationState::Closed);
+    assert_eq!(change.reason.as_deref(), Some("COMMAND"));
+    // The same id opens a fresh conversation afterwards, with its own ids
+    // (the user wrote before normalize read the directory's closed entry);
+    // the closed event read back later does not close it.
     h.event(message(pm, T0 + 10, Vec::new()), T0 + 10);
+    assert!(h.event(closed, T0 + 11).is_empty());
     assert_eq!(h.conversation(pm).unwrap().opened_at, T0 + 10);
     assert_ne!(archival_id(pm, T0), archival_id(pm, T0 + 10));
 }
@@ -679,20 +692,20 @@ const NEW: &str = "outreach-0001";
 
 fn start_command(params: &[(&str, &str)], address: Option<&str>) -> Command {
     Command {
-        command_id: "start-1".into(),
-        conversation_id: NEW.into(),
         session_id: Some("session-new".into()),
-        kind: CommandKind::StartConversation,
         address: address.map(str::to_owned),
         channel: Some(Channel::Sms),
-        locale: None,
-        reason: None,
-        issued_by: "session-orchestration".into(),
-        issued_at: 0,
         params: params
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
+        ..Command::new(
+            CommandKind::StartConversation,
+            "start-1",
+            NEW,
+            "session-orchestration",
+            0,
+        )
     }
 }
 

@@ -569,18 +569,12 @@ fn start_events(start: &Start<'_>, messaging: bool) -> [Output; 2] {
     let event = |step: &str, event_type, state_change| {
         let id = format!("{START_EVENT_PREFIX}{step}-{}", command.command_id);
         let event = ConversationEvent {
-            event_id: id.clone(),
-            conversation_id: start.id.to_owned(),
-            session_id: start.session_id.clone(),
-            event_type,
             channel: start.channel,
             source: if messaging {
                 EventSource::Messaging
             } else {
                 EventSource::Conversations
             },
-            occurred_at: start.now,
-            received_at: start.now,
             participant: Some(participant.clone()),
             locale: start.locale.clone(),
             locale_source: if command.locale.is_some() {
@@ -588,20 +582,8 @@ fn start_events(start: &Start<'_>, messaging: bool) -> [Output; 2] {
             } else {
                 LocaleSource::Identity
             },
-            account_sid: None,
-            webhook_id: String::new(),
-            dedup_key: id,
-            traceparent: None,
-            compliance: None,
-            message: None,
-            delivery: None,
-            participant_change: None,
             state_change,
-            call: None,
-            recording: None,
-            transcription: None,
-            compliance_record: None,
-            media_stored: None,
+            ..ConversationEvent::adapter(id, start.id, &start.session_id, event_type, start.now)
         };
         Output::new(topics::CONVERSATION_EVENTS, start.id.to_owned(), event)
     };

@@ -176,37 +176,29 @@ pub fn media_stored_event(
     items: Vec<StoredMedia>,
 ) -> ConversationEvent {
     let dedup_key = format!("media|{}", job.dedup_key);
+    let event_id = media_event_id(&dedup_key);
     ConversationEvent {
-        event_id: media_event_id(&dedup_key),
-        conversation_id: conversation_id.to_owned(),
-        session_id: job.session_id.clone(),
-        event_type: ConversationEventType::MediaStored,
+        dedup_key,
         channel: job.channel,
         source: symbol_or_default::<EventSource>(&job.source),
-        occurred_at: job.occurred_at,
         received_at: job.received_at,
-        participant: None,
         locale: job.locale.clone(),
         locale_source: symbol_or_default::<LocaleSource>(&job.locale_source),
         account_sid: job.account_sid.clone(),
         webhook_id: job.webhook_id.clone(),
-        dedup_key,
-        traceparent: None,
-        compliance: None,
-        message: None,
-        delivery: None,
-        participant_change: None,
-        state_change: None,
-        call: None,
-        recording: None,
-        transcription: None,
-        compliance_record: None,
         media_stored: Some(MediaStored {
             source_event_id: job.source_event_id.clone(),
             source_sid: job.source_sid.clone(),
             call_sid: job.call_sid.clone(),
             items,
         }),
+        ..ConversationEvent::adapter(
+            event_id,
+            conversation_id,
+            &job.session_id,
+            ConversationEventType::MediaStored,
+            job.occurred_at,
+        )
     }
 }
 

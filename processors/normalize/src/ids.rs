@@ -14,6 +14,7 @@
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use si_schemas::records::PM_CONVERSATION_PREFIX;
 
 fn uuid_of(domain: &str, value: &str) -> String {
     let mut hasher = Sha256::new();
@@ -93,7 +94,10 @@ impl AddressHasher {
     /// conversation in the participant directory.
     #[must_use]
     pub fn messaging_conversation(&self, channel: &str, user: &str, proxy: &str) -> String {
-        format!("pm-{}", self.hex(&["pm", channel, user, proxy]))
+        format!(
+            "{PM_CONVERSATION_PREFIX}{}",
+            self.hex(&["pm", channel, user, proxy])
+        )
     }
 
     /// The conversation id of a Programmable Messaging pair whose previous
@@ -108,7 +112,10 @@ impl AddressHasher {
         closed_at: i64,
     ) -> String {
         let epoch = closed_at.to_string();
-        format!("pm-{}", self.hex(&["pm", channel, user, proxy, &epoch]))
+        format!(
+            "{PM_CONVERSATION_PREFIX}{}",
+            self.hex(&["pm", channel, user, proxy, &epoch])
+        )
     }
 }
 

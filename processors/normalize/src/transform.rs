@@ -14,8 +14,8 @@ use si_schemas::records::{
     BoundParticipant, CallEvent, Channel, ConversationBinding, ConversationEvent,
     ConversationEventType, ConversationState, DeliveryState, DeliveryUpdate, EventSource,
     IdentityRecord, LocaleSource, Location, MediaRef, MessageReceived, NormalizeState,
-    NormalizeStateKind, Participant, ParticipantBinding, ParticipantChange, RecordingAvailable,
-    SeenEvent, StateChange, TranscriptionEvent, TwilioWebhook, WebhookRoute,
+    NormalizeStateKind, PM_CONVERSATION_PREFIX, Participant, ParticipantBinding, ParticipantChange,
+    RecordingAvailable, SeenEvent, StateChange, TranscriptionEvent, TwilioWebhook, WebhookRoute,
 };
 use si_schemas::topics;
 
@@ -641,7 +641,7 @@ impl Normalizer {
             // Lifecycle closed the pair's previous conversation (and marked the
             // binding inactive): the next message starts a new conversation,
             // with a new id and so a new session.
-            Some(closed) if closed.conversation_id.starts_with("pm-") => self
+            Some(closed) if closed.conversation_id.starts_with(PM_CONVERSATION_PREFIX) => self
                 .settings
                 .hasher
                 .messaging_conversation_after(channel, user, proxy, closed.updated_at),

@@ -11,8 +11,9 @@
 //!   event): its user participants on a text channel (SMS, WhatsApp, chat) with
 //!   their address, our address they talk to (proxy address), locale and the
 //!   time of their last inbound message (`MESSAGE_RECEIVED.occurred_at`, the
-//!   start of the WhatsApp window), and whether Twilio closed it. Events write
-//!   nothing else.
+//!   start of the WhatsApp window), and whether it is closed (Twilio closed
+//!   it, or lifecycle closed a Programmable Messaging one and its user has not
+//!   written in it since). Events write nothing else.
 //! - A response (`Segmenter::on_response`) is turned into one
 //!   [`OutboundOperation`] per part ([`crate::plan`]), in order, keyed by the
 //!   sender key, or blocked by the consent gate, or dead-lettered.
@@ -42,8 +43,8 @@ use si_schemas::records::{
     Channel, CognitionResponse, ComplianceEvent, ComplianceEventKind, ComplianceSource,
     ConsentState, ConsentStatus, ConversationEvent, ConversationEventType, ConversationState,
     DeadLetter, DeadLetterErrorKind, DeliveryStatus, EventSource, OperationKind, OutboundOperation,
-    PRIORITY_PARAM, Priority, ResponsePurpose, SeenResponse, SegmentConversation,
-    SegmentParticipant, SegmentPending, SegmentState, SegmentStateKind,
+    PM_CONVERSATION_PREFIX, PRIORITY_PARAM, Priority, ResponsePurpose, SeenResponse,
+    SegmentConversation, SegmentParticipant, SegmentPending, SegmentState, SegmentStateKind,
 };
 use si_schemas::{Codec, CodecError, Registry, topics};
 use tokio_util::sync::CancellationToken;
@@ -60,10 +61,6 @@ pub use channel_metrics::final_status;
 /// The stage name: consumer group `si-segment`, transactional ids
 /// `si-segment-<POD_NAME>`.
 pub const STAGE: &str = "segment";
-
-/// Conversation ids of Programmable Messaging start with this (normalize
-/// derives them); every other conversation is a Twilio Conversation.
-pub const PM_PREFIX: &str = "pm-";
 
 /// Settings of the stage itself (the segmentation settings are [`SegmentArgs`]).
 #[derive(Debug, Clone, Args)]
@@ -550,6 +547,10 @@ impl Segmenter {
         if event.source == EventSource::Messaging {
             conversation.programmable_messaging = true;
         }
+        let reopened = conversation.closed && event.reopens();
+        if reopened {
+            conversation.closed = false;
+        }
         let relevant = match event.event_type {
             ConversationEventType::MessageReceived => {
                 let Some(p) = text_participant(event) else {
@@ -585,7 +586,9 @@ impl Segmenter {
             }
             ConversationEventType::ConversationStarted
             | ConversationEventType::ConversationStateChanged => {
-                // CLOSED is final at Twilio (a new conversation gets a new SID).
+                // CLOSED is final at Twilio (a new conversation gets a new
+                // SID); lifecycle's CLOSED of a Programmable Messaging one
+                // lasts until the user writes in it again.
                 let closing = event
                     .state_change
                     .as_ref()
@@ -593,7 +596,7 @@ impl Segmenter {
                 if closing {
                     conversation.closed = true;
                 }
-                closing && existing.is_some()
+                (closing || reopened) && existing.is_some()
             }
             _ => false,
         };
@@ -755,7 +758,7 @@ impl Segmenter {
         if conversation.closed {
             self.metrics.outcome("closed_conversation");
             return Err(ProcessError::Failed(format!(
-                "conversation {} is closed at Twilio: nothing can be sent to it",
+                "conversation {} is closed: nothing can be sent to it",
                 response.conversation_id
             )));
         }
@@ -1032,7 +1035,8 @@ impl Segmenter {
                  address seen) and MESSAGING_SERVICE_SID is not set"
             ))
         };
-        let pm = conversation_id.starts_with(PM_PREFIX) || conversation.programmable_messaging;
+        let pm = conversation_id.starts_with(PM_CONVERSATION_PREFIX)
+            || conversation.programmable_messaging;
         // One sender identity per number, as consent's replies use.
         let find_sender = || {
             si_consent_gate::sender(
@@ -1872,7 +1876,26 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_conversation_gets_nothing() {
+    fn a_closed_conversation_gets_nothing_until_a_messaging_user_writes_again() {
+        let closed = |conversation: &str, source, at| ConversationEvent {
+            source,
+            state_change: Some(StateChange {
+                state_from: None,
+                state_to: ConversationState::Closed,
+                reason: None,
+            }),
+            ..event(
+                conversation,
+                ConversationEventType::ConversationStateChanged,
+                None,
+                at,
+            )
+        };
+        let refused = |h: &mut Harness, id: &str, conversation: &str, at| {
+            let err = h.respond(response(id, conversation, "Hi"), at).unwrap_err();
+            assert!(matches!(err, ProcessError::Failed(m) if m.contains("is closed")));
+        };
+        // Closed at Twilio: final, whatever comes late.
         let mut h = Harness::new();
         let mut joined = event(
             CH,
@@ -1882,20 +1905,22 @@ mod tests {
         );
         joined.source = EventSource::Conversations;
         h.event(joined);
-        let mut closed = event(
-            CH,
-            ConversationEventType::ConversationStateChanged,
-            None,
-            T0 + 1,
-        );
-        closed.state_change = Some(StateChange {
-            state_from: Some(ConversationState::Active),
-            state_to: ConversationState::Closed,
-            reason: None,
-        });
-        h.event(closed);
-        let err = h.respond(response("r-1", CH, "Hi"), T0 + 2).unwrap_err();
-        assert!(matches!(err, ProcessError::Failed(m) if m.contains("closed")));
+        h.event(closed(CH, EventSource::Conversations, T0 + 1));
+        refused(&mut h, "r-1", CH, T0 + 2);
+        let mut late = inbound(CH, Channel::Sms, T0 + 3);
+        late.source = EventSource::Conversations;
+        h.event(late);
+        refused(&mut h, "r-2", CH, T0 + 4);
+        assert_eq!(h.outcome("closed_conversation"), 2);
+
+        // Programmable Messaging, closed by lifecycle: open again once the
+        // user writes in it (lifecycle opens it again too).
+        let pm = "pm-1";
+        h.event(inbound(pm, Channel::Sms, T0));
+        h.event(closed(pm, EventSource::Messaging, T0 + 1));
+        refused(&mut h, "r-3", pm, T0 + 2);
+        h.event(inbound(pm, Channel::Sms, T0 + 3));
+        assert_eq!(h.ops(response("r-4", pm, "Welcome back"), T0 + 4).len(), 1);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //!
 //! Inputs (co-partitioned, keyed by conversation id):
 //! `si.conversation.events.v1` (messages, call status, the caller's
-//! recording answer, recordings, transcribed utterances, Twilio closing the
-//! conversation), `si.commands.v1` (`ESCALATE_TO_VOICE`, `END_CALL`, and
+//! recording answer, recordings, transcribed utterances, Twilio or
+//! lifecycle closing the conversation), `si.commands.v1` (`ESCALATE_TO_VOICE`, `END_CALL`, and
 //! lifecycle's `CLOSE_CONVERSATION`) and
 //! `twilio.delivery.v1` (egress's outcomes: the Call SID of a placed call,
 //! the text of every message Twilio accepted). Outputs: `CREATE_CALL` and
@@ -34,10 +34,12 @@
 //! the live call (`END_CALL` operation) or cancels a scheduled one. The
 //! answer to a scheduled call carries its time (`scheduled_at`, which keeps
 //! lifecycle from closing the conversation before it), a timer put off
-//! again says the new time, and a closure (`CLOSE_CONVERSATION`, or Twilio
-//! closing the conversation) cancels it; a scheduled call that will not take
-//! place is a FAILED status `voice-scheduled-<command_id>` with the time it
-//! had. A call may be asked for at most [`processor::LONGEST_AHEAD`] ahead.
+//! again says the new time, and a closure (`CLOSE_CONVERSATION`, Twilio
+//! closing the conversation, or lifecycle's `CLOSED` event of a Programmable
+//! Messaging one) cancels it; a scheduled call that will not take place is a
+//! FAILED status `voice-scheduled-<command_id>` with the time it had. After
+//! a closure an escalation is refused, until the user writes again in a
+//! Programmable Messaging conversation ([`si_schemas::records::ConversationEvent::reopens`]). A call may be asked for at most [`processor::LONGEST_AHEAD`] ahead.
 //!
 //! **Recording consent.** The disclosure played (the answer webhook), the
 //! caller's answer (normalize reads it as ingress does) and the outcome

@@ -330,6 +330,9 @@ impl VoiceLinkProcessor {
             .unwrap_or_else(|| new_conversation(event, now));
         learn(&mut conversation, event);
         conversation.last_activity_at = now;
+        if event.reopens() {
+            conversation.closed_at = None;
+        }
         let mut outputs = Vec::new();
         match event.event_type {
             ConversationEventType::MessageReceived => {
@@ -418,12 +421,15 @@ impl VoiceLinkProcessor {
                     .as_ref()
                     .is_some_and(|s| s.state_to == ConversationState::Closed) =>
             {
-                if let Some((_, cancelled)) = self.cancel_scheduled(
-                    now,
-                    &mut conversation,
-                    "cancelled: the conversation was closed at Twilio",
-                    state,
-                ) {
+                conversation.closed_at.get_or_insert(now);
+                let why = if event.is_programmable_messaging() {
+                    "cancelled: the conversation was closed"
+                } else {
+                    "cancelled: the conversation was closed at Twilio"
+                };
+                if let Some((_, cancelled)) =
+                    self.cancel_scheduled(now, &mut conversation, why, state)
+                {
                     outputs.push(cancelled);
                 }
             }
@@ -832,6 +838,17 @@ impl VoiceLinkProcessor {
         if seen {
             return Ok(Vec::new()); // a re-sent command
         }
+        if conversation.closed_at.is_some() {
+            return Ok(self.refuse(
+                now,
+                command,
+                Refusal {
+                    outcome: "refused",
+                    reason: "the conversation is closed".into(),
+                    compliance: None,
+                },
+            ));
+        }
         if conversation
             .calls
             .iter()
@@ -1179,11 +1196,10 @@ impl VoiceLinkProcessor {
         let Some(mut conversation) = state.get(&conversation_key(conversation_id)).cloned() else {
             return Vec::new();
         };
-        let Some((_, cancelled)) = self.cancel_scheduled(now, &mut conversation, why, state) else {
-            return Vec::new();
-        };
+        conversation.closed_at.get_or_insert(now);
+        let cancelled = self.cancel_scheduled(now, &mut conversation, why, state);
         self.save(state, conversation);
-        vec![cancelled]
+        cancelled.map(|(_, output)| output).into_iter().collect()
     }
 
     fn on_end_call(
@@ -1517,17 +1533,15 @@ impl Processor for VoiceLinkProcessor {
             return Ok(vec![output]);
         }
         let command = Command {
-            command_id: scheduled.command_id.clone(),
-            conversation_id: conversation.conversation_id.clone(),
-            session_id: None,
-            kind: CommandKind::EscalateToVoice,
             address: Some(scheduled.to.clone()),
-            channel: None,
             locale: Some(scheduled.locale.clone()),
-            reason: None,
-            issued_by: "voice-link".to_owned(),
-            issued_at: scheduled.requested_at,
-            params: BTreeMap::new(),
+            ..Command::new(
+                CommandKind::EscalateToVoice,
+                &scheduled.command_id,
+                &conversation.conversation_id,
+                "voice-link",
+                scheduled.requested_at,
+            )
         };
         if let Some(refusal) = self.consent_refusal(
             now,
@@ -1569,6 +1583,7 @@ fn new_conversation(event: &ConversationEvent, now: i64) -> VoiceLinkState {
         scheduled: None,
         calls: Vec::new(),
         outbound: Vec::new(),
+        closed_at: None,
     }
 }
 

@@ -111,20 +111,11 @@ fn call(
 
 fn command(id: &str, kind: CommandKind, params: &[(&str, &str)]) -> Command {
     Command {
-        command_id: id.into(),
-        conversation_id: CH.into(),
-        session_id: None,
-        kind,
-        address: None,
-        channel: None,
-        locale: None,
-        reason: None,
-        issued_by: "test".into(),
-        issued_at: T0,
         params: params
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
+        ..Command::new(kind, id, CH, "test", T0)
     }
 }
 
@@ -1091,4 +1082,83 @@ fn a_call_asked_for_more_than_a_week_ahead_is_refused() {
             .contains("7 days")
     );
     assert_eq!(h.store.timer(&conversation_key(CH)), None);
+}
+
+fn closed_event(n: i64, source: EventSource) -> ConversationEvent {
+    ConversationEvent {
+        source,
+        participant: None,
+        state_change: Some(StateChange {
+            state_from: None,
+            state_to: ConversationState::Closed,
+            reason: None,
+        }),
+        ..event(
+            n,
+            ConversationEventType::ConversationStateChanged,
+            Channel::Sms,
+        )
+    }
+}
+
+#[test]
+fn an_escalation_for_a_closed_conversation_is_refused_until_a_messaging_user_writes_again() {
+    let escalate = |id: &str| command(id, CommandKind::EscalateToVoice, &[]);
+    let refused = |out: &[Output]| {
+        let answers = statuses(out);
+        assert!(ops(out).is_empty(), "no call: {out:?}");
+        assert_eq!(answers.len(), 1, "{out:?}");
+        assert_eq!(answers[0].outcome, DeliveryOutcome::Failed);
+        assert_eq!(
+            answers[0].error_message.as_deref(),
+            Some("the conversation is closed")
+        );
+    };
+    let conversations = |e: ConversationEvent| ConversationEvent {
+        source: EventSource::Conversations,
+        ..e
+    };
+
+    // Closed at Twilio: final, whatever comes late.
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(conversations(text(T0, "Hi")), T0);
+    h.event(closed_event(T0 + 1, EventSource::Conversations), T0 + 1);
+    refused(&h.command(escalate("cmd-1"), T0 + 2));
+    h.event(conversations(text(T0 + 3, "late")), T0 + 3);
+    refused(&h.command(escalate("cmd-2"), T0 + 4));
+    assert_eq!(h.escalations("refused"), 2);
+
+    // Closure asked for: refused from the command on.
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(conversations(text(T0, "Hi")), T0);
+    h.command(
+        command("cmd-0", CommandKind::CloseConversation, &[]),
+        T0 + 1,
+    );
+    refused(&h.command(escalate("cmd-1"), T0 + 2));
+
+    // Programmable Messaging: lifecycle's CLOSED event cancels a call asked
+    // for while the closing message went out, and closes the conversation
+    // until the user writes in it again (lifecycle opens it again).
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(text(T0, "Hi"), T0);
+    let at_ms = T0 + 60_000;
+    let at = Timestamp::from_millisecond(at_ms).unwrap().to_string();
+    h.command(
+        command("cmd-0", CommandKind::EscalateToVoice, &[(AT_PARAM, &at)]),
+        T0 + 1,
+    );
+    let out = h.event(closed_event(T0 + 1, EventSource::Messaging), T0 + 1);
+    let off = &statuses(&out)[0];
+    assert_eq!(off.operation_id, "voice-scheduled-cmd-0");
+    assert_eq!(
+        (off.outcome, off.scheduled_at),
+        (DeliveryOutcome::Failed, Some(at_ms))
+    );
+    assert!(ops(&h.tick(at_ms)).is_empty(), "cancelled by the closure");
+    refused(&h.command(escalate("cmd-1"), T0 + 2));
+    h.event(text(T0 + 3, "Back again"), T0 + 3);
+    let out = h.command(escalate("cmd-2"), T0 + 4);
+    assert_eq!(ops(&out).len(), 1, "placed: {out:?}");
+    assert_eq!(statuses(&out)[0].outcome, DeliveryOutcome::Accepted);
 }

@@ -218,17 +218,15 @@ impl Conv {
     /// Phase 2: the escalation.
     fn escalate(&self) -> Command {
         Command {
-            command_id: self.command_id.clone(),
-            conversation_id: self.id.clone(),
             session_id: Some(self.session()),
-            kind: CommandKind::EscalateToVoice,
-            address: None,
-            channel: None,
-            locale: None,
             reason: Some("the user asked for a call".into()),
-            issued_by: "exactly-once-test".into(),
-            issued_at: now_ms(),
-            params: BTreeMap::new(),
+            ..Command::new(
+                CommandKind::EscalateToVoice,
+                &self.command_id,
+                &self.id,
+                "exactly-once-test",
+                now_ms(),
+            )
         }
     }
 

@@ -10,7 +10,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::tz::TimeZone;
@@ -75,19 +74,7 @@ fn event(event_type: ConversationEventType, channel: Channel) -> ConversationEve
 }
 
 fn command(id: &str, kind: CommandKind) -> Command {
-    Command {
-        command_id: id.into(),
-        conversation_id: CH.into(),
-        session_id: None,
-        kind,
-        address: None,
-        channel: None,
-        locale: None,
-        reason: None,
-        issued_by: "test".into(),
-        issued_at: 0,
-        params: BTreeMap::new(),
-    }
+    Command::new(kind, id, CH, "test", 0)
 }
 
 /// Every operation voice-link writes for a placed call a machine answers,

@@ -2,7 +2,6 @@
 
 #![allow(dead_code)] // each test binary uses part of it
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -22,19 +21,7 @@ use si_schemas::topics;
 
 /// A command `id` for conversation `key` (the tests' input records).
 pub fn command(id: &str, key: &str) -> Command {
-    Command {
-        command_id: id.into(),
-        conversation_id: key.into(),
-        session_id: None,
-        kind: CommandKind::Unknown,
-        address: None,
-        channel: None,
-        locale: None,
-        reason: None,
-        issued_by: "test".into(),
-        issued_at: 0,
-        params: BTreeMap::new(),
-    }
+    Command::new(CommandKind::Unknown, id, key, "test", 0)
 }
 
 /// An archival request `id` of conversation `key` (what the tests' stages

@@ -41,6 +41,34 @@ pub struct Command {
 
 crate::avro_record!(Command, "command.avsc");
 
+impl Command {
+    /// A command of `kind` with its id, conversation, issuer and time, and
+    /// nothing else: no session, address, channel, locale, reason or params.
+    /// Set those the kind needs with struct update syntax.
+    #[must_use]
+    pub fn new(
+        kind: CommandKind,
+        command_id: impl Into<String>,
+        conversation_id: impl Into<String>,
+        issued_by: impl Into<String>,
+        issued_at: i64,
+    ) -> Self {
+        Self {
+            command_id: command_id.into(),
+            conversation_id: conversation_id.into(),
+            session_id: None,
+            kind,
+            address: None,
+            channel: None,
+            locale: None,
+            reason: None,
+            issued_by: issued_by.into(),
+            issued_at,
+            params: BTreeMap::new(),
+        }
+    }
+}
+
 avro_enum! {
     /// What a [`Command`] asks for.
     pub enum CommandKind (default Unknown) {

@@ -4,6 +4,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{Channel, ConsentStatus, MediaRef, StoredMedia};
 
+/// Conversation ids of Programmable Messaging start with this: normalize
+/// derives them from the user's and our address. Every other conversation id
+/// is a Twilio ConversationSid, or the id an issuer chose for a conversation
+/// Si started.
+pub const PM_CONVERSATION_PREFIX: &str = "pm-";
+
 /// A Twilio webhook normalized into a channel-independent Si conversation
 /// event, enriched with identity, session binding, locale and compliance tags.
 /// Written by normalize exactly once per distinct Twilio event (Twilio retries
@@ -102,6 +108,74 @@ pub struct ComplianceRecordRef {
 }
 
 crate::avro_record!(ConversationEvent, "conversation_event.avsc");
+
+impl ConversationEvent {
+    /// An event the adapter writes itself, about no webhook (lifecycle's
+    /// start and closure, consent's and segment's compliance records, the
+    /// media stage's copies): `event_id` is also its `dedup_key`, it happened
+    /// and was received at `at`, and every payload is empty. Set the payload
+    /// `event_type` names, and what else is known, with struct update syntax.
+    #[must_use]
+    pub fn adapter(
+        event_id: String,
+        conversation_id: &str,
+        session_id: &str,
+        event_type: ConversationEventType,
+        at: i64,
+    ) -> Self {
+        Self {
+            dedup_key: event_id.clone(),
+            event_id,
+            conversation_id: conversation_id.to_owned(),
+            session_id: session_id.to_owned(),
+            event_type,
+            channel: Channel::Unknown,
+            source: EventSource::Unknown,
+            occurred_at: at,
+            received_at: at,
+            participant: None,
+            locale: String::new(),
+            locale_source: LocaleSource::Unknown,
+            account_sid: None,
+            webhook_id: String::new(),
+            traceparent: None,
+            compliance: None,
+            message: None,
+            delivery: None,
+            participant_change: None,
+            state_change: None,
+            call: None,
+            recording: None,
+            transcription: None,
+            compliance_record: None,
+            media_stored: None,
+        }
+    }
+
+    /// Whether the event's conversation is on Programmable Messaging (not
+    /// Conversations): normalize's `pm-` ids, and conversations Si started in
+    /// messaging mode (the issuer's ids; their events come from the Messaging
+    /// API).
+    #[must_use]
+    pub fn is_programmable_messaging(&self) -> bool {
+        self.conversation_id.starts_with(PM_CONVERSATION_PREFIX)
+            || self.source == EventSource::Messaging
+    }
+
+    /// Whether the event opens its conversation again after a closure: the
+    /// user writing in a Programmable Messaging conversation (it has no state
+    /// at Twilio, and is open whenever the user writes in it; lifecycle opens
+    /// it again), or Si starting one again. A Conversations conversation that
+    /// Twilio closed stays closed, whatever comes late: a new one gets a new
+    /// SID.
+    #[must_use]
+    pub fn reopens(&self) -> bool {
+        matches!(
+            self.event_type,
+            ConversationEventType::MessageReceived | ConversationEventType::ConversationStarted
+        ) && self.is_programmable_messaging()
+    }
+}
 
 avro_enum! {
     /// What happened; decides which payload field of [`ConversationEvent`] is set.

@@ -34,6 +34,12 @@ pub struct VoiceLinkState {
     /// Outbound messages waiting for the rest of their parts' outcomes.
     #[serde(default)]
     pub outbound: Vec<PendingOutbound>,
+    /// When voice-link learnt that the conversation is closed or closing
+    /// (ms since the epoch): an `ESCALATE_TO_VOICE` after it is refused.
+    /// Cleared when a user writes again in a Programmable Messaging
+    /// conversation, or Si starts it again.
+    #[serde(default)]
+    pub closed_at: Option<i64>,
 }
 
 crate::avro_record!(VoiceLinkState, "voice_link_state.avsc");

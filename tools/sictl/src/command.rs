@@ -40,20 +40,15 @@ impl Close {
             params.insert("summary".to_owned(), summary.to_owned());
         }
         Command {
-            command_id: self
-                .command_id
-                .clone()
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            conversation_id: self.conversation.clone(),
-            session_id: None,
-            kind: CommandKind::CloseConversation,
-            address: None,
-            channel: None,
-            locale: None,
             reason: self.reason.clone(),
-            issued_by: self.issued_by.clone(),
-            issued_at: now_ms,
             params,
+            ..Command::new(
+                CommandKind::CloseConversation,
+                command_id(self.command_id.as_ref()),
+                &self.conversation,
+                &self.issued_by,
+                now_ms,
+            )
         }
     }
 }
@@ -103,20 +98,16 @@ impl Escalate {
             params.insert("from".to_owned(), from.clone());
         }
         Ok(Command {
-            command_id: self
-                .command_id
-                .clone()
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            conversation_id: self.conversation.clone(),
-            session_id: None,
-            kind: CommandKind::EscalateToVoice,
             address: self.address.clone(),
-            channel: None,
             locale: self.locale.clone(),
-            reason: None,
-            issued_by: self.issued_by.clone(),
-            issued_at: now_ms,
             params,
+            ..Command::new(
+                CommandKind::EscalateToVoice,
+                command_id(self.command_id.as_ref()),
+                &self.conversation,
+                &self.issued_by,
+                now_ms,
+            )
         })
     }
 }
@@ -136,19 +127,13 @@ impl EndCall {
     /// The command record.
     #[must_use]
     pub fn command(&self, now_ms: i64) -> Command {
-        Command {
-            command_id: uuid::Uuid::new_v4().to_string(),
-            conversation_id: self.conversation.clone(),
-            session_id: None,
-            kind: CommandKind::EndCall,
-            address: None,
-            channel: None,
-            locale: None,
-            reason: None,
-            issued_by: self.issued_by.clone(),
-            issued_at: now_ms,
-            params: BTreeMap::new(),
-        }
+        Command::new(
+            CommandKind::EndCall,
+            command_id(None),
+            &self.conversation,
+            &self.issued_by,
+            now_ms,
+        )
     }
 }
 
@@ -217,29 +202,34 @@ impl Start {
         set("text", self.text.as_ref());
         set("from", self.from.as_ref());
         Command {
-            command_id: self
-                .command_id
-                .clone()
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             session_id: Some(
                 self.session
                     .clone()
                     .unwrap_or_else(|| format!("session-{conversation}")),
             ),
-            conversation_id: conversation,
-            kind: CommandKind::StartConversation,
             address: self.address.clone(),
             channel: Some(match self.channel {
                 StartChannel::Sms => Channel::Sms,
                 StartChannel::Whatsapp => Channel::Whatsapp,
             }),
             locale: self.locale.clone(),
-            reason: None,
-            issued_by: self.issued_by.clone(),
-            issued_at: now_ms,
             params,
+            ..Command::new(
+                CommandKind::StartConversation,
+                command_id(self.command_id.as_ref()),
+                conversation,
+                &self.issued_by,
+                now_ms,
+            )
         }
     }
+}
+
+/// The id given, else a new UUID.
+fn command_id(given: Option<&String>) -> String {
+    given
+        .cloned()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
 /// Produces `command` on `si.commands.v1`, keyed by its conversation id, and
