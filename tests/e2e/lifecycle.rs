@@ -325,6 +325,21 @@ async fn si_starts_a_conversation_only_with_a_user_who_may_be_reached() -> anyho
     assert_eq!(reply.conversation_id, "outreach-in");
     assert_eq!(reply.session_id, "session-outreach-in");
 
+    // normalize tags each user's message with the consent in force: the
+    // opted-out user writing is on the record as opted out.
+    say_as(&sandbox, OPTED_OUT, "Hello?").await?;
+    let written = env
+        .find::<ConversationEvent>(topics::CONVERSATION_EVENTS, DEADLINE, |e| {
+            e.message
+                .as_ref()
+                .is_some_and(|m| m.body.as_deref() == Some("Hello?"))
+        })
+        .await?;
+    assert_eq!(
+        written.compliance.map(|c| c.consent_status),
+        Some(ConsentStatus::OptedOut)
+    );
+
     let to_opted_out = sandbox
         .requests()
         .into_iter()

@@ -443,6 +443,18 @@ async fn a_call_from_a_texting_user_joins_the_conversation() -> anyhow::Result<(
     for event in &events {
         assert_eq!(event.conversation_id, conversation, "{event:#?}");
         assert_eq!(event.session_id, session, "{event:#?}");
+        // The recording and the recognised speech come only after the
+        // disclosure: their compliance tags say so, for the audit.
+        if event.recording.is_some() || event.transcription.is_some() {
+            assert_eq!(
+                event
+                    .compliance
+                    .as_ref()
+                    .and_then(|c| c.recording_disclosed),
+                Some(true),
+                "{event:#?}"
+            );
+        }
     }
     let transcript = p
         .env

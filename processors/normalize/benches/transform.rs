@@ -14,6 +14,7 @@ mod common;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use si_consent_gate::{ANY_SCOPE, ConsentGate};
 use si_normalize::ids::AddressHasher;
 use si_normalize::{NormalizeMetrics, Normalizer, Settings};
 use si_runtime::processor::{Processor, RecordContext};
@@ -21,7 +22,9 @@ use si_runtime::state::StateStore;
 use si_runtime::table::GlobalTable;
 use si_schemas::AvroRecord;
 use si_schemas::codec::{decode_datum, encode_datum};
-use si_schemas::records::{ConversationEvent, NormalizeState, TwilioWebhook};
+use si_schemas::records::{
+    ComplianceSource, ConsentState, ConsentStatus, ConversationEvent, NormalizeState, TwilioWebhook,
+};
 use si_schemas::topics;
 
 fn normalizer() -> Normalizer {
@@ -30,6 +33,26 @@ fn normalizer() -> Normalizer {
         common::identities().into_iter().map(|i| (i.key(), i)),
     );
     let directory = GlobalTable::from_entries(topics::PARTICIPANTS, []);
+    // Every user opted in for every sender, as after a first contact: each
+    // event's compliance tags cost a lookup that finds something.
+    let consent = GlobalTable::from_entries(
+        topics::CONSENT,
+        common::identities().into_iter().map(|i| {
+            let state = ConsentState {
+                address: i.address,
+                channel: i.channel,
+                sender_scope: ANY_SCOPE.to_owned(),
+                status: ConsentStatus::OptedIn,
+                source: ComplianceSource::FirstContact,
+                decided_at: 0,
+                updated_at: 0,
+                keyword: None,
+                event_ref: None,
+            };
+            (state.key(), state)
+        }),
+    );
+    let registry = GlobalTable::from_entries(topics::CONSENT_REGISTRY, []);
     Normalizer::new(
         Settings {
             hasher: AddressHasher::new(b"bench"),
@@ -39,6 +62,7 @@ fn normalizer() -> Normalizer {
         directory,
         NormalizeMetrics::unregistered(),
     )
+    .with_consent(ConsentGate::from_tables(consent, registry))
 }
 
 fn bench(c: &mut Criterion) {

@@ -86,6 +86,18 @@
 //! participant's Conversations attributes (`locale`), then the identity's
 //! locale, then the number's country, then `DEFAULT_LOCALE`.
 //!
+//! # Compliance tags
+//!
+//! Each event of a participant on SMS or WhatsApp carries the consent known
+//! when it was normalized (`compliance.consent_status`): the decision in
+//! force in `si.consent.v1` and `si.consent.registry.v1` (read as global
+//! tables, with segment's rule) for the participant's number toward the
+//! conversation's sender (`MESSAGING_SERVICE_SID` for Programmable
+//! Messaging when set, else our number), UNKNOWN when neither table has
+//! one. consent decides on the message after normalize, so a STOP's own
+//! event still says OPTED_IN. A call's disclosure steps, its recordings and
+//! its transcriptions carry `recording_disclosed` true. Other events: null.
+//!
 //! # De-duplication
 //!
 //! The dedup key is the `I-Twilio-Idempotency-Token`, else resource SID + event
@@ -104,6 +116,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser};
+use si_consent_gate::ConsentGate;
 use si_runtime::metrics::StageMetrics;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
 use si_runtime::table::GlobalTable;
@@ -153,6 +166,12 @@ pub struct NormalizeArgs {
         value_delimiter = ','
     )]
     pub si_authors: Vec<String>,
+
+    /// The Messaging Service Programmable Messaging replies go through, set
+    /// as for segment: the sender scope of the consent in each event's
+    /// compliance tags. Unset: our number the user wrote to.
+    #[arg(long, env = "MESSAGING_SERVICE_SID")]
+    pub messaging_service_sid: Option<String>,
 }
 
 /// Everything `si-normalize` reads from flags and the environment.
@@ -219,6 +238,12 @@ impl Config {
                     .unwrap_or_default()
                     .as_bytes(),
             ),
+            messaging_service_sid: n
+                .messaging_service_sid
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
         }
     }
 }
@@ -278,14 +303,29 @@ async fn run_stream(
     )
     .await
     .context("starting the participant directory")?;
+    let consent = ConsentGate::start(
+        kafka,
+        STAGE,
+        codec.clone(),
+        &readiness,
+        &metrics,
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the consent tables")?;
     // Processing waits for the tables: an event normalized against a half-loaded
     // identity table would carry a wrong user id forever.
     tokio::select! {
-        () = async { identity.loaded().await; directory.loaded().await; } => {}
+        () = async {
+            identity.loaded().await;
+            directory.loaded().await;
+            consent.loaded().await;
+        } => {}
         () = shutdown.cancelled() => return Ok(()),
     }
     let normalize_metrics = NormalizeMetrics::new(metrics.registry())?;
-    let normalizer = Normalizer::new(config.settings(), identity, directory, normalize_metrics);
+    let normalizer = Normalizer::new(config.settings(), identity, directory, normalize_metrics)
+        .with_consent(consent);
     let env = StreamEnv {
         kafka: kafka.clone(),
         args: config.stream.clone(),

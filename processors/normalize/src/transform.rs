@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde::Deserialize;
+use si_consent_gate::{ANY_SCOPE, ConsentGate, has_consent, sender};
 use si_runtime::mask::Masked;
 use si_runtime::processor::{Output, ProcessError, Processor, RecordContext};
 use si_runtime::state::StateStore;
 use si_runtime::table::GlobalTable;
 use si_schemas::records::{
-    BoundParticipant, CallEvent, Channel, ConversationBinding, ConversationEvent,
-    ConversationEventType, ConversationState, DeliveryState, DeliveryUpdate, EventSource,
-    IdentityRecord, LocaleSource, Location, MediaRef, MessageReceived, NormalizeState,
+    BoundParticipant, CallEvent, Channel, ComplianceTags, ConsentStatus, ConversationBinding,
+    ConversationEvent, ConversationEventType, ConversationState, DeliveryState, DeliveryUpdate,
+    EventSource, IdentityRecord, LocaleSource, Location, MediaRef, MessageReceived, NormalizeState,
     NormalizeStateKind, PM_CONVERSATION_PREFIX, Participant, ParticipantBinding, ParticipantChange,
     RecordingAvailable, SeenEvent, StateChange, TranscriptionEvent, TwilioWebhook, WebhookRoute,
 };
@@ -38,6 +39,9 @@ pub struct Settings {
     pub si_authors: Vec<String>,
     /// Keyed hashing of addresses (visitor ids, messaging conversation ids).
     pub hasher: AddressHasher,
+    /// The Messaging Service Programmable Messaging replies go through, as
+    /// segment's: the consent scope of the compliance tags.
+    pub messaging_service_sid: Option<String>,
 }
 
 impl Default for Settings {
@@ -48,6 +52,7 @@ impl Default for Settings {
             default_locale: "en".into(),
             si_authors: vec!["si".into(), "system".into()],
             hasher: AddressHasher::new(b""),
+            messaging_service_sid: None,
         }
     }
 }
@@ -101,6 +106,9 @@ pub struct Normalizer {
     identity: GlobalTable<IdentityRecord>,
     directory: GlobalTable<ParticipantBinding>,
     metrics: NormalizeMetrics,
+    /// The consent tables, for the compliance tags; without them the tags
+    /// are null ("not evaluated").
+    consent: Option<ConsentGate>,
 }
 
 /// Which Twilio event a webhook is.
@@ -553,7 +561,65 @@ impl Normalizer {
             identity,
             directory,
             metrics,
+            consent: None,
         }
+    }
+
+    /// The same normalizer, tagging events with the consent the tables of
+    /// `gate` hold ([`ComplianceTags`]).
+    #[must_use]
+    pub fn with_consent(self, gate: ConsentGate) -> Self {
+        Self {
+            consent: Some(gate),
+            ..self
+        }
+    }
+
+    /// The compliance state known now ([`ComplianceTags`]): the consent of a
+    /// participant on SMS or WhatsApp toward the conversation's sender (the
+    /// scope segment's consent gate checks its replies against), and for a
+    /// call's disclosure steps, recordings and transcriptions that the
+    /// recording disclosure was played (ingress plays it on every answered
+    /// call, and records only after the caller accepted). `None` when neither
+    /// applies, or without the consent tables.
+    fn compliance(
+        &self,
+        conversation_id: &str,
+        source: EventSource,
+        participant: Option<&Participant>,
+        draft: &Draft,
+    ) -> Option<ComplianceTags> {
+        let gate = self.consent.as_ref()?;
+        let recording_disclosed = (draft.call.as_ref().is_some_and(|c| c.disclosure.is_some())
+            || draft.recording.is_some()
+            || draft.transcription.is_some())
+        .then_some(true);
+        let consent_status = participant
+            .filter(|p| has_consent(p.channel))
+            .and_then(|p| {
+                let address = p.address.as_deref()?;
+                let programmable_messaging = conversation_id.starts_with(PM_CONVERSATION_PREFIX)
+                    || source == EventSource::Messaging;
+                let scope = sender(
+                    p.channel,
+                    conversation_id,
+                    programmable_messaging,
+                    p.proxy_address.as_deref(),
+                    self.settings.messaging_service_sid.as_deref(),
+                )
+                .map_or_else(|| ANY_SCOPE.to_owned(), |s| s.scope);
+                Some(
+                    gate.effective(p.channel, address, &scope)
+                        .map_or(ConsentStatus::Unknown, |decision| decision.status),
+                )
+            });
+        if consent_status.is_none() && recording_disclosed.is_none() {
+            return None;
+        }
+        Some(ComplianceTags {
+            consent_status: consent_status.unwrap_or(ConsentStatus::Unknown),
+            recording_disclosed,
+        })
     }
 
     /// The identity record of an address: its own channel's entry, else the
@@ -1248,6 +1314,12 @@ impl Normalizer {
             .channel
             .or_else(|| subject.as_ref().map(Party::channel))
             .unwrap_or(Channel::Unknown);
+        let compliance = self.compliance(
+            &draft.conversation_id,
+            draft.source,
+            participant.as_ref(),
+            &draft,
+        );
         ConversationEvent {
             event_id: ids::event_id(&dedup_key),
             conversation_id: draft.conversation_id,
@@ -1272,7 +1344,7 @@ impl Normalizer {
                 .traceparent
                 .map(str::to_owned)
                 .or_else(|| webhook.traceparent.clone()),
-            compliance: None,
+            compliance,
             message: draft.message,
             delivery: draft.delivery,
             participant_change: draft.participant_change,
@@ -2236,6 +2308,93 @@ mod tests {
         assert_eq!(e.event_type, ConversationEventType::CallStatusChanged);
         let c = e.call.as_ref().unwrap();
         (c.disclosure, c.disclosure_accepted)
+    }
+
+    #[test]
+    fn events_carry_the_consent_in_force_and_whether_the_recording_was_disclosed() {
+        use si_schemas::records::{ComplianceSource, ConsentState};
+        const MX: &str = "+5215512345678";
+        let decision = |address: &str, scope: &str, status, at| {
+            let state = ConsentState {
+                address: address.into(),
+                channel: Channel::Sms,
+                sender_scope: scope.into(),
+                status,
+                source: ComplianceSource::Keyword,
+                decided_at: at,
+                updated_at: at,
+                keyword: None,
+                event_ref: None,
+            };
+            (state.key(), state)
+        };
+        let gate = || {
+            ConsentGate::from_tables(
+                GlobalTable::from_entries(
+                    "si.consent.v1",
+                    [
+                        decision(MX, "+14155550199", ConsentStatus::OptedOut, T - 10),
+                        decision(MX, ANY_SCOPE, ConsentStatus::OptedIn, T - 20),
+                        decision(MX, "MG1", ConsentStatus::Pending, T - 30),
+                    ],
+                ),
+                GlobalTable::from_entries("si.consent.registry.v1", []),
+            )
+        };
+        let tags = |e: &ConversationEvent| {
+            let c = e.compliance.as_ref().unwrap();
+            (c.consent_status, c.recording_disclosed)
+        };
+        let mut run = Run::new();
+        run.n = normalizer().with_consent(gate());
+        // The newest decision for our number or for every sender.
+        let e = run.event(inbound(Some("tok-c1"), "SM1", MX));
+        assert_eq!(tags(&e), (ConsentStatus::OptedOut, None));
+        // No decision at all: UNKNOWN, never OPTED_IN.
+        let e = run.event(inbound(Some("tok-c2"), "SM2", "+5215512345600"));
+        assert_eq!(tags(&e), (ConsentStatus::Unknown, None));
+
+        // Replies through a Messaging Service are checked against its scope.
+        let mut run = Run::new();
+        run.n = Normalizer {
+            settings: Settings {
+                messaging_service_sid: Some("MG1".into()),
+                ..run.n.settings.clone()
+            },
+            ..normalizer().with_consent(gate())
+        };
+        let e = run.event(inbound(Some("tok-c3"), "SM3", MX));
+        assert_eq!(tags(&e), (ConsentStatus::OptedIn, None));
+
+        // A call's disclosure steps and recordings say it was played; its
+        // other status callbacks do not know.
+        let q = "conversation=CH00000000000000000000000000000001&locale=en";
+        let answer = run.event(voice(
+            WebhookRoute::VoiceAnswer,
+            q,
+            &[("CallStatus", "in-progress")],
+        ));
+        assert_eq!(
+            answer.compliance.as_ref().unwrap().recording_disclosed,
+            Some(true)
+        );
+        let ringing = run.event(voice(
+            WebhookRoute::VoiceStatus,
+            q,
+            &[("CallStatus", "ringing")],
+        ));
+        assert_eq!(
+            ringing
+                .compliance
+                .as_ref()
+                .and_then(|c| c.recording_disclosed),
+            None
+        );
+
+        // Without the consent tables nothing is evaluated.
+        let mut run = Run::new();
+        let e = run.event(inbound(Some("tok-c4"), "SM4", MX));
+        assert_eq!(e.compliance, None);
     }
 
     #[test]

@@ -56,7 +56,9 @@ pub struct ConversationEvent {
     pub dedup_key: String,
     /// W3C Trace Context `traceparent` of the trace this record belongs to.
     pub traceparent: Option<String>,
-    /// Compliance state at normalization time; `None` when not evaluated.
+    /// Compliance state at normalization time: set on events of a participant
+    /// on SMS or WhatsApp and on a call's disclosure steps, recordings and
+    /// transcriptions; `None` on other events.
     pub compliance: Option<ComplianceTags>,
     /// Set for MESSAGE_RECEIVED and MESSAGE_SENT.
     pub message: Option<MessageReceived>,
@@ -523,9 +525,11 @@ pub struct TranscriptionEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComplianceTags {
     /// Consent of the participant's address toward this conversation's sender
-    /// at the time of the event.
+    /// in force when the event was normalized (a STOP's own event still has
+    /// the earlier status); UNKNOWN when none is known or for a call.
     pub consent_status: ConsentStatus,
-    /// For calls: true once the recording disclosure was played; `None` when not
-    /// applicable or not yet known.
+    /// For calls: true on events that show the recording disclosure was
+    /// played (its steps, the recording, the transcribed speech); `None` when
+    /// not applicable or not known from the event.
     pub recording_disclosed: Option<bool>,
 }
