@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use si_schemas::records::{
     ArchivalReason, ArchivalRequest, Channel, Command, CommandKind, ComplianceEvent,
     ComplianceEventKind, ComplianceSource, ConsentState, ConsentStatus, ConversationEvent,
-    ConversationState, DeliveryOutcome, DeliveryStatus, InboundMessage,
+    ConversationState, DeliveryOutcome, DeliveryStatus, InboundMessage, VoiceLinkState,
 };
 use si_schemas::topics;
 use si_testkit::{StageProcess, TestEnv, free_port, wait_for};
@@ -325,6 +325,13 @@ async fn si_starts_a_conversation_only_with_a_user_who_may_be_reached() -> anyho
     assert_eq!(reply.conversation_id, "outreach-in");
     assert_eq!(reply.session_id, "session-outreach-in");
 
+    let to_opted_out = sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.params.get("To").map(String::as_str) == Some(OPTED_OUT))
+        .count();
+    assert_eq!(to_opted_out, 0, "nothing reached the opted-out user");
+
     // normalize tags each user's message with the consent in force: the
     // opted-out user writing is on the record as opted out.
     say_as(&sandbox, OPTED_OUT, "Hello?").await?;
@@ -339,13 +346,6 @@ async fn si_starts_a_conversation_only_with_a_user_who_may_be_reached() -> anyho
         written.compliance.map(|c| c.consent_status),
         Some(ConsentStatus::OptedOut)
     );
-
-    let to_opted_out = sandbox
-        .requests()
-        .into_iter()
-        .filter(|r| r.params.get("To").map(String::as_str) == Some(OPTED_OUT))
-        .count();
-    assert_eq!(to_opted_out, 0, "nothing reached the opted-out user");
     for stage in &mut stages {
         stage.terminate(Duration::from_secs(30))?;
     }
@@ -566,6 +566,18 @@ async fn a_scheduled_call_keeps_its_conversation_open_and_a_closure_cancels_one(
     .await?;
     // No Twilio state reports a Programmable Messaging closure: lifecycle's
     // event does, and voice-link then refuses a call.
+    let opened = env
+        .find::<ConversationEvent>(topics::CONVERSATION_EVENTS, DEADLINE, |e| {
+            e.conversation_id == waiting
+                && e.state_change
+                    .as_ref()
+                    .is_some_and(|s| s.state_to == ConversationState::Active)
+        })
+        .await?;
+    assert!(
+        opened.event_id.starts_with("lifecycle-opened-"),
+        "{opened:#?}"
+    );
     let ended = env
         .find::<ConversationEvent>(topics::CONVERSATION_EVENTS, DEADLINE, |e| {
             e.conversation_id == waiting
@@ -582,6 +594,12 @@ async fn a_scheduled_call_keeps_its_conversation_open_and_a_closure_cancels_one(
         .find::<InboundMessage>(topics::INBOUND, DEADLINE, |m| m.text == "Call me in a bit")
         .await?;
     assert_eq!(ended.session_id, asked.session_id);
+    // voice-link has read it (its state says so) before the command comes:
+    // the two are on different topics, read in no guaranteed order.
+    env.find::<VoiceLinkState>(topics::VOICE_LINK_STATE, DEADLINE, |s| {
+        s.conversation_id == waiting && s.closed_at.is_some()
+    })
+    .await?;
     let again = voice_command(CommandKind::EscalateToVoice, "esc-after", &waiting, &[]);
     env.produce(topics::COMMANDS, &waiting, &again).await?;
     let refused = env

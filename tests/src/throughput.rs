@@ -290,14 +290,8 @@ pub fn sms_text(n: usize, users: usize, at: i64) -> (String, ConversationEvent) 
     let u = n % users.max(1);
     let conversation = format!("sms-bench-{u}");
     let event = ConversationEvent {
-        event_id: format!("ev-{n}"),
-        conversation_id: conversation.clone(),
-        session_id: format!("s-{u}"),
-        event_type: ConversationEventType::MessageReceived,
         channel: Channel::Sms,
         source: EventSource::Messaging,
-        occurred_at: at,
-        received_at: at,
         participant: Some(Participant {
             address: Some(user(u)),
             channel: Channel::Sms,
@@ -313,8 +307,6 @@ pub fn sms_text(n: usize, users: usize, at: i64) -> (String, ConversationEvent) 
         account_sid: Some("AC0123456789abcdef0123456789abcdef".into()),
         webhook_id: format!("wh-{n}"),
         dedup_key: format!("SM{n:032}"),
-        traceparent: None,
-        compliance: None,
         message: Some(MessageReceived {
             message_sid: format!("SM{n:032}"),
             index: None,
@@ -327,14 +319,13 @@ pub fn sms_text(n: usize, users: usize, at: i64) -> (String, ConversationEvent) 
             profile_name: None,
             button_payload: None,
         }),
-        delivery: None,
-        participant_change: None,
-        state_change: None,
-        call: None,
-        recording: None,
-        transcription: None,
-        compliance_record: None,
-        media_stored: None,
+        ..ConversationEvent::adapter(
+            format!("ev-{n}"),
+            &conversation,
+            &format!("s-{u}"),
+            ConversationEventType::MessageReceived,
+            at,
+        )
     };
     (conversation, event)
 }

@@ -28,14 +28,8 @@ const T0: i64 = 1_795_000_000_000;
 
 fn event(n: u32, body: Option<&str>, locale: &str) -> ConversationEvent {
     ConversationEvent {
-        event_id: format!("ev-{n}"),
-        conversation_id: CONV.into(),
-        session_id: "session-1".into(),
-        event_type: ConversationEventType::MessageReceived,
         channel: Channel::Sms,
         source: EventSource::Conversations,
-        occurred_at: T0 + i64::from(n) * 1_000,
-        received_at: T0 + i64::from(n) * 1_000,
         participant: Some(Participant {
             address: Some(USER.into()),
             channel: Channel::Sms,
@@ -51,8 +45,6 @@ fn event(n: u32, body: Option<&str>, locale: &str) -> ConversationEvent {
         account_sid: Some("AC1".into()),
         webhook_id: format!("wh-{n}"),
         dedup_key: format!("tok-{n}"),
-        traceparent: None,
-        compliance: None,
         message: Some(MessageReceived {
             message_sid: format!("IM{n}"),
             index: Some(i64::from(n)),
@@ -65,14 +57,13 @@ fn event(n: u32, body: Option<&str>, locale: &str) -> ConversationEvent {
             profile_name: None,
             button_payload: None,
         }),
-        delivery: None,
-        participant_change: None,
-        state_change: None,
-        call: None,
-        recording: None,
-        transcription: None,
-        compliance_record: None,
-        media_stored: None,
+        ..ConversationEvent::adapter(
+            format!("ev-{n}"),
+            CONV,
+            "session-1",
+            ConversationEventType::MessageReceived,
+            T0 + i64::from(n) * 1_000,
+        )
     }
 }
 

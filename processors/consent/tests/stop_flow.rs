@@ -36,14 +36,8 @@ const OURS: &str = "+14155550199";
 
 fn message(conv: &str, user: &str, n: i64, body: &str) -> ConversationEvent {
     ConversationEvent {
-        event_id: format!("{conv}-ev-{n}"),
-        conversation_id: conv.into(),
-        session_id: format!("session-{conv}"),
-        event_type: ConversationEventType::MessageReceived,
         channel: Channel::Sms,
         source: EventSource::Conversations,
-        occurred_at: T0 + n * 1_000,
-        received_at: T0 + n * 1_000,
         participant: Some(Participant {
             address: Some(user.into()),
             channel: Channel::Sms,
@@ -59,8 +53,6 @@ fn message(conv: &str, user: &str, n: i64, body: &str) -> ConversationEvent {
         account_sid: Some("AC1".into()),
         webhook_id: format!("wh-{n}"),
         dedup_key: format!("tok-{conv}-{n}"),
-        traceparent: None,
-        compliance: None,
         message: Some(MessageReceived {
             message_sid: format!("IM{n:032}"),
             index: Some(n),
@@ -73,14 +65,13 @@ fn message(conv: &str, user: &str, n: i64, body: &str) -> ConversationEvent {
             profile_name: None,
             button_payload: None,
         }),
-        delivery: None,
-        participant_change: None,
-        state_change: None,
-        call: None,
-        recording: None,
-        transcription: None,
-        compliance_record: None,
-        media_stored: None,
+        ..ConversationEvent::adapter(
+            format!("{conv}-ev-{n}"),
+            conv,
+            &format!("session-{conv}"),
+            ConversationEventType::MessageReceived,
+            T0 + n * 1_000,
+        )
     }
 }
 

@@ -13,9 +13,10 @@
 //! segment applies the consent gate, channel limits and the WhatsApp window
 //! as for any reply), summary requests on `si.inbound.v1`, the Twilio close on
 //! `twilio.outbound.v1`, the directory entry deactivated on
-//! `si.participants.v1`, the closure of a Programmable Messaging
-//! conversation on `si.conversation.events.v1`, and one archival request per
-//! closure on `si.archival.v1`.
+//! `si.participants.v1`, a Programmable Messaging conversation's states
+//! (ACTIVE when opened for a user's message, CLOSED) on
+//! `si.conversation.events.v1`, and one archival request per closure on
+//! `si.archival.v1`.
 //!
 //! One state entry per open conversation (`conv|<id>`, changelog
 //! `si.lifecycle.state.v1`); its timer is the next thing due:

@@ -292,6 +292,13 @@ pub fn closed_event_id(conversation_id: &str, opened_at: i64) -> String {
     format!("{ID_PREFIX}closed-{conversation_id}-{opened_at}")
 }
 
+/// The id of the ACTIVE event lifecycle writes when it opens a Programmable
+/// Messaging conversation for a user's message.
+#[must_use]
+pub fn opened_event_id(conversation_id: &str, opened_at: i64) -> String {
+    format!("{ID_PREFIX}opened-{conversation_id}-{opened_at}")
+}
+
 /// The archival request id.
 #[must_use]
 pub fn archival_id(conversation_id: &str, opened_at: i64) -> String {
@@ -545,6 +552,15 @@ impl LifecycleProcessor {
             }
         }
         let mut outputs = Vec::new();
+        if opened && conversation.programmable_messaging {
+            outputs.push(Self::state_event(
+                opened_event_id(&conversation.conversation_id, now),
+                now,
+                &conversation,
+                ConversationState::Active,
+                "MESSAGE_RECEIVED",
+            ));
+        }
         if opened {
             let reentry = self.is_reentry(&conversation);
             let origin = if reentry { "reentry" } else { "inbound" };
@@ -1045,7 +1061,13 @@ impl LifecycleProcessor {
             }
         }
         if messaging {
-            outputs.push(Self::closed_event(now, &conversation, reason));
+            outputs.push(Self::state_event(
+                closed_event_id(&conversation.conversation_id, conversation.opened_at),
+                now,
+                &conversation,
+                ConversationState::Closed,
+                reason.as_str(),
+            ));
         }
         let request = ArchivalRequest {
             request_id: archival_id(&conversation.conversation_id, conversation.opened_at),
@@ -1082,23 +1104,31 @@ impl LifecycleProcessor {
         outputs
     }
 
-    /// The CLOSED event of a Programmable Messaging conversation, which has no
-    /// state at Twilio to report it: session orchestration, segment and
-    /// voice-link learn of the closure on the conversation's own partition
-    /// (voice-link cancels a call scheduled for later, and refuses one asked
-    /// for after).
-    fn closed_event(now: i64, c: &LifecycleState, reason: ArchivalReason) -> Output {
+    /// A state of a Programmable Messaging conversation, which has none at
+    /// Twilio to report it: ACTIVE when lifecycle opens it for a user's
+    /// message, CLOSED when it closes it. Session orchestration and voice-link
+    /// learn of both on the conversation's own partition, in the order
+    /// lifecycle decided them (voice-link cancels a call scheduled for later
+    /// at the closure, and refuses one asked for until the conversation is
+    /// open again).
+    fn state_event(
+        id: String,
+        now: i64,
+        c: &LifecycleState,
+        state_to: ConversationState,
+        reason: &str,
+    ) -> Output {
         let event = ConversationEvent {
             channel: c.channel,
             source: EventSource::Messaging,
             locale: c.locale.clone(),
             state_change: Some(StateChange {
                 state_from: None,
-                state_to: ConversationState::Closed,
-                reason: Some(reason.as_str().to_owned()),
+                state_to,
+                reason: Some(reason.to_owned()),
             }),
             ..ConversationEvent::adapter(
-                closed_event_id(&c.conversation_id, c.opened_at),
+                id,
                 &c.conversation_id,
                 &c.session_id,
                 ConversationEventType::ConversationStateChanged,

@@ -35,14 +35,8 @@ fn settings() -> Settings {
 
 fn message(conv: &str, n: i64, media: Vec<MediaRef>) -> ConversationEvent {
     ConversationEvent {
-        event_id: format!("ev-{n}"),
-        conversation_id: conv.into(),
-        session_id: format!("session-{conv}"),
-        event_type: ConversationEventType::MessageReceived,
         channel: Channel::Sms,
         source: EventSource::Conversations,
-        occurred_at: n,
-        received_at: n,
         participant: Some(Participant {
             address: Some(USER.into()),
             channel: Channel::Sms,
@@ -55,11 +49,8 @@ fn message(conv: &str, n: i64, media: Vec<MediaRef>) -> ConversationEvent {
         }),
         locale: "es".into(),
         locale_source: LocaleSource::PhoneCountry,
-        account_sid: None,
         webhook_id: format!("wh-{n}"),
         dedup_key: format!("d-{n}"),
-        traceparent: None,
-        compliance: None,
         message: Some(MessageReceived {
             message_sid: format!("IM{n}"),
             index: None,
@@ -72,14 +63,13 @@ fn message(conv: &str, n: i64, media: Vec<MediaRef>) -> ConversationEvent {
             profile_name: None,
             button_payload: None,
         }),
-        delivery: None,
-        participant_change: None,
-        state_change: None,
-        call: None,
-        recording: None,
-        transcription: None,
-        compliance_record: None,
-        media_stored: None,
+        ..ConversationEvent::adapter(
+            format!("ev-{n}"),
+            conv,
+            &format!("session-{conv}"),
+            ConversationEventType::MessageReceived,
+            n,
+        )
     }
 }
 
@@ -488,35 +478,57 @@ fn a_close_command_without_a_summary_asks_for_one_and_a_reply_does_not_cancel_it
 }
 
 #[test]
-fn programmable_messaging_conversations_are_not_closed_at_twilio_but_by_a_closed_event() {
+fn programmable_messaging_conversations_are_not_closed_at_twilio_but_have_their_states_written() {
     let mut h = Harness::new(settings());
     let pm = "pm-0123456789abcdef";
-    h.event(message(pm, T0, Vec::new()), T0);
+    let state_of = |outputs: &[Output]| {
+        only::<ConversationEvent>(outputs, topics::CONVERSATION_EVENTS)
+            .iter()
+            .map(|e| {
+                assert_eq!(
+                    e.event_type,
+                    ConversationEventType::ConversationStateChanged
+                );
+                assert_eq!(e.source, EventSource::Messaging);
+                (e.event_id.clone(), e.state_change.clone().unwrap().state_to)
+            })
+            .collect::<Vec<_>>()
+    };
+    // No Twilio state reports a Programmable Messaging conversation's:
+    // lifecycle's events do, on the conversation's own partition.
+    let opened = h.event(message(pm, T0, Vec::new()), T0);
+    assert_eq!(
+        state_of(&opened),
+        [(opened_event_id(pm, T0), ConversationState::Active)]
+    );
+    assert!(
+        h.event(message(pm, T0 + 1, Vec::new()), T0 + 1).is_empty(),
+        "once"
+    );
     h.command(close_command(pm, None, Some("s")), T0 + 1)
         .unwrap();
     let done = h.deliver(delivery(pm, &closing_id(pm, T0)), T0 + 2);
     assert!(only::<OutboundOperation>(&done, topics::OUTBOUND).is_empty());
     assert_eq!(only::<ArchivalRequest>(&done, topics::ARCHIVAL).len(), 1);
-    // No Twilio state reports the closure: lifecycle's event does, on the
-    // conversation's own partition.
-    let closed = only::<ConversationEvent>(&done, topics::CONVERSATION_EVENTS);
-    assert_eq!(closed.len(), 1, "{done:?}");
-    let closed = closed[0].clone();
-    assert_eq!(closed.event_id, closed_event_id(pm, T0));
-    assert_eq!(closed.conversation_id, pm);
+    assert_eq!(
+        state_of(&done),
+        [(closed_event_id(pm, T0), ConversationState::Closed)]
+    );
+    let closed = only::<ConversationEvent>(&done, topics::CONVERSATION_EVENTS)[0].clone();
     assert_eq!(closed.session_id, format!("session-{pm}"));
     assert_eq!(
-        closed.event_type,
-        ConversationEventType::ConversationStateChanged
+        closed.state_change.as_ref().unwrap().reason.as_deref(),
+        Some("COMMAND")
     );
-    assert_eq!(closed.source, EventSource::Messaging);
-    let change = closed.state_change.clone().unwrap();
-    assert_eq!(change.state_to, ConversationState::Closed);
-    assert_eq!(change.reason.as_deref(), Some("COMMAND"));
     // The same id opens a fresh conversation afterwards, with its own ids
-    // (the user wrote before normalize read the directory's closed entry);
-    // the closed event read back later does not close it.
-    h.event(message(pm, T0 + 10, Vec::new()), T0 + 10);
+    // (the user wrote before normalize read the directory's closed entry):
+    // ACTIVE again, after the CLOSED; the CLOSED read back later does not
+    // close it.
+    let again = h.event(message(pm, T0 + 10, Vec::new()), T0 + 10);
+    assert_eq!(
+        state_of(&again),
+        [(opened_event_id(pm, T0 + 10), ConversationState::Active)]
+    );
     assert!(h.event(closed, T0 + 11).is_empty());
     assert_eq!(h.conversation(pm).unwrap().opened_at, T0 + 10);
     assert_ne!(archival_id(pm, T0), archival_id(pm, T0 + 10));
@@ -681,7 +693,8 @@ fn a_user_back_after_a_closure_gets_the_welcome_back_once() {
         vec![binding(new, true, None)],
     ] {
         let mut h = Harness::with_directory(settings(), directory);
-        assert!(h.event(message(new, T0, Vec::new()), T0).is_empty());
+        let out = h.event(message(new, T0, Vec::new()), T0);
+        assert!(only::<CognitionResponse>(&out, topics::RESPONSES).is_empty());
         assert_eq!(h.count(&h.processor.metrics.opened, &["inbound"]), 1);
     }
 }

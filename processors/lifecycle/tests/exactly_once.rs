@@ -48,14 +48,8 @@ fn conversation_id(i: usize) -> String {
 
 fn first_message(i: usize, conv: &str) -> ConversationEvent {
     ConversationEvent {
-        event_id: format!("{conv}-ev"),
-        conversation_id: conv.into(),
-        session_id: format!("session-{conv}"),
-        event_type: ConversationEventType::MessageReceived,
         channel: Channel::Whatsapp,
         source: EventSource::Conversations,
-        occurred_at: now_ms(),
-        received_at: now_ms(),
         participant: Some(Participant {
             // One user per conversation (Twilio: one active conversation per
             // address and proxy address).
@@ -70,11 +64,8 @@ fn first_message(i: usize, conv: &str) -> ConversationEvent {
         }),
         locale: "fr".into(),
         locale_source: LocaleSource::Identity,
-        account_sid: None,
         webhook_id: format!("wh-{conv}"),
         dedup_key: format!("d-{conv}"),
-        traceparent: None,
-        compliance: None,
         message: Some(MessageReceived {
             message_sid: format!("IM-{conv}"),
             index: Some(0),
@@ -87,14 +78,13 @@ fn first_message(i: usize, conv: &str) -> ConversationEvent {
             profile_name: None,
             button_payload: None,
         }),
-        delivery: None,
-        participant_change: None,
-        state_change: None,
-        call: None,
-        recording: None,
-        transcription: None,
-        compliance_record: None,
-        media_stored: None,
+        ..ConversationEvent::adapter(
+            format!("{conv}-ev"),
+            conv,
+            &format!("session-{conv}"),
+            ConversationEventType::MessageReceived,
+            now_ms(),
+        )
     }
 }
 

@@ -55,14 +55,8 @@ fn now_ms() -> i64 {
 
 fn message(conv: &str, n: u32) -> ConversationEvent {
     ConversationEvent {
-        event_id: format!("{conv}-ev-{n}"),
-        conversation_id: conv.into(),
-        session_id: format!("session-{conv}"),
-        event_type: ConversationEventType::MessageReceived,
         channel: Channel::Sms,
         source: EventSource::Conversations,
-        occurred_at: now_ms(),
-        received_at: now_ms(),
         participant: Some(Participant {
             address: Some(USER.into()),
             channel: Channel::Sms,
@@ -78,8 +72,6 @@ fn message(conv: &str, n: u32) -> ConversationEvent {
         account_sid: Some("AC1".into()),
         webhook_id: format!("wh-{conv}-{n}"),
         dedup_key: format!("tok-{conv}-{n}"),
-        traceparent: None,
-        compliance: None,
         message: Some(MessageReceived {
             message_sid: format!("IM{conv}{n}"),
             index: Some(i64::from(n)),
@@ -92,14 +84,13 @@ fn message(conv: &str, n: u32) -> ConversationEvent {
             profile_name: None,
             button_payload: None,
         }),
-        delivery: None,
-        participant_change: None,
-        state_change: None,
-        call: None,
-        recording: None,
-        transcription: None,
-        compliance_record: None,
-        media_stored: None,
+        ..ConversationEvent::adapter(
+            format!("{conv}-ev-{n}"),
+            conv,
+            &format!("session-{conv}"),
+            ConversationEventType::MessageReceived,
+            now_ms(),
+        )
     }
 }
 

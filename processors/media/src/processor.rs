@@ -323,22 +323,14 @@ mod tests {
 
     fn event(conversation: &str, n: usize, media: Vec<MediaRef>) -> ConversationEvent {
         ConversationEvent {
-            event_id: format!("ev-{conversation}-{n}"),
-            conversation_id: conversation.into(),
-            session_id: "s".into(),
-            event_type: ConversationEventType::MessageReceived,
             channel: Channel::Whatsapp,
             source: EventSource::Messaging,
-            occurred_at: 10,
             received_at: 11,
-            participant: None,
             locale: "es".into(),
             locale_source: LocaleSource::PhoneCountry,
             account_sid: Some("AC1".into()),
             webhook_id: format!("w-{n}"),
             dedup_key: format!("MM{n}|MESSAGE_RECEIVED"),
-            traceparent: None,
-            compliance: None,
             message: Some(MessageReceived {
                 message_sid: format!("MM{n}"),
                 index: None,
@@ -351,14 +343,13 @@ mod tests {
                 profile_name: None,
                 button_payload: None,
             }),
-            delivery: None,
-            participant_change: None,
-            state_change: None,
-            call: None,
-            recording: None,
-            transcription: None,
-            compliance_record: None,
-            media_stored: None,
+            ..ConversationEvent::adapter(
+                format!("ev-{conversation}-{n}"),
+                conversation,
+                "s",
+                ConversationEventType::MessageReceived,
+                10,
+            )
         }
     }
 

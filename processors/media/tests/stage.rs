@@ -85,22 +85,12 @@ fn message_event(conversation: &str, n: usize, sms: &InboundSms) -> Conversation
         })
         .collect();
     ConversationEvent {
-        event_id: format!("ev-{conversation}-{n}"),
-        conversation_id: conversation.to_owned(),
-        session_id: format!("session-{conversation}"),
-        event_type: ConversationEventType::MessageReceived,
         channel: Channel::Sms,
         source: EventSource::Messaging,
-        occurred_at: 1_700_000_000_000,
-        received_at: 1_700_000_000_000,
-        participant: None,
         locale: "en".into(),
         locale_source: LocaleSource::Default,
-        account_sid: None,
         webhook_id: format!("w-{conversation}-{n}"),
         dedup_key: format!("{message_sid}|MESSAGE_RECEIVED"),
-        traceparent: None,
-        compliance: None,
         message: Some(MessageReceived {
             message_sid,
             index: None,
@@ -113,14 +103,13 @@ fn message_event(conversation: &str, n: usize, sms: &InboundSms) -> Conversation
             profile_name: None,
             button_payload: None,
         }),
-        delivery: None,
-        participant_change: None,
-        state_change: None,
-        call: None,
-        recording: None,
-        transcription: None,
-        compliance_record: None,
-        media_stored: None,
+        ..ConversationEvent::adapter(
+            format!("ev-{conversation}-{n}"),
+            conversation,
+            &format!("session-{conversation}"),
+            ConversationEventType::MessageReceived,
+            1_700_000_000_000,
+        )
     }
 }
 

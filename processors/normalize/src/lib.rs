@@ -91,11 +91,13 @@
 //! Each event of a participant on SMS or WhatsApp carries the consent known
 //! when it was normalized (`compliance.consent_status`): the decision in
 //! force in `si.consent.v1` and `si.consent.registry.v1` (read as global
-//! tables, with segment's rule) for the participant's number toward the
-//! conversation's sender (`MESSAGING_SERVICE_SID` for Programmable
-//! Messaging when set, else our number), UNKNOWN when neither table has
-//! one. consent decides on the message after normalize, so a STOP's own
-//! event still says OPTED_IN. A call's disclosure steps, its recordings and
+//! tables; the newest decision wins, OPTED_OUT on a tie) for the
+//! participant's number toward the sender it talks to (the Messaging
+//! Service `MESSAGING_SERVICE_SID` for Programmable Messaging when set, else
+//! our number it wrote to; decisions for every sender count too, and alone
+//! when neither is known), UNKNOWN when neither table has one. consent
+//! decides on the message after normalize, so a STOP's own event still
+//! carries the status before it. A call's disclosure steps, its recordings and
 //! its transcriptions carry `recording_disclosed` true. Other events: null.
 //!
 //! # De-duplication

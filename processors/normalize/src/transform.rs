@@ -17,6 +17,7 @@ use si_schemas::records::{
     EventSource, IdentityRecord, LocaleSource, Location, MediaRef, MessageReceived, NormalizeState,
     NormalizeStateKind, PM_CONVERSATION_PREFIX, Participant, ParticipantBinding, ParticipantChange,
     RecordingAvailable, SeenEvent, StateChange, TranscriptionEvent, TwilioWebhook, WebhookRoute,
+    is_programmable_messaging,
 };
 use si_schemas::topics;
 
@@ -598,12 +599,10 @@ impl Normalizer {
             .filter(|p| has_consent(p.channel))
             .and_then(|p| {
                 let address = p.address.as_deref()?;
-                let programmable_messaging = conversation_id.starts_with(PM_CONVERSATION_PREFIX)
-                    || source == EventSource::Messaging;
                 let scope = sender(
                     p.channel,
                     conversation_id,
-                    programmable_messaging,
+                    is_programmable_messaging(conversation_id, source),
                     p.proxy_address.as_deref(),
                     self.settings.messaging_service_sid.as_deref(),
                 )
@@ -2335,7 +2334,7 @@ mod tests {
                     [
                         decision(MX, "+14155550199", ConsentStatus::OptedOut, T - 10),
                         decision(MX, ANY_SCOPE, ConsentStatus::OptedIn, T - 20),
-                        decision(MX, "MG1", ConsentStatus::Pending, T - 30),
+                        decision(MX, "MG1", ConsentStatus::Pending, T - 5),
                     ],
                 ),
                 GlobalTable::from_entries("si.consent.registry.v1", []),
@@ -2347,7 +2346,8 @@ mod tests {
         };
         let mut run = Run::new();
         run.n = normalizer().with_consent(gate());
-        // The newest decision for our number or for every sender.
+        // The newest decision for our number or for every sender (not the
+        // Messaging Service's, newer still).
         let e = run.event(inbound(Some("tok-c1"), "SM1", MX));
         assert_eq!(tags(&e), (ConsentStatus::OptedOut, None));
         // No decision at all: UNKNOWN, never OPTED_IN.
@@ -2364,7 +2364,7 @@ mod tests {
             ..normalizer().with_consent(gate())
         };
         let e = run.event(inbound(Some("tok-c3"), "SM3", MX));
-        assert_eq!(tags(&e), (ConsentStatus::OptedIn, None));
+        assert_eq!(tags(&e), (ConsentStatus::Pending, None));
 
         // A call's disclosure steps and recordings say it was played; its
         // other status callbacks do not know.

@@ -11,9 +11,8 @@
 //!   event): its user participants on a text channel (SMS, WhatsApp, chat) with
 //!   their address, our address they talk to (proxy address), locale and the
 //!   time of their last inbound message (`MESSAGE_RECEIVED.occurred_at`, the
-//!   start of the WhatsApp window), and whether it is closed (Twilio closed
-//!   it, or lifecycle closed a Programmable Messaging one and its user has not
-//!   written in it since). Events write nothing else.
+//!   start of the WhatsApp window), and whether Twilio closed it. Events write
+//!   nothing else.
 //! - A response (`Segmenter::on_response`) is turned into one
 //!   [`OutboundOperation`] per part ([`crate::plan`]), in order, keyed by the
 //!   sender key, or blocked by the consent gate, or dead-lettered.
@@ -547,10 +546,6 @@ impl Segmenter {
         if event.source == EventSource::Messaging {
             conversation.programmable_messaging = true;
         }
-        let reopened = conversation.closed && event.reopens();
-        if reopened {
-            conversation.closed = false;
-        }
         let relevant = match event.event_type {
             ConversationEventType::MessageReceived => {
                 let Some(p) = text_participant(event) else {
@@ -587,16 +582,20 @@ impl Segmenter {
             ConversationEventType::ConversationStarted
             | ConversationEventType::ConversationStateChanged => {
                 // CLOSED is final at Twilio (a new conversation gets a new
-                // SID); lifecycle's CLOSED of a Programmable Messaging one
-                // lasts until the user writes in it again.
+                // SID). lifecycle's CLOSED of a Programmable Messaging one
+                // closes nothing here: no Twilio state refuses its messages,
+                // and a message of the user normalized before the closure
+                // became known may have opened it again for lifecycle.
                 let closing = event
                     .state_change
                     .as_ref()
-                    .is_some_and(|s| s.state_to == ConversationState::Closed);
+                    .is_some_and(|s| s.state_to == ConversationState::Closed)
+                    && !event.is_programmable_messaging()
+                    && !conversation.programmable_messaging;
                 if closing {
                     conversation.closed = true;
                 }
-                (closing || reopened) && existing.is_some()
+                closing && existing.is_some()
             }
             _ => false,
         };
@@ -758,7 +757,7 @@ impl Segmenter {
         if conversation.closed {
             self.metrics.outcome("closed_conversation");
             return Err(ProcessError::Failed(format!(
-                "conversation {} is closed: nothing can be sent to it",
+                "conversation {} is closed at Twilio: nothing can be sent to it",
                 response.conversation_id
             )));
         }
@@ -1370,31 +1369,14 @@ mod tests {
         at: i64,
     ) -> ConversationEvent {
         ConversationEvent {
-            event_id: format!("e-{at}"),
-            conversation_id: conversation.into(),
-            session_id: "s-1".into(),
-            event_type,
             channel: participant.as_ref().map_or(Channel::Unknown, |p| p.channel),
             source: EventSource::Messaging,
-            occurred_at: at,
-            received_at: at,
             participant,
             locale: "en-US".into(),
             locale_source: LocaleSource::PhoneCountry,
-            account_sid: None,
             webhook_id: format!("w-{at}"),
             dedup_key: format!("d-{at}"),
-            traceparent: None,
-            compliance: None,
-            message: None,
-            delivery: None,
-            participant_change: None,
-            state_change: None,
-            call: None,
-            recording: None,
-            transcription: None,
-            compliance_record: None,
-            media_stored: None,
+            ..ConversationEvent::adapter(format!("e-{at}"), conversation, "s-1", event_type, at)
         }
     }
 
@@ -1876,7 +1858,7 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_conversation_gets_nothing_until_a_messaging_user_writes_again() {
+    fn a_conversation_closed_at_twilio_gets_nothing_and_a_messaging_one_closed_by_lifecycle_does() {
         let closed = |conversation: &str, source, at| ConversationEvent {
             source,
             state_change: Some(StateChange {
@@ -1913,14 +1895,13 @@ mod tests {
         refused(&mut h, "r-2", CH, T0 + 4);
         assert_eq!(h.outcome("closed_conversation"), 2);
 
-        // Programmable Messaging, closed by lifecycle: open again once the
-        // user writes in it (lifecycle opens it again too).
+        // Programmable Messaging, closed by lifecycle: no Twilio state
+        // refuses its messages, and a message of the user may have opened it
+        // again before its closure was written.
         let pm = "pm-1";
         h.event(inbound(pm, Channel::Sms, T0));
         h.event(closed(pm, EventSource::Messaging, T0 + 1));
-        refused(&mut h, "r-3", pm, T0 + 2);
-        h.event(inbound(pm, Channel::Sms, T0 + 3));
-        assert_eq!(h.ops(response("r-4", pm, "Welcome back"), T0 + 4).len(), 1);
+        assert_eq!(h.ops(response("r-3", pm, "Still here"), T0 + 2).len(), 1);
     }
 
     #[test]

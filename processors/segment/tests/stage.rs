@@ -45,14 +45,8 @@ fn inbound(
     at: i64,
 ) -> ConversationEvent {
     ConversationEvent {
-        event_id: format!("e-{conversation}"),
-        conversation_id: conversation.into(),
-        session_id: format!("s-{conversation}"),
-        event_type: ConversationEventType::MessageReceived,
         channel,
         source: EventSource::Messaging,
-        occurred_at: at,
-        received_at: at,
         participant: Some(Participant {
             address: Some(user.into()),
             channel,
@@ -65,20 +59,15 @@ fn inbound(
         }),
         locale: "en-US".into(),
         locale_source: LocaleSource::PhoneCountry,
-        account_sid: None,
         webhook_id: format!("w-{conversation}"),
         dedup_key: format!("d-{conversation}"),
-        traceparent: None,
-        compliance: None,
-        message: None,
-        delivery: None,
-        participant_change: None,
-        state_change: None,
-        call: None,
-        recording: None,
-        transcription: None,
-        compliance_record: None,
-        media_stored: None,
+        ..ConversationEvent::adapter(
+            format!("e-{conversation}"),
+            conversation,
+            &format!("s-{conversation}"),
+            ConversationEventType::MessageReceived,
+            at,
+        )
     }
 }
 

@@ -38,8 +38,9 @@
 //! closing the conversation, or lifecycle's `CLOSED` event of a Programmable
 //! Messaging one) cancels it; a scheduled call that will not take place is a
 //! FAILED status `voice-scheduled-<command_id>` with the time it had. After
-//! a closure an escalation is refused, until the user writes again in a
-//! Programmable Messaging conversation ([`si_schemas::records::ConversationEvent::reopens`]). A call may be asked for at most [`processor::LONGEST_AHEAD`] ahead.
+//! a closure (or a `CLOSE_CONVERSATION`) an escalation is refused; a
+//! Programmable Messaging conversation is open again when lifecycle says so
+//! ([`si_schemas::records::ConversationEvent::reopens`]). A call may be asked for at most [`processor::LONGEST_AHEAD`] ahead.
 //!
 //! **Recording consent.** The disclosure played (the answer webhook), the
 //! caller's answer (normalize reads it as ingress does) and the outcome

@@ -30,14 +30,8 @@ fn settings() -> Settings {
 
 fn event(n: i64, event_type: ConversationEventType, channel: Channel) -> ConversationEvent {
     ConversationEvent {
-        event_id: format!("ev-{n}"),
-        conversation_id: CH.into(),
-        session_id: "session-1".into(),
-        event_type,
         channel,
         source: EventSource::Messaging,
-        occurred_at: n,
-        received_at: n,
         participant: Some(Participant {
             address: Some(USER.into()),
             channel,
@@ -50,20 +44,9 @@ fn event(n: i64, event_type: ConversationEventType, channel: Channel) -> Convers
         }),
         locale: "fr".into(),
         locale_source: LocaleSource::PhoneCountry,
-        account_sid: None,
         webhook_id: format!("wh-{n}"),
         dedup_key: format!("d-{n}"),
-        traceparent: None,
-        compliance: None,
-        message: None,
-        delivery: None,
-        participant_change: None,
-        state_change: None,
-        call: None,
-        recording: None,
-        transcription: None,
-        compliance_record: None,
-        media_stored: None,
+        ..ConversationEvent::adapter(format!("ev-{n}"), CH, "session-1", event_type, n)
     }
 }
 
@@ -1085,12 +1068,16 @@ fn a_call_asked_for_more_than_a_week_ahead_is_refused() {
 }
 
 fn closed_event(n: i64, source: EventSource) -> ConversationEvent {
+    state_event(n, source, ConversationState::Closed)
+}
+
+fn state_event(n: i64, source: EventSource, state_to: ConversationState) -> ConversationEvent {
     ConversationEvent {
         source,
         participant: None,
         state_change: Some(StateChange {
             state_from: None,
-            state_to: ConversationState::Closed,
+            state_to,
             reason: None,
         }),
         ..event(
@@ -1102,7 +1089,7 @@ fn closed_event(n: i64, source: EventSource) -> ConversationEvent {
 }
 
 #[test]
-fn an_escalation_for_a_closed_conversation_is_refused_until_a_messaging_user_writes_again() {
+fn an_escalation_for_a_closed_conversation_is_refused_until_lifecycle_opens_it_again() {
     let escalate = |id: &str| command(id, CommandKind::EscalateToVoice, &[]);
     let refused = |out: &[Output]| {
         let answers = statuses(out);
@@ -1125,6 +1112,12 @@ fn an_escalation_for_a_closed_conversation_is_refused_until_a_messaging_user_wri
     h.event(closed_event(T0 + 1, EventSource::Conversations), T0 + 1);
     refused(&h.command(escalate("cmd-1"), T0 + 2));
     h.event(conversations(text(T0 + 3, "late")), T0 + 3);
+    let active = state_event(
+        T0 + 3,
+        EventSource::Conversations,
+        ConversationState::Active,
+    );
+    h.event(active, T0 + 3);
     refused(&h.command(escalate("cmd-2"), T0 + 4));
     assert_eq!(h.escalations("refused"), 2);
 
@@ -1137,9 +1130,10 @@ fn an_escalation_for_a_closed_conversation_is_refused_until_a_messaging_user_wri
     );
     refused(&h.command(escalate("cmd-1"), T0 + 2));
 
-    // Programmable Messaging: lifecycle's CLOSED event cancels a call asked
-    // for while the closing message went out, and closes the conversation
-    // until the user writes in it again (lifecycle opens it again).
+    // Programmable Messaging (the events' source MESSAGING): lifecycle's
+    // CLOSED event cancels a call asked for while the closing message went
+    // out, and closes the conversation until lifecycle opens it again (its
+    // ACTIVE event), not merely when a message of the user comes.
     let mut h = Harness::new(settings(), Vec::new());
     h.event(text(T0, "Hi"), T0);
     let at_ms = T0 + 60_000;
@@ -1158,7 +1152,12 @@ fn an_escalation_for_a_closed_conversation_is_refused_until_a_messaging_user_wri
     assert!(ops(&h.tick(at_ms)).is_empty(), "cancelled by the closure");
     refused(&h.command(escalate("cmd-1"), T0 + 2));
     h.event(text(T0 + 3, "Back again"), T0 + 3);
-    let out = h.command(escalate("cmd-2"), T0 + 4);
+    refused(&h.command(escalate("cmd-2"), T0 + 3));
+    h.event(
+        state_event(T0 + 4, EventSource::Messaging, ConversationState::Active),
+        T0 + 4,
+    );
+    let out = h.command(escalate("cmd-3"), T0 + 4);
     assert_eq!(ops(&out).len(), 1, "placed: {out:?}");
     assert_eq!(statuses(&out)[0].outcome, DeliveryOutcome::Accepted);
 }

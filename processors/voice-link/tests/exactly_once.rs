@@ -146,18 +146,12 @@ impl Conv {
             Channel::Voice
         };
         ConversationEvent {
-            event_id: self.event_id(n),
-            conversation_id: self.id.clone(),
-            session_id: self.session(),
-            event_type,
             channel,
             source: if channel == Channel::Sms {
                 EventSource::Messaging
             } else {
                 EventSource::Voice
             },
-            occurred_at: now_ms(),
-            received_at: now_ms(),
             participant: Some(Participant {
                 address: Some(self.user.clone()),
                 channel,
@@ -170,20 +164,15 @@ impl Conv {
             }),
             locale: "en".into(),
             locale_source: LocaleSource::PhoneCountry,
-            account_sid: None,
             webhook_id: format!("wh-{}-{n}", self.id),
             dedup_key: format!("d-{}-{n}", self.id),
-            traceparent: None,
-            compliance: None,
-            message: None,
-            delivery: None,
-            participant_change: None,
-            state_change: None,
-            call: None,
-            recording: None,
-            transcription: None,
-            compliance_record: None,
-            media_stored: None,
+            ..ConversationEvent::adapter(
+                self.event_id(n),
+                &self.id,
+                &self.session(),
+                event_type,
+                now_ms(),
+            )
         }
     }
 

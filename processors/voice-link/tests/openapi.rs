@@ -36,14 +36,8 @@ fn call_sid(n: u8) -> String {
 
 fn event(event_type: ConversationEventType, channel: Channel) -> ConversationEvent {
     ConversationEvent {
-        event_id: format!("ev-{event_type}"),
-        conversation_id: CH.into(),
-        session_id: "session-1".into(),
-        event_type,
         channel,
         source: EventSource::Messaging,
-        occurred_at: 0,
-        received_at: 0,
         participant: Some(Participant {
             address: Some("+14155550100".into()),
             channel,
@@ -56,20 +50,8 @@ fn event(event_type: ConversationEventType, channel: Channel) -> ConversationEve
         }),
         locale: "en".into(),
         locale_source: LocaleSource::Default,
-        account_sid: None,
-        webhook_id: String::new(),
         dedup_key: String::new(),
-        traceparent: None,
-        compliance: None,
-        message: None,
-        delivery: None,
-        participant_change: None,
-        state_change: None,
-        call: None,
-        recording: None,
-        transcription: None,
-        compliance_record: None,
-        media_stored: None,
+        ..ConversationEvent::adapter(format!("ev-{event_type}"), CH, "session-1", event_type, 0)
     }
 }
 

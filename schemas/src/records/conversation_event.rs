@@ -56,9 +56,10 @@ pub struct ConversationEvent {
     pub dedup_key: String,
     /// W3C Trace Context `traceparent` of the trace this record belongs to.
     pub traceparent: Option<String>,
-    /// Compliance state at normalization time: set on events of a participant
-    /// on SMS or WhatsApp and on a call's disclosure steps, recordings and
-    /// transcriptions; `None` on other events.
+    /// Compliance state at normalization time: normalize sets it on the events
+    /// of a participant on SMS or WhatsApp and on a call's disclosure steps,
+    /// recordings and transcriptions; `None` on other events, and on the
+    /// events other stages write.
     pub compliance: Option<ComplianceTags>,
     /// Set for MESSAGE_RECEIVED and MESSAGE_SENT.
     pub message: Option<MessageReceived>,
@@ -154,29 +155,41 @@ impl ConversationEvent {
         }
     }
 
-    /// Whether the event's conversation is on Programmable Messaging (not
-    /// Conversations): normalize's `pm-` ids, and conversations Si started in
-    /// messaging mode (the issuer's ids; their events come from the Messaging
-    /// API).
+    /// Whether the event's conversation is on Programmable Messaging (see
+    /// [`is_programmable_messaging`]).
     #[must_use]
     pub fn is_programmable_messaging(&self) -> bool {
-        self.conversation_id.starts_with(PM_CONVERSATION_PREFIX)
-            || self.source == EventSource::Messaging
+        is_programmable_messaging(&self.conversation_id, self.source)
     }
 
-    /// Whether the event opens its conversation again after a closure: the
-    /// user writing in a Programmable Messaging conversation (it has no state
-    /// at Twilio, and is open whenever the user writes in it; lifecycle opens
-    /// it again), or Si starting one again. A Conversations conversation that
-    /// Twilio closed stays closed, whatever comes late: a new one gets a new
-    /// SID.
+    /// Whether the event is lifecycle opening a Programmable Messaging
+    /// conversation (again): its ACTIVE state when it opens one for a user's
+    /// message, or the start of one Si started. Such a conversation has no
+    /// state at Twilio; lifecycle reports it, in the order it decides it, so a
+    /// reader learns of a closure and of a reopening in the order lifecycle
+    /// saw them. A Conversations conversation Twilio closed stays closed,
+    /// whatever comes late: a new one gets a new SID.
     #[must_use]
     pub fn reopens(&self) -> bool {
         matches!(
             self.event_type,
-            ConversationEventType::MessageReceived | ConversationEventType::ConversationStarted
-        ) && self.is_programmable_messaging()
+            ConversationEventType::ConversationStateChanged
+                | ConversationEventType::ConversationStarted
+        ) && self
+            .state_change
+            .as_ref()
+            .is_some_and(|s| s.state_to == ConversationState::Active)
+            && self.is_programmable_messaging()
     }
+}
+
+/// Whether a conversation is on Programmable Messaging (not Conversations):
+/// normalize's `pm-` ids, and conversations Si started in messaging mode (the
+/// issuer's ids; their events come from the Messaging API, `source`
+/// MESSAGING).
+#[must_use]
+pub fn is_programmable_messaging(conversation_id: &str, source: EventSource) -> bool {
+    conversation_id.starts_with(PM_CONVERSATION_PREFIX) || source == EventSource::Messaging
 }
 
 avro_enum! {
@@ -524,8 +537,8 @@ pub struct TranscriptionEvent {
 /// analytics. The authoritative consent state is `si.consent.v1`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComplianceTags {
-    /// Consent of the participant's address toward this conversation's sender
-    /// in force when the event was normalized (a STOP's own event still has
+    /// Consent of the participant's address in force when the event was
+    /// normalized, toward the sender it talks to (a STOP's own event still has
     /// the earlier status); UNKNOWN when none is known or for a call.
     pub consent_status: ConsentStatus,
     /// For calls: true on events that show the recording disclosure was

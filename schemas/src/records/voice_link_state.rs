@@ -36,8 +36,8 @@ pub struct VoiceLinkState {
     pub outbound: Vec<PendingOutbound>,
     /// When voice-link learnt that the conversation is closed or closing
     /// (ms since the epoch): an `ESCALATE_TO_VOICE` after it is refused.
-    /// Cleared when a user writes again in a Programmable Messaging
-    /// conversation, or Si starts it again.
+    /// Cleared when lifecycle opens a Programmable Messaging conversation
+    /// again (its ACTIVE event, or Si starting it).
     #[serde(default)]
     pub closed_at: Option<i64>,
 }
