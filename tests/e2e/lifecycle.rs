@@ -27,7 +27,8 @@ use std::collections::BTreeMap;
 use si_schemas::records::{
     ArchivalReason, ArchivalRequest, Channel, Command, CommandKind, ComplianceEvent,
     ComplianceEventKind, ComplianceSource, ConsentState, ConsentStatus, ConversationEvent,
-    ConversationState, DeliveryOutcome, DeliveryStatus, InboundMessage, VoiceLinkState,
+    ConversationState, DeliveryOutcome, DeliveryStatus, InboundMessage, LifecycleState,
+    VoiceLinkState,
 };
 use si_schemas::topics;
 use si_testkit::{StageProcess, TestEnv, free_port, wait_for};
@@ -502,6 +503,24 @@ fn voice_command(
     }
 }
 
+/// Waits until voice-link and lifecycle have read the conversation's first
+/// event (their states hold it): the commands that follow come on another
+/// topic, read in no guaranteed order with the events.
+async fn known_to_voice_link_and_lifecycle(
+    env: &TestEnv,
+    conversation: &str,
+) -> anyhow::Result<()> {
+    env.find::<VoiceLinkState>(topics::VOICE_LINK_STATE, DEADLINE, |s| {
+        s.conversation_id == conversation
+    })
+    .await?;
+    env.find::<LifecycleState>(topics::LIFECYCLE_STATE, DEADLINE, |s| {
+        s.conversation_id == conversation
+    })
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_scheduled_call_keeps_its_conversation_open_and_a_closure_cancels_one()
 -> anyhow::Result<()> {
@@ -523,6 +542,7 @@ async fn a_scheduled_call_keeps_its_conversation_open_and_a_closure_cancels_one(
     // A call 12 s ahead, past the idle time before closure (8 s).
     say_as(&sandbox, WAITING, "Call me in a bit").await?;
     let waiting = conversation_of("Call me in a bit").await?;
+    known_to_voice_link_and_lifecycle(&env, &waiting).await?;
     let due = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(12);
     let escalate = voice_command(
         CommandKind::EscalateToVoice,
@@ -621,6 +641,7 @@ async fn a_scheduled_call_keeps_its_conversation_open_and_a_closure_cancels_one(
     // Closed before its scheduled call's time: the call is cancelled.
     say_as(&sandbox, CLOSING, "Call me later").await?;
     let closed = conversation_of("Call me later").await?;
+    known_to_voice_link_and_lifecycle(&env, &closed).await?;
     let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600);
     let escalate = voice_command(
         CommandKind::EscalateToVoice,

@@ -501,6 +501,14 @@ fn programmable_messaging_conversations_are_not_closed_at_twilio_but_have_their_
         state_of(&opened),
         [(opened_event_id(pm, T0), ConversationState::Active)]
     );
+    // Its own ACTIVE read back changes nothing (no activity, no timer).
+    let own = only::<ConversationEvent>(&opened, topics::CONVERSATION_EVENTS)[0].clone();
+    let before = (h.conversation(pm), h.store.timer(&conversation_key(pm)));
+    assert!(h.event(own, T0 + 5).is_empty());
+    assert_eq!(
+        (h.conversation(pm), h.store.timer(&conversation_key(pm))),
+        before
+    );
     assert!(
         h.event(message(pm, T0 + 1, Vec::new()), T0 + 1).is_empty(),
         "once"

@@ -577,8 +577,9 @@ impl Normalizer {
     }
 
     /// The compliance state known now ([`ComplianceTags`]): the consent of a
-    /// participant on SMS or WhatsApp toward the conversation's sender (the
-    /// scope segment's consent gate checks its replies against), and for a
+    /// participant on SMS or WhatsApp toward the sender it talks to (the
+    /// Messaging Service for Programmable Messaging when set, else our
+    /// number it wrote to; decisions for every sender count too), and for a
     /// call's disclosure steps, recordings and transcriptions that the
     /// recording disclosure was played (ingress plays it on every answered
     /// call, and records only after the caller accepted). `None` when neither
@@ -2332,7 +2333,7 @@ mod tests {
                 GlobalTable::from_entries(
                     "si.consent.v1",
                     [
-                        decision(MX, "+14155550199", ConsentStatus::OptedOut, T - 10),
+                        decision(MX, "+14155550199", ConsentStatus::OptedOut, T - 1),
                         decision(MX, ANY_SCOPE, ConsentStatus::OptedIn, T - 20),
                         decision(MX, "MG1", ConsentStatus::Pending, T - 5),
                     ],
@@ -2354,7 +2355,8 @@ mod tests {
         let e = run.event(inbound(Some("tok-c2"), "SM2", "+5215512345600"));
         assert_eq!(tags(&e), (ConsentStatus::Unknown, None));
 
-        // Replies through a Messaging Service are checked against its scope.
+        // Replies through a Messaging Service are checked against its scope,
+        // not our number's (newest of all here).
         let mut run = Run::new();
         run.n = Normalizer {
             settings: Settings {

@@ -38,8 +38,9 @@
 //! closing the conversation, or lifecycle's `CLOSED` event of a Programmable
 //! Messaging one) cancels it; a scheduled call that will not take place is a
 //! FAILED status `voice-scheduled-<command_id>` with the time it had. After
-//! a closure (or a `CLOSE_CONVERSATION`) an escalation is refused; a
-//! Programmable Messaging conversation is open again when lifecycle says so
+//! a closure (the conversation's CLOSED event: Twilio's, or lifecycle's for
+//! Programmable Messaging) an escalation is refused; a Programmable
+//! Messaging conversation is open again when lifecycle says so
 //! ([`si_schemas::records::ConversationEvent::reopens`]). A call may be asked for at most [`processor::LONGEST_AHEAD`] ahead.
 //!
 //! **Recording consent.** The disclosure played (the answer webhook), the

@@ -1184,8 +1184,11 @@ impl VoiceLinkProcessor {
         Some((scheduled, output))
     }
 
-    /// A closure (lifecycle's command, or Twilio closing the conversation)
-    /// cancels the call scheduled for later; lifecycle hangs up a live one.
+    /// A `CLOSE_CONVERSATION` cancels the call scheduled for later; lifecycle
+    /// hangs up a live one. The conversation counts as closed only from its
+    /// CLOSED event (Twilio's, or lifecycle's for Programmable Messaging): the
+    /// events topic orders a closure and a reopening as lifecycle decided
+    /// them, the command topic does not.
     fn on_closed(
         &self,
         now: i64,
@@ -1196,10 +1199,11 @@ impl VoiceLinkProcessor {
         let Some(mut conversation) = state.get(&conversation_key(conversation_id)).cloned() else {
             return Vec::new();
         };
-        conversation.closed_at.get_or_insert(now);
-        let cancelled = self.cancel_scheduled(now, &mut conversation, why, state);
+        let Some((_, cancelled)) = self.cancel_scheduled(now, &mut conversation, why, state) else {
+            return Vec::new();
+        };
         self.save(state, conversation);
-        cancelled.map(|(_, output)| output).into_iter().collect()
+        vec![cancelled]
     }
 
     fn on_end_call(

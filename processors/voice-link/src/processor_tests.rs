@@ -1121,14 +1121,15 @@ fn an_escalation_for_a_closed_conversation_is_refused_until_lifecycle_opens_it_a
     refused(&h.command(escalate("cmd-2"), T0 + 4));
     assert_eq!(h.escalations("refused"), 2);
 
-    // Closure asked for: refused from the command on.
+    // A CLOSE_CONVERSATION is not the closure: lifecycle may not act on it,
+    // and the command topic is not ordered with lifecycle's events.
     let mut h = Harness::new(settings(), Vec::new());
     h.event(conversations(text(T0, "Hi")), T0);
     h.command(
         command("cmd-0", CommandKind::CloseConversation, &[]),
         T0 + 1,
     );
-    refused(&h.command(escalate("cmd-1"), T0 + 2));
+    assert_eq!(ops(&h.command(escalate("cmd-1"), T0 + 2)).len(), 1);
 
     // Programmable Messaging (the events' source MESSAGING): lifecycle's
     // CLOSED event cancels a call asked for while the closing message went
@@ -1160,4 +1161,17 @@ fn an_escalation_for_a_closed_conversation_is_refused_until_lifecycle_opens_it_a
     let out = h.command(escalate("cmd-3"), T0 + 4);
     assert_eq!(ops(&out).len(), 1, "placed: {out:?}");
     assert_eq!(statuses(&out)[0].outcome, DeliveryOutcome::Accepted);
+
+    // Si starting it again (START_CONVERSATION's CONVERSATION_STARTED) opens
+    // it too.
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(text(T0, "Hi"), T0);
+    h.event(closed_event(T0 + 1, EventSource::Messaging), T0 + 1);
+    refused(&h.command(escalate("cmd-1"), T0 + 2));
+    let started = ConversationEvent {
+        event_type: ConversationEventType::ConversationStarted,
+        ..state_event(T0 + 3, EventSource::Messaging, ConversationState::Active)
+    };
+    h.event(started, T0 + 3);
+    assert_eq!(ops(&h.command(escalate("cmd-2"), T0 + 4)).len(), 1);
 }

@@ -207,7 +207,9 @@ avro_enum! {
         ParticipantLeft = "PARTICIPANT_LEFT",
         /// A conversation was created (`state_change` when Twilio reports a state).
         ConversationStarted = "CONVERSATION_STARTED",
-        /// Active/inactive/closed (`state_change`).
+        /// Active/inactive/closed (`state_change`); for a Programmable
+        /// Messaging conversation, lifecycle writes ACTIVE when it opens it for
+        /// a user's message and CLOSED when it closes it.
         ConversationStateChanged = "CONVERSATION_STATE_CHANGED",
         /// A call linked to the conversation changed status (`call`).
         CallStatusChanged = "CALL_STATUS_CHANGED",
@@ -379,7 +381,8 @@ avro_enum! {
         Active = "ACTIVE",
         /// `inactive`: reactivates on a new message.
         Inactive = "INACTIVE",
-        /// `closed`: final.
+        /// `closed`: final at Twilio; a Programmable Messaging conversation,
+        /// whose states lifecycle writes, can be ACTIVE again after it.
         Closed = "CLOSED",
         /// Any other value, or a symbol newer than this build (the default).
         Unknown = "UNKNOWN",
@@ -387,14 +390,17 @@ avro_enum! {
 }
 
 /// A change of the conversation's state (Conversations
-/// `onConversationStateUpdated`, or the initial state of a new conversation).
+/// `onConversationStateUpdated`, or the initial state of a new conversation),
+/// or lifecycle opening or closing a Programmable Messaging conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateChange {
     /// Previous state (`StateFrom`); `None` when there is none (a new conversation).
     pub state_from: Option<ConversationState>,
     /// New state (`StateTo`).
     pub state_to: ConversationState,
-    /// Twilio's `Reason` for the change (e.g. a timer or an API call), when given.
+    /// Twilio's `Reason` for the change (e.g. a timer or an API call), when
+    /// given; for lifecycle's ACTIVE, `MESSAGE_RECEIVED`; for its CLOSED, the
+    /// archival reason.
     pub reason: Option<String>,
 }
 

@@ -34,8 +34,9 @@ pub struct VoiceLinkState {
     /// Outbound messages waiting for the rest of their parts' outcomes.
     #[serde(default)]
     pub outbound: Vec<PendingOutbound>,
-    /// When voice-link learnt that the conversation is closed or closing
-    /// (ms since the epoch): an `ESCALATE_TO_VOICE` after it is refused.
+    /// When voice-link learnt that the conversation is closed (its CLOSED
+    /// event, Twilio's or lifecycle's; ms since the epoch): an
+    /// `ESCALATE_TO_VOICE` after it is refused.
     /// Cleared when lifecycle opens a Programmable Messaging conversation
     /// again (its ACTIVE event, or Si starting it).
     #[serde(default)]
