@@ -586,26 +586,19 @@ async fn a_scheduled_call_keeps_its_conversation_open_and_a_closure_cancels_one(
     .await?;
     // No Twilio state reports a Programmable Messaging closure: lifecycle's
     // event does, and voice-link then refuses a call.
-    let opened = env
-        .find::<ConversationEvent>(topics::CONVERSATION_EVENTS, DEADLINE, |e| {
-            e.conversation_id == waiting
-                && e.state_change
-                    .as_ref()
-                    .is_some_and(|s| s.state_to == ConversationState::Active)
+    let of_waiting = waiting.as_str();
+    let state_event = |state: ConversationState| {
+        env.find::<ConversationEvent>(topics::CONVERSATION_EVENTS, DEADLINE, move |e| {
+            e.conversation_id == of_waiting
+                && e.state_change.as_ref().is_some_and(|s| s.state_to == state)
         })
-        .await?;
+    };
+    let opened = state_event(ConversationState::Active).await?;
     assert!(
         opened.event_id.starts_with("lifecycle-opened-"),
         "{opened:#?}"
     );
-    let ended = env
-        .find::<ConversationEvent>(topics::CONVERSATION_EVENTS, DEADLINE, |e| {
-            e.conversation_id == waiting
-                && e.state_change
-                    .as_ref()
-                    .is_some_and(|s| s.state_to == ConversationState::Closed)
-        })
-        .await?;
+    let ended = state_event(ConversationState::Closed).await?;
     assert!(
         ended.event_id.starts_with("lifecycle-closed-"),
         "{ended:#?}"

@@ -586,12 +586,11 @@ impl Normalizer {
     /// applies, or without the consent tables.
     fn compliance(
         &self,
-        conversation_id: &str,
-        source: EventSource,
         participant: Option<&Participant>,
         draft: &Draft,
     ) -> Option<ComplianceTags> {
         let gate = self.consent.as_ref()?;
+        let conversation_id = draft.conversation_id.as_str();
         let recording_disclosed = (draft.call.as_ref().is_some_and(|c| c.disclosure.is_some())
             || draft.recording.is_some()
             || draft.transcription.is_some())
@@ -603,7 +602,7 @@ impl Normalizer {
                 let scope = sender(
                     p.channel,
                     conversation_id,
-                    is_programmable_messaging(conversation_id, source),
+                    is_programmable_messaging(conversation_id, draft.source),
                     p.proxy_address.as_deref(),
                     self.settings.messaging_service_sid.as_deref(),
                 )
@@ -1314,12 +1313,7 @@ impl Normalizer {
             .channel
             .or_else(|| subject.as_ref().map(Party::channel))
             .unwrap_or(Channel::Unknown);
-        let compliance = self.compliance(
-            &draft.conversation_id,
-            draft.source,
-            participant.as_ref(),
-            &draft,
-        );
+        let compliance = self.compliance(participant.as_ref(), &draft);
         ConversationEvent {
             event_id: ids::event_id(&dedup_key),
             conversation_id: draft.conversation_id,
