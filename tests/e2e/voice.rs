@@ -6,7 +6,7 @@
 //!   says something, the call ends: `si.transcript.v1` holds, in order and in
 //!   one conversation, the text, Si's reply, the call start, the utterance,
 //!   the call end and the recording; `si.compliance.v1` holds disclosed and
-//!   accepted;
+//!   accepted; the call's `completed` event says the disclosure was played;
 //! - a "no" (keypad 2) and silence: nothing recorded or transcribed (no such
 //!   verb in the TwiML the call got), a declined compliance event, and a text
 //!   saying the conversation continues by text;
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use si_catalog::{Catalog, keys};
 use si_schemas::records::{
-    Command, CommandKind, ComplianceEvent, ComplianceEventKind, ConversationEvent,
+    CallState, Command, CommandKind, ComplianceEvent, ComplianceEventKind, ConversationEvent,
     ConversationEventType, Direction, InboundMessage, TranscriptEntry, TranscriptEntryKind,
     TranscriptSpeaker,
 };
@@ -297,6 +297,27 @@ async fn a_text_conversation_escalates_to_a_call_and_one_transcript_holds_both()
             ComplianceEventKind::RecordingAccepted
         ],
         "{records:#?}"
+    );
+    // The call's end, whose callback shows no disclosure itself, still says
+    // the disclosure was played.
+    let completed = |e: &ConversationEvent| {
+        e.call
+            .as_ref()
+            .is_some_and(|c| c.call_sid == sid && c.status == CallState::Completed)
+    };
+    let ended = p
+        .env
+        .collect::<ConversationEvent>(topics::CONVERSATION_EVENTS, DEADLINE, completed, |kept| {
+            !kept.is_empty()
+        })
+        .await?;
+    assert_eq!(
+        ended[0]
+            .compliance
+            .as_ref()
+            .and_then(|c| c.recording_disclosed),
+        Some(true),
+        "{ended:#?}"
     );
     assert!(
         records

@@ -97,8 +97,11 @@
 //! our number it wrote to; decisions for every sender count too, and alone
 //! when neither is known), UNKNOWN when neither table has one. consent
 //! decides on the message after normalize, so a STOP's own event still
-//! carries the status before it. A call's disclosure steps, its recordings and
-//! its transcriptions carry `recording_disclosed` true. Other events: null.
+//! carries the status before it. A call's events carry `recording_disclosed`
+//! true from its first disclosure step, recording or transcription on
+//! (remembered in the partition's state under the call for a day, so its
+//! later status changes, such as `completed`, carry it too). Other events:
+//! null.
 //!
 //! # De-duplication
 //!

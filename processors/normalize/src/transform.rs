@@ -497,6 +497,8 @@ struct Draft {
     session: Option<String>,
     /// The call whose link to the conversation the event renews.
     call_sid: Option<String>,
+    /// An earlier event of the call showed its recording disclosure played.
+    disclosed_earlier: bool,
 }
 
 enum Membership {
@@ -532,7 +534,20 @@ impl Draft {
             membership: Membership::None,
             session: None,
             call_sid: None,
+            disclosed_earlier: false,
         }
+    }
+
+    /// Whether the call's recording disclosure is known to have been
+    /// played: this event is a disclosure step (ingress plays it on every
+    /// call a person answers, then asks), a recording or a transcription
+    /// (made only after the caller accepted), or an earlier one of the call
+    /// was.
+    fn recording_disclosed(&self) -> bool {
+        self.disclosed_earlier
+            || self.call.as_ref().is_some_and(|c| c.disclosure.is_some())
+            || self.recording.is_some()
+            || self.transcription.is_some()
     }
 
     /// A Messaging webhook's party: the user, on their channel, and the
@@ -580,10 +595,10 @@ impl Normalizer {
     /// participant on SMS or WhatsApp toward the sender it talks to (the
     /// Messaging Service for Programmable Messaging when set, else our
     /// number it wrote to; decisions for every sender count too), and for a
-    /// call's disclosure steps, recordings and transcriptions that the
-    /// recording disclosure was played (ingress plays it on every answered
-    /// call, and records only after the caller accepted). `None` when neither
-    /// applies, or without the consent tables.
+    /// call's events from its first disclosure step, recording or
+    /// transcription on that the recording disclosure was played
+    /// ([`Draft::recording_disclosed`]). `None` when neither applies, or
+    /// without the consent tables.
     fn compliance(
         &self,
         participant: Option<&Participant>,
@@ -591,10 +606,7 @@ impl Normalizer {
     ) -> Option<ComplianceTags> {
         let gate = self.consent.as_ref()?;
         let conversation_id = draft.conversation_id.as_str();
-        let recording_disclosed = (draft.call.as_ref().is_some_and(|c| c.disclosure.is_some())
-            || draft.recording.is_some()
-            || draft.transcription.is_some())
-        .then_some(true);
+        let recording_disclosed = draft.recording_disclosed().then_some(true);
         let consent_status = participant
             .filter(|p| has_consent(p.channel))
             .and_then(|p| {
@@ -1164,7 +1176,20 @@ impl Processor for Normalizer {
         if let Some(call_sid) = &draft.call_sid {
             link_call(state, call_sid, &draft, &binding, now);
         }
+        let disclosed_now = draft
+            .call_sid
+            .clone()
+            .filter(|_| draft.recording_disclosed() && !draft.disclosed_earlier);
         let event = self.event(ctx, &webhook, &params, &binding, draft, dedup_key);
+        if let Some(call_sid) = disclosed_now {
+            self.mark_for(
+                state,
+                &webhook,
+                &event,
+                &voice::call_disclosed_key(&call_sid),
+                voice::CALL_BINDING_TTL,
+            );
+        }
         self.remember(state, &webhook, &event, binding);
         if let Some(call) = event.call.as_ref().filter(|c| c.status.has_ended()) {
             self.mark_seen(
@@ -1386,8 +1411,20 @@ impl Normalizer {
         event: &ConversationEvent,
         dedup_key: &str,
     ) {
+        self.mark_for(state, webhook, event, dedup_key, self.settings.dedup_window);
+    }
+
+    /// Remembers `key` as seen with `event`, for `ttl`.
+    fn mark_for(
+        &self,
+        state: &mut StateStore<NormalizeState>,
+        webhook: &TwilioWebhook,
+        event: &ConversationEvent,
+        key: &str,
+        ttl: Duration,
+    ) {
         state.put_with_ttl(
-            seen_key(dedup_key),
+            seen_key(key),
             NormalizeState {
                 kind: NormalizeStateKind::SeenEvent,
                 seen_event: Some(SeenEvent {
@@ -1397,7 +1434,7 @@ impl Normalizer {
                 }),
                 conversation: None,
             },
-            self.settings.dedup_window,
+            ttl,
         );
     }
 }
@@ -2362,28 +2399,57 @@ mod tests {
         let e = run.event(inbound(Some("tok-c3"), "SM3", MX));
         assert_eq!(tags(&e), (ConsentStatus::Pending, None));
 
-        // A call's disclosure steps and recordings say it was played; its
-        // other status callbacks do not know.
+        // A call's events say its recording disclosure was played from its
+        // first disclosure step (the answer webhook: ingress plays it to a
+        // person), recording or transcription on; before, nobody knows.
+        let disclosed =
+            |e: &ConversationEvent| e.compliance.as_ref().and_then(|c| c.recording_disclosed);
         let q = "conversation=CH00000000000000000000000000000001&locale=en";
+        let status = |status| voice(WebhookRoute::VoiceStatus, q, &[("CallStatus", status)]);
+        assert_eq!(disclosed(&run.event(status("ringing"))), None);
         let answer = run.event(voice(
             WebhookRoute::VoiceAnswer,
             q,
             &[("CallStatus", "in-progress")],
         ));
+        assert_eq!(disclosed(&answer), Some(true));
+        assert_eq!(disclosed(&run.event(status("in-progress"))), Some(true));
+        // It is remembered in the partition's state (as a restarted stage
+        // restores it), not in the normalizer.
+        run.n = Normalizer {
+            settings: run.n.settings.clone(),
+            ..normalizer().with_consent(gate())
+        };
+        let completed = run.event(status("completed"));
         assert_eq!(
-            answer.compliance.as_ref().unwrap().recording_disclosed,
-            Some(true)
+            completed.call.as_ref().unwrap().status,
+            CallState::Completed
         );
-        let ringing = run.event(voice(
-            WebhookRoute::VoiceStatus,
-            q,
-            &[("CallStatus", "ringing")],
-        ));
+        assert_eq!(disclosed(&completed), Some(true));
+        // A call a machine answered heard no disclosure (ingress hangs up).
+        let machine = |route, status| {
+            let mut w = hook(
+                route,
+                None,
+                &[
+                    ("CallSid", "CA9"),
+                    ("CallStatus", status),
+                    ("AnsweredBy", "machine_start"),
+                    ("Direction", "outbound-api"),
+                    ("From", "+14155550199"),
+                    ("To", "+14155550100"),
+                ],
+            );
+            w.query = Some(q.to_owned());
+            w.conversation_hint = Some(CH.into());
+            w
+        };
         assert_eq!(
-            ringing
-                .compliance
-                .as_ref()
-                .and_then(|c| c.recording_disclosed),
+            disclosed(&run.event(machine(WebhookRoute::VoiceAnswer, "in-progress"))),
+            None
+        );
+        assert_eq!(
+            disclosed(&run.event(machine(WebhookRoute::VoiceStatus, "completed"))),
             None
         );
 

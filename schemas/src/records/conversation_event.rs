@@ -547,8 +547,9 @@ pub struct ComplianceTags {
     /// normalized, toward the sender it talks to (a STOP's own event still has
     /// the earlier status); UNKNOWN when none is known or for a call.
     pub consent_status: ConsentStatus,
-    /// For calls: true on events that show the recording disclosure was
-    /// played (its steps, the recording, the transcribed speech); `None` when
-    /// not applicable or not known from the event.
+    /// For calls: true on every event of a call from the first that shows
+    /// its recording disclosure was played (a disclosure step, a recording,
+    /// transcribed speech) on; `None` when not applicable, before that event,
+    /// or on a call that never played it.
     pub recording_disclosed: Option<bool>,
 }

@@ -180,6 +180,9 @@ impl Normalizer {
         draft.channel = Some(Channel::Voice);
         draft.party = party;
         draft.session = link.session_id;
+        draft.disclosed_earlier = state
+            .get(&super::seen_key(&call_disclosed_key(&linked_call)))
+            .is_some();
         draft.call_sid = Some(linked_call);
         Ok(Ok(draft))
     }
@@ -355,6 +358,12 @@ struct CallLink {
 /// window), so that a status of the call arriving after it is dropped.
 pub(super) fn call_ended_key(call_sid: &str) -> String {
     format!("{call_sid}:CallEnded")
+}
+
+/// The marker of a call whose recording disclosure was played (kept for
+/// [`CALL_BINDING_TTL`]): its later events carry `recording_disclosed` too.
+pub(super) fn call_disclosed_key(call_sid: &str) -> String {
+    format!("{call_sid}:Disclosed")
 }
 
 fn call_state(status: &str) -> CallState {
