@@ -110,7 +110,10 @@
 //! (`s|<128-bit digest of the key>`) for `DEDUP_WINDOW` (record time), so a retry within the
 //! window yields nothing, also after a restart or rebalance (the state is
 //! restored from the changelog). `event_id` is a UUID derived from the dedup
-//! key: a replay yields the same id.
+//! key: a replay yields the same id. The same kind of entry, under the digest
+//! of `<CallSid>:Disclosed`, remembers for 24 h after its first disclosure
+//! step, recording or transcription that a call's recording disclosure was
+//! played, and under `<CallSid>:CallEnded`, for the window, that it ended.
 
 pub mod address;
 pub mod ids;

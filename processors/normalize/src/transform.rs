@@ -2414,18 +2414,25 @@ mod tests {
         ));
         assert_eq!(disclosed(&answer), Some(true));
         assert_eq!(disclosed(&run.event(status("in-progress"))), Some(true));
-        // It is remembered in the partition's state (as a restarted stage
-        // restores it), not in the normalizer.
+        // It is remembered in the partition's state, not in the normalizer,
+        // and outlives the dedup window (an hour): a call may be longer.
         run.n = Normalizer {
             settings: run.n.settings.clone(),
             ..normalizer().with_consent(gate())
         };
+        run.store.set_now(T + 2 * 3600 * 1000);
         let completed = run.event(status("completed"));
         assert_eq!(
             completed.call.as_ref().unwrap().status,
             CallState::Completed
         );
         assert_eq!(disclosed(&completed), Some(true));
+        // A day after the disclosure it is forgotten (Twilio ends a call
+        // within 24 h).
+        run.store.set_now(T + 24 * 3600 * 1000 + 1);
+        let late = run.event(status("canceled"));
+        assert_eq!(late.call.as_ref().unwrap().status, CallState::Canceled);
+        assert_eq!(disclosed(&late), None);
         // A call a machine answered heard no disclosure (ingress hangs up).
         let machine = |route, status| {
             let mut w = hook(

@@ -57,9 +57,9 @@ pub struct ConversationEvent {
     /// W3C Trace Context `traceparent` of the trace this record belongs to.
     pub traceparent: Option<String>,
     /// Compliance state at normalization time: normalize sets it on the events
-    /// of a participant on SMS or WhatsApp and on a call's disclosure steps,
-    /// recordings and transcriptions; `None` on other events, and on the
-    /// events other stages write.
+    /// of a participant on SMS or WhatsApp and on a call's events from its
+    /// first disclosure step, recording or transcription on; `None` on other
+    /// events, and on the events other stages write.
     pub compliance: Option<ComplianceTags>,
     /// Set for MESSAGE_RECEIVED and MESSAGE_SENT.
     pub message: Option<MessageReceived>,
