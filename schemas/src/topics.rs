@@ -158,6 +158,7 @@ pub const WRITERS: &[(&str, &[&str])] = &[
     (
         "voice-link",
         &[
+            CONVERSATION_EVENTS,
             RESPONSES,
             OUTBOUND,
             DELIVERY,

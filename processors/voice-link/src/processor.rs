@@ -1490,16 +1490,51 @@ impl Processor for VoiceLinkProcessor {
         input: VoiceLinkInput,
         state: &mut StateStore<VoiceLinkState>,
     ) -> Result<Vec<Output>, ProcessError> {
-        match input {
-            VoiceLinkInput::Event(event) => Ok(self.on_event(ctx, &event, state)),
-            VoiceLinkInput::Command(command) => self.on_command(ctx, &command, state),
-            VoiceLinkInput::Delivery(status) => Ok(self.on_delivery(ctx, &status, state)),
-        }
+        let outputs = match input {
+            VoiceLinkInput::Event(event) => self.on_event(ctx, &event, state),
+            VoiceLinkInput::Command(command) => self.on_command(ctx, &command, state)?,
+            VoiceLinkInput::Delivery(status) => self.on_delivery(ctx, &status, state),
+        };
+        Ok(with_recorded(outputs, state, ctx.timestamp_ms))
     }
 
+    fn on_timer(
+        &mut self,
+        ctx: &TimerContext<'_>,
+        state: &mut StateStore<VoiceLinkState>,
+    ) -> Result<Vec<Output>, ProcessError> {
+        let outputs = self.on_due(ctx, state)?;
+        Ok(with_recorded(outputs, state, ctx.now_ms))
+    }
+}
+
+/// The outputs with, for each compliance event among them, its
+/// `COMPLIANCE_RECORDED` on the conversation's topic, under the
+/// conversation's session (written in the same transaction): lifecycle names
+/// the call's disclosure and the caller's answer, and a refused call, in the
+/// conversation's archival request, as it does consent's and segment's.
+fn with_recorded(
+    outputs: Vec<Output>,
+    state: &StateStore<VoiceLinkState>,
+    now: i64,
+) -> Vec<Output> {
+    let session = outputs
+        .iter()
+        .filter(|o| o.topic() == topics::COMPLIANCE)
+        .filter_map(|o| o.record::<ComplianceEvent>())
+        .find_map(|e| e.conversation_id.as_deref())
+        .and_then(|c| state.get(&conversation_key(c)))
+        .map(|c| c.session_id.clone());
+    match session {
+        Some(session) => si_consent_gate::with_recorded(outputs, &session, now),
+        None => outputs,
+    }
+}
+
+impl VoiceLinkProcessor {
     /// A scheduled call is due: consent again (it may have changed), then
     /// the call.
-    fn on_timer(
+    fn on_due(
         &mut self,
         ctx: &TimerContext<'_>,
         state: &mut StateStore<VoiceLinkState>,

@@ -258,6 +258,43 @@ fn statuses(outputs: &[Output]) -> Vec<DeliveryStatus> {
     of(outputs)
 }
 
+/// The `COMPLIANCE_RECORDED` events among `outputs`, as
+/// (event id, the compliance event it names, key, session).
+fn recorded(outputs: &[Output]) -> Vec<(String, String, String, String)> {
+    outputs
+        .iter()
+        .filter(|o| o.topic() == topics::CONVERSATION_EVENTS)
+        .filter_map(|o| Some((o.key().to_owned(), o.record::<ConversationEvent>()?)))
+        .filter(|(_, e)| e.event_type == ConversationEventType::ComplianceRecorded)
+        .map(|(key, e)| {
+            (
+                e.event_id.clone(),
+                e.compliance_record.as_ref().unwrap().event_id.clone(),
+                key,
+                e.session_id.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Every compliance event among `outputs` is named on the conversation's
+/// topic, under its session, in the same outputs.
+fn assert_recorded(outputs: &[Output], session: &str) {
+    let named: Vec<(String, String, String, String)> = compliance(outputs)
+        .iter()
+        .map(|c| {
+            (
+                format!("compliance-{}", c.event_id),
+                c.event_id.clone(),
+                c.conversation_id.clone().unwrap(),
+                session.to_owned(),
+            )
+        })
+        .collect();
+    assert!(!named.is_empty());
+    assert_eq!(recorded(outputs), named);
+}
+
 #[test]
 fn an_escalation_places_the_call_and_tells_the_user_by_text() {
     let mut h = Harness::new(settings(), Vec::new());
@@ -495,6 +532,8 @@ fn a_declined_recording_continues_the_conversation_by_text() {
             call(T0 + 4, CallState::InProgress, Some(answer), "outbound-api"),
             T0 + 4,
         );
+        assert_recorded(&played, "session-1");
+        assert_recorded(&out, "session-1");
         let records: Vec<ComplianceEvent> = compliance(&played)
             .into_iter()
             .chain(compliance(&out))
@@ -592,6 +631,7 @@ fn no_call_to_a_user_who_opted_out_and_never_silence() {
     assert_eq!(blocked.len(), 1);
     assert_eq!(blocked[0].kind, ComplianceEventKind::BlockedOutbound);
     assert_eq!(blocked[0].details["operation"], "CREATE_CALL");
+    assert_recorded(&out, "session-1");
     let status = &statuses(&out)[0];
     assert_eq!(status.outcome, DeliveryOutcome::Blocked);
     assert_eq!(status.operation_id, command_status_id("cmd-1"));
