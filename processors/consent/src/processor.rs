@@ -123,7 +123,10 @@ pub struct ConsentMetrics {
     /// What happened to inputs: `forwarded`, `blocked_inbound`, `opt_out`
     /// (keyword), `revocation_phrase` (opt-out by a phrase), `possible_revocation`
     /// (flagged and forwarded), `opt_in`, `help`, `first_contact`,
-    /// `twilio_opt_out`, `unattributed_21610`, `reply_failed`.
+    /// `twilio_opt_out`, `unattributed_21610`, `reply_failed`,
+    /// `media_forwarded`, `media_blocked`; by the user's `channel` (`sms`,
+    /// `whatsapp`, `voice`, `chat`, `unknown`: a 21610 whose user is not
+    /// known), so opt-out trends can be told apart per channel.
     pub outcomes: IntCounterVec,
 }
 
@@ -136,9 +139,9 @@ impl ConsentMetrics {
         let outcomes = IntCounterVec::new(
             Opts::new(
                 "si_consent_outcomes_total",
-                "Consent outcomes: messages forwarded or blocked, keywords, first contacts, Twilio opt-outs",
+                "Consent outcomes: messages forwarded or blocked, keywords, first contacts, Twilio opt-outs, by the user's channel",
             ),
-            &["outcome"],
+            &["outcome", "channel"],
         )?;
         registry.register(Box::new(outcomes.clone()))?;
         Ok(Self { outcomes })
@@ -154,8 +157,10 @@ impl ConsentMetrics {
         Self::new(&Registry::new()).expect("fresh registry")
     }
 
-    fn count(&self, outcome: &str) {
-        self.outcomes.with_label_values(&[outcome]).inc();
+    fn count(&self, outcome: &str, channel: Channel) {
+        self.outcomes
+            .with_label_values(&[outcome, channel.key_prefix()])
+            .inc();
     }
 }
 
@@ -482,7 +487,7 @@ impl ConsentProcessor {
     ) -> Reply {
         let text = self.catalog.text(text_key, locale);
         let Some(proxy) = subject.proxy.as_deref().filter(|p| !p.is_empty()) else {
-            self.metrics.count("reply_failed");
+            self.metrics.count("reply_failed", subject.channel);
             return Reply {
                 error: Some("no sender address known for the conversation".into()),
                 ..Reply::default()
@@ -499,7 +504,7 @@ impl ConsentProcessor {
         let planned = match plan(&response, timing, &self.settings.segment) {
             Ok(p) => p,
             Err(e) => {
-                self.metrics.count("reply_failed");
+                self.metrics.count("reply_failed", subject.channel);
                 return Reply {
                     error: Some(format!("planning the reply: {e}")),
                     ..Reply::default()
@@ -520,7 +525,7 @@ impl ConsentProcessor {
             Some(proxy),
             self.settings.messaging_service_sid.as_deref(),
         ) else {
-            self.metrics.count("reply_failed");
+            self.metrics.count("reply_failed", subject.channel);
             return Reply {
                 error: Some("no sender known for the conversation".into()),
                 ..Reply::default()
@@ -766,11 +771,11 @@ impl ConsentProcessor {
             let (current, _) = self.effective(&subject, state);
             let require_opt_in = self.settings.policy == Policy::Explicit;
             if !verdict(current.map(std::sync::Arc::new), require_opt_in).is_allowed() {
-                self.metrics.count("media_blocked");
+                self.metrics.count("media_blocked", channel);
                 return None;
             }
         }
-        self.metrics.count("media_forwarded");
+        self.metrics.count("media_forwarded", channel);
         let inbound = InboundMessage {
             message_id: stored.source_sid.clone(),
             conversation_id: event.conversation_id.clone(),
@@ -822,7 +827,7 @@ impl ConsentProcessor {
         let channel = channel_of(event);
         if !has_consent(channel) {
             // Chat has no phone address and no consent state; voice is consented on the call.
-            self.metrics.count("forwarded");
+            self.metrics.count("forwarded", channel);
             return Ok(Self::forward(ctx, event, false, false)
                 .into_iter()
                 .collect());
@@ -908,11 +913,14 @@ impl ConsentProcessor {
         said: &Said,
         state: &mut StateStore<ConsentProcessorState>,
     ) -> Vec<Output> {
-        self.metrics.count(if said.rule == KEYWORD_RULE {
-            "opt_out"
-        } else {
-            "revocation_phrase"
-        });
+        self.metrics.count(
+            if said.rule == KEYWORD_RULE {
+                "opt_out"
+            } else {
+                "revocation_phrase"
+            },
+            received.subject.channel,
+        );
         let mut out = Vec::new();
         let trigger = received.trigger();
         let id = compliance_event_id(ComplianceEventKind::OptOut, trigger);
@@ -959,7 +967,7 @@ impl ConsentProcessor {
         said: &Said,
         state: &mut StateStore<ConsentProcessorState>,
     ) -> Vec<Output> {
-        self.metrics.count("opt_in");
+        self.metrics.count("opt_in", received.subject.channel);
         let mut out = Vec::new();
         let id = compliance_event_id(ComplianceEventKind::OptIn, received.trigger());
         let mut details = said.details(self.settings.revocation.version());
@@ -1002,7 +1010,7 @@ impl ConsentProcessor {
 
     /// A help keyword: answered, also to opted-out users; nothing recorded.
     fn help(&self, received: &Received<'_, '_>, said: &Said) -> Vec<Output> {
-        self.metrics.count("help");
+        self.metrics.count("help", received.subject.channel);
         let reply = self.reply(
             received.ctx,
             received.event,
@@ -1035,7 +1043,7 @@ impl ConsentProcessor {
         let in_force = current.map(std::sync::Arc::new);
         let require_opt_in = self.settings.policy == Policy::Explicit;
         if verdict(in_force.clone(), require_opt_in).is_allowed() {
-            self.metrics.count("forwarded");
+            self.metrics.count("forwarded", received.subject.channel);
             let mut out: Vec<Output> =
                 Self::forward(received.ctx, received.event, false, flagged.is_some())
                     .into_iter()
@@ -1048,7 +1056,8 @@ impl ConsentProcessor {
             ));
             return out;
         }
-        self.metrics.count("blocked_inbound");
+        self.metrics
+            .count("blocked_inbound", received.subject.channel);
         let mut details = BTreeMap::from([("consent_status".into(), received.status.to_string())]);
         if let Some(reference) = in_force.as_ref().and_then(|d| d.event_ref.clone()) {
             details.insert("decision_ref".into(), reference);
@@ -1083,7 +1092,7 @@ impl ConsentProcessor {
         let conv = Some(event.conversation_id.as_str());
         let at = event.occurred_at;
         let mut out = Vec::new();
-        self.metrics.count("first_contact");
+        self.metrics.count("first_contact", subject.channel);
         let registry_opt_in = registry.filter(|d| d.status == ConsentStatus::OptedIn);
         if registry_opt_in.is_some() || self.settings.policy == Policy::Implied {
             // Texting first is consent (or the registry already has it, in which
@@ -1120,12 +1129,12 @@ impl ConsentProcessor {
                 details,
             ));
             out.extend(reply.outputs);
-            self.metrics.count("forwarded");
+            self.metrics.count("forwarded", subject.channel);
             out.extend(Self::forward(ctx, event, true, flagged.is_some()));
             let status = ConsentStatus::OptedIn;
             out.extend(self.possible_revocation(event, subject, flagged, status));
         } else {
-            self.metrics.count("blocked_inbound");
+            self.metrics.count("blocked_inbound", subject.channel);
             let id = compliance_event_id(ComplianceEventKind::BlockedInbound, trigger);
             out.extend(self.decide(
                 subject,
@@ -1177,7 +1186,7 @@ impl ConsentProcessor {
         status: ConsentStatus,
     ) -> Option<Output> {
         let flag = flagged?;
-        self.metrics.count("possible_revocation");
+        self.metrics.count("possible_revocation", subject.channel);
         tracing::info!(
             address = %mask_address(&subject.address),
             channel = %subject.channel,
@@ -1216,7 +1225,7 @@ impl ConsentProcessor {
             .get(&contact_key(&delivery.conversation_id))
             .and_then(|s| s.contact.clone())
         else {
-            self.metrics.count("unattributed_21610");
+            self.metrics.count("unattributed_21610", Channel::Unknown);
             tracing::warn!(
                 conversation_id = %delivery.conversation_id,
                 operation_id = %delivery.operation_id,
@@ -1241,7 +1250,7 @@ impl ConsentProcessor {
         if current.is_some_and(|d| d.status == ConsentStatus::OptedOut) {
             return Vec::new();
         }
-        self.metrics.count("twilio_opt_out");
+        self.metrics.count("twilio_opt_out", subject.channel);
         let trigger = delivery.operation_id.as_str();
         let id = compliance_event_id(ComplianceEventKind::OptOut, trigger);
         let mut out = Vec::new();

@@ -322,7 +322,7 @@ fn stop_blocks_then_start_reenables() {
         h.processor
             .metrics
             .outcomes
-            .with_label_values(&[outcome])
+            .with_label_values(&[outcome, "sms"])
             .get()
     };
     assert_eq!(
@@ -478,7 +478,7 @@ fn a_revocation_phrase_opts_out_with_one_confirmation() {
         h.processor
             .metrics
             .outcomes
-            .with_label_values(&[outcome])
+            .with_label_values(&[outcome, "sms"])
             .get()
     };
     assert_eq!(count("revocation_phrase"), 1);
@@ -889,6 +889,15 @@ fn sender_scope_and_programmable_messaging_replies() {
         op.not_after.is_some(),
         "WhatsApp free text is bound to the window"
     );
+    // Opt-out trends per channel.
+    let opt_outs = |channel: &str| {
+        h.processor
+            .metrics
+            .outcomes
+            .with_label_values(&["opt_out", channel])
+            .get()
+    };
+    assert_eq!((opt_outs("whatsapp"), opt_outs("sms")), (1, 0));
 }
 
 #[test]
