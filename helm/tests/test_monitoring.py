@@ -230,6 +230,22 @@ def test_prometheus_rule_follows_release_names():
     assert rules["SiDeadLetters"]["annotations"]["runbook_url"] == f"{RUNBOOK_BASE}/dlq-replay.md"
 
 
+def test_prometheus_rule_takes_the_delivered_rate_target():
+    base = ("--set", "monitoring.prometheusRule.enabled=true",
+            "--set", f"monitoring.prometheusRule.runbookBaseUrl={RUNBOOK_BASE}")
+
+    def expr(*args: str) -> str:
+        rule = render(*base, *args).named("PrometheusRule", FULLNAME)
+        return next(x["expr"] for g in rule["spec"]["groups"] for x in g["rules"]
+                    if x["alert"] == "SiDeliveredRateLow")
+
+    assert ") < 0.95\n" in expr()
+    assert ") < 0.9\n" in expr("--set-json", "monitoring.prometheusRule.deliveredRateTarget=0.9")
+    for bad in ("0", "1.5"):
+        r = render(*base, "--set-json", f"monitoring.prometheusRule.deliveredRateTarget={bad}")
+        assert r.returncode != 0 and "deliveredRateTarget" in r.stderr, bad
+
+
 def test_prometheus_rule_needs_a_runbook_base_url():
     r = render("--set", "monitoring.prometheusRule.enabled=true")
     assert r.returncode != 0 and "runbookBaseUrl is required" in r.stderr
