@@ -13,7 +13,10 @@
 //! [`voice::choice`], shared by ingress (the TwiML) and normalize (the event).
 
 pub mod consent;
+mod region;
 pub mod voice;
+
+pub use region::locale_of_region;
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;

@@ -738,6 +738,26 @@ fn twiml_response(xml: impl Into<axum::body::Body>) -> Response {
         .into_response()
 }
 
+/// The locale of the user's country on a call (Twilio's `FromCountry`, else
+/// `CallerCountry`; on a call we placed, `ToCountry`, else `CalledCountry`),
+/// when the call's URL names none: an inbound call's number webhook carries
+/// no locale, and a caller from Mexico hears the recording disclosure and the
+/// prompt in Spanish, as normalize's phone-country step would pick for their
+/// texts. `None` when Twilio gave no country or it has no listed locale.
+fn caller_locale(body: &Body) -> Option<&'static str> {
+    let outbound = body
+        .get("Direction")
+        .is_some_and(|d| d.starts_with("outbound"));
+    let (country, fallback) = if outbound {
+        ("ToCountry", "CalledCountry")
+    } else {
+        ("FromCountry", "CallerCountry")
+    };
+    body.get(country)
+        .or_else(|| body.get(fallback))
+        .and_then(si_catalog::locale_of_region)
+}
+
 /// The answer Twilio gets once the webhook is stored.
 fn answer(
     state: &AppState,
@@ -748,7 +768,9 @@ fn answer(
 ) -> Response {
     let voice = |reply: &dyn Fn(&Catalog, twiml::Carried<'_>, &str) -> String| {
         let conversation = query_param(query, "conversation");
-        let locale = query_param(query, "locale").unwrap_or_else(|| state.default_locale.clone());
+        let locale = query_param(query, "locale")
+            .or_else(|| caller_locale(body).map(str::to_owned))
+            .unwrap_or_else(|| state.default_locale.clone());
         let carried = twiml::Carried {
             conversation: conversation.as_deref(),
             locale: &locale,

@@ -240,6 +240,42 @@ async fn idempotency_token_headers_and_keys_are_kept() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn an_inbound_call_hears_the_prompts_in_the_language_of_the_callers_country()
+-> anyhow::Result<()> {
+    // The number's webhook names no locale: the caller's country decides
+    // (Mexico: Spanish), and the gather's URL carries it on; a country
+    // without a listed locale gets DEFAULT_LOCALE.
+    let ingress = Ingress::start(&["--voice-stream-url", "wss://voice.example/agent"]).await?;
+    let inbound = |country: &str| {
+        form_params(&[
+            ("CallSid", "CA2"),
+            ("From", "+5215555550123"),
+            ("To", "+14155550100"),
+            ("Direction", "inbound"),
+            ("FromCountry", country),
+            ("ToCountry", "US"),
+        ])
+    };
+    let response = ingress
+        .post_form("/twilio/voice/answer", &inbound("MX"), support::TOKEN)
+        .await?;
+    let twiml = response.text().await?;
+    assert!(twiml.contains("Esta llamada se graba"), "{twiml}");
+    assert!(
+        twiml.contains("/twilio/voice/gather?locale=es-MX"),
+        "{twiml}"
+    );
+    let response = ingress
+        .post_form("/twilio/voice/answer", &inbound("ZZ"), support::TOKEN)
+        .await?;
+    let twiml = response.text().await?;
+    assert!(!twiml.contains("Esta llamada se graba"), "{twiml}");
+    assert!(twiml.contains("/twilio/voice/gather?locale=en"), "{twiml}");
+
+    Ok(())
+}
+
+#[tokio::test]
 async fn voice_answer_and_gather_return_localized_twiml_and_are_stored() -> anyhow::Result<()> {
     let ingress = Ingress::start(&["--voice-stream-url", "wss://voice.example/agent"]).await?;
     let call = form_params(&[

@@ -21,7 +21,8 @@ use si_schemas::records::{
 };
 use si_schemas::topics;
 
-use crate::address::{Address, locale_of_region};
+use crate::address::Address;
+use si_catalog::locale_of_region;
 
 mod voice;
 use crate::ids::{self, AddressHasher};
