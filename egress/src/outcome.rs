@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use si_schemas::records::{
-    ComplianceEvent, ComplianceEventKind, ComplianceSource, DeliveryOutcome, DeliveryStatus,
-    EgressLedgerEntry, OutboundDeadLetter, OutboundOperation,
+    ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentStatus, DeliveryOutcome,
+    DeliveryStatus, EgressLedgerEntry, OutboundDeadLetter, OutboundOperation,
 };
 
 /// Twilio's "recipient opted out" error.
@@ -44,6 +44,10 @@ pub enum Final {
     Blocked {
         /// Why.
         reason: String,
+        /// The consent status that refused it.
+        status: ConsentStatus,
+        /// The source and sender scope of the decision in force, if any.
+        decision: Option<(ComplianceSource, String)>,
     },
 }
 
@@ -251,9 +255,43 @@ pub fn terminal(
             status.error_message = Some(reason.clone());
             out.dead_letter = dead_letter(reason.clone(), *code, *http_status);
         }
-        Final::Blocked { reason } => {
+        Final::Blocked {
+            reason,
+            status: consent,
+            decision,
+        } => {
             status.outcome = DeliveryOutcome::Blocked;
             status.error_message = Some(reason.clone());
+            // On the audit record, as segment's and voice-link's blocks are.
+            if let Some(to) = op.to.as_deref() {
+                let mut details = BTreeMap::from([
+                    ("stage".to_owned(), "egress".to_owned()),
+                    ("consent_status".to_owned(), consent.as_str().to_owned()),
+                    ("operation".to_owned(), op.kind.as_str().to_owned()),
+                ]);
+                if let Some((_, scope)) = decision {
+                    details.insert("decision_scope".to_owned(), scope.clone());
+                }
+                out.compliance = Some((
+                    op.channel.address_key(to),
+                    ComplianceEvent {
+                        event_id: si_consent_gate::egress_blocked_event_id(&op.operation_id),
+                        kind: ComplianceEventKind::BlockedOutbound,
+                        source: decision
+                            .as_ref()
+                            .map_or(ComplianceSource::Unknown, |(source, _)| *source),
+                        address: to.to_owned(),
+                        channel: op.channel,
+                        sender_scope: Some(sender_scope(op)),
+                        conversation_id: Some(op.conversation_id.clone()),
+                        message_ref: Some(op.operation_id.clone()),
+                        keyword: None,
+                        locale: None,
+                        at: now,
+                        details,
+                    },
+                ));
+            }
         }
     }
     out.status = status;
@@ -368,6 +406,8 @@ mod tests {
             &op(),
             &Final::Blocked {
                 reason: "opted out".into(),
+                status: ConsentStatus::OptedOut,
+                decision: Some((ComplianceSource::Keyword, "+14155550199".into())),
             },
             0,
             1,
@@ -375,6 +415,15 @@ mod tests {
         );
         assert_eq!(t.status.outcome, DeliveryOutcome::Blocked);
         assert!(t.dead_letter.is_none());
+        // On the audit record, under the user's address, with the decision.
+        let (key, event) = t.compliance.unwrap();
+        assert_eq!(key, "whatsapp:+14155550100");
+        assert_eq!(event.event_id, "egress-blocked-r1-0");
+        assert_eq!(event.kind, ComplianceEventKind::BlockedOutbound);
+        assert_eq!(event.source, ComplianceSource::Keyword);
+        assert_eq!(event.conversation_id.as_deref(), Some("CH1"));
+        assert_eq!(event.details["consent_status"], "OPTED_OUT");
+        assert_eq!(event.details["decision_scope"], "+14155550199");
     }
 
     #[test]
@@ -395,9 +444,13 @@ mod tests {
             failed
         );
         assert!(
-            Final::Blocked { reason: "x".into() }
-                .ledger_entry(&op(), 0, 9)
-                .is_none()
+            Final::Blocked {
+                reason: "x".into(),
+                status: ConsentStatus::OptedOut,
+                decision: None,
+            }
+            .ledger_entry(&op(), 0, 9)
+            .is_none()
         );
     }
 }

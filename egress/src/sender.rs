@@ -472,11 +472,13 @@ async fn attempt(
         && let (Some(gate), Some(to)) = (&ctx.gate, op.to.as_deref())
     {
         let scope = crate::outcome::sender_scope(op);
-        if let Verdict::Blocked { status, .. } =
+        if let Verdict::Blocked { status, decision } =
             gate.check(op.channel, to, &scope, ctx.require_opt_in)
         {
             let end = Final::Blocked {
-                reason: format!("consent re-check before sending: {status}"),
+                reason: format!("{}: {status}", si_consent_gate::EGRESS_RECHECK_REASON),
+                status,
+                decision: decision.map(|d| (d.source, d.sender_scope.clone())),
             };
             finish(ctx, job, end, requests).await;
             return (Attempted::Done, None);

@@ -279,16 +279,27 @@ async fn permanent_errors_consent_and_bad_input() -> anyhow::Result<()> {
     assert_eq!(dlq["invalid"].attempts, 1);
     assert_eq!(dlq["invalid"].operation, ops[0]);
 
+    // The carrier's opt-out and the re-check's block are on the audit record.
     let compliance = env
-        .read::<ComplianceEvent>(topics::COMPLIANCE, 1, Duration::from_secs(20))
+        .read::<ComplianceEvent>(topics::COMPLIANCE, 2, Duration::from_secs(20))
         .await?;
-    let (key, event) = &compliance[0];
+    let of_kind = |kind| {
+        compliance
+            .iter()
+            .find(|(_, e)| e.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind:?} in {compliance:#?}"))
+    };
+    let (key, event) = of_kind(ComplianceEventKind::OptOut);
     assert_eq!(
         key.as_deref(),
         Some(format!("sms:{MAGIC_OPTED_OUT}").as_str())
     );
-    assert_eq!(event.kind, ComplianceEventKind::OptOut);
     assert_eq!(event.source, ComplianceSource::TwilioError);
+    let (key, event) = of_kind(ComplianceEventKind::BlockedOutbound);
+    assert_eq!(key.as_deref(), Some(format!("sms:{blocked_user}").as_str()));
+    assert_eq!(event.event_id, "egress-blocked-blocked");
+    assert_eq!(event.source, ComplianceSource::Keyword);
+    assert_eq!(event.conversation_id.as_deref(), Some(conv(3).as_str()));
 
     let dead = env
         .read::<DeadLetter>(topics::DEAD_LETTER, 1, Duration::from_secs(20))

@@ -137,6 +137,7 @@ pub const WRITERS: &[(&str, &[&str])] = &[
             OUTBOUND,
             DELIVERY,
             DEAD_LETTER,
+            COMPLIANCE,
             SEGMENT_STATE,
         ],
     ),

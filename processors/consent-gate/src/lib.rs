@@ -24,7 +24,10 @@
 pub mod recorded;
 pub mod sender_class;
 
-pub use recorded::{RECORDED_EVENT_PREFIX, twilio_opt_out_event_id, with_recorded};
+pub use recorded::{
+    EGRESS_RECHECK_REASON, RECORDED_EVENT_PREFIX, egress_blocked_event_id, twilio_opt_out_event_id,
+    with_recorded,
+};
 pub use sender_class::SenderClass;
 
 use std::sync::Arc;

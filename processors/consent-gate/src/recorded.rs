@@ -21,6 +21,19 @@ pub fn twilio_opt_out_event_id(operation_id: &str) -> String {
     format!("egress-21610-{operation_id}")
 }
 
+/// The `event_id` of the `BLOCKED_OUTBOUND` egress records when its consent
+/// re-check refuses an operation: lifecycle names it in the conversation's
+/// archival request from the operation's BLOCKED status
+/// ([`EGRESS_RECHECK_REASON`] begins its `error_message`).
+#[must_use]
+pub fn egress_blocked_event_id(operation_id: &str) -> String {
+    format!("egress-blocked-{operation_id}")
+}
+
+/// How the `error_message` of a BLOCKED status of egress's consent re-check
+/// begins (then `: <consent status>`).
+pub const EGRESS_RECHECK_REASON: &str = "consent re-check before sending";
+
 /// Adds, for every compliance event among `outputs` that names a
 /// conversation, the `COMPLIANCE_RECORDED` event of that conversation
 /// (`session_id` of the conversation, written in the same transaction).

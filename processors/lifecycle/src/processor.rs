@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use si_catalog::{Catalog, keys};
-use si_consent_gate::{ConsentGate, twilio_opt_out_event_id};
+use si_consent_gate::{
+    ConsentGate, EGRESS_RECHECK_REASON, egress_blocked_event_id, twilio_opt_out_event_id,
+};
 use si_runtime::processor::{
     InputRecord, Output, ProcessError, Processor, RecordContext, TimerContext,
 };
@@ -833,14 +835,27 @@ impl LifecycleProcessor {
             }
             return Vec::new();
         }
-        if delivery.outcome == DeliveryOutcome::Failed
-            && delivery.error_code == Some(TWILIO_OPTED_OUT)
+        // Egress recorded a compliance event about this conversation: the
+        // carrier's opt-out (21610), or its consent re-check's block.
+        let recorded = match delivery.outcome {
+            DeliveryOutcome::Failed if delivery.error_code == Some(TWILIO_OPTED_OUT) => {
+                Some(twilio_opt_out_event_id(&delivery.operation_id))
+            }
+            DeliveryOutcome::Blocked
+                if delivery
+                    .error_message
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with(EGRESS_RECHECK_REASON)) =>
+            {
+                Some(egress_blocked_event_id(&delivery.operation_id))
+            }
+            _ => None,
+        };
+        if let Some(id) = recorded
             && let Some(conversation) = state
                 .get(&conversation_key(&delivery.conversation_id))
                 .cloned()
         {
-            // Egress recorded the carrier's opt-out (21610) about this conversation.
-            let id = twilio_opt_out_event_id(&delivery.operation_id);
             self.remember_compliance(conversation, &id, state);
         }
         let Some(response_id) = delivery.response_id.as_deref() else {

@@ -1323,13 +1323,26 @@ fn the_archival_request_names_the_compliance_events_recorded_about_the_conversat
         ..delivery(CH, "r-9")
     };
     h.deliver(refused, T0 + 3);
+    // Egress's consent re-check blocked a send: it recorded the block. A
+    // BLOCKED status of anyone else (a refused command) names nothing.
+    let blocked = |operation: &str, reason: &str| DeliveryStatus {
+        outcome: DeliveryOutcome::Blocked,
+        error_message: Some(reason.into()),
+        twilio_sid: None,
+        ..delivery(CH, operation)
+    };
+    h.deliver(
+        blocked("r-10", "consent re-check before sending: OPTED_OUT"),
+        T0 + 3,
+    );
+    h.deliver(blocked("r-11", "the user opted out"), T0 + 3);
     // Another conversation's record is not this one's.
     h.event(recorded("CH-other", T0 + 4, "c-2"), T0 + 4);
     let released = close_now(&mut h, CH, T0 + 5);
     let archival = only::<ArchivalRequest>(&released, topics::ARCHIVAL);
     assert_eq!(
         archival[0].compliance_event_ids,
-        ["c-1", "egress-21610-r-9-0"]
+        ["c-1", "egress-21610-r-9-0", "egress-blocked-r-10-0"]
     );
 }
 
