@@ -141,6 +141,10 @@ pub struct SegmentConfig {
     pub whatsapp_window_margin: Duration,
     /// Template sent when the window is closed; without one such a response fails.
     pub whatsapp_template: Option<WhatsappTemplate>,
+    /// The same template approved in other languages: Content SID by locale
+    /// (lower case, `es`, `pt-br`), with `whatsapp_template`'s variables
+    /// ([`SegmentConfig::whatsapp_template_for`]).
+    pub whatsapp_templates: BTreeMap<String, String>,
 }
 
 impl Default for SegmentConfig {
@@ -181,7 +185,33 @@ impl Default for SegmentConfig {
             whatsapp_window: Duration::from_secs(24 * 3600),
             whatsapp_window_margin: Duration::ZERO,
             whatsapp_template: None,
+            whatsapp_templates: BTreeMap::new(),
         }
+    }
+}
+
+impl SegmentConfig {
+    /// The template for a recipient in `locale`: the one approved in that
+    /// locale, else in its language (`es-MX` → `es`), else the default
+    /// `whatsapp_template`; `None` without a default.
+    #[must_use]
+    pub fn whatsapp_template_for(&self, locale: Option<&str>) -> Option<WhatsappTemplate> {
+        let default = self.whatsapp_template.as_ref()?;
+        let locale = locale
+            .unwrap_or_default()
+            .trim()
+            .to_lowercase()
+            .replace('_', "-");
+        let language = locale.split('-').next().unwrap_or_default();
+        let content_sid = self
+            .whatsapp_templates
+            .get(&locale)
+            .or_else(|| self.whatsapp_templates.get(language))
+            .unwrap_or(&default.content_sid);
+        Some(WhatsappTemplate {
+            content_sid: content_sid.clone(),
+            variables_json: default.variables_json.clone(),
+        })
     }
 }
 
@@ -272,6 +302,19 @@ impl SegmentConfig {
         }
         if self.whatsapp_window_margin >= self.whatsapp_window {
             return bad("the WhatsApp window margin must be shorter than the window".into());
+        }
+        if !self.whatsapp_templates.is_empty() && self.whatsapp_template.is_none() {
+            return bad(
+                "WhatsApp templates by locale need the default template (SEGMENT_WHATSAPP_TEMPLATE_SID) for the other locales"
+                    .into(),
+            );
+        }
+        for (locale, sid) in &self.whatsapp_templates {
+            if locale.is_empty() || !sid.starts_with("HX") {
+                return bad(format!(
+                    "WhatsApp template {locale:?}={sid:?}: a locale and a Content SID (HX…) are needed"
+                ));
+            }
         }
         if let Some(t) = &self.whatsapp_template {
             if !t.content_sid.starts_with("HX") {
@@ -409,6 +452,19 @@ pub struct SegmentArgs {
         default_value = "{}"
     )]
     pub whatsapp_template_variables: String,
+
+    /// The same template approved in another language, for recipients in a
+    /// locale, as LOCALE=HX… (repeatable; env: `;`-separated): a locale
+    /// falls back to its language, then to SEGMENT_WHATSAPP_TEMPLATE_SID.
+    #[arg(long = "whatsapp-template-for", env = "SEGMENT_WHATSAPP_TEMPLATES", value_delimiter = ';', value_parser = parse_locale_template)]
+    pub whatsapp_templates: Vec<(String, String)>,
+}
+
+/// LOCALE=HX…, the locale in lower case with `-`.
+fn parse_locale_template(text: &str) -> Result<(String, String), String> {
+    parse_locale_marker(text)
+        .map(|(l, sid)| (l.to_lowercase().replace('_', "-"), sid.trim().to_owned()))
+        .map_err(|_| format!("expected LOCALE=HX…, got {text:?}"))
 }
 
 impl SegmentArgs {
@@ -452,6 +508,7 @@ impl SegmentArgs {
                     content_sid: sid.clone(),
                     variables_json: self.whatsapp_template_variables.clone(),
                 }),
+            whatsapp_templates: self.whatsapp_templates.iter().cloned().collect(),
         };
         config.validate()?;
         Ok(config)
@@ -497,6 +554,43 @@ mod tests {
         assert!(cli.segment.config().is_err());
         let cli = Cli::try_parse_from(["x", "--max-parts", "30"]).expect("parses");
         assert!(cli.segment.config().is_err());
+        // Templates by locale: a default for the other locales, Content SIDs.
+        let cli = Cli::try_parse_from(["x", "--whatsapp-template-for", "es=HX2"]).expect("parses");
+        assert!(cli.segment.config().is_err());
+        let cli = Cli::try_parse_from([
+            "x",
+            "--whatsapp-template-sid",
+            "HX1",
+            "--whatsapp-template-for",
+            "es=MG2",
+        ])
+        .expect("parses");
+        assert!(cli.segment.config().is_err());
+    }
+
+    #[test]
+    fn whatsapp_template_by_locale() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--whatsapp-template-sid",
+            "HX1",
+            "--whatsapp-template-for",
+            "es=HX2",
+            "--whatsapp-template-for",
+            "pt_BR = HX3",
+        ])
+        .expect("parses");
+        let config = cli.segment.config().expect("valid");
+        let sid = |locale| {
+            config
+                .whatsapp_template_for(locale)
+                .expect("a default")
+                .content_sid
+        };
+        assert_eq!(sid(Some("es-MX")), "HX2");
+        assert_eq!(sid(Some("pt-BR")), "HX3");
+        assert_eq!(sid(Some("pt-PT")), "HX1");
+        assert_eq!(sid(None), "HX1");
     }
 
     #[test]

@@ -225,14 +225,16 @@ pub fn plan(
         match state {
             WindowState::Open { closes_at_ms } => not_after = Some(closes_at_ms),
             WindowState::Closed { .. } => {
-                let template = config.whatsapp_template.as_ref().ok_or(Error::NoTemplate)?;
+                let template = config
+                    .whatsapp_template_for(response.locale)
+                    .ok_or(Error::NoTemplate)?;
                 plan.warnings.push(format!(
                     "WhatsApp window closed: template {} sent instead of {} characters of text and {} media",
                     template.content_sid,
                     normalized.chars().count(),
                     media.len()
                 ));
-                plan.parts.push(template_part(template));
+                plan.parts.push(template_part(&template));
                 plan.normalized_text = normalized;
                 return Ok(plan);
             }

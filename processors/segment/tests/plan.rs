@@ -176,6 +176,38 @@ fn whatsapp_window_edges() {
 }
 
 #[test]
+fn a_closed_window_gets_the_template_of_the_recipients_language() {
+    const ES: &str = "HXeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+    const PT_BR: &str = "HXbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    let config = SegmentConfig {
+        whatsapp_templates: BTreeMap::from([
+            ("es".to_owned(), ES.to_owned()),
+            ("pt-br".to_owned(), PT_BR.to_owned()),
+        ]),
+        ..whatsapp_config()
+    };
+    let sid = |locale: Option<&str>| {
+        let response = Response {
+            locale,
+            ..Response::text("hola", Channel::Whatsapp)
+        };
+        let plan = make_plan(&response, at(T0 + 25 * HOUR_MS), &config).expect("plan");
+        assert_eq!(
+            plan.parts[0].content_variables_json.as_deref(),
+            Some(r#"{"1":"Si"}"#)
+        );
+        plan.parts[0].content_sid.clone().expect("a template")
+    };
+    // The locale, else its language, else the default template.
+    assert_eq!(sid(Some("pt-BR")), PT_BR);
+    assert_eq!(sid(Some("es-MX")), ES);
+    assert_eq!(sid(Some("es")), ES);
+    assert_eq!(sid(Some("pt-PT")), template().content_sid);
+    assert_eq!(sid(Some("fr-FR")), template().content_sid);
+    assert_eq!(sid(None), template().content_sid);
+}
+
+#[test]
 fn whatsapp_window_closed_without_template_fails() {
     let result = make_plan(
         &Response::text("hi", Channel::Whatsapp),

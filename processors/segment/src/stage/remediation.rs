@@ -453,10 +453,9 @@ impl Segmenter {
             Step::Template => self
                 .settings
                 .segment
-                .whatsapp_template
-                .as_ref()
+                .whatsapp_template_for(recipient_locale(state, &op).as_deref())
                 .map(|template| {
-                    let resend = as_template(next.of(op.clone(), now), template, failure.code);
+                    let resend = as_template(next.of(op.clone(), now), &template, failure.code);
                     (RemediationAction::ResendAsTemplate, resend)
                 }),
             Step::Fallback => {
@@ -701,6 +700,19 @@ impl Segmenter {
 /// `resend` as the approved WhatsApp template instead of its text, for a
 /// message Twilio refused outside the 24-hour window (or any failure the
 /// policy answers with the template).
+/// The locale of the user `op` goes to (their participant's, else the
+/// conversation's): the language of the template it is resent as.
+fn recipient_locale(state: &StateStore<SegmentState>, op: &OutboundOperation) -> Option<String> {
+    let conversation =
+        super::conversation_of(state, &super::conversation_key(&op.conversation_id))?;
+    conversation
+        .participants
+        .iter()
+        .find(|p| p.address.is_some() && p.address == op.to)
+        .and_then(|p| p.locale.clone())
+        .or(conversation.locale)
+}
+
 fn as_template(
     mut resend: OutboundOperation,
     template: &WhatsappTemplate,
