@@ -222,26 +222,16 @@ pub fn terminal(
             if *code == Some(OPTED_OUT)
                 && let Some(to) = op.to.as_deref()
             {
-                let channel = op.channel;
-                out.compliance = Some((
-                    format!("{}:{to}", channel.as_str().to_ascii_lowercase()),
-                    ComplianceEvent {
-                        event_id: si_consent_gate::twilio_opt_out_event_id(&op.operation_id),
-                        kind: ComplianceEventKind::OptOut,
-                        source: ComplianceSource::TwilioError,
-                        address: to.to_owned(),
-                        channel,
-                        sender_scope: Some(sender_scope(op)),
-                        conversation_id: Some(op.conversation_id.clone()),
-                        message_ref: Some(op.operation_id.clone()),
-                        keyword: None,
-                        locale: None,
-                        at: now,
-                        details: BTreeMap::from([
-                            ("error_code".to_owned(), OPTED_OUT.to_string()),
-                            ("stage".to_owned(), "egress".to_owned()),
-                        ]),
-                    },
+                out.compliance = Some(audit_record(
+                    op,
+                    to,
+                    si_consent_gate::twilio_opt_out_event_id(&op.operation_id),
+                    (ComplianceEventKind::OptOut, ComplianceSource::TwilioError),
+                    now,
+                    BTreeMap::from([
+                        ("error_code".to_owned(), OPTED_OUT.to_string()),
+                        ("stage".to_owned(), "egress".to_owned()),
+                    ]),
                 ));
             }
         }
@@ -272,30 +262,53 @@ pub fn terminal(
                 if let Some((_, scope)) = decision {
                     details.insert("decision_scope".to_owned(), scope.clone());
                 }
-                out.compliance = Some((
-                    op.channel.address_key(to),
-                    ComplianceEvent {
-                        event_id: si_consent_gate::egress_blocked_event_id(&op.operation_id),
-                        kind: ComplianceEventKind::BlockedOutbound,
-                        source: decision
+                out.compliance = Some(audit_record(
+                    op,
+                    to,
+                    si_consent_gate::egress_blocked_event_id(&op.operation_id),
+                    (
+                        ComplianceEventKind::BlockedOutbound,
+                        decision
                             .as_ref()
                             .map_or(ComplianceSource::Unknown, |(source, _)| *source),
-                        address: to.to_owned(),
-                        channel: op.channel,
-                        sender_scope: Some(sender_scope(op)),
-                        conversation_id: Some(op.conversation_id.clone()),
-                        message_ref: Some(op.operation_id.clone()),
-                        keyword: None,
-                        locale: None,
-                        at: now,
-                        details,
-                    },
+                    ),
+                    now,
+                    details,
                 ));
             }
         }
     }
     out.status = status;
     out
+}
+
+/// A compliance event egress records about the recipient `to` of `op`
+/// (keyed by the address), with `kind` and `source`.
+fn audit_record(
+    op: &OutboundOperation,
+    to: &str,
+    event_id: String,
+    (kind, source): (ComplianceEventKind, ComplianceSource),
+    now: i64,
+    details: BTreeMap<String, String>,
+) -> (String, ComplianceEvent) {
+    (
+        op.channel.address_key(to),
+        ComplianceEvent {
+            event_id,
+            kind,
+            source,
+            address: to.to_owned(),
+            channel: op.channel,
+            sender_scope: Some(sender_scope(op)),
+            conversation_id: Some(op.conversation_id.clone()),
+            message_ref: Some(op.operation_id.clone()),
+            keyword: None,
+            locale: None,
+            at: now,
+            details,
+        },
+    )
 }
 
 #[cfg(test)]
