@@ -1,6 +1,7 @@
 //! The records that end an operation: exactly one `twilio.delivery.v1` status,
 //! plus a `twilio.outbound.dlq.v1` record for permanent failures and dead
-//! letters, plus an OPT_OUT compliance event for Twilio's 21610.
+//! letters, plus a compliance event for Twilio's 21610 (OPT_OUT) and for a
+//! send the consent re-check refused (BLOCKED_OUTBOUND).
 
 use std::collections::BTreeMap;
 
@@ -138,7 +139,8 @@ pub struct Terminal {
     pub status: DeliveryStatus,
     /// The dead letter, keyed by sender key.
     pub dead_letter: Option<OutboundDeadLetter>,
-    /// The opt-out compliance event and its key (`<channel>:<E.164>`).
+    /// The compliance event (a 21610 opt-out, a re-check's block) and its
+    /// key (`<channel>:<E.164>`).
     pub compliance: Option<(String, ComplianceEvent)>,
 }
 

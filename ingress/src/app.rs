@@ -753,9 +753,10 @@ fn caller_locale(body: &Body) -> Option<&'static str> {
     } else {
         ("FromCountry", "CallerCountry")
     };
-    body.get(country)
-        .or_else(|| body.get(fallback))
-        .and_then(si_catalog::locale_of_region)
+    [country, fallback]
+        .into_iter()
+        .filter_map(|name| body.get(name).filter(|c| !c.is_empty()))
+        .find_map(si_catalog::locale_of_region)
 }
 
 /// The answer Twilio gets once the webhook is stored.
@@ -1071,5 +1072,25 @@ mod tests {
             Err(Reject::UnsupportedMediaType)
         ));
         assert!(matches!(parse_body("", b"x"), Err(Reject::Malformed(_))));
+    }
+
+    #[test]
+    fn a_calls_locale_is_the_users_country_on_either_side() {
+        let locale = |form: &[u8]| caller_locale(&Body::Form(parse_form(form).expect("a form")));
+        assert_eq!(
+            locale(b"Direction=inbound&FromCountry=MX&ToCountry=US"),
+            Some("es-MX")
+        );
+        assert_eq!(
+            locale(b"Direction=outbound-api&FromCountry=US&ToCountry=FR"),
+            Some("fr-FR")
+        );
+        // An empty or unlisted country gives way to the other parameter.
+        assert_eq!(
+            locale(b"Direction=inbound&FromCountry=&CallerCountry=BR"),
+            Some("pt-BR")
+        );
+        assert_eq!(locale(b"Direction=inbound&FromCountry=ZZ"), None);
+        assert_eq!(locale(b"Direction=inbound"), None);
     }
 }

@@ -322,6 +322,11 @@ impl VoiceLinkProcessor {
         event: &ConversationEvent,
         state: &mut StateStore<VoiceLinkState>,
     ) -> Vec<Output> {
+        // A compliance event's reference (consent's, segment's, our own read
+        // back): nothing for the transcript or the calls, and no state write.
+        if event.event_type == ConversationEventType::ComplianceRecorded {
+            return Vec::new();
+        }
         let now = ctx.timestamp_ms;
         let key = conversation_key(&event.conversation_id);
         let mut conversation = state

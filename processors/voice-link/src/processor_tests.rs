@@ -534,6 +534,10 @@ fn a_declined_recording_continues_the_conversation_by_text() {
         );
         assert_recorded(&played, "session-1");
         assert_recorded(&out, "session-1");
+        // Read back from the conversation's topic, they change nothing.
+        for own in of::<ConversationEvent>(&played) {
+            assert!(h.event(own, T0 + 4).is_empty());
+        }
         let records: Vec<ComplianceEvent> = compliance(&played)
             .into_iter()
             .chain(compliance(&out))

@@ -697,9 +697,6 @@ impl Segmenter {
     }
 }
 
-/// `resend` as the approved WhatsApp template instead of its text, for a
-/// message Twilio refused outside the 24-hour window (or any failure the
-/// policy answers with the template).
 /// The locale of the user `op` goes to (their participant's, else the
 /// conversation's): the language of the template it is resent as.
 fn recipient_locale(state: &StateStore<SegmentState>, op: &OutboundOperation) -> Option<String> {
@@ -713,6 +710,9 @@ fn recipient_locale(state: &StateStore<SegmentState>, op: &OutboundOperation) ->
         .or(conversation.locale)
 }
 
+/// `resend` as the approved WhatsApp template instead of its text, for a
+/// message Twilio refused outside the 24-hour window (or any failure the
+/// policy answers with the template).
 fn as_template(
     mut resend: OutboundOperation,
     template: &WhatsappTemplate,
