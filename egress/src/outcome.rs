@@ -226,7 +226,7 @@ pub fn terminal(
             {
                 out.compliance = Some(audit_record(
                     op,
-                    to,
+                    op.channel.address_key(to),
                     si_consent_gate::twilio_opt_out_event_id(&op.operation_id),
                     (ComplianceEventKind::OptOut, ComplianceSource::TwilioError),
                     now,
@@ -264,9 +264,12 @@ pub fn terminal(
                 if let Some((_, scope)) = decision {
                     details.insert("decision_scope".to_owned(), scope.clone());
                 }
+                // A call is keyed by the text channel whose consent refused
+                // it, as voice-link keys its own refusals.
+                let subject = si_consent_gate::call_consent(op).map_or(op.channel, |(c, _)| c);
                 out.compliance = Some(audit_record(
                     op,
-                    to,
+                    subject.address_key(to),
                     si_consent_gate::egress_blocked_event_id(&op.operation_id),
                     (
                         ComplianceEventKind::BlockedOutbound,
@@ -284,23 +287,23 @@ pub fn terminal(
     out
 }
 
-/// A compliance event egress records about the recipient `to` of `op`
-/// (keyed by the address), with `kind` and `source`.
+/// A compliance event egress records about the recipient of `op` under
+/// `key` (`<channel>:<E.164>`), with `kind` and `source`.
 fn audit_record(
     op: &OutboundOperation,
-    to: &str,
+    key: String,
     event_id: String,
     (kind, source): (ComplianceEventKind, ComplianceSource),
     now: i64,
     details: BTreeMap<String, String>,
 ) -> (String, ComplianceEvent) {
     (
-        op.channel.address_key(to),
+        key,
         ComplianceEvent {
             event_id,
             kind,
             source,
-            address: to.to_owned(),
+            address: op.to.clone().unwrap_or_default(),
             channel: op.channel,
             sender_scope: Some(sender_scope(op)),
             conversation_id: Some(op.conversation_id.clone()),

@@ -205,14 +205,27 @@ pub struct SendContext {
     pub circuits: Circuits,
 }
 
-/// Whether an operation is re-checked against consent.
+/// Whether an operation is re-checked against consent: a message (but a
+/// consent reply), or a call that names the consent it was placed under.
 #[must_use]
 pub fn needs_consent(op: &OutboundOperation) -> bool {
-    matches!(
+    consent_subject(op).is_some()
+}
+
+/// The channel and sender scope an operation's recipient is checked under,
+/// when it is re-checked ([`needs_consent`]).
+#[must_use]
+pub fn consent_subject(op: &OutboundOperation) -> Option<(Channel, String)> {
+    op.to.as_ref()?;
+    if let Some((channel, scope)) = si_consent_gate::call_consent(op) {
+        return Some((channel, scope.to_owned()));
+    }
+    let message = matches!(
         op.kind,
         OperationKind::SendMessage | OperationKind::SendConversationMessage
-    ) && op.to.is_some()
-        && op.params.get("si.purpose").map(String::as_str) != Some(CONSENT_PURPOSE)
+    );
+    (message && op.params.get("si.purpose").map(String::as_str) != Some(CONSENT_PURPOSE))
+        .then(|| (op.channel, crate::outcome::sender_scope(op)))
 }
 
 /// Whether an operation may skip a held queue: an urgent (priority HIGH)
@@ -468,21 +481,18 @@ async fn attempt(
     permit: OwnedSemaphorePermit,
 ) -> (Attempted, Option<bool>) {
     let op = &job.op;
-    if needs_consent(op)
-        && let (Some(gate), Some(to)) = (&ctx.gate, op.to.as_deref())
+    if let (Some(gate), Some(to), Some((channel, scope))) =
+        (&ctx.gate, op.to.as_deref(), consent_subject(op))
+        && let Verdict::Blocked { status, decision } =
+            gate.check(channel, to, &scope, ctx.require_opt_in)
     {
-        let scope = crate::outcome::sender_scope(op);
-        if let Verdict::Blocked { status, decision } =
-            gate.check(op.channel, to, &scope, ctx.require_opt_in)
-        {
-            let end = Final::Blocked {
-                reason: format!("{}: {status}", si_consent_gate::EGRESS_RECHECK_REASON),
-                status,
-                decision: decision.map(|d| (d.source, d.sender_scope.clone())),
-            };
-            finish(ctx, job, end, requests).await;
-            return (Attempted::Done, None);
-        }
+        let end = Final::Blocked {
+            reason: format!("{}: {status}", si_consent_gate::EGRESS_RECHECK_REASON),
+            status,
+            decision: decision.map(|d| (d.source, d.sender_scope.clone())),
+        };
+        finish(ctx, job, end, requests).await;
+        return (Attempted::Done, None);
     }
     if let Some(window) = window {
         window.admit().await;
@@ -1263,6 +1273,24 @@ mod tests {
         let mut close = op("A");
         close.kind = OperationKind::CloseConversation;
         assert!(!needs_consent(&close));
+        // A call under the consent voice-link placed it with: that channel
+        // and scope; a call naming none is not re-checked.
+        let mut call = op("A");
+        call.kind = OperationKind::CreateCall;
+        call.channel = Channel::Voice;
+        assert!(!needs_consent(&call));
+        call.params.insert(
+            si_consent_gate::CALL_CONSENT_CHANNEL_PARAM.into(),
+            "whatsapp".into(),
+        );
+        call.params.insert(
+            si_consent_gate::CALL_CONSENT_SCOPE_PARAM.into(),
+            "+14155550199".into(),
+        );
+        assert_eq!(
+            consent_subject(&call),
+            Some((Channel::Whatsapp, "+14155550199".to_owned()))
+        );
         assert_eq!(cells(&close), 1);
         let mut wa = op("A");
         wa.channel = Channel::Whatsapp;

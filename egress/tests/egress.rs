@@ -13,8 +13,8 @@ use common::{
 };
 use rdkafka::producer::FutureRecord;
 use si_schemas::records::{
-    Channel, ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentState, ConsentStatus,
-    DeadLetter, DeliveryOutcome, OperationKind, OutboundDeadLetter,
+    CallRequest, Channel, ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentState,
+    ConsentStatus, DeadLetter, DeliveryOutcome, OperationKind, OutboundDeadLetter,
 };
 use si_schemas::topics;
 use si_testkit::TestEnv;
@@ -228,6 +228,30 @@ async fn permanent_errors_consent_and_bad_input() -> anyhow::Result<()> {
     let mut expired = op("expired", &conv(5), SENDER_NUMBER);
     expired.not_after = Some(now - 1);
     let fine = op("fine", &conv(6), SENDER_NUMBER);
+    // A call voice-link placed under the user's SMS consent, who opted out
+    // while it waited.
+    let mut blocked_call = op("blocked-call", &conv(7), SENDER_NUMBER);
+    blocked_call.kind = OperationKind::CreateCall;
+    blocked_call.channel = Channel::Voice;
+    blocked_call.body = None;
+    blocked_call.to = Some(blocked_user.into());
+    blocked_call.call = Some(CallRequest {
+        twiml_url: "https://si.example.com/twilio/voice/answer".into(),
+        status_callback_url: None,
+        record: false,
+        timeout_seconds: None,
+        machine_detection: None,
+    });
+    blocked_call.params = BTreeMap::from([
+        (
+            si_consent_gate::CALL_CONSENT_CHANNEL_PARAM.to_owned(),
+            "sms".to_owned(),
+        ),
+        (
+            si_consent_gate::CALL_CONSENT_SCOPE_PARAM.to_owned(),
+            SENDER_NUMBER.to_owned(),
+        ),
+    ]);
     let ops = [
         invalid,
         opted_out,
@@ -236,6 +260,7 @@ async fn permanent_errors_consent_and_bad_input() -> anyhow::Result<()> {
         unknown,
         expired,
         fine,
+        blocked_call,
     ];
     produce_ops(&env, &ops).await?;
     // Bytes that are not an operation.
@@ -263,6 +288,7 @@ async fn permanent_errors_consent_and_bad_input() -> anyhow::Result<()> {
     assert_eq!(outcome("unknown-kind"), DeliveryOutcome::DeadLettered);
     assert_eq!(outcome("expired"), DeliveryOutcome::DeadLettered);
     assert_eq!(outcome("fine"), DeliveryOutcome::Accepted);
+    assert_eq!(outcome("blocked-call"), DeliveryOutcome::Blocked);
 
     let dlq = env
         .read::<OutboundDeadLetter>(topics::OUTBOUND_DLQ, 4, Duration::from_secs(20))
@@ -281,12 +307,12 @@ async fn permanent_errors_consent_and_bad_input() -> anyhow::Result<()> {
 
     // The carrier's opt-out and the re-check's block are on the audit record.
     let compliance = env
-        .read::<ComplianceEvent>(topics::COMPLIANCE, 2, Duration::from_secs(20))
+        .read::<ComplianceEvent>(topics::COMPLIANCE, 3, Duration::from_secs(20))
         .await?;
     let of_kind = |kind| {
         compliance
             .iter()
-            .find(|(_, e)| e.kind == kind)
+            .find(|(_, e)| e.kind == kind && e.message_ref.as_deref() != Some("blocked-call"))
             .unwrap_or_else(|| panic!("no {kind:?} in {compliance:#?}"))
     };
     let (key, event) = of_kind(ComplianceEventKind::OptOut);
@@ -300,6 +326,15 @@ async fn permanent_errors_consent_and_bad_input() -> anyhow::Result<()> {
     assert_eq!(event.event_id, "egress-blocked-blocked");
     assert_eq!(event.source, ComplianceSource::Keyword);
     assert_eq!(event.conversation_id.as_deref(), Some(conv(3).as_str()));
+    // The call's block, under the SMS consent that refused it.
+    let (key, event) = compliance
+        .iter()
+        .find(|(_, e)| e.message_ref.as_deref() == Some("blocked-call"))
+        .unwrap_or_else(|| panic!("no block of the call in {compliance:#?}"));
+    assert_eq!(key.as_deref(), Some(format!("sms:{blocked_user}").as_str()));
+    assert_eq!(event.kind, ComplianceEventKind::BlockedOutbound);
+    assert_eq!(event.channel, Channel::Voice);
+    assert_eq!(event.details["operation"], "CREATE_CALL");
 
     let dead = env
         .read::<DeadLetter>(topics::DEAD_LETTER, 1, Duration::from_secs(20))
@@ -317,6 +352,7 @@ async fn permanent_errors_consent_and_bad_input() -> anyhow::Result<()> {
     assert_eq!(count("invalid"), 1, "a permanent error is never retried");
     assert_eq!(count("opted-out"), 1);
     assert_eq!(count("blocked"), 0, "the consent re-check sends nothing");
+    assert_eq!(count("blocked-call"), 0, "nor calls");
     assert_eq!(count("unknown-kind") + count("expired"), 0);
     assert_eq!(count("stop-confirmation"), 1);
     sandbox.shutdown().await;

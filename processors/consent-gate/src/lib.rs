@@ -28,6 +28,30 @@ pub use recorded::{
     EGRESS_RECHECK_REASON, RECORDED_EVENT_PREFIX, egress_blocked_event_id, twilio_opt_out_event_id,
     with_recorded,
 };
+
+/// `OutboundOperation.params` of a `CREATE_CALL`: the text channel (`sms`,
+/// `whatsapp`) whose consent the call was placed under, so egress checks it
+/// again right before creating the call (voice itself has no consent state).
+pub const CALL_CONSENT_CHANNEL_PARAM: &str = "si.consent.channel";
+/// `OutboundOperation.params` of a `CREATE_CALL`: the sender scope of that
+/// consent (our number the user texts, the Messaging Service, or `*`).
+pub const CALL_CONSENT_SCOPE_PARAM: &str = "si.consent.scope";
+
+/// The consent a `CREATE_CALL` is checked against (its channel and sender
+/// scope from [`CALL_CONSENT_CHANNEL_PARAM`] and [`CALL_CONSENT_SCOPE_PARAM`]);
+/// `None` for another operation, or a call that names none.
+#[must_use]
+pub fn call_consent(op: &OutboundOperation) -> Option<(Channel, &str)> {
+    if op.kind != OperationKind::CreateCall {
+        return None;
+    }
+    let channel = match op.params.get(CALL_CONSENT_CHANNEL_PARAM)?.as_str() {
+        "sms" => Channel::Sms,
+        "whatsapp" => Channel::Whatsapp,
+        _ => return None,
+    };
+    Some((channel, op.params.get(CALL_CONSENT_SCOPE_PARAM)?.as_str()))
+}
 pub use sender_class::SenderClass;
 
 use std::sync::Arc;
@@ -36,7 +60,7 @@ use si_runtime::Readiness;
 use si_runtime::config::KafkaArgs;
 use si_runtime::metrics::StageMetrics;
 use si_runtime::table::GlobalTable;
-use si_schemas::records::{Channel, ConsentState, ConsentStatus};
+use si_schemas::records::{Channel, ConsentState, ConsentStatus, OperationKind, OutboundOperation};
 use si_schemas::{Codec, topics};
 use tokio_util::sync::CancellationToken;
 

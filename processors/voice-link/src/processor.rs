@@ -765,9 +765,12 @@ impl VoiceLinkProcessor {
         if conversation.calls[index].outcome.is_some() {
             return Vec::new();
         }
-        // Twilio refused the call, or egress gave up: it never rang.
-        conversation.calls[index].outcome = Some("failed".to_owned());
-        self.count("failed");
+        // Egress's consent re-check refused it (the user opted out while it
+        // waited): it never rang, and there is nobody to text about it.
+        let blocked = status.outcome == DeliveryOutcome::Blocked;
+        let outcome = if blocked { "blocked" } else { "failed" };
+        conversation.calls[index].outcome = Some(outcome.to_owned());
+        self.count(outcome);
         let mut end = entry(
             conversation,
             format!("call-end-{}", status.operation_id),
@@ -775,10 +778,13 @@ impl VoiceLinkProcessor {
             status.at,
         );
         end.channel = Some(Channel::Voice);
-        end.call_outcome = Some("failed".to_owned());
+        end.call_outcome = Some(outcome.to_owned());
         end.call_duration_seconds = Some(0);
         let locale = conversation.calls[index].locale.clone();
         let mut outputs = vec![self.write(end)];
+        if blocked {
+            return outputs;
+        }
         outputs.extend(self.text(
             format!("{ID_PREFIX}missed-{}", status.operation_id),
             conversation,
@@ -1014,14 +1020,9 @@ impl VoiceLinkProcessor {
         Ok(outputs)
     }
 
-    fn consent_refusal(
-        &self,
-        now: i64,
-        command: &Command,
-        conversation: &VoiceLinkState,
-        to: &str,
-        locale: &str,
-    ) -> Option<Refusal> {
+    /// The consent a call to the conversation's user is placed under: their
+    /// text channel's, toward the sender they talk to.
+    fn consent_subject(&self, conversation: &VoiceLinkState) -> (Channel, String) {
         let channel = match conversation.channel {
             Channel::Whatsapp => Channel::Whatsapp,
             _ => Channel::Sms,
@@ -1031,6 +1032,18 @@ impl VoiceLinkProcessor {
             .clone()
             .or_else(|| self.settings.messaging_service_sid.clone())
             .unwrap_or_else(|| ANY_SCOPE.to_owned());
+        (channel, scope)
+    }
+
+    fn consent_refusal(
+        &self,
+        now: i64,
+        command: &Command,
+        conversation: &VoiceLinkState,
+        to: &str,
+        locale: &str,
+    ) -> Option<Refusal> {
+        let (channel, scope) = self.consent_subject(conversation);
         let Verdict::Blocked { status, decision } =
             self.gate
                 .check(channel, to, &scope, self.settings.require_opt_in)
@@ -1108,6 +1121,15 @@ impl VoiceLinkProcessor {
         op.to = Some(call.to.clone());
         op.from = Some(call.from.clone());
         op.not_after = Some(self.call_deadline(now, conversation, &call.to));
+        // Egress checks the same consent again right before it creates the
+        // call: a STOP while the call waits for its turn stops it.
+        let (channel, scope) = self.consent_subject(conversation);
+        op.params.insert(
+            si_consent_gate::CALL_CONSENT_CHANNEL_PARAM.to_owned(),
+            channel.key_prefix().to_owned(),
+        );
+        op.params
+            .insert(si_consent_gate::CALL_CONSENT_SCOPE_PARAM.to_owned(), scope);
         op.call = Some(CallRequest {
             twiml_url: format!("{base}/twilio/voice/answer?{query}"),
             status_callback_url: Some(format!("{base}/twilio/voice/status?{query}")),

@@ -625,6 +625,36 @@ fn twilio_refusing_the_call_is_a_failed_escalation() {
 }
 
 #[test]
+fn a_call_names_its_consent_for_egress_and_a_block_there_ends_it_without_a_text() {
+    let mut h = Harness::new(settings(), Vec::new());
+    h.event(text(T0, "Call me"), T0);
+    let placed = h.command(command("cmd-1", CommandKind::EscalateToVoice, &[]), T0 + 1);
+    let call = ops(&placed)
+        .into_iter()
+        .find(|o| o.kind == OperationKind::CreateCall)
+        .expect("a call");
+    // The user texts us by SMS at our number: egress checks that consent.
+    assert_eq!(
+        si_consent_gate::call_consent(&call),
+        Some((Channel::Sms, OURS))
+    );
+    // The user said STOP while the call waited in egress: BLOCKED, no ring.
+    let blocked = DeliveryStatus {
+        outcome: DeliveryOutcome::Blocked,
+        twilio_sid: None,
+        error_message: Some("consent re-check before sending: OPTED_OUT".into()),
+        ..delivered(&call_operation_id("cmd-1"), OperationKind::CreateCall, "")
+    };
+    let out = h.deliver(blocked, T0 + 2);
+    assert_eq!(entries(&out)[0].call_outcome.as_deref(), Some("blocked"));
+    assert!(
+        texts(&out).is_empty(),
+        "nothing to text a user who opted out"
+    );
+    assert_eq!((h.escalations("blocked"), h.escalations("failed")), (1, 0));
+}
+
+#[test]
 fn no_call_to_a_user_who_opted_out_and_never_silence() {
     let mut h = Harness::new(settings(), vec![opted_out()]);
     h.event(text(T0, "hello"), T0);
