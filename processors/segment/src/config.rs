@@ -202,17 +202,19 @@ impl SegmentConfig {
             .trim()
             .to_lowercase()
             .replace('_', "-");
-        let language = locale.split('-').next().unwrap_or_default();
-        let content_sid = self
-            .whatsapp_templates
-            .get(&locale)
-            .or_else(|| self.whatsapp_templates.get(language))
-            .unwrap_or(&default.content_sid);
+        let content_sid =
+            by_locale(&self.whatsapp_templates, &locale).unwrap_or(&default.content_sid);
         Some(WhatsappTemplate {
             content_sid: content_sid.clone(),
             variables_json: default.variables_json.clone(),
         })
     }
+}
+
+/// The entry of `locale` (BCP 47): its exact tag, else its language.
+fn by_locale<'a>(entries: &'a BTreeMap<String, String>, locale: &str) -> Option<&'a String> {
+    let language = locale.split(['-', '_']).next().unwrap_or(locale);
+    entries.get(locale).or_else(|| entries.get(language))
 }
 
 /// Longest truncation marker, in characters.
@@ -235,13 +237,8 @@ impl SegmentConfig {
     /// The truncation marker for `locale` (BCP 47): exact tag, then its language.
     #[must_use]
     pub fn marker_for(&self, locale: Option<&str>) -> &str {
-        let Some(locale) = locale else {
-            return &self.truncation_marker;
-        };
-        let language = locale.split(['-', '_']).next().unwrap_or(locale);
-        self.truncation_markers
-            .get(locale)
-            .or_else(|| self.truncation_markers.get(language))
+        locale
+            .and_then(|locale| by_locale(&self.truncation_markers, locale))
             .unwrap_or(&self.truncation_marker)
     }
 
