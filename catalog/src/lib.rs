@@ -70,6 +70,9 @@ pub mod keys {
     /// Messaging: the call was not answered (no answer, busy, failed, a
     /// machine): continue by text or ask for another call.
     pub const CALL_MISSED: &str = "messaging.call_missed";
+    /// Messaging: the user's messages are held back by the inbound rate
+    /// limit until they write more slowly.
+    pub const RATE_LIMITED: &str = "messaging.rate_limited";
 
     /// Every key; the default locale must define all of them.
     pub const ALL: &[&str] = &[
@@ -94,6 +97,7 @@ pub mod keys {
         CALL_SCHEDULED,
         CALL_CONTINUES_BY_TEXT,
         CALL_MISSED,
+        RATE_LIMITED,
     ];
 }
 

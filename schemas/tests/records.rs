@@ -1193,6 +1193,7 @@ fn consent_processor_state_round_trips() {
             event_ref: some("ev-1"),
         }),
         contact: None,
+        rate: None,
     });
     roundtrip(&ConsentProcessorState {
         kind: ConsentProcessorStateKind::Contact,
@@ -1205,11 +1206,23 @@ fn consent_processor_state_round_trips() {
             locale: some("es-MX"),
             last_seen_at: T0,
         }),
+        rate: None,
+    });
+    roundtrip(&ConsentProcessorState {
+        kind: ConsentProcessorStateKind::Rate,
+        decision: None,
+        contact: None,
+        rate: Some(RateAccount {
+            theoretical_arrival_at: T0 + 54_000,
+            limited_since: Some(T0 + 2_000),
+            held_back: 3,
+        }),
     });
     roundtrip(&ConsentProcessorState {
         kind: ConsentProcessorStateKind::Unknown,
         decision: None,
         contact: None,
+        rate: None,
     });
 }
 

@@ -404,7 +404,12 @@ async fn random_sigkills_and_a_broker_restart_lose_and_double_nothing() -> anyho
             "si-normalize",
             vec![("VISITOR_ID_SECRET", "chaos".to_owned())],
         ),
-        ("si-consent", vec![]),
+        // Each user writes 30 messages a minute, faster than the default
+        // inbound rate limit allows; the account is still kept per message.
+        (
+            "si-consent",
+            vec![("CONSENT_RATE_LIMIT", "120/1m".to_owned())],
+        ),
         ("si-echo-responder", vec![]),
         ("si-segment", vec![]),
         (

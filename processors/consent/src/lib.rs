@@ -8,6 +8,7 @@
 pub mod fold;
 pub mod keywords;
 pub mod processor;
+pub mod rate;
 pub mod revocation;
 
 use std::time::Duration;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use keywords::{KeywordKind, Keywords};
 pub use processor::{ConsentInput, ConsentMetrics, ConsentProcessor, Policy, ScopeMode, Settings};
+pub use rate::RateLimit;
 pub use revocation::{Action, Revocation, RevocationRules, Rule};
 
 /// The stage name: consumer group `si-consent`, transactional ids
@@ -63,6 +65,20 @@ pub struct ConsentArgs {
     /// as segment's responses (set it as for segment): one sender per number.
     #[arg(long, env = "MESSAGING_SERVICE_SID")]
     pub messaging_service_sid: Option<String>,
+
+    /// The inbound rate limit: how many messages the user of a conversation
+    /// may send per period (`<messages>/<period>`, e.g. `10/1m`) before their
+    /// messages are held back from the cognition layer (each stays on
+    /// si.conversation.events.v1; the first held back is recorded as
+    /// BLOCKED_INBOUND and the user is told), or `off`. Consent keywords
+    /// (STOP, START, HELP) are never held back.
+    #[arg(long, env = "CONSENT_RATE_LIMIT", default_value = "10/1m")]
+    pub rate_limit: String,
+
+    /// How many messages at once the rate limit lets through before it holds
+    /// to the sustained rate.
+    #[arg(long, env = "CONSENT_RATE_BURST", default_value_t = 10)]
+    pub rate_burst: u32,
 }
 
 /// Everything `si-consent` reads from flags and the environment.
@@ -109,6 +125,8 @@ impl Config {
                 .messaging_service_sid
                 .clone()
                 .filter(|s| !s.trim().is_empty()),
+            rate_limit: RateLimit::parse(&self.consent.rate_limit, self.consent.rate_burst)
+                .map_err(|e| anyhow::anyhow!("CONSENT_RATE_LIMIT / CONSENT_RATE_BURST: {e}"))?,
         })
     }
 }

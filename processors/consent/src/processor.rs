@@ -17,12 +17,13 @@ use si_schemas::records::{
     Channel, ComplianceEvent, ComplianceEventKind, ComplianceSource, ConsentProcessorState,
     ConsentProcessorStateKind, ConsentState, ConsentStatus, ConversationContact, ConversationEvent,
     ConversationEventType, DeliveryOutcome, DeliveryStatus, InboundMessage, InboundPurpose,
-    OperationKind, OutboundOperation, PM_CONVERSATION_PREFIX,
+    OperationKind, OutboundOperation, PM_CONVERSATION_PREFIX, RateAccount,
 };
 use si_schemas::{Codec, CodecError, topics};
 use si_segment::{Response, SegmentConfig, Timing, plan};
 
 use crate::keywords::{KeywordKind, Keywords, Matched};
+use crate::rate::{Admission, RateLimit};
 use crate::revocation::{Action, Revocation, RevocationRules};
 
 /// Twilio error: the recipient opted out (replied STOP at Twilio's level).
@@ -77,6 +78,19 @@ pub struct Settings {
     /// The Messaging Service Programmable Messaging replies go out through
     /// (as segment's responses), if any.
     pub messaging_service_sid: Option<String>,
+    /// How fast the user of a conversation may write before their messages
+    /// are held back from the cognition layer (`None`: no limit).
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// The default inbound rate limit: 10 messages a minute, bursts of 10.
+///
+/// # Panics
+/// Never: the numbers are valid.
+#[must_use]
+#[allow(clippy::expect_used)]
+pub fn default_rate_limit() -> RateLimit {
+    RateLimit::new(10, Duration::from_secs(60), 10).expect("a valid limit")
 }
 
 impl Default for Settings {
@@ -90,6 +104,7 @@ impl Default for Settings {
             segment: SegmentConfig::default(),
             state_ttl: Duration::from_secs(30 * 86_400),
             messaging_service_sid: None,
+            rate_limit: Some(default_rate_limit()),
         }
     }
 }
@@ -122,7 +137,8 @@ impl InputRecord for ConsentInput {
 pub struct ConsentMetrics {
     /// What happened to inputs: `forwarded`, `blocked_inbound`, `opt_out`
     /// (keyword), `revocation_phrase` (opt-out by a phrase), `possible_revocation`
-    /// (flagged and forwarded), `opt_in`, `help`, `first_contact`,
+    /// (flagged and forwarded), `rate_limited` (held back by the inbound rate
+    /// limit), `opt_in`, `help`, `first_contact`,
     /// `twilio_opt_out`, `unattributed_21610`, `reply_failed`,
     /// `media_forwarded`, `media_blocked`; by the user's `channel` (`sms`,
     /// `whatsapp`, `voice`, `chat`, `unknown`: a 21610 whose user is not
@@ -345,6 +361,12 @@ pub fn contact_key(conversation_id: &str) -> String {
     format!("c|{conversation_id}")
 }
 
+/// State key of a conversation's inbound rate account.
+#[must_use]
+pub fn rate_key(conversation_id: &str) -> String {
+    format!("r|{conversation_id}")
+}
+
 impl ConsentProcessor {
     /// A processor over `gate` (the adapter's and the registry's consent tables).
     #[must_use]
@@ -460,6 +482,7 @@ impl ConsentProcessor {
                 kind: ConsentProcessorStateKind::Decision,
                 decision: Some(decision.clone()),
                 contact: None,
+                rate: None,
             },
             self.settings.state_ttl,
         );
@@ -665,6 +688,7 @@ impl ConsentProcessor {
                 kind: ConsentProcessorStateKind::Contact,
                 decision: None,
                 contact: Some(contact),
+                rate: None,
             },
             self.settings.state_ttl,
         );
@@ -877,15 +901,10 @@ impl ConsentProcessor {
                 KeywordKind::OptIn => self.opt_in(&received, &said, state),
                 KeywordKind::Help => self.help(&received, &said),
             },
-            None if !seen && received.status != ConsentStatus::OptedOut => self.first_contact(
-                ctx,
-                event,
-                &received.subject,
-                current.as_ref(),
-                flagged.as_ref(),
-                state,
-            ),
-            None => self.other_message(&received, current, flagged.as_ref()),
+            None if !seen && received.status != ConsentStatus::OptedOut => {
+                self.first_contact(&received, current.as_ref(), flagged.as_ref(), state)
+            }
+            None => self.other_message(&received, current, flagged.as_ref(), state),
         })
     }
 
@@ -1039,22 +1058,12 @@ impl ConsentProcessor {
         received: &Received<'_, '_>,
         current: Option<ConsentState>,
         flagged: Option<&Revocation>,
+        state: &mut StateStore<ConsentProcessorState>,
     ) -> Vec<Output> {
         let in_force = current.map(std::sync::Arc::new);
         let require_opt_in = self.settings.policy == Policy::Explicit;
         if verdict(in_force.clone(), require_opt_in).is_allowed() {
-            self.metrics.count("forwarded", received.subject.channel);
-            let mut out: Vec<Output> =
-                Self::forward(received.ctx, received.event, false, flagged.is_some())
-                    .into_iter()
-                    .collect();
-            out.extend(self.possible_revocation(
-                received.event,
-                &received.subject,
-                flagged,
-                received.status,
-            ));
-            return out;
+            return self.forward_within_limit(received, false, received.status, flagged, state);
         }
         self.metrics
             .count("blocked_inbound", received.subject.channel);
@@ -1080,13 +1089,12 @@ impl ConsentProcessor {
     /// The first message from an address the adapter has no decision for.
     fn first_contact(
         &self,
-        ctx: &RecordContext<'_>,
-        event: &ConversationEvent,
-        subject: &Subject,
+        received: &Received<'_, '_>,
         registry: Option<&ConsentState>,
         flagged: Option<&Revocation>,
         state: &mut StateStore<ConsentProcessorState>,
     ) -> Vec<Output> {
+        let (ctx, event, subject) = (received.ctx, received.event, &received.subject);
         let trigger = event.event_id.as_str();
         let message_ref = event.message.as_ref().map(|m| m.message_sid.as_str());
         let conv = Some(event.conversation_id.as_str());
@@ -1129,10 +1137,8 @@ impl ConsentProcessor {
                 details,
             ));
             out.extend(reply.outputs);
-            self.metrics.count("forwarded", subject.channel);
-            out.extend(Self::forward(ctx, event, true, flagged.is_some()));
             let status = ConsentStatus::OptedIn;
-            out.extend(self.possible_revocation(event, subject, flagged, status));
+            out.extend(self.forward_within_limit(received, true, status, flagged, state));
         } else {
             self.metrics.count("blocked_inbound", subject.channel);
             let id = compliance_event_id(ComplianceEventKind::BlockedInbound, trigger);
@@ -1175,6 +1181,118 @@ impl ConsentProcessor {
             out.extend(reply.outputs);
         }
         out
+    }
+
+    /// A message the consent in force lets through: forwarded to the
+    /// cognition layer (with its `possible_revocation` audit), unless the
+    /// inbound rate limit holds it back. `status` is the consent it is
+    /// forwarded under.
+    fn forward_within_limit(
+        &self,
+        received: &Received<'_, '_>,
+        first_contact: bool,
+        status: ConsentStatus,
+        flagged: Option<&Revocation>,
+        state: &mut StateStore<ConsentProcessorState>,
+    ) -> Vec<Output> {
+        if let Some(held) = self.hold_back(received, status, flagged, state) {
+            return held;
+        }
+        let (event, subject) = (received.event, &received.subject);
+        self.metrics.count("forwarded", subject.channel);
+        let mut out: Vec<Output> =
+            Self::forward(received.ctx, event, first_contact, flagged.is_some())
+                .into_iter()
+                .collect();
+        out.extend(self.possible_revocation(event, subject, flagged, status));
+        out
+    }
+
+    /// The inbound rate limit's say on a message about to be forwarded: its
+    /// conversation's account is updated either way; `None` to forward it,
+    /// else what holding it back records. The first message held back since
+    /// one was last forwarded gets a `BLOCKED_INBOUND` (source `RATE_LIMIT`)
+    /// and a notice to the user in their language; the rest are counted.
+    fn hold_back(
+        &self,
+        received: &Received<'_, '_>,
+        status: ConsentStatus,
+        flagged: Option<&Revocation>,
+        state: &mut StateStore<ConsentProcessorState>,
+    ) -> Option<Vec<Output>> {
+        let limit = self.settings.rate_limit?;
+        let event = received.event;
+        let key = rate_key(&event.conversation_id);
+        let account = state.get(&key).and_then(|entry| entry.rate.as_ref());
+        let at = event.received_at;
+        let admission = limit.admit(account, at);
+        let put = |state: &mut StateStore<ConsentProcessorState>, account: RateAccount| {
+            let ttl = limit.keep_for(&account, at);
+            let entry = ConsentProcessorState {
+                kind: ConsentProcessorStateKind::Rate,
+                decision: None,
+                contact: None,
+                rate: Some(account),
+            };
+            state.put_with_ttl(key.clone(), entry, ttl);
+        };
+        let (first, retry_at) = match admission {
+            Admission::Forward(account) => {
+                put(state, account);
+                return None;
+            }
+            Admission::HoldBack {
+                account,
+                first,
+                retry_at,
+            } => {
+                put(state, account);
+                (first, retry_at)
+            }
+        };
+        let channel = received.subject.channel;
+        self.metrics.count("rate_limited", channel);
+        if !first {
+            return Some(Vec::new());
+        }
+        tracing::info!(
+            address = %mask_address(&received.subject.address),
+            channel = %channel,
+            conversation_id = %event.conversation_id,
+            rate_limit = %limit,
+            burst = limit.burst(),
+            "inbound rate limit: the conversation's messages are held back"
+        );
+        let reply = self.reply(
+            received.ctx,
+            event,
+            &received.subject,
+            keys::RATE_LIMITED,
+            &event.locale,
+            "rate_limited",
+        );
+        let mut details = BTreeMap::from([
+            ("reason".to_owned(), "rate_limited".to_owned()),
+            ("rate_limit".to_owned(), limit.to_string()),
+            ("burst".to_owned(), limit.burst().to_string()),
+            ("consent_status".to_owned(), status.to_string()),
+            (
+                "retry_after_ms".to_owned(),
+                retry_at.saturating_sub(at).to_string(),
+            ),
+        ]);
+        if let Some(flag) = flagged {
+            details.extend(flag_details(flag, self.settings.revocation.version()));
+        }
+        let mut out = vec![received.compliance(
+            ComplianceEventKind::BlockedInbound,
+            ComplianceSource::RateLimit,
+            None,
+            Some(&reply),
+            details,
+        )];
+        out.extend(reply.outputs);
+        Some(out)
     }
 
     /// The audit record of a message forwarded with `possible_revocation`.

@@ -1179,3 +1179,137 @@ fn a_shared_location_profile_name_and_button_reach_cognition() {
     assert_eq!(inbound[0].profile_name.as_deref(), Some("Ana"));
     assert_eq!(inbound[0].button_payload.as_deref(), Some("call-yes"));
 }
+
+fn limited(messages: u32, period: Duration, burst: u32) -> Harness {
+    Harness::new(
+        Settings {
+            rate_limit: Some(RateLimit::new(messages, period, burst).unwrap()),
+            ..Settings::default()
+        },
+        gate(vec![], vec![]),
+    )
+}
+
+#[test]
+fn a_flooding_user_is_held_back_told_once_and_keywords_still_count() {
+    // Two a minute, bursts of two; the test's messages are a second apart.
+    let mut h = limited(2, Duration::from_secs(60), 2);
+    assert_eq!(h.send(msg(1, "hello")).inbound().len(), 1, "first contact");
+    assert_eq!(h.send(msg(2, "are you there")).inbound().len(), 1);
+
+    // The third within the burst's tolerance is held back: recorded once,
+    // with a notice in the user's language, and nothing to cognition.
+    let out = h.send(event(3, Some("hola?"), "es-MX"));
+    assert!(out.inbound().is_empty(), "held back");
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::BlockedInbound]);
+    let c = out.compliance()[0];
+    assert_eq!(c.source, ComplianceSource::RateLimit);
+    assert_eq!(c.message_ref.as_deref(), Some("IM3"));
+    assert_eq!(
+        c.event_id,
+        compliance_event_id(ComplianceEventKind::BlockedInbound, "ev-3")
+    );
+    let detail = |k: &str| c.details.get(k).map(String::as_str);
+    assert_eq!(detail("reason"), Some("rate_limited"));
+    assert_eq!(detail("rate_limit"), Some("2/1m"));
+    assert_eq!(detail("burst"), Some("2"));
+    assert_eq!(detail("consent_status"), Some("OPTED_IN"));
+    // Two messages at 1 s and 2 s took 30 s of allowance each, the burst
+    // forgives 30: the next message passes at 31 s, 28 s after this one.
+    assert_eq!(detail("retry_after_ms"), Some("28000"));
+    assert_eq!(out.reply_text(), text(keys::RATE_LIMITED, "es"));
+    let op = out.outbound()[0];
+    assert_eq!(op.to.as_deref(), Some(USER));
+    assert_eq!(
+        op.params.get(PURPOSE_PARAM).map(String::as_str),
+        Some(PURPOSE)
+    );
+    assert_eq!(
+        detail("confirmation_operation_id"),
+        Some(op.operation_id.as_str())
+    );
+
+    // The next ones are only counted.
+    let out = h.send(msg(4, "hello??"));
+    assert!(out.0.is_empty(), "{:?}", out.0);
+    let counted = h
+        .processor
+        .metrics
+        .outcomes
+        .with_label_values(&["rate_limited", "sms"])
+        .get();
+    assert_eq!(counted, 2);
+
+    // A keyword is never held back.
+    let out = h.send(msg(5, "STOP"));
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::OptOut]);
+    assert_eq!(out.consent()[0].status, ConsentStatus::OptedOut);
+}
+
+#[test]
+fn a_user_who_slows_down_is_forwarded_again_and_a_new_flood_is_recorded_anew() {
+    let mut h = limited(2, Duration::from_secs(60), 2);
+    let at = |n: u32, secs: i64| {
+        let mut e = msg(n, "hi");
+        e.received_at = T0 + secs * 1_000;
+        e.occurred_at = e.received_at;
+        e
+    };
+    for (n, secs) in [(1, 0), (2, 1)] {
+        assert_eq!(h.send(at(n, secs)).inbound().len(), 1);
+    }
+    assert_eq!(h.send(at(3, 2)).kinds().len(), 1, "held back, recorded");
+    assert!(h.send(at(4, 10)).0.is_empty(), "held back, counted");
+    // 30 s after the first: one message's worth of allowance is back.
+    let out = h.send(at(5, 30));
+    assert_eq!(out.inbound().len(), 1, "forwarded again");
+    assert!(out.compliance().is_empty());
+    let out = h.send(at(6, 31));
+    assert_eq!(out.inbound().len(), 0);
+    assert_eq!(out.kinds(), vec![ComplianceEventKind::BlockedInbound]);
+    // Its state is the conversation's account, written with the decision.
+    let account = h
+        .state
+        .get(&rate_key(CONV))
+        .and_then(|e| e.rate.clone())
+        .unwrap();
+    assert_eq!(account.limited_since, Some(T0 + 31_000));
+    assert_eq!(account.held_back, 1);
+    // After a quiet minute the account is gone and the allowance whole.
+    h.state.set_now(T0 + 200_000);
+    assert!(h.state.get(&rate_key(CONV)).is_none());
+    for n in 7..9 {
+        assert_eq!(h.send(at(n, 200)).inbound().len(), 1);
+    }
+}
+
+#[test]
+fn without_a_rate_limit_nothing_is_held_back_or_stored() {
+    let mut h = Harness::new(
+        Settings {
+            rate_limit: None,
+            ..Settings::default()
+        },
+        gate(vec![], vec![]),
+    );
+    for n in 1..30 {
+        let mut e = msg(n, "spam");
+        e.received_at = T0;
+        assert_eq!(h.send(e).inbound().len(), 1, "message {n}");
+    }
+    assert!(h.state.get(&rate_key(CONV)).is_none());
+}
+
+#[test]
+fn the_default_limit_lets_a_fast_typist_through() {
+    // Ten messages in ten seconds, then one every six: all forwarded.
+    let mut h = Harness::default();
+    for n in 1..=10 {
+        assert_eq!(h.send(msg(n, "typing fast")).inbound().len(), 1, "{n}");
+    }
+    for n in 11..=30u32 {
+        let mut e = msg(n, "steady");
+        e.received_at = T0 + 60_000 + i64::from(n) * 6_000;
+        assert_eq!(h.send(e).inbound().len(), 1, "{n}");
+    }
+}

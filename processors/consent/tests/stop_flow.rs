@@ -10,6 +10,10 @@
 //! revocation word is forwarded flagged `possible_revocation` and the user
 //! keeps being served until they send STOP; the compliance trail has both.
 //!
+//! The inbound rate limit holds a flooding user's messages back, records the
+//! first one and tells the user once, and its account survives a restart of
+//! the stage (it is in the state changelog).
+//!
 //! ```sh
 //! eval "$(dev/stack env)"; cargo test -p si-consent --test stop_flow -- --nocapture
 //! ```
@@ -82,7 +86,14 @@ fn log_path(name: &str) -> PathBuf {
 }
 
 fn spawn_consent(env: &TestEnv, name: &str) -> anyhow::Result<Child> {
-    let log = std::fs::File::create(log_path(name))?;
+    spawn_consent_with(env, name, &[])
+}
+
+fn spawn_consent_with(env: &TestEnv, name: &str, extra: &[(&str, &str)]) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(name))?;
     Command::new(env!("CARGO_BIN_EXE_si-consent"))
         .env("KAFKA_BOOTSTRAP_SERVERS", &env.kafka.bootstrap_servers)
         .env("SCHEMA_REGISTRY_URL", &env.registry.url)
@@ -93,6 +104,7 @@ fn spawn_consent(env: &TestEnv, name: &str) -> anyhow::Result<Child> {
         .env("KAFKA_SESSION_TIMEOUT_MS", "6000")
         .env("KAFKA_HEARTBEAT_INTERVAL_MS", "1000")
         .env("TRANSACTION_TIMEOUT", "10s")
+        .envs(extra.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -499,6 +511,90 @@ async fn revocation_phrases_opt_out_and_longer_messages_are_flagged_against_the_
                 "{user}: exactly one confirmation in {locale}: {sent:?}"
             );
         }
+        anyhow::Ok(())
+    }
+    .await;
+    let status = terminate(&mut child, Duration::from_secs(30))?;
+    result?;
+    assert!(status.success(), "graceful shutdown exited with {status}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_a_flood_back_across_a_restart() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let user = "+14155550122";
+    let conv = "CH00000000000000000000000000000003";
+    // Two messages per ten minutes, bursts of two: the account outlives the
+    // restart by minutes.
+    let limit = [("CONSENT_RATE_LIMIT", "2/10m"), ("CONSENT_RATE_BURST", "2")];
+    let mut child = spawn_consent_with(&env, "rate-limit", &limit)?;
+    let deadline = Duration::from_secs(90);
+    let first = async {
+        for (n, body) in [(1, "hello"), (2, "one more")] {
+            let event = message(conv, user, n, body);
+            env.produce(topics::CONVERSATION_EVENTS, conv, &event)
+                .await?;
+        }
+        wait_for::<InboundMessage>(&env, topics::INBOUND, &mut child, deadline, |r| {
+            r.len() >= 2
+        })
+        .await
+    }
+    .await;
+    let status = terminate(&mut child, Duration::from_secs(30))?;
+    first?;
+    assert!(status.success(), "graceful shutdown exited with {status}");
+
+    // A new process restores the account from the changelog.
+    let mut child = spawn_consent_with(&env, "rate-limit", &limit)?;
+    let result = async {
+        for (n, body) in [(3, "hello?"), (4, "HELLO??"), (5, "help")] {
+            let event = message(conv, user, n, body);
+            env.produce(topics::CONVERSATION_EVENTS, conv, &event)
+                .await?;
+        }
+        // HELP is answered (keywords are never held back); its answer is
+        // the last output, so everything before it is readable by then.
+        let help = si_catalog::Catalog::builtin()
+            .text(si_catalog::keys::HELP, "en-US")
+            .text;
+        let help = si_segment::normalize(help, Channel::Sms, true).0;
+        let outbound =
+            wait_for::<OutboundOperation>(&env, topics::OUTBOUND, &mut child, deadline, |r| {
+                r.iter()
+                    .any(|(_, o)| o.body.as_deref() == Some(help.as_str()))
+            })
+            .await?;
+        let notice = si_catalog::Catalog::builtin()
+            .text(si_catalog::keys::RATE_LIMITED, "en-US")
+            .text;
+        let notice = si_segment::normalize(notice, Channel::Sms, true).0;
+        let notices = outbound
+            .iter()
+            .filter(|(_, o)| o.body.as_deref() == Some(notice.as_str()))
+            .count();
+        assert_eq!(notices, 1, "the user is told once");
+
+        let inbound = env.read_all::<InboundMessage>(topics::INBOUND).await?;
+        let texts: Vec<_> = inbound.iter().map(|(_, m)| m.text.as_str()).collect();
+        assert_eq!(texts, ["hello", "one more"], "nothing after the burst");
+
+        let compliance = env.read_all::<ComplianceEvent>(topics::COMPLIANCE).await?;
+        let held: Vec<_> = compliance
+            .iter()
+            .filter(|(_, c)| c.source == ComplianceSource::RateLimit)
+            .collect();
+        assert_eq!(held.len(), 1, "the first held back message is recorded");
+        assert_eq!(held[0].1.kind, ComplianceEventKind::BlockedInbound);
+        assert_eq!(
+            held[0].1.message_ref.as_deref(),
+            Some(format!("IM{:032}", 3).as_str())
+        );
+        assert_eq!(
+            held[0].1.details.get("rate_limit").map(String::as_str),
+            Some("2/10m")
+        );
         anyhow::Ok(())
     }
     .await;

@@ -184,6 +184,9 @@ avro_enum! {
         FirstContact = "FIRST_CONTACT",
         /// A choice made on a call (e.g. accepting or declining recording).
         VoiceIvr = "VOICE_IVR",
+        /// The adapter's inbound rate limit (the user of a conversation wrote
+        /// faster than it allows).
+        RateLimit = "RATE_LIMIT",
         /// Not known, or a symbol newer than this build (the default).
         Unknown = "UNKNOWN",
     }

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use super::{Channel, ConsentState};
 
 /// One entry of the consent stage's state store (key `d|<consent key>` for a
-/// decision, `c|<conversation id>` for a conversation's user). `kind` says which
-/// payload field is set.
+/// decision, `c|<conversation id>` for a conversation's user, `r|<conversation
+/// id>` for its inbound rate account). `kind` says which payload field is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsentProcessorState {
     /// Which payload field is set.
@@ -15,6 +15,9 @@ pub struct ConsentProcessorState {
     pub decision: Option<ConsentState>,
     /// Set for CONTACT.
     pub contact: Option<ConversationContact>,
+    /// Set for RATE.
+    #[serde(default)]
+    pub rate: Option<RateAccount>,
 }
 
 crate::avro_record!(ConsentProcessorState, "consent_processor_state.avsc");
@@ -26,6 +29,8 @@ avro_enum! {
         Decision = "DECISION",
         /// The user of a conversation (`contact`).
         Contact = "CONTACT",
+        /// The inbound rate limit's account of a conversation (`rate`).
+        Rate = "RATE",
         /// A symbol newer than this build (the default); ignored.
         Unknown = "UNKNOWN",
     }
@@ -47,4 +52,20 @@ pub struct ConversationContact {
     pub locale: Option<String>,
     /// Timestamp of the latest record that updated this entry (ms since the epoch).
     pub last_seen_at: i64,
+}
+
+/// The inbound rate limit's account of one conversation (GCRA over the
+/// messages' receive times).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateAccount {
+    /// The GCRA's theoretical arrival time (ms since the epoch): the
+    /// allowance is whole again then.
+    pub theoretical_arrival_at: i64,
+    /// Receive time of the first message held back since a message was last
+    /// forwarded; `None` while messages are forwarded.
+    #[serde(default)]
+    pub limited_since: Option<i64>,
+    /// Messages held back since `limited_since`.
+    #[serde(default)]
+    pub held_back: i32,
 }
