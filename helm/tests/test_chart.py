@@ -239,31 +239,44 @@ def test_kafka_sasl_and_tls_wiring():
     assert not [s for s in other.of_kind("Secret") if s["metadata"]["name"] == f"{FULLNAME}-kafka"]
 
 
-def test_egress_mounts_the_twilio_secret_as_files_it_rereads(rendered, case):
-    """egress reads rotated credentials from the mounted Secret (no subPath,
-    so the kubelet updates the files in place); the file names are fixed,
-    the keys follow twilio.secretKeys; no other stage gets the mount."""
+def test_ingress_and_egress_mount_their_twilio_secrets_as_files_they_reread(rendered, case):
+    """ingress and egress read rotated secrets from the mounted Secret (no
+    subPath, so the kubelet updates the files in place); the file names are
+    fixed, the keys follow twilio.secretKeys; each gets only the secrets it
+    uses (its twilioEnv), and no other stage gets the mount."""
     existing = (ci_values(case).get("twilio") or {}).get("existingSecret")
+    keys = VALUES["twilio"]["secretKeys"]
+    expected = {
+        "egress": [
+            {"key": keys["TWILIO_API_KEY_SECRET"], "path": "api-key-secret"},
+            {"key": keys["TWILIO_API_KEY_SID"], "path": "api-key-sid"},
+            {"key": keys["TWILIO_AUTH_TOKEN"], "path": "auth-token"},
+        ],
+        "ingress": [
+            {"key": keys["TWILIO_AUTH_TOKEN"], "path": "auth-token"},
+            {"key": keys["TWILIO_AUTH_TOKEN_SECONDARY"], "path": "auth-token-secondary"},
+            {"key": keys["TWILIO_WEBHOOK_SHARED_SECRET"], "path": "webhook-shared-secret"},
+        ],
+    }
+    seen = set()
     for d in rendered.of_kind("Deployment"):
         spec = d["spec"]["template"]["spec"]
         volumes = {v["name"]: v for v in spec["volumes"]}
         mounts = {m["name"]: m for m in spec["containers"][0].get("volumeMounts", [])}
         env = env_of(spec["containers"][0])
-        if stage_name(d) != "egress":
+        name = stage_name(d)
+        if name not in expected:
             assert "twilio-credentials" not in volumes and "TWILIO_CREDENTIALS_DIR" not in env
             continue
+        seen.add(name)
         secret = volumes["twilio-credentials"]["secret"]
         assert secret["secretName"] == (existing or f"{FULLNAME}-twilio")
         assert secret["optional"] is True and secret["defaultMode"] == 0o440
-        keys = VALUES["twilio"]["secretKeys"]
-        assert secret["items"] == [
-            {"key": keys["TWILIO_AUTH_TOKEN"], "path": "auth-token"},
-            {"key": keys["TWILIO_API_KEY_SID"], "path": "api-key-sid"},
-            {"key": keys["TWILIO_API_KEY_SECRET"], "path": "api-key-secret"},
-        ]
+        assert sorted(secret["items"], key=lambda i: i["path"]) == expected[name], name
         mount = mounts["twilio-credentials"]
         assert mount["readOnly"] is True and "subPath" not in mount
         assert env["TWILIO_CREDENTIALS_DIR"]["value"] == mount["mountPath"] == "/etc/si/twilio"
+    assert seen == {"ingress", "egress"} & {stage_name(d) for d in rendered.of_kind("Deployment")}
 
 
 def test_the_twilio_credentials_mount_follows_values():
@@ -271,7 +284,7 @@ def test_the_twilio_credentials_mount_follows_values():
                "--set", "stages.egress.twilioCredentialsMount.mountPath=/run/twilio")
     spec = r.named("Deployment", f"{FULLNAME}-egress")["spec"]["template"]["spec"]
     items = {v["name"]: v for v in spec["volumes"]}["twilio-credentials"]["secret"]["items"]
-    assert items[0] == {"key": "token", "path": "auth-token"}
+    assert {"key": "token", "path": "auth-token"} in items
     assert env_of(spec["containers"][0])["TWILIO_CREDENTIALS_DIR"]["value"] == "/run/twilio"
     off = render("--set", "stages.egress.twilioCredentialsMount.enabled=false")
     spec = off.named("Deployment", f"{FULLNAME}-egress")["spec"]["template"]["spec"]

@@ -25,6 +25,7 @@ use tracing::{Instrument, Span};
 
 use crate::envelope::{self, Body, KEPT_HEADERS, SIGNATURE_SETTINGS, query_param};
 use crate::metrics::Metrics;
+use crate::secrets::{SecretStore, WebhookSecrets};
 use crate::twiml::{self, VoiceSettings};
 
 /// The signature Twilio sends.
@@ -79,11 +80,8 @@ pub struct AppState {
     pub topic: String,
     /// The public base URL signatures are checked against.
     pub public_base_url: String,
-    /// Auth Tokens (HMAC-SHA1).
-    pub auth_tokens: Vec<String>,
-    /// Webhook shared-key secrets, for requests with
-    /// `X-Twilio-Webhooks-Signature-Settings` (HMAC-SHA1 or HMAC-SHA256).
-    pub shared_secrets: Vec<String>,
+    /// The Auth Tokens and webhook shared-key secrets in force.
+    pub secrets: Arc<SecretStore>,
     /// Deadline for Kafka's acknowledgement.
     pub produce_timeout: Duration,
     /// Deadline for storing a pre-event webhook.
@@ -126,8 +124,10 @@ impl AppState {
             codec: Codec::new(registry),
             topic: "offline.twilio.webhooks.v1".to_owned(),
             public_base_url: public_base_url.to_owned(),
-            auth_tokens: vec![auth_token.to_owned()],
-            shared_secrets: Vec::new(),
+            secrets: Arc::new(SecretStore::fixed(WebhookSecrets {
+                auth_tokens: vec![auth_token.to_owned()],
+                shared_secrets: Vec::new(),
+            })),
             produce_timeout: Duration::from_millis(5),
             pre_event_timeout: Duration::from_millis(5),
             request_timeout: Duration::from_secs(5),
@@ -595,10 +595,11 @@ async fn accept(
     let public_url = format!("{}{path_and_query}", state.public_base_url);
     let settings = header_str(headers, SIGNATURE_SETTINGS);
     let algorithm = Algorithm::from_settings_header(settings);
+    let in_force = state.secrets.current();
     let secrets = if signature::signed_with_shared_key(settings) {
-        &state.shared_secrets
+        &in_force.shared_secrets
     } else {
-        &state.auth_tokens
+        &in_force.auth_tokens
     };
     let payload = match &parsed {
         Body::Form(params) => Payload::Form(params),
@@ -890,7 +891,10 @@ mod tests {
             .body(axum::body::Body::from("Body=hi&From=%2B14155550100"))
             .expect("request");
         let state = AppState {
-            shared_secrets: vec!["shared".to_owned()],
+            secrets: Arc::new(SecretStore::fixed(WebhookSecrets {
+                auth_tokens: vec!["token".to_owned()],
+                shared_secrets: vec!["shared".to_owned()],
+            })),
             ..AppState::offline(base, "token")
         };
         Webhooks::new(Arc::new(state), 64 * 1024)

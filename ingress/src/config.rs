@@ -7,6 +7,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use si_runtime::CommonConfig;
 
+use crate::secrets::WebhookSecrets;
+
 /// Twilio's own limit: it waits at most this long for a webhook answer.
 pub const TWILIO_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(15);
 /// Twilio waits at most this long for a Conversations (pre-event) webhook.
@@ -48,6 +50,19 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub twilio_webhook_shared_secret: Vec<String>,
+
+    /// A directory holding the secrets as files (the mounted Twilio Secret:
+    /// `auth-token`, `auth-token-secondary`, `webhook-shared-secret`). When it
+    /// holds any of them its values alone apply, read again every
+    /// `TWILIO_CREDENTIALS_RELOAD_INTERVAL`, so a rotated or revoked secret
+    /// takes effect without a restart; when it holds none, the variables
+    /// above apply.
+    #[arg(long, env = "TWILIO_CREDENTIALS_DIR")]
+    pub twilio_credentials_dir: Option<std::path::PathBuf>,
+
+    /// How often `TWILIO_CREDENTIALS_DIR` is read again.
+    #[arg(long, env = "TWILIO_CREDENTIALS_RELOAD_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub twilio_credentials_reload_interval: Duration,
 
     /// Largest accepted request body; larger ones get 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 65_536)]
@@ -161,6 +176,9 @@ impl Config {
                 self.max_in_flight
             );
         }
+        if self.twilio_credentials_reload_interval.is_zero() {
+            bail!("TWILIO_CREDENTIALS_RELOAD_INTERVAL must be positive");
+        }
         if self.header_read_timeout.is_zero() || self.idle_timeout.is_zero() {
             bail!("HEADER_READ_TIMEOUT and IDLE_TIMEOUT must be positive");
         }
@@ -179,6 +197,16 @@ impl Config {
         std::iter::once(self.twilio_auth_token.clone())
             .chain(self.twilio_auth_token_secondary.clone())
             .collect()
+    }
+
+    /// The environment's webhook secrets (what applies while
+    /// `TWILIO_CREDENTIALS_DIR` holds none).
+    #[must_use]
+    pub fn webhook_secrets(&self) -> WebhookSecrets {
+        WebhookSecrets {
+            auth_tokens: self.auth_tokens(),
+            shared_secrets: self.twilio_webhook_shared_secret.clone(),
+        }
     }
 
     /// Parses flags and environment, then validates.

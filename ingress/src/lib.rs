@@ -11,6 +11,7 @@ pub mod app;
 pub mod config;
 pub mod envelope;
 pub mod metrics;
+pub mod secrets;
 pub mod server;
 pub mod twiml;
 
@@ -31,6 +32,7 @@ pub use config::Config;
 
 use crate::app::AppState;
 use crate::metrics::Metrics;
+use crate::secrets::SecretStore;
 use crate::twiml::VoiceSettings;
 
 /// A running ingress.
@@ -90,13 +92,27 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let codec = Codec::new(Registry::new(config.common.registry.config())?);
     let topic = kafka.topic(topics::WEBHOOKS);
 
+    // The secrets first: a mounted directory that cannot be used stops the
+    // start-up here, before anything listens.
+    let secrets = Arc::new(
+        SecretStore::load(
+            config.webhook_secrets(),
+            config.twilio_credentials_dir.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("TWILIO_CREDENTIALS_DIR: {e}"))?,
+    );
+    secrets.spawn_reloads(
+        config.twilio_credentials_reload_interval,
+        metrics.secret_reloads.clone(),
+        shutdown.clone(),
+    );
     let state = Arc::new(AppState {
         producer: Arc::clone(&producer),
         codec: codec.clone(),
         topic: topic.clone(),
         public_base_url: config.public_base_url.clone(),
-        auth_tokens: config.auth_tokens(),
-        shared_secrets: config.twilio_webhook_shared_secret.clone(),
+        secrets: Arc::clone(&secrets),
         produce_timeout: config.produce_timeout,
         pre_event_timeout: config.pre_event_timeout,
         request_timeout: config.request_timeout,

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub connections_waited: IntCounter,
     /// Connections closed by a timeout, by timeout (`header_read`, `idle`).
     pub connection_timeouts: IntCounterVec,
+    /// Reloads of the webhook secrets (`TWILIO_CREDENTIALS_DIR`), by result:
+    /// `changed`, `unchanged`, `error`.
+    pub secret_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -84,6 +87,14 @@ impl Metrics {
         registry.register(Box::new(connections_accepted.clone()))?;
         registry.register(Box::new(connections_waited.clone()))?;
         registry.register(Box::new(connection_timeouts.clone()))?;
+        let secret_reloads = IntCounterVec::new(
+            Opts::new(
+                "si_ingress_secret_reloads_total",
+                "Reloads of the webhook secrets (TWILIO_CREDENTIALS_DIR), by result: changed, unchanged, error",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(secret_reloads.clone()))?;
         registry.register(Box::new(signature_failures.clone()))?;
         registry.register(Box::new(produce_seconds.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -101,6 +112,7 @@ impl Metrics {
             connections_accepted,
             connections_waited,
             connection_timeouts,
+            secret_reloads,
         })
     }
 

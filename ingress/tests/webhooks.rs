@@ -541,6 +541,83 @@ async fn during_a_token_rotation_webhooks_signed_with_either_token_are_kept() ->
     Ok(())
 }
 
+/// The rotation again, through the mounted Secret (`TWILIO_CREDENTIALS_DIR`)
+/// with no restart: the new token is added as the secondary file and accepted
+/// within a reload, then promoted; the old one, removed from the directory, is
+/// refused from the next reload on although the environment ingress started
+/// with still has it.
+#[tokio::test]
+async fn a_rotated_secret_in_the_mounted_directory_applies_without_a_restart() -> anyhow::Result<()>
+{
+    let dir = std::env::temp_dir().join(format!("si-ingress-rotation-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    // The kubelet swaps a Secret's files by renaming new ones over them.
+    let write = |file: &str, value: &str| -> anyhow::Result<()> {
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, value)?;
+        std::fs::rename(&tmp, dir.join(file))?;
+        Ok(())
+    };
+    write("auth-token", support::TOKEN)?;
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let ingress = Ingress::start(&[
+        "--twilio-credentials-dir",
+        &dir_arg,
+        "--twilio-credentials-reload-interval",
+        "100ms",
+    ])
+    .await?;
+    let sent = std::sync::atomic::AtomicU32::new(0);
+    let post = |token: &'static str| {
+        let n = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let params = form_params(&[
+            ("MessageSid", &format!("SM{n:032}")),
+            ("From", "+14155550100"),
+            ("To", "+14155550199"),
+            ("Body", "rotation"),
+        ]);
+        let ingress = &ingress;
+        async move {
+            let response = ingress
+                .post_form("/twilio/messaging/inbound", &params, token)
+                .await?;
+            anyhow::Ok(response.status().as_u16())
+        }
+    };
+    const NEW: &str = "the-new-token";
+    // The directory holds only the primary: the environment's secondary
+    // is not accepted, and the new token not yet.
+    assert_eq!(post(support::SECONDARY).await?, 403);
+    assert_eq!(post(NEW).await?, 403);
+    write("auth-token-secondary", NEW)?;
+    support::wait_for(Duration::from_secs(20), || async {
+        Ok(post(NEW).await? == 200)
+    })
+    .await?;
+    assert_eq!(
+        post(support::TOKEN).await?,
+        200,
+        "the old one still, mid-rotation"
+    );
+    // Promoted; the old token gone from the Secret.
+    write("auth-token", NEW)?;
+    std::fs::remove_file(dir.join("auth-token-secondary"))?;
+    support::wait_for(Duration::from_secs(20), || async {
+        Ok(post(support::TOKEN).await? == 403)
+    })
+    .await?;
+    assert_eq!(post(NEW).await?, 200);
+    let metrics = ingress.metrics().await?;
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("si_ingress_secret_reloads_total{result=\"changed\"}")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn every_record_names_a_trace_even_when_twilio_sends_none() -> anyhow::Result<()> {
     let ingress = Ingress::start(&[]).await?;

@@ -10,6 +10,7 @@ use axum::http::{Request as HttpRequest, StatusCode};
 use sha2::Digest as _;
 use si_ingress::app::{AppState, ROUTES, Reject, Webhooks, parse_body, parse_form};
 use si_ingress::envelope::{Body, Request, envelope, query_param};
+use si_ingress::secrets::{SecretStore, WebhookSecrets};
 use si_schemas::AvroRecord;
 use si_schemas::codec::{decode_datum, encode_datum};
 use si_schemas::records::{AvroEnum, TwilioWebhook, WebhookRoute};
@@ -324,7 +325,10 @@ fn front() -> Front {
         // Kafka is never reached: a request that gets as far as storing
         // its envelope fails there, and must then not be acknowledged.
         let mut state = AppState::offline(BASE, TOKEN);
-        state.shared_secrets = vec!["fuzz-shared-key".to_owned()];
+        state.secrets = Arc::new(SecretStore::fixed(WebhookSecrets {
+            auth_tokens: vec![TOKEN.to_owned()],
+            shared_secrets: vec!["fuzz-shared-key".to_owned()],
+        }));
         let state = Arc::new(state);
         Webhooks::new(state, LIMIT)
     });

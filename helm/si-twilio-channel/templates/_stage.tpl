@@ -174,23 +174,26 @@ spec:
   emptyDir:
     sizeLimit: {{ .root.Values.tmpVolume.sizeLimit }}
 {{- if include "si.twilioCredentialsMounted" . }}
-{{- /* The file names are what the binary reads (egress/src/credentials.rs),
-whatever the keys are called in the Secret. Optional: a key that is absent
-(the unused half of token vs. API key) is just no file. No subPath, so the
-kubelet swaps rotated values in place. */}}
+{{- /* The stage's own Twilio secrets (its twilioEnv), each as the file the
+binary reads (egress/src/credentials.rs, ingress/src/secrets.rs), whatever
+the key is called in the Secret: a stage sees no secret it does not use.
+Optional: a key that is absent (the unused half of token vs. API key, no
+secondary token) is just no file. No subPath, so the kubelet swaps rotated
+values in place. */}}
 {{- $keys := .root.Values.twilio.secretKeys }}
+{{- $files := dict "TWILIO_AUTH_TOKEN" "auth-token" "TWILIO_AUTH_TOKEN_SECONDARY" "auth-token-secondary" "TWILIO_WEBHOOK_SHARED_SECRET" "webhook-shared-secret" "TWILIO_API_KEY_SID" "api-key-sid" "TWILIO_API_KEY_SECRET" "api-key-secret" }}
 - name: twilio-credentials
   secret:
     secretName: {{ include "si.twilioSecretName" .root }}
     optional: true
     defaultMode: 288 # 0440: readable by the pod's fsGroup only
     items:
-      - key: {{ $keys.TWILIO_AUTH_TOKEN }}
-        path: auth-token
-      - key: {{ $keys.TWILIO_API_KEY_SID }}
-        path: api-key-sid
-      - key: {{ $keys.TWILIO_API_KEY_SECRET }}
-        path: api-key-secret
+{{- range $var, $mode := (.stage.twilioEnv | default dict) }}
+{{- if hasKey $files $var }}
+      - key: {{ get $keys $var }}
+        path: {{ get $files $var }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if include "si.kafkaCaMounted" .root }}
 - name: kafka-tls
