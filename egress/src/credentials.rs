@@ -1,260 +1,21 @@
-//! Twilio credentials: from the environment, or from files in a directory
-//! (`TWILIO_CREDENTIALS_DIR`, a mounted Kubernetes Secret) that egress reads
-//! again on an interval and soon after Twilio refuses a request, so a rotated
-//! secret is used without a restart.
-//!
-//! The files are named like the chart's Secret keys: `auth-token`, or
-//! `api-key-sid` + `api-key-secret` (the pair wins when both are there). Each
-//! file holds the value alone; surrounding whitespace and the final newline
-//! are ignored. A missing or empty file counts as absent. When the directory
-//! holds none of them, the environment's credentials apply. A half key pair
-//! is an error: at start-up egress refuses to start, later it keeps the
-//! credentials it has (a Secret being rewritten) and says so in the log.
-//!
-//! Requests take the current credentials from [`CredentialStore`], a shared
-//! swap behind a read lock that is held only to clone an `Arc`. Values are
-//! never logged, and `Debug` redacts them.
+//! Twilio credentials ([`si_twilio_credentials`]: from the environment or
+//! the mounted Secret's files, `TWILIO_CREDENTIALS_DIR`), and egress's own
+//! reload loop: on an interval and soon after Twilio refuses a request, so a
+//! rotated secret is used without a restart; a change opens the
+//! [`AuthGate`]'s hold at once.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use si_twilio_credentials::*;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthGate, LogEvery};
 use crate::metrics::EgressMetrics;
 
-/// File of the Auth Token in `TWILIO_CREDENTIALS_DIR`.
-pub const AUTH_TOKEN_FILE: &str = "auth-token";
-/// File of the API key SID (`SK…`).
-pub const API_KEY_SID_FILE: &str = "api-key-sid";
-/// File of the API key secret.
-pub const API_KEY_SECRET_FILE: &str = "api-key-secret";
-
-/// The shortest time between two reloads asked for by refused requests.
-pub const MIN_PROMPT_RELOAD_GAP: Duration = Duration::from_secs(1);
-
 /// How often a failing reload is logged at most.
 const RELOAD_LOG_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Which kind of credential egress authenticates with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Account SID + Auth Token.
-    AuthToken,
-    /// API key SID + secret.
-    ApiKey,
-}
-
-impl Kind {
-    /// For logs.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::AuthToken => "auth token",
-            Self::ApiKey => "API key",
-        }
-    }
-}
-
-/// HTTP Basic credentials for Twilio.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// User: an API key SID or the Account SID.
-    pub user: String,
-    /// Password: the API key secret or the Auth Token.
-    pub password: String,
-    /// Which of the two.
-    pub kind: Kind,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("kind", &self.kind)
-            .field("password", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
-
-/// The credentials given by an Auth Token and an API key pair (each part
-/// optional): the pair when complete, else the token.
-///
-/// # Errors
-/// When neither is there, or only half of the pair. Messages name the
-/// variables `names` gives (environment variables or file names).
-pub fn choose(
-    account_sid: &str,
-    auth_token: Option<&str>,
-    api_key_sid: Option<&str>,
-    api_key_secret: Option<&str>,
-    names: [&str; 3],
-) -> Result<Credentials, String> {
-    let [token_name, sid_name, secret_name] = names;
-    fn present(v: Option<&str>) -> Option<&str> {
-        v.filter(|v| !v.is_empty())
-    }
-    match (present(api_key_sid), present(api_key_secret)) {
-        (Some(sid), Some(secret)) => {
-            return Ok(Credentials {
-                user: sid.to_owned(),
-                password: secret.to_owned(),
-                kind: Kind::ApiKey,
-            });
-        }
-        (Some(_), None) => return Err(format!("{sid_name} is set but {secret_name} is not")),
-        (None, Some(_)) => return Err(format!("{secret_name} is set but {sid_name} is not")),
-        (None, None) => {}
-    }
-    match present(auth_token) {
-        Some(token) => Ok(Credentials {
-            user: account_sid.to_owned(),
-            password: token.to_owned(),
-            kind: Kind::AuthToken,
-        }),
-        None => Err(format!("set {token_name}, or {sid_name} and {secret_name}")),
-    }
-}
-
-/// Reads one credential file: `None` when missing or blank.
-async fn read_value(path: &Path) -> Result<Option<String>, String> {
-    match tokio::fs::read_to_string(path).await {
-        Ok(text) => {
-            let value = text.trim();
-            Ok((!value.is_empty()).then(|| value.to_owned()))
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        // The error names the file, never its content.
-        Err(error) => Err(format!("reading {}: {}", path.display(), error.kind())),
-    }
-}
-
-/// The credentials in `dir`, `None` when it holds none of the files.
-///
-/// # Errors
-/// When a file cannot be read, or only half of the key pair is there.
-pub async fn read_dir(dir: &Path, account_sid: &str) -> Result<Option<Credentials>, String> {
-    let token = read_value(&dir.join(AUTH_TOKEN_FILE)).await?;
-    let sid = read_value(&dir.join(API_KEY_SID_FILE)).await?;
-    let secret = read_value(&dir.join(API_KEY_SECRET_FILE)).await?;
-    if token.is_none() && sid.is_none() && secret.is_none() {
-        return Ok(None);
-    }
-    choose(
-        account_sid,
-        token.as_deref(),
-        sid.as_deref(),
-        secret.as_deref(),
-        [AUTH_TOKEN_FILE, API_KEY_SID_FILE, API_KEY_SECRET_FILE],
-    )
-    .map(Some)
-    .map_err(|e| format!("{}: {e}", dir.display()))
-}
-
-/// Where credentials come from.
-#[derive(Debug, Clone)]
-pub struct Source {
-    /// The Account SID (the user with an Auth Token).
-    pub account_sid: String,
-    /// `TWILIO_CREDENTIALS_DIR`, if set.
-    pub dir: Option<PathBuf>,
-    /// The environment's credentials, if complete; or why not.
-    pub env: Result<Credentials, String>,
-}
-
-impl Source {
-    /// The directory's credentials, else the environment's.
-    ///
-    /// # Errors
-    /// A directory that cannot be read or holds half a key pair; neither
-    /// source holding credentials.
-    pub async fn load(&self) -> Result<Credentials, String> {
-        if let Some(dir) = &self.dir
-            && let Some(credentials) = read_dir(dir, &self.account_sid).await?
-        {
-            return Ok(credentials);
-        }
-        match (&self.env, &self.dir) {
-            (Ok(credentials), _) => Ok(credentials.clone()),
-            (Err(why), None) => Err(why.clone()),
-            (Err(why), Some(dir)) => Err(format!(
-                "{} holds no {AUTH_TOKEN_FILE} or {API_KEY_SID_FILE} + {API_KEY_SECRET_FILE}, and the environment has none: {why}",
-                dir.display()
-            )),
-        }
-    }
-}
-
-/// Credentials in use, with their generation (1 at start, +1 per change).
-#[derive(Debug)]
-pub struct Current {
-    /// The credentials.
-    pub credentials: Credentials,
-    /// Bumped whenever a reload changes them.
-    pub generation: u64,
-}
-
-/// The credentials requests use, swapped when a reload finds new ones.
-#[derive(Debug)]
-pub struct CredentialStore {
-    source: Source,
-    current: RwLock<Arc<Current>>,
-}
-
-impl CredentialStore {
-    /// Loads the credentials once.
-    ///
-    /// # Errors
-    /// When none can be loaded (see [`Source::load`]).
-    pub async fn load(source: Source) -> Result<Self, String> {
-        let credentials = source.load().await?;
-        Ok(Self {
-            source,
-            current: RwLock::new(Arc::new(Current {
-                credentials,
-                generation: 1,
-            })),
-        })
-    }
-
-    /// The credentials to use now.
-    #[must_use]
-    pub fn current(&self) -> Arc<Current> {
-        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// The generation of the current credentials.
-    #[must_use]
-    pub fn generation(&self) -> u64 {
-        self.current().generation
-    }
-
-    /// The credentials directory, if any.
-    #[must_use]
-    pub fn dir(&self) -> Option<&Path> {
-        self.source.dir.as_deref()
-    }
-
-    /// Reads the source again; swaps in what it holds when that differs from
-    /// the current credentials. Returns the new generation when they changed.
-    ///
-    /// # Errors
-    /// When the source cannot be read (the current credentials stay).
-    pub async fn reload(&self) -> Result<Option<u64>, String> {
-        let loaded = self.source.load().await?;
-        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        if current.credentials == loaded {
-            return Ok(None);
-        }
-        let generation = current.generation + 1;
-        *current = Arc::new(Current {
-            credentials: loaded,
-            generation,
-        });
-        Ok(Some(generation))
-    }
-}
 
 /// Reloads the credentials every `interval` and, at most once per
 /// [`MIN_PROMPT_RELOAD_GAP`], when `wanted` is notified (Twilio refused the
@@ -323,27 +84,20 @@ pub async fn reload_loop(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::path::{Path, PathBuf};
+
     use super::*;
 
     const ACCOUNT: &str = "AC00000000000000000000000000000000";
 
-    fn env_token(token: &str) -> Result<Credentials, String> {
-        Ok(Credentials {
-            user: ACCOUNT.into(),
-            password: token.into(),
-            kind: Kind::AuthToken,
-        })
-    }
-
     fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("si-egress-credentials-{name}-{}", uuid_like()));
+        let dir = std::env::temp_dir().join(format!(
+            "si-egress-credentials-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
-    }
-
-    fn uuid_like() -> String {
-        format!("{}-{}", std::process::id(), rand::random::<u64>())
     }
 
     /// Writes `value` to `dir/name` the way the kubelet swaps a Secret: a new
@@ -352,87 +106,6 @@ mod tests {
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, value).unwrap();
         std::fs::rename(&tmp, dir.join(name)).unwrap();
-    }
-
-    #[test]
-    fn the_key_pair_wins_and_halves_are_refused() {
-        let names = ["T", "S", "K"];
-        let both = choose(ACCOUNT, Some("tok"), Some("SK1"), Some("sec"), names).unwrap();
-        assert_eq!(both.kind, Kind::ApiKey);
-        assert_eq!(both.user, "SK1");
-        let token = choose(ACCOUNT, Some("tok"), None, Some(""), names).unwrap();
-        assert_eq!(
-            (token.kind, token.user.as_str()),
-            (Kind::AuthToken, ACCOUNT)
-        );
-        assert_eq!(
-            choose(ACCOUNT, Some("tok"), Some("SK1"), None, names).unwrap_err(),
-            "S is set but K is not"
-        );
-        assert!(choose(ACCOUNT, None, None, None, names).is_err());
-        let debug = format!("{both:?}");
-        assert!(!debug.contains("sec") && !debug.contains("SK1"), "{debug}");
-    }
-
-    #[tokio::test]
-    async fn files_win_over_the_environment_and_are_trimmed() {
-        let dir = temp_dir("files");
-        let source = Source {
-            account_sid: ACCOUNT.into(),
-            dir: Some(dir.clone()),
-            env: env_token("from-env"),
-        };
-        // Nothing in the directory: the environment's.
-        assert_eq!(source.load().await.unwrap().password, "from-env");
-        write(&dir, AUTH_TOKEN_FILE, "from-file\n");
-        assert_eq!(source.load().await.unwrap().password, "from-file");
-        write(&dir, API_KEY_SID_FILE, " SK123 \n");
-        assert!(
-            source.load().await.unwrap_err().contains("api-key-secret"),
-            "half a pair is an error"
-        );
-        write(&dir, API_KEY_SECRET_FILE, "key-secret");
-        let key = source.load().await.unwrap();
-        assert_eq!((key.kind, key.user.as_str()), (Kind::ApiKey, "SK123"));
-        assert_eq!(key.password, "key-secret");
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_reload_swaps_only_changed_credentials_and_keeps_them_on_errors() {
-        let dir = temp_dir("reload");
-        write(&dir, AUTH_TOKEN_FILE, "old");
-        let store = CredentialStore::load(Source {
-            account_sid: ACCOUNT.into(),
-            dir: Some(dir.clone()),
-            env: Err("no env".into()),
-        })
-        .await
-        .unwrap();
-        let first = store.current();
-        assert_eq!(
-            (first.credentials.password.as_str(), first.generation),
-            ("old", 1)
-        );
-        assert_eq!(store.reload().await.unwrap(), None, "unchanged");
-        assert_eq!(store.generation(), 1);
-
-        write(&dir, AUTH_TOKEN_FILE, "new\n");
-        assert_eq!(store.reload().await.unwrap(), Some(2));
-        assert_eq!(store.current().credentials.password, "new");
-        // A request that took the old ones keeps them (its own Arc).
-        assert_eq!(first.credentials.password, "old");
-
-        // Mid-rotation: half a key pair. The current credentials stay.
-        write(&dir, API_KEY_SID_FILE, "SK9");
-        assert!(store.reload().await.is_err());
-        assert_eq!(store.current().credentials.password, "new");
-        assert_eq!(store.generation(), 2);
-
-        // Every file gone and no environment: an error, the current stay.
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert!(store.reload().await.is_err());
-        assert_eq!(store.generation(), 2);
     }
 
     #[tokio::test]
@@ -504,20 +177,6 @@ mod tests {
         );
         shutdown.cancel();
         task.await.unwrap();
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn start_up_needs_credentials_somewhere() {
-        let dir = temp_dir("empty");
-        let error = CredentialStore::load(Source {
-            account_sid: ACCOUNT.into(),
-            dir: Some(dir.clone()),
-            env: Err("set TWILIO_AUTH_TOKEN".into()),
-        })
-        .await
-        .unwrap_err();
-        assert!(error.contains("holds no auth-token"), "{error}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

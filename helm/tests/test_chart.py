@@ -239,8 +239,8 @@ def test_kafka_sasl_and_tls_wiring():
     assert not [s for s in other.of_kind("Secret") if s["metadata"]["name"] == f"{FULLNAME}-kafka"]
 
 
-def test_ingress_and_egress_mount_their_twilio_secrets_as_files_they_reread(rendered, case):
-    """ingress and egress read rotated secrets from the mounted Secret (no
+def test_the_stages_calling_twilio_mount_their_secrets_as_files_they_reread(rendered, case):
+    """ingress, media and egress read rotated secrets from the mounted Secret (no
     subPath, so the kubelet updates the files in place); the file names are
     fixed, the keys follow twilio.secretKeys; each gets only the secrets it
     uses (its twilioEnv), and no other stage gets the mount."""
@@ -248,6 +248,11 @@ def test_ingress_and_egress_mount_their_twilio_secrets_as_files_they_reread(rend
     keys = VALUES["twilio"]["secretKeys"]
     expected = {
         "egress": [
+            {"key": keys["TWILIO_API_KEY_SECRET"], "path": "api-key-secret"},
+            {"key": keys["TWILIO_API_KEY_SID"], "path": "api-key-sid"},
+            {"key": keys["TWILIO_AUTH_TOKEN"], "path": "auth-token"},
+        ],
+        "media": [
             {"key": keys["TWILIO_API_KEY_SECRET"], "path": "api-key-secret"},
             {"key": keys["TWILIO_API_KEY_SID"], "path": "api-key-sid"},
             {"key": keys["TWILIO_AUTH_TOKEN"], "path": "auth-token"},
@@ -276,7 +281,7 @@ def test_ingress_and_egress_mount_their_twilio_secrets_as_files_they_reread(rend
         mount = mounts["twilio-credentials"]
         assert mount["readOnly"] is True and "subPath" not in mount
         assert env["TWILIO_CREDENTIALS_DIR"]["value"] == mount["mountPath"] == "/etc/si/twilio"
-    assert seen == {"ingress", "egress"} & {stage_name(d) for d in rendered.of_kind("Deployment")}
+    assert seen == set(expected) & {stage_name(d) for d in rendered.of_kind("Deployment")}
 
 
 def test_the_twilio_credentials_mount_follows_values():

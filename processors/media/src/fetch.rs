@@ -2,32 +2,17 @@
 //! with the runtime's [`Backoff`], authenticated with HTTP Basic toward
 //! Twilio's hosts only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::StatusCode;
 use si_runtime::backoff::Backoff;
 use si_schemas::records::MediaUnavailableReason;
+use si_twilio_credentials::CredentialStore;
 
 /// Largest Media Content Service resource (JSON) read.
 const MCS_RESOURCE_LIMIT: u64 = 64 * 1024;
-
-/// HTTP Basic credentials for Twilio (Account SID and Auth Token, or an API key).
-#[derive(Clone)]
-pub struct Credentials {
-    /// The user: Account SID or API key SID.
-    pub user: String,
-    /// The password: Auth Token or API key secret.
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("user", &self.user)
-            .finish_non_exhaustive()
-    }
-}
 
 /// How downloads are bounded.
 #[derive(Debug, Clone)]
@@ -119,7 +104,8 @@ enum Attempt {
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
-    credentials: Option<Credentials>,
+    /// The credentials in force (reloaded from `TWILIO_CREDENTIALS_DIR`).
+    credentials: Option<Arc<CredentialStore>>,
     /// Origins (`scheme://host:port`) credentials are sent to.
     auth_origins: Vec<String>,
     limits: Limits,
@@ -138,7 +124,7 @@ impl Fetcher {
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn new(
-        credentials: Option<Credentials>,
+        credentials: Option<Arc<CredentialStore>>,
         auth_origins: Vec<String>,
         limits: Limits,
         connect_timeout: Duration,
@@ -233,9 +219,11 @@ impl Fetcher {
     /// # Errors
     /// A description of what failed (no credentials, no URL).
     pub async fn delete_at_twilio(&self, url: &str) -> Result<(), String> {
-        let Some(credentials) = &self.credentials else {
+        let Some(store) = &self.credentials else {
             return Err("no Twilio credentials".into());
         };
+        let current = store.current();
+        let credentials = &current.credentials;
         if !origin(url).is_some_and(|o| self.auth_origins.contains(&o)) {
             return Err("not a Twilio URL".into());
         }
@@ -261,9 +249,11 @@ impl Fetcher {
 
     async fn attempt(&self, url: &str, limit: u64, check_type: bool) -> Attempt {
         let mut request = self.client.get(url);
-        if let Some(credentials) = &self.credentials
+        if let Some(store) = &self.credentials
             && origin(url).is_some_and(|o| self.auth_origins.contains(&o))
         {
+            let current = store.current();
+            let credentials = &current.credentials;
             request = request.basic_auth(&credentials.user, Some(&credentials.password));
         }
         let mut response = match request.send().await {
@@ -408,14 +398,5 @@ mod tests {
             Some("http://127.0.0.1:8090")
         );
         assert_eq!(origin("not a url"), None);
-    }
-
-    #[test]
-    fn credentials_never_print_the_password() {
-        let c = Credentials {
-            user: "AC1".into(),
-            password: "secret-token".into(),
-        };
-        assert!(!format!("{c:?}").contains("secret-token"));
     }
 }

@@ -37,6 +37,7 @@ pub mod processor;
 pub mod serve;
 pub mod store;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -46,13 +47,15 @@ use si_runtime::metrics::StageMetrics;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
 use si_runtime::{CommonConfig, Readiness, with_admin};
 use si_schemas::{Codec, Registry, topics};
+use si_twilio_credentials::{CredentialStore, Source};
 use tokio_util::sync::CancellationToken;
 
 use crate::serve::Serving;
 
 pub use copier::{Copier, CopyMetrics, Sources, object_key};
-pub use fetch::{Credentials, Fetcher, Limits};
+pub use fetch::{Fetcher, Limits};
 pub use processor::{MediaProcessor, Settings};
+pub use si_twilio_credentials::Credentials;
 pub use store::MediaStore;
 
 /// The stage name: consumer group `si-media`, transactional ids `si-media-<POD_NAME>`.
@@ -199,6 +202,18 @@ pub struct TwilioMediaArgs {
     #[arg(long, env = "TWILIO_API_KEY_SECRET", hide_env_values = true)]
     pub api_key_secret: Option<String>,
 
+    /// A directory holding the credentials as files (the mounted Twilio
+    /// Secret: `auth-token`, or `api-key-sid` + `api-key-secret`), which win
+    /// over the variables above and are read again every
+    /// `TWILIO_CREDENTIALS_RELOAD_INTERVAL`, so a rotation needs no restart.
+    /// An `auth-token` file needs `TWILIO_ACCOUNT_SID`.
+    #[arg(long, env = "TWILIO_CREDENTIALS_DIR")]
+    pub credentials_dir: Option<std::path::PathBuf>,
+
+    /// How often `TWILIO_CREDENTIALS_DIR` is read again.
+    #[arg(long, env = "TWILIO_CREDENTIALS_RELOAD_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub credentials_reload_interval: Duration,
+
     /// Base URL of Programmable Messaging and Voice: media and recording URLs
     /// on this origin get the credentials.
     #[arg(
@@ -298,24 +313,57 @@ impl Config {
     /// When only half of a pair is set.
     pub fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
         let t = &self.twilio;
-        let key = (
+        let account = non_empty(t.account_sid.as_ref());
+        let token = non_empty(t.auth_token.as_ref());
+        if token.is_some() && account.is_none() {
+            anyhow::bail!("TWILIO_AUTH_TOKEN needs TWILIO_ACCOUNT_SID");
+        }
+        let (sid, secret) = (
             non_empty(t.api_key_sid.as_ref()),
             non_empty(t.api_key_secret.as_ref()),
         );
-        let token = (
-            non_empty(t.account_sid.as_ref()),
-            non_empty(t.auth_token.as_ref()),
-        );
-        match (key, token) {
-            ((Some(user), Some(password)), _) | (_, (Some(user), Some(password))) => {
-                Ok(Some(Credentials { user, password }))
-            }
-            ((Some(_), None) | (None, Some(_)), _) => {
-                anyhow::bail!("TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET go together")
-            }
-            (_, (None, Some(_))) => anyhow::bail!("TWILIO_AUTH_TOKEN needs TWILIO_ACCOUNT_SID"),
-            _ => Ok(None),
+        if token.is_none() && sid.is_none() && secret.is_none() {
+            return Ok(None);
         }
+        si_twilio_credentials::choose(
+            account.as_deref().unwrap_or_default(),
+            token.as_deref(),
+            sid.as_deref(),
+            secret.as_deref(),
+            [
+                "TWILIO_AUTH_TOKEN",
+                "TWILIO_API_KEY_SID",
+                "TWILIO_API_KEY_SECRET",
+            ],
+        )
+        .map(Some)
+        .map_err(anyhow::Error::msg)
+    }
+
+    /// Where the credentials come from: the environment's, and
+    /// `TWILIO_CREDENTIALS_DIR`'s files when set; `None` when neither is
+    /// given (downloads then go without credentials).
+    ///
+    /// # Errors
+    /// Half a key pair or a token without its account in the environment; a
+    /// directory without `TWILIO_ACCOUNT_SID`.
+    pub fn credential_source(&self) -> anyhow::Result<Option<Source>> {
+        let env = self.credentials()?;
+        let dir = self.twilio.credentials_dir.clone();
+        if dir.is_none() && env.is_none() {
+            return Ok(None);
+        }
+        let account_sid = non_empty(self.twilio.account_sid.as_ref());
+        if dir.is_some() && account_sid.is_none() {
+            anyhow::bail!(
+                "TWILIO_CREDENTIALS_DIR needs TWILIO_ACCOUNT_SID (the user of an auth-token file)"
+            );
+        }
+        Ok(Some(Source {
+            account_sid: account_sid.unwrap_or_default(),
+            dir,
+            env: env.ok_or_else(|| "no Twilio credentials in the environment".to_owned()),
+        }))
     }
 
     /// The origins credentials are sent to.
@@ -342,7 +390,23 @@ impl Config {
 /// cannot be set up, and on fatal stream errors.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let limits = config.limits()?;
-    let credentials = config.credentials()?;
+    let credentials = match config.credential_source()? {
+        Some(source) => {
+            let store = CredentialStore::load(source)
+                .await
+                .map_err(|e| anyhow::anyhow!("Twilio credentials: {e}"))?;
+            let store = Arc::new(store);
+            if config.twilio.credentials_dir.is_some() {
+                tokio::spawn(si_twilio_credentials::reload_periodically(
+                    Arc::clone(&store),
+                    config.twilio.credentials_reload_interval,
+                    shutdown.clone(),
+                ));
+            }
+            Some(store)
+        }
+        None => None,
+    };
     let auth_origins = config.auth_origins()?;
     let store = MediaStore::open(&config.media.store_url)?;
     let url_keys = config.media.url_keys()?;
@@ -480,6 +544,27 @@ mod tests {
         assert_eq!(c.credentials().unwrap().unwrap().user, "SK1");
         assert!(parse(&["--api-key-sid", "SK1"]).credentials().is_err());
         assert!(parse(&["--auth-token", "t"]).credentials().is_err());
+        // A credentials directory: the source holds it and the environment's.
+        assert!(parse(&[]).credential_source().unwrap().is_none());
+        let source = parse(&[
+            "--credentials-dir",
+            "/etc/si/twilio",
+            "--account-sid",
+            "AC1",
+        ])
+        .credential_source()
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            source.dir.as_deref(),
+            Some(std::path::Path::new("/etc/si/twilio"))
+        );
+        assert!(source.env.is_err(), "none in the environment");
+        let error = parse(&["--credentials-dir", "/etc/si/twilio"])
+            .credential_source()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("TWILIO_ACCOUNT_SID"), "{error}");
         assert_eq!(
             parse(&["--api-base-url", "http://127.0.0.1:8090/"])
                 .auth_origins()

@@ -544,3 +544,96 @@ async fn sigkill_neither_stores_twice_nor_loses_an_item() -> anyhow::Result<()> 
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// The Twilio Secret mounted as files (`TWILIO_CREDENTIALS_DIR`) wins over
+/// the environment and is read again: with a revoked token in the file the
+/// download is refused (although the environment has the right one), and
+/// once the rotated token lands in the file the next message's media are
+/// stored, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_in_the_mounted_secret_is_used_without_a_restart() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let sandbox = Sandbox::start(SandboxConfig {
+        auth_token: TOKEN.into(),
+        ..SandboxConfig::default()
+    })
+    .await?;
+    let base = sandbox.base_url();
+    let dir = store_dir("rotation");
+    let store = format!("file://{}", dir.display());
+    let secrets = store_dir("rotation-secret");
+    // The kubelet swaps a Secret's files by renaming new ones over them.
+    let write = |value: &str| -> anyhow::Result<()> {
+        let tmp = secrets.join(".auth-token.tmp");
+        std::fs::write(&tmp, value)?;
+        std::fs::rename(&tmp, secrets.join("auth-token"))?;
+        Ok(())
+    };
+    write("a-revoked-token\n")?;
+    let secrets_dir = secrets.to_string_lossy().into_owned();
+    let mut rotation_vars = vars(&sandbox, &base, &store);
+    rotation_vars.push(("TWILIO_CREDENTIALS_DIR", &secrets_dir));
+    rotation_vars.push(("TWILIO_CREDENTIALS_RELOAD_INTERVAL", "100ms"));
+    rotation_vars.push(("MEDIA_FETCH_ATTEMPTS", "1"));
+    let mut stage = StageProcess::spawn(&env, "si-media", "media-rotation", &rotation_vars)?;
+    stage.ready(DEADLINE).await?;
+
+    let status_of = |events: &[ConversationEvent], conversation: &str| {
+        events
+            .iter()
+            .find(|e| e.conversation_id == conversation)
+            .map(|e| items_of(e)[0].status)
+    };
+    let before = sandbox.add_inbound_media(&InboundSms {
+        media: vec![png(b"before the rotation")],
+        ..InboundSms::default()
+    })?;
+    env.produce(
+        topics::CONVERSATION_EVENTS,
+        "CH-before",
+        &message_event("CH-before", 1, &before),
+    )
+    .await?;
+    let events = wait_for("the first message's outcome", DEADLINE, || async {
+        let events = media_stored(&env).await?;
+        Ok(status_of(&events, "CH-before").map(|_| events))
+    })
+    .await?;
+    assert_eq!(
+        status_of(&events, "CH-before"),
+        Some(MediaStorageStatus::Unavailable),
+        "the file's revoked token, not the environment's"
+    );
+
+    write(&format!("{TOKEN}\n"))?;
+    wait_for("the reload", DEADLINE, || async {
+        let log = std::fs::read_to_string(stage.log())?;
+        Ok(log.contains("Twilio credentials changed").then_some(()))
+    })
+    .await?;
+    let after = sandbox.add_inbound_media(&InboundSms {
+        media: vec![png(b"after the rotation")],
+        ..InboundSms::default()
+    })?;
+    env.produce(
+        topics::CONVERSATION_EVENTS,
+        "CH-after",
+        &message_event("CH-after", 1, &after),
+    )
+    .await?;
+    let events = wait_for("the second message's outcome", DEADLINE, || async {
+        let events = media_stored(&env).await?;
+        Ok(status_of(&events, "CH-after").map(|_| events))
+    })
+    .await?;
+    assert_eq!(
+        status_of(&events, "CH-after"),
+        Some(MediaStorageStatus::Stored)
+    );
+    let log = std::fs::read_to_string(stage.log())?;
+    assert!(!log.contains(TOKEN) && !log.contains("a-revoked-token"));
+    stage.terminate(DEADLINE)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&secrets);
+    Ok(())
+}
