@@ -182,6 +182,7 @@ pub fn terminal(
         remediation: None,
         at: now,
         scheduled_at: None,
+        compliance_event_id: None,
     };
     let dead_letter = |reason: String, code: Option<i32>, http_status: Option<i32>| {
         Some(OutboundDeadLetter {
@@ -283,6 +284,8 @@ pub fn terminal(
             }
         }
     }
+    // Readers of the status find the audit record it led to.
+    status.compliance_event_id = out.compliance.as_ref().map(|(_, e)| e.event_id.clone());
     out.status = status;
     out
 }
@@ -402,6 +405,11 @@ mod tests {
             message: "opted out".into(),
         };
         let t = terminal(&op(), &end, 1, 1, 5);
+        assert_eq!(
+            t.status.compliance_event_id.as_deref(),
+            Some("egress-21610-r1-0"),
+            "the status names its audit record"
+        );
         let (key, event) = t.compliance.unwrap();
         assert_eq!(key, "whatsapp:+14155550100");
         assert_eq!(event.kind, ComplianceEventKind::OptOut);
@@ -420,6 +428,7 @@ mod tests {
         let t = terminal(&op(), &end, 8, 1, 5);
         assert_eq!(t.status.outcome, DeliveryOutcome::DeadLettered);
         assert!(t.dead_letter.is_some());
+        assert_eq!(t.status.compliance_event_id, None, "no audit record");
         let t = terminal(
             &op(),
             &Final::Blocked {
@@ -433,6 +442,10 @@ mod tests {
         );
         assert_eq!(t.status.outcome, DeliveryOutcome::Blocked);
         assert!(t.dead_letter.is_none());
+        assert_eq!(
+            t.status.compliance_event_id.as_deref(),
+            Some("egress-blocked-r1-0")
+        );
         // On the audit record, under the user's address, with the decision.
         let (key, event) = t.compliance.unwrap();
         assert_eq!(key, "whatsapp:+14155550100");

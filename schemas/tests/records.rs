@@ -562,6 +562,7 @@ fn delivery_full() -> DeliveryStatus {
         }),
         at: T0,
         scheduled_at: Some(T0 + 60_000),
+        compliance_event_id: some("egress-blocked-op-resp-1-0"),
     }
 }
 
@@ -584,6 +585,7 @@ fn delivery_min() -> DeliveryStatus {
         remediation: None,
         at: 0,
         scheduled_at: None,
+        compliance_event_id: None,
     }
 }
 

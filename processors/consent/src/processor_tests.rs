@@ -194,6 +194,7 @@ fn delivery(op: &str, outcome: DeliveryOutcome, code: Option<i32>, at: i64) -> D
         remediation: None,
         at,
         scheduled_at: None,
+        compliance_event_id: None,
     }
 }
 

@@ -293,6 +293,7 @@ async fn stop_blocks_and_start_reenables_against_the_broker() -> anyhow::Result<
             remediation: None,
             at: T0 + 20_000,
             scheduled_at: None,
+            compliance_event_id: None,
         };
         env.produce(topics::DELIVERY, conv2, &failed).await?;
         let consent = wait_for::<ConsentState>(&env, topics::CONSENT, &mut child, deadline, |r| {

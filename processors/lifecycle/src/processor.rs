@@ -835,22 +835,27 @@ impl LifecycleProcessor {
             }
             return Vec::new();
         }
-        // Egress recorded a compliance event about this conversation: the
-        // carrier's opt-out (21610), or its consent re-check's block.
-        let recorded = match delivery.outcome {
-            DeliveryOutcome::Failed if delivery.error_code == Some(TWILIO_OPTED_OUT) => {
-                Some(twilio_opt_out_event_id(&delivery.operation_id))
-            }
-            DeliveryOutcome::Blocked
-                if delivery
-                    .error_message
-                    .as_deref()
-                    .is_some_and(|m| m.starts_with(EGRESS_RECHECK_REASON)) =>
-            {
-                Some(egress_blocked_event_id(&delivery.operation_id))
-            }
-            _ => None,
-        };
+        // A compliance event was recorded with this outcome (egress's
+        // carrier opt-out, 21610, or its consent re-check's block): the
+        // status names it. Statuses written before `compliance_event_id`
+        // existed are recognised by their code or reason.
+        let recorded = delivery
+            .compliance_event_id
+            .clone()
+            .or_else(|| match delivery.outcome {
+                DeliveryOutcome::Failed if delivery.error_code == Some(TWILIO_OPTED_OUT) => {
+                    Some(twilio_opt_out_event_id(&delivery.operation_id))
+                }
+                DeliveryOutcome::Blocked
+                    if delivery
+                        .error_message
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with(EGRESS_RECHECK_REASON)) =>
+                {
+                    Some(egress_blocked_event_id(&delivery.operation_id))
+                }
+                _ => None,
+            });
         if let Some(id) = recorded
             && let Some(conversation) = state
                 .get(&conversation_key(&delivery.conversation_id))

@@ -123,6 +123,7 @@ fn delivery(conv: &str, response_id: &str) -> DeliveryStatus {
         remediation: None,
         at: 0,
         scheduled_at: None,
+        compliance_event_id: None,
     }
 }
 
@@ -1129,6 +1130,7 @@ fn once_twilio_created_a_started_conversation_its_sid_is_aliased_until_closure()
         remediation: None,
         at: T0 + 20,
         scheduled_at: None,
+        compliance_event_id: None,
     };
     let out = h.deliver(created.clone(), T0 + 20);
     assert_eq!(out.len(), 1);
@@ -1336,13 +1338,27 @@ fn the_archival_request_names_the_compliance_events_recorded_about_the_conversat
         T0 + 3,
     );
     h.deliver(blocked("r-11", "the user opted out"), T0 + 3);
+    // A status naming its audit record (compliance_event_id): that id,
+    // whatever the reason says.
+    h.deliver(
+        DeliveryStatus {
+            compliance_event_id: Some("named-by-the-status".into()),
+            ..blocked("r-12", "blocked")
+        },
+        T0 + 3,
+    );
     // Another conversation's record is not this one's.
     h.event(recorded("CH-other", T0 + 4, "c-2"), T0 + 4);
     let released = close_now(&mut h, CH, T0 + 5);
     let archival = only::<ArchivalRequest>(&released, topics::ARCHIVAL);
     assert_eq!(
         archival[0].compliance_event_ids,
-        ["c-1", "egress-21610-r-9-0", "egress-blocked-r-10-0"]
+        [
+            "c-1",
+            "egress-21610-r-9-0",
+            "egress-blocked-r-10-0",
+            "named-by-the-status"
+        ]
     );
 }
 

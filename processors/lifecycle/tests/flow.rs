@@ -220,6 +220,7 @@ async fn quiet_conversations_are_warned_once_and_closed_with_the_summary_unless_
         remediation: None,
         at: now_ms(),
         scheduled_at: None,
+        compliance_event_id: None,
     };
     env.produce(topics::DELIVERY, quiet, &status).await?;
     let sender = format!("sms:{OURS}");

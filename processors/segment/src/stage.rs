@@ -2042,6 +2042,7 @@ mod tests {
             remediation: None,
             at: T0,
             scheduled_at: None,
+            compliance_event_id: None,
         }))
     }
 

@@ -1007,7 +1007,7 @@ impl VoiceLinkProcessor {
             command_status_id(&command.command_id),
             DeliveryOutcome::Accepted,
             Some(format!("scheduled for {at}")),
-            Some(due),
+            (Some(due), None),
         ));
         conversation.scheduled = Some(scheduled);
         self.save(state, conversation);
@@ -1206,7 +1206,7 @@ impl VoiceLinkProcessor {
             scheduled_status_id(&scheduled.command_id),
             DeliveryOutcome::Failed,
             Some(format!("the scheduled call is {why}")),
-            Some(scheduled.due_at),
+            (Some(scheduled.due_at), None),
         );
         Some((scheduled, output))
     }
@@ -1355,6 +1355,11 @@ impl VoiceLinkProcessor {
         } else {
             DeliveryOutcome::Failed
         };
+        let recorded = refusal
+            .compliance
+            .as_ref()
+            .and_then(Output::record::<ComplianceEvent>)
+            .map(|event| event.event_id.clone());
         let mut outputs: Vec<Output> = refusal.compliance.into_iter().collect();
         outputs.push(Self::delivery_answer(
             now,
@@ -1362,7 +1367,7 @@ impl VoiceLinkProcessor {
             status_id,
             outcome,
             Some(refusal.reason),
-            scheduled_at,
+            (scheduled_at, recorded),
         ));
         outputs
     }
@@ -1381,7 +1386,7 @@ impl VoiceLinkProcessor {
             command_status_id(&command.command_id),
             outcome,
             message,
-            None,
+            (None, None),
         )
     }
 
@@ -1394,7 +1399,7 @@ impl VoiceLinkProcessor {
         status_id: String,
         outcome: DeliveryOutcome,
         message: Option<String>,
-        scheduled_at: Option<i64>,
+        (scheduled_at, compliance_event_id): (Option<i64>, Option<String>),
     ) -> Output {
         let mut status = DeliveryStatus::command_answer(
             status_id,
@@ -1404,6 +1409,8 @@ impl VoiceLinkProcessor {
             now,
         );
         status.scheduled_at = scheduled_at;
+        // The refusal's audit record (BLOCKED_OUTBOUND), written with it.
+        status.compliance_event_id = compliance_event_id;
         Output::new(topics::DELIVERY, conversation_id.to_owned(), status)
     }
 
@@ -1588,7 +1595,7 @@ impl VoiceLinkProcessor {
                 format!("{ID_PREFIX}deferred-{}-{due}", scheduled.command_id),
                 DeliveryOutcome::Accepted,
                 Some("deferred to the end of the quiet window".to_owned()),
-                Some(due),
+                (Some(due), None),
             );
             conversation.scheduled = Some(ScheduledCall {
                 due_at: due,

@@ -121,6 +121,7 @@ fn delivered(operation: &str, kind: OperationKind, sid: &str) -> DeliveryStatus 
         remediation: None,
         at: T0,
         scheduled_at: None,
+        compliance_event_id: None,
     }
 }
 
@@ -669,6 +670,11 @@ fn no_call_to_a_user_who_opted_out_and_never_silence() {
     let status = &statuses(&out)[0];
     assert_eq!(status.outcome, DeliveryOutcome::Blocked);
     assert_eq!(status.operation_id, command_status_id("cmd-1"));
+    assert_eq!(
+        status.compliance_event_id.as_deref(),
+        Some(blocked[0].event_id.as_str()),
+        "the answer names its audit record"
+    );
     assert_eq!(h.escalations("blocked"), 1);
 
     // An unknown conversation: a FAILED answer.
@@ -676,6 +682,7 @@ fn no_call_to_a_user_who_opted_out_and_never_silence() {
     let out = h.command(command("cmd-2", CommandKind::EscalateToVoice, &[]), T0);
     let status = &statuses(&out)[0];
     assert_eq!(status.outcome, DeliveryOutcome::Failed);
+    assert_eq!(status.compliance_event_id, None);
     assert!(
         status
             .error_message

@@ -238,6 +238,7 @@ impl Conv {
             remediation: None,
             at: now_ms(),
             scheduled_at: None,
+            compliance_event_id: None,
         }
     }
 

@@ -52,6 +52,11 @@ pub struct DeliveryStatus {
     /// for later: when the call will be placed (ms since the epoch).
     #[serde(default)]
     pub scheduled_at: Option<i64>,
+    /// The `event_id` of the compliance event written in the same
+    /// transaction as this outcome (egress's BLOCKED_OUTBOUND or 21610
+    /// OPT_OUT, voice-link's BLOCKED_OUTBOUND), if any.
+    #[serde(default)]
+    pub compliance_event_id: Option<String>,
 }
 
 /// A decision of segment's delivery remediation.
@@ -127,6 +132,7 @@ impl DeliveryStatus {
             remediation: None,
             at,
             scheduled_at: None,
+            compliance_event_id: None,
         }
     }
 }

@@ -211,6 +211,12 @@ async fn start(args: &Args) -> anyhow::Result<Pipeline> {
             .spawn()
             .context("starting si-twilio-sandbox")?,
     );
+    // At 1,000 msg/s each of 2,000 users writes 30 messages a minute, more
+    // than consent's default inbound rate limit (10 a minute) lets through;
+    // its account is still kept per message. `SI_BENCH_CONSENT_RATE_LIMIT`
+    // sets another (`off` measures the pipeline without the account).
+    let consent_rate_limit =
+        std::env::var("SI_BENCH_CONSENT_RATE_LIMIT").unwrap_or_else(|_| "120/1m".to_owned());
     // What dev/run gives every stage, without its short demo timers.
     let common: Vec<(&str, &str)> = vec![
         ("PUBLIC_BASE_URL", &ingress_url),
@@ -221,10 +227,7 @@ async fn start(args: &Args) -> anyhow::Result<Pipeline> {
         ("TWILIO_API_BASE_URL", &sandbox_url),
         ("TWILIO_CONVERSATIONS_BASE_URL", &sandbox_url),
         ("VOICE_QUIET_HOURS", "off"),
-        // At 1,000 msg/s each of 2,000 users writes 30 messages a minute,
-        // more than consent's default inbound rate limit (10 a minute)
-        // lets through; its account is still kept per message.
-        ("CONSENT_RATE_LIMIT", "120/1m"),
+        ("CONSENT_RATE_LIMIT", &consent_rate_limit),
         ("VOICE_STREAM_URL", "wss://127.0.0.1:8091/voice"),
         ("LOG_FORMAT", "text"),
     ];

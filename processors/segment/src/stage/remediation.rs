@@ -792,6 +792,7 @@ fn record(
         remediation: Some(remediation),
         at: now,
         scheduled_at: None,
+        compliance_event_id: None,
     };
     Output::new(topics::DELIVERY, op.conversation_id.clone(), status)
 }
