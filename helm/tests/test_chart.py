@@ -739,6 +739,9 @@ def test_values_yaml_has_no_duplicate_keys():
     (("--set", "kafka.sasl.mechanism=GSSAPI"), "mechanism"),
     (("--set", "stages.ingress.twilioEnv.TWILIO_TOKEN=required"), "TWILIO_TOKEN"),
     (("--set", "stages.ingress.resources.limits=null"), "limits"),
+    # An empty items list would mount every key of the Twilio Secret.
+    (("--set", "stages.normalize.twilioCredentialsMount.enabled=true",
+      "--set", "stages.normalize.twilioCredentialsMount.mountPath=/etc/si/twilio"), "nothing of its own to mount"),
 ])
 def test_bad_values_fail_rendering(args, message):
     result = render(*args)

@@ -10,19 +10,25 @@
 //! and a missing or blank file counts as absent. The directory wins whole:
 //! when it holds any of the files, its values alone apply (a secret removed
 //! from the Secret stops being accepted, although the environment the pod
-//! started with still has it); when it holds none, the environment's apply.
-//! A directory with files but no `auth-token` is an error: at start ingress
-//! refuses to start, later it keeps the secrets it has and says so.
+//! started with still has it); when it holds none at start, the
+//! environment's apply. A directory with files but no Auth Token (neither
+//! `auth-token` nor `auth-token-secondary`) is an error, and so is one that
+//! held files and holds none any more (a Secret deleted and being
+//! recreated must not bring back the environment's, possibly revoked,
+//! tokens): at start ingress refuses to start, later it keeps the secrets
+//! in force and says so.
 //!
 //! Requests take the current secrets from [`SecretStore::current`], a read
 //! lock held only to clone an `Arc`. Values are never logged, and `Debug`
 //! redacts them.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus::IntCounterVec;
+use si_twilio_credentials::read_value;
 use tokio_util::sync::CancellationToken;
 
 /// File of the primary Auth Token.
@@ -61,19 +67,6 @@ fn list(value: &str) -> Vec<String> {
         .collect()
 }
 
-/// One secret file: `None` when missing or blank.
-async fn read_value(path: &Path) -> Result<Option<String>, String> {
-    match tokio::fs::read_to_string(path).await {
-        Ok(text) => {
-            let value = text.trim();
-            Ok((!value.is_empty()).then(|| value.to_owned()))
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        // The error names the file, never its content.
-        Err(error) => Err(format!("reading {}: {}", path.display(), error.kind())),
-    }
-}
-
 /// The secrets in `dir`, `None` when it holds none of the files.
 ///
 /// # Errors
@@ -85,19 +78,15 @@ pub async fn read_dir(dir: &Path) -> Result<Option<WebhookSecrets>, String> {
     if primary.is_none() && secondary.is_none() && shared.is_none() {
         return Ok(None);
     }
-    let Some(primary) = primary else {
+    let auth_tokens: Vec<String> = primary.into_iter().chain(secondary).collect();
+    if auth_tokens.is_empty() {
         return Err(format!(
-            "{} holds {} but no {AUTH_TOKEN_FILE}",
-            dir.display(),
-            if secondary.is_some() {
-                AUTH_TOKEN_SECONDARY_FILE
-            } else {
-                SHARED_SECRET_FILE
-            }
+            "{} holds {SHARED_SECRET_FILE} but no {AUTH_TOKEN_FILE}",
+            dir.display()
         ));
-    };
+    }
     Ok(Some(WebhookSecrets {
-        auth_tokens: std::iter::once(primary).chain(secondary).collect(),
+        auth_tokens,
         shared_secrets: shared.as_deref().map(list).unwrap_or_default(),
     }))
 }
@@ -109,6 +98,8 @@ pub struct SecretStore {
     /// The environment's secrets, what applies while the directory holds none.
     env: WebhookSecrets,
     dir: Option<PathBuf>,
+    /// Whether the directory ever held files: from then on it alone applies.
+    seen_files: AtomicBool,
 }
 
 impl SecretStore {
@@ -119,6 +110,7 @@ impl SecretStore {
             current: RwLock::new(Arc::new(secrets.clone())),
             env: secrets,
             dir: None,
+            seen_files: AtomicBool::new(false),
         }
     }
 
@@ -148,7 +140,19 @@ impl SecretStore {
         let Some(dir) = &self.dir else {
             return Ok(false);
         };
-        let next = read_dir(dir).await?.unwrap_or_else(|| self.env.clone());
+        let next = match read_dir(dir).await? {
+            Some(secrets) => {
+                self.seen_files.store(true, Ordering::Relaxed);
+                secrets
+            }
+            None if self.seen_files.load(Ordering::Relaxed) => {
+                return Err(format!(
+                    "{} held the secrets and holds none of them now",
+                    dir.display()
+                ));
+            }
+            None => self.env.clone(),
+        };
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         if **current == next {
             return Ok(false);
@@ -170,6 +174,7 @@ impl SecretStore {
         }
         let store = Arc::clone(self);
         tokio::spawn(async move {
+            let mut logged_failure: Option<std::time::Instant> = None;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -177,6 +182,7 @@ impl SecretStore {
                 }
                 let result = match store.reload().await {
                     Ok(true) => {
+                        logged_failure = None;
                         let secrets = store.current();
                         tracing::info!(
                             auth_tokens = secrets.auth_tokens.len(),
@@ -187,7 +193,11 @@ impl SecretStore {
                     }
                     Ok(false) => "unchanged",
                     Err(error) => {
-                        tracing::warn!(%error, "webhook secrets not reloaded; the ones in force stay");
+                        // At most once a minute while it lasts.
+                        if logged_failure.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                            logged_failure = Some(std::time::Instant::now());
+                            tracing::warn!(%error, "webhook secrets not reloaded; the ones in force stay");
+                        }
                         "error"
                     }
                 };
@@ -257,12 +267,14 @@ mod tests {
         assert_eq!(store.current().auth_tokens, ["new"]);
         assert_eq!(store.current().shared_secrets, ["k1", "k2"]);
 
-        // Every file gone: the environment again.
+        // Every file gone (the Secret deleted, to be recreated): an error,
+        // the secrets in force stay; the environment's never come back.
         for file in [AUTH_TOKEN_FILE, SHARED_SECRET_FILE] {
             std::fs::remove_file(dir.as_path().join(file)).unwrap();
         }
-        assert!(store.reload().await.unwrap());
-        assert_eq!(*store.current(), env());
+        let err = store.reload().await.unwrap_err();
+        assert!(err.contains("holds none of them now"), "{err}");
+        assert_eq!(store.current().auth_tokens, ["new"]);
     }
 
     #[tokio::test]
@@ -272,18 +284,24 @@ mod tests {
         let err = SecretStore::load(env(), Some(dir.clone()))
             .await
             .unwrap_err();
-        assert!(err.contains("no auth-token"), "{err}");
+        assert!(err.contains("but no auth-token"), "{err}");
 
         write(dir.as_path(), AUTH_TOKEN_FILE, "tok");
         let store = SecretStore::load(env(), Some(dir.clone())).await.unwrap();
+        // The primary removed, the secondary left: only the secondary.
         std::fs::remove_file(dir.as_path().join(AUTH_TOKEN_FILE)).unwrap();
         write(dir.as_path(), AUTH_TOKEN_SECONDARY_FILE, "next");
+        assert!(store.reload().await.unwrap());
+        assert_eq!(store.current().auth_tokens, ["next"]);
+        // No token left: an error, the tokens in force stay.
+        std::fs::remove_file(dir.as_path().join(AUTH_TOKEN_SECONDARY_FILE)).unwrap();
+        write(dir.as_path(), SHARED_SECRET_FILE, "k1");
         let err = store.reload().await.unwrap_err();
         assert!(
-            err.contains("auth-token-secondary but no auth-token"),
+            err.contains("webhook-shared-secret but no auth-token"),
             "{err}"
         );
-        assert_eq!(store.current().auth_tokens, ["tok"], "kept");
+        assert_eq!(store.current().auth_tokens, ["next"], "kept");
     }
 
     #[test]

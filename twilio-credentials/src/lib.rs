@@ -110,8 +110,12 @@ pub fn choose(
     }
 }
 
-/// Reads one credential file: `None` when missing or blank.
-async fn read_value(path: &Path) -> Result<Option<String>, String> {
+/// Reads one secret file: its value without surrounding whitespace, `None`
+/// when missing or blank. An error names the file, never its content.
+///
+/// # Errors
+/// When the file exists but cannot be read.
+pub async fn read_value(path: &Path) -> Result<Option<String>, String> {
     match tokio::fs::read_to_string(path).await {
         Ok(text) => {
             let value = text.trim();

@@ -175,13 +175,21 @@ spec:
     sizeLimit: {{ .root.Values.tmpVolume.sizeLimit }}
 {{- if include "si.twilioCredentialsMounted" . }}
 {{- /* The stage's own Twilio secrets (its twilioEnv), each as the file the
-binary reads (egress/src/credentials.rs, ingress/src/secrets.rs), whatever
+binary reads (twilio-credentials/src/lib.rs, ingress/src/secrets.rs), whatever
 the key is called in the Secret: a stage sees no secret it does not use.
 Optional: a key that is absent (the unused half of token vs. API key, no
 secondary token) is just no file. No subPath, so the kubelet swaps rotated
 values in place. */}}
 {{- $keys := .root.Values.twilio.secretKeys }}
 {{- $files := dict "TWILIO_AUTH_TOKEN" "auth-token" "TWILIO_AUTH_TOKEN_SECONDARY" "auth-token-secondary" "TWILIO_WEBHOOK_SHARED_SECRET" "webhook-shared-secret" "TWILIO_API_KEY_SID" "api-key-sid" "TWILIO_API_KEY_SECRET" "api-key-secret" }}
+{{- /* An empty items list would project every key of the Secret. */}}
+{{- $mounted := 0 }}
+{{- range $var, $_ := (.stage.twilioEnv | default dict) }}
+{{- if hasKey $files $var }}{{ $mounted = add1 $mounted }}{{ end }}
+{{- end }}
+{{- if eq $mounted 0 }}
+{{- fail (printf "twilioCredentialsMount is on for a stage whose twilioEnv names none of %s: there is nothing of its own to mount (turn the mount off)" (keys $files | sortAlpha | join ", ")) }}
+{{- end }}
 - name: twilio-credentials
   secret:
     secretName: {{ include "si.twilioSecretName" .root }}

@@ -138,7 +138,7 @@ pub struct ConsentMetrics {
     /// What happened to inputs: `forwarded`, `blocked_inbound`, `opt_out`
     /// (keyword), `revocation_phrase` (opt-out by a phrase), `possible_revocation`
     /// (flagged and forwarded), `rate_limited` (held back by the inbound rate
-    /// limit), `opt_in`, `help`, `first_contact`,
+    /// limit), `media_rate_limited` (the stored media of such a message), `opt_in`, `help`, `first_contact`,
     /// `twilio_opt_out`, `unattributed_21610`, `reply_failed`,
     /// `media_forwarded`, `media_blocked`; by the user's `channel` (`sms`,
     /// `whatsapp`, `voice`, `chat`, `unknown`: a 21610 whose user is not
@@ -366,6 +366,17 @@ pub fn contact_key(conversation_id: &str) -> String {
 pub fn rate_key(conversation_id: &str) -> String {
     format!("r|{conversation_id}")
 }
+
+/// State key of a message with media the rate limit held back.
+#[must_use]
+pub fn held_key(message_sid: &str) -> String {
+    format!("h|{message_sid}")
+}
+
+/// How long a held-back message with media is remembered, so its
+/// `MEDIA_STORED` follow-up (the media stage's copies, usually seconds
+/// later) is held back too.
+const HELD_MEDIA_TTL: Duration = Duration::from_secs(86_400);
 
 impl ConsentProcessor {
     /// A processor over `gate` (the adapter's and the registry's consent tables).
@@ -772,6 +783,11 @@ impl ConsentProcessor {
     ) -> Option<Output> {
         let stored = event.media_stored.as_ref()?;
         if stored.call_sid.is_some() || stored.items.is_empty() {
+            return None;
+        }
+        if state.get(&held_key(&stored.source_sid)).is_some() {
+            // Its message was held back by the rate limit.
+            self.metrics.count("media_rate_limited", event.channel);
             return None;
         }
         let contact = state
@@ -1195,7 +1211,11 @@ impl ConsentProcessor {
         flagged: Option<&Revocation>,
         state: &mut StateStore<ConsentProcessorState>,
     ) -> Vec<Output> {
-        if let Some(held) = self.hold_back(received, status, flagged, state) {
+        // A message that may revoke consent is never held back: it is
+        // forwarded flagged, for the cognition layer to clarify.
+        if flagged.is_none()
+            && let Some(held) = self.hold_back(received, status, state)
+        {
             return held;
         }
         let (event, subject) = (received.event, &received.subject);
@@ -1217,7 +1237,6 @@ impl ConsentProcessor {
         &self,
         received: &Received<'_, '_>,
         status: ConsentStatus,
-        flagged: Option<&Revocation>,
         state: &mut StateStore<ConsentProcessorState>,
     ) -> Option<Vec<Output>> {
         let limit = self.settings.rate_limit?;
@@ -1252,6 +1271,16 @@ impl ConsentProcessor {
         };
         let channel = received.subject.channel;
         self.metrics.count("rate_limited", channel);
+        // Its media's MEDIA_STORED follow-up is held back with it.
+        if event.message.as_ref().is_some_and(|m| !m.media.is_empty()) {
+            let entry = ConsentProcessorState {
+                kind: ConsentProcessorStateKind::Rate,
+                decision: None,
+                contact: None,
+                rate: None,
+            };
+            state.put_with_ttl(held_key(received.message_ref), entry, HELD_MEDIA_TTL);
+        }
         if !first {
             return Some(Vec::new());
         }
@@ -1271,7 +1300,7 @@ impl ConsentProcessor {
             &event.locale,
             "rate_limited",
         );
-        let mut details = BTreeMap::from([
+        let details = BTreeMap::from([
             ("reason".to_owned(), "rate_limited".to_owned()),
             ("rate_limit".to_owned(), limit.to_string()),
             ("burst".to_owned(), limit.burst().to_string()),
@@ -1281,9 +1310,6 @@ impl ConsentProcessor {
                 retry_at.saturating_sub(at).to_string(),
             ),
         ]);
-        if let Some(flag) = flagged {
-            details.extend(flag_details(flag, self.settings.revocation.version()));
-        }
         let mut out = vec![received.compliance(
             ComplianceEventKind::BlockedInbound,
             ComplianceSource::RateLimit,

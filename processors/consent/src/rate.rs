@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use si_schemas::records::RateAccount;
 
+/// How much longer than its allowance takes to be whole an account is kept
+/// (see [`RateLimit::keep_for`]).
+pub const KEEP_SLACK: Duration = Duration::from_secs(3_600);
+
 /// How fast the user of one conversation may write: a sustained rate of
 /// `messages` per `period`, and up to `burst` messages at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,12 +94,17 @@ impl RateLimit {
             .saturating_mul(i64::from(self.burst).saturating_sub(1))
     }
 
-    /// How long after `at` an account written then can matter: until the
-    /// allowance is whole again. The entry's TTL.
+    /// The TTL of an account written for a message received at `at`: until
+    /// its allowance is whole again, plus [`KEEP_SLACK`]. The store expires
+    /// entries by the records' timestamps and sweeps them by the wall clock,
+    /// both of which run ahead of the receive times the limit decides by
+    /// when the stage lags; the slack keeps an account through a backlog of
+    /// that long. A stale account is harmless: [`Self::admit`] reads one
+    /// whose allowance is whole as none.
     #[must_use]
     pub fn keep_for(self, account: &RateAccount, at: i64) -> Duration {
-        let ms = account.theoretical_arrival_at.saturating_sub(at).max(1);
-        Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        let ms = account.theoretical_arrival_at.saturating_sub(at).max(0);
+        Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)).saturating_add(KEEP_SLACK)
     }
 
     /// Decides the message received at `at` (ms since the epoch) of a
@@ -103,23 +112,23 @@ impl RateLimit {
     #[must_use]
     pub fn admit(self, account: Option<&RateAccount>, at: i64) -> Admission {
         let interval = self.interval_ms();
-        let arrival = account.map_or(at, |a| a.theoretical_arrival_at.max(at));
+        // An account whose allowance is whole again by `at` is no account:
+        // the flood it recorded, if any, is over.
+        let account = account.filter(|a| a.theoretical_arrival_at > at);
+        let arrival = account.map_or(at, |a| a.theoretical_arrival_at);
         let earliest = arrival.saturating_sub(self.tolerance_ms());
+        // A flood lasts until the allowance is whole again: the messages it
+        // lets through meanwhile (one per interval) do not end it, so the
+        // user is told once per flood, not once per interval.
+        let limited_since = account.and_then(|a| a.limited_since);
+        let held_back = account.map_or(0, |a| a.held_back);
         if at >= earliest {
             return Admission::Forward(RateAccount {
                 theoretical_arrival_at: arrival.saturating_add(interval),
-                limited_since: None,
-                held_back: 0,
+                limited_since,
+                held_back,
             });
         }
-        let limited_since = account.and_then(|a| a.limited_since);
-        let held_back = account.map_or(0, |a| {
-            if a.limited_since.is_some() {
-                a.held_back
-            } else {
-                0
-            }
-        });
         Admission::HoldBack {
             account: RateAccount {
                 theoretical_arrival_at: arrival,
@@ -168,13 +177,6 @@ mod tests {
             .iter()
             .map(|t| {
                 let at = T0 + t;
-                // An account past its TTL is gone, as in the store.
-                if account
-                    .as_ref()
-                    .is_some_and(|a| a.theoretical_arrival_at <= at)
-                {
-                    account = None;
-                }
                 match limit.admit(account.as_ref(), at) {
                     Admission::Forward(a) => {
                         account = Some(a);
@@ -241,54 +243,84 @@ mod tests {
     }
 
     #[test]
-    fn the_first_held_back_message_is_marked_until_one_is_forwarded() {
+    fn a_flood_is_marked_from_its_first_held_back_message_until_the_allowance_is_whole() {
         let l = limit("2/2s", 2);
         let mut account = None;
         let mut seen = Vec::new();
-        for t in [0, 1, 2, 3, 4, 1_100, 1_101] {
-            match l.admit(account.as_ref(), T0 + t) {
-                Admission::Forward(a) => {
-                    assert_eq!((a.limited_since, a.held_back), (None, 0));
-                    account = Some(a);
-                    seen.push(None);
-                }
+        // A flood (from 2 ms; the message at 1,100 passes within it), then
+        // quiet until the allowance is whole (at 3,000), then a new flood.
+        // Each: (forwarded, first held back, flood's start, held back so far).
+        for t in [0, 1, 2, 3, 4, 1_100, 1_101, 4_000, 4_001, 4_002] {
+            let (forwarded, first, a) = match l.admit(account.as_ref(), T0 + t) {
+                Admission::Forward(a) => (true, None, a),
                 Admission::HoldBack {
                     account: a,
                     first,
                     retry_at,
                 } => {
                     assert!(retry_at > T0 + t);
-                    seen.push(Some((first, a.limited_since.unwrap() - T0, a.held_back)));
-                    account = Some(a);
+                    (false, Some(first), a)
                 }
-            }
+            };
+            seen.push((
+                forwarded,
+                first,
+                a.limited_since.map(|at| at - T0),
+                a.held_back,
+            ));
+            account = Some(a);
         }
         assert_eq!(
             seen,
             [
-                None,
-                None,
-                Some((true, 2, 1)),
-                Some((false, 2, 2)),
-                Some((false, 2, 3)),
-                None,
-                Some((true, 1_101, 1)),
+                (true, None, None, 0),
+                (true, None, None, 0),
+                (false, Some(true), Some(2), 1),
+                (false, Some(false), Some(2), 2),
+                (false, Some(false), Some(2), 3),
+                (true, None, Some(2), 3),
+                (false, Some(false), Some(2), 4),
+                (true, None, None, 0),
+                (true, None, None, 0),
+                (false, Some(true), Some(4_002), 1),
             ]
         );
-        // The second episode starts afresh.
-        let a = account.unwrap();
-        assert_eq!(a.limited_since, Some(T0 + 1_101));
-        assert_eq!(a.held_back, 1);
     }
 
     #[test]
-    fn an_account_is_kept_until_the_allowance_is_whole() {
+    fn a_sustained_flood_is_told_once() {
+        // 100 a second for ten minutes against 10/1m: one first.
+        let l = limit("10/1m", 10);
+        let mut account = None;
+        let mut firsts = 0;
+        for i in 0..60_000 {
+            match l.admit(account.as_ref(), T0 + i * 10) {
+                Admission::Forward(a) => account = Some(a),
+                Admission::HoldBack {
+                    account: a, first, ..
+                } => {
+                    firsts += usize::from(first);
+                    account = Some(a);
+                }
+            }
+        }
+        assert_eq!(firsts, 1);
+    }
+
+    #[test]
+    fn an_account_is_kept_an_hour_past_its_allowance_and_read_as_none_then() {
         let l = limit("10/1m", 10);
         let Admission::Forward(a) = l.admit(None, T0) else {
             panic!("the first message is forwarded");
         };
         assert_eq!(a.theoretical_arrival_at, T0 + 6_000);
-        assert_eq!(l.keep_for(&a, T0), Duration::from_secs(6));
-        assert_eq!(l.keep_for(&a, T0 + 7_000), Duration::from_millis(1));
+        assert_eq!(l.keep_for(&a, T0), Duration::from_secs(6) + KEEP_SLACK);
+        assert_eq!(l.keep_for(&a, T0 + 7_000), KEEP_SLACK);
+        // An account kept past its allowance reads as none.
+        assert_eq!(
+            l.admit(Some(&a), T0 + 6_000),
+            l.admit(None, T0 + 6_000),
+            "whole again"
+        );
     }
 }

@@ -833,6 +833,14 @@ impl LifecycleProcessor {
                     self.on_call_off(ctx.timestamp_ms, due, conversation, state);
                 }
             }
+            // A scheduled call refused for consent names its BLOCKED_OUTBOUND.
+            if let Some(id) = &delivery.compliance_event_id
+                && let Some(conversation) = state
+                    .get(&conversation_key(&delivery.conversation_id))
+                    .cloned()
+            {
+                self.remember_compliance(conversation, id, state);
+            }
             return Vec::new();
         }
         // A compliance event was recorded with this outcome (egress's

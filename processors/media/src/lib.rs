@@ -353,6 +353,10 @@ impl Config {
         if dir.is_none() && env.is_none() {
             return Ok(None);
         }
+        anyhow::ensure!(
+            !self.twilio.credentials_reload_interval.is_zero(),
+            "TWILIO_CREDENTIALS_RELOAD_INTERVAL must be positive"
+        );
         let account_sid = non_empty(self.twilio.account_sid.as_ref());
         if dir.is_some() && account_sid.is_none() {
             anyhow::bail!(
@@ -565,6 +569,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("TWILIO_ACCOUNT_SID"), "{error}");
+        let error = parse(&[
+            "--credentials-dir",
+            "/etc/si/twilio",
+            "--account-sid",
+            "AC1",
+            "--credentials-reload-interval",
+            "0s",
+        ])
+        .credential_source()
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("must be positive"), "{error}");
         assert_eq!(
             parse(&["--api-base-url", "http://127.0.0.1:8090/"])
                 .auth_origins()

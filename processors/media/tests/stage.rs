@@ -578,30 +578,30 @@ async fn a_rotated_token_in_the_mounted_secret_is_used_without_a_restart() -> an
     let mut stage = StageProcess::spawn(&env, "si-media", "media-rotation", &rotation_vars)?;
     stage.ready(DEADLINE).await?;
 
-    let status_of = |events: &[ConversationEvent], conversation: &str| {
-        events
-            .iter()
-            .find(|e| e.conversation_id == conversation)
-            .map(|e| items_of(e)[0].status)
+    // A message with one image in `conversation`: its item's outcome.
+    let copy = |conversation: &'static str, bytes: &'static [u8]| {
+        let (env, sandbox) = (&env, &sandbox);
+        async move {
+            let sms = sandbox.add_inbound_media(&InboundSms {
+                media: vec![png(bytes)],
+                ..InboundSms::default()
+            })?;
+            let event = message_event(conversation, 1, &sms);
+            env.produce(topics::CONVERSATION_EVENTS, conversation, &event)
+                .await?;
+            wait_for(conversation, DEADLINE, || async {
+                Ok(media_stored(env)
+                    .await?
+                    .iter()
+                    .find(|e| e.conversation_id == conversation)
+                    .map(|e| items_of(e)[0].status))
+            })
+            .await
+        }
     };
-    let before = sandbox.add_inbound_media(&InboundSms {
-        media: vec![png(b"before the rotation")],
-        ..InboundSms::default()
-    })?;
-    env.produce(
-        topics::CONVERSATION_EVENTS,
-        "CH-before",
-        &message_event("CH-before", 1, &before),
-    )
-    .await?;
-    let events = wait_for("the first message's outcome", DEADLINE, || async {
-        let events = media_stored(&env).await?;
-        Ok(status_of(&events, "CH-before").map(|_| events))
-    })
-    .await?;
     assert_eq!(
-        status_of(&events, "CH-before"),
-        Some(MediaStorageStatus::Unavailable),
+        copy("CH-before", b"before the rotation").await?,
+        MediaStorageStatus::Unavailable,
         "the file's revoked token, not the environment's"
     );
 
@@ -611,24 +611,9 @@ async fn a_rotated_token_in_the_mounted_secret_is_used_without_a_restart() -> an
         Ok(log.contains("Twilio credentials changed").then_some(()))
     })
     .await?;
-    let after = sandbox.add_inbound_media(&InboundSms {
-        media: vec![png(b"after the rotation")],
-        ..InboundSms::default()
-    })?;
-    env.produce(
-        topics::CONVERSATION_EVENTS,
-        "CH-after",
-        &message_event("CH-after", 1, &after),
-    )
-    .await?;
-    let events = wait_for("the second message's outcome", DEADLINE, || async {
-        let events = media_stored(&env).await?;
-        Ok(status_of(&events, "CH-after").map(|_| events))
-    })
-    .await?;
     assert_eq!(
-        status_of(&events, "CH-after"),
-        Some(MediaStorageStatus::Stored)
+        copy("CH-after", b"after the rotation").await?,
+        MediaStorageStatus::Stored
     );
     let log = std::fs::read_to_string(stage.log())?;
     assert!(!log.contains(TOKEN) && !log.contains("a-revoked-token"));
