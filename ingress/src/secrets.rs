@@ -28,7 +28,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus::IntCounterVec;
-use si_twilio_credentials::read_value;
+use si_twilio_credentials::{read_value, snapshot};
 use tokio_util::sync::CancellationToken;
 
 /// File of the primary Auth Token.
@@ -72,6 +72,9 @@ fn list(value: &str) -> Vec<String> {
 /// # Errors
 /// When a file cannot be read, or there are files but no `auth-token`.
 pub async fn read_dir(dir: &Path) -> Result<Option<WebhookSecrets>, String> {
+    // One version of the Secret, never a mix of two.
+    let snapshot = snapshot(dir).await;
+    let dir = snapshot.as_path();
     let primary = read_value(&dir.join(AUTH_TOKEN_FILE)).await?;
     let secondary = read_value(&dir.join(AUTH_TOKEN_SECONDARY_FILE)).await?;
     let shared = read_value(&dir.join(SHARED_SECRET_FILE)).await?;

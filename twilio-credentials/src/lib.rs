@@ -110,6 +110,17 @@ pub fn choose(
     }
 }
 
+/// The directory to read a mounted Secret's files from: its current
+/// snapshot when it is the kubelet's (`..data`, a link the kubelet swaps in
+/// one step when the Secret changes), so files read one after the other
+/// come from one version of the Secret, never half the old and half the
+/// new; else `dir` itself.
+pub async fn snapshot(dir: &Path) -> PathBuf {
+    tokio::fs::canonicalize(dir.join("..data"))
+        .await
+        .unwrap_or_else(|_| dir.to_path_buf())
+}
+
 /// Reads one secret file: its value without surrounding whitespace, `None`
 /// when missing or blank. An error names the file, never its content.
 ///
@@ -132,6 +143,7 @@ pub async fn read_value(path: &Path) -> Result<Option<String>, String> {
 /// # Errors
 /// When a file cannot be read, or only half of the key pair is there.
 pub async fn read_dir(dir: &Path, account_sid: &str) -> Result<Option<Credentials>, String> {
+    let dir = &snapshot(dir).await;
     let token = read_value(&dir.join(AUTH_TOKEN_FILE)).await?;
     let sid = read_value(&dir.join(API_KEY_SID_FILE)).await?;
     let secret = read_value(&dir.join(API_KEY_SECRET_FILE)).await?;
@@ -346,6 +358,25 @@ mod tests {
         assert!(choose(ACCOUNT, None, None, None, names).is_err());
         let debug = format!("{both:?}");
         assert!(!debug.contains("sec") && !debug.contains("SK1"), "{debug}");
+    }
+
+    #[tokio::test]
+    async fn a_kubelet_mount_is_read_from_its_current_snapshot() {
+        // The kubelet's layout: ..data links to a timestamped directory it
+        // swaps in one step; the top-level names link through ..data.
+        let dir = temp_dir("snapshot");
+        let first = dir.join("..2026_12_08_00_00_00.1");
+        std::fs::create_dir_all(&first).unwrap();
+        std::fs::write(first.join(AUTH_TOKEN_FILE), "from-the-snapshot").unwrap();
+        std::os::unix::fs::symlink(&first, dir.join("..data")).unwrap();
+        assert_eq!(snapshot(&dir).await, std::fs::canonicalize(&first).unwrap());
+        let read = read_dir(&dir, ACCOUNT).await.unwrap().unwrap();
+        assert_eq!(read.password, "from-the-snapshot");
+        // A plain directory is read as it is.
+        let plain = temp_dir("plain");
+        assert_eq!(snapshot(&plain).await, plain);
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_dir_all(plain).unwrap();
     }
 
     #[tokio::test]

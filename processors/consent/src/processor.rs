@@ -1212,10 +1212,11 @@ impl ConsentProcessor {
         state: &mut StateStore<ConsentProcessorState>,
     ) -> Vec<Output> {
         // A message that may revoke consent is never held back: it is
-        // forwarded flagged, for the cognition layer to clarify.
-        if flagged.is_none()
-            && let Some(held) = self.hold_back(received, status, state)
-        {
+        // forwarded flagged, for the cognition layer to clarify, and charged
+        // to the account like any message.
+        if flagged.is_some() {
+            self.charge(received, state);
+        } else if let Some(held) = self.hold_back(received, status, state) {
             return held;
         }
         let (event, subject) = (received.event, &received.subject);
@@ -1228,11 +1229,30 @@ impl ConsentProcessor {
         out
     }
 
+    /// Charges a message forwarded whatever the rate to its conversation's
+    /// account.
+    fn charge(&self, received: &Received<'_, '_>, state: &mut StateStore<ConsentProcessorState>) {
+        let Some(limit) = self.settings.rate_limit else {
+            return;
+        };
+        let key = rate_key(&received.event.conversation_id);
+        let at = received.event.received_at;
+        let account = limit.charge(state.get(&key).and_then(|e| e.rate.as_ref()), at);
+        let ttl = limit.keep_for(&account, at);
+        let entry = ConsentProcessorState {
+            kind: ConsentProcessorStateKind::Rate,
+            decision: None,
+            contact: None,
+            rate: Some(account),
+        };
+        state.put_with_ttl(key, entry, ttl);
+    }
+
     /// The inbound rate limit's say on a message about to be forwarded: its
     /// conversation's account is updated either way; `None` to forward it,
-    /// else what holding it back records. The first message held back since
-    /// one was last forwarded gets a `BLOCKED_INBOUND` (source `RATE_LIMIT`)
-    /// and a notice to the user in their language; the rest are counted.
+    /// else what holding it back records. The first message held back in a
+    /// flood gets a `BLOCKED_INBOUND` (source `RATE_LIMIT`) and a notice to
+    /// the user in their language; the rest are counted.
     fn hold_back(
         &self,
         received: &Received<'_, '_>,

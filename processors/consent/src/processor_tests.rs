@@ -1277,12 +1277,13 @@ fn a_flood_is_told_once_and_a_new_one_after_the_allowance_is_whole_again() {
     assert_eq!(account.limited_since, Some(T0 + 2_000));
     assert_eq!(account.held_back, 3);
     assert_eq!(account.theoretical_arrival_at, T0 + 90_000);
-    // The allowance is whole again at 90 s; the account is kept an hour
-    // longer (the store's time runs ahead of receive times in a backlog),
-    // and a new flood after that is recorded and told anew.
+    // The allowance is whole again at 90 s, the flood over an interval
+    // later; the account is kept an hour longer (the store's time runs
+    // ahead of receive times in a backlog), and a new flood after that is
+    // recorded and told anew.
     assert_eq!(
         h.state.expires_at(&rate_key(CONV)),
-        Some(T0 + 31_005 + 59_000 + 3_600_000)
+        Some(T0 + 31_005 + 59_000 + 30_000 + 3_600_000)
     );
     for n in 7..9 {
         assert_eq!(h.send(at(n, 200)).inbound().len(), 1);

@@ -5,8 +5,10 @@
 //! (ingress's, carried by the event), not over the time the stage reads
 //! them: a backlog after an outage is not a burst, and a replay after a
 //! crash decides every message as before. The account of a conversation is
-//! one timestamp in consent's state store, written in the same transaction as
-//! the decision it led to, and gone once the allowance is whole again.
+//! one timestamp (and the flood it is in, if any) in consent's state store,
+//! written in the same transaction as the decision it led to. A flood lasts
+//! until the user has been quiet for an interval past the time the
+//! allowance is whole again.
 
 use std::fmt;
 use std::time::Duration;
@@ -32,12 +34,12 @@ pub enum Admission {
     /// Forward it; the account afterwards.
     Forward(RateAccount),
     /// Hold it back; the account afterwards, and whether it is the first
-    /// message held back since one was last forwarded (the one to record
-    /// and to tell the user about).
+    /// message held back in its flood (the one to record and to tell the
+    /// user about).
     HoldBack {
         /// The account afterwards.
         account: RateAccount,
-        /// The first held back since a message was last forwarded.
+        /// The first held back in its flood.
         first: bool,
         /// When the next message would be forwarded (ms since the epoch).
         retry_at: i64,
@@ -94,16 +96,21 @@ impl RateLimit {
             .saturating_mul(i64::from(self.burst).saturating_sub(1))
     }
 
-    /// The TTL of an account written for a message received at `at`: until
-    /// its allowance is whole again, plus [`KEEP_SLACK`]. The store expires
-    /// entries by the records' timestamps and sweeps them by the wall clock,
-    /// both of which run ahead of the receive times the limit decides by
-    /// when the stage lags; the slack keeps an account through a backlog of
-    /// that long. A stale account is harmless: [`Self::admit`] reads one
-    /// whose allowance is whole as none.
+    /// The TTL of an account written for a message received at `at`: as
+    /// long as it is live (an interval past the time its allowance is whole
+    /// again), plus [`KEEP_SLACK`]. The store expires entries by the
+    /// records' timestamps and sweeps them by the wall clock, both of which
+    /// run ahead of the receive times the limit decides by when the stage
+    /// lags; the slack keeps an account through a backlog of up to an hour
+    /// (a longer one gives each conversation a fresh burst at each sweep).
+    /// A stale account is harmless: [`Self::admit`] reads it as none.
     #[must_use]
     pub fn keep_for(self, account: &RateAccount, at: i64) -> Duration {
-        let ms = account.theoretical_arrival_at.saturating_sub(at).max(0);
+        let ms = account
+            .theoretical_arrival_at
+            .saturating_add(self.interval_ms())
+            .saturating_sub(at)
+            .max(0);
         Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)).saturating_add(KEEP_SLACK)
     }
 
@@ -112,10 +119,8 @@ impl RateLimit {
     #[must_use]
     pub fn admit(self, account: Option<&RateAccount>, at: i64) -> Admission {
         let interval = self.interval_ms();
-        // An account whose allowance is whole again by `at` is no account:
-        // the flood it recorded, if any, is over.
-        let account = account.filter(|a| a.theoretical_arrival_at > at);
-        let arrival = account.map_or(at, |a| a.theoretical_arrival_at);
+        let account = self.live(account, at);
+        let arrival = account.map_or(at, |a| a.theoretical_arrival_at.max(at));
         let earliest = arrival.saturating_sub(self.tolerance_ms());
         // A flood lasts until the allowance is whole again: the messages it
         // lets through meanwhile (one per interval) do not end it, so the
@@ -138,6 +143,29 @@ impl RateLimit {
             first: limited_since.is_none(),
             retry_at: earliest,
         }
+    }
+
+    /// Charges the message received at `at` to the account without
+    /// holding it back (a message that must reach the cognition layer
+    /// whatever the rate): the account afterwards, in the flood it was in.
+    #[must_use]
+    pub fn charge(self, account: Option<&RateAccount>, at: i64) -> RateAccount {
+        let account = self.live(account, at);
+        let arrival = account.map_or(at, |a| a.theoretical_arrival_at.max(at));
+        RateAccount {
+            theoretical_arrival_at: arrival.saturating_add(self.interval_ms()),
+            limited_since: account.and_then(|a| a.limited_since),
+            held_back: account.map_or(0, |a| a.held_back),
+        }
+    }
+
+    /// The account, unless the user has been quiet for an interval past the
+    /// time its allowance was whole again: then it is no account, and the
+    /// flood it recorded, if any, is over. (An interval, not the moment
+    /// itself: with a burst of one, every forwarded message comes at that
+    /// moment, and would end the flood.)
+    fn live(self, account: Option<&RateAccount>, at: i64) -> Option<&RateAccount> {
+        account.filter(|a| a.theoretical_arrival_at.saturating_add(self.interval_ms()) > at)
     }
 
     /// The burst.
@@ -288,6 +316,50 @@ mod tests {
     }
 
     #[test]
+    fn with_a_burst_of_one_a_flood_is_told_once_too() {
+        // One a second, no burst; a message every 100 ms for 10 s.
+        let l = limit("1/1s", 1);
+        let mut account = None;
+        let (mut firsts, mut forwarded) = (0, 0);
+        for i in 0..100 {
+            match l.admit(account.as_ref(), T0 + i * 100) {
+                Admission::Forward(a) => {
+                    forwarded += 1;
+                    account = Some(a);
+                }
+                Admission::HoldBack {
+                    account: a, first, ..
+                } => {
+                    firsts += usize::from(first);
+                    account = Some(a);
+                }
+            }
+        }
+        assert_eq!((firsts, forwarded), (1, 10));
+    }
+
+    #[test]
+    fn a_charged_message_uses_allowance_without_ending_the_flood() {
+        let l = limit("2/2s", 2);
+        let mut a = l.charge(None, T0);
+        a = l.charge(Some(&a), T0 + 1);
+        let Admission::HoldBack {
+            account,
+            first: true,
+            ..
+        } = l.admit(Some(&a), T0 + 2)
+        else {
+            panic!("the charges used the burst");
+        };
+        let charged = l.charge(Some(&account), T0 + 3);
+        assert_eq!(charged.limited_since, Some(T0 + 2), "still the flood");
+        assert_eq!(
+            charged.theoretical_arrival_at,
+            account.theoretical_arrival_at + 1_000
+        );
+    }
+
+    #[test]
     fn a_sustained_flood_is_told_once() {
         // 100 a second for ten minutes against 10/1m: one first.
         let l = limit("10/1m", 10);
@@ -314,12 +386,12 @@ mod tests {
             panic!("the first message is forwarded");
         };
         assert_eq!(a.theoretical_arrival_at, T0 + 6_000);
-        assert_eq!(l.keep_for(&a, T0), Duration::from_secs(6) + KEEP_SLACK);
-        assert_eq!(l.keep_for(&a, T0 + 7_000), KEEP_SLACK);
-        // An account kept past its allowance reads as none.
+        assert_eq!(l.keep_for(&a, T0), Duration::from_secs(12) + KEEP_SLACK);
+        assert_eq!(l.keep_for(&a, T0 + 13_000), KEEP_SLACK);
+        // An account kept past its allowance and an interval reads as none.
         assert_eq!(
-            l.admit(Some(&a), T0 + 6_000),
-            l.admit(None, T0 + 6_000),
+            l.admit(Some(&a), T0 + 12_000),
+            l.admit(None, T0 + 12_000),
             "whole again"
         );
     }

@@ -61,11 +61,11 @@ pub struct RateAccount {
     /// The GCRA's theoretical arrival time (ms since the epoch): the
     /// allowance is whole again then.
     pub theoretical_arrival_at: i64,
-    /// Receive time of the first message held back since a message was last
-    /// forwarded; `None` while messages are forwarded.
+    /// Receive time of the first message held back in the current flood;
+    /// `None` when there is none.
     #[serde(default)]
     pub limited_since: Option<i64>,
-    /// Messages held back since `limited_since`.
+    /// Messages held back in the current flood.
     #[serde(default)]
     pub held_back: i32,
 }
