@@ -373,6 +373,17 @@ pub fn held_key(message_sid: &str) -> String {
     format!("h|{message_sid}")
 }
 
+/// A state entry of the rate limit: a conversation's account, or (`None`)
+/// the marker of a held-back message with media.
+fn rate_entry(rate: Option<RateAccount>) -> ConsentProcessorState {
+    ConsentProcessorState {
+        kind: ConsentProcessorStateKind::Rate,
+        decision: None,
+        contact: None,
+        rate,
+    }
+}
+
 /// How long a held-back message with media is remembered, so its
 /// `MEDIA_STORED` follow-up (the media stage's copies, usually seconds
 /// later) is held back too.
@@ -1239,13 +1250,7 @@ impl ConsentProcessor {
         let at = received.event.received_at;
         let account = limit.charge(state.get(&key).and_then(|e| e.rate.as_ref()), at);
         let ttl = limit.keep_for(&account, at);
-        let entry = ConsentProcessorState {
-            kind: ConsentProcessorStateKind::Rate,
-            decision: None,
-            contact: None,
-            rate: Some(account),
-        };
-        state.put_with_ttl(key, entry, ttl);
+        state.put_with_ttl(key, rate_entry(Some(account)), ttl);
     }
 
     /// The inbound rate limit's say on a message about to be forwarded: its
@@ -1267,13 +1272,7 @@ impl ConsentProcessor {
         let admission = limit.admit(account, at);
         let put = |state: &mut StateStore<ConsentProcessorState>, account: RateAccount| {
             let ttl = limit.keep_for(&account, at);
-            let entry = ConsentProcessorState {
-                kind: ConsentProcessorStateKind::Rate,
-                decision: None,
-                contact: None,
-                rate: Some(account),
-            };
-            state.put_with_ttl(key.clone(), entry, ttl);
+            state.put_with_ttl(key.clone(), rate_entry(Some(account)), ttl);
         };
         let (first, retry_at) = match admission {
             Admission::Forward(account) => {
@@ -1293,13 +1292,11 @@ impl ConsentProcessor {
         self.metrics.count("rate_limited", channel);
         // Its media's MEDIA_STORED follow-up is held back with it.
         if event.message.as_ref().is_some_and(|m| !m.media.is_empty()) {
-            let entry = ConsentProcessorState {
-                kind: ConsentProcessorStateKind::Rate,
-                decision: None,
-                contact: None,
-                rate: None,
-            };
-            state.put_with_ttl(held_key(received.message_ref), entry, HELD_MEDIA_TTL);
+            state.put_with_ttl(
+                held_key(received.message_ref),
+                rate_entry(None),
+                HELD_MEDIA_TTL,
+            );
         }
         if !first {
             return Some(Vec::new());

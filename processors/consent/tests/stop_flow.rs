@@ -252,10 +252,7 @@ async fn stop_blocks_and_start_reenables_against_the_broker() -> anyhow::Result<
                 .iter()
                 .all(|(k, o)| k == "sms:+14155550199" && o.to.as_deref() == Some(user))
         );
-        let confirmation = si_catalog::Catalog::builtin()
-            .text(si_catalog::keys::OPT_OUT_CONFIRMATION, "en-US")
-            .text;
-        let confirmation = si_segment::normalize(confirmation, Channel::Sms, true).0;
+        let confirmation = sms_text(si_catalog::keys::OPT_OUT_CONFIRMATION, "en-US");
         let confirmations = outbound
             .iter()
             .filter(|(_, o)| o.body.as_deref() == Some(confirmation.as_str()))
@@ -329,11 +326,14 @@ fn trail(records: &[(String, ComplianceEvent)], address: &str) -> Vec<Compliance
         .collect()
 }
 
-fn opt_out_confirmation(locale: &str) -> String {
-    let text = si_catalog::Catalog::builtin()
-        .text(si_catalog::keys::OPT_OUT_CONFIRMATION, locale)
-        .text;
+/// The catalog's text `key` in `locale` as consent sends it by SMS.
+fn sms_text(key: &str, locale: &str) -> String {
+    let text = si_catalog::Catalog::builtin().text(key, locale).text;
     si_segment::normalize(text, Channel::Sms, true).0
+}
+
+fn opt_out_confirmation(locale: &str) -> String {
+    sms_text(si_catalog::keys::OPT_OUT_CONFIRMATION, locale)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,20 +557,14 @@ async fn the_rate_limit_holds_a_flood_back_across_a_restart() -> anyhow::Result<
         }
         // HELP is answered (keywords are never held back); its answer is
         // the last output, so everything before it is readable by then.
-        let help = si_catalog::Catalog::builtin()
-            .text(si_catalog::keys::HELP, "en-US")
-            .text;
-        let help = si_segment::normalize(help, Channel::Sms, true).0;
+        let help = sms_text(si_catalog::keys::HELP, "en-US");
         let outbound =
             wait_for::<OutboundOperation>(&env, topics::OUTBOUND, &mut child, deadline, |r| {
                 r.iter()
                     .any(|(_, o)| o.body.as_deref() == Some(help.as_str()))
             })
             .await?;
-        let notice = si_catalog::Catalog::builtin()
-            .text(si_catalog::keys::RATE_LIMITED, "en-US")
-            .text;
-        let notice = si_segment::normalize(notice, Channel::Sms, true).0;
+        let notice = sms_text(si_catalog::keys::RATE_LIMITED, "en-US");
         let notices = outbound
             .iter()
             .filter(|(_, o)| o.body.as_deref() == Some(notice.as_str()))
