@@ -24,52 +24,11 @@ use prometheus::{IntCounter, IntGauge};
 use si_runtime::admin::ReadinessDetail;
 use tokio::sync::{Notify, watch};
 
-use crate::credentials::CredentialStore;
+use crate::credentials::{CredentialStore, LogEvery};
 use crate::twilio::Answer;
 
 /// At most one "still rejected" log line per this interval.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Rate-limits a repeated log line: the first event is logged, then at most
-/// one per interval, saying how many happened in between.
-#[derive(Debug, Clone)]
-pub struct LogEvery {
-    interval: Duration,
-    last: Option<Instant>,
-    unlogged: u64,
-}
-
-impl LogEvery {
-    /// A limiter that logs at most once per `interval`.
-    #[must_use]
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            last: None,
-            unlogged: 0,
-        }
-    }
-
-    /// Counts one event at `now`. `Some(n)` when it is to be logged, `n`
-    /// being the events since the last logged one (this one included).
-    pub fn hit(&mut self, now: Instant) -> Option<u64> {
-        self.unlogged += 1;
-        let due = self
-            .last
-            .is_none_or(|last| now.saturating_duration_since(last) >= self.interval);
-        if !due {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.unlogged))
-    }
-
-    /// Events counted since the last logged one.
-    #[must_use]
-    pub fn unlogged(&self) -> u64 {
-        self.unlogged
-    }
-}
 
 /// What a Twilio answer says about the credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,26 +338,6 @@ mod tests {
 
     use super::*;
     use crate::credentials::{AUTH_TOKEN_FILE, Source};
-
-    #[test]
-    fn log_every_logs_the_first_then_once_per_interval_with_the_count() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs;
-        let mut log = LogEvery::new(s(60));
-        assert_eq!(log.hit(t0), Some(1), "the first event is logged");
-        assert_eq!(log.hit(t0 + s(1)), None);
-        assert_eq!(log.hit(t0 + s(30)), None);
-        assert_eq!(log.hit(t0 + s(59)), None);
-        assert_eq!(log.unlogged(), 3);
-        assert_eq!(
-            log.hit(t0 + s(60)),
-            Some(4),
-            "a minute later: one line for the four since"
-        );
-        assert_eq!(log.hit(t0 + s(61)), None);
-        assert_eq!(log.hit(t0 + s(200)), Some(2));
-        assert_eq!(log.unlogged(), 0);
-    }
 
     struct Fixture {
         gate: Arc<AuthGate>,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use si_runtime::CommonConfig;
 
-use crate::credentials::Source;
+use crate::credentials::{Names, Parts, Source};
 use crate::rates::Rates;
 
 /// `si-egress`: performs the Twilio REST operations of `twilio.outbound.v1`.
@@ -100,6 +100,12 @@ pub struct TwilioArgs {
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
 
+    /// The secondary Auth Token, during a rotation: used rather than the
+    /// primary (Twilio takes it from its creation on, and promoting it
+    /// revokes the primary).
+    #[arg(long, env = "TWILIO_AUTH_TOKEN_SECONDARY", hide_env_values = true)]
+    pub auth_token_secondary: Option<String>,
+
     /// API key SID (SK…), used with TWILIO_API_KEY_SECRET for HTTP Basic auth.
     #[arg(long, env = "TWILIO_API_KEY_SID")]
     pub api_key_sid: Option<String>,
@@ -177,7 +183,8 @@ pub struct TwilioArgs {
 impl TwilioArgs {
     /// Where the credentials come from: `TWILIO_CREDENTIALS_DIR` when set
     /// (re-read on an interval), else (and as fallback) the environment's:
-    /// the API key pair when complete, else the Auth Token.
+    /// the API key pair when complete, else the secondary Auth Token when
+    /// set, else the Auth Token.
     #[must_use]
     pub fn credential_source(&self) -> Source {
         Source {
@@ -188,14 +195,13 @@ impl TwilioArgs {
                 .filter(|d| !d.as_os_str().is_empty()),
             env: crate::credentials::choose(
                 &self.account_sid,
-                self.auth_token.as_deref(),
-                self.api_key_sid.as_deref(),
-                self.api_key_secret.as_deref(),
-                [
-                    "TWILIO_AUTH_TOKEN",
-                    "TWILIO_API_KEY_SID",
-                    "TWILIO_API_KEY_SECRET",
-                ],
+                Parts {
+                    auth_token: self.auth_token.as_deref(),
+                    auth_token_secondary: self.auth_token_secondary.as_deref(),
+                    api_key_sid: self.api_key_sid.as_deref(),
+                    api_key_secret: self.api_key_secret.as_deref(),
+                },
+                Names::ENV,
             ),
         }
     }

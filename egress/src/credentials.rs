@@ -1,25 +1,23 @@
 //! Twilio credentials ([`si_twilio_credentials`]: from the environment or
-//! the mounted Secret's files, `TWILIO_CREDENTIALS_DIR`), and egress's own
-//! reload loop: on an interval and soon after Twilio refuses a request, so a
+//! the mounted Secret's files, `TWILIO_CREDENTIALS_DIR`), read again by the
+//! shared loop on an interval and soon after Twilio refuses a request, so a
 //! rotated secret is used without a restart; a change opens the
 //! [`AuthGate`]'s hold at once.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use si_twilio_credentials::*;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthGate, LogEvery};
+use crate::auth::AuthGate;
 use crate::metrics::EgressMetrics;
-
-/// How often a failing reload is logged at most.
-const RELOAD_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Reloads the credentials every `interval` and, at most once per
 /// [`MIN_PROMPT_RELOAD_GAP`], when `wanted` is notified (Twilio refused the
-/// credentials); tells `gate` when they changed. Ends with `shutdown`.
+/// credentials); counts each reload and tells `gate` when they changed.
+/// Ends with `shutdown`.
 pub async fn reload_loop(
     store: Arc<CredentialStore>,
     gate: Arc<AuthGate>,
@@ -28,63 +26,23 @@ pub async fn reload_loop(
     metrics: EgressMetrics,
     shutdown: CancellationToken,
 ) {
-    let mut last = Instant::now();
-    let mut failures = LogEvery::new(RELOAD_LOG_INTERVAL);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep_until((last + interval).into()) => {}
-            () = wanted.notified() => {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep_until((last + MIN_PROMPT_RELOAD_GAP).into()) => {}
-                }
-            }
+    let observe = move |outcome: Reloaded| {
+        metrics
+            .credential_reloads
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+        if outcome == Reloaded::Changed {
+            gate.credentials_changed();
         }
-        last = Instant::now();
-        match store.reload().await {
-            Ok(Some(generation)) => {
-                metrics
-                    .credential_reloads
-                    .with_label_values(&["changed"])
-                    .inc();
-                failures = LogEvery::new(RELOAD_LOG_INTERVAL);
-                let current = store.current();
-                tracing::info!(
-                    kind = current.credentials.kind.as_str(),
-                    generation,
-                    dir = ?store.dir(),
-                    "Twilio credentials changed: requests use the new ones from now on"
-                );
-                gate.credentials_changed();
-            }
-            Ok(None) => {
-                metrics
-                    .credential_reloads
-                    .with_label_values(&["unchanged"])
-                    .inc();
-            }
-            Err(error) => {
-                metrics
-                    .credential_reloads
-                    .with_label_values(&["error"])
-                    .inc();
-                if let Some(more) = failures.hit(last) {
-                    tracing::warn!(
-                        error,
-                        failed_since_last_log = more,
-                        "cannot reload the Twilio credentials; keeping the current ones"
-                    );
-                }
-            }
-        }
-    }
+    };
+    si_twilio_credentials::reload_loop(store, interval, Some(wanted), observe, shutdown).await;
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use std::path::{Path, PathBuf};
+    use std::time::Instant;
 
     use super::*;
 

@@ -229,7 +229,128 @@ async fn refused_credentials_hold_operations_until_the_secret_is_rotated() -> an
     assert_eq!(egress.log_lines("Twilio credentials changed"), 1);
     assert_eq!(egress.log_lines("accepts egress's credentials again"), 1);
     assert_eq!(
-        egress.log_lines(sandbox.auth_token()),
+        egress.log_lines(&sandbox.auth_token()),
+        0,
+        "no secret in the log"
+    );
+    egress.stop().await?;
+    sandbox.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+/// A call to the Accounts API's token endpoints, as an operator makes it.
+async fn tokens_api(
+    sandbox: &SandboxHandle,
+    path: &str,
+    token: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", sandbox.base_url()))
+        .basic_auth(sandbox.account_sid(), Some(token))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(response.json().await?)
+}
+
+/// The runbook's Auth Token rotation, against the sandbox's token API:
+/// the new token is loaded as the secondary (egress switches to it, which
+/// Twilio takes from its creation on), then promoted (the old one is revoked
+/// at once), then written as the primary. Not one request is refused, and
+/// no restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auth_token_rotation_through_the_secondary_refuses_nothing() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let sandbox = sandbox().await?;
+    let dir = secret_dir(&env)?;
+    let old = sandbox.auth_token();
+    write_secret(&dir, "auth-token", &format!("{old}\n"))?;
+    let admin = format!("127.0.0.1:{}", si_testkit::free_port()?);
+    let dir_str = dir.to_string_lossy().into_owned();
+    let egress = Egress::spawn(
+        &env,
+        &sandbox,
+        "rotation",
+        &[
+            ("TWILIO_AUTH_TOKEN", ""),
+            ("TWILIO_CREDENTIALS_DIR", &dir_str),
+            ("TWILIO_CREDENTIALS_RELOAD_INTERVAL", "300ms"),
+            ("ADMIN_ADDR", &admin),
+        ],
+    )?;
+    let conversation = format!("CH{:032}", 7);
+    let send = |n: usize| {
+        let (env, conversation) = (&env, &conversation);
+        async move {
+            produce_ops(
+                env,
+                &[op(&format!("rotate-{n}"), conversation, SENDER_NUMBER)],
+            )
+            .await?;
+            statuses(env, n, Duration::from_secs(60)).await
+        }
+    };
+    send(1).await?;
+
+    // 1-2. A secondary token, loaded into the Secret: egress uses it.
+    let created = tokens_api(&sandbox, "/v1/AuthTokens/Secondary", &old).await?;
+    let new = created["secondary_auth_token"]
+        .as_str()
+        .expect("the new token")
+        .to_owned();
+    write_secret(&dir, "auth-token-secondary", &format!("{new}\n"))?;
+    let changes = |n: usize| {
+        let seen = egress.log_lines("Twilio credentials changed");
+        async move { Ok((seen == n).then_some(())) }
+    };
+    wait_for(
+        "egress on the secondary token",
+        Duration::from_secs(30),
+        || changes(1),
+    )
+    .await?;
+    send(2).await?;
+
+    // 4. Promoted: the old token is revoked at once.
+    let promoted = tokens_api(&sandbox, "/v1/AuthTokens/Promote", &new).await?;
+    assert_eq!(promoted["auth_token"], new.as_str());
+    assert_eq!(sandbox.auth_token(), new);
+    assert!(
+        tokens_api(&sandbox, "/v1/AuthTokens/Secondary", &old)
+            .await
+            .is_err(),
+        "the old token is refused"
+    );
+    send(3).await?;
+
+    // 5. The new token written as the primary, the secondary cleared.
+    write_secret(&dir, "auth-token", &format!("{new}\n"))?;
+    write_secret(&dir, "auth-token-secondary", "")?;
+    wait_for("egress on the new primary", Duration::from_secs(30), || {
+        changes(2)
+    })
+    .await?;
+    let by_id = send(4).await?;
+
+    for n in 1..=4 {
+        assert_eq!(
+            by_id[&format!("rotate-{n}")].outcome,
+            DeliveryOutcome::Accepted
+        );
+    }
+    // Nothing egress sent was refused.
+    let refused: Vec<_> = sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 401)
+        .collect();
+    assert!(refused.is_empty(), "egress was refused: {refused:?}");
+    let failures = metric(&admin, "si_egress_twilio_auth_failures_total").await?;
+    assert_eq!(failures.unwrap_or(0.0), 0.0);
+    assert_eq!(
+        egress.log_lines(&old) + egress.log_lines(&new),
         0,
         "no secret in the log"
     );

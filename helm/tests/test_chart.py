@@ -183,9 +183,11 @@ def test_twilio_token_only_from_secret(rendered, case):
     existing = (values.get("twilio") or {}).get("existingSecret")
     deployments = {stage_name(d): d for d in rendered.of_kind("Deployment")}
     expected = {"ingress": ["TWILIO_AUTH_TOKEN", "TWILIO_AUTH_TOKEN_SECONDARY", "TWILIO_WEBHOOK_SHARED_SECRET"],
-                "egress": ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET"],
+                "egress": ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_AUTH_TOKEN_SECONDARY",
+                           "TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET"],
                 # Media URLs need HTTP Basic auth.
-                "media": ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET"]}
+                "media": ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_AUTH_TOKEN_SECONDARY",
+                          "TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET"]}
     for stage, names in expected.items():
         if stage not in deployments:
             continue
@@ -251,11 +253,13 @@ def test_the_stages_calling_twilio_mount_their_secrets_as_files_they_reread(rend
             {"key": keys["TWILIO_API_KEY_SECRET"], "path": "api-key-secret"},
             {"key": keys["TWILIO_API_KEY_SID"], "path": "api-key-sid"},
             {"key": keys["TWILIO_AUTH_TOKEN"], "path": "auth-token"},
+            {"key": keys["TWILIO_AUTH_TOKEN_SECONDARY"], "path": "auth-token-secondary"},
         ],
         "media": [
             {"key": keys["TWILIO_API_KEY_SECRET"], "path": "api-key-secret"},
             {"key": keys["TWILIO_API_KEY_SID"], "path": "api-key-sid"},
             {"key": keys["TWILIO_AUTH_TOKEN"], "path": "auth-token"},
+            {"key": keys["TWILIO_AUTH_TOKEN_SECONDARY"], "path": "auth-token-secondary"},
         ],
         "ingress": [
             {"key": keys["TWILIO_AUTH_TOKEN"], "path": "auth-token"},

@@ -28,13 +28,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus::IntCounterVec;
-use si_twilio_credentials::{read_value, snapshot};
+pub use si_twilio_credentials::{AUTH_TOKEN_FILE, AUTH_TOKEN_SECONDARY_FILE};
+use si_twilio_credentials::{Reload, Reloaded, read_value, reload_loop, snapshot};
 use tokio_util::sync::CancellationToken;
 
-/// File of the primary Auth Token.
-pub const AUTH_TOKEN_FILE: &str = "auth-token";
-/// File of the Auth Token also accepted during a rotation.
-pub const AUTH_TOKEN_SECONDARY_FILE: &str = "auth-token-secondary";
 /// File of the webhook shared-key secrets, comma separated.
 pub const SHARED_SECRET_FILE: &str = "webhook-shared-secret";
 
@@ -175,38 +172,31 @@ impl SecretStore {
         if self.dir.is_none() {
             return;
         }
-        let store = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut logged_failure: Option<std::time::Instant> = None;
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(interval) => {}
-                }
-                let result = match store.reload().await {
-                    Ok(true) => {
-                        logged_failure = None;
-                        let secrets = store.current();
-                        tracing::info!(
-                            auth_tokens = secrets.auth_tokens.len(),
-                            shared_secrets = secrets.shared_secrets.len(),
-                            "webhook secrets changed"
-                        );
-                        "changed"
-                    }
-                    Ok(false) => "unchanged",
-                    Err(error) => {
-                        // At most once a minute while it lasts.
-                        if logged_failure.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
-                            logged_failure = Some(std::time::Instant::now());
-                            tracing::warn!(%error, "webhook secrets not reloaded; the ones in force stay");
-                        }
-                        "error"
-                    }
-                };
-                reloads.with_label_values(&[result]).inc();
-            }
-        });
+        let count = move |outcome: Reloaded| reloads.with_label_values(&[outcome.as_str()]).inc();
+        tokio::spawn(reload_loop(
+            Arc::clone(self),
+            interval,
+            None,
+            count,
+            shutdown,
+        ));
+    }
+}
+
+impl Reload for SecretStore {
+    const WHAT: &'static str = "webhook secrets";
+
+    async fn reload(&self) -> Result<bool, String> {
+        SecretStore::reload(self).await
+    }
+
+    fn log_change(&self) {
+        let secrets = self.current();
+        tracing::info!(
+            auth_tokens = secrets.auth_tokens.len(),
+            shared_secrets = secrets.shared_secrets.len(),
+            "webhook secrets changed"
+        );
     }
 }
 

@@ -3,39 +3,50 @@
 //! stages calling Twilio (egress, media) read again on an interval, so a
 //! rotated secret is used without a restart.
 //!
-//! The files are named like the chart's Secret keys: `auth-token`, or
-//! `api-key-sid` + `api-key-secret` (the pair wins when both are there). Each
-//! file holds the value alone; surrounding whitespace and the final newline
-//! are ignored. A missing or empty file counts as absent. When the directory
-//! holds none of them, the environment's credentials apply. A half key pair
-//! is an error: at start-up a stage refuses to start, later it keeps the
-//! credentials it has (a Secret being rewritten) and says so in the log.
+//! The files are named like the chart's Secret keys: `auth-token`,
+//! `auth-token-secondary`, or `api-key-sid` + `api-key-secret` (the pair wins
+//! when both are there). Each file holds the value alone; surrounding
+//! whitespace and the final newline are ignored. A missing or empty file
+//! counts as absent. When the directory holds none of them, the
+//! environment's credentials apply. A half key pair is an error: at start-up
+//! a stage refuses to start, later it keeps the credentials it has (a Secret
+//! being rewritten) and says so in the log.
+//!
+//! A secondary Auth Token, when there is one, is used rather than the
+//! primary: Twilio takes it for API requests from the moment it is created,
+//! and promoting it revokes the primary at once. So a rotation that loads the
+//! new token as the secondary first (as ingress needs it for signatures
+//! anyway) has the REST stages on the new token before the old one is
+//! revoked, and no request is refused.
 //!
 //! Requests take the current credentials from [`CredentialStore`], a shared
 //! swap behind a read lock that is held only to clone an `Arc`. Values are
-//! never logged, and `Debug` redacts them.
+//! never logged, and `Debug` redacts them. [`reload::reload_loop`] is the one
+//! loop every stage reads its secrets again with.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+pub mod reload;
+
+pub use reload::{LogEvery, MIN_PROMPT_RELOAD_GAP, Reload, Reloaded, reload_loop};
 
 /// File of the Auth Token in `TWILIO_CREDENTIALS_DIR`.
 pub const AUTH_TOKEN_FILE: &str = "auth-token";
+/// File of the secondary Auth Token (during a rotation: the new one).
+pub const AUTH_TOKEN_SECONDARY_FILE: &str = "auth-token-secondary";
 /// File of the API key SID (`SK…`).
 pub const API_KEY_SID_FILE: &str = "api-key-sid";
 /// File of the API key secret.
 pub const API_KEY_SECRET_FILE: &str = "api-key-secret";
-
-/// The shortest time between two reloads asked for by refused requests.
-pub const MIN_PROMPT_RELOAD_GAP: Duration = Duration::from_secs(1);
 
 /// Which kind of credential a stage authenticates with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// Account SID + Auth Token.
     AuthToken,
+    /// Account SID + the secondary Auth Token (a rotation under way).
+    SecondaryAuthToken,
     /// API key SID + secret.
     ApiKey,
 }
@@ -46,6 +57,7 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::AuthToken => "auth token",
+            Self::SecondaryAuthToken => "secondary auth token",
             Self::ApiKey => "API key",
         }
     }
@@ -71,24 +83,66 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// The credentials given by an Auth Token and an API key pair (each part
-/// optional): the pair when complete, else the token.
+/// The parts credentials are chosen from, each optional (blank = absent).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Parts<'a> {
+    /// The (primary) Auth Token.
+    pub auth_token: Option<&'a str>,
+    /// The secondary Auth Token.
+    pub auth_token_secondary: Option<&'a str>,
+    /// The API key SID.
+    pub api_key_sid: Option<&'a str>,
+    /// The API key secret.
+    pub api_key_secret: Option<&'a str>,
+}
+
+/// What the parts are called where they come from, for error messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Names {
+    /// The Auth Token's name.
+    pub auth_token: &'static str,
+    /// The secondary Auth Token's name.
+    pub auth_token_secondary: &'static str,
+    /// The API key SID's name.
+    pub api_key_sid: &'static str,
+    /// The API key secret's name.
+    pub api_key_secret: &'static str,
+}
+
+impl Names {
+    /// The environment variables.
+    pub const ENV: Self = Self {
+        auth_token: "TWILIO_AUTH_TOKEN",
+        auth_token_secondary: "TWILIO_AUTH_TOKEN_SECONDARY",
+        api_key_sid: "TWILIO_API_KEY_SID",
+        api_key_secret: "TWILIO_API_KEY_SECRET",
+    };
+    /// The files in `TWILIO_CREDENTIALS_DIR`.
+    pub const FILES: Self = Self {
+        auth_token: AUTH_TOKEN_FILE,
+        auth_token_secondary: AUTH_TOKEN_SECONDARY_FILE,
+        api_key_sid: API_KEY_SID_FILE,
+        api_key_secret: API_KEY_SECRET_FILE,
+    };
+}
+
+/// The credentials the parts give: the API key pair when complete, else the
+/// secondary Auth Token (the newer, during a rotation), else the primary.
 ///
 /// # Errors
-/// When neither is there, or only half of the pair. Messages name the
-/// variables `names` gives (environment variables or file names).
-pub fn choose(
-    account_sid: &str,
-    auth_token: Option<&str>,
-    api_key_sid: Option<&str>,
-    api_key_secret: Option<&str>,
-    names: [&str; 3],
-) -> Result<Credentials, String> {
-    let [token_name, sid_name, secret_name] = names;
+/// When there is none of them, or only half of the pair. Messages use
+/// `names`.
+pub fn choose(account_sid: &str, parts: Parts<'_>, names: Names) -> Result<Credentials, String> {
     fn present(v: Option<&str>) -> Option<&str> {
         v.filter(|v| !v.is_empty())
     }
-    match (present(api_key_sid), present(api_key_secret)) {
+    let Names {
+        auth_token: token_name,
+        api_key_sid: sid_name,
+        api_key_secret: secret_name,
+        ..
+    } = names;
+    match (present(parts.api_key_sid), present(parts.api_key_secret)) {
         (Some(sid), Some(secret)) => {
             return Ok(Credentials {
                 user: sid.to_owned(),
@@ -100,13 +154,18 @@ pub fn choose(
         (None, Some(_)) => return Err(format!("{secret_name} is set but {sid_name} is not")),
         (None, None) => {}
     }
-    match present(auth_token) {
-        Some(token) => Ok(Credentials {
-            user: account_sid.to_owned(),
-            password: token.to_owned(),
-            kind: Kind::AuthToken,
-        }),
-        None => Err(format!("set {token_name}, or {sid_name} and {secret_name}")),
+    let token = |password: &str, kind| Credentials {
+        user: account_sid.to_owned(),
+        password: password.to_owned(),
+        kind,
+    };
+    match (
+        present(parts.auth_token_secondary),
+        present(parts.auth_token),
+    ) {
+        (Some(secondary), _) => Ok(token(secondary, Kind::SecondaryAuthToken)),
+        (None, Some(primary)) => Ok(token(primary, Kind::AuthToken)),
+        (None, None) => Err(format!("set {token_name}, or {sid_name} and {secret_name}")),
     }
 }
 
@@ -145,20 +204,21 @@ pub async fn read_value(path: &Path) -> Result<Option<String>, String> {
 pub async fn read_dir(dir: &Path, account_sid: &str) -> Result<Option<Credentials>, String> {
     let dir = &snapshot(dir).await;
     let token = read_value(&dir.join(AUTH_TOKEN_FILE)).await?;
+    let secondary = read_value(&dir.join(AUTH_TOKEN_SECONDARY_FILE)).await?;
     let sid = read_value(&dir.join(API_KEY_SID_FILE)).await?;
     let secret = read_value(&dir.join(API_KEY_SECRET_FILE)).await?;
-    if token.is_none() && sid.is_none() && secret.is_none() {
+    if token.is_none() && secondary.is_none() && sid.is_none() && secret.is_none() {
         return Ok(None);
     }
-    choose(
-        account_sid,
-        token.as_deref(),
-        sid.as_deref(),
-        secret.as_deref(),
-        [AUTH_TOKEN_FILE, API_KEY_SID_FILE, API_KEY_SECRET_FILE],
-    )
-    .map(Some)
-    .map_err(|e| format!("{}: {e}", dir.display()))
+    let parts = Parts {
+        auth_token: token.as_deref(),
+        auth_token_secondary: secondary.as_deref(),
+        api_key_sid: sid.as_deref(),
+        api_key_secret: secret.as_deref(),
+    };
+    choose(account_sid, parts, Names::FILES)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// Where credentials come from.
@@ -188,7 +248,7 @@ impl Source {
             (Ok(credentials), _) => Ok(credentials.clone()),
             (Err(why), None) => Err(why.clone()),
             (Err(why), Some(dir)) => Err(format!(
-                "{} holds no {AUTH_TOKEN_FILE} or {API_KEY_SID_FILE} + {API_KEY_SECRET_FILE}, and the environment has none: {why}",
+                "{} holds no {AUTH_TOKEN_FILE}, {AUTH_TOKEN_SECONDARY_FILE} or {API_KEY_SID_FILE} + {API_KEY_SECRET_FILE}, and the environment has none: {why}",
                 dir.display()
             )),
         }
@@ -265,44 +325,21 @@ impl CredentialStore {
     }
 }
 
-/// How often a failing reload is logged at most by [`reload_periodically`].
-const RELOAD_LOG_INTERVAL: Duration = Duration::from_secs(60);
+impl Reload for CredentialStore {
+    const WHAT: &'static str = "Twilio credentials";
 
-/// Reloads `store` every `interval` until `shutdown`: a change is logged
-/// (the kind and generation, never a value), a failure at most once a
-/// minute (the credentials in force stay). For a stage that needs nothing
-/// more; egress has its own loop, which also reloads when Twilio refuses.
-pub async fn reload_periodically(
-    store: Arc<CredentialStore>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut logged_failure: Option<std::time::Instant> = None;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        match store.reload().await {
-            Ok(Some(generation)) => {
-                logged_failure = None;
-                tracing::info!(
-                    kind = store.current().credentials.kind.as_str(),
-                    generation,
-                    "Twilio credentials changed: requests use the new ones from now on"
-                );
-            }
-            Ok(None) => {}
-            Err(error) => {
-                if logged_failure.is_none_or(|at| at.elapsed() >= RELOAD_LOG_INTERVAL) {
-                    logged_failure = Some(std::time::Instant::now());
-                    tracing::warn!(
-                        error,
-                        "cannot reload the Twilio credentials; keeping the current ones"
-                    );
-                }
-            }
-        }
+    async fn reload(&self) -> Result<bool, String> {
+        Ok(CredentialStore::reload(self).await?.is_some())
+    }
+
+    fn log_change(&self) {
+        let current = self.current();
+        tracing::info!(
+            kind = current.credentials.kind.as_str(),
+            generation = current.generation,
+            dir = ?self.dir(),
+            "Twilio credentials changed: requests use the new ones from now on"
+        );
     }
 }
 
@@ -341,21 +378,50 @@ mod tests {
     }
 
     #[test]
-    fn the_key_pair_wins_and_halves_are_refused() {
-        let names = ["T", "S", "K"];
-        let both = choose(ACCOUNT, Some("tok"), Some("SK1"), Some("sec"), names).unwrap();
+    fn the_key_pair_wins_then_the_secondary_token_and_halves_are_refused() {
+        let names = Names {
+            auth_token: "T",
+            auth_token_secondary: "T2",
+            api_key_sid: "S",
+            api_key_secret: "K",
+        };
+        let parts = |token, secondary, sid, secret| Parts {
+            auth_token: token,
+            auth_token_secondary: secondary,
+            api_key_sid: sid,
+            api_key_secret: secret,
+        };
+        let all = parts(Some("tok"), Some("next"), Some("SK1"), Some("sec"));
+        let both = choose(ACCOUNT, all, names).unwrap();
         assert_eq!(both.kind, Kind::ApiKey);
         assert_eq!(both.user, "SK1");
-        let token = choose(ACCOUNT, Some("tok"), None, Some(""), names).unwrap();
+        let token = choose(ACCOUNT, parts(Some("tok"), None, None, Some("")), names).unwrap();
         assert_eq!(
-            (token.kind, token.user.as_str()),
-            (Kind::AuthToken, ACCOUNT)
+            (token.kind, token.user.as_str(), token.password.as_str()),
+            (Kind::AuthToken, ACCOUNT, "tok")
+        );
+        let rotating = choose(ACCOUNT, parts(Some("tok"), Some("next"), None, None), names);
+        let rotating = rotating.unwrap();
+        assert_eq!(
+            (
+                rotating.kind,
+                rotating.user.as_str(),
+                rotating.password.as_str()
+            ),
+            (Kind::SecondaryAuthToken, ACCOUNT, "next"),
+            "the secondary is the newer token"
+        );
+        let blank = choose(ACCOUNT, parts(Some("tok"), Some(""), None, None), names);
+        assert_eq!(
+            blank.unwrap().password,
+            "tok",
+            "a blank secondary is absent"
         );
         assert_eq!(
-            choose(ACCOUNT, Some("tok"), Some("SK1"), None, names).unwrap_err(),
+            choose(ACCOUNT, parts(Some("tok"), None, Some("SK1"), None), names).unwrap_err(),
             "S is set but K is not"
         );
-        assert!(choose(ACCOUNT, None, None, None, names).is_err());
+        assert!(choose(ACCOUNT, Parts::default(), names).is_err());
         let debug = format!("{both:?}");
         assert!(!debug.contains("sec") && !debug.contains("SK1"), "{debug}");
     }
@@ -391,6 +457,12 @@ mod tests {
         assert_eq!(source.load().await.unwrap().password, "from-env");
         write(&dir, AUTH_TOKEN_FILE, "from-file\n");
         assert_eq!(source.load().await.unwrap().password, "from-file");
+        write(&dir, AUTH_TOKEN_SECONDARY_FILE, "the-next-one\n");
+        let next = source.load().await.unwrap();
+        assert_eq!(
+            (next.kind, next.password.as_str()),
+            (Kind::SecondaryAuthToken, "the-next-one")
+        );
         write(&dir, API_KEY_SID_FILE, " SK123 \n");
         assert!(
             source.load().await.unwrap_err().contains("api-key-secret"),

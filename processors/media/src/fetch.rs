@@ -10,6 +10,7 @@ use reqwest::StatusCode;
 use si_runtime::backoff::Backoff;
 use si_schemas::records::MediaUnavailableReason;
 use si_twilio_credentials::CredentialStore;
+use tokio::sync::Notify;
 
 /// Largest Media Content Service resource (JSON) read.
 const MCS_RESOURCE_LIMIT: u64 = 64 * 1024;
@@ -106,6 +107,9 @@ pub struct Fetcher {
     client: reqwest::Client,
     /// The credentials in force (reloaded from `TWILIO_CREDENTIALS_DIR`).
     credentials: Option<Arc<CredentialStore>>,
+    /// Notified when Twilio refuses them (401): the reload loop reads the
+    /// Secret again at once, and the next attempt uses what it found.
+    refused: Arc<Notify>,
     /// Origins (`scheme://host:port`) credentials are sent to.
     auth_origins: Vec<String>,
     limits: Limits,
@@ -119,12 +123,14 @@ pub fn origin(url: &str) -> Option<String> {
 }
 
 impl Fetcher {
-    /// A fetcher; credentials are sent to `auth_origins` only.
+    /// A fetcher; credentials are sent to `auth_origins` only, and
+    /// `refused` is notified when one of those answers 401.
     ///
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn new(
         credentials: Option<Arc<CredentialStore>>,
+        refused: Arc<Notify>,
         auth_origins: Vec<String>,
         limits: Limits,
         connect_timeout: Duration,
@@ -140,6 +146,7 @@ impl Fetcher {
         Ok(Self {
             client,
             credentials,
+            refused,
             auth_origins,
             limits,
         })
@@ -249,12 +256,14 @@ impl Fetcher {
 
     async fn attempt(&self, url: &str, limit: u64, check_type: bool) -> Attempt {
         let mut request = self.client.get(url);
+        let mut authenticated = false;
         if let Some(store) = &self.credentials
             && origin(url).is_some_and(|o| self.auth_origins.contains(&o))
         {
             let current = store.current();
             let credentials = &current.credentials;
             request = request.basic_auth(&credentials.user, Some(&credentials.password));
+            authenticated = true;
         }
         let mut response = match request.send().await {
             Ok(response) => response,
@@ -266,6 +275,9 @@ impl Fetcher {
             }
         };
         let status = response.status();
+        if status == StatusCode::UNAUTHORIZED && authenticated {
+            self.refused.notify_one();
+        }
         if !status.is_success() {
             let reason = if matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE) {
                 MediaUnavailableReason::NotFound

@@ -42,12 +42,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser};
+use prometheus::{IntCounterVec, Opts};
 use si_runtime::media_url::UrlKey;
 use si_runtime::metrics::StageMetrics;
 use si_runtime::stream::{self, StreamArgs, StreamEnv, StreamSpec};
 use si_runtime::{CommonConfig, Readiness, with_admin};
 use si_schemas::{Codec, Registry, topics};
-use si_twilio_credentials::{CredentialStore, Source};
+use si_twilio_credentials::{CredentialStore, Reloaded, Source};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::serve::Serving;
@@ -194,6 +196,12 @@ pub struct TwilioMediaArgs {
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
 
+    /// The secondary Auth Token, during a rotation: used rather than the
+    /// primary (Twilio takes it from its creation on, and promoting it
+    /// revokes the primary).
+    #[arg(long, env = "TWILIO_AUTH_TOKEN_SECONDARY", hide_env_values = true)]
+    pub auth_token_secondary: Option<String>,
+
     /// API key SID (SK…); wins over the Auth Token when set with its secret.
     #[arg(long, env = "TWILIO_API_KEY_SID")]
     pub api_key_sid: Option<String>,
@@ -203,10 +211,11 @@ pub struct TwilioMediaArgs {
     pub api_key_secret: Option<String>,
 
     /// A directory holding the credentials as files (the mounted Twilio
-    /// Secret: `auth-token`, or `api-key-sid` + `api-key-secret`), which win
-    /// over the variables above and are read again every
-    /// `TWILIO_CREDENTIALS_RELOAD_INTERVAL`, so a rotation needs no restart.
-    /// An `auth-token` file needs `TWILIO_ACCOUNT_SID`.
+    /// Secret: `auth-token`, `auth-token-secondary`, or `api-key-sid` +
+    /// `api-key-secret`), which win over the variables above and are read
+    /// again every `TWILIO_CREDENTIALS_RELOAD_INTERVAL` and within a second
+    /// of a refused download, so a rotation needs no restart. An Auth Token
+    /// file needs `TWILIO_ACCOUNT_SID`.
     #[arg(long, env = "TWILIO_CREDENTIALS_DIR")]
     pub credentials_dir: Option<std::path::PathBuf>,
 
@@ -307,34 +316,36 @@ impl Config {
     }
 
     /// The HTTP Basic credentials: the API key when both halves are set,
-    /// else the Account SID and Auth Token, else none.
+    /// else the Account SID and the secondary Auth Token when set, else the
+    /// Auth Token, else none.
     ///
     /// # Errors
-    /// When only half of a pair is set.
+    /// When only half of a pair is set, or a token without the account.
     pub fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
         let t = &self.twilio;
         let account = non_empty(t.account_sid.as_ref());
         let token = non_empty(t.auth_token.as_ref());
-        if token.is_some() && account.is_none() {
+        let secondary = non_empty(t.auth_token_secondary.as_ref());
+        if (token.is_some() || secondary.is_some()) && account.is_none() {
             anyhow::bail!("TWILIO_AUTH_TOKEN needs TWILIO_ACCOUNT_SID");
         }
         let (sid, secret) = (
             non_empty(t.api_key_sid.as_ref()),
             non_empty(t.api_key_secret.as_ref()),
         );
-        if token.is_none() && sid.is_none() && secret.is_none() {
+        if token.is_none() && secondary.is_none() && sid.is_none() && secret.is_none() {
             return Ok(None);
         }
+        let parts = si_twilio_credentials::Parts {
+            auth_token: token.as_deref(),
+            auth_token_secondary: secondary.as_deref(),
+            api_key_sid: sid.as_deref(),
+            api_key_secret: secret.as_deref(),
+        };
         si_twilio_credentials::choose(
             account.as_deref().unwrap_or_default(),
-            token.as_deref(),
-            sid.as_deref(),
-            secret.as_deref(),
-            [
-                "TWILIO_AUTH_TOKEN",
-                "TWILIO_API_KEY_SID",
-                "TWILIO_API_KEY_SECRET",
-            ],
+            parts,
+            si_twilio_credentials::Names::ENV,
         )
         .map(Some)
         .map_err(anyhow::Error::msg)
@@ -394,6 +405,9 @@ impl Config {
 /// cannot be set up, and on fatal stream errors.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let limits = config.limits()?;
+    let metrics = StageMetrics::new(STAGE);
+    // Downloads Twilio refuses (401) wake the reload at once.
+    let refused = Arc::new(Notify::new());
     let credentials = match config.credential_source()? {
         Some(source) => {
             let store = CredentialStore::load(source)
@@ -401,9 +415,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 .map_err(|e| anyhow::anyhow!("Twilio credentials: {e}"))?;
             let store = Arc::new(store);
             if config.twilio.credentials_dir.is_some() {
-                tokio::spawn(si_twilio_credentials::reload_periodically(
+                let reloads = IntCounterVec::new(
+                    Opts::new(
+                        "si_media_twilio_credential_reloads_total",
+                        "Reloads of the Twilio credentials (TWILIO_CREDENTIALS_DIR), by result: changed, unchanged, error",
+                    ),
+                    &["result"],
+                )?;
+                metrics.registry().register(Box::new(reloads.clone()))?;
+                tokio::spawn(si_twilio_credentials::reload_loop(
                     Arc::clone(&store),
                     config.twilio.credentials_reload_interval,
+                    Some(Arc::clone(&refused)),
+                    move |outcome: Reloaded| reloads.with_label_values(&[outcome.as_str()]).inc(),
                     shutdown.clone(),
                 ));
             }
@@ -416,13 +440,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let url_keys = config.media.url_keys()?;
     let fetcher = Fetcher::new(
         credentials,
+        refused,
         auth_origins,
         limits,
         config.media.connect_timeout,
         config.media.fetch_timeout,
     )
     .context("building the HTTP client")?;
-    let metrics = StageMetrics::new(STAGE);
     let readiness = Readiness::default();
     let copy_metrics = CopyMetrics::new(metrics.registry())?;
     // Outbound media: signed URLs answered from the store, on a listener of

@@ -375,6 +375,7 @@ mod tests {
         };
         let fetcher = Fetcher::new(
             None,
+            std::sync::Arc::new(tokio::sync::Notify::new()),
             Vec::new(),
             limits,
             Duration::from_millis(100),

@@ -53,6 +53,17 @@ fn store_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The broker and registry, and a sandbox whose Auth Token is [`TOKEN`].
+async fn env_and_sandbox() -> anyhow::Result<(TestEnv, SandboxHandle)> {
+    let env = TestEnv::start().await?;
+    let sandbox = Sandbox::start(SandboxConfig {
+        auth_token: TOKEN.into(),
+        ..SandboxConfig::default()
+    })
+    .await?;
+    Ok((env, sandbox))
+}
+
 /// The stage's environment against `sandbox`, storing into `dir`.
 fn vars<'a>(sandbox: &'a SandboxHandle, base: &'a str, store: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
@@ -170,12 +181,7 @@ fn items_of(event: &ConversationEvent) -> &[StoredMedia] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_items_are_marked_with_the_reason_and_never_hold_back_another_conversation()
 -> anyhow::Result<()> {
-    let env = TestEnv::start().await?;
-    let sandbox = Sandbox::start(SandboxConfig {
-        auth_token: TOKEN.into(),
-        ..SandboxConfig::default()
-    })
-    .await?;
+    let (env, sandbox) = env_and_sandbox().await?;
     let base = sandbox.base_url();
     let dir = store_dir("limits");
     let store = format!("file://{}", dir.display());
@@ -423,12 +429,7 @@ async fn unavailable_items_are_marked_with_the_reason_and_never_hold_back_anothe
 async fn sigkill_neither_stores_twice_nor_loses_an_item() -> anyhow::Result<()> {
     const CONVERSATIONS: usize = 40;
     const KILLS: usize = 3;
-    let env = TestEnv::start().await?;
-    let sandbox = Sandbox::start(SandboxConfig {
-        auth_token: TOKEN.into(),
-        ..SandboxConfig::default()
-    })
-    .await?;
+    let (env, sandbox) = env_and_sandbox().await?;
     let base = sandbox.base_url();
     let dir = store_dir("kill");
     let store = format!("file://{}", dir.display());
@@ -545,80 +546,168 @@ async fn sigkill_neither_stores_twice_nor_loses_an_item() -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The Twilio Secret mounted as files (`TWILIO_CREDENTIALS_DIR`) wins over
-/// the environment and is read again: with a revoked token in the file the
-/// download is refused (although the environment has the right one), and
-/// once the rotated token lands in the file the next message's media are
-/// stored, with no restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotated_token_in_the_mounted_secret_is_used_without_a_restart() -> anyhow::Result<()> {
-    let env = TestEnv::start().await?;
-    let sandbox = Sandbox::start(SandboxConfig {
-        auth_token: TOKEN.into(),
-        ..SandboxConfig::default()
-    })
-    .await?;
-    let base = sandbox.base_url();
-    let dir = store_dir("rotation");
-    let store = format!("file://{}", dir.display());
-    let secrets = store_dir("rotation-secret");
-    // The kubelet swaps a Secret's files by renaming new ones over them.
-    let write = |value: &str| -> anyhow::Result<()> {
-        let tmp = secrets.join(".auth-token.tmp");
-        std::fs::write(&tmp, value)?;
-        std::fs::rename(&tmp, secrets.join("auth-token"))?;
-        Ok(())
-    };
-    write("a-revoked-token\n")?;
-    let secrets_dir = secrets.to_string_lossy().into_owned();
-    let mut rotation_vars = vars(&sandbox, &base, &store);
-    rotation_vars.push(("TWILIO_CREDENTIALS_DIR", &secrets_dir));
-    rotation_vars.push(("TWILIO_CREDENTIALS_RELOAD_INTERVAL", "100ms"));
-    rotation_vars.push(("MEDIA_FETCH_ATTEMPTS", "1"));
-    let mut stage = StageProcess::spawn(&env, "si-media", "media-rotation", &rotation_vars)?;
-    stage.ready(DEADLINE).await?;
+/// Writes `value` to `dir/name` the way the kubelet swaps a Secret's
+/// files: a new file renamed over the old one.
+fn write_secret(dir: &Path, name: &str, value: &str) -> anyhow::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, value)?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    Ok(())
+}
 
-    // A message with one image in `conversation`: its item's outcome.
-    let copy = |conversation: &'static str, bytes: &'static [u8]| {
-        let (env, sandbox) = (&env, &sandbox);
-        async move {
-            let sms = sandbox.add_inbound_media(&InboundSms {
-                media: vec![png(bytes)],
-                ..InboundSms::default()
-            })?;
-            let event = message_event(conversation, 1, &sms);
-            env.produce(topics::CONVERSATION_EVENTS, conversation, &event)
-                .await?;
-            wait_for(conversation, DEADLINE, || async {
-                Ok(media_stored(env)
-                    .await?
-                    .iter()
-                    .find(|e| e.conversation_id == conversation)
-                    .map(|e| items_of(e)[0].status))
-            })
-            .await
-        }
-    };
+/// Produces a message with one image in `conversation` and waits for its
+/// item's outcome.
+async fn copy_one(
+    env: &TestEnv,
+    sandbox: &SandboxHandle,
+    conversation: &str,
+    bytes: &'static [u8],
+) -> anyhow::Result<MediaStorageStatus> {
+    let sms = sandbox.add_inbound_media(&InboundSms {
+        media: vec![png(bytes)],
+        ..InboundSms::default()
+    })?;
+    let event = message_event(conversation, 1, &sms);
+    env.produce(topics::CONVERSATION_EVENTS, conversation, &event)
+        .await?;
+    wait_for(conversation, DEADLINE, || async {
+        Ok(media_stored(env)
+            .await?
+            .iter()
+            .find(|e| e.conversation_id == conversation)
+            .map(|e| items_of(e)[0].status))
+    })
+    .await
+}
+
+/// A media stage reading its credentials from a mounted Secret whose
+/// `auth-token` is revoked (the environment has the right one), against a
+/// sandbox with [`TOKEN`].
+struct MountedSecret {
+    env: TestEnv,
+    sandbox: SandboxHandle,
+    stage: StageProcess,
+    store: PathBuf,
+    secrets: PathBuf,
+}
+
+impl MountedSecret {
+    async fn start(name: &str, extra: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let (env, sandbox) = env_and_sandbox().await?;
+        let base = sandbox.base_url();
+        let store = store_dir(name);
+        let store_url = format!("file://{}", store.display());
+        let secrets = store_dir(&format!("{name}-secret"));
+        write_secret(&secrets, "auth-token", "a-revoked-token\n")?;
+        let secrets_dir = secrets.to_string_lossy().into_owned();
+        let mut stage_vars = vars(&sandbox, &base, &store_url);
+        stage_vars.push(("TWILIO_CREDENTIALS_DIR", &secrets_dir));
+        stage_vars.extend_from_slice(extra);
+        let mut stage =
+            StageProcess::spawn(&env, "si-media", &format!("media-{name}"), &stage_vars)?;
+        stage.ready(DEADLINE).await?;
+        Ok(Self {
+            env,
+            sandbox,
+            stage,
+            store,
+            secrets,
+        })
+    }
+
+    async fn copy(
+        &self,
+        conversation: &str,
+        bytes: &'static [u8],
+    ) -> anyhow::Result<MediaStorageStatus> {
+        copy_one(&self.env, &self.sandbox, conversation, bytes).await
+    }
+
+    /// The stage's log holds no secret; it stops and its files go.
+    fn finish(mut self) -> anyhow::Result<()> {
+        let log = std::fs::read_to_string(self.stage.log())?;
+        assert!(!log.contains(TOKEN) && !log.contains("a-revoked-token"));
+        self.stage.terminate(DEADLINE)?;
+        let _ = std::fs::remove_dir_all(&self.store);
+        let _ = std::fs::remove_dir_all(&self.secrets);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_token_in_the_mounted_secret_is_used_without_a_restart() -> anyhow::Result<()> {
+    let t = MountedSecret::start(
+        "rotation",
+        &[
+            ("TWILIO_CREDENTIALS_RELOAD_INTERVAL", "100ms"),
+            ("MEDIA_FETCH_ATTEMPTS", "1"),
+        ],
+    )
+    .await?;
     assert_eq!(
-        copy("CH-before", b"before the rotation").await?,
+        t.copy("CH-before", b"before the rotation").await?,
         MediaStorageStatus::Unavailable,
         "the file's revoked token, not the environment's"
     );
 
-    write(&format!("{TOKEN}\n"))?;
+    write_secret(&t.secrets, "auth-token", &format!("{TOKEN}\n"))?;
     wait_for("the reload", DEADLINE, || async {
-        let log = std::fs::read_to_string(stage.log())?;
+        let log = std::fs::read_to_string(t.stage.log())?;
         Ok(log.contains("Twilio credentials changed").then_some(()))
     })
     .await?;
     assert_eq!(
-        copy("CH-after", b"after the rotation").await?,
+        t.copy("CH-after", b"after the rotation").await?,
         MediaStorageStatus::Stored
     );
-    let log = std::fs::read_to_string(stage.log())?;
-    assert!(!log.contains(TOKEN) && !log.contains("a-revoked-token"));
-    stage.terminate(DEADLINE)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&secrets);
-    Ok(())
+    t.finish()
+}
+
+/// Mid-rotation: the primary in the Secret is revoked, the secondary is the
+/// new token. The scheduled reload is an hour away, so only the refused
+/// download can make the stage read the Secret again; it does within a
+/// second, takes the secondary, and the next attempt is stored.
+#[tokio::test]
+async fn a_refused_download_reloads_the_secret_at_once_and_takes_the_secondary_token()
+-> anyhow::Result<()> {
+    let t = MountedSecret::start(
+        "prompt",
+        &[
+            ("TWILIO_CREDENTIALS_RELOAD_INTERVAL", "1h"),
+            // Attempts 2 s apart: the reload (at most once a second) comes
+            // between.
+            ("MEDIA_FETCH_ATTEMPTS", "3"),
+            ("MEDIA_RETRY_BACKOFF", "2s"),
+            ("MEDIA_RETRY_BACKOFF_MAX", "2s"),
+        ],
+    )
+    .await?;
+    // Written after start: the stage loaded the revoked primary alone.
+    write_secret(&t.secrets, "auth-token-secondary", &format!("{TOKEN}\n"))?;
+
+    assert_eq!(
+        t.copy("CH-prompt", b"mid-rotation").await?,
+        MediaStorageStatus::Stored
+    );
+    let refused: u32 = t.sandbox.media().iter().map(|m| m.unauthorized).sum();
+    assert_eq!(refused, 1, "one attempt with the revoked primary");
+    let reloads = |result: &'static str| {
+        let stage = &t.stage;
+        async move {
+            stage
+                .metric_sum(
+                    "si_media_twilio_credential_reloads_total",
+                    &[&format!("result=\"{result}\"")],
+                )
+                .await
+        }
+    };
+    assert_eq!(reloads("changed").await?, 1.0);
+    assert_eq!(reloads("error").await?, 0.0);
+    let log = std::fs::read_to_string(t.stage.log())?;
+    assert!(
+        log.contains("secondary auth token"),
+        "the log names the kind"
+    );
+    t.finish()
 }

@@ -88,6 +88,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/v1/Services/{service}/Media/{media}", get(get_mcs_media))
         .route("/_sandbox/mcs/{media}/content", get(get_mcs_content))
+        .route(
+            "/v1/AuthTokens/Secondary",
+            post(create_secondary_token).delete(delete_secondary_token),
+        )
+        .route("/v1/AuthTokens/Promote", post(promote_token))
         .route("/_sandbox/healthz", get(|| async { "ok" }))
         .fallback(twilio_request)
         .with_state(shared)
@@ -826,6 +831,58 @@ fn account_json(shared: &Shared) -> Value {
     })
 }
 
+/// A token resource of the Accounts API (`/v1/AuthTokens/...`).
+fn token_resource(shared: &Shared, path: &str, field: &str, token: &str) -> serde_json::Value {
+    let now = iso8601(now_ms());
+    json!({
+        "account_sid": shared.config.account_sid,
+        field: token,
+        "date_created": now,
+        "date_updated": now,
+        "url": format!("https://accounts.twilio.com{path}"),
+    })
+}
+
+/// `POST /v1/AuthTokens/Secondary`: a new secondary Auth Token, which
+/// authenticates API requests from now on.
+async fn create_secondary_token(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(error) = authenticate(&shared, &headers, None) {
+        return error.into_response();
+    }
+    let token = shared.tokens.create_secondary();
+    let path = "/v1/AuthTokens/Secondary";
+    let body = token_resource(&shared, path, "secondary_auth_token", &token);
+    (StatusCode::CREATED, axum::Json(body)).into_response()
+}
+
+/// `DELETE /v1/AuthTokens/Secondary`: revokes the secondary Auth Token.
+async fn delete_secondary_token(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(error) = authenticate(&shared, &headers, None) {
+        return error.into_response();
+    }
+    if shared.tokens.delete_secondary() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        TwilioError::not_found("/v1/AuthTokens/Secondary").into_response()
+    }
+}
+
+/// `POST /v1/AuthTokens/Promote`: the secondary becomes the primary (and
+/// signs webhooks from now on); the old primary is revoked at once.
+async fn promote_token(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(error) = authenticate(&shared, &headers, None) {
+        return error.into_response();
+    }
+    match shared.tokens.promote() {
+        Some(token) => {
+            let body = token_resource(&shared, "/v1/AuthTokens/Promote", "auth_token", &token);
+            axum::Json(body).into_response()
+        }
+        None => TwilioError::bad_request(20001, "There is no secondary Auth Token to promote")
+            .into_response(),
+    }
+}
+
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -877,7 +934,7 @@ fn authenticate(
         .ok_or_else(TwilioError::authenticate)?;
     let equal = |a: &str, b: &str| bool::from(a.as_bytes().ct_eq(b.as_bytes()));
     let config = &shared.config;
-    let by_token = equal(user, &config.account_sid) & equal(password, &config.auth_token);
+    let by_token = equal(user, &config.account_sid) & shared.tokens.accepts(password);
     let by_key = config
         .api_key
         .as_ref()

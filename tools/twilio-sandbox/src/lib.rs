@@ -17,6 +17,9 @@
 //! | `GET /v1/Services` (Messaging) | 200, the Messaging Services ([`MessagingService`]: `inbound_request_url`, `status_callback`, `use_inbound_webhook_on_number`), paged |
 //! | `GET /v1/Services/{MG}/PhoneNumbers` (Messaging) | 200, the service's numbers, paged (20404 for an unknown service) |
 //! | `GET /v1/Configuration/Webhooks` (Conversations) | 200, the account's Conversations webhooks ([`ConversationsWebhooks`]: `post_webhook_url`, `pre_webhook_url`, `method`, `filters`, `target`) |
+//! | `POST /v1/AuthTokens/Secondary` (Accounts) | 201, a new secondary Auth Token (`secondary_auth_token`), which authenticates requests at once |
+//! | `DELETE /v1/AuthTokens/Secondary` | 204, the secondary revoked (20404 when there is none) |
+//! | `POST /v1/AuthTokens/Promote` | 200, the secondary is the primary (`auth_token`): it signs webhooks from now on, and the old primary is refused at once ([`tokens::AuthTokens`]) |
 //!
 //! The `GET`s are reads: the auth check applies, no faults are drawn, and
 //! they go to the reads log, not the request log (which holds what
@@ -33,8 +36,8 @@
 //! `SANDBOX_MESSAGING_SERVICES`, `SANDBOX_CONVERSATIONS_WEBHOOKS`, JSON) or
 //! the control API below; `sictl doctor` compares them with `PUBLIC_BASE_URL`.
 //!
-//! Like Twilio it checks HTTP Basic auth (Account SID + Auth Token, or API key
-//! SID + secret; 401 with code 20003 otherwise) and the required parameters, and
+//! Like Twilio it checks HTTP Basic auth (Account SID + Auth Token, primary or
+//! secondary, or API key SID + secret; 401 with code 20003 otherwise) and the required parameters, and
 //! answers errors with Twilio's JSON `{code, message, more_info, status}`:
 //!
 //! | code | status | when |
@@ -152,6 +155,7 @@ mod client;
 pub mod media;
 mod player;
 mod state;
+pub mod tokens;
 mod twilio;
 pub mod twiml;
 pub mod webhook;
@@ -357,10 +361,18 @@ impl SandboxHandle {
         &self.shared.config.account_sid
     }
 
-    /// The Auth Token requests must use (and callbacks are signed with).
+    /// The primary Auth Token: what requests may use and callbacks are
+    /// signed with (a promotion, `POST /v1/AuthTokens/Promote`, changes it).
     #[must_use]
-    pub fn auth_token(&self) -> &str {
-        &self.shared.config.auth_token
+    pub fn auth_token(&self) -> String {
+        self.shared.tokens.primary()
+    }
+
+    /// The secondary Auth Token, while there is one
+    /// (`POST /v1/AuthTokens/Secondary`).
+    #[must_use]
+    pub fn secondary_auth_token(&self) -> Option<String> {
+        self.shared.tokens.secondary()
     }
 
     /// Every Twilio request so far (oldest first), including refused ones.

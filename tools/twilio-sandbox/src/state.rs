@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::SandboxConfig;
 use crate::account::{self, ConversationsWebhooks, MessagingService, PhoneNumber};
 use crate::calls::Calls;
+use crate::tokens::AuthTokens;
 use crate::twilio::now_ms;
 use crate::webhook::{InboundConversationMessage, InboundSms, Webhooks};
 
@@ -205,6 +206,8 @@ struct Inner {
 /// State shared by the handlers and the handle.
 pub struct Shared {
     pub config: SandboxConfig,
+    /// The account's Auth Tokens (Basic auth, and what webhooks are signed with).
+    pub tokens: AuthTokens,
     pub webhooks: Option<Webhooks>,
     /// Posts callbacks: `webhooks`, or straight to each `StatusCallback`.
     pub poster: Webhooks,
@@ -232,10 +235,12 @@ impl Shared {
         invalid.insert(crate::MAGIC_INVALID.to_owned());
         let mut opted_out: HashSet<String> = config.opted_out_numbers.iter().map(normal).collect();
         opted_out.insert(crate::MAGIC_OPTED_OUT.to_owned());
-        let webhooks = config.webhooks();
+        let tokens = AuthTokens::new(&config.auth_token);
+        let webhooks = config.webhooks().map(|w| w.signing_with(tokens.clone()));
         let poster = webhooks
             .clone()
-            .unwrap_or_else(|| Webhooks::direct(&config.auth_token, &config.account_sid));
+            .unwrap_or_else(|| Webhooks::direct(&config.auth_token, &config.account_sid))
+            .signing_with(tokens.clone());
         let inner = Inner {
             log: VecDeque::new(),
             reads: VecDeque::new(),
@@ -259,6 +264,7 @@ impl Shared {
             },
         };
         Ok(Self {
+            tokens,
             calls: Calls::new(config.call_outcomes.clone()),
             webhooks,
             poster,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use si_twilio_signature::{self as signature, Algorithm};
 
+use crate::tokens::AuthTokens;
 use crate::twilio::{iso8601, now_ms, num_segments, sid};
 
 /// Path of ingress's Programmable Messaging inbound webhook.
@@ -60,7 +61,9 @@ pub struct Webhooks {
     client: reqwest::Client,
     post_base: String,
     public_base: String,
-    auth_token: String,
+    /// Signs with the primary token (the sandbox's own, which a promotion
+    /// changes, or a fixed one).
+    auth_token: AuthTokens,
     account_sid: String,
 }
 
@@ -86,8 +89,17 @@ impl Webhooks {
             client,
             post_base,
             public_base,
-            auth_token: auth_token.to_owned(),
+            auth_token: AuthTokens::new(auth_token),
             account_sid: account_sid.to_owned(),
+        }
+    }
+
+    /// The same poster, signing with the primary of `tokens` from now on.
+    #[must_use]
+    pub fn signing_with(self, tokens: AuthTokens) -> Self {
+        Self {
+            auth_token: tokens,
+            ..self
         }
     }
 
@@ -205,7 +217,7 @@ impl Webhooks {
             }
         };
         let url = self.post_url_for(&signed_url);
-        let signature = sign(&self.auth_token, &signed_url, signed_params);
+        let signature = sign(&self.auth_token.primary(), &signed_url, signed_params);
         let token = token.map_or_else(
             || format!("sandbox-{}", uuid::Uuid::new_v4().simple()),
             str::to_owned,

@@ -188,15 +188,19 @@ pub struct DoctorArgs {
     /// Auth Token of the account.
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// The secondary Auth Token, during a rotation; wins over the primary,
+    /// as egress chooses.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN_SECONDARY", hide_env_values = true)]
+    pub auth_token_secondary: Option<String>,
     /// API key SID (SK…), used with TWILIO_API_KEY_SECRET; wins over the Auth Token.
     #[arg(long, env = "TWILIO_API_KEY_SID")]
     pub api_key_sid: Option<String>,
     /// API key secret.
     #[arg(long, env = "TWILIO_API_KEY_SECRET", hide_env_values = true)]
     pub api_key_secret: Option<String>,
-    /// A directory with the credentials as files (`auth-token`, or
-    /// `api-key-sid` and `api-key-secret`), as egress reads them; wins over the
-    /// environment's.
+    /// A directory with the credentials as files (`auth-token`,
+    /// `auth-token-secondary`, or `api-key-sid` and `api-key-secret`), as
+    /// egress reads them; wins over the environment's.
     #[arg(long, env = "TWILIO_CREDENTIALS_DIR")]
     pub credentials_dir: Option<PathBuf>,
     /// Base URL of the 2010 API (Accounts, IncomingPhoneNumbers).

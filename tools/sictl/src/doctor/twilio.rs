@@ -21,53 +21,63 @@ struct Credentials {
     curl_auth: &'static str,
 }
 
-fn read_secret(dir: &std::path::Path, name: &str) -> anyhow::Result<Option<String>> {
-    let path = dir.join(name);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(text.trim().to_owned()).filter(|t| !t.is_empty())),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-/// As egress chooses: the files of TWILIO_CREDENTIALS_DIR win over the
-/// environment's; the API key pair wins over the Auth Token.
-fn credentials(args: &DoctorArgs, account: &str) -> anyhow::Result<Option<Credentials>> {
-    let mut token = args.auth_token.clone().filter(|t| !t.is_empty());
-    let mut key = args.api_key_sid.clone().filter(|k| !k.is_empty());
-    let mut secret = args.api_key_secret.clone().filter(|s| !s.is_empty());
-    let mut source = "the environment";
-    if let Some(dir) = args
+/// As egress chooses ([`si_twilio_credentials`]): the files of
+/// TWILIO_CREDENTIALS_DIR win over the environment's; the API key pair wins
+/// over the Auth Tokens, and the secondary token over the primary.
+async fn credentials(args: &DoctorArgs, account: &str) -> anyhow::Result<Option<Credentials>> {
+    use si_twilio_credentials::{Kind, Names, Parts, choose, read_dir};
+    let dir = args
         .credentials_dir
         .as_deref()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        let file_token = read_secret(dir, "auth-token")?;
-        let file_key = read_secret(dir, "api-key-sid")?;
-        let file_secret = read_secret(dir, "api-key-secret")?;
-        if file_token.is_some() || file_key.is_some() {
-            (token, key, secret) = (file_token, file_key, file_secret);
-            source = "TWILIO_CREDENTIALS_DIR";
+        .filter(|d| !d.as_os_str().is_empty());
+    let from_dir = match dir {
+        Some(dir) => read_dir(dir, account).await.map_err(anyhow::Error::msg)?,
+        None => None,
+    };
+    let (chosen, source) = match from_dir {
+        Some(chosen) => (chosen, "TWILIO_CREDENTIALS_DIR"),
+        None => {
+            fn given(v: &Option<String>) -> Option<&str> {
+                v.as_deref().filter(|v| !v.is_empty())
+            }
+            let parts = Parts {
+                auth_token: given(&args.auth_token),
+                auth_token_secondary: given(&args.auth_token_secondary),
+                api_key_sid: given(&args.api_key_sid),
+                api_key_secret: given(&args.api_key_secret),
+            };
+            if parts.auth_token.is_none()
+                && parts.auth_token_secondary.is_none()
+                && parts.api_key_sid.is_none()
+                && parts.api_key_secret.is_none()
+            {
+                return Ok(None);
+            }
+            let chosen = choose(account, parts, Names::ENV)
+                .map_err(|e| anyhow::anyhow!("{e} (in the environment)"))?;
+            (chosen, "the environment")
         }
-    }
-    Ok(match (key, secret, token) {
-        (Some(key), Some(secret), _) => Some(Credentials {
-            kind: format!("API key {key} from {source}"),
-            curl_auth: "$TWILIO_API_KEY_SID:$TWILIO_API_KEY_SECRET",
-            user: key,
-            secret,
-        }),
-        (Some(_), None, _) | (None, Some(_), _) => {
-            anyhow::bail!("only half of the API key pair is set (in {source})")
-        }
-        (None, None, Some(token)) => Some(Credentials {
-            user: account.to_owned(),
-            secret: token,
-            kind: format!("the Auth Token from {source}"),
-            curl_auth: "$TWILIO_ACCOUNT_SID:$TWILIO_AUTH_TOKEN",
-        }),
-        (None, None, None) => None,
-    })
+    };
+    let (kind, curl_auth) = match chosen.kind {
+        Kind::ApiKey => (
+            format!("API key {} from {source}", chosen.user),
+            "$TWILIO_API_KEY_SID:$TWILIO_API_KEY_SECRET",
+        ),
+        Kind::AuthToken => (
+            format!("the Auth Token from {source}"),
+            "$TWILIO_ACCOUNT_SID:$TWILIO_AUTH_TOKEN",
+        ),
+        Kind::SecondaryAuthToken => (
+            format!("the secondary Auth Token from {source}"),
+            "$TWILIO_ACCOUNT_SID:$TWILIO_AUTH_TOKEN_SECONDARY",
+        ),
+    };
+    Ok(Some(Credentials {
+        user: chosen.user,
+        secret: chosen.password,
+        kind,
+        curl_auth,
+    }))
 }
 
 /// A read-only Twilio client.
@@ -268,7 +278,7 @@ const CONVERSATIONS: &str = "twilio.conversations";
 /// The Twilio checks: the credentials first; the webhook URLs only once
 /// Twilio accepts them.
 pub(super) async fn check(report: &mut Report, args: &DoctorArgs) {
-    let Some((sid, twilio)) = connect(report, args) else {
+    let Some((sid, twilio)) = connect(report, args).await else {
         return;
     };
     if !credentials_accepted(report, &twilio, args, sid).await {
@@ -291,7 +301,7 @@ pub(super) async fn check(report: &mut Report, args: &DoctorArgs) {
 }
 
 /// The account SID and a client with the configured credentials.
-fn connect<'a>(report: &mut Report, args: &'a DoctorArgs) -> Option<(&'a str, Twilio)> {
+async fn connect<'a>(report: &mut Report, args: &'a DoctorArgs) -> Option<(&'a str, Twilio)> {
     let Some(sid) = args.account_sid.as_deref().filter(|a| !a.is_empty()) else {
         report.fail(
             CREDENTIALS,
@@ -301,7 +311,7 @@ fn connect<'a>(report: &mut Report, args: &'a DoctorArgs) -> Option<(&'a str, Tw
         );
         return None;
     };
-    let credentials = match credentials(args, sid) {
+    let credentials = match credentials(args, sid).await {
         Ok(Some(credentials)) => credentials,
         Ok(None) => {
             report.fail(
@@ -890,6 +900,7 @@ mod tests {
             public_base_url: None,
             account_sid: Some("AC1".into()),
             auth_token: Some("token".into()),
+            auth_token_secondary: None,
             api_key_sid: None,
             api_key_secret: None,
             credentials_dir: None,
@@ -905,12 +916,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn credentials_are_chosen_as_egress_chooses() -> anyhow::Result<()> {
-        let token = credentials(&args(), "AC1")?.context("credentials")?;
+    #[tokio::test]
+    async fn credentials_are_chosen_as_egress_chooses() -> anyhow::Result<()> {
+        let token = credentials(&args(), "AC1").await?.context("credentials")?;
         assert_eq!(
             (token.user.as_str(), token.secret.as_str()),
             ("AC1", "token")
+        );
+        let secondary = DoctorArgs {
+            auth_token_secondary: Some("next".into()),
+            ..args()
+        };
+        let secondary = credentials(&secondary, "AC1")
+            .await?
+            .context("credentials")?;
+        assert_eq!(secondary.secret, "next", "the secondary token wins");
+        assert_eq!(
+            secondary.curl_auth,
+            "$TWILIO_ACCOUNT_SID:$TWILIO_AUTH_TOKEN_SECONDARY"
         );
         let key = credentials(
             &DoctorArgs {
@@ -919,14 +942,15 @@ mod tests {
                 ..args()
             },
             "AC1",
-        )?
+        )
+        .await?
         .context("credentials")?;
         assert_eq!((key.user.as_str(), key.secret.as_str()), ("SK1", "secret"));
         let half = DoctorArgs {
             api_key_sid: Some("SK1".into()),
             ..args()
         };
-        assert!(credentials(&half, "AC1").is_err());
+        assert!(credentials(&half, "AC1").await.is_err());
 
         let dir = std::env::temp_dir().join(format!("doctor-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
@@ -937,9 +961,11 @@ mod tests {
                 ..args()
             },
             "AC1",
-        )?
+        )
+        .await?
         .context("credentials")?;
         assert_eq!(files.secret, "from-file");
+        assert_eq!(files.kind, "the Auth Token from TWILIO_CREDENTIALS_DIR");
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
