@@ -17,7 +17,7 @@ use crate::calls::{
     Utterance,
 };
 use crate::state::{CallbackRecord, Shared};
-use crate::twilio::{iso8601, now_ms, rfc2822, sid};
+use crate::twilio::{country_of, iso8601, now_ms, rfc2822, sid};
 use crate::twiml::{
     self, Element, Fork, Gather, HTTP_RETRIEVAL_FAILURE, Recording, Transcription, Verb,
 };
@@ -752,6 +752,16 @@ impl Player {
         add("Direction", self.spec.direction);
         add("From", &self.spec.from);
         add("To", &self.spec.to);
+        for (names, number) in [
+            (["FromCountry", "CallerCountry"], &self.spec.from),
+            (["ToCountry", "CalledCountry"], &self.spec.to),
+        ] {
+            if let Some(country) = country_of(number) {
+                for name in names {
+                    add(name, &country);
+                }
+            }
+        }
         if let Some(answered_by) = self.answered_by {
             add("AnsweredBy", answered_by);
         }

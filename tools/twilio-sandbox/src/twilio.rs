@@ -94,6 +94,21 @@ pub fn bare_number(address: &str) -> &str {
     address
 }
 
+/// The ISO 3166 country of a number, as Twilio's `FromCountry` /
+/// `ToCountry` say it: the region the number belongs to, else the main
+/// country of its calling code (a toll-free `+1 8xx` is `US`); `None` for a
+/// number that does not parse (the parameter is then left out).
+#[must_use]
+pub fn country_of(address: &str) -> Option<String> {
+    let number = phonenumber::parse(None, bare_number(address)).ok()?;
+    if let Some(id) = number.country().id() {
+        return Some(id.as_ref().to_owned());
+    }
+    let regions = phonenumber::metadata::DATABASE.by_code(&number.country().code())?;
+    let main = regions.iter().find(|m| m.is_main_country_for_code());
+    main.or_else(|| regions.first()).map(|m| m.id().to_owned())
+}
+
 const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\u{1b}ÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
 const GSM7_EXTENSION: &str = "^{}\\[~]|€\u{c}";
 
@@ -205,6 +220,20 @@ pub fn iso8601(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn countries_come_from_the_numbers() {
+        assert_eq!(country_of("+14155550100").as_deref(), Some("US"));
+        assert_eq!(country_of("whatsapp:+5215512345678").as_deref(), Some("MX"));
+        assert_eq!(country_of("+33612345678").as_deref(), Some("FR"));
+        assert_eq!(country_of("+16135550123").as_deref(), Some("CA"));
+        assert_eq!(
+            country_of("+18005550100").as_deref(),
+            Some("US"),
+            "toll-free"
+        );
+        assert_eq!(country_of("not a number"), None);
+    }
 
     #[test]
     fn e164_check() {

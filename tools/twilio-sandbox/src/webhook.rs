@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use si_twilio_signature::{self as signature, Algorithm};
 
 use crate::tokens::AuthTokens;
-use crate::twilio::{iso8601, now_ms, num_segments, sid};
+use crate::twilio::{country_of, iso8601, now_ms, num_segments, sid};
 
 /// Path of ingress's Programmable Messaging inbound webhook.
 pub const MESSAGING_INBOUND_PATH: &str = "/twilio/messaging/inbound";
@@ -371,13 +371,17 @@ pub fn inbound_sms_params(account_sid: &str, sms: &InboundSms) -> (String, Vec<(
     let message_sid = sms.message_sid.clone().unwrap_or_else(|| sid("SM"));
     let mut params: Vec<(String, String)> = Vec::new();
     let mut add = |name: &str, value: &str| params.push((name.to_owned(), value.to_owned()));
-    add("ToCountry", "US");
+    if let Some(country) = country_of(&sms.to) {
+        add("ToCountry", &country);
+    }
     add("SmsMessageSid", &message_sid);
     add("NumMedia", &sms.media_urls.len().to_string());
     add("SmsSid", &message_sid);
     add("SmsStatus", "received");
     add("Body", &sms.body);
-    add("FromCountry", "US");
+    if let Some(country) = country_of(&sms.from) {
+        add("FromCountry", &country);
+    }
     add("To", &sms.to);
     if let Some(service) = &sms.messaging_service_sid {
         add("MessagingServiceSid", service);
@@ -561,5 +565,22 @@ mod tests {
         assert_eq!(get("MediaUrl0"), Some("https://m/1"));
         assert_eq!(get("WaId"), Some("14155550100"));
         assert_eq!(get("AccountSid"), Some("AC1"));
+        assert_eq!(get("FromCountry"), Some("US"));
+
+        // The countries are the numbers', as Twilio says them.
+        let (_, params) = inbound_sms_params(
+            "AC1",
+            &InboundSms {
+                from: "+5215512345678".into(),
+                to: "+33612345678".into(),
+                body: "hola".into(),
+                ..InboundSms::default()
+            },
+        );
+        let get = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(
+            (get("FromCountry"), get("ToCountry")),
+            (Some("MX"), Some("FR"))
+        );
     }
 }

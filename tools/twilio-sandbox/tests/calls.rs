@@ -554,6 +554,10 @@ async fn an_inbound_call_through_the_control_api() -> anyhow::Result<()> {
     assert_eq!(answer.get("Direction"), Some("inbound"));
     assert_eq!(answer.get("CallStatus"), Some("ringing"));
     assert_eq!(answer.get("From"), Some(USER));
+    // The countries of the numbers (ingress picks the call's locale by them).
+    assert_eq!(answer.get("FromCountry"), Some("US"));
+    assert_eq!(answer.get("CallerCountry"), Some("US"));
+    assert_eq!(answer.get("ToCountry"), Some("US"));
     // The number's status callback gets completed only.
     let status = wait_hooks(&hooks, "/twilio/voice/status", 1).await?;
     assert_eq!(statuses(&status), ["completed"]);
