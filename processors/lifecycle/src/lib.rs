@@ -30,7 +30,8 @@
 //!
 //! A user message in OPEN or WARNED starts a new idle period (a second
 //! warning only after another quiet `WARN_AFTER`); in SUMMARIZING for
-//! inactivity it cancels the closure. The idle period starts at the last
+//! inactivity it cancels the closure, and so does a call going live. The
+//! idle period starts at the last
 //! message; a live call is activity until it ends, and a call voice-link
 //! scheduled for later (its answer's `scheduled_at`) moves the idle start to
 //! the call's time (calling off a closure for inactivity still summarizing),

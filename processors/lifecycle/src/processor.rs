@@ -892,6 +892,10 @@ impl LifecycleProcessor {
     /// A call of the conversation changed status: remember the one still
     /// active (closure hangs it up); a live call is activity, and so is its
     /// end (the idle period starts when the call ends, not when it began).
+    /// Like a message of the user, a call that goes live before the closing
+    /// message of an inactivity closure went out calls the closure off: the
+    /// user escalated while cognition was summarizing, and is not hung up
+    /// on for being idle.
     fn on_call(
         &self,
         now: i64,
@@ -906,6 +910,11 @@ impl LifecycleProcessor {
             conversation.active_call_sid = Some(call.call_sid.clone());
         } else if ended {
             conversation.active_call_sid = None;
+        }
+        let idle_closure = conversation.phase == LifecyclePhase::Summarizing
+            && conversation.close_reason == Some(ArchivalReason::Inactivity);
+        if live && idle_closure {
+            self.cancel_inactivity_closure(&mut conversation);
         }
         if (live || ended)
             && matches!(

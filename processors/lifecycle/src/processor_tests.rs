@@ -1503,6 +1503,68 @@ fn a_call_scheduled_while_closing_for_inactivity_calls_the_closure_off() {
 }
 
 #[test]
+fn a_call_live_while_closing_for_inactivity_calls_the_closure_off() {
+    const CALL: &str = "CA00000000000000000000000000000003";
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    h.tick(T0 + WARN);
+    let summarizing = h.tick(T0 + CLOSE);
+    assert_eq!(
+        h.conversation(CH).unwrap().phase,
+        LifecyclePhase::Summarizing
+    );
+    // The user escalated while cognition summarized: the call rings, then
+    // is answered.
+    let ringing = T0 + CLOSE + 10;
+    h.event(call_event(CH, ringing, CALL, CallState::Ringing), ringing);
+    let state = h.conversation(CH).unwrap();
+    assert_eq!(
+        (state.phase, state.close_reason),
+        (LifecyclePhase::Open, None)
+    );
+    h.event(
+        call_event(CH, ringing + 5_000, CALL, CallState::InProgress),
+        ringing + 5_000,
+    );
+    assert_eq!(h.timer(CH), Some(ringing + 5_000 + WARN));
+    // The summary arriving late neither closes it nor hangs up the call.
+    let request = only::<InboundMessage>(&summarizing, topics::INBOUND)[0].clone();
+    let late = response(
+        "sum-1",
+        CH,
+        ResponsePurpose::Summary,
+        Some(&request.message_id),
+    );
+    assert!(h.respond(late, ringing + 6_000).is_empty());
+    let state = h.conversation(CH).unwrap();
+    assert_eq!(
+        (state.phase, state.active_call_sid.as_deref()),
+        (LifecyclePhase::Open, Some(CALL))
+    );
+
+    // A closure on request goes on: the call is hung up when it is done.
+    let mut h = Harness::new(settings());
+    h.event(message(CH, T0, Vec::new()), T0);
+    let closing = h
+        .command(close_command(CH, None, None), T0 + 1_000)
+        .unwrap();
+    assert!(only::<CognitionResponse>(&closing, topics::RESPONSES).is_empty());
+    assert_eq!(
+        h.conversation(CH).unwrap().phase,
+        LifecyclePhase::Summarizing
+    );
+    h.event(
+        call_event(CH, T0 + 2_000, CALL, CallState::InProgress),
+        T0 + 2_000,
+    );
+    assert_eq!(
+        h.conversation(CH).unwrap().phase,
+        LifecyclePhase::Summarizing,
+        "asked for, not idle"
+    );
+}
+
+#[test]
 fn a_scheduled_call_days_ahead_keeps_the_state_past_its_ttl() {
     let mut h = Harness::new(settings()); // state TTL one hour
     h.event(message(CH, T0, Vec::new()), T0);
