@@ -130,6 +130,22 @@ pub struct TwilioArgs {
     )]
     pub conversations_base_url: String,
 
+    /// Base URL of Twilio's Media Content Service, where egress uploads the
+    /// media of a Conversations message (Conversations messages take a
+    /// `MediaSid`, not a URL).
+    #[arg(
+        long,
+        env = "TWILIO_MCS_BASE_URL",
+        default_value = "https://mcs.us1.twilio.com"
+    )]
+    pub mcs_base_url: String,
+
+    /// The Conversations Service (`IS…`) whose Media Content Service takes
+    /// the media of Conversations messages. Without it, a Conversations
+    /// message with media is refused (dead-lettered, saying so).
+    #[arg(long, env = "TWILIO_CHAT_SERVICE_SID")]
+    pub chat_service_sid: Option<String>,
+
     /// Public base URL of ingress; when set, Programmable Messaging sends get
     /// `StatusCallback=<base>/twilio/messaging/status` (unless the operation sets one).
     #[arg(long, env = "STATUS_CALLBACK_BASE_URL")]

@@ -34,7 +34,7 @@ use crate::metrics::EgressMetrics;
 use crate::outcome::{Final, terminal};
 use crate::pace::{Pacer, Ready};
 use crate::rates::{Rates, SendWindow, SenderType};
-use crate::twilio::{Answer, Endpoints, Sent, TwilioClient, build_traced_request};
+use crate::twilio::{Answer, Endpoints, Sent, TwilioClient, Upload, build_request_with_media};
 
 /// Params value marking the consent stage's own replies, which pass the re-check.
 pub const CONSENT_PURPOSE: &str = "consent";
@@ -520,7 +520,26 @@ async fn attempt(
         otel.status_code = Empty,
     );
     let traceparent = trace::traceparent_of(&request_span, job.traceparent.as_deref());
-    let request = match build_traced_request(&ctx.endpoints, op, traceparent.as_deref()) {
+    // A Conversations message's media goes to the Media Content Service
+    // first: the message names it by its MediaSid.
+    let uploaded = match ctx
+        .client
+        .upload_media(&ctx.endpoints, op, &op.operation_id)
+        .instrument(request_span.clone())
+        .await
+    {
+        Ok(uploaded) => uploaded,
+        Err(failed) => {
+            drop(permit);
+            return upload_failed(ctx, job, failed, requests, probe, &request_span).await;
+        }
+    };
+    let request = match build_request_with_media(
+        &ctx.endpoints,
+        op,
+        traceparent.as_deref(),
+        uploaded.as_deref(),
+    ) {
         Ok(mut request) => {
             crate::twilio::bound_validity(&mut request, op, now_ms());
             request
@@ -563,6 +582,48 @@ async fn attempt(
         .with_label_values(&[kind])
         .observe(took.as_secs_f64());
     settle(ctx, job, answer, requests).await
+}
+
+/// What a failed upload of a Conversations message's media makes of the
+/// operation: dead-lettered when it cannot be sent, else as the answer of
+/// Si's store (which says nothing of Twilio's health) or of the Media
+/// Content Service (an attempt at Twilio, its 401 seen by the auth gate).
+async fn upload_failed(
+    ctx: &SendContext,
+    job: &Job,
+    failed: Upload,
+    requests: u32,
+    probe: Option<Probe>,
+    span: &Span,
+) -> (Attempted, Option<bool>) {
+    match failed {
+        Upload::Invalid(error) => {
+            span.record("outcome", "not sent");
+            let end = Final::DeadLettered {
+                reason: error.0,
+                code: None,
+                http_status: None,
+            };
+            finish(ctx, job, end, requests).await;
+            (Attempted::Done, None)
+        }
+        Upload::Store(answer) => {
+            // Not Twilio's answer: a probe held goes back unanswered.
+            drop(probe);
+            record_answer(span, &answer);
+            (settle(ctx, job, answer, requests + 1).await.0, None)
+        }
+        Upload::Twilio(sent) => {
+            record_answer(span, &sent.answer);
+            ctx.auth.observe(
+                auth::Verdict::of(&sent.answer),
+                sent.generation,
+                probe,
+                Instant::now(),
+            );
+            settle(ctx, job, sent.answer, requests + 1).await
+        }
+    }
 }
 
 /// What Twilio's answer makes of the operation: final (accepted or failed)

@@ -44,6 +44,9 @@ pub struct Endpoints {
     pub status_callback: Option<String>,
     /// Signs `si-media:` references into URLs Twilio can fetch, if configured.
     pub media: Option<si_runtime::media_url::Signer>,
+    /// Where the media of Conversations messages are uploaded
+    /// (`{mcs}/v1/Services/{IS}/Media`), when a Conversations Service is set.
+    pub mcs_media: Option<String>,
 }
 
 impl Endpoints {
@@ -55,6 +58,16 @@ impl Endpoints {
             api_base: args.api_base_url.trim_end_matches('/').to_owned(),
             conversations_base: args.conversations_base_url.trim_end_matches('/').to_owned(),
             account_sid: args.account_sid.clone(),
+            mcs_media: args
+                .chat_service_sid
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(|service| {
+                    format!(
+                        "{}/v1/Services/{service}/Media",
+                        args.mcs_base_url.trim_end_matches('/')
+                    )
+                }),
             status_callback: args
                 .status_callback_base_url
                 .as_deref()
@@ -193,12 +206,7 @@ fn message_content(
     if op.media_urls.len() > 10 {
         return Err(InvalidOperation("more than 10 media URLs".into()));
     }
-    if !op.media_urls.is_empty() {
-        if !media_as_urls {
-            return Err(InvalidOperation(
-                "Conversations messages take MediaSid, not media URLs".into(),
-            ));
-        }
+    if media_as_urls {
         for url in &op.media_urls {
             push(form, "MediaUrl", media_url(media, url)?);
         }
@@ -206,12 +214,58 @@ fn message_content(
     if !form
         .iter()
         .any(|(n, _)| n == "Body" || n == "ContentSid" || n == "MediaUrl")
+        && op.media_urls.is_empty()
     {
         return Err(InvalidOperation(
             "a message needs a body, a content template or media".into(),
         ));
     }
     Ok(())
+}
+
+/// The media item of a Conversations message, which egress uploads to the
+/// Media Content Service before the message (a Conversations message takes
+/// one `MediaSid`, not URLs): `None` for a message without media.
+///
+/// # Errors
+/// More than one item (segment sends each in its own part), an item not in
+/// Si's store (only `si-media:` references are fetched: egress fetches no
+/// other URL), or the settings the upload needs missing.
+pub fn conversation_media<'a>(
+    endpoints: &Endpoints,
+    op: &'a OutboundOperation,
+) -> Result<Option<&'a str>, InvalidOperation> {
+    let url = match op.media_urls.as_slice() {
+        [] => return Ok(None),
+        [url] => url,
+        _ => {
+            return Err(InvalidOperation(
+                "a Conversations message takes one media item (one MediaSid)".into(),
+            ));
+        }
+    };
+    let key = si_runtime::media_url::object_key(url).ok_or_else(|| {
+        InvalidOperation(
+            "Conversations media must be in Si's store (si-media:<key>): egress uploads it to \
+             Twilio's Media Content Service and fetches no other URL"
+                .into(),
+        )
+    })?;
+    if endpoints.media.is_none() {
+        return Err(InvalidOperation(
+            "media names Si's store (si-media:) but MEDIA_PUBLIC_BASE_URL and MEDIA_URL_SECRET are \
+             not set"
+                .into(),
+        ));
+    }
+    if endpoints.mcs_media.is_none() {
+        return Err(InvalidOperation(
+            "a Conversations message with media needs TWILIO_CHAT_SERVICE_SID (its Media \
+             Content Service)"
+                .into(),
+        ));
+    }
+    Ok(Some(key))
 }
 
 /// `params` name of the call an `END_CALL` hangs up (ours: never sent as a
@@ -239,11 +293,30 @@ pub fn build_traced_request(
     op: &OutboundOperation,
     traceparent: Option<&str>,
 ) -> Result<TwilioRequest, InvalidOperation> {
+    build_request_with_media(endpoints, op, traceparent, None)
+}
+
+/// The request an operation makes, as [`build_traced_request`], with the
+/// `MediaSid` of a Conversations message's media once it is uploaded
+/// ([`TwilioClient::upload_media`]).
+///
+/// # Errors
+/// When the operation lacks what its kind needs, or its kind is unknown.
+pub fn build_request_with_media(
+    endpoints: &Endpoints,
+    op: &OutboundOperation,
+    traceparent: Option<&str>,
+    uploaded: Option<&str>,
+) -> Result<TwilioRequest, InvalidOperation> {
     let mut form = Vec::new();
     let url = match op.kind {
         OperationKind::SendMessage => send_message(&mut form, endpoints, op, traceparent)?,
         OperationKind::SendConversationMessage => {
             message_content(&mut form, op, false, None)?;
+            conversation_media(endpoints, op)?;
+            if let Some(media_sid) = uploaded {
+                push(&mut form, "MediaSid", media_sid);
+            }
             format!(
                 "{}/v1/Conversations/{}/Messages",
                 endpoints.conversations_base,
@@ -540,6 +613,22 @@ pub struct TwilioClient {
     credentials: Arc<CredentialStore>,
 }
 
+/// The most a Conversations message's media item may weigh: WhatsApp's
+/// limit for a document (SMS participants get less: Twilio scales images for
+/// MMS).
+pub const MAX_CONVERSATION_MEDIA_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why a Conversations message's media was not uploaded.
+#[derive(Debug)]
+pub enum Upload {
+    /// The operation cannot be sent as it is.
+    Invalid(InvalidOperation),
+    /// Si's store did not give it: says nothing of Twilio.
+    Store(Answer),
+    /// The Media Content Service's answer.
+    Twilio(Sent),
+}
+
 /// A request's answer, how long it took and the generation of the
 /// credentials it was made with.
 #[derive(Debug)]
@@ -592,46 +681,135 @@ impl TwilioClient {
         if let Some(traceparent) = traceparent {
             builder = builder.header(si_runtime::trace::TRACEPARENT, traceparent);
         }
-        let sent = builder.form(&request.form).send().await;
-        let answer = match sent {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_retry_after);
-                match response.bytes().await {
-                    Ok(body) => classify(status, &body, retry_after),
-                    // Done, though its SID is lost: another attempt would
-                    // create the message (or call) twice.
-                    Err(_) if (200..300).contains(&status) => Answer::Accepted {
-                        sid: None,
-                        segments: None,
-                        http_status: status,
-                    },
-                    Err(error) => Answer::Retry {
-                        code: None,
-                        http_status: Some(status),
-                        message: format!("reading Twilio's answer: {}", error_kind(&error)),
-                        retry_after,
-                        auth: false,
-                    },
-                }
-            }
-            Err(error) => Answer::Retry {
-                code: None,
-                http_status: None,
-                message: format!("request to Twilio failed: {}", error_kind(&error)),
-                retry_after: None,
-                auth: false,
-            },
-        };
+        let answer = answer_of(builder.form(&request.form).send().await).await;
         Sent {
             answer,
             took: started.elapsed(),
             generation: current.generation,
         }
+    }
+
+    /// Uploads the media item of a Conversations message to the Media
+    /// Content Service: fetched from Si's store through its signed URL
+    /// (without Twilio's credentials), then posted as it is with its content
+    /// type. `Ok(None)` for an operation that has none; `Ok(Some(sid))` the
+    /// `MediaSid` to send it with. Each attempt uploads again (an upload
+    /// whose message fails is an orphan Twilio keeps, harmless).
+    ///
+    /// # Errors
+    /// [`Upload::Invalid`] for an operation that cannot be sent,
+    /// [`Upload::Store`] when Si's store does not give the item (an answer
+    /// that says nothing of Twilio's health), [`Upload::Twilio`] with the
+    /// Media Content Service's answer when it does not take it.
+    pub async fn upload_media(
+        &self,
+        endpoints: &Endpoints,
+        op: &OutboundOperation,
+        operation_id: &str,
+    ) -> Result<Option<String>, Upload> {
+        if op.kind != OperationKind::SendConversationMessage {
+            return Ok(None);
+        }
+        let Some(key) = conversation_media(endpoints, op).map_err(Upload::Invalid)? else {
+            return Ok(None);
+        };
+        let (Some(signer), Some(mcs)) = (&endpoints.media, &endpoints.mcs_media) else {
+            return Ok(None); // conversation_media checked both
+        };
+        let url = signer
+            .url(key, std::time::SystemTime::now())
+            .map_err(|e| Upload::Invalid(InvalidOperation(e)))?;
+        let (content_type, bytes) = self.fetch_stored(&url).await.map_err(Upload::Store)?;
+        let current = self.credentials.current();
+        let started = Instant::now();
+        let sent = self
+            .http
+            .post(mcs)
+            .basic_auth(
+                &current.credentials.user,
+                Some(&current.credentials.password),
+            )
+            .header(OPERATION_ID_HEADER, operation_id)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(bytes)
+            .send()
+            .await;
+        let answer = answer_of(sent).await;
+        match answer {
+            Answer::Accepted { sid: Some(sid), .. } if sid.starts_with("ME") => Ok(Some(sid)),
+            Answer::Accepted { http_status, .. } => Err(Upload::Twilio(Sent {
+                answer: Answer::Retry {
+                    code: None,
+                    http_status: Some(http_status),
+                    message: "the Media Content Service answered without a media SID".into(),
+                    retry_after: None,
+                    auth: false,
+                },
+                took: started.elapsed(),
+                generation: current.generation,
+            })),
+            answer => Err(Upload::Twilio(Sent {
+                answer,
+                took: started.elapsed(),
+                generation: current.generation,
+            })),
+        }
+    }
+
+    /// A media item from Si's store (its signed URL): its content type and
+    /// bytes, at most [`MAX_CONVERSATION_MEDIA_BYTES`].
+    async fn fetch_stored(&self, url: &str) -> Result<(String, Vec<u8>), Answer> {
+        let failed = |http_status: Option<u16>, message: String| Answer::Retry {
+            code: None,
+            http_status,
+            message,
+            retry_after: None,
+            auth: false,
+        };
+        let mut response = self.http.get(url).send().await.map_err(|e| {
+            failed(
+                None,
+                format!("fetching the media from Si's store: {}", error_kind(&e)),
+            )
+        })?;
+        let status = response.status().as_u16();
+        if !response.status().is_success() {
+            let message = format!("Si's store answered HTTP {status} for the media item");
+            // Gone or refused (an expired signature is signed anew at the
+            // next attempt, so 403 is not the signature's age): final.
+            return Err(if matches!(status, 403 | 404 | 410) {
+                Answer::Permanent {
+                    code: None,
+                    http_status: status,
+                    message,
+                }
+            } else {
+                failed(Some(status), message)
+            });
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| {
+            failed(
+                Some(status),
+                format!("reading the media from Si's store: {}", error_kind(&e)),
+            )
+        })? {
+            if body.len() + chunk.len() > MAX_CONVERSATION_MEDIA_BYTES {
+                return Err(Answer::Permanent {
+                    code: None,
+                    http_status: status,
+                    message: format!("the media item is over {MAX_CONVERSATION_MEDIA_BYTES} bytes"),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((content_type, body))
     }
 
     /// An authenticated GET of `url` (the health check): the HTTP status, or
@@ -663,6 +841,46 @@ impl TwilioClient {
 }
 
 /// A description of a reqwest error without the URL (which holds the account SID).
+/// What Twilio's answer to a request means; every failure is an [`Answer`]
+/// (network errors are retriable). A success whose body cannot be read is
+/// done, its SID lost: another attempt would create the message (or call)
+/// twice.
+async fn answer_of(sent: Result<reqwest::Response, reqwest::Error>) -> Answer {
+    let response = match sent {
+        Ok(response) => response,
+        Err(error) => {
+            return Answer::Retry {
+                code: None,
+                http_status: None,
+                message: format!("request to Twilio failed: {}", error_kind(&error)),
+                retry_after: None,
+                auth: false,
+            };
+        }
+    };
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    match response.bytes().await {
+        Ok(body) => classify(status, &body, retry_after),
+        Err(_) if (200..300).contains(&status) => Answer::Accepted {
+            sid: None,
+            segments: None,
+            http_status: status,
+        },
+        Err(error) => Answer::Retry {
+            code: None,
+            http_status: Some(status),
+            message: format!("reading Twilio's answer: {}", error_kind(&error)),
+            retry_after,
+            auth: false,
+        },
+    }
+}
+
 fn error_kind(error: &reqwest::Error) -> &'static str {
     if error.is_timeout() {
         "timeout"
@@ -693,6 +911,20 @@ mod tests {
             account_sid: "AC123".into(),
             status_callback: Some("https://si.example.com/twilio/messaging/status".into()),
             media: None,
+            mcs_media: None,
+        }
+    }
+
+    /// [`endpoints`] signing `si-media:` references with `secret`.
+    fn signed_endpoints(secret: &str) -> Endpoints {
+        use si_runtime::media_url::{Signer, UrlKey};
+        Endpoints {
+            media: Some(Signer::new(
+                "https://si.example.com",
+                UrlKey::new(secret).unwrap(),
+                Duration::from_secs(600),
+            )),
+            ..endpoints()
         }
     }
 
@@ -944,8 +1176,48 @@ mod tests {
     }
 
     #[test]
+    fn conversations_media_is_one_item_of_si_s_store_with_its_upload_configured() {
+        let secret = "s".repeat(32);
+        let mut o = op(OperationKind::SendConversationMessage);
+        o.media_urls = vec!["si-media:out/CH1/chart.png".into()];
+        let refused = |endpoints: &Endpoints, o: &OutboundOperation| {
+            build_request(endpoints, o).unwrap_err().0
+        };
+        assert!(refused(&endpoints(), &o).contains("MEDIA_URL_SECRET"));
+        let signed = signed_endpoints(&secret);
+        assert!(refused(&signed, &o).contains("TWILIO_CHAT_SERVICE_SID"));
+        let ready = Endpoints {
+            mcs_media: Some("https://mcs.example/v1/Services/IS1/Media".into()),
+            ..signed
+        };
+        assert_eq!(
+            conversation_media(&ready, &o).unwrap(),
+            Some("out/CH1/chart.png")
+        );
+        // Checked before the upload; sent with the MediaSid after it.
+        let r = build_request(&ready, &o).unwrap();
+        assert!(
+            !r.form
+                .iter()
+                .any(|(n, _)| n == "MediaUrl" || n == "MediaSid")
+        );
+        let r = build_request_with_media(&ready, &o, None, Some("ME1")).unwrap();
+        assert!(r.form.contains(&("MediaSid".into(), "ME1".into())));
+        let mut two = o.clone();
+        two.media_urls.push("si-media:out/CH1/other.png".into());
+        assert!(refused(&ready, &two).contains("one media item"));
+        let mut public = o.clone();
+        public.media_urls = vec!["https://cdn.example.com/a.png".into()];
+        assert!(refused(&ready, &public).contains("si-media:"));
+        // A message of media alone is a message.
+        let mut bare = o;
+        bare.body = None;
+        assert!(build_request(&ready, &bare).is_ok());
+    }
+
+    #[test]
     fn media_in_sis_store_becomes_a_signed_url_and_public_media_passes() {
-        use si_runtime::media_url::{self, Signer, UrlKey};
+        use si_runtime::media_url::{self, UrlKey};
         let secret = "k".repeat(32);
         let mut o = op(OperationKind::SendMessage);
         o.media_urls = vec![
@@ -955,14 +1227,7 @@ mod tests {
         // Not configured: a clear error, nothing sent.
         let err = build_request(&endpoints(), &o).unwrap_err();
         assert!(err.0.contains("MEDIA_URL_SECRET"), "{err}");
-        let signed = Endpoints {
-            media: Some(Signer::new(
-                "https://si.example.com",
-                UrlKey::new(&secret).unwrap(),
-                Duration::from_secs(600),
-            )),
-            ..endpoints()
-        };
+        let signed = signed_endpoints(&secret);
         let r = build_request(&signed, &o).unwrap();
         let urls: Vec<&str> = r
             .form

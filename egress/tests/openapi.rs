@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use si_egress::twilio::{Endpoints, build_request};
+use si_egress::twilio::{Endpoints, build_request, build_request_with_media};
 use si_schemas::records::{CallRequest, Channel, OperationKind, OutboundOperation};
 use si_testkit::openapi::TwilioOpenApi;
 
@@ -30,6 +30,10 @@ fn endpoints() -> Endpoints {
             si_runtime::media_url::UrlKey::new(&"k".repeat(32)).unwrap(),
             std::time::Duration::from_secs(600),
         )),
+        mcs_media: Some(
+            "https://mcs.us1.twilio.com/v1/Services/IS00000000000000000000000000000000/Media"
+                .into(),
+        ),
     }
 }
 
@@ -205,6 +209,22 @@ fn every_request_egress_builds_is_one_twilio_describes() {
         if let Err(violations) = oai.check_post(path(&request.url), &request.form, &[]) {
             failures.push(format!("{what}: {violations:#?}"));
         }
+    }
+    // A Conversations message with its media uploaded: named by MediaSid.
+    let mut media = op(OperationKind::SendConversationMessage);
+    media.to = None;
+    media.from = None;
+    media.media_urls = vec!["si-media:out/CH1/chart.png".into()];
+    let request = build_request_with_media(
+        &endpoints(),
+        &media,
+        None,
+        Some("ME00000000000000000000000000000001"),
+    )
+    .unwrap();
+    assert!(request.form.iter().any(|(n, _)| n == "MediaSid"));
+    if let Err(violations) = oai.check_post(path(&request.url), &request.form, &[]) {
+        failures.push(format!("Conversations message with media: {violations:#?}"));
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -127,13 +127,22 @@ fn plan_target(data: &[u8]) {
         channel,
         locale,
         hints: Some(&hints),
+        // A Conversations message takes one media item.
+        conversations: hint & 32 != 0,
     };
     let timing = Timing {
         now_ms: NOW,
         last_inbound_ms: Some(NOW),
     };
     match plan(&response, timing, &config) {
-        Ok(plan) => check(&input, channel, &config, locale, &plan),
+        Ok(plan) => check(
+            &input,
+            channel,
+            &config,
+            locale,
+            &plan,
+            response.conversations,
+        ),
         Err(Error::Empty) => assert!(
             normalize(&input, channel, config.smart_encoding)
                 .0
@@ -172,7 +181,14 @@ fn strip_numbering(body: &str, numbering: Numbering, index: usize, count: usize)
     }
 }
 
-fn check(input: &str, channel: Channel, config: &SegmentConfig, locale: Option<&str>, plan: &Plan) {
+fn check(
+    input: &str,
+    channel: Channel,
+    config: &SegmentConfig,
+    locale: Option<&str>,
+    plan: &Plan,
+    conversations: bool,
+) {
     let limits = config.limits(channel).expect("a text channel");
     let sms = channel == Channel::Sms;
     let normalized = &plan.normalized_text;
@@ -197,6 +213,7 @@ fn check(input: &str, channel: Channel, config: &SegmentConfig, locale: Option<&
     for (i, part) in plan.parts.iter().enumerate() {
         assert_eq!((part.index, part.count), (i, count), "part numbering");
         assert!(part.media_urls.len() <= limits.max_media_per_message);
+        assert!(!conversations || part.media_urls.len() <= 1, "one MediaSid");
         let Some(body) = part.body.as_deref() else {
             continue;
         };

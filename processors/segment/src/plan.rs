@@ -29,6 +29,9 @@ pub struct Response<'a> {
     pub locale: Option<&'a str>,
     /// Cognition's hints.
     pub hints: Option<&'a SegmentationHints>,
+    /// Sent as a Twilio Conversations message, which takes one media item
+    /// (its `MediaSid`): each item then goes in a part of its own.
+    pub conversations: bool,
 }
 
 impl<'a> Response<'a> {
@@ -41,6 +44,7 @@ impl<'a> Response<'a> {
             channel,
             locale: None,
             hints: None,
+            conversations: false,
         }
     }
 
@@ -53,6 +57,7 @@ impl<'a> Response<'a> {
             channel,
             locale: record.locale.as_deref(),
             hints: record.hints.as_ref(),
+            conversations: false,
         }
     }
 }
@@ -295,10 +300,15 @@ pub fn plan(
     if sms {
         plan.total_segments = Some(measured.iter().map(|(_, m)| m.segments).sum());
     }
+    let per_message = if response.conversations {
+        limits.max_media_per_message.min(1)
+    } else {
+        limits.max_media_per_message
+    };
     plan.parts = layout(
         measured,
         media,
-        limits.max_media_per_message,
+        per_message,
         config.media_placement,
         sms,
         not_after,

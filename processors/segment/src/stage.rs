@@ -861,6 +861,7 @@ impl Segmenter {
             channel: route.channel,
             locale,
             hints: response.hints.as_ref(),
+            conversations: route.kind == OperationKind::SendConversationMessage,
         };
         let timing = Timing {
             now_ms: now,

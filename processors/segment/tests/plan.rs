@@ -658,6 +658,40 @@ fn sms_media_beyond_ten_go_into_media_only_parts() {
 }
 
 #[test]
+fn a_conversations_message_takes_one_media_item() {
+    // Conversations messages name their media by one MediaSid: an SMS
+    // user's three photos go one per part, the text with the last.
+    let items = media(3);
+    let response = Response {
+        media: &items,
+        conversations: true,
+        ..Response::text("Your photos.", Channel::Sms)
+    };
+    let plan = make_plan(&response, at(T0), &SegmentConfig::default()).expect("plan");
+    let shape: Vec<(Option<&str>, Vec<usize>)> = plan
+        .parts
+        .iter()
+        .map(|p| (p.body.as_deref(), urls(p)))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (None, vec![0]),
+            (None, vec![1]),
+            (Some("Your photos."), vec![2])
+        ]
+    );
+    // The same response by Programmable Messaging: one MMS.
+    let mms = Response {
+        conversations: false,
+        ..response
+    };
+    let plan = make_plan(&mms, at(T0), &SegmentConfig::default()).expect("plan");
+    assert_eq!(plan.parts.len(), 1);
+    assert_eq!(urls(&plan.parts[0]), vec![0, 1, 2]);
+}
+
+#[test]
 fn whatsapp_takes_one_media_per_message() {
     let items = media(3);
     let text = sentences(60); // two text parts

@@ -169,6 +169,7 @@ fn every_call_request_voice_link_causes_is_one_twilio_describes() {
         account_sid: "AC00000000000000000000000000000000".into(),
         status_callback: None,
         media: None,
+        mcs_media: None,
     };
     let oai = TwilioOpenApi::load().unwrap();
     for operation in &operations {

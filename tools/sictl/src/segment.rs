@@ -149,6 +149,9 @@ impl Request {
             channel: self.channel.into(),
             locale: self.locale.as_deref(),
             hints: Some(&self.hints),
+            // As a Programmable Messaging send (Conversations would put each
+            // media item in a part of its own).
+            conversations: false,
         };
         let ago_ms = i64::try_from(self.last_inbound_ago.as_millis())?;
         let timing = Timing {

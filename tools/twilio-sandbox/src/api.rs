@@ -86,6 +86,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/2010-04-01/Accounts/{account}/Recordings/{recording}",
             get(get_recording),
         )
+        .route(
+            "/v1/Services/{service}/Media",
+            post(upload_mcs_media).layer(axum::extract::DefaultBodyLimit::max(MAX_MCS_UPLOAD)),
+        )
         .route("/v1/Services/{service}/Media/{media}", get(get_mcs_media))
         .route("/_sandbox/mcs/{media}/content", get(get_mcs_content))
         .route(
@@ -277,6 +281,33 @@ async fn get_mcs_media(
         None => {
             TwilioError::not_found(&format!("/v1/Services/{service}/Media/{media}")).into_response()
         }
+    }
+}
+
+/// The largest upload the sandbox's Media Content Service takes.
+const MAX_MCS_UPLOAD: usize = 32 * 1024 * 1024;
+
+/// `POST /v1/Services/{IS}/Media`: an upload (the body is the content, its
+/// `Content-Type` the media's); 201 with the media's JSON, whose SID a
+/// Conversations message names as `MediaSid`.
+async fn upload_mcs_media(
+    State(shared): State<Arc<Shared>>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if authenticate(&shared, &headers, None).is_err() {
+        return TwilioError::authenticate().into_response();
+    }
+    let Some(content_type) = header_str(&headers, header::CONTENT_TYPE.as_str()) else {
+        return TwilioError::bad_request(20001, "Content-Type is required").into_response();
+    };
+    if body.is_empty() {
+        return TwilioError::bad_request(20001, "the media is empty").into_response();
+    }
+    match shared.upload_media(&service, content_type, body.to_vec()) {
+        Some(resource) => (StatusCode::CREATED, axum::Json(resource)).into_response(),
+        None => TwilioError::server_error().into_response(),
     }
 }
 
@@ -1388,6 +1419,25 @@ fn conversation_message(
     if body.is_none() && media.is_none() && content.is_none() {
         return Err(missing("Body"));
     }
+    // The media must have been uploaded to the conversation's service.
+    let media_json = match media {
+        None => serde_json::Value::Null,
+        Some(media_sid) => {
+            let service = shared
+                .conversation(sid)
+                .map(|c| c.chat_service_sid)
+                .unwrap_or_default();
+            let resource = shared.mcs_resource(&service, media_sid).ok_or_else(|| {
+                TwilioError::not_found(&format!("/v1/Services/{service}/Media/{media_sid}"))
+            })?;
+            json!([{
+                "sid": media_sid,
+                "content_type": resource["content_type"],
+                "size": resource["size"],
+                "filename": null,
+            }])
+        }
+    };
     let (conversation, index) = shared
         .update_conversation(sid, |c| {
             let index = c.next_index;
@@ -1417,7 +1467,7 @@ fn conversation_message(
         "date_updated": iso8601(now),
         "delivery": null,
         "index": index,
-        "media": null,
+        "media": media_json,
         "participant_sid": null,
         "sid": message_sid,
         "url": url,

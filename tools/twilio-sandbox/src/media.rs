@@ -62,6 +62,31 @@ pub struct MediaRecord {
     pub content: Vec<u8>,
 }
 
+impl MediaRecord {
+    /// An item served at `path`, not fetched yet.
+    fn new(
+        path: String,
+        sid: &str,
+        message_sid: &str,
+        content_type: &str,
+        content: Vec<u8>,
+    ) -> Self {
+        Self {
+            path,
+            sid: sid.to_owned(),
+            message_sid: message_sid.to_owned(),
+            content_type: content_type.to_owned(),
+            size: content.len(),
+            status: None,
+            fail_first: 0,
+            fetches: 0,
+            unauthorized: 0,
+            deleted: false,
+            content,
+        }
+    }
+}
+
 /// What a fetch gets.
 #[derive(Debug)]
 pub enum Served {
@@ -83,6 +108,16 @@ fn generated(sid: &str, size: usize) -> Vec<u8> {
 }
 
 impl MediaLibrary {
+    /// Keeps `record` with the status and failures `item` asks for.
+    fn insert(&mut self, record: MediaRecord, item: &InboundMedia) {
+        let record = MediaRecord {
+            status: item.status,
+            fail_first: item.fail_first,
+            ..record
+        };
+        self.items.insert(record.sid.clone(), record);
+    }
+
     /// Adds the items of message `message_sid`; returns their (URL path,
     /// content type) in order.
     ///
@@ -106,22 +141,8 @@ impl MediaLibrary {
             let path =
                 format!("/2010-04-01/Accounts/{account_sid}/Messages/{message_sid}/Media/{sid}");
             out.push((path.clone(), item.content_type.clone()));
-            self.items.insert(
-                sid.clone(),
-                MediaRecord {
-                    sid,
-                    message_sid: message_sid.to_owned(),
-                    path,
-                    content_type: item.content_type.clone(),
-                    size: content.len(),
-                    status: item.status,
-                    fail_first: item.fail_first,
-                    fetches: 0,
-                    unauthorized: 0,
-                    deleted: false,
-                    content,
-                },
-            );
+            let record = MediaRecord::new(path, &sid, message_sid, &item.content_type, content);
+            self.insert(record, item);
         }
         Ok(out)
     }
@@ -177,19 +198,8 @@ impl MediaLibrary {
     pub fn add_recording(&mut self, account_sid: &str, sid: &str) -> String {
         let path = format!("/2010-04-01/Accounts/{account_sid}/Recordings/{sid}");
         let content = generated(sid, 4096);
-        self.items.entry(sid.to_owned()).or_insert(MediaRecord {
-            sid: sid.to_owned(),
-            message_sid: String::new(),
-            path: path.clone(),
-            content_type: "audio/x-wav".to_owned(),
-            size: content.len(),
-            status: None,
-            fail_first: 0,
-            fetches: 0,
-            unauthorized: 0,
-            deleted: false,
-            content,
-        });
+        let record = MediaRecord::new(path.clone(), sid, "", "audio/x-wav", content);
+        self.items.entry(sid.to_owned()).or_insert(record);
         path
     }
 
@@ -225,24 +235,22 @@ impl MediaLibrary {
                 "Size": content.len(),
             }));
             sids.push(sid.clone());
-            self.items.insert(
-                sid.clone(),
-                MediaRecord {
-                    path: format!("/v1/Services/{service}/Media/{sid}"),
-                    sid,
-                    message_sid: message_sid.to_owned(),
-                    content_type: item.content_type.clone(),
-                    size: content.len(),
-                    status: item.status,
-                    fail_first: item.fail_first,
-                    fetches: 0,
-                    unauthorized: 0,
-                    deleted: false,
-                    content,
-                },
-            );
+            let path = format!("/v1/Services/{service}/Media/{sid}");
+            let record = MediaRecord::new(path, &sid, message_sid, &item.content_type, content);
+            self.insert(record, item);
         }
         Ok((serde_json::Value::Array(listed).to_string(), sids))
+    }
+
+    /// Stores an upload to the Media Content Service of `service` (`POST
+    /// /v1/Services/{IS}/Media`): not attached to a message yet. Returns
+    /// its SID.
+    pub fn upload(&mut self, service: &str, content_type: &str, content: Vec<u8>) -> String {
+        let sid = crate::twilio::sid("ME");
+        let path = format!("/v1/Services/{service}/Media/{sid}");
+        let record = MediaRecord::new(path, &sid, "", content_type, content);
+        self.items.insert(sid.clone(), record);
+        sid
     }
 
     /// The Media Content Service's JSON of `sid` (`None`: no such item).

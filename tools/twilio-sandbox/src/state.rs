@@ -350,6 +350,18 @@ impl Shared {
             .add_conversation(service, message_sid, media)
     }
 
+    /// An upload to the Media Content Service; its JSON.
+    pub fn upload_media(
+        &self,
+        service: &str,
+        content_type: &str,
+        content: Vec<u8>,
+    ) -> Option<serde_json::Value> {
+        let mut library = self.media_library();
+        let sid = library.upload(service, content_type, content);
+        library.mcs_resource(&self.base_url, service, &sid)
+    }
+
     /// The Media Content Service's JSON of a media SID.
     pub fn mcs_resource(&self, service: &str, sid: &str) -> Option<serde_json::Value> {
         self.media_library()

@@ -554,6 +554,76 @@ async fn a_conversation_can_be_named_by_its_unique_name_in_every_path() -> anyho
     Ok(())
 }
 
+#[tokio::test]
+async fn conversations_media_is_uploaded_then_named_by_its_sid() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(config()).await?;
+    let client = Client::new(&sandbox);
+    let (status, created) = client.post("/v1/Conversations", &[]).await?;
+    assert_eq!(status, 201, "{created}");
+    let ch = created["sid"].as_str().unwrap_or_default().to_owned();
+    let service = created["chat_service_sid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let upload = |content_type: Option<&'static str>, auth: (&'static str, &'static str)| {
+        let mut request = reqwest::Client::new()
+            .post(format!(
+                "{}/v1/Services/{service}/Media",
+                sandbox.base_url()
+            ))
+            .basic_auth(auth.0, Some(auth.1))
+            .body(b"\x89PNG not really".to_vec());
+        if let Some(content_type) = content_type {
+            request = request.header("Content-Type", content_type);
+        }
+        async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            anyhow::Ok((status, response.json::<Value>().await?))
+        }
+    };
+    assert_error(
+        &upload(Some("image/png"), (ACCOUNT, "wrong")).await?,
+        401,
+        20003,
+    );
+    assert_error(&upload(None, (ACCOUNT, TOKEN)).await?, 400, 20001);
+    let (status, media) = upload(Some("image/png"), (ACCOUNT, TOKEN)).await?;
+    assert_eq!(status, 201, "{media}");
+    let me = media["sid"].as_str().unwrap_or_default().to_owned();
+    assert!(me.starts_with("ME"), "{media}");
+    assert_eq!(
+        (media["content_type"].as_str(), media["size"].as_u64()),
+        (Some("image/png"), Some(15))
+    );
+    let content = reqwest::get(
+        media["links"]["content_direct_temporary"]
+            .as_str()
+            .unwrap_or_default(),
+    )
+    .await?
+    .bytes()
+    .await?;
+    assert_eq!(&content[..], b"\x89PNG not really");
+
+    let messages = format!("/v1/Conversations/{ch}/Messages");
+    let (status, message) = client.post(&messages, &[("MediaSid", &me)]).await?;
+    assert_eq!(status, 201, "{message}");
+    assert_eq!(message["media"][0]["sid"], me.as_str());
+    assert_eq!(message["media"][0]["content_type"], "image/png");
+    assert_error(
+        &client
+            .post(
+                &messages,
+                &[("MediaSid", "ME00000000000000000000000000000000")],
+            )
+            .await?,
+        404,
+        20404,
+    );
+    Ok(())
+}
+
 /// Counts, per sender, the most requests let through in any one-second window.
 fn max_per_second(times: &[i64]) -> usize {
     let mut best = 0;
