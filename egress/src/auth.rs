@@ -280,6 +280,7 @@ impl AuthGate {
                      operations (none is dropped) and one request probes per interval; write \
                      working credentials to the Secret, they are picked up without a restart"
                 );
+                self.store.refused(generation);
                 self.reload.notify_one();
             }
             Some(r) => {
@@ -292,6 +293,7 @@ impl AuthGate {
                     if was_probe {
                         r.next_probe = now + self.probe_interval;
                     }
+                    self.store.refused(generation);
                     self.reload.notify_one();
                 }
                 if let Some(refused) = r.log.hit(now) {

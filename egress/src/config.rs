@@ -211,12 +211,12 @@ impl TwilioArgs {
                 .filter(|d| !d.as_os_str().is_empty()),
             env: crate::credentials::choose(
                 &self.account_sid,
-                Parts {
-                    auth_token: self.auth_token.as_deref(),
-                    auth_token_secondary: self.auth_token_secondary.as_deref(),
-                    api_key_sid: self.api_key_sid.as_deref(),
-                    api_key_secret: self.api_key_secret.as_deref(),
-                },
+                Parts::of(
+                    self.auth_token.as_ref(),
+                    self.auth_token_secondary.as_ref(),
+                    self.api_key_sid.as_ref(),
+                    self.api_key_secret.as_ref(),
+                ),
                 Names::ENV,
             ),
         }

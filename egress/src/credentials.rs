@@ -18,7 +18,7 @@ use crate::metrics::EgressMetrics;
 /// [`MIN_PROMPT_RELOAD_GAP`], when `wanted` is notified (Twilio refused the
 /// credentials); counts each reload and tells `gate` when they changed.
 /// Ends with `shutdown`.
-pub async fn reload_loop(
+pub async fn run_reloads(
     store: Arc<CredentialStore>,
     gate: Arc<AuthGate>,
     wanted: Arc<Notify>,
@@ -98,7 +98,7 @@ mod tests {
         let metrics = EgressMetrics::new(&stage).unwrap();
         let shutdown = CancellationToken::new();
         // An hour between scheduled reloads: only the refusal can trigger one.
-        let task = tokio::spawn(reload_loop(
+        let task = tokio::spawn(run_reloads(
             Arc::clone(&store),
             Arc::clone(&gate),
             wanted,

@@ -226,7 +226,7 @@ fn twilio_access(
         },
     ));
     if credentials.dir().is_some() {
-        tokio::spawn(credentials::reload_loop(
+        tokio::spawn(credentials::run_reloads(
             Arc::clone(&credentials),
             Arc::clone(&auth),
             reload,

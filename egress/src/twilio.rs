@@ -840,7 +840,6 @@ impl TwilioClient {
     }
 }
 
-/// A description of a reqwest error without the URL (which holds the account SID).
 /// What Twilio's answer to a request means; every failure is an [`Answer`]
 /// (network errors are retriable). A success whose body cannot be read is
 /// done, its SID lost: another attempt would create the message (or call)
@@ -881,6 +880,7 @@ async fn answer_of(sent: Result<reqwest::Response, reqwest::Error>) -> Answer {
     }
 }
 
+/// A description of a reqwest error without the URL (which holds the account SID).
 fn error_kind(error: &reqwest::Error) -> &'static str {
     if error.is_timeout() {
         "timeout"
@@ -1058,6 +1058,7 @@ mod tests {
             user: "AC1".into(),
             password: "token".into(),
             kind: crate::credentials::Kind::AuthToken,
+            other_token: None,
         };
         let store = CredentialStore::load(crate::credentials::Source {
             account_sid: "AC1".into(),

@@ -360,6 +360,68 @@ async fn an_auth_token_rotation_through_the_secondary_refuses_nothing() -> anyho
     Ok(())
 }
 
+/// A rotation abandoned at Twilio (the secondary deleted) but not in the
+/// Secret: egress starts on the secondary, Twilio refuses it, and within a
+/// second egress tries the primary, which Twilio takes. The scheduled
+/// reload is an hour away: only the refusal moved it. Every operation is
+/// accepted once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secondary_token_twilio_refuses_gives_way_to_the_primary() -> anyhow::Result<()> {
+    let env = TestEnv::start().await?;
+    let sandbox = sandbox().await?;
+    let dir = secret_dir(&env)?;
+    write_secret(&dir, "auth-token", &format!("{}\n", sandbox.auth_token()))?;
+    write_secret(&dir, "auth-token-secondary", "a-deleted-secondary\n")?;
+    let ops: Vec<_> = (1..=3)
+        .map(|n| {
+            op(
+                &format!("stale-{n}"),
+                &format!("CH{:032}", 8),
+                SENDER_NUMBER,
+            )
+        })
+        .collect();
+    produce_ops(&env, &ops).await?;
+    let dir_str = dir.to_string_lossy().into_owned();
+    let egress = Egress::spawn(
+        &env,
+        &sandbox,
+        "stale-secondary",
+        &[
+            ("TWILIO_AUTH_TOKEN", ""),
+            ("TWILIO_CREDENTIALS_DIR", &dir_str),
+            ("TWILIO_CREDENTIALS_RELOAD_INTERVAL", "1h"),
+        ],
+    )?;
+    let by_id = statuses(&env, ops.len(), Duration::from_secs(60)).await?;
+    for o in &ops {
+        assert_eq!(by_id[&o.operation_id].outcome, DeliveryOutcome::Accepted);
+    }
+    let requests = sandbox.requests();
+    let refused = requests.iter().filter(|r| r.status == 401).count();
+    assert!(
+        (1..=ops.len()).contains(&refused),
+        "{refused} requests refused: the secondary, then no more"
+    );
+    for o in &ops {
+        let accepted = requests
+            .iter()
+            .filter(|r| r.operation_id.as_deref() == Some(&o.operation_id) && r.status == 201)
+            .count();
+        assert_eq!(accepted, 1, "{}", o.operation_id);
+    }
+    assert_eq!(egress.log_lines("requests use the rotation's other one"), 1);
+    assert_eq!(
+        egress.log_lines("a-deleted-secondary"),
+        0,
+        "no secret in the log"
+    );
+    egress.stop().await?;
+    sandbox.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn twilio_health_is_reported_without_making_the_pod_unready() -> anyhow::Result<()> {
     let env = TestEnv::start().await?;

@@ -29,7 +29,10 @@ const SECRET: &str = "s3cr3t-value-never-logged";
 /// everything it printed.
 async fn run(env: &TestEnv, binary: &str, vars: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut command = tokio::process::Command::new(stage_binary(binary).unwrap());
+    // Only what the test gives: nothing of the caller's environment (a
+    // TWILIO_* variable there would complete the configuration).
     command
+        .env_clear()
         .env("KAFKA_BOOTSTRAP_SERVERS", &env.kafka.bootstrap_servers)
         .env("SI_TOPIC_PREFIX", &env.kafka.topic_prefix)
         .env("SCHEMA_REGISTRY_URL", &env.registry.url)
@@ -113,7 +116,8 @@ async fn ingress_refuses_a_mounted_secret_it_cannot_check_webhooks_with() {
         &[("TWILIO_CREDENTIALS_DIR", unreadable_str.as_ref())],
     ]
     .concat();
-    refuses(&env, "si-ingress", &vars, "auth-token").await;
+    let expected = format!("reading {}", unreadable.join("auth-token").display());
+    refuses(&env, "si-ingress", &vars, &expected).await;
 
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(unreadable);
@@ -179,7 +183,7 @@ async fn media_refuses_a_token_without_its_account() {
             ("MEDIA_STORE_URL", store_url.as_str()),
             ("TWILIO_AUTH_TOKEN_SECONDARY", SECRET),
         ],
-        "TWILIO_AUTH_TOKEN needs TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN / TWILIO_AUTH_TOKEN_SECONDARY needs TWILIO_ACCOUNT_SID",
     )
     .await;
     let _ = std::fs::remove_dir_all(store);

@@ -25,6 +25,7 @@
 //! loop every stage reads its secrets again with.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 pub mod reload;
@@ -72,6 +73,29 @@ pub struct Credentials {
     pub password: String,
     /// Which of the two.
     pub kind: Kind,
+    /// The rotation's other Auth Token, when there are two: the primary
+    /// when these use the secondary (and back, once Twilio refused the
+    /// secondary): tried when Twilio refuses these.
+    pub other_token: Option<String>,
+}
+
+impl Credentials {
+    /// The same account with the rotation's other Auth Token, if there is one.
+    #[must_use]
+    pub fn with_other_token(&self) -> Option<Self> {
+        let other = self.other_token.clone()?;
+        let kind = match self.kind {
+            Kind::SecondaryAuthToken => Kind::AuthToken,
+            Kind::AuthToken => Kind::SecondaryAuthToken,
+            Kind::ApiKey => return None,
+        };
+        Some(Self {
+            user: self.user.clone(),
+            password: other,
+            kind,
+            other_token: Some(self.password.clone()),
+        })
+    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -79,6 +103,10 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("kind", &self.kind)
             .field("password", &"<redacted>")
+            .field(
+                "other_token",
+                &self.other_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +122,35 @@ pub struct Parts<'a> {
     pub api_key_sid: Option<&'a str>,
     /// The API key secret.
     pub api_key_secret: Option<&'a str>,
+}
+
+impl<'a> Parts<'a> {
+    /// The parts given as settings, without surrounding whitespace (a blank
+    /// one is absent).
+    #[must_use]
+    pub fn of(
+        auth_token: Option<&'a String>,
+        auth_token_secondary: Option<&'a String>,
+        api_key_sid: Option<&'a String>,
+        api_key_secret: Option<&'a String>,
+    ) -> Self {
+        let given = |v: Option<&'a String>| v.map(|v| v.trim()).filter(|v| !v.is_empty());
+        Self {
+            auth_token: given(auth_token),
+            auth_token_secondary: given(auth_token_secondary),
+            api_key_sid: given(api_key_sid),
+            api_key_secret: given(api_key_secret),
+        }
+    }
+
+    /// Whether none of the parts is there.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.auth_token.is_none()
+            && self.auth_token_secondary.is_none()
+            && self.api_key_sid.is_none()
+            && self.api_key_secret.is_none()
+    }
 }
 
 /// What the parts are called where they come from, for error messages.
@@ -127,7 +184,9 @@ impl Names {
 }
 
 /// The credentials the parts give: the API key pair when complete, else the
-/// secondary Auth Token (the newer, during a rotation), else the primary.
+/// secondary Auth Token (the newer, during a rotation; with the primary as
+/// the other token, tried when Twilio refuses the secondary), else the
+/// primary.
 ///
 /// # Errors
 /// When there is none of them, or only half of the pair. Messages use
@@ -148,23 +207,25 @@ pub fn choose(account_sid: &str, parts: Parts<'_>, names: Names) -> Result<Crede
                 user: sid.to_owned(),
                 password: secret.to_owned(),
                 kind: Kind::ApiKey,
+                other_token: None,
             });
         }
         (Some(_), None) => return Err(format!("{sid_name} is set but {secret_name} is not")),
         (None, Some(_)) => return Err(format!("{secret_name} is set but {sid_name} is not")),
         (None, None) => {}
     }
-    let token = |password: &str, kind| Credentials {
+    let token = |password: &str, kind, other: Option<&str>| Credentials {
         user: account_sid.to_owned(),
         password: password.to_owned(),
         kind,
+        other_token: other.filter(|o| *o != password).map(str::to_owned),
     };
     match (
         present(parts.auth_token_secondary),
         present(parts.auth_token),
     ) {
-        (Some(secondary), _) => Ok(token(secondary, Kind::SecondaryAuthToken)),
-        (None, Some(primary)) => Ok(token(primary, Kind::AuthToken)),
+        (Some(secondary), primary) => Ok(token(secondary, Kind::SecondaryAuthToken, primary)),
+        (None, Some(primary)) => Ok(token(primary, Kind::AuthToken, None)),
         (None, None) => Err(format!("set {token_name}, or {sid_name} and {secret_name}")),
     }
 }
@@ -207,15 +268,15 @@ pub async fn read_dir(dir: &Path, account_sid: &str) -> Result<Option<Credential
     let secondary = read_value(&dir.join(AUTH_TOKEN_SECONDARY_FILE)).await?;
     let sid = read_value(&dir.join(API_KEY_SID_FILE)).await?;
     let secret = read_value(&dir.join(API_KEY_SECRET_FILE)).await?;
-    if token.is_none() && secondary.is_none() && sid.is_none() && secret.is_none() {
+    let parts = Parts::of(
+        token.as_ref(),
+        secondary.as_ref(),
+        sid.as_ref(),
+        secret.as_ref(),
+    );
+    if parts.is_empty() {
         return Ok(None);
     }
-    let parts = Parts {
-        auth_token: token.as_deref(),
-        auth_token_secondary: secondary.as_deref(),
-        api_key_sid: sid.as_deref(),
-        api_key_secret: secret.as_deref(),
-    };
     choose(account_sid, parts, Names::FILES)
         .map(Some)
         .map_err(|e| format!("{}: {e}", dir.display()))
@@ -264,11 +325,22 @@ pub struct Current {
     pub generation: u64,
 }
 
-/// The credentials requests use, swapped when a reload finds new ones.
+/// The credentials requests use, swapped when a reload finds new ones (or,
+/// once Twilio refused them, for the rotation's other Auth Token).
 #[derive(Debug)]
 pub struct CredentialStore {
     source: Source,
-    current: RwLock<Arc<Current>>,
+    state: RwLock<State>,
+    /// The newest generation Twilio refused.
+    refused: AtomicU64,
+}
+
+#[derive(Debug)]
+struct State {
+    current: Arc<Current>,
+    /// What the source held at the last load: a reload that finds the same
+    /// keeps the current credentials, the other token included.
+    loaded: Credentials,
 }
 
 impl CredentialStore {
@@ -280,17 +352,22 @@ impl CredentialStore {
         let credentials = source.load().await?;
         Ok(Self {
             source,
-            current: RwLock::new(Arc::new(Current {
-                credentials,
-                generation: 1,
-            })),
+            state: RwLock::new(State {
+                current: Arc::new(Current {
+                    credentials: credentials.clone(),
+                    generation: 1,
+                }),
+                loaded: credentials,
+            }),
+            refused: AtomicU64::new(0),
         })
     }
 
     /// The credentials to use now.
     #[must_use]
     pub fn current(&self) -> Arc<Current> {
-        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(&state.current)
     }
 
     /// The generation of the current credentials.
@@ -306,22 +383,47 @@ impl CredentialStore {
     }
 
     /// Reads the source again; swaps in what it holds when that differs from
-    /// the current credentials. Returns the new generation when they changed.
+    /// what it held before. Returns the new generation when they changed.
     ///
     /// # Errors
     /// When the source cannot be read (the current credentials stay).
     pub async fn reload(&self) -> Result<Option<u64>, String> {
         let loaded = self.source.load().await?;
-        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        if current.credentials == loaded {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        if state.loaded == loaded {
             return Ok(None);
         }
-        let generation = current.generation + 1;
-        *current = Arc::new(Current {
-            credentials: loaded,
+        let generation = state.current.generation + 1;
+        state.current = Arc::new(Current {
+            credentials: loaded.clone(),
             generation,
         });
+        state.loaded = loaded;
         Ok(Some(generation))
+    }
+
+    /// Twilio refused the credentials of `generation` (401).
+    pub fn refused(&self, generation: u64) {
+        self.refused.fetch_max(generation, Ordering::Relaxed);
+    }
+
+    /// After Twilio refused the credentials in force: the rotation's other
+    /// Auth Token instead, if there is one (a secondary deleted at Twilio but
+    /// still in the Secret, or a primary the promotion revoked). Returns the
+    /// new generation; `None` when the current credentials were not refused
+    /// (a refusal of older ones says nothing of them) or there is no other.
+    pub fn try_other_token(&self) -> Option<u64> {
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        if self.refused.load(Ordering::Relaxed) != state.current.generation {
+            return None;
+        }
+        let other = state.current.credentials.with_other_token()?;
+        let generation = state.current.generation + 1;
+        state.current = Arc::new(Current {
+            credentials: other,
+            generation,
+        });
+        Some(generation)
     }
 }
 
@@ -341,6 +443,18 @@ impl Reload for CredentialStore {
             "Twilio credentials changed: requests use the new ones from now on"
         );
     }
+
+    fn after_refusal(&self) -> bool {
+        let Some(generation) = self.try_other_token() else {
+            return false;
+        };
+        tracing::warn!(
+            kind = self.current().credentials.kind.as_str(),
+            generation,
+            "Twilio refused the Auth Token in force; requests use the rotation's other one from now on"
+        );
+        true
+    }
 }
 
 #[cfg(test)]
@@ -355,6 +469,7 @@ mod tests {
             user: ACCOUNT.into(),
             password: token.into(),
             kind: Kind::AuthToken,
+            other_token: None,
         })
     }
 
@@ -510,6 +625,50 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(store.reload().await.is_err());
         assert_eq!(store.generation(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_gives_way_to_the_rotation_s_other_one() {
+        let dir = temp_dir("other");
+        write(&dir, AUTH_TOKEN_FILE, "primary");
+        write(&dir, AUTH_TOKEN_SECONDARY_FILE, "secondary");
+        let store = CredentialStore::load(Source {
+            account_sid: ACCOUNT.into(),
+            dir: Some(dir.clone()),
+            env: Err("no env".into()),
+        })
+        .await
+        .unwrap();
+        let first = store.current();
+        assert_eq!(first.credentials.kind, Kind::SecondaryAuthToken);
+        assert_eq!(store.try_other_token(), None, "not refused");
+        store.refused(1);
+        assert_eq!(store.try_other_token(), Some(2));
+        let now = store.current();
+        assert_eq!(
+            (now.credentials.kind, now.credentials.password.as_str()),
+            (Kind::AuthToken, "primary")
+        );
+        // A late refusal of the secondary says nothing of the primary.
+        store.refused(1);
+        assert_eq!(store.try_other_token(), None);
+        // The Secret unchanged: the primary stays.
+        assert_eq!(store.reload().await.unwrap(), None);
+        assert_eq!(store.generation(), 2);
+        // The primary refused too: back to the secondary.
+        store.refused(2);
+        assert_eq!(store.try_other_token(), Some(3));
+        assert_eq!(store.current().credentials.password, "secondary");
+        // A new Secret: its own choice again, the secondary first.
+        write(&dir, AUTH_TOKEN_SECONDARY_FILE, "newer");
+        assert_eq!(store.reload().await.unwrap(), Some(4));
+        assert_eq!(store.current().credentials.password, "newer");
+        // Without a secondary there is nothing else to try.
+        write(&dir, AUTH_TOKEN_SECONDARY_FILE, "");
+        assert_eq!(store.reload().await.unwrap(), Some(5));
+        store.refused(5);
+        assert_eq!(store.try_other_token(), None);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

@@ -31,6 +31,13 @@ pub trait Reload: Send + Sync + 'static {
 
     /// Logs a change: which kind, how many, never a value.
     fn log_change(&self);
+
+    /// After a prompted reload found the source unchanged: whatever else
+    /// may help once Twilio refused what is in force (the rotation's other
+    /// Auth Token); whether it changed what is in force (it logs why).
+    fn after_refusal(&self) -> bool {
+        false
+    }
 }
 
 /// How one reload came out.
@@ -99,8 +106,9 @@ impl LogEvery {
 
 /// Reloads `store` every `interval` and, when `prompt` is given, at most
 /// once per [`MIN_PROMPT_RELOAD_GAP`] after it is notified (Twilio refused
-/// the credentials in force). `observe` hears every outcome, after the store
-/// has swapped. Ends with `shutdown`.
+/// the credentials in force; then, when the source holds what it held,
+/// [`Reload::after_refusal`]). `observe` hears every outcome, after the
+/// store has swapped. Ends with `shutdown`.
 pub async fn reload_loop<R: Reload>(
     store: Arc<R>,
     interval: Duration,
@@ -108,12 +116,12 @@ pub async fn reload_loop<R: Reload>(
     mut observe: impl FnMut(Reloaded) + Send,
     shutdown: CancellationToken,
 ) {
-    let mut last = Instant::now();
+    let mut last = tokio::time::Instant::now();
     let mut failures = LogEvery::new(FAILURE_LOG_INTERVAL);
     loop {
-        tokio::select! {
+        let prompted = tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep_until((last + interval).into()) => {}
+            () = tokio::time::sleep_until(last + interval) => false,
             () = async {
                 match &prompt {
                     Some(prompt) => prompt.notified().await,
@@ -122,20 +130,21 @@ pub async fn reload_loop<R: Reload>(
             } => {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep_until((last + MIN_PROMPT_RELOAD_GAP).into()) => {}
+                    () = tokio::time::sleep_until(last + MIN_PROMPT_RELOAD_GAP) => true,
                 }
             }
-        }
-        last = Instant::now();
+        };
+        last = tokio::time::Instant::now();
         let outcome = match store.reload().await {
             Ok(true) => {
                 failures = LogEvery::new(FAILURE_LOG_INTERVAL);
                 store.log_change();
                 Reloaded::Changed
             }
+            Ok(false) if prompted && store.after_refusal() => Reloaded::Changed,
             Ok(false) => Reloaded::Unchanged,
             Err(error) => {
-                if let Some(failed) = failures.hit(last) {
+                if let Some(failed) = failures.hit(Instant::now()) {
                     tracing::warn!(
                         error,
                         failed_since_last_log = failed,
@@ -154,14 +163,15 @@ pub async fn reload_loop<R: Reload>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
     use super::*;
 
-    /// A source whose reloads answer from a script.
+    /// A source whose reloads answer from a script, with one other token.
     struct Scripted {
         answers: Mutex<Vec<Result<bool, String>>>,
         reloads: AtomicU32,
+        other: AtomicBool,
     }
 
     impl Reload for Scripted {
@@ -173,14 +183,19 @@ mod tests {
         }
 
         fn log_change(&self) {}
+
+        fn after_refusal(&self) -> bool {
+            self.other.swap(false, Ordering::SeqCst)
+        }
     }
 
-    #[tokio::test]
-    async fn a_prompt_reloads_at_once_and_every_outcome_is_observed() {
+    #[tokio::test(start_paused = true)]
+    async fn prompts_reload_a_gap_apart_and_every_outcome_is_observed() {
         let store = Arc::new(Scripted {
             // Popped from the end: a change, then a failure.
             answers: Mutex::new(vec![Err("unreadable".into()), Ok(true)]),
             reloads: AtomicU32::new(0),
+            other: AtomicBool::new(true),
         });
         let prompt = Arc::new(Notify::new());
         let (seen, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
@@ -193,8 +208,16 @@ mod tests {
             move |outcome| seen.send(outcome).unwrap(),
             shutdown.clone(),
         ));
-        let started = Instant::now();
-        for expected in [Reloaded::Changed, Reloaded::Failed, Reloaded::Unchanged] {
+        let started = tokio::time::Instant::now();
+        // A change, a failure, then (the source unchanged) the other token,
+        // then nothing more to try.
+        let expected = [
+            Reloaded::Changed,
+            Reloaded::Failed,
+            Reloaded::Changed,
+            Reloaded::Unchanged,
+        ];
+        for expected in expected {
             prompt.notify_one();
             let outcome = tokio::time::timeout(Duration::from_secs(10), outcomes.recv())
                 .await
@@ -202,11 +225,12 @@ mod tests {
                 .unwrap();
             assert_eq!(outcome, expected);
         }
-        // Three prompts, each reloaded a gap after the one before.
+        // Four prompts, each reloaded a gap after the one before (the
+        // first a gap after the start), none waiting for the hour.
         let took = started.elapsed();
-        assert!(took >= 2 * MIN_PROMPT_RELOAD_GAP, "{took:?}");
-        assert!(took < Duration::from_secs(10), "{took:?}");
-        assert_eq!(store.reloads.load(Ordering::SeqCst), 3);
+        assert!(took >= 4 * MIN_PROMPT_RELOAD_GAP, "{took:?}");
+        assert!(took < 5 * MIN_PROMPT_RELOAD_GAP, "{took:?}");
+        assert_eq!(store.reloads.load(Ordering::SeqCst), 4);
         shutdown.cancel();
         task.await.unwrap();
     }

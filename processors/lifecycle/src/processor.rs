@@ -307,6 +307,14 @@ pub fn archival_id(conversation_id: &str, opened_at: i64) -> String {
     format!("{ID_PREFIX}archival-{conversation_id}-{opened_at}")
 }
 
+/// Whether a closure for inactivity is waiting for its summary: the
+/// closing message has not gone out, so the user (a message, a call) can
+/// still call it off.
+fn summarizing_for_inactivity(conversation: &LifecycleState) -> bool {
+    conversation.phase == LifecyclePhase::Summarizing
+        && conversation.close_reason == Some(ArchivalReason::Inactivity)
+}
+
 /// Where the conversation's idle period begins: its last message, or the
 /// call scheduled for it when that is later.
 fn idle_since(conversation: &LifecycleState) -> i64 {
@@ -572,9 +580,7 @@ impl LifecycleProcessor {
             }
         }
         match conversation.phase {
-            LifecyclePhase::Summarizing
-                if conversation.close_reason == Some(ArchivalReason::Inactivity) =>
-            {
+            LifecyclePhase::Summarizing if summarizing_for_inactivity(&conversation) => {
                 // The user came back before the closing message went out.
                 self.cancel_inactivity_closure(&mut conversation);
                 self.activity(now, conversation, state);
@@ -644,9 +650,7 @@ impl LifecycleProcessor {
         state: &mut StateStore<LifecycleState>,
     ) {
         conversation.call_scheduled_at = Some(due);
-        let inactive = conversation.phase == LifecyclePhase::Summarizing
-            && conversation.close_reason == Some(ArchivalReason::Inactivity);
-        if inactive {
+        if summarizing_for_inactivity(&conversation) {
             self.cancel_inactivity_closure(&mut conversation);
         }
         if conversation.phase == LifecyclePhase::Warned {
@@ -911,9 +915,7 @@ impl LifecycleProcessor {
         } else if ended {
             conversation.active_call_sid = None;
         }
-        let idle_closure = conversation.phase == LifecyclePhase::Summarizing
-            && conversation.close_reason == Some(ArchivalReason::Inactivity);
-        if live && idle_closure {
+        if live && summarizing_for_inactivity(&conversation) {
             self.cancel_inactivity_closure(&mut conversation);
         }
         if (live || ended)

@@ -247,6 +247,9 @@ impl Fetcher {
             .await
             .map_err(|e| transport_detail(&e))?;
         let status = response.status();
+        if status == StatusCode::UNAUTHORIZED {
+            self.credentials_refused(current.generation);
+        }
         if status.is_success() || status == StatusCode::NOT_FOUND {
             Ok(())
         } else {
@@ -254,16 +257,26 @@ impl Fetcher {
         }
     }
 
+    /// Twilio refused the credentials of `generation`: the reload loop
+    /// reads the Secret again at once (and tries the rotation's other Auth
+    /// Token when it holds nothing new).
+    fn credentials_refused(&self, generation: u64) {
+        if let Some(store) = &self.credentials {
+            store.refused(generation);
+        }
+        self.refused.notify_one();
+    }
+
     async fn attempt(&self, url: &str, limit: u64, check_type: bool) -> Attempt {
         let mut request = self.client.get(url);
-        let mut authenticated = false;
+        let mut authenticated = None;
         if let Some(store) = &self.credentials
             && origin(url).is_some_and(|o| self.auth_origins.contains(&o))
         {
             let current = store.current();
             let credentials = &current.credentials;
             request = request.basic_auth(&credentials.user, Some(&credentials.password));
-            authenticated = true;
+            authenticated = Some(current.generation);
         }
         let mut response = match request.send().await {
             Ok(response) => response,
@@ -275,8 +288,10 @@ impl Fetcher {
             }
         };
         let status = response.status();
-        if status == StatusCode::UNAUTHORIZED && authenticated {
-            self.refused.notify_one();
+        if status == StatusCode::UNAUTHORIZED
+            && let Some(generation) = authenticated
+        {
+            self.credentials_refused(generation);
         }
         if !status.is_success() {
             let reason = if matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE) {

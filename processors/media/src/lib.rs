@@ -323,25 +323,22 @@ impl Config {
     /// When only half of a pair is set, or a token without the account.
     pub fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
         let t = &self.twilio;
-        let account = non_empty(t.account_sid.as_ref());
-        let token = non_empty(t.auth_token.as_ref());
-        let secondary = non_empty(t.auth_token_secondary.as_ref());
-        if (token.is_some() || secondary.is_some()) && account.is_none() {
-            anyhow::bail!("TWILIO_AUTH_TOKEN needs TWILIO_ACCOUNT_SID");
-        }
-        let (sid, secret) = (
-            non_empty(t.api_key_sid.as_ref()),
-            non_empty(t.api_key_secret.as_ref()),
+        let parts = si_twilio_credentials::Parts::of(
+            t.auth_token.as_ref(),
+            t.auth_token_secondary.as_ref(),
+            t.api_key_sid.as_ref(),
+            t.api_key_secret.as_ref(),
         );
-        if token.is_none() && secondary.is_none() && sid.is_none() && secret.is_none() {
+        if parts.is_empty() {
             return Ok(None);
         }
-        let parts = si_twilio_credentials::Parts {
-            auth_token: token.as_deref(),
-            auth_token_secondary: secondary.as_deref(),
-            api_key_sid: sid.as_deref(),
-            api_key_secret: secret.as_deref(),
-        };
+        let account = non_empty(t.account_sid.as_ref());
+        if (parts.auth_token.is_some() || parts.auth_token_secondary.is_some()) && account.is_none()
+        {
+            anyhow::bail!(
+                "TWILIO_AUTH_TOKEN / TWILIO_AUTH_TOKEN_SECONDARY needs TWILIO_ACCOUNT_SID"
+            );
+        }
         si_twilio_credentials::choose(
             account.as_deref().unwrap_or_default(),
             parts,

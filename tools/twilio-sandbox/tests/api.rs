@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, Uri};
 use serde_json::Value;
 use si_testkit::process::wait_for;
 use si_twilio_signature::{self as signature, Algorithm, Payload};
-use twilio_sandbox::{Faults, Sandbox, SandboxConfig, SandboxHandle};
+use twilio_sandbox::{Faults, InboundSms, Sandbox, SandboxConfig, SandboxHandle};
 
 const ACCOUNT: &str = "AC11111111111111111111111111111111";
 const TOKEN: &str = "sandbox-test-token";
@@ -828,15 +828,20 @@ type Received = (String, Vec<(String, String)>, bool);
 
 /// A stand-in receiver that checks each callback's signature with si-ingress's
 /// validator, for the public URL it was signed for.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Receiver {
     got: Arc<Mutex<Vec<Received>>>,
+    /// The Auth Token signatures are checked with.
+    token: Arc<Mutex<String>>,
 }
 
 const PUBLIC: &str = "https://si.example.test";
 
 async fn start_receiver() -> anyhow::Result<(Receiver, String)> {
-    let receiver = Receiver::default();
+    let receiver = Receiver {
+        got: Arc::default(),
+        token: Arc::new(Mutex::new(TOKEN.to_owned())),
+    };
     let store = receiver.clone();
     let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
         let store = store.clone();
@@ -847,6 +852,11 @@ async fn start_receiver() -> anyhow::Result<(Receiver, String)> {
                 "{PUBLIC}{}",
                 uri.path_and_query().map_or("/", |p| p.as_str())
             );
+            let token = store
+                .token
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             let valid = signature::verify(
                 &url,
                 Payload::Form(&params),
@@ -854,7 +864,7 @@ async fn start_receiver() -> anyhow::Result<(Receiver, String)> {
                     .get("x-twilio-signature")
                     .and_then(|v| v.to_str().ok()),
                 Some(Algorithm::HmacSha1),
-                &[TOKEN],
+                &[token.as_str()],
             )
             .is_ok();
             let path = uri.path().to_owned();
@@ -886,6 +896,62 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .iter()
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn after_a_promotion_webhooks_are_signed_with_the_new_primary() -> anyhow::Result<()> {
+    let (receiver, url) = start_receiver().await?;
+    let sandbox = Sandbox::start(SandboxConfig {
+        callbacks: true,
+        callback_url: Some(url.clone()),
+        public_url: Some(PUBLIC.into()),
+        ..config()
+    })
+    .await?;
+    let client = Client::new(&sandbox);
+    let sms = |body: &str| InboundSms {
+        from: USER.into(),
+        to: OURS.into(),
+        body: body.into(),
+        ..InboundSms::default()
+    };
+    sandbox.post_inbound_sms(&sms("before")).await?;
+    let (status, created) = client.post("/v1/AuthTokens/Secondary", &[]).await?;
+    assert_eq!(status, 201, "{created}");
+    let new = created["secondary_auth_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    sandbox.post_inbound_sms(&sms("during")).await?;
+    let (status, promoted) = client.post("/v1/AuthTokens/Promote", &[]).await?;
+    assert_eq!(status, 200, "{promoted}");
+    assert_eq!(promoted["auth_token"], new.as_str());
+    // The old token is refused from now on; the new one signs.
+    assert_error(
+        &client.post("/v1/AuthTokens/Promote", &[]).await?,
+        401,
+        20003,
+    );
+    *receiver
+        .token
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = new.clone();
+    sandbox.post_inbound_sms(&sms("after")).await?;
+    let got: Vec<(String, bool)> = receiver
+        .received()
+        .iter()
+        .map(|(_, p, valid)| (param(p, "Body").unwrap_or_default().to_owned(), *valid))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("before".to_owned(), true),
+            ("during".to_owned(), true),
+            ("after".to_owned(), true)
+        ],
+        "the primary signs until the promotion, the promoted token after it"
+    );
+    Ok(())
 }
 
 #[tokio::test]

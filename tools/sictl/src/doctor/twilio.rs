@@ -37,20 +37,13 @@ async fn credentials(args: &DoctorArgs, account: &str) -> anyhow::Result<Option<
     let (chosen, source) = match from_dir {
         Some(chosen) => (chosen, "TWILIO_CREDENTIALS_DIR"),
         None => {
-            fn given(v: &Option<String>) -> Option<&str> {
-                v.as_deref().filter(|v| !v.is_empty())
-            }
-            let parts = Parts {
-                auth_token: given(&args.auth_token),
-                auth_token_secondary: given(&args.auth_token_secondary),
-                api_key_sid: given(&args.api_key_sid),
-                api_key_secret: given(&args.api_key_secret),
-            };
-            if parts.auth_token.is_none()
-                && parts.auth_token_secondary.is_none()
-                && parts.api_key_sid.is_none()
-                && parts.api_key_secret.is_none()
-            {
+            let parts = Parts::of(
+                args.auth_token.as_ref(),
+                args.auth_token_secondary.as_ref(),
+                args.api_key_sid.as_ref(),
+                args.api_key_secret.as_ref(),
+            );
+            if parts.is_empty() {
                 return Ok(None);
             }
             let chosen = choose(account, parts, Names::ENV)
