@@ -480,6 +480,17 @@ mod tests {
         dir
     }
 
+    /// A store of `dir`'s files alone (no environment).
+    async fn dir_store(dir: &Path) -> CredentialStore {
+        CredentialStore::load(Source {
+            account_sid: ACCOUNT.into(),
+            dir: Some(dir.to_path_buf()),
+            env: Err("no env".into()),
+        })
+        .await
+        .unwrap()
+    }
+
     fn uuid_like() -> String {
         format!("{}-{}", std::process::id(), rand::random::<u64>())
     }
@@ -594,13 +605,7 @@ mod tests {
     async fn a_reload_swaps_only_changed_credentials_and_keeps_them_on_errors() {
         let dir = temp_dir("reload");
         write(&dir, AUTH_TOKEN_FILE, "old");
-        let store = CredentialStore::load(Source {
-            account_sid: ACCOUNT.into(),
-            dir: Some(dir.clone()),
-            env: Err("no env".into()),
-        })
-        .await
-        .unwrap();
+        let store = dir_store(&dir).await;
         let first = store.current();
         assert_eq!(
             (first.credentials.password.as_str(), first.generation),
@@ -632,13 +637,7 @@ mod tests {
         let dir = temp_dir("other");
         write(&dir, AUTH_TOKEN_FILE, "primary");
         write(&dir, AUTH_TOKEN_SECONDARY_FILE, "secondary");
-        let store = CredentialStore::load(Source {
-            account_sid: ACCOUNT.into(),
-            dir: Some(dir.clone()),
-            env: Err("no env".into()),
-        })
-        .await
-        .unwrap();
+        let store = dir_store(&dir).await;
         let first = store.current();
         assert_eq!(first.credentials.kind, Kind::SecondaryAuthToken);
         assert_eq!(store.try_other_token(), None, "not refused");

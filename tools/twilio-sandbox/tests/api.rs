@@ -898,16 +898,21 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-#[tokio::test]
-async fn after_a_promotion_webhooks_are_signed_with_the_new_primary() -> anyhow::Result<()> {
-    let (receiver, url) = start_receiver().await?;
-    let sandbox = Sandbox::start(SandboxConfig {
+/// A sandbox posting callbacks to `url`, signed for [`PUBLIC`].
+async fn calling_back_to(url: &str) -> anyhow::Result<SandboxHandle> {
+    Sandbox::start(SandboxConfig {
         callbacks: true,
-        callback_url: Some(url.clone()),
+        callback_url: Some(url.to_owned()),
         public_url: Some(PUBLIC.into()),
         ..config()
     })
-    .await?;
+    .await
+}
+
+#[tokio::test]
+async fn after_a_promotion_webhooks_are_signed_with_the_new_primary() -> anyhow::Result<()> {
+    let (receiver, url) = start_receiver().await?;
+    let sandbox = calling_back_to(&url).await?;
     let client = Client::new(&sandbox);
     let sms = |body: &str| InboundSms {
         from: USER.into(),
@@ -957,13 +962,7 @@ async fn after_a_promotion_webhooks_are_signed_with_the_new_primary() -> anyhow:
 #[tokio::test]
 async fn callbacks_are_signed_for_the_public_url() -> anyhow::Result<()> {
     let (receiver, url) = start_receiver().await?;
-    let sandbox = Sandbox::start(SandboxConfig {
-        callbacks: true,
-        callback_url: Some(url.clone()),
-        public_url: Some(PUBLIC.into()),
-        ..config()
-    })
-    .await?;
+    let sandbox = calling_back_to(&url).await?;
     let client = Client::new(&sandbox);
     // One with the StatusCallback egress sets (public URL, with a query), one without.
     let (_, first) = client
