@@ -668,16 +668,9 @@ impl TwilioClient {
         operation_id: &str,
         traceparent: Option<&str>,
     ) -> Sent {
-        let current = self.credentials.current();
+        let (builder, generation) = self.authenticated(self.http.post(&request.url));
         let started = Instant::now();
-        let mut builder = self
-            .http
-            .post(&request.url)
-            .basic_auth(
-                &current.credentials.user,
-                Some(&current.credentials.password),
-            )
-            .header(OPERATION_ID_HEADER, operation_id);
+        let mut builder = builder.header(OPERATION_ID_HEADER, operation_id);
         if let Some(traceparent) = traceparent {
             builder = builder.header(si_runtime::trace::TRACEPARENT, traceparent);
         }
@@ -685,8 +678,17 @@ impl TwilioClient {
         Sent {
             answer,
             took: started.elapsed(),
-            generation: current.generation,
+            generation,
         }
+    }
+
+    /// `builder` with HTTP Basic auth of the credentials in force, and their
+    /// generation.
+    fn authenticated(&self, builder: reqwest::RequestBuilder) -> (reqwest::RequestBuilder, u64) {
+        let current = self.credentials.current();
+        let credentials = &current.credentials;
+        let builder = builder.basic_auth(&credentials.user, Some(&credentials.password));
+        (builder, current.generation)
     }
 
     /// Uploads the media item of a Conversations message to the Media
@@ -720,15 +722,9 @@ impl TwilioClient {
             .url(key, std::time::SystemTime::now())
             .map_err(|e| Upload::Invalid(InvalidOperation(e)))?;
         let (content_type, bytes) = self.fetch_stored(&url).await.map_err(Upload::Store)?;
-        let current = self.credentials.current();
+        let (builder, generation) = self.authenticated(self.http.post(mcs));
         let started = Instant::now();
-        let sent = self
-            .http
-            .post(mcs)
-            .basic_auth(
-                &current.credentials.user,
-                Some(&current.credentials.password),
-            )
+        let sent = builder
             .header(OPERATION_ID_HEADER, operation_id)
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(bytes)
@@ -746,12 +742,12 @@ impl TwilioClient {
                     auth: false,
                 },
                 took: started.elapsed(),
-                generation: current.generation,
+                generation,
             })),
             answer => Err(Upload::Twilio(Sent {
                 answer,
                 took: started.elapsed(),
-                generation: current.generation,
+                generation,
             })),
         }
     }
@@ -815,16 +811,8 @@ impl TwilioClient {
     /// An authenticated GET of `url` (the health check): the HTTP status, or
     /// what kept the request from an answer; and the credentials generation.
     pub async fn get_status(&self, url: &str) -> (Result<u16, &'static str>, u64) {
-        let current = self.credentials.current();
-        let result = self
-            .http
-            .get(url)
-            .basic_auth(
-                &current.credentials.user,
-                Some(&current.credentials.password),
-            )
-            .send()
-            .await;
+        let (builder, generation) = self.authenticated(self.http.get(url));
+        let result = builder.send().await;
         let status = match result {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -836,7 +824,7 @@ impl TwilioClient {
             }
             Err(error) => Err(error_kind(&error)),
         };
-        (status, current.generation)
+        (status, generation)
     }
 }
 

@@ -43,6 +43,14 @@ fn secret_dir(env: &TestEnv) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Stops egress cleanly and the sandbox, and removes the secret directory.
+async fn stop(egress: Egress, sandbox: SandboxHandle, dir: &Path) -> anyhow::Result<()> {
+    egress.stop().await?;
+    sandbox.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
 async fn get(url: &str) -> anyhow::Result<(u16, String)> {
     let response = reqwest::Client::new()
         .get(url)
@@ -233,10 +241,7 @@ async fn refused_credentials_hold_operations_until_the_secret_is_rotated() -> an
         0,
         "no secret in the log"
     );
-    egress.stop().await?;
-    sandbox.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
-    Ok(())
+    stop(egress, sandbox, &dir).await
 }
 
 /// A call to the Accounts API's token endpoints, as an operator makes it.
@@ -354,10 +359,7 @@ async fn an_auth_token_rotation_through_the_secondary_refuses_nothing() -> anyho
         0,
         "no secret in the log"
     );
-    egress.stop().await?;
-    sandbox.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
-    Ok(())
+    stop(egress, sandbox, &dir).await
 }
 
 /// A rotation abandoned at Twilio (the secondary deleted) but not in the
@@ -416,10 +418,7 @@ async fn a_secondary_token_twilio_refuses_gives_way_to_the_primary() -> anyhow::
         0,
         "no secret in the log"
     );
-    egress.stop().await?;
-    sandbox.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
-    Ok(())
+    stop(egress, sandbox, &dir).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1468,6 +1468,17 @@ fn a_call_called_off_starts_the_idle_period_then() {
     );
 }
 
+/// Cognition's summary answering the request a closure for inactivity sent.
+fn late_summary(summarizing: &[Output]) -> CognitionResponse {
+    let request = only::<InboundMessage>(summarizing, topics::INBOUND)[0].clone();
+    response(
+        "sum-1",
+        CH,
+        ResponsePurpose::Summary,
+        Some(&request.message_id),
+    )
+}
+
 #[test]
 fn a_call_scheduled_while_closing_for_inactivity_calls_the_closure_off() {
     let mut h = Harness::new(settings());
@@ -1491,13 +1502,7 @@ fn a_call_scheduled_while_closing_for_inactivity_calls_the_closure_off() {
     );
     assert_eq!(h.timer(CH), Some(due + WARN));
     // The summary arriving late no longer closes it.
-    let request = only::<InboundMessage>(&summarizing, topics::INBOUND)[0].clone();
-    let late = response(
-        "sum-1",
-        CH,
-        ResponsePurpose::Summary,
-        Some(&request.message_id),
-    );
+    let late = late_summary(&summarizing);
     assert!(h.respond(late, T0 + CLOSE + 20).is_empty());
     assert_eq!(h.conversation(CH).unwrap().phase, LifecyclePhase::Open);
 }
@@ -1528,13 +1533,7 @@ fn a_call_live_while_closing_for_inactivity_calls_the_closure_off() {
     );
     assert_eq!(h.timer(CH), Some(ringing + 5_000 + WARN));
     // The summary arriving late neither closes it nor hangs up the call.
-    let request = only::<InboundMessage>(&summarizing, topics::INBOUND)[0].clone();
-    let late = response(
-        "sum-1",
-        CH,
-        ResponsePurpose::Summary,
-        Some(&request.message_id),
-    );
+    let late = late_summary(&summarizing);
     assert!(h.respond(late, ringing + 6_000).is_empty());
     let state = h.conversation(CH).unwrap();
     assert_eq!(
